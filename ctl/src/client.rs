@@ -1,0 +1,132 @@
+//! The blocking client side of the control socket: connect, hello, one request, one reply.
+
+use orchestrator_proto::frame::{read_frame, write_frame, DEFAULT_MAX_FRAME};
+use orchestrator_proto::message::{ClientMessage, Hello, Request, Response, ServerMessage};
+use orchestrator_proto::task::TrajectoryEvent;
+use orchestrator_proto::{ErrorCode, WireError};
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+/// Exit codes of SPEC §11.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const UNREACHABLE: u8 = 3;
+    pub const PROTOCOL: u8 = 4;
+    pub const CONFIG: u8 = 5;
+    pub const DENIED: u8 = 6;
+}
+
+/// Why a request did not produce a response.
+#[derive(Debug)]
+pub enum ClientError {
+    Unreachable { socket: PathBuf, cause: io::Error },
+    Denied(String),
+    Reply(WireError),
+    Broken(String),
+}
+
+impl ClientError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Unreachable { .. } => exit::UNREACHABLE,
+            ClientError::Denied(_) => exit::DENIED,
+            ClientError::Broken(_) => exit::FAILED,
+            ClientError::Reply(e) => match e.code {
+                ErrorCode::PermissionDenied => exit::DENIED,
+                ErrorCode::ProtocolMismatch => exit::PROTOCOL,
+                ErrorCode::ConfigInvalid => exit::CONFIG,
+                _ => exit::FAILED,
+            },
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ClientError::Unreachable { socket, cause } => format!(
+                "cannot reach orchestratord at {}: {cause}\nis the daemon running? try: systemctl start orchestrator",
+                socket.display()
+            ),
+            ClientError::Denied(m) => m.clone(),
+            ClientError::Broken(m) => m.clone(),
+            ClientError::Reply(e) => {
+                let mut s = format!("error: {}: {}", e.code, e.message);
+                for (k, v) in &e.details {
+                    s.push_str(&format!("\n  {k}: {v}"));
+                }
+                s
+            }
+        }
+    }
+}
+
+pub struct Client {
+    stream: UnixStream,
+}
+
+fn broken(e: io::Error) -> ClientError {
+    ClientError::Broken(format!(
+        "the daemon closed the connection unexpectedly: {e}"
+    ))
+}
+
+impl Client {
+    pub fn connect(socket: &Path) -> Result<Client, ClientError> {
+        let mut stream = UnixStream::connect(socket).map_err(|cause| {
+            if cause.kind() == io::ErrorKind::PermissionDenied {
+                ClientError::Denied(format!(
+                    "permission denied on {}: your user may not use this socket (ask for the orchestrator group)",
+                    socket.display()
+                ))
+            } else {
+                ClientError::Unreachable { socket: socket.to_path_buf(), cause }
+            }
+        })?;
+        write_frame(
+            &mut stream,
+            &ClientMessage::Hello(Hello::current(env!("CARGO_PKG_VERSION"))),
+        )
+        .map_err(broken)?;
+        match read_frame::<_, ServerMessage>(&mut stream, DEFAULT_MAX_FRAME).map_err(broken)? {
+            ServerMessage::Hello(_) => Ok(Client { stream }),
+            ServerMessage::Err(e) => Err(ClientError::Reply(e)),
+            other => Err(ClientError::Broken(format!(
+                "unexpected reply to hello: {other:?}"
+            ))),
+        }
+    }
+
+    pub fn request(&mut self, req: Request) -> Result<Response, ClientError> {
+        write_frame(&mut self.stream, &ClientMessage::Request(req)).map_err(broken)?;
+        match read_frame::<_, ServerMessage>(&mut self.stream, 64 * DEFAULT_MAX_FRAME)
+            .map_err(broken)?
+        {
+            ServerMessage::Ok(resp) => Ok(*resp),
+            ServerMessage::Err(e) => Err(ClientError::Reply(e)),
+            other => Err(ClientError::Broken(format!("unexpected reply: {other:?}"))),
+        }
+    }
+
+    /// Start `watch` and call `each` for every event until the daemon goes away.
+    pub fn watch(
+        mut self,
+        mut each: impl FnMut(&TrajectoryEvent) -> bool,
+    ) -> Result<(), ClientError> {
+        self.request(Request::Watch)?;
+        loop {
+            match read_frame::<_, ServerMessage>(&mut self.stream, DEFAULT_MAX_FRAME) {
+                Ok(ServerMessage::Event(ev)) => {
+                    if !each(&ev) {
+                        return Ok(());
+                    }
+                }
+                Ok(ServerMessage::Err(e)) => return Err(ClientError::Reply(e)),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(broken(e)),
+            }
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The running daemon's shared parts: store, config, mode, dispatcher handle, counters and the notes
+//! that `orchctl status` shows. One [`Daemon`] is shared (in an `Arc`) by the server, the dispatcher,
+//! the sweeper and the signal handlers.
+
+use crate::access::AccessPolicy;
+use crate::clock::{now_ms, rfc3339};
+use crate::config::Config;
+use crate::dispatch::DispatchHandle;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use orchestrator_proto::message::{GateRunSummary, OverrideRecord, ReloadReport, SweepReport};
+use orchestrator_proto::task::Mode;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Where the daemon keeps things, after flags, config and defaults were weighed.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub config: Option<PathBuf>,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    /// Flags given on the command line win over the config file on reload too.
+    pub socket_from_flag: bool,
+    pub state_dir_from_flag: bool,
+}
+
+impl Paths {
+    pub fn database(&self) -> PathBuf {
+        self.state_dir.join("orchestrator.db")
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.state_dir.join("token")
+    }
+
+    /// Per-task files (long results, artefacts) live under `<state>/tasks/<id>/`.
+    pub fn task_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join("tasks").join(id)
+    }
+}
+
+/// The effective mode, which the store remembers across restarts (SPEC §7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModeState {
+    pub effective: Mode,
+    pub since_ms: i64,
+    /// Why the effective mode differs from the configured one, when it does.
+    pub note: Option<String>,
+}
+
+/// What `status` reports besides counts: the last reload, sweep and the like.
+#[derive(Debug, Clone, Default)]
+pub struct Notes {
+    pub config_error: Option<String>,
+    pub config_loaded_ms: i64,
+    pub last_reload: Option<ReloadReport>,
+    pub last_sweep: Option<SweepReport>,
+    pub next_sweep_ms: Option<i64>,
+    pub pending_overrides: Vec<OverrideRecord>,
+    /// The latest synthetic gate run, kept here so `status` never reads the store.
+    pub latest_gate: Option<GateRunSummary>,
+}
+
+pub struct Daemon {
+    pub store: Store,
+    pub paths: Paths,
+    pub metrics: Metrics,
+    pub dispatch: DispatchHandle,
+    pub shutdown: CancellationToken,
+    pub started: Instant,
+    config: RwLock<Arc<Config>>,
+    access: RwLock<Arc<AccessPolicy>>,
+    mode: RwLock<ModeState>,
+    notes: Mutex<Notes>,
+    /// Serialises reloads so that two of them never interleave their checks and their apply.
+    pub reload_lock: tokio::sync::Mutex<()>,
+    /// One sweep at a time, whether from the timer or `orchctl sweep`.
+    pub sweep_lock: tokio::sync::Mutex<()>,
+}
+
+impl Daemon {
+    pub fn new(
+        store: Store,
+        paths: Paths,
+        config: Config,
+        mode: ModeState,
+        dispatch: DispatchHandle,
+    ) -> Daemon {
+        let access = AccessPolicy::from_config(&config.socket);
+        Daemon {
+            store,
+            paths,
+            metrics: Metrics::default(),
+            dispatch,
+            shutdown: CancellationToken::new(),
+            started: Instant::now(),
+            config: RwLock::new(Arc::new(config)),
+            access: RwLock::new(Arc::new(access)),
+            mode: RwLock::new(mode),
+            notes: Mutex::new(Notes {
+                config_loaded_ms: now_ms(),
+                ..Notes::default()
+            }),
+            reload_lock: tokio::sync::Mutex::new(()),
+            sweep_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The config in force. Cheap: a clone of an `Arc`.
+    pub fn config(&self) -> Arc<Config> {
+        match self.config.read() {
+            Ok(c) => Arc::clone(&c),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    pub fn access(&self) -> Arc<AccessPolicy> {
+        match self.access.read() {
+            Ok(a) => Arc::clone(&a),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Swap in a validated config (and the access policy derived from it) in one step.
+    pub fn install_config(&self, config: Config) {
+        let access = AccessPolicy::from_config(&config.socket);
+        match self.config.write() {
+            Ok(mut c) => *c = Arc::new(config),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(config),
+        }
+        match self.access.write() {
+            Ok(mut a) => *a = Arc::new(access),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(access),
+        }
+        self.with_notes(|n| {
+            n.config_error = None;
+            n.config_loaded_ms = now_ms();
+        });
+    }
+
+    pub fn mode(&self) -> ModeState {
+        match self.mode.read() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_mode(&self, state: ModeState) {
+        match self.mode.write() {
+            Ok(mut m) => *m = state,
+            Err(poisoned) => *poisoned.into_inner() = state,
+        }
+    }
+
+    pub fn notes(&self) -> Notes {
+        self.notes.lock().map(|n| n.clone()).unwrap_or_default()
+    }
+
+    pub fn with_notes<R>(&self, f: impl FnOnce(&mut Notes) -> R) -> R {
+        match self.notes.lock() {
+            Ok(mut n) => f(&mut n),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    pub fn now_rfc3339() -> String {
+        rfc3339(now_ms())
+    }
+
+    /// Hand tasks that went back to `queued` (re-queued after a lapsed lease) to the dispatcher.
+    pub async fn redispatch(&self, ids: &[String]) {
+        for id in ids {
+            let key = id.clone();
+            match self
+                .store
+                .read(move |c| crate::store::queries::get_task(c, &key))
+                .await
+            {
+                Ok(Some(task)) => self.dispatch.queued(task),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(task = %id, error = %e, "cannot re-dispatch; it is picked up at the next start")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The dispatcher (SPEC §6): takes each `queued` task, routes it, and runs it — synthetically, or by
+//! handing it to the [`specialist`] executor in shadow and live mode. Every step is a transition in
+//! the store with its trajectory event, made by the actor `dispatcher`.
+
+pub mod specialist;
+pub mod synthetic;
+
+use crate::clock::{now_ms, rfc3339};
+use crate::config::Config;
+use crate::daemon::Daemon;
+use crate::machine::Action;
+use crate::routing::{Approval, Decision};
+use crate::store::{queries, Batch, Patch, StoreError, TransitionOp};
+use orchestrator_proto::task::{Routing, Task, TaskKind};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+pub const ACTOR: &str = "dispatcher";
+/// Most tasks handled in one store job; keeps one slow burst from holding the writer.
+const MAX_BURST: usize = 512;
+
+#[derive(Debug)]
+pub enum DispatchMsg {
+    /// A task was stored in `queued` (or found `queued`/`assigned` at start).
+    Queued(Box<Task>),
+    /// The operator cancelled a task; stop its specialist if one runs.
+    Cancelled(String),
+}
+
+/// The sending side, held by the daemon.
+#[derive(Clone, Debug)]
+pub struct DispatchHandle {
+    tx: mpsc::UnboundedSender<DispatchMsg>,
+}
+
+impl DispatchHandle {
+    pub fn channel() -> (DispatchHandle, mpsc::UnboundedReceiver<DispatchMsg>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (DispatchHandle { tx }, rx)
+    }
+
+    pub fn queued(&self, task: Task) {
+        // The receiver only goes away at shutdown; a queued task is then picked up at the next start.
+        let _ = self.tx.send(DispatchMsg::Queued(Box::new(task)));
+    }
+
+    pub fn cancelled(&self, id: &str) {
+        let _ = self.tx.send(DispatchMsg::Cancelled(id.to_string()));
+    }
+}
+
+/// The routing fields a `route` transition records.
+pub fn routing_patch(
+    decision: &Decision,
+    approval: &Approval,
+    kind: TaskKind,
+    at_ms: i64,
+) -> Patch {
+    Patch {
+        routing: Some(Routing {
+            matched_rule_id: decision.matched_rule_id.clone(),
+            assigned_agent_id: decision.agent.clone(),
+            capability_matches: decision.capability_matches.clone(),
+            fallback_used: decision.fallback_used,
+            decided_at: rfc3339(at_ms),
+        }),
+        agent: Some(decision.agent.clone()),
+        // Shadow records what live would have done; the other kinds record the same for reference.
+        would_require_approval: Some(kind == TaskKind::Shadow && approval.required),
+        ..Patch::default()
+    }
+}
+
+/// Route a `queued` task inside a batch; returns the assigned task with the decision.
+pub fn route_in(
+    b: &mut Batch<'_>,
+    task: &Task,
+    cfg: &Config,
+    at: i64,
+) -> Result<(Task, Approval), StoreError> {
+    let decision = cfg.routing.decide(&task.goal, &task.required_capabilities);
+    let approval = cfg.routing.approval(&decision, &cfg.agents);
+    let op = TransitionOp::new(&task.id, Action::Route, ACTOR, at)
+        .patch(routing_patch(&decision, &approval, task.kind, at))
+        .detail("agent", decision.agent.clone())
+        .detail(
+            "rule",
+            decision
+                .matched_rule_id
+                .clone()
+                .unwrap_or_else(|| "(default)".into()),
+        );
+    Ok((b.transition(op)?, approval))
+}
+
+/// Run until shutdown: pick up what the store holds, then every task the server hands over.
+pub async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<DispatchMsg>) {
+    let executor = specialist::Executor::new(Arc::clone(&d));
+    match d.store.read(queries::pending_dispatch).await {
+        Ok(pending) => {
+            if !pending.is_empty() {
+                tracing::info!(count = pending.len(), "resuming queued and assigned tasks");
+            }
+            for t in pending {
+                d.dispatch.queued(t);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read pending tasks; they will be dispatched after a restart")
+        }
+    }
+    let mut buf = Vec::with_capacity(MAX_BURST);
+    loop {
+        buf.clear();
+        let n = tokio::select! {
+            _ = d.shutdown.cancelled() => break,
+            n = rx.recv_many(&mut buf, MAX_BURST) => n,
+        };
+        if n == 0 {
+            break;
+        }
+        let mut synthetic_tasks = Vec::new();
+        for msg in buf.drain(..) {
+            match msg {
+                DispatchMsg::Queued(task) if task.kind == TaskKind::Synthetic => {
+                    synthetic_tasks.push(*task)
+                }
+                DispatchMsg::Queued(task) => executor.enqueue(*task),
+                DispatchMsg::Cancelled(id) => executor.cancel(&id),
+            }
+        }
+        if !synthetic_tasks.is_empty() {
+            let d2 = Arc::clone(&d);
+            // Not awaited here: the next burst is gathered while this one commits.
+            tokio::spawn(async move { synthetic::dispatch(&d2, synthetic_tasks, now_ms()).await });
+        }
+    }
+    executor.shutdown().await;
+}

@@ -1,0 +1,6 @@
+//! The gates of the rollout (SPEC §7): the synthetic data-plane gate, the shadow evidence gate, and
+//! the flip rules that the daemon enforces when the mode changes.
+
+pub mod flip;
+pub mod shadow;
+pub mod synthetic;

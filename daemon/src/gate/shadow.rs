@@ -1,0 +1,180 @@
+//! The shadow gate (SPEC §7): what shadow mode did inside a window, and whether that is evidence
+//! enough to go live. [`summarize`] is pure; [`summary`] feeds it from the store.
+
+use crate::clock::{now_ms, rfc3339};
+use crate::daemon::Daemon;
+use orchestrator_proto::message::{DurationStats, ShadowSummary};
+use orchestrator_proto::task::TaskState;
+use orchestrator_proto::WireError;
+use std::collections::BTreeMap;
+
+/// The fields of one shadow task that the summary needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowRow {
+    pub state: TaskState,
+    pub error_code: Option<String>,
+    pub agent: Option<String>,
+    pub created_ms: i64,
+    pub completed_ms: Option<i64>,
+    pub would_require_approval: bool,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    // Nearest-rank: the smallest value with at least p of the data at or below it.
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+pub fn summarize(rows: &[ShadowRow], window_hours: u32, min_tasks: u64) -> ShadowSummary {
+    let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
+    let mut failures_by_code: BTreeMap<String, u64> = BTreeMap::new();
+    let mut per_agent: BTreeMap<String, u64> = BTreeMap::new();
+    let mut durations: Vec<u64> = Vec::new();
+    let mut would = 0;
+    for r in rows {
+        *by_state.entry(r.state.as_str().to_string()).or_default() += 1;
+        if r.state == TaskState::Failed {
+            let code = r.error_code.clone().unwrap_or_else(|| "unknown".into());
+            *failures_by_code.entry(code).or_default() += 1;
+        }
+        *per_agent
+            .entry(r.agent.clone().unwrap_or_else(|| "(unassigned)".into()))
+            .or_default() += 1;
+        if let Some(done) = r.completed_ms {
+            durations.push((done - r.created_ms).max(0) as u64);
+        }
+        if r.would_require_approval {
+            would += 1;
+        }
+    }
+    durations.sort_unstable();
+    let duration = (!durations.is_empty()).then(|| DurationStats {
+        mean_ms: durations.iter().sum::<u64>() / durations.len() as u64,
+        p50_ms: percentile(&durations, 0.50),
+        p95_ms: percentile(&durations, 0.95),
+        max_ms: durations.last().copied().unwrap_or(0),
+    });
+    let total = rows.len() as u64;
+    let failed: u64 = failures_by_code.values().sum();
+    let (passed, verdict) = if total == 0 {
+        (false, format!("FAIL: no shadow tasks in the last {window_hours} h; there is no evidence to go live on"))
+    } else if failed > 0 {
+        (
+            false,
+            format!("FAIL: {failed} of {total} shadow tasks failed in the last {window_hours} h"),
+        )
+    } else if total < min_tasks {
+        (false, format!("FAIL: only {total} shadow tasks in the last {window_hours} h; the gate needs at least {min_tasks}"))
+    } else {
+        (
+            true,
+            format!("PASS: {total} shadow tasks in the last {window_hours} h, none failed"),
+        )
+    };
+    ShadowSummary {
+        window_hours,
+        total,
+        by_state,
+        failures_by_code,
+        duration,
+        per_agent,
+        would_require_approval: would,
+        oldest: rows.iter().map(|r| r.created_ms).min().map(rfc3339),
+        newest: rows.iter().map(|r| r.created_ms).max().map(rfc3339),
+        min_tasks,
+        passed,
+        verdict,
+    }
+}
+
+/// Shadow tasks created within `window_ms` of now.
+pub fn rows_since(
+    conn: &rusqlite::Connection,
+    since_ms: i64,
+) -> Result<Vec<ShadowRow>, crate::store::StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT state, error_code, agent, created_at, completed_at, would_require_approval \
+         FROM tasks WHERE kind = 'shadow' AND created_at >= ?1",
+    )?;
+    let rows = stmt.query_map([since_ms], |r| {
+        let state: String = r.get(0)?;
+        Ok(ShadowRow {
+            state: state.parse().unwrap_or(TaskState::Failed),
+            error_code: r.get(1)?,
+            agent: r.get(2)?,
+            created_ms: r.get(3)?,
+            completed_ms: r.get(4)?,
+            would_require_approval: r.get::<_, i64>(5)? != 0,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub async fn summary(
+    d: &Daemon,
+    window_ms: i64,
+    window_hours: u32,
+) -> Result<ShadowSummary, WireError> {
+    let since = now_ms() - window_ms;
+    let rows = d.store.read(move |c| rows_since(c, since)).await?;
+    Ok(summarize(
+        &rows,
+        window_hours,
+        d.config().gate.min_shadow_tasks,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(state: TaskState, code: Option<&str>, dur: Option<i64>) -> ShadowRow {
+        ShadowRow {
+            state,
+            error_code: code.map(str::to_string),
+            agent: Some("coder".into()),
+            created_ms: 1_000,
+            completed_ms: dur.map(|d| 1_000 + d),
+            would_require_approval: true,
+        }
+    }
+
+    #[test]
+    fn failures_fail_the_gate_with_figures() {
+        let rows = vec![
+            row(TaskState::Done, None, Some(100)),
+            row(TaskState::Done, None, Some(300)),
+            row(TaskState::Failed, Some("specialist_timeout"), Some(1000)),
+        ];
+        let s = summarize(&rows, 24, 1);
+        assert!(!s.passed);
+        assert_eq!(s.total, 3);
+        assert_eq!(s.by_state["done"], 2);
+        assert_eq!(s.failures_by_code["specialist_timeout"], 1);
+        let d = s.duration.unwrap();
+        assert_eq!(
+            (d.mean_ms, d.p50_ms, d.p95_ms, d.max_ms),
+            (466, 300, 1000, 1000)
+        );
+        assert_eq!(s.would_require_approval, 3);
+        assert_eq!(s.per_agent["coder"], 3);
+    }
+
+    #[test]
+    fn no_evidence_is_not_a_pass() {
+        let s = summarize(&[], 24, 0);
+        assert!(!s.passed);
+        assert!(s.verdict.contains("no evidence"));
+    }
+
+    #[test]
+    fn too_few_tasks_is_not_a_pass() {
+        let s = summarize(&[row(TaskState::Done, None, Some(5))], 24, 2);
+        assert!(!s.passed);
+        let s = summarize(&[row(TaskState::Done, None, Some(5))], 24, 1);
+        assert!(s.passed);
+    }
+}

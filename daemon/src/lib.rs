@@ -1,0 +1,38 @@
+//! `orchestratord`: routes AI-agent tasks to specialist agents, runs them, records every step, holds
+//! risky results for human approval, and rolls out through three modes (synthetic → shadow → live).
+//!
+//! Where things live:
+//!
+//! - [`machine`]: the task state machine of SPEC §4, as a pure function.
+//! - [`routing`]: routing and approval decisions of SPEC §5, pure.
+//! - [`config`]: the TOML config, validated in one place for the daemon and `orchctl config check`.
+//! - [`fixtures`]: the synthetic gate's fixtures, compiled in.
+//! - [`store`]: SQLite with one group-committing writer; every transition is a compare-and-set with
+//!   its trajectory event in the same transaction.
+//! - [`dispatch`]: the dispatcher — synthetic runs and real specialist processes.
+//! - [`gate`]: the synthetic gate, the shadow summary, and the mode-flip rules.
+//! - [`sweeper`]: expiry, lease reclaim and retention.
+//! - [`server`]: the control socket — binding, connections, one handler per verb.
+//! - [`access`]: peer credentials and who may do what.
+//! - [`lifecycle`]: reload, signals, systemd notifications.
+//! - [`daemon`]: the shared state all of the above hang off.
+//! - [`credentials`]: the bearer token and `orchctl init`'s files.
+//! - [`run`]: wiring it all together at start.
+
+pub mod access;
+pub mod clock;
+pub mod config;
+pub mod credentials;
+pub mod daemon;
+pub mod dispatch;
+pub mod fixtures;
+pub mod gate;
+pub mod lifecycle;
+pub mod machine;
+pub mod metrics;
+pub mod paths;
+pub mod routing;
+pub mod run;
+pub mod server;
+pub mod store;
+pub mod sweeper;

@@ -1,0 +1,188 @@
+//! Wiring at start: config, paths, store, mode, socket, then the daemon's tasks; and the orderly
+//! shutdown that undoes it.
+
+use crate::clock::now_ms;
+use crate::config::{Config, ConfigErrors};
+use crate::daemon::{Daemon, Paths};
+use crate::dispatch::{self, DispatchHandle};
+use crate::gate::{flip, synthetic};
+use crate::lifecycle::{self, notify};
+use crate::paths::{default_socket, default_state_dir};
+use crate::server;
+use crate::store::Store;
+use crate::sweeper;
+use sd_notify::NotifyState;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub config: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(ConfigErrors),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StartError {
+    /// Process exit code: 5 for an invalid config (as `orchctl`), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::Config(_) => 5,
+            StartError::Other(_) => 1,
+        }
+    }
+}
+
+fn other(context: &str) -> impl Fn(String) -> StartError + '_ {
+    move |e| StartError::Other(format!("{context}: {e}"))
+}
+
+/// Everything that can fail before the runtime starts, so that failures are reported plainly.
+pub struct Prepared {
+    pub config: Config,
+    pub paths: Paths,
+    pub store: Store,
+}
+
+pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
+    let config = Config::load_or_builtin(opts.config.as_deref()).map_err(StartError::Config)?;
+    for w in &config.warnings {
+        tracing::warn!("config: {w}");
+    }
+    let config_path = opts.config.clone().or_else(|| {
+        let default = PathBuf::from(crate::config::DEFAULT_CONFIG_PATH);
+        default.exists().then_some(default)
+    });
+    let paths = Paths {
+        config: config_path,
+        socket: opts
+            .socket
+            .clone()
+            .or_else(|| config.socket_path.clone())
+            .unwrap_or_else(default_socket),
+        state_dir: opts
+            .state_dir
+            .clone()
+            .or_else(|| config.state_dir.clone())
+            .unwrap_or_else(default_state_dir),
+        socket_from_flag: opts.socket.is_some(),
+        state_dir_from_flag: opts.state_dir.is_some(),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(&paths.state_dir)
+        .map_err(|e| {
+            StartError::Other(format!(
+                "cannot create state directory {}: {e}",
+                paths.state_dir.display()
+            ))
+        })?;
+    let store = Store::open(&paths.database()).map_err(|e| {
+        StartError::Other(format!(
+            "cannot open the store {}: {e}",
+            paths.database().display()
+        ))
+    })?;
+    Ok(Prepared {
+        config,
+        paths,
+        store,
+    })
+}
+
+/// Run the daemon until SIGTERM/SIGINT. Call from inside a tokio runtime.
+pub async fn serve(p: Prepared, listener: tokio::net::UnixListener) -> Result<(), StartError> {
+    let Prepared {
+        config,
+        paths,
+        store,
+    } = p;
+    let s = store.clone();
+    let cfg = config.clone();
+    let mode = tokio::task::spawn_blocking(move || lifecycle::startup_mode(&s, &cfg))
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))?
+        .map_err(|e| other("cannot decide the mode")(e.to_string()))?;
+    let (handle, rx) = DispatchHandle::channel();
+    let d = Arc::new(Daemon::new(
+        store.clone(),
+        paths.clone(),
+        config,
+        mode,
+        handle,
+    ));
+    let (gate, overrides) = store
+        .read(|c| Ok((synthetic::latest(c)?, flip::pending_overrides(c)?)))
+        .await
+        .map_err(|e| other("cannot read gate history")(e.to_string()))?;
+    d.with_notes(|n| {
+        n.latest_gate = gate;
+        n.pending_overrides = overrides;
+    });
+
+    // Tasks that were in progress belong to specialists of the previous run: reclaim them now.
+    let c = d.config();
+    let reclaimed = store
+        .write(move |b| {
+            let attempts = |agent: &str| c.agent(agent).map(|a| a.max_attempts).unwrap_or(1);
+            sweeper::reclaim_lapsed(
+                b,
+                i64::MAX,
+                usize::MAX >> 1,
+                "the daemon restarted while the specialist ran",
+                &attempts,
+            )
+        })
+        .await
+        .map_err(|e| other("cannot reclaim in-progress tasks")(e.to_string()))?;
+    if !reclaimed.0.is_empty() || !reclaimed.1.is_empty() {
+        tracing::warn!(
+            failed = reclaimed.0.len(),
+            requeued = reclaimed.1.len(),
+            "reclaimed tasks left in progress by the previous run"
+        );
+    }
+    dispatch::specialist::kill_orphans(&d).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(dispatch::run(Arc::clone(&d), rx));
+    tasks.spawn(lifecycle::signals(Arc::clone(&d)));
+    tasks.spawn(lifecycle::watchdog(Arc::clone(&d)));
+    tasks.spawn(sweeper::run(Arc::clone(&d)));
+    let server = tokio::spawn(server::serve(Arc::clone(&d), listener));
+
+    tracing::info!(
+        socket = %paths.socket.display(),
+        state_dir = %paths.state_dir.display(),
+        MODE = %d.mode().effective,
+        pid = std::process::id(),
+        started_ms = now_ms(),
+        "orchestratord ready"
+    );
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&lifecycle::status_line(&d)),
+    ]);
+
+    d.shutdown.cancelled().await;
+    notify(&[NotifyState::Stopping]);
+    let _ = server.await;
+    while tasks.join_next().await.is_some() {}
+    store.close();
+    if let Err(e) = std::fs::remove_file(&paths.socket) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(error = %e, "cannot remove the socket");
+        }
+    }
+    tracing::info!("orchestratord stopped");
+    Ok(())
+}

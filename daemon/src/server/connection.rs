@@ -1,0 +1,196 @@
+//! One client connection: peer check, hello, then one reply per request.
+
+use super::handlers;
+use crate::access::{Access, Peer};
+use crate::daemon::Daemon;
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use orchestrator_proto::frame::{codec, decode, encode};
+use orchestrator_proto::message::{
+    ClientMessage, HelloReply, Request, MAGIC, PROTOCOL_MAJOR, PROTOCOL_MINOR,
+};
+use orchestrator_proto::{ErrorCode, ServerMessage, WireError};
+use std::sync::Arc;
+use tokio::net::UnixStream;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+type Conn = Framed<UnixStream, LengthDelimitedCodec>;
+
+async fn send(conn: &mut Conn, msg: &ServerMessage) -> bool {
+    match encode(msg) {
+        Ok(bytes) => conn.send(Bytes::from(bytes)).await.is_ok(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a reply");
+            false
+        }
+    }
+}
+
+async fn refuse(d: &Daemon, conn: &mut Conn, err: WireError) {
+    Metrics::inc(&d.metrics.protocol_errors);
+    tracing::debug!(code = %err.code, message = %err.message, "closing connection after a protocol error");
+    let _ = send(conn, &ServerMessage::Err(err)).await;
+    let _ = SinkExt::<Bytes>::close(conn).await;
+}
+
+enum Next {
+    Message(ClientMessage),
+    Closed,
+    Bad(WireError),
+}
+
+async fn next(conn: &mut Conn, max_frame: usize) -> Next {
+    match conn.next().await {
+        None => Next::Closed,
+        Some(Err(e)) => {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                Next::Bad(
+                    WireError::new(
+                        ErrorCode::FrameTooLarge,
+                        format!("frame exceeds the limit of {max_frame} bytes"),
+                    )
+                    .with("max", max_frame.to_string()),
+                )
+            } else {
+                Next::Closed
+            }
+        }
+        Some(Ok(frame)) => match decode::<ClientMessage>(&frame) {
+            Ok(msg) => Next::Message(msg),
+            Err(e) => Next::Bad(WireError::new(
+                ErrorCode::MalformedRequest,
+                format!("undecodable frame: {e}"),
+            )),
+        },
+    }
+}
+
+pub async fn serve(d: Arc<Daemon>, stream: UnixStream) {
+    Metrics::inc(&d.metrics.connections);
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read peer credentials; closing");
+            return;
+        }
+    };
+    let peer = Peer::from_credentials(cred.uid(), cred.gid(), cred.pid());
+    let max_frame = d.config().socket.max_frame;
+    let mut conn = Framed::new(stream, codec(max_frame));
+    let access = d.access().check(&peer);
+    if access == Access::Denied {
+        tracing::info!(uid = peer.uid, user = %peer.user, "refused a connection from a peer that is not allowed");
+        let err = WireError::new(
+            ErrorCode::PermissionDenied,
+            format!("user {} may not use this socket", peer.user),
+        )
+        .with("uid", peer.uid.to_string());
+        refuse(&d, &mut conn, err).await;
+        return;
+    }
+
+    // The handshake comes first.
+    match next(&mut conn, max_frame).await {
+        Next::Closed => return,
+        Next::Bad(err) => return refuse(&d, &mut conn, err).await,
+        Next::Message(ClientMessage::Request(_)) => {
+            let err = WireError::new(
+                ErrorCode::ProtocolMismatch,
+                "the first frame must be a hello",
+            );
+            return refuse(&d, &mut conn, err).await;
+        }
+        Next::Message(ClientMessage::Hello(h)) => {
+            if h.magic != MAGIC || h.major != PROTOCOL_MAJOR {
+                let err = WireError::new(
+                    ErrorCode::ProtocolMismatch,
+                    format!(
+                        "client speaks protocol {}.{} (magic {:#x}); daemon speaks {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
+                        h.major, h.minor, h.magic
+                    ),
+                )
+                .with("client", format!("{}.{}", h.major, h.minor))
+                .with("daemon", format!("{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"));
+                return refuse(&d, &mut conn, err).await;
+            }
+            let reply = ServerMessage::Hello(HelloReply {
+                major: PROTOCOL_MAJOR,
+                minor: PROTOCOL_MINOR,
+                daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+                mode: d.mode().effective,
+            });
+            if !send(&mut conn, &reply).await {
+                return;
+            }
+        }
+    }
+
+    loop {
+        let request = tokio::select! {
+            _ = d.shutdown.cancelled() => return,
+            n = next(&mut conn, max_frame) => n,
+        };
+        let request = match request {
+            Next::Closed => return,
+            Next::Bad(err) => return refuse(&d, &mut conn, err).await,
+            Next::Message(ClientMessage::Hello(_)) => {
+                let err = WireError::new(ErrorCode::MalformedRequest, "hello was already received");
+                return refuse(&d, &mut conn, err).await;
+            }
+            Next::Message(ClientMessage::Request(r)) => r,
+        };
+        Metrics::inc(&d.metrics.requests);
+        if access == Access::ReadOnly && request.is_mutating() {
+            let err = WireError::new(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "user {} may only use read verbs; {} changes state",
+                    peer.user,
+                    request.verb()
+                ),
+            );
+            if !send(&mut conn, &ServerMessage::Err(err)).await {
+                return;
+            }
+            continue;
+        }
+        if request == Request::Watch {
+            return watch(&d, conn).await;
+        }
+        let reply = match handlers::handle(&d, &peer, request).await {
+            Ok(resp) => ServerMessage::Ok(Box::new(resp)),
+            Err(err) => ServerMessage::Err(err),
+        };
+        if !send(&mut conn, &reply).await {
+            return;
+        }
+    }
+}
+
+/// Stream every committed trajectory event until the client hangs up or the daemon stops.
+async fn watch(d: &Daemon, mut conn: Conn) {
+    let mut events = d.store.subscribe();
+    if !send(
+        &mut conn,
+        &ServerMessage::Ok(Box::new(orchestrator_proto::Response::WatchStarted)),
+    )
+    .await
+    {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = d.shutdown.cancelled() => return,
+            // A client that sends anything or hangs up ends the stream.
+            n = conn.next() => if n.is_none() { return },
+            ev = events.recv() => match ev {
+                Ok(ev) => if !send(&mut conn, &ServerMessage::Event(ev)).await { return },
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "a watch client fell behind; events were skipped");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}

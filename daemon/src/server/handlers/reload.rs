@@ -1,0 +1,11 @@
+//! `reload`: the same reload path as SIGHUP, answered synchronously (SPEC §9).
+
+use crate::daemon::Daemon;
+use crate::lifecycle::{reload, ReloadTrigger};
+use orchestrator_proto::{Response, WireError};
+use std::sync::Arc;
+
+pub async fn handle(d: &Arc<Daemon>) -> Result<Response, WireError> {
+    let report = reload(d, ReloadTrigger::Orchctl).await?;
+    Ok(Response::Reload(report))
+}

@@ -1,0 +1,48 @@
+//! `status`: mode, config, counts, gate, sweeper — all from memory, so it answers in microseconds.
+
+use crate::clock::rfc3339;
+use crate::daemon::Daemon;
+use orchestrator_proto::message::{StateCount, StatusReport};
+use orchestrator_proto::{Response, WireError};
+
+pub async fn handle(d: &Daemon) -> Result<Response, WireError> {
+    let cfg = d.config();
+    let mode = d.mode();
+    let notes = d.notes();
+    let fingerprint = cfg.routing_fingerprint();
+    let latest_gate = notes.latest_gate.clone().map(|mut g| {
+        g.matches_current = g.fingerprint == fingerprint;
+        g
+    });
+    let counts = d
+        .store
+        .counts()
+        .entries()
+        .into_iter()
+        .map(|(kind, state, count)| StateCount { kind, state, count })
+        .collect();
+    Ok(Response::Status(Box::new(StatusReport {
+        daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        uptime_secs: d.started.elapsed().as_secs(),
+        configured_mode: cfg.mode,
+        effective_mode: mode.effective,
+        mode_since: rfc3339(mode.since_ms),
+        mode_note: mode.note,
+        config_path: cfg.source.as_ref().map(|p| p.display().to_string()),
+        config_loaded_at: rfc3339(notes.config_loaded_ms),
+        config_error: notes.config_error,
+        config_warnings: cfg.warnings.clone(),
+        routing_fingerprint: fingerprint,
+        socket: d.paths.socket.display().to_string(),
+        state_dir: d.paths.state_dir.display().to_string(),
+        counts,
+        latest_gate,
+        last_reload: notes.last_reload,
+        pending_overrides: notes.pending_overrides,
+        last_sweep: notes.last_sweep,
+        next_sweep_at: notes.next_sweep_ms.map(rfc3339),
+        token_problem: crate::credentials::token_problem(&d.paths.token_file()),
+        http_listen: cfg.http.as_ref().map(|h| h.listen.to_string()),
+    })))
+}

@@ -1,0 +1,344 @@
+//! Write operations, run by the writer thread inside a group transaction.
+//!
+//! A [`Batch`] is the group's transaction plus the effects its jobs produced (trajectory events to
+//! publish, count changes). Effects are published only if the group commits, and a job that fails is
+//! rolled back to its savepoint together with its effects.
+
+use super::rows::{event_from_row, task_from_row, EVENT_COLUMNS, TASK_COLUMNS};
+use super::StoreError;
+use crate::clock::rfc3339;
+use crate::machine::{next_state, Action};
+use orchestrator_proto::task::{
+    Rejection, Routing, Task, TaskError, TaskKind, TaskResult, TaskState, TrajectoryEvent,
+};
+use orchestrator_proto::ErrorCode;
+use rusqlite::{params, OptionalExtension, Transaction};
+use std::collections::BTreeMap;
+
+/// A task as submitted, before it is stored.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: String,
+    pub kind: TaskKind,
+    pub goal: String,
+    pub workspace_dir: Option<String>,
+    pub required_capabilities: Vec<String>,
+    pub submitted_by: String,
+    /// Submitted by the synthetic harness; hidden from `tasks list` unless asked for.
+    pub harness: bool,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+}
+
+/// Fields a transition sets besides the state and the timestamp that goes with its action.
+#[derive(Debug, Clone, Default)]
+pub struct Patch {
+    pub routing: Option<Routing>,
+    pub agent: Option<String>,
+    pub result: Option<TaskResult>,
+    pub rejection: Option<Rejection>,
+    pub error: Option<TaskError>,
+    pub would_require_approval: Option<bool>,
+    /// Lease expiry for a task entering or staying `in_progress`.
+    pub lease_until: Option<i64>,
+    pub specialist_pid: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TransitionOp {
+    pub id: String,
+    pub action: Action,
+    pub actor: String,
+    pub at_ms: i64,
+    pub patch: Patch,
+    pub details: Option<BTreeMap<String, String>>,
+}
+
+impl TransitionOp {
+    pub fn new(id: &str, action: Action, actor: &str, at_ms: i64) -> Self {
+        TransitionOp {
+            id: id.to_string(),
+            action,
+            actor: actor.to_string(),
+            at_ms,
+            patch: Patch::default(),
+            details: None,
+        }
+    }
+
+    pub fn patch(mut self, patch: Patch) -> Self {
+        self.patch = patch;
+        self
+    }
+
+    pub fn detail(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.details
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.to_string(), value.into());
+        self
+    }
+}
+
+pub(super) type Delta = (TaskKind, Option<TaskState>, Option<TaskState>);
+
+pub struct Batch<'a> {
+    tx: &'a Transaction<'a>,
+    events: Vec<TrajectoryEvent>,
+    deltas: Vec<Delta>,
+}
+
+fn sql_json<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>, StoreError> {
+    match v {
+        None => Ok(None),
+        Some(v) => serde_json::to_string(v)
+            .map(Some)
+            .map_err(|e| StoreError::Sql(format!("encode: {e}"))),
+    }
+}
+
+impl<'a> Batch<'a> {
+    pub(super) fn new(tx: &'a Transaction<'a>) -> Self {
+        Batch {
+            tx,
+            events: Vec::new(),
+            deltas: Vec::new(),
+        }
+    }
+
+    pub(super) fn into_effects(self) -> (Vec<TrajectoryEvent>, Vec<Delta>) {
+        (self.events, self.deltas)
+    }
+
+    /// The transaction, for operations that have no helper here yet.
+    pub fn conn(&self) -> &Transaction<'a> {
+        self.tx
+    }
+
+    /// Run `f` in a nested savepoint: on error, its statements and effects are undone and the rest
+    /// of the job goes on.
+    pub fn nested<T>(
+        &mut self,
+        f: impl FnOnce(&mut Batch<'a>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.savepoint(f)
+    }
+
+    /// Run `f` in a savepoint: on error, its statements and effects are undone.
+    pub(super) fn savepoint<T>(
+        &mut self,
+        f: impl FnOnce(&mut Batch<'a>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let (events, deltas) = (self.events.len(), self.deltas.len());
+        self.tx.execute_batch("SAVEPOINT job")?;
+        let result = f(self).and_then(|v| {
+            self.tx.execute_batch("RELEASE job")?;
+            Ok(v)
+        });
+        if result.is_err() {
+            let _ = self.tx.execute_batch("ROLLBACK TO job; RELEASE job");
+            self.events.truncate(events);
+            self.deltas.truncate(deltas);
+        }
+        result
+    }
+
+    pub fn get_task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;
+        Ok(stmt.query_row([id], task_from_row).optional()?)
+    }
+
+    pub fn insert_task(&mut self, t: NewTask, actor: &str) -> Result<Task, StoreError> {
+        let caps = serde_json::to_string(&t.required_capabilities)
+            .map_err(|e| StoreError::Sql(e.to_string()))?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO tasks (id, kind, state, goal, workspace_dir, required_caps, submitted_by, harness, \
+                 created_at, expires_at) VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                t.id,
+                t.kind.as_str(),
+                t.goal,
+                t.workspace_dir,
+                caps,
+                t.submitted_by,
+                t.harness as i64,
+                t.created_ms,
+                t.expires_ms
+            ])?;
+        self.append_event(
+            &t.id,
+            t.kind,
+            t.created_ms,
+            actor,
+            "submit",
+            None,
+            TaskState::Queued,
+            None,
+        )?;
+        self.get_task(&t.id)?
+            .ok_or_else(|| StoreError::NotFound(t.id.clone()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn append_event(
+        &mut self,
+        task_id: &str,
+        kind: TaskKind,
+        at_ms: i64,
+        actor: &str,
+        action: &str,
+        from: Option<TaskState>,
+        to: TaskState,
+        details: Option<BTreeMap<String, String>>,
+    ) -> Result<(), StoreError> {
+        let details_json = sql_json(&details)?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                task_id,
+                at_ms,
+                actor,
+                action,
+                from.map(|s| s.as_str()),
+                to.as_str(),
+                details_json
+            ])?;
+        let seq = self.tx.last_insert_rowid();
+        self.events.push(TrajectoryEvent {
+            seq: seq.max(0) as u64,
+            task_id: task_id.to_string(),
+            at: rfc3339(at_ms),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            from,
+            to,
+            details,
+        });
+        self.deltas.push((kind, from, Some(to)));
+        Ok(())
+    }
+
+    /// Apply one transition as a compare-and-set on the task's current state, with its trajectory event.
+    pub fn transition(&mut self, op: TransitionOp) -> Result<Task, StoreError> {
+        let current: Option<(String, String, i64)> = self
+            .tx
+            .prepare_cached("SELECT kind, state, expires_at FROM tasks WHERE id = ?1")?
+            .query_row([&op.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let (kind, from, expires_at) =
+            current.ok_or_else(|| StoreError::NotFound(op.id.clone()))?;
+        let kind: TaskKind = kind.parse().map_err(StoreError::Sql)?;
+        let from: TaskState = from.parse().map_err(StoreError::Sql)?;
+        let to = next_state(from, op.action).map_err(|r| StoreError::Refused {
+            from: r.from,
+            action: r.action.name(),
+        })?;
+        if op.action == Action::Expire && expires_at > op.at_ms {
+            return Err(StoreError::Rejected(
+                ErrorCode::InvalidTransition,
+                format!(
+                    "task {} does not expire until {}",
+                    op.id,
+                    rfc3339(expires_at)
+                ),
+            ));
+        }
+        let p = &op.patch;
+        let at = op.at_ms;
+        let assigned_at = (op.action == Action::Route).then_some(at);
+        let started_at = (op.action == Action::Start).then_some(at);
+        let completed_at = to.is_terminal().then_some(at);
+        let attempts_inc = i64::from(op.action == Action::Start);
+        // Leaving in_progress always drops the lease; entering it takes the one in the patch.
+        let (lease_set, lease_val) = if to == TaskState::InProgress {
+            (p.lease_until.is_some(), p.lease_until)
+        } else {
+            (true, None)
+        };
+        let (pid_set, pid_val) = if to == TaskState::InProgress {
+            (p.specialist_pid.is_some(), p.specialist_pid)
+        } else {
+            (true, None)
+        };
+        let error_code = p.error.as_ref().map(|e| e.code.clone());
+        let changed = self
+            .tx
+            .prepare_cached(
+                "UPDATE tasks SET state = ?2, \
+                 routing = COALESCE(?3, routing), agent = COALESCE(?4, agent), result = COALESCE(?5, result), \
+                 rejection = COALESCE(?6, rejection), error = COALESCE(?7, error), \
+                 error_code = COALESCE(?8, error_code), \
+                 would_require_approval = COALESCE(?9, would_require_approval), \
+                 assigned_at = COALESCE(?10, assigned_at), started_at = COALESCE(?11, started_at), \
+                 completed_at = COALESCE(?12, completed_at), \
+                 lease_until = CASE WHEN ?13 THEN ?14 ELSE lease_until END, \
+                 specialist_pid = CASE WHEN ?15 THEN ?16 ELSE specialist_pid END, \
+                 attempts = attempts + ?17 \
+                 WHERE id = ?1 AND state = ?18",
+            )?
+            .execute(params![
+                op.id,
+                to.as_str(),
+                sql_json(&p.routing)?,
+                p.agent,
+                sql_json(&p.result)?,
+                sql_json(&p.rejection)?,
+                sql_json(&p.error)?,
+                error_code,
+                p.would_require_approval.map(i64::from),
+                assigned_at,
+                started_at,
+                completed_at,
+                lease_set,
+                lease_val,
+                pid_set,
+                pid_val,
+                attempts_inc,
+                from.as_str()
+            ])?;
+        if changed != 1 {
+            return Err(StoreError::Refused {
+                from,
+                action: op.action.name(),
+            });
+        }
+        self.append_event(
+            &op.id,
+            kind,
+            at,
+            &op.actor,
+            op.action.name(),
+            Some(from),
+            to,
+            op.details,
+        )?;
+        self.get_task(&op.id)?
+            .ok_or_else(|| StoreError::NotFound(op.id.clone()))
+    }
+
+    pub fn events_of(&self, id: &str) -> Result<Vec<TrajectoryEvent>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE task_id = ?1 ORDER BY seq"
+        ))?;
+        let rows = stmt.query_map([id], event_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2")?
+            .execute(params![key, value])?;
+        Ok(())
+    }
+
+    /// Record a deletion of a task's rows in the counts (the caller deletes the rows).
+    pub fn note_deleted(&mut self, kind: TaskKind, state: TaskState) {
+        self.deltas.push((kind, Some(state), None));
+    }
+}

@@ -1,0 +1,355 @@
+//! The durable task store: SQLite in WAL mode with `synchronous=FULL`.
+//!
+//! One writer thread owns the only writing connection. Callers hand it jobs ([`Store::write`]); it
+//! takes every job waiting at that moment, runs each inside its own savepoint of one transaction, and
+//! commits them together — one fsync for many requests (group commit). A job's reply is released only
+//! after that commit returned, so an acknowledged write is on disk. A job that fails rolls back to its
+//! savepoint and leaves the rest of the group untouched.
+//!
+//! Reads go to a small pool of read connections on blocking threads; WAL lets them run while the
+//! writer commits.
+
+mod batch;
+pub mod queries;
+mod rows;
+mod schema;
+
+pub use batch::{Batch, NewTask, Patch, TransitionOp};
+pub use rows::{task_from_row, TASK_COLUMNS};
+pub use schema::SCHEMA_VERSION;
+
+use orchestrator_proto::task::{TaskKind, TaskState, TrajectoryEvent};
+use orchestrator_proto::{ErrorCode, WireError};
+use rusqlite::{Connection, OpenFlags};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{broadcast, oneshot};
+
+/// Most jobs committed in one transaction; bounds the latency of the first job in a burst.
+const MAX_GROUP: usize = 2048;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("no task with id {0}")]
+    NotFound(String),
+    #[error("invalid transition: cannot {action} a task that is {from}")]
+    Refused {
+        from: TaskState,
+        action: &'static str,
+    },
+    #[error("{1}")]
+    Rejected(ErrorCode, String),
+    #[error("store error: {0}")]
+    Sql(String),
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sql(e.to_string())
+    }
+}
+
+impl From<StoreError> for WireError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => {
+                WireError::new(ErrorCode::NotFound, format!("no task with id {id}")).with("id", id)
+            }
+            StoreError::Refused { from, action } => WireError::new(
+                ErrorCode::InvalidTransition,
+                format!("cannot {action} a task that is {from}"),
+            )
+            .with("from", from.as_str())
+            .with("action", action),
+            StoreError::Rejected(code, msg) => WireError::new(code, msg),
+            StoreError::Sql(msg) => {
+                WireError::new(ErrorCode::Internal, format!("store error: {msg}"))
+            }
+            StoreError::Closed => {
+                WireError::new(ErrorCode::ShuttingDown, "the daemon is shutting down")
+            }
+        }
+    }
+}
+
+/// Task counts by kind and state, kept in memory and moved by every commit, so `status` never scans.
+#[derive(Debug, Default, Clone)]
+pub struct Counts(HashMap<(TaskKind, TaskState), u64>);
+
+impl Counts {
+    pub fn get(&self, kind: TaskKind, state: TaskState) -> u64 {
+        self.0.get(&(kind, state)).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+
+    pub fn entries(&self) -> Vec<(TaskKind, TaskState, u64)> {
+        let mut v: Vec<_> = self
+            .0
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|((k, s), n)| (*k, *s, *n))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn apply(&mut self, kind: TaskKind, from: Option<TaskState>, to: Option<TaskState>) {
+        if let Some(from) = from {
+            let n = self.0.entry((kind, from)).or_default();
+            *n = n.saturating_sub(1);
+        }
+        if let Some(to) = to {
+            *self.0.entry((kind, to)).or_default() += 1;
+        }
+    }
+}
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A job runs against the group's batch, or against `None` when the group could not start; either
+/// way it returns the completion that answers its caller once the outcome of the commit is known.
+type Job = Box<dyn FnOnce(Option<&mut Batch<'_>>) -> Completion + Send>;
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    readers: Mutex<Vec<Connection>>,
+    counts: Arc<Mutex<Counts>>,
+    events: broadcast::Sender<TrajectoryEvent>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Open (creating and migrating if needed) the database at `path` and start the writer.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let mut conn = open_connection(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )?;
+        schema::migrate(&mut conn).map_err(StoreError::Sql)?;
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(StoreError::Sql(format!("integrity check failed: {check}")));
+        }
+        let counts = Arc::new(Mutex::new(load_counts(&conn)?));
+        let (events, _) = broadcast::channel(4096);
+        let (tx, rx) = mpsc::channel::<Job>();
+        let writer_counts = Arc::clone(&counts);
+        let writer_events = events.clone();
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(conn, rx, writer_counts, writer_events))
+            .map_err(|e| StoreError::Sql(format!("cannot start the writer thread: {e}")))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                jobs: Mutex::new(Some(tx)),
+                readers: Mutex::new(Vec::new()),
+                counts,
+                events,
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Run `f` inside the writer's next group commit; resolves once the commit is durable.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.submit_job(f, tx)?;
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// [`Store::write`] for callers outside the async runtime (tests, tools).
+    pub fn write_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.submit_job(f, tx)?;
+        rx.blocking_recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    fn submit_job<T, F>(
+        &self,
+        f: F,
+        reply: oneshot::Sender<Result<T, StoreError>>,
+    ) -> Result<(), StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let job: Job = Box::new(move |batch: Option<&mut Batch<'_>>| {
+            let result = match batch {
+                Some(batch) => batch.savepoint(f),
+                None => Err(StoreError::Closed),
+            };
+            Box::new(move |commit: Result<(), StoreError>| {
+                let _ = reply.send(commit.and(result));
+            })
+        });
+        let guard = self.inner.jobs.lock().map_err(|_| StoreError::Closed)?;
+        match guard.as_ref() {
+            Some(sender) => sender.send(job).map_err(|_| StoreError::Closed),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    /// Run a read on a pooled read connection, on a blocking thread.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_blocking(f))
+            .await
+            .map_err(|e| StoreError::Sql(format!("read task failed: {e}")))?
+    }
+
+    pub fn read_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError>,
+    {
+        let pooled = self.inner.readers.lock().ok().and_then(|mut p| p.pop());
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_connection(&self.inner.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?,
+        };
+        let result = f(&conn);
+        if let Ok(mut pool) = self.inner.readers.lock() {
+            if pool.len() < 8 {
+                pool.push(conn);
+            }
+        }
+        result
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.inner
+            .counts
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every committed trajectory event, in commit order (for `watch`, logs and metrics).
+    pub fn subscribe(&self) -> broadcast::Receiver<TrajectoryEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Stop accepting writes, let the writer finish what it has, and wait for it.
+    pub fn close(&self) {
+        if let Ok(mut jobs) = self.inner.jobs.lock() {
+            jobs.take();
+        }
+        let handle = self.inner.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+fn load_counts(conn: &Connection) -> Result<Counts, StoreError> {
+    let mut counts = Counts::default();
+    let mut stmt = conn.prepare("SELECT kind, state, count(*) FROM tasks GROUP BY kind, state")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let kind: String = row.get(0)?;
+        let state: String = row.get(1)?;
+        let n: i64 = row.get(2)?;
+        if let (Ok(k), Ok(s)) = (kind.parse::<TaskKind>(), state.parse::<TaskState>()) {
+            counts.0.insert((k, s), n.max(0) as u64);
+        }
+    }
+    Ok(counts)
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    counts: Arc<Mutex<Counts>>,
+    events: broadcast::Sender<TrajectoryEvent>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        run_group(&mut conn, group, &counts, &events);
+    }
+    // Every sender is gone: checkpoint so the next start opens a small WAL.
+    let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+}
+
+fn run_group(
+    conn: &mut Connection,
+    group: Vec<Job>,
+    counts: &Mutex<Counts>,
+    events: &broadcast::Sender<TrajectoryEvent>,
+) {
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            // Nothing can run without a transaction: every job is answered with the error unexecuted.
+            let err = StoreError::Sql(format!("cannot begin a transaction: {e}"));
+            for job in group {
+                job(None)(Err(err.clone()));
+            }
+            return;
+        }
+    };
+    let mut batch = Batch::new(&tx);
+    let completions: Vec<Completion> = group.into_iter().map(|job| job(Some(&mut batch))).collect();
+    let (new_events, deltas) = batch.into_effects();
+    let committed = tx
+        .commit()
+        .map_err(|e| StoreError::Sql(format!("commit failed: {e}")));
+    if committed.is_ok() {
+        if let Ok(mut c) = counts.lock() {
+            for (kind, from, to) in &deltas {
+                c.apply(*kind, *from, *to);
+            }
+        }
+        for ev in new_events {
+            let _ = events.send(ev);
+        }
+    }
+    for done in completions {
+        done(committed.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests;

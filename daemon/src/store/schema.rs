@@ -1,0 +1,96 @@
+//! Schema and migrations. `PRAGMA user_version` records the schema version; each migration moves it
+//! up by one inside a transaction. A store written by a newer daemon is refused rather than guessed at.
+
+use rusqlite::Connection;
+
+/// Migrations in order; index `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: tasks, their trajectory, gate runs, overrides and daemon metadata.
+    r#"
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY NOT NULL,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        goal TEXT NOT NULL,
+        workspace_dir TEXT,
+        required_caps TEXT NOT NULL,
+        routing TEXT,
+        agent TEXT,
+        result TEXT,
+        rejection TEXT,
+        error TEXT,
+        error_code TEXT,
+        submitted_by TEXT NOT NULL,
+        harness INTEGER NOT NULL DEFAULT 0,
+        would_require_approval INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        assigned_at INTEGER,
+        started_at INTEGER,
+        completed_at INTEGER,
+        expires_at INTEGER NOT NULL,
+        lease_until INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        specialist_pid INTEGER
+    );
+    CREATE INDEX tasks_state_expires ON tasks(state, expires_at);
+    CREATE INDEX tasks_kind_created ON tasks(kind, created_at, state, error_code, agent, completed_at, would_require_approval);
+    CREATE INDEX tasks_terminal_completed ON tasks(kind, completed_at) WHERE completed_at IS NOT NULL;
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        task_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        details TEXT
+    );
+    CREATE INDEX events_task ON events(task_id, seq);
+    CREATE TABLE gate_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        label TEXT,
+        fingerprint TEXT NOT NULL,
+        passed INTEGER NOT NULL,
+        total INTEGER NOT NULL,
+        report TEXT NOT NULL
+    );
+    CREATE TABLE overrides (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        mode TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        by_user TEXT NOT NULL,
+        uid INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        consumed_at INTEGER
+    );
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL
+    );
+    "#,
+];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let current: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| format!("cannot read schema version: {e}"))?;
+    if current > SCHEMA_VERSION {
+        return Err(format!(
+            "the store has schema version {current}, newer than this daemon's {SCHEMA_VERSION}; \
+             run a newer orchestratord"
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        tx.execute_batch(sql)
+            .map_err(|e| format!("migration {} failed: {e}", i + 1))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(|e| e.to_string())?;
+        tx.commit()
+            .map_err(|e| format!("migration {} failed to commit: {e}", i + 1))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+use super::queries;
+use super::*;
+use crate::machine::Action;
+
+fn new_task(id: &str) -> NewTask {
+    NewTask {
+        id: id.to_string(),
+        kind: TaskKind::Synthetic,
+        goal: "fix the bug".into(),
+        workspace_dir: None,
+        required_capabilities: vec!["code".into()],
+        submitted_by: "alice".into(),
+        harness: false,
+        created_ms: 1_000,
+        expires_ms: 10_000,
+    }
+}
+
+fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.db")).unwrap();
+    (dir, store)
+}
+
+#[test]
+fn insert_then_transition_writes_one_event_each() {
+    let (_d, store) = open();
+    let t = store
+        .write_blocking(|b| b.insert_task(new_task("T1"), "alice"))
+        .unwrap();
+    assert_eq!(t.state, TaskState::Queued);
+    let t = store
+        .write_blocking(|b| {
+            b.transition(TransitionOp::new("T1", Action::Route, "dispatcher", 2_000))
+        })
+        .unwrap();
+    assert_eq!(t.state, TaskState::Assigned);
+    assert!(t.assigned_at.is_some());
+    let events = store
+        .read_blocking(|c| queries::events_of(c, "T1"))
+        .unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].from, Some(TaskState::Queued));
+    assert_eq!(events[1].to, TaskState::Assigned);
+    assert_eq!(events[1].actor, "dispatcher");
+    assert_eq!(
+        store.counts().get(TaskKind::Synthetic, TaskState::Assigned),
+        1
+    );
+    assert_eq!(
+        store.counts().get(TaskKind::Synthetic, TaskState::Queued),
+        0
+    );
+}
+
+#[test]
+fn refused_transition_changes_nothing() {
+    let (_d, store) = open();
+    store
+        .write_blocking(|b| b.insert_task(new_task("T1"), "alice"))
+        .unwrap();
+    let err = store
+        .write_blocking(|b| b.transition(TransitionOp::new("T1", Action::Approve, "bob", 2_000)))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Refused {
+            from: TaskState::Queued,
+            action: "approve"
+        }
+    );
+    let events = store
+        .read_blocking(|c| queries::events_of(c, "T1"))
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    let missing = store
+        .write_blocking(|b| b.transition(TransitionOp::new("nope", Action::Cancel, "bob", 2_000)));
+    assert_eq!(missing.unwrap_err(), StoreError::NotFound("nope".into()));
+}
+
+#[test]
+fn expire_waits_for_expires_at() {
+    let (_d, store) = open();
+    store
+        .write_blocking(|b| b.insert_task(new_task("T1"), "alice"))
+        .unwrap();
+    assert!(store
+        .write_blocking(|b| b.transition(TransitionOp::new("T1", Action::Expire, "sweeper", 9_999)))
+        .is_err());
+    let t = store
+        .write_blocking(|b| {
+            b.transition(TransitionOp::new("T1", Action::Expire, "sweeper", 10_000))
+        })
+        .unwrap();
+    assert_eq!(t.state, TaskState::Expired);
+}
+
+#[test]
+fn a_failed_job_does_not_spoil_its_group() {
+    let (_d, store) = open();
+    let s2 = store.clone();
+    let handles: Vec<_> = (0..50)
+        .map(|i| {
+            let s = s2.clone();
+            std::thread::spawn(move || {
+                let id = format!("T{i}");
+                s.write_blocking(move |b| {
+                    b.insert_task(new_task(&id), "alice")?;
+                    if i % 2 == 0 {
+                        return Err(StoreError::Sql("forced".into()));
+                    }
+                    Ok(())
+                })
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 25);
+    assert_eq!(results.iter().filter(|r| r.is_err()).count(), 25);
+    let listed = store
+        .read_blocking(|c| {
+            queries::list_tasks(
+                c,
+                &queries::TaskFilter {
+                    limit: 1000,
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap();
+    assert_eq!(listed.len(), 25);
+    assert_eq!(store.counts().total(), 25);
+}
+
+#[test]
+fn committed_tasks_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let store = Store::open(&path).unwrap();
+        store
+            .write_blocking(|b| b.insert_task(new_task("T1"), "alice"))
+            .unwrap();
+        store.close();
+    }
+    let store = Store::open(&path).unwrap();
+    let t = store
+        .read_blocking(|c| queries::get_task(c, "T1"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.goal, "fix the bug");
+    assert_eq!(t.required_capabilities, vec!["code".to_string()]);
+    assert_eq!(
+        store.counts().get(TaskKind::Synthetic, TaskState::Queued),
+        1
+    );
+}

@@ -1,0 +1,105 @@
+//! Stable error codes (SPEC §10). The snake_case names are a contract: scripts match on them.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Every error a request can end with. New codes are only ever appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    NotFound,
+    InvalidTransition,
+    InvalidReason,
+    MissingGoal,
+    GoalTooLong,
+    InvalidState,
+    InvalidKind,
+    PermissionDenied,
+    ProtocolMismatch,
+    FrameTooLarge,
+    MalformedRequest,
+    ConfigInvalid,
+    GateRefused,
+    Internal,
+    InvalidId,
+    InvalidArgument,
+    UnknownFixture,
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 18] = [
+        ErrorCode::NotFound,
+        ErrorCode::InvalidTransition,
+        ErrorCode::InvalidReason,
+        ErrorCode::MissingGoal,
+        ErrorCode::GoalTooLong,
+        ErrorCode::InvalidState,
+        ErrorCode::InvalidKind,
+        ErrorCode::PermissionDenied,
+        ErrorCode::ProtocolMismatch,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::MalformedRequest,
+        ErrorCode::ConfigInvalid,
+        ErrorCode::GateRefused,
+        ErrorCode::Internal,
+        ErrorCode::InvalidId,
+        ErrorCode::InvalidArgument,
+        ErrorCode::UnknownFixture,
+        ErrorCode::ShuttingDown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::InvalidTransition => "invalid_transition",
+            ErrorCode::InvalidReason => "invalid_reason",
+            ErrorCode::MissingGoal => "missing_goal",
+            ErrorCode::GoalTooLong => "goal_too_long",
+            ErrorCode::InvalidState => "invalid_state",
+            ErrorCode::InvalidKind => "invalid_kind",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::ProtocolMismatch => "protocol_mismatch",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::MalformedRequest => "malformed_request",
+            ErrorCode::ConfigInvalid => "config_invalid",
+            ErrorCode::GateRefused => "gate_refused",
+            ErrorCode::Internal => "internal",
+            ErrorCode::InvalidId => "invalid_id",
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::UnknownFixture => "unknown_fixture",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error reply: a stable code, a human message and optional string details.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub details: BTreeMap<String, String>,
+}
+
+impl WireError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        WireError {
+            code,
+            message: message.into(),
+            details: BTreeMap::new(),
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.details.insert(key.to_string(), value.into());
+        self
+    }
+}

@@ -1,0 +1,339 @@
+//! Handshake, requests and responses (SPEC §10–§11).
+//!
+//! A connection starts with [`ClientMessage::Hello`]; the daemon answers [`ServerMessage::Hello`] or an
+//! error with code `protocol_mismatch`. After that every [`ClientMessage::Request`] gets exactly one
+//! [`ServerMessage::Ok`] or [`ServerMessage::Err`], except `Watch`, which is answered by a stream of
+//! [`ServerMessage::Event`] frames until the client hangs up.
+
+use crate::error::WireError;
+use crate::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// "ORCH" in ASCII: the first thing a client says, so that a stray connection is recognised at once.
+pub const MAGIC: u32 = 0x4F52_4348;
+pub const PROTOCOL_MAJOR: u16 = 1;
+pub const PROTOCOL_MINOR: u16 = 0;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub magic: u32,
+    pub major: u16,
+    pub minor: u16,
+    pub client_version: String,
+}
+
+impl Hello {
+    pub fn current(client_version: &str) -> Self {
+        Hello {
+            magic: MAGIC,
+            major: PROTOCOL_MAJOR,
+            minor: PROTOCOL_MINOR,
+            client_version: client_version.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HelloReply {
+    pub major: u16,
+    pub minor: u16,
+    pub daemon_version: String,
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    Hello(Hello),
+    Request(Request),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    Hello(HelloReply),
+    Ok(Box<Response>),
+    Err(WireError),
+    Event(TrajectoryEvent),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubmitRequest {
+    pub goal: String,
+    pub required_capabilities: Vec<String>,
+    pub workspace_dir: Option<String>,
+    /// Time to live in seconds; `None` takes the default (7 days).
+    pub ttl_secs: Option<u64>,
+    /// Answer only once the task rests: `awaiting_approval` or a terminal state.
+    pub wait: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListQuery {
+    pub state: Option<TaskState>,
+    /// `None` means the daemon's current mode.
+    pub kind: Option<TaskKind>,
+    pub limit: u32,
+    /// Show tasks submitted by the synthetic harness as well.
+    pub include_harness: bool,
+}
+
+/// Every verb of `orchctl` that talks to the daemon. Variants are only ever appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Status,
+    Submit(SubmitRequest),
+    ListTasks(ListQuery),
+    ShowTask {
+        id: String,
+    },
+    Approve {
+        id: String,
+    },
+    Reject {
+        id: String,
+        reason: String,
+    },
+    Cancel {
+        id: String,
+    },
+    Route {
+        goal: String,
+        capabilities: Vec<String>,
+    },
+    /// `None` runs every fixture (`synthetic-all`).
+    Synthetic {
+        label: Option<String>,
+    },
+    ShadowSummary {
+        window_hours: u32,
+    },
+    Sweep,
+    Reload,
+    GateOverride {
+        mode: Mode,
+        reason: String,
+    },
+    Metrics,
+    Watch,
+}
+
+impl Request {
+    /// Whether the request changes stored data; read-only peers may send only the others.
+    pub fn is_mutating(&self) -> bool {
+        !matches!(
+            self,
+            Request::Status
+                | Request::ListTasks(_)
+                | Request::ShowTask { .. }
+                | Request::Route { .. }
+                | Request::ShadowSummary { .. }
+                | Request::Metrics
+                | Request::Watch
+        )
+    }
+
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Submit(_) => "submit",
+            Request::ListTasks(_) => "tasks_list",
+            Request::ShowTask { .. } => "tasks_show",
+            Request::Approve { .. } => "approve",
+            Request::Reject { .. } => "reject",
+            Request::Cancel { .. } => "cancel",
+            Request::Route { .. } => "route",
+            Request::Synthetic { .. } => "synthetic",
+            Request::ShadowSummary { .. } => "shadow_summary",
+            Request::Sweep => "sweep",
+            Request::Reload => "reload",
+            Request::GateOverride { .. } => "gate_override",
+            Request::Metrics => "metrics",
+            Request::Watch => "watch",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Status(Box<StatusReport>),
+    Task(Box<Task>),
+    TaskDetail {
+        task: Box<Task>,
+        events: Vec<TrajectoryEvent>,
+    },
+    Tasks(Vec<Task>),
+    Route(RouteDecision),
+    Synthetic(GateRunReport),
+    ShadowSummary(ShadowSummary),
+    Sweep(SweepReport),
+    Reload(ReloadReport),
+    GateOverride(OverrideRecord),
+    Metrics(String),
+    WatchStarted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateCount {
+    pub kind: TaskKind,
+    pub state: TaskState,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GateRunSummary {
+    pub at: String,
+    pub label: Option<String>,
+    pub passed: u32,
+    pub total: u32,
+    pub fingerprint: String,
+    pub matches_current: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    pub daemon_version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub configured_mode: Mode,
+    pub effective_mode: Mode,
+    pub mode_since: String,
+    /// Why the effective mode differs from the configured one, when it does.
+    pub mode_note: Option<String>,
+    pub config_path: Option<String>,
+    pub config_loaded_at: String,
+    /// The error of the last reload that failed, while the old config keeps running.
+    pub config_error: Option<String>,
+    pub config_warnings: Vec<String>,
+    pub routing_fingerprint: String,
+    pub socket: String,
+    pub state_dir: String,
+    pub counts: Vec<StateCount>,
+    pub latest_gate: Option<GateRunSummary>,
+    pub last_reload: Option<ReloadReport>,
+    pub pending_overrides: Vec<OverrideRecord>,
+    pub last_sweep: Option<SweepReport>,
+    pub next_sweep_at: Option<String>,
+    pub token_problem: Option<String>,
+    pub http_listen: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteDecision {
+    pub matched_rule_id: Option<String>,
+    pub assigned_agent_id: String,
+    pub capability_matches: Vec<String>,
+    pub fallback_used: bool,
+    pub requires_approval: bool,
+    /// Why approval is (or would be) required: agent listed, capability listed, default route.
+    pub approval_reasons: Vec<String>,
+    /// Rules of the winning priority that also matched and lost on file order.
+    pub shadowed_rule_ids: Vec<String>,
+    /// Whether the agent has an `[agents]` entry in the config.
+    pub agent_configured: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FixtureOutcome {
+    pub label: String,
+    pub goal: String,
+    pub expected_agent_id: String,
+    pub expected_rule_id: Option<String>,
+    pub expected_terminal_state: TaskState,
+    pub task_id: Option<String>,
+    pub actual_agent_id: Option<String>,
+    pub actual_rule_id: Option<String>,
+    pub actual_state: Option<TaskState>,
+    pub ok: bool,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GateRunReport {
+    pub at: String,
+    pub fingerprint: String,
+    pub label: Option<String>,
+    pub passed: u32,
+    pub total: u32,
+    pub fixtures: Vec<FixtureOutcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DurationStats {
+    pub mean_ms: u64,
+    pub p50_ms: u64,
+    pub p95_ms: u64,
+    pub max_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowSummary {
+    pub window_hours: u32,
+    pub total: u64,
+    pub by_state: BTreeMap<String, u64>,
+    pub failures_by_code: BTreeMap<String, u64>,
+    pub duration: Option<DurationStats>,
+    pub per_agent: BTreeMap<String, u64>,
+    pub would_require_approval: u64,
+    pub oldest: Option<String>,
+    pub newest: Option<String>,
+    pub min_tasks: u64,
+    pub passed: bool,
+    pub verdict: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SweepReport {
+    pub started_at: String,
+    pub duration_ms: u64,
+    pub expired: u64,
+    pub reclaimed: u64,
+    pub requeued: u64,
+    pub deleted: u64,
+    pub deleted_files: u64,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadOutcome {
+    Applied,
+    Unchanged,
+    Refused,
+    Invalid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadReport {
+    pub at: String,
+    /// `sighup`, `orchctl` or `start`.
+    pub trigger: String,
+    pub outcome: ReloadOutcome,
+    pub previous_mode: Mode,
+    pub mode: Mode,
+    pub changes: Vec<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OverrideRecord {
+    pub mode: Mode,
+    pub reason: String,
+    pub by: String,
+    pub uid: u32,
+    pub at: String,
+    pub consumed_at: Option<String>,
+}
