@@ -1,1 +1,344 @@
+//! Test harness: starts the real `orchestratord` on a temporary socket and state directory and drives
+//! it with the real `orchctl`, or with raw frames for protocol tests.
+//!
+//! Waiting is always for a condition (the socket answers, the process exits, a task reaches a state),
+//! polled with a bounded deadline — never a bare sleep standing in for synchronisation.
 
+use orchestrator_proto::frame::{read_frame, write_frame, DEFAULT_MAX_FRAME};
+use orchestrator_proto::message::{ClientMessage, Hello, Request, Response, ServerMessage};
+use serde_json::Value;
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+pub use tempfile::TempDir;
+
+/// Directory holding the built binaries (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("target directory")
+}
+
+static BUILD: Once = Once::new();
+
+/// Path of a workspace binary, building the binaries once if this test run did not.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    BUILD.call_once(|| {
+        if !bin_dir().join("orchestratord").exists() || !bin_dir().join("orchctl").exists() {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--bins", "--workspace"])
+                .status()
+                .expect("cargo build");
+            assert!(status.success(), "building the binaries failed");
+        }
+    });
+    path
+}
+
+/// Poll `f` until it returns `Some`, or panic after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub struct TestDaemon {
+    pub dir: TempDir,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub config: Option<PathBuf>,
+    pub log: PathBuf,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+impl TestDaemon {
+    /// Start on built-in defaults.
+    pub fn start() -> TestDaemon {
+        Self::launch(None, Vec::new())
+    }
+
+    /// Start with a config file holding `toml`.
+    pub fn with_config(toml: &str) -> TestDaemon {
+        Self::launch(Some(toml), Vec::new())
+    }
+
+    pub fn launch(toml: Option<&str>, extra_args: Vec<String>) -> TestDaemon {
+        let dir = tempfile::Builder::new()
+            .prefix("orch-test-")
+            .tempdir()
+            .expect("tempdir");
+        let socket = dir.path().join("run").join("orchestrator.sock");
+        let state_dir = dir.path().join("state");
+        let config = toml.map(|t| {
+            let p = dir.path().join("orchestrator.toml");
+            std::fs::write(&p, t).expect("write config");
+            p
+        });
+        let log = dir.path().join("daemon.log");
+        let mut d = TestDaemon {
+            dir,
+            socket,
+            state_dir,
+            config,
+            log,
+            child: None,
+            extra_args,
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut cmd = Command::new(bin("orchestratord"));
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state_dir);
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.args(&self.extra_args);
+        cmd.env("ORCHESTRATOR_LOG", "debug")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("RUNTIME_DIRECTORY")
+            .env_remove("STATE_DIRECTORY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = cmd.spawn().expect("spawn orchestratord");
+        self.child = Some(child);
+        let socket = self.socket.clone();
+        let pid = self.pid();
+        wait_for(
+            "the daemon to answer on its socket",
+            Duration::from_secs(20),
+            || {
+                if let Some(status) = self.try_exit() {
+                    panic!(
+                        "orchestratord {pid} exited early with {status}; log:\n{}",
+                        self.log_text()
+                    );
+                }
+                Raw::connect(&socket)
+                    .ok()
+                    .and_then(|mut r| r.hello().ok())
+                    .map(|_| ())
+            },
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Run `orchctl` against this daemon.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        ctl_at(&self.socket, args)
+    }
+
+    /// Run `orchctl --format json` and parse its stdout.
+    pub fn ctl_json(&self, args: &[&str]) -> (i32, Value) {
+        let mut full = vec!["--format", "json"];
+        full.extend_from_slice(args);
+        let out = self.ctl(&full);
+        let code = out.status.code().unwrap_or(-1);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "orchctl {args:?} did not print JSON ({e}): {text}\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (code, v)
+    }
+
+    /// `orchctl submit GOAL`, returning the id it prints.
+    pub fn submit(&self, goal: &str) -> String {
+        let out = self.ctl(&["submit", goal]);
+        assert!(
+            out.status.success(),
+            "submit failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The task as JSON (`tasks show`), including its `trajectory`.
+    pub fn task(&self, id: &str) -> Value {
+        let (code, v) = self.ctl_json(&["tasks", "show", id]);
+        assert_eq!(code, 0, "tasks show {id}: {v}");
+        v
+    }
+
+    pub fn state_of(&self, id: &str) -> String {
+        self.task(id)["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Wait until the task is in `state`.
+    pub fn wait_state(&self, id: &str, state: &str, timeout: Duration) -> Value {
+        wait_for(&format!("task {id} to reach {state}"), timeout, || {
+            let t = self.task(id);
+            (t["state"] == state).then_some(t)
+        })
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig)
+            .expect("signal the daemon");
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let mut child = self.child.take().expect("daemon running");
+        wait_for("the daemon to exit", Duration::from_secs(20), || {
+            child.try_wait().ok().flatten()
+        })
+    }
+
+    /// Start again on the same socket, state and config.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Start again after a clean or killed exit (the child must already be gone).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "daemon still running");
+        self.spawn();
+    }
+
+    /// Replace the config file's contents.
+    pub fn write_config(&self, toml: &str) {
+        let p = self
+            .config
+            .as_ref()
+            .expect("daemon started with a config file");
+        std::fs::write(p, toml).expect("write config");
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn ctl_at(socket: &Path, args: &[&str]) -> Output {
+    Command::new(bin("orchctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("ORCHCTL_SOCKET")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run orchctl")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A raw protocol connection for tests that speak frames directly.
+pub struct Raw {
+    pub stream: UnixStream,
+}
+
+impl Raw {
+    pub fn connect(socket: &Path) -> std::io::Result<Raw> {
+        let stream = UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Raw { stream })
+    }
+
+    pub fn send(&mut self, msg: &ClientMessage) -> std::io::Result<()> {
+        write_frame(&mut self.stream, msg)
+    }
+
+    pub fn recv(&mut self) -> std::io::Result<ServerMessage> {
+        read_frame(&mut self.stream, 64 * DEFAULT_MAX_FRAME)
+    }
+
+    pub fn hello(&mut self) -> std::io::Result<ServerMessage> {
+        self.send(&ClientMessage::Hello(Hello::current("test")))?;
+        self.recv()
+    }
+
+    pub fn request(&mut self, req: Request) -> std::io::Result<ServerMessage> {
+        self.send(&ClientMessage::Request(req))?;
+        self.recv()
+    }
+
+    /// Send a request and expect an `Ok` response.
+    pub fn ok(&mut self, req: Request) -> Response {
+        match self.request(req).expect("request") {
+            ServerMessage::Ok(r) => *r,
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+
+    pub fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.stream.write_all(bytes)
+    }
+
+    /// True when the daemon closed the connection (EOF), reading and discarding anything before it.
+    pub fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
