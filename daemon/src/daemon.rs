@@ -61,6 +61,8 @@ pub struct Notes {
     pub pending_overrides: Vec<OverrideRecord>,
     /// The latest synthetic gate run, kept here so `status` never reads the store.
     pub latest_gate: Option<GateRunSummary>,
+    /// The address the HTTP API is bound to, when it runs (the configured port may be 0).
+    pub http_listen: Option<String>,
 }
 
 pub struct Daemon {

@@ -13,6 +13,7 @@
 //! - [`gate`]: the synthetic gate, the shadow summary, and the mode-flip rules.
 //! - [`sweeper`]: expiry, lease reclaim and retention.
 //! - [`server`]: the control socket — binding, connections, one handler per verb.
+//! - [`http`]: the optional HTTP API for dashboards, over the same handlers, behind the bearer token.
 //! - [`access`]: peer credentials and who may do what.
 //! - [`lifecycle`]: reload, signals, systemd notifications.
 //! - [`daemon`]: the shared state all of the above hang off.
@@ -27,6 +28,7 @@ pub mod daemon;
 pub mod dispatch;
 pub mod fixtures;
 pub mod gate;
+pub mod http;
 pub mod lifecycle;
 pub mod machine;
 pub mod metrics;

@@ -6,6 +6,7 @@ use crate::config::{Config, ConfigErrors};
 use crate::daemon::{Daemon, Paths};
 use crate::dispatch::{self, DispatchHandle};
 use crate::gate::{flip, synthetic};
+use crate::http;
 use crate::lifecycle::{self, notify};
 use crate::paths::{default_socket, default_state_dir};
 use crate::server;
@@ -112,6 +113,21 @@ pub async fn serve(p: Prepared, listener: tokio::net::UnixListener) -> Result<()
         .await
         .map_err(|e| StartError::Other(e.to_string()))?
         .map_err(|e| other("cannot decide the mode")(e.to_string()))?;
+    // Bound before anything is started, so that a taken port fails the start and leaves nothing
+    // half-running.
+    let http_listener = match config.http.as_ref() {
+        Some(h) => match http::bind(h.listen).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let _ = std::fs::remove_file(&paths.socket);
+                return Err(StartError::Other(format!(
+                    "cannot listen for HTTP on {}: {e}",
+                    h.listen
+                )));
+            }
+        },
+        None => None,
+    };
     let (handle, rx) = DispatchHandle::channel();
     let d = Arc::new(Daemon::new(
         store.clone(),
@@ -159,6 +175,12 @@ pub async fn serve(p: Prepared, listener: tokio::net::UnixListener) -> Result<()
     tasks.spawn(lifecycle::watchdog(Arc::clone(&d)));
     tasks.spawn(sweeper::run(Arc::clone(&d)));
     let server = tokio::spawn(server::serve(Arc::clone(&d), listener));
+    let http_server = http_listener.map(|l| {
+        let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(listen = %bound, "http: serving the API");
+        d.with_notes(|n| n.http_listen = Some(bound));
+        tokio::spawn(http::serve(Arc::clone(&d), l))
+    });
 
     tracing::info!(
         socket = %paths.socket.display(),
@@ -176,6 +198,15 @@ pub async fn serve(p: Prepared, listener: tokio::net::UnixListener) -> Result<()
     d.shutdown.cancelled().await;
     notify(&[NotifyState::Stopping]);
     let _ = server.await;
+    if let Some(mut h) = http_server {
+        if tokio::time::timeout(std::time::Duration::from_secs(10), &mut h)
+            .await
+            .is_err()
+        {
+            tracing::warn!("http: some requests were still busy after 10 s; closing them");
+            h.abort();
+        }
+    }
     while tasks.join_next().await.is_some() {}
     store.close();
     if let Err(e) = std::fs::remove_file(&paths.socket) {

@@ -4,14 +4,14 @@
 mod gate_override;
 mod metrics;
 mod reload;
-mod route;
+pub mod route;
 mod shadow_summary;
 mod status;
 pub mod submit;
 mod sweep;
 mod synthetic;
-mod tasks;
-mod transition;
+pub mod tasks;
+pub mod transition;
 
 use crate::access::Peer;
 use crate::daemon::Daemon;

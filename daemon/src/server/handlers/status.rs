@@ -43,6 +43,6 @@ pub async fn handle(d: &Daemon) -> Result<Response, WireError> {
         last_sweep: notes.last_sweep,
         next_sweep_at: notes.next_sweep_ms.map(rfc3339),
         token_problem: crate::credentials::token_problem(&d.paths.token_file()),
-        http_listen: cfg.http.as_ref().map(|h| h.listen.to_string()),
+        http_listen: notes.http_listen,
     })))
 }

@@ -1,0 +1,176 @@
+//! The optional HTTP API (`[http] listen = "127.0.0.1:PORT"`): the original proposal's six routes
+//! for dashboards and scripts, beside the control socket and sharing the same daemon.
+//!
+//! - `GET  /orchestrator/health` — no authentication: `{ok, mode, version, hasCredentials}`.
+//! - `GET  /orchestrator/routing/preview?goal=…&capabilities=a,b` — as `orchctl route`.
+//! - `GET  /orchestrator/tasks?state=&kind=&limit=` — as `orchctl tasks list`.
+//! - `GET  /orchestrator/tasks/{id}` — as `orchctl tasks show` (with `trajectory`).
+//! - `POST /orchestrator/tasks` — `{goal, workspaceDir?, requiredCapabilities?}`, kind = the mode.
+//! - `POST /orchestrator/tasks/{id}/transition` — `{action: approve|reject|cancel, reason?}`.
+//!
+//! Every route but health needs `Authorization: Bearer <token>` ([`auth`]). Each route is a thin
+//! adapter ([`routes`]) over the same functions the socket verbs call, so both front ends validate,
+//! store and record alike; only the identity differs (`http:<token id>` instead of the peer's user).
+
+pub mod auth;
+mod body;
+pub mod error;
+mod routes;
+
+use crate::daemon::Daemon;
+use auth::TokenFile;
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use error::{code, ApiError};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// Request bodies larger than this are refused with 413 `request_too_large`.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// A token-file problem is logged at most this often, however many requests hit it.
+const PROBLEM_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What every route shares: the daemon, and when a token problem was last logged.
+pub struct Api {
+    pub daemon: Arc<Daemon>,
+    last_problem_log: Mutex<Option<Instant>>,
+}
+
+impl Api {
+    pub fn new(daemon: Arc<Daemon>) -> Api {
+        Api {
+            daemon,
+            last_problem_log: Mutex::new(None),
+        }
+    }
+
+    fn token_file(&self) -> TokenFile {
+        TokenFile::load(&self.daemon.paths.token_file())
+    }
+
+    /// Log why the API cannot serve, at most once per [`PROBLEM_LOG_INTERVAL`].
+    fn log_problem(&self, state: &TokenFile) {
+        let now = Instant::now();
+        let due = match self.last_problem_log.lock() {
+            Ok(mut last) => {
+                let due = match *last {
+                    None => true,
+                    Some(t) => now.duration_since(t) >= PROBLEM_LOG_INTERVAL,
+                };
+                if due {
+                    *last = Some(now);
+                }
+                due
+            }
+            Err(_) => true,
+        };
+        if !due {
+            return;
+        }
+        match state {
+            TokenFile::Ready(_) => {}
+            TokenFile::Missing => tracing::warn!(
+                token = %self.daemon.paths.token_file().display(),
+                "http: refusing requests: no bearer token yet (run `orchctl init`)"
+            ),
+            TokenFile::Insecure(why) | TokenFile::Unreadable(why) => {
+                tracing::error!("http: refusing requests: {why}")
+            }
+        }
+    }
+
+    /// Check a request's bearer token against the token file as it is now.
+    fn authorize(&self, parts: &Parts) -> Result<Caller, ApiError> {
+        let state = self.token_file();
+        let expected = match &state {
+            TokenFile::Ready(token) => token,
+            other => {
+                self.log_problem(other);
+                return Err(other.refusal().unwrap_or_else(|| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        code::NOT_INITIALIZED,
+                        "no usable bearer token",
+                    )
+                }));
+            }
+        };
+        match auth::bearer(parts.headers.get(AUTHORIZATION)) {
+            Some(presented) if auth::token_matches(presented, expected) => Ok(Caller {
+                token_id: auth::token_id(expected),
+            }),
+            Some(_) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                code::UNAUTHORIZED,
+                "the bearer token is not valid",
+            )),
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                code::UNAUTHORIZED,
+                "an `Authorization: Bearer <token>` header is required",
+            )),
+        }
+    }
+}
+
+/// An authenticated client. Taking it as a handler argument is what makes a route need the token.
+pub struct Caller {
+    pub token_id: String,
+}
+
+impl Caller {
+    /// The identity recorded for what this client does: never text the client supplied.
+    pub fn actor(&self) -> String {
+        format!("http:{}", self.token_id)
+    }
+}
+
+impl FromRequestParts<Arc<Api>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Caller, ApiError> {
+        api.authorize(parts)
+    }
+}
+
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/orchestrator/health", get(routes::health))
+        .route("/orchestrator/routing/preview", get(routes::preview))
+        .route(
+            "/orchestrator/tasks",
+            get(routes::list_tasks).post(routes::submit_task),
+        )
+        .route("/orchestrator/tasks/{id}", get(routes::show_task))
+        .route(
+            "/orchestrator/tasks/{id}/transition",
+            post(routes::transition_task),
+        )
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .fallback(routes::not_found)
+        .with_state(api)
+}
+
+/// Bind the listener. Done before the daemon reports ready, so that a taken port fails the start
+/// loudly instead of leaving a daemon without the API its operator configured.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serve until the daemon shuts down; then let in-flight requests finish.
+pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
+    let shutdown = daemon.shutdown.clone();
+    let app = router(Arc::new(Api::new(daemon)));
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "http: the listener failed");
+    }
+}

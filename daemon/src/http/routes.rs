@@ -1,0 +1,215 @@
+//! The six routes. Each one turns the HTTP request into the arguments of the function the socket
+//! verb calls (in `server::handlers`), and the result into JSON with SPEC §3 field names.
+
+use super::body;
+use super::error::{code, ApiError};
+use super::{Api, Caller};
+use crate::server::handlers::{route, submit, tasks, transition};
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use orchestrator_proto::message::{ListQuery, SubmitRequest};
+use orchestrator_proto::task::{Task, TaskKind, TaskState, TrajectoryEvent};
+use orchestrator_proto::ErrorCode;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+type Id = Result<Path<String>, PathRejection>;
+
+fn params(q: Params) -> Result<HashMap<String, String>, ApiError> {
+    q.map(|Query(map)| map).map_err(|e| {
+        ApiError::wire(
+            ErrorCode::MalformedRequest,
+            format!("cannot read the query string: {e}"),
+        )
+    })
+}
+
+fn path_id(p: Id) -> Result<String, ApiError> {
+    p.map(|Path(id)| id).map_err(|e| {
+        ApiError::wire(
+            ErrorCode::MalformedRequest,
+            format!("cannot read the task id: {e}"),
+        )
+    })
+}
+
+/// A query parameter, with an empty value meaning "not given" (`?state=&kind=`).
+fn param<'a>(map: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
+    map.get(key).map(|v| v.trim()).filter(|v| !v.is_empty())
+}
+
+fn task_with_trajectory(task: &Task, events: &[TrajectoryEvent]) -> Result<Value, ApiError> {
+    let encode = |e: serde_json::Error| {
+        ApiError::wire(ErrorCode::Internal, format!("cannot encode the task: {e}"))
+    };
+    let mut v = serde_json::to_value(task).map_err(encode)?;
+    if let Value::Object(map) = &mut v {
+        map.insert(
+            "trajectory".into(),
+            serde_json::to_value(events).map_err(encode)?,
+        );
+    }
+    Ok(v)
+}
+
+/// `GET /orchestrator/health`: no authentication; says whether the API could serve.
+pub async fn health(State(api): State<Arc<Api>>) -> Json<Value> {
+    let has_credentials = matches!(api.token_file(), super::TokenFile::Ready(_));
+    Json(json!({
+        "ok": true,
+        "mode": api.daemon.mode().effective,
+        "version": env!("CARGO_PKG_VERSION"),
+        "hasCredentials": has_credentials,
+    }))
+}
+
+/// `GET /orchestrator/routing/preview?goal=…&capabilities=a,b`: as `orchctl route`.
+pub async fn preview(
+    State(api): State<Arc<Api>>,
+    _caller: Caller,
+    q: Params,
+) -> Result<Response, ApiError> {
+    let q = params(q)?;
+    let goal = q.get("goal").map(String::as_str).unwrap_or_default();
+    let capabilities: Vec<String> = param(&q, "capabilities")
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let decision = route::decide(&api.daemon, goal, &capabilities)?;
+    Ok(Json(decision).into_response())
+}
+
+/// `GET /orchestrator/tasks?state=&kind=&limit=`: as `orchctl tasks list`, as `{"tasks": [...]}`.
+pub async fn list_tasks(
+    State(api): State<Arc<Api>>,
+    _caller: Caller,
+    q: Params,
+) -> Result<Response, ApiError> {
+    let q = params(q)?;
+    let state = param(&q, "state")
+        .map(|s| s.parse::<TaskState>())
+        .transpose()
+        .map_err(|m| ApiError::wire(ErrorCode::InvalidState, m))?;
+    let kind = param(&q, "kind")
+        .map(|k| k.parse::<TaskKind>())
+        .transpose()
+        .map_err(|m| ApiError::wire(ErrorCode::InvalidKind, m))?;
+    let limit = match param(&q, "limit") {
+        None => tasks::DEFAULT_LIST,
+        Some(l) => l.parse::<u32>().map_err(|_| {
+            ApiError::wire(
+                ErrorCode::InvalidArgument,
+                format!("limit must be a number between 1 and {}", tasks::MAX_LIST),
+            )
+        })?,
+    };
+    let list = tasks::select(
+        &api.daemon,
+        ListQuery {
+            state,
+            kind,
+            limit,
+            include_harness: false,
+        },
+    )
+    .await?;
+    Ok(Json(json!({ "tasks": list })).into_response())
+}
+
+/// `GET /orchestrator/tasks/{id}`: the task with its `trajectory`, as `orchctl tasks show`.
+pub async fn show_task(
+    State(api): State<Arc<Api>>,
+    _caller: Caller,
+    id: Id,
+) -> Result<Response, ApiError> {
+    let id = path_id(id)?;
+    let (task, events) = tasks::detail(&api.daemon, &id).await?;
+    Ok(Json(task_with_trajectory(&task, &events)?).into_response())
+}
+
+/// `POST /orchestrator/tasks`: `{goal, workspaceDir?, requiredCapabilities?}` → 201 with the task.
+/// The kind is the daemon's mode and the submitter the token's identity, whatever the body says.
+pub async fn submit_task(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    headers: HeaderMap,
+    payload: Body,
+) -> Result<Response, ApiError> {
+    let obj = body::object(&headers, payload).await?;
+    let goal = body::optional_string(&obj, "goal", ErrorCode::MissingGoal)?.unwrap_or_default();
+    let request = SubmitRequest {
+        goal,
+        required_capabilities: body::optional_strings(&obj, "requiredCapabilities")?,
+        workspace_dir: body::optional_string(&obj, "workspaceDir", ErrorCode::InvalidArgument)?,
+        ttl_secs: None,
+        wait: false,
+    };
+    let actor = caller.actor();
+    let task = submit::new_task(&api.daemon, &request, &actor, false)?;
+    let task = submit::submit(&api.daemon, task, &actor, false).await?;
+    Ok((StatusCode::CREATED, Json(task)).into_response())
+}
+
+/// `POST /orchestrator/tasks/{id}/transition`: `{action: approve|reject|cancel, reason?}`.
+pub async fn transition_task(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    id: Id,
+    headers: HeaderMap,
+    payload: Body,
+) -> Result<Response, ApiError> {
+    let id = path_id(id)?;
+    let obj = body::object(&headers, payload).await?;
+    let action = body::optional_string(&obj, "action", ErrorCode::InvalidArgument)?;
+    // A reason that is there must be a string, whatever the action: `123` is a client bug worth
+    // hearing about, not something to ignore.
+    let reason = body::optional_string(&obj, "reason", ErrorCode::InvalidReason)?;
+    let actor = caller.actor();
+    let d = &api.daemon;
+    let task = match action.as_deref() {
+        Some("approve") => transition::approve_task(d, &actor, &id).await?,
+        Some("reject") => {
+            transition::reject_task(d, &actor, &id, reason.as_deref().unwrap_or_default()).await?
+        }
+        Some("cancel") => transition::cancel_task(d, &actor, &id).await?,
+        Some(other) => {
+            let shown: String = other.chars().take(40).collect();
+            return Err(ApiError::wire(
+                ErrorCode::InvalidArgument,
+                format!("unknown action {shown:?} (expected one of: approve, reject, cancel)"),
+            )
+            .with("action", shown));
+        }
+        None => {
+            return Err(ApiError::wire(
+                ErrorCode::InvalidArgument,
+                "an action is required (approve, reject or cancel)",
+            ))
+        }
+    };
+    Ok(Json(task).into_response())
+}
+
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        code::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    let path: String = uri.path().chars().take(200).collect();
+    ApiError::wire(ErrorCode::NotFound, format!("no route {path}"))
+}
