@@ -7,8 +7,10 @@ use super::error::{code, ApiError};
 use super::MAX_BODY_BYTES;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
+use http_body_util::BodyExt;
 use orchestrator_proto::ErrorCode;
 use serde_json::{Map, Value};
+use std::time::Duration;
 
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers
@@ -30,6 +32,40 @@ fn too_large() -> ApiError {
     .with("limit", MAX_BODY_BYTES.to_string())
 }
 
+/// How much of an oversized body is read and thrown away before answering 413. Closing a
+/// connection with unread data makes the kernel reset it, and the reset can destroy the 413 before
+/// the client reads it; beyond this much, the connection is closed all the same.
+const DRAIN_BYTES: u64 = 1024 * 1024;
+/// A body must arrive within this long, so that a slow client cannot hold a request open.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Read at most [`MAX_BODY_BYTES`]; past that, drain up to [`DRAIN_BYTES`] and say it was too large.
+async fn read_limited(mut body: Body) -> Result<Vec<u8>, ApiError> {
+    let mut kept = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::wire(
+                ErrorCode::MalformedRequest,
+                format!("cannot read the body: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len() as u64);
+        if total <= MAX_BODY_BYTES as u64 {
+            kept.extend_from_slice(&data);
+        } else if total > DRAIN_BYTES {
+            break;
+        }
+    }
+    if total > MAX_BODY_BYTES as u64 {
+        return Err(too_large());
+    }
+    Ok(kept)
+}
+
 /// The body as a JSON object: 415 for another content type, 413 beyond the size limit, 400 for
 /// anything that is not a JSON object.
 pub async fn object(headers: &HeaderMap, body: Body) -> Result<Map<String, Value>, ApiError> {
@@ -44,24 +80,21 @@ pub async fn object(headers: &HeaderMap, body: Body) -> Result<Map<String, Value
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|n| n > DRAIN_BYTES) {
+        // Not worth reading: refuse at once and let the connection close.
         return Err(too_large());
     }
-    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            let over_limit = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            return Err(if over_limit {
-                too_large()
-            } else {
-                ApiError::wire(
-                    ErrorCode::MalformedRequest,
-                    format!("cannot read the body: {e}"),
-                )
-            });
-        }
-    };
+    let bytes = tokio::time::timeout(BODY_TIMEOUT, read_limited(body))
+        .await
+        .map_err(|_| {
+            ApiError::wire(
+                ErrorCode::MalformedRequest,
+                format!(
+                    "the body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )
+        })??;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::wire(
