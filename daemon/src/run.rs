@@ -174,13 +174,14 @@ pub async fn serve(p: Prepared, listener: tokio::net::UnixListener) -> Result<()
     tasks.spawn(lifecycle::signals(Arc::clone(&d)));
     tasks.spawn(lifecycle::watchdog(Arc::clone(&d)));
     tasks.spawn(sweeper::run(Arc::clone(&d)));
-    let server = tokio::spawn(server::serve(Arc::clone(&d), listener));
+    // The HTTP address is noted before the socket serves, so that `status` never misses it.
     let http_server = http_listener.map(|l| {
         let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(listen = %bound, "http: serving the API");
         d.with_notes(|n| n.http_listen = Some(bound));
         tokio::spawn(http::serve(Arc::clone(&d), l))
     });
+    let server = tokio::spawn(server::serve(Arc::clone(&d), listener));
 
     tracing::info!(
         socket = %paths.socket.display(),
