@@ -749,3 +749,31 @@ fn socket_verbs_behave_as_before_with_http_on() {
     assert!(status.success(), "{status}");
     assert!(!api.d.socket.exists());
 }
+
+#[test]
+fn a_taken_port_fails_the_start_and_says_so() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("orchestrator.toml");
+    std::fs::write(&config, format!("[http]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
+    let socket = dir.path().join("run").join("orchestrator.sock");
+    let out = Command::new(bin("orchestratord"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("cannot listen for HTTP on 127.0.0.1:{port}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!socket.exists(), "no socket is left behind");
+}
