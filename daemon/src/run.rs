@@ -145,7 +145,9 @@ pub async fn serve(p: Prepared, listener: tokio::net::UnixListener) -> Result<()
         n.pending_overrides = overrides;
     });
 
-    // Tasks that were in progress belong to specialists of the previous run: reclaim them now.
+    // Tasks that were in progress belong to specialists of the previous run: stop any that still
+    // run, then reclaim the tasks.
+    dispatch::orphans::reap(&d).await;
     let c = d.config();
     let reclaimed = store
         .write(move |b| {
@@ -167,7 +169,6 @@ pub async fn serve(p: Prepared, listener: tokio::net::UnixListener) -> Result<()
             "reclaimed tasks left in progress by the previous run"
         );
     }
-    dispatch::specialist::kill_orphans(&d).await;
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(dispatch::run(Arc::clone(&d), rx));

@@ -1,7 +1,20 @@
 //! The dispatcher (SPEC §6): takes each `queued` task, routes it, and runs it — synthetically, or by
 //! handing it to the [`specialist`] executor in shadow and live mode. Every step is a transition in
 //! the store with its trajectory event, made by the actor `dispatcher`.
+//!
+//! - [`synthetic`]: no process, a deterministic result.
+//! - [`specialist`]: per-agent queues and slots, one task from start to outcome.
+//! - [`process`]: one child process in its own group: environment, stdin, captured output, stop.
+//! - [`artefacts`]: the files a specialist leaves behind.
+//! - [`leases`]: renewing the leases of running tasks.
+//! - [`orphans`]: stopping specialists a previous run left behind, at start.
+//! - [`delivery`]: the `[delivery] command` for live tasks that reach `done`.
 
+pub mod artefacts;
+pub mod delivery;
+pub mod leases;
+pub mod orphans;
+pub mod process;
 pub mod specialist;
 pub mod synthetic;
 
@@ -96,6 +109,7 @@ pub fn route_in(
 /// Run until shutdown: pick up what the store holds, then every task the server hands over.
 pub async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<DispatchMsg>) {
     let executor = specialist::Executor::new(Arc::clone(&d));
+    let delivery = tokio::spawn(delivery::run(Arc::clone(&d)));
     match d.store.read(queries::pending_dispatch).await {
         Ok(pending) => {
             if !pending.is_empty() {
@@ -136,4 +150,5 @@ pub async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<DispatchMsg>) {
         }
     }
     executor.shutdown().await;
+    let _ = delivery.await;
 }
