@@ -152,9 +152,11 @@ pub async fn serve(p: Prepared, listener: tokio::net::UnixListener) -> Result<()
     let reclaimed = store
         .write(move |b| {
             let attempts = |agent: &str| c.agent(agent).map(|a| a.max_attempts).unwrap_or(1);
+            // The previous run's leases ended with it, however far ahead they reached.
+            dispatch::leases::void_all(b)?;
             sweeper::reclaim_lapsed(
                 b,
-                i64::MAX,
+                now_ms(),
                 usize::MAX >> 1,
                 "the daemon restarted while the specialist ran",
                 &attempts,

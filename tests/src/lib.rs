@@ -79,6 +79,27 @@ impl TestDaemon {
         Self::launch(Some(toml), Vec::new())
     }
 
+    /// Start with `toml` (which must not set `mode`) and bring the daemon to `mode` the way an
+    /// operator may: a recorded gate override, then the mode in the file and a reload.
+    pub fn in_mode(toml: &str, mode: &str) -> TestDaemon {
+        let d = Self::with_config(toml);
+        if mode != "synthetic" {
+            d.flip_to(mode, toml);
+        }
+        d
+    }
+
+    /// Move to `mode` by override + config (`toml` without `mode`) + reload; panics if refused.
+    pub fn flip_to(&self, mode: &str, toml: &str) {
+        let out = self.ctl(&["gate", "override", mode, "--reason", "test set-up"]);
+        assert!(out.status.success(), "gate override: {}", stderr(&out));
+        self.write_config(&format!("mode = \"{mode}\"\n{toml}"));
+        let out = self.ctl(&["reload"]);
+        assert!(out.status.success(), "reload to {mode}: {}", stderr(&out));
+        let (_, status) = self.ctl_json(&["status"]);
+        assert_eq!(status["effectiveMode"], mode, "{status}");
+    }
+
     pub fn launch(toml: Option<&str>, extra_args: Vec<String>) -> TestDaemon {
         let dir = tempfile::Builder::new()
             .prefix("orch-test-")

@@ -69,6 +69,14 @@ pub fn renew_in(b: &mut Batch<'_>, ids: &[String], until: i64) -> Result<Vec<Str
     Ok(lost)
 }
 
+/// End every lease: at start, those held by the previous run's watchers are void.
+pub fn void_all(b: &mut Batch<'_>) -> Result<usize, StoreError> {
+    Ok(b.conn().execute(
+        "UPDATE tasks SET lease_until = NULL WHERE state = 'in_progress'",
+        [],
+    )?)
+}
+
 /// Record the process group of a started specialist; false when the task is no longer running.
 pub fn record_pid(b: &mut Batch<'_>, id: &str, pgid: i32) -> Result<bool, StoreError> {
     let changed = b

@@ -601,7 +601,6 @@ impl Shared {
             },
         })
         .map_err(|e| {
-            Metrics::inc(&self.d.metrics.specialist_failures);
             let program = agent.command.first().cloned().unwrap_or_default();
             spawn_failed(
                 format!("cannot start {program:?} in {}: {e}", cwd.display()),
