@@ -84,12 +84,18 @@ impl Client {
                 ClientError::Unreachable { socket: socket.to_path_buf(), cause }
             }
         })?;
-        write_frame(
+        let hello = write_frame(
             &mut stream,
             &ClientMessage::Hello(Hello::current(env!("CARGO_PKG_VERSION"))),
-        )
-        .map_err(broken)?;
-        match read_frame::<_, ServerMessage>(&mut stream, DEFAULT_MAX_FRAME).map_err(broken)? {
+        );
+        // A daemon that refuses a peer answers before reading anything and closes, so the hello
+        // can meet a closed socket; the refusal is still waiting to be read.
+        let reply = read_frame::<_, ServerMessage>(&mut stream, DEFAULT_MAX_FRAME);
+        let reply = match (hello, reply) {
+            (_, Ok(reply)) => reply,
+            (Err(e), Err(_)) | (Ok(()), Err(e)) => return Err(broken(e)),
+        };
+        match reply {
             ServerMessage::Hello(_) => Ok(Client { stream }),
             ServerMessage::Err(e) => Err(ClientError::Reply(e)),
             other => Err(ClientError::Broken(format!(
@@ -109,12 +115,15 @@ impl Client {
         }
     }
 
-    /// Start `watch` and call `each` for every event until the daemon goes away.
+    /// Start `watch`, call `started` once the daemon streams, then `each` for every event until the
+    /// daemon goes away or `each` returns false.
     pub fn watch(
         mut self,
+        started: impl FnOnce(),
         mut each: impl FnMut(&TrajectoryEvent) -> bool,
     ) -> Result<(), ClientError> {
         self.request(Request::Watch)?;
+        started();
         loop {
             match read_frame::<_, ServerMessage>(&mut self.stream, DEFAULT_MAX_FRAME) {
                 Ok(ServerMessage::Event(ev)) => {

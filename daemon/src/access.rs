@@ -3,8 +3,12 @@
 //! peers may use the verbs that change nothing.
 
 use crate::config::SocketAccess;
-use nix::unistd::{Gid, Group, Uid, User};
+use nix::sys::socket::{getsockopt, sockopt};
+use nix::unistd::{getgrouplist, Gid, Group, Uid, User};
 use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -13,7 +17,7 @@ pub enum Access {
     Denied,
 }
 
-/// The peer at the other end of a connection, from SO_PEERCRED.
+/// The peer at the other end of a connection, from its socket credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub uid: u32,
@@ -26,38 +30,80 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn from_credentials(uid: u32, gid: u32, pid: Option<i32>) -> Peer {
-        let user = match User::from_uid(Uid::from_raw(uid)) {
-            Ok(Some(u)) => u.name,
-            _ => format!("uid:{uid}"),
-        };
+    /// The peer of an accepted connection: SO_PEERCRED for uid, gid and pid, and the groups the
+    /// peer process held when it connected.
+    pub fn of(stream: &impl AsFd) -> io::Result<Peer> {
+        let cred = getsockopt(stream, sockopt::PeerCredentials)?;
+        let (uid, gid) = (cred.uid(), cred.gid());
+        let pid = Some(cred.pid()).filter(|&p| p > 0);
+        let user = user_name(uid);
         let mut groups = BTreeSet::from([gid]);
-        if let Some(pid) = pid {
-            groups.extend(supplementary_groups(pid));
+        match peer_groups(stream) {
+            Ok(list) => groups.extend(list),
+            // Kernels before 4.13 have no SO_PEERGROUPS: the group database is the next best thing.
+            Err(_) => groups.extend(database_groups(&user, gid)),
         }
-        Peer {
+        Ok(Peer {
             uid,
             gid,
             pid,
             user,
             groups,
-        }
+        })
     }
 }
 
-/// The groups of a running process, from `/proc/<pid>/status`; empty if it is gone.
-fn supplementary_groups(pid: i32) -> Vec<u32> {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+/// The user name, or `uid:<n>` when the uid has no passwd entry.
+fn user_name(uid: u32) -> String {
+    match User::from_uid(Uid::from_raw(uid)) {
+        Ok(Some(u)) => u.name,
+        _ => format!("uid:{uid}"),
+    }
+}
+
+/// Supplementary groups of the peer process as the kernel recorded them at `connect()`
+/// (SO_PEERGROUPS). Like SO_PEERCRED, and unlike `/proc/<pid>/status`, this works under
+/// `ProtectProc=invisible`, cannot race with the peer exiting, and is exactly what the kernel used
+/// when it let the peer open the socket.
+pub fn peer_groups(stream: &impl AsFd) -> io::Result<Vec<u32>> {
+    let fd = stream.as_fd().as_raw_fd();
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: `fd` is a socket borrowed for the duration of the call; the kernel writes at most
+        // `len` bytes into `groups`, whose allocation is exactly `len` bytes long, and reports in
+        // `len` how many it wrote (or, with ERANGE, how many it needs).
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let needed = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(needed);
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ERANGE) && needed > groups.len() {
+            groups.resize(needed, 0);
+            continue;
+        }
+        return Err(err);
+    }
+}
+
+/// The groups the group database gives `user` (with primary group `gid`); empty when the user is
+/// unknown.
+pub fn database_groups(user: &str, gid: u32) -> Vec<u32> {
+    let Ok(name) = CString::new(user) else {
         return Vec::new();
     };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|rest| {
-            rest.split_whitespace()
-                .filter_map(|g| g.parse().ok())
-                .collect()
-        })
+    getgrouplist(&name, Gid::from_raw(gid))
+        .map(|gs| gs.into_iter().map(Gid::as_raw).collect())
         .unwrap_or_default()
 }
 
@@ -158,5 +204,39 @@ mod tests {
         assert_eq!(p.check(&peer(stranger, &[6000])), Access::Denied);
         assert_eq!(p.check(&peer(stranger, &[6000, 4242])), Access::Full);
         assert_eq!(p.check(&peer(7000, &[7000])), Access::ReadOnly);
+    }
+
+    fn own_groups() -> BTreeSet<u32> {
+        let mut own: BTreeSet<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .into_iter()
+            .map(Gid::as_raw)
+            .collect();
+        own.insert(Gid::effective().as_raw());
+        own
+    }
+
+    #[test]
+    fn peer_of_a_socket_has_our_uid_and_the_groups_we_hold() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let me = Peer::of(&a).unwrap();
+        assert_eq!(me.uid, Uid::effective().as_raw());
+        assert_eq!(me.gid, Gid::effective().as_raw());
+        assert_eq!(me.pid, Some(std::process::id() as i32));
+        assert_eq!(me.groups, own_groups());
+    }
+
+    #[test]
+    fn database_groups_always_include_the_primary_group() {
+        let me = user_name(Uid::effective().as_raw());
+        let gid = Gid::effective().as_raw();
+        if !me.starts_with("uid:") {
+            assert!(database_groups(&me, gid).contains(&gid));
+        }
+        assert_eq!(
+            database_groups("no-such-user-orchestrator-test", 4242),
+            vec![4242]
+        );
+        assert!(database_groups("nul\0in name", 4242).is_empty());
     }
 }

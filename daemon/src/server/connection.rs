@@ -68,14 +68,13 @@ async fn next(conn: &mut Conn, max_frame: usize) -> Next {
 
 pub async fn serve(d: Arc<Daemon>, stream: UnixStream) {
     Metrics::inc(&d.metrics.connections);
-    let cred = match stream.peer_cred() {
-        Ok(c) => c,
+    let peer = match Peer::of(&stream) {
+        Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read peer credentials; closing");
             return;
         }
     };
-    let peer = Peer::from_credentials(cred.uid(), cred.gid(), cred.pid());
     let max_frame = d.config().socket.max_frame;
     let mut conn = Framed::new(stream, codec(max_frame));
     let access = d.access().check(&peer);
