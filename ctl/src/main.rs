@@ -282,7 +282,13 @@ fn fail(e: ClientError, format: Format) -> ExitCode {
 }
 
 fn watch(socket: &std::path::Path, format: Format) -> ExitCode {
-    let result = Client::connect(socket).and_then(|c| c.watch(|ev| display::event(ev, format)));
+    let result = Client::connect(socket).and_then(|c| {
+        c.watch(
+            // On stderr, so that stdout stays one event per line; scripts may wait for it.
+            || eprintln!("orchctl: watching {}", socket.display()),
+            |ev| display::event(ev, format),
+        )
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e, format),

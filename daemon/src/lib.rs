@@ -12,15 +12,18 @@
 //! - [`dispatch`]: the dispatcher — synthetic runs and real specialist processes.
 //! - [`gate`]: the synthetic gate, the shadow summary, and the mode-flip rules.
 //! - [`sweeper`]: expiry, lease reclaim and retention.
-//! - [`server`]: the control socket — binding, connections, one handler per verb.
+//! - [`server`]: the control socket — binding (or taking systemd's), connections, one handler per verb.
 //! - [`http`]: the optional HTTP API for dashboards, over the same handlers, behind the bearer token.
 //! - [`access`]: peer credentials and who may do what.
 //! - [`lifecycle`]: reload, signals, systemd notifications.
+//! - [`logging`]: journald or stderr, and the log line (and counter) of every transition.
+//! - [`background`]: `--daemonize` with a locked pidfile, for hosts without systemd.
 //! - [`daemon`]: the shared state all of the above hang off.
 //! - [`credentials`]: the bearer token and `orchctl init`'s files.
 //! - [`run`]: wiring it all together at start.
 
 pub mod access;
+pub mod background;
 pub mod clock;
 pub mod config;
 pub mod credentials;
@@ -30,6 +33,7 @@ pub mod fixtures;
 pub mod gate;
 pub mod http;
 pub mod lifecycle;
+pub mod logging;
 pub mod machine;
 pub mod metrics;
 pub mod paths;

@@ -2,16 +2,23 @@
 //! [`orchestrator::run`].
 
 use clap::Parser;
+use orchestrator::background;
 use orchestrator::config::Config;
+use orchestrator::logging::{self, LogFormat};
 use orchestrator::run::{self, Options};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "orchestratord",
     version,
-    about = "Routes AI-agent tasks to specialist agents, runs them, records every step"
+    about = "Routes AI-agent tasks to specialist agents, runs them, records every step",
+    long_about = "Routes AI-agent tasks to specialist agents, runs them, records every step, and holds \
+risky results for human approval. Control it with orchctl(1) over its Unix socket.\n\n\
+Normally started by systemd (orchestrator.service, Type=notify). SIGHUP reloads the config \
+(as `orchctl reload`); SIGTERM and SIGINT stop it cleanly. Started by systemd it logs to the \
+journal with structured fields (MODE, TASK_ID, FROM, TO, ACTOR); otherwise to stderr."
 )]
 struct Cli {
     /// Config file (TOML). Without it, /etc/orchestrator/orchestrator.toml if present, else built-in defaults.
@@ -26,27 +33,32 @@ struct Cli {
     /// Validate a config file and exit: 0 valid, 5 invalid.
     #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "")]
     check_config: Option<PathBuf>,
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value = "text")]
+    /// Where and how to log: the journal when started by systemd, else text on stderr (auto).
+    #[arg(long, value_enum, default_value = "auto")]
     log_format: LogFormat,
+    /// Run in the background (hosts without systemd). Returns once the daemon is ready, or fails
+    /// with its start-up error.
+    #[arg(long, requires = "pidfile")]
+    daemonize: bool,
+    /// With --daemonize: pidfile, locked while the daemon runs; a second instance refuses it.
+    #[arg(long, value_name = "PATH", requires = "daemonize")]
+    pidfile: Option<PathBuf>,
+    /// With --daemonize: append logs to this file (default: discard them).
+    #[arg(long, value_name = "PATH", requires = "daemonize")]
+    log_file: Option<PathBuf>,
+    /// Write the man page into a directory and exit.
+    #[arg(long, value_name = "DIR", hide = true)]
+    man: Option<PathBuf>,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("ORCHESTRATOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+fn man(dir: &Path) -> ExitCode {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    match std::fs::create_dir_all(dir).and_then(|_| clap_mangen::generate_to(cmd, dir)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orchestratord: cannot write the man page: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -80,47 +92,59 @@ fn check_config(path: PathBuf) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(dir) = cli.man {
+        return man(&dir);
+    }
     if let Some(path) = cli.check_config {
         return check_config(path);
     }
-    // Files the daemon creates are private to it and its group unless it says otherwise.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
-    init_logging(cli.log_format);
-    let opts = Options {
+    let mut opts = Options {
         config: cli.config,
         socket: cli.socket,
         state_dir: cli.state_dir,
     };
-    let prepared = match run::prepare(&opts) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("orchestratord: {e}");
-            return ExitCode::from(e.exit_code() as u8);
+    let mut pidfile = None;
+    if cli.daemonize {
+        // The daemon works from `/`; paths typed relative to here must still mean the same files.
+        for p in [&mut opts.config, &mut opts.socket, &mut opts.state_dir] {
+            *p = p.as_deref().map(background::absolute);
         }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("orchestratord")
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("orchestratord: cannot start the runtime: {e}");
+        let path = background::absolute(cli.pidfile.as_deref().unwrap_or(Path::new("")));
+        let log_file = cli.log_file.as_deref().map(background::absolute);
+        if let Err(e) = background::detach(&path, log_file.as_deref()) {
+            eprintln!("orchestratord: {e}");
             return ExitCode::from(1);
         }
-    };
-    let result = runtime.block_on(async {
-        let listener = orchestrator::server::bind(&prepared.paths.socket)
-            .map_err(|e| run::StartError::Other(e.to_string()))?;
-        run::serve(prepared, listener).await
-    });
+        pidfile = Some(path);
+    }
+    // Files the daemon creates are private to it and its group unless it says otherwise.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
+    logging::init(cli.log_format);
+    let result = start_and_serve(&opts);
+    if let Some(p) = &pidfile {
+        background::remove_pidfile(p);
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let code = e.exit_code() as u8;
             tracing::error!("{e}");
-            eprintln!("orchestratord: {e}");
-            ExitCode::from(e.exit_code() as u8)
+            background::failed(code, &e.to_string());
+            ExitCode::from(code)
         }
     }
+}
+
+fn start_and_serve(opts: &Options) -> Result<(), run::StartError> {
+    let prepared = run::prepare(opts)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("orchestratord")
+        .build()
+        .map_err(|e| run::StartError::Other(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async {
+        let listener = orchestrator::server::listen(&prepared.paths.socket)
+            .map_err(|e| run::StartError::Other(e.to_string()))?;
+        run::serve(prepared, listener).await
+    })
 }

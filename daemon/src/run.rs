@@ -1,6 +1,7 @@
 //! Wiring at start: config, paths, store, mode, socket, then the daemon's tasks; and the orderly
 //! shutdown that undoes it.
 
+use crate::background;
 use crate::clock::now_ms;
 use crate::config::{Config, ConfigErrors};
 use crate::daemon::{Daemon, Paths};
@@ -8,6 +9,8 @@ use crate::dispatch::{self, DispatchHandle};
 use crate::gate::{flip, synthetic};
 use crate::http;
 use crate::lifecycle::{self, notify};
+use crate::logging;
+use crate::metrics::Metrics;
 use crate::paths::{default_socket, default_state_dir};
 use crate::server;
 use crate::store::Store;
@@ -101,12 +104,20 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
 }
 
 /// Run the daemon until SIGTERM/SIGINT. Call from inside a tokio runtime.
-pub async fn serve(p: Prepared, listener: tokio::net::UnixListener) -> Result<(), StartError> {
+pub async fn serve(p: Prepared, listener: server::Listener) -> Result<(), StartError> {
     let Prepared {
         config,
-        paths,
+        mut paths,
         store,
     } = p;
+    let server::Listener {
+        listener,
+        activated,
+        path: socket,
+    } = listener;
+    paths.socket = socket;
+    // Subscribed before anything can commit, so that every transition is logged and counted.
+    let transitions = store.subscribe();
     let s = store.clone();
     let cfg = config.clone();
     let mode = tokio::task::spawn_blocking(move || lifecycle::startup_mode(&s, &cfg))
@@ -144,6 +155,12 @@ pub async fn serve(p: Prepared, listener: tokio::net::UnixListener) -> Result<()
         n.latest_gate = gate;
         n.pending_overrides = overrides;
     });
+    let stop_logging = tokio_util::sync::CancellationToken::new();
+    let transition_log = tokio::spawn(logging::follow_transitions(
+        Arc::clone(&d),
+        transitions,
+        stop_logging.clone(),
+    ));
 
     // Tasks that were in progress belong to specialists of the previous run: stop any that still
     // run, then reclaim the tasks.
@@ -164,6 +181,10 @@ pub async fn serve(p: Prepared, listener: tokio::net::UnixListener) -> Result<()
         })
         .await
         .map_err(|e| other("cannot reclaim in-progress tasks")(e.to_string()))?;
+    Metrics::add(
+        &d.metrics.reclaims,
+        (reclaimed.0.len() + reclaimed.1.len()) as u64,
+    );
     if !reclaimed.0.is_empty() || !reclaimed.1.is_empty() {
         tracing::warn!(
             failed = reclaimed.0.len(),
@@ -198,6 +219,7 @@ pub async fn serve(p: Prepared, listener: tokio::net::UnixListener) -> Result<()
         NotifyState::Ready,
         NotifyState::Status(&lifecycle::status_line(&d)),
     ]);
+    background::ready();
 
     d.shutdown.cancelled().await;
     notify(&[NotifyState::Stopping]);
@@ -213,9 +235,14 @@ pub async fn serve(p: Prepared, listener: tokio::net::UnixListener) -> Result<()
     }
     while tasks.join_next().await.is_some() {}
     store.close();
-    if let Err(e) = std::fs::remove_file(&paths.socket) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(error = %e, "cannot remove the socket");
+    stop_logging.cancel();
+    let _ = transition_log.await;
+    // A socket passed by systemd is systemd's: it keeps listening on it to start us again.
+    if !activated {
+        if let Err(e) = std::fs::remove_file(&paths.socket) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(error = %e, "cannot remove the socket");
+            }
         }
     }
     tracing::info!("orchestratord stopped");

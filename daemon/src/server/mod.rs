@@ -1,6 +1,7 @@
 //! The control socket (SPEC §10): binding it safely, accepting connections, and handing each
 //! connection to [`connection::serve`].
 
+pub mod activation;
 mod connection;
 pub mod handlers;
 
@@ -23,6 +24,48 @@ pub enum BindError {
     Unsafe { path: String, message: String },
     #[error("cannot bind {path}: {source}")]
     Io { path: String, source: io::Error },
+    #[error("socket activation: {0}")]
+    Activation(String),
+}
+
+/// Where the control socket came from. The daemon removes a socket it bound when it stops; one that
+/// systemd passed (socket activation) stays, because systemd keeps listening on it.
+pub struct Listener {
+    pub listener: UnixListener,
+    pub activated: bool,
+    /// The path the socket is bound to: the configured one, or the one systemd bound.
+    pub path: std::path::PathBuf,
+}
+
+/// The socket systemd passed, if this start was socket-activated; otherwise bind `path` ([`bind`]).
+/// Call inside the tokio runtime.
+pub fn listen(path: &Path) -> Result<Listener, BindError> {
+    if let Some((std_listener, passed_path)) = activation::passed_listener()? {
+        let listener = UnixListener::from_std(std_listener)
+            .map_err(|e| BindError::Activation(format!("cannot use the passed socket: {e}")))?;
+        let path = match passed_path {
+            Some(p) if p != path => {
+                tracing::warn!(
+                    configured = %path.display(),
+                    passed = %p.display(),
+                    "the socket unit listens elsewhere than the configured socket; serving on the passed one"
+                );
+                p
+            }
+            Some(p) => p,
+            None => path.to_path_buf(),
+        };
+        return Ok(Listener {
+            listener,
+            activated: true,
+            path,
+        });
+    }
+    Ok(Listener {
+        listener: bind(path)?,
+        activated: false,
+        path: path.to_path_buf(),
+    })
 }
 
 /// Create the socket's directory (mode 0750) if needed, replace a stale socket left by a killed

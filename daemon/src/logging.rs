@@ -1,0 +1,177 @@
+//! Where log lines go, and the log line every committed transition gets (SPEC §12).
+//!
+//! Started by systemd, the daemon's stderr is a stream into the journal; it then logs through
+//! journald's native protocol instead, so that fields arrive as journal fields an operator can
+//! filter on (`journalctl -u orchestrator MODE=synthetic`, `TASK_ID=…`). Anywhere else it writes
+//! plain or JSON lines to stderr.
+//!
+//! Transitions are logged from the store's broadcast of committed trajectory events, never from the
+//! writer thread, so logging cannot slow a group commit. The same follower counts them for
+//! `orchctl metrics`.
+
+use crate::daemon::Daemon;
+use crate::metrics::Metrics;
+use orchestrator_proto::task::TrajectoryEvent;
+use std::sync::Arc;
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+/// `--log-format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// The journal when stderr is connected to it (started by systemd), else text on stderr.
+    #[default]
+    Auto,
+    /// Human-readable lines on stderr.
+    Text,
+    /// One JSON object per line on stderr.
+    Json,
+    /// journald's native protocol, with structured fields.
+    Journald,
+}
+
+/// What [`init`] settled on, for the first log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    Journald,
+    Stderr,
+}
+
+/// True when `JOURNAL_STREAM` (`<device>:<inode>`, set by systemd for a service whose output goes
+/// to the journal) names the file that stderr is. Checking the identity, not only the variable,
+/// keeps a daemon whose stderr was redirected elsewhere (by `--daemonize`, a shell, a child of a
+/// service) on stderr.
+pub fn journal_stream_matches(journal_stream: &str, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = journal_stream.split_once(':') else {
+        return false;
+    };
+    matches!((d.parse::<u64>(), i.parse::<u64>()), (Ok(d), Ok(i)) if d == dev && i == ino)
+}
+
+fn stderr_is_journal() -> bool {
+    let Some(var) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else {
+        return false;
+    };
+    journal_stream_matches(&var.to_string_lossy(), st.st_dev, st.st_ino)
+}
+
+/// Install the global subscriber. The level comes from `ORCHESTRATOR_LOG` (an `EnvFilter`
+/// directive such as `debug` or `orchestrator::sweeper=debug`), `info` by default.
+pub fn init(format: LogFormat) -> LogTarget {
+    let filter =
+        || EnvFilter::try_from_env("ORCHESTRATOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let journal = match format {
+        LogFormat::Auto => stderr_is_journal(),
+        LogFormat::Journald => true,
+        LogFormat::Text | LogFormat::Json => false,
+    };
+    let mut journal_error = None;
+    if journal {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                // No prefix: fields keep their own names (MODE, TASK_ID), not F_MODE, F_TASK_ID.
+                let layer = layer
+                    .with_field_prefix(None)
+                    .with_syslog_identifier("orchestratord".into());
+                tracing_subscriber::registry()
+                    .with(filter())
+                    .with(layer)
+                    .init();
+                return LogTarget::Journald;
+            }
+            Err(e) => journal_error = Some(e),
+        }
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(std::io::stderr);
+    if format == LogFormat::Json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    if let Some(e) = journal_error {
+        tracing::warn!(error = %e, "cannot reach journald; logging to stderr");
+    }
+    LogTarget::Stderr
+}
+
+/// One log line per committed trajectory event, with the journal fields `TASK_ID`, `ACTION`,
+/// `FROM` (absent for the event that creates the task), `TO`, `ACTOR` and `MODE` (the daemon's
+/// mode when the event was logged); and the transitions counter of `orchctl metrics`.
+///
+/// Runs until `stop`, then logs what is still queued. Cancel `stop` only after the store has
+/// closed, so that the last transitions of a shutdown are logged too.
+pub async fn follow_transitions(
+    d: Arc<Daemon>,
+    mut events: broadcast::Receiver<TrajectoryEvent>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            ev = events.recv() => match ev {
+                Ok(ev) => record(&d, &ev),
+                Err(RecvError::Lagged(missed)) => missed_events(&d, missed),
+                Err(RecvError::Closed) => return,
+            },
+            _ = stop.cancelled() => break,
+        }
+    }
+    loop {
+        match events.try_recv() {
+            Ok(ev) => record(&d, &ev),
+            Err(TryRecvError::Lagged(missed)) => missed_events(&d, missed),
+            Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+        }
+    }
+}
+
+fn record(d: &Daemon, ev: &TrajectoryEvent) {
+    Metrics::inc(&d.metrics.transitions);
+    let from = ev.from.map(|s| s.as_str());
+    tracing::info!(
+        TASK_ID = %ev.task_id,
+        ACTION = %ev.action,
+        FROM = from,
+        TO = %ev.to,
+        ACTOR = %ev.actor,
+        MODE = %d.mode().effective,
+        "task {} {}: {} → {} by {}",
+        ev.task_id,
+        ev.action,
+        from.unwrap_or("(new)"),
+        ev.to,
+        ev.actor,
+    );
+}
+
+fn missed_events(d: &Daemon, missed: u64) {
+    // Still counted: the counter says what was committed, not what was logged.
+    Metrics::add(&d.metrics.transitions, missed);
+    tracing::warn!(
+        missed,
+        "transition logging fell behind; some transitions were not logged"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_stream_must_name_stderr_exactly() {
+        assert!(journal_stream_matches("8:1234", 8, 1234));
+        assert!(!journal_stream_matches("8:1234", 8, 1235));
+        assert!(!journal_stream_matches("9:1234", 8, 1234));
+        assert!(!journal_stream_matches("", 8, 1234));
+        assert!(!journal_stream_matches("8", 8, 1234));
+        assert!(!journal_stream_matches("x:y", 8, 1234));
+    }
+}
