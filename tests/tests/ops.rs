@@ -479,6 +479,20 @@ impl Drop for Background {
     }
 }
 
+fn read_pid(pidfile: &Path) -> i32 {
+    std::fs::read_to_string(pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Signal the daemonized process and wait until it is gone.
+fn kill(pid: i32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+    wait_for("the daemon to exit", WAIT, || (!alive(pid)).then_some(()));
+}
+
 fn daemonized(dir: &Path, args: &[&str]) -> std::process::Output {
     Command::new(bin("orchestratord"))
         .current_dir(dir)
@@ -511,11 +525,7 @@ fn daemonize_returns_once_ready_holds_its_pidfile_and_removes_it_at_stop() {
     let out = daemonized(dir.path(), &args);
     assert!(out.status.success(), "{}", stderr(&out));
     let pidfile = dir.path().join("orch.pid");
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = read_pid(&pidfile);
     let _guard = Background(pid);
     assert!(alive(pid));
     assert_ne!(pid as u32, std::process::id());
@@ -562,12 +572,16 @@ fn daemonize_returns_once_ready_holds_its_pidfile_and_removes_it_at_stop() {
     assert_eq!(bad.status.code(), Some(5), "{}", stderr(&bad));
     assert!(stderr(&bad).contains("bogus"), "{}", stderr(&bad));
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    wait_for("the daemon to exit", WAIT, || (!alive(pid)).then_some(()));
+    // A pidfile left by a killed daemon is not held by anyone: the next start takes it over.
+    kill(pid, nix::sys::signal::Signal::SIGKILL);
+    assert!(pidfile.exists());
+    let out = daemonized(dir.path(), &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pid = read_pid(&pidfile);
+    let _guard = Background(pid);
+    assert!(ctl_at(&socket, &["status"]).status.success());
+
+    kill(pid, nix::sys::signal::Signal::SIGTERM);
     assert!(!pidfile.exists(), "pidfile removed at a clean stop");
     assert!(!socket.exists(), "socket removed at a clean stop");
     let log = std::fs::read_to_string(dir.path().join("orch.log")).unwrap();
