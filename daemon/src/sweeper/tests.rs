@@ -435,3 +435,116 @@ fn sweeper_queries_use_their_indexes() {
         );
     }
 }
+
+/// A daemon around `store` whose state directory is `dir`, on the built-in config.
+fn daemon_on(store: Store, dir: &std::path::Path) -> Arc<Daemon> {
+    let paths = Paths {
+        config: None,
+        socket: dir.join("sock"),
+        state_dir: dir.to_path_buf(),
+        socket_from_flag: false,
+        state_dir_from_flag: false,
+    };
+    // Nothing here is re-queued, so the dispatcher's end of the channel can go.
+    let (dispatch, _) = crate::dispatch::DispatchHandle::channel();
+    let mode = crate::daemon::ModeState {
+        effective: TaskKind::Synthetic,
+        since_ms: 0,
+        note: None,
+    };
+    Arc::new(Daemon::new(
+        store,
+        paths,
+        crate::config::Config::builtin(),
+        mode,
+        dispatch,
+    ))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// One sweep, bounded: a sweep that never ends fails the test rather than hanging it.
+fn sweep_once(d: &Arc<Daemon>) -> SweepReport {
+    runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), sweep(d))
+            .await
+            .expect("the sweep ends")
+    })
+}
+
+/// A task whose files cannot be removed is kept and reported, and the sweep walks on past it —
+/// even past a whole batch of such tasks — to delete the others; a later sweep retries it.
+#[test]
+fn retention_steps_past_tasks_it_must_keep() {
+    let (dir, store) = open();
+    // Done in 1970, far past the synthetic retention; the last one completed last.
+    let stuck = BATCH + 1;
+    let specs: Vec<Spec> = (0..=stuck)
+        .map(|i| Spec {
+            setup: Setup::Done,
+            kind: TaskKind::Synthetic,
+            expires_in: 0,
+            completed_in: i as i64,
+        })
+        .collect();
+    seed(&store, &specs);
+    // A regular file where a task directory belongs cannot be removed as one, even by root.
+    std::fs::create_dir_all(dir.path().join("tasks")).unwrap();
+    for i in 0..stuck {
+        std::fs::write(dir.path().join("tasks").join(id_of(i)), "in the way").unwrap();
+    }
+    let last = id_of(stuck);
+    std::fs::create_dir_all(dir.path().join("tasks").join(&last)).unwrap();
+
+    let d = daemon_on(store.clone(), dir.path());
+    let report = sweep_once(&d);
+    assert_eq!(report.deleted, 1, "{report:?}");
+    assert_eq!(report.deleted_files, 1);
+    assert_eq!(report.errors.len(), MAX_REPORTED_ERRORS + 1, "capped");
+    assert!(report.errors[0].contains("cannot remove"), "{report:?}");
+    assert_eq!(
+        report.errors[MAX_REPORTED_ERRORS],
+        format!("... and {} more errors", stuck - MAX_REPORTED_ERRORS)
+    );
+    let left = snapshot(&store);
+    assert_eq!(left.len(), stuck);
+    assert!(!left.contains_key(&last));
+    assert_eq!(
+        d.notes().last_sweep.as_ref().map(|r| r.deleted),
+        Some(1),
+        "status shows the last sweep"
+    );
+
+    for i in 0..stuck {
+        std::fs::remove_file(dir.path().join("tasks").join(id_of(i))).unwrap();
+    }
+    let report = sweep_once(&d);
+    assert_eq!(report.deleted, stuck as u64, "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(snapshot(&store).is_empty());
+    assert_eq!(orphan_events(&store), 0);
+}
+
+/// `orchctl sweep` during the timer's sweep waits for it to end, then runs its own.
+#[test]
+fn sweep_now_waits_for_the_sweep_under_way() {
+    let (dir, store) = open();
+    let d = daemon_on(store, dir.path());
+    runtime().block_on(async {
+        let under_way = d.sweep_lock.lock().await;
+        let d2 = Arc::clone(&d);
+        let mut asked = tokio::spawn(async move { run_now(&d2).await });
+        let waited = tokio::time::timeout(Duration::from_millis(200), &mut asked).await;
+        assert!(waited.is_err(), "ran alongside the sweep under way");
+        let released = now_ms();
+        drop(under_way);
+        let report = asked.await.unwrap().unwrap();
+        assert!(report.started_at >= rfc3339(released), "{report:?}");
+    });
+}
