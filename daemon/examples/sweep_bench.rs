@@ -5,12 +5,15 @@
 //! which `--due` become due for the chosen `--scenario` shortly after the daemon started (so the
 //! sweep at start finds nothing), starts the real `orchestratord`, and then, while three loops run —
 //! `status` over one kept connection every millisecond, the real `orchctl status` process back to
-//! back, and `submit` every 5 ms — runs `orchctl sweep`. It prints the sweep's time and the latencies seen during it, and at idle.
+//! back, and `submit` every 5 ms — runs `orchctl sweep`. It prints the sweep's time and the
+//! latencies seen during it, and at idle.
 //!
 //! ```text
 //! cargo build --release --bins --example sweep_bench
 //! target/release/examples/sweep_bench --tasks 100000 --due 10000 --scenario expiry
 //! target/release/examples/sweep_bench --tasks 100000 --due 10000 --scenario retention
+//! target/release/examples/sweep_bench --tasks 100000 --due 100000 --scenario retention
+//! target/release/examples/sweep_bench --tasks 100000 --due 100000 --scenario expiry
 //! ```
 //!
 //! Results (release build, 2 shared vCPUs, ext4 on a virtual disk, `synchronous=FULL`; each task
@@ -18,13 +21,13 @@
 //!
 //! | tasks / due | sweep | `status` (connection) | `orchctl status` | submit |
 //! |---|---|---|---|---|
-//! | 100k / 10k expiry | 0.42 s | 0.10 / 3.5 / 4.2 ms | 3.2 / 7.7 / 9.4 ms | 8.4 / 17.8 / 17.8 ms |
-//! | 100k / 10k retention | 0.17 s | 0.12 / 1.6 / 2.1 ms | 1.8 / 9.4 / 9.4 ms | 2.4 / 9.4 / 9.4 ms |
-//! | 100k / 100k retention | 2.2 s | 0.06 / 1.9 / 6.8 ms | 1.7 / 6.5 / 8.5 ms | 3.8 / 14.9 / 15.7 ms |
-//! | 100k / 100k expiry | 4.4 s | 0.06 / 2.6 / 8.3 ms | 1.5 / 7.3 / 12.8 ms | 6.4 / 20.9 / 34.9 ms |
+//! | 100k / 10k expiry | 0.52 s | 0.06 / 2.6 / 3.9 ms | 1.6 / 10.4 / 27.7 ms | 5.3 / 35.7 / 35.7 ms |
+//! | 100k / 10k retention | 0.22 s | 0.06 / 2.5 / 4.3 ms | 2.0 / 8.0 / 8.0 ms | 4.4 / 11.6 / 11.6 ms |
+//! | 100k / 100k retention | 1.9 s | 0.05 / 1.6 / 4.9 ms | 1.7 / 6.1 / 21.7 ms | 3.2 / 11.9 / 15.0 ms |
+//! | 100k / 100k expiry | 5.7 s | 0.09 / 3.8 / 13.2 ms | 1.6 / 7.8 / 12.8 ms | 5.1 / 26.1 / 38.9 ms |
 //!
-//! At idle the same loops saw `status` 0.05 / 1.0 ms, `orchctl status` 1.6 / 2.5 ms (mostly
-//! process start) and submit 0.6 / 2.0 ms (p50 / p99).
+//! At idle the same loops saw `status` 0.05 / 1.1 ms, `orchctl status` 1.8 / 6 ms (mostly process
+//! start) and submit 0.8 / 7 ms (p50 / p99); idle maxima reach tens of ms on this shared host.
 
 use orchestrator::clock::now_ms;
 use orchestrator::machine::Action;
