@@ -88,8 +88,11 @@ pub fn init(format: LogFormat) -> LogTarget {
             Err(e) => journal_error = Some(e),
         }
     }
+    // Colours only for a person at a terminal; files and pipes get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter())
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if format == LogFormat::Json {
         builder.json().init();
