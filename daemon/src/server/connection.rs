@@ -43,19 +43,22 @@ enum Next {
 async fn next(conn: &mut Conn, max_frame: usize) -> Next {
     match conn.next().await {
         None => Next::Closed,
-        Some(Err(e)) => {
-            if e.kind() == std::io::ErrorKind::InvalidData {
-                Next::Bad(
-                    WireError::new(
-                        ErrorCode::FrameTooLarge,
-                        format!("frame exceeds the limit of {max_frame} bytes"),
-                    )
-                    .with("max", max_frame.to_string()),
+        Some(Err(e)) => match e.kind() {
+            std::io::ErrorKind::InvalidData => Next::Bad(
+                WireError::new(
+                    ErrorCode::FrameTooLarge,
+                    format!("frame exceeds the limit of {max_frame} bytes"),
                 )
-            } else {
-                Next::Closed
-            }
-        }
+                .with("max", max_frame.to_string()),
+            ),
+            // The codec's "bytes remaining on stream": the peer stopped sending inside a frame. It
+            // may still be reading (a half-closed socket), so it is told why before the close.
+            std::io::ErrorKind::Other => Next::Bad(WireError::new(
+                ErrorCode::MalformedRequest,
+                "truncated frame: the connection ended inside a frame",
+            )),
+            _ => Next::Closed,
+        },
         Some(Ok(frame)) => match decode::<ClientMessage>(&frame) {
             Ok(msg) => Next::Message(msg),
             Err(e) => Next::Bad(WireError::new(

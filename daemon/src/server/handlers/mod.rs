@@ -45,9 +45,11 @@ pub async fn handle(d: &Arc<Daemon>, peer: &Peer, request: Request) -> Result<Re
 }
 
 /// Task ids are ULIDs: 26 Crockford base32 characters. Checking first gives a clear error instead of
-/// a `not_found` for what is plainly not an id.
-pub(crate) fn check_id(id: &str) -> Result<(), WireError> {
-    if ulid::Ulid::from_string(id).is_err() {
+/// a `not_found` for what is plainly not an id. The id must be canonical (the form the daemon hands
+/// out): the decoder alone would accept values past the 128-bit range by dropping their top bits.
+pub fn check_id(id: &str) -> Result<(), WireError> {
+    let canonical = ulid::Ulid::from_string(id).is_ok_and(|u| u.to_string() == id);
+    if !canonical {
         let shown: String = id.chars().take(40).collect();
         return Err(WireError::new(
             orchestrator_proto::ErrorCode::InvalidId,

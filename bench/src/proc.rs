@@ -1,0 +1,116 @@
+//! The daemon under test as a process: start it, know when it is ready, read its memory, stop it.
+
+use crate::client::Conn;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Daemon {
+    child: Child,
+    /// From spawn to the first answered hello.
+    pub ready_after: Duration,
+}
+
+impl Daemon {
+    pub fn start(
+        bin: &Path,
+        socket: &Path,
+        state_dir: &Path,
+        config: Option<&Path>,
+        log: &Path,
+    ) -> Result<Daemon> {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("cannot open {}", log.display()))?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--socket")
+            .arg(socket)
+            .arg("--state-dir")
+            .arg(state_dir);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        loop {
+            if Conn::open(socket).is_ok() {
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("orchestratord exited with {status}; see {}", log.display());
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                let _ = child.kill();
+                bail!("orchestratord was not ready after 120 s");
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        Ok(Daemon {
+            ready_after: started.elapsed(),
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// (VmRSS, VmHWM) in KiB.
+    pub fn memory_kib(&self) -> Result<(u64, u64)> {
+        memory_kib(self.pid())
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) -> Result<()> {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("orchestratord exited with {status}");
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("orchestratord did not stop within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn memory_kib(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}

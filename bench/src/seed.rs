@@ -1,0 +1,261 @@
+//! Seed a stopped daemon's store with a large archive, written straight into SQLite in one
+//! transaction. The schema comes from the daemon itself: the store is opened (and migrated) once by
+//! `Store::open` before rows go in, so the seed always matches the current schema.
+
+use anyhow::{bail, Context, Result};
+use orchestrator::clock::{now_ms, rfc3339};
+use orchestrator::store::Store;
+use orchestrator_proto::task::{Routing, TaskKind, TaskResult, TaskState};
+use rusqlite::{params, Connection};
+use std::path::Path;
+use std::time::Instant;
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Tasks in all.
+    pub tasks: u64,
+    /// Shadow tasks created inside the last 24 h (what `shadow-summary --window 24` reads).
+    pub in_window: u64,
+    /// Live tasks awaiting approval whose `expiresAt` falls at `due_at_ms` (what a sweep expires).
+    pub due: u64,
+    pub due_at_ms: i64,
+    /// Write each task's trajectory too (4 events per task).
+    pub events: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Seeded {
+    pub tasks: u64,
+    pub events: u64,
+    pub seconds: f64,
+}
+
+/// Agents and the rules that route to them, as the built-in routing would.
+const AGENTS: [(&str, Option<&str>, bool); 6] = [
+    ("coder", Some("code-tasks"), true),
+    ("helpdesk", Some("ops-tasks"), true),
+    ("researcher", Some("research-tasks"), false),
+    ("main", Some("writing-tasks"), false),
+    ("main", None, false),
+    ("overwatch", Some("audit-tasks"), false),
+];
+
+/// A small deterministic generator, so that two seeds of the same plan are the same archive.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+struct Row {
+    kind: TaskKind,
+    state: TaskState,
+    created: i64,
+    completed: Option<i64>,
+    expires: i64,
+    agent: usize,
+    error_code: Option<&'static str>,
+}
+
+pub fn seed(db: &Path, plan: Plan) -> Result<Seeded> {
+    if plan.in_window + plan.due > plan.tasks {
+        bail!(
+            "the window and due tasks ({} + {}) exceed the total {}",
+            plan.in_window,
+            plan.due,
+            plan.tasks
+        );
+    }
+    if let Some(dir) = db.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let store = Store::open(db).map_err(|e| anyhow::anyhow!("cannot open the store: {e}"))?;
+    store.close();
+    drop(store);
+
+    let started = Instant::now();
+    let mut conn = Connection::open(db).with_context(|| format!("cannot open {}", db.display()))?;
+    // Only this bulk load runs unsynchronised; one fsync at the end makes it durable.
+    conn.pragma_update(None, "synchronous", "OFF")?;
+    conn.pragma_update(None, "cache_size", -262_144)?;
+    let now = now_ms();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let tx = conn.transaction()?;
+    let mut events = 0u64;
+    {
+        let mut task_stmt = tx.prepare(
+            "INSERT INTO tasks (id, kind, state, goal, workspace_dir, required_caps, routing, agent, result, \
+             rejection, error, error_code, submitted_by, harness, would_require_approval, created_at, \
+             assigned_at, started_at, completed_at, expires_at, lease_until, attempts, specialist_pid) \
+             VALUES (?1, ?2, ?3, ?4, NULL, '[]', ?5, ?6, ?7, NULL, ?8, ?9, 'bench', 0, ?10, ?11, ?12, ?13, ?14, ?15, NULL, 1, NULL)",
+        )?;
+        let mut event_stmt = tx.prepare(
+            "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+        )?;
+        for i in 0..plan.tasks {
+            let row = plan_row(i, &plan, now, &mut rng);
+            let (agent, rule, approval) = AGENTS[row.agent];
+            let id = ulid::Ulid::from_parts(
+                row.created.max(0) as u64,
+                u128::from(rng.next()) << 16 | u128::from(i as u16),
+            )
+            .to_string();
+            let assigned = row.created + 2;
+            let started = row.created + 5;
+            let routing = serde_json::to_string(&Routing {
+                matched_rule_id: rule.map(str::to_string),
+                assigned_agent_id: agent.to_string(),
+                capability_matches: Vec::new(),
+                fallback_used: rule.is_none(),
+                decided_at: rfc3339(assigned),
+            })?;
+            let result = serde_json::to_string(&TaskResult {
+                text: Some(format!("archived result of task {i}")),
+                text_path: None,
+                artefacts: Vec::new(),
+                specialist_session_id: Some(format!("session-{i}")),
+            })?;
+            let error = row.error_code.map(|code| {
+                serde_json::json!({"code": code, "message": "seeded failure", "details": null})
+                    .to_string()
+            });
+            let would = row.kind == TaskKind::Shadow && approval;
+            task_stmt.execute(params![
+                id,
+                row.kind.as_str(),
+                row.state.as_str(),
+                format!("seeded task {i}: please review the quarterly report"),
+                routing,
+                agent,
+                result,
+                error,
+                row.error_code,
+                would as i64,
+                row.created,
+                assigned,
+                started,
+                row.completed,
+                row.expires,
+            ])?;
+            if plan.events {
+                let end = row.completed.unwrap_or(started + 1);
+                let last_action = match row.state {
+                    TaskState::Failed => "fail",
+                    TaskState::Cancelled => "cancel",
+                    _ => "complete",
+                };
+                let chain: [(i64, &str, &str, Option<&str>, &str); 4] = [
+                    (row.created, "bench", "submit", None, "queued"),
+                    (assigned, "dispatcher", "route", Some("queued"), "assigned"),
+                    (
+                        started,
+                        "dispatcher",
+                        "start",
+                        Some("assigned"),
+                        "in_progress",
+                    ),
+                    (
+                        end,
+                        "dispatcher",
+                        last_action,
+                        Some("in_progress"),
+                        row.state.as_str(),
+                    ),
+                ];
+                for (at, actor, action, from, to) in chain {
+                    event_stmt.execute(params![id, at, actor, action, from, to])?;
+                    events += 1;
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch("ANALYZE")?;
+    conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")?;
+    drop(conn);
+    std::fs::File::open(db)?.sync_all()?;
+    Ok(Seeded {
+        tasks: plan.tasks,
+        events,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Row `i` of the archive: the first `in_window` are recent shadow tasks, the next `due` are live
+/// tasks awaiting approval that expire at `due_at_ms`, the rest an older archive of finished shadow
+/// and live tasks, all inside their kinds' default retention so that a sweep deletes none of them.
+fn plan_row(i: u64, plan: &Plan, now: i64, rng: &mut Rng) -> Row {
+    let agent = rng.below(AGENTS.len() as u64) as usize;
+    if i < plan.in_window {
+        // Spread over the last 23 h so the window still holds them a while after seeding.
+        let created = now - 23 * HOUR + (i as i64 * 23 * HOUR) / plan.in_window.max(1) as i64;
+        let roll = rng.below(1000);
+        let (state, error_code) = match roll {
+            0..=9 => (TaskState::Failed, Some("specialist_timeout")),
+            10..=14 => (TaskState::Failed, Some("specialist_aborted")),
+            15..=24 => (TaskState::Cancelled, None),
+            _ => (TaskState::Done, None),
+        };
+        return Row {
+            kind: TaskKind::Shadow,
+            state,
+            created,
+            completed: Some(created + 1_000 + rng.below(120_000) as i64),
+            expires: created + 7 * DAY,
+            agent,
+            error_code,
+        };
+    }
+    if i < plan.in_window + plan.due {
+        let created = now - 8 * DAY + rng.below(HOUR as u64) as i64;
+        return Row {
+            kind: TaskKind::Live,
+            state: TaskState::AwaitingApproval,
+            created,
+            completed: None,
+            expires: plan.due_at_ms,
+            agent: rng.below(2) as usize,
+            error_code: None,
+        };
+    }
+    if i % 2 == 0 {
+        // Shadow, 1 to 6 days old: older than the window, younger than the 7-day retention.
+        let created = now - DAY - rng.below(5 * DAY as u64) as i64;
+        Row {
+            kind: TaskKind::Shadow,
+            state: TaskState::Done,
+            created,
+            completed: Some(created + 1_000 + rng.below(60_000) as i64),
+            expires: created + 7 * DAY,
+            agent,
+            error_code: None,
+        }
+    } else {
+        // Live, 1 to 80 days old: inside the 90-day retention.
+        let created = now - DAY - rng.below(79 * DAY as u64) as i64;
+        Row {
+            kind: TaskKind::Live,
+            state: TaskState::Done,
+            created,
+            completed: Some(created + 1_000 + rng.below(600_000) as i64),
+            expires: created + 7 * DAY,
+            agent,
+            error_code: None,
+        }
+    }
+}
