@@ -5,8 +5,17 @@ use crate::stats::{Samples, Throughput};
 use anyhow::{Context, Result};
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// Whether each record extends the file or overwrites a region written (and flushed) beforehand, as
+/// a WAL does once it wraps: extending also makes the flush write the file's new size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Append,
+    Overwrite,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flush {
@@ -16,7 +25,23 @@ pub enum Flush {
     All,
 }
 
-pub fn run(dir: &Path, flush: Flush, duration: Duration) -> Result<Throughput> {
+/// The four ways of the raw loop, named as the benchmark table shows them.
+pub const VARIANTS: [(&str, Place, Flush); 4] = [
+    ("append 128 B + fdatasync", Place::Append, Flush::Data),
+    ("append 128 B + fsync", Place::Append, Flush::All),
+    (
+        "overwrite 128 B in place + fdatasync",
+        Place::Overwrite,
+        Flush::Data,
+    ),
+    (
+        "overwrite 128 B in place + fsync",
+        Place::Overwrite,
+        Flush::All,
+    ),
+];
+
+pub fn run(dir: &Path, place: Place, flush: Flush, duration: Duration) -> Result<Throughput> {
     let path = dir.join(format!("orchbench-fsync-{}", std::process::id()));
     let mut f = OpenOptions::new()
         .create(true)
@@ -26,12 +51,20 @@ pub fn run(dir: &Path, flush: Flush, duration: Duration) -> Result<Throughput> {
         .with_context(|| format!("cannot create {}", path.display()))?;
     // A record about the size of a small task row in a WAL frame header plus payload.
     let record = [0x5au8; 128];
+    const REGION: u64 = 4 * 1024 * 1024;
+    if place == Place::Overwrite {
+        f.write_all(&vec![0u8; REGION as usize])?;
+        f.sync_all()?;
+    }
     let mut latency = Samples::default();
     let mut ok = 0u64;
     let start = Instant::now();
     while start.elapsed() < duration {
         let t = Instant::now();
-        f.write_all(&record)?;
+        match place {
+            Place::Append => f.write_all(&record)?,
+            Place::Overwrite => f.write_all_at(&record, (ok * 4096) % REGION)?,
+        }
         match flush {
             Flush::Data => f.sync_data()?,
             Flush::All => f.sync_all()?,

@@ -193,12 +193,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("status round trip, open connection: {}", t.describe());
         }
         Cmd::Fsync { dir, seconds } => {
-            for (name, flush) in [
-                ("fdatasync", fsync::Flush::Data),
-                ("fsync", fsync::Flush::All),
-            ] {
-                let t = fsync::run(&dir, flush, Duration::from_secs_f64(seconds))?;
-                println!("write + {name}: {}", t.describe());
+            for (name, place, flush) in fsync::VARIANTS {
+                let t = fsync::run(&dir, place, flush, Duration::from_secs_f64(seconds))?;
+                println!("{name}: {}", t.describe());
             }
         }
         Cmd::Ctl {

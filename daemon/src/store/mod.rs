@@ -20,7 +20,7 @@ pub use schema::SCHEMA_VERSION;
 
 use orchestrator_proto::task::{TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::{ErrorCode, WireError};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -29,6 +29,8 @@ use tokio::sync::{broadcast, oneshot};
 
 /// Most jobs committed in one transaction; bounds the latency of the first job in a burst.
 const MAX_GROUP: usize = 2048;
+/// Meta key: "1" while the store is closed after an orderly shutdown, "0" while a daemon has it open.
+const CLOSED_CLEANLY: &str = "store_closed_cleanly";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -147,10 +149,27 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
         )?;
         schema::migrate(&mut conn).map_err(StoreError::Sql)?;
-        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
-        if check != "ok" {
-            return Err(StoreError::Sql(format!("integrity check failed: {check}")));
+        // A full check reads every page (seconds on a large archive), so it runs only when the
+        // previous daemon did not close the store: after a crash, a kill or a power cut. The marker
+        // is cleared durably before any other write, and set again only by an orderly close.
+        let closed_cleanly = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [CLOSED_CLEANLY],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .is_some_and(|v| v == "1");
+        if !closed_cleanly {
+            let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+            if check != "ok" {
+                return Err(StoreError::Sql(format!("integrity check failed: {check}")));
+            }
         }
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, '0') ON CONFLICT(key) DO UPDATE SET value = '0'",
+            [CLOSED_CLEANLY],
+        )?;
         let counts = Arc::new(Mutex::new(load_counts(&conn)?));
         let (events, _) = broadcast::channel(4096);
         let (tx, rx) = mpsc::channel::<Job>();
@@ -280,7 +299,8 @@ impl Store {
 
 fn load_counts(conn: &Connection) -> Result<Counts, StoreError> {
     let mut counts = Counts::default();
-    let mut stmt = conn.prepare("SELECT kind, state, count(*) FROM tasks GROUP BY kind, state")?;
+    // Kept by triggers (schema migration 2), so a start does not count a large archive row by row.
+    let mut stmt = conn.prepare("SELECT kind, state, n FROM task_counts WHERE n > 0")?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         let kind: String = row.get(0)?;
@@ -309,8 +329,16 @@ fn writer_loop(
         }
         run_group(&mut conn, group, &counts, &events);
     }
-    // Every sender is gone: checkpoint so the next start opens a small WAL.
+    // Every sender is gone: checkpoint so the next start opens a small WAL, then mark the store as
+    // closed in order (the next open may skip its full integrity check).
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+    let marked = conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, '1') ON CONFLICT(key) DO UPDATE SET value = '1'",
+        [CLOSED_CLEANLY],
+    );
+    if let Err(e) = marked {
+        tracing::warn!(error = %e, "cannot mark the store as closed cleanly; the next start checks it in full");
+    }
 }
 
 fn run_group(

@@ -155,3 +155,67 @@ fn committed_tasks_survive_reopen() {
         1
     );
 }
+
+fn counts_of(store: &Store) -> Vec<(TaskKind, TaskState, u64)> {
+    store.counts().entries()
+}
+
+#[test]
+fn counts_loaded_at_open_follow_inserts_transitions_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = Store::open(&path).unwrap();
+    for id in ["T1", "T2", "T3"] {
+        store
+            .write_blocking(move |b| b.insert_task(new_task(id), "alice"))
+            .unwrap();
+    }
+    store
+        .write_blocking(|b| b.transition(TransitionOp::new("T1", Action::Cancel, "alice", 2_000)))
+        .unwrap();
+    store
+        .write_blocking(|b| {
+            b.conn().execute("DELETE FROM tasks WHERE id = 'T2'", [])?;
+            b.note_deleted(TaskKind::Synthetic, TaskState::Queued);
+            Ok(())
+        })
+        .unwrap();
+    let live = counts_of(&store);
+    assert_eq!(
+        live,
+        vec![
+            (TaskKind::Synthetic, TaskState::Queued, 1),
+            (TaskKind::Synthetic, TaskState::Cancelled, 1)
+        ]
+    );
+    store.close();
+    let reopened = Store::open(&path).unwrap();
+    assert_eq!(counts_of(&reopened), live);
+}
+
+#[test]
+fn an_orderly_close_is_remembered_and_a_crash_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let marker = |store: &Store| {
+        store
+            .read_blocking(|c| queries::get_meta(c, "store_closed_cleanly"))
+            .unwrap()
+    };
+    let store = Store::open(&path).unwrap();
+    // Open: not closed cleanly, durably, before anything else happens.
+    assert_eq!(marker(&store).as_deref(), Some("0"));
+    store.close();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let v: String = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'store_closed_cleanly'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(v, "1");
+    drop(conn);
+    let again = Store::open(&path).unwrap();
+    assert_eq!(marker(&again).as_deref(), Some("0"));
+}
