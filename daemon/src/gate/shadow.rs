@@ -6,14 +6,17 @@ use crate::daemon::Daemon;
 use orchestrator_proto::message::{DurationStats, ShadowSummary};
 use orchestrator_proto::task::TaskState;
 use orchestrator_proto::WireError;
+use rusqlite::types::ValueRef;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The fields of one shadow task that the summary needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShadowRow {
     pub state: TaskState,
-    pub error_code: Option<String>,
-    pub agent: Option<String>,
+    /// Shared: a window holds many rows but few distinct codes and agents.
+    pub error_code: Option<Arc<str>>,
+    pub agent: Option<Arc<str>>,
     pub created_ms: i64,
     pub completed_ms: Option<i64>,
     pub would_require_approval: bool,
@@ -28,6 +31,16 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank - 1]
 }
 
+/// Count one more under `key`, allocating the key only the first time it is seen.
+fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
+    match map.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            map.insert(key.to_string(), 1);
+        }
+    }
+}
+
 pub fn summarize(rows: &[ShadowRow], window_hours: u32, min_tasks: u64) -> ShadowSummary {
     let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
     let mut failures_by_code: BTreeMap<String, u64> = BTreeMap::new();
@@ -35,14 +48,14 @@ pub fn summarize(rows: &[ShadowRow], window_hours: u32, min_tasks: u64) -> Shado
     let mut durations: Vec<u64> = Vec::new();
     let mut would = 0;
     for r in rows {
-        *by_state.entry(r.state.as_str().to_string()).or_default() += 1;
+        bump(&mut by_state, r.state.as_str());
         if r.state == TaskState::Failed {
-            let code = r.error_code.clone().unwrap_or_else(|| "unknown".into());
-            *failures_by_code.entry(code).or_default() += 1;
+            bump(
+                &mut failures_by_code,
+                r.error_code.as_deref().unwrap_or("unknown"),
+            );
         }
-        *per_agent
-            .entry(r.agent.clone().unwrap_or_else(|| "(unassigned)".into()))
-            .or_default() += 1;
+        bump(&mut per_agent, r.agent.as_deref().unwrap_or("(unassigned)"));
         if let Some(done) = r.completed_ms {
             durations.push((done - r.created_ms).max(0) as u64);
         }
@@ -90,7 +103,9 @@ pub fn summarize(rows: &[ShadowRow], window_hours: u32, min_tasks: u64) -> Shado
     }
 }
 
-/// Shadow tasks created within `window_ms` of now.
+/// Shadow tasks created since `since_ms`. A 24 h window can hold hundreds of thousands of rows, so
+/// each row is read without allocating: states are parsed in place and the few distinct agents and
+/// error codes are shared.
 pub fn rows_since(
     conn: &rusqlite::Connection,
     since_ms: i64,
@@ -99,18 +114,44 @@ pub fn rows_since(
         "SELECT state, error_code, agent, created_at, completed_at, would_require_approval \
          FROM tasks WHERE kind = 'shadow' AND created_at >= ?1",
     )?;
-    let rows = stmt.query_map([since_ms], |r| {
-        let state: String = r.get(0)?;
-        Ok(ShadowRow {
-            state: state.parse().unwrap_or(TaskState::Failed),
-            error_code: r.get(1)?,
-            agent: r.get(2)?,
+    let mut rows = stmt.query([since_ms])?;
+    let mut names: Vec<Arc<str>> = Vec::new();
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let state = text(r.get_ref(0)?)?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(TaskState::Failed);
+        out.push(ShadowRow {
+            state,
+            error_code: text(r.get_ref(1)?)?.map(|s| shared(&mut names, s)),
+            agent: text(r.get_ref(2)?)?.map(|s| shared(&mut names, s)),
             created_ms: r.get(3)?,
             completed_ms: r.get(4)?,
             would_require_approval: r.get::<_, i64>(5)? != 0,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        });
+    }
+    Ok(out)
+}
+
+fn text(v: ValueRef<'_>) -> Result<Option<&str>, crate::store::StoreError> {
+    match v {
+        ValueRef::Null => Ok(None),
+        v => v
+            .as_str()
+            .map(Some)
+            .map_err(|e| crate::store::StoreError::Sql(e.to_string())),
+    }
+}
+
+fn shared(names: &mut Vec<Arc<str>>, s: &str) -> Arc<str> {
+    match names.iter().find(|n| &***n == s) {
+        Some(n) => Arc::clone(n),
+        None => {
+            let n: Arc<str> = Arc::from(s);
+            names.push(Arc::clone(&n));
+            n
+        }
+    }
 }
 
 pub async fn summary(
@@ -134,7 +175,7 @@ mod tests {
     fn row(state: TaskState, code: Option<&str>, dur: Option<i64>) -> ShadowRow {
         ShadowRow {
             state,
-            error_code: code.map(str::to_string),
+            error_code: code.map(Into::into),
             agent: Some("coder".into()),
             created_ms: 1_000,
             completed_ms: dur.map(|d| 1_000 + d),

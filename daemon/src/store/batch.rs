@@ -129,9 +129,10 @@ impl<'a> Batch<'a> {
         f: impl FnOnce(&mut Batch<'a>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let (events, deltas) = (self.events.len(), self.deltas.len());
-        self.tx.execute_batch("SAVEPOINT job")?;
+        // Prepared once per connection: every job of every group runs these.
+        self.tx.prepare_cached("SAVEPOINT job")?.execute([])?;
         let result = f(self).and_then(|v| {
-            self.tx.execute_batch("RELEASE job")?;
+            self.tx.prepare_cached("RELEASE job")?.execute([])?;
             Ok(v)
         });
         if result.is_err() {
@@ -178,8 +179,29 @@ impl<'a> Batch<'a> {
             TaskState::Queued,
             None,
         )?;
-        self.get_task(&t.id)?
-            .ok_or_else(|| StoreError::NotFound(t.id.clone()))
+        // The row holds exactly what was just inserted: answer from memory rather than read it back.
+        Ok(Task {
+            schema_version: orchestrator_proto::task::SCHEMA_VERSION,
+            state: TaskState::Queued,
+            created_at: rfc3339(t.created_ms),
+            expires_at: rfc3339(t.expires_ms),
+            id: t.id,
+            kind: t.kind,
+            goal: t.goal,
+            workspace_dir: t.workspace_dir,
+            required_capabilities: t.required_capabilities,
+            routing: None,
+            assigned_agent_id: None,
+            result: None,
+            rejection: None,
+            error: None,
+            submitted_by: t.submitted_by,
+            would_require_approval: false,
+            assigned_at: None,
+            started_at: None,
+            completed_at: None,
+            attempts: 0,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -219,3 +219,20 @@ fn an_orderly_close_is_remembered_and_a_crash_is_not() {
     let again = Store::open(&path).unwrap();
     assert_eq!(marker(&again).as_deref(), Some("0"));
 }
+
+#[test]
+fn insert_answers_exactly_what_a_read_returns() {
+    let (_d, store) = open();
+    let mut t = new_task("T1");
+    t.workspace_dir = Some("/srv/work".into());
+    t.required_capabilities = vec!["code".into(), "ops".into()];
+    t.harness = true;
+    let answered = store
+        .write_blocking(move |b| b.insert_task(t, "alice"))
+        .unwrap();
+    let read = store
+        .read_blocking(|c| queries::get_task(c, "T1"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(answered, read);
+}
