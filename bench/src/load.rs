@@ -25,6 +25,9 @@ pub enum Outcome {
     Refused(String),
 }
 
+/// What one connection did: requests answered, requests refused, latencies, first error messages.
+type ConnResult = (u64, u64, Samples, Vec<String>);
+
 /// Run `conns` connections; `work(conn_index, request_index, conn)` sends one request.
 /// Connections open first; the clock starts when all of them are ready.
 pub fn run<W>(socket: &Path, conns: usize, stop: Stop, work: W) -> Result<(Throughput, Vec<String>)>
@@ -34,7 +37,7 @@ where
     let barrier = Barrier::new(conns + 1);
     let stop_flag = AtomicBool::new(false);
     let mut start = Instant::now();
-    let results: Vec<Result<(u64, u64, Samples, Vec<String>)>> = std::thread::scope(|s| {
+    let results: Vec<Result<ConnResult>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..conns)
             .map(|c| {
                 let (barrier, stop_flag, work) = (&barrier, &stop_flag, &work);

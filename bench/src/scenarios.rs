@@ -69,7 +69,7 @@ pub fn transitions(socket: &Path, conns: usize, ids: &[String]) -> Result<Throug
     let (t, errors) = load::run(socket, conns, Stop::Count(per as u64), |c, i, conn| {
         let k = c * per + i as usize;
         let id = ids[k].clone();
-        let req = if k % 2 == 0 {
+        let req = if k & 1 == 0 {
             Request::Approve { id }
         } else {
             Request::Reject {

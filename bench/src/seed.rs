@@ -233,7 +233,7 @@ fn plan_row(i: u64, plan: &Plan, now: i64, rng: &mut Rng) -> Row {
             error_code: None,
         };
     }
-    if i % 2 == 0 {
+    if i & 1 == 0 {
         // Shadow, 1 to 6 days old: older than the window, younger than the 7-day retention.
         let created = now - DAY - rng.below(5 * DAY as u64) as i64;
         Row {

@@ -145,6 +145,9 @@ fn check_acknowledged(d: &TestDaemon, journals: &[Journal], seed: u64) {
     }
 }
 
+/// A task row as the checks need it: state, agent, completed_at, error code.
+type StoredTask = (String, Option<String>, Option<i64>, Option<String>);
+
 /// No task in an impossible state, and every trajectory is one unbroken chain that ends where the
 /// task is; the counts `status` reports match the rows.
 fn check_store(d: &TestDaemon, seed: u64) {
@@ -157,8 +160,7 @@ fn check_store(d: &TestDaemon, seed: u64) {
         .unwrap();
     assert_eq!(check, "ok", "seed {seed}: integrity");
 
-    let mut tasks: HashMap<String, (String, Option<String>, Option<i64>, Option<String>)> =
-        HashMap::new();
+    let mut tasks: HashMap<String, StoredTask> = HashMap::new();
     let mut stmt = conn
         .prepare("SELECT id, state, agent, completed_at, error_code FROM tasks")
         .unwrap();
