@@ -308,7 +308,8 @@ impl Store {
 
 fn load_counts(conn: &Connection) -> Result<Counts, StoreError> {
     let mut counts = Counts::default();
-    // Kept by triggers (schema migration 2), so a start does not count a large archive row by row.
+    // Kept by the writer with every commit (schema migration 2), so a start does not count a large
+    // archive row by row.
     let mut stmt = conn.prepare("SELECT kind, state, n FROM task_counts WHERE n > 0")?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
@@ -350,6 +351,31 @@ fn writer_loop(
     }
 }
 
+/// Move the stored counts by the group's changes, inside the group's transaction: one statement per
+/// (kind, state) the group touched, however many jobs it held. The same changes move the in-memory
+/// counts once the commit succeeds, so the two never differ.
+fn persist_counts(tx: &rusqlite::Transaction<'_>, deltas: &[batch::Delta]) -> rusqlite::Result<()> {
+    let mut net: HashMap<(TaskKind, TaskState), i64> = HashMap::new();
+    for (kind, from, to) in deltas {
+        if let Some(from) = from {
+            *net.entry((*kind, *from)).or_default() -= 1;
+        }
+        if let Some(to) = to {
+            *net.entry((*kind, *to)).or_default() += 1;
+        }
+    }
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO task_counts (kind, state, n) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (kind, state) DO UPDATE SET n = n + ?3",
+    )?;
+    for ((kind, state), n) in net {
+        if n != 0 {
+            stmt.execute(rusqlite::params![kind.as_str(), state.as_str(), n])?;
+        }
+    }
+    Ok(())
+}
+
 fn run_group(
     conn: &mut Connection,
     group: Vec<Job>,
@@ -370,9 +396,12 @@ fn run_group(
     let mut batch = Batch::new(&tx);
     let completions: Vec<Completion> = group.into_iter().map(|job| job(Some(&mut batch))).collect();
     let (new_events, deltas) = batch.into_effects();
-    let committed = tx
-        .commit()
-        .map_err(|e| StoreError::Sql(format!("commit failed: {e}")));
+    let committed = persist_counts(&tx, &deltas)
+        .map_err(|e| StoreError::Sql(format!("cannot update the task counts: {e}")))
+        .and_then(|()| {
+            tx.commit()
+                .map_err(|e| StoreError::Sql(format!("commit failed: {e}")))
+        });
     if committed.is_ok() {
         if let Ok(mut c) = counts.lock() {
             for (kind, from, to) in &deltas {

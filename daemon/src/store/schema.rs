@@ -69,8 +69,9 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
-    // 2: task counts by kind and state, kept by triggers in the same transaction as every row change,
-    // so that a start reads a handful of rows instead of counting the whole archive.
+    // 2: task counts by kind and state, so that a start reads a handful of rows instead of counting
+    // the whole archive. The writer moves them in the same transaction as the rows they count (see
+    // `persist_counts` in store/mod.rs); this migration counts what is already there.
     r#"
     CREATE TABLE task_counts (
         kind TEXT NOT NULL,
@@ -79,19 +80,6 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (kind, state)
     ) WITHOUT ROWID;
     INSERT INTO task_counts (kind, state, n) SELECT kind, state, count(*) FROM tasks GROUP BY kind, state;
-    CREATE TRIGGER task_counts_insert AFTER INSERT ON tasks BEGIN
-        INSERT INTO task_counts (kind, state, n) VALUES (NEW.kind, NEW.state, 1)
-            ON CONFLICT (kind, state) DO UPDATE SET n = n + 1;
-    END;
-    CREATE TRIGGER task_counts_delete AFTER DELETE ON tasks BEGIN
-        UPDATE task_counts SET n = n - 1 WHERE kind = OLD.kind AND state = OLD.state;
-    END;
-    CREATE TRIGGER task_counts_update AFTER UPDATE OF kind, state ON tasks
-        WHEN OLD.kind IS NOT NEW.kind OR OLD.state IS NOT NEW.state BEGIN
-        UPDATE task_counts SET n = n - 1 WHERE kind = OLD.kind AND state = OLD.state;
-        INSERT INTO task_counts (kind, state, n) VALUES (NEW.kind, NEW.state, 1)
-            ON CONFLICT (kind, state) DO UPDATE SET n = n + 1;
-    END;
     "#,
 ];
 
