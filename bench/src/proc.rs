@@ -114,3 +114,42 @@ pub fn memory_kib(pid: u32) -> Result<(u64, u64)> {
     };
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
+
+/// CPU time (user + system) of process `pid`, or of its thread named `thread` when given.
+pub fn cpu_time(pid: u32, thread: Option<&str>) -> Result<Duration> {
+    let stat_path = match thread {
+        None => format!("/proc/{pid}/stat"),
+        Some(name) => {
+            let mut found = None;
+            for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+                let dir = entry?.path();
+                if std::fs::read_to_string(dir.join("comm"))?.trim() == name {
+                    found = Some(dir.join("stat"));
+                    break;
+                }
+            }
+            found
+                .with_context(|| format!("no thread named {name} in {pid}"))?
+                .display()
+                .to_string()
+        }
+    };
+    let stat = std::fs::read_to_string(&stat_path)?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("cannot parse {stat_path}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("cannot parse {stat_path}"))
+    };
+    // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
+    let total = ticks(11)? + ticks(12)?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_micros(total * 1_000_000 / hz))
+}
