@@ -11,7 +11,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(cfg) = Config::from_toml(text, None) {
-        let d = cfg.routing.decide("please debug this and deploy it", &["code".to_string()]);
+        let d = cfg
+            .routing
+            .decide("please debug this and deploy it", &["code".to_string()]);
         assert!(!d.agent.is_empty());
         let _ = cfg.routing.approval(&d, &cfg.agents);
         let _ = cfg.routing_fingerprint();
