@@ -30,68 +30,73 @@ impl Metrics {
     }
 }
 
+type Counter = fn(&Metrics) -> &AtomicU64;
+
+/// Every counter `orchctl metrics` exposes: name, help text, and where it is kept.
+const COUNTERS: [(&str, &str, Counter); 10] = [
+    (
+        "orchestrator_transitions_total",
+        "Task transitions committed.",
+        |m| &m.transitions,
+    ),
+    (
+        "orchestrator_reclaims_total",
+        "Lapsed leases reclaimed.",
+        |m| &m.reclaims,
+    ),
+    (
+        "orchestrator_expiries_total",
+        "Tasks expired by the sweeper.",
+        |m| &m.expiries,
+    ),
+    ("orchestrator_reloads_ok_total", "Reloads applied.", |m| {
+        &m.reloads_ok
+    }),
+    (
+        "orchestrator_reloads_failed_total",
+        "Reloads refused or invalid.",
+        |m| &m.reloads_failed,
+    ),
+    (
+        "orchestrator_protocol_errors_total",
+        "Connections closed for a protocol error.",
+        |m| &m.protocol_errors,
+    ),
+    (
+        "orchestrator_specialist_spawns_total",
+        "Specialist processes started.",
+        |m| &m.specialist_spawns,
+    ),
+    (
+        "orchestrator_specialist_failures_total",
+        "Specialists that failed, timed out or could not start.",
+        |m| &m.specialist_failures,
+    ),
+    (
+        "orchestrator_requests_total",
+        "Requests served on the control socket.",
+        |m| &m.requests,
+    ),
+    (
+        "orchestrator_connections_total",
+        "Connections accepted on the control socket.",
+        |m| &m.connections,
+    ),
+];
+
 /// Prometheus text exposition (version 0.0.4) of the counters and the task counts.
 pub fn render(d: &crate::daemon::Daemon) -> String {
     use orchestrator_proto::task::{TaskKind, TaskState};
     use std::fmt::Write;
     let m = &d.metrics;
     let mut out = String::new();
-    let mut counter = |name: &str, help: &str, value: u64| {
+    for (name, help, counter) in COUNTERS {
+        let value = Metrics::get(counter(m));
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
         );
-    };
-    counter(
-        "orchestrator_transitions_total",
-        "Task transitions committed.",
-        Metrics::get(&m.transitions),
-    );
-    counter(
-        "orchestrator_reclaims_total",
-        "Lapsed leases reclaimed.",
-        Metrics::get(&m.reclaims),
-    );
-    counter(
-        "orchestrator_expiries_total",
-        "Tasks expired by the sweeper.",
-        Metrics::get(&m.expiries),
-    );
-    counter(
-        "orchestrator_reloads_ok_total",
-        "Reloads applied.",
-        Metrics::get(&m.reloads_ok),
-    );
-    counter(
-        "orchestrator_reloads_failed_total",
-        "Reloads refused or invalid.",
-        Metrics::get(&m.reloads_failed),
-    );
-    counter(
-        "orchestrator_protocol_errors_total",
-        "Connections closed for a protocol error.",
-        Metrics::get(&m.protocol_errors),
-    );
-    counter(
-        "orchestrator_specialist_spawns_total",
-        "Specialist processes started.",
-        Metrics::get(&m.specialist_spawns),
-    );
-    counter(
-        "orchestrator_specialist_failures_total",
-        "Specialists that failed, timed out or could not start.",
-        Metrics::get(&m.specialist_failures),
-    );
-    counter(
-        "orchestrator_requests_total",
-        "Requests served on the control socket.",
-        Metrics::get(&m.requests),
-    );
-    counter(
-        "orchestrator_connections_total",
-        "Connections accepted on the control socket.",
-        Metrics::get(&m.connections),
-    );
+    }
     let counts = d.store.counts();
     let _ = writeln!(out, "# HELP orchestrator_tasks Tasks stored, by kind and state.\n# TYPE orchestrator_tasks gauge");
     for kind in TaskKind::ALL {
