@@ -84,13 +84,8 @@ pub fn routing_patch(
     }
 }
 
-/// Route a `queued` task inside a batch; returns the assigned task with the decision.
-pub fn route_in(
-    b: &mut Batch<'_>,
-    task: &Task,
-    cfg: &Config,
-    at: i64,
-) -> Result<(Task, Approval), StoreError> {
+/// The `route` transition for a task, with the approval its decision implies.
+pub fn route_op(task: &Task, cfg: &Config, at: i64) -> (TransitionOp, Approval) {
     let decision = cfg.routing.decide(&task.goal, &task.required_capabilities);
     let approval = cfg.routing.approval(&decision, &cfg.agents);
     let op = TransitionOp::new(&task.id, Action::Route, ACTOR, at)
@@ -103,6 +98,17 @@ pub fn route_in(
                 .clone()
                 .unwrap_or_else(|| "(default)".into()),
         );
+    (op, approval)
+}
+
+/// Route a `queued` task inside a batch; returns the assigned task with the decision.
+pub fn route_in(
+    b: &mut Batch<'_>,
+    task: &Task,
+    cfg: &Config,
+    at: i64,
+) -> Result<(Task, Approval), StoreError> {
+    let (op, approval) = route_op(task, cfg, at);
     Ok((b.transition(op)?, approval))
 }
 

@@ -1,7 +1,7 @@
 //! Synthetic dispatch (SPEC §6): no process; route → start → complete with a deterministic result,
 //! each a transition with its own trajectory event, all in one store job.
 
-use super::{route_in, ACTOR};
+use super::{route_op, ACTOR};
 use crate::clock::now_ms;
 use crate::daemon::Daemon;
 use crate::machine::Action;
@@ -26,21 +26,35 @@ pub fn run_one(
     let current = b
         .get_task(&task.id)?
         .ok_or_else(|| StoreError::NotFound(task.id.clone()))?;
-    let (assigned, approval) = match current.state {
-        TaskState::Queued => route_in(b, &current, cfg, at)?,
+    run_from(b, current, cfg, at)
+}
+
+/// Take a task whose current state the caller knows — read in this job, or just inserted by it —
+/// to where synthetic dispatch ends. Each step is still a compare-and-set with its own event; only
+/// the final state is read back.
+pub fn run_from(
+    b: &mut Batch<'_>,
+    current: Task,
+    cfg: &crate::config::Config,
+    at: i64,
+) -> Result<Task, StoreError> {
+    let approval = match current.state {
+        TaskState::Queued => {
+            let (op, approval) = route_op(&current, cfg, at);
+            b.apply_from(op, current.kind, TaskState::Queued)?;
+            approval
+        }
         TaskState::Assigned => {
             let decision = cfg
                 .routing
                 .decide(&current.goal, &current.required_capabilities);
-            (
-                current.clone(),
-                cfg.routing.approval(&decision, &cfg.agents),
-            )
+            cfg.routing.approval(&decision, &cfg.agents)
         }
         // Cancelled or expired in the meantime: nothing to do.
         _ => return Ok(current),
     };
-    let session = Some(session_id(&assigned.id));
+    let id = current.id.as_str();
+    let session = Some(session_id(id));
     let start = Patch {
         result: Some(TaskResult {
             text: None,
@@ -50,10 +64,11 @@ pub fn run_one(
         }),
         ..Patch::default()
     };
-    b.transition(TransitionOp::new(&assigned.id, Action::Start, ACTOR, at).patch(start))?;
+    let op = TransitionOp::new(id, Action::Start, ACTOR, at).patch(start);
+    b.apply_from(op, current.kind, TaskState::Assigned)?;
     let done = Patch {
         result: Some(TaskResult {
-            text: Some(result_text(&assigned.id)),
+            text: Some(result_text(id)),
             text_path: None,
             artefacts: Vec::new(),
             specialist_session_id: session,
@@ -61,7 +76,7 @@ pub fn run_one(
         ..Patch::default()
     };
     let op = TransitionOp::new(
-        &assigned.id,
+        id,
         Action::Complete {
             approval_required: approval.required,
         },
@@ -69,7 +84,9 @@ pub fn run_one(
         at,
     )
     .patch(done);
-    b.transition(op)
+    b.apply_from(op, current.kind, TaskState::InProgress)?;
+    b.get_task(id)?
+        .ok_or_else(|| StoreError::NotFound(id.to_string()))
 }
 
 pub async fn dispatch(d: &Daemon, tasks: Vec<Task>, at: i64) {

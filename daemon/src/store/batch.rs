@@ -248,6 +248,13 @@ impl<'a> Batch<'a> {
 
     /// Apply one transition as a compare-and-set on the task's current state, with its trajectory event.
     pub fn transition(&mut self, op: TransitionOp) -> Result<Task, StoreError> {
+        let id = op.id.clone();
+        self.apply(op)?;
+        self.get_task(&id)?.ok_or(StoreError::NotFound(id))
+    }
+
+    /// [`Batch::transition`] without reading the task back; returns the new state.
+    pub fn apply(&mut self, op: TransitionOp) -> Result<TaskState, StoreError> {
         let current: Option<(String, String, i64)> = self
             .tx
             .prepare_cached("SELECT kind, state, expires_at FROM tasks WHERE id = ?1")?
@@ -257,11 +264,10 @@ impl<'a> Batch<'a> {
             current.ok_or_else(|| StoreError::NotFound(op.id.clone()))?;
         let kind: TaskKind = kind.parse().map_err(StoreError::Sql)?;
         let from: TaskState = from.parse().map_err(StoreError::Sql)?;
-        let to = next_state(from, op.action).map_err(|r| StoreError::Refused {
-            from: r.from,
-            action: r.action.name(),
-        })?;
-        if op.action == Action::Expire && expires_at > op.at_ms {
+        if op.action == Action::Expire
+            && expires_at > op.at_ms
+            && next_state(from, op.action).is_ok()
+        {
             return Err(StoreError::Rejected(
                 ErrorCode::InvalidTransition,
                 format!(
@@ -271,6 +277,35 @@ impl<'a> Batch<'a> {
                 ),
             ));
         }
+        self.compare_and_set(op, kind, from)
+    }
+
+    /// A transition from a state the caller already knows — a task it inserted or moved earlier in
+    /// this same job — saving the read of the current state. It is still a compare-and-set: if the
+    /// task is not in `from`, nothing changes and the refusal names the state it is really in.
+    pub fn apply_from(
+        &mut self,
+        op: TransitionOp,
+        kind: TaskKind,
+        from: TaskState,
+    ) -> Result<TaskState, StoreError> {
+        if op.action == Action::Expire {
+            // Expiry also depends on `expiresAt`, which only the full path reads.
+            return self.apply(op);
+        }
+        self.compare_and_set(op, kind, from)
+    }
+
+    fn compare_and_set(
+        &mut self,
+        op: TransitionOp,
+        kind: TaskKind,
+        from: TaskState,
+    ) -> Result<TaskState, StoreError> {
+        let to = next_state(from, op.action).map_err(|r| StoreError::Refused {
+            from: r.from,
+            action: r.action.name(),
+        })?;
         let p = &op.patch;
         let at = op.at_ms;
         let assigned_at = (op.action == Action::Route).then_some(at);
@@ -325,8 +360,14 @@ impl<'a> Batch<'a> {
                 from.as_str()
             ])?;
         if changed != 1 {
+            let actual: Option<String> = self
+                .tx
+                .prepare_cached("SELECT state FROM tasks WHERE id = ?1")?
+                .query_row([&op.id], |r| r.get(0))
+                .optional()?;
+            let actual = actual.ok_or_else(|| StoreError::NotFound(op.id.clone()))?;
             return Err(StoreError::Refused {
-                from,
+                from: actual.parse().map_err(StoreError::Sql)?,
                 action: op.action.name(),
             });
         }
@@ -340,8 +381,7 @@ impl<'a> Batch<'a> {
             to,
             op.details,
         )?;
-        self.get_task(&op.id)?
-            .ok_or_else(|| StoreError::NotFound(op.id.clone()))
+        Ok(to)
     }
 
     pub fn events_of(&self, id: &str) -> Result<Vec<TrajectoryEvent>, StoreError> {

@@ -236,3 +236,50 @@ fn insert_answers_exactly_what_a_read_returns() {
         .unwrap();
     assert_eq!(answered, read);
 }
+
+#[test]
+fn apply_from_is_still_a_compare_and_set_and_names_the_real_state() {
+    let (_d, store) = open();
+    store
+        .write_blocking(|b| b.insert_task(new_task("T1"), "alice"))
+        .unwrap();
+    store
+        .write_blocking(|b| b.transition(TransitionOp::new("T1", Action::Cancel, "bob", 2_000)))
+        .unwrap();
+    // The caller believes the task is still queued; the store knows better.
+    let err = store
+        .write_blocking(|b| {
+            b.apply_from(
+                TransitionOp::new("T1", Action::Route, "dispatcher", 3_000),
+                TaskKind::Synthetic,
+                TaskState::Queued,
+            )
+        })
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Refused {
+            from: TaskState::Cancelled,
+            action: "route"
+        }
+    );
+    let events = store
+        .read_blocking(|c| queries::events_of(c, "T1"))
+        .unwrap();
+    assert_eq!(events.len(), 2, "nothing written by the refused step");
+    let to = store
+        .write_blocking(|b| {
+            b.insert_task(new_task("T2"), "alice")?;
+            b.apply_from(
+                TransitionOp::new("T2", Action::Route, "dispatcher", 3_000),
+                TaskKind::Synthetic,
+                TaskState::Queued,
+            )
+        })
+        .unwrap();
+    assert_eq!(to, TaskState::Assigned);
+    assert_eq!(
+        store.counts().get(TaskKind::Synthetic, TaskState::Assigned),
+        1
+    );
+}

@@ -149,7 +149,7 @@ pub async fn submit(d: &Daemon, task: NewTask, actor: &str, wait: bool) -> Resul
         d.store
             .write(move |b| {
                 let queued = b.insert_task(task, &actor)?;
-                synthetic::run_one(b, &queued, &cfg, at)
+                synthetic::run_from(b, queued, &cfg, at)
             })
             .await?
     } else {
