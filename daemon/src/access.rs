@@ -156,11 +156,6 @@ impl AccessPolicy {
     }
 }
 
-/// The daemon's own primary group, used for the socket directory's group.
-pub fn own_gid() -> Gid {
-    Gid::effective()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! the sweeper and the signal handlers.
 
 use crate::access::AccessPolicy;
-use crate::clock::{now_ms, rfc3339};
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::dispatch::DispatchHandle;
 use crate::metrics::Metrics;
@@ -165,10 +165,6 @@ impl Daemon {
             Ok(mut n) => f(&mut n),
             Err(poisoned) => f(&mut poisoned.into_inner()),
         }
-    }
-
-    pub fn now_rfc3339() -> String {
-        rfc3339(now_ms())
     }
 
     /// Hand tasks that went back to `queued` (re-queued after a lapsed lease) to the dispatcher.
