@@ -180,7 +180,7 @@ fn main() -> ExitCode {
     let socket = cli
         .socket
         .clone()
-        .unwrap_or_else(orchestrator::paths::client_socket);
+        .unwrap_or_else(orchestrator_core::paths::client_socket);
     let request = match cli.command {
         Command::Config {
             command: ConfigCommand::Check { path },
@@ -203,7 +203,7 @@ fn main() -> ExitCode {
             wait,
         } => {
             let ttl_secs = match ttl
-                .map(|t| orchestrator::config::parse_duration(&t))
+                .map(|t| orchestrator_core::config::parse_duration(&t))
                 .transpose()
             {
                 Ok(d) => d.map(|d| d.as_secs()),

@@ -2,8 +2,8 @@
 
 use crate::client::exit;
 use crate::display::Format;
-use orchestrator::config::{Config, DEFAULT_CONFIG_PATH};
-use orchestrator::credentials::{self, Step};
+use orchestrator_core::config::{Config, DEFAULT_CONFIG_PATH};
+use orchestrator_core::credentials::{self, Step};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -51,7 +51,7 @@ fn state_dir_default(config: &Path) -> PathBuf {
     Config::load(config)
         .ok()
         .and_then(|c| c.state_dir)
-        .unwrap_or_else(orchestrator::paths::default_state_dir)
+        .unwrap_or_else(orchestrator_core::paths::default_state_dir)
 }
 
 pub fn init(
@@ -64,7 +64,7 @@ pub fn init(
         if nix::unistd::Uid::effective().is_root() {
             PathBuf::from(DEFAULT_CONFIG_PATH)
         } else {
-            orchestrator::paths::default_state_dir().with_file_name("orchestrator.toml")
+            orchestrator_core::paths::default_state_dir().with_file_name("orchestrator.toml")
         }
     });
     let state_dir = state_dir.unwrap_or_else(|| state_dir_default(&config));

@@ -3,10 +3,9 @@
 //!
 //! Where things live:
 //!
-//! - [`machine`]: the task state machine of SPEC §4, as a pure function.
-//! - [`routing`]: routing and approval decisions of SPEC §5, pure.
-//! - [`config`]: the TOML config, validated in one place for the daemon and `orchctl config check`.
-//! - [`fixtures`]: the synthetic gate's fixtures, compiled in.
+//! - [`machine`]: the task state machine, as a pure function.
+//! - [`config`], [`routing`], [`fixtures`], [`paths`], [`credentials`]: shared with `orchctl`, they
+//!   live in the `orchestrator-core` crate and are re-exported here under the same names.
 //! - [`store`]: SQLite with one group-committing writer; every transition is a compare-and-set with
 //!   its trajectory event in the same transaction.
 //! - [`dispatch`]: the dispatcher — synthetic runs and real specialist processes.
@@ -19,26 +18,23 @@
 //! - [`logging`]: journald or stderr, and the log line (and counter) of every transition.
 //! - [`background`]: `--daemonize` with a locked pidfile, for hosts without systemd.
 //! - [`daemon`]: the shared state all of the above hang off.
-//! - [`credentials`]: the bearer token and `orchctl init`'s files.
 //! - [`run`]: wiring it all together at start.
 
 pub mod access;
 pub mod background;
 pub mod clock;
-pub mod config;
-pub mod credentials;
 pub mod daemon;
 pub mod dispatch;
-pub mod fixtures;
 pub mod gate;
 pub mod http;
 pub mod lifecycle;
 pub mod logging;
 pub mod machine;
 pub mod metrics;
-pub mod paths;
-pub mod routing;
 pub mod run;
 pub mod server;
 pub mod store;
 pub mod sweeper;
+
+// Shared with `orchctl`; re-exported so `crate::config::…` and friends keep their paths.
+pub use orchestrator_core::{config, credentials, fixtures, paths, routing};

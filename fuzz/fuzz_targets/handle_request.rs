@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use orchestrator::config::Config;
+use orchestrator_core::config::Config;
 use orchestrator::machine::validate_reason;
 use orchestrator::server::handlers::{check_id, submit};
 use orchestrator_proto::frame::decode;
