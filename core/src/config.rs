@@ -4,6 +4,9 @@
 //! `orchestratord --check-config` and by `orchctl config check`, so the three can never disagree.
 //! Every error names the key or rule and, where the file has one, the line.
 
+pub use crate::agent::AgentConfig;
+
+use crate::agent::builtin_agents;
 use crate::fixtures::{FixtureSet, BUILTIN_FIXTURES};
 use crate::routing::{RoutingTable, Rule};
 use orchestrator_proto::task::Mode;
@@ -69,35 +72,6 @@ impl Default for SocketAccess {
             read_only_uids: Vec::new(),
             read_only_groups: Vec::new(),
             max_frame: orchestrator_proto::frame::DEFAULT_MAX_FRAME,
-        }
-    }
-}
-
-/// How one specialist agent is run (SPEC §6).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentConfig {
-    pub capabilities: Vec<String>,
-    /// argv; empty when the agent has no command (synthetic-only).
-    pub command: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub working_dir: Option<PathBuf>,
-    pub timeout: Duration,
-    pub kill_grace: Duration,
-    pub max_concurrent: u32,
-    pub max_attempts: u32,
-}
-
-impl AgentConfig {
-    fn builtin(capabilities: &[&str]) -> Self {
-        AgentConfig {
-            capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
-            command: Vec::new(),
-            env: BTreeMap::new(),
-            working_dir: None,
-            timeout: Duration::from_secs(30 * 60),
-            kill_grace: Duration::from_secs(10),
-            max_concurrent: 1,
-            max_attempts: 1,
         }
     }
 }
@@ -442,24 +416,6 @@ struct Validator<'a> {
     text: &'a str,
     errors: Vec<ConfigIssue>,
     warnings: Vec<String>,
-}
-
-fn builtin_agents() -> BTreeMap<String, AgentConfig> {
-    let mut m = BTreeMap::new();
-    m.insert(
-        "coder".to_string(),
-        AgentConfig::builtin(&["code", "mutate-external"]),
-    );
-    m.insert(
-        "helpdesk".to_string(),
-        AgentConfig::builtin(&["ops", "mutate-external"]),
-    );
-    m.insert(
-        "researcher".to_string(),
-        AgentConfig::builtin(&["research"]),
-    );
-    m.insert("main".to_string(), AgentConfig::builtin(&[]));
-    m
 }
 
 impl Validator<'_> {

@@ -4,7 +4,7 @@
 //! matches the goal and whose capabilities are all required by the task wins. No match takes the
 //! default route.
 
-use crate::config::AgentConfig;
+use crate::agent::AgentConfig;
 use regex::{Regex, RegexBuilder};
 use std::collections::BTreeMap;
 
@@ -273,7 +273,7 @@ mod tests {
     }
 
     fn agents() -> BTreeMap<String, AgentConfig> {
-        crate::config::Config::builtin().agents
+        crate::agent::builtin_agents()
     }
 
     fn table(rules: Vec<Rule>) -> RoutingTable {
