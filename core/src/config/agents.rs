@@ -1,0 +1,139 @@
+//! `[agents.<id>]`: how each specialist is run. Entries override a built-in agent of the same id or
+//! add a new one; routes to agents without an entry are warned about, since they can only run
+//! synthetically.
+
+use super::validator::{line_of, ConfigIssue, Validator};
+use crate::agent::{builtin_agents, AgentConfig};
+use crate::routing::RoutingTable;
+use orchestrator_proto::task::Mode;
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAgent {
+    capabilities: Option<Vec<String>>,
+    command: Option<Spanned<Vec<String>>>,
+    env: Option<BTreeMap<String, String>>,
+    working_dir: Option<String>,
+    timeout: Option<Spanned<String>>,
+    kill_grace: Option<Spanned<String>>,
+    max_concurrent: Option<Spanned<u32>>,
+    max_attempts: Option<Spanned<u32>>,
+}
+
+/// Every agent the daemon knows, and the ids that have an entry in the file.
+pub(super) struct Agents {
+    pub all: BTreeMap<String, AgentConfig>,
+    pub configured: BTreeSet<String>,
+}
+
+impl Validator<'_> {
+    /// Built-ins first, then the file's entries override or add.
+    pub(super) fn agents(&mut self, raw: Option<BTreeMap<String, Spanned<RawAgent>>>) -> Agents {
+        let mut agents = builtin_agents();
+        let mut configured_agents = BTreeSet::new();
+        for (id, spanned) in raw.unwrap_or_default() {
+            let key = format!("agents.{id}");
+            let agent_line = line_of(self.text, spanned.span().start);
+            let a = spanned.into_inner();
+            let mut agent = agents
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| AgentConfig::builtin(&[]));
+            if let Some(caps) = a.capabilities {
+                agent.capabilities = caps;
+            }
+            if let Some(cmd) = a.command {
+                if cmd.get_ref().is_empty() || cmd.get_ref()[0].trim().is_empty() {
+                    self.err(
+                        &format!("{key}.command"),
+                        Some(&cmd),
+                        "must be a non-empty argv list",
+                    );
+                }
+                agent.command = cmd.into_inner();
+            }
+            if let Some(env) = a.env {
+                agent.env = env;
+            }
+            agent.working_dir = a.working_dir.map(PathBuf::from);
+            agent.timeout = self.positive_duration(
+                &format!("{key}.timeout"),
+                a.timeout.as_ref(),
+                agent.timeout,
+            );
+            agent.kill_grace = self.duration(
+                &format!("{key}.kill_grace"),
+                a.kill_grace.as_ref(),
+                agent.kill_grace,
+            );
+            if let Some(mc) = a.max_concurrent {
+                if *mc.get_ref() == 0 {
+                    self.err(
+                        &format!("{key}.max_concurrent"),
+                        Some(&mc),
+                        "must be at least 1",
+                    );
+                } else {
+                    agent.max_concurrent = *mc.get_ref();
+                }
+            }
+            if let Some(ma) = a.max_attempts {
+                if *ma.get_ref() == 0 {
+                    self.err(
+                        &format!("{key}.max_attempts"),
+                        Some(&ma),
+                        "must be at least 1",
+                    );
+                } else {
+                    agent.max_attempts = *ma.get_ref();
+                }
+            }
+            if id.trim().is_empty() {
+                self.errors.push(ConfigIssue {
+                    key,
+                    line: Some(agent_line),
+                    message: "agent id must not be empty".into(),
+                });
+            }
+            configured_agents.insert(id.clone());
+            agents.insert(id, agent);
+        }
+        Agents {
+            all: agents,
+            configured: configured_agents,
+        }
+    }
+
+    /// Every agent a route can reach should be declared; undeclared ones can only run synthetically.
+    pub(super) fn warn_unrunnable_targets(
+        &mut self,
+        mode: Mode,
+        routing: &RoutingTable,
+        agents: &Agents,
+    ) {
+        let mut targets: BTreeSet<&str> = routing.rules.iter().map(|r| r.agent.as_str()).collect();
+        targets.insert(routing.default_agent.as_str());
+        for target in targets {
+            if !agents.configured.contains(target) {
+                let note = if mode == Mode::Synthetic {
+                    String::new()
+                } else {
+                    format!("; in {mode} mode its tasks fail with rule_loaded_no_agent")
+                };
+                self.warnings.push(format!(
+                    "agent {target:?} is routed to but has no [agents.{target}] entry{note}"
+                ));
+            } else if mode != Mode::Synthetic
+                && agents.all.get(target).is_some_and(|a| a.command.is_empty())
+            {
+                self.warnings.push(format!(
+                    "agent {target:?} has no command; in {mode} mode its tasks fail with rule_loaded_no_agent"
+                ));
+            }
+        }
+    }
+}

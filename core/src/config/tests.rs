@@ -1,0 +1,104 @@
+//! The validator as a whole: one text in, a config or its list of issues out.
+
+use super::*;
+
+/// The issues a text produces; empty when it validates.
+fn errors(text: &str) -> Vec<ConfigIssue> {
+    match Config::from_toml(text, None) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.errors,
+    }
+}
+
+#[test]
+fn builtin_defaults_validate() {
+    let cfg = Config::builtin();
+    assert_eq!(cfg.mode, Mode::Synthetic);
+    assert_eq!(cfg.routing.rules.len(), 8);
+    assert_eq!(cfg.gate.fixtures.fixtures.len(), 5);
+    assert_eq!(
+        cfg.sweeper.retention.synthetic,
+        Some(Duration::from_secs(86400))
+    );
+}
+
+#[test]
+fn unknown_key_is_an_error_with_its_line() {
+    let e = errors("mode = \"synthetic\"\n\n[sweeper]\nintervall = \"1m\"\n");
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].key, "intervall");
+    assert_eq!(e[0].line, Some(4));
+}
+
+#[test]
+fn bad_mode_is_an_error() {
+    let e = errors("mode = \"prod\"\n");
+    assert_eq!(e[0].key, "mode");
+}
+
+#[test]
+fn fingerprint_changes_with_rules_only() {
+    let a = Config::builtin();
+    let b = Config::from_toml("[sweeper]\ninterval = \"5m\"\n", None).unwrap();
+    assert_eq!(a.routing_fingerprint(), b.routing_fingerprint());
+    let c = Config::from_toml(
+        "[[routing.rules]]\nid = \"r\"\npattern = \"x\"\nagent = \"main\"\n",
+        None,
+    )
+    .unwrap();
+    assert_ne!(a.routing_fingerprint(), c.routing_fingerprint());
+}
+
+#[test]
+fn undeclared_agent_is_a_warning_in_synthetic_mode() {
+    let text = "[[routing.rules]]\nid = \"r\"\npattern = \"x\"\nagent = \"ghost\"\n";
+    let cfg = Config::from_toml(text, None).unwrap();
+    assert!(
+        cfg.warnings.iter().any(|w| w.contains("ghost")),
+        "{:?}",
+        cfg.warnings
+    );
+}
+
+#[test]
+fn invalid_regex_names_the_rule_and_line() {
+    let text = "[[routing.rules]]\nid = \"broken\"\npattern = \"(unclosed\"\nagent = \"main\"\n";
+    let e = errors(text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].key.contains("broken"), "{:?}", e[0]);
+    assert_eq!(e[0].line, Some(3));
+}
+
+#[test]
+fn duplicate_rule_ids_are_an_error() {
+    let text = "[[routing.rules]]\nid = \"a\"\npattern = \"x\"\nagent = \"main\"\n\n[[routing.rules]]\nid = \"a\"\npattern = \"y\"\nagent = \"main\"\n";
+    let e = errors(text);
+    assert_eq!(e.len(), 1);
+    assert!(e[0].message.contains("duplicate"), "{:?}", e[0]);
+    assert_eq!(e[0].line, Some(7));
+}
+
+#[test]
+fn empty_rule_set_is_an_error() {
+    let e = errors("[routing]\nrules = []\n");
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].key, "routing.rules");
+}
+
+#[test]
+fn bad_duration_is_an_error_with_its_line() {
+    let e = errors("[sweeper]\ninterval = \"soon\"\n");
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].key, "sweeper.interval");
+    assert_eq!(e[0].line, Some(2));
+}
+
+#[test]
+fn retention_zero_keeps_forever() {
+    let cfg = Config::from_toml("[sweeper.retention]\nlive = \"0\"\n", None).unwrap();
+    assert_eq!(cfg.sweeper.retention.live, None);
+    assert_eq!(
+        cfg.sweeper.retention.shadow,
+        Some(Duration::from_secs(7 * 86400))
+    );
+}
