@@ -1,4 +1,4 @@
-//! The bearer token and the files `orchctl init` creates (SPEC §11). Secrets are written atomically:
+//! The bearer token and the files `orchctl init` creates. Secrets are written atomically:
 //! a temporary file created with mode 0600, written, fsynced, renamed over the target, and the
 //! directory fsynced, so a crash leaves either the old token or the new one, never half of one.
 

@@ -1,4 +1,4 @@
-//! Synthetic gate fixtures (SPEC §7): a production asset, compiled in as the default.
+//! Synthetic gate fixtures: a production asset, compiled in as the default.
 
 use orchestrator_proto::task::TaskState;
 use serde::Deserialize;

@@ -1,4 +1,4 @@
-//! Default locations (SPEC §9): system paths for root or under systemd, XDG paths otherwise.
+//! Default locations: system paths for root or under systemd, XDG paths otherwise.
 
 use std::path::PathBuf;
 

@@ -1,4 +1,4 @@
-//! Routing decisions (SPEC §5), as pure functions over a [`RoutingTable`].
+//! Routing decisions, as pure functions over a [`RoutingTable`].
 //!
 //! Rules are tried by priority, highest first; ties keep file order. The first rule whose pattern
 //! matches the goal and whose capabilities are all required by the task wins. No match takes the
@@ -134,7 +134,7 @@ const BUILTIN_RULES: [(&str, &str, &str, i64); 8] = [
 ];
 
 impl RoutingTable {
-    /// The rules and approval lists of SPEC §5.
+    /// The built-in rules and approval lists: what runs when the config has no `[routing]` keys.
     pub fn builtin() -> RoutingTable {
         let rules = BUILTIN_RULES
             .iter()

@@ -8,7 +8,7 @@ use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-/// Exit codes of SPEC §11.
+/// Exit codes, one per kind of failure so scripts can tell them apart (listed in the README).
 pub mod exit {
     pub const OK: u8 = 0;
     pub const FAILED: u8 = 1;

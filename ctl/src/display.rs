@@ -1,4 +1,4 @@
-//! Rendering replies: tables for people, JSON (SPEC §3 field names) for scripts. Each function
+//! Rendering replies: tables for people, JSON (the wire field names) for scripts. Each function
 //! returns the process exit code the reply calls for.
 
 use crate::client::exit;
