@@ -1,7 +1,10 @@
 //! Rendering replies: tables for people, JSON (the wire field names) for scripts. Each function
+//! writes to an [`Output`] rather than to the terminal, so rendering is tested without a daemon, and
 //! returns the process exit code the reply calls for.
 
 use crate::client::exit;
+use orchestrator_core::config::{Config, ConfigErrors};
+use orchestrator_core::credentials::Step;
 use orchestrator_proto::message::{
     GateRunReport, ReloadReport, Response, RouteDecision, ShadowSummary, StatusReport, SweepReport,
 };
@@ -9,6 +12,8 @@ use orchestrator_proto::task::{Task, TrajectoryEvent};
 use orchestrator_proto::WireError;
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::io::{self, Write};
+use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -16,45 +21,55 @@ pub enum Format {
     Json,
 }
 
-fn print_json<T: Serialize>(v: &T) {
+/// Where rendering goes: the reply on `out`; notes meant for a person on `err`, so that what a
+/// script reads from `out` stays just the reply.
+pub struct Output<'a> {
+    pub out: &'a mut dyn Write,
+    pub err: &'a mut dyn Write,
+}
+
+fn print_json<T: Serialize>(o: &mut Output, v: &T) -> io::Result<()> {
     match serde_json::to_string_pretty(v) {
-        Ok(s) => println!("{s}"),
-        Err(e) => eprintln!("orchctl: cannot encode JSON: {e}"),
+        Ok(s) => writeln!(o.out, "{s}")?,
+        Err(e) => writeln!(o.err, "orchctl: cannot encode JSON: {e}")?,
     }
+    Ok(())
 }
 
-pub fn json_error(e: &WireError) {
+pub fn json_error(e: &WireError, o: &mut Output) -> io::Result<()> {
     print_json(
+        o,
         &json!({"error": {"code": e.code.as_str(), "message": e.message, "details": e.details}}),
-    );
+    )
 }
 
-pub fn response(r: &Response, format: Format) -> u8 {
+pub fn response(r: &Response, format: Format, o: &mut Output) -> io::Result<u8> {
     match r {
-        Response::Status(s) => status(s, format),
-        Response::Task(t) => task_brief(t, format),
-        Response::TaskDetail { task, events } => task_detail(task, events, format),
-        Response::Tasks(ts) => tasks(ts, format),
-        Response::Route(d) => route(d, format),
-        Response::Synthetic(g) => gate_run(g, format),
-        Response::ShadowSummary(s) => shadow(s, format),
-        Response::Sweep(s) => sweep(s, format),
-        Response::Reload(r) => reload(r, format),
-        Response::GateOverride(o) => {
+        Response::Status(s) => status(s, format, o),
+        Response::Task(t) => task_brief(t, format, o),
+        Response::TaskDetail { task, events } => task_detail(task, events, format, o),
+        Response::Tasks(ts) => tasks(ts, format, o),
+        Response::Route(d) => route(d, format, o),
+        Response::Synthetic(g) => gate_run(g, format, o),
+        Response::ShadowSummary(s) => shadow(s, format, o),
+        Response::Sweep(s) => sweep(s, format, o),
+        Response::Reload(r) => reload(r, format, o),
+        Response::GateOverride(ov) => {
             match format {
-                Format::Json => print_json(o),
-                Format::Table => println!(
+                Format::Json => print_json(o, ov)?,
+                Format::Table => writeln!(
+                    o.out,
                     "override recorded: the next reload to {} is let through (by {}, uid {}, at {}): {}",
-                    o.mode, o.by, o.uid, o.at, o.reason
-                ),
+                    ov.mode, ov.by, ov.uid, ov.at, ov.reason
+                )?,
             }
-            exit::OK
+            Ok(exit::OK)
         }
         Response::Metrics(text) => {
-            print!("{text}");
-            exit::OK
+            write!(o.out, "{text}")?;
+            Ok(exit::OK)
         }
-        Response::WatchStarted => exit::OK,
+        Response::WatchStarted => Ok(exit::OK),
     }
 }
 
@@ -62,39 +77,43 @@ fn or_dash(v: &Option<String>) -> &str {
     v.as_deref().unwrap_or("-")
 }
 
-fn status(s: &StatusReport, format: Format) -> u8 {
+fn status(s: &StatusReport, format: Format, o: &mut Output) -> io::Result<u8> {
     if format == Format::Json {
-        print_json(s);
-        return exit::OK;
+        print_json(o, s)?;
+        return Ok(exit::OK);
     }
-    println!(
+    writeln!(
+        o.out,
         "orchestratord {} (pid {}, up {}s)",
         s.daemon_version, s.pid, s.uptime_secs
-    );
-    println!(
+    )?;
+    writeln!(
+        o.out,
         "mode:         {} (configured: {}, since {})",
         s.effective_mode, s.configured_mode, s.mode_since
-    );
+    )?;
     if let Some(note) = &s.mode_note {
-        println!("mode note:    {note}");
+        writeln!(o.out, "mode note:    {note}")?;
     }
-    println!(
+    writeln!(
+        o.out,
         "config:       {} (loaded {})",
         s.config_path.as_deref().unwrap_or("built-in defaults"),
         s.config_loaded_at
-    );
+    )?;
     if let Some(err) = &s.config_error {
-        println!("config error: {err}");
-        println!("              (the previous config keeps running)");
+        writeln!(o.out, "config error: {err}")?;
+        writeln!(o.out, "              (the previous config keeps running)")?;
     }
     for w in &s.config_warnings {
-        println!("warning:      {w}");
+        writeln!(o.out, "warning:      {w}")?;
     }
-    println!("socket:       {}", s.socket);
-    println!("state dir:    {}", s.state_dir);
-    println!("routing:      fingerprint {}", s.routing_fingerprint);
+    writeln!(o.out, "socket:       {}", s.socket)?;
+    writeln!(o.out, "state dir:    {}", s.state_dir)?;
+    writeln!(o.out, "routing:      fingerprint {}", s.routing_fingerprint)?;
     match &s.latest_gate {
-        Some(g) => println!(
+        Some(g) => writeln!(
+            o.out,
             "gate:         {}/{} passed at {}{} ({})",
             g.passed,
             g.total,
@@ -108,23 +127,26 @@ fn status(s: &StatusReport, format: Format) -> u8 {
             } else {
                 "for a different routing fingerprint"
             }
-        ),
-        None => println!("gate:         no synthetic gate run yet"),
+        )?,
+        None => writeln!(o.out, "gate:         no synthetic gate run yet")?,
     }
-    for o in &s.pending_overrides {
-        println!(
+    for ov in &s.pending_overrides {
+        writeln!(
+            o.out,
             "override:     to {} by {} at {}: {}",
-            o.mode, o.by, o.at, o.reason
-        );
+            ov.mode, ov.by, ov.at, ov.reason
+        )?;
     }
     if let Some(r) = &s.last_reload {
-        println!(
+        writeln!(
+            o.out,
             "last reload:  {} {:?} ({}): {}",
             r.at, r.outcome, r.trigger, r.message
-        );
+        )?;
     }
     match &s.last_sweep {
-        Some(w) => println!(
+        Some(w) => writeln!(
+            o.out,
             "last sweep:   {} ({} ms): {} expired, {} reclaimed, {} deleted{}",
             w.started_at,
             w.duration_ms,
@@ -136,51 +158,58 @@ fn status(s: &StatusReport, format: Format) -> u8 {
             } else {
                 format!(", {} errors", w.errors.len())
             }
-        ),
-        None => println!("last sweep:   none yet"),
+        )?,
+        None => writeln!(o.out, "last sweep:   none yet")?,
     }
     if let Some(next) = &s.next_sweep_at {
-        println!("next sweep:   {next}");
+        writeln!(o.out, "next sweep:   {next}")?;
     }
     if let Some(p) = &s.token_problem {
-        println!("token:        ERROR {p}");
+        writeln!(o.out, "token:        ERROR {p}")?;
     }
     if let Some(h) = &s.http_listen {
-        println!("http:         {h}");
+        writeln!(o.out, "http:         {h}")?;
     }
     if s.counts.is_empty() {
-        println!("tasks:        none");
+        writeln!(o.out, "tasks:        none")?;
     } else {
-        println!("tasks:");
+        writeln!(o.out, "tasks:")?;
         for c in &s.counts {
-            println!(
+            writeln!(
+                o.out,
                 "  {:<10} {:<18} {}",
                 c.kind.as_str(),
                 c.state.as_str(),
                 c.count
-            );
+            )?;
         }
     }
-    exit::OK
+    Ok(exit::OK)
 }
 
-fn task_brief(t: &Task, format: Format) -> u8 {
+fn task_brief(t: &Task, format: Format, o: &mut Output) -> io::Result<u8> {
     match format {
-        Format::Json => print_json(t),
+        Format::Json => print_json(o, t)?,
         Format::Table => {
-            println!("{}", t.id);
-            eprintln!(
+            writeln!(o.out, "{}", t.id)?;
+            writeln!(
+                o.err,
                 "{} {} agent={}",
                 t.kind,
                 t.state,
                 or_dash(&t.assigned_agent_id)
-            );
+            )?;
         }
     }
-    exit::OK
+    Ok(exit::OK)
 }
 
-fn task_detail(t: &Task, events: &[TrajectoryEvent], format: Format) -> u8 {
+fn task_detail(
+    t: &Task,
+    events: &[TrajectoryEvent],
+    format: Format,
+    o: &mut Output,
+) -> io::Result<u8> {
     if format == Format::Json {
         let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
         if let Value::Object(map) = &mut v {
@@ -189,101 +218,107 @@ fn task_detail(t: &Task, events: &[TrajectoryEvent], format: Format) -> u8 {
                 serde_json::to_value(events).unwrap_or(Value::Null),
             );
         }
-        print_json(&v);
-        return exit::OK;
+        print_json(o, &v)?;
+        return Ok(exit::OK);
     }
-    println!("id:          {}", t.id);
-    println!("kind:        {}", t.kind);
-    println!("state:       {}", t.state);
-    println!("goal:        {}", t.goal);
+    writeln!(o.out, "id:          {}", t.id)?;
+    writeln!(o.out, "kind:        {}", t.kind)?;
+    writeln!(o.out, "state:       {}", t.state)?;
+    writeln!(o.out, "goal:        {}", t.goal)?;
     if !t.required_capabilities.is_empty() {
-        println!("requires:    {}", t.required_capabilities.join(", "));
+        writeln!(o.out, "requires:    {}", t.required_capabilities.join(", "))?;
     }
     if let Some(w) = &t.workspace_dir {
-        println!("workspace:   {w}");
+        writeln!(o.out, "workspace:   {w}")?;
     }
-    println!("agent:       {}", or_dash(&t.assigned_agent_id));
+    writeln!(o.out, "agent:       {}", or_dash(&t.assigned_agent_id))?;
     if let Some(r) = &t.routing {
-        println!(
+        writeln!(
+            o.out,
             "rule:        {}{}",
             r.matched_rule_id.as_deref().unwrap_or("(default route)"),
             if r.fallback_used { " [fallback]" } else { "" }
-        );
+        )?;
     }
-    println!("submitted:   {} by {}", t.created_at, t.submitted_by);
-    println!("expires:     {}", t.expires_at);
+    writeln!(o.out, "submitted:   {} by {}", t.created_at, t.submitted_by)?;
+    writeln!(o.out, "expires:     {}", t.expires_at)?;
     if let Some(c) = &t.completed_at {
-        println!("completed:   {c}");
+        writeln!(o.out, "completed:   {c}")?;
     }
     if t.would_require_approval {
-        println!("shadow:      live would have required approval");
+        writeln!(o.out, "shadow:      live would have required approval")?;
     }
     if let Some(res) = &t.result {
         if let Some(text) = &res.text {
-            println!("result:      {text}");
+            writeln!(o.out, "result:      {text}")?;
         }
         if let Some(p) = &res.text_path {
-            println!("result file: {p}");
+            writeln!(o.out, "result file: {p}")?;
         }
         for a in &res.artefacts {
-            println!(
+            writeln!(
+                o.out,
                 "artefact:    {} ({}, {} bytes)",
                 a.path, a.media_type, a.bytes
-            );
+            )?;
         }
     }
     if let Some(r) = &t.rejection {
-        println!("rejection:   by {} at {}: {}", r.by, r.at, r.reason);
+        writeln!(o.out, "rejection:   by {} at {}: {}", r.by, r.at, r.reason)?;
     }
     if let Some(e) = &t.error {
-        println!("error:       {}: {}", e.code, e.message);
+        writeln!(o.out, "error:       {}: {}", e.code, e.message)?;
         for (k, v) in e.details.iter().flatten() {
-            println!("             {k}: {v}");
+            writeln!(o.out, "             {k}: {v}")?;
         }
     }
-    println!("trajectory:");
+    writeln!(o.out, "trajectory:")?;
     for ev in events {
-        println!(
+        writeln!(
+            o.out,
             "  {}  {:<9} {:>17} → {:<17} by {}",
             ev.at,
             ev.action,
             ev.from.map(|s| s.as_str()).unwrap_or("-"),
             ev.to.as_str(),
             ev.actor
-        );
+        )?;
     }
-    exit::OK
+    Ok(exit::OK)
 }
 
-fn tasks(ts: &[Task], format: Format) -> u8 {
+fn tasks(ts: &[Task], format: Format, o: &mut Output) -> io::Result<u8> {
     if format == Format::Json {
-        print_json(&ts);
-        return exit::OK;
+        print_json(o, &ts)?;
+        return Ok(exit::OK);
     }
-    println!(
+    writeln!(
+        o.out,
         "{:<26}  {:<9}  {:<17}  {:<18}  GOAL",
         "ID", "KIND", "STATE", "AGENT"
-    );
+    )?;
     for t in ts {
         let goal: String = t.goal.chars().take(60).collect();
-        println!(
+        writeln!(
+            o.out,
             "{:<26}  {:<9}  {:<17}  {:<18}  {}",
             t.id,
             t.kind.as_str(),
             t.state.as_str(),
             or_dash(&t.assigned_agent_id),
             goal.replace('\n', " ")
-        );
+        )?;
     }
-    exit::OK
+    Ok(exit::OK)
 }
 
-fn route(d: &RouteDecision, format: Format) -> u8 {
+fn route(d: &RouteDecision, format: Format, o: &mut Output) -> io::Result<u8> {
     if format == Format::Json {
-        print_json(d);
-        return exit::OK;
+        print_json(o, d)?;
+        return Ok(exit::OK);
     }
-    println!(
+    writeln!(
+        o.out,
         "agent:     {}{}",
         d.assigned_agent_id,
         if d.agent_configured {
@@ -291,140 +326,161 @@ fn route(d: &RouteDecision, format: Format) -> u8 {
         } else {
             " (no [agents] entry)"
         }
-    );
-    println!(
+    )?;
+    writeln!(
+        o.out,
         "rule:      {}",
         d.matched_rule_id.as_deref().unwrap_or("(default route)")
-    );
-    println!("fallback:  {}", if d.fallback_used { "yes" } else { "no" });
+    )?;
+    writeln!(
+        o.out,
+        "fallback:  {}",
+        if d.fallback_used { "yes" } else { "no" }
+    )?;
     if !d.capability_matches.is_empty() {
-        println!("matched capabilities: {}", d.capability_matches.join(", "));
+        writeln!(
+            o.out,
+            "matched capabilities: {}",
+            d.capability_matches.join(", ")
+        )?;
     }
     if d.requires_approval {
-        println!("approval:  required ({})", d.approval_reasons.join("; "));
+        writeln!(
+            o.out,
+            "approval:  required ({})",
+            d.approval_reasons.join("; ")
+        )?;
     } else {
-        println!("approval:  not required");
+        writeln!(o.out, "approval:  not required")?;
     }
     if !d.shadowed_rule_ids.is_empty() {
-        println!(
+        writeln!(
+            o.out,
             "shadowed:  {} (same priority, also matched; file order decided)",
             d.shadowed_rule_ids.join(", ")
-        );
+        )?;
     }
-    exit::OK
+    Ok(exit::OK)
 }
 
-fn gate_run(g: &GateRunReport, format: Format) -> u8 {
+fn gate_run(g: &GateRunReport, format: Format, o: &mut Output) -> io::Result<u8> {
     let code = if g.passed == g.total {
         exit::OK
     } else {
         exit::FAILED
     };
     if format == Format::Json {
-        print_json(g);
-        return code;
+        print_json(o, g)?;
+        return Ok(code);
     }
-    println!(
+    writeln!(
+        o.out,
         "synthetic harness: {}/{} fixtures passed",
         g.passed, g.total
-    );
+    )?;
     for f in &g.fixtures {
         let agent = f.actual_agent_id.as_deref().unwrap_or("none");
         let state = f.actual_state.map(|s| s.as_str()).unwrap_or("none");
         if f.ok {
-            println!("ok   {} → {agent} ({state})", f.label);
+            writeln!(o.out, "ok   {} → {agent} ({state})", f.label)?;
         } else {
-            println!(
+            writeln!(
+                o.out,
                 "FAIL {} → {agent} ({state}): {}",
                 f.label,
                 f.reasons.join("; ")
-            );
+            )?;
         }
     }
-    code
+    Ok(code)
 }
 
-fn shadow(s: &ShadowSummary, format: Format) -> u8 {
+fn shadow(s: &ShadowSummary, format: Format, o: &mut Output) -> io::Result<u8> {
     let code = if s.passed { exit::OK } else { exit::FAILED };
     if format == Format::Json {
-        print_json(s);
-        return code;
+        print_json(o, s)?;
+        return Ok(code);
     }
-    println!(
+    writeln!(
+        o.out,
         "shadow summary, last {} h: {} tasks",
         s.window_hours, s.total
-    );
-    if let (Some(o), Some(n)) = (&s.oldest, &s.newest) {
-        println!("window span:  {o} → {n}");
+    )?;
+    if let (Some(oldest), Some(newest)) = (&s.oldest, &s.newest) {
+        writeln!(o.out, "window span:  {oldest} → {newest}")?;
     }
     for (state, n) in &s.by_state {
-        println!("  {state:<18} {n}");
+        writeln!(o.out, "  {state:<18} {n}")?;
     }
     if !s.failures_by_code.is_empty() {
-        println!("failures by code:");
+        writeln!(o.out, "failures by code:")?;
         for (code, n) in &s.failures_by_code {
-            println!("  {code:<18} {n}");
+            writeln!(o.out, "  {code:<18} {n}")?;
         }
     }
     if let Some(d) = &s.duration {
-        println!(
+        writeln!(
+            o.out,
             "duration ms:  mean {}  p50 {}  p95 {}  max {}",
             d.mean_ms, d.p50_ms, d.p95_ms, d.max_ms
-        );
+        )?;
     }
     if !s.per_agent.is_empty() {
-        println!("per agent:");
+        writeln!(o.out, "per agent:")?;
         for (agent, n) in &s.per_agent {
-            println!("  {agent:<18} {n}");
+            writeln!(o.out, "  {agent:<18} {n}")?;
         }
     }
-    println!(
+    writeln!(
+        o.out,
         "would require approval in live: {}",
         s.would_require_approval
-    );
-    println!("minimum tasks for the gate: {}", s.min_tasks);
-    println!("verdict: {}", s.verdict);
-    code
+    )?;
+    writeln!(o.out, "minimum tasks for the gate: {}", s.min_tasks)?;
+    writeln!(o.out, "verdict: {}", s.verdict)?;
+    Ok(code)
 }
 
-fn sweep(s: &SweepReport, format: Format) -> u8 {
+fn sweep(s: &SweepReport, format: Format, o: &mut Output) -> io::Result<u8> {
     let code = if s.errors.is_empty() {
         exit::OK
     } else {
         exit::FAILED
     };
     if format == Format::Json {
-        print_json(s);
-        return code;
+        print_json(o, s)?;
+        return Ok(code);
     }
-    println!(
+    writeln!(
+o.out,
         "sweep at {} took {} ms: {} expired, {} reclaimed ({} re-queued), {} deleted ({} task dirs removed)",
         s.started_at, s.duration_ms, s.expired, s.reclaimed, s.requeued, s.deleted, s.deleted_files
-    );
+    )?;
     for e in &s.errors {
-        println!("error: {e}");
+        writeln!(o.out, "error: {e}")?;
     }
-    code
+    Ok(code)
 }
 
-fn reload(r: &ReloadReport, format: Format) -> u8 {
+fn reload(r: &ReloadReport, format: Format, o: &mut Output) -> io::Result<u8> {
     if format == Format::Json {
-        print_json(r);
-        return exit::OK;
+        print_json(o, r)?;
+        return Ok(exit::OK);
     }
-    println!("{}", r.message);
-    println!("mode: {}", r.mode);
-    exit::OK
+    writeln!(o.out, "{}", r.message)?;
+    writeln!(o.out, "mode: {}", r.mode)?;
+    Ok(exit::OK)
 }
 
-/// Print one watched event; returns false to stop (never, for now).
-pub fn event(ev: &TrajectoryEvent, format: Format) -> bool {
+/// One watched event per line, flushed at once: scripts wait on each line as it comes.
+pub fn event(ev: &TrajectoryEvent, format: Format, o: &mut Output) -> io::Result<()> {
     match format {
         Format::Json => match serde_json::to_string(ev) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("orchctl: {e}"),
+            Ok(s) => writeln!(o.out, "{s}")?,
+            Err(e) => writeln!(o.err, "orchctl: {e}")?,
         },
-        Format::Table => println!(
+        Format::Table => writeln!(
+            o.out,
             "{} {} {} {} → {} by {}",
             ev.at,
             ev.task_id,
@@ -432,8 +488,401 @@ pub fn event(ev: &TrajectoryEvent, format: Format) -> bool {
             ev.from.map(|s| s.as_str()).unwrap_or("-"),
             ev.to,
             ev.actor
-        ),
+        )?,
     }
-    use std::io::Write;
-    std::io::stdout().flush().is_ok()
+    o.out.flush()
+}
+
+/// `config check`: the warnings and a one-line verdict, or every error found (on `err`, each with
+/// its source, as the daemon would log them).
+pub fn config_check(
+    path: &Path,
+    result: &Result<Config, ConfigErrors>,
+    format: Format,
+    o: &mut Output,
+) -> io::Result<u8> {
+    match result {
+        Ok(cfg) => {
+            if format == Format::Json {
+                writeln!(
+                    o.out,
+                    "{}",
+                    json!({"path": path, "valid": true, "mode": cfg.mode, "rules": cfg.routing.rules.len(), "warnings": cfg.warnings, "errors": []})
+                )?;
+            } else {
+                for w in &cfg.warnings {
+                    writeln!(o.out, "warning: {w}")?;
+                }
+                writeln!(
+                    o.out,
+                    "{}: valid (mode {}, {} rules, fingerprint {})",
+                    path.display(),
+                    cfg.mode,
+                    cfg.routing.rules.len(),
+                    cfg.routing_fingerprint()
+                )?;
+            }
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            if format == Format::Json {
+                let errors: Vec<String> = e.errors.iter().map(|i| i.to_string()).collect();
+                writeln!(
+                    o.out,
+                    "{}",
+                    json!({"path": path, "valid": false, "errors": errors, "warnings": []})
+                )?;
+            }
+            for issue in &e.errors {
+                writeln!(o.err, "error: {}: {issue}", e.source)?;
+            }
+            Ok(exit::CONFIG)
+        }
+    }
+}
+
+/// `init`: one line per file or directory, and whether anything needs the operator.
+pub fn init_steps(steps: &[Step], format: Format, o: &mut Output) -> io::Result<u8> {
+    let mut problem = false;
+    let mut lines = Vec::new();
+    for s in steps {
+        lines.push(match s {
+            Step::Created(p) => format!("created {}", p.display()),
+            Step::Exists(p) => format!("exists  {}", p.display()),
+            Step::Replaced(p) => format!("replaced {}", p.display()),
+            Step::Problem(m) => {
+                problem = true;
+                format!("ERROR   {m}")
+            }
+        });
+    }
+    if format == Format::Json {
+        writeln!(o.out, "{}", json!({"steps": lines, "ok": !problem}))?;
+    } else {
+        for l in &lines {
+            writeln!(o.out, "{l}")?;
+        }
+    }
+    Ok(if problem { exit::FAILED } else { exit::OK })
+}
+
+/// `rotate-token`: where the new token was written.
+pub fn token_rotated(path: &Path, format: Format, o: &mut Output) -> io::Result<u8> {
+    if format == Format::Json {
+        writeln!(o.out, "{}", json!({"token": path}))?;
+    } else {
+        writeln!(o.out, "wrote a new token to {}", path.display())?;
+    }
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orchestrator_proto::message::{DurationStats, StateCount};
+    use orchestrator_proto::task::{Mode, Routing, TaskKind, TaskResult, TaskState};
+    use std::collections::BTreeMap;
+
+    /// Render into memory: (exit code, stdout text, stderr text).
+    fn render(r: &Response, format: Format) -> (u8, String, String) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = response(
+            r,
+            format,
+            &mut Output {
+                out: &mut out,
+                err: &mut err,
+            },
+        )
+        .unwrap();
+        (
+            code,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    }
+
+    fn task(id: &str, state: TaskState, goal: &str) -> Task {
+        Task {
+            schema_version: 1,
+            id: id.into(),
+            kind: TaskKind::Live,
+            state,
+            goal: goal.into(),
+            workspace_dir: None,
+            required_capabilities: Vec::new(),
+            routing: None,
+            assigned_agent_id: None,
+            result: None,
+            rejection: None,
+            error: None,
+            submitted_by: "alice".into(),
+            would_require_approval: false,
+            created_at: "2025-01-01T00:00:00.000Z".into(),
+            assigned_at: None,
+            started_at: None,
+            completed_at: None,
+            expires_at: "2025-01-08T00:00:00.000Z".into(),
+            attempts: 0,
+        }
+    }
+
+    fn event(seq: u64, from: Option<TaskState>, to: TaskState, action: &str) -> TrajectoryEvent {
+        TrajectoryEvent {
+            seq,
+            task_id: "01TASK".into(),
+            at: format!("2025-01-01T00:00:0{seq}.000Z"),
+            actor: "daemon".into(),
+            action: action.into(),
+            from,
+            to,
+            details: None,
+        }
+    }
+
+    #[test]
+    fn task_detail_shows_routing_result_and_trajectory() {
+        let mut t = task("01TASK", TaskState::Done, "fix the build");
+        t.required_capabilities = vec!["code".into()];
+        t.assigned_agent_id = Some("coder".into());
+        t.routing = Some(Routing {
+            matched_rule_id: Some("code-tasks".into()),
+            assigned_agent_id: "coder".into(),
+            capability_matches: Vec::new(),
+            fallback_used: false,
+            decided_at: "2025-01-01T00:00:01.000Z".into(),
+        });
+        t.completed_at = Some("2025-01-01T00:00:03.000Z".into());
+        t.result = Some(TaskResult {
+            text: Some("fixed".into()),
+            text_path: None,
+            artefacts: Vec::new(),
+            specialist_session_id: None,
+        });
+        let events = vec![
+            event(1, None, TaskState::Queued, "submit"),
+            event(2, Some(TaskState::Queued), TaskState::Assigned, "assign"),
+        ];
+        let (code, out, err) = render(
+            &Response::TaskDetail {
+                task: Box::new(t),
+                events,
+            },
+            Format::Table,
+        );
+        assert_eq!(code, exit::OK);
+        assert_eq!(err, "");
+        let expected = "\
+id:          01TASK
+kind:        live
+state:       done
+goal:        fix the build
+requires:    code
+agent:       coder
+rule:        code-tasks
+submitted:   2025-01-01T00:00:00.000Z by alice
+expires:     2025-01-08T00:00:00.000Z
+completed:   2025-01-01T00:00:03.000Z
+result:      fixed
+trajectory:
+  2025-01-01T00:00:01.000Z  submit                    - → queued            by daemon
+  2025-01-01T00:00:02.000Z  assign               queued → assigned          by daemon
+";
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn task_detail_json_carries_the_trajectory() {
+        let events = vec![event(1, None, TaskState::Queued, "submit")];
+        let r = Response::TaskDetail {
+            task: Box::new(task("01TASK", TaskState::Queued, "x")),
+            events,
+        };
+        let (_, out, _) = render(&r, Format::Json);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["id"], "01TASK");
+        assert_eq!(v["trajectory"][0]["action"], "submit");
+    }
+
+    #[test]
+    fn submitted_task_prints_only_its_id_on_stdout() {
+        let (_, out, err) = render(
+            &Response::Task(Box::new(task("01TASK", TaskState::Queued, "x"))),
+            Format::Table,
+        );
+        assert_eq!(out, "01TASK\n");
+        assert_eq!(err, "live queued agent=-\n");
+    }
+
+    #[test]
+    fn task_list_is_a_table_with_goals_cut_to_one_short_line() {
+        let mut long = task("01B", TaskState::AwaitingApproval, &"a".repeat(70));
+        long.assigned_agent_id = Some("helpdesk".into());
+        let list = vec![task("01A", TaskState::Queued, "two\nlines"), long];
+        let (code, out, _) = render(&Response::Tasks(list), Format::Table);
+        assert_eq!(code, exit::OK);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("ID  "), "{out}");
+        assert!(lines[0].ends_with("AGENT               GOAL"), "{out}");
+        assert!(lines[1].starts_with("01A "), "{out}");
+        assert!(
+            lines[1].ends_with(" -                   two lines"),
+            "{out}"
+        );
+        assert!(lines[2].contains("awaiting_approval"), "{out}");
+        assert!(lines[2].ends_with(&format!("helpdesk            {}", "a".repeat(60))));
+    }
+
+    fn status_report() -> StatusReport {
+        StatusReport {
+            daemon_version: "0.1.0".into(),
+            pid: 42,
+            uptime_secs: 7,
+            configured_mode: Mode::Shadow,
+            effective_mode: Mode::Synthetic,
+            mode_since: "2025-01-01T00:00:00.000Z".into(),
+            mode_note: Some("no gate run yet".into()),
+            config_path: None,
+            config_loaded_at: "2025-01-01T00:00:00.000Z".into(),
+            config_error: None,
+            config_warnings: vec!["agent \"x\" has no command".into()],
+            routing_fingerprint: "00ff".into(),
+            socket: "/run/o.sock".into(),
+            state_dir: "/var/lib/o".into(),
+            counts: vec![StateCount {
+                kind: TaskKind::Synthetic,
+                state: TaskState::Done,
+                count: 5,
+            }],
+            latest_gate: None,
+            last_reload: None,
+            pending_overrides: Vec::new(),
+            last_sweep: None,
+            next_sweep_at: None,
+            token_problem: None,
+            http_listen: None,
+        }
+    }
+
+    #[test]
+    fn status_table() {
+        let (code, out, _) = render(&Response::Status(Box::new(status_report())), Format::Table);
+        assert_eq!(code, exit::OK);
+        let expected = "\
+orchestratord 0.1.0 (pid 42, up 7s)
+mode:         synthetic (configured: shadow, since 2025-01-01T00:00:00.000Z)
+mode note:    no gate run yet
+config:       built-in defaults (loaded 2025-01-01T00:00:00.000Z)
+warning:      agent \"x\" has no command
+socket:       /run/o.sock
+state dir:    /var/lib/o
+routing:      fingerprint 00ff
+gate:         no synthetic gate run yet
+last sweep:   none yet
+tasks:
+  synthetic  done               5
+";
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn route_preview_names_agent_rule_and_approval() {
+        let d = RouteDecision {
+            matched_rule_id: Some("ops-tasks".into()),
+            assigned_agent_id: "helpdesk".into(),
+            capability_matches: Vec::new(),
+            fallback_used: false,
+            requires_approval: true,
+            approval_reasons: vec!["agent helpdesk is in approval_required".into()],
+            shadowed_rule_ids: vec!["other".into()],
+            agent_configured: false,
+        };
+        let (code, out, _) = render(&Response::Route(d), Format::Table);
+        assert_eq!(code, exit::OK);
+        let expected = "\
+agent:     helpdesk (no [agents] entry)
+rule:      ops-tasks
+fallback:  no
+approval:  required (agent helpdesk is in approval_required)
+shadowed:  other (same priority, also matched; file order decided)
+";
+        assert_eq!(out, expected);
+    }
+
+    fn shadow_summary(passed: bool) -> ShadowSummary {
+        ShadowSummary {
+            window_hours: 24,
+            total: 12,
+            by_state: BTreeMap::from([("done".to_string(), 11), ("failed".to_string(), 1)]),
+            failures_by_code: BTreeMap::from([("specialist_timeout".to_string(), 1)]),
+            duration: Some(DurationStats {
+                mean_ms: 10,
+                p50_ms: 9,
+                p95_ms: 20,
+                max_ms: 30,
+            }),
+            per_agent: BTreeMap::from([("coder".to_string(), 12)]),
+            would_require_approval: 3,
+            oldest: Some("2025-01-01T00:00:00.000Z".into()),
+            newest: Some("2025-01-01T12:00:00.000Z".into()),
+            min_tasks: 10,
+            passed,
+            verdict: if passed { "pass" } else { "fail" }.into(),
+        }
+    }
+
+    #[test]
+    fn shadow_summary_table_and_its_exit_code() {
+        let (code, out, _) = render(
+            &Response::ShadowSummary(shadow_summary(true)),
+            Format::Table,
+        );
+        assert_eq!(code, exit::OK);
+        let expected = "\
+shadow summary, last 24 h: 12 tasks
+window span:  2025-01-01T00:00:00.000Z → 2025-01-01T12:00:00.000Z
+  done               11
+  failed             1
+failures by code:
+  specialist_timeout 1
+duration ms:  mean 10  p50 9  p95 20  max 30
+per agent:
+  coder              12
+would require approval in live: 3
+minimum tasks for the gate: 10
+verdict: pass
+";
+        assert_eq!(out, expected);
+        let (code, _, _) = render(
+            &Response::ShadowSummary(shadow_summary(false)),
+            Format::Json,
+        );
+        assert_eq!(code, exit::FAILED);
+    }
+
+    #[test]
+    fn invalid_config_lists_every_error_on_stderr() {
+        let text = "mode = \"prod\"\n[sweeper]\ninterval = \"soon\"\n";
+        let result = Config::from_toml(text, Some(Path::new("/etc/o.toml")));
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = config_check(
+            Path::new("/etc/o.toml"),
+            &result,
+            Format::Table,
+            &mut Output {
+                out: &mut out,
+                err: &mut err,
+            },
+        )
+        .unwrap();
+        assert_eq!(code, exit::CONFIG);
+        assert!(out.is_empty());
+        let err = String::from_utf8(err).unwrap();
+        assert_eq!(err.lines().count(), 2, "{err}");
+        assert!(
+            err.starts_with("error: /etc/o.toml: line 1: mode: "),
+            "{err}"
+        );
+    }
 }

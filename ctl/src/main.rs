@@ -1,170 +1,23 @@
 //! `orchctl`: the operator's command line for `orchestratord`.
 //!
-//! Commands are defined here and turned into requests; [`display`] renders replies as tables or
-//! JSON; [`offline`] holds the verbs that need no daemon.
+//! [`cli`] defines the verbs and flags; `main` turns them into requests and sends them through
+//! [`client`]; [`display`] renders replies as tables or JSON; [`offline`] holds the verbs that need
+//! no daemon.
 
+mod cli;
 mod client;
 mod display;
 mod offline;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
+use cli::{Cli, Command, ConfigCommand, FormatArg, GateCommand, TasksCommand};
 use client::{exit, Client, ClientError};
-use display::Format;
+use display::{Format, Output};
 use orchestrator_proto::message::{ListQuery, Request, SubmitRequest};
 use orchestrator_proto::task::{Mode, TaskKind, TaskState};
-use std::path::PathBuf;
+use std::io;
+use std::path::Path;
 use std::process::ExitCode;
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "orchctl",
-    version,
-    about = "Control orchestratord: submit, inspect, approve, gate and operate"
-)]
-pub struct Cli {
-    /// Control socket of the daemon.
-    #[arg(long, global = true, env = "ORCHCTL_SOCKET", value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// Output format.
-    #[arg(long, global = true, value_enum, default_value = "table")]
-    format: FormatArg,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum FormatArg {
-    Table,
-    Json,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Mode, config, task counts, gates and sweeper of the running daemon.
-    Status,
-    /// Submit a task; prints its id.
-    Submit {
-        /// What the task should achieve, in plain text.
-        goal: String,
-        /// A capability the task requires (repeatable).
-        #[arg(long = "capability", value_name = "C")]
-        capabilities: Vec<String>,
-        /// Working directory for the specialist.
-        #[arg(long = "workspace", value_name = "DIR")]
-        workspace: Option<String>,
-        /// Time to live, e.g. 90s, 30m, 24h, 7d (default 7d).
-        #[arg(long, value_name = "DUR")]
-        ttl: Option<String>,
-        /// Wait until the task rests (awaiting approval or finished) and print it.
-        #[arg(long)]
-        wait: bool,
-    },
-    /// List and show tasks.
-    Tasks {
-        #[command(subcommand)]
-        command: TasksCommand,
-    },
-    /// Approve a task awaiting approval.
-    Approve { id: String },
-    /// Reject a task awaiting approval, with a reason.
-    Reject {
-        id: String,
-        #[arg(long)]
-        reason: String,
-    },
-    /// Cancel a task (a running specialist is stopped).
-    Cancel { id: String },
-    /// Show how a goal would be routed, without submitting anything.
-    Route {
-        goal: String,
-        #[arg(long = "capability", value_name = "C")]
-        capabilities: Vec<String>,
-    },
-    /// Run one synthetic gate fixture.
-    Synthetic { label: String },
-    /// Run every synthetic gate fixture (the data-plane gate).
-    SyntheticAll,
-    /// Summarise shadow tasks in a window (the live-flip gate).
-    ShadowSummary {
-        /// Window in hours.
-        #[arg(long, default_value_t = 24)]
-        window: u32,
-    },
-    /// Run the sweeper now.
-    Sweep,
-    /// Reload the config file (as SIGHUP), and report what changed or why nothing did.
-    Reload,
-    /// Config file tools (no daemon needed).
-    Config {
-        #[command(subcommand)]
-        command: ConfigCommand,
-    },
-    /// Gate tools.
-    Gate {
-        #[command(subcommand)]
-        command: GateCommand,
-    },
-    /// Create what is missing: config file, state directory, bearer token.
-    Init {
-        /// Replace the token even if one exists.
-        #[arg(long)]
-        force: bool,
-        /// Config file to create.
-        #[arg(long, value_name = "PATH")]
-        config: Option<PathBuf>,
-        /// State directory to create.
-        #[arg(long, value_name = "PATH")]
-        state_dir: Option<PathBuf>,
-    },
-    /// Write a new bearer token.
-    RotateToken {
-        #[arg(long, value_name = "PATH")]
-        state_dir: Option<PathBuf>,
-    },
-    /// Stream trajectory events as they happen.
-    Watch,
-    /// Counters in Prometheus text format.
-    Metrics,
-    /// Print shell completions.
-    Completions { shell: clap_complete::Shell },
-    /// Write man pages into a directory.
-    #[command(hide = true)]
-    Man { dir: PathBuf },
-}
-
-#[derive(Subcommand, Debug)]
-enum TasksCommand {
-    /// List tasks, newest first (default: the current mode's kind, harness tasks hidden).
-    List {
-        #[arg(long, value_name = "S")]
-        state: Option<String>,
-        #[arg(long, value_name = "K")]
-        kind: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-        /// Include tasks of the synthetic harness.
-        #[arg(long)]
-        all: bool,
-    },
-    /// Show one task with its trajectory.
-    Show { id: String },
-}
-
-#[derive(Subcommand, Debug)]
-enum ConfigCommand {
-    /// Validate a config file with the daemon's own validator: exit 0 valid, 5 invalid.
-    Check { path: Option<PathBuf> },
-}
-
-#[derive(Subcommand, Debug)]
-enum GateCommand {
-    /// Record a one-time override that the next reload to MODE consumes.
-    Override {
-        mode: String,
-        #[arg(long)]
-        reason: String,
-    },
-}
 
 fn usage(msg: String) -> ExitCode {
     eprintln!("orchctl: {msg}");
@@ -177,6 +30,13 @@ fn main() -> ExitCode {
         FormatArg::Table => Format::Table,
         FormatArg::Json => Format::Json,
     };
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let mut err = io::stderr();
+    let mut o = Output {
+        out: &mut out,
+        err: &mut err,
+    };
     let socket = cli
         .socket
         .clone()
@@ -184,16 +44,18 @@ fn main() -> ExitCode {
     let request = match cli.command {
         Command::Config {
             command: ConfigCommand::Check { path },
-        } => return offline::config_check(path, format),
+        } => return finish(offline::config_check(path, format, &mut o)),
         Command::Init {
             force,
             config,
             state_dir,
-        } => return offline::init(config, state_dir, force, format),
-        Command::RotateToken { state_dir } => return offline::rotate_token(state_dir, format),
-        Command::Completions { shell } => return offline::completions(shell),
-        Command::Man { dir } => return offline::man(&dir),
-        Command::Watch => return watch(&socket, format),
+        } => return finish(offline::init(config, state_dir, force, format, &mut o)),
+        Command::RotateToken { state_dir } => {
+            return finish(offline::rotate_token(state_dir, format, &mut o))
+        }
+        Command::Completions { shell } => return finish(offline::completions(shell, &mut o)),
+        Command::Man { dir } => return finish(offline::man(&dir, &mut o)),
+        Command::Watch => return watch(&socket, format, &mut o),
         Command::Status => Request::Status,
         Command::Submit {
             goal,
@@ -268,34 +130,50 @@ fn main() -> ExitCode {
     };
     let result = Client::connect(&socket).and_then(|mut c| c.request(request));
     match result {
-        Ok(response) => ExitCode::from(display::response(&response, format)),
-        Err(e) => fail(e, format),
+        Ok(response) => finish(display::response(&response, format, &mut o)),
+        Err(e) => fail(e, format, &mut o),
     }
 }
 
-fn fail(e: ClientError, format: Format) -> ExitCode {
+/// The exit code a rendering asked for; failing to write the output is a failure of its own.
+fn finish(rendered: io::Result<u8>) -> ExitCode {
+    match rendered {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("orchctl: cannot write output: {e}");
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+fn fail(e: ClientError, format: Format, o: &mut Output) -> ExitCode {
     if let (Format::Json, ClientError::Reply(err)) = (format, &e) {
-        display::json_error(err);
+        if let Err(io) = display::json_error(err, o) {
+            return finish(Err(io));
+        }
     }
     eprintln!("orchctl: {}", e.message());
     ExitCode::from(e.exit_code())
 }
 
-fn watch(socket: &std::path::Path, format: Format) -> ExitCode {
+fn watch(socket: &Path, format: Format, o: &mut Output) -> ExitCode {
+    let mut write_error = None;
     let result = Client::connect(socket).and_then(|c| {
         c.watch(
             // On stderr, so that stdout stays one event per line; scripts may wait for it.
             || eprintln!("orchctl: watching {}", socket.display()),
-            |ev| display::event(ev, format),
+            |ev| match display::event(ev, format, o) {
+                Ok(()) => true,
+                Err(e) => {
+                    write_error = Some(e);
+                    false
+                }
+            },
         )
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(e, format),
+    match (result, write_error) {
+        (Err(e), _) => fail(e, format, o),
+        (Ok(()), Some(e)) => finish(Err(e)),
+        (Ok(()), None) => ExitCode::SUCCESS,
     }
-}
-
-/// Exposed for man page and completion generation.
-pub fn command() -> clap::Command {
-    <Cli as clap::CommandFactory>::command()
 }

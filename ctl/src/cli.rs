@@ -1,0 +1,161 @@
+//! The command line: every verb and flag `orchctl` accepts, as clap types. Turning them into
+//! requests is `main`'s job; rendering replies is [`crate::display`]'s.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "orchctl",
+    version,
+    about = "Control orchestratord: submit, inspect, approve, gate and operate"
+)]
+pub struct Cli {
+    /// Control socket of the daemon.
+    #[arg(long, global = true, env = "ORCHCTL_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    pub format: FormatArg,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FormatArg {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Mode, config, task counts, gates and sweeper of the running daemon.
+    Status,
+    /// Submit a task; prints its id.
+    Submit {
+        /// What the task should achieve, in plain text.
+        goal: String,
+        /// A capability the task requires (repeatable).
+        #[arg(long = "capability", value_name = "C")]
+        capabilities: Vec<String>,
+        /// Working directory for the specialist.
+        #[arg(long = "workspace", value_name = "DIR")]
+        workspace: Option<String>,
+        /// Time to live, e.g. 90s, 30m, 24h, 7d (default 7d).
+        #[arg(long, value_name = "DUR")]
+        ttl: Option<String>,
+        /// Wait until the task rests (awaiting approval or finished) and print it.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List and show tasks.
+    Tasks {
+        #[command(subcommand)]
+        command: TasksCommand,
+    },
+    /// Approve a task awaiting approval.
+    Approve { id: String },
+    /// Reject a task awaiting approval, with a reason.
+    Reject {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Cancel a task (a running specialist is stopped).
+    Cancel { id: String },
+    /// Show how a goal would be routed, without submitting anything.
+    Route {
+        goal: String,
+        #[arg(long = "capability", value_name = "C")]
+        capabilities: Vec<String>,
+    },
+    /// Run one synthetic gate fixture.
+    Synthetic { label: String },
+    /// Run every synthetic gate fixture (the data-plane gate).
+    SyntheticAll,
+    /// Summarise shadow tasks in a window (the live-flip gate).
+    ShadowSummary {
+        /// Window in hours.
+        #[arg(long, default_value_t = 24)]
+        window: u32,
+    },
+    /// Run the sweeper now.
+    Sweep,
+    /// Reload the config file (as SIGHUP), and report what changed or why nothing did.
+    Reload,
+    /// Config file tools (no daemon needed).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Gate tools.
+    Gate {
+        #[command(subcommand)]
+        command: GateCommand,
+    },
+    /// Create what is missing: config file, state directory, bearer token.
+    Init {
+        /// Replace the token even if one exists.
+        #[arg(long)]
+        force: bool,
+        /// Config file to create.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// State directory to create.
+        #[arg(long, value_name = "PATH")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Write a new bearer token.
+    RotateToken {
+        #[arg(long, value_name = "PATH")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Stream trajectory events as they happen.
+    Watch,
+    /// Counters in Prometheus text format.
+    Metrics,
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages into a directory.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TasksCommand {
+    /// List tasks, newest first (default: the current mode's kind, harness tasks hidden).
+    List {
+        #[arg(long, value_name = "S")]
+        state: Option<String>,
+        #[arg(long, value_name = "K")]
+        kind: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Include tasks of the synthetic harness.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one task with its trajectory.
+    Show { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate a config file with the daemon's own validator: exit 0 valid, 5 invalid.
+    Check { path: Option<PathBuf> },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GateCommand {
+    /// Record a one-time override that the next reload to MODE consumes.
+    Override {
+        mode: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// Exposed for man page and completion generation.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
