@@ -3,17 +3,20 @@
 //!
 //! Where things live:
 //!
-//! - [`machine`]: the task state machine of SPEC §4, as a pure function.
-//! - [`routing`]: routing and approval decisions of SPEC §5, pure.
+//! - [`machine`]: the task state machine, as a pure function.
+//! - [`routing`]: routing and approval decisions, pure.
 //! - [`config`]: the TOML config, validated in one place for the daemon and `orchctl config check`.
 //! - [`fixtures`]: the synthetic gate's fixtures, compiled in.
-//! - [`store`]: SQLite with one group-committing writer; every transition is a compare-and-set with
-//!   its trajectory event in the same transaction.
+//! - [`tasks`]: the application layer — submit, approve/reject/cancel, list/show, route preview,
+//!   gate runs, overrides, sweep now. Every front end calls it; none calls another front end.
+//! - [`store`]: the store interface (typed operations, no SQL outside it), its SQLite backend with
+//!   one group-committing writer, and the contract suite every backend passes; every transition is
+//!   a compare-and-set with its trajectory event in the same transaction.
 //! - [`dispatch`]: the dispatcher — synthetic runs and real specialist processes.
 //! - [`gate`]: the synthetic gate, the shadow summary, and the mode-flip rules.
 //! - [`sweeper`]: expiry, lease reclaim and retention.
 //! - [`server`]: the control socket — binding (or taking systemd's), connections, one handler per verb.
-//! - [`http`]: the optional HTTP API for dashboards, over the same handlers, behind the bearer token.
+//! - [`http`]: the optional HTTP API for dashboards, over the same operations, behind the bearer token.
 //! - [`access`]: peer credentials and who may do what.
 //! - [`lifecycle`]: reload, signals, systemd notifications.
 //! - [`logging`]: journald or stderr, and the log line (and counter) of every transition.
@@ -42,3 +45,4 @@ pub mod run;
 pub mod server;
 pub mod store;
 pub mod sweeper;
+pub mod tasks;
