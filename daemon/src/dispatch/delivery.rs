@@ -1,4 +1,4 @@
-//! Delivery (SPEC §6): when a live task reaches `done` — completed without approval, or approved —
+//! Delivery: when a live task reaches `done` — completed without approval, or approved —
 //! the optional `[delivery] command` runs with the task as JSON on stdin. Shadow and synthetic tasks
 //! are never delivered.
 //!

@@ -1,4 +1,4 @@
-//! Leases (SPEC §4, "No task can be stuck"): an `in_progress` task holds a lease that the process
+//! Leases (no task can be stuck): an `in_progress` task holds a lease that the process
 //! watcher renews while its specialist lives. If the watcher goes away — the daemon crashed, or the
 //! watcher itself failed — the lease lapses and the sweeper (or the next start) reclaims the task.
 //!

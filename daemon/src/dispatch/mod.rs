@@ -1,4 +1,4 @@
-//! The dispatcher (SPEC §6): takes each `queued` task, routes it, and runs it — synthetically, or by
+//! The dispatcher: takes each `queued` task, routes it, and runs it — synthetically, or by
 //! handing it to the [`specialist`] executor in shadow and live mode. Every step is a transition in
 //! the store with its trajectory event, made by the actor `dispatcher`.
 //!

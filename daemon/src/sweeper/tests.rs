@@ -1,5 +1,7 @@
 use super::*;
-use crate::store::{queries, NewTask, Store};
+use crate::machine::Action;
+use crate::store::{queries, Batch, NewTask, Patch, Reclaim, Store, StoreError, TransitionOp};
+use orchestrator_proto::task::TaskState;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 
@@ -223,7 +225,7 @@ fn assert_counts_match(store: &Store) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
-    /// SPEC §4/§8, acceptance 2: stale-eligible tasks past `expiresAt` are always expired by the
+    /// Stale-eligible tasks past `expiresAt` are always expired by the
     /// sweeper; `done`, `failed`, `cancelled` and healthy `in_progress` tasks never change.
     #[test]
     fn expiry_takes_exactly_the_stale_eligible_tasks_past_ttl(
@@ -240,7 +242,7 @@ proptest! {
         let mut expired = Vec::new();
         let mut batches = 0;
         loop {
-            let ids = store.write_blocking(move |b| expire_due(b, NOW, limit)).unwrap();
+            let ids = store.write_blocking(move |b| b.expire_due(NOW, limit, ACTOR)).unwrap();
             batches += 1;
             prop_assert!(batches <= specs.len() + 1, "expiry does not terminate");
             let last = ids.len() < limit;
@@ -249,9 +251,15 @@ proptest! {
                 break;
             }
         }
-        let no_attempts = |_: &str| 0;
-        let (failed, requeued) = store
-            .write_blocking(move |b| reclaim_lapsed(b, NOW, usize::MAX >> 1, "test", &no_attempts))
+        let no_attempts = Reclaim {
+            now: NOW,
+            limit: usize::MAX >> 1,
+            reason: "test".into(),
+            actor: ACTOR.into(),
+            attempts: AttemptLimits::default(),
+        };
+        let Reclaimed { failed, requeued } = store
+            .write_blocking(move |b| b.reclaim_lapsed(&no_attempts))
             .unwrap();
         prop_assert!(requeued.is_empty());
 
@@ -305,11 +313,11 @@ proptest! {
         let mut after = None;
         let mut deleted = Vec::new();
         loop {
-            let batch = store.read_blocking(|c| retired(c, kind, cutoff, after, limit)).unwrap();
+            let batch = store.read_blocking(|c| queries::retired(c, kind, cutoff, after, limit)).unwrap();
             let Some(last) = batch.last() else { break };
             after = Some(last.cursor);
             let ids: Vec<String> = batch.iter().map(|r| r.id.clone()).collect();
-            deleted.extend(store.write_blocking(move |b| delete_tasks(b, &ids)).unwrap());
+            deleted.extend(store.write_blocking(move |b| b.delete_tasks(&ids)).unwrap());
             if batch.len() < limit {
                 break;
             }
@@ -347,9 +355,7 @@ fn delete_tasks_leaves_non_terminal_tasks_alone() {
     });
     seed(&store, &specs);
     let ids: Vec<String> = (0..5).map(id_of).collect(); // T0004 does not exist.
-    let deleted = store
-        .write_blocking(move |b| delete_tasks(b, &ids))
-        .unwrap();
+    let deleted = store.write_blocking(move |b| b.delete_tasks(&ids)).unwrap();
     assert_eq!(deleted, vec![id_of(0)]);
     let left = snapshot(&store);
     assert_eq!(
@@ -385,55 +391,6 @@ fn a_task_dir_that_cannot_be_removed_keeps_its_task() {
     assert_eq!(removed, 1);
     assert!(errors.is_empty(), "{errors:?}");
     assert!(!paths.task_dir("A").exists());
-}
-
-/// The sweeper's statements use the indexes their comments name; a full scan would make every
-/// batch cost the size of the archive.
-#[test]
-fn sweeper_queries_use_their_indexes() {
-    let (_dir, store) = open();
-    let plan = |sql: &'static str, args: Vec<rusqlite::types::Value>| {
-        store
-            .read_blocking(move |c| {
-                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-                let rows =
-                    stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?.join("\n"))
-            })
-            .unwrap()
-    };
-    use rusqlite::types::Value::{Integer, Text};
-    let p = plan(EXPIRE_DUE, vec![Integer(NOW), Integer(10)]);
-    assert!(
-        p.contains("INDEX tasks_state_expires (state=? AND expires_at<?)"),
-        "{p}"
-    );
-    let p = plan(LAPSED, vec![Integer(NOW), Integer(10)]);
-    assert!(p.contains("INDEX tasks_state_expires (state=?)"), "{p}");
-    let p = plan(
-        RETIRED,
-        vec![
-            Text("live".into()),
-            Integer(NOW),
-            Integer(0),
-            Integer(0),
-            Integer(10),
-        ],
-    );
-    assert!(p.contains("INDEX tasks_terminal_completed (kind=?"), "{p}");
-    assert!(!p.contains("TEMP B-TREE"), "the index gives the order: {p}");
-    let p = plan(DELETE_TASKS, vec![Text("[\"A\"]".into())]);
-    assert!(p.contains("INDEX sqlite_autoindex_tasks_1 (id=?)"), "{p}");
-    let p = plan(DELETE_EVENTS, vec![Text("[\"A\"]".into())]);
-    assert!(p.contains("INDEX events_task (task_id=?)"), "{p}");
-    for sql in [EXPIRE_DUE, LAPSED, RETIRED, DELETE_TASKS, DELETE_EVENTS] {
-        let args = (0..sql.matches('?').count()).map(|_| Integer(0)).collect();
-        let p = plan(sql, args);
-        assert!(
-            !p.contains("SCAN tasks") && !p.contains("SCAN events"),
-            "{sql}: {p}"
-        );
-    }
 }
 
 /// A daemon around `store` whose state directory is `dir`, on the built-in config.

@@ -336,3 +336,6 @@ fn run_group(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod contract_tests;
