@@ -41,7 +41,7 @@ impl Paths {
     }
 }
 
-/// The effective mode, which the store remembers across restarts (SPEC §7).
+/// The effective mode, which the store remembers across restarts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModeState {
     pub effective: Mode,

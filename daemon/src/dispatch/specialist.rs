@@ -1,4 +1,4 @@
-//! Shadow and live dispatch: real specialist processes (SPEC §6).
+//! Shadow and live dispatch: real specialist processes.
 //!
 //! Each agent has a FIFO queue and at most `max_concurrent` specialists alive. A task is routed
 //! (`assigned`), waits for a slot, starts (`in_progress`, with a lease), and ends by its outcome:
