@@ -339,3 +339,6 @@ mod tests;
 
 #[cfg(test)]
 mod contract_tests;
+
+#[cfg(test)]
+mod sweep_tests;
