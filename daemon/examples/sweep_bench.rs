@@ -105,10 +105,28 @@ fn seed(db: &Path, a: &Args) -> Res<i64> {
     let store = Store::open(db)?;
     let t0 = Instant::now();
     let base = now_ms() - 3_600_000;
+    // The bulk first; the due tasks last, so that their due time can be fixed once the bulk is in.
+    seed_range(&store, a, a.due, a.tasks, base, None)?;
+    let due_at = now_ms() + DUE_MARGIN_MS;
+    seed_range(&store, a, 0, a.due, base, Some(due_at))?;
+    store.close();
+    eprintln!("seeding took {:.1} s", t0.elapsed().as_secs_f64());
+    Ok(due_at)
+}
+
+/// Seed tasks `start..end`; those below `a.due` become due at `due_at`.
+fn seed_range(
+    store: &Store,
+    a: &Args,
+    start: usize,
+    end: usize,
+    base: i64,
+    due_at: Option<i64>,
+) -> Res<()> {
     let scenario = a.scenario;
-    let mut made = 0;
-    while made < a.tasks {
-        let (from, to, due) = (made, (made + SEED_JOB).min(a.tasks), a.due);
+    let mut made = start;
+    while made < end {
+        let (from, to, due) = (made, (made + SEED_JOB).min(end), a.due);
         store.write_blocking(move |b| {
             for i in from..to {
                 let id = ulid::Ulid::generate().to_string();
@@ -117,6 +135,14 @@ fn seed(db: &Path, a: &Args) -> Res<i64> {
                     (true, Scenario::Expiry) => true,
                     (true, Scenario::Retention) => false,
                     (false, _) => i % 3 == 0,
+                };
+                let expires_ms = match (due_at, scenario) {
+                    (Some(at), Scenario::Expiry) => at,
+                    _ => base + 7 * DAY,
+                };
+                let completed = match (due_at, scenario) {
+                    (Some(at), Scenario::Retention) => at - 86_400_000,
+                    _ => base,
                 };
                 b.insert_task(
                     NewTask {
@@ -128,7 +154,7 @@ fn seed(db: &Path, a: &Args) -> Res<i64> {
                         submitted_by: "bench".into(),
                         harness: false,
                         created_ms: base,
-                        expires_ms: base + 7 * DAY,
+                        expires_ms,
                     },
                     "bench",
                 )?;
@@ -145,25 +171,16 @@ fn seed(db: &Path, a: &Args) -> Res<i64> {
                 let complete = Action::Complete {
                     approval_required: approval,
                 };
-                b.transition(TransitionOp::new(&id, complete, "bench", base))?;
+                b.transition(TransitionOp::new(&id, complete, "bench", completed))?;
             }
             Ok(())
         })?;
         made = to;
-        if made % 20_000 == 0 || made == a.tasks {
-            eprintln!("seeded {made}/{}", a.tasks);
+        if made.is_multiple_of(20_000) || made == end {
+            eprintln!("seeded {made}/{end}");
         }
     }
-    let due_at = now_ms() + DUE_MARGIN_MS;
-    let column = match scenario {
-        Scenario::Expiry => "expires_at = ?1",
-        Scenario::Retention => "completed_at = ?1 - 86400000",
-    };
-    let sql = format!("UPDATE tasks SET {column} WHERE goal = 'due'");
-    store.write_blocking(move |b| Ok(b.conn().execute(&sql, [due_at])?))?;
-    store.close();
-    eprintln!("seeding took {:.1} s", t0.elapsed().as_secs_f64());
-    Ok(due_at)
+    Ok(())
 }
 
 struct Client {

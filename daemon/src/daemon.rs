@@ -41,7 +41,7 @@ impl Paths {
     }
 }
 
-/// The effective mode, which the store remembers across restarts (SPEC §7).
+/// The effective mode, which the store remembers across restarts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModeState {
     pub effective: Mode,
@@ -170,12 +170,7 @@ impl Daemon {
     /// Hand tasks that went back to `queued` (re-queued after a lapsed lease) to the dispatcher.
     pub async fn redispatch(&self, ids: &[String]) {
         for id in ids {
-            let key = id.clone();
-            match self
-                .store
-                .read(move |c| crate::store::queries::get_task(c, &key))
-                .await
-            {
+            match self.store.get_task(id).await {
                 Ok(Some(task)) => self.dispatch.queued(task),
                 Ok(None) => {}
                 Err(e) => {

@@ -6,13 +6,16 @@
 //! - [`machine`]: the task state machine, as a pure function.
 //! - [`config`], [`routing`], [`fixtures`], [`paths`], [`credentials`]: shared with `orchctl`, they
 //!   live in the `orchestrator-core` crate and are re-exported here under the same names.
-//! - [`store`]: SQLite with one group-committing writer; every transition is a compare-and-set with
-//!   its trajectory event in the same transaction.
+//! - [`tasks`]: the application layer — submit, approve/reject/cancel, list/show, route preview,
+//!   gate runs, overrides, sweep now. Every front end calls it; none calls another front end.
+//! - [`store`]: the store interface (typed operations, no SQL outside it), its SQLite backend with
+//!   one group-committing writer, and the contract suite every backend passes; every transition is
+//!   a compare-and-set with its trajectory event in the same transaction.
 //! - [`dispatch`]: the dispatcher — synthetic runs and real specialist processes.
 //! - [`gate`]: the synthetic gate, the shadow summary, and the mode-flip rules.
 //! - [`sweeper`]: expiry, lease reclaim and retention.
 //! - [`server`]: the control socket — binding (or taking systemd's), connections, one handler per verb.
-//! - [`http`]: the optional HTTP API for dashboards, over the same handlers, behind the bearer token.
+//! - [`http`]: the optional HTTP API for dashboards, over the same operations, behind the bearer token.
 //! - [`access`]: peer credentials and who may do what.
 //! - [`lifecycle`]: reload, signals, systemd notifications.
 //! - [`logging`]: journald or stderr, and the log line (and counter) of every transition.
@@ -35,6 +38,7 @@ pub mod run;
 pub mod server;
 pub mod store;
 pub mod sweeper;
+pub mod tasks;
 
 // Shared with `orchctl`; re-exported so `crate::config::…` and friends keep their paths.
 pub use orchestrator_core::{config, credentials, fixtures, paths, routing};

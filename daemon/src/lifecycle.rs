@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::daemon::{Daemon, ModeState};
 use crate::gate::flip;
 use crate::metrics::Metrics;
-use crate::store::{queries, Store, StoreError};
+use crate::store::{ModeChange, Store, StoreError, StoredMode};
 use orchestrator_proto::message::{ReloadOutcome, ReloadReport};
 use orchestrator_proto::task::Mode;
 use orchestrator_proto::{ErrorCode, WireError};
@@ -32,9 +32,6 @@ impl ReloadTrigger {
     }
 }
 
-const META_MODE: &str = "mode";
-const META_MODE_SINCE: &str = "mode_since";
-
 /// Tell systemd something; outside systemd this does nothing.
 pub fn notify(states: &[NotifyState<'_>]) {
     let _ = sd_notify::notify(states);
@@ -52,24 +49,23 @@ pub fn status_line(d: &Daemon) -> String {
     format!("mode {mode}; {open} open tasks, {} stored", counts.total())
 }
 
-fn save_mode(b: &mut crate::store::Batch<'_>, mode: Mode, since: i64) -> Result<(), StoreError> {
-    b.set_meta(META_MODE, mode.as_str())?;
-    b.set_meta(META_MODE_SINCE, &since.to_string())
+fn change(mode: Mode, since_ms: i64, consume_override: Option<i64>) -> ModeChange {
+    ModeChange {
+        mode,
+        since_ms,
+        consume_override,
+    }
 }
 
 /// The effective mode at start: the stored one, moved to the configured one only if the flip rules
 /// allow it (a fresh store starts in `synthetic`).
-pub fn startup_mode(store: &Store, cfg: &Config) -> Result<ModeState, StoreError> {
-    let (stored, since) = store.read_blocking(|c| {
-        let mode = queries::get_meta(c, META_MODE)?.and_then(|m| m.parse::<Mode>().ok());
-        let since = queries::get_meta(c, META_MODE_SINCE)?.and_then(|s| s.parse::<i64>().ok());
-        Ok((mode, since))
-    })?;
+pub async fn startup_mode(store: &Store, cfg: &Config) -> Result<ModeState, StoreError> {
+    let stored = store.load_mode().await?;
     let now = now_ms();
     let (current, since) = match stored {
-        Some(m) => (m, since.unwrap_or(now)),
+        Some(StoredMode { mode, since_ms }) => (mode, since_ms.unwrap_or(now)),
         None => {
-            store.write_blocking(move |b| save_mode(b, Mode::Synthetic, now))?;
+            store.save_mode(change(Mode::Synthetic, now, None)).await?;
             (Mode::Synthetic, now)
         }
     };
@@ -80,16 +76,13 @@ pub fn startup_mode(store: &Store, cfg: &Config) -> Result<ModeState, StoreError
             note: None,
         });
     }
-    let c = cfg.clone();
-    let verdict = store.read_blocking(move |conn| {
-        let ev = flip::gather(conn, current, since, &c, now)?;
-        let pending = flip::pending_override(conn, c.mode)?;
-        Ok((flip::check(current, c.mode, &c, &ev), pending))
-    })?;
+    let ev = flip::gather(store, current, since, cfg, now).await?;
+    let pending = store.pending_override(cfg.mode).await?;
+    let verdict = (flip::check(current, cfg.mode, cfg, &ev), pending);
     let target = cfg.mode;
     match verdict {
         (Ok(()), _) => {
-            store.write_blocking(move |b| save_mode(b, target, now))?;
+            store.save_mode(change(target, now, None)).await?;
             tracing::info!(from = %current, to = %target, MODE = %target, "mode changed at start");
             Ok(ModeState {
                 effective: target,
@@ -98,10 +91,7 @@ pub fn startup_mode(store: &Store, cfg: &Config) -> Result<ModeState, StoreError
             })
         }
         (Err(_), Some((id, rec))) => {
-            store.write_blocking(move |b| {
-                flip::consume(b.conn(), id, now)?;
-                save_mode(b, target, now)
-            })?;
+            store.save_mode(change(target, now, Some(id))).await?;
             tracing::warn!(from = %current, to = %target, by = %rec.by, reason = %rec.reason, "mode changed at start by override");
             Ok(ModeState {
                 effective: target,
@@ -231,17 +221,10 @@ async fn reload_locked(d: &Arc<Daemon>, trigger: ReloadTrigger) -> Result<Reload
     let target = new.mode;
     let mut consumed = None;
     if target != mode.effective {
-        let (c, from, since) = (new.clone(), mode.effective, mode.since_ms);
-        let (verdict, pending) = d
-            .store
-            .read(move |conn| {
-                let ev = flip::gather(conn, from, since, &c, at)?;
-                Ok((
-                    flip::check(from, c.mode, &c, &ev),
-                    flip::pending_override(conn, c.mode)?,
-                ))
-            })
-            .await?;
+        let (from, since) = (mode.effective, mode.since_ms);
+        let ev = flip::gather(&d.store, from, since, &new, at).await?;
+        let verdict = flip::check(from, new.mode, &new, &ev);
+        let pending = d.store.pending_override(new.mode).await?;
         match (verdict, pending) {
             (Ok(()), _) => {}
             (Err(_), Some((id, rec))) => consumed = Some((id, rec)),
@@ -269,14 +252,7 @@ async fn reload_locked(d: &Arc<Daemon>, trigger: ReloadTrigger) -> Result<Reload
     // Apply: the mode (and a consumed override) durably first, then the config in memory.
     if target != mode.effective {
         let id = consumed.as_ref().map(|(id, _)| *id);
-        d.store
-            .write(move |b| {
-                if let Some(id) = id {
-                    flip::consume(b.conn(), id, at)?;
-                }
-                save_mode(b, target, at)
-            })
-            .await?;
+        d.store.save_mode(change(target, at, id)).await?;
         d.set_mode(ModeState {
             effective: target,
             since_ms: at,
@@ -290,7 +266,7 @@ async fn reload_locked(d: &Arc<Daemon>, trigger: ReloadTrigger) -> Result<Reload
     }
     d.install_config(new);
     if consumed.is_some() {
-        if let Ok(pending) = d.store.read(flip::pending_overrides).await {
+        if let Ok(pending) = d.store.pending_overrides().await {
             d.with_notes(|n| n.pending_overrides = pending);
         }
     }

@@ -6,14 +6,13 @@ use crate::clock::now_ms;
 use crate::config::{Config, ConfigErrors};
 use crate::daemon::{Daemon, Paths};
 use crate::dispatch::{self, DispatchHandle};
-use crate::gate::{flip, synthetic};
 use crate::http;
 use crate::lifecycle::{self, notify};
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::paths::{default_socket, default_state_dir};
 use crate::server;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::sweeper;
 use sd_notify::NotifyState;
 use std::os::unix::fs::DirBuilderExt;
@@ -118,11 +117,8 @@ pub async fn serve(p: Prepared, listener: server::Listener) -> Result<(), StartE
     paths.socket = socket;
     // Subscribed before anything can commit, so that every transition is logged and counted.
     let transitions = store.subscribe();
-    let s = store.clone();
-    let cfg = config.clone();
-    let mode = tokio::task::spawn_blocking(move || lifecycle::startup_mode(&s, &cfg))
+    let mode = lifecycle::startup_mode(&store, &config)
         .await
-        .map_err(|e| StartError::Other(e.to_string()))?
         .map_err(|e| other("cannot decide the mode")(e.to_string()))?;
     // Bound before anything is started, so that a taken port fails the start and leaves nothing
     // half-running.
@@ -147,8 +143,13 @@ pub async fn serve(p: Prepared, listener: server::Listener) -> Result<(), StartE
         mode,
         handle,
     ));
-    let (gate, overrides) = store
-        .read(|c| Ok((synthetic::latest(c)?, flip::pending_overrides(c)?)))
+    let history = async {
+        Ok::<_, StoreError>((
+            store.latest_gate_run().await?,
+            store.pending_overrides().await?,
+        ))
+    };
+    let (gate, overrides) = history
         .await
         .map_err(|e| other("cannot read gate history")(e.to_string()))?;
     d.with_notes(|n| {
@@ -165,30 +166,29 @@ pub async fn serve(p: Prepared, listener: server::Listener) -> Result<(), StartE
     // Tasks that were in progress belong to specialists of the previous run: stop any that still
     // run, then reclaim the tasks.
     dispatch::orphans::reap(&d).await;
-    let c = d.config();
-    let reclaimed = store
-        .write(move |b| {
-            let attempts = |agent: &str| c.agent(agent).map(|a| a.max_attempts).unwrap_or(1);
-            // The previous run's leases ended with it, however far ahead they reached.
-            dispatch::leases::void_all(b)?;
-            sweeper::reclaim_lapsed(
-                b,
-                now_ms(),
-                usize::MAX >> 1,
-                "the daemon restarted while the specialist ran",
-                &attempts,
-            )
-        })
-        .await
-        .map_err(|e| other("cannot reclaim in-progress tasks")(e.to_string()))?;
+    // The previous run's leases ended with it, however far ahead they reached. Voiding them and
+    // reclaiming are two writes: a crash in between leaves leases void, and the next start
+    // reclaims those tasks all the same.
+    let reclaim = sweeper::reclaim(
+        &d.config(),
+        now_ms(),
+        usize::MAX >> 1,
+        "the daemon restarted while the specialist ran",
+    );
+    let reclaimed = async {
+        store.void_leases().await?;
+        store.reclaim_lapsed(reclaim).await
+    }
+    .await
+    .map_err(|e| other("cannot reclaim in-progress tasks")(e.to_string()))?;
     Metrics::add(
         &d.metrics.reclaims,
-        (reclaimed.0.len() + reclaimed.1.len()) as u64,
+        (reclaimed.failed.len() + reclaimed.requeued.len()) as u64,
     );
-    if !reclaimed.0.is_empty() || !reclaimed.1.is_empty() {
+    if !reclaimed.failed.is_empty() || !reclaimed.requeued.is_empty() {
         tracing::warn!(
-            failed = reclaimed.0.len(),
-            requeued = reclaimed.1.len(),
+            failed = reclaimed.failed.len(),
+            requeued = reclaimed.requeued.len(),
             "reclaimed tasks left in progress by the previous run"
         );
     }

@@ -1,4 +1,4 @@
-//! The sweeper (SPEC §8): expires stale tasks, reclaims lapsed leases, and deletes terminal tasks
+//! The sweeper: expires stale tasks, reclaims lapsed leases, and deletes terminal tasks
 //! past their kind's retention together with their trajectory and files.
 //!
 //! A sweep is a series of small store jobs of at most [`BATCH`] tasks each, so that other writers
@@ -8,13 +8,12 @@
 //! `orchctl sweep` take turns on [`Daemon::sweep_lock`].
 
 use crate::clock::{duration_ms, now_ms, rfc3339};
+use crate::config::Config;
 use crate::daemon::{Daemon, Paths};
-use crate::machine::Action;
-use crate::store::{Batch, Patch, StoreError, TransitionOp};
+use crate::store::{AttemptLimits, Reclaim, Reclaimed};
 use orchestrator_proto::message::SweepReport;
-use orchestrator_proto::task::{task_error, TaskError, TaskKind, TaskState};
+use orchestrator_proto::task::TaskKind;
 use orchestrator_proto::WireError;
-use rusqlite::{params, Connection};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,167 +29,27 @@ const MAX_REPORTED_ERRORS: usize = 20;
 /// shortens it takes effect within this long.
 const INTERVAL_RECHECK: Duration = Duration::from_secs(1);
 
-// The sweeper's statements. Each is served by an index (tests check the query plans), so a batch
-// costs the same whatever the size of the archive.
-
-/// Stale-eligible tasks past `expiresAt`: tasks_state_expires(state, expires_at), one range per state.
-const EXPIRE_DUE: &str = "SELECT id FROM tasks \
-     WHERE state IN ('queued', 'assigned', 'awaiting_approval') AND expires_at <= ?1 LIMIT ?2";
-/// `in_progress` tasks whose lease lapsed: tasks_state_expires by its state prefix.
-const LAPSED: &str = "SELECT id, agent, attempts FROM tasks \
-     WHERE state = 'in_progress' AND (lease_until IS NULL OR lease_until < ?1) LIMIT ?2";
-/// Terminal tasks of a kind completed before a time, walked in the order of
-/// tasks_terminal_completed(kind, completed_at) and its rowid, after a cursor.
-const RETIRED: &str = "SELECT id, completed_at, rowid FROM tasks \
-     WHERE kind = ?1 AND completed_at IS NOT NULL AND completed_at < ?2 \
-     AND (completed_at, rowid) > (?3, ?4) ORDER BY completed_at, rowid LIMIT ?5";
-/// A batch of tasks by id (a JSON array), terminal ones only. `+state` keeps the planner on the
-/// primary key: the state index would walk every task in those states.
-const DELETE_TASKS: &str = "DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?1)) \
-     AND +state IN ('done', 'failed', 'cancelled', 'expired') RETURNING id, kind, state";
-/// The trajectory of a batch of tasks: events_task(task_id, seq).
-const DELETE_EVENTS: &str = "DELETE FROM events WHERE task_id IN (SELECT value FROM json_each(?1))";
-
-/// Expire up to `limit` stale-eligible tasks whose `expiresAt` has passed. Returns their ids; fewer
-/// than `limit` means none are left.
-pub fn expire_due(b: &mut Batch<'_>, now: i64, limit: usize) -> Result<Vec<String>, StoreError> {
-    let ids: Vec<String> = {
-        let mut stmt = b.conn().prepare_cached(EXPIRE_DUE)?;
-        let rows = stmt.query_map(params![now, limit_sql(limit)], |r| r.get(0))?;
-        rows.collect::<Result<_, _>>()?
-    };
-    let mut done = Vec::with_capacity(ids.len());
-    for id in ids {
-        let op = TransitionOp::new(&id, Action::Expire, ACTOR, now);
-        match b.nested(|b| b.transition(op)) {
-            Ok(_) => done.push(id),
-            // Moved on between the query and the transition: no longer ours to expire.
-            Err(StoreError::Refused { .. } | StoreError::Rejected(..)) => {}
-            Err(e) => return Err(e),
-        }
+/// The attempts each configured agent allows, for reclaiming lapsed leases.
+pub fn attempt_limits(cfg: &Config) -> AttemptLimits {
+    AttemptLimits {
+        by_agent: cfg
+            .agents
+            .iter()
+            .map(|(id, a)| (id.clone(), a.max_attempts))
+            .collect(),
+        default: 1,
     }
-    Ok(done)
 }
 
-/// Reclaim up to `limit` `in_progress` tasks whose lease lapsed: re-queue while attempts remain,
-/// else fail with `specialist_aborted`. Returns (failed ids, re-queued ids).
-pub fn reclaim_lapsed(
-    b: &mut Batch<'_>,
-    now: i64,
-    limit: usize,
-    why: &str,
-    max_attempts: &dyn Fn(&str) -> u32,
-) -> Result<(Vec<String>, Vec<String>), StoreError> {
-    let rows: Vec<(String, Option<String>, i64)> = {
-        let mut stmt = b.conn().prepare_cached(LAPSED)?;
-        let rows = stmt.query_map(params![now, limit_sql(limit)], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?;
-        rows.collect::<Result<_, _>>()?
-    };
-    let (mut failed, mut requeued) = (Vec::new(), Vec::new());
-    for (id, agent, attempts) in rows {
-        let allowed = i64::from(max_attempts(agent.as_deref().unwrap_or("")));
-        let op = if attempts < allowed {
-            TransitionOp::new(&id, Action::Requeue, ACTOR, now)
-                .detail("reason", why)
-                .detail("attempts", attempts.to_string())
-        } else {
-            let error = TaskError {
-                code: task_error::SPECIALIST_ABORTED.into(),
-                message: format!("the specialist's lease lapsed: {why}"),
-                details: Some(
-                    [
-                        ("reason".to_string(), why.to_string()),
-                        ("attempts".to_string(), attempts.to_string()),
-                    ]
-                    .into(),
-                ),
-            };
-            TransitionOp::new(&id, Action::Fail, ACTOR, now)
-                .patch(Patch {
-                    error: Some(error),
-                    ..Patch::default()
-                })
-                .detail("reason", why)
-        };
-        let requeue = op.action == Action::Requeue;
-        match b.nested(|b| b.transition(op)) {
-            Ok(_) if requeue => requeued.push(id),
-            Ok(_) => failed.push(id),
-            Err(StoreError::Refused { .. }) => {}
-            Err(e) => return Err(e),
-        }
+/// Reclaim every lapsed lease (all of them at start, a batch at a time from the timer).
+pub fn reclaim(cfg: &Config, now: i64, limit: usize, reason: &str) -> Reclaim {
+    Reclaim {
+        now,
+        limit,
+        reason: reason.to_string(),
+        actor: ACTOR.to_string(),
+        attempts: attempt_limits(cfg),
     }
-    Ok((failed, requeued))
-}
-
-/// Where a walk over retired tasks stands: the last `(completed_at, rowid)` seen.
-pub type RetiredCursor = (i64, i64);
-
-/// A terminal task past its retention.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Retired {
-    pub id: String,
-    pub cursor: RetiredCursor,
-}
-
-/// Up to `limit` terminal tasks of `kind` completed before `before`, oldest first, after `after`.
-///
-/// Every terminal transition sets `completed_at` (and terminal states are absorbing), so this is
-/// every terminal task of that age. The walk is ordered by the index
-/// tasks_terminal_completed(kind, completed_at) and its rowid; the cursor lets a sweep step past
-/// tasks it had to keep (their files could not be removed) instead of meeting them again.
-pub fn retired(
-    conn: &Connection,
-    kind: TaskKind,
-    before: i64,
-    after: Option<RetiredCursor>,
-    limit: usize,
-) -> Result<Vec<Retired>, StoreError> {
-    let (after_completed, after_rowid) = after.unwrap_or((i64::MIN, i64::MIN));
-    let mut stmt = conn.prepare_cached(RETIRED)?;
-    let rows = stmt.query_map(
-        params![
-            kind.as_str(),
-            before,
-            after_completed,
-            after_rowid,
-            limit_sql(limit)
-        ],
-        |r| {
-            Ok(Retired {
-                id: r.get(0)?,
-                cursor: (r.get(1)?, r.get(2)?),
-            })
-        },
-    )?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// Delete the given tasks, if terminal, with their trajectory events. Returns the ids deleted.
-pub fn delete_tasks(b: &mut Batch<'_>, ids: &[String]) -> Result<Vec<String>, StoreError> {
-    let wanted = serde_json::to_string(ids).map_err(|e| StoreError::Sql(format!("encode: {e}")))?;
-    let deleted: Vec<(String, String, String)> = {
-        let mut stmt = b.conn().prepare_cached(DELETE_TASKS)?;
-        let rows = stmt.query_map([&wanted], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        rows.collect::<Result<_, _>>()?
-    };
-    let gone: Vec<&str> = deleted.iter().map(|(id, _, _)| id.as_str()).collect();
-    let gone = serde_json::to_string(&gone).map_err(|e| StoreError::Sql(format!("encode: {e}")))?;
-    b.conn().prepare_cached(DELETE_EVENTS)?.execute([&gone])?;
-    let mut ids = Vec::with_capacity(deleted.len());
-    for (id, kind, state) in deleted {
-        if let (Ok(kind), Ok(state)) = (kind.parse::<TaskKind>(), state.parse::<TaskState>()) {
-            b.note_deleted(kind, state);
-        }
-        ids.push(id);
-    }
-    Ok(ids)
-}
-
-fn limit_sql(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
 /// Remove the task directories of `ids`. Returns the ids whose files are gone (removed now or
@@ -267,7 +126,7 @@ pub async fn sweep(d: &Arc<Daemon>) -> SweepReport {
     let mut run = Run::new(now);
 
     while !d.shutdown.is_cancelled() {
-        match d.store.write(move |b| expire_due(b, now, BATCH)).await {
+        match d.store.expire_due(now, BATCH, ACTOR).await {
             Ok(ids) => {
                 run.report.expired += ids.len() as u64;
                 if !ids.is_empty() {
@@ -286,22 +145,17 @@ pub async fn sweep(d: &Arc<Daemon>) -> SweepReport {
     }
 
     while !d.shutdown.is_cancelled() {
-        let c = Arc::clone(&cfg);
         let res = d
             .store
-            .write(move |b| {
-                let attempts = |agent: &str| c.agent(agent).map(|a| a.max_attempts).unwrap_or(1);
-                reclaim_lapsed(
-                    b,
-                    now,
-                    BATCH,
-                    "lease lapsed (specialist watcher gone)",
-                    &attempts,
-                )
-            })
+            .reclaim_lapsed(reclaim(
+                &cfg,
+                now,
+                BATCH,
+                "lease lapsed (specialist watcher gone)",
+            ))
             .await;
         match res {
-            Ok((failed, requeued)) => {
+            Ok(Reclaimed { failed, requeued }) => {
                 let n = failed.len() + requeued.len();
                 run.report.reclaimed += n as u64;
                 run.report.requeued += requeued.len() as u64;
@@ -356,10 +210,7 @@ pub async fn sweep(d: &Arc<Daemon>) -> SweepReport {
 async fn retire(d: &Arc<Daemon>, run: &mut Run, kind: TaskKind, before: i64) {
     let mut after = None;
     while !d.shutdown.is_cancelled() {
-        let batch = d
-            .store
-            .read(move |c| retired(c, kind, before, after, BATCH))
-            .await;
+        let batch = d.store.retired(kind, before, after, BATCH).await;
         let batch = match batch {
             Ok(b) => b,
             Err(e) => {
@@ -387,7 +238,7 @@ async fn retire(d: &Arc<Daemon>, run: &mut Run, kind: TaskKind, before: i64) {
             run.error(e);
         }
         if !gone.is_empty() {
-            match d.store.write(move |b| delete_tasks(b, &gone)).await {
+            match d.store.delete_tasks(gone).await {
                 Ok(ids) => {
                     run.report.deleted += ids.len() as u64;
                     tracing::debug!(%kind, ?ids, "deleted past retention");

@@ -1,4 +1,4 @@
-//! Delivery (SPEC §6): when a live task reaches `done` — completed without approval, or approved —
+//! Delivery: when a live task reaches `done` — completed without approval, or approved —
 //! the optional `[delivery] command` runs with the task as JSON on stdin. Shadow and synthetic tasks
 //! are never delivered.
 //!
@@ -15,7 +15,7 @@ use super::process::{self, Capture, Ending, Launch, Limits};
 use crate::clock::now_ms;
 use crate::config::DeliveryConfig;
 use crate::daemon::Daemon;
-use crate::store::{queries, StoreError};
+use crate::store::NewEvent;
 use orchestrator_proto::task::{Task, TaskKind, TaskState};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -47,7 +47,7 @@ pub async fn run(d: Arc<Daemon>) {
                     && d.config().delivery.is_some()
                 {
                     let id = ev.task_id.clone();
-                    match d.store.read(move |c| queries::get_task(c, &id)).await {
+                    match d.store.get_task(&id).await {
                         Ok(Some(task)) if task.kind == TaskKind::Live => deliver(&d, task).await,
                         Ok(_) => {}
                         Err(e) => {
@@ -63,7 +63,7 @@ pub async fn run(d: Arc<Daemon>) {
                 );
                 if d.config().delivery.is_some() {
                     let since = seen_ms - CATCH_UP_MARGIN_MS;
-                    match d.store.read(move |c| undelivered_since(c, since)).await {
+                    match d.store.undelivered_since(since, ACTION).await {
                         Ok(tasks) => {
                             for task in tasks {
                                 if d.shutdown.is_cancelled() {
@@ -82,21 +82,6 @@ pub async fn run(d: Arc<Daemon>) {
     }
 }
 
-/// Live `done` tasks completed since `since_ms` without a `deliver` event, oldest first.
-pub fn undelivered_since(
-    conn: &rusqlite::Connection,
-    since_ms: i64,
-) -> Result<Vec<Task>, StoreError> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {cols} FROM tasks WHERE kind = 'live' AND state = 'done' AND completed_at >= ?1 \
-         AND NOT EXISTS (SELECT 1 FROM events e WHERE e.task_id = tasks.id AND e.action = '{ACTION}') \
-         ORDER BY completed_at, id",
-        cols = crate::store::TASK_COLUMNS
-    ))?;
-    let rows = stmt.query_map([since_ms], crate::store::task_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
 async fn deliver(d: &Daemon, task: Task) {
     let Some(cfg) = d.config().delivery.clone() else {
         return;
@@ -109,17 +94,14 @@ async fn deliver(d: &Daemon, task: Task) {
     let at = now_ms();
     let result = d
         .store
-        .write(move |b| {
-            b.append_event(
-                &id,
-                TaskKind::Live,
-                at,
-                ACTOR,
-                ACTION,
-                Some(TaskState::Done),
-                TaskState::Done,
-                Some(details),
-            )
+        .append_event(NewEvent {
+            task_id: id,
+            kind: TaskKind::Live,
+            state: TaskState::Done,
+            at_ms: at,
+            actor: ACTOR.to_string(),
+            action: ACTION.to_string(),
+            details: Some(details),
         })
         .await;
     match result {

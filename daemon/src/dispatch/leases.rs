@@ -1,4 +1,4 @@
-//! Leases (SPEC §4, "No task can be stuck"): an `in_progress` task holds a lease that the process
+//! Leases (no task can be stuck): an `in_progress` task holds a lease that the process
 //! watcher renews while its specialist lives. If the watcher goes away — the daemon crashed, or the
 //! watcher itself failed — the lease lapses and the sweeper (or the next start) reclaims the task.
 //!
@@ -8,8 +8,6 @@
 
 use crate::clock::{duration_ms, now_ms};
 use crate::daemon::Daemon;
-use crate::store::{Batch, StoreError};
-use rusqlite::params;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,39 +53,6 @@ pub fn until(d: &Daemon) -> i64 {
     now_ms().saturating_add(duration_ms(d.config().sweeper.lease_ttl))
 }
 
-/// Extend the leases of `ids` that are still `in_progress`; returns those that are not.
-pub fn renew_in(b: &mut Batch<'_>, ids: &[String], until: i64) -> Result<Vec<String>, StoreError> {
-    let mut stmt = b.conn().prepare_cached(
-        "UPDATE tasks SET lease_until = ?2 WHERE id = ?1 AND state = 'in_progress'",
-    )?;
-    let mut lost = Vec::new();
-    for id in ids {
-        if stmt.execute(params![id, until])? == 0 {
-            lost.push(id.clone());
-        }
-    }
-    Ok(lost)
-}
-
-/// End every lease: at start, those held by the previous run's watchers are void.
-pub fn void_all(b: &mut Batch<'_>) -> Result<usize, StoreError> {
-    Ok(b.conn().execute(
-        "UPDATE tasks SET lease_until = NULL WHERE state = 'in_progress'",
-        [],
-    )?)
-}
-
-/// Record the process group of a started specialist; false when the task is no longer running.
-pub fn record_pid(b: &mut Batch<'_>, id: &str, pgid: i32) -> Result<bool, StoreError> {
-    let changed = b
-        .conn()
-        .prepare_cached(
-            "UPDATE tasks SET specialist_pid = ?2 WHERE id = ?1 AND state = 'in_progress'",
-        )?
-        .execute(params![id, pgid])?;
-    Ok(changed == 1)
-}
-
 /// Renew until shutdown.
 pub async fn renew(d: Arc<Daemon>, leases: Arc<Leases>) {
     loop {
@@ -102,7 +67,7 @@ pub async fn renew(d: Arc<Daemon>, leases: Arc<Leases>) {
         }
         let until = until(&d);
         let count = ids.len();
-        match d.store.write(move |b| renew_in(b, &ids, until)).await {
+        match d.store.renew_leases(ids, until).await {
             Ok(lost) => {
                 tracing::debug!(count, until, "leases renewed");
                 for id in lost {

@@ -1,4 +1,4 @@
-//! The dispatcher (SPEC §6): takes each `queued` task, routes it, and runs it — synthetically, or by
+//! The dispatcher: takes each `queued` task, routes it, and runs it — synthetically, or by
 //! handing it to the [`specialist`] executor in shadow and live mode. Every step is a transition in
 //! the store with its trajectory event, made by the actor `dispatcher`.
 //!
@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::machine::Action;
 use crate::routing::{Approval, Decision};
-use crate::store::{queries, Batch, Patch, StoreError, TransitionOp};
+use crate::store::{Patch, TransitionOp};
 use orchestrator_proto::task::{Routing, Task, TaskKind};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -86,10 +86,30 @@ pub fn routing_patch(
 
 /// The `route` transition for a task, with the approval its decision implies.
 pub fn route_op(task: &Task, cfg: &Config, at: i64) -> (TransitionOp, Approval) {
-    let decision = cfg.routing.decide(&task.goal, &task.required_capabilities);
+    route_step(
+        &task.id,
+        task.kind,
+        &task.goal,
+        &task.required_capabilities,
+        cfg,
+        at,
+    )
+}
+
+/// The `route` transition for the task `id` of `kind` with this goal and these capabilities: a
+/// pure function of them and the config.
+pub fn route_step(
+    id: &str,
+    kind: TaskKind,
+    goal: &str,
+    capabilities: &[String],
+    cfg: &Config,
+    at: i64,
+) -> (TransitionOp, Approval) {
+    let decision = cfg.routing.decide(goal, capabilities);
     let approval = cfg.routing.approval(&decision, &cfg.agents);
-    let op = TransitionOp::new(&task.id, Action::Route, ACTOR, at)
-        .patch(routing_patch(&decision, &approval, task.kind, at))
+    let op = TransitionOp::new(id, Action::Route, ACTOR, at)
+        .patch(routing_patch(&decision, &approval, kind, at))
         .detail("agent", decision.agent.clone())
         .detail(
             "rule",
@@ -101,22 +121,11 @@ pub fn route_op(task: &Task, cfg: &Config, at: i64) -> (TransitionOp, Approval) 
     (op, approval)
 }
 
-/// Route a `queued` task inside a batch; returns the assigned task with the decision.
-pub fn route_in(
-    b: &mut Batch<'_>,
-    task: &Task,
-    cfg: &Config,
-    at: i64,
-) -> Result<(Task, Approval), StoreError> {
-    let (op, approval) = route_op(task, cfg, at);
-    Ok((b.transition(op)?, approval))
-}
-
 /// Run until shutdown: pick up what the store holds, then every task the server hands over.
 pub async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<DispatchMsg>) {
     let executor = specialist::Executor::new(Arc::clone(&d));
     let delivery = tokio::spawn(delivery::run(Arc::clone(&d)));
-    match d.store.read(queries::pending_dispatch).await {
+    match d.store.pending_dispatch().await {
         Ok(pending) => {
             if !pending.is_empty() {
                 tracing::info!(count = pending.len(), "resuming queued and assigned tasks");

@@ -7,7 +7,7 @@
 //! processes that outlived their leader or were started before their group was recorded.
 
 use crate::daemon::Daemon;
-use crate::store::StoreError;
+use crate::store::Leftover;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -18,30 +18,6 @@ use std::time::{Duration, Instant};
 const MAX_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait for SIGKILLed processes to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(2);
-
-/// An `in_progress` task of a previous run: its id and recorded process group.
-#[derive(Debug, Clone)]
-pub struct Leftover {
-    pub id: String,
-    pub pgid: Option<i32>,
-    pub agent: Option<String>,
-}
-
-fn leftovers(conn: &rusqlite::Connection) -> Result<Vec<Leftover>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT id, specialist_pid, agent FROM tasks WHERE state = 'in_progress' ORDER BY id",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(Leftover {
-            id: r.get(0)?,
-            pgid: r
-                .get::<_, Option<i64>>(1)?
-                .and_then(|p| i32::try_from(p).ok()),
-            agent: r.get(2)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
 
 /// The task id in a process's environment, if it has one.
 fn task_id_of(environ: &[u8]) -> Option<&str> {
@@ -183,7 +159,7 @@ fn reap_blocking(proc_root: &Path, leftovers: &[Leftover], grace: Duration) -> u
 
 /// Find and stop the specialists the previous run left behind. Call before reclaiming their tasks.
 pub async fn reap(d: &Daemon) {
-    let found = match d.store.read(leftovers).await {
+    let found = match d.store.orphan_leftovers().await {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "cannot read in-progress tasks to look for orphan specialists");

@@ -1,4 +1,4 @@
-//! Shadow and live dispatch: real specialist processes (SPEC §6).
+//! Shadow and live dispatch: real specialist processes.
 //!
 //! Each agent has a FIFO queue and at most `max_concurrent` specialists alive. A task is routed
 //! (`assigned`), waits for a slot, starts (`in_progress`, with a lease), and ends by its outcome:
@@ -13,14 +13,14 @@
 
 use super::leases::{self, Leases};
 use super::process::{self, Capture, Ended, Ending, Launch, Limits};
-use super::{artefacts, route_in, ACTOR, MAX_BURST};
+use super::{artefacts, route_op, ACTOR, MAX_BURST};
 use crate::clock::now_ms;
 use crate::config::{AgentConfig, Config};
 use crate::daemon::Daemon;
 use crate::machine::Action;
 use crate::metrics::Metrics;
 use crate::routing::{Approval, Decision};
-use crate::store::{Batch, Patch, StoreError, TransitionOp};
+use crate::store::{Patch, StoreError, TransitionOp};
 use orchestrator_proto::task::{
     task_error, Artefact, Task, TaskError, TaskKind, TaskResult, TaskState,
 };
@@ -122,24 +122,6 @@ fn runnable<'c>(cfg: &'c Config, agent: &str) -> Option<&'c AgentConfig> {
         return None;
     }
     cfg.agent(agent).filter(|a| !a.command.is_empty())
-}
-
-/// The task as the store has it now, routed if it was still queued; `None` when it has moved on
-/// (cancelled, expired, already running).
-fn route_current(
-    b: &mut Batch<'_>,
-    task: &Task,
-    cfg: &Config,
-    at: i64,
-) -> Result<Option<Task>, StoreError> {
-    let Some(current) = b.get_task(&task.id)? else {
-        return Ok(None);
-    };
-    match current.state {
-        TaskState::Queued => route_in(b, &current, cfg, at).map(|(t, _)| Some(t)),
-        TaskState::Assigned => Ok(Some(current)),
-        _ => Ok(None),
-    }
 }
 
 /// Approval for a live task, from the routing it recorded and the rules in force now.
@@ -339,22 +321,36 @@ impl Shared {
         let at = now_ms();
         let c = Arc::clone(&cfg);
         let count = tasks.len();
-        let routed = self
-            .d
-            .store
-            .write(move |b| {
+        let routes: Vec<TransitionOp> = tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Queued)
+            .map(|t| route_op(t, &c, at).0)
+            .collect();
+        let routed = self.d.store.transitions(routes).await;
+        let routed = match routed {
+            Ok(outcomes) => {
                 let mut out = Vec::with_capacity(tasks.len());
-                for task in &tasks {
-                    // One task's refusal (cancelled meanwhile) must not undo the others.
-                    match b.nested(|b| route_current(b, task, &c, at)) {
-                        Ok(Some(t)) => out.push(t),
-                        Ok(None) | Err(StoreError::Refused { .. } | StoreError::NotFound(_)) => {}
-                        Err(e) => return Err(e),
+                let mut outcomes = outcomes.into_iter();
+                for task in tasks {
+                    if task.state == TaskState::Queued {
+                        match outcomes.next() {
+                            Some(Ok(t)) => out.push(t),
+                            // Routed before (found assigned at start): taken as it stands now.
+                            Some(Err(StoreError::Refused {
+                                from: TaskState::Assigned,
+                                ..
+                            })) => out.extend(self.current(&task.id, TaskState::Assigned).await),
+                            // Cancelled or expired meanwhile: not ours to run.
+                            _ => {}
+                        }
+                    } else {
+                        out.extend(self.current(&task.id, TaskState::Assigned).await);
                     }
                 }
                 Ok(out)
-            })
-            .await;
+            }
+            Err(e) => Err(e),
+        };
         let routed = match routed {
             Ok(r) => r,
             Err(e) => {
@@ -389,34 +385,39 @@ impl Shared {
         }
     }
 
+    /// The task as stored now, if it is in `state`.
+    async fn current(&self, id: &str, state: TaskState) -> Option<Task> {
+        match self.d.store.get_task(id).await {
+            Ok(t) => t.filter(|t| t.state == state),
+            Err(e) => {
+                tracing::error!(TASK_ID = %id, error = %e, "cannot read a task to dispatch it; it is dispatched at the next start");
+                None
+            }
+        }
+    }
+
     async fn fail_no_agent(&self, tasks: Vec<Task>) {
         let at = now_ms();
         let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
-        let result = self
-            .d
-            .store
-            .write(move |b| {
-                for task in &tasks {
-                    let agent = task.assigned_agent_id.clone().unwrap_or_default();
-                    let error = TaskError {
-                        code: task_error::RULE_LOADED_NO_AGENT.into(),
-                        message: format!(
-                            "the task was routed to agent {agent:?}, which has no [agents.{agent}] command to run"
-                        ),
-                        details: details(vec![("agent", agent.clone())]),
-                    };
-                    let op = TransitionOp::new(&task.id, Action::Fail, ACTOR, at).patch(Patch {
-                        error: Some(error),
-                        ..Patch::default()
-                    });
-                    match b.nested(|b| b.transition(op)) {
-                        Ok(_) | Err(StoreError::Refused { .. } | StoreError::NotFound(_)) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(())
+        let ops: Vec<TransitionOp> = tasks
+            .iter()
+            .map(|task| {
+                let agent = task.assigned_agent_id.clone().unwrap_or_default();
+                let error = TaskError {
+                    code: task_error::RULE_LOADED_NO_AGENT.into(),
+                    message: format!(
+                        "the task was routed to agent {agent:?}, which has no [agents.{agent}] command to run"
+                    ),
+                    details: details(vec![("agent", agent.clone())]),
+                };
+                TransitionOp::new(&task.id, Action::Fail, ACTOR, at).patch(Patch {
+                    error: Some(error),
+                    ..Patch::default()
+                })
             })
-            .await;
+            .collect();
+        // One task's refusal (cancelled meanwhile) is its own answer and undoes nothing else.
+        let result = self.d.store.transitions(ops).await.map(|_| ());
         match result {
             Ok(()) => {
                 tracing::warn!(tasks = ?ids, "tasks routed to agents without a command failed")
@@ -494,7 +495,7 @@ impl Shared {
             })
             .detail("agent", agent_id.clone())
             .detail("attempt", attempt.to_string());
-        let started = match d.store.write(move |b| b.transition(start)).await {
+        let started = match d.store.transition(start).await {
             Ok(t) => t,
             Err(StoreError::Refused { .. } | StoreError::NotFound(_)) => {
                 tracing::debug!(TASK_ID = %task.id, "not started: the task moved on while it waited");
@@ -548,7 +549,7 @@ impl Shared {
         if op.action == Action::Fail {
             Metrics::inc(&d.metrics.specialist_failures);
         }
-        match d.store.write(move |b| b.transition(op)).await {
+        match d.store.transition(op).await {
             Ok(t) => tracing::debug!(TASK_ID = %t.id, TO = %t.state, "outcome recorded"),
             Err(StoreError::Refused { from, .. }) => {
                 tracing::debug!(TASK_ID = %started.id, FROM = %from, "outcome not recorded: the task moved on")
@@ -614,12 +615,7 @@ impl Shared {
         Metrics::inc(&self.d.metrics.specialist_spawns);
         let (id, pgid) = (task.id.clone(), child.pgid());
         tracing::info!(TASK_ID = %id, AGENT = ?task.assigned_agent_id, pgid, "specialist started");
-        if let Err(e) = self
-            .d
-            .store
-            .write(move |b| leases::record_pid(b, &id, pgid))
-            .await
-        {
+        if let Err(e) = self.d.store.set_specialist_pid(&id, pgid).await {
             // Not fatal: a restart still finds the specialist by its environment.
             tracing::warn!(TASK_ID = %task.id, error = %e, "cannot record the specialist's process group");
         }

@@ -1,11 +1,17 @@
-//! Synthetic dispatch (SPEC §6): no process; route → start → complete with a deterministic result,
-//! each a transition with its own trajectory event, all in one store job.
+//! Synthetic dispatch: no process; route → start → complete with a deterministic result, each a
+//! transition with its own trajectory event, all in one store write.
+//!
+//! The steps are a pure function of the task and the routing config, so they are computed here
+//! beforehand and handed to the store as a plan: with the task itself at submit
+//! ([`steps`]), or for a task already stored (found at start) by [`dispatch`].
 
-use super::{route_op, ACTOR};
+use super::{route_step, ACTOR};
 use crate::clock::now_ms;
+use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::machine::Action;
-use crate::store::{Batch, Patch, StoreError, TransitionOp};
+use crate::routing::Approval;
+use crate::store::{NewTask, Patch, Plan, TransitionOp};
 use orchestrator_proto::task::{Task, TaskResult, TaskState};
 
 pub fn session_id(id: &str) -> String {
@@ -16,44 +22,23 @@ pub fn result_text(id: &str) -> String {
     format!("synthetic completion for task {id} (mode=synthetic; no specialist spawned)")
 }
 
-/// Take one task from wherever it stands (queued or assigned) to where synthetic dispatch ends.
-pub fn run_one(
-    b: &mut Batch<'_>,
-    task: &Task,
-    cfg: &crate::config::Config,
-    at: i64,
-) -> Result<Task, StoreError> {
-    let current = b
-        .get_task(&task.id)?
-        .ok_or_else(|| StoreError::NotFound(task.id.clone()))?;
-    run_from(b, current, cfg, at)
+/// The whole pipeline of a task about to be submitted: route, start, complete.
+pub fn steps(task: &NewTask, cfg: &Config, at: i64) -> Vec<TransitionOp> {
+    let (route, approval) = route_step(
+        &task.id,
+        task.kind,
+        &task.goal,
+        &task.required_capabilities,
+        cfg,
+        at,
+    );
+    let mut steps = vec![route];
+    steps.extend(run_steps(&task.id, &approval, at));
+    steps
 }
 
-/// Take a task whose current state the caller knows — read in this job, or just inserted by it —
-/// to where synthetic dispatch ends. Each step is still a compare-and-set with its own event; only
-/// the final state is read back.
-pub fn run_from(
-    b: &mut Batch<'_>,
-    current: Task,
-    cfg: &crate::config::Config,
-    at: i64,
-) -> Result<Task, StoreError> {
-    let approval = match current.state {
-        TaskState::Queued => {
-            let (op, approval) = route_op(&current, cfg, at);
-            b.apply_from(op, current.kind, TaskState::Queued)?;
-            approval
-        }
-        TaskState::Assigned => {
-            let decision = cfg
-                .routing
-                .decide(&current.goal, &current.required_capabilities);
-            cfg.routing.approval(&decision, &cfg.agents)
-        }
-        // Cancelled or expired in the meantime: nothing to do.
-        _ => return Ok(current),
-    };
-    let id = current.id.as_str();
+/// Start and complete, once routed.
+fn run_steps(id: &str, approval: &Approval, at: i64) -> [TransitionOp; 2] {
     let session = Some(session_id(id));
     let start = Patch {
         result: Some(TaskResult {
@@ -64,8 +49,6 @@ pub fn run_from(
         }),
         ..Patch::default()
     };
-    let op = TransitionOp::new(id, Action::Start, ACTOR, at).patch(start);
-    b.apply_from(op, current.kind, TaskState::Assigned)?;
     let done = Patch {
         result: Some(TaskResult {
             text: Some(result_text(id)),
@@ -75,41 +58,57 @@ pub fn run_from(
         }),
         ..Patch::default()
     };
-    let op = TransitionOp::new(
-        id,
-        Action::Complete {
-            approval_required: approval.required,
-        },
-        ACTOR,
-        at,
-    )
-    .patch(done);
-    b.apply_from(op, current.kind, TaskState::InProgress)?;
-    b.get_task(id)?
-        .ok_or_else(|| StoreError::NotFound(id.to_string()))
+    let complete = Action::Complete {
+        approval_required: approval.required,
+    };
+    [
+        TransitionOp::new(id, Action::Start, ACTOR, at).patch(start),
+        TransitionOp::new(id, complete, ACTOR, at).patch(done),
+    ]
 }
 
+/// The plan that takes a stored task from where it stands (queued or assigned) to where synthetic
+/// dispatch ends; `None` for a task in any other state.
+pub fn plan(task: &Task, cfg: &Config, at: i64) -> Option<Plan> {
+    let (route, approval) = route_step(
+        &task.id,
+        task.kind,
+        &task.goal,
+        &task.required_capabilities,
+        cfg,
+        at,
+    );
+    let steps = match task.state {
+        TaskState::Queued => {
+            let mut steps = vec![route];
+            steps.extend(run_steps(&task.id, &approval, at));
+            steps
+        }
+        TaskState::Assigned => run_steps(&task.id, &approval, at).to_vec(),
+        _ => return None,
+    };
+    Some(Plan {
+        id: task.id.clone(),
+        kind: task.kind,
+        from: task.state,
+        steps,
+    })
+}
+
+/// Run stored synthetic tasks to their end, in one store write. A task that moved on meanwhile
+/// (cancelled, expired) is skipped without undoing the others.
 pub async fn dispatch(d: &Daemon, tasks: Vec<Task>, at: i64) {
     let cfg = d.config();
     let count = tasks.len();
-    let result = d
-        .store
-        .write(move |b| {
-            for task in &tasks {
-                // One task's refusal (it was cancelled meanwhile) must not undo the others.
-                if let Err(e) = b.nested(|b| run_one(b, task, &cfg, at)) {
-                    match e {
-                        StoreError::Refused { .. } | StoreError::NotFound(_) => {
-                            tracing::debug!(task = %task.id, error = %e, "synthetic dispatch skipped");
-                        }
-                        other => return Err(other),
-                    }
-                }
+    let plans: Vec<Plan> = tasks.iter().filter_map(|t| plan(t, &cfg, at)).collect();
+    match d.store.advance(plans).await {
+        Ok(outcomes) => {
+            for e in outcomes.into_iter().filter_map(Result::err) {
+                tracing::debug!(error = %e, "synthetic dispatch skipped");
             }
-            Ok(())
-        })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, count, at = now_ms(), "synthetic dispatch failed; the tasks stay queued until the next start");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, count, at = now_ms(), "synthetic dispatch failed; the tasks stay queued until the next start")
+        }
     }
 }

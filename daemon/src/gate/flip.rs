@@ -1,19 +1,13 @@
-//! Mode flips, enforced by the daemon (SPEC §7): synthetic → shadow needs a passed synthetic gate for
+//! Mode flips, enforced by the daemon: synthetic → shadow needs a passed synthetic gate for
 //! the current routing fingerprint; shadow → live needs shadow mode to have run for the whole
 //! `gate.shadow_window` and the shadow gate to pass over it now; synthetic → live needs both. Going
 //! back is always allowed. A recorded one-time override lets the next flip to its mode through.
 
-use crate::access::Peer;
-use crate::clock::{duration_ms, now_ms, rfc3339};
+use crate::clock::duration_ms;
 use crate::config::Config;
-use crate::daemon::Daemon;
-use crate::gate::{shadow, synthetic};
-use crate::machine::validate_reason;
-use crate::store::StoreError;
-use orchestrator_proto::message::OverrideRecord;
+use crate::gate::shadow;
+use crate::store::{Store, StoreError};
 use orchestrator_proto::task::Mode;
-use orchestrator_proto::{ErrorCode, WireError};
-use rusqlite::{params, Connection, OptionalExtension};
 
 fn rank(m: Mode) -> u8 {
     match m {
@@ -76,17 +70,18 @@ pub fn check(from: Mode, to: Mode, cfg: &Config, ev: &Evidence) -> Result<(), St
     }
 }
 
-pub fn gather(
-    conn: &Connection,
+/// Gather the evidence for a flip from `from` (in force since `since_ms`) under `cfg`.
+pub async fn gather(
+    store: &Store,
     from: Mode,
     since_ms: i64,
     cfg: &Config,
     now: i64,
 ) -> Result<Evidence, StoreError> {
-    let synthetic_gate_passed = synthetic::passed_for(conn, &cfg.routing_fingerprint())?;
+    let synthetic_gate_passed = store.gate_passed_for(&cfg.routing_fingerprint()).await?;
     let shadow_active_ms = (from == Mode::Shadow).then_some(now - since_ms);
     let window = duration_ms(cfg.gate.shadow_window);
-    let rows = shadow::rows_since(conn, now - window)?;
+    let rows = store.shadow_rows_since(now - window).await?;
     let hours = (cfg.gate.shadow_window.as_secs() / 3600).max(1) as u32;
     let s = shadow::summarize(&rows, hours, cfg.gate.min_shadow_tasks);
     Ok(Evidence {
@@ -94,85 +89,6 @@ pub fn gather(
         shadow_active_ms,
         shadow_gate: Some((s.passed, s.verdict)),
     })
-}
-
-/// Oldest unconsumed override for `mode`, if any.
-pub fn pending_override(
-    conn: &Connection,
-    mode: Mode,
-) -> Result<Option<(i64, OverrideRecord)>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT id, mode, reason, by_user, uid, at FROM overrides WHERE mode = ?1 AND consumed_at IS NULL \
-             ORDER BY id LIMIT 1",
-            [mode.as_str()],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    OverrideRecord {
-                        mode,
-                        reason: r.get(2)?,
-                        by: r.get(3)?,
-                        uid: r.get::<_, i64>(4)?.max(0) as u32,
-                        at: rfc3339(r.get(5)?),
-                        consumed_at: None,
-                    },
-                ))
-            },
-        )
-        .optional()?)
-}
-
-pub fn pending_overrides(conn: &Connection) -> Result<Vec<OverrideRecord>, StoreError> {
-    let mut out = Vec::new();
-    for m in Mode::ALL {
-        if let Some((_, rec)) = pending_override(conn, m)? {
-            out.push(rec);
-        }
-    }
-    Ok(out)
-}
-
-pub async fn record_override(
-    d: &Daemon,
-    peer: &Peer,
-    mode: Mode,
-    reason: &str,
-) -> Result<OverrideRecord, WireError> {
-    let reason = validate_reason(reason)
-        .map_err(|m| WireError::new(ErrorCode::InvalidReason, m))?
-        .to_string();
-    let at = now_ms();
-    let rec = OverrideRecord {
-        mode,
-        reason: reason.clone(),
-        by: peer.user.clone(),
-        uid: peer.uid,
-        at: rfc3339(at),
-        consumed_at: None,
-    };
-    let (user, uid) = (peer.user.clone(), peer.uid);
-    d.store
-        .write(move |b| {
-            b.conn()
-                .prepare_cached("INSERT INTO overrides (mode, reason, by_user, uid, at) VALUES (?1, ?2, ?3, ?4, ?5)")?
-                .execute(params![mode.as_str(), reason, user, uid, at])?;
-            Ok(())
-        })
-        .await?;
-    let pending = d.store.read(pending_overrides).await?;
-    d.with_notes(|n| n.pending_overrides = pending);
-    tracing::warn!(mode = %mode, by = %rec.by, uid = rec.uid, reason = %rec.reason, "gate override recorded");
-    Ok(rec)
-}
-
-/// Mark an override consumed (inside the reload's write).
-pub fn consume(conn: &Connection, id: i64, at: i64) -> Result<(), StoreError> {
-    conn.execute(
-        "UPDATE overrides SET consumed_at = ?2 WHERE id = ?1",
-        params![id, at],
-    )?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The gates of the rollout (SPEC §7): the synthetic data-plane gate, the shadow evidence gate, and
+//! The gates of the rollout (see the README): the synthetic data-plane gate, the shadow evidence gate, and
 //! the flip rules that the daemon enforces when the mode changes.
 
 pub mod flip;

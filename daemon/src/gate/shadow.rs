@@ -1,26 +1,14 @@
-//! The shadow gate (SPEC §7): what shadow mode did inside a window, and whether that is evidence
-//! enough to go live. [`summarize`] is pure; [`summary`] feeds it from the store.
+//! The shadow gate: what shadow mode did inside a window, and whether that is evidence enough to go
+//! live. [`summarize`] is pure; [`summary`] feeds it from the store.
 
 use crate::clock::{now_ms, rfc3339};
 use crate::daemon::Daemon;
 use orchestrator_proto::message::{DurationStats, ShadowSummary};
 use orchestrator_proto::task::TaskState;
 use orchestrator_proto::WireError;
-use rusqlite::types::ValueRef;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-/// The fields of one shadow task that the summary needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShadowRow {
-    pub state: TaskState,
-    /// Shared: a window holds many rows but few distinct codes and agents.
-    pub error_code: Option<Arc<str>>,
-    pub agent: Option<Arc<str>>,
-    pub created_ms: i64,
-    pub completed_ms: Option<i64>,
-    pub would_require_approval: bool,
-}
+pub use crate::store::ShadowRow;
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
@@ -103,64 +91,13 @@ pub fn summarize(rows: &[ShadowRow], window_hours: u32, min_tasks: u64) -> Shado
     }
 }
 
-/// Shadow tasks created since `since_ms`. A 24 h window can hold hundreds of thousands of rows, so
-/// each row is read without allocating: states are parsed in place and the few distinct agents and
-/// error codes are shared.
-pub fn rows_since(
-    conn: &rusqlite::Connection,
-    since_ms: i64,
-) -> Result<Vec<ShadowRow>, crate::store::StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT state, error_code, agent, created_at, completed_at, would_require_approval \
-         FROM tasks WHERE kind = 'shadow' AND created_at >= ?1",
-    )?;
-    let mut rows = stmt.query([since_ms])?;
-    let mut names: Vec<Arc<str>> = Vec::new();
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let state = text(r.get_ref(0)?)?
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(TaskState::Failed);
-        out.push(ShadowRow {
-            state,
-            error_code: text(r.get_ref(1)?)?.map(|s| shared(&mut names, s)),
-            agent: text(r.get_ref(2)?)?.map(|s| shared(&mut names, s)),
-            created_ms: r.get(3)?,
-            completed_ms: r.get(4)?,
-            would_require_approval: r.get::<_, i64>(5)? != 0,
-        });
-    }
-    Ok(out)
-}
-
-fn text(v: ValueRef<'_>) -> Result<Option<&str>, crate::store::StoreError> {
-    match v {
-        ValueRef::Null => Ok(None),
-        v => v
-            .as_str()
-            .map(Some)
-            .map_err(|e| crate::store::StoreError::Sql(e.to_string())),
-    }
-}
-
-fn shared(names: &mut Vec<Arc<str>>, s: &str) -> Arc<str> {
-    match names.iter().find(|n| &***n == s) {
-        Some(n) => Arc::clone(n),
-        None => {
-            let n: Arc<str> = Arc::from(s);
-            names.push(Arc::clone(&n));
-            n
-        }
-    }
-}
-
 pub async fn summary(
     d: &Daemon,
     window_ms: i64,
     window_hours: u32,
 ) -> Result<ShadowSummary, WireError> {
     let since = now_ms() - window_ms;
-    let rows = d.store.read(move |c| rows_since(c, since)).await?;
+    let rows = d.store.shadow_rows_since(since).await?;
     Ok(summarize(
         &rows,
         window_hours,

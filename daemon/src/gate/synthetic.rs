@@ -5,12 +5,12 @@
 use crate::clock::{now_ms, rfc3339};
 use crate::daemon::Daemon;
 use crate::fixtures::Fixture;
-use crate::server::handlers::submit::{new_task, submit};
-use crate::store::StoreError;
+use crate::store::GateRunRecord;
+use crate::tasks::submit::{new_task, submit};
+use crate::tasks::Actor;
 use orchestrator_proto::message::{FixtureOutcome, GateRunReport, GateRunSummary, SubmitRequest};
 use orchestrator_proto::task::{Task, TaskKind};
 use orchestrator_proto::{ErrorCode, WireError};
-use rusqlite::{params, OptionalExtension};
 
 pub const HARNESS: &str = "synthetic-harness";
 
@@ -77,6 +77,7 @@ pub async fn run(d: &Daemon, label: Option<&str>) -> Result<GateRunReport, WireE
     let fingerprint = cfg.routing_fingerprint();
     let at = now_ms();
     let mut outcomes = Vec::with_capacity(fixtures.len());
+    let harness = Actor::named(HARNESS);
     for f in &fixtures {
         let req = SubmitRequest {
             goal: f.goal.clone(),
@@ -85,9 +86,9 @@ pub async fn run(d: &Daemon, label: Option<&str>) -> Result<GateRunReport, WireE
             ttl_secs: None,
             wait: true,
         };
-        let mut task = new_task(d, &req, HARNESS, true)?;
+        let mut task = new_task(d, &req, &harness, true)?;
         task.kind = TaskKind::Synthetic;
-        let task = submit(d, task, HARNESS, true).await?;
+        let task = submit(d, task, &harness, true).await?;
         outcomes.push(judge(f, &task));
     }
     let passed = outcomes.iter().filter(|o| o.ok).count() as u32;
@@ -101,15 +102,14 @@ pub async fn run(d: &Daemon, label: Option<&str>) -> Result<GateRunReport, WireE
     };
     let json = serde_json::to_string(&report)
         .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
-    let (l, fp, total) = (report.label.clone(), fingerprint.clone(), report.total);
     d.store
-        .write(move |b| {
-            b.conn()
-                .prepare_cached(
-                    "INSERT INTO gate_runs (at, label, fingerprint, passed, total, report) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![at, l, fp, passed, total, json])?;
-            Ok(())
+        .record_gate_run(GateRunRecord {
+            at_ms: at,
+            label: report.label.clone(),
+            fingerprint: fingerprint.clone(),
+            passed,
+            total: report.total,
+            report: json,
         })
         .await?;
     let summary = summary_of(&report, &fingerprint);
@@ -127,40 +127,6 @@ fn summary_of(r: &GateRunReport, current: &str) -> GateRunSummary {
         fingerprint: r.fingerprint.clone(),
         matches_current: r.fingerprint == current,
     }
-}
-
-/// The latest recorded gate run (at start-up, to fill the status notes).
-pub fn latest(conn: &rusqlite::Connection) -> Result<Option<GateRunSummary>, StoreError> {
-    let row = conn
-        .query_row(
-            "SELECT at, label, passed, total, fingerprint FROM gate_runs ORDER BY id DESC LIMIT 1",
-            [],
-            |r| {
-                Ok(GateRunSummary {
-                    at: rfc3339(r.get(0)?),
-                    label: r.get(1)?,
-                    passed: r.get::<_, i64>(2)?.max(0) as u32,
-                    total: r.get::<_, i64>(3)?.max(0) as u32,
-                    fingerprint: r.get(4)?,
-                    matches_current: false,
-                })
-            },
-        )
-        .optional()?;
-    Ok(row)
-}
-
-/// Whether the latest full run (`synthetic-all`) for `fingerprint` passed every fixture: the
-/// condition for leaving synthetic mode.
-pub fn passed_for(conn: &rusqlite::Connection, fingerprint: &str) -> Result<bool, StoreError> {
-    let row: Option<(i64, i64)> = conn
-        .query_row(
-            "SELECT passed, total FROM gate_runs WHERE fingerprint = ?1 AND label IS NULL ORDER BY id DESC LIMIT 1",
-            [fingerprint],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    Ok(matches!(row, Some((p, t)) if p == t && t > 0))
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
-//! The six routes. Each one turns the HTTP request into the arguments of the function the socket
-//! verb calls (in `server::handlers`), and the result into JSON with SPEC §3 field names.
+//! The six routes. Each one turns the HTTP request into the arguments of an operation of the
+//! application layer ([`crate::tasks`]), and the result into JSON with the wire types' field names.
 
 use super::body;
 use super::error::{code, ApiError};
 use super::{Api, Caller};
-use crate::server::handlers::{route, submit, tasks, transition};
+use crate::tasks::{query, route, submit, transition, Actor};
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -86,7 +86,7 @@ pub async fn preview(
                 .collect()
         })
         .unwrap_or_default();
-    let decision = route::decide(&api.daemon, goal, &capabilities)?;
+    let decision = route::preview(&api.daemon, goal, &capabilities)?;
     Ok(Json(decision).into_response())
 }
 
@@ -106,15 +106,15 @@ pub async fn list_tasks(
         .transpose()
         .map_err(|m| ApiError::wire(ErrorCode::InvalidKind, m))?;
     let limit = match param(&q, "limit") {
-        None => tasks::DEFAULT_LIST,
+        None => query::DEFAULT_LIST,
         Some(l) => l.parse::<u32>().map_err(|_| {
             ApiError::wire(
                 ErrorCode::InvalidArgument,
-                format!("limit must be a number between 1 and {}", tasks::MAX_LIST),
+                format!("limit must be a number between 1 and {}", query::MAX_LIST),
             )
         })?,
     };
-    let list = tasks::select(
+    let list = query::list(
         &api.daemon,
         ListQuery {
             state,
@@ -134,7 +134,7 @@ pub async fn show_task(
     id: Id,
 ) -> Result<Response, ApiError> {
     let id = path_id(id)?;
-    let (task, events) = tasks::detail(&api.daemon, &id).await?;
+    let (task, events) = query::show(&api.daemon, &id).await?;
     Ok(Json(task_with_trajectory(&task, &events)?).into_response())
 }
 
@@ -155,7 +155,7 @@ pub async fn submit_task(
         ttl_secs: None,
         wait: false,
     };
-    let actor = caller.actor();
+    let actor = Actor::named(caller.actor());
     let task = submit::new_task(&api.daemon, &request, &actor, false)?;
     let task = submit::submit(&api.daemon, task, &actor, false).await?;
     Ok((StatusCode::CREATED, Json(task)).into_response())
@@ -175,14 +175,14 @@ pub async fn transition_task(
     // A reason that is there must be a string, whatever the action: `123` is a client bug worth
     // hearing about, not something to ignore.
     let reason = body::optional_string(&obj, "reason", ErrorCode::InvalidReason)?;
-    let actor = caller.actor();
+    let actor = Actor::named(caller.actor());
     let d = &api.daemon;
     let task = match action.as_deref() {
-        Some("approve") => transition::approve_task(d, &actor, &id).await?,
+        Some("approve") => transition::approve(d, &actor, &id).await?,
         Some("reject") => {
-            transition::reject_task(d, &actor, &id, reason.as_deref().unwrap_or_default()).await?
+            transition::reject(d, &actor, &id, reason.as_deref().unwrap_or_default()).await?
         }
-        Some("cancel") => transition::cancel_task(d, &actor, &id).await?,
+        Some("cancel") => transition::cancel(d, &actor, &id).await?,
         Some(other) => {
             let shown: String = other.chars().take(40).collect();
             return Err(ApiError::wire(

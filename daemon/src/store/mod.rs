@@ -1,36 +1,46 @@
-//! The durable task store: SQLite in WAL mode with `synchronous=FULL`.
+//! The durable task store, behind one interface.
 //!
-//! One writer thread owns the only writing connection. Callers hand it jobs ([`Store::write`]); it
-//! takes every job waiting at that moment, runs each inside its own savepoint of one transaction, and
-//! commits them together — one fsync for many requests (group commit). A job's reply is released only
-//! after that commit returned, so an acknowledged write is on disk. A job that fails rolls back to its
-//! savepoint and leaves the rest of the group untouched.
+//! The rest of the daemon talks to a [`Store`]: a cloneable handle over a [`Backend`], the set of
+//! typed operations the daemon needs (submit, transitions, the sweeper's queries, leases, gate
+//! records, the mode, overrides). No SQL and no database type crosses this boundary, so another
+//! backend can be added without touching the dispatcher, the server, the gates or the sweeper;
+//! [`contract`] is the suite every backend must pass.
 //!
-//! Reads go to a small pool of read connections on blocking threads; WAL lets them run while the
-//! writer commits.
+//! What every backend promises:
+//!
+//! - A write resolves only once it is durable (committed and synced).
+//! - Every transition is a compare-and-set on the task's current state, written together with its
+//!   trajectory event; a refused one changes nothing.
+//! - Composite writes ([`SubmitPlan`], [`Plan`]) are data the store executes atomically, never
+//!   callbacks into the layers above.
+//! - [`Backend::subscribe`] delivers every committed trajectory event in commit order, and
+//!   [`Backend::counts`] moves with commits only.
+//!
+//! [`sqlite`] is the backend in use: one group-committing writer thread and a pool of readers.
 
-mod batch;
-pub mod queries;
-mod rows;
-mod schema;
+pub mod contract;
+pub mod sqlite;
+mod types;
 
-pub use batch::{Batch, NewTask, Patch, TransitionOp};
-pub use rows::{task_from_row, TASK_COLUMNS};
-pub use schema::SCHEMA_VERSION;
+// Raw SQLite access for offline tools and tests; see [`Store::write_blocking`].
+#[doc(hidden)]
+pub use sqlite::{queries, Batch};
 
-use orchestrator_proto::task::{TaskKind, TaskState, TrajectoryEvent};
+pub use types::{
+    absorb, AttemptLimits, GateRunRecord, Leftover, ModeChange, NewEvent, NewOverride, NewTask,
+    Patch, Plan, Reclaimed, Retired, RetiredCursor, ShadowRow, StoredMode, SubmitPlan, TaskFilter,
+    TransitionOp,
+};
+
+use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
+use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::{ErrorCode, WireError};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use tokio::sync::{broadcast, oneshot};
-
-/// Most jobs committed in one transaction; bounds the latency of the first job in a burst.
-const MAX_GROUP: usize = 2048;
-/// Meta key: "1" while the store is closed after an orderly shutdown, "0" while a daemon has it open.
-const CLOSED_CLEANLY: &str = "store_closed_cleanly";
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::broadcast;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -49,9 +59,13 @@ pub enum StoreError {
     Closed,
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Sql(e.to_string())
+impl StoreError {
+    /// A refusal about one task (it moved on, or is gone), as opposed to a failure of the store.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NotFound(_) | StoreError::Refused { .. } | StoreError::Rejected(..)
+        )
     }
 }
 
@@ -102,7 +116,12 @@ impl Counts {
         v
     }
 
-    fn apply(&mut self, kind: TaskKind, from: Option<TaskState>, to: Option<TaskState>) {
+    pub fn set(&mut self, kind: TaskKind, state: TaskState, n: u64) {
+        self.0.insert((kind, state), n);
+    }
+
+    /// Move one task from `from` to `to` (`None`: inserted, or deleted).
+    pub fn apply(&mut self, kind: TaskKind, from: Option<TaskState>, to: Option<TaskState>) {
         if let Some(from) = from {
             let n = self.0.entry((kind, from)).or_default();
             *n = n.saturating_sub(1);
@@ -113,309 +132,182 @@ impl Counts {
     }
 }
 
-type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// A job runs against the group's batch, or against `None` when the group could not start; either
-/// way it returns the completion that answers its caller once the outcome of the commit is known.
-type Job = Box<dyn FnOnce(Option<&mut Batch<'_>>) -> Completion + Send>;
+/// What every store operation returns: a boxed future, so that [`Backend`] stays object-safe and an
+/// async driver can implement it as naturally as a thread-backed one.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
+/// One store operation's outcome per item of a batch: refusals per item, failures for the batch.
+pub type Outcomes<T> = Vec<Result<T, StoreError>>;
+
+/// The operations the daemon needs from a store. Writes resolve once durable.
+pub trait Backend: Send + Sync {
+    // Tasks and transitions.
+
+    /// Insert a task in `queued` and run the plan's steps after it, atomically. Answers the task as
+    /// written, without reading it back.
+    fn submit(&self, plan: SubmitPlan) -> StoreFuture<'_, Task>;
+    /// Run each plan's steps on a stored task, each plan atomic on its own; a refused plan changes
+    /// nothing and does not stop the others. Answers each plan's final state.
+    fn advance(&self, plans: Vec<Plan>) -> StoreFuture<'_, Outcomes<TaskState>>;
+    /// One transition (compare-and-set on the current state); answers the task after it.
+    fn transition(&self, op: TransitionOp) -> StoreFuture<'_, Task>;
+    /// Several transitions in one durable write, each on its own: a refusal (`is_refusal`) is
+    /// that item's answer; any other failure fails the whole write.
+    fn transitions(&self, ops: Vec<TransitionOp>) -> StoreFuture<'_, Outcomes<Task>>;
+    /// An event that records something about a task without changing its state.
+    fn append_event(&self, event: NewEvent) -> StoreFuture<'_, ()>;
+
+    fn get_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Task>>;
+    /// A task with its trajectory, oldest event first.
+    fn task_detail<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> StoreFuture<'a, Option<(Task, Vec<TrajectoryEvent>)>>;
+    /// A task's trajectory, oldest event first.
+    fn transitions_of<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Vec<TrajectoryEvent>>;
+    /// Newest first.
+    fn list_tasks(&self, filter: TaskFilter) -> StoreFuture<'_, Vec<Task>>;
+    /// `queued` and `assigned` tasks, oldest first: what the dispatcher picks up at start.
+    fn pending_dispatch(&self) -> StoreFuture<'_, Vec<Task>>;
+    /// Live `done` tasks completed since `since_ms` without an event of `action`, oldest first.
+    fn undelivered_since<'a>(
+        &'a self,
+        since_ms: i64,
+        action: &'a str,
+    ) -> StoreFuture<'a, Vec<Task>>;
+
+    // The sweeper.
+
+    /// Expire up to `limit` stale-eligible tasks whose `expiresAt` is at or before `now`, as
+    /// `actor`. Answers their ids; fewer than `limit` means none are left.
+    fn expire_due<'a>(
+        &'a self,
+        now: i64,
+        limit: usize,
+        actor: &'a str,
+    ) -> StoreFuture<'a, Vec<String>>;
+    /// Reclaim up to `limit` `in_progress` tasks whose lease lapsed before `now`: re-queue while
+    /// attempts remain, else fail with `specialist_aborted`.
+    fn reclaim_lapsed(&self, reclaim: Reclaim) -> StoreFuture<'_, Reclaimed>;
+    /// Up to `limit` terminal tasks of `kind` completed before `before`, oldest first, after the
+    /// cursor `after`.
+    fn retired(
+        &self,
+        kind: TaskKind,
+        before: i64,
+        after: Option<RetiredCursor>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Retired>>;
+    /// Delete the given tasks that are terminal, with their trajectories. Answers the ids deleted.
+    fn delete_tasks(&self, ids: Vec<String>) -> StoreFuture<'_, Vec<String>>;
+
+    // Leases and specialists.
+
+    /// Extend the leases of the `in_progress` tasks among `ids`; answers the ids that are not.
+    fn renew_leases(&self, ids: Vec<String>, until: i64) -> StoreFuture<'_, Vec<String>>;
+    /// End every lease (at start: the previous run's watchers are gone). Answers how many.
+    fn void_leases(&self) -> StoreFuture<'_, usize>;
+    /// Record a running specialist's process group; false when the task is not `in_progress`.
+    fn set_specialist_pid<'a>(&'a self, id: &'a str, pgid: i32) -> StoreFuture<'a, bool>;
+    /// The `in_progress` tasks with their recorded process groups.
+    fn orphan_leftovers(&self) -> StoreFuture<'_, Vec<Leftover>>;
+
+    // Gates, mode and overrides.
+
+    fn record_gate_run(&self, run: GateRunRecord) -> StoreFuture<'_, ()>;
+    /// The latest gate run (`matches_current` is left false for the caller to decide).
+    fn latest_gate_run(&self) -> StoreFuture<'_, Option<GateRunSummary>>;
+    /// Whether the latest full run for `fingerprint` passed every fixture.
+    fn gate_passed_for<'a>(&'a self, fingerprint: &'a str) -> StoreFuture<'a, bool>;
+    fn insert_override(&self, o: NewOverride) -> StoreFuture<'_, ()>;
+    /// The oldest unconsumed override for `mode`, with its id.
+    fn pending_override(&self, mode: Mode) -> StoreFuture<'_, Option<(i64, OverrideRecord)>>;
+    /// The oldest unconsumed override of each mode.
+    fn pending_overrides(&self) -> StoreFuture<'_, Vec<OverrideRecord>>;
+    fn load_mode(&self) -> StoreFuture<'_, Option<StoredMode>>;
+    /// Save the mode, consuming an override in the same write if one is named.
+    fn save_mode(&self, change: ModeChange) -> StoreFuture<'_, ()>;
+    /// Shadow tasks created since `since_ms`.
+    fn shadow_rows_since(&self, since_ms: i64) -> StoreFuture<'_, Vec<ShadowRow>>;
+
+    // In memory.
+
+    /// Counts by kind and state, as of the last commit.
+    fn counts(&self) -> Counts;
+    /// Every committed trajectory event, in commit order (for `watch`, logs, metrics, delivery).
+    fn subscribe(&self) -> broadcast::Receiver<TrajectoryEvent>;
+    /// Stop accepting writes, finish what was accepted, and wait for it.
+    fn close(&self);
+}
+
+/// What [`Backend::reclaim_lapsed`] needs.
+#[derive(Debug, Clone)]
+pub struct Reclaim {
+    pub now: i64,
+    pub limit: usize,
+    pub reason: String,
+    pub actor: String,
+    pub attempts: AttemptLimits,
+}
+
+/// The handle the daemon holds: cheap to clone, one backend behind it.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    path: PathBuf,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    readers: Mutex<Vec<Connection>>,
-    counts: Arc<Mutex<Counts>>,
-    events: broadcast::Sender<TrajectoryEvent>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
-    // A connection is only ever used by one thread at a time (the writer, or a reader taken from the
-    // pool), so SQLite's per-call locking is not needed.
-    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    // Room for every statement the writer and the readers prepare, so none is parsed twice.
-    conn.set_prepared_statement_cache_capacity(64);
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    Ok(conn)
+    backend: Arc<dyn Backend>,
+    /// The same backend when it is SQLite, for [`Store::write_blocking`] and
+    /// [`Store::read_blocking`] only.
+    sqlite: Option<sqlite::SqliteBackend>,
 }
 
 impl Store {
-    /// Open (creating and migrating if needed) the database at `path` and start the writer.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let mut conn = open_connection(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
-        )?;
-        // Every job runs in a savepoint, and SQLite keeps the pages a savepoint may have to undo in
-        // a statement journal. As a temporary file that costs a write(2) per page per job (a fifth
-        // of the writer's time under load); in memory it costs a copy. Durability is untouched:
-        // the statement journal only ever serves a rollback inside a transaction.
-        conn.pragma_update(None, "temp_store", "MEMORY")?;
-        schema::migrate(&mut conn).map_err(StoreError::Sql)?;
-        // A full check reads every page (seconds on a large archive), so it runs only when the
-        // previous daemon did not close the store: after a crash, a kill or a power cut. The marker
-        // is cleared durably before any other write, and set again only by an orderly close.
-        let closed_cleanly = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = ?1",
-                [CLOSED_CLEANLY],
-                |r| r.get::<_, String>(0),
-            )
-            .optional()?
-            .is_some_and(|v| v == "1");
-        if !closed_cleanly {
-            let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
-            if check != "ok" {
-                return Err(StoreError::Sql(format!("integrity check failed: {check}")));
-            }
+    pub fn new(backend: Arc<dyn Backend>) -> Store {
+        Store {
+            backend,
+            sqlite: None,
         }
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, '0') ON CONFLICT(key) DO UPDATE SET value = '0'",
-            [CLOSED_CLEANLY],
-        )?;
-        let counts = Arc::new(Mutex::new(load_counts(&conn)?));
-        let (events, _) = broadcast::channel(4096);
-        let (tx, rx) = mpsc::channel::<Job>();
-        let writer_counts = Arc::clone(&counts);
-        let writer_events = events.clone();
-        let handle = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer_loop(conn, rx, writer_counts, writer_events))
-            .map_err(|e| StoreError::Sql(format!("cannot start the writer thread: {e}")))?;
+    }
+
+    /// Open (creating and migrating if needed) the SQLite store at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let backend = sqlite::SqliteBackend::open(path)?;
         Ok(Store {
-            inner: Arc::new(Inner {
-                path: path.to_path_buf(),
-                jobs: Mutex::new(Some(tx)),
-                readers: Mutex::new(Vec::new()),
-                counts,
-                events,
-                writer: Mutex::new(Some(handle)),
-            }),
+            backend: Arc::new(backend.clone()),
+            sqlite: Some(backend),
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    fn raw(&self) -> Result<&sqlite::SqliteBackend, StoreError> {
+        self.sqlite
+            .as_ref()
+            .ok_or_else(|| StoreError::Sql("raw access needs the SQLite backend".into()))
     }
 
-    /// Run `f` inside the writer's next group commit; resolves once the commit is durable.
-    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
-    {
-        let (tx, rx) = oneshot::channel();
-        self.submit_job(f, tx)?;
-        rx.await.unwrap_or(Err(StoreError::Closed))
-    }
-
-    /// [`Store::write`] for callers outside the async runtime (tests, tools).
+    /// Raw write access to a SQLite store, for offline tools and tests that seed the file of a
+    /// stopped daemon. The daemon itself uses only the typed operations of [`Backend`].
+    #[doc(hidden)]
     pub fn write_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        self.submit_job(f, tx)?;
-        rx.blocking_recv().unwrap_or(Err(StoreError::Closed))
+        self.raw()?.write_blocking(f)
     }
 
-    fn submit_job<T, F>(
-        &self,
-        f: F,
-        reply: oneshot::Sender<Result<T, StoreError>>,
-    ) -> Result<(), StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
-    {
-        let job: Job = Box::new(move |batch: Option<&mut Batch<'_>>| {
-            let result = match batch {
-                Some(batch) => batch.savepoint(f),
-                None => Err(StoreError::Closed),
-            };
-            Box::new(move |commit: Result<(), StoreError>| {
-                let _ = reply.send(commit.and(result));
-            })
-        });
-        let guard = self.inner.jobs.lock().map_err(|_| StoreError::Closed)?;
-        match guard.as_ref() {
-            Some(sender) => sender.send(job).map_err(|_| StoreError::Closed),
-            None => Err(StoreError::Closed),
-        }
-    }
-
-    /// Run a read on a pooled read connection, on a blocking thread.
-    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.read_blocking(f))
-            .await
-            .map_err(|e| StoreError::Sql(format!("read task failed: {e}")))?
-    }
-
+    /// Raw read access to a SQLite store, for the same tools and tests as
+    /// [`Store::write_blocking`].
+    #[doc(hidden)]
     pub fn read_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(&Connection) -> Result<T, StoreError>,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
     {
-        let pooled = self.inner.readers.lock().ok().and_then(|mut p| p.pop());
-        let conn = match pooled {
-            Some(c) => c,
-            None => open_connection(&self.inner.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?,
-        };
-        let result = f(&conn);
-        if let Ok(mut pool) = self.inner.readers.lock() {
-            if pool.len() < 8 {
-                pool.push(conn);
-            }
-        }
-        result
-    }
-
-    pub fn counts(&self) -> Counts {
-        self.inner
-            .counts
-            .lock()
-            .map(|c| c.clone())
-            .unwrap_or_default()
-    }
-
-    /// Every committed trajectory event, in commit order (for `watch`, logs and metrics).
-    pub fn subscribe(&self) -> broadcast::Receiver<TrajectoryEvent> {
-        self.inner.events.subscribe()
-    }
-
-    /// Stop accepting writes, let the writer finish what it has, and wait for it.
-    pub fn close(&self) {
-        if let Ok(mut jobs) = self.inner.jobs.lock() {
-            jobs.take();
-        }
-        let handle = self.inner.writer.lock().ok().and_then(|mut h| h.take());
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
+        self.raw()?.read_blocking(f)
     }
 }
 
-fn load_counts(conn: &Connection) -> Result<Counts, StoreError> {
-    let mut counts = Counts::default();
-    // Kept by the writer with every commit (schema migration 2), so a start does not count a large
-    // archive row by row.
-    let mut stmt = conn.prepare("SELECT kind, state, n FROM task_counts WHERE n > 0")?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
-        let kind: String = row.get(0)?;
-        let state: String = row.get(1)?;
-        let n: i64 = row.get(2)?;
-        if let (Ok(k), Ok(s)) = (kind.parse::<TaskKind>(), state.parse::<TaskState>()) {
-            counts.0.insert((k, s), n.max(0) as u64);
-        }
-    }
-    Ok(counts)
-}
+impl std::ops::Deref for Store {
+    type Target = dyn Backend;
 
-fn writer_loop(
-    mut conn: Connection,
-    rx: mpsc::Receiver<Job>,
-    counts: Arc<Mutex<Counts>>,
-    events: broadcast::Sender<TrajectoryEvent>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
-        run_group(&mut conn, group, &counts, &events);
-    }
-    // Every sender is gone: checkpoint so the next start opens a small WAL, then mark the store as
-    // closed in order (the next open may skip its full integrity check).
-    let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
-    let marked = conn.execute(
-        "INSERT INTO meta (key, value) VALUES (?1, '1') ON CONFLICT(key) DO UPDATE SET value = '1'",
-        [CLOSED_CLEANLY],
-    );
-    if let Err(e) = marked {
-        tracing::warn!(error = %e, "cannot mark the store as closed cleanly; the next start checks it in full");
+    fn deref(&self) -> &Self::Target {
+        &*self.backend
     }
 }
-
-/// Move the stored counts by the group's changes, inside the group's transaction: one statement per
-/// (kind, state) the group touched, however many jobs it held. The same changes move the in-memory
-/// counts once the commit succeeds, so the two never differ.
-fn persist_counts(tx: &rusqlite::Transaction<'_>, deltas: &[batch::Delta]) -> rusqlite::Result<()> {
-    let mut net: HashMap<(TaskKind, TaskState), i64> = HashMap::new();
-    for (kind, from, to) in deltas {
-        if let Some(from) = from {
-            *net.entry((*kind, *from)).or_default() -= 1;
-        }
-        if let Some(to) = to {
-            *net.entry((*kind, *to)).or_default() += 1;
-        }
-    }
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO task_counts (kind, state, n) VALUES (?1, ?2, ?3) \
-         ON CONFLICT (kind, state) DO UPDATE SET n = n + ?3",
-    )?;
-    for ((kind, state), n) in net {
-        if n != 0 {
-            stmt.execute(rusqlite::params![kind.as_str(), state.as_str(), n])?;
-        }
-    }
-    Ok(())
-}
-
-fn run_group(
-    conn: &mut Connection,
-    group: Vec<Job>,
-    counts: &Mutex<Counts>,
-    events: &broadcast::Sender<TrajectoryEvent>,
-) {
-    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
-            // Nothing can run without a transaction: every job is answered with the error unexecuted.
-            let err = StoreError::Sql(format!("cannot begin a transaction: {e}"));
-            for job in group {
-                job(None)(Err(err.clone()));
-            }
-            return;
-        }
-    };
-    let mut batch = Batch::new(&tx);
-    let completions: Vec<Completion> = group.into_iter().map(|job| job(Some(&mut batch))).collect();
-    let (new_events, deltas) = batch.into_effects();
-    let committed = persist_counts(&tx, &deltas)
-        .map_err(|e| StoreError::Sql(format!("cannot update the task counts: {e}")))
-        .and_then(|()| {
-            tx.commit()
-                .map_err(|e| StoreError::Sql(format!("commit failed: {e}")))
-        });
-    if committed.is_ok() {
-        if let Ok(mut c) = counts.lock() {
-            for (kind, from, to) in &deltas {
-                c.apply(*kind, *from, *to);
-            }
-        }
-        for ev in new_events {
-            let _ = events.send(ev);
-        }
-    }
-    for done in completions {
-        done(committed.clone());
-    }
-}
-
-#[cfg(test)]
-mod tests;

@@ -2,7 +2,7 @@
 
 use crate::access::Peer;
 use crate::daemon::Daemon;
-use crate::gate::flip;
+use crate::tasks::{gate, Actor};
 use orchestrator_proto::task::Mode;
 use orchestrator_proto::{Response, WireError};
 
@@ -12,6 +12,6 @@ pub async fn handle(
     mode: Mode,
     reason: &str,
 ) -> Result<Response, WireError> {
-    let record = flip::record_override(d, peer, mode, reason).await?;
+    let record = gate::record_override(d, &Actor::peer(peer), mode, reason).await?;
     Ok(Response::GateOverride(record))
 }

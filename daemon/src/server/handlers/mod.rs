@@ -1,17 +1,18 @@
-//! One handler per verb. Each takes the daemon, the peer and the request's fields, and returns a
-//! response or a [`WireError`] with a stable code.
+//! One handler per verb. Each decodes the request's fields, checks access where the verb needs it,
+//! calls the operation in [`crate::tasks`] (or the daemon's own, for status, reload and metrics),
+//! and encodes the answer or a [`WireError`] with a stable code.
 
 mod gate_override;
 mod metrics;
 mod reload;
-pub mod route;
+mod route;
 mod shadow_summary;
 mod status;
-pub mod submit;
+mod submit;
 mod sweep;
 mod synthetic;
-pub mod tasks;
-pub mod transition;
+mod tasks;
+mod transition;
 
 use crate::access::Peer;
 use crate::daemon::Daemon;
@@ -42,19 +43,4 @@ pub async fn handle(d: &Arc<Daemon>, peer: &Peer, request: Request) -> Result<Re
             "watch cannot be nested",
         )),
     }
-}
-
-/// Task ids are ULIDs: 26 Crockford base32 characters. Checking first gives a clear error instead of
-/// a `not_found` for what is plainly not an id. The id must be canonical (the form the daemon hands
-/// out): the decoder alone would accept values past the 128-bit range by dropping their top bits.
-pub fn check_id(id: &str) -> Result<(), WireError> {
-    let canonical = ulid::Ulid::from_string(id).is_ok_and(|u| u.to_string() == id);
-    if !canonical {
-        let shown: String = id.chars().take(40).collect();
-        return Err(WireError::new(
-            orchestrator_proto::ErrorCode::InvalidId,
-            format!("{shown:?} is not a task id (expected a 26-character ULID)"),
-        ));
-    }
-    Ok(())
 }

@@ -1,4 +1,4 @@
-//! `reload`: the same reload path as SIGHUP, answered synchronously (SPEC §9).
+//! `reload`: the same reload path as SIGHUP, answered synchronously.
 
 use crate::daemon::Daemon;
 use crate::lifecycle::{reload, ReloadTrigger};

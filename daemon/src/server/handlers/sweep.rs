@@ -1,11 +1,11 @@
-//! `sweep`: run the sweeper now and report what it did (SPEC §8).
+//! `sweep`: run the sweeper now and report what it did.
 
 use crate::daemon::Daemon;
-use crate::sweeper;
+use crate::tasks::sweep;
 use orchestrator_proto::{Response, WireError};
 use std::sync::Arc;
 
 pub async fn handle(d: &Arc<Daemon>) -> Result<Response, WireError> {
-    let report = sweeper::run_now(d).await?;
+    let report = sweep::sweep_now(d).await?;
     Ok(Response::Sweep(report))
 }

@@ -1,87 +1,19 @@
-//! `approve`, `reject` and `cancel`: operator transitions, recorded with the operator's identity.
-//!
-//! The functions here take that identity as a plain `actor` string so that every front end records
-//! it the same way: the control socket passes the peer's user name, the HTTP API `http:<token id>`.
+//! `approve`, `reject` and `cancel`, as the peer.
 
-use super::check_id;
 use crate::access::Peer;
-use crate::clock::{now_ms, rfc3339};
 use crate::daemon::Daemon;
-use crate::machine::{validate_reason, Action};
-use crate::store::{Patch, TransitionOp};
-use orchestrator_proto::task::{task_error, Rejection, Task, TaskError, TaskState};
-use orchestrator_proto::{ErrorCode, Response, WireError};
-
-async fn apply(d: &Daemon, op: TransitionOp) -> Result<Task, WireError> {
-    Ok(d.store.write(move |b| b.transition(op)).await?)
-}
-
-pub async fn approve_task(d: &Daemon, actor: &str, id: &str) -> Result<Task, WireError> {
-    check_id(id)?;
-    apply(d, TransitionOp::new(id, Action::Approve, actor, now_ms())).await
-}
-
-pub async fn reject_task(
-    d: &Daemon,
-    actor: &str,
-    id: &str,
-    reason: &str,
-) -> Result<Task, WireError> {
-    check_id(id)?;
-    let reason =
-        validate_reason(reason).map_err(|m| WireError::new(ErrorCode::InvalidReason, m))?;
-    let at = now_ms();
-    let patch = Patch {
-        rejection: Some(Rejection {
-            by: actor.to_string(),
-            reason: reason.to_string(),
-            at: rfc3339(at),
-        }),
-        error: Some(TaskError {
-            code: task_error::REJECTED.to_string(),
-            message: format!("rejected by {actor}: {reason}"),
-            details: None,
-        }),
-        ..Patch::default()
-    };
-    apply(
-        d,
-        TransitionOp::new(id, Action::Reject, actor, at)
-            .patch(patch)
-            .detail("reason", reason),
-    )
-    .await
-}
-
-pub async fn cancel_task(d: &Daemon, actor: &str, id: &str) -> Result<Task, WireError> {
-    check_id(id)?;
-    let at = now_ms();
-    let patch = Patch {
-        rejection: Some(Rejection {
-            by: actor.to_string(),
-            reason: "cancelled".to_string(),
-            at: rfc3339(at),
-        }),
-        ..Patch::default()
-    };
-    let task = apply(
-        d,
-        TransitionOp::new(id, Action::Cancel, actor, at).patch(patch),
-    )
-    .await?;
-    // The store has said cancelled; now make sure no specialist keeps working on it.
-    if task.state == TaskState::Cancelled {
-        d.dispatch.cancelled(id);
-    }
-    Ok(task)
-}
+use crate::tasks::{transition, Actor};
+use orchestrator_proto::task::Task;
+use orchestrator_proto::{Response, WireError};
 
 fn reply(task: Task) -> Response {
     Response::Task(Box::new(task))
 }
 
 pub async fn approve(d: &Daemon, peer: &Peer, id: &str) -> Result<Response, WireError> {
-    approve_task(d, &peer.user, id).await.map(reply)
+    transition::approve(d, &Actor::peer(peer), id)
+        .await
+        .map(reply)
 }
 
 pub async fn reject(
@@ -90,9 +22,13 @@ pub async fn reject(
     id: &str,
     reason: &str,
 ) -> Result<Response, WireError> {
-    reject_task(d, &peer.user, id, reason).await.map(reply)
+    transition::reject(d, &Actor::peer(peer), id, reason)
+        .await
+        .map(reply)
 }
 
 pub async fn cancel(d: &Daemon, peer: &Peer, id: &str) -> Result<Response, WireError> {
-    cancel_task(d, &peer.user, id).await.map(reply)
+    transition::cancel(d, &Actor::peer(peer), id)
+        .await
+        .map(reply)
 }

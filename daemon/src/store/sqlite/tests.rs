@@ -1,6 +1,7 @@
 use super::queries;
-use super::*;
 use crate::machine::Action;
+use crate::store::{NewTask, Store, StoreError, TransitionOp};
+use orchestrator_proto::task::{TaskKind, TaskState};
 
 fn new_task(id: &str) -> NewTask {
     NewTask {
@@ -121,7 +122,7 @@ fn a_failed_job_does_not_spoil_its_group() {
         .read_blocking(|c| {
             queries::list_tasks(
                 c,
-                &queries::TaskFilter {
+                &crate::store::TaskFilter {
                     limit: 1000,
                     ..Default::default()
                 },
@@ -175,7 +176,7 @@ fn counts_loaded_at_open_follow_inserts_transitions_and_deletes() {
         .unwrap();
     store
         .write_blocking(|b| {
-            b.conn().execute("DELETE FROM tasks WHERE id = 'T2'", [])?;
+            b.tx().execute("DELETE FROM tasks WHERE id = 'T2'", [])?;
             b.note_deleted(TaskKind::Synthetic, TaskState::Queued);
             Ok(())
         })
@@ -250,7 +251,7 @@ fn apply_from_is_still_a_compare_and_set_and_names_the_real_state() {
     let err = store
         .write_blocking(|b| {
             b.apply_from(
-                TransitionOp::new("T1", Action::Route, "dispatcher", 3_000),
+                &TransitionOp::new("T1", Action::Route, "dispatcher", 3_000),
                 TaskKind::Synthetic,
                 TaskState::Queued,
             )
@@ -271,7 +272,7 @@ fn apply_from_is_still_a_compare_and_set_and_names_the_real_state() {
         .write_blocking(|b| {
             b.insert_task(new_task("T2"), "alice")?;
             b.apply_from(
-                TransitionOp::new("T2", Action::Route, "dispatcher", 3_000),
+                &TransitionOp::new("T2", Action::Route, "dispatcher", 3_000),
                 TaskKind::Synthetic,
                 TaskState::Queued,
             )
@@ -282,4 +283,66 @@ fn apply_from_is_still_a_compare_and_set_and_names_the_real_state() {
         store.counts().get(TaskKind::Synthetic, TaskState::Assigned),
         1
     );
+}
+
+mod sweeper_queries {
+    use super::super::writes::{DELETE_EVENTS, DELETE_TASKS, EXPIRE_DUE, LAPSED, RETIRED};
+    use crate::store::Store;
+
+    const NOW: i64 = 1_000_000_000;
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        (dir, store)
+    }
+
+    /// The sweeper's statements use the indexes their comments name; a full scan would make every
+    /// batch cost the size of the archive.
+    #[test]
+    fn sweeper_queries_use_their_indexes() {
+        let (_dir, store) = open();
+        let plan = |sql: &'static str, args: Vec<rusqlite::types::Value>| {
+            store
+                .read_blocking(move |c| {
+                    let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                    let rows = stmt
+                        .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))?;
+                    Ok(rows.collect::<Result<Vec<_>, _>>()?.join("\n"))
+                })
+                .unwrap()
+        };
+        use rusqlite::types::Value::{Integer, Text};
+        let p = plan(EXPIRE_DUE, vec![Integer(NOW), Integer(10)]);
+        assert!(
+            p.contains("INDEX tasks_state_expires (state=? AND expires_at<?)"),
+            "{p}"
+        );
+        let p = plan(LAPSED, vec![Integer(NOW), Integer(10)]);
+        assert!(p.contains("INDEX tasks_state_expires (state=?)"), "{p}");
+        let p = plan(
+            RETIRED,
+            vec![
+                Text("live".into()),
+                Integer(NOW),
+                Integer(0),
+                Integer(0),
+                Integer(10),
+            ],
+        );
+        assert!(p.contains("INDEX tasks_terminal_completed (kind=?"), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "the index gives the order: {p}");
+        let p = plan(DELETE_TASKS, vec![Text("[\"A\"]".into())]);
+        assert!(p.contains("INDEX sqlite_autoindex_tasks_1 (id=?)"), "{p}");
+        let p = plan(DELETE_EVENTS, vec![Text("[\"A\"]".into())]);
+        assert!(p.contains("INDEX events_task (task_id=?)"), "{p}");
+        for sql in [EXPIRE_DUE, LAPSED, RETIRED, DELETE_TASKS, DELETE_EVENTS] {
+            let args = (0..sql.matches('?').count()).map(|_| Integer(0)).collect();
+            let p = plan(sql, args);
+            assert!(
+                !p.contains("SCAN tasks") && !p.contains("SCAN events"),
+                "{sql}: {p}"
+            );
+        }
+    }
 }

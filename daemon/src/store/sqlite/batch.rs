@@ -4,80 +4,14 @@
 //! publish, count changes). Effects are published only if the group commits, and a job that fails is
 //! rolled back to its savepoint together with its effects.
 
-use super::rows::{event_from_row, task_from_row, EVENT_COLUMNS, TASK_COLUMNS};
-use super::StoreError;
+use super::rows::{task_from_row, TASK_COLUMNS};
 use crate::clock::rfc3339;
 use crate::machine::{next_state, Action};
-use orchestrator_proto::task::{
-    Rejection, Routing, Task, TaskError, TaskKind, TaskResult, TaskState, TrajectoryEvent,
-};
+use crate::store::{absorb, NewTask, Plan, StoreError, SubmitPlan, TransitionOp};
+use orchestrator_proto::task::{Task, TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
 use rusqlite::{params, OptionalExtension, Transaction};
 use std::collections::BTreeMap;
-
-/// A task as submitted, before it is stored.
-#[derive(Debug, Clone)]
-pub struct NewTask {
-    pub id: String,
-    pub kind: TaskKind,
-    pub goal: String,
-    pub workspace_dir: Option<String>,
-    pub required_capabilities: Vec<String>,
-    pub submitted_by: String,
-    /// Submitted by the synthetic harness; hidden from `tasks list` unless asked for.
-    pub harness: bool,
-    pub created_ms: i64,
-    pub expires_ms: i64,
-}
-
-/// Fields a transition sets besides the state and the timestamp that goes with its action.
-#[derive(Debug, Clone, Default)]
-pub struct Patch {
-    pub routing: Option<Routing>,
-    pub agent: Option<String>,
-    pub result: Option<TaskResult>,
-    pub rejection: Option<Rejection>,
-    pub error: Option<TaskError>,
-    pub would_require_approval: Option<bool>,
-    /// Lease expiry for a task entering or staying `in_progress`.
-    pub lease_until: Option<i64>,
-    pub specialist_pid: Option<i64>,
-}
-
-#[derive(Debug, Clone)]
-pub struct TransitionOp {
-    pub id: String,
-    pub action: Action,
-    pub actor: String,
-    pub at_ms: i64,
-    pub patch: Patch,
-    pub details: Option<BTreeMap<String, String>>,
-}
-
-impl TransitionOp {
-    pub fn new(id: &str, action: Action, actor: &str, at_ms: i64) -> Self {
-        TransitionOp {
-            id: id.to_string(),
-            action,
-            actor: actor.to_string(),
-            at_ms,
-            patch: Patch::default(),
-            details: None,
-        }
-    }
-
-    pub fn patch(mut self, patch: Patch) -> Self {
-        self.patch = patch;
-        self
-    }
-
-    pub fn detail(mut self, key: &str, value: impl Into<String>) -> Self {
-        self.details
-            .get_or_insert_with(BTreeMap::new)
-            .insert(key.to_string(), value.into());
-        self
-    }
-}
 
 pub(super) type Delta = (TaskKind, Option<TaskState>, Option<TaskState>);
 
@@ -109,8 +43,8 @@ impl<'a> Batch<'a> {
         (self.events, self.deltas)
     }
 
-    /// The transaction, for operations that have no helper here yet.
-    pub fn conn(&self) -> &Transaction<'a> {
+    /// The transaction, for the statements of this backend's other modules.
+    pub(super) fn tx(&self) -> &Transaction<'a> {
         self.tx
     }
 
@@ -246,15 +180,20 @@ impl<'a> Batch<'a> {
         Ok(())
     }
 
-    /// Apply one transition as a compare-and-set on the task's current state, with its trajectory event.
+    /// Apply one transition as a compare-and-set on the task's current state, with its trajectory
+    /// event; answers the task after it.
     pub fn transition(&mut self, op: TransitionOp) -> Result<Task, StoreError> {
-        let id = op.id.clone();
+        self.transition_ref(&op)
+    }
+
+    pub(super) fn transition_ref(&mut self, op: &TransitionOp) -> Result<Task, StoreError> {
         self.apply(op)?;
-        self.get_task(&id)?.ok_or(StoreError::NotFound(id))
+        self.get_task(&op.id)?
+            .ok_or_else(|| StoreError::NotFound(op.id.clone()))
     }
 
     /// [`Batch::transition`] without reading the task back; returns the new state.
-    pub fn apply(&mut self, op: TransitionOp) -> Result<TaskState, StoreError> {
+    pub fn apply(&mut self, op: &TransitionOp) -> Result<TaskState, StoreError> {
         let current: Option<(String, String, i64)> = self
             .tx
             .prepare_cached("SELECT kind, state, expires_at FROM tasks WHERE id = ?1")?
@@ -285,7 +224,7 @@ impl<'a> Batch<'a> {
     /// task is not in `from`, nothing changes and the refusal names the state it is really in.
     pub fn apply_from(
         &mut self,
-        op: TransitionOp,
+        op: &TransitionOp,
         kind: TaskKind,
         from: TaskState,
     ) -> Result<TaskState, StoreError> {
@@ -296,9 +235,29 @@ impl<'a> Batch<'a> {
         self.compare_and_set(op, kind, from)
     }
 
+    /// Insert the task and run the plan's steps; the answer is built from what was written.
+    pub fn submit(&mut self, plan: SubmitPlan) -> Result<Task, StoreError> {
+        let SubmitPlan { task, actor, steps } = plan;
+        let mut task = self.insert_task(task, &actor)?;
+        for op in &steps {
+            let to = self.apply_from(op, task.kind, task.state)?;
+            absorb(&mut task, op, to);
+        }
+        Ok(task)
+    }
+
+    /// Run a plan's steps on a stored task from the state the plan expects; answers the final state.
+    pub fn advance(&mut self, plan: &Plan) -> Result<TaskState, StoreError> {
+        let mut state = plan.from;
+        for op in &plan.steps {
+            state = self.apply_from(op, plan.kind, state)?;
+        }
+        Ok(state)
+    }
+
     fn compare_and_set(
         &mut self,
-        op: TransitionOp,
+        op: &TransitionOp,
         kind: TaskKind,
         from: TaskState,
     ) -> Result<TaskState, StoreError> {
@@ -379,17 +338,9 @@ impl<'a> Batch<'a> {
             op.action.name(),
             Some(from),
             to,
-            op.details,
+            op.details.clone(),
         )?;
         Ok(to)
-    }
-
-    pub fn events_of(&self, id: &str) -> Result<Vec<TrajectoryEvent>, StoreError> {
-        let mut stmt = self.tx.prepare_cached(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE task_id = ?1 ORDER BY seq"
-        ))?;
-        let rows = stmt.query_map([id], event_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {

@@ -1,0 +1,530 @@
+//! The store contract: what every [`Backend`](super::Backend) must do, as tests that take a fresh,
+//! empty [`Store`] and drive it only through the interface.
+//!
+//! Each backend runs every case (see `sqlite/contract_tests.rs`), one test per case so that a
+//! failure is named. The cases assert observable behaviour only: answers, trajectories, counts and
+//! the published events; never the backend's tables.
+
+use super::{
+    AttemptLimits, GateRunRecord, ModeChange, NewEvent, NewOverride, NewTask, Patch, Plan, Reclaim,
+    Store, StoreError, StoredMode, SubmitPlan, TaskFilter, TransitionOp,
+};
+use crate::machine::Action;
+use orchestrator_proto::task::{Mode, TaskKind, TaskState, TrajectoryEvent};
+use tokio::sync::broadcast;
+
+const T0: i64 = 1_000_000;
+
+fn task(id: &str, kind: TaskKind) -> NewTask {
+    NewTask {
+        id: id.to_string(),
+        kind,
+        goal: "fix the bug".into(),
+        workspace_dir: Some("/srv/work".into()),
+        required_capabilities: vec!["code".into()],
+        submitted_by: "alice".into(),
+        harness: false,
+        created_ms: T0,
+        expires_ms: T0 + 10_000,
+    }
+}
+
+fn op(id: &str, action: Action, at: i64) -> TransitionOp {
+    TransitionOp::new(id, action, "tester", at)
+}
+
+fn routed(id: &str, at: i64) -> TransitionOp {
+    op(id, Action::Route, at).patch(Patch {
+        agent: Some("coder".into()),
+        ..Patch::default()
+    })
+}
+
+fn started(id: &str, at: i64, lease: i64) -> TransitionOp {
+    op(id, Action::Start, at).patch(Patch {
+        lease_until: Some(lease),
+        ..Patch::default()
+    })
+}
+
+fn complete(id: &str, at: i64, approval_required: bool) -> TransitionOp {
+    op(id, Action::Complete { approval_required }, at)
+}
+
+async fn put(store: &Store, id: &str, kind: TaskKind, steps: Vec<TransitionOp>) {
+    let plan = SubmitPlan {
+        task: task(id, kind),
+        actor: "alice".into(),
+        steps,
+    };
+    store.submit(plan).await.expect("submit");
+}
+
+/// Events published so far, without waiting.
+fn drain(rx: &mut broadcast::Receiver<TrajectoryEvent>) -> Vec<TrajectoryEvent> {
+    let mut out = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        out.push(ev);
+    }
+    out
+}
+
+/// A submit answers exactly what a later read returns, with or without steps.
+pub async fn submit_answers_what_a_read_returns(store: Store) {
+    let plain = store
+        .submit(SubmitPlan {
+            task: task("T1", TaskKind::Live),
+            actor: "alice".into(),
+            steps: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(plain.state, TaskState::Queued);
+    assert_eq!(Some(plain), store.get_task("T1").await.unwrap());
+
+    let steps = vec![
+        routed("T2", T0 + 1),
+        started("T2", T0 + 2, T0 + 100),
+        complete("T2", T0 + 3, false),
+    ];
+    let done = store
+        .submit(SubmitPlan {
+            task: task("T2", TaskKind::Synthetic),
+            actor: "alice".into(),
+            steps,
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.state, TaskState::Done);
+    assert_eq!(done.attempts, 1);
+    assert_eq!(Some(done), store.get_task("T2").await.unwrap());
+    let events = store.transitions_of("T2").await.unwrap();
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["submit", "route", "start", "complete"]);
+}
+
+/// Every transition writes one event, published after its commit in commit order.
+pub async fn one_event_per_transition_in_commit_order(store: Store) {
+    let mut rx = store.subscribe();
+    put(&store, "T1", TaskKind::Live, Vec::new()).await;
+    let t = store.transition(routed("T1", T0 + 1)).await.unwrap();
+    assert_eq!(t.state, TaskState::Assigned);
+    assert!(t.assigned_at.is_some());
+    store
+        .transition(started("T1", T0 + 2, T0 + 50))
+        .await
+        .unwrap();
+    let published = drain(&mut rx);
+    let stored = store.transitions_of("T1").await.unwrap();
+    assert_eq!(published, stored);
+    let steps: Vec<_> = stored.iter().map(|e| (e.from, e.to)).collect();
+    assert_eq!(
+        steps,
+        [
+            (None, TaskState::Queued),
+            (Some(TaskState::Queued), TaskState::Assigned),
+            (Some(TaskState::Assigned), TaskState::InProgress)
+        ]
+    );
+    assert!(stored.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(stored[1].actor, "tester");
+}
+
+/// A refused transition changes nothing and names the state the task is in; an unknown id is
+/// `NotFound`.
+pub async fn refused_transition_changes_nothing(store: Store) {
+    put(&store, "T1", TaskKind::Live, Vec::new()).await;
+    let mut rx = store.subscribe();
+    let err = store
+        .transition(op("T1", Action::Approve, T0 + 1))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Refused {
+            from: TaskState::Queued,
+            action: "approve"
+        }
+    );
+    assert_eq!(store.transitions_of("T1").await.unwrap().len(), 1);
+    assert!(drain(&mut rx).is_empty());
+    let missing = store.transition(op("nope", Action::Cancel, T0)).await;
+    assert_eq!(missing.unwrap_err(), StoreError::NotFound("nope".into()));
+}
+
+/// Approve and reject racing on one task: exactly one wins, the other is refused.
+pub async fn concurrent_approve_and_reject_one_wins(store: Store) {
+    for i in 0..20 {
+        let id = format!("T{i}");
+        let steps = vec![
+            routed(&id, T0 + 1),
+            started(&id, T0 + 2, T0 + 50),
+            complete(&id, T0 + 3, true),
+        ];
+        put(&store, &id, TaskKind::Live, steps).await;
+        let (a, b) = (store.clone(), store.clone());
+        let (approve, reject) = (
+            op(&id, Action::Approve, T0 + 4),
+            op(&id, Action::Reject, T0 + 4),
+        );
+        let (x, y) = tokio::join!(
+            tokio::spawn(async move { a.transition(approve).await }),
+            tokio::spawn(async move { b.transition(reject).await }),
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert!(x.is_ok() != y.is_ok(), "{id}: {x:?} / {y:?}");
+        let loser = if x.is_ok() { y } else { x };
+        assert!(
+            matches!(loser, Err(StoreError::Refused { .. })),
+            "{loser:?}"
+        );
+        let events = store.transitions_of(&id).await.unwrap();
+        assert_eq!(events.len(), 5, "one decision only");
+    }
+}
+
+/// Counts move with commits; a refused step rolls back its whole plan, counts and events included.
+pub async fn counts_follow_commits_only(store: Store) {
+    let mut rx = store.subscribe();
+    put(&store, "T1", TaskKind::Live, Vec::new()).await;
+    put(&store, "T2", TaskKind::Live, vec![routed("T2", T0 + 1)]).await;
+    let before = drain(&mut rx).len();
+    assert_eq!(before, 3);
+    // Approving a queued task is refused: the insert before it is undone too.
+    let bad = store
+        .submit(SubmitPlan {
+            task: task("T3", TaskKind::Live),
+            actor: "alice".into(),
+            steps: vec![op("T3", Action::Approve, T0 + 1)],
+        })
+        .await;
+    assert!(matches!(bad, Err(StoreError::Refused { .. })), "{bad:?}");
+    assert_eq!(store.get_task("T3").await.unwrap(), None);
+    assert!(drain(&mut rx).is_empty());
+    let counts = store.counts();
+    assert_eq!(counts.get(TaskKind::Live, TaskState::Queued), 1);
+    assert_eq!(counts.get(TaskKind::Live, TaskState::Assigned), 1);
+    assert_eq!(counts.total(), 2);
+    // A batch of transitions: the refusal is its item's answer, the rest commit.
+    let out = store
+        .transitions(vec![
+            op("T1", Action::Cancel, T0 + 2),
+            op("T2", Action::Approve, T0 + 2),
+        ])
+        .await
+        .unwrap();
+    assert!(out[0].is_ok() && out[1].is_err(), "{out:?}");
+    let counts = store.counts();
+    assert_eq!(counts.get(TaskKind::Live, TaskState::Cancelled), 1);
+    assert_eq!(counts.get(TaskKind::Live, TaskState::Queued), 0);
+    assert_eq!(drain(&mut rx).len(), 1);
+}
+
+/// Plans on stored tasks: each atomic, a refused one does not undo the others.
+pub async fn advance_runs_each_plan_on_its_own(store: Store) {
+    put(&store, "T1", TaskKind::Synthetic, Vec::new()).await;
+    put(&store, "T2", TaskKind::Synthetic, Vec::new()).await;
+    store
+        .transition(op("T2", Action::Cancel, T0 + 1))
+        .await
+        .unwrap();
+    let plan = |id: &str| Plan {
+        id: id.into(),
+        kind: TaskKind::Synthetic,
+        from: TaskState::Queued,
+        steps: vec![
+            routed(id, T0 + 2),
+            started(id, T0 + 2, T0 + 50),
+            complete(id, T0 + 2, false),
+        ],
+    };
+    let out = store.advance(vec![plan("T1"), plan("T2")]).await.unwrap();
+    assert_eq!(out[0], Ok(TaskState::Done));
+    assert!(matches!(out[1], Err(StoreError::Refused { .. })));
+    assert_eq!(store.transitions_of("T2").await.unwrap().len(), 2);
+}
+
+/// Expiry waits for `expiresAt`; `expire_due` takes exactly the stale-eligible tasks past it.
+pub async fn expiry_takes_only_due_waiting_tasks(store: Store) {
+    let early = store.transition(op("X", Action::Expire, T0)).await;
+    assert!(matches!(early, Err(StoreError::NotFound(_))));
+    put(&store, "Q", TaskKind::Live, Vec::new()).await;
+    put(&store, "A", TaskKind::Live, vec![routed("A", T0 + 1)]).await;
+    let running = vec![routed("R", T0 + 1), started("R", T0 + 1, T0 + 99_999)];
+    put(&store, "R", TaskKind::Live, running).await;
+    let not_yet = store.transition(op("Q", Action::Expire, T0 + 9_999)).await;
+    assert!(
+        matches!(not_yet, Err(StoreError::Rejected(..))),
+        "{not_yet:?}"
+    );
+    assert!(store
+        .expire_due(T0 + 9_999, 10, "sweeper")
+        .await
+        .unwrap()
+        .is_empty());
+    let first = store.expire_due(T0 + 10_000, 1, "sweeper").await.unwrap();
+    assert_eq!(first.len(), 1);
+    let rest = store.expire_due(T0 + 10_000, 10, "sweeper").await.unwrap();
+    let mut all: Vec<String> = first.into_iter().chain(rest).collect();
+    all.sort();
+    assert_eq!(all, ["A", "Q"]);
+    let q = store.get_task("Q").await.unwrap().unwrap();
+    assert_eq!(q.state, TaskState::Expired);
+    let last = store.transitions_of("Q").await.unwrap().pop().unwrap();
+    assert_eq!(
+        (last.actor.as_str(), last.action.as_str()),
+        ("sweeper", "expire")
+    );
+    assert_eq!(
+        store.get_task("R").await.unwrap().unwrap().state,
+        TaskState::InProgress
+    );
+}
+
+/// Leases: renewal keeps a task from lapsing, reports tasks no longer running; voiding makes every
+/// lease lapse; a lapsed task is re-queued while attempts remain, then failed.
+pub async fn leases_renew_void_and_lapse(store: Store) {
+    for id in ["L1", "L2"] {
+        put(
+            &store,
+            id,
+            TaskKind::Live,
+            vec![routed(id, T0), started(id, T0, T0 + 100)],
+        )
+        .await;
+    }
+    put(&store, "Q", TaskKind::Live, Vec::new()).await;
+    let lost = store
+        .renew_leases(vec!["L1".into(), "Q".into()], T0 + 1_000)
+        .await
+        .unwrap();
+    assert_eq!(lost, ["Q"]);
+    assert!(store.set_specialist_pid("L1", 4242).await.unwrap());
+    assert!(!store.set_specialist_pid("Q", 4242).await.unwrap());
+    let left = store.orphan_leftovers().await.unwrap();
+    let pids: Vec<_> = left.iter().map(|l| (l.id.as_str(), l.pgid)).collect();
+    assert_eq!(pids, [("L1", Some(4242)), ("L2", None)]);
+    let reclaim = |now: i64, allowed: u32| Reclaim {
+        now,
+        limit: 100,
+        reason: "test".into(),
+        actor: "sweeper".into(),
+        attempts: AttemptLimits {
+            by_agent: [("coder".to_string(), allowed)].into(),
+            default: 1,
+        },
+    };
+    // At T0 + 500 only L2's lease (T0 + 100) has lapsed; it may run twice.
+    let r = store.reclaim_lapsed(reclaim(T0 + 500, 2)).await.unwrap();
+    assert_eq!(
+        (r.failed.as_slice(), r.requeued.as_slice()),
+        (&[][..], &["L2".to_string()][..])
+    );
+    assert_eq!(store.void_leases().await.unwrap(), 1);
+    let r = store.reclaim_lapsed(reclaim(T0 + 500, 1)).await.unwrap();
+    assert_eq!(r.failed, ["L1"]);
+    let l1 = store.get_task("L1").await.unwrap().unwrap();
+    assert_eq!(l1.state, TaskState::Failed);
+    assert_eq!(
+        l1.error.map(|e| e.code),
+        Some(orchestrator_proto::task::task_error::SPECIALIST_ABORTED.to_string())
+    );
+    assert!(store.orphan_leftovers().await.unwrap().is_empty());
+}
+
+/// Retention: terminal tasks of a kind completed before a time, walked by cursor, deleted with
+/// their trajectories; other tasks stay whole.
+pub async fn retention_walks_and_deletes_terminal_tasks(store: Store) {
+    for (i, id) in ["D1", "D2", "D3"].into_iter().enumerate() {
+        let end = T0 + 10 * i as i64;
+        let steps = vec![
+            routed(id, T0),
+            started(id, T0, T0),
+            complete(id, end, false),
+        ];
+        put(&store, id, TaskKind::Shadow, steps).await;
+    }
+    put(&store, "Q", TaskKind::Shadow, Vec::new()).await;
+    put(
+        &store,
+        "O",
+        TaskKind::Live,
+        vec![op("O", Action::Cancel, T0)],
+    )
+    .await;
+    let first = store
+        .retired(TaskKind::Shadow, T0 + 15, None, 1)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    let next = store
+        .retired(TaskKind::Shadow, T0 + 15, Some(first[0].cursor), 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = first.iter().chain(&next).map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["D1", "D2"]);
+    let deleted = store
+        .delete_tasks(vec!["D1".into(), "Q".into(), "missing".into()])
+        .await
+        .unwrap();
+    assert_eq!(deleted, ["D1"]);
+    assert_eq!(store.get_task("D1").await.unwrap(), None);
+    assert!(store.transitions_of("D1").await.unwrap().is_empty());
+    assert!(store.get_task("Q").await.unwrap().is_some());
+    assert_eq!(store.counts().get(TaskKind::Shadow, TaskState::Done), 2);
+    let all = store
+        .list_tasks(TaskFilter {
+            limit: 100,
+            ..TaskFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 4);
+}
+
+/// Gate runs: the latest is reported; a pass counts only for a full run of that fingerprint.
+pub async fn gate_runs_are_recorded(store: Store) {
+    assert_eq!(store.latest_gate_run().await.unwrap(), None);
+    assert!(!store.gate_passed_for("fp1").await.unwrap());
+    let run = |label: Option<&str>, fp: &str, passed: u32| GateRunRecord {
+        at_ms: T0,
+        label: label.map(str::to_string),
+        fingerprint: fp.into(),
+        passed,
+        total: 5,
+        report: "{}".into(),
+    };
+    store.record_gate_run(run(None, "fp1", 5)).await.unwrap();
+    assert!(store.gate_passed_for("fp1").await.unwrap());
+    store
+        .record_gate_run(run(Some("code-1"), "fp1", 1))
+        .await
+        .unwrap();
+    assert!(
+        store.gate_passed_for("fp1").await.unwrap(),
+        "a labelled run does not count"
+    );
+    store.record_gate_run(run(None, "fp1", 4)).await.unwrap();
+    assert!(
+        !store.gate_passed_for("fp1").await.unwrap(),
+        "the latest full run counts"
+    );
+    assert!(!store.gate_passed_for("fp2").await.unwrap());
+    let latest = store.latest_gate_run().await.unwrap().unwrap();
+    assert_eq!((latest.passed, latest.label), (4, None));
+}
+
+/// The mode round-trips; an override is pending until a mode change consumes it.
+pub async fn mode_and_overrides(store: Store) {
+    assert_eq!(store.load_mode().await.unwrap(), None);
+    let change = |mode, at, consume| ModeChange {
+        mode,
+        since_ms: at,
+        consume_override: consume,
+    };
+    store
+        .save_mode(change(Mode::Shadow, T0, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_mode().await.unwrap(),
+        Some(StoredMode {
+            mode: Mode::Shadow,
+            since_ms: Some(T0)
+        })
+    );
+    for reason in ["first", "second"] {
+        let o = NewOverride {
+            mode: Mode::Live,
+            reason: reason.into(),
+            by: "alice".into(),
+            uid: 1000,
+            at_ms: T0,
+        };
+        store.insert_override(o).await.unwrap();
+    }
+    assert_eq!(store.pending_override(Mode::Shadow).await.unwrap(), None);
+    let (id, rec) = store.pending_override(Mode::Live).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.reason.as_str(), rec.by.as_str(), rec.uid),
+        ("first", "alice", 1000)
+    );
+    assert_eq!(store.pending_overrides().await.unwrap().len(), 1);
+    store
+        .save_mode(change(Mode::Live, T0 + 1, Some(id)))
+        .await
+        .unwrap();
+    let (_, next) = store.pending_override(Mode::Live).await.unwrap().unwrap();
+    assert_eq!(next.reason, "second", "the oldest is consumed first");
+    assert_eq!(
+        store.load_mode().await.unwrap().map(|m| m.mode),
+        Some(Mode::Live)
+    );
+}
+
+/// Shadow rows, pending dispatch, undelivered tasks and state-keeping events.
+pub async fn reads_for_gates_dispatch_and_delivery(store: Store) {
+    put(
+        &store,
+        "S1",
+        TaskKind::Shadow,
+        vec![op("S1", Action::Fail, T0 + 5)],
+    )
+    .await;
+    put(&store, "Q", TaskKind::Live, Vec::new()).await;
+    put(&store, "A", TaskKind::Live, vec![routed("A", T0)]).await;
+    let done = vec![
+        routed("D", T0),
+        started("D", T0, T0),
+        complete("D", T0 + 1, false),
+    ];
+    put(&store, "D", TaskKind::Live, done).await;
+    let rows = store.shadow_rows_since(T0).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].state, rows[0].completed_ms),
+        (TaskState::Failed, Some(T0 + 5))
+    );
+    assert!(store.shadow_rows_since(T0 + 1).await.unwrap().is_empty());
+    let pending: Vec<String> = store
+        .pending_dispatch()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(pending.len(), 2);
+    assert!(pending.contains(&"Q".to_string()) && pending.contains(&"A".to_string()));
+    let undelivered = store.undelivered_since(T0, "deliver").await.unwrap();
+    assert_eq!(
+        undelivered
+            .iter()
+            .map(|t| t.id.as_str())
+            .collect::<Vec<_>>(),
+        ["D"]
+    );
+    let mut rx = store.subscribe();
+    store
+        .append_event(NewEvent {
+            task_id: "D".into(),
+            kind: TaskKind::Live,
+            state: TaskState::Done,
+            at_ms: T0 + 2,
+            actor: "delivery".into(),
+            action: "deliver".into(),
+            details: Some([("exitStatus".to_string(), "0".to_string())].into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(drain(&mut rx).len(), 1);
+    assert!(store
+        .undelivered_since(T0, "deliver")
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.counts().get(TaskKind::Live, TaskState::Done), 1);
+    let (task, events) = store.task_detail("D").await.unwrap().unwrap();
+    assert_eq!(task.state, TaskState::Done);
+    assert_eq!(events.last().map(|e| e.action.as_str()), Some("deliver"));
+    assert_eq!(store.task_detail("none").await.unwrap(), None);
+}

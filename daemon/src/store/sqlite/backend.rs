@@ -1,0 +1,200 @@
+//! [`Backend`] for [`SqliteBackend`]: every write is one job of the group commit, every read one
+//! call on a pooled read connection.
+
+use super::{queries, SqliteBackend};
+use crate::store::{
+    Backend, Counts, GateRunRecord, Leftover, ModeChange, NewEvent, NewOverride, Outcomes, Plan,
+    Reclaim, Reclaimed, Retired, RetiredCursor, ShadowRow, StoreFuture, StoredMode, SubmitPlan,
+    TaskFilter, TransitionOp,
+};
+use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
+use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
+use tokio::sync::broadcast;
+
+impl Backend for SqliteBackend {
+    fn submit(&self, plan: SubmitPlan) -> StoreFuture<'_, Task> {
+        Box::pin(self.write(move |b| b.submit(plan)))
+    }
+
+    fn advance(&self, plans: Vec<Plan>) -> StoreFuture<'_, Outcomes<TaskState>> {
+        Box::pin(self.write(move |b| {
+            let mut out = Vec::with_capacity(plans.len());
+            for plan in &plans {
+                // One plan's refusal (its task moved on meanwhile) must not undo the others.
+                match b.nested(|b| b.advance(plan)) {
+                    Err(e) if !e.is_refusal() => return Err(e),
+                    r => out.push(r),
+                }
+            }
+            Ok(out)
+        }))
+    }
+
+    fn transition(&self, op: TransitionOp) -> StoreFuture<'_, Task> {
+        Box::pin(self.write(move |b| b.transition_ref(&op)))
+    }
+
+    fn transitions(&self, ops: Vec<TransitionOp>) -> StoreFuture<'_, Outcomes<Task>> {
+        Box::pin(self.write(move |b| {
+            let mut out = Vec::with_capacity(ops.len());
+            for op in &ops {
+                match b.nested(|b| b.transition_ref(op)) {
+                    Err(e) if !e.is_refusal() => return Err(e),
+                    r => out.push(r),
+                }
+            }
+            Ok(out)
+        }))
+    }
+
+    fn append_event(&self, e: NewEvent) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |b| {
+            b.append_event(
+                &e.task_id,
+                e.kind,
+                e.at_ms,
+                &e.actor,
+                &e.action,
+                Some(e.state),
+                e.state,
+                e.details,
+            )
+        }))
+    }
+
+    fn get_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Task>> {
+        let id = id.to_string();
+        Box::pin(self.read(move |c| queries::get_task(c, &id)))
+    }
+
+    fn task_detail<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> StoreFuture<'a, Option<(Task, Vec<TrajectoryEvent>)>> {
+        let id = id.to_string();
+        Box::pin(self.read(move |c| match queries::get_task(c, &id)? {
+            Some(task) => Ok(Some((task, queries::events_of(c, &id)?))),
+            None => Ok(None),
+        }))
+    }
+
+    fn transitions_of<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Vec<TrajectoryEvent>> {
+        let id = id.to_string();
+        Box::pin(self.read(move |c| queries::events_of(c, &id)))
+    }
+
+    fn list_tasks(&self, filter: TaskFilter) -> StoreFuture<'_, Vec<Task>> {
+        Box::pin(self.read(move |c| queries::list_tasks(c, &filter)))
+    }
+
+    fn pending_dispatch(&self) -> StoreFuture<'_, Vec<Task>> {
+        Box::pin(self.read(queries::pending_dispatch))
+    }
+
+    fn undelivered_since<'a>(
+        &'a self,
+        since_ms: i64,
+        action: &'a str,
+    ) -> StoreFuture<'a, Vec<Task>> {
+        let action = action.to_string();
+        Box::pin(self.read(move |c| queries::undelivered_since(c, since_ms, &action)))
+    }
+
+    fn expire_due<'a>(
+        &'a self,
+        now: i64,
+        limit: usize,
+        actor: &'a str,
+    ) -> StoreFuture<'a, Vec<String>> {
+        let actor = actor.to_string();
+        Box::pin(self.write(move |b| b.expire_due(now, limit, &actor)))
+    }
+
+    fn reclaim_lapsed(&self, reclaim: Reclaim) -> StoreFuture<'_, Reclaimed> {
+        Box::pin(self.write(move |b| b.reclaim_lapsed(&reclaim)))
+    }
+
+    fn retired(
+        &self,
+        kind: TaskKind,
+        before: i64,
+        after: Option<RetiredCursor>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Retired>> {
+        Box::pin(self.read(move |c| queries::retired(c, kind, before, after, limit)))
+    }
+
+    fn delete_tasks(&self, ids: Vec<String>) -> StoreFuture<'_, Vec<String>> {
+        Box::pin(self.write(move |b| b.delete_tasks(&ids)))
+    }
+
+    fn renew_leases(&self, ids: Vec<String>, until: i64) -> StoreFuture<'_, Vec<String>> {
+        Box::pin(self.write(move |b| b.renew_leases(&ids, until)))
+    }
+
+    fn void_leases(&self) -> StoreFuture<'_, usize> {
+        Box::pin(self.write(|b| b.void_leases()))
+    }
+
+    fn set_specialist_pid<'a>(&'a self, id: &'a str, pgid: i32) -> StoreFuture<'a, bool> {
+        let id = id.to_string();
+        Box::pin(self.write(move |b| b.set_specialist_pid(&id, pgid)))
+    }
+
+    fn orphan_leftovers(&self) -> StoreFuture<'_, Vec<Leftover>> {
+        Box::pin(self.read(queries::orphan_leftovers))
+    }
+
+    fn record_gate_run(&self, run: GateRunRecord) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |b| b.record_gate_run(&run)))
+    }
+
+    fn latest_gate_run(&self) -> StoreFuture<'_, Option<GateRunSummary>> {
+        Box::pin(self.read(queries::latest_gate_run))
+    }
+
+    fn gate_passed_for<'a>(&'a self, fingerprint: &'a str) -> StoreFuture<'a, bool> {
+        let fingerprint = fingerprint.to_string();
+        Box::pin(self.read(move |c| queries::gate_passed_for(c, &fingerprint)))
+    }
+
+    fn insert_override(&self, o: NewOverride) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |b| b.insert_override(&o)))
+    }
+
+    fn pending_override(&self, mode: Mode) -> StoreFuture<'_, Option<(i64, OverrideRecord)>> {
+        Box::pin(self.read(move |c| queries::pending_override(c, mode)))
+    }
+
+    fn pending_overrides(&self) -> StoreFuture<'_, Vec<OverrideRecord>> {
+        Box::pin(self.read(queries::pending_overrides))
+    }
+
+    fn load_mode(&self) -> StoreFuture<'_, Option<StoredMode>> {
+        Box::pin(self.read(queries::load_mode))
+    }
+
+    fn save_mode(&self, change: ModeChange) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |b| b.save_mode(&change)))
+    }
+
+    fn shadow_rows_since(&self, since_ms: i64) -> StoreFuture<'_, Vec<ShadowRow>> {
+        Box::pin(self.read(move |c| queries::shadow_rows_since(c, since_ms)))
+    }
+
+    fn counts(&self) -> Counts {
+        self.inner
+            .counts
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<TrajectoryEvent> {
+        self.inner.events.subscribe()
+    }
+
+    fn close(&self) {
+        self.shut();
+    }
+}

@@ -1,0 +1,38 @@
+//! The store contract (`store::contract`) run against SQLite, one test per case.
+
+use crate::store::{contract, Store};
+
+/// A fresh store in a directory of its own; the directory lives as long as the test.
+fn fresh() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = Store::open(&dir.path().join("state.db")).expect("open the store");
+    (dir, store)
+}
+
+macro_rules! contract_cases {
+    ($($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (_dir, store) = fresh();
+                contract::$case(store.clone()).await;
+                store.close();
+            }
+        )*
+    };
+}
+
+contract_cases!(
+    submit_answers_what_a_read_returns,
+    one_event_per_transition_in_commit_order,
+    refused_transition_changes_nothing,
+    concurrent_approve_and_reject_one_wins,
+    counts_follow_commits_only,
+    advance_runs_each_plan_on_its_own,
+    expiry_takes_only_due_waiting_tasks,
+    leases_renew_void_and_lapse,
+    retention_walks_and_deletes_terminal_tasks,
+    gate_runs_are_recorded,
+    mode_and_overrides,
+    reads_for_gates_dispatch_and_delivery,
+);

@@ -1,0 +1,344 @@
+//! The SQLite backend: WAL mode with `synchronous=FULL`.
+//!
+//! One writer thread owns the only writing connection. Callers hand it jobs; it
+//! takes every job waiting at that moment, runs each inside its own savepoint of one transaction, and
+//! commits them together — one fsync for many requests (group commit). A job's reply is released only
+//! after that commit returned, so an acknowledged write is on disk. A job that fails rolls back to its
+//! savepoint and leaves the rest of the group untouched.
+//!
+//! Reads go to a small pool of read connections on blocking threads; WAL lets them run while the
+//! writer commits.
+
+mod backend;
+mod batch;
+pub mod queries;
+mod rows;
+mod schema;
+mod writes;
+
+pub use batch::Batch;
+pub use schema::SCHEMA_VERSION;
+
+use crate::store::{Counts, StoreError};
+use orchestrator_proto::task::{TaskKind, TaskState, TrajectoryEvent};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{broadcast, oneshot};
+
+/// Most jobs committed in one transaction; bounds the latency of the first job in a burst.
+const MAX_GROUP: usize = 2048;
+/// Meta key: "1" while the store is closed after an orderly shutdown, "0" while a daemon has it open.
+const CLOSED_CLEANLY: &str = "store_closed_cleanly";
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sql(e.to_string())
+    }
+}
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A job runs against the group's batch, or against `None` when the group could not start; either
+/// way it returns the completion that answers its caller once the outcome of the commit is known.
+type Job = Box<dyn FnOnce(Option<&mut Batch<'_>>) -> Completion + Send>;
+
+/// The SQLite store; see the module documentation.
+#[derive(Clone)]
+pub struct SqliteBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    readers: Mutex<Vec<Connection>>,
+    counts: Arc<Mutex<Counts>>,
+    events: broadcast::Sender<TrajectoryEvent>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    // A connection is only ever used by one thread at a time (the writer, or a reader taken from the
+    // pool), so SQLite's per-call locking is not needed.
+    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Room for every statement the writer and the readers prepare, so none is parsed twice.
+    conn.set_prepared_statement_cache_capacity(64);
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+impl SqliteBackend {
+    /// Open (creating and migrating if needed) the database at `path` and start the writer.
+    pub fn open(path: &Path) -> Result<SqliteBackend, StoreError> {
+        let mut conn = open_connection(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )?;
+        // Every job runs in a savepoint, and SQLite keeps the pages a savepoint may have to undo in
+        // a statement journal. As a temporary file that costs a write(2) per page per job (a fifth
+        // of the writer's time under load); in memory it costs a copy. Durability is untouched:
+        // the statement journal only ever serves a rollback inside a transaction.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        schema::migrate(&mut conn).map_err(StoreError::Sql)?;
+        // A full check reads every page (seconds on a large archive), so it runs only when the
+        // previous daemon did not close the store: after a crash, a kill or a power cut. The marker
+        // is cleared durably before any other write, and set again only by an orderly close.
+        let closed_cleanly = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [CLOSED_CLEANLY],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .is_some_and(|v| v == "1");
+        if !closed_cleanly {
+            let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+            if check != "ok" {
+                return Err(StoreError::Sql(format!("integrity check failed: {check}")));
+            }
+        }
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, '0') ON CONFLICT(key) DO UPDATE SET value = '0'",
+            [CLOSED_CLEANLY],
+        )?;
+        let counts = Arc::new(Mutex::new(load_counts(&conn)?));
+        let (events, _) = broadcast::channel(4096);
+        let (tx, rx) = mpsc::channel::<Job>();
+        let writer_counts = Arc::clone(&counts);
+        let writer_events = events.clone();
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(conn, rx, writer_counts, writer_events))
+            .map_err(|e| StoreError::Sql(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteBackend {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                jobs: Mutex::new(Some(tx)),
+                readers: Mutex::new(Vec::new()),
+                counts,
+                events,
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Run `f` inside the writer's next group commit; resolves once the commit is durable.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.submit_job(f, tx)?;
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Raw access for offline tools and tests that seed or inspect the file of a stopped daemon:
+    /// run `f` in the writer's next group commit, from outside the async runtime. The daemon itself
+    /// only uses the typed operations of [`crate::store::Backend`].
+    pub fn write_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.submit_job(f, tx)?;
+        rx.blocking_recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    fn submit_job<T, F>(
+        &self,
+        f: F,
+        reply: oneshot::Sender<Result<T, StoreError>>,
+    ) -> Result<(), StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let job: Job = Box::new(move |batch: Option<&mut Batch<'_>>| {
+            let result = match batch {
+                Some(batch) => batch.savepoint(f),
+                None => Err(StoreError::Closed),
+            };
+            Box::new(move |commit: Result<(), StoreError>| {
+                let _ = reply.send(commit.and(result));
+            })
+        });
+        let guard = self.inner.jobs.lock().map_err(|_| StoreError::Closed)?;
+        match guard.as_ref() {
+            Some(sender) => sender.send(job).map_err(|_| StoreError::Closed),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    /// Run a read on a pooled read connection, on a blocking thread.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_blocking(f))
+            .await
+            .map_err(|e| StoreError::Sql(format!("read task failed: {e}")))?
+    }
+
+    /// Raw read access, for the same offline tools and tests as [`SqliteBackend::write_blocking`].
+    pub fn read_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError>,
+    {
+        let pooled = self.inner.readers.lock().ok().and_then(|mut p| p.pop());
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_connection(&self.inner.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?,
+        };
+        let result = f(&conn);
+        if let Ok(mut pool) = self.inner.readers.lock() {
+            if pool.len() < 8 {
+                pool.push(conn);
+            }
+        }
+        result
+    }
+
+    /// Stop accepting writes, let the writer finish what it has, and wait for it.
+    fn shut(&self) {
+        if let Ok(mut jobs) = self.inner.jobs.lock() {
+            jobs.take();
+        }
+        let handle = self.inner.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+fn load_counts(conn: &Connection) -> Result<Counts, StoreError> {
+    let mut counts = Counts::default();
+    // Kept by the writer with every commit (schema migration 2), so a start does not count a large
+    // archive row by row.
+    let mut stmt = conn.prepare("SELECT kind, state, n FROM task_counts WHERE n > 0")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let kind: String = row.get(0)?;
+        let state: String = row.get(1)?;
+        let n: i64 = row.get(2)?;
+        if let (Ok(k), Ok(s)) = (kind.parse::<TaskKind>(), state.parse::<TaskState>()) {
+            counts.set(k, s, n.max(0) as u64);
+        }
+    }
+    Ok(counts)
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    counts: Arc<Mutex<Counts>>,
+    events: broadcast::Sender<TrajectoryEvent>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        run_group(&mut conn, group, &counts, &events);
+    }
+    // Every sender is gone: checkpoint so the next start opens a small WAL, then mark the store as
+    // closed in order (the next open may skip its full integrity check).
+    let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+    let marked = conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, '1') ON CONFLICT(key) DO UPDATE SET value = '1'",
+        [CLOSED_CLEANLY],
+    );
+    if let Err(e) = marked {
+        tracing::warn!(error = %e, "cannot mark the store as closed cleanly; the next start checks it in full");
+    }
+}
+
+/// Move the stored counts by the group's changes, inside the group's transaction: one statement per
+/// (kind, state) the group touched, however many jobs it held. The same changes move the in-memory
+/// counts once the commit succeeds, so the two never differ.
+fn persist_counts(tx: &rusqlite::Transaction<'_>, deltas: &[batch::Delta]) -> rusqlite::Result<()> {
+    let mut net: HashMap<(TaskKind, TaskState), i64> = HashMap::new();
+    for (kind, from, to) in deltas {
+        if let Some(from) = from {
+            *net.entry((*kind, *from)).or_default() -= 1;
+        }
+        if let Some(to) = to {
+            *net.entry((*kind, *to)).or_default() += 1;
+        }
+    }
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO task_counts (kind, state, n) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (kind, state) DO UPDATE SET n = n + ?3",
+    )?;
+    for ((kind, state), n) in net {
+        if n != 0 {
+            stmt.execute(rusqlite::params![kind.as_str(), state.as_str(), n])?;
+        }
+    }
+    Ok(())
+}
+
+fn run_group(
+    conn: &mut Connection,
+    group: Vec<Job>,
+    counts: &Mutex<Counts>,
+    events: &broadcast::Sender<TrajectoryEvent>,
+) {
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            // Nothing can run without a transaction: every job is answered with the error unexecuted.
+            let err = StoreError::Sql(format!("cannot begin a transaction: {e}"));
+            for job in group {
+                job(None)(Err(err.clone()));
+            }
+            return;
+        }
+    };
+    let mut batch = Batch::new(&tx);
+    let completions: Vec<Completion> = group.into_iter().map(|job| job(Some(&mut batch))).collect();
+    let (new_events, deltas) = batch.into_effects();
+    let committed = persist_counts(&tx, &deltas)
+        .map_err(|e| StoreError::Sql(format!("cannot update the task counts: {e}")))
+        .and_then(|()| {
+            tx.commit()
+                .map_err(|e| StoreError::Sql(format!("commit failed: {e}")))
+        });
+    if committed.is_ok() {
+        if let Ok(mut c) = counts.lock() {
+            for (kind, from, to) in &deltas {
+                c.apply(*kind, *from, *to);
+            }
+        }
+        for ev in new_events {
+            let _ = events.send(ev);
+        }
+    }
+    for done in completions {
+        done(committed.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod contract_tests;
+
+#[cfg(test)]
+mod sweep_tests;

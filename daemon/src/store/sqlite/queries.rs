@@ -1,0 +1,249 @@
+//! Read queries, run on pooled read connections.
+
+use super::rows::{event_from_row, task_from_row, EVENT_COLUMNS, TASK_COLUMNS};
+use super::writes::{limit_sql, RETIRED};
+use crate::clock::rfc3339;
+use crate::store::{
+    Leftover, Retired, RetiredCursor, ShadowRow, StoreError, StoredMode, TaskFilter,
+};
+use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
+use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
+use rusqlite::types::ValueRef;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use std::sync::Arc;
+
+pub(super) const META_MODE: &str = "mode";
+pub(super) const META_MODE_SINCE: &str = "mode_since";
+
+pub fn get_task(conn: &Connection, id: &str) -> Result<Option<Task>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;
+    Ok(stmt.query_row([id], task_from_row).optional()?)
+}
+
+pub fn events_of(conn: &Connection, id: &str) -> Result<Vec<TrajectoryEvent>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE task_id = ?1 ORDER BY seq"
+    ))?;
+    let rows = stmt.query_map([id], event_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn list_tasks(conn: &Connection, f: &TaskFilter) -> Result<Vec<Task>, StoreError> {
+    let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE 1 = 1");
+    let mut args: Vec<String> = Vec::new();
+    if let Some(kind) = f.kind {
+        args.push(kind.as_str().to_string());
+        sql.push_str(&format!(" AND kind = ?{}", args.len()));
+    }
+    if let Some(state) = f.state {
+        args.push(state.as_str().to_string());
+        sql.push_str(&format!(" AND state = ?{}", args.len()));
+    }
+    if !f.include_harness {
+        sql.push_str(" AND harness = 0");
+    }
+    sql.push_str(&format!(
+        " ORDER BY created_at DESC, id DESC LIMIT {}",
+        f.limit.max(1)
+    ));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(args.iter()), task_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Tasks the dispatcher must pick up after a start: `queued` and `assigned`, oldest first.
+pub fn pending_dispatch(conn: &Connection) -> Result<Vec<Task>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE state IN ('queued', 'assigned') ORDER BY created_at, id"
+    ))?;
+    let rows = stmt.query_map([], task_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn get_meta(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?;
+    Ok(stmt.query_row([key], |r| r.get(0)).optional()?)
+}
+
+pub fn load_mode(conn: &Connection) -> Result<Option<StoredMode>, StoreError> {
+    let mode = get_meta(conn, META_MODE)?.and_then(|m| m.parse::<Mode>().ok());
+    let since_ms = get_meta(conn, META_MODE_SINCE)?.and_then(|s| s.parse::<i64>().ok());
+    Ok(mode.map(|mode| StoredMode { mode, since_ms }))
+}
+
+pub fn undelivered_since(
+    conn: &Connection,
+    since_ms: i64,
+    action: &str,
+) -> Result<Vec<Task>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE kind = 'live' AND state = 'done' AND completed_at >= ?1 \
+         AND NOT EXISTS (SELECT 1 FROM events e WHERE e.task_id = tasks.id AND e.action = ?2) \
+         ORDER BY completed_at, id"
+    ))?;
+    let rows = stmt.query_map(params![since_ms, action], task_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Every terminal transition sets `completed_at` (and terminal states are absorbing), so this is
+/// every terminal task of that age. The walk is ordered by the index
+/// tasks_terminal_completed(kind, completed_at) and its rowid; the cursor lets a sweep step past
+/// tasks it had to keep (their files could not be removed) instead of meeting them again.
+pub fn retired(
+    conn: &Connection,
+    kind: TaskKind,
+    before: i64,
+    after: Option<RetiredCursor>,
+    limit: usize,
+) -> Result<Vec<Retired>, StoreError> {
+    let (after_completed, after_rowid) = after.unwrap_or((i64::MIN, i64::MIN));
+    let mut stmt = conn.prepare_cached(RETIRED)?;
+    let rows = stmt.query_map(
+        params![
+            kind.as_str(),
+            before,
+            after_completed,
+            after_rowid,
+            limit_sql(limit)
+        ],
+        |r| {
+            Ok(Retired {
+                id: r.get(0)?,
+                cursor: (r.get(1)?, r.get(2)?),
+            })
+        },
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn orphan_leftovers(conn: &Connection) -> Result<Vec<Leftover>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, specialist_pid, agent FROM tasks WHERE state = 'in_progress' ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Leftover {
+            id: r.get(0)?,
+            pgid: r
+                .get::<_, Option<i64>>(1)?
+                .and_then(|p| i32::try_from(p).ok()),
+            agent: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn latest_gate_run(conn: &Connection) -> Result<Option<GateRunSummary>, StoreError> {
+    let row = conn
+        .query_row(
+            "SELECT at, label, passed, total, fingerprint FROM gate_runs ORDER BY id DESC LIMIT 1",
+            [],
+            |r| {
+                Ok(GateRunSummary {
+                    at: rfc3339(r.get(0)?),
+                    label: r.get(1)?,
+                    passed: r.get::<_, i64>(2)?.max(0) as u32,
+                    total: r.get::<_, i64>(3)?.max(0) as u32,
+                    fingerprint: r.get(4)?,
+                    matches_current: false,
+                })
+            },
+        )
+        .optional()?;
+    Ok(row)
+}
+
+pub fn gate_passed_for(conn: &Connection, fingerprint: &str) -> Result<bool, StoreError> {
+    let row: Option<(i64, i64)> = conn
+        .query_row(
+            "SELECT passed, total FROM gate_runs WHERE fingerprint = ?1 AND label IS NULL \
+             ORDER BY id DESC LIMIT 1",
+            [fingerprint],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(matches!(row, Some((p, t)) if p == t && t > 0))
+}
+
+pub fn pending_override(
+    conn: &Connection,
+    mode: Mode,
+) -> Result<Option<(i64, OverrideRecord)>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT id, mode, reason, by_user, uid, at FROM overrides \
+             WHERE mode = ?1 AND consumed_at IS NULL ORDER BY id LIMIT 1",
+            [mode.as_str()],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    OverrideRecord {
+                        mode,
+                        reason: r.get(2)?,
+                        by: r.get(3)?,
+                        uid: r.get::<_, i64>(4)?.max(0) as u32,
+                        at: rfc3339(r.get(5)?),
+                        consumed_at: None,
+                    },
+                ))
+            },
+        )
+        .optional()?)
+}
+
+pub fn pending_overrides(conn: &Connection) -> Result<Vec<OverrideRecord>, StoreError> {
+    let mut out = Vec::new();
+    for m in Mode::ALL {
+        if let Some((_, rec)) = pending_override(conn, m)? {
+            out.push(rec);
+        }
+    }
+    Ok(out)
+}
+
+/// A 24 h window can hold hundreds of thousands of rows, so each row is read without allocating:
+/// states are parsed in place and the few distinct agents and error codes are shared.
+pub fn shadow_rows_since(conn: &Connection, since_ms: i64) -> Result<Vec<ShadowRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT state, error_code, agent, created_at, completed_at, would_require_approval \
+         FROM tasks WHERE kind = 'shadow' AND created_at >= ?1",
+    )?;
+    let mut rows = stmt.query([since_ms])?;
+    let mut names: Vec<Arc<str>> = Vec::new();
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let state = text(r.get_ref(0)?)?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(TaskState::Failed);
+        out.push(ShadowRow {
+            state,
+            error_code: text(r.get_ref(1)?)?.map(|s| shared(&mut names, s)),
+            agent: text(r.get_ref(2)?)?.map(|s| shared(&mut names, s)),
+            created_ms: r.get(3)?,
+            completed_ms: r.get(4)?,
+            would_require_approval: r.get::<_, i64>(5)? != 0,
+        });
+    }
+    Ok(out)
+}
+
+fn text(v: ValueRef<'_>) -> Result<Option<&str>, StoreError> {
+    match v {
+        ValueRef::Null => Ok(None),
+        v => v
+            .as_str()
+            .map(Some)
+            .map_err(|e| StoreError::Sql(e.to_string())),
+    }
+}
+
+fn shared(names: &mut Vec<Arc<str>>, s: &str) -> Arc<str> {
+    match names.iter().find(|n| &***n == s) {
+        Some(n) => Arc::clone(n),
+        None => {
+            let n: Arc<str> = Arc::from(s);
+            names.push(Arc::clone(&n));
+            n
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The plain data that goes in and out of a store: what to write, and what the queries answer.
+
+use crate::clock::rfc3339;
+use crate::machine::Action;
+use orchestrator_proto::task::{
+    Mode, Rejection, Routing, Task, TaskError, TaskKind, TaskResult, TaskState,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// A task as submitted, before it is stored.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: String,
+    pub kind: TaskKind,
+    pub goal: String,
+    pub workspace_dir: Option<String>,
+    pub required_capabilities: Vec<String>,
+    pub submitted_by: String,
+    /// Submitted by the synthetic harness; hidden from `tasks list` unless asked for.
+    pub harness: bool,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+}
+
+/// Fields a transition sets besides the state and the timestamp that goes with its action.
+#[derive(Debug, Clone, Default)]
+pub struct Patch {
+    pub routing: Option<Routing>,
+    pub agent: Option<String>,
+    pub result: Option<TaskResult>,
+    pub rejection: Option<Rejection>,
+    pub error: Option<TaskError>,
+    pub would_require_approval: Option<bool>,
+    /// Lease expiry for a task entering or staying `in_progress`.
+    pub lease_until: Option<i64>,
+    pub specialist_pid: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TransitionOp {
+    pub id: String,
+    pub action: Action,
+    pub actor: String,
+    pub at_ms: i64,
+    pub patch: Patch,
+    pub details: Option<BTreeMap<String, String>>,
+}
+
+impl TransitionOp {
+    pub fn new(id: &str, action: Action, actor: &str, at_ms: i64) -> Self {
+        TransitionOp {
+            id: id.to_string(),
+            action,
+            actor: actor.to_string(),
+            at_ms,
+            patch: Patch::default(),
+            details: None,
+        }
+    }
+
+    pub fn patch(mut self, patch: Patch) -> Self {
+        self.patch = patch;
+        self
+    }
+
+    pub fn detail(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.details
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.to_string(), value.into());
+        self
+    }
+}
+
+/// A submit: the task, who submits it, and the transitions that follow at once in the same write
+/// (the synthetic pipeline: route, start, complete). Each step is a compare-and-set from the state
+/// the previous one left.
+#[derive(Debug, Clone)]
+pub struct SubmitPlan {
+    pub task: NewTask,
+    pub actor: String,
+    pub steps: Vec<TransitionOp>,
+}
+
+/// Steps to run on a stored task believed to be in `from`; refused as a whole if it is not.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub id: String,
+    pub kind: TaskKind,
+    pub from: TaskState,
+    pub steps: Vec<TransitionOp>,
+}
+
+/// An event that leaves the task's state as it is (`from` = `to` = `state`).
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub task_id: String,
+    pub kind: TaskKind,
+    pub state: TaskState,
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub details: Option<BTreeMap<String, String>>,
+}
+
+/// Filter of `tasks list`; newest first.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub state: Option<TaskState>,
+    pub kind: Option<TaskKind>,
+    pub include_harness: bool,
+    pub limit: u32,
+}
+
+/// Attempts allowed per agent before a lapsed lease fails the task instead of re-queueing it.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptLimits {
+    pub by_agent: HashMap<String, u32>,
+    /// For an agent not listed (removed from the config since).
+    pub default: u32,
+}
+
+impl AttemptLimits {
+    pub fn for_agent(&self, agent: &str) -> u32 {
+        self.by_agent.get(agent).copied().unwrap_or(self.default)
+    }
+}
+
+/// What a reclaim did: the ids failed and the ids re-queued.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    pub failed: Vec<String>,
+    pub requeued: Vec<String>,
+}
+
+/// Where a walk over retired tasks stands: the last `(completed_at, position)` seen.
+pub type RetiredCursor = (i64, i64);
+
+/// A terminal task past its retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retired {
+    pub id: String,
+    pub cursor: RetiredCursor,
+}
+
+/// An `in_progress` task of a previous run: its id and recorded process group.
+#[derive(Debug, Clone)]
+pub struct Leftover {
+    pub id: String,
+    pub pgid: Option<i32>,
+    pub agent: Option<String>,
+}
+
+/// The fields of one shadow task that the shadow summary needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowRow {
+    pub state: TaskState,
+    /// Shared: a window holds many rows but few distinct codes and agents.
+    pub error_code: Option<Arc<str>>,
+    pub agent: Option<Arc<str>>,
+    pub created_ms: i64,
+    pub completed_ms: Option<i64>,
+    pub would_require_approval: bool,
+}
+
+/// A synthetic gate run, as recorded.
+#[derive(Debug, Clone)]
+pub struct GateRunRecord {
+    pub at_ms: i64,
+    /// `None` for a full run (`synthetic-all`).
+    pub label: Option<String>,
+    pub fingerprint: String,
+    pub passed: u32,
+    pub total: u32,
+    /// The whole report, as JSON.
+    pub report: String,
+}
+
+/// A one-time gate override, as recorded.
+#[derive(Debug, Clone)]
+pub struct NewOverride {
+    pub mode: Mode,
+    pub reason: String,
+    pub by: String,
+    pub uid: u32,
+    pub at_ms: i64,
+}
+
+/// The effective mode as stored, and since when (unknown in stores older than that record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredMode {
+    pub mode: Mode,
+    pub since_ms: Option<i64>,
+}
+
+/// A mode change, with the override it consumes, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct ModeChange {
+    pub mode: Mode,
+    pub since_ms: i64,
+    pub consume_override: Option<i64>,
+}
+
+/// Apply a transition that moved `task` to `to` to the task in memory, exactly as the store
+/// applies it to the row, so that a plan's result can be answered without reading it back.
+pub fn absorb(task: &mut Task, op: &TransitionOp, to: TaskState) {
+    let p = &op.patch;
+    let at = rfc3339(op.at_ms);
+    task.state = to;
+    if let Some(r) = &p.routing {
+        task.routing = Some(r.clone());
+    }
+    if let Some(a) = &p.agent {
+        task.assigned_agent_id = Some(a.clone());
+    }
+    if let Some(r) = &p.result {
+        task.result = Some(r.clone());
+    }
+    if let Some(r) = &p.rejection {
+        task.rejection = Some(r.clone());
+    }
+    if let Some(e) = &p.error {
+        task.error = Some(e.clone());
+    }
+    if let Some(w) = p.would_require_approval {
+        task.would_require_approval = w;
+    }
+    if op.action == Action::Route {
+        task.assigned_at = Some(at.clone());
+    }
+    if op.action == Action::Start {
+        task.started_at = Some(at.clone());
+        task.attempts = task.attempts.saturating_add(1);
+    }
+    if to.is_terminal() {
+        task.completed_at = Some(at);
+    }
+}

@@ -1,0 +1,69 @@
+//! The application layer: every operation on tasks, gates and the sweeper that a front end offers.
+//!
+//! The control socket (`server::handlers`), the HTTP API (`http`) and the synthetic harness
+//! (`gate::synthetic`) are front ends over these functions; none of them calls another front end.
+//! Each operation takes the daemon, the [`Actor`] it acts for where it records one, and plain
+//! arguments, and answers a result or a [`WireError`](orchestrator_proto::WireError) with a stable
+//! code. Validation lives here, so every front end refuses the same input the same way.
+//!
+//! - [`submit`]: validate and store a task; synthetic tasks run their whole pipeline in that write.
+//! - [`transition`]: approve, reject, cancel.
+//! - [`query`]: list and show.
+//! - [`route`]: the routing decision a submit would take, without writing.
+//! - [`gate`]: synthetic gate runs, the shadow summary, gate overrides.
+//! - [`sweep`]: a sweep now.
+
+pub mod gate;
+pub mod query;
+pub mod route;
+pub mod submit;
+pub mod sweep;
+pub mod transition;
+
+use crate::access::Peer;
+use orchestrator_proto::{ErrorCode, WireError};
+
+/// Who an operation acts for, as recorded in the trajectory (`actor`) and on overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+    /// The peer's uid, when the front end knows one (the control socket does).
+    pub uid: Option<u32>,
+}
+
+impl Actor {
+    /// A peer of the control socket, by its user name.
+    pub fn peer(p: &Peer) -> Actor {
+        Actor {
+            name: p.user.clone(),
+            uid: Some(p.uid),
+        }
+    }
+
+    /// An actor known by name only: an HTTP token (`http:<token id>`), or a part of the daemon.
+    pub fn named(name: impl Into<String>) -> Actor {
+        Actor {
+            name: name.into(),
+            uid: None,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Task ids are ULIDs: 26 Crockford base32 characters. Checking first gives a clear error instead of
+/// a `not_found` for what is plainly not an id. The id must be canonical (the form the daemon hands
+/// out): the decoder alone would accept values past the 128-bit range by dropping their top bits.
+pub fn check_id(id: &str) -> Result<(), WireError> {
+    let canonical = ulid::Ulid::from_string(id).is_ok_and(|u| u.to_string() == id);
+    if !canonical {
+        let shown: String = id.chars().take(40).collect();
+        return Err(WireError::new(
+            ErrorCode::InvalidId,
+            format!("{shown:?} is not a task id (expected a 26-character ULID)"),
+        ));
+    }
+    Ok(())
+}
