@@ -1,7 +1,7 @@
 #!/bin/bash
-# The real-systemd test (issue 7): build the release binaries and the Debian package (packaging/build-deb.sh,
-# cargo-deb), boot systemd in a fresh container, install the package, and check the service the way an
-# operator would use it.
+# The real-systemd test (issue 7): build the release binaries and the Debian package
+# (packaging/build-deb.sh, cargo-deb), boot systemd in a fresh container, install the package, and check
+# the service the way an operator would use it.
 #
 #   tests/systemd/run.sh
 #
@@ -87,6 +87,8 @@ if [ -z "${ORCH_SYSTEMD_DEB:-}" ]; then
         fi
         ORCH_SYSTEMD_TARGET_DIR=$target_dir
     fi
+    ORCH_SYSTEMD_TARGET_DIR=$(cd "$ORCH_SYSTEMD_TARGET_DIR" && pwd) ||
+        { echo "CHECK build-deb: FAIL no directory $ORCH_SYSTEMD_TARGET_DIR"; echo "$BUILD_PASSED passed, 1 failed"; exit 1; }
     # cargo-deb wants the binaries in <target dir>/release.
     deb_log=$(mktemp)
     t0=$(date +%s)
@@ -106,6 +108,7 @@ if [ -z "${ORCH_SYSTEMD_DEB:-}" ]; then
     fi
     export ORCH_SYSTEMD_DEB=$deb BUILD_PASSED
 fi
+ORCH_SYSTEMD_DEB=$(realpath "$ORCH_SYSTEMD_DEB" 2>/dev/null || echo "$ORCH_SYSTEMD_DEB")
 if [ "$(id -u)" != 0 ]; then
     if ! sudo -n true 2>/dev/null; then
         echo "CHECK root: FAIL systemd-nspawn needs root (or passwordless sudo)"
