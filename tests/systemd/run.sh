@@ -1,16 +1,20 @@
 #!/bin/bash
-# The real-systemd test (issue 7): build the release binaries and the Debian package, boot systemd in a
-# fresh container, install the package, and check the service the way an operator would use it.
+# The real-systemd test (issue 7): build the release binaries and the Debian package
+# (packaging/build-deb.sh, cargo-deb), boot systemd in a fresh container, install the package, and check
+# the service the way an operator would use it.
 #
 #   tests/systemd/run.sh
 #
 # Prints one `CHECK <name>: ok` or `CHECK <name>: FAIL <why>` per check and, as its last line,
 # `N passed, M failed`; exits non-zero on any failure. Needs root (systemd-nspawn); run as another user it
-# builds first, then re-runs itself through `sudo -n`. Takes about a minute plus the cargo build (and
-# once per machine ~35 s to debootstrap the cached container root; see container.sh).
+# builds the binaries and the package first, then re-runs itself through `sudo -n`. The package needs
+# cargo-deb and dpkg-dev (see packaging/build-deb.sh; .ci/run installs both). Takes about a minute plus
+# the cargo build (and once per machine ~35 s to debootstrap the cached container root; see container.sh).
 #
 # Environment:
-#   ORCH_SYSTEMD_TARGET_DIR  use the binaries in this directory and skip `cargo build --release`
+#   ORCH_SYSTEMD_TARGET_DIR  use the binaries in this directory (a cargo target's release/) and skip
+#                            `cargo build --release`; the package goes to its sibling debian/
+#   ORCH_SYSTEMD_DEB         install this package instead of building one (what .ci/run does, after lintian)
 #   ORCH_SYSTEMD_KEEP=1      keep the container's root after the run, for a post-mortem
 #   and those of container.sh (ORCH_SYSTEMD_ROOT_CACHE, ORCH_DEBIAN_MIRROR, …).
 set -uo pipefail
@@ -60,26 +64,51 @@ wait_for() {
 }
 
 # ------------------------------------------------------------------------------------------------------
-# Build (as the invoking user), then become root for the container.
+# Build the binaries and the package (as the invoking user: cargo and cargo-deb are theirs), then become
+# root for the container.
 
-if [ -z "${ORCH_SYSTEMD_TARGET_DIR:-}" ]; then
-    target_dir="${CARGO_TARGET_DIR:-$repo/target}/release"
-    case $target_dir in /*) ;; *) target_dir="$repo/$target_dir" ;; esac
-    build_log=$(mktemp)
+if [ -z "${ORCH_SYSTEMD_DEB:-}" ]; then
+    BUILD_PASSED=0
+    if [ -z "${ORCH_SYSTEMD_TARGET_DIR:-}" ]; then
+        target_dir="${CARGO_TARGET_DIR:-$repo/target}/release"
+        case $target_dir in /*) ;; *) target_dir="$repo/$target_dir" ;; esac
+        build_log=$(mktemp)
+        t0=$(date +%s)
+        if (cd "$repo" && cargo build --release --locked --bins -p orchestratord -p orchctl) >"$build_log" 2>&1; then
+            echo "CHECK cargo-build: ok ($(( $(date +%s) - t0 )) s)"
+            BUILD_PASSED=$((BUILD_PASSED + 1))
+            rm -f "$build_log"
+        else
+            tail -30 "$build_log" | sed 's/^/INFO   /'
+            rm -f "$build_log"
+            echo "CHECK cargo-build: FAIL cargo build --release failed"
+            echo "$BUILD_PASSED passed, 1 failed"
+            exit 1
+        fi
+        ORCH_SYSTEMD_TARGET_DIR=$target_dir
+    fi
+    ORCH_SYSTEMD_TARGET_DIR=$(cd "$ORCH_SYSTEMD_TARGET_DIR" && pwd) ||
+        { echo "CHECK build-deb: FAIL no directory $ORCH_SYSTEMD_TARGET_DIR"; echo "$BUILD_PASSED passed, 1 failed"; exit 1; }
+    # cargo-deb wants the binaries in <target dir>/release.
+    deb_log=$(mktemp)
     t0=$(date +%s)
-    if (cd "$repo" && cargo build --release) >"$build_log" 2>&1; then
-        echo "CHECK cargo-build: ok ($(( $(date +%s) - t0 )) s)"
-        rm -f "$build_log"
+    deb=$(CARGO_TARGET_DIR=$(dirname "$ORCH_SYSTEMD_TARGET_DIR") \
+        "$repo/packaging/build-deb.sh" --no-build "$(dirname "$ORCH_SYSTEMD_TARGET_DIR")/debian" 2>"$deb_log" | tail -1)
+    if [ -f "$deb" ]; then
+        echo "CHECK build-deb: ok ($(basename "$deb"), $(( $(date +%s) - t0 )) s)"
+        BUILD_PASSED=$((BUILD_PASSED + 1))
+        grep -i warning "$deb_log" | sed 's/^/INFO   /'
+        rm -f "$deb_log"
     else
-        tail -30 "$build_log" | sed 's/^/INFO   /'
-        rm -f "$build_log"
-        echo "CHECK cargo-build: FAIL cargo build --release failed"
-        echo "0 passed, 1 failed"
+        tail -20 "$deb_log" | sed 's/^/INFO   /'
+        rm -f "$deb_log"
+        echo "CHECK build-deb: FAIL packaging/build-deb.sh produced no package"
+        echo "$BUILD_PASSED passed, 1 failed"
         exit 1
     fi
-    export ORCH_SYSTEMD_TARGET_DIR=$target_dir
-    BUILD_PASSED=1
+    export ORCH_SYSTEMD_DEB=$deb BUILD_PASSED
 fi
+ORCH_SYSTEMD_DEB=$(realpath "$ORCH_SYSTEMD_DEB" 2>/dev/null || echo "$ORCH_SYSTEMD_DEB")
 if [ "$(id -u)" != 0 ]; then
     if ! sudo -n true 2>/dev/null; then
         echo "CHECK root: FAIL systemd-nspawn needs root (or passwordless sudo)"
@@ -87,10 +116,13 @@ if [ "$(id -u)" != 0 ]; then
         exit 1
     fi
     export BUILD_PASSED=${BUILD_PASSED:-0}
-    exec sudo -n --preserve-env=BUILD_PASSED,ORCH_SYSTEMD_TARGET_DIR,ORCH_SYSTEMD_KEEP,ORCH_SYSTEMD_ROOT_CACHE,ORCH_SYSTEMD_WORK_BASE,ORCH_DEBIAN_MIRROR,ORCH_NSPAWN_KEEP_UNIT \
+    exec sudo -n --preserve-env=BUILD_PASSED,ORCH_SYSTEMD_DEB,ORCH_SYSTEMD_KEEP,ORCH_SYSTEMD_ROOT_CACHE,ORCH_SYSTEMD_WORK_BASE,ORCH_DEBIAN_MIRROR,ORCH_NSPAWN_KEEP_UNIT \
         "$0" "$@"
 fi
 PASSED=${BUILD_PASSED:-0}
+deb=$ORCH_SYSTEMD_DEB
+[ -f "$deb" ] || { echo "CHECK build-deb: FAIL no package at $deb"; echo "$PASSED passed, 1 failed"; exit 1; }
+info "package $deb"
 
 trap finish EXIT
 trap 'exit 130' INT TERM
@@ -98,17 +130,6 @@ WORK=$(mktemp -d)
 start_time=$(date +%s)
 
 ct_ensure_tools >/dev/null || fatal tools "could not install systemd-container and debootstrap"
-
-# ------------------------------------------------------------------------------------------------------
-# Package.
-
-deb=$("$repo/packaging/build-deb.sh" "$ORCH_SYSTEMD_TARGET_DIR" "$WORK/deb" 2>"$WORK/build-deb.err" | tail -1)
-if [ -f "$deb" ]; then
-    ok build-deb "$(basename "$deb")"
-    sed 's/^/INFO   /' "$WORK/build-deb.err" | grep -i warning
-else
-    fatal build-deb "$(oneline < "$WORK/build-deb.err")"
-fi
 
 # ------------------------------------------------------------------------------------------------------
 # Container, package installed as on a fresh host.
@@ -133,10 +154,12 @@ else
 fi
 enabled=$(in_ct systemctl is-enabled orchestrator.service 2>&1)
 active=$(in_ct systemctl is-active orchestrator.service 2>&1)
-if [ "$enabled" = enabled ] && [ "$active" = inactive ]; then
-    ok postinst-enabled-not-started
+# Socket activation is opt-in: the package must not enable the socket unit.
+socket_enabled=$(in_ct systemctl is-enabled orchestrator.socket 2>&1)
+if [ "$enabled" = enabled ] && [ "$active" = inactive ] && [ "$socket_enabled" = disabled ]; then
+    ok postinst-enabled-not-started "socket not enabled"
 else
-    fail postinst-enabled-not-started "is-enabled=$enabled is-active=$active"
+    fail postinst-enabled-not-started "is-enabled=$enabled is-active=$active, socket is-enabled=$socket_enabled"
 fi
 perm=$(in_ct stat -c '%a %U:%G' "$CONF" 2>&1)
 if [ "$perm" = "640 root:orchestrator" ]; then
