@@ -53,6 +53,9 @@ pub fn until(d: &Daemon) -> i64 {
     now_ms().saturating_add(duration_ms(d.config().sweeper.lease_ttl))
 }
 
+/// The supervisor's name for [`renew`].
+pub const TASK: &str = "lease-renewal";
+
 /// Renew until shutdown.
 pub async fn renew(d: Arc<Daemon>, leases: Arc<Leases>) {
     loop {
