@@ -272,6 +272,17 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         stop_logging.cancel();
         transition_log.join().await;
     };
+    // One failure often brings others (a dead dispatcher closes its executor's intake); each is
+    // logged, so that the cause is in the log whichever was reported first.
+    let orderly = async {
+        tokio::select! {
+            _ = orderly => {}
+            _ = async { loop { tracing::error!("{}", failures.next().await) } } => {}
+        }
+        while let Some(f) = failures.try_next() {
+            tracing::error!("{f}");
+        }
+    };
     match failure {
         None => orderly.await,
         Some(f) => {

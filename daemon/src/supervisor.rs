@@ -49,6 +49,11 @@ impl Failures {
             None => std::future::pending().await,
         }
     }
+
+    /// A failure already reported, if any.
+    pub fn try_next(&mut self) -> Option<Failure> {
+        self.0.try_recv().ok()
+    }
 }
 
 /// One supervised task: wait for it, or abort it when it outstays an orderly shutdown.
@@ -95,17 +100,16 @@ impl Supervisor {
                 fut.await;
                 return None;
             };
-            let trigger = async {
-                tokio::time::sleep(f.after).await;
-            };
+            let mut fut = std::pin::pin!(fut);
             tokio::select! {
-                _ = fut => return None,
-                _ = trigger => {}
+                _ = &mut fut => return None,
+                _ = tokio::time::sleep(f.after) => {}
             }
             match f.how {
                 How::Panic => panic!("test fault injected into {name}"),
                 How::Exit => None,
-                // Stops working (the work was dropped) but does not end before shutdown.
+                // Wedged: the task is kept (its channels stay open) but never polled again, and
+                // it does not end before shutdown.
                 How::Hang => {
                     shutdown.cancelled().await;
                     None
