@@ -2,7 +2,7 @@
 //! shutdown that undoes it.
 
 use crate::background;
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::config::{Config, ConfigErrors};
 use crate::daemon::{Daemon, Paths};
 use crate::dispatch::{self, DispatchHandle};
@@ -64,6 +64,7 @@ pub struct Prepared {
     pub config: Config,
     pub paths: Paths,
     pub store: Store,
+    pub clock: Clock,
 }
 
 pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
@@ -111,6 +112,7 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         config,
         paths,
         store,
+        clock: Clock::from_env(),
     })
 }
 
@@ -120,6 +122,7 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         config,
         mut paths,
         store,
+        clock,
     } = p;
     let Listener {
         listener,
@@ -129,7 +132,7 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
     paths.socket = socket;
     // Subscribed before anything can commit, so that every transition is logged and counted.
     let transitions = store.subscribe();
-    let mode = lifecycle::startup_mode(&store, &config)
+    let mode = lifecycle::startup_mode(&store, &config, clock.now_ms())
         .await
         .map_err(|e| other("cannot decide the mode")(e.to_string()))?;
     // Bound before anything is started, so that a taken port fails the start and leaves nothing
@@ -154,6 +157,7 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         config,
         mode,
         handle,
+        clock,
     ));
     let history = async {
         Ok::<_, StoreError>((
@@ -187,7 +191,7 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
     // reclaims those tasks all the same.
     let reclaim = sweeper::reclaim(
         &d.config(),
-        now_ms(),
+        d.clock.now_ms(),
         usize::MAX >> 1,
         "the daemon restarted while the specialist ran",
     );
@@ -232,7 +236,7 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         state_dir = %paths.state_dir.display(),
         MODE = %d.mode().effective,
         pid = std::process::id(),
-        started_ms = now_ms(),
+        started_ms = d.clock.now_ms(),
         "orchestratord ready"
     );
     notify(&[
