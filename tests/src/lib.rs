@@ -154,6 +154,7 @@ impl TestDaemon {
             socket: dir.path().join("run").join("orchestrator.sock"),
             state_dir: dir.path().join("state"),
             log: dir.path().join("daemon.log"),
+            clock_file: dir.path().join("clock-offset-ms"),
             dir,
             config,
             child: None,
@@ -170,10 +171,9 @@ impl TestDaemon {
     /// Wait (at most `timeout`) for the daemon to exit by itself, and reap it.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("daemon running");
-        let status = wait_for("the daemon to exit", timeout, || {
+        wait_for("the daemon to exit", timeout, || {
             child.try_wait().ok().flatten()
-        });
-        status
+        })
     }
 
     /// Whether the daemon is still running.
