@@ -16,7 +16,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-/// What the dispatcher (`crate::dispatch`) is told. The handle lives here, with the daemon that
+/// What the dispatcher is told. The handle lives here, with the daemon that
 /// holds it, so that the daemon does not depend on the dispatcher.
 #[derive(Debug)]
 pub enum DispatchMsg {

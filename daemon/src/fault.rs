@@ -1,5 +1,5 @@
 //! A test-only fault hook: `ORCHESTRATOR_TEST_FAULT=<task>[:panic|:exit|:hang][@<ms>]` makes one
-//! supervised task (see [`crate::supervisor`]) fail on purpose, so the end-to-end tests can show
+//! supervised task (see the `supervisor` module) fail on purpose, so the end-to-end tests can show
 //! that every task is watched. Unset (the only setting in production) it does nothing.
 //!
 //! - `panic` (the default): the task panics;
