@@ -32,7 +32,12 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let mut modules: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for file in &files {
         let rel = file.strip_prefix(src).unwrap();
-        let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
         let module = first.trim_end_matches(".rs").to_string();
         if module == "lib" || module == "main" {
             continue;
@@ -41,7 +46,12 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     }
     for file in &files {
         let rel = file.strip_prefix(src).unwrap();
-        let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
         let module = first.trim_end_matches(".rs").to_string();
         if !modules.contains_key(&module) {
             continue;
@@ -102,7 +112,10 @@ fn find_cycle(g: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
 fn top_level_modules_form_no_cycle() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let g = graph(&src);
-    assert!(g.contains_key("daemon") && g.contains_key("dispatch"), "{g:?}");
+    assert!(
+        g.contains_key("daemon") && g.contains_key("dispatch"),
+        "{g:?}"
+    );
     if let Some(cycle) = find_cycle(&g) {
         panic!("module cycle: {}", cycle.join(" → "));
     }
