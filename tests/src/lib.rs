@@ -4,6 +4,9 @@
 //! Waiting is always for a condition (the socket answers, the process exits, a task reaches a state),
 //! polled with a bounded deadline — never a bare sleep standing in for synchronisation.
 
+pub mod client;
+pub mod prometheus;
+
 use orchestrator_proto::frame::{read_frame, write_frame, DEFAULT_MAX_FRAME};
 use orchestrator_proto::message::{ClientMessage, Hello, Request, Response, ServerMessage};
 use serde_json::Value;
