@@ -6,8 +6,8 @@
 //! the published events; never the backend's tables.
 
 use super::{
-    AttemptLimits, GateRunRecord, ModeChange, NewEvent, NewOverride, NewTask, Patch, Plan, Reclaim,
-    Store, StoreError, StoredMode, SubmitPlan, TaskFilter, TransitionOp,
+    AttemptLimits, Cursor, GateRunRecord, ModeChange, NewEvent, NewOverride, NewTask, Patch, Plan,
+    Reclaim, Store, StoreError, StoredMode, SubmitPlan, TaskFilter, TransitionOp,
 };
 use crate::machine::Action;
 use orchestrator_proto::task::{Mode, TaskKind, TaskState, TrajectoryEvent};
@@ -527,4 +527,119 @@ pub async fn reads_for_gates_dispatch_and_delivery(store: Store) {
     assert_eq!(task.state, TaskState::Done);
     assert_eq!(events.last().map(|e| e.action.as_str()), Some("deliver"));
     assert_eq!(store.task_detail("none").await.unwrap(), None);
+}
+
+/// Listings: filters by state, agent and goal text; pages newest first by cursor visit every task
+/// exactly once while new tasks arrive, also among tasks created in the same millisecond.
+pub async fn listing_filters_and_pages_each_task_once(store: Store) {
+    let mut expected = Vec::new();
+    for i in 0..25 {
+        let id = format!("L{i:03}");
+        let mut t = task(&id, TaskKind::Live);
+        // Three tasks per millisecond, so page boundaries fall inside one.
+        t.created_ms = T0 + i / 3;
+        t.goal = if i % 5 == 0 {
+            "Deploy the release".into()
+        } else {
+            "fix the bug".into()
+        };
+        let steps = if i % 2 == 0 {
+            vec![routed(&id, T0 + 100)]
+        } else {
+            Vec::new()
+        };
+        store
+            .submit(SubmitPlan {
+                task: t,
+                actor: "alice".into(),
+                steps,
+            })
+            .await
+            .unwrap();
+        expected.push(id);
+    }
+    expected.reverse();
+    let page = |cursor: Option<Cursor>| TaskFilter {
+        kind: Some(TaskKind::Live),
+        cursor,
+        limit: 7,
+        ..TaskFilter::default()
+    };
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut late = 0;
+    loop {
+        let tasks = store.list_tasks(page(cursor.clone())).await.unwrap();
+        // New tasks arrive between pages; a newest-first walk must neither repeat nor skip.
+        late += 1;
+        let mut t = task(&format!("N{late:03}"), TaskKind::Live);
+        t.created_ms = T0 + 1_000 + late;
+        store
+            .submit(SubmitPlan {
+                task: t,
+                actor: "alice".into(),
+                steps: Vec::new(),
+            })
+            .await
+            .unwrap();
+        let Some(last) = tasks.last() else { break };
+        cursor = Some(Cursor::Before(last.id.clone()));
+        seen.extend(tasks.iter().map(|t| t.id.clone()));
+    }
+    assert_eq!(seen, expected);
+
+    // Backwards from the oldest: the newer neighbours, still newest first.
+    let newer = store
+        .list_tasks(page(Some(Cursor::After("L000".into()))))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = newer.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["L007", "L006", "L005", "L004", "L003", "L002", "L001"]
+    );
+
+    let filtered = |f: TaskFilter| async {
+        let tasks = store.list_tasks(f).await.unwrap();
+        tasks.into_iter().map(|t| t.id).collect::<Vec<_>>()
+    };
+    let deploy = filtered(TaskFilter {
+        kind: Some(TaskKind::Live),
+        goal_contains: Some("deploy".into()),
+        limit: 100,
+        ..TaskFilter::default()
+    })
+    .await;
+    assert_eq!(deploy, ["L020", "L015", "L010", "L005", "L000"]);
+    let assigned = filtered(TaskFilter {
+        kind: Some(TaskKind::Live),
+        state: Some(TaskState::Assigned),
+        agent: Some("coder".into()),
+        limit: 100,
+        ..TaskFilter::default()
+    })
+    .await;
+    assert_eq!(assigned.len(), 13);
+    assert!(assigned.windows(2).all(|w| w[0] > w[1]), "{assigned:?}");
+    let nobody = filtered(TaskFilter {
+        kind: Some(TaskKind::Live),
+        agent: Some("nobody".into()),
+        limit: 100,
+        ..TaskFilter::default()
+    })
+    .await;
+    assert!(nobody.is_empty());
+
+    // A cursor naming no task is an error, not an empty page that looks like the end.
+    let err = store
+        .list_tasks(page(Some(Cursor::Before("MISSING".into()))))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Rejected(orchestrator_proto::ErrorCode::NotFound, _)
+        ),
+        "{err:?}"
+    );
 }

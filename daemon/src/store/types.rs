@@ -103,13 +103,29 @@ pub struct NewEvent {
     pub details: Option<BTreeMap<String, String>>,
 }
 
-/// Filter of `tasks list`; newest first.
+/// Filter of a task listing (`tasks list`, the HTTP list, the console's pipeline); newest first.
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
     pub state: Option<TaskState>,
     pub kind: Option<TaskKind>,
+    /// Tasks routed to this agent.
+    pub agent: Option<String>,
+    /// Tasks whose goal contains this text (case-insensitive for ASCII).
+    pub goal_contains: Option<String>,
     pub include_harness: bool,
+    /// Where the page starts: tasks listed after (older than) or before (newer than) a task.
+    pub cursor: Option<Cursor>,
     pub limit: u32,
+}
+
+/// A position in a listing, named by a task id. Pages are keyed on (created time, id), so a page
+/// boundary stays put while new tasks arrive: paging visits each task once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cursor {
+    /// Tasks older than this one (the next page of a newest-first listing).
+    Before(String),
+    /// Tasks newer than this one (the previous page), still returned newest first.
+    After(String),
 }
 
 /// Attempts allowed per agent before a lapsed lease fails the task instead of re-queueing it.

@@ -25,6 +25,7 @@ pub async fn list(d: &Daemon, q: ListQuery) -> Result<Vec<Task>, WireError> {
         kind: Some(q.kind.unwrap_or(d.mode().effective)),
         include_harness: q.include_harness,
         limit: q.limit,
+        ..TaskFilter::default()
     };
     Ok(d.store.list_tasks(filter).await?)
 }

@@ -8,6 +8,7 @@ use crate::store::{
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
+use orchestrator_proto::ErrorCode;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use std::sync::Arc;
@@ -30,26 +31,77 @@ pub fn events_of(conn: &Connection, id: &str) -> Result<Vec<TrajectoryEvent>, St
 }
 
 pub fn list_tasks(conn: &Connection, f: &TaskFilter) -> Result<Vec<Task>, StoreError> {
-    let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE 1 = 1");
+    use crate::store::Cursor;
     let mut args: Vec<String> = Vec::new();
+    let mut arg = |v: String| {
+        args.push(v);
+        format!("?{}", args.len())
+    };
+    let mut conds = Vec::new();
     if let Some(kind) = f.kind {
-        args.push(kind.as_str().to_string());
-        sql.push_str(&format!(" AND kind = ?{}", args.len()));
+        conds.push(format!("kind = {}", arg(kind.as_str().to_string())));
     }
     if let Some(state) = f.state {
-        args.push(state.as_str().to_string());
-        sql.push_str(&format!(" AND state = ?{}", args.len()));
+        conds.push(format!("state = {}", arg(state.as_str().to_string())));
+    }
+    if let Some(agent) = &f.agent {
+        conds.push(format!("agent = {}", arg(agent.clone())));
+    }
+    if let Some(text) = f.goal_contains.as_deref().filter(|t| !t.is_empty()) {
+        // instr() rather than LIKE: the operator's text is matched as it is, `%` and `_` included.
+        conds.push(format!(
+            "instr(lower(goal), lower({})) > 0",
+            arg(text.to_string())
+        ));
     }
     if !f.include_harness {
-        sql.push_str(" AND harness = 0");
+        conds.push("harness = 0".to_string());
     }
-    sql.push_str(&format!(
-        " ORDER BY created_at DESC, id DESC LIMIT {}",
+    let mut ascending = false;
+    if let Some(cursor) = &f.cursor {
+        let (id, op) = match cursor {
+            Cursor::Before(id) => (id, "<"),
+            Cursor::After(id) => {
+                ascending = true;
+                (id, ">")
+            }
+        };
+        let at: Option<i64> = conn
+            .prepare_cached("SELECT created_at FROM tasks WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?;
+        let Some(at) = at else {
+            return Err(StoreError::Rejected(
+                ErrorCode::NotFound,
+                format!("no task with id {id} to page from (it may have been deleted by retention); list again without the cursor"),
+            ));
+        };
+        let (a, i) = (arg(at.to_string()), arg(id.clone()));
+        conds.push(format!("(created_at, id) {op} (CAST({a} AS INTEGER), {i})"));
+    }
+    // Waiting states are few, so their own index and a sort beat walking the whole archive in time
+    // order; everything else walks (kind, created_at, id) and stops at the limit.
+    let index = match f.state {
+        Some(s) if !s.is_terminal() => "INDEXED BY tasks_state_expires",
+        _ => "",
+    };
+    let dir = if ascending { "ASC" } else { "DESC" };
+    let filter = if conds.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conds.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT {TASK_COLUMNS} FROM tasks {index} {filter} ORDER BY created_at {dir}, id {dir} LIMIT {}",
         f.limit.max(1)
-    ));
+    );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params_from_iter(args.iter()), task_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut tasks: Vec<Task> = rows.collect::<Result<_, _>>()?;
+    if ascending {
+        tasks.reverse();
+    }
+    Ok(tasks)
 }
 
 /// Tasks the dispatcher must pick up after a start: `queued` and `assigned`, oldest first.

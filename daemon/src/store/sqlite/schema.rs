@@ -81,6 +81,11 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     INSERT INTO task_counts (kind, state, n) SELECT kind, state, count(*) FROM tasks GROUP BY kind, state;
     "#,
+    // 3: listings page newest first on (created_at, id) without sorting the archive. None of these
+    // columns ever changes, so a transition never touches this index; only an insert does.
+    r#"
+    CREATE INDEX tasks_kind_created_id ON tasks(kind, created_at, id);
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
