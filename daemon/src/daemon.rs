@@ -187,7 +187,7 @@ impl Daemon {
             mode: self.mode().effective,
             store_errors: self.store.errors(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            now_ms: now_ms(),
+            now_ms: self.clock.now_ms(),
             process: metrics::ProcessStats::read_self(),
         };
         metrics::render(&self.metrics, &snapshot)
