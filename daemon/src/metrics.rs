@@ -256,10 +256,9 @@ impl Metrics {
         action: &str,
         at_ms: i64,
     ) {
-        if to == TaskState::AwaitingApproval || to.is_terminal() {
-            if self.excluded().remove(id) {
-                return;
-            }
+        let resting = to == TaskState::AwaitingApproval || to.is_terminal();
+        if resting && self.excluded().remove(id) {
+            return;
         }
         if to == TaskState::AwaitingApproval {
             self.awaiting().insert(id.to_string(), at_ms);

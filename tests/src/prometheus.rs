@@ -152,10 +152,10 @@ pub fn check(text: &str) -> Result<Exposition, String> {
         if let Some(comment) = line.strip_prefix('#') {
             let mut words = comment.trim_start().splitn(3, ' ');
             match (words.next(), words.next(), words.next()) {
-                (Some("HELP"), Some(name), _) => {
-                    if !valid_name(name, true) || !helped.insert(name.to_string()) {
-                        return Err(at("a bad or repeated HELP".into()));
-                    }
+                (Some("HELP"), Some(name), _)
+                    if !valid_name(name, true) || !helped.insert(name.to_string()) =>
+                {
+                    return Err(at("a bad or repeated HELP".into()));
                 }
                 (Some("TYPE"), Some(name), Some(kind)) => {
                     let known = ["counter", "gauge", "histogram", "summary", "untyped"];
@@ -210,7 +210,8 @@ pub fn check(text: &str) -> Result<Exposition, String> {
             return Err(at("a series given twice".into()));
         }
         match e.types.get(&fam).map(String::as_str) {
-            Some("counter") if !(value >= 0.0) => {
+            // NaN included: a counter is a number of events.
+            Some("counter") if value.is_nan() || value < 0.0 => {
                 return Err(at("a counter below 0".into()));
             }
             Some("histogram") if name.ends_with("_bucket") && !labels.contains_key("le") => {
