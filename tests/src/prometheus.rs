@@ -132,8 +132,8 @@ fn family<'a>(name: &'a str, types: &BTreeMap<String, String>) -> &'a str {
     name
 }
 
-/// Parse `text` and check it: the grammar of every line; one HELP and one TYPE per family, before
-/// its samples; each family's samples together; no series twice; counters named `_total` and never
+/// Parse `text` and check it: the grammar of every line; one non-empty HELP and one TYPE per family,
+/// before its samples; each family's samples together; no series twice; counters named `_total` and never
 /// negative; histograms with cumulative buckets, a `+Inf` bucket equal to `_count`, and a `_sum`.
 pub fn check(text: &str) -> Result<Exposition, String> {
     let mut e = Exposition::default();
@@ -152,10 +152,12 @@ pub fn check(text: &str) -> Result<Exposition, String> {
         if let Some(comment) = line.strip_prefix('#') {
             let mut words = comment.trim_start().splitn(3, ' ');
             match (words.next(), words.next(), words.next()) {
-                (Some("HELP"), Some(name), _)
-                    if !valid_name(name, true) || !helped.insert(name.to_string()) =>
+                (Some("HELP"), Some(name), help)
+                    if !valid_name(name, true)
+                        || help.unwrap_or_default().trim().is_empty()
+                        || !helped.insert(name.to_string()) =>
                 {
-                    return Err(at("a bad or repeated HELP".into()));
+                    return Err(at("a bad, empty or repeated HELP".into()));
                 }
                 (Some("TYPE"), Some(name), Some(kind)) => {
                     let known = ["counter", "gauge", "histogram", "summary", "untyped"];
@@ -197,6 +199,9 @@ pub fn check(text: &str) -> Result<Exposition, String> {
             return Err(at("trailing text".into()));
         }
         let fam = family(name, &e.types).to_string();
+        if !e.types.contains_key(&fam) || !helped.contains(&fam) {
+            return Err(at(format!("a sample of {fam} before its HELP and TYPE")));
+        }
         if current.as_deref() != Some(&fam) {
             if let Some(prev) = current.take() {
                 finished.insert(prev);
@@ -320,26 +325,43 @@ mod tests {
     #[test]
     fn a_good_exposition_parses() {
         let text = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"q\\\"\\\\\\n\"} 3\n\
-                    # TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3.5\nh_count 2\n";
+                    # HELP h H.\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3.5\nh_count 2\n\
+                    # HELP g G.\n# TYPE g gauge\ng{k=\"v\",l=\"x\"} 1.5\ng{k=\"z\",l=\"x\"} -2\n";
         let e = check(text).unwrap();
         assert_eq!(e.value("a_total", &[("x", "q\"\\\n")]), Some(3.0));
         assert_eq!(e.value("h_count", &[]), Some(2.0));
+        assert_eq!(e.value("g", &[("k", "z"), ("l", "x")]), Some(-2.0));
     }
 
     #[test]
     fn broken_expositions_are_refused() {
+        let h = "# HELP h H.\n# TYPE h histogram\n";
+        let bad_histograms = [
+            format!("{h}h_bucket{{le=\"1\"}} 3\nh_bucket{{le=\"+Inf\"}} 2\nh_sum 1\nh_count 2\n"),
+            format!("{h}h_bucket{{le=\"1\"}} 1\nh_sum 1\nh_count 1\n"), // no +Inf
+            format!("{h}h_bucket{{le=\"+Inf\"}} 1\nh_count 1\n"),       // no _sum
+        ];
         for bad in [
-            "a 1",                                                     // no final newline
-            "# TYPE a counter\na 1\n",                                 // counter without _total
-            "a{x=\"1} 2\n",                                            // unterminated
-            "a{x=1} 2\n",                                              // unquoted
-            "a 1\nb 1\na 2\n",                                         // family split, and twice
-            "a one\n",                                                 // bad value
-            "# TYPE h histogram\nh_bucket{le=\"1\"} 3\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 2\n",
-            "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 1\nh_count 1\n", // no +Inf
-            "1a 1\n",
-        ] {
-            assert!(check(bad).is_err(), "accepted {bad:?}");
+            "# HELP a_total A.\n# TYPE a_total counter\na_total 3", // no final newline
+            "# TYPE a_total counter\na_total 3\n",                  // no HELP
+            "# HELP a_total A.\na_total 3\n",                       // no TYPE
+            "# HELP a_total \n# TYPE a_total counter\na_total 3\n", // empty HELP
+            "# HELP a_total A.\n# TYPE a_total counter\na_total three\n",
+            "# HELP a A.\n# TYPE a counter\na 3\n", // a counter not named _total
+            "# HELP a_total A.\n# TYPE a_total counter\na_total -1\n",
+            "# HELP g G.\n# TYPE g gauge\ng{k=\"v} 1\n",
+            "# HELP g G.\n# TYPE g gauge\ng{k=1} 1\n",
+            "# HELP g G.\n# TYPE g gauge\ng{k=\"v\",k=\"w\"} 1\n",
+            "# HELP g G.\n# TYPE g gauge\ng 1\ng 2\n",
+            "# HELP g G.\n# TYPE g wat\ng 1\n",
+            "# HELP g G.\n# TYPE g gauge\n# HELP h H.\n# TYPE h gauge\ng{a=\"1\"} 1\nh 1\ng{a=\"2\"} 1\n",
+            "# HELP 1a A.\n# TYPE 1a gauge\n1a 1\n",
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .chain(bad_histograms)
+        {
+            assert!(check(&bad).is_err(), "accepted {bad:?}");
         }
     }
 }
