@@ -1,7 +1,7 @@
 //! The application layer: every operation on tasks, gates and the sweeper that a front end offers.
 //!
 //! The control socket (`server::handlers`), the HTTP API (`http`) and the synthetic harness
-//! (`gate::synthetic`) are front ends over these functions; none of them calls another front end.
+//! ([`gate::run_synthetic`]) are front ends over these functions; none of them calls another front end.
 //! Each operation takes the daemon, the [`Actor`] it acts for where it records one, and plain
 //! arguments, and answers a result or a [`WireError`](orchestrator_proto::WireError) with a stable
 //! code. Validation lives here, so every front end refuses the same input the same way.
