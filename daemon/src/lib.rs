@@ -9,7 +9,7 @@
 //! - [`config`], [`routing`], [`fixtures`], [`paths`], [`credentials`]: shared with `orchctl`, they
 //!   live in the `orchestrator-core` crate and are re-exported here under the same names.
 //! - [`tasks`]: the application layer — submit, approve/reject/cancel, list/show, route preview,
-//!   gate runs, overrides, sweep now. Every front end calls it; none calls another front end.
+//!   gate runs, overrides, sweep now, reload. Every front end calls it; none calls another front end.
 //! - [`store`]: the store interface (typed operations, no SQL outside it), its SQLite backend with
 //!   one group-committing writer, and the contract suite every backend passes; every transition is
 //!   a compare-and-set with its trajectory event in the same transaction.
@@ -19,7 +19,9 @@
 //! - [`server`]: the control socket — binding (or taking systemd's), connections, one handler per verb.
 //! - [`http`]: the optional HTTP API for dashboards, over the same operations, behind the bearer token.
 //! - [`access`]: peer credentials and who may do what.
-//! - [`lifecycle`]: reload, signals, systemd notifications.
+//! - [`lifecycle`]: start-up mode, the one mode-flip decision, reload bookkeeping, systemd
+//!   notifications.
+//! - [`service`]: signal handlers and systemd's watchdog with its liveness probe.
 //! - [`logging`]: journald or stderr, and the log line (and counter) of every transition.
 //! - [`background`]: `--daemonize` with a locked pidfile, for hosts without systemd.
 //! - [`supervisor`]: every long-lived task runs under a name; one that panics or ends early stops
@@ -42,6 +44,7 @@ pub mod machine;
 pub mod metrics;
 pub mod run;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod supervisor;
 pub mod sweeper;

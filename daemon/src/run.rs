@@ -12,10 +12,10 @@ use crate::logging;
 use crate::metrics::Metrics;
 use crate::paths::{default_socket, default_state_dir};
 use crate::server;
+use crate::service;
 use crate::store::sqlite::WRITER_TASK;
 use crate::store::{Store, StoreError};
 use crate::supervisor::{Failure, Supervisor};
-use crate::sweeper;
 use crate::{fault, server::Listener};
 use sd_notify::NotifyState;
 use std::os::unix::fs::DirBuilderExt;
@@ -168,10 +168,8 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
     let (gate, overrides) = history
         .await
         .map_err(|e| other("cannot read gate history")(e.to_string()))?;
-    d.with_notes(|n| {
-        n.latest_gate = gate;
-        n.pending_overrides = overrides;
-    });
+    d.gate.set_latest_run(gate);
+    d.gate.set_pending_overrides(overrides);
     let (sup, mut failures) = Supervisor::new(d.shutdown.clone());
     let writer = {
         let store = store.clone();
@@ -189,7 +187,7 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
     // The previous run's leases ended with it, however far ahead they reached. Voiding them and
     // reclaiming are two writes: a crash in between leaves leases void, and the next start
     // reclaims those tasks all the same.
-    let reclaim = sweeper::reclaim(
+    let reclaim = crate::sweeper::reclaim(
         &d.config(),
         d.clock.now_ms(),
         usize::MAX >> 1,
@@ -216,17 +214,17 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
     let mut tasks = vec![
         sup.spawn("dispatcher", dispatch::run(Arc::clone(&d), rx, sup.clone())),
         sup.spawn("delivery", dispatch::delivery::run(Arc::clone(&d))),
-        sup.spawn("signals", lifecycle::signals(Arc::clone(&d))),
-        sup.spawn("sweeper", sweeper::run(Arc::clone(&d))),
+        sup.spawn("signals", service::signals(Arc::clone(&d))),
+        sup.spawn("sweeper", crate::tasks::sweep::run(Arc::clone(&d))),
     ];
     if let Some(interval) = lifecycle::watchdog_interval() {
-        tasks.push(sup.spawn("watchdog", lifecycle::watchdog(Arc::clone(&d), interval)));
+        tasks.push(sup.spawn("watchdog", service::watchdog(Arc::clone(&d), interval)));
     }
     // The HTTP address is noted before the socket serves, so that `status` never misses it.
     let http_server = http_listener.map(|l| {
         let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(listen = %bound, "http: serving the API");
-        d.with_notes(|n| n.http_listen = Some(bound));
+        let _ = d.http_listen.set(bound);
         sup.spawn("http-server", http::serve(Arc::clone(&d), l))
     });
     let server = sup.spawn("socket-server", server::serve(Arc::clone(&d), listener));
@@ -241,7 +239,7 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
     );
     notify(&[
         NotifyState::Ready,
-        NotifyState::Status(&lifecycle::status_line(&d)),
+        NotifyState::Status(&crate::tasks::status::status_line(&d)),
     ]);
     background::ready();
 

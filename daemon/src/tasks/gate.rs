@@ -73,7 +73,7 @@ pub async fn run_synthetic(d: &Daemon, label: Option<&str>) -> Result<GateRunRep
         })
         .await?;
     let summary = summary_of(&report, &fingerprint);
-    d.with_notes(|n| n.latest_gate = Some(summary));
+    d.gate.set_latest_run(Some(summary));
     tracing::info!(passed, total = report.total, fingerprint = %fingerprint, "synthetic gate run recorded");
     Ok(report)
 }
@@ -124,7 +124,7 @@ pub async fn record_override(
         })
         .await?;
     let pending = d.store.pending_overrides().await?;
-    d.with_notes(|n| n.pending_overrides = pending);
+    d.gate.set_pending_overrides(pending);
     tracing::warn!(mode = %mode, by = %rec.by, uid = rec.uid, reason = %rec.reason, "gate override recorded");
     Ok(rec)
 }

@@ -11,11 +11,15 @@
 //! - [`query`]: list and show.
 //! - [`route`]: the routing decision a submit would take, without writing.
 //! - [`gate`]: synthetic gate runs, the shadow summary, gate overrides.
-//! - [`sweep`]: a sweep now.
+//! - [`sweep`]: a sweep now, and the sweeper's timer.
+//! - [`reload`]: re-read the config and apply it, or nothing (SIGHUP and `orchctl reload`).
+//! - [`status`]: the daemon in a line, for systemd.
 
 pub mod gate;
 pub mod query;
+pub mod reload;
 pub mod route;
+pub mod status;
 pub mod submit;
 pub mod sweep;
 pub mod transition;
