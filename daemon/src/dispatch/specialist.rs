@@ -143,30 +143,6 @@ pub fn approval_of(task: &Task, cfg: &Config) -> Approval {
     cfg.routing.approval(&decision, &cfg.agents)
 }
 
-/// The specialist's environment: `base`, then the agent's `env`, then the contract's variables.
-pub fn specialist_env(
-    base: Vec<(String, String)>,
-    task: &Task,
-    agent_env: &BTreeMap<String, String>,
-    artefact_dir: &Path,
-) -> Vec<(String, String)> {
-    let mut env: BTreeMap<String, String> = base.into_iter().collect();
-    for (k, v) in agent_env {
-        if !process::is_reserved(k) {
-            env.insert(k.clone(), v.clone());
-        }
-    }
-    let agent = task.assigned_agent_id.clone().unwrap_or_default();
-    env.insert("ORCH_TASK_ID".into(), task.id.clone());
-    env.insert("ORCH_TASK_KIND".into(), task.kind.as_str().into());
-    env.insert("ORCH_AGENT_ID".into(), agent);
-    env.insert(
-        "ORCH_ARTEFACT_DIR".into(),
-        artefact_dir.to_string_lossy().into_owned(),
-    );
-    env.into_iter().collect()
-}
-
 fn details(pairs: Vec<(&str, String)>) -> Option<BTreeMap<String, String>> {
     let map: BTreeMap<String, String> = pairs
         .into_iter()
@@ -613,12 +589,7 @@ impl Shared {
             .map(PathBuf::from)
             .or_else(|| agent.working_dir.clone())
             .unwrap_or_else(|| dir.clone());
-        let env = specialist_env(
-            process::base_env(|k| std::env::var(k).ok()),
-            task,
-            &agent.env,
-            &artefact_dir,
-        );
+        let env = process::child_env(task, &agent.env, Some(&artefact_dir));
         let stdin = serde_json::to_vec(task)
             .map_err(|e| spawn_failed(format!("cannot encode the task: {e}"), Vec::new()))?;
         let child = process::spawn(Launch {
@@ -845,14 +816,11 @@ mod tests {
             ("ORCH_TASK_ID".to_string(), "forged".to_string()),
             ("NOTIFY_SOCKET".to_string(), "/run/x".to_string()),
         ]);
-        let env: BTreeMap<String, String> = specialist_env(
-            vec![("PATH".into(), "/bin".into())],
-            &t,
-            &agent_env,
-            Path::new("/a"),
-        )
-        .into_iter()
-        .collect();
+        let base = || vec![("PATH".to_string(), "/bin".to_string())];
+        let env: BTreeMap<String, String> =
+            process::child_env_from(base(), &t, &agent_env, Some(Path::new("/a")))
+                .into_iter()
+                .collect();
         assert_eq!(env["ORCH_TASK_ID"], t.id);
         assert_eq!(env["ORCH_TASK_KIND"], "live");
         assert_eq!(env["ORCH_AGENT_ID"], "coder");
@@ -860,5 +828,20 @@ mod tests {
         assert_eq!(env["API_KEY"], "k");
         assert_eq!(env["PATH"], "/bin");
         assert!(!env.contains_key("NOTIFY_SOCKET"));
+    }
+
+    #[test]
+    fn the_delivery_hook_gets_the_contract_variables_without_an_artefact_dir() {
+        let t = task(TaskKind::Live, "coder");
+        let base = vec![("PATH".to_string(), "/bin".to_string())];
+        let env: BTreeMap<String, String> =
+            process::child_env_from(base, &t, &BTreeMap::new(), None)
+                .into_iter()
+                .collect();
+        assert_eq!(env["ORCH_TASK_ID"], t.id);
+        assert_eq!(env["ORCH_TASK_KIND"], "live");
+        assert_eq!(env["ORCH_AGENT_ID"], "coder");
+        assert_eq!(env["PATH"], "/bin");
+        assert!(!env.contains_key("ORCH_ARTEFACT_DIR"));
     }
 }
