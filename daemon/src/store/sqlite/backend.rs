@@ -3,7 +3,7 @@
 
 use super::{queries, SqliteBackend};
 use crate::store::{
-    Backend, Counts, GateRunRecord, Leftover, ModeChange, NewEvent, NewOverride, Outcomes, Plan,
+    Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes, Plan,
     Reclaim, Reclaimed, Retired, RetiredCursor, ShadowRow, StoreFuture, StoredMode, SubmitPlan,
     TaskFilter, TransitionOp,
 };
@@ -192,6 +192,14 @@ impl Backend for SqliteBackend {
 
     fn subscribe(&self) -> broadcast::Receiver<TrajectoryEvent> {
         self.inner.events.subscribe()
+    }
+
+    fn health(&self) -> Health {
+        self.health_now()
+    }
+
+    fn check_integrity(&self) -> StoreFuture<'_, String> {
+        Box::pin(self.run_integrity_check())
     }
 
     fn close(&self) {
