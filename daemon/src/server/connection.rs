@@ -1,4 +1,8 @@
 //! One client connection: peer check, hello, then one reply per request.
+//!
+//! Every reply is encoded first and measured against the frame limit: one that would not fit is
+//! replaced by a `reply_too_large` error (and a log line) rather than dropped with the connection.
+//! Replies are given in the protocol minor the client announced in its hello.
 
 use super::handlers;
 use crate::access::{Access, Peer};
@@ -18,12 +22,39 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 type Conn = Framed<UnixStream, LengthDelimitedCodec>;
 
 async fn send(conn: &mut Conn, msg: &ServerMessage) -> bool {
-    match encode(msg) {
-        Ok(bytes) => conn.send(Bytes::from(bytes)).await.is_ok(),
+    let bytes = match encode(msg) {
+        Ok(bytes) => bytes,
         Err(e) => {
             tracing::error!(error = %e, "cannot encode a reply");
-            false
+            return false;
         }
+    };
+    let max = conn.codec().max_frame_length();
+    if bytes.len() > max {
+        return send_too_large(conn, bytes.len(), max).await;
+    }
+    conn.send(Bytes::from(bytes)).await.is_ok()
+}
+
+/// Say why a reply was not sent. The error names the sizes and what to ask for instead.
+async fn send_too_large(conn: &mut Conn, size: usize, max: usize) -> bool {
+    tracing::warn!(
+        size,
+        max,
+        "a reply was larger than the frame limit; answered reply_too_large instead"
+    );
+    let err = WireError::new(
+        ErrorCode::ReplyTooLarge,
+        format!(
+            "the reply would be {size} bytes, over the frame limit of {max}: ask for less \
+             (tasks list: use --limit N or page with --before ID), or raise [socket] max_frame"
+        ),
+    )
+    .with("size", size.to_string())
+    .with("max", max.to_string());
+    match encode(&ServerMessage::Err(err)) {
+        Ok(bytes) => conn.send(Bytes::from(bytes)).await.is_ok(),
+        Err(_) => false,
     }
 }
 
@@ -92,8 +123,8 @@ pub async fn serve(d: Arc<Daemon>, stream: UnixStream) {
         return;
     }
 
-    // The handshake comes first.
-    match next(&mut conn, max_frame).await {
+    // The handshake comes first; the client's minor says which replies it can decode.
+    let minor = match next(&mut conn, max_frame).await {
         Next::Closed => return,
         Next::Bad(err) => return refuse(&d, &mut conn, err).await,
         Next::Message(ClientMessage::Request(_)) => {
@@ -125,8 +156,9 @@ pub async fn serve(d: Arc<Daemon>, stream: UnixStream) {
             if !send(&mut conn, &reply).await {
                 return;
             }
+            h.minor
         }
-    }
+    };
 
     loop {
         let request = tokio::select! {
@@ -157,12 +189,22 @@ pub async fn serve(d: Arc<Daemon>, stream: UnixStream) {
             }
             continue;
         }
+        if minor < 1 && matches!(request, Request::ListPage(_)) {
+            let err = WireError::new(
+                ErrorCode::MalformedRequest,
+                "this request needs protocol 1.1; the hello announced an older minor",
+            );
+            if !send(&mut conn, &ServerMessage::Err(err)).await {
+                return;
+            }
+            continue;
+        }
         if request == Request::Watch {
             return watch(&d, conn).await;
         }
-        let reply = match handlers::handle(&d, &peer, request).await {
+        let reply = match handlers::handle(&d, &peer, minor, request).await {
             Ok(resp) => ServerMessage::Ok(Box::new(resp)),
-            Err(err) => ServerMessage::Err(err),
+            Err(err) => ServerMessage::Err(err.for_minor(minor)),
         };
         if !send(&mut conn, &reply).await {
             return;
