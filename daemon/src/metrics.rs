@@ -117,5 +117,8 @@ pub fn render(d: &crate::daemon::Daemon) -> String {
             u8::from(kind == mode)
         );
     }
+    let health = d.store.health();
+    let _ = writeln!(out, "# HELP orchestrator_storage_full 1 while commits fail because the store's disk is full.\n# TYPE orchestrator_storage_full gauge\norchestrator_storage_full {}", u8::from(health.full_since_ms.is_some()));
+    let _ = writeln!(out, "# HELP orchestrator_store_damaged 1 once an integrity check found the store damaged (writes refused).\n# TYPE orchestrator_store_damaged gauge\norchestrator_store_damaged {}", u8::from(health.damaged.is_some()));
     out
 }

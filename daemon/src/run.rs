@@ -7,6 +7,7 @@ use crate::config::{Config, ConfigErrors};
 use crate::daemon::{Daemon, Paths};
 use crate::dispatch::{self, DispatchHandle};
 use crate::http;
+use crate::integrity;
 use crate::lifecycle::{self, notify};
 use crate::logging;
 use crate::metrics::Metrics;
@@ -220,6 +221,8 @@ pub async fn serve(p: Prepared, listener: server::Listener) -> Result<(), StartE
         NotifyState::Status(&lifecycle::status_line(&d)),
     ]);
     background::ready();
+    // After READY: the check reads the whole file and must not delay the start.
+    tasks.spawn(integrity::run(Arc::clone(&d)));
 
     d.shutdown.cancelled().await;
     notify(&[NotifyState::Stopping]);
