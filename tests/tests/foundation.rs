@@ -147,7 +147,7 @@ fn json_output_uses_the_schema_field_names() {
     }
     let (code, list) = d.ctl_json(&["tasks", "list"]);
     assert_eq!(code, 0);
-    let list = list.as_array().unwrap();
+    let list = list["tasks"].as_array().unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["id"], id.as_str());
     assert!(list[0].get("requiredCapabilities").is_some());
