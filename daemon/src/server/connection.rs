@@ -22,6 +22,11 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 type Conn = Framed<UnixStream, LengthDelimitedCodec>;
 
 async fn send(conn: &mut Conn, msg: &ServerMessage) -> bool {
+    send_to(conn, msg, PROTOCOL_MINOR).await
+}
+
+/// Send to a client that announced protocol minor `minor`.
+async fn send_to(conn: &mut Conn, msg: &ServerMessage, minor: u16) -> bool {
     let bytes = match encode(msg) {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -31,13 +36,13 @@ async fn send(conn: &mut Conn, msg: &ServerMessage) -> bool {
     };
     let max = conn.codec().max_frame_length();
     if bytes.len() > max {
-        return send_too_large(conn, bytes.len(), max).await;
+        return send_too_large(conn, bytes.len(), max, minor).await;
     }
     conn.send(Bytes::from(bytes)).await.is_ok()
 }
 
 /// Say why a reply was not sent. The error names the sizes and what to ask for instead.
-async fn send_too_large(conn: &mut Conn, size: usize, max: usize) -> bool {
+async fn send_too_large(conn: &mut Conn, size: usize, max: usize, minor: u16) -> bool {
     tracing::warn!(
         size,
         max,
@@ -51,7 +56,8 @@ async fn send_too_large(conn: &mut Conn, size: usize, max: usize) -> bool {
         ),
     )
     .with("size", size.to_string())
-    .with("max", max.to_string());
+    .with("max", max.to_string())
+    .for_minor(minor);
     match encode(&ServerMessage::Err(err)) {
         Ok(bytes) => conn.send(Bytes::from(bytes)).await.is_ok(),
         Err(_) => false,
@@ -200,20 +206,20 @@ pub async fn serve(d: Arc<Daemon>, stream: UnixStream) {
             continue;
         }
         if request == Request::Watch {
-            return watch(&d, conn).await;
+            return watch(&d, conn, minor).await;
         }
         let reply = match handlers::handle(&d, &peer, minor, request).await {
             Ok(resp) => ServerMessage::Ok(Box::new(resp)),
             Err(err) => ServerMessage::Err(err.for_minor(minor)),
         };
-        if !send(&mut conn, &reply).await {
+        if !send_to(&mut conn, &reply, minor).await {
             return;
         }
     }
 }
 
 /// Stream every committed trajectory event until the client hangs up or the daemon stops.
-async fn watch(d: &Daemon, mut conn: Conn) {
+async fn watch(d: &Daemon, mut conn: Conn, minor: u16) {
     let mut events = d.store.subscribe();
     if !send(
         &mut conn,
@@ -229,7 +235,7 @@ async fn watch(d: &Daemon, mut conn: Conn) {
             // A client that sends anything or hangs up ends the stream.
             n = conn.next() => if n.is_none() { return },
             ev = events.recv() => match ev {
-                Ok(ev) => if !send(&mut conn, &ServerMessage::Event(ev)).await { return },
+                Ok(ev) => if !send_to(&mut conn, &ServerMessage::Event(ev), minor).await { return },
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "a watch client fell behind; events were skipped");
                 }
