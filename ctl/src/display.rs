@@ -219,7 +219,11 @@ fn store_lines(st: &StorageStatus, o: &mut Output) -> io::Result<()> {
         (Some(found), Some(at)) => format!("{found} at {at}"),
         _ => "not run yet".to_string(),
     };
-    let running = if st.checking { " (a check is running)" } else { "" };
+    let running = if st.checking {
+        " (a check is running)"
+    } else {
+        ""
+    };
     writeln!(o.out, "integrity:    {check}{running}")?;
     Ok(())
 }

@@ -13,7 +13,9 @@ use clap::Parser;
 use cli::{Cli, Command, ConfigCommand, FormatArg, GateCommand, TasksCommand};
 use client::{exit, Client, ClientError};
 use display::{Format, Output};
-use orchestrator_proto::message::{ListQuery, PageQuery, Request, Response, SubmitRequest, TaskPage};
+use orchestrator_proto::message::{
+    ListQuery, PageQuery, Request, Response, SubmitRequest, TaskPage,
+};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState};
 use std::io;
 use std::path::Path;

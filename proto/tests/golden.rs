@@ -69,6 +69,11 @@ fn codes_newer_than_a_client_reach_it_as_internal() {
     let tail: Vec<&str> = ErrorCode::ALL[17..].iter().map(|c| c.as_str()).collect();
     assert_eq!(
         tail,
-        ["shutting_down", "reply_too_large", "storage_full", "store_damaged"]
+        [
+            "shutting_down",
+            "reply_too_large",
+            "storage_full",
+            "store_damaged"
+        ]
     );
 }

@@ -73,7 +73,11 @@ fn an_intact_store_reports_ok_with_the_time_of_the_check() {
     assert!(storage["damaged"].is_null());
     assert!(d.log_text().contains("store: integrity check ok"));
     let out = d.ctl(&["status"]);
-    assert!(stdout(&out).contains("integrity:    ok at "), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("integrity:    ok at "),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]

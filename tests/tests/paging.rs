@@ -229,13 +229,17 @@ fn a_reply_over_the_frame_limit_is_reply_too_large_and_logged() {
     assert!(stderr(&out).contains("--limit"), "{}", stderr(&out));
     let log = d.log_text();
     assert_eq!(
-        log.matches("a reply was larger than the frame limit").count(),
+        log.matches("a reply was larger than the frame limit")
+            .count(),
         1,
         "{log}"
     );
     // A listing holding it says so instead of dropping the connection.
     let (code, err) = d.ctl_json(&["tasks", "list", "--kind", "live"]);
-    assert_eq!((code, &err["error"]["code"]), (1, &"reply_too_large".into()));
+    assert_eq!(
+        (code, &err["error"]["code"]),
+        (1, &"reply_too_large".into())
+    );
 
     // The connection survives the refusal, and old (1.0) clients get a code they know.
     let mut raw = Raw::connect(&d.socket).unwrap();

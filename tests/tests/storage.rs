@@ -83,7 +83,10 @@ fn a_full_disk_is_storage_full_logged_once_and_recovers_without_loss() {
         assert!(stderr(&out).contains("storage_full"), "{}", stderr(&out));
         refused += 1;
     }
-    assert!(refused >= 20, "only {refused} of 30 submits met the full disk");
+    assert!(
+        refused >= 20,
+        "only {refused} of 30 submits met the full disk"
+    );
     let (code, err) = d.ctl_json(&["submit", "as json"]);
     assert_eq!((code, &err["error"]["code"]), (1, &"storage_full".into()));
 
@@ -91,7 +94,10 @@ fn a_full_disk_is_storage_full_logged_once_and_recovers_without_loss() {
     assert!(s["fullSince"].as_str().unwrap().ends_with('Z'), "{s}");
     assert!(stdout(&d.ctl(&["status"])).contains("ERROR disk full since"));
     let metrics = stdout(&d.ctl(&["metrics"]));
-    assert!(metrics.contains("\norchestrator_storage_full 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("\norchestrator_storage_full 1\n"),
+        "{metrics}"
+    );
     let log = d.log_text();
     assert_eq!(log.matches("store: the disk is full").count(), 1, "{log}");
 
@@ -101,9 +107,16 @@ fn a_full_disk_is_storage_full_logged_once_and_recovers_without_loss() {
     acknowledged.push(d.submit("after again"));
     assert!(storage(&d)["fullSince"].is_null());
     let metrics = stdout(&d.ctl(&["metrics"]));
-    assert!(metrics.contains("\norchestrator_storage_full 0\n"), "{metrics}");
+    assert!(
+        metrics.contains("\norchestrator_storage_full 0\n"),
+        "{metrics}"
+    );
     let log = d.log_text();
-    assert_eq!(log.matches("store: storage writable again").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("store: storage writable again").count(),
+        1,
+        "{log}"
+    );
     assert_eq!(log.matches("store: the disk is full").count(), 1, "{log}");
 
     // Nothing acknowledged was lost, across a restart too.

@@ -27,9 +27,9 @@ mod types;
 pub use sqlite::{queries, Batch};
 
 pub use types::{
-    absorb, AttemptLimits, Cursor, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride,
-    NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, ShadowRow, StoredMode, SubmitPlan,
-    TaskFilter, TransitionOp,
+    absorb, AttemptLimits, Cursor, GateRunRecord, Health, Leftover, ModeChange, NewEvent,
+    NewOverride, NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, ShadowRow, StoredMode,
+    SubmitPlan, TaskFilter, TransitionOp,
 };
 
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};

@@ -203,7 +203,10 @@ mod tests {
         assert!(page.tasks.len() > 10 && page.tasks.len() < 100);
         // What was kept is the newest end, and `next` continues right after it.
         assert_eq!(page.tasks[..], tasks[..page.tasks.len()]);
-        assert_eq!(page.next.as_deref(), Some(page.tasks.last().unwrap().id.as_str()));
+        assert_eq!(
+            page.next.as_deref(),
+            Some(page.tasks.last().unwrap().id.as_str())
+        );
         // The whole reply fits in the frame; one task more would not have.
         assert!(encoded(&page.tasks, page.next.clone()) <= frame);
         let one_more = &tasks[..page.tasks.len() + 1];

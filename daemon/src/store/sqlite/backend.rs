@@ -3,9 +3,9 @@
 
 use super::{queries, SqliteBackend};
 use crate::store::{
-    Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes, Plan,
-    Reclaim, Reclaimed, Retired, RetiredCursor, ShadowRow, StoreFuture, StoredMode, SubmitPlan,
-    TaskFilter, TransitionOp,
+    Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes,
+    Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowRow, StoreFuture, StoredMode,
+    SubmitPlan, TaskFilter, TransitionOp,
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};

@@ -26,8 +26,8 @@ pub use schema::SCHEMA_VERSION;
 
 use crate::clock::now_ms;
 use crate::store::{Counts, Health, StoreError};
-use orchestrator_proto::ErrorCode;
 use orchestrator_proto::task::{TaskKind, TaskState, TrajectoryEvent};
+use orchestrator_proto::ErrorCode;
 use rusqlite::{Connection, OpenFlags};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -250,9 +250,9 @@ impl SqliteBackend {
             .read(|conn| {
                 // A page too damaged for the check to walk is an answer too, not a failure to check.
                 quick_check(conn).or_else(|e| match e.sqlite_error_code() {
-                    Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
-                        Ok(e.to_string())
-                    }
+                    Some(
+                        rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase,
+                    ) => Ok(e.to_string()),
                     _ => Err(e.into()),
                 })
             })
