@@ -208,10 +208,14 @@ pub async fn serve(d: Arc<Daemon>, stream: UnixStream) {
         if request == Request::Watch {
             return watch(&d, conn, minor).await;
         }
+        let verb = request.verb();
+        let began = std::time::Instant::now();
         let reply = match handlers::handle(&d, &peer, minor, request).await {
             Ok(resp) => ServerMessage::Ok(Box::new(resp)),
             Err(err) => ServerMessage::Err(err.for_minor(minor)),
         };
+        let took = began.elapsed().as_secs_f64();
+        d.metrics.request_duration.observe(&["socket", verb], took);
         if !send_to(&mut conn, &reply, minor).await {
             return;
         }
