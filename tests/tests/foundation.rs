@@ -246,8 +246,12 @@ fn raw_bad_input_gets_an_error_or_a_close_and_others_are_served() {
         match r.recv() {
             Ok(ServerMessage::Err(e)) => {
                 assert_eq!(e.code, ErrorCode::ProtocolMismatch);
+                let daemon = format!(
+                    "daemon speaks 1.{}",
+                    orchestrator_proto::message::PROTOCOL_MINOR
+                );
                 assert!(
-                    e.message.contains("1.0"),
+                    e.message.contains(&daemon),
                     "names the daemon's version: {}",
                     e.message
                 );
