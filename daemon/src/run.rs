@@ -7,6 +7,7 @@ use crate::config::{Config, ConfigErrors};
 use crate::daemon::{Daemon, Paths};
 use crate::dispatch::{self, DispatchHandle};
 use crate::http;
+use crate::integrity;
 use crate::lifecycle::{self, notify};
 use crate::logging;
 use crate::metrics::Metrics;
@@ -242,6 +243,8 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         NotifyState::Status(&crate::tasks::status::status_line(&d)),
     ]);
     background::ready();
+    // After READY: the check reads the whole file and must not delay the start.
+    tasks.push(sup.spawn("integrity-check", integrity::run(Arc::clone(&d))));
 
     let failure = tokio::select! {
         _ = d.shutdown.cancelled() => None,
