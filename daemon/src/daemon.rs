@@ -7,6 +7,7 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::dispatch::DispatchHandle;
 use crate::metrics::Metrics;
+use crate::sessions::Sessions;
 use crate::store::Store;
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord, ReloadReport, SweepReport};
 use orchestrator_proto::task::Mode;
@@ -63,6 +64,8 @@ pub struct Notes {
     pub latest_gate: Option<GateRunSummary>,
     /// The address the HTTP API is bound to, when it runs (the configured port may be 0).
     pub http_listen: Option<String>,
+    /// Why HTTP is off although the config has it on (its default port was taken).
+    pub http_problem: Option<String>,
 }
 
 pub struct Daemon {
@@ -72,6 +75,8 @@ pub struct Daemon {
     pub dispatch: DispatchHandle,
     pub shutdown: CancellationToken,
     pub started: Instant,
+    /// Console login codes and sessions, shared by the socket (which mints) and the console.
+    pub sessions: Sessions,
     config: RwLock<Arc<Config>>,
     access: RwLock<Arc<AccessPolicy>>,
     mode: RwLock<ModeState>,
@@ -98,6 +103,7 @@ impl Daemon {
             dispatch,
             shutdown: CancellationToken::new(),
             started: Instant::now(),
+            sessions: Sessions::default(),
             config: RwLock::new(Arc::new(config)),
             access: RwLock::new(Arc::new(access)),
             mode: RwLock::new(mode),

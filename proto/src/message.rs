@@ -118,6 +118,8 @@ pub enum Request {
     },
     Metrics,
     Watch,
+    /// A single-use link that signs the asking user in to the web console.
+    ConsoleLink,
 }
 
 impl Request {
@@ -132,6 +134,7 @@ impl Request {
                 | Request::ShadowSummary { .. }
                 | Request::Metrics
                 | Request::Watch
+                | Request::ConsoleLink
         )
     }
 
@@ -152,6 +155,7 @@ impl Request {
             Request::GateOverride { .. } => "gate_override",
             Request::Metrics => "metrics",
             Request::Watch => "watch",
+            Request::ConsoleLink => "console_link",
         }
     }
 }
@@ -173,6 +177,19 @@ pub enum Response {
     GateOverride(OverrideRecord),
     Metrics(String),
     WatchStarted,
+    ConsoleLink(ConsoleLink),
+}
+
+/// A login link for the web console, minted for the peer that asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsoleLink {
+    pub url: String,
+    pub expires_at: String,
+    /// The user the link signs in as.
+    pub user: String,
+    /// Whether that user may only look (a read-only peer in `[socket]`).
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
