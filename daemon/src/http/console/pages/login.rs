@@ -9,7 +9,7 @@ use crate::http::{auth, Api, TokenFile};
 use crate::sessions::{secret, Identity};
 use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{AppendHeaders, IntoResponse, Response};
 use maud::html;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,14 +48,14 @@ fn signed_in(api: &Api, identity: Identity, next: Option<String>) -> Response {
         .to_string();
     (
         StatusCode::SEE_OTHER,
-        [
+        AppendHeaders([
             (
                 header::SET_COOKIE,
                 set_cookie(SESSION_COOKIE, &session.id, ttl.as_secs()),
             ),
             (header::SET_COOKIE, set_cookie(NEXT_COOKIE, "", 0)),
             (header::LOCATION, to),
-        ],
+        ]),
     )
         .into_response()
 }
