@@ -159,8 +159,7 @@ fn fail(e: ClientError, format: Format, o: &mut Output) -> ExitCode {
 
 /// `console [--open]`: ask for a login link, print it, and with `--open` hand it to the browser.
 fn console(socket: &Path, open: bool, format: Format, o: &mut Output) -> ExitCode {
-    let response = match Client::connect(socket).and_then(|mut c| c.request(Request::ConsoleLink))
-    {
+    let response = match Client::connect(socket).and_then(|mut c| c.request(Request::ConsoleLink)) {
         Ok(r) => r,
         Err(e) => return fail(e, format, o),
     };

@@ -1,4 +1,4 @@
-//! Benchmark for SPEC §8 / acceptance 4 of the sweeper: one sweep over a large archive while
+//! Benchmark of the sweeper: one sweep over a large archive while
 //! `status` is asked in a loop, and submits keep arriving.
 //!
 //! It seeds a store of `--tasks` tasks (through the store's own API, as the daemon writes them) of

@@ -1,4 +1,4 @@
-//! Who may talk to the control socket (SPEC §10): every connection's peer credentials are checked
+//! Who may talk to the control socket: every connection's peer credentials are checked
 //! against the allowed uids and groups. Root and the daemon's own uid are always allowed. Read-only
 //! peers may use the verbs that change nothing.
 

@@ -1,4 +1,4 @@
-//! Where log lines go, and the log line every committed transition gets (SPEC §12).
+//! Where log lines go, and the log line every committed transition gets.
 //!
 //! Started by systemd, the daemon's stderr is a stream into the journal; it then logs through
 //! journald's native protocol instead, so that fields arrive as journal fields an operator can

@@ -1,10 +1,10 @@
-//! The task state machine (SPEC §4) as a pure function: which action may move a task from which
-//! state, and to where. The store applies the result as a compare-and-set on the current state.
+//! The task state machine as a pure function: which action may move a task from which state, and
+//! to where (the table is in docs/ARCHITECTURE.md). The store applies the result as a compare-and-set on the current state.
 
 use orchestrator_proto::task::{TaskState, MAX_REASON_CHARS};
 use std::fmt;
 
-/// Every action of SPEC §4's table.
+/// Every action a task can be given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     Route,
@@ -18,7 +18,7 @@ pub enum Action {
     Fail,
     Cancel,
     Expire,
-    /// A lapsed lease with attempts left puts the task back in the queue (SPEC §4, "No task can be stuck").
+    /// A lapsed lease with attempts left puts the task back in the queue: no task can be stuck.
     Requeue,
 }
 
@@ -44,7 +44,7 @@ impl fmt::Display for Action {
     }
 }
 
-/// The refusal: `{from, action}` as SPEC §4 asks.
+/// The refusal: `{from, action}`, so the caller can say what was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refused {
     pub from: TaskState,

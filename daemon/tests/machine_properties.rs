@@ -1,4 +1,4 @@
-//! Property tests of the state machine (SPEC §4): random action sequences, applied through the pure
+//! Property tests of the state machine: random action sequences, applied through the pure
 //! `machine::next_state` and through the real `Store`, never break the invariants — terminal states
 //! absorb every action, every transition writes exactly one trajectory event, and the counts the
 //! store keeps match its rows.

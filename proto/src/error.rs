@@ -1,4 +1,4 @@
-//! Stable error codes (SPEC §10). The snake_case names are a contract: scripts match on them.
+//! Stable error codes. The snake_case names are a contract: scripts match on them.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

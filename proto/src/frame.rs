@@ -1,4 +1,4 @@
-//! Framing: a 4-byte big-endian length, then a postcard payload (SPEC §10).
+//! Framing: a 4-byte big-endian length, then a postcard payload.
 //!
 //! The daemon uses [`codec`] with tokio; `orchctl` and tests use the blocking [`write_frame`] and
 //! [`read_frame`] helpers, which apply the same limits.

@@ -2,9 +2,9 @@
 //!
 //! Everything that crosses the control socket lives here:
 //!
-//! - [`task`]: the task, its states, kinds, results and trajectory events (SPEC §3–§4). The same types
+//! - [`task`]: the task, its states, kinds, results and trajectory events. The same types
 //!   serialise to postcard on the wire and to camelCase JSON for `--format json` and the HTTP API.
-//! - [`message`]: the hello handshake, requests and responses (SPEC §10).
+//! - [`message`]: the hello handshake, requests and responses.
 //! - [`error`]: stable error codes carried by error replies.
 //! - [`frame`]: the length-delimited framing (4-byte big-endian length, postcard payload).
 //!

@@ -1,4 +1,4 @@
-//! Handshake, requests and responses (SPEC §10–§11).
+//! Handshake, requests and responses.
 //!
 //! A connection starts with [`ClientMessage::Hello`]; the daemon answers [`ServerMessage::Hello`] or an
 //! error with code `protocol_mismatch`. After that every [`ClientMessage::Request`] gets exactly one

@@ -1,4 +1,4 @@
-//! The task and its trajectory (SPEC §3–§4).
+//! The task and its trajectory.
 //!
 //! Field names serialise as camelCase so that JSON output and the HTTP API speak the contract of the
 //! original proposal. Timestamps are RFC 3339 UTC strings produced by the daemon.
@@ -14,7 +14,7 @@ pub const MAX_GOAL_BYTES: usize = 8 * 1024;
 /// Longest reject reason accepted, in characters.
 pub const MAX_REASON_CHARS: usize = 1024;
 
-/// The eight states of SPEC §4.
+/// The eight states a task can be in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
@@ -100,7 +100,7 @@ pub enum TaskKind {
     Live,
 }
 
-/// The daemon's rollout mode (SPEC §1).
+/// The daemon's rollout mode.
 pub type Mode = TaskKind;
 
 impl TaskKind {
@@ -180,7 +180,7 @@ pub struct Rejection {
     pub at: String,
 }
 
-/// Error codes a task can end with (SPEC §3).
+/// Error codes a task can end with.
 pub mod task_error {
     pub const SPAWN_FAILED: &str = "spawn_failed";
     pub const SPECIALIST_TIMEOUT: &str = "specialist_timeout";
@@ -199,7 +199,7 @@ pub struct TaskError {
     pub details: Option<BTreeMap<String, String>>,
 }
 
-/// A task as stored and shown (SPEC §3).
+/// A task as stored and shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Task {

@@ -153,7 +153,10 @@ fn a_login_link_signs_in_once_as_the_socket_user_with_strict_headers() {
     let d = TestDaemon::with_config(HTTP_CONFIG);
     let link = console_link(&d);
     let url = link["url"].as_str().unwrap().to_string();
-    assert!(url.starts_with(&format!("{}/console/login?code=", d.http_base())), "{url}");
+    assert!(
+        url.starts_with(&format!("{}/console/login?code=", d.http_base())),
+        "{url}"
+    );
     assert_eq!(link["readOnly"], false);
     let me = link["user"].as_str().unwrap().to_string();
 
@@ -165,7 +168,10 @@ fn a_login_link_signs_in_once_as_the_socket_user_with_strict_headers() {
 
     let page = s.get("/console/approvals");
     assert_eq!(page.status, 200);
-    assert!(page.body.contains(&me), "the header names the signed-in user");
+    assert!(
+        page.body.contains(&me),
+        "the header names the signed-in user"
+    );
     assert_eq!(page.headers["content-security-policy"], CSP);
     assert_eq!(page.headers["x-content-type-options"], "nosniff");
     assert_eq!(page.headers["referrer-policy"], "no-referrer");
@@ -209,7 +215,10 @@ fn without_a_session_the_login_page_comes_first_and_then_the_page_asked_for() {
             .unwrap(),
     );
     assert_eq!(r.status, 303);
-    assert_eq!(r.location.as_deref(), Some(&*format!("/console/tasks/{id}")));
+    assert_eq!(
+        r.location.as_deref(),
+        Some(&*format!("/console/tasks/{id}"))
+    );
     // Scripts' requests get a status, not a page.
     let events = reply(a.get(format!("{base}/console/events")).call().unwrap());
     assert_eq!(events.status, 401);
@@ -240,9 +249,15 @@ fn approve_and_reject_are_recorded_with_the_user_and_the_console_channel() {
 
     let page = s.get("/console/approvals").body;
     for id in [&a, &b, &c] {
-        assert!(page.contains(&format!("data-id=\"{id}\"")), "{id} is listed");
+        assert!(
+            page.contains(&format!("data-id=\"{id}\"")),
+            "{id} is listed"
+        );
     }
-    assert!(page.contains("agent coder is in approval_required"), "why approval is needed");
+    assert!(
+        page.contains("agent coder is in approval_required"),
+        "why approval is needed"
+    );
     assert!(page.contains("id=\"awaiting-count\">3<"), "header count");
 
     let r = s.post(
@@ -260,7 +275,10 @@ fn approve_and_reject_are_recorded_with_the_user_and_the_console_channel() {
     assert_eq!(ev["details"]["via"], "console");
 
     // A reject without a reason is refused and changes nothing.
-    let r = s.post(&format!("/console/tasks/{b}/reject"), &[("csrf", &csrf), ("reason", "  ")]);
+    let r = s.post(
+        &format!("/console/tasks/{b}/reject"),
+        &[("csrf", &csrf), ("reason", "  ")],
+    );
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("A reason is required"), "{}", r.body);
     assert_eq!(d.state_of(&b), "awaiting_approval");
@@ -301,11 +319,22 @@ fn losing_a_race_says_someone_else_decided_and_shows_the_state_now() {
     let id = awaiting_task(&d);
     let out = d.ctl(&["approve", &id]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let r = s.post(&format!("/console/tasks/{id}/reject"), &[("csrf", &csrf), ("reason", "no")]);
+    let r = s.post(
+        &format!("/console/tasks/{id}/reject"),
+        &[("csrf", &csrf), ("reason", "no")],
+    );
     assert_eq!(r.status, 409);
     assert!(r.body.contains("Someone else decided first"), "{}", r.body);
-    assert!(r.body.contains("data-state=\"done\""), "the state now: {}", r.body);
-    assert!(r.body.contains("via socket"), "who decided, and how: {}", r.body);
+    assert!(
+        r.body.contains("data-state=\"done\""),
+        "the state now: {}",
+        r.body
+    );
+    assert!(
+        r.body.contains("via socket"),
+        "who decided, and how: {}",
+        r.body
+    );
     assert!(!r.body.contains("\"error\""), "no raw JSON");
     assert_eq!(d.state_of(&id), "done");
 }
@@ -395,7 +424,9 @@ fn read_only_link(d: &TestDaemon) -> Option<Value> {
 
 #[test]
 fn a_read_only_user_sees_no_buttons_and_cannot_decide() {
-    let d = TestDaemon::with_config(&format!("{HTTP_CONFIG}[socket]\nread_only_uids = [65534]\n"));
+    let d = TestDaemon::with_config(&format!(
+        "{HTTP_CONFIG}[socket]\nread_only_uids = [65534]\n"
+    ));
     let id = awaiting_task(&d);
     let Some(link) = read_only_link(&d) else {
         return;
@@ -477,10 +508,17 @@ fn http_is_on_by_default_and_a_taken_default_port_only_turns_it_off() {
             .unwrap();
     assert!(status["httpListen"].is_null(), "{status}");
     let warnings = status["configWarnings"].to_string();
-    assert!(warnings.contains("HTTP is off") && warnings.contains("7419"), "{warnings}");
+    assert!(
+        warnings.contains("HTTP is off") && warnings.contains("7419"),
+        "{warnings}"
+    );
     let out = ctl_at(&second_socket, &["console"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("HTTP listener is off"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("HTTP listener is off"),
+        "{}",
+        stderr(&out)
+    );
     for c in [&mut first, &mut second] {
         let _ = c.kill();
         let _ = c.wait();
@@ -565,7 +603,10 @@ mod browser {
     {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while !f().await {
-            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -581,11 +622,18 @@ mod browser {
     async fn sign_in(c: &Client, d: &TestDaemon) {
         let url = console_link(d)["url"].as_str().unwrap().to_string();
         c.goto(&url).await.unwrap();
-        assert!(c.current_url().await.unwrap().path().ends_with("/console/approvals"));
+        assert!(c
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/console/approvals"));
         // The link works once.
         c.goto(&url).await.unwrap();
         assert!(body_text(c).await.contains("already been used"));
-        c.goto(&format!("{}/console/approvals", d.http_base())).await.unwrap();
+        c.goto(&format!("{}/console/approvals", d.http_base()))
+            .await
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -597,7 +645,12 @@ mod browser {
         let c = browser(&drv, 1280, 900).await;
         let base = d.http_base();
         c.goto(&format!("{base}/console/approvals")).await.unwrap();
-        assert!(c.current_url().await.unwrap().path().ends_with("/console/login"));
+        assert!(c
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/console/login"));
         screenshot(&c, "login").await;
         sign_in(&c, &d).await;
 
@@ -610,13 +663,21 @@ mod browser {
         .await;
         let id = awaiting_task(&d);
         until("the new task's row", || async {
-            c.find(Locator::Css(&format!("tr[data-id='{id}']"))).await.is_ok()
+            c.find(Locator::Css(&format!("tr[data-id='{id}']")))
+                .await
+                .is_ok()
         })
         .await;
-        let same_page = c.execute("return window.__marker === 1;", vec![]).await.unwrap();
+        let same_page = c
+            .execute("return window.__marker === 1;", vec![])
+            .await
+            .unwrap();
         assert_eq!(same_page, Value::Bool(true), "no reload happened");
         until("the row to show awaiting approval", || async {
-            match c.find(Locator::Css(&format!("tr[data-id='{id}'] .state"))).await {
+            match c
+                .find(Locator::Css(&format!("tr[data-id='{id}'] .state")))
+                .await
+            {
                 Ok(e) => e.text().await.unwrap_or_default() == "awaiting approval",
                 Err(_) => false,
             }
@@ -629,37 +690,51 @@ mod browser {
         let third = awaiting_task(&d);
         c.goto(&format!("{base}/console/approvals")).await.unwrap();
         screenshot(&c, "approvals").await;
-        c.find(Locator::Css(&format!("article[data-id='{id}'] form.approve button")))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        until("the approval notice", || async { body_text(&c).await.contains("Approved") }).await;
+        c.find(Locator::Css(&format!(
+            "article[data-id='{id}'] form.approve button"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+        until("the approval notice", || async {
+            body_text(&c).await.contains("Approved")
+        })
+        .await;
         assert_eq!(d.state_of(&id), "done");
 
         // Reject without a reason: the browser's required field holds it back; nothing changes.
-        c.find(Locator::Css(&format!("article[data-id='{other}'] form.reject button")))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        c.find(Locator::Css(&format!(
+            "article[data-id='{other}'] form.reject button"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
         assert_eq!(d.state_of(&other), "awaiting_approval");
         // With a reason it goes through.
-        c.find(Locator::Css(&format!("article[data-id='{other}'] form.reject input[name=reason]")))
-            .await
-            .unwrap()
-            .send_keys("touches billing")
-            .await
-            .unwrap();
-        c.find(Locator::Css(&format!("article[data-id='{other}'] form.reject button")))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        until("the rejection notice", || async { body_text(&c).await.contains("Rejected") }).await;
+        c.find(Locator::Css(&format!(
+            "article[data-id='{other}'] form.reject input[name=reason]"
+        )))
+        .await
+        .unwrap()
+        .send_keys("touches billing")
+        .await
+        .unwrap();
+        c.find(Locator::Css(&format!(
+            "article[data-id='{other}'] form.reject button"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+        until("the rejection notice", || async {
+            body_text(&c).await.contains("Rejected")
+        })
+        .await;
         assert_eq!(d.task(&other)["rejection"]["reason"], "touches billing");
 
         // Lose a race with orchctl approve.
@@ -669,12 +744,14 @@ mod browser {
             body_text(&c).await.contains("Decided elsewhere")
         })
         .await;
-        c.find(Locator::Css(&format!("article[data-id='{third}'] form.approve button")))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        c.find(Locator::Css(&format!(
+            "article[data-id='{third}'] form.approve button"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
         until("the race message", || async {
             body_text(&c).await.contains("Someone else decided first")
         })
@@ -689,10 +766,15 @@ mod browser {
         )
         .await
         .unwrap();
-        until("the refusal", || async { body_text(&c).await.contains("This form has expired") }).await;
+        until("the refusal", || async {
+            body_text(&c).await.contains("This form has expired")
+        })
+        .await;
         assert_eq!(d.state_of(&third), "done");
 
-        c.goto(&format!("{base}/console/tasks/{other}")).await.unwrap();
+        c.goto(&format!("{base}/console/tasks/{other}"))
+            .await
+            .unwrap();
         assert!(body_text(&c).await.contains("touches billing"));
         screenshot(&c, "task").await;
         c.goto(&format!("{base}/console/rollout")).await.unwrap();
@@ -728,7 +810,10 @@ mod browser {
     #[ignore = "needs chromium and chromium-driver; .ci/run runs them"]
     async fn approvals_and_task_pages_fit_a_phone() {
         let d = TestDaemon::with_config(HTTP_CONFIG);
-        let long = format!("{CODE_GOAL} {}", "averyveryverylongwordwithoutanybreaks".repeat(6));
+        let long = format!(
+            "{CODE_GOAL} {}",
+            "averyveryverylongwordwithoutanybreaks".repeat(6)
+        );
         let id = d.submit(&long);
         d.wait_state(&id, "awaiting_approval", Duration::from_secs(20));
         let drv = driver();
@@ -749,7 +834,9 @@ mod browser {
     #[tokio::test(flavor = "multi_thread")]
     #[ignore = "needs chromium and chromium-driver; .ci/run runs them"]
     async fn a_read_only_user_sees_no_buttons() {
-        let d = TestDaemon::with_config(&format!("{HTTP_CONFIG}[socket]\nread_only_uids = [65534]\n"));
+        let d = TestDaemon::with_config(&format!(
+            "{HTTP_CONFIG}[socket]\nread_only_uids = [65534]\n"
+        ));
         let id = awaiting_task(&d);
         let Some(link) = read_only_link(&d) else {
             return;
@@ -759,7 +846,10 @@ mod browser {
         c.goto(link["url"].as_str().unwrap()).await.unwrap();
         let base = d.http_base();
         c.goto(&format!("{base}/console/approvals")).await.unwrap();
-        assert!(c.find(Locator::Css(&format!("article[data-id='{id}']"))).await.is_ok());
+        assert!(c
+            .find(Locator::Css(&format!("article[data-id='{id}']")))
+            .await
+            .is_ok());
         assert!(c.find(Locator::Css("form.approve")).await.is_err());
         assert!(c.find(Locator::Css("form.reject")).await.is_err());
         screenshot(&c, "read-only").await;

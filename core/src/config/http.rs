@@ -8,10 +8,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 /// Where the HTTP listener binds when the config does not say.
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(
-    std::net::IpAddr::V4(Ipv4Addr::LOCALHOST),
-    DEFAULT_PORT,
-);
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_PORT);
 pub const DEFAULT_PORT: u16 = 7419;
 /// How long a console session lasts when the config does not say.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);

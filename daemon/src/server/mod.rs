@@ -1,4 +1,4 @@
-//! The control socket (SPEC §10): binding it safely, accepting connections, and handing each
+//! The control socket: binding it safely, accepting connections, and handing each
 //! connection to [`connection::serve`].
 
 pub mod activation;

@@ -2,8 +2,8 @@
 
 use super::submit::validate_capabilities;
 use crate::daemon::Daemon;
-use orchestrator_proto::message::RouteDecision;
 use crate::routing::Decision;
+use orchestrator_proto::message::RouteDecision;
 use orchestrator_proto::task::Task;
 use orchestrator_proto::WireError;
 

@@ -3,7 +3,7 @@
 //! they acted through (the `via` detail of the trajectory event).
 
 use super::{check_id, Actor};
-use crate::clock::{now_ms, rfc3339};
+use crate::clock::rfc3339;
 use crate::daemon::Daemon;
 use crate::machine::{validate_reason, Action};
 use crate::store::{Patch, TransitionOp};
@@ -22,7 +22,12 @@ async fn apply(d: &Daemon, who: &Actor, op: TransitionOp) -> Result<Task, WireEr
 pub async fn approve(d: &Daemon, who: &Actor, id: &str) -> Result<Task, WireError> {
     let actor = who.as_str();
     check_id(id)?;
-    apply(d, who, TransitionOp::new(id, Action::Approve, actor, now_ms())).await
+    apply(
+        d,
+        who,
+        TransitionOp::new(id, Action::Approve, actor, d.clock.now_ms()),
+    )
+    .await
 }
 
 pub async fn reject(d: &Daemon, who: &Actor, id: &str, reason: &str) -> Result<Task, WireError> {
@@ -30,7 +35,7 @@ pub async fn reject(d: &Daemon, who: &Actor, id: &str, reason: &str) -> Result<T
     check_id(id)?;
     let reason =
         validate_reason(reason).map_err(|m| WireError::new(ErrorCode::InvalidReason, m))?;
-    let at = now_ms();
+    let at = d.clock.now_ms();
     let patch = Patch {
         rejection: Some(Rejection {
             by: actor.to_string(),
@@ -57,7 +62,7 @@ pub async fn reject(d: &Daemon, who: &Actor, id: &str, reason: &str) -> Result<T
 pub async fn cancel(d: &Daemon, who: &Actor, id: &str) -> Result<Task, WireError> {
     let actor = who.as_str();
     check_id(id)?;
-    let at = now_ms();
+    let at = d.clock.now_ms();
     let patch = Patch {
         rejection: Some(Rejection {
             by: actor.to_string(),

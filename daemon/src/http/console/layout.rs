@@ -190,7 +190,10 @@ mod tests {
 
     #[test]
     fn rfc3339_times_are_read_back() {
-        assert_eq!(parse_ms("2023-11-14T22:13:20.123Z"), Some(1_700_000_000_123));
+        assert_eq!(
+            parse_ms("2023-11-14T22:13:20.123Z"),
+            Some(1_700_000_000_123)
+        );
         assert_eq!(parse_ms("yesterday"), None);
     }
 }

@@ -70,11 +70,7 @@ pub async fn events(
 
 /// `GET /console/pipeline/row/{id}?<filters>`: the task's row, or 204 when it does not belong in
 /// the view those filters make.
-pub async fn row_fragment(
-    api: &Api,
-    id: &str,
-    q: &HashMap<String, String>,
-) -> Response {
+pub async fn row_fragment(api: &Api, id: &str, q: &HashMap<String, String>) -> Response {
     let Ok((task, _)) = query::show(&api.daemon, id).await else {
         return StatusCode::NOT_FOUND.into_response();
     };

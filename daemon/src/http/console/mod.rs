@@ -38,16 +38,31 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 /// The console's routes, to be merged into the HTTP listener's router.
 pub fn router() -> Router<Arc<Api>> {
     Router::new()
-        .route("/console", get(|| async { Redirect::to("/console/approvals") }))
-        .route("/console/", get(|| async { Redirect::to("/console/approvals") }))
-        .route("/console/login", get(pages::login::show).post(pages::login::token))
+        .route(
+            "/console",
+            get(|| async { Redirect::to("/console/approvals") }),
+        )
+        .route(
+            "/console/",
+            get(|| async { Redirect::to("/console/approvals") }),
+        )
+        .route(
+            "/console/login",
+            get(pages::login::show).post(pages::login::token),
+        )
         .route("/console/logout", post(pages::login::logout))
         .route("/console/pipeline", get(pages::pipeline::show))
         .route("/console/pipeline/row/{id}", get(live::row_route))
         .route("/console/approvals", get(pages::approvals::show))
         .route("/console/tasks/{id}", get(pages::task::show))
-        .route("/console/tasks/{id}/result.txt", get(pages::task::result_text))
-        .route("/console/tasks/{id}/artefacts/{n}", get(pages::task::artefact))
+        .route(
+            "/console/tasks/{id}/result.txt",
+            get(pages::task::result_text),
+        )
+        .route(
+            "/console/tasks/{id}/artefacts/{n}",
+            get(pages::task::artefact),
+        )
         .route("/console/tasks/{id}/approve", post(actions::approve))
         .route("/console/tasks/{id}/reject", post(actions::reject))
         .route("/console/tasks/{id}/cancel", post(actions::cancel))
@@ -62,9 +77,18 @@ pub fn router() -> Router<Arc<Api>> {
 async fn security_headers(req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

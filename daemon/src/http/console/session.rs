@@ -178,7 +178,10 @@ mod tests {
     #[test]
     fn cookies_are_found_by_name() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, "a=1; orch_session=abc ; b=2".parse().unwrap());
+        h.insert(
+            header::COOKIE,
+            "a=1; orch_session=abc ; b=2".parse().unwrap(),
+        );
         assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("abc"));
         assert_eq!(cookie(&h, "c"), None);
     }

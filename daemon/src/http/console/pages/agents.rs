@@ -33,7 +33,13 @@ pub async fn show(State(api): State<Arc<Api>>, viewer: Viewer) -> Response {
     let cfg = d.config();
     let mut cards = Vec::new();
     for (id, agent) in &cfg.agents {
-        let running = tasks_of(&api, id, TaskState::InProgress, agent.max_concurrent.max(1) * 2).await;
+        let running = tasks_of(
+            &api,
+            id,
+            TaskState::InProgress,
+            agent.max_concurrent.max(1) * 2,
+        )
+        .await;
         let queued = tasks_of(&api, id, TaskState::Queued, QUEUE_PEEK).await;
         let failed = tasks_of(&api, id, TaskState::Failed, RECENT_FAILURES).await;
         let reasons = route::agent_approval_reasons(d, id);

@@ -3,7 +3,8 @@
 
 use crate::http::console::layout::{self, html_response};
 use crate::http::console::session::{
-    cookie, safe_next, same_secret, set_cookie, url_encode, Viewer, LOGIN_COOKIE, NEXT_COOKIE, SESSION_COOKIE,
+    cookie, safe_next, same_secret, set_cookie, url_encode, Viewer, LOGIN_COOKIE, NEXT_COOKIE,
+    SESSION_COOKIE,
 };
 use crate::http::{auth, Api, TokenFile};
 use crate::sessions::{secret, Identity};
@@ -96,7 +97,9 @@ fn login_page(
     if let Ok(v) = set_cookie(LOGIN_COOKIE, form_token, FORM_TTL_SECS).parse() {
         headers.append(header::SET_COOKIE, v);
     }
-    if let Some(Ok(v)) = next.map(|n| set_cookie(NEXT_COOKIE, &url_encode(n), FORM_TTL_SECS).parse()) {
+    if let Some(Ok(v)) =
+        next.map(|n| set_cookie(NEXT_COOKIE, &url_encode(n), FORM_TTL_SECS).parse())
+    {
         headers.append(header::SET_COOKIE, v);
     }
     res

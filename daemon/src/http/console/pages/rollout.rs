@@ -57,7 +57,8 @@ pub async fn show(
     let cfg = d.config();
     let mode = d.mode();
     let notes = d.notes();
-    let default_window = (cfg.gate.shadow_window.as_secs() / 3600).clamp(1, u64::from(gate::MAX_WINDOW_HOURS)) as u32;
+    let default_window = (cfg.gate.shadow_window.as_secs() / 3600)
+        .clamp(1, u64::from(gate::MAX_WINDOW_HOURS)) as u32;
     let window = q
         .get("window")
         .and_then(|w| w.parse::<u32>().ok())

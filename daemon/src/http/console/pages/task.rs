@@ -38,10 +38,16 @@ fn inside_task_dir(api: &Api, id: &str, path: &str) -> Option<PathBuf> {
 }
 
 async fn load(api: &Api, id: &str) -> Result<(Task, Vec<TrajectoryEvent>), Response> {
-    query::show(&api.daemon, id).await.map_err(|e| match e.code {
-        ErrorCode::NotFound | ErrorCode::InvalidId => not_found(id),
-        _ => layout::refusal(StatusCode::SERVICE_UNAVAILABLE, "Cannot read the task", &e.message),
-    })
+    query::show(&api.daemon, id)
+        .await
+        .map_err(|e| match e.code {
+            ErrorCode::NotFound | ErrorCode::InvalidId => not_found(id),
+            _ => layout::refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Cannot read the task",
+                &e.message,
+            ),
+        })
 }
 
 fn timeline(events: &[TrajectoryEvent]) -> Markup {
@@ -93,7 +99,10 @@ async fn result_section(api: &Api, task: &Task) -> Markup {
         },
         None => None,
     };
-    let text = whole.as_deref().or(result.text.as_deref()).unwrap_or_default();
+    let text = whole
+        .as_deref()
+        .or(result.text.as_deref())
+        .unwrap_or_default();
     html! {
         @if text.is_empty() { p.muted { "The specialist printed nothing." } }
         @else { pre.text.whole { (text) } }
@@ -272,7 +281,13 @@ pub async fn artefact(
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default()
         .chars()
-        .map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     send_file(
         path,
