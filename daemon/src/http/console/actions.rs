@@ -103,7 +103,7 @@ async fn act(
     form: &HashMap<String, String>,
     action: Action,
 ) -> Response {
-    if let Err(refused) = viewer.may_post(form) {
+    if let Some(refused) = viewer.decision_refusal(form) {
         return refused;
     }
     let d = &api.daemon;

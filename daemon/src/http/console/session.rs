@@ -95,30 +95,32 @@ impl Viewer {
         }
     }
 
-    /// Refuse a POST whose form does not carry this session's CSRF token.
-    pub fn check_csrf(&self, form: &HashMap<String, String>) -> Result<(), Response> {
+    /// The refusal of a POST whose form does not carry this session's CSRF token.
+    pub fn csrf_refusal(&self, form: &HashMap<String, String>) -> Option<Response> {
         let presented = form.get("csrf").map(String::as_str).unwrap_or_default();
         if !same_secret(presented, &self.session.csrf) {
-            return Err(layout::refusal(
+            return Some(layout::refusal(
                 StatusCode::FORBIDDEN,
                 "This form has expired",
                 "The request did not carry this session's form token, so nothing was changed. Go back, reload the page and try again.",
             ));
         }
-        Ok(())
+        None
     }
 
-    /// Refuse a decision without the CSRF token, or from a read-only viewer.
-    pub fn may_post(&self, form: &HashMap<String, String>) -> Result<(), Response> {
-        self.check_csrf(form)?;
+    /// The refusal of a decision without the CSRF token, or from a read-only viewer.
+    pub fn decision_refusal(&self, form: &HashMap<String, String>) -> Option<Response> {
+        if let Some(refused) = self.csrf_refusal(form) {
+            return Some(refused);
+        }
         if !self.can_act {
-            return Err(layout::refusal(
+            return Some(layout::refusal(
                 StatusCode::FORBIDDEN,
                 "Read-only session",
                 "You may look but not decide: your user has read-only access in [socket]. Nothing was changed.",
             ));
         }
-        Ok(())
+        None
     }
 }
 

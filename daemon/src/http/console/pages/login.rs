@@ -192,7 +192,7 @@ pub async fn logout(
     viewer: Viewer,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(refused) = viewer.check_csrf(&form) {
+    if let Some(refused) = viewer.csrf_refusal(&form) {
         return refused;
     }
     api.daemon.sessions.close(&viewer.session.id);

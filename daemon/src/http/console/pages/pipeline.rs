@@ -82,13 +82,13 @@ impl Filters {
     /// Whether a task belongs in this view: what the live row fragment checks.
     pub fn admits(&self, t: &Task) -> bool {
         t.submitted_by != crate::gate::synthetic::HARNESS
-            && self.state.map_or(true, |s| s == t.state)
-            && self.kind.map_or(true, |k| k == t.kind)
+            && self.state.is_none_or(|s| s == t.state)
+            && self.kind.is_none_or(|k| k == t.kind)
             && self
                 .agent
                 .as_ref()
-                .map_or(true, |a| t.assigned_agent_id.as_deref() == Some(a.as_str()))
-            && self.text.as_ref().map_or(true, |q| {
+                .is_none_or(|a| t.assigned_agent_id.as_deref() == Some(a.as_str()))
+            && self.text.as_ref().is_none_or(|q| {
                 t.goal
                     .to_ascii_lowercase()
                     .contains(&q.to_ascii_lowercase())
