@@ -1,5 +1,6 @@
 //! `[http]`: the HTTP listener (API and console). On by default on [`DEFAULT_LISTEN`];
-//! `listen = "off"` turns it off. `session_ttl` is how long a console sign-in lasts.
+//! `listen = "off"` turns it off. `session_ttl` is how long a console sign-in lasts;
+//! `metrics_token` whether `GET /metrics` needs the token.
 
 use super::validator::Validator;
 use serde::Deserialize;
@@ -21,6 +22,8 @@ pub struct HttpConfig {
     /// off; an explicit one that cannot be bound fails the start.
     pub explicit: bool,
     pub session_ttl: Duration,
+    /// `GET /metrics` needs the bearer token. Off by default on a loopback address, on otherwise.
+    pub metrics_token: bool,
 }
 
 impl Default for HttpConfig {
@@ -29,6 +32,7 @@ impl Default for HttpConfig {
             listen: DEFAULT_LISTEN,
             explicit: false,
             session_ttl: DEFAULT_SESSION_TTL,
+            metrics_token: false,
         }
     }
 }
@@ -38,6 +42,7 @@ impl Default for HttpConfig {
 pub(super) struct RawHttp {
     listen: Option<Spanned<String>>,
     session_ttl: Option<Spanned<String>>,
+    metrics_token: Option<bool>,
 }
 
 impl Validator<'_> {
@@ -55,6 +60,7 @@ impl Validator<'_> {
         let Some(listen) = raw.listen else {
             return Some(HttpConfig {
                 session_ttl,
+                metrics_token: raw.metrics_token.unwrap_or(false),
                 ..HttpConfig::default()
             });
         };
@@ -71,6 +77,7 @@ impl Validator<'_> {
                     listen: addr,
                     explicit: true,
                     session_ttl,
+                    metrics_token: raw.metrics_token.unwrap_or(!addr.ip().is_loopback()),
                 })
             }
             Err(e) => {
