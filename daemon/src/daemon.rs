@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::gate::GateNotes;
 use crate::lifecycle::ReloadState;
 use crate::metrics::{self, Metrics};
+use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::sweeper::SweeperState;
 use orchestrator_proto::task::Task;
@@ -96,6 +97,8 @@ pub struct Daemon {
     pub clock: Clock,
     /// Real time, for the uptime.
     pub started: Instant,
+    /// Console login codes and sessions, shared by the socket (which mints) and the console.
+    pub sessions: Sessions,
     config: RwLock<Arc<Config>>,
     access: RwLock<Arc<AccessPolicy>>,
     mode: RwLock<ModeState>,
@@ -105,6 +108,8 @@ pub struct Daemon {
     pub gate: GateNotes,
     /// The address the HTTP API is bound to, once it runs (the configured port may be 0).
     pub http_listen: OnceLock<String>,
+    /// Why HTTP is off although the config has it on (its default port was taken).
+    pub http_problem: OnceLock<String>,
 }
 
 impl Daemon {
@@ -125,6 +130,7 @@ impl Daemon {
             shutdown: CancellationToken::new(),
             clock: clock.clone(),
             started: Instant::now(),
+            sessions: Sessions::default(),
             config: RwLock::new(Arc::new(config)),
             access: RwLock::new(Arc::new(access)),
             mode: RwLock::new(mode),
@@ -132,6 +138,7 @@ impl Daemon {
             sweeper: SweeperState::default(),
             gate: GateNotes::default(),
             http_listen: OnceLock::new(),
+            http_problem: OnceLock::new(),
         }
     }
 

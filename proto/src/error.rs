@@ -32,10 +32,12 @@ pub enum ErrorCode {
     StorageFull,
     /// The integrity check found the store damaged; writes are refused from then on.
     StoreDamaged,
+    /// The HTTP listener is off, so there is no console to sign in to.
+    HttpOff,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::NotFound,
         ErrorCode::InvalidTransition,
         ErrorCode::InvalidReason,
@@ -57,13 +59,17 @@ impl ErrorCode {
         ErrorCode::ReplyTooLarge,
         ErrorCode::StorageFull,
         ErrorCode::StoreDamaged,
+        ErrorCode::HttpOff,
     ];
 
     /// The protocol minor that introduced this code: a client that said an older minor in its hello
     /// cannot decode it and is sent `internal` instead (with the code in the details).
     pub fn since_minor(self) -> u16 {
         match self {
-            ErrorCode::ReplyTooLarge | ErrorCode::StorageFull | ErrorCode::StoreDamaged => 1,
+            ErrorCode::ReplyTooLarge
+            | ErrorCode::StorageFull
+            | ErrorCode::StoreDamaged
+            | ErrorCode::HttpOff => 1,
             _ => 0,
         }
     }
@@ -91,6 +97,7 @@ impl ErrorCode {
             ErrorCode::ReplyTooLarge => "reply_too_large",
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::StoreDamaged => "store_damaged",
+            ErrorCode::HttpOff => "http_off",
         }
     }
 }

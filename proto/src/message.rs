@@ -152,6 +152,8 @@ pub enum Request {
     Watch,
     /// Protocol minor 1.
     ListPage(PageQuery),
+    /// Protocol minor 1: a single-use link that signs the asking user in to the web console.
+    ConsoleLink,
 }
 
 impl Request {
@@ -167,6 +169,7 @@ impl Request {
                 | Request::ShadowSummary { .. }
                 | Request::Metrics
                 | Request::Watch
+                | Request::ConsoleLink
         )
     }
 
@@ -188,6 +191,7 @@ impl Request {
             Request::Metrics => "metrics",
             Request::Watch => "watch",
             Request::ListPage(_) => "tasks_list",
+            Request::ConsoleLink => "console_link",
         }
     }
 }
@@ -213,6 +217,8 @@ pub enum Response {
     Page(TaskPage),
     /// Protocol minor 1: the answer to `Status` for a client that announced minor 1 or later.
     StatusWithStorage(Box<StatusReport>, StorageStatus),
+    /// Protocol minor 1: the answer to `ConsoleLink`.
+    ConsoleLink(ConsoleLink),
 }
 
 /// The store's health, as `status` shows it.
@@ -229,6 +235,18 @@ pub struct StorageStatus {
     pub last_check_at: Option<String>,
     /// Whether a check is running now.
     pub checking: bool,
+}
+
+/// A login link for the web console, minted for the peer that asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsoleLink {
+    pub url: String,
+    pub expires_at: String,
+    /// The user the link signs in as.
+    pub user: String,
+    /// Whether that user may only look (a read-only peer in `[socket]`).
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

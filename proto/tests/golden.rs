@@ -73,7 +73,8 @@ fn codes_newer_than_a_client_reach_it_as_internal() {
             "shutting_down",
             "reply_too_large",
             "storage_full",
-            "store_damaged"
+            "store_damaged",
+            "http_off"
         ]
     );
 }
