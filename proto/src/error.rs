@@ -26,10 +26,12 @@ pub enum ErrorCode {
     InvalidArgument,
     UnknownFixture,
     ShuttingDown,
+    /// The store (PostgreSQL) cannot be reached; the request changed nothing it acknowledged.
+    StoreUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::NotFound,
         ErrorCode::InvalidTransition,
         ErrorCode::InvalidReason,
@@ -48,6 +50,7 @@ impl ErrorCode {
         ErrorCode::InvalidArgument,
         ErrorCode::UnknownFixture,
         ErrorCode::ShuttingDown,
+        ErrorCode::StoreUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +73,7 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => "invalid_argument",
             ErrorCode::UnknownFixture => "unknown_fixture",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::StoreUnavailable => "store_unavailable",
         }
     }
 }

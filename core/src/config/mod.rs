@@ -7,7 +7,7 @@
 //!
 //! This module owns loading, the top level (`mode`, `[paths]`) and the [`Config`] type; `validator`
 //! collects issues with their lines. Each other section has its own file: `agents`, `routing`,
-//! `socket`, `sweeper`, `gate`, `delivery`, `http`, and `duration` for the syntax they share.
+//! `socket`, `sweeper`, `gate`, `delivery`, `http`, `store`, and `duration` for the syntax they share.
 
 mod agents;
 mod delivery;
@@ -16,6 +16,7 @@ mod gate;
 mod http;
 mod routing;
 mod socket;
+mod store;
 mod sweeper;
 mod validator;
 
@@ -25,6 +26,7 @@ pub use duration::parse_duration;
 pub use gate::GateConfig;
 pub use http::HttpConfig;
 pub use socket::SocketAccess;
+pub use store::{PostgresConfig, StoreConfig, StoreUrl};
 pub use sweeper::{Retention, SweeperConfig};
 pub use validator::{ConfigErrors, ConfigIssue};
 
@@ -58,6 +60,7 @@ pub struct Config {
     pub gate: GateConfig,
     pub delivery: Option<DeliveryConfig>,
     pub http: Option<HttpConfig>,
+    pub store: StoreConfig,
     pub warnings: Vec<String>,
 }
 
@@ -199,6 +202,7 @@ struct RawConfig {
     gate: Option<gate::RawGate>,
     delivery: Option<delivery::RawDelivery>,
     http: Option<http::RawHttp>,
+    store: Option<store::RawStore>,
 }
 
 #[derive(Deserialize)]
@@ -239,6 +243,7 @@ impl Validator<'_> {
         let gate = self.gate(raw.gate, path);
         let delivery = self.delivery(raw.delivery);
         let http = self.http(raw.http);
+        let store = self.store(raw.store, path);
 
         Config {
             source: path.map(Path::to_path_buf),
@@ -253,6 +258,7 @@ impl Validator<'_> {
             gate,
             delivery,
             http,
+            store,
             warnings: Vec::new(),
         }
     }

@@ -76,7 +76,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::MalformedRequest => StatusCode::BAD_REQUEST,
         ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
         ErrorCode::FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::ShuttingDown | ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         // Internal, config and protocol errors, and any code added later until it is placed here.
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

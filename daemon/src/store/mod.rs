@@ -57,6 +57,9 @@ pub enum StoreError {
     Sql(String),
     #[error("the store is closed")]
     Closed,
+    /// The database cannot be reached (down, restarting, network); the daemon retries on its own.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -88,6 +91,10 @@ impl From<StoreError> for WireError {
             StoreError::Closed => {
                 WireError::new(ErrorCode::ShuttingDown, "the daemon is shutting down")
             }
+            StoreError::Unavailable(msg) => WireError::new(
+                ErrorCode::StoreUnavailable,
+                format!("the store is unavailable, try again: {msg}"),
+            ),
         }
     }
 }
