@@ -226,7 +226,11 @@ mod tests {
         let cases = [
             ("[store]\nbackend = \"mysql\"\n", "store.backend", 2),
             ("[store]\nbackend = \"postgres\"\n", "store.url", 2),
-            ("[store]\nbackend = \"postgres\"\nurl = \"db\"\n", "store.url", 3),
+            (
+                "[store]\nbackend = \"postgres\"\nurl = \"db\"\n",
+                "store.url",
+                3,
+            ),
             (
                 "[store]\nbackend = \"postgres\"\nurl = \"postgres://db/o\"\nurl_file = \"f\"\n",
                 "store.url",

@@ -16,9 +16,11 @@
 //! - [`Backend::subscribe`] delivers every committed trajectory event in commit order, and
 //!   [`Backend::counts`] moves with commits only.
 //!
-//! [`sqlite`] is the backend in use: one group-committing writer thread and a pool of readers.
+//! [`sqlite`] is the default backend: one group-committing writer thread and a pool of readers.
+//! [`postgres`] keeps the store in a PostgreSQL database, one that several daemons may share.
 
 pub mod contract;
+pub mod postgres;
 pub mod sqlite;
 mod types;
 
@@ -281,6 +283,12 @@ impl Store {
             backend: Arc::new(backend.clone()),
             sqlite: Some(backend),
         })
+    }
+
+    /// Open (creating and migrating if needed) a PostgreSQL store, from outside any runtime.
+    pub fn open_postgres(settings: &postgres::Settings) -> Result<Store, StoreError> {
+        let backend = postgres::PostgresBackend::open_blocking(settings)?;
+        Ok(Store::new(Arc::new(backend)))
     }
 
     fn raw(&self) -> Result<&sqlite::SqliteBackend, StoreError> {
