@@ -3,7 +3,7 @@
 
 use crate::background;
 use crate::clock::now_ms;
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigErrors, StoreConfig};
 use crate::daemon::{Daemon, Paths};
 use crate::dispatch::{self, DispatchHandle};
 use crate::http;
@@ -89,17 +89,33 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
                 paths.state_dir.display()
             ))
         })?;
-    let store = Store::open(&paths.database()).map_err(|e| {
-        StartError::Other(format!(
-            "cannot open the store {}: {e}",
-            paths.database().display()
-        ))
-    })?;
+    let store = open_store(&config, &paths)?;
     Ok(Prepared {
         config,
         paths,
         store,
     })
+}
+
+/// The store `[store]` names: SQLite in the state directory, or a PostgreSQL database.
+fn open_store(config: &Config, paths: &Paths) -> Result<Store, StartError> {
+    match &config.store {
+        StoreConfig::Sqlite => Store::open(&paths.database()).map_err(|e| {
+            StartError::Other(format!(
+                "cannot open the store {}: {e}",
+                paths.database().display()
+            ))
+        }),
+        StoreConfig::Postgres(pg) => {
+            let url = pg.url.resolve().map_err(StartError::Other)?;
+            let settings = crate::store::postgres::Settings {
+                url,
+                pool_size: pg.pool_size,
+            };
+            Store::open_postgres(&settings)
+                .map_err(|e| StartError::Other(format!("cannot open the PostgreSQL store: {e}")))
+        }
+    }
 }
 
 /// Run the daemon until SIGTERM/SIGINT. Call from inside a tokio runtime.

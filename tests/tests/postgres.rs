@@ -1,0 +1,191 @@
+//! The daemon on a PostgreSQL store, against a real server started for the test (see
+//! `orchestrator::store::postgres::throwaway`). Ignored by default: they need the PostgreSQL 15
+//! binaries, which `.ci/run` installs before it runs them with `--ignored`.
+
+use orchestrator::store::postgres::throwaway::TempPostgres;
+use orchestrator_proto::message::{Request, SubmitRequest};
+use orchestrator_proto::{ErrorCode, Response, ServerMessage, TaskState};
+use orchestrator_tests::*;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const APPROVAL_GOAL: &str = "please debug this function and fix the off-by-one";
+const DONE_GOAL: &str = "draft an email reply to the procurement team";
+const WORKERS: usize = 4;
+
+fn postgres_config(pg: &TempPostgres) -> String {
+    pg.create_database("orch").expect("create the database");
+    format!(
+        "[store]\nbackend = \"postgres\"\nurl = \"{}\"\npool_size = 8\n",
+        pg.url("orch")
+    )
+}
+
+/// What one client saw: acknowledged states, transitions sent without a clear answer, and the codes
+/// of the errors it got.
+#[derive(Default)]
+struct Journal {
+    acked: HashMap<String, TaskState>,
+    in_flight: HashMap<String, TaskState>,
+    errors: BTreeMap<String, u64>,
+}
+
+struct Load {
+    stop: AtomicBool,
+    acked: AtomicU64,
+    unavailable: AtomicU64,
+}
+
+fn client(socket: &std::path::Path, n: usize, load: &Load) -> Journal {
+    let mut j = Journal::default();
+    let mut raw = Raw::connect(socket).expect("connect");
+    raw.hello().expect("hello");
+    let mut waiting: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut i = 0usize;
+    while !load.stop.load(Ordering::Relaxed) && Instant::now() < deadline && i < 200_000 {
+        i += 1;
+        let (req, approving) = match waiting.pop() {
+            Some(id) if i % 2 == 0 => (Request::Approve { id: id.clone() }, Some(id)),
+            other => {
+                waiting.extend(other);
+                let goal = if (i + n) % 3 == 0 {
+                    DONE_GOAL
+                } else {
+                    APPROVAL_GOAL
+                };
+                let req = Request::Submit(SubmitRequest {
+                    goal: goal.into(),
+                    required_capabilities: Vec::new(),
+                    workspace_dir: None,
+                    ttl_secs: None,
+                    wait: false,
+                });
+                (req, None)
+            }
+        };
+        if let Some(id) = &approving {
+            j.in_flight.insert(id.clone(), TaskState::Done);
+        }
+        match raw.request(req).expect("the daemon answers every request") {
+            ServerMessage::Ok(r) => match *r {
+                Response::Task(t) => {
+                    if let Some(id) = &approving {
+                        j.in_flight.remove(id);
+                    }
+                    if t.state == TaskState::AwaitingApproval {
+                        waiting.push(t.id.clone());
+                    }
+                    j.acked.insert(t.id, t.state);
+                    load.acked.fetch_add(1, Ordering::Relaxed);
+                }
+                other => panic!("unexpected response {other:?}"),
+            },
+            ServerMessage::Err(e) => {
+                *j.errors.entry(e.code.as_str().to_string()).or_default() += 1;
+                if e.code == ErrorCode::StoreUnavailable {
+                    load.unavailable.fetch_add(1, Ordering::Relaxed);
+                }
+                // Retry that approval later; its outcome is unknown until then.
+                if let Some(id) = approving {
+                    waiting.insert(0, id);
+                }
+                // A client's back-off before it retries, not a wait for anything.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+    j
+}
+
+fn wait_acked(load: &Load, at_least: u64, what: &str) {
+    wait_for(what, Duration::from_secs(60), || {
+        (load.acked.load(Ordering::Relaxed) >= at_least).then_some(())
+    });
+}
+
+/// PostgreSQL crashes and comes back while clients submit and approve: while it is down every
+/// request is answered `store_unavailable`, the daemon keeps running and reconnects by itself, and
+/// every acknowledged submit and approval is in the database afterwards.
+#[test]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+fn postgres_restarted_under_load_loses_no_acknowledged_write() {
+    let pg = TempPostgres::start().expect("start PostgreSQL");
+    let d = TestDaemon::with_config(&postgres_config(&pg));
+    let load = Arc::new(Load {
+        stop: AtomicBool::new(false),
+        acked: AtomicU64::new(0),
+        unavailable: AtomicU64::new(0),
+    });
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|n| {
+            let (socket, load) = (d.socket.clone(), Arc::clone(&load));
+            std::thread::spawn(move || client(&socket, n, &load))
+        })
+        .collect();
+
+    wait_acked(&load, 200, "200 acknowledged writes before the crash");
+    pg.stop_immediate().expect("stop PostgreSQL");
+    wait_for(
+        "requests answered store_unavailable while PostgreSQL is down",
+        Duration::from_secs(30),
+        || (load.unavailable.load(Ordering::Relaxed) >= 20).then_some(()),
+    );
+    // The daemon still answers what it can without the database.
+    let out = d.ctl(&["status"]);
+    assert!(out.status.success(), "status while down: {}", stderr(&out));
+    let before = load.acked.load(Ordering::Relaxed);
+    pg.start_again().expect("start PostgreSQL again");
+    wait_acked(
+        &load,
+        before + 200,
+        "200 more acknowledged writes after the restart",
+    );
+    load.stop.store(true, Ordering::Relaxed);
+    let journals: Vec<Journal> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for j in &journals {
+        for (code, n) in &j.errors {
+            *errors.entry(code.clone()).or_default() += n;
+        }
+    }
+    assert_eq!(
+        errors.keys().collect::<Vec<_>>(),
+        ["store_unavailable"],
+        "only store_unavailable while the database is down: {errors:?}\n{}",
+        d.log_text()
+    );
+
+    let mut raw = Raw::connect(&d.socket).unwrap();
+    raw.hello().unwrap();
+    let mut checked = 0;
+    for j in &journals {
+        for (id, acked) in &j.acked {
+            let task = match raw.request(Request::ShowTask { id: id.clone() }).unwrap() {
+                ServerMessage::Ok(r) => match *r {
+                    Response::TaskDetail { task, .. } => task,
+                    other => panic!("show {id}: {other:?}"),
+                },
+                other => panic!("acknowledged task {id} ({acked}) is gone: {other:?}"),
+            };
+            let allowed = [Some(*acked), j.in_flight.get(id).copied()];
+            assert!(
+                allowed.contains(&Some(task.state)),
+                "task {id} was acknowledged {acked} but is {}",
+                task.state
+            );
+            checked += 1;
+        }
+    }
+    // Approvals re-acknowledge tasks already counted: 400 acknowledgements name fewer tasks.
+    assert!(checked >= 200, "{checked} acknowledged tasks checked");
+    // The same daemon process served the whole run.
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid() as i32), None).is_ok(),
+        "the daemon exited"
+    );
+}
