@@ -97,6 +97,17 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
     })
 }
 
+/// The SQLite store that `opts` and its config name (for `--copy-store-to`).
+pub fn sqlite_path(opts: &Options) -> Result<PathBuf, StartError> {
+    let config = Config::load_or_builtin(opts.config.as_deref()).map_err(StartError::Config)?;
+    let state_dir = opts
+        .state_dir
+        .clone()
+        .or(config.state_dir)
+        .unwrap_or_else(default_state_dir);
+    Ok(state_dir.join("orchestrator.db"))
+}
+
 /// The store `[store]` names: SQLite in the state directory, or a PostgreSQL database.
 fn open_store(config: &Config, paths: &Paths) -> Result<Store, StartError> {
     match &config.store {

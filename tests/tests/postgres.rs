@@ -2,8 +2,12 @@
 //! `orchestrator::store::postgres::throwaway`). Ignored by default: they need the PostgreSQL 15
 //! binaries, which `.ci/run` installs before it runs them with `--ignored`.
 
+use orchestrator::clock::now_ms;
+use orchestrator::machine::Action;
 use orchestrator::store::postgres::throwaway::TempPostgres;
+use orchestrator::store::{NewTask, Patch, Store, SubmitPlan, TransitionOp};
 use orchestrator_proto::message::{Request, SubmitRequest};
+use orchestrator_proto::task::TaskKind;
 use orchestrator_proto::{ErrorCode, Response, ServerMessage, TaskState};
 use orchestrator_tests::*;
 use std::collections::{BTreeMap, HashMap};
@@ -188,4 +192,130 @@ fn postgres_restarted_under_load_loses_no_acknowledged_write() {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid() as i32), None).is_ok(),
         "the daemon exited"
     );
+}
+
+/// Write `n` live tasks into a new SQLite store, a third each queued, awaiting approval and done,
+/// and close it as a daemon would.
+fn seed_sqlite(db: &std::path::Path, n: usize) {
+    let store = Store::open(db).expect("open the SQLite store");
+    let now = now_ms();
+    store
+        .write_blocking(move |b| {
+            for i in 0..n {
+                let id = format!("01SEED{i:020}");
+                let step = |action: Action, at: i64| {
+                    TransitionOp::new(&id, action, "seed", at).patch(Patch {
+                        agent: Some("coder".into()),
+                        ..Patch::default()
+                    })
+                };
+                let created = now - 1_000_000 + i as i64;
+                let steps = match i % 3 {
+                    0 => Vec::new(),
+                    r => vec![
+                        step(Action::Route, created + 1),
+                        step(Action::Start, created + 2),
+                        step(
+                            Action::Complete {
+                                approval_required: r == 1,
+                            },
+                            created + 3,
+                        ),
+                    ],
+                };
+                b.submit(SubmitPlan {
+                    task: NewTask {
+                        id: id.clone(),
+                        kind: TaskKind::Live,
+                        goal: format!("seeded task {i}"),
+                        workspace_dir: None,
+                        required_capabilities: vec!["code".into()],
+                        submitted_by: "seed".into(),
+                        harness: false,
+                        created_ms: created,
+                        expires_ms: now + 365 * 86_400_000,
+                    },
+                    actor: "seed".into(),
+                    steps,
+                })?;
+            }
+            Ok(())
+        })
+        .expect("seed");
+    store.close();
+}
+
+fn count(status: &serde_json::Value, kind: &str, state: &str) -> u64 {
+    status["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == kind && c["state"] == state)
+        .map(|c| c["count"].as_u64().unwrap())
+        .unwrap_or(0)
+}
+
+/// `orchestratord --copy-store-to` moves a stopped 10,000-task SQLite store into an empty
+/// PostgreSQL database, tasks and trajectories whole; a daemon on PostgreSQL then serves them and
+/// takes new work; a second copy into the now full database is refused.
+#[test]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+fn store_copy_moves_a_stopped_sqlite_store_that_is_then_served() {
+    let pg = TempPostgres::start().expect("start PostgreSQL");
+    let config = postgres_config(&pg);
+    let old = tempfile::tempdir().unwrap();
+    let db = old.path().join("orchestrator.db");
+    seed_sqlite(&db, 10_000);
+    let copy = || {
+        std::process::Command::new(bin("orchestratord"))
+            .arg("--state-dir")
+            .arg(old.path())
+            .arg("--copy-store-to")
+            .arg(pg.url("orch"))
+            .output()
+            .unwrap()
+    };
+    let out = copy();
+    assert!(out.status.success(), "copy: {}", stderr(&out));
+    // One event per queued task, four per task that went on.
+    let printed = stdout(&out);
+    assert!(
+        printed.contains("29998 events") && printed.contains("10000 tasks"),
+        "{printed}"
+    );
+
+    let d = TestDaemon::with_config(&config);
+    let (_, status) = d.ctl_json(&["status"]);
+    assert_eq!(count(&status, "live", "queued"), 3_334, "{status}");
+    assert_eq!(
+        count(&status, "live", "awaiting_approval"),
+        3_333,
+        "{status}"
+    );
+    assert_eq!(count(&status, "live", "done"), 3_333, "{status}");
+    let seeded = d.task("01SEED00000000000000000001");
+    assert_eq!(seeded["state"], "awaiting_approval", "{seeded}");
+    let actions: Vec<&str> = seeded["trajectory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["submit", "route", "start", "complete"]);
+    // New work on the copied store: sequences continue past the copied rows.
+    let out = d.ctl(&["approve", "01SEED00000000000000000001"]);
+    assert!(out.status.success(), "approve: {}", stderr(&out));
+    let approved = d.task("01SEED00000000000000000001");
+    let seqs: Vec<u64> = approved["trajectory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert!(*seqs.last().unwrap() > 29_998, "{seqs:?}");
+
+    let again = copy();
+    assert_eq!(again.status.code(), Some(1), "{}", stdout(&again));
+    assert!(stderr(&again).contains("empty"), "{}", stderr(&again));
 }

@@ -20,6 +20,7 @@
 //! [`postgres`] keeps the store in a PostgreSQL database, one that several daemons may share.
 
 pub mod contract;
+pub mod copy;
 pub mod postgres;
 pub mod sqlite;
 mod types;

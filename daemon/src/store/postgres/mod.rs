@@ -21,7 +21,7 @@
 mod backend;
 mod queries;
 mod rows;
-mod schema;
+pub(crate) mod schema;
 #[doc(hidden)]
 pub mod throwaway;
 mod tx;
@@ -93,7 +93,7 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
-fn pool_error(e: PoolError) -> StoreError {
+pub(crate) fn pool_error(e: PoolError) -> StoreError {
     match e {
         PoolError::Backend(e) => pg_error(e),
         PoolError::Timeout(_) => {
@@ -208,16 +208,25 @@ impl PostgresBackend {
     }
 }
 
-/// Connect once, migrate, fold the count deltas and load the counts, on a pool of its own that
-/// ends with the call (it may run in a runtime of its own).
-async fn init(cfg: &tokio_postgres::Config) -> Result<Counts, StoreError> {
+/// A pool of one connection, for work done once (migrations, the store copy).
+pub(crate) fn single_pool(settings: &Settings) -> Result<Pool, StoreError> {
+    one_connection(&pg_config(settings)?)
+}
+
+fn one_connection(cfg: &tokio_postgres::Config) -> Result<Pool, StoreError> {
     let manager = Manager::from_config(cfg.clone(), NoTls, ManagerConfig::default());
-    let pool = Pool::builder(manager)
+    Pool::builder(manager)
         .max_size(1)
         .runtime(Runtime::Tokio1)
         .create_timeout(Some(CONNECT_TIMEOUT))
         .build()
-        .map_err(|e| StoreError::Sql(format!("cannot build the connection pool: {e}")))?;
+        .map_err(|e| StoreError::Sql(format!("cannot build the connection pool: {e}")))
+}
+
+/// Connect once, migrate, fold the count deltas and load the counts, on a pool of its own that
+/// ends with the call (it may run in a runtime of its own).
+async fn init(cfg: &tokio_postgres::Config) -> Result<Counts, StoreError> {
+    let pool = one_connection(cfg)?;
     let mut client = pool.get().await.map_err(pool_error)?;
     schema::migrate(&mut client).await?;
     let counts = queries::fold_and_load_counts(&client).await;
