@@ -3,7 +3,7 @@
 //! the sweeper and the signal handlers.
 
 use crate::access::AccessPolicy;
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::dispatch::DispatchHandle;
 use crate::metrics::Metrics;
@@ -71,6 +71,9 @@ pub struct Daemon {
     pub metrics: Metrics,
     pub dispatch: DispatchHandle,
     pub shutdown: CancellationToken,
+    /// What every subsystem reads the time from (see [`crate::clock`]).
+    pub clock: Clock,
+    /// Real time, for the uptime.
     pub started: Instant,
     config: RwLock<Arc<Config>>,
     access: RwLock<Arc<AccessPolicy>>,
@@ -89,6 +92,7 @@ impl Daemon {
         config: Config,
         mode: ModeState,
         dispatch: DispatchHandle,
+        clock: Clock,
     ) -> Daemon {
         let access = AccessPolicy::from_config(&config.socket);
         Daemon {
@@ -97,12 +101,13 @@ impl Daemon {
             metrics: Metrics::default(),
             dispatch,
             shutdown: CancellationToken::new(),
+            clock: clock.clone(),
             started: Instant::now(),
             config: RwLock::new(Arc::new(config)),
             access: RwLock::new(Arc::new(access)),
             mode: RwLock::new(mode),
             notes: Mutex::new(Notes {
-                config_loaded_ms: now_ms(),
+                config_loaded_ms: clock.now_ms(),
                 ..Notes::default()
             }),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -138,7 +143,7 @@ impl Daemon {
         }
         self.with_notes(|n| {
             n.config_error = None;
-            n.config_loaded_ms = now_ms();
+            n.config_loaded_ms = self.clock.now_ms();
         });
     }
 

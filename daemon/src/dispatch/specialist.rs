@@ -14,7 +14,6 @@
 use super::leases::{self, Leases};
 use super::process::{self, Capture, Ended, Ending, Launch, Limits};
 use super::{artefacts, route_op, ACTOR, MAX_BURST};
-use crate::clock::now_ms;
 use crate::config::{AgentConfig, Config};
 use crate::daemon::Daemon;
 use crate::machine::Action;
@@ -318,7 +317,7 @@ impl Shared {
     /// Route a burst of tasks in one store job, then queue each for its agent, in order.
     async fn admit(self: &Arc<Self>, tasks: Vec<Task>) {
         let cfg = self.d.config();
-        let at = now_ms();
+        let at = self.d.clock.now_ms();
         let c = Arc::clone(&cfg);
         let count = tasks.len();
         let routes: Vec<TransitionOp> = tasks
@@ -397,7 +396,7 @@ impl Shared {
     }
 
     async fn fail_no_agent(&self, tasks: Vec<Task>) {
-        let at = now_ms();
+        let at = self.d.clock.now_ms();
         let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
         let ops: Vec<TransitionOp> = tasks
             .iter()
@@ -480,7 +479,7 @@ impl Shared {
         if stop.is_cancelled() {
             return;
         }
-        let at = now_ms();
+        let at = d.clock.now_ms();
         let attempt = task.attempts + 1;
         let start = TransitionOp::new(&task.id, Action::Start, ACTOR, at)
             .patch(Patch {
@@ -514,7 +513,7 @@ impl Shared {
         };
         let ran = self.execute(&started, &agent, &limits, stop).await;
         self.leases.release(&started.id);
-        let at = now_ms();
+        let at = self.d.clock.now_ms();
         let op = match ran {
             Err(error) => {
                 tracing::warn!(TASK_ID = %started.id, AGENT = %agent_id, error = %error.message, "specialist could not start");

@@ -6,7 +6,6 @@
 //! ([`steps`]), or for a task already stored (found at start) by [`dispatch`].
 
 use super::{route_step, ACTOR};
-use crate::clock::now_ms;
 use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::machine::Action;
@@ -108,7 +107,7 @@ pub async fn dispatch(d: &Daemon, tasks: Vec<Task>, at: i64) {
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, count, at = now_ms(), "synthetic dispatch failed; the tasks stay queued until the next start")
+            tracing::error!(error = %e, count, at = d.clock.now_ms(), "synthetic dispatch failed; the tasks stay queued until the next start")
         }
     }
 }
