@@ -52,10 +52,10 @@ fn client(socket: &std::path::Path, n: usize, load: &Load) -> Journal {
     while !load.stop.load(Ordering::Relaxed) && Instant::now() < deadline && i < 200_000 {
         i += 1;
         let (req, approving) = match waiting.pop() {
-            Some(id) if i % 2 == 0 => (Request::Approve { id: id.clone() }, Some(id)),
+            Some(id) if i.is_multiple_of(2) => (Request::Approve { id: id.clone() }, Some(id)),
             other => {
                 waiting.extend(other);
-                let goal = if (i + n) % 3 == 0 {
+                let goal = if (i + n).is_multiple_of(3) {
                     DONE_GOAL
                 } else {
                     APPROVAL_GOAL
