@@ -319,3 +319,34 @@ fn store_copy_moves_a_stopped_sqlite_store_that_is_then_served() {
     assert_eq!(again.status.code(), Some(1), "{}", stdout(&again));
     assert!(stderr(&again).contains("empty"), "{}", stderr(&again));
 }
+
+/// Until several daemons can share a database, a second one on the same database is refused at
+/// start with a message that says why, and the first goes on serving.
+#[test]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+fn a_second_daemon_on_the_same_database_is_refused() {
+    let pg = TempPostgres::start().expect("start PostgreSQL");
+    let config = postgres_config(&pg);
+    let first = TestDaemon::with_config(&config);
+    let other = tempfile::tempdir().unwrap();
+    let config_file = other.path().join("orchestrator.toml");
+    std::fs::write(&config_file, &config).unwrap();
+    let out = std::process::Command::new(bin("orchestratord"))
+        .arg("--config")
+        .arg(&config_file)
+        .arg("--socket")
+        .arg(other.path().join("orchestrator.sock"))
+        .arg("--state-dir")
+        .arg(other.path().join("state"))
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("another orchestratord is using this PostgreSQL database"),
+        "{}",
+        stderr(&out)
+    );
+    let id = first.submit("draft an email reply to the procurement team");
+    assert_eq!(first.state_of(&id), "done");
+}

@@ -16,9 +16,12 @@
 //! other daemons on the same database commit. Trajectory events are published for this daemon's own
 //! commits.
 //!
+//! One daemon per database for now: `exclusive` refuses a second one.
+//!
 //! TLS is not supported: connect over a Unix socket or loopback.
 
 mod backend;
+mod exclusive;
 mod queries;
 mod rows;
 pub(crate) mod schema;
@@ -66,6 +69,8 @@ struct Inner {
     events: broadcast::Sender<TrajectoryEvent>,
     closed: AtomicBool,
     refresher: OnceLock<()>,
+    /// Released when the store closes (see `exclusive`).
+    exclusive: Mutex<Option<exclusive::Exclusive>>,
 }
 
 /// A failure of the database or the connection, as a store error: the ones that mean "cannot reach
@@ -128,27 +133,33 @@ impl PostgresBackend {
     /// Connect, migrate and load the counts, from inside a tokio runtime.
     pub async fn open(settings: &Settings) -> Result<PostgresBackend, StoreError> {
         let cfg = pg_config(settings)?;
+        let lock = cfg.clone();
+        let exclusive = tokio::task::spawn_blocking(move || exclusive::take(&lock))
+            .await
+            .map_err(|e| StoreError::Sql(format!("lock task failed: {e}")))??;
         let counts = init(&cfg).await?;
-        Self::with_pool(cfg, settings.pool_size, counts)
+        Self::with_pool(cfg, settings.pool_size, counts, exclusive)
     }
 
     /// [`PostgresBackend::open`] from outside any runtime (the daemon opens its store before it
     /// starts one). The pool's connections are made later, in the runtime that uses them.
     pub fn open_blocking(settings: &Settings) -> Result<PostgresBackend, StoreError> {
         let cfg = pg_config(settings)?;
+        let exclusive = exclusive::take(&cfg)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| StoreError::Sql(format!("cannot start a runtime: {e}")))?;
         let counts = rt.block_on(init(&cfg))?;
         drop(rt);
-        Self::with_pool(cfg, settings.pool_size, counts)
+        Self::with_pool(cfg, settings.pool_size, counts, exclusive)
     }
 
     fn with_pool(
         cfg: tokio_postgres::Config,
         pool_size: usize,
         counts: Counts,
+        exclusive: exclusive::Exclusive,
     ) -> Result<PostgresBackend, StoreError> {
         let manager = Manager::from_config(
             cfg,
@@ -174,6 +185,7 @@ impl PostgresBackend {
                 events,
                 closed: AtomicBool::new(false),
                 refresher: OnceLock::new(),
+                exclusive: Mutex::new(Some(exclusive)),
             }),
         })
     }
@@ -205,6 +217,9 @@ impl PostgresBackend {
     fn shut(&self) {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.pool.close();
+        if let Ok(mut lock) = self.inner.exclusive.lock() {
+            lock.take();
+        }
     }
 }
 
