@@ -6,7 +6,7 @@ use crate::access::AccessPolicy;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::dispatch::DispatchHandle;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::store::Store;
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord, ReloadReport, SweepReport};
 use orchestrator_proto::task::Mode;
@@ -170,6 +170,27 @@ impl Daemon {
             Ok(mut n) => f(&mut n),
             Err(poisoned) => f(&mut poisoned.into_inner()),
         }
+    }
+
+    /// `orchctl metrics` and `GET /metrics`: the counters with a snapshot of what only the daemon
+    /// knows.
+    pub fn metrics_text(&self) -> String {
+        use orchestrator_proto::task::{TaskKind, TaskState};
+        let counts = self.store.counts();
+        let tasks = TaskKind::ALL
+            .into_iter()
+            .flat_map(|k| TaskState::ALL.into_iter().map(move |s| (k, s)))
+            .map(|(k, s)| (k, s, counts.get(k, s)))
+            .collect();
+        let snapshot = metrics::Snapshot {
+            tasks,
+            mode: self.mode().effective,
+            store_errors: self.store.errors(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            now_ms: self.clock.now_ms(),
+            process: metrics::ProcessStats::read_self(),
+        };
+        metrics::render(&self.metrics, &snapshot)
     }
 
     /// Hand tasks that went back to `queued` (re-queued after a lapsed lease) to the dispatcher.

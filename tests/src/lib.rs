@@ -6,6 +6,9 @@
 //! behaviour (TTLs, leases, the shadow window, the sweeper's interval) is reached by moving the
 //! daemon's clock with [`TestDaemon::advance`], never by waiting for the wall clock.
 
+pub mod client;
+pub mod prometheus;
+
 use orchestrator_proto::frame::{read_frame, write_frame, DEFAULT_MAX_FRAME};
 use orchestrator_proto::message::{ClientMessage, Hello, Request, Response, ServerMessage};
 use serde_json::Value;

@@ -4,6 +4,7 @@
 //! Where a script sleeps, the sleep is the specialist's own work (a slow agent), never the test
 //! waiting for the daemon: the tests wait by polling observable conditions.
 
+use orchestrator_tests::prometheus;
 use orchestrator_tests::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -108,12 +109,16 @@ fn actions(task: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A counter of `orchctl metrics`, summed over its labels (by agent, by failure code).
 fn metric(d: &TestDaemon, name: &str) -> u64 {
     let text = stdout(&d.ctl(&["metrics"]));
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    let e = prometheus::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(
+        e.types.get(name).map(String::as_str),
+        Some("counter"),
+        "{name}"
+    );
+    e.sum(name, &[]) as u64
 }
 
 // ---- 1. live outcomes ---------------------------------------------------------------------------
@@ -300,7 +305,9 @@ wait
     assert_eq!(ev["details"]["exitStatus"], "0");
 
     assert_eq!(metric(&d, "orchestrator_specialist_spawns_total"), 4);
-    assert_eq!(metric(&d, "orchestrator_specialist_failures_total"), 3);
+    // Failures by code: aborted, spawn_failed, timeout, and the task routed to an agent without a
+    // command (rule_loaded_no_agent).
+    assert_eq!(metric(&d, "orchestrator_specialist_failures_total"), 4);
 }
 
 // ---- 2. shadow: no approval, never delivered -----------------------------------------------------

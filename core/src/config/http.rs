@@ -1,4 +1,4 @@
-//! `[http]`: the optional HTTP API's listen address.
+//! `[http]`: the optional HTTP API's listen address, and whether `GET /metrics` needs the token.
 
 use super::validator::Validator;
 use serde::Deserialize;
@@ -8,12 +8,15 @@ use toml::Spanned;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// `GET /metrics` needs the bearer token. Off by default on a loopback address, on otherwise.
+    pub metrics_token: bool,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHttp {
     listen: Spanned<String>,
+    metrics_token: Option<bool>,
 }
 
 impl Validator<'_> {
@@ -25,7 +28,10 @@ impl Validator<'_> {
                     self.warnings
                         .push(format!("http.listen {listen} is not a loopback address"));
                 }
-                Some(HttpConfig { listen })
+                Some(HttpConfig {
+                    listen,
+                    metrics_token: h.metrics_token.unwrap_or(!listen.ip().is_loopback()),
+                })
             }
             Err(e) => {
                 self.err(

@@ -150,7 +150,12 @@ pub async fn submit(
         // stored with the task in one write: one commit holds the task and its whole trajectory,
         // and the answer shows where the task came to rest.
         let steps = synthetic::steps(&task, &d.config(), task.created_ms);
-        d.store.submit(SubmitPlan { task, actor, steps }).await?
+        let harness = task.harness;
+        let task = d.store.submit(SubmitPlan { task, actor, steps }).await?;
+        if !harness {
+            synthetic::count_dispatch(d, &task);
+        }
+        task
     } else {
         let task = d
             .store
