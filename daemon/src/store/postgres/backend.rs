@@ -10,6 +10,7 @@ use crate::store::{
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
+use std::sync::atomic::Ordering;
 use tokio::sync::broadcast;
 
 /// Run `$body` (an async block's worth of statements on `$tx`) in one transaction: committed and
@@ -17,18 +18,22 @@ use tokio::sync::broadcast;
 macro_rules! write {
     ($self:ident, |$tx:ident| $body:expr) => {
         Box::pin(async move {
-            let mut client = $self.client().await?;
-            #[allow(unused_mut)]
-            let mut $tx = Tx::begin(&mut client).await?;
-            let result = $body;
-            match result {
-                Ok(v) => {
-                    $self.commit($tx).await?;
-                    Ok(v)
+            let outcome = async {
+                let mut client = $self.client().await?;
+                #[allow(unused_mut)]
+                let mut $tx = Tx::begin(&mut client).await?;
+                let result = $body;
+                match result {
+                    Ok(v) => {
+                        $self.commit($tx).await?;
+                        Ok(v)
+                    }
+                    // Dropping the transaction rolls it back.
+                    Err(e) => Err(e),
                 }
-                // Dropping the transaction rolls it back.
-                Err(e) => Err(e),
             }
+            .await;
+            $self.counted(outcome)
         })
     };
 }
@@ -37,8 +42,12 @@ macro_rules! write {
 macro_rules! read {
     ($self:ident, |$c:ident| $body:expr) => {
         Box::pin(async move {
-            let $c = $self.client().await?;
-            $body
+            let outcome = async {
+                let $c = $self.client().await?;
+                $body
+            }
+            .await;
+            $self.counted(outcome)
         })
     };
 }
@@ -49,6 +58,16 @@ impl PostgresBackend {
         let (events, deltas) = tx.commit().await?;
         self.publish(events, &deltas);
         Ok(())
+    }
+
+    /// Count a failure of the store itself; refusals are answers, and a closed store is a shutdown.
+    fn counted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &result {
+            if !e.is_refusal() && *e != StoreError::Closed {
+                self.inner.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
     }
 }
 
@@ -231,6 +250,10 @@ impl Backend for PostgresBackend {
             .lock()
             .map(|c| c.clone())
             .unwrap_or_default()
+    }
+
+    fn errors(&self) -> u64 {
+        self.inner.errors.load(Ordering::Relaxed)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<TrajectoryEvent> {

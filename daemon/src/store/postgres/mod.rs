@@ -34,7 +34,7 @@ pub use schema::SCHEMA_VERSION;
 use crate::store::{Counts, StoreError};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use orchestrator_proto::task::{TaskKind, TaskState, TrajectoryEvent};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::{broadcast, RwLock};
@@ -68,6 +68,8 @@ struct Inner {
     commit_gate: RwLock<()>,
     events: broadcast::Sender<TrajectoryEvent>,
     closed: AtomicBool,
+    /// Failed operations, for the metrics (see `Backend::errors`).
+    errors: AtomicU64,
     refresher: OnceLock<()>,
     /// Released when the store closes (see `exclusive`).
     exclusive: Mutex<Option<exclusive::Exclusive>>,
@@ -184,6 +186,7 @@ impl PostgresBackend {
                 commit_gate: RwLock::new(()),
                 events,
                 closed: AtomicBool::new(false),
+                errors: AtomicU64::new(0),
                 refresher: OnceLock::new(),
                 exclusive: Mutex::new(Some(exclusive)),
             }),
