@@ -5,15 +5,56 @@
 use crate::access::AccessPolicy;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::dispatch::DispatchHandle;
 use crate::metrics::{self, Metrics};
 use crate::store::Store;
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord, ReloadReport, SweepReport};
 use orchestrator_proto::task::Mode;
+use orchestrator_proto::task::Task;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+/// What the dispatcher is told. The handle lives here, with the daemon that
+/// holds it, so that the daemon does not depend on the dispatcher.
+#[derive(Debug)]
+pub enum DispatchMsg {
+    /// A task was stored in `queued` (or found `queued`/`assigned` at start).
+    Queued(Box<Task>),
+    /// The operator cancelled a task; stop its specialist if one runs.
+    Cancelled(String),
+    /// The watchdog's liveness probe: answered by the dispatcher's loop.
+    Ping(oneshot::Sender<()>),
+}
+
+/// The sending side, held by the daemon.
+#[derive(Clone, Debug)]
+pub struct DispatchHandle {
+    tx: mpsc::UnboundedSender<DispatchMsg>,
+}
+
+impl DispatchHandle {
+    pub fn channel() -> (DispatchHandle, mpsc::UnboundedReceiver<DispatchMsg>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (DispatchHandle { tx }, rx)
+    }
+
+    pub fn queued(&self, task: Task) {
+        // The receiver only goes away at shutdown; a queued task is then picked up at the next start.
+        let _ = self.tx.send(DispatchMsg::Queued(Box::new(task)));
+    }
+
+    pub fn cancelled(&self, id: &str) {
+        let _ = self.tx.send(DispatchMsg::Cancelled(id.to_string()));
+    }
+
+    /// Whether the dispatcher's loop answers; `false` if it is gone.
+    pub async fn ping(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(DispatchMsg::Ping(tx)).is_ok() && rx.await.is_ok()
+    }
+}
 
 /// Where the daemon keeps things, after flags, config and defaults were weighed.
 #[derive(Debug, Clone)]

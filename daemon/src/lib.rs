@@ -22,6 +22,9 @@
 //! - [`lifecycle`]: reload, signals, systemd notifications.
 //! - [`logging`]: journald or stderr, and the log line (and counter) of every transition.
 //! - [`background`]: `--daemonize` with a locked pidfile, for hosts without systemd.
+//! - [`supervisor`]: every long-lived task runs under a name; one that panics or ends early stops
+//!   the daemon with a non-zero exit, for the service manager to restart it. [`fault`] is its
+//!   test-only fault hook.
 //! - [`daemon`]: the shared state all of the above hang off.
 //! - [`run`]: wiring it all together at start.
 
@@ -30,6 +33,7 @@ pub mod background;
 pub mod clock;
 pub mod daemon;
 pub mod dispatch;
+pub mod fault;
 pub mod gate;
 pub mod http;
 pub mod lifecycle;
@@ -39,6 +43,7 @@ pub mod metrics;
 pub mod run;
 pub mod server;
 pub mod store;
+pub mod supervisor;
 pub mod sweeper;
 pub mod tasks;
 

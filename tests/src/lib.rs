@@ -77,6 +77,7 @@ pub struct TestDaemon {
     pub clock_file: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl TestDaemon {
@@ -134,12 +135,78 @@ impl TestDaemon {
             clock_file,
             child: None,
             extra_args,
+            env: Vec::new(),
         };
         d.spawn();
         d
     }
 
+    /// Start with extra environment variables (the fault hook, systemd's notify variables) and
+    /// without waiting for the socket: such a daemon may be meant to fail at once.
+    pub fn launch_with_env(toml: Option<&str>, env: &[(&str, &str)]) -> TestDaemon {
+        let dir = tempfile::Builder::new()
+            .prefix("orch-test-")
+            .tempdir()
+            .expect("tempdir");
+        let config = toml.map(|t| {
+            let p = dir.path().join("orchestrator.toml");
+            std::fs::write(&p, t).expect("write config");
+            p
+        });
+        let mut d = TestDaemon {
+            socket: dir.path().join("run").join("orchestrator.sock"),
+            state_dir: dir.path().join("state"),
+            log: dir.path().join("daemon.log"),
+            clock_file: dir.path().join("clock-offset-ms"),
+            dir,
+            config,
+            child: None,
+            extra_args: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        d.spawn_only();
+        d
+    }
+
+    /// Wait (at most `timeout`) for the daemon to exit by itself, and reap it.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        wait_for("the daemon to exit", timeout, || {
+            child.try_wait().ok().flatten()
+        })
+    }
+
+    /// Whether the daemon is still running.
+    pub fn running(&mut self) -> bool {
+        self.try_exit().is_none() && self.child.is_some()
+    }
+
     fn spawn(&mut self) {
+        self.spawn_only();
+        let socket = self.socket.clone();
+        let pid = self.pid();
+        wait_for(
+            "the daemon to answer on its socket",
+            Duration::from_secs(20),
+            || {
+                if let Some(status) = self.try_exit() {
+                    panic!(
+                        "orchestratord {pid} exited early with {status}; log:\n{}",
+                        self.log_text()
+                    );
+                }
+                Raw::connect(&socket)
+                    .ok()
+                    .and_then(|mut r| r.hello().ok())
+                    .map(|_| ())
+            },
+        );
+    }
+
+    fn spawn_only(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -160,29 +227,13 @@ impl TestDaemon {
             .env_remove("WATCHDOG_USEC")
             .env_remove("RUNTIME_DIRECTORY")
             .env_remove("STATE_DIRECTORY")
+            .env_remove("ORCHESTRATOR_TEST_FAULT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().expect("spawn orchestratord");
         self.child = Some(child);
-        let socket = self.socket.clone();
-        let pid = self.pid();
-        wait_for(
-            "the daemon to answer on its socket",
-            Duration::from_secs(20),
-            || {
-                if let Some(status) = self.try_exit() {
-                    panic!(
-                        "orchestratord {pid} exited early with {status}; log:\n{}",
-                        self.log_text()
-                    );
-                }
-                Raw::connect(&socket)
-                    .ok()
-                    .and_then(|mut r| r.hello().ok())
-                    .map(|_| ())
-            },
-        );
     }
 
     /// How far the daemon's clock is ahead of the wall clock. It survives restarts.

@@ -167,6 +167,12 @@ pub trait Backend: Send + Sync {
     /// An event that records something about a task without changing its state.
     fn append_event(&self, event: NewEvent) -> StoreFuture<'_, ()>;
 
+    /// A write that changes nothing: resolves once it went through a commit like any other
+    /// write (the watchdog's liveness probe).
+    fn probe(&self) -> StoreFuture<'_, ()>;
+    /// Resolves when the backend's writer has stopped, with why: after [`Backend::close`], or
+    /// because it died (the supervisor then stops the daemon).
+    fn writer_ended(&self) -> Pin<Box<dyn Future<Output = String> + Send + '_>>;
     fn get_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Task>>;
     /// A task with its trajectory, oldest event first.
     fn task_detail<'a>(

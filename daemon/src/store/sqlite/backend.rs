@@ -62,6 +62,16 @@ impl Backend for SqliteBackend {
         }))
     }
 
+    fn probe(&self) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(|_| Ok(())))
+    }
+
+    fn writer_ended(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send + '_>> {
+        Box::pin(SqliteBackend::writer_ended(self))
+    }
+
     fn get_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Task>> {
         let id = id.to_string();
         Box::pin(self.read(move |c| queries::get_task(c, &id)))

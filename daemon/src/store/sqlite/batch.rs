@@ -57,7 +57,8 @@ impl<'a> Batch<'a> {
         self.savepoint(f)
     }
 
-    /// Run `f` in a savepoint: on error, its statements and effects are undone.
+    /// Run `f` in a savepoint: on error, its statements and effects are undone. A job that panics
+    /// fails like one that returned an error: the writer thread, and the rest of the group, go on.
     pub(super) fn savepoint<T>(
         &mut self,
         f: impl FnOnce(&mut Batch<'a>) -> Result<T, StoreError>,
@@ -65,7 +66,13 @@ impl<'a> Batch<'a> {
         let (events, deltas) = (self.events.len(), self.deltas.len());
         // Prepared once per connection: every job of every group runs these.
         self.tx.prepare_cached("SAVEPOINT job")?.execute([])?;
-        let result = f(self).and_then(|v| {
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        let ran = ran.unwrap_or_else(|payload| {
+            let why = crate::supervisor::panic_message(payload);
+            tracing::error!(panic = %why, "a store job panicked; it fails and the writer goes on");
+            Err(StoreError::Sql(format!("the store job panicked: {why}")))
+        });
+        let result = ran.and_then(|v| {
             self.tx.prepare_cached("RELEASE job")?.execute([])?;
             Ok(v)
         });

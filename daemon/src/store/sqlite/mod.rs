@@ -6,6 +6,10 @@
 //! after that commit returned, so an acknowledged write is on disk. A job that fails rolls back to its
 //! savepoint and leaves the rest of the group untouched.
 //!
+//! A job that panics fails like one that returned an error (see [`Batch`]); should the writer
+//! thread itself end while the store is open, [`SqliteBackend::writer_ended`] says why, and the
+//! daemon's supervisor stops the daemon (see [`crate::supervisor`]).
+//!
 //! Reads go to a small pool of read connections on blocking threads; WAL lets them run while the
 //! writer commits.
 
@@ -19,6 +23,7 @@ mod writes;
 pub use batch::Batch;
 pub use schema::SCHEMA_VERSION;
 
+use crate::fault::How;
 use crate::store::{Counts, StoreError};
 use orchestrator_proto::task::{TaskKind, TaskState, TrajectoryEvent};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -26,7 +31,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{broadcast, oneshot};
+use std::time::Instant;
+use tokio::sync::{broadcast, oneshot, watch};
 
 /// Most jobs committed in one transaction; bounds the latency of the first job in a burst.
 const MAX_GROUP: usize = 2048;
@@ -57,9 +63,14 @@ struct Inner {
     counts: Arc<Mutex<Counts>>,
     events: broadcast::Sender<TrajectoryEvent>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set once, by the writer thread as it ends: why it ended.
+    writer_end: watch::Receiver<Option<String>>,
     /// Failed operations, for `orchestrator_store_errors_total`.
     errors: std::sync::atomic::AtomicU64,
 }
+
+/// The supervisor's name for the writer thread, and the fault hook's.
+pub const WRITER_TASK: &str = "store-writer";
 
 fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     // A connection is only ever used by one thread at a time (the writer, or a reader taken from the
@@ -113,9 +124,19 @@ impl SqliteBackend {
         let (tx, rx) = mpsc::channel::<Job>();
         let writer_counts = Arc::clone(&counts);
         let writer_events = events.clone();
+        let (end_tx, end_rx) = watch::channel(None);
         let handle = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer_loop(conn, rx, writer_counts, writer_events))
+            .name(WRITER_TASK.into())
+            .spawn(move || {
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    writer_loop(conn, rx, writer_counts, writer_events)
+                }));
+                let why = match ran {
+                    Ok(()) => "the writer thread ended".to_string(),
+                    Err(p) => format!("panicked: {}", crate::supervisor::panic_message(p)),
+                };
+                let _ = end_tx.send(Some(why));
+            })
             .map_err(|e| StoreError::Sql(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteBackend {
             inner: Arc::new(Inner {
@@ -125,6 +146,7 @@ impl SqliteBackend {
                 counts,
                 events,
                 writer: Mutex::new(Some(handle)),
+                writer_end: end_rx,
                 errors: std::sync::atomic::AtomicU64::new(0),
             }),
         })
@@ -195,6 +217,17 @@ impl SqliteBackend {
         }
     }
 
+    /// Resolves when the writer thread has ended (after [`SqliteBackend::shut`], or because it
+    /// died), with why.
+    pub async fn writer_ended(&self) -> String {
+        let mut end = self.inner.writer_end.clone();
+        let why = match end.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            Err(_) => "the writer thread ended".to_string(),
+        };
+        why
+    }
+
     /// Run a read on a pooled read connection, on a blocking thread.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
@@ -263,7 +296,33 @@ fn writer_loop(
     counts: Arc<Mutex<Counts>>,
     events: broadcast::Sender<TrajectoryEvent>,
 ) {
-    while let Ok(first) = rx.recv() {
+    // Test hook only (see `crate::fault`): make the writer fail after a while.
+    let fault = crate::fault::injected(WRITER_TASK).map(|f| (f.how, Instant::now() + f.after));
+    loop {
+        let first = match fault {
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+            Some((how, at)) => {
+                match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(job) => job,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(mpsc::RecvTimeoutError::Timeout) => match how {
+                        How::Panic => panic!("test fault injected into {WRITER_TASK}"),
+                        How::Exit => return,
+                        How::Hang => {
+                            // Wedged: jobs are taken and never answered, until the store closes.
+                            let mut held = Vec::new();
+                            while let Ok(job) = rx.recv() {
+                                held.push(job);
+                            }
+                            return;
+                        }
+                    },
+                }
+            }
+        };
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
