@@ -10,6 +10,8 @@ use crate::store::{
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use tokio::sync::broadcast;
 
@@ -126,6 +128,31 @@ impl Backend for PostgresBackend {
                 e.details,
             )
             .await
+        })
+    }
+
+    /// An empty transaction, committed. An unreachable database counts as alive here: the probe
+    /// feeds systemd's watchdog, and restarting the daemon cannot bring the database back, while
+    /// requests are answered `store_unavailable` meanwhile.
+    fn probe(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let committed: Result<(), StoreError> = write!(self, |tx| Ok(())).await;
+            match committed {
+                Err(StoreError::Unavailable(why)) => {
+                    tracing::debug!(%why, "liveness probe: the database is unreachable");
+                    Ok(())
+                }
+                other => other,
+            }
+        })
+    }
+
+    /// There is no writer thread: this resolves once the store is closed.
+    fn writer_ended(&self) -> Pin<Box<dyn Future<Output = String> + Send + '_>> {
+        Box::pin(async move {
+            let mut closed = self.inner.closed_tx.subscribe();
+            let _ = closed.wait_for(|c| *c).await;
+            "the store was closed".to_string()
         })
     }
 

@@ -41,5 +41,6 @@ contract_cases!(
     gate_runs_are_recorded,
     mode_and_overrides,
     reads_for_gates_dispatch_and_delivery,
+    probe_commits_nothing,
     listing_filters_and_pages_each_task_once,
 );

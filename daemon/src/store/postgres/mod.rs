@@ -68,6 +68,8 @@ struct Inner {
     commit_gate: RwLock<()>,
     events: broadcast::Sender<TrajectoryEvent>,
     closed: AtomicBool,
+    /// Set once the store is closed, for `Backend::writer_ended`.
+    closed_tx: tokio::sync::watch::Sender<bool>,
     /// Failed operations, for the metrics (see `Backend::errors`).
     errors: AtomicU64,
     refresher: OnceLock<()>,
@@ -186,6 +188,7 @@ impl PostgresBackend {
                 commit_gate: RwLock::new(()),
                 events,
                 closed: AtomicBool::new(false),
+                closed_tx: tokio::sync::watch::Sender::new(false),
                 errors: AtomicU64::new(0),
                 refresher: OnceLock::new(),
                 exclusive: Mutex::new(Some(exclusive)),
@@ -219,6 +222,7 @@ impl PostgresBackend {
 
     fn shut(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        self.inner.closed_tx.send_replace(true);
         self.inner.pool.close();
         if let Ok(mut lock) = self.inner.exclusive.lock() {
             lock.take();
