@@ -223,6 +223,7 @@ impl Daemon {
             .flat_map(|k| TaskState::ALL.into_iter().map(move |s| (k, s)))
             .map(|(k, s)| (k, s, counts.get(k, s)))
             .collect();
+        let health = self.store.health();
         let snapshot = metrics::Snapshot {
             tasks,
             mode: self.mode().effective,
@@ -230,6 +231,8 @@ impl Daemon {
             version: env!("CARGO_PKG_VERSION").to_string(),
             now_ms: self.clock.now_ms(),
             process: metrics::ProcessStats::read_self(),
+            storage_full: health.full_since_ms.is_some(),
+            store_damaged: health.damaged.is_some(),
         };
         metrics::render(&self.metrics, &snapshot)
     }

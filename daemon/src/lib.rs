@@ -16,6 +16,7 @@
 //! - [`dispatch`]: the dispatcher — synthetic runs and real specialist processes.
 //! - [`gate`]: the synthetic gate, the shadow summary, and the mode-flip rules.
 //! - [`sweeper`]: expiry, lease reclaim and retention.
+//! - [`integrity`]: the store's integrity check, after READY and then periodically.
 //! - [`server`]: the control socket — binding (or taking systemd's), connections, one handler per verb.
 //! - [`http`]: the optional HTTP API for dashboards, over the same operations, behind the bearer token.
 //! - [`access`]: peer credentials and who may do what.
@@ -36,6 +37,7 @@ pub mod dispatch;
 pub mod fault;
 pub mod gate;
 pub mod http;
+pub mod integrity;
 pub mod lifecycle;
 pub mod logging;
 pub mod machine;

@@ -3,10 +3,11 @@
 
 use crate::background;
 use crate::clock::Clock;
-use crate::config::{Config, ConfigErrors, StoreConfig};
+use crate::config::{Config, ConfigErrors, StoreBackend};
 use crate::daemon::{Daemon, Paths};
 use crate::dispatch::{self, DispatchHandle};
 use crate::http;
+use crate::integrity;
 use crate::lifecycle::{self, notify};
 use crate::logging;
 use crate::metrics::Metrics;
@@ -124,14 +125,14 @@ pub fn sqlite_path(opts: &Options) -> Result<PathBuf, StartError> {
 
 /// The store `[store]` names: SQLite in the state directory, or a PostgreSQL database.
 fn open_store(config: &Config, paths: &Paths) -> Result<Store, StartError> {
-    match &config.store {
-        StoreConfig::Sqlite => Store::open(&paths.database()).map_err(|e| {
+    match &config.store.backend {
+        StoreBackend::Sqlite => Store::open(&paths.database()).map_err(|e| {
             StartError::Other(format!(
                 "cannot open the store {}: {e}",
                 paths.database().display()
             ))
         }),
-        StoreConfig::Postgres(pg) => {
+        StoreBackend::Postgres(pg) => {
             let url = pg.url.resolve().map_err(StartError::Other)?;
             let settings = crate::store::postgres::Settings {
                 url,
@@ -271,6 +272,8 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         NotifyState::Status(&lifecycle::status_line(&d)),
     ]);
     background::ready();
+    // After READY: the check reads the whole file and must not delay the start.
+    tasks.push(sup.spawn("integrity-check", integrity::run(Arc::clone(&d))));
 
     let failure = tokio::select! {
         _ = d.shutdown.cancelled() => None,

@@ -26,12 +26,18 @@ pub enum ErrorCode {
     InvalidArgument,
     UnknownFixture,
     ShuttingDown,
+    /// A reply larger than the frame limit; nothing was sent but this.
+    ReplyTooLarge,
+    /// The store's disk is full; writes fail until space returns.
+    StorageFull,
+    /// The integrity check found the store damaged; writes are refused from then on.
+    StoreDamaged,
     /// The store (PostgreSQL) cannot be reached; the request changed nothing it acknowledged.
     StoreUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::NotFound,
         ErrorCode::InvalidTransition,
         ErrorCode::InvalidReason,
@@ -50,8 +56,21 @@ impl ErrorCode {
         ErrorCode::InvalidArgument,
         ErrorCode::UnknownFixture,
         ErrorCode::ShuttingDown,
+        ErrorCode::ReplyTooLarge,
+        ErrorCode::StorageFull,
+        ErrorCode::StoreDamaged,
         ErrorCode::StoreUnavailable,
     ];
+
+    /// The protocol minor that introduced this code: a client that said an older minor in its hello
+    /// cannot decode it and is sent `internal` instead (with the code in the details).
+    pub fn since_minor(self) -> u16 {
+        match self {
+            ErrorCode::ReplyTooLarge | ErrorCode::StorageFull | ErrorCode::StoreDamaged => 1,
+            ErrorCode::StoreUnavailable => 2,
+            _ => 0,
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -73,6 +92,9 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => "invalid_argument",
             ErrorCode::UnknownFixture => "unknown_fixture",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::ReplyTooLarge => "reply_too_large",
+            ErrorCode::StorageFull => "storage_full",
+            ErrorCode::StoreDamaged => "store_damaged",
             ErrorCode::StoreUnavailable => "store_unavailable",
         }
     }
@@ -105,5 +127,17 @@ impl WireError {
     pub fn with(mut self, key: &str, value: impl Into<String>) -> Self {
         self.details.insert(key.to_string(), value.into());
         self
+    }
+
+    /// This error as a client speaking protocol minor `minor` can decode it: a code newer than
+    /// that client becomes `internal`, keeping its name in the `code` detail.
+    pub fn for_minor(self, minor: u16) -> Self {
+        if self.code.since_minor() <= minor {
+            return self;
+        }
+        let code = self.code.as_str();
+        let mut e = self.with("code", code);
+        e.code = ErrorCode::Internal;
+        e
     }
 }

@@ -26,7 +26,7 @@ pub use duration::parse_duration;
 pub use gate::GateConfig;
 pub use http::HttpConfig;
 pub use socket::SocketAccess;
-pub use store::{PostgresConfig, StoreConfig, StoreUrl};
+pub use store::{PostgresConfig, StoreBackend, StoreConfig, StoreUrl};
 pub use sweeper::{Retention, SweeperConfig};
 pub use validator::{ConfigErrors, ConfigIssue};
 

@@ -1,18 +1,37 @@
-//! `[store]`: where tasks are kept. SQLite in the state directory (the default), or a PostgreSQL
-//! database shared by several daemons, named by `url` or by `url_file` (a file holding the URL, so
-//! that no password sits in the config).
+//! `[store]`: where tasks are kept — SQLite in the state directory (the default), or a PostgreSQL
+//! database named by `url` or by `url_file` (a file holding the URL, so that no password sits in
+//! the config) — and how often the store's integrity check runs while the daemon is up.
 
 use super::gate::resolve_relative;
 use super::validator::Validator;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use toml::Spanned;
 
 const DEFAULT_POOL_SIZE: usize = 16;
 const MAX_POOL_SIZE: i64 = 1024;
+const DEFAULT_INTEGRITY_CHECK_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    /// How often the integrity check runs again after the one at start; `None` (`"off"`) runs it
+    /// only at start.
+    pub integrity_check_interval: Option<Duration>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Sqlite,
+            integrity_check_interval: Some(DEFAULT_INTEGRITY_CHECK_INTERVAL),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum StoreConfig {
+pub enum StoreBackend {
     /// `state.db` in the state directory.
     #[default]
     Sqlite,
@@ -63,6 +82,7 @@ pub(super) struct RawStore {
     url: Option<Spanned<String>>,
     url_file: Option<Spanned<String>>,
     pool_size: Option<Spanned<i64>>,
+    integrity_check_interval: Option<Spanned<String>>,
 }
 
 /// The URL forms the PostgreSQL client accepts: a URL, or `key=value` pairs.
@@ -72,9 +92,39 @@ fn looks_like_postgres(url: &str) -> bool {
 
 impl Validator<'_> {
     pub(super) fn store(&mut self, raw: Option<RawStore>, path: Option<&Path>) -> StoreConfig {
-        let Some(raw) = raw else {
-            return StoreConfig::Sqlite;
+        let Some(mut raw) = raw else {
+            return StoreConfig::default();
         };
+        let integrity_check_interval =
+            self.integrity_check_interval(raw.integrity_check_interval.take());
+        StoreConfig {
+            backend: self.backend(raw, path),
+            integrity_check_interval,
+        }
+    }
+
+    fn integrity_check_interval(&mut self, value: Option<Spanned<String>>) -> Option<Duration> {
+        let Some(value) = value else {
+            return Some(DEFAULT_INTEGRITY_CHECK_INTERVAL);
+        };
+        if value.get_ref().trim() == "off" {
+            return None;
+        }
+        let key = "store.integrity_check_interval";
+        let d = self.duration(key, Some(&value), DEFAULT_INTEGRITY_CHECK_INTERVAL);
+        // A check reads the whole file: more often than once a minute would keep the disk busy.
+        if d < Duration::from_secs(60) {
+            self.err(
+                key,
+                Some(&value),
+                "must be at least 1m, or \"off\" to check only at start",
+            );
+            return Some(DEFAULT_INTEGRITY_CHECK_INTERVAL);
+        }
+        Some(d)
+    }
+
+    fn backend(&mut self, raw: RawStore, path: Option<&Path>) -> StoreBackend {
         let backend = raw.backend.as_ref().map(|b| b.get_ref().as_str());
         match backend {
             None | Some("sqlite") => {
@@ -88,7 +138,7 @@ impl Validator<'_> {
                         self.err(key, Some(&at), "only for backend = \"postgres\"");
                     }
                 }
-                StoreConfig::Sqlite
+                StoreBackend::Sqlite
             }
             Some("postgres") => self.postgres(raw, path),
             Some(other) => {
@@ -97,12 +147,12 @@ impl Validator<'_> {
                     raw.backend.as_ref(),
                     format!("unknown backend {other:?}; expected \"sqlite\" or \"postgres\""),
                 );
-                StoreConfig::Sqlite
+                StoreBackend::Sqlite
             }
         }
     }
 
-    fn postgres(&mut self, raw: RawStore, path: Option<&Path>) -> StoreConfig {
+    fn postgres(&mut self, raw: RawStore, path: Option<&Path>) -> StoreBackend {
         let url = match (&raw.url, &raw.url_file) {
             (Some(u), None) => {
                 if !looks_like_postgres(u.get_ref()) {
@@ -147,8 +197,8 @@ impl Validator<'_> {
             }
         };
         match url {
-            Some(url) => StoreConfig::Postgres(PostgresConfig { url, pool_size }),
-            None => StoreConfig::Sqlite,
+            Some(url) => StoreBackend::Postgres(PostgresConfig { url, pool_size }),
+            None => StoreBackend::Sqlite,
         }
     }
 }
@@ -171,17 +221,17 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn store_of(text: &str) -> Result<StoreConfig, crate::config::ConfigErrors> {
+    fn store_of(text: &str) -> Result<StoreBackend, crate::config::ConfigErrors> {
         Config::from_toml(text, Some(Path::new("/etc/orchestrator/orchestrator.toml")))
-            .map(|c| c.store)
+            .map(|c| c.store.backend)
     }
 
     #[test]
     fn sqlite_is_the_default() {
-        assert_eq!(store_of("").unwrap(), StoreConfig::Sqlite);
+        assert_eq!(store_of("").unwrap(), StoreBackend::Sqlite);
         assert_eq!(
             store_of("[store]\nbackend = \"sqlite\"\n").unwrap(),
-            StoreConfig::Sqlite
+            StoreBackend::Sqlite
         );
     }
 
@@ -191,7 +241,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             c,
-            StoreConfig::Postgres(PostgresConfig {
+            StoreBackend::Postgres(PostgresConfig {
                 url: StoreUrl::Inline("postgres://orch@%2Frun%2Fpg/orch".into()),
                 pool_size: 4
             })
@@ -199,7 +249,7 @@ mod tests {
         let c = store_of("[store]\nbackend = \"postgres\"\nurl_file = \"pg.url\"\n").unwrap();
         assert_eq!(
             c,
-            StoreConfig::Postgres(PostgresConfig {
+            StoreBackend::Postgres(PostgresConfig {
                 url: StoreUrl::File("/etc/orchestrator/pg.url".into()),
                 pool_size: DEFAULT_POOL_SIZE
             })

@@ -3,7 +3,8 @@
 //!
 //! - `GET  /orchestrator/health` — no authentication: `{ok, mode, version, hasCredentials}`.
 //! - `GET  /orchestrator/routing/preview?goal=…&capabilities=a,b` — as `orchctl route`.
-//! - `GET  /orchestrator/tasks?state=&kind=&limit=` — as `orchctl tasks list`.
+//! - `GET  /orchestrator/tasks?state=&kind=&limit=&agent=&goal=&before=&after=` — as `orchctl tasks
+//!   list`, a page with `next`.
 //! - `GET  /orchestrator/tasks/{id}` — as `orchctl tasks show` (with `trajectory`).
 //! - `POST /orchestrator/tasks` — `{goal, workspaceDir?, requiredCapabilities?}`, kind = the mode.
 //! - `POST /orchestrator/tasks/{id}/transition` — `{action: approve|reject|cancel, reason?}`.

@@ -12,7 +12,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use orchestrator_proto::message::{ListQuery, SubmitRequest};
+use orchestrator_proto::message::{PageQuery, SubmitRequest};
 use orchestrator_proto::task::{Task, TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
 use serde_json::{json, Value};
@@ -119,7 +119,8 @@ pub async fn preview(
     Ok(Json(decision).into_response())
 }
 
-/// `GET /orchestrator/tasks?state=&kind=&limit=`: as `orchctl tasks list`, as `{"tasks": [...]}`.
+/// `GET /orchestrator/tasks?state=&kind=&limit=&agent=&goal=&before=&after=`: as `orchctl tasks
+/// list`, as `{"tasks": [...], "next": ID|null}`; `next` is the `before` of the following page.
 pub async fn list_tasks(
     State(api): State<Arc<Api>>,
     _caller: Caller,
@@ -143,17 +144,22 @@ pub async fn list_tasks(
             )
         })?,
     };
-    let list = query::list(
+    let text = |key: &str| param(&q, key).map(str::to_string);
+    let page = query::page(
         &api.daemon,
-        ListQuery {
+        PageQuery {
             state,
             kind,
             limit,
             include_harness: false,
+            agent: text("agent"),
+            goal: text("goal"),
+            before: text("before"),
+            after: text("after"),
         },
     )
     .await?;
-    Ok(Json(json!({ "tasks": list })).into_response())
+    Ok(Json(json!({ "tasks": page.tasks, "next": page.next })).into_response())
 }
 
 /// `GET /orchestrator/tasks/{id}`: the task with its `trajectory`, as `orchctl tasks show`.

@@ -30,9 +30,9 @@ mod types;
 pub use sqlite::{queries, Batch};
 
 pub use types::{
-    absorb, AttemptLimits, Cursor, GateRunRecord, Leftover, ModeChange, NewEvent, NewOverride,
-    NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, ShadowRow, StoredMode, SubmitPlan,
-    TaskFilter, TransitionOp,
+    absorb, AttemptLimits, Cursor, GateRunRecord, Health, Leftover, ModeChange, NewEvent,
+    NewOverride, NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, ShadowRow, StoredMode,
+    SubmitPlan, TaskFilter, TransitionOp,
 };
 
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
@@ -58,6 +58,9 @@ pub enum StoreError {
     Rejected(ErrorCode, String),
     #[error("store error: {0}")]
     Sql(String),
+    /// The disk holding the store is full: nothing was written.
+    #[error("the store's disk is full: {0}")]
+    Full(String),
     #[error("the store is closed")]
     Closed,
     /// The database cannot be reached (down, restarting, network); the daemon retries on its own.
@@ -91,6 +94,13 @@ impl From<StoreError> for WireError {
             StoreError::Sql(msg) => {
                 WireError::new(ErrorCode::Internal, format!("store error: {msg}"))
             }
+            StoreError::Full(msg) => WireError::new(
+                ErrorCode::StorageFull,
+                format!(
+                    "the store's disk is full ({msg}); nothing was written. Free space on the \
+                     state directory's file system: writes resume by themselves"
+                ),
+            ),
             StoreError::Closed => {
                 WireError::new(ErrorCode::ShuttingDown, "the daemon is shutting down")
             }
@@ -254,6 +264,12 @@ pub trait Backend: Send + Sync {
     fn errors(&self) -> u64;
     /// Every committed trajectory event, in commit order (for `watch`, logs, metrics, delivery).
     fn subscribe(&self) -> broadcast::Receiver<TrajectoryEvent>;
+    /// Disk-full episodes and integrity-check outcomes, as of now.
+    fn health(&self) -> Health;
+    /// Run the integrity check on a read connection while writes go on, and record its outcome in
+    /// [`Backend::health`]; a store found damaged refuses writes (`store_damaged`) from then on.
+    /// Answers the outcome: `ok`, or what the check found.
+    fn check_integrity(&self) -> StoreFuture<'_, String>;
     /// Stop accepting writes, finish what was accepted, and wait for it.
     fn close(&self);
 }

@@ -2,11 +2,12 @@
 //! connection.
 
 use super::tx::Tx;
-use super::{queries, PostgresBackend};
+use super::{pg_error, queries, PostgresBackend, SCHEMA_VERSION};
+use crate::clock::now_ms;
 use crate::store::{
-    Backend, Counts, GateRunRecord, Leftover, ModeChange, NewEvent, NewOverride, Outcomes, Plan,
-    Reclaim, Reclaimed, Retired, RetiredCursor, ShadowRow, StoreError, StoreFuture, StoredMode,
-    SubmitPlan, TaskFilter, TransitionOp,
+    Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes,
+    Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowRow, StoreError, StoreFuture,
+    StoredMode, SubmitPlan, TaskFilter, TransitionOp,
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
@@ -59,11 +60,51 @@ impl PostgresBackend {
         let _gate = self.inner.commit_gate.read().await;
         let (events, deltas) = tx.commit().await?;
         self.publish(events, &deltas);
+        self.with_health(|h| h.full_since_ms = None);
         Ok(())
+    }
+
+    fn with_health(&self, f: impl FnOnce(&mut Health)) {
+        if let Ok(mut h) = self.inner.health.lock() {
+            f(&mut h);
+        }
+    }
+
+    /// The server keeps its own integrity (WAL, and page checksums where the cluster has them);
+    /// this check confirms that the database still holds this release's schema.
+    async fn integrity_check(&self) -> Result<String, StoreError> {
+        self.with_health(|h| h.checking = true);
+        let found = async {
+            let c = self.client().await?;
+            let row = c
+                .query_one("SELECT max(version) FROM schema_version", &[])
+                .await
+                .map_err(pg_error)?;
+            let version: Option<i64> = row.get(0);
+            Ok::<_, StoreError>(match version {
+                Some(v) if v == SCHEMA_VERSION => "ok".to_string(),
+                other => format!("schema version {other:?}, this release expects {SCHEMA_VERSION}"),
+            })
+        }
+        .await;
+        let at = now_ms();
+        self.with_health(|h| {
+            h.checking = false;
+            if let Ok(found) = &found {
+                h.last_check = Some((at, found.clone()));
+            }
+        });
+        found
     }
 
     /// Count a failure of the store itself; refusals are answers, and a closed store is a shutdown.
     fn counted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Full(_)) = &result {
+            let at = now_ms();
+            self.with_health(|h| {
+                h.full_since_ms.get_or_insert(at);
+            });
+        }
         if let Err(e) = &result {
             if !e.is_refusal() && *e != StoreError::Closed {
                 self.inner.errors.fetch_add(1, Ordering::Relaxed);
@@ -285,6 +326,18 @@ impl Backend for PostgresBackend {
 
     fn subscribe(&self) -> broadcast::Receiver<TrajectoryEvent> {
         self.inner.events.subscribe()
+    }
+
+    fn health(&self) -> Health {
+        self.inner
+            .health
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default()
+    }
+
+    fn check_integrity(&self) -> StoreFuture<'_, String> {
+        Box::pin(self.integrity_check())
     }
 
     fn close(&self) {

@@ -31,7 +31,7 @@ mod tx;
 
 pub use schema::SCHEMA_VERSION;
 
-use crate::store::{Counts, StoreError};
+use crate::store::{Counts, Health, StoreError};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use orchestrator_proto::task::{TaskKind, TaskState, TrajectoryEvent};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -70,6 +70,8 @@ struct Inner {
     closed: AtomicBool,
     /// Set once the store is closed, for `Backend::writer_ended`.
     closed_tx: tokio::sync::watch::Sender<bool>,
+    /// Disk-full episodes and integrity-check outcomes (see `Backend::health`).
+    health: Mutex<Health>,
     /// Failed operations, for the metrics (see `Backend::errors`).
     errors: AtomicU64,
     refresher: OnceLock<()>,
@@ -93,6 +95,8 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
             let msg = format!("{} ({})", db.message(), code.code());
             if unreachable {
                 StoreError::Unavailable(msg)
+            } else if *code == SqlState::DISK_FULL {
+                StoreError::Full(msg)
             } else {
                 StoreError::Sql(msg)
             }
@@ -190,6 +194,7 @@ impl PostgresBackend {
                 closed: AtomicBool::new(false),
                 closed_tx: tokio::sync::watch::Sender::new(false),
                 errors: AtomicU64::new(0),
+                health: Mutex::new(Health::default()),
                 refresher: OnceLock::new(),
                 exclusive: Mutex::new(Some(exclusive)),
             }),

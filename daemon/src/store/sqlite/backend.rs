@@ -3,9 +3,9 @@
 
 use super::{queries, SqliteBackend};
 use crate::store::{
-    Backend, Counts, GateRunRecord, Leftover, ModeChange, NewEvent, NewOverride, Outcomes, Plan,
-    Reclaim, Reclaimed, Retired, RetiredCursor, ShadowRow, StoreFuture, StoredMode, SubmitPlan,
-    TaskFilter, TransitionOp,
+    Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes,
+    Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowRow, StoreFuture, StoredMode,
+    SubmitPlan, TaskFilter, TransitionOp,
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
@@ -206,6 +206,14 @@ impl Backend for SqliteBackend {
 
     fn subscribe(&self) -> broadcast::Receiver<TrajectoryEvent> {
         self.inner.events.subscribe()
+    }
+
+    fn health(&self) -> Health {
+        self.health_now()
+    }
+
+    fn check_integrity(&self) -> StoreFuture<'_, String> {
+        Box::pin(self.run_integrity_check())
     }
 
     fn close(&self) {

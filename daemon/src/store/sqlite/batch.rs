@@ -19,6 +19,8 @@ pub struct Batch<'a> {
     tx: &'a Transaction<'a>,
     events: Vec<TrajectoryEvent>,
     deltas: Vec<Delta>,
+    /// A job of this group failed because the disk is full.
+    pub(super) saw_full: bool,
 }
 
 fn sql_json<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>, StoreError> {
@@ -36,11 +38,12 @@ impl<'a> Batch<'a> {
             tx,
             events: Vec::new(),
             deltas: Vec::new(),
+            saw_full: false,
         }
     }
 
-    pub(super) fn into_effects(self) -> (Vec<TrajectoryEvent>, Vec<Delta>) {
-        (self.events, self.deltas)
+    pub(super) fn into_effects(self) -> (Vec<TrajectoryEvent>, Vec<Delta>, bool) {
+        (self.events, self.deltas, self.saw_full)
     }
 
     /// The transaction, for the statements of this backend's other modules.
@@ -76,7 +79,8 @@ impl<'a> Batch<'a> {
             self.tx.prepare_cached("RELEASE job")?.execute([])?;
             Ok(v)
         });
-        if result.is_err() {
+        if let Err(e) = &result {
+            self.saw_full |= matches!(e, StoreError::Full(_));
             let _ = self.tx.execute_batch("ROLLBACK TO job; RELEASE job");
             self.events.truncate(events);
             self.deltas.truncate(deltas);
