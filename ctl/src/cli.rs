@@ -114,6 +114,12 @@ pub enum Command {
     Watch,
     /// Counters in Prometheus text format.
     Metrics,
+    /// Print a single-use link (valid 5 minutes) that signs you in to the web console.
+    Console {
+        /// Open the link in the desktop's browser (xdg-open).
+        #[arg(long)]
+        open: bool,
+    },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
     /// Write man pages into a directory.

@@ -73,6 +73,21 @@ pub fn response(r: &Response, format: Format, o: &mut Output) -> io::Result<u8> 
             Ok(exit::OK)
         }
         Response::WatchStarted => Ok(exit::OK),
+        Response::ConsoleLink(link) => {
+            match format {
+                Format::Json => print_json(o, link)?,
+                Format::Table => {
+                    writeln!(o.out, "{}", link.url)?;
+                    let rights = if link.read_only { " (read-only)" } else { "" };
+                    writeln!(
+                        o.err,
+                        "signs in as {}{rights}; usable once, until {}",
+                        link.user, link.expires_at
+                    )?;
+                }
+            }
+            Ok(exit::OK)
+        }
     }
 }
 

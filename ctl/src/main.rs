@@ -142,6 +142,7 @@ fn main() -> ExitCode {
             Err(e) => return usage(e),
         },
         Command::Metrics => Request::Metrics,
+        Command::Console { open } => return console(&socket, open, format, &mut o),
     };
     let result = Client::connect(&socket).and_then(|mut c| c.request(request));
     match result {
@@ -223,6 +224,29 @@ fn fail(e: ClientError, format: Format, o: &mut Output) -> ExitCode {
     }
     eprintln!("orchctl: {}", e.message());
     ExitCode::from(e.exit_code())
+}
+
+/// `console [--open]`: ask for a login link, print it, and with `--open` hand it to the browser.
+fn console(socket: &Path, open: bool, format: Format, o: &mut Output) -> ExitCode {
+    let response = match Client::connect(socket).and_then(|mut c| c.request(Request::ConsoleLink)) {
+        Ok(r) => r,
+        Err(e) => return fail(e, format, o),
+    };
+    let rendered = display::response(&response, format, o);
+    if let (true, Response::ConsoleLink(link)) = (open, &response) {
+        // The browser outlives us; its output is not ours to show.
+        let started = std::process::Command::new("xdg-open")
+            .arg(&link.url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if let Err(e) = started {
+            eprintln!("orchctl: cannot start xdg-open ({e}); open the link above yourself");
+            return ExitCode::from(exit::FAILED);
+        }
+    }
+    finish(rendered)
 }
 
 fn watch(socket: &Path, format: Format, o: &mut Output) -> ExitCode {

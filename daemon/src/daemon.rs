@@ -6,6 +6,7 @@ use crate::access::AccessPolicy;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::{self, Metrics};
+use crate::sessions::Sessions;
 use crate::store::Store;
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord, ReloadReport, SweepReport};
 use orchestrator_proto::task::Mode;
@@ -104,6 +105,8 @@ pub struct Notes {
     pub latest_gate: Option<GateRunSummary>,
     /// The address the HTTP API is bound to, when it runs (the configured port may be 0).
     pub http_listen: Option<String>,
+    /// Why HTTP is off although the config has it on (its default port was taken).
+    pub http_problem: Option<String>,
 }
 
 pub struct Daemon {
@@ -116,6 +119,8 @@ pub struct Daemon {
     pub clock: Clock,
     /// Real time, for the uptime.
     pub started: Instant,
+    /// Console login codes and sessions, shared by the socket (which mints) and the console.
+    pub sessions: Sessions,
     config: RwLock<Arc<Config>>,
     access: RwLock<Arc<AccessPolicy>>,
     mode: RwLock<ModeState>,
@@ -144,6 +149,7 @@ impl Daemon {
             shutdown: CancellationToken::new(),
             clock: clock.clone(),
             started: Instant::now(),
+            sessions: Sessions::default(),
             config: RwLock::new(Arc::new(config)),
             access: RwLock::new(Arc::new(access)),
             mode: RwLock::new(mode),

@@ -18,8 +18,10 @@
 //! - [`sweeper`]: expiry, lease reclaim and retention.
 //! - [`integrity`]: the store's integrity check, after READY and then periodically.
 //! - [`server`]: the control socket — binding (or taking systemd's), connections, one handler per verb.
-//! - [`http`]: the optional HTTP API for dashboards, over the same operations, behind the bearer token.
+//! - [`http`]: the HTTP listener: the API for dashboards and scripts (behind the bearer token) and
+//!   the web console under `/console/` (signed-in sessions), over the same operations.
 //! - [`access`]: peer credentials and who may do what.
+//! - [`sessions`]: the console's single-use login links and browser sessions.
 //! - [`lifecycle`]: reload, signals, systemd notifications.
 //! - [`logging`]: journald or stderr, and the log line (and counter) of every transition.
 //! - [`background`]: `--daemonize` with a locked pidfile, for hosts without systemd.
@@ -44,6 +46,7 @@ pub mod machine;
 pub mod metrics;
 pub mod run;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod supervisor;
 pub mod sweeper;

@@ -165,9 +165,21 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         .map_err(|e| other("cannot decide the mode")(e.to_string()))?;
     // Bound before anything is started, so that a taken port fails the start and leaves nothing
     // half-running.
+    let mut http_problem = None;
     let http_listener = match config.http.as_ref() {
         Some(h) => match http::bind(h.listen).await {
             Ok(l) => Some(l),
+            // HTTP is on by default: a default port someone else holds turns it off, loudly,
+            // instead of keeping the daemon from starting.
+            Err(e) if !h.explicit => {
+                let why = format!(
+                    "HTTP is off: the default address {} cannot be bound ({e}); set [http] listen",
+                    h.listen
+                );
+                tracing::warn!("http: {why}");
+                http_problem = Some(why);
+                None
+            }
             Err(e) => {
                 let _ = std::fs::remove_file(&paths.socket);
                 return Err(StartError::Other(format!(
@@ -197,6 +209,7 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         .await
         .map_err(|e| other("cannot read gate history")(e.to_string()))?;
     d.with_notes(|n| {
+        n.http_problem = http_problem;
         n.latest_gate = gate;
         n.pending_overrides = overrides;
     });

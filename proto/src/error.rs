@@ -32,12 +32,14 @@ pub enum ErrorCode {
     StorageFull,
     /// The integrity check found the store damaged; writes are refused from then on.
     StoreDamaged,
+    /// The HTTP listener is off, so there is no console to sign in to.
+    HttpOff,
     /// The store (PostgreSQL) cannot be reached; the request changed nothing it acknowledged.
     StoreUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::NotFound,
         ErrorCode::InvalidTransition,
         ErrorCode::InvalidReason,
@@ -59,6 +61,7 @@ impl ErrorCode {
         ErrorCode::ReplyTooLarge,
         ErrorCode::StorageFull,
         ErrorCode::StoreDamaged,
+        ErrorCode::HttpOff,
         ErrorCode::StoreUnavailable,
     ];
 
@@ -66,7 +69,10 @@ impl ErrorCode {
     /// cannot decode it and is sent `internal` instead (with the code in the details).
     pub fn since_minor(self) -> u16 {
         match self {
-            ErrorCode::ReplyTooLarge | ErrorCode::StorageFull | ErrorCode::StoreDamaged => 1,
+            ErrorCode::ReplyTooLarge
+            | ErrorCode::StorageFull
+            | ErrorCode::StoreDamaged
+            | ErrorCode::HttpOff => 1,
             ErrorCode::StoreUnavailable => 2,
             _ => 0,
         }
@@ -95,6 +101,7 @@ impl ErrorCode {
             ErrorCode::ReplyTooLarge => "reply_too_large",
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::StoreDamaged => "store_damaged",
+            ErrorCode::HttpOff => "http_off",
             ErrorCode::StoreUnavailable => "store_unavailable",
         }
     }

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 pub const MAGIC: u32 = 0x4F52_4348;
 pub const PROTOCOL_MAJOR: u16 = 1;
 /// Minor 1 added `ListPage`/`Page`, `StatusWithStorage` and the error codes `reply_too_large`,
-/// `storage_full` and `store_damaged`; minor 2 the error code `store_unavailable`. The daemon
-/// answers each client in the minor it announced.
+/// `storage_full`, `store_damaged` and `http_off`; minor 2 the error code `store_unavailable`.
+/// The daemon answers each client in the minor it announced.
 pub const PROTOCOL_MINOR: u16 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +153,8 @@ pub enum Request {
     Watch,
     /// Protocol minor 1.
     ListPage(PageQuery),
+    /// Protocol minor 1: a single-use link that signs the asking user in to the web console.
+    ConsoleLink,
 }
 
 impl Request {
@@ -168,6 +170,7 @@ impl Request {
                 | Request::ShadowSummary { .. }
                 | Request::Metrics
                 | Request::Watch
+                | Request::ConsoleLink
         )
     }
 
@@ -189,6 +192,7 @@ impl Request {
             Request::Metrics => "metrics",
             Request::Watch => "watch",
             Request::ListPage(_) => "tasks_list",
+            Request::ConsoleLink => "console_link",
         }
     }
 }
@@ -214,6 +218,8 @@ pub enum Response {
     Page(TaskPage),
     /// Protocol minor 1: the answer to `Status` for a client that announced minor 1 or later.
     StatusWithStorage(Box<StatusReport>, StorageStatus),
+    /// Protocol minor 1: the answer to `ConsoleLink`.
+    ConsoleLink(ConsoleLink),
 }
 
 /// The store's health, as `status` shows it.
@@ -230,6 +236,18 @@ pub struct StorageStatus {
     pub last_check_at: Option<String>,
     /// Whether a check is running now.
     pub checking: bool,
+}
+
+/// A login link for the web console, minted for the peer that asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsoleLink {
+    pub url: String,
+    pub expires_at: String,
+    /// The user the link signs in as.
+    pub user: String,
+    /// Whether that user may only look (a read-only peer in `[socket]`).
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -77,6 +77,7 @@ fn codes_newer_than_a_client_reach_it_as_internal() {
             "reply_too_large",
             "storage_full",
             "store_damaged",
+            "http_off",
             "store_unavailable"
         ]
     );

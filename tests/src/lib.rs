@@ -112,6 +112,9 @@ impl TestDaemon {
         assert_eq!(status["effectiveMode"], mode, "{status}");
     }
 
+    /// Start with `toml` (or defaults) and the given extra arguments. The daemon's HTTP listener
+    /// is on by default on a fixed port, so unless `toml` has an `[http]` section of its own the
+    /// test daemon gets `listen = "off"`: daemons of parallel tests never fight over the port.
     pub fn launch(toml: Option<&str>, extra_args: Vec<String>) -> TestDaemon {
         let dir = tempfile::Builder::new()
             .prefix("orch-test-")
@@ -119,11 +122,12 @@ impl TestDaemon {
             .expect("tempdir");
         let socket = dir.path().join("run").join("orchestrator.sock");
         let state_dir = dir.path().join("state");
-        let config = toml.map(|t| {
+        let config = {
             let p = dir.path().join("orchestrator.toml");
-            std::fs::write(&p, t).expect("write config");
-            p
-        });
+            std::fs::write(&p, http_off_unless_set(toml.unwrap_or_default()))
+                .expect("write config");
+            Some(p)
+        };
         let log = dir.path().join("daemon.log");
         let clock_file = dir.path().join("clock-offset-ms");
         let mut d = TestDaemon {
@@ -365,19 +369,37 @@ impl TestDaemon {
         self.spawn();
     }
 
-    /// Replace the config file's contents.
+    /// Replace the config file's contents (with HTTP off unless `toml` has `[http]`, as at start).
     pub fn write_config(&self, toml: &str) {
         let p = self
             .config
             .as_ref()
             .expect("daemon started with a config file");
-        std::fs::write(p, toml).expect("write config");
+        std::fs::write(p, http_off_unless_set(toml)).expect("write config");
+    }
+
+    /// `http://ADDR` of the daemon's HTTP listener, as `status` reports it.
+    pub fn http_base(&self) -> String {
+        let (_, status) = self.ctl_json(&["status"]);
+        let listen = status["httpListen"]
+            .as_str()
+            .unwrap_or_else(|| panic!("the daemon has no HTTP listener: {status}"));
+        format!("http://{listen}")
     }
 }
 
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// `toml` with `[http] listen = "off"` appended when it says nothing about HTTP.
+pub fn http_off_unless_set(toml: &str) -> String {
+    if toml.contains("[http]") {
+        toml.to_string()
+    } else {
+        format!("{toml}\n[http]\nlisten = \"off\"\n")
     }
 }
 

@@ -1,5 +1,6 @@
-//! The optional HTTP API (`[http] listen = "127.0.0.1:PORT"`): the original proposal's six routes
-//! for dashboards and scripts, beside the control socket and sharing the same daemon.
+//! The HTTP listener (`[http] listen`, on by default on 127.0.0.1:7419): the original proposal's six
+//! API routes for dashboards and scripts, and the web console under `/console/` ([`console`]),
+//! beside the control socket and sharing the same daemon.
 //!
 //! - `GET  /orchestrator/health` — no authentication: `{ok, mode, version, hasCredentials}`.
 //! - `GET  /orchestrator/routing/preview?goal=…&capabilities=a,b` — as `orchctl route`.
@@ -19,6 +20,7 @@
 
 pub mod auth;
 mod body;
+pub mod console;
 pub mod error;
 mod routes;
 
@@ -206,6 +208,8 @@ pub fn router(api: Arc<Api>) -> Router {
     }
     router
         .route_layer(middleware::from_fn_with_state(Arc::clone(&api), timed))
+        // The console's pages are not API routes: outside the OpenAPI table and its timing.
+        .merge(console::router())
         .method_not_allowed_fallback(routes::method_not_allowed)
         .fallback(routes::not_found)
         .with_state(api)

@@ -4,7 +4,7 @@
 use super::body;
 use super::error::{code, ApiError};
 use super::{Api, Caller};
-use crate::tasks::{query, route, submit, transition, Actor};
+use crate::tasks::{query, route, submit, transition, via, Actor};
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -210,7 +210,7 @@ pub async fn transition_task(
     // A reason that is there must be a string, whatever the action: `123` is a client bug worth
     // hearing about, not something to ignore.
     let reason = body::optional_string(&obj, "reason", ErrorCode::InvalidReason)?;
-    let actor = Actor::named(caller.actor());
+    let actor = Actor::named(caller.actor()).via(via::HTTP);
     let d = &api.daemon;
     let task = match action.as_deref() {
         Some("approve") => transition::approve(d, &actor, &id).await?,

@@ -150,6 +150,18 @@ pub async fn show(d: &Daemon, id: &str) -> Result<(Task, Vec<TrajectoryEvent>), 
     }
 }
 
+/// A page of tasks for the console: any filter the store supports, paged by cursor, newest
+/// first. The store pages on (created, id), so a page costs the same at the millionth task.
+pub async fn browse(d: &Daemon, filter: TaskFilter) -> Result<Vec<Task>, WireError> {
+    if filter.limit == 0 || filter.limit > MAX_LIST {
+        return Err(WireError::new(
+            ErrorCode::InvalidArgument,
+            format!("limit must be between 1 and {MAX_LIST}"),
+        ));
+    }
+    Ok(d.store.list_tasks(filter).await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! calls the operation in [`crate::tasks`] (or the daemon's own, for status, reload and metrics),
 //! and encodes the answer or a [`WireError`] with a stable code.
 
+mod console_link;
 mod gate_override;
 mod metrics;
 mod reload;
@@ -45,6 +46,7 @@ pub async fn handle(
             gate_override::handle(d, peer, mode, &reason).await
         }
         Request::Metrics => metrics::handle(d),
+        Request::ConsoleLink => console_link::handle(d, peer),
         // Watch streams and is served by the connection itself.
         Request::Watch => Err(WireError::new(
             orchestrator_proto::ErrorCode::MalformedRequest,

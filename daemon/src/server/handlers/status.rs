@@ -33,7 +33,13 @@ pub async fn handle(d: &Daemon, minor: u16) -> Result<Response, WireError> {
         config_path: cfg.source.as_ref().map(|p| p.display().to_string()),
         config_loaded_at: rfc3339(notes.config_loaded_ms),
         config_error: notes.config_error,
-        config_warnings: cfg.warnings.clone(),
+        // A taken default HTTP port is said where operators already look for what needs fixing.
+        config_warnings: cfg
+            .warnings
+            .iter()
+            .cloned()
+            .chain(notes.http_problem.clone())
+            .collect(),
         routing_fingerprint: fingerprint,
         socket: d.paths.socket.display().to_string(),
         state_dir: d.paths.state_dir.display().to_string(),
