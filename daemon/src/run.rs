@@ -3,7 +3,7 @@
 
 use crate::background;
 use crate::clock::Clock;
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigErrors, StoreBackend};
 use crate::daemon::{Daemon, Paths};
 use crate::dispatch::{self, DispatchHandle};
 use crate::http;
@@ -103,18 +103,45 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
                 paths.state_dir.display()
             ))
         })?;
-    let store = Store::open(&paths.database()).map_err(|e| {
-        StartError::Other(format!(
-            "cannot open the store {}: {e}",
-            paths.database().display()
-        ))
-    })?;
+    let store = open_store(&config, &paths)?;
     Ok(Prepared {
         config,
         paths,
         store,
         clock: Clock::from_env(),
     })
+}
+
+/// The SQLite store that `opts` and its config name (for `--copy-store-to`).
+pub fn sqlite_path(opts: &Options) -> Result<PathBuf, StartError> {
+    let config = Config::load_or_builtin(opts.config.as_deref()).map_err(StartError::Config)?;
+    let state_dir = opts
+        .state_dir
+        .clone()
+        .or(config.state_dir)
+        .unwrap_or_else(default_state_dir);
+    Ok(state_dir.join("orchestrator.db"))
+}
+
+/// The store `[store]` names: SQLite in the state directory, or a PostgreSQL database.
+fn open_store(config: &Config, paths: &Paths) -> Result<Store, StartError> {
+    match &config.store.backend {
+        StoreBackend::Sqlite => Store::open(&paths.database()).map_err(|e| {
+            StartError::Other(format!(
+                "cannot open the store {}: {e}",
+                paths.database().display()
+            ))
+        }),
+        StoreBackend::Postgres(pg) => {
+            let url = pg.url.resolve().map_err(StartError::Other)?;
+            let settings = crate::store::postgres::Settings {
+                url,
+                pool_size: pg.pool_size,
+            };
+            Store::open_postgres(&settings)
+                .map_err(|e| StartError::Other(format!("cannot open the PostgreSQL store: {e}")))
+        }
+    }
 }
 
 /// Run the daemon until SIGTERM/SIGINT. Call from inside a tokio runtime.

@@ -14,8 +14,9 @@ use std::collections::BTreeMap;
 pub const MAGIC: u32 = 0x4F52_4348;
 pub const PROTOCOL_MAJOR: u16 = 1;
 /// Minor 1 added `ListPage`/`Page`, `StatusWithStorage` and the error codes `reply_too_large`,
-/// `storage_full` and `store_damaged`. The daemon answers each client in the minor it announced.
-pub const PROTOCOL_MINOR: u16 = 1;
+/// `storage_full`, `store_damaged` and `http_off`; minor 2 the error code `store_unavailable`.
+/// The daemon answers each client in the minor it announced.
+pub const PROTOCOL_MINOR: u16 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {

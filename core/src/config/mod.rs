@@ -26,7 +26,7 @@ pub use duration::parse_duration;
 pub use gate::GateConfig;
 pub use http::{HttpConfig, DEFAULT_LISTEN, DEFAULT_PORT, DEFAULT_SESSION_TTL};
 pub use socket::SocketAccess;
-pub use store::StoreConfig;
+pub use store::{PostgresConfig, StoreBackend, StoreConfig, StoreUrl};
 pub use sweeper::{Retention, SweeperConfig};
 pub use validator::{ConfigErrors, ConfigIssue};
 
@@ -243,7 +243,7 @@ impl Validator<'_> {
         let gate = self.gate(raw.gate, path);
         let delivery = self.delivery(raw.delivery);
         let http = self.http(raw.http);
-        let store = self.store(raw.store);
+        let store = self.store(raw.store, path);
 
         Config {
             source: path.map(Path::to_path_buf),

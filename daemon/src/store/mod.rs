@@ -16,9 +16,12 @@
 //! - [`Backend::subscribe`] delivers every committed trajectory event in commit order, and
 //!   [`Backend::counts`] moves with commits only.
 //!
-//! [`sqlite`] is the backend in use: one group-committing writer thread and a pool of readers.
+//! [`sqlite`] is the default backend: one group-committing writer thread and a pool of readers.
+//! [`postgres`] keeps the store in a PostgreSQL database, one that several daemons may share.
 
 pub mod contract;
+pub mod copy;
+pub mod postgres;
 pub mod sqlite;
 mod types;
 
@@ -60,6 +63,9 @@ pub enum StoreError {
     Full(String),
     #[error("the store is closed")]
     Closed,
+    /// The database cannot be reached (down, restarting, network); the daemon retries on its own.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -98,6 +104,10 @@ impl From<StoreError> for WireError {
             StoreError::Closed => {
                 WireError::new(ErrorCode::ShuttingDown, "the daemon is shutting down")
             }
+            StoreError::Unavailable(msg) => WireError::new(
+                ErrorCode::StoreUnavailable,
+                format!("the store is unavailable, try again: {msg}"),
+            ),
         }
     }
 }
@@ -298,6 +308,12 @@ impl Store {
             backend: Arc::new(backend.clone()),
             sqlite: Some(backend),
         })
+    }
+
+    /// Open (creating and migrating if needed) a PostgreSQL store, from outside any runtime.
+    pub fn open_postgres(settings: &postgres::Settings) -> Result<Store, StoreError> {
+        let backend = postgres::PostgresBackend::open_blocking(settings)?;
+        Ok(Store::new(Arc::new(backend)))
     }
 
     fn raw(&self) -> Result<&sqlite::SqliteBackend, StoreError> {
