@@ -10,20 +10,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// React to SIGHUP (reload), SIGTERM and SIGINT (graceful shutdown) until shutdown.
-pub async fn signals(d: Arc<Daemon>) {
+///
+/// The handlers are installed when this is called, not when the returned future is first polled:
+/// the caller calls it before the socket serves, so a SIGHUP sent as soon as the daemon answers
+/// reloads it instead of meeting the default action, which ends the process.
+pub fn signals(d: Arc<Daemon>) -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut hup, mut term, mut int) = match (
+    let installed = (
         signal(SignalKind::hangup()),
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(h), Ok(t), Ok(i)) => (h, t, i),
-        // Ending here is a failure the supervisor stops the daemon for.
-        _ => {
-            tracing::error!("cannot install signal handlers");
-            return;
-        }
-    };
+    );
+    async move {
+        let (hup, term, int) = match installed {
+            (Ok(h), Ok(t), Ok(i)) => (h, t, i),
+            // Ending here is a failure the supervisor stops the daemon for.
+            _ => {
+                tracing::error!("cannot install signal handlers");
+                return;
+            }
+        };
+        handle_signals(d, hup, term, int).await
+    }
+}
+
+async fn handle_signals(
+    d: Arc<Daemon>,
+    mut hup: tokio::signal::unix::Signal,
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+) {
     loop {
         tokio::select! {
             _ = d.shutdown.cancelled() => return,
