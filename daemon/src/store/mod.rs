@@ -31,8 +31,8 @@ pub use sqlite::{queries, Batch};
 
 pub use types::{
     absorb, AttemptLimits, Cursor, GateRunRecord, Health, Leftover, ModeChange, NewEvent,
-    NewOverride, NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, ShadowRow, StoredMode,
-    SubmitPlan, TaskFilter, TransitionOp,
+    NewOverride, NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, RowChange, ShadowRow,
+    StoredMode, SubmitPlan, TaskFilter, TransitionOp,
 };
 
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
