@@ -284,6 +284,38 @@ pub struct Reclaim {
     pub attempts: AttemptLimits,
 }
 
+impl Reclaim {
+    /// What a lapsed lease does to a task that has used `attempts`: back to the queue while its
+    /// agent allows more, failed `specialist_aborted` after. The same rule for every backend.
+    pub fn op_for(&self, id: &str, agent: Option<&str>, attempts: i64) -> TransitionOp {
+        use orchestrator_proto::task::{task_error, TaskError};
+        let why = self.reason.as_str();
+        let allowed = i64::from(self.attempts.for_agent(agent.unwrap_or("")));
+        if attempts < allowed {
+            return TransitionOp::new(id, crate::machine::Action::Requeue, &self.actor, self.now)
+                .detail("reason", why)
+                .detail("attempts", attempts.to_string());
+        }
+        let error = TaskError {
+            code: task_error::SPECIALIST_ABORTED.into(),
+            message: format!("the specialist's lease lapsed: {why}"),
+            details: Some(
+                [
+                    ("reason".to_string(), why.to_string()),
+                    ("attempts".to_string(), attempts.to_string()),
+                ]
+                .into(),
+            ),
+        };
+        TransitionOp::new(id, crate::machine::Action::Fail, &self.actor, self.now)
+            .patch(Patch {
+                error: Some(error),
+                ..Patch::default()
+            })
+            .detail("reason", why)
+    }
+}
+
 /// The handle the daemon holds: cheap to clone, one backend behind it.
 #[derive(Clone)]
 pub struct Store {

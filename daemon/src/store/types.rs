@@ -23,6 +23,35 @@ pub struct NewTask {
     pub expires_ms: i64,
 }
 
+impl NewTask {
+    /// The task exactly as its insert stores it (`queued`, nothing routed yet), so a backend can
+    /// answer a submit without reading the row back.
+    pub fn into_queued(self) -> Task {
+        Task {
+            schema_version: orchestrator_proto::task::SCHEMA_VERSION,
+            state: TaskState::Queued,
+            created_at: rfc3339(self.created_ms),
+            expires_at: rfc3339(self.expires_ms),
+            id: self.id,
+            kind: self.kind,
+            goal: self.goal,
+            workspace_dir: self.workspace_dir,
+            required_capabilities: self.required_capabilities,
+            routing: None,
+            assigned_agent_id: None,
+            result: None,
+            rejection: None,
+            error: None,
+            submitted_by: self.submitted_by,
+            would_require_approval: false,
+            assigned_at: None,
+            started_at: None,
+            completed_at: None,
+            attempts: 0,
+        }
+    }
+}
+
 /// Fields a transition sets besides the state and the timestamp that goes with its action.
 #[derive(Debug, Clone, Default)]
 pub struct Patch {

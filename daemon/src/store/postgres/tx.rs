@@ -8,10 +8,10 @@ use super::rows::{task_from_row, TASK_COLUMNS};
 use crate::clock::rfc3339;
 use crate::machine::{next_state, Action};
 use crate::store::{
-    absorb, GateRunRecord, ModeChange, NewOverride, NewTask, Patch, Plan, Reclaim, Reclaimed,
-    RowChange, StoreError, SubmitPlan, TransitionOp,
+    absorb, GateRunRecord, ModeChange, NewOverride, NewTask, Plan, Reclaim, Reclaimed, RowChange,
+    StoreError, SubmitPlan, TransitionOp,
 };
-use orchestrator_proto::task::{task_error, Task, TaskError, TaskKind, TaskState, TrajectoryEvent};
+use orchestrator_proto::task::{Task, TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
 use std::collections::{BTreeMap, HashMap};
 
@@ -171,28 +171,7 @@ impl<'c> Tx<'c> {
         )
         .await?;
         // The row holds exactly what was just inserted: answer from memory rather than read it back.
-        Ok(Task {
-            schema_version: orchestrator_proto::task::SCHEMA_VERSION,
-            state: TaskState::Queued,
-            created_at: rfc3339(t.created_ms),
-            expires_at: rfc3339(t.expires_ms),
-            id: t.id,
-            kind: t.kind,
-            goal: t.goal,
-            workspace_dir: t.workspace_dir,
-            required_capabilities: t.required_capabilities,
-            routing: None,
-            assigned_agent_id: None,
-            result: None,
-            rejection: None,
-            error: None,
-            submitted_by: t.submitted_by,
-            would_require_approval: false,
-            assigned_at: None,
-            started_at: None,
-            completed_at: None,
-            attempts: 0,
-        })
+        Ok(t.into_queued())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -435,33 +414,9 @@ impl<'c> Tx<'c> {
             .iter()
             .map(|row| (row.get(0), row.get(1), row.get(2)))
             .collect();
-        let why = r.reason.as_str();
         let mut out = Reclaimed::default();
         for (id, agent, attempts) in rows {
-            let allowed = i64::from(r.attempts.for_agent(agent.as_deref().unwrap_or("")));
-            let op = if attempts < allowed {
-                TransitionOp::new(&id, Action::Requeue, &r.actor, r.now)
-                    .detail("reason", why)
-                    .detail("attempts", attempts.to_string())
-            } else {
-                let error = TaskError {
-                    code: task_error::SPECIALIST_ABORTED.into(),
-                    message: format!("the specialist's lease lapsed: {why}"),
-                    details: Some(
-                        [
-                            ("reason".to_string(), why.to_string()),
-                            ("attempts".to_string(), attempts.to_string()),
-                        ]
-                        .into(),
-                    ),
-                };
-                TransitionOp::new(&id, Action::Fail, &r.actor, r.now)
-                    .patch(Patch {
-                        error: Some(error),
-                        ..Patch::default()
-                    })
-                    .detail("reason", why)
-            };
+            let op = r.op_for(&id, agent.as_deref(), attempts);
             let requeue = op.action == Action::Requeue;
             let mark = self.savepoint().await?;
             let res = self.apply(&op).await;

@@ -125,28 +125,7 @@ impl<'a> Batch<'a> {
             None,
         )?;
         // The row holds exactly what was just inserted: answer from memory rather than read it back.
-        Ok(Task {
-            schema_version: orchestrator_proto::task::SCHEMA_VERSION,
-            state: TaskState::Queued,
-            created_at: rfc3339(t.created_ms),
-            expires_at: rfc3339(t.expires_ms),
-            id: t.id,
-            kind: t.kind,
-            goal: t.goal,
-            workspace_dir: t.workspace_dir,
-            required_capabilities: t.required_capabilities,
-            routing: None,
-            assigned_agent_id: None,
-            result: None,
-            rejection: None,
-            error: None,
-            submitted_by: t.submitted_by,
-            would_require_approval: false,
-            assigned_at: None,
-            started_at: None,
-            completed_at: None,
-            attempts: 0,
-        })
+        Ok(t.into_queued())
     }
 
     #[allow(clippy::too_many_arguments)]
