@@ -99,7 +99,9 @@ pub fn plan(task: &Task, cfg: &Config, at: i64) -> Option<Plan> {
 /// waited between submit and start (known from its steps; nothing is parsed back from text).
 pub fn count_dispatch(d: &Daemon, agent: &str, wait_ms: i64) {
     d.metrics.dispatches.inc(&[agent]);
-    d.metrics.queue_wait.observe(metrics::ms_to_seconds(wait_ms));
+    d.metrics
+        .queue_wait
+        .observe(metrics::ms_to_seconds(wait_ms));
 }
 
 /// Run stored synthetic tasks to their end, in one store write. A task that moved on meanwhile
