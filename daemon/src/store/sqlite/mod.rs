@@ -209,7 +209,14 @@ impl SqliteBackend {
         T: Send + 'static,
         F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        if let Some(why) = self.health_now().damaged {
+        // Every write asks; only a damaged store's reason is copied.
+        let damaged = self
+            .inner
+            .health
+            .lock()
+            .ok()
+            .and_then(|h| h.damaged.clone());
+        if let Some(why) = damaged {
             return Err(StoreError::Rejected(
                 ErrorCode::StoreDamaged,
                 format!(
