@@ -87,6 +87,7 @@ pub async fn submit_answers_what_a_read_returns(store: Store) {
         started("T2", T0 + 2, T0 + 100),
         complete("T2", T0 + 3, false),
     ];
+    let mut rx = store.subscribe();
     let done = store
         .submit(SubmitPlan {
             task: task("T2", TaskKind::Synthetic),
@@ -101,6 +102,24 @@ pub async fn submit_answers_what_a_read_returns(store: Store) {
     let events = store.transitions_of("T2").await.unwrap();
     let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(actions, ["submit", "route", "start", "complete"]);
+    // Each step's event, in order, numbered as stored, and published as stored.
+    let path: Vec<_> = events.iter().map(|e| (e.from, e.to)).collect();
+    assert_eq!(
+        path,
+        [
+            (None, TaskState::Queued),
+            (Some(TaskState::Queued), TaskState::Assigned),
+            (Some(TaskState::Assigned), TaskState::InProgress),
+            (Some(TaskState::InProgress), TaskState::Done)
+        ]
+    );
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(drain(&mut rx), events);
+    assert_eq!(store.counts().get(TaskKind::Synthetic, TaskState::Done), 1);
+    assert_eq!(
+        store.counts().get(TaskKind::Synthetic, TaskState::Queued),
+        0
+    );
 }
 
 /// Every transition writes one event, published after its commit in commit order.
@@ -110,10 +129,14 @@ pub async fn one_event_per_transition_in_commit_order(store: Store) {
     let t = store.transition(routed("T1", T0 + 1)).await.unwrap();
     assert_eq!(t.state, TaskState::Assigned);
     assert!(t.assigned_at.is_some());
-    store
+    // A transition answers the task exactly as a later read returns it.
+    assert_eq!(Some(t), store.get_task("T1").await.unwrap());
+    let t = store
         .transition(started("T1", T0 + 2, T0 + 50))
         .await
         .unwrap();
+    assert_eq!(t.attempts, 1);
+    assert_eq!(Some(t), store.get_task("T1").await.unwrap());
     let published = drain(&mut rx);
     let stored = store.transitions_of("T1").await.unwrap();
     assert_eq!(published, stored);
