@@ -31,10 +31,12 @@ fn fails_by_itself(task: &str, spec: &str, toml: Option<&str>, env: &[(&str, &st
     assert!(log.contains(&line), "no `{line}` in the log:\n{log}");
 }
 
-/// Release an `@signal` fault: the daemon answered `status`, so it is up.
+/// Release an `@signal` fault once the daemon answers `status`, so it is up (it was only spawned:
+/// its socket may not be there yet).
 fn release(d: &TestDaemon) {
-    let (code, status) = d.ctl_json(&["status"]);
-    assert_eq!(code, 0, "{status}");
+    wait_for("the daemon to answer status", EXIT_WITHIN, || {
+        d.ctl(&["status"]).status.success().then_some(())
+    });
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(d.pid() as i32),
         nix::sys::signal::Signal::SIGUSR2,
