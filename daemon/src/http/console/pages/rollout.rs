@@ -54,6 +54,7 @@ pub async fn show(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let d = &api.daemon;
+    let now = d.clock.now_ms();
     let cfg = d.config();
     let mode = d.mode();
     // Each subsystem's part, as `status` shows it.
@@ -74,7 +75,7 @@ pub async fn show(
             h2 { "Mode" }
             dl.facts {
                 dt { "Configured" } dd { span.mode.{"m-" (cfg.mode)} { (cfg.mode) } }
-                dt { "Effective" } dd { span.mode.{"m-" (mode.effective)} { (mode.effective) } " since " (when(&crate::clock::rfc3339(mode.since_ms))) }
+                dt { "Effective" } dd { span.mode.{"m-" (mode.effective)} { (mode.effective) } " since " (when(&crate::clock::rfc3339(mode.since_ms), now)) }
                 @if let Some(note) = &mode.note { dt { "Why they differ" } dd { (note) } }
                 dt { "Routing" } dd { "fingerprint " code { (fingerprint) } }
             }
@@ -84,7 +85,7 @@ pub async fn show(
             @match &latest_gate {
                 None => p.muted { "No synthetic gate run yet: " code { "orchctl synthetic-all" } },
                 Some(g) => table.kv {
-                    tr { td { "Last run" } td { (when(&g.at)) @if let Some(l) = &g.label { " (" (l) ")" } } }
+                    tr { td { "Last run" } td { (when(&g.at, now)) @if let Some(l) = &g.label { " (" (l) ")" } } }
                     tr { td { "Verdict" } td {
                         @if g.passed == g.total { span.state.s-done { "passed" } } @else { span.state.s-failed { "failed" } }
                         " " (g.passed) "/" (g.total) " fixtures"
@@ -120,8 +121,8 @@ pub async fn show(
                     dl.facts {
                         dt { "Tasks" } dd { (s.total) " (at least " (s.min_tasks) " needed)" }
                         dt { "Would need approval" } dd { (s.would_require_approval) }
-                        @if let Some(o) = &s.oldest { dt { "Oldest" } dd { (when(o)) } }
-                        @if let Some(n) = &s.newest { dt { "Newest" } dd { (when(n)) } }
+                        @if let Some(o) = &s.oldest { dt { "Oldest" } dd { (when(o, now)) } }
+                        @if let Some(n) = &s.newest { dt { "Newest" } dd { (when(n, now)) } }
                     }
                     div.minis {
                         (counts_table("By state", &s.by_state))
@@ -141,7 +142,7 @@ pub async fn show(
             @if pending_overrides.is_empty() { p.muted { "None." } }
             @else {
                 ul { @for o in &pending_overrides {
-                    li { "to " strong { (o.mode) } " by " (o.by) ", " (when(&o.at)) ": " (o.reason) }
+                    li { "to " strong { (o.mode) } " by " (o.by) ", " (when(&o.at, now)) ": " (o.reason) }
                 } }
             }
         }
@@ -150,7 +151,7 @@ pub async fn show(
             @match &last_reload {
                 None => p.muted { "No reload since the start." },
                 Some(r) => {
-                    p { (when(&r.at)) " by " (r.trigger) ": " strong { (format!("{:?}", r.outcome).to_lowercase()) } " — " (r.message) }
+                    p { (when(&r.at, now)) " by " (r.trigger) ": " strong { (format!("{:?}", r.outcome).to_lowercase()) } " — " (r.message) }
                     @if !r.changes.is_empty() { ul { @for c in &r.changes { li { (c) } } } }
                 }
             }
