@@ -357,6 +357,42 @@ fn relative_times_follow_the_daemons_clock() {
 }
 
 #[test]
+fn the_rollout_page_lists_gate_runs_and_says_which_ran_on_the_routing_in_force() {
+    let config = format!("mode = \"synthetic\"\n{HTTP_CONFIG}");
+    let d = TestDaemon::with_config(&config);
+    let s = Signed::sign_in(&d);
+    let page = s.get("/console/rollout").body;
+    assert!(page.contains("No synthetic gate run yet"), "{page}");
+    assert_eq!(d.ctl(&["synthetic-all"]).status.code(), Some(0));
+    // A change to the approval list changes the routing fingerprint; the next run is on it.
+    d.write_config(&format!(
+        "{config}\n[routing]\napproval_required_capabilities = [\"mutate-external\", \"ops\", \"publish\", \"deploy\", \"gpu\"]\n"
+    ));
+    let out = d.ctl(&["reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(d.ctl(&["synthetic-all"]).status.code(), Some(0));
+
+    let page = s.get("/console/rollout").body;
+    let runs: Vec<&str> = page
+        .split("class=\"gate-run\"")
+        .skip(1)
+        .map(|r| r.split("</tr>").next().unwrap())
+        .collect();
+    assert_eq!(runs.len(), 2, "{page}");
+    assert!(
+        runs[0].contains("data-current=\"true\""),
+        "newest first: {}",
+        runs[0]
+    );
+    assert!(runs[1].contains("data-current=\"false\""), "{}", runs[1]);
+    assert!(page.contains("on the routing in force"), "{page}");
+    assert!(
+        page.contains("As of "),
+        "the summary says when it was computed"
+    );
+}
+
+#[test]
 fn losing_a_race_says_someone_else_decided_and_shows_the_state_now() {
     let d = TestDaemon::with_config(HTTP_CONFIG);
     let s = Signed::sign_in(&d);

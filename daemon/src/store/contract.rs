@@ -412,6 +412,19 @@ pub async fn gate_runs_are_recorded(store: Store) {
     assert!(!store.gate_passed_for("fp2").await.unwrap());
     let latest = store.latest_gate_run().await.unwrap().unwrap();
     assert_eq!((latest.passed, latest.label), (4, None));
+    // The history, newest first and as long as asked.
+    let history: Vec<(u32, Option<String>)> = store
+        .gate_runs(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| (g.passed, g.label))
+        .collect();
+    assert_eq!(
+        history,
+        [(4, None), (1, Some("code-1".to_string())), (5, None)]
+    );
+    assert_eq!(store.gate_runs(2).await.unwrap().len(), 2);
 }
 
 /// The mode round-trips; an override is pending until a mode change consumes it.

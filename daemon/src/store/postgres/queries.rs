@@ -259,6 +259,27 @@ pub(super) async fn latest_gate_run(c: &Client) -> Result<Option<GateRunSummary>
     }))
 }
 
+pub(super) async fn gate_runs(c: &Client, limit: usize) -> Result<Vec<GateRunSummary>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = query(
+        c,
+        "SELECT at, label, passed, total, fingerprint FROM gate_runs ORDER BY id DESC LIMIT $1",
+        &[&limit],
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| GateRunSummary {
+            at: rfc3339(r.get(0)),
+            label: r.get(1),
+            passed: r.get::<_, i64>(2).clamp(0, i64::from(u32::MAX)) as u32,
+            total: r.get::<_, i64>(3).clamp(0, i64::from(u32::MAX)) as u32,
+            fingerprint: r.get(4),
+            matches_current: false,
+        })
+        .collect())
+}
+
 pub(super) async fn gate_passed_for(c: &Client, fingerprint: &str) -> Result<bool, StoreError> {
     let rows = query(
         c,

@@ -237,23 +237,24 @@ pub fn orphan_leftovers(conn: &Connection) -> Result<Vec<Leftover>, StoreError> 
 }
 
 pub fn latest_gate_run(conn: &Connection) -> Result<Option<GateRunSummary>, StoreError> {
-    let row = conn
-        .query_row(
-            "SELECT at, label, passed, total, fingerprint FROM gate_runs ORDER BY id DESC LIMIT 1",
-            [],
-            |r| {
-                Ok(GateRunSummary {
-                    at: rfc3339(r.get(0)?),
-                    label: r.get(1)?,
-                    passed: r.get::<_, i64>(2)?.max(0) as u32,
-                    total: r.get::<_, i64>(3)?.max(0) as u32,
-                    fingerprint: r.get(4)?,
-                    matches_current: false,
-                })
-            },
-        )
-        .optional()?;
-    Ok(row)
+    Ok(gate_runs(conn, 1)?.pop())
+}
+
+pub fn gate_runs(conn: &Connection, limit: usize) -> Result<Vec<GateRunSummary>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT at, label, passed, total, fingerprint FROM gate_runs ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit_sql(limit)], |r| {
+        Ok(GateRunSummary {
+            at: rfc3339(r.get(0)?),
+            label: r.get(1)?,
+            passed: r.get::<_, i64>(2)?.max(0) as u32,
+            total: r.get::<_, i64>(3)?.max(0) as u32,
+            fingerprint: r.get(4)?,
+            matches_current: false,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 pub fn gate_passed_for(conn: &Connection, fingerprint: &str) -> Result<bool, StoreError> {
