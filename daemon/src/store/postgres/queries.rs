@@ -97,10 +97,15 @@ pub(super) async fn list_tasks(c: &Client, f: &TaskFilter) -> Result<Vec<Task>, 
         conds.push(format!("agent = {}", arg(Box::new(agent.clone()))));
     }
     if let Some(text) = f.goal_contains.as_deref().filter(|t| !t.is_empty()) {
-        // strpos rather than LIKE: the operator's text is matched as it is, `%` and `_` included.
+        // LIKE so that the trigram index on lower(goal) serves it; the operator's text is escaped,
+        // so it is matched as it is, `%` and `_` included.
+        let escaped = text
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
         conds.push(format!(
-            "strpos(lower(goal), lower({})) > 0",
-            arg(Box::new(text.to_string()))
+            "lower(goal) LIKE lower({}) ESCAPE '\\'",
+            arg(Box::new(format!("%{escaped}%")))
         ));
     }
     if !f.include_harness {
