@@ -780,6 +780,7 @@ mod browser {
         // Approve one.
         let other = awaiting_task(&d);
         let third = awaiting_task(&d);
+        let fourth = awaiting_task(&d);
         c.goto(&format!("{base}/console/approvals")).await.unwrap();
         screenshot(&c, "approvals").await;
         c.find(Locator::Css(&format!(
@@ -796,7 +797,11 @@ mod browser {
         .await;
         assert_eq!(d.state_of(&id), "done");
 
-        // Reject without a reason: the browser's required field holds it back; nothing changes.
+        // Reject without a reason: the browser's required field holds the form back, and the
+        // daemon refuses it when sent anyway; neither changes the task or its trajectory.
+        let before = d.task(&other);
+        assert_eq!(before["state"], "awaiting_approval");
+        let approvals = c.current_url().await.unwrap();
         c.find(Locator::Css(&format!(
             "article[data-id='{other}'] form.reject button"
         )))
@@ -805,7 +810,35 @@ mod browser {
         .click()
         .await
         .unwrap();
-        assert_eq!(d.state_of(&other), "awaiting_approval");
+        let held = c
+            .execute(
+                "return document.querySelector(arguments[0]).validity.valueMissing;",
+                vec![Value::String(format!(
+                    "article[data-id='{other}'] form.reject input[name=reason]"
+                ))],
+            )
+            .await
+            .unwrap();
+        assert_eq!(held, Value::Bool(true), "the reason is required");
+        assert_eq!(
+            c.current_url().await.unwrap(),
+            approvals,
+            "nothing was sent"
+        );
+        c.execute(
+            "const f = document.querySelector(arguments[0]); f.noValidate = true; f.submit();",
+            vec![Value::String(format!(
+                "article[data-id='{other}'] form.reject"
+            ))],
+        )
+        .await
+        .unwrap();
+        until("the daemon's refusal", || async {
+            body_text(&c).await.contains("A reason is required")
+        })
+        .await;
+        assert_eq!(d.task(&other), before);
+        c.goto(&format!("{base}/console/approvals")).await.unwrap();
         // With a reason it goes through.
         c.find(Locator::Css(&format!(
             "article[data-id='{other}'] form.reject input[name=reason]"
@@ -851,10 +884,23 @@ mod browser {
         assert!(body_text(&c).await.contains("done"));
         screenshot(&c, "race").await;
 
-        // A forged POST from this session without the CSRF token is refused.
+        // Forged POSTs from this session, without the CSRF token, on a task that awaits approval:
+        // refused with 403, and the task still waits, its trajectory as it was.
+        let before = d.task(&fourth);
+        assert_eq!(before["state"], "awaiting_approval");
+        for action in ["approve", "cancel"] {
+            let status = c
+                .execute(
+                    "return fetch(arguments[0], {method: 'POST', headers: {'Content-Type': 'application/x-www-form-urlencoded'}, body: 'back=%2Fconsole%2Fapprovals'}).then(r => r.status);",
+                    vec![Value::String(format!("/console/tasks/{fourth}/{action}"))],
+                )
+                .await
+                .unwrap();
+            assert_eq!(status, Value::from(403), "{action}");
+        }
         c.execute(
             "const f = document.createElement('form'); f.method = 'post'; f.action = arguments[0]; document.body.appendChild(f); f.submit();",
-            vec![Value::String(format!("/console/tasks/{third}/cancel"))],
+            vec![Value::String(format!("/console/tasks/{fourth}/approve"))],
         )
         .await
         .unwrap();
@@ -862,7 +908,7 @@ mod browser {
             body_text(&c).await.contains("This form has expired")
         })
         .await;
-        assert_eq!(d.state_of(&third), "done");
+        assert_eq!(d.task(&fourth), before);
 
         c.goto(&format!("{base}/console/tasks/{other}"))
             .await
