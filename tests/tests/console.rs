@@ -915,8 +915,10 @@ mod browser {
             .unwrap();
         assert!(body_text(&c).await.contains("touches billing"));
         screenshot(&c, "task").await;
+        assert_eq!(d.ctl(&["synthetic-all"]).status.code(), Some(0));
         c.goto(&format!("{base}/console/rollout")).await.unwrap();
         assert!(body_text(&c).await.contains("Shadow summary"));
+        assert!(c.find(Locator::Css("#gate-runs tr.gate-run")).await.is_ok());
         screenshot(&c, "rollout").await;
         c.goto(&format!("{base}/console/agents")).await.unwrap();
         assert!(body_text(&c).await.contains("coder"));

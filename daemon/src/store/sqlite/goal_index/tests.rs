@@ -187,7 +187,7 @@ fn the_writer_indexes_goals_when_idle() {
     // Bounded wait for the background step, on what it writes.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let behind = store.read_blocking(|c| behind(c)).unwrap();
+        let behind = store.read_blocking(behind).unwrap();
         if !behind {
             break;
         }
