@@ -31,12 +31,14 @@ fn fails_by_itself(task: &str, spec: &str, toml: Option<&str>, env: &[(&str, &st
     assert!(log.contains(&line), "no `{line}` in the log:\n{log}");
 }
 
-/// Release an `@signal` fault once the daemon answers `status`, so it is up (it was only spawned:
-/// its socket may not be there yet).
+/// Release an `@signal` fault: the daemon answered `status`, so it is up.
 fn release(d: &TestDaemon) {
-    wait_for("the daemon to answer status", EXIT_WITHIN, || {
-        d.ctl(&["status"]).status.success().then_some(())
-    });
+    // Launched without waiting for the socket: wait (bounded) for the first answer.
+    wait_for(
+        "the daemon to answer status",
+        Duration::from_secs(20),
+        || d.ctl(&["status"]).status.success().then_some(()),
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(d.pid() as i32),
         nix::sys::signal::Signal::SIGUSR2,
