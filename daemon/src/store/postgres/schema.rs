@@ -91,6 +91,18 @@ const MIGRATIONS: &[&str] = &[
         n BIGINT NOT NULL
     );
     "#,
+    // 2: a trigram index for the goal-text filter of listings (`lower(goal) LIKE`). pg_trgm ships
+    // with PostgreSQL and is a trusted extension; where it cannot be created (no contrib files, no
+    // CREATE right on the database) the filter works as before, by a scan.
+    r#"
+    DO $$
+    BEGIN
+        CREATE EXTENSION IF NOT EXISTS pg_trgm;
+        CREATE INDEX tasks_goal_trgm ON tasks USING gin (lower(goal) gin_trgm_ops);
+    EXCEPTION WHEN insufficient_privilege OR undefined_file OR feature_not_supported THEN
+        RAISE NOTICE 'pg_trgm is not available (%): the goal-text filter scans', SQLERRM;
+    END $$;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
