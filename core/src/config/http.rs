@@ -8,12 +8,15 @@ use toml::Spanned;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// The address people reach the daemon at, for links in notifications.
+    pub public_url: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHttp {
     listen: Spanned<String>,
+    public_url: Option<Spanned<String>>,
 }
 
 impl Validator<'_> {
@@ -25,7 +28,18 @@ impl Validator<'_> {
                     self.warnings
                         .push(format!("http.listen {listen} is not a loopback address"));
                 }
-                Some(HttpConfig { listen })
+                let public_url = h.public_url.map(|u| {
+                    let url = u.get_ref().trim_end_matches('/').to_string();
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        self.err(
+                            "http.public_url",
+                            Some(&u),
+                            "must start with http:// or https://",
+                        );
+                    }
+                    url
+                });
+                Some(HttpConfig { listen, public_url })
             }
             Err(e) => {
                 self.err(

@@ -7,23 +7,28 @@
 //!
 //! This module owns loading, the top level (`mode`, `[paths]`) and the [`Config`] type; `validator`
 //! collects issues with their lines. Each other section has its own file: `agents`, `routing`,
-//! `socket`, `sweeper`, `gate`, `delivery`, `http`, and `duration` for the syntax they share.
+//! `socket`, `sweeper`, `gate`, `delivery`, `http`, `notify`, `approval` (the approval timeout,
+//! from `[routing]` and `[agents.<id>]`), and `duration` for the syntax they share.
 
 mod agents;
+mod approval;
 mod delivery;
 mod duration;
 mod gate;
 mod http;
+mod notify;
 mod routing;
 mod socket;
 mod sweeper;
 mod validator;
 
 pub use crate::agent::AgentConfig;
+pub use approval::{ApprovalPolicy, ApprovalTimeout, OnApprovalTimeout};
 pub use delivery::DeliveryConfig;
 pub use duration::parse_duration;
 pub use gate::GateConfig;
 pub use http::HttpConfig;
+pub use notify::{NotifySink, SinkTarget, EVENT_TYPES};
 pub use socket::SocketAccess;
 pub use sweeper::{Retention, SweeperConfig};
 pub use validator::{ConfigErrors, ConfigIssue};
@@ -58,6 +63,10 @@ pub struct Config {
     pub gate: GateConfig,
     pub delivery: Option<DeliveryConfig>,
     pub http: Option<HttpConfig>,
+    /// `[[notify]]` sinks, in file order.
+    pub notify: Vec<NotifySink>,
+    /// `approval_timeout` and friends, from `[routing]` and `[agents.<id>]`.
+    pub approval: ApprovalPolicy,
     pub warnings: Vec<String>,
 }
 
@@ -199,6 +208,7 @@ struct RawConfig {
     gate: Option<gate::RawGate>,
     delivery: Option<delivery::RawDelivery>,
     http: Option<http::RawHttp>,
+    notify: Option<Vec<notify::RawSink>>,
 }
 
 #[derive(Deserialize)]
@@ -229,8 +239,18 @@ impl Validator<'_> {
         };
 
         let socket = self.socket(raw.socket);
-        let agents = self.agents(raw.agents);
-        let routing = self.routing(raw.routing);
+        let mut agents = self.agents(raw.agents);
+        let mut raw_routing = raw.routing;
+        let (approval_default, approval_warning) = raw_routing
+            .as_mut()
+            .map(routing::RawRouting::take_approval)
+            .unwrap_or_default();
+        let approval = self.approval(
+            approval_default,
+            approval_warning,
+            std::mem::take(&mut agents.approval),
+        );
+        let routing = self.routing(raw_routing);
         self.warn_unrunnable_targets(mode, &routing, &agents);
         for shadow in routing.shadowed_pairs() {
             self.warnings.push(shadow);
@@ -239,6 +259,7 @@ impl Validator<'_> {
         let gate = self.gate(raw.gate, path);
         let delivery = self.delivery(raw.delivery);
         let http = self.http(raw.http);
+        let notify = self.notify(raw.notify);
 
         Config {
             source: path.map(Path::to_path_buf),
@@ -253,6 +274,8 @@ impl Validator<'_> {
             gate,
             delivery,
             http,
+            notify,
+            approval,
             warnings: Vec::new(),
         }
     }
