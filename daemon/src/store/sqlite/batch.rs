@@ -7,11 +7,13 @@
 use super::rows::{task_from_row, TASK_COLUMNS};
 use crate::clock::rfc3339;
 use crate::machine::{next_state, Action};
+use crate::store::outbox::OutboxRules;
 use crate::store::{absorb, NewTask, Plan, StoreError, SubmitPlan, TransitionOp};
 use orchestrator_proto::task::{Task, TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
 use rusqlite::{params, OptionalExtension, Transaction};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub(super) type Delta = (TaskKind, Option<TaskState>, Option<TaskState>);
 
@@ -19,6 +21,17 @@ pub struct Batch<'a> {
     tx: &'a Transaction<'a>,
     events: Vec<TrajectoryEvent>,
     deltas: Vec<Delta>,
+    /// The sinks' filters, when any sink is configured: outbox rows are written only then.
+    outbox: Option<Arc<OutboxRules>>,
+    /// Outbox rows written (or made pending again), to wake the delivery workers after the commit.
+    outbox_rows: usize,
+}
+
+/// What a group's jobs did besides their statements, published once it commits.
+pub(super) struct Effects {
+    pub events: Vec<TrajectoryEvent>,
+    pub deltas: Vec<Delta>,
+    pub outbox_rows: usize,
 }
 
 fn sql_json<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>, StoreError> {
@@ -31,16 +44,30 @@ fn sql_json<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>, StoreE
 }
 
 impl<'a> Batch<'a> {
-    pub(super) fn new(tx: &'a Transaction<'a>) -> Self {
+    pub(super) fn new(tx: &'a Transaction<'a>, outbox: Option<Arc<OutboxRules>>) -> Self {
         Batch {
             tx,
             events: Vec::new(),
             deltas: Vec::new(),
+            outbox: outbox.filter(|r| !r.sinks.is_empty()),
+            outbox_rows: 0,
         }
     }
 
-    pub(super) fn into_effects(self) -> (Vec<TrajectoryEvent>, Vec<Delta>) {
-        (self.events, self.deltas)
+    pub(super) fn into_effects(self) -> Effects {
+        Effects {
+            events: self.events,
+            deltas: self.deltas,
+            outbox_rows: self.outbox_rows,
+        }
+    }
+
+    pub(super) fn outbox_rules(&self) -> Option<Arc<OutboxRules>> {
+        self.outbox.clone()
+    }
+
+    pub(super) fn note_outbox(&mut self, rows: usize) {
+        self.outbox_rows += rows;
     }
 
     /// The transaction, for the statements of this backend's other modules.
@@ -62,7 +89,7 @@ impl<'a> Batch<'a> {
         &mut self,
         f: impl FnOnce(&mut Batch<'a>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let (events, deltas) = (self.events.len(), self.deltas.len());
+        let (events, deltas, outbox) = (self.events.len(), self.deltas.len(), self.outbox_rows);
         // Prepared once per connection: every job of every group runs these.
         self.tx.prepare_cached("SAVEPOINT job")?.execute([])?;
         let result = f(self).and_then(|v| {
@@ -73,6 +100,7 @@ impl<'a> Batch<'a> {
             let _ = self.tx.execute_batch("ROLLBACK TO job; RELEASE job");
             self.events.truncate(events);
             self.deltas.truncate(deltas);
+            self.outbox_rows = outbox;
         }
         result
     }
@@ -165,9 +193,21 @@ impl<'a> Batch<'a> {
                 to.as_str(),
                 details_json
             ])?;
-        let seq = self.tx.last_insert_rowid();
+        let seq = self.tx.last_insert_rowid().max(0) as u64;
+        if self.outbox.is_some() {
+            self.outbox_for_event(
+                seq,
+                task_id,
+                at_ms,
+                actor,
+                action,
+                from,
+                to,
+                details.as_ref(),
+            )?;
+        }
         self.events.push(TrajectoryEvent {
-            seq: seq.max(0) as u64,
+            seq,
             task_id: task_id.to_string(),
             at: rfc3339(at_ms),
             actor: actor.to_string(),

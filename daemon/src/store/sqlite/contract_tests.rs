@@ -36,4 +36,9 @@ contract_cases!(
     mode_and_overrides,
     reads_for_gates_dispatch_and_delivery,
     listing_filters_and_pages_each_task_once,
+    outbox_is_written_with_the_transition,
+    rolled_back_job_writes_no_outbox_row,
+    outbox_order_and_marks,
+    notices_follow_the_filters,
+    awaiting_approval_lists_waiting_tasks,
 );

@@ -11,6 +11,7 @@
 
 mod backend;
 mod batch;
+pub mod outbox;
 pub mod queries;
 mod rows;
 mod schema;
@@ -19,14 +20,15 @@ mod writes;
 pub use batch::Batch;
 pub use schema::SCHEMA_VERSION;
 
+use crate::store::outbox::OutboxRules;
 use crate::store::{Counts, StoreError};
 use orchestrator_proto::task::{TaskKind, TaskState, TrajectoryEvent};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use tokio::sync::{broadcast, oneshot};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::{broadcast, oneshot, watch};
 
 /// Most jobs committed in one transaction; bounds the latency of the first job in a burst.
 const MAX_GROUP: usize = 2048;
@@ -57,6 +59,14 @@ struct Inner {
     counts: Arc<Mutex<Counts>>,
     events: broadcast::Sender<TrajectoryEvent>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    outbox: Arc<Writer>,
+}
+
+/// What the writer shares with the handles besides its job queue: the outbox rules it writes rows
+/// by, and the signal it raises after a commit that wrote some.
+pub(super) struct Writer {
+    pub rules: RwLock<Option<Arc<OutboxRules>>>,
+    pub written: watch::Sender<u64>,
 }
 
 fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
@@ -111,9 +121,14 @@ impl SqliteBackend {
         let (tx, rx) = mpsc::channel::<Job>();
         let writer_counts = Arc::clone(&counts);
         let writer_events = events.clone();
+        let outbox = Arc::new(Writer {
+            rules: RwLock::new(None),
+            written: watch::channel(0).0,
+        });
+        let writer_outbox = Arc::clone(&outbox);
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(conn, rx, writer_counts, writer_events))
+            .spawn(move || writer_loop(conn, rx, writer_counts, writer_events, writer_outbox))
             .map_err(|e| StoreError::Sql(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteBackend {
             inner: Arc::new(Inner {
@@ -123,6 +138,7 @@ impl SqliteBackend {
                 counts,
                 events,
                 writer: Mutex::new(Some(handle)),
+                outbox,
             }),
         })
     }
@@ -211,6 +227,10 @@ impl SqliteBackend {
         result
     }
 
+    pub(super) fn outbox_writer(&self) -> &Writer {
+        &self.inner.outbox
+    }
+
     /// Stop accepting writes, let the writer finish what it has, and wait for it.
     fn shut(&self) {
         if let Ok(mut jobs) = self.inner.jobs.lock() {
@@ -245,6 +265,7 @@ fn writer_loop(
     rx: mpsc::Receiver<Job>,
     counts: Arc<Mutex<Counts>>,
     events: broadcast::Sender<TrajectoryEvent>,
+    outbox: Arc<Writer>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
@@ -254,7 +275,7 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        run_group(&mut conn, group, &counts, &events);
+        run_group(&mut conn, group, &counts, &events, &outbox);
     }
     // Every sender is gone: checkpoint so the next start opens a small WAL, then mark the store as
     // closed in order (the next open may skip its full integrity check).
@@ -298,6 +319,7 @@ fn run_group(
     group: Vec<Job>,
     counts: &Mutex<Counts>,
     events: &broadcast::Sender<TrajectoryEvent>,
+    outbox: &Writer,
 ) {
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
@@ -310,9 +332,14 @@ fn run_group(
             return;
         }
     };
-    let mut batch = Batch::new(&tx);
+    let rules = outbox.rules.read().ok().and_then(|r| r.clone());
+    let mut batch = Batch::new(&tx, rules);
     let completions: Vec<Completion> = group.into_iter().map(|job| job(Some(&mut batch))).collect();
-    let (new_events, deltas) = batch.into_effects();
+    let batch::Effects {
+        events: new_events,
+        deltas,
+        outbox_rows,
+    } = batch.into_effects();
     let committed = persist_counts(&tx, &deltas)
         .map_err(|e| StoreError::Sql(format!("cannot update the task counts: {e}")))
         .and_then(|()| {
@@ -327,6 +354,9 @@ fn run_group(
         }
         for ev in new_events {
             let _ = events.send(ev);
+        }
+        if outbox_rows > 0 {
+            outbox.written.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
     for done in completions {
