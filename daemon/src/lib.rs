@@ -18,6 +18,7 @@
 //! - [`http`]: the optional HTTP API for dashboards, over the same operations, behind the bearer token.
 //! - [`access`]: peer credentials and who may do what.
 //! - [`lifecycle`]: reload, signals, systemd notifications.
+//! - [`notify`]: notification sinks and their delivery workers, over the store's outbox.
 //! - [`logging`]: journald or stderr, and the log line (and counter) of every transition.
 //! - [`background`]: `--daemonize` with a locked pidfile, for hosts without systemd.
 //! - [`daemon`]: the shared state all of the above hang off.
@@ -34,6 +35,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod machine;
 pub mod metrics;
+pub mod notify;
 pub mod run;
 pub mod server;
 pub mod store;

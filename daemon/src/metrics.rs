@@ -117,5 +117,6 @@ pub fn render(d: &crate::daemon::Daemon) -> String {
             u8::from(kind == mode)
         );
     }
+    crate::notify::render_metrics(d, &mut out);
     out
 }

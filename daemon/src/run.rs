@@ -135,6 +135,8 @@ pub async fn serve(p: Prepared, listener: server::Listener) -> Result<(), StartE
         },
         None => None,
     };
+    // Before anything can commit, so that every event of this run reaches the outbox.
+    crate::notify::install_rules(&store, &config);
     let (handle, rx) = DispatchHandle::channel();
     let d = Arc::new(Daemon::new(
         store.clone(),
@@ -198,6 +200,7 @@ pub async fn serve(p: Prepared, listener: server::Listener) -> Result<(), StartE
     tasks.spawn(lifecycle::signals(Arc::clone(&d)));
     tasks.spawn(lifecycle::watchdog(Arc::clone(&d)));
     tasks.spawn(sweeper::run(Arc::clone(&d)));
+    tasks.spawn(crate::notify::run(Arc::clone(&d)));
     // The HTTP address is noted before the socket serves, so that `status` never misses it.
     let http_server = http_listener.map(|l| {
         let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();

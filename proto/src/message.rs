@@ -118,6 +118,16 @@ pub enum Request {
     },
     Metrics,
     Watch,
+    /// The notification sinks and their outboxes.
+    NotifyList,
+    /// Queue a `test` event for one sink.
+    NotifyTest {
+        name: String,
+    },
+    /// Put a sink's dead events back in its queue.
+    NotifyRetry {
+        name: String,
+    },
 }
 
 impl Request {
@@ -132,6 +142,7 @@ impl Request {
                 | Request::ShadowSummary { .. }
                 | Request::Metrics
                 | Request::Watch
+                | Request::NotifyList
         )
     }
 
@@ -152,6 +163,9 @@ impl Request {
             Request::GateOverride { .. } => "gate_override",
             Request::Metrics => "metrics",
             Request::Watch => "watch",
+            Request::NotifyList => "notify_list",
+            Request::NotifyTest { .. } => "notify_test",
+            Request::NotifyRetry { .. } => "notify_retry",
         }
     }
 }
@@ -173,6 +187,33 @@ pub enum Response {
     GateOverride(OverrideRecord),
     Metrics(String),
     WatchStarted,
+    NotifySinks(Vec<SinkStatus>),
+    /// The id of the `test` event queued.
+    NotifyTested {
+        event_id: String,
+    },
+    /// How many dead events are pending again.
+    NotifyRetried {
+        count: u64,
+    },
+}
+
+/// One notification sink as `orchctl notify list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkStatus {
+    pub name: String,
+    /// `webhook <url>` or `command <argv0>`; `None` for a sink no longer configured that still
+    /// has events in the outbox.
+    pub target: Option<String>,
+    pub events: Vec<String>,
+    pub pending: u64,
+    pub dead: u64,
+    pub oldest_pending_secs: Option<u64>,
+    /// Since the daemon started.
+    pub delivered: u64,
+    pub failed_attempts: u64,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -683,7 +683,7 @@ pub async fn outbox_is_written_with_the_transition(store: Store) {
         sink("phone", &["*"]),
         sink("audit", &["task.done", "approval.requested"]),
     ]));
-    let mut signal = store.outbox_signal();
+    let signal = store.outbox_signal();
     let steps = |id: &str| {
         vec![
             routed(id, T0 + 1),

@@ -12,8 +12,10 @@
 //! - [`route`]: the routing decision a submit would take, without writing.
 //! - [`gate`]: synthetic gate runs, the shadow summary, gate overrides.
 //! - [`sweep`]: a sweep now.
+//! - [`notify`]: notification sinks: list, test, retry dead events.
 
 pub mod gate;
+pub mod notify;
 pub mod query;
 pub mod route;
 pub mod submit;

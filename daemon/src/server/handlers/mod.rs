@@ -4,6 +4,7 @@
 
 mod gate_override;
 mod metrics;
+mod notify;
 mod reload;
 mod route;
 mod shadow_summary;
@@ -37,6 +38,9 @@ pub async fn handle(d: &Arc<Daemon>, peer: &Peer, request: Request) -> Result<Re
             gate_override::handle(d, peer, mode, &reason).await
         }
         Request::Metrics => metrics::handle(d),
+        Request::NotifyList => notify::list(d).await,
+        Request::NotifyTest { name } => notify::test(d, peer, &name).await,
+        Request::NotifyRetry { name } => notify::retry(d, &name).await,
         // Watch streams and is served by the connection itself.
         Request::Watch => Err(WireError::new(
             orchestrator_proto::ErrorCode::MalformedRequest,
