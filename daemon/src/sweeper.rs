@@ -1,5 +1,6 @@
-//! The sweeper: expires stale tasks, reclaims lapsed leases, and deletes terminal tasks
-//! past their kind's retention together with their trajectory and files.
+//! The sweeper: expires stale tasks, applies the approval policy ([`approvals`]), reclaims lapsed
+//! leases, and deletes terminal tasks past their kind's retention together with their trajectory
+//! and files.
 //!
 //! A sweep is a series of small store jobs of at most [`BATCH`] tasks each, so that other writers
 //! (submits, approvals, the dispatcher) get their turn between batches and the control socket stays
@@ -16,6 +17,8 @@ use orchestrator_proto::task::TaskKind;
 use orchestrator_proto::WireError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+pub mod approvals;
 
 pub const ACTOR: &str = "sweeper";
 /// Tasks handled per store job; between jobs other writers get their turn. At 200 a job holds the
@@ -144,6 +147,8 @@ pub async fn sweep(d: &Arc<Daemon>) -> SweepReport {
         tokio::task::yield_now().await;
     }
 
+    apply_approval_policy(d, &cfg, now, &mut run).await;
+
     while !d.shutdown.is_cancelled() {
         let res = d
             .store
@@ -203,6 +208,35 @@ pub async fn sweep(d: &Arc<Daemon>) -> SweepReport {
     let kept = report.clone();
     d.with_notes(|n| n.last_sweep = Some(kept));
     report
+}
+
+/// Warn about, and time out, tasks waiting for approval (see [`approvals`]).
+async fn apply_approval_policy(d: &Arc<Daemon>, cfg: &Config, now: i64, run: &mut Run) {
+    let waiting = match d.store.awaiting_approval().await {
+        Ok(w) => w,
+        Err(e) => return run.error(format!("approval policy: {e}")),
+    };
+    for w in waiting {
+        let outcome = match approvals::step(&cfg.approval, &w, now) {
+            approvals::Step::Wait => continue,
+            approvals::Step::Warn(ev) => d.store.append_event(ev).await,
+            approvals::Step::TimeOut(op) => {
+                let expire = op.action == crate::machine::Action::Expire;
+                let r = d.store.transition(op).await.map(|_| ());
+                if r.is_ok() && expire {
+                    run.report.expired += 1;
+                }
+                tracing::info!(task = %w.id, "approval timeout");
+                r
+            }
+        };
+        match outcome {
+            // Decided meanwhile: nothing left to do.
+            Err(e) if e.is_refusal() => {}
+            Err(e) => run.error(format!("approval policy ({}): {e}", w.id)),
+            Ok(()) => {}
+        }
+    }
 }
 
 /// Delete the terminal tasks of `kind` completed before `before`: files first, then the rows, so

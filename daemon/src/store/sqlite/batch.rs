@@ -243,7 +243,9 @@ impl<'a> Batch<'a> {
             current.ok_or_else(|| StoreError::NotFound(op.id.clone()))?;
         let kind: TaskKind = kind.parse().map_err(StoreError::Sql)?;
         let from: TaskState = from.parse().map_err(StoreError::Sql)?;
+        // The approval policy expires a waiting task at its own deadline, before the TTL.
         if op.action == Action::Expire
+            && op.actor != crate::store::outbox::APPROVAL_TIMEOUT_ACTOR
             && expires_at > op.at_ms
             && next_state(from, op.action).is_ok()
         {
