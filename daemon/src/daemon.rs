@@ -3,10 +3,10 @@
 //! the sweeper and the signal handlers.
 
 use crate::access::AccessPolicy;
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::dispatch::DispatchHandle;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::store::Store;
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord, ReloadReport, SweepReport};
 use orchestrator_proto::task::Mode;
@@ -72,6 +72,9 @@ pub struct Daemon {
     pub notifier: crate::notify::Notifier,
     pub dispatch: DispatchHandle,
     pub shutdown: CancellationToken,
+    /// What every subsystem reads the time from (see [`crate::clock`]).
+    pub clock: Clock,
+    /// Real time, for the uptime.
     pub started: Instant,
     config: RwLock<Arc<Config>>,
     access: RwLock<Arc<AccessPolicy>>,
@@ -90,6 +93,7 @@ impl Daemon {
         config: Config,
         mode: ModeState,
         dispatch: DispatchHandle,
+        clock: Clock,
     ) -> Daemon {
         let access = AccessPolicy::from_config(&config.socket);
         Daemon {
@@ -99,12 +103,13 @@ impl Daemon {
             notifier: crate::notify::Notifier::default(),
             dispatch,
             shutdown: CancellationToken::new(),
+            clock: clock.clone(),
             started: Instant::now(),
             config: RwLock::new(Arc::new(config)),
             access: RwLock::new(Arc::new(access)),
             mode: RwLock::new(mode),
             notes: Mutex::new(Notes {
-                config_loaded_ms: now_ms(),
+                config_loaded_ms: clock.now_ms(),
                 ..Notes::default()
             }),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -140,7 +145,7 @@ impl Daemon {
         }
         self.with_notes(|n| {
             n.config_error = None;
-            n.config_loaded_ms = now_ms();
+            n.config_loaded_ms = self.clock.now_ms();
         });
     }
 
@@ -167,6 +172,29 @@ impl Daemon {
             Ok(mut n) => f(&mut n),
             Err(poisoned) => f(&mut poisoned.into_inner()),
         }
+    }
+
+    /// `orchctl metrics` and `GET /metrics`: the counters with a snapshot of what only the daemon
+    /// knows.
+    pub fn metrics_text(&self) -> String {
+        use orchestrator_proto::task::{TaskKind, TaskState};
+        let counts = self.store.counts();
+        let tasks = TaskKind::ALL
+            .into_iter()
+            .flat_map(|k| TaskState::ALL.into_iter().map(move |s| (k, s)))
+            .map(|(k, s)| (k, s, counts.get(k, s)))
+            .collect();
+        let snapshot = metrics::Snapshot {
+            tasks,
+            mode: self.mode().effective,
+            store_errors: self.store.errors(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            now_ms: self.clock.now_ms(),
+            process: metrics::ProcessStats::read_self(),
+        };
+        let mut text = metrics::render(&self.metrics, &snapshot);
+        crate::notify::render_metrics(self, &mut text);
+        text
     }
 
     /// Hand tasks that went back to `queued` (re-queued after a lapsed lease) to the dispatcher.

@@ -4,6 +4,8 @@
 //! Where things live:
 //!
 //! - [`machine`]: the task state machine, as a pure function.
+//! - [`clock`]: the one clock every subsystem reads (the wall clock; a manual one in unit tests;
+//!   an offset one the end-to-end tests move).
 //! - [`config`], [`routing`], [`fixtures`], [`paths`], [`credentials`]: shared with `orchctl`, they
 //!   live in the `orchestrator-core` crate and are re-exported here under the same names.
 //! - [`tasks`]: the application layer — submit, approve/reject/cancel, list/show, route preview,

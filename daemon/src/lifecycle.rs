@@ -5,7 +5,7 @@
 //! lives in the store, so a restart with a different `mode` in the file is a flip request too and
 //! follows the same rules ([`startup_mode`]).
 
-use crate::clock::{now_ms, rfc3339};
+use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::daemon::{Daemon, ModeState};
 use crate::gate::flip;
@@ -59,9 +59,8 @@ fn change(mode: Mode, since_ms: i64, consume_override: Option<i64>) -> ModeChang
 
 /// The effective mode at start: the stored one, moved to the configured one only if the flip rules
 /// allow it (a fresh store starts in `synthetic`).
-pub async fn startup_mode(store: &Store, cfg: &Config) -> Result<ModeState, StoreError> {
+pub async fn startup_mode(store: &Store, cfg: &Config, now: i64) -> Result<ModeState, StoreError> {
     let stored = store.load_mode().await?;
-    let now = now_ms();
     let (current, since) = match stored {
         Some(StoredMode { mode, since_ms }) => (mode, since_ms.unwrap_or(now)),
         None => {
@@ -180,7 +179,7 @@ pub async fn reload(d: &Arc<Daemon>, trigger: ReloadTrigger) -> Result<ReloadRep
 
 async fn reload_locked(d: &Arc<Daemon>, trigger: ReloadTrigger) -> Result<ReloadReport, WireError> {
     let mode = d.mode();
-    let at = now_ms();
+    let at = d.clock.now_ms();
     let base = ReloadReport {
         at: rfc3339(at),
         trigger: trigger.name().to_string(),

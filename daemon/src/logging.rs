@@ -7,17 +7,22 @@
 //!
 //! Transitions are logged from the store's broadcast of committed trajectory events, never from the
 //! writer thread, so logging cannot slow a group commit. The same follower counts them for
-//! `orchctl metrics`.
+//! `orchctl metrics`, and tells the metrics which tasks wait for approval and since when.
 
 use crate::daemon::Daemon;
-use crate::metrics::Metrics;
-use orchestrator_proto::task::TrajectoryEvent;
+use crate::gate::synthetic::HARNESS;
+use crate::metrics::{rfc3339_ms, Metrics};
+use crate::store::TaskFilter;
+use orchestrator_proto::task::{TaskState, TrajectoryEvent};
 use std::sync::Arc;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+
+/// Most tasks in `awaiting_approval` read back at start (newest first) for the approval metrics.
+const AWAITING_SEED_LIMIT: u32 = 1000;
 
 /// `--log-format`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -116,12 +121,16 @@ pub async fn follow_transitions(
     mut events: broadcast::Receiver<TrajectoryEvent>,
     stop: CancellationToken,
 ) {
+    awaiting_approval(&d).await;
     loop {
         tokio::select! {
             biased;
             ev = events.recv() => match ev {
                 Ok(ev) => record(&d, &ev),
-                Err(RecvError::Lagged(missed)) => missed_events(&d, missed),
+                Err(RecvError::Lagged(missed)) => {
+                    missed_events(&d, missed);
+                    awaiting_approval(&d).await;
+                }
                 Err(RecvError::Closed) => return,
             },
             _ = stop.cancelled() => break,
@@ -136,8 +145,50 @@ pub async fn follow_transitions(
     }
 }
 
+/// Tell the metrics which tasks are in `awaiting_approval` now and since when: at start, and after
+/// the follower fell behind and may have missed some of their transitions.
+async fn awaiting_approval(d: &Daemon) {
+    let filter = TaskFilter {
+        state: Some(TaskState::AwaitingApproval),
+        limit: AWAITING_SEED_LIMIT,
+        ..TaskFilter::default()
+    };
+    let tasks = match d.store.list_tasks(filter).await {
+        Ok(tasks) => tasks,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the tasks awaiting approval for the metrics");
+            return;
+        }
+    };
+    let mut since = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        let entered = match d.store.transitions_of(&t.id).await {
+            Ok(events) => events
+                .iter()
+                .rev()
+                .find(|e| e.to == TaskState::AwaitingApproval)
+                .and_then(|e| rfc3339_ms(&e.at)),
+            Err(e) => {
+                tracing::warn!(TASK_ID = %t.id, error = %e, "cannot read a task's trajectory for the metrics");
+                None
+            }
+        };
+        if let Some(ms) = entered {
+            since.push((t.id, ms));
+        }
+    }
+    d.metrics.reset_awaiting(since);
+}
+
 fn record(d: &Daemon, ev: &TrajectoryEvent) {
     Metrics::inc(&d.metrics.transitions);
+    if ev.from.is_none() && ev.actor == HARNESS {
+        d.metrics.not_for_approval(&ev.task_id);
+    }
+    if let Some(at) = rfc3339_ms(&ev.at) {
+        d.metrics
+            .approval_transition(&ev.task_id, ev.from, ev.to, &ev.action, at);
+    }
     let from = ev.from.map(|s| s.as_str());
     tracing::info!(
         TASK_ID = %ev.task_id,

@@ -2,7 +2,7 @@
 //! shutdown that undoes it.
 
 use crate::background;
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::config::{Config, ConfigErrors};
 use crate::daemon::{Daemon, Paths};
 use crate::dispatch::{self, DispatchHandle};
@@ -53,6 +53,7 @@ pub struct Prepared {
     pub config: Config,
     pub paths: Paths,
     pub store: Store,
+    pub clock: Clock,
 }
 
 pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
@@ -99,6 +100,7 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         config,
         paths,
         store,
+        clock: Clock::from_env(),
     })
 }
 
@@ -108,6 +110,7 @@ pub async fn serve(p: Prepared, listener: server::Listener) -> Result<(), StartE
         config,
         mut paths,
         store,
+        clock,
     } = p;
     let server::Listener {
         listener,
@@ -117,7 +120,7 @@ pub async fn serve(p: Prepared, listener: server::Listener) -> Result<(), StartE
     paths.socket = socket;
     // Subscribed before anything can commit, so that every transition is logged and counted.
     let transitions = store.subscribe();
-    let mode = lifecycle::startup_mode(&store, &config)
+    let mode = lifecycle::startup_mode(&store, &config, clock.now_ms())
         .await
         .map_err(|e| other("cannot decide the mode")(e.to_string()))?;
     // Bound before anything is started, so that a taken port fails the start and leaves nothing
@@ -144,6 +147,7 @@ pub async fn serve(p: Prepared, listener: server::Listener) -> Result<(), StartE
         config,
         mode,
         handle,
+        clock,
     ));
     let history = async {
         Ok::<_, StoreError>((
@@ -173,7 +177,7 @@ pub async fn serve(p: Prepared, listener: server::Listener) -> Result<(), StartE
     // reclaims those tasks all the same.
     let reclaim = sweeper::reclaim(
         &d.config(),
-        now_ms(),
+        d.clock.now_ms(),
         usize::MAX >> 1,
         "the daemon restarted while the specialist ran",
     );
@@ -215,7 +219,7 @@ pub async fn serve(p: Prepared, listener: server::Listener) -> Result<(), StartE
         state_dir = %paths.state_dir.display(),
         MODE = %d.mode().effective,
         pid = std::process::id(),
-        started_ms = now_ms(),
+        started_ms = d.clock.now_ms(),
         "orchestratord ready"
     );
     notify(&[

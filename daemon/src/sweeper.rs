@@ -8,7 +8,7 @@
 //! log; the rest of the sweep and every later one still run. One sweep runs at a time: the timer and
 //! `orchctl sweep` take turns on [`Daemon::sweep_lock`].
 
-use crate::clock::{duration_ms, now_ms, rfc3339};
+use crate::clock::{duration_ms, rfc3339};
 use crate::config::Config;
 use crate::daemon::{Daemon, Paths};
 use crate::store::{AttemptLimits, Reclaim, Reclaimed};
@@ -123,8 +123,9 @@ impl Run {
 
 /// One full sweep: expiry, lease reclaim, retention.
 pub async fn sweep(d: &Arc<Daemon>) -> SweepReport {
+    // How long the sweep took is real time; what is due is by the daemon's clock.
     let started = Instant::now();
-    let now = now_ms();
+    let now = d.clock.now_ms();
     let cfg = d.config();
     let mut run = Run::new(now);
 
@@ -299,10 +300,12 @@ pub async fn run_now(d: &Arc<Daemon>) -> Result<SweepReport, WireError> {
 
 /// The timer: one sweep at start, then one every `sweeper.interval` after the previous one ended.
 /// The interval is re-read while waiting, so a reload that changes it takes effect within
-/// [`INTERVAL_RECHECK`]; a sweep that is due by the new interval runs at once.
+/// [`INTERVAL_RECHECK`]; a sweep that is due by the new interval runs at once. The wait is measured
+/// on the daemon's clock, and re-checked as soon as a test clock moves.
 pub async fn run(d: Arc<Daemon>) {
+    let mut moves = d.clock.moves();
     loop {
-        d.with_notes(|n| n.next_sweep_ms = Some(now_ms()));
+        d.with_notes(|n| n.next_sweep_ms = Some(d.clock.now_ms()));
         {
             let _one_at_a_time = d.sweep_lock.lock().await;
             if d.shutdown.is_cancelled() {
@@ -310,7 +313,7 @@ pub async fn run(d: Arc<Daemon>) {
             }
             sweep(&d).await;
         }
-        let (ended, ended_ms) = (Instant::now(), now_ms());
+        let (ended, ended_ms) = (d.clock.mark(), d.clock.now_ms());
         let mut shown = None;
         loop {
             let interval = d.config().sweeper.interval;
@@ -319,13 +322,14 @@ pub async fn run(d: Arc<Daemon>) {
                 let next = ended_ms.saturating_add(duration_ms(interval));
                 d.with_notes(|n| n.next_sweep_ms = Some(next));
             }
-            let left = interval.saturating_sub(ended.elapsed());
+            let left = interval.saturating_sub(d.clock.since(&ended));
             if left.is_zero() {
                 break;
             }
             tokio::select! {
                 _ = d.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(left.min(INTERVAL_RECHECK)) => {}
+                _ = moves.moved() => {}
             }
         }
     }

@@ -2,7 +2,12 @@
 //! it with the real `orchctl`, or with raw frames for protocol tests.
 //!
 //! Waiting is always for a condition (the socket answers, the process exits, a task reaches a state),
-//! polled with a bounded deadline — never a bare sleep standing in for synchronisation.
+//! polled with a bounded deadline — never a bare sleep standing in for synchronisation. Time-based
+//! behaviour (TTLs, leases, the shadow window, the sweeper's interval) is reached by moving the
+//! daemon's clock with [`TestDaemon::advance`], never by waiting for the wall clock.
+
+pub mod client;
+pub mod prometheus;
 
 use orchestrator_proto::frame::{read_frame, write_frame, DEFAULT_MAX_FRAME};
 use orchestrator_proto::message::{ClientMessage, Hello, Request, Response, ServerMessage};
@@ -68,6 +73,8 @@ pub struct TestDaemon {
     pub state_dir: PathBuf,
     pub config: Option<PathBuf>,
     pub log: PathBuf,
+    /// The daemon's clock offset in milliseconds (the `ORCHESTRATOR_TEST_CLOCK` test hook).
+    pub clock_file: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
 }
@@ -117,12 +124,14 @@ impl TestDaemon {
             p
         });
         let log = dir.path().join("daemon.log");
+        let clock_file = dir.path().join("clock-offset-ms");
         let mut d = TestDaemon {
             dir,
             socket,
             state_dir,
             config,
             log,
+            clock_file,
             child: None,
             extra_args,
         };
@@ -146,6 +155,7 @@ impl TestDaemon {
         }
         cmd.args(&self.extra_args);
         cmd.env("ORCHESTRATOR_LOG", "debug")
+            .env("ORCHESTRATOR_TEST_CLOCK", &self.clock_file)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .env_remove("RUNTIME_DIRECTORY")
@@ -173,6 +183,33 @@ impl TestDaemon {
                     .map(|_| ())
             },
         );
+    }
+
+    /// How far the daemon's clock is ahead of the wall clock. It survives restarts.
+    pub fn clock_offset(&self) -> Duration {
+        match std::fs::read_to_string(&self.clock_file) {
+            Ok(text) => Duration::from_millis(text.trim().parse().expect("clock offset")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Duration::ZERO,
+            Err(e) => panic!("read {}: {e}", self.clock_file.display()),
+        }
+    }
+
+    /// Move the daemon's clock forward by `by`. The daemon sees it from its next reading on, and
+    /// its timers (sweeper interval, lease renewal) re-check at once. The file is replaced by a
+    /// rename, so that the daemon never reads it half-written.
+    pub fn advance(&self, by: Duration) {
+        let offset = self.clock_offset() + by;
+        let tmp = self.clock_file.with_extension("tmp");
+        std::fs::write(&tmp, format!("{}\n", offset.as_millis())).expect("write clock offset");
+        std::fs::rename(&tmp, &self.clock_file).expect("move the clock");
+    }
+
+    /// The daemon's time now, in milliseconds since the epoch: the wall clock plus the offset.
+    pub fn clock_ms(&self) -> i64 {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970");
+        (wall + self.clock_offset()).as_millis() as i64
     }
 
     pub fn pid(&self) -> u32 {

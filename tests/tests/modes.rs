@@ -2,7 +2,7 @@
 
 use orchestrator_tests::*;
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn effective(d: &TestDaemon) -> String {
     d.ctl_json(&["status"]).1["effectiveMode"]
@@ -119,32 +119,26 @@ fn submit_wait(d: &TestDaemon, goal: &str) -> serde_json::Value {
     v
 }
 
-fn wait_until(t: Instant) {
-    wait_for("the window to pass", Duration::from_secs(60), || {
-        (Instant::now() >= t).then_some(())
-    });
-}
-
 #[test]
 fn shadow_to_live_needs_window_evidence_and_no_failures() {
-    let d = TestDaemon::with_config(&agents("synthetic", "3s", 2));
+    let d = TestDaemon::with_config(&agents("synthetic", "1h", 2));
+    let past_the_window = Duration::from_secs(3_601);
     // These agents do not satisfy the built-in fixtures; the synthetic gate is not what this test is about.
     assert!(d
         .ctl(&["gate", "override", "shadow", "--reason", "test"])
         .status
         .success());
-    d.write_config(&agents("shadow", "3s", 2));
+    d.write_config(&agents("shadow", "1h", 2));
     assert_eq!(reload(&d).0, 0);
-    let shadow_since = Instant::now();
 
     // Too early.
-    d.write_config(&agents("live", "3s", 2));
+    d.write_config(&agents("live", "1h", 2));
     let (code, text) = reload(&d);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("shadow_window"), "{text}");
 
     // Window elapsed but no evidence.
-    wait_until(shadow_since + Duration::from_millis(3100));
+    d.advance(past_the_window);
     let (code, text) = reload(&d);
     assert_eq!(code, 1, "{text}");
 
@@ -156,10 +150,9 @@ fn shadow_to_live_needs_window_evidence_and_no_failures() {
     let (code, text) = reload(&d);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("failed"), "{text}");
-    let failed_at = Instant::now();
 
     // Let the failure leave the window, then two successes: accepted.
-    wait_until(failed_at + Duration::from_millis(3100));
+    d.advance(past_the_window);
     let coder = submit_wait(&d, "fix the bug");
     assert_eq!(coder["state"], "done", "shadow never waits for approval");
     assert_eq!(coder["wouldRequireApproval"], true);

@@ -2,9 +2,9 @@
 //! `orchctl watch`, `orchestratord --daemonize`, and the generated man pages and completions.
 //! (What needs a real systemd — journald, watchdog, socket activation — is in tests/systemd/run.sh.)
 
+use orchestrator_tests::prometheus::{self, Exposition};
 use orchestrator_tests::*;
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -15,237 +15,27 @@ const CODE_GOAL: &str = "please debug this function and fix the off-by-one";
 const WAIT: Duration = Duration::from_secs(15);
 
 // ------------------------------------------------------------------------------------------------
-// A strict reader of the Prometheus text exposition format (version 0.0.4).
-
-/// Label names and values, in the order written.
-type Labels = Vec<(String, String)>;
-/// One series: metric name plus its labels, e.g. `orchestrator_tasks{kind="live",…}`.
-type Series = (String, Labels);
-
-#[derive(Debug, Default)]
-struct Exposition {
-    types: BTreeMap<String, String>,
-    samples: BTreeMap<Series, f64>,
-}
-
-impl Exposition {
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let key = (
-            name.to_string(),
-            labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        );
-        *self
-            .samples
-            .get(&key)
-            .unwrap_or_else(|| panic!("no series {name}{labels:?}"))
-    }
-
-    fn counter(&self, name: &str) -> u64 {
-        assert_eq!(self.types.get(name).map(String::as_str), Some("counter"));
-        self.get(name, &[]) as u64
-    }
-}
-
-fn is_metric_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-}
-
-fn is_label_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !s.starts_with("__")
-}
-
-fn parse_value(s: &str) -> Result<f64, String> {
-    match s {
-        "+Inf" => Ok(f64::INFINITY),
-        "-Inf" => Ok(f64::NEG_INFINITY),
-        "NaN" => Ok(f64::NAN),
-        _ => s.parse::<f64>().map_err(|e| format!("value {s:?}: {e}")),
-    }
-}
-
-/// `{a="x",b="y\"z"}` → labels and the rest of the line.
-fn parse_labels(s: &str) -> Result<(Labels, &str), String> {
-    let mut labels = Vec::new();
-    let mut rest = s.strip_prefix('{').ok_or("expected {")?;
-    loop {
-        if let Some(r) = rest.strip_prefix('}') {
-            return Ok((labels, r));
-        }
-        let eq = rest.find('=').ok_or("label without =")?;
-        let name = &rest[..eq];
-        if !is_label_name(name) {
-            return Err(format!("bad label name {name:?}"));
-        }
-        if labels.iter().any(|(n, _)| n == name) {
-            return Err(format!("label {name} repeated"));
-        }
-        rest = rest[eq + 1..]
-            .strip_prefix('"')
-            .ok_or("label value not quoted")?;
-        let mut value = String::new();
-        let mut chars = rest.char_indices();
-        let end = loop {
-            match chars.next() {
-                Some((i, '"')) => break i,
-                Some((_, '\\')) => match chars.next() {
-                    Some((_, '\\')) => value.push('\\'),
-                    Some((_, '"')) => value.push('"'),
-                    Some((_, 'n')) => value.push('\n'),
-                    other => return Err(format!("bad escape {other:?}")),
-                },
-                Some((_, c)) => value.push(c),
-                None => return Err("unterminated label value".into()),
-            }
-        };
-        labels.push((name.to_string(), value));
-        rest = &rest[end + 1..];
-        if let Some(r) = rest.strip_prefix(',') {
-            rest = r;
-        } else if !rest.starts_with('}') {
-            return Err("expected , or } after a label".into());
-        }
-    }
-}
-
-/// Parses the whole text or says which line breaks the format. Every family must have HELP and
-/// TYPE before its samples, its samples must be contiguous, and no series may repeat.
-fn parse_exposition(text: &str) -> Result<Exposition, String> {
-    if !text.ends_with('\n') {
-        return Err("the text must end with a newline".into());
-    }
-    let mut out = Exposition::default();
-    let mut helped = BTreeMap::new();
-    let mut finished: Vec<String> = Vec::new();
-    let mut current: Option<String> = None;
-    for (n, line) in text.lines().enumerate() {
-        let err = |m: String| format!("line {}: {m}: {line:?}", n + 1);
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# ") {
-            let mut parts = rest.splitn(3, ' ');
-            let (kw, name, arg) = (parts.next(), parts.next(), parts.next());
-            let name = name.ok_or_else(|| err("comment without a metric name".into()))?;
-            if !is_metric_name(name) {
-                return Err(err(format!("bad metric name {name:?}")));
-            }
-            match kw {
-                Some("HELP") => {
-                    if helped.insert(name.to_string(), ()).is_some() {
-                        return Err(err("second HELP".into()));
-                    }
-                    if arg.unwrap_or("").trim().is_empty() {
-                        return Err(err("empty HELP".into()));
-                    }
-                }
-                Some("TYPE") => {
-                    let ty = arg.ok_or_else(|| err("TYPE without a type".into()))?;
-                    if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&ty) {
-                        return Err(err(format!("unknown type {ty}")));
-                    }
-                    if out.types.insert(name.to_string(), ty.to_string()).is_some() {
-                        return Err(err("second TYPE".into()));
-                    }
-                    if out.samples.keys().any(|(m, _)| m == name) {
-                        return Err(err("TYPE after samples".into()));
-                    }
-                }
-                _ => {}
-            }
-            continue;
-        }
-        if line.starts_with('#') {
-            continue;
-        }
-        let name_end = line
-            .find(['{', ' '])
-            .ok_or_else(|| err("no value".into()))?;
-        let name = &line[..name_end];
-        if !is_metric_name(name) {
-            return Err(err(format!("bad metric name {name:?}")));
-        }
-        let (labels, rest) = if line[name_end..].starts_with('{') {
-            parse_labels(&line[name_end..]).map_err(err)?
-        } else {
-            (Vec::new(), &line[name_end..])
-        };
-        let mut fields = rest
-            .strip_prefix(' ')
-            .ok_or_else(|| err("expected a space before the value".into()))?
-            .split(' ');
-        let value = parse_value(fields.next().unwrap_or_default()).map_err(err)?;
-        if let Some(ts) = fields.next() {
-            ts.parse::<i64>()
-                .map_err(|e| err(format!("timestamp: {e}")))?;
-        }
-        if fields.next().is_some() {
-            return Err(err("trailing fields".into()));
-        }
-        let ty = out
-            .types
-            .get(name)
-            .ok_or_else(|| err(format!("sample of {name} before its TYPE")))?;
-        if !helped.contains_key(name) {
-            return Err(err(format!("{name} has no HELP")));
-        }
-        if ty == "counter" && (value < 0.0 || !name.ends_with("_total")) {
-            return Err(err("a counter is non-negative and named *_total".into()));
-        }
-        if current.as_deref() != Some(name) {
-            if finished.iter().any(|f| f == name) {
-                return Err(err(format!("samples of {name} are not contiguous")));
-            }
-            if let Some(prev) = current.replace(name.to_string()) {
-                finished.push(prev);
-            }
-        }
-        if out
-            .samples
-            .insert((name.to_string(), labels), value)
-            .is_some()
-        {
-            return Err(err("series repeated".into()));
-        }
-    }
-    Ok(out)
-}
-
-#[test]
-fn the_exposition_reader_rejects_what_prometheus_would() {
-    let good = "# HELP a_total A.\n# TYPE a_total counter\na_total 3\n\
-                # HELP g G.\n# TYPE g gauge\ng{k=\"v\\\"w\",l=\"x\"} 1.5\ng{k=\"z\",l=\"x\"} -2\n";
-    let e = parse_exposition(good).unwrap();
-    assert_eq!(e.counter("a_total"), 3);
-    assert_eq!(e.get("g", &[("k", "v\"w"), ("l", "x")]), 1.5);
-    for bad in [
-        "# HELP a_total A.\n# TYPE a_total counter\na_total 3",
-        "# TYPE a_total counter\na_total 3\n",
-        "# HELP a_total A.\na_total 3\n",
-        "# HELP a_total A.\n# TYPE a_total counter\na_total three\n",
-        "# HELP a A.\n# TYPE a counter\na 3\n",
-        "# HELP a_total A.\n# TYPE a_total counter\na_total -1\n",
-        "# HELP g G.\n# TYPE g gauge\ng{k=\"v} 1\n",
-        "# HELP g G.\n# TYPE g gauge\ng{k=\"v\",k=\"w\"} 1\n",
-        "# HELP g G.\n# TYPE g gauge\ng 1\ng 2\n",
-        "# HELP g G.\n# TYPE g wat\ng 1\n",
-        "# HELP g G.\n# TYPE g gauge\n# HELP h H.\n# TYPE h gauge\ng{a=\"1\"} 1\nh 1\ng{a=\"2\"} 1\n",
-    ] {
-        assert!(parse_exposition(bad).is_err(), "accepted {bad:?}");
-    }
-}
+// metrics (read with the harness's checker of the text format, `orchestrator_tests::prometheus`)
 
 fn metrics(d: &TestDaemon) -> Exposition {
     let out = d.ctl(&["metrics"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    parse_exposition(&stdout(&out)).unwrap_or_else(|e| panic!("{e}\n{}", stdout(&out)))
+    prometheus::check(&stdout(&out)).unwrap_or_else(|e| panic!("{e}\n{}", stdout(&out)))
+}
+
+/// A counter's value, summed over its labels (0 before the first of a labelled one).
+fn counter(e: &Exposition, name: &str) -> u64 {
+    assert_eq!(
+        e.types.get(name).map(String::as_str),
+        Some("counter"),
+        "{name}"
+    );
+    e.sum(name, &[]) as u64
+}
+
+fn gauge(e: &Exposition, name: &str, labels: &[(&str, &str)]) -> f64 {
+    e.value(name, labels)
+        .unwrap_or_else(|| panic!("no series {name}{labels:?}"))
 }
 
 fn trajectory_len(d: &TestDaemon, id: &str) -> u64 {
@@ -266,7 +56,7 @@ fn metrics_parse_as_prometheus_text_and_their_counters_follow_the_work() {
         "orchestrator_specialist_spawns_total",
         "orchestrator_specialist_failures_total",
     ] {
-        before.counter(name);
+        counter(&before, name);
     }
     for kind in ["synthetic", "shadow", "live"] {
         for state in [
@@ -280,13 +70,17 @@ fn metrics_parse_as_prometheus_text_and_their_counters_follow_the_work() {
             "expired",
         ] {
             assert_eq!(
-                before.get("orchestrator_tasks", &[("kind", kind), ("state", state)]),
+                gauge(
+                    &before,
+                    "orchestrator_tasks",
+                    &[("kind", kind), ("state", state)]
+                ),
                 0.0
             );
         }
     }
     assert_eq!(
-        before.get("orchestrator_mode", &[("mode", "synthetic")]),
+        gauge(&before, "orchestrator_mode", &[("mode", "synthetic")]),
         1.0
     );
 
@@ -305,17 +99,18 @@ fn metrics_parse_as_prometheus_text_and_their_counters_follow_the_work() {
     // Every trajectory event is one counted transition: no more, no fewer.
     let events =
         trajectory_len(&d, &coder) + trajectory_len(&d, &plain) + trajectory_len(&d, &held);
-    let start = before.counter("orchestrator_transitions_total");
+    let start = counter(&before, "orchestrator_transitions_total");
     let after = wait_for("the transitions counter to catch up", WAIT, || {
         let m = metrics(&d);
-        (m.counter("orchestrator_transitions_total") >= start + events).then_some(m)
+        (counter(&m, "orchestrator_transitions_total") >= start + events).then_some(m)
     });
     assert_eq!(
-        after.counter("orchestrator_transitions_total"),
+        counter(&after, "orchestrator_transitions_total"),
         start + events
     );
     let synthetic = |state| {
-        after.get(
+        gauge(
+            &after,
             "orchestrator_tasks",
             &[("kind", "synthetic"), ("state", state)],
         )
@@ -336,12 +131,12 @@ fn metrics_parse_as_prometheus_text_and_their_counters_follow_the_work() {
     assert!(raw.closed());
 
     let last = metrics(&d);
-    let delta = |name| last.counter(name) - after.counter(name);
+    let delta = |name| counter(&last, name) - counter(&after, name);
     assert_eq!(delta("orchestrator_reloads_ok_total"), 1);
     assert_eq!(delta("orchestrator_reloads_failed_total"), 1);
     assert_eq!(delta("orchestrator_protocol_errors_total"), 1);
     assert_eq!(delta("orchestrator_transitions_total"), 0);
-    assert_eq!(last.counter("orchestrator_specialist_spawns_total"), 0);
+    assert_eq!(counter(&last, "orchestrator_specialist_spawns_total"), 0);
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -4,12 +4,13 @@
 //! Where a script sleeps, the sleep is the specialist's own work (a slow agent), never the test
 //! waiting for the daemon: the tests wait by polling observable conditions.
 
+use orchestrator_tests::prometheus;
 use orchestrator_tests::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const RESEARCH: &str = "research the literature on prompt caching";
 const CODE: &str = "please debug this function and fix the off-by-one";
@@ -108,12 +109,16 @@ fn actions(task: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A counter of `orchctl metrics`, summed over its labels (by agent, by failure code).
 fn metric(d: &TestDaemon, name: &str) -> u64 {
     let text = stdout(&d.ctl(&["metrics"]));
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    let e = prometheus::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(
+        e.types.get(name).map(String::as_str),
+        Some("counter"),
+        "{name}"
+    );
+    e.sum(name, &[]) as u64
 }
 
 // ---- 1. live outcomes ---------------------------------------------------------------------------
@@ -156,6 +161,8 @@ wait
         agent("coder", &ok, ""),
         agent("helpdesk", &fails, ""),
         agent("main", Path::new("/nonexistent/specialist-cli"), ""),
+        // Process timeouts are real time (the daemon signals a real process): kept short, and long
+        // enough for the script to note its child's pid first.
         agent(
             "overwatch",
             &sleeper,
@@ -298,7 +305,9 @@ wait
     assert_eq!(ev["details"]["exitStatus"], "0");
 
     assert_eq!(metric(&d, "orchestrator_specialist_spawns_total"), 4);
-    assert_eq!(metric(&d, "orchestrator_specialist_failures_total"), 3);
+    // Failures by code: aborted, spawn_failed, timeout, and the task routed to an agent without a
+    // command (rule_loaded_no_agent).
+    assert_eq!(metric(&d, "orchestrator_specialist_failures_total"), 4);
 }
 
 // ---- 2. shadow: no approval, never delivered -----------------------------------------------------
@@ -492,6 +501,16 @@ fn sigterm_stops_running_specialists_and_the_next_start_reclaims_them() {
 
 // ---- leases ----------------------------------------------------------------------------------------
 
+/// The `until` of every lease renewal in the daemon's (debug) log.
+fn renewed_until(log: &str) -> Vec<i64> {
+    log.lines()
+        .filter(|l| l.contains("leases renewed"))
+        .filter_map(|l| l.split("until=").nth(1))
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
 #[test]
 fn a_running_specialist_keeps_its_lease_past_the_ttl() {
     let w = workdir();
@@ -501,16 +520,20 @@ fn a_running_specialist_keeps_its_lease_past_the_ttl() {
         r#"while [ ! -e "$DIR/release" ]; do sleep 0.02; done; echo finished"#,
     );
     let toml = format!(
-        "{}[sweeper]\nlease_ttl = \"1s\"\n",
+        "{}[sweeper]\nlease_ttl = \"10s\"\n",
         agent("researcher", &gate, "")
     );
     let d = TestDaemon::in_mode(&toml, "live");
     let id = d.submit(RESEARCH);
     d.wait_state(&id, "in_progress", WAIT);
-    // Let the first lease run out: only renewal keeps the task from being reclaimed now.
-    let started = Instant::now();
-    wait_for("twice the lease ttl to pass", WAIT, || {
-        (started.elapsed() > Duration::from_millis(2_500)).then_some(())
+    // Past the first lease by the clock: only a renewal keeps the task from being reclaimed now.
+    d.advance(Duration::from_secs(25));
+    let moved_to = d.clock_ms();
+    wait_for("a lease renewed past the move", WAIT, || {
+        renewed_until(&d.log_text())
+            .into_iter()
+            .any(|until| until > moved_to)
+            .then_some(())
     });
     let (code, sweep) = d.ctl_json(&["sweep"]);
     assert_eq!(code, 0, "{sweep}");
@@ -677,6 +700,7 @@ fn shadow_summary_no_evidence_then_pass_then_a_timeout_fails_it() {
         "{}{}{}[gate]\nmin_shadow_tasks = 2\n",
         agent("coder", &ok, ""),
         agent("researcher", &ok, ""),
+        // A real process timeout, so real time: kept short.
         agent("main", &sleeper, "timeout = \"1s\"\nkill_grace = \"200ms\""),
     );
     let d = TestDaemon::in_mode(&toml, "shadow");

@@ -1,4 +1,4 @@
-//! `[http]`: the optional HTTP API's listen address.
+//! `[http]`: the optional HTTP API's listen address, and whether `GET /metrics` needs the token.
 
 use super::validator::Validator;
 use serde::Deserialize;
@@ -10,6 +10,8 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// The address people reach the daemon at, for links in notifications.
     pub public_url: Option<String>,
+    /// `GET /metrics` needs the bearer token. Off by default on a loopback address, on otherwise.
+    pub metrics_token: bool,
 }
 
 #[derive(Deserialize)]
@@ -17,6 +19,7 @@ pub struct HttpConfig {
 pub(super) struct RawHttp {
     listen: Spanned<String>,
     public_url: Option<Spanned<String>>,
+    metrics_token: Option<bool>,
 }
 
 impl Validator<'_> {
@@ -39,7 +42,11 @@ impl Validator<'_> {
                     }
                     url
                 });
-                Some(HttpConfig { listen, public_url })
+                Some(HttpConfig {
+                    listen,
+                    public_url,
+                    metrics_token: h.metrics_token.unwrap_or(!listen.ip().is_loopback()),
+                })
             }
             Err(e) => {
                 self.err(

@@ -178,3 +178,17 @@ fn approval_timeout_needs_an_action() {
     let e = errors("[routing]\napproval_timeout = \"4h\"\non_approval_timeout = \"maybe\"\n");
     assert_eq!(e[0].key, "routing.on_approval_timeout");
 }
+
+#[test]
+fn metrics_need_the_token_off_loopback_unless_said_otherwise() {
+    let http = |text: &str| Config::from_toml(text, None).unwrap().http.unwrap();
+    assert!(!http("[http]\nlisten = \"127.0.0.1:7419\"\n").metrics_token);
+    assert!(http("[http]\nlisten = \"0.0.0.0:7419\"\n").metrics_token);
+    let on = "[http]\nlisten = \"127.0.0.1:7419\"\nmetrics_token = true\n";
+    assert!(http(on).metrics_token);
+    let off = "[http]\nlisten = \"0.0.0.0:7419\"\nmetrics_token = false\n";
+    assert!(!http(off).metrics_token);
+    let e = errors("[http]\nlisten = \"127.0.0.1:7419\"\nmetrics_token = \"yes\"\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].line, Some(3));
+}

@@ -12,7 +12,6 @@
 //! a `deliver` event.
 
 use super::process::{self, Capture, Ending, Launch, Limits};
-use crate::clock::now_ms;
 use crate::config::DeliveryConfig;
 use crate::daemon::Daemon;
 use crate::store::NewEvent;
@@ -33,7 +32,7 @@ const CATCH_UP_MARGIN_MS: i64 = 60_000;
 /// Follow the store's events until shutdown, delivering live tasks that reach `done`.
 pub async fn run(d: Arc<Daemon>) {
     let mut events = d.store.subscribe();
-    let mut seen_ms = now_ms();
+    let mut seen_ms = d.clock.now_ms();
     loop {
         let ev = tokio::select! {
             _ = d.shutdown.cancelled() => return,
@@ -41,7 +40,7 @@ pub async fn run(d: Arc<Daemon>) {
         };
         match ev {
             Ok(ev) => {
-                seen_ms = now_ms();
+                seen_ms = d.clock.now_ms();
                 if ev.to == TaskState::Done
                     && ev.from != Some(TaskState::Done)
                     && d.config().delivery.is_some()
@@ -75,7 +74,7 @@ pub async fn run(d: Arc<Daemon>) {
                         Err(e) => tracing::error!(error = %e, "cannot catch up on deliveries"),
                     }
                 }
-                seen_ms = now_ms();
+                seen_ms = d.clock.now_ms();
             }
             Err(RecvError::Closed) => return,
         }
@@ -91,7 +90,7 @@ async fn deliver(d: &Daemon, task: Task) {
     };
     let id = task.id.clone();
     let ok = details.get("exitStatus").is_some_and(|s| s == "0");
-    let at = now_ms();
+    let at = d.clock.now_ms();
     let result = d
         .store
         .append_event(NewEvent {

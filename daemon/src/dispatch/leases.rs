@@ -6,7 +6,7 @@
 //! A renewal that finds a task no longer `in_progress` (reclaimed or cancelled behind the watcher's
 //! back) stops that task's specialist: a lease that is not held must not keep a process alive.
 
-use crate::clock::{duration_ms, now_ms};
+use crate::clock::duration_ms;
 use crate::daemon::Daemon;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,16 +50,22 @@ impl Leases {
 
 /// The lease expiry for a lease taken or renewed now.
 pub fn until(d: &Daemon) -> i64 {
-    now_ms().saturating_add(duration_ms(d.config().sweeper.lease_ttl))
+    d.clock
+        .now_ms()
+        .saturating_add(duration_ms(d.config().sweeper.lease_ttl))
 }
 
 /// Renew until shutdown.
 pub async fn renew(d: Arc<Daemon>, leases: Arc<Leases>) {
+    let mut moves = d.clock.moves();
     loop {
         let period = (d.config().sweeper.lease_ttl / 3).max(MIN_PERIOD);
         tokio::select! {
             _ = d.shutdown.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
+            // A test clock jumped (see `crate::clock`): renew at once, as the wall clock would
+            // have renewed all along the way.
+            _ = moves.moved() => {}
         }
         let ids = leases.ids();
         if ids.is_empty() {

@@ -18,7 +18,7 @@ pub mod process;
 pub mod specialist;
 pub mod synthetic;
 
-use crate::clock::{now_ms, rfc3339};
+use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::machine::Action;
@@ -161,7 +161,9 @@ pub async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<DispatchMsg>) {
         if !synthetic_tasks.is_empty() {
             let d2 = Arc::clone(&d);
             // Not awaited here: the next burst is gathered while this one commits.
-            tokio::spawn(async move { synthetic::dispatch(&d2, synthetic_tasks, now_ms()).await });
+            tokio::spawn(async move {
+                synthetic::dispatch(&d2, synthetic_tasks, d2.clock.now_ms()).await
+            });
         }
     }
     executor.shutdown().await;

@@ -14,11 +14,9 @@
 use super::leases::{self, Leases};
 use super::process::{self, Capture, Ended, Ending, Launch, Limits};
 use super::{artefacts, route_op, ACTOR, MAX_BURST};
-use crate::clock::now_ms;
 use crate::config::{AgentConfig, Config};
 use crate::daemon::Daemon;
 use crate::machine::Action;
-use crate::metrics::Metrics;
 use crate::routing::{Approval, Decision};
 use crate::store::{Patch, StoreError, TransitionOp};
 use orchestrator_proto::task::{
@@ -318,7 +316,7 @@ impl Shared {
     /// Route a burst of tasks in one store job, then queue each for its agent, in order.
     async fn admit(self: &Arc<Self>, tasks: Vec<Task>) {
         let cfg = self.d.config();
-        let at = now_ms();
+        let at = self.d.clock.now_ms();
         let c = Arc::clone(&cfg);
         let count = tasks.len();
         let routes: Vec<TransitionOp> = tasks
@@ -334,7 +332,11 @@ impl Shared {
                 for task in tasks {
                     if task.state == TaskState::Queued {
                         match outcomes.next() {
-                            Some(Ok(t)) => out.push(t),
+                            Some(Ok(t)) => {
+                                let agent = t.assigned_agent_id.as_deref().unwrap_or_default();
+                                self.d.metrics.dispatches.inc(&[agent]);
+                                out.push(t)
+                            }
                             // Routed before (found assigned at start): taken as it stands now.
                             Some(Err(StoreError::Refused {
                                 from: TaskState::Assigned,
@@ -397,7 +399,7 @@ impl Shared {
     }
 
     async fn fail_no_agent(&self, tasks: Vec<Task>) {
-        let at = now_ms();
+        let at = self.d.clock.now_ms();
         let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
         let ops: Vec<TransitionOp> = tasks
             .iter()
@@ -417,7 +419,13 @@ impl Shared {
             })
             .collect();
         // One task's refusal (cancelled meanwhile) is its own answer and undoes nothing else.
-        let result = self.d.store.transitions(ops).await.map(|_| ());
+        let result = self.d.store.transitions(ops).await.map(|outcomes| {
+            for t in outcomes.iter().flatten() {
+                let agent = t.assigned_agent_id.as_deref().unwrap_or_default();
+                let failures = &self.d.metrics.specialist_failures;
+                failures.inc(&[agent, task_error::RULE_LOADED_NO_AGENT]);
+            }
+        });
         match result {
             Ok(()) => {
                 tracing::warn!(tasks = ?ids, "tasks routed to agents without a command failed")
@@ -480,7 +488,7 @@ impl Shared {
         if stop.is_cancelled() {
             return;
         }
-        let at = now_ms();
+        let at = d.clock.now_ms();
         let attempt = task.attempts + 1;
         let start = TransitionOp::new(&task.id, Action::Start, ACTOR, at)
             .patch(Patch {
@@ -506,6 +514,10 @@ impl Shared {
                 return;
             }
         };
+        if let Some(created) = crate::metrics::rfc3339_ms(&started.created_at) {
+            let wait = crate::metrics::ms_to_seconds(at - created);
+            d.metrics.queue_wait.observe(wait);
+        }
         self.leases.hold(&started.id, stop.clone());
         let limits = Limits {
             timeout: agent.timeout,
@@ -514,7 +526,7 @@ impl Shared {
         };
         let ran = self.execute(&started, &agent, &limits, stop).await;
         self.leases.release(&started.id);
-        let at = now_ms();
+        let at = self.d.clock.now_ms();
         let op = match ran {
             Err(error) => {
                 tracing::warn!(TASK_ID = %started.id, AGENT = %agent_id, error = %error.message, "specialist could not start");
@@ -527,6 +539,9 @@ impl Shared {
             }
             Ok(ended) => {
                 let how = ended.how;
+                d.metrics
+                    .specialist_run
+                    .observe(ended.elapsed.as_secs_f64());
                 tracing::info!(TASK_ID = %started.id, AGENT = %agent_id, ending = ?how, elapsed_ms = ended.elapsed.as_millis() as u64, "specialist ended");
                 let dir = d.paths.task_dir(&started.id).join(ARTEFACT_DIR);
                 let listed = if matches!(how, Ending::Exited(_)) {
@@ -546,8 +561,17 @@ impl Shared {
         let Some(op) = op else {
             return;
         };
-        if op.action == Action::Fail {
-            Metrics::inc(&d.metrics.specialist_failures);
+        if let Some(error) = op
+            .patch
+            .error
+            .as_ref()
+            .filter(|_| op.action == Action::Fail)
+        {
+            let failures = &d.metrics.specialist_failures;
+            failures.inc(&[agent_id.as_str(), error.code.as_str()]);
+            if error.code == task_error::SPECIALIST_TIMEOUT {
+                d.metrics.specialist_timeouts.inc(&[agent_id.as_str()]);
+            }
         }
         match d.store.transition(op).await {
             Ok(t) => tracing::debug!(TASK_ID = %t.id, TO = %t.state, "outcome recorded"),
@@ -612,7 +636,8 @@ impl Shared {
                 ],
             )
         })?;
-        Metrics::inc(&self.d.metrics.specialist_spawns);
+        let agent_id = task.assigned_agent_id.as_deref().unwrap_or_default();
+        self.d.metrics.specialist_spawns.inc(&[agent_id]);
         let (id, pgid) = (task.id.clone(), child.pgid());
         tracing::info!(TASK_ID = %id, AGENT = ?task.assigned_agent_id, pgid, "specialist started");
         if let Err(e) = self.d.store.set_specialist_pid(&id, pgid).await {

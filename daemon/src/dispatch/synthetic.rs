@@ -6,10 +6,10 @@
 //! ([`steps`]), or for a task already stored (found at start) by [`dispatch`].
 
 use super::{route_step, ACTOR};
-use crate::clock::now_ms;
 use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::machine::Action;
+use crate::metrics;
 use crate::routing::Approval;
 use crate::store::{NewTask, Patch, Plan, TransitionOp};
 use orchestrator_proto::task::{Task, TaskResult, TaskState};
@@ -100,20 +100,53 @@ pub fn plan(task: &Task, cfg: &Config, at: i64) -> Option<Plan> {
     })
 }
 
+/// Count a synthetic task that was routed and started: a dispatch to its agent, and its wait.
+pub fn count_dispatch(d: &Daemon, task: &Task) {
+    let agent = task.assigned_agent_id.as_deref().unwrap_or_default();
+    d.metrics.dispatches.inc(&[agent]);
+    let created = metrics::rfc3339_ms(&task.created_at);
+    let started = task.started_at.as_deref().and_then(metrics::rfc3339_ms);
+    if let (Some(created), Some(started)) = (created, started) {
+        d.metrics
+            .queue_wait
+            .observe(metrics::ms_to_seconds(started - created));
+    }
+}
+
 /// Run stored synthetic tasks to their end, in one store write. A task that moved on meanwhile
 /// (cancelled, expired) is skipped without undoing the others.
 pub async fn dispatch(d: &Daemon, tasks: Vec<Task>, at: i64) {
     let cfg = d.config();
     let count = tasks.len();
-    let plans: Vec<Plan> = tasks.iter().filter_map(|t| plan(t, &cfg, at)).collect();
+    let (tasks, plans): (Vec<&Task>, Vec<Plan>) = tasks
+        .iter()
+        .filter_map(|t| Some((t, plan(t, &cfg, at)?)))
+        .unzip();
     match d.store.advance(plans).await {
         Ok(outcomes) => {
-            for e in outcomes.into_iter().filter_map(Result::err) {
-                tracing::debug!(error = %e, "synthetic dispatch skipped");
+            for (task, outcome) in tasks.into_iter().zip(outcomes) {
+                match outcome {
+                    Ok(_) => {
+                        let agent = cfg
+                            .routing
+                            .decide(&task.goal, &task.required_capabilities)
+                            .agent;
+                        // Found assigned at start: its dispatch was counted before the restart.
+                        if task.state == TaskState::Queued {
+                            d.metrics.dispatches.inc(&[agent.as_str()]);
+                        }
+                        if let Some(created) = metrics::rfc3339_ms(&task.created_at) {
+                            d.metrics
+                                .queue_wait
+                                .observe(metrics::ms_to_seconds(at - created));
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "synthetic dispatch skipped"),
+                }
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, count, at = now_ms(), "synthetic dispatch failed; the tasks stay queued until the next start")
+            tracing::error!(error = %e, count, at = d.clock.now_ms(), "synthetic dispatch failed; the tasks stay queued until the next start")
         }
     }
 }

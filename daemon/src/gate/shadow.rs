@@ -1,7 +1,7 @@
 //! The shadow gate: what shadow mode did inside a window, and whether that is evidence enough to go
 //! live. [`summarize`] is pure; [`summary`] feeds it from the store.
 
-use crate::clock::{now_ms, rfc3339};
+use crate::clock::rfc3339;
 use crate::daemon::Daemon;
 use orchestrator_proto::message::{DurationStats, ShadowSummary};
 use orchestrator_proto::task::TaskState;
@@ -96,7 +96,7 @@ pub async fn summary(
     window_ms: i64,
     window_hours: u32,
 ) -> Result<ShadowSummary, WireError> {
-    let since = now_ms() - window_ms;
+    let since = d.clock.now_ms() - window_ms;
     let rows = d.store.shadow_rows_since(since).await?;
     Ok(summarize(
         &rows,

@@ -2,7 +2,7 @@
 //! trajectory as a `synthetic` task submitted by `synthetic-harness`; the outcome is compared with
 //! what the fixture expects, and the run is recorded with the routing fingerprint it ran against.
 
-use crate::clock::{now_ms, rfc3339};
+use crate::clock::rfc3339;
 use crate::daemon::Daemon;
 use crate::fixtures::Fixture;
 use crate::store::GateRunRecord;
@@ -75,7 +75,7 @@ pub async fn run(d: &Daemon, label: Option<&str>) -> Result<GateRunReport, WireE
         },
     };
     let fingerprint = cfg.routing_fingerprint();
-    let at = now_ms();
+    let at = d.clock.now_ms();
     let mut outcomes = Vec::with_capacity(fixtures.len());
     let harness = Actor::named(HARNESS);
     for f in &fixtures {

@@ -7,8 +7,12 @@
 //! - `GET  /orchestrator/tasks/{id}` — as `orchctl tasks show` (with `trajectory`).
 //! - `POST /orchestrator/tasks` — `{goal, workspaceDir?, requiredCapabilities?}`, kind = the mode.
 //! - `POST /orchestrator/tasks/{id}/transition` — `{action: approve|reject|cancel, reason?}`.
+//! - `GET  /metrics` — Prometheus text, as `orchctl metrics`; the token only with
+//!   `[http] metrics_token`.
+//! - `GET  /orchestrator/openapi.json` — no authentication: `docs/openapi.json`, the description of
+//!   all of these.
 //!
-//! Every route but health needs `Authorization: Bearer <token>` ([`auth`]). Each route is a thin
+//! Every other route needs `Authorization: Bearer <token>` ([`auth`]). Each route is a thin
 //! adapter ([`routes`]) over the same functions the socket verbs call, so both front ends validate,
 //! store and record alike; only the identity differs (`http:<token id>` instead of the peer's user).
 
@@ -20,12 +24,16 @@ mod routes;
 use crate::daemon::Daemon;
 use auth::TokenFile;
 use axum::extract::FromRequestParts;
+use axum::extract::{MatchedPath, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::Method;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::middleware::{self, Next};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use error::{code, ApiError};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -86,7 +94,7 @@ impl Api {
     }
 
     /// Check a request's bearer token against the token file as it is now.
-    fn authorize(&self, parts: &Parts) -> Result<Caller, ApiError> {
+    pub(crate) fn authorize(&self, parts: &Parts) -> Result<Caller, ApiError> {
         let state = self.token_file();
         let expected = match &state {
             TokenFile::Ready(token) => token,
@@ -139,22 +147,89 @@ impl FromRequestParts<Arc<Api>> for Caller {
     }
 }
 
-pub fn router(api: Arc<Api>) -> Router {
-    Router::new()
-        .route("/orchestrator/health", get(routes::health))
-        .route("/orchestrator/routing/preview", get(routes::preview))
-        .route(
+/// Every route: method, path (as axum spells it), handler. The router is built from this table and
+/// the OpenAPI document is checked against it, so neither can gain a route the other lacks.
+fn table() -> Vec<(Method, &'static str, MethodRouter<Arc<Api>>)> {
+    vec![
+        (Method::GET, "/metrics", get(routes::metrics)),
+        (Method::GET, "/orchestrator/health", get(routes::health)),
+        (
+            Method::GET,
+            "/orchestrator/openapi.json",
+            get(routes::openapi),
+        ),
+        (
+            Method::GET,
+            "/orchestrator/routing/preview",
+            get(routes::preview),
+        ),
+        (Method::GET, "/orchestrator/tasks", get(routes::list_tasks)),
+        (
+            Method::POST,
             "/orchestrator/tasks",
-            get(routes::list_tasks).post(routes::submit_task),
-        )
-        .route("/orchestrator/tasks/{id}", get(routes::show_task))
-        .route(
+            post(routes::submit_task),
+        ),
+        (
+            Method::GET,
+            "/orchestrator/tasks/{id}",
+            get(routes::show_task),
+        ),
+        (
+            Method::POST,
             "/orchestrator/tasks/{id}/transition",
             post(routes::transition_task),
-        )
+        ),
+    ]
+}
+
+/// Every route the server has, as `(method, path)`.
+pub fn routes() -> Vec<(Method, &'static str)> {
+    table().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
+
+/// The OpenAPI 3.1 description of these routes, served at `/orchestrator/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+pub fn router(api: Arc<Api>) -> Router {
+    let mut by_path: BTreeMap<&str, MethodRouter<Arc<Api>>> = BTreeMap::new();
+    for (_, path, handler) in table() {
+        let merged = match by_path.remove(path) {
+            Some(existing) => existing.merge(handler),
+            None => handler,
+        };
+        by_path.insert(path, merged);
+    }
+    let mut router = Router::new();
+    for (path, handler) in by_path {
+        router = router.route(path, handler);
+    }
+    router
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&api), timed))
         .method_not_allowed_fallback(routes::method_not_allowed)
         .fallback(routes::not_found)
         .with_state(api)
+}
+
+/// Observe each routed request's latency, labelled by its method and route pattern.
+async fn timed(
+    State(api): State<Arc<Api>>,
+    matched: Option<MatchedPath>,
+    request: axum::extract::Request,
+    next: Next,
+) -> axum::response::Response {
+    let verb = format!(
+        "{} {}",
+        request.method(),
+        matched.as_ref().map_or("", |m| m.as_str())
+    );
+    let began = Instant::now();
+    let response = next.run(request).await;
+    let took = began.elapsed().as_secs_f64();
+    api.daemon
+        .metrics
+        .request_duration
+        .observe(&["http", &verb], took);
+    response
 }
 
 /// Bind the listener. Done before the daemon reports ready, so that a taken port fails the start

@@ -1,4 +1,4 @@
-//! The six routes. Each one turns the HTTP request into the arguments of an operation of the
+//! The routes. Each one turns the HTTP request into the arguments of an operation of the
 //! application layer ([`crate::tasks`]), and the result into JSON with the wire types' field names.
 
 use super::body;
@@ -8,6 +8,7 @@ use crate::tasks::{query, route, submit, transition, Actor};
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -17,6 +18,9 @@ use orchestrator_proto::ErrorCode;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// The Prometheus text exposition format.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 type Id = Result<Path<String>, PathRejection>;
@@ -67,6 +71,31 @@ pub async fn health(State(api): State<Arc<Api>>) -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "hasCredentials": has_credentials,
     }))
+}
+
+/// `GET /metrics`: the Prometheus text of `orchctl metrics`; the bearer token only when
+/// `[http] metrics_token` asks for it.
+pub async fn metrics(
+    State(api): State<Arc<Api>>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let needs_token = api
+        .daemon
+        .config()
+        .http
+        .as_ref()
+        .is_some_and(|h| h.metrics_token);
+    if needs_token {
+        let (parts, _) = request.into_parts();
+        api.authorize(&parts)?;
+    }
+    let text = api.daemon.metrics_text();
+    Ok(([(CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response())
+}
+
+/// `GET /orchestrator/openapi.json`: no authentication; the description of every route.
+pub async fn openapi() -> Response {
+    ([(CONTENT_TYPE, "application/json")], super::OPENAPI).into_response()
 }
 
 /// `GET /orchestrator/routing/preview?goal=…&capabilities=a,b`: as `orchctl route`.

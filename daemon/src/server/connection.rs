@@ -160,10 +160,14 @@ pub async fn serve(d: Arc<Daemon>, stream: UnixStream) {
         if request == Request::Watch {
             return watch(&d, conn).await;
         }
+        let verb = request.verb();
+        let began = std::time::Instant::now();
         let reply = match handlers::handle(&d, &peer, request).await {
             Ok(resp) => ServerMessage::Ok(Box::new(resp)),
             Err(err) => ServerMessage::Err(err),
         };
+        let took = began.elapsed().as_secs_f64();
+        d.metrics.request_duration.observe(&["socket", verb], took);
         if !send(&mut conn, &reply).await {
             return;
         }

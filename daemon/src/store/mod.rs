@@ -263,6 +263,8 @@ pub trait Backend: Send + Sync {
 
     /// Counts by kind and state, as of the last commit.
     fn counts(&self) -> Counts;
+    /// How many operations have failed (refusals and a closed store aside) since the store opened.
+    fn errors(&self) -> u64;
     /// Every committed trajectory event, in commit order (for `watch`, logs, metrics, delivery).
     fn subscribe(&self) -> broadcast::Receiver<TrajectoryEvent>;
     /// Stop accepting writes, finish what was accepted, and wait for it.

@@ -1,4 +1,5 @@
 use super::*;
+use crate::clock::ManualClock;
 use crate::machine::Action;
 use crate::store::{NewTask, Patch, Store, SubmitPlan, TaskFilter, TransitionOp};
 use std::collections::BTreeSet;
@@ -111,8 +112,8 @@ fn a_task_dir_that_cannot_be_removed_keeps_its_task() {
     assert!(!paths.task_dir("A").exists());
 }
 
-/// A daemon around `store` whose state directory is `dir`, on the built-in config.
-fn daemon_on(store: Store, dir: &std::path::Path) -> Arc<Daemon> {
+/// A daemon around `store` whose state directory is `dir`, on the built-in config and `clock`.
+fn daemon_at(store: Store, dir: &std::path::Path, clock: &ManualClock) -> Arc<Daemon> {
     let paths = Paths {
         config: None,
         socket: dir.join("sock"),
@@ -133,7 +134,13 @@ fn daemon_on(store: Store, dir: &std::path::Path) -> Arc<Daemon> {
         crate::config::Config::builtin(),
         mode,
         dispatch,
+        clock.clock(),
     ))
+}
+
+/// A daemon whose clock stands at [`NOW`].
+fn daemon_on(store: Store, dir: &std::path::Path) -> Arc<Daemon> {
+    daemon_at(store, dir, &ManualClock::new(NOW))
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -203,16 +210,83 @@ fn retention_steps_past_tasks_it_must_keep() {
 #[test]
 fn sweep_now_waits_for_the_sweep_under_way() {
     let (dir, store) = open();
-    let d = daemon_on(store, dir.path());
+    let clock = ManualClock::new(NOW);
+    let d = daemon_at(store, dir.path(), &clock);
     runtime().block_on(async {
         let under_way = d.sweep_lock.lock().await;
         let d2 = Arc::clone(&d);
         let mut asked = tokio::spawn(async move { run_now(&d2).await });
         let waited = tokio::time::timeout(Duration::from_millis(200), &mut asked).await;
         assert!(waited.is_err(), "ran alongside the sweep under way");
-        let released = now_ms();
+        clock.advance(Duration::from_secs(1));
         drop(under_way);
         let report = asked.await.unwrap().unwrap();
-        assert!(report.started_at >= rfc3339(released), "{report:?}");
+        assert_eq!(report.started_at, rfc3339(NOW + 1_000), "{report:?}");
+    });
+}
+
+/// Wait (bounded) until the last sweep `status` would show started at `at`.
+async fn swept_at(d: &Daemon, at: i64) -> SweepReport {
+    let want = rfc3339(at);
+    let poll = async {
+        loop {
+            if let Some(r) = d.notes().last_sweep.filter(|r| r.started_at == want) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), poll)
+        .await
+        .unwrap_or_else(|_| panic!("no sweep started at {want}: {:?}", d.notes().last_sweep))
+}
+
+/// The timer sweeps at start, then once the interval has passed on the daemon's clock, and shows
+/// when the next sweep is due; a task past its TTL by then is expired by that sweep.
+#[test]
+fn the_timer_sweeps_again_when_the_interval_has_passed_on_the_clock() {
+    let (dir, store) = open();
+    let rt = runtime();
+    let clock = ManualClock::new(NOW);
+    let d = daemon_at(store.clone(), dir.path(), &clock);
+    let interval = d.config().sweeper.interval;
+    rt.block_on(async {
+        let task = NewTask {
+            id: "T-ttl".into(),
+            kind: TaskKind::Live,
+            goal: "fix the bug".into(),
+            workspace_dir: None,
+            required_capabilities: Vec::new(),
+            submitted_by: "alice".into(),
+            harness: false,
+            created_ms: NOW,
+            expires_ms: NOW + duration_ms(interval) / 2,
+        };
+        store
+            .submit(SubmitPlan {
+                task,
+                actor: "alice".into(),
+                steps: Vec::new(),
+            })
+            .await
+            .unwrap();
+        let timer = tokio::spawn(run(Arc::clone(&d)));
+        let first = swept_at(&d, NOW).await;
+        assert_eq!(first.expired, 0, "not due yet: {first:?}");
+        let next = NOW + duration_ms(interval);
+        assert_eq!(d.notes().next_sweep_ms, Some(next));
+
+        clock.advance(interval);
+        let second = swept_at(&d, next).await;
+        assert_eq!(second.expired, 1, "{second:?}");
+        assert_eq!(
+            store.get_task("T-ttl").await.unwrap().unwrap().state,
+            orchestrator_proto::task::TaskState::Expired
+        );
+        d.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), timer)
+            .await
+            .expect("the timer stops at shutdown")
+            .unwrap();
     });
 }

@@ -1,7 +1,7 @@
 //! Gate operations: synthetic gate runs, the shadow summary, one-time gate overrides.
 
 use super::Actor;
-use crate::clock::{now_ms, rfc3339};
+use crate::clock::rfc3339;
 use crate::daemon::Daemon;
 use crate::gate::{shadow, synthetic};
 use crate::machine::validate_reason;
@@ -41,7 +41,7 @@ pub async fn record_override(
     let reason = validate_reason(reason)
         .map_err(|m| WireError::new(ErrorCode::InvalidReason, m))?
         .to_string();
-    let at = now_ms();
+    let at = d.clock.now_ms();
     let rec = OverrideRecord {
         mode,
         reason: reason.clone(),

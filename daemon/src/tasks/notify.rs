@@ -1,7 +1,6 @@
 //! Notification sinks (`orchctl notify list|test|retry`): their outboxes, a test event, and
 //! dead events sent again.
 
-use crate::clock::now_ms;
 use crate::daemon::Daemon;
 use crate::store::Notice;
 use orchestrator_core::config::SinkTarget;
@@ -24,7 +23,7 @@ fn unknown_sink(d: &Daemon, name: &str) -> Result<(), WireError> {
 pub async fn list(d: &Daemon) -> Result<Vec<SinkStatus>, WireError> {
     let stats = d.store.outbox_stats().await?;
     let counters = d.notifier.counters();
-    let now = now_ms();
+    let now = d.clock.now_ms();
     let cfg = d.config();
     let mut out: Vec<SinkStatus> = Vec::new();
     let mut names: Vec<&str> = cfg.notify.iter().map(|s| s.name.as_str()).collect();
@@ -68,7 +67,7 @@ pub async fn list(d: &Daemon) -> Result<Vec<SinkStatus>, WireError> {
 /// Queue a `test` event for the sink `name` only; answers its id.
 pub async fn test(d: &Daemon, name: &str, by: &str) -> Result<String, WireError> {
     unknown_sink(d, name)?;
-    let notice = Notice::new("test", now_ms())
+    let notice = Notice::new("test", d.clock.now_ms())
         .field("sink", name)
         .field("by", by)
         .field(
@@ -87,5 +86,5 @@ pub async fn test(d: &Daemon, name: &str, by: &str) -> Result<String, WireError>
 /// The sink's dead events back to pending; answers how many.
 pub async fn retry(d: &Daemon, name: &str) -> Result<u64, WireError> {
     unknown_sink(d, name)?;
-    Ok(d.store.retry_dead(name, now_ms()).await?)
+    Ok(d.store.retry_dead(name, d.clock.now_ms()).await?)
 }

@@ -1,7 +1,7 @@
 //! Submit: validate, store durably, hand to the dispatcher, answer with the task.
 
 use super::Actor;
-use crate::clock::{duration_ms, now_ms};
+use crate::clock::duration_ms;
 use crate::config::DEFAULT_TTL;
 use crate::daemon::Daemon;
 use crate::dispatch::synthetic;
@@ -121,7 +121,7 @@ pub fn new_task(
     let mut caps = req.required_capabilities.clone();
     caps.sort();
     caps.dedup();
-    let now = now_ms();
+    let now = d.clock.now_ms();
     Ok(NewTask {
         id: ulid::Ulid::generate().to_string(),
         kind: d.mode().effective,
@@ -150,7 +150,12 @@ pub async fn submit(
         // stored with the task in one write: one commit holds the task and its whole trajectory,
         // and the answer shows where the task came to rest.
         let steps = synthetic::steps(&task, &d.config(), task.created_ms);
-        d.store.submit(SubmitPlan { task, actor, steps }).await?
+        let harness = task.harness;
+        let task = d.store.submit(SubmitPlan { task, actor, steps }).await?;
+        if !harness {
+            synthetic::count_dispatch(d, &task);
+        }
+        task
     } else {
         let task = d
             .store

@@ -2,7 +2,7 @@
 //! (the control socket's peer user name, or the HTTP API's `http:<token id>`).
 
 use super::{check_id, Actor};
-use crate::clock::{now_ms, rfc3339};
+use crate::clock::rfc3339;
 use crate::daemon::Daemon;
 use crate::machine::{validate_reason, Action};
 use crate::store::{Patch, TransitionOp};
@@ -16,7 +16,11 @@ async fn apply(d: &Daemon, op: TransitionOp) -> Result<Task, WireError> {
 pub async fn approve(d: &Daemon, actor: &Actor, id: &str) -> Result<Task, WireError> {
     let actor = actor.as_str();
     check_id(id)?;
-    apply(d, TransitionOp::new(id, Action::Approve, actor, now_ms())).await
+    apply(
+        d,
+        TransitionOp::new(id, Action::Approve, actor, d.clock.now_ms()),
+    )
+    .await
 }
 
 pub async fn reject(d: &Daemon, actor: &Actor, id: &str, reason: &str) -> Result<Task, WireError> {
@@ -24,7 +28,7 @@ pub async fn reject(d: &Daemon, actor: &Actor, id: &str, reason: &str) -> Result
     check_id(id)?;
     let reason =
         validate_reason(reason).map_err(|m| WireError::new(ErrorCode::InvalidReason, m))?;
-    let at = now_ms();
+    let at = d.clock.now_ms();
     let patch = Patch {
         rejection: Some(Rejection {
             by: actor.to_string(),
@@ -50,7 +54,7 @@ pub async fn reject(d: &Daemon, actor: &Actor, id: &str, reason: &str) -> Result
 pub async fn cancel(d: &Daemon, actor: &Actor, id: &str) -> Result<Task, WireError> {
     let actor = actor.as_str();
     check_id(id)?;
-    let at = now_ms();
+    let at = d.clock.now_ms();
     let patch = Patch {
         rejection: Some(Rejection {
             by: actor.to_string(),

@@ -1,9 +1,8 @@
 //! `metrics`: Prometheus text exposition of the daemon's counters and task counts.
 
 use crate::daemon::Daemon;
-use crate::metrics::render;
 use orchestrator_proto::{Response, WireError};
 
 pub fn handle(d: &Daemon) -> Result<Response, WireError> {
-    Ok(Response::Metrics(render(d)))
+    Ok(Response::Metrics(d.metrics_text()))
 }

@@ -240,6 +240,10 @@ impl Backend for SqliteBackend {
             .unwrap_or_default()
     }
 
+    fn errors(&self) -> u64 {
+        self.inner.errors.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<TrajectoryEvent> {
         self.inner.events.subscribe()
     }

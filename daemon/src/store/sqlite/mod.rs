@@ -60,6 +60,8 @@ struct Inner {
     events: broadcast::Sender<TrajectoryEvent>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     outbox: Arc<Writer>,
+    /// Failed operations, for `orchestrator_store_errors_total`.
+    errors: std::sync::atomic::AtomicU64,
 }
 
 /// What the writer shares with the handles besides its job queue: the outbox rules it writes rows
@@ -139,6 +141,7 @@ impl SqliteBackend {
                 events,
                 writer: Mutex::new(Some(handle)),
                 outbox,
+                errors: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -155,7 +158,19 @@ impl SqliteBackend {
     {
         let (tx, rx) = oneshot::channel();
         self.submit_job(f, tx)?;
-        rx.await.unwrap_or(Err(StoreError::Closed))
+        self.counted(rx.await.unwrap_or(Err(StoreError::Closed)))
+    }
+
+    /// Count a failure of the store itself; refusals are answers, and a closed store is a shutdown.
+    fn counted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &result {
+            if !e.is_refusal() && *e != StoreError::Closed {
+                self.inner
+                    .errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        result
     }
 
     /// Raw access for offline tools and tests that seed or inspect the file of a stopped daemon:
@@ -203,9 +218,11 @@ impl SqliteBackend {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.read_blocking(f))
+        let result = tokio::task::spawn_blocking(move || store.read_blocking(f))
             .await
-            .map_err(|e| StoreError::Sql(format!("read task failed: {e}")))?
+            .map_err(|e| StoreError::Sql(format!("read task failed: {e}")))
+            .and_then(|r| r);
+        self.counted(result)
     }
 
     /// Raw read access, for the same offline tools and tests as [`SqliteBackend::write_blocking`].
