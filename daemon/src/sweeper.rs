@@ -223,7 +223,7 @@ async fn apply_approval_policy(d: &Arc<Daemon>, cfg: &Config, now: i64, run: &mu
             approvals::Step::Warn(ev) => d.store.append_event(ev).await,
             approvals::Step::TimeOut(op) => {
                 let expire = op.action == crate::machine::Action::Expire;
-                let r = d.store.transition(op).await.map(|_| ());
+                let r = d.store.transition(*op).await.map(|_| ());
                 if r.is_ok() && expire {
                     run.report.expired += 1;
                 }

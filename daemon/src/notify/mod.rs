@@ -151,7 +151,8 @@ pub fn render_metrics(d: &Daemon, out: &mut String) {
             .cloned()
             .unwrap_or_default()
     };
-    let series: [(&str, &str, &str, Box<dyn Fn(&str) -> String>); 5] = [
+    type Series<'a> = (&'a str, &'a str, &'a str, Box<dyn Fn(&str) -> String + 'a>);
+    let series: [Series<'_>; 5] = [
         (
             "orchestrator_notify_queued",
             "gauge",

@@ -18,7 +18,7 @@ pub enum Step {
     /// Record the warning that its deadline is near.
     Warn(NewEvent),
     /// The approval timeout passed.
-    TimeOut(TransitionOp),
+    TimeOut(Box<TransitionOp>),
 }
 
 /// The decision for `w` at `now`, as a pure function of the policy.
@@ -53,7 +53,7 @@ pub fn step(policy: &ApprovalPolicy, w: &Awaiting, now: i64) -> Step {
                         .detail("reason", format!("no decision within {waited}"))
                 }
             };
-            return Step::TimeOut(op);
+            return Step::TimeOut(Box::new(op));
         }
     }
     let warn_at = deadline.saturating_sub(i64::try_from(policy.warning.as_millis()).unwrap_or(0));
