@@ -242,6 +242,12 @@ async fn reload_locked(d: &Arc<Daemon>, trigger: ReloadTrigger) -> Result<Reload
                         ..base
                     },
                 );
+                let fields = serde_json::json!({
+                    "from": mode.effective.as_str(),
+                    "to": target.as_str(),
+                    "reason": why,
+                });
+                crate::notify::announce(d, "mode.refused", fields).await;
                 return Err(WireError::new(ErrorCode::GateRefused, message)
                     .with("from", mode.effective.as_str())
                     .with("to", target.as_str()));
@@ -252,6 +258,12 @@ async fn reload_locked(d: &Arc<Daemon>, trigger: ReloadTrigger) -> Result<Reload
     if target != mode.effective {
         let id = consumed.as_ref().map(|(id, _)| *id);
         d.store.save_mode(change(target, at, id)).await?;
+        let fields = serde_json::json!({
+            "from": mode.effective.as_str(),
+            "to": target.as_str(),
+            "override": id.is_some(),
+        });
+        crate::notify::announce(d, "mode.changed", fields).await;
         d.set_mode(ModeState {
             effective: target,
             since_ms: at,

@@ -511,3 +511,17 @@ fn approval_timeout_warns_then_rejects_as_its_own_actor() {
         .collect();
     assert_eq!(types, ["approval.expiring", "approval.decided"]);
 }
+
+#[test]
+fn a_synthetic_gate_run_is_announced_with_its_verdict() {
+    let rx = Receiver::start(|_| Some(200));
+    let d = TestDaemon::with_config(&webhook_sink("hook", &rx.url, "[\"gate.synthetic\"]", ""));
+    let (code, report) = d.ctl_json(&["synthetic-all"]);
+    assert_eq!(code, 0, "{report}");
+    let hit = wait_for("gate.synthetic", WAIT, || rx.delivered().into_iter().next());
+    let ev = hit.json();
+    assert_eq!(ev["type"], "gate.synthetic");
+    assert_eq!(ev["passed"], report["passed"]);
+    assert_eq!(ev["total"], report["total"]);
+    assert_eq!(ev["ok"], true);
+}

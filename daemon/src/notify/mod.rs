@@ -87,6 +87,18 @@ pub fn config_changed(d: &Daemon) {
     d.notifier.reload.notify_one();
 }
 
+/// Queue an event that no transition causes (gate verdicts, mode changes). It is written right
+/// after what it reports, in a write of its own; a failure is logged, never the caller's failure.
+pub async fn announce(d: &Daemon, event_type: &str, fields: serde_json::Value) {
+    let mut notice = crate::store::Notice::new(event_type, d.clock.now_ms());
+    if let serde_json::Value::Object(map) = fields {
+        notice.fields = map;
+    }
+    if let Err(e) = d.store.enqueue_notice(notice).await {
+        tracing::warn!(event = %event_type, error = %e, "notify: cannot queue the event");
+    }
+}
+
 /// The delivery workers, one per configured sink, restarted on every reload, until shutdown.
 pub async fn run(d: Arc<Daemon>) {
     loop {

@@ -16,7 +16,17 @@ pub const MAX_WINDOW_HOURS: u32 = 24 * 366;
 /// Run one fixture (`label`) or all of them (`synthetic-all`) through the synthetic harness, and
 /// record the run.
 pub async fn run_synthetic(d: &Daemon, label: Option<&str>) -> Result<GateRunReport, WireError> {
-    synthetic::run(d, label).await
+    let report = synthetic::run(d, label).await?;
+    if label.is_none() {
+        let fields = serde_json::json!({
+            "passed": report.passed,
+            "total": report.total,
+            "ok": report.passed == report.total,
+            "fingerprint": report.fingerprint,
+        });
+        crate::notify::announce(d, "gate.synthetic", fields).await;
+    }
+    Ok(report)
 }
 
 /// What shadow mode did over the last `window_hours`, and whether the shadow gate passes on it.
@@ -28,7 +38,15 @@ pub async fn shadow_summary(d: &Daemon, window_hours: u32) -> Result<ShadowSumma
         ));
     }
     let window_ms = i64::from(window_hours) * 3_600_000;
-    shadow::summary(d, window_ms, window_hours).await
+    let summary = shadow::summary(d, window_ms, window_hours).await?;
+    let fields = serde_json::json!({
+        "passed": summary.passed,
+        "verdict": summary.verdict,
+        "total": summary.total,
+        "windowHours": summary.window_hours,
+    });
+    crate::notify::announce(d, "gate.shadow", fields).await;
+    Ok(summary)
 }
 
 /// Record a one-time override that the next flip to `mode` consumes.
