@@ -8,6 +8,7 @@
 
 mod all;
 mod client;
+mod console;
 mod fsync;
 mod load;
 mod proc;
@@ -149,6 +150,19 @@ enum Cmd {
         daemon: Option<PathBuf>,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+    },
+    /// The web console over a seeded store: each page's time (p50/p99) and commit → event stream.
+    Console {
+        #[arg(long, default_value_t = 1_000_000)]
+        tasks: u64,
+        /// Requests per page.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        /// State changes timed to the event stream.
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+        #[arg(long)]
+        daemon: Option<PathBuf>,
     },
     /// Everything above in one run, each against daemons it starts itself; prints a markdown table.
     All(all::Options),
@@ -322,6 +336,15 @@ fn run(cli: Cli) -> Result<()> {
                 );
                 d.stop()?;
             }
+        }
+        Cmd::Console {
+            tasks,
+            runs,
+            changes,
+            daemon,
+        } => {
+            let bin = daemon.unwrap_or_else(|| sibling("orchestratord"));
+            console::print(&console::run(&bin, tasks, runs, changes)?);
         }
         Cmd::All(opts) => all::run(opts)?,
     }

@@ -119,6 +119,12 @@ pub enum Command {
     Watch,
     /// Counters in Prometheus text format.
     Metrics,
+    /// Print a single-use link (valid 5 minutes) that signs you in to the web console.
+    Console {
+        /// Open the link in the desktop's browser (xdg-open).
+        #[arg(long)]
+        open: bool,
+    },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
     /// Write man pages into a directory.
@@ -134,11 +140,24 @@ pub enum TasksCommand {
         state: Option<String>,
         #[arg(long, value_name = "K")]
         kind: Option<String>,
+        /// How many tasks to list (up to 10000; fetched a page at a time).
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// Include tasks of the synthetic harness.
         #[arg(long)]
         all: bool,
+        /// Tasks routed to this agent.
+        #[arg(long, value_name = "NAME")]
+        agent: Option<String>,
+        /// Tasks whose goal contains this text (case-insensitive).
+        #[arg(long, value_name = "TEXT")]
+        goal: Option<String>,
+        /// Tasks older than this task (the page after one that printed `next` ID).
+        #[arg(long, value_name = "ID", conflicts_with = "after")]
+        before: Option<String>,
+        /// Tasks newer than this task, still listed newest first.
+        #[arg(long, value_name = "ID")]
+        after: Option<String>,
     },
     /// Show one task with its trajectory.
     Show { id: String },

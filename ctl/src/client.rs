@@ -64,6 +64,8 @@ impl ClientError {
 
 pub struct Client {
     stream: UnixStream,
+    /// The protocol minor the daemon answered the hello with: what it can be asked.
+    pub daemon_minor: u16,
 }
 
 fn broken(e: io::Error) -> ClientError {
@@ -96,7 +98,10 @@ impl Client {
             (Err(e), Err(_)) | (Ok(()), Err(e)) => return Err(broken(e)),
         };
         match reply {
-            ServerMessage::Hello(_) => Ok(Client { stream }),
+            ServerMessage::Hello(h) => Ok(Client {
+                stream,
+                daemon_minor: h.minor,
+            }),
             ServerMessage::Err(e) => Err(ClientError::Reply(e)),
             other => Err(ClientError::Broken(format!(
                 "unexpected reply to hello: {other:?}"

@@ -7,7 +7,7 @@ use orchestrator_core::config::{Config, ConfigErrors};
 use orchestrator_core::credentials::Step;
 use orchestrator_proto::message::{
     GateRunReport, ReloadReport, Response, RouteDecision, ShadowSummary, SinkStatus, StatusReport,
-    SweepReport,
+    StorageStatus, SweepReport,
 };
 use orchestrator_proto::task::{Task, TrajectoryEvent};
 use orchestrator_proto::WireError;
@@ -46,10 +46,12 @@ pub fn json_error(e: &WireError, o: &mut Output) -> io::Result<()> {
 
 pub fn response(r: &Response, format: Format, o: &mut Output) -> io::Result<u8> {
     match r {
-        Response::Status(s) => status(s, format, o),
+        Response::Status(s) => status(s, None, format, o),
+        Response::StatusWithStorage(s, storage) => status(s, Some(storage), format, o),
         Response::Task(t) => task_brief(t, format, o),
         Response::TaskDetail { task, events } => task_detail(task, events, format, o),
-        Response::Tasks(ts) => tasks(ts, format, o),
+        Response::Tasks(ts) => tasks(ts, None, format, o),
+        Response::Page(p) => tasks(&p.tasks, p.next.as_deref(), format, o),
         Response::Route(d) => route(d, format, o),
         Response::Synthetic(g) => gate_run(g, format, o),
         Response::ShadowSummary(s) => shadow(s, format, o),
@@ -71,6 +73,21 @@ pub fn response(r: &Response, format: Format, o: &mut Output) -> io::Result<u8> 
             Ok(exit::OK)
         }
         Response::WatchStarted => Ok(exit::OK),
+        Response::ConsoleLink(link) => {
+            match format {
+                Format::Json => print_json(o, link)?,
+                Format::Table => {
+                    writeln!(o.out, "{}", link.url)?;
+                    let rights = if link.read_only { " (read-only)" } else { "" };
+                    writeln!(
+                        o.err,
+                        "signs in as {}{rights}; usable once, until {}",
+                        link.user, link.expires_at
+                    )?;
+                }
+            }
+            Ok(exit::OK)
+        }
         Response::NotifySinks(sinks) => notify_sinks(sinks, format, o),
         Response::NotifyTested { event_id } => {
             match format {
@@ -133,9 +150,21 @@ fn or_dash(v: &Option<String>) -> &str {
     v.as_deref().unwrap_or("-")
 }
 
-fn status(s: &StatusReport, format: Format, o: &mut Output) -> io::Result<u8> {
+fn status(
+    s: &StatusReport,
+    storage: Option<&StorageStatus>,
+    format: Format,
+    o: &mut Output,
+) -> io::Result<u8> {
     if format == Format::Json {
-        print_json(o, s)?;
+        let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+        if let (Value::Object(map), Some(storage)) = (&mut v, storage) {
+            map.insert(
+                "storage".into(),
+                serde_json::to_value(storage).unwrap_or(Value::Null),
+            );
+        }
+        print_json(o, &v)?;
         return Ok(exit::OK);
     }
     writeln!(
@@ -226,6 +255,9 @@ fn status(s: &StatusReport, format: Format, o: &mut Output) -> io::Result<u8> {
     if let Some(h) = &s.http_listen {
         writeln!(o.out, "http:         {h}")?;
     }
+    if let Some(st) = storage {
+        store_lines(st, o)?;
+    }
     if s.counts.is_empty() {
         writeln!(o.out, "tasks:        none")?;
     } else {
@@ -241,6 +273,29 @@ fn status(s: &StatusReport, format: Format, o: &mut Output) -> io::Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+fn store_lines(st: &StorageStatus, o: &mut Output) -> io::Result<()> {
+    if let Some(since) = &st.full_since {
+        writeln!(
+            o.out,
+            "store:        ERROR disk full since {since}; writes fail until space is freed"
+        )?;
+    }
+    if let Some(why) = &st.damaged {
+        writeln!(o.out, "store:        ERROR damaged, writes refused: {why}")?;
+    }
+    let check = match (&st.last_check, &st.last_check_at) {
+        (Some(found), Some(at)) => format!("{found} at {at}"),
+        _ => "not run yet".to_string(),
+    };
+    let running = if st.checking {
+        " (a check is running)"
+    } else {
+        ""
+    };
+    writeln!(o.out, "integrity:    {check}{running}")?;
+    Ok(())
 }
 
 fn task_brief(t: &Task, format: Format, o: &mut Output) -> io::Result<u8> {
@@ -343,10 +398,14 @@ fn task_detail(
     Ok(exit::OK)
 }
 
-fn tasks(ts: &[Task], format: Format, o: &mut Output) -> io::Result<u8> {
+fn tasks(ts: &[Task], next: Option<&str>, format: Format, o: &mut Output) -> io::Result<u8> {
     if format == Format::Json {
-        print_json(o, &ts)?;
+        print_json(o, &json!({ "tasks": ts, "next": next }))?;
         return Ok(exit::OK);
+    }
+    if let Some(next) = next {
+        // On stderr: the table on stdout stays one line per task.
+        writeln!(o.err, "orchctl: more tasks follow; next page from {next}")?;
     }
     writeln!(
         o.out,

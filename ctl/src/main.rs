@@ -13,8 +13,10 @@ use clap::Parser;
 use cli::{Cli, Command, ConfigCommand, FormatArg, GateCommand, NotifyCommand, TasksCommand};
 use client::{exit, Client, ClientError};
 use display::{Format, Output};
-use orchestrator_proto::message::{ListQuery, Request, SubmitRequest};
-use orchestrator_proto::task::{Mode, TaskKind, TaskState};
+use orchestrator_proto::message::{
+    ListQuery, PageQuery, Request, Response, SubmitRequest, TaskPage,
+};
+use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState};
 use std::io;
 use std::path::Path;
 use std::process::ExitCode;
@@ -89,6 +91,10 @@ fn main() -> ExitCode {
                     kind,
                     limit,
                     all,
+                    agent,
+                    goal,
+                    before,
+                    after,
                 },
         } => {
             let state = match state.map(|s| s.parse::<TaskState>()).transpose() {
@@ -99,12 +105,21 @@ fn main() -> ExitCode {
                 Ok(k) => k,
                 Err(e) => return usage(format!("--kind: {e}")),
             };
-            Request::ListTasks(ListQuery {
+            let q = PageQuery {
                 state,
                 kind,
                 limit,
                 include_harness: all,
-            })
+                agent,
+                goal,
+                before,
+                after,
+            };
+            let result = Client::connect(&socket).and_then(|mut c| list(&mut c, q));
+            return match result {
+                Ok(response) => finish(display::response(&response, format, &mut o)),
+                Err(e) => fail(e, format, &mut o),
+            };
         }
         Command::Tasks {
             command: TasksCommand::Show { id },
@@ -127,6 +142,7 @@ fn main() -> ExitCode {
             Err(e) => return usage(e),
         },
         Command::Metrics => Request::Metrics,
+        Command::Console { open } => return console(&socket, open, format, &mut o),
         Command::Notify { command } => match command {
             NotifyCommand::List => Request::NotifyList,
             NotifyCommand::Test { name } => Request::NotifyTest { name },
@@ -138,6 +154,60 @@ fn main() -> ExitCode {
         Ok(response) => finish(display::response(&response, format, &mut o)),
         Err(e) => fail(e, format, &mut o),
     }
+}
+
+/// `tasks list`: as many pages as it takes to reach the limit (a page stops short of it when more
+/// would not fit in one frame), answered as one page whose `next` continues where it stopped.
+fn list(c: &mut Client, q: PageQuery) -> Result<Response, ClientError> {
+    if c.daemon_minor < 1 {
+        // A daemon of protocol 1.0 lists in one reply and knows no filters or cursors.
+        if q.agent.is_some() || q.goal.is_some() || q.before.is_some() || q.after.is_some() {
+            return Err(ClientError::Broken(
+                "this daemon is too old for --agent, --goal, --before and --after (it speaks protocol 1.0)".into(),
+            ));
+        }
+        return c.request(Request::ListTasks(ListQuery {
+            state: q.state,
+            kind: q.kind,
+            limit: q.limit,
+            include_harness: q.include_harness,
+        }));
+    }
+    let newer = q.after.is_some();
+    let mut pages: Vec<Vec<Task>> = Vec::new();
+    let mut got = 0u32;
+    let mut query = q.clone();
+    let next = loop {
+        query.limit = q.limit - got;
+        let page = match c.request(Request::ListPage(query.clone()))? {
+            Response::Page(p) => p,
+            other => {
+                return Err(ClientError::Broken(format!(
+                    "unexpected reply to a listing: {other:?}"
+                )))
+            }
+        };
+        got += page.tasks.len() as u32;
+        pages.push(page.tasks);
+        match page.next {
+            Some(next) if got < q.limit => {
+                if newer {
+                    query.after = Some(next);
+                } else {
+                    query.before = Some(next);
+                }
+            }
+            next => break next,
+        }
+    };
+    // Pages of newer tasks come oldest page first; each page is newest first.
+    if newer {
+        pages.reverse();
+    }
+    Ok(Response::Page(TaskPage {
+        tasks: pages.into_iter().flatten().collect(),
+        next,
+    }))
 }
 
 /// The exit code a rendering asked for; failing to write the output is a failure of its own.
@@ -159,6 +229,29 @@ fn fail(e: ClientError, format: Format, o: &mut Output) -> ExitCode {
     }
     eprintln!("orchctl: {}", e.message());
     ExitCode::from(e.exit_code())
+}
+
+/// `console [--open]`: ask for a login link, print it, and with `--open` hand it to the browser.
+fn console(socket: &Path, open: bool, format: Format, o: &mut Output) -> ExitCode {
+    let response = match Client::connect(socket).and_then(|mut c| c.request(Request::ConsoleLink)) {
+        Ok(r) => r,
+        Err(e) => return fail(e, format, o),
+    };
+    let rendered = display::response(&response, format, o);
+    if let (true, Response::ConsoleLink(link)) = (open, &response) {
+        // The browser outlives us; its output is not ours to show.
+        let started = std::process::Command::new("xdg-open")
+            .arg(&link.url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if let Err(e) = started {
+            eprintln!("orchctl: cannot start xdg-open ({e}); open the link above yourself");
+            return ExitCode::from(exit::FAILED);
+        }
+    }
+    finish(rendered)
 }
 
 fn watch(socket: &Path, format: Format, o: &mut Output) -> ExitCode {

@@ -5,15 +5,57 @@
 use crate::access::AccessPolicy;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::dispatch::DispatchHandle;
 use crate::metrics::{self, Metrics};
+use crate::sessions::Sessions;
 use crate::store::Store;
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord, ReloadReport, SweepReport};
 use orchestrator_proto::task::Mode;
+use orchestrator_proto::task::Task;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+/// What the dispatcher is told. The handle lives here, with the daemon that
+/// holds it, so that the daemon does not depend on the dispatcher.
+#[derive(Debug)]
+pub enum DispatchMsg {
+    /// A task was stored in `queued` (or found `queued`/`assigned` at start).
+    Queued(Box<Task>),
+    /// The operator cancelled a task; stop its specialist if one runs.
+    Cancelled(String),
+    /// The watchdog's liveness probe: answered by the dispatcher's loop.
+    Ping(oneshot::Sender<()>),
+}
+
+/// The sending side, held by the daemon.
+#[derive(Clone, Debug)]
+pub struct DispatchHandle {
+    tx: mpsc::UnboundedSender<DispatchMsg>,
+}
+
+impl DispatchHandle {
+    pub fn channel() -> (DispatchHandle, mpsc::UnboundedReceiver<DispatchMsg>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (DispatchHandle { tx }, rx)
+    }
+
+    pub fn queued(&self, task: Task) {
+        // The receiver only goes away at shutdown; a queued task is then picked up at the next start.
+        let _ = self.tx.send(DispatchMsg::Queued(Box::new(task)));
+    }
+
+    pub fn cancelled(&self, id: &str) {
+        let _ = self.tx.send(DispatchMsg::Cancelled(id.to_string()));
+    }
+
+    /// Whether the dispatcher's loop answers; `false` if it is gone.
+    pub async fn ping(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(DispatchMsg::Ping(tx)).is_ok() && rx.await.is_ok()
+    }
+}
 
 /// Where the daemon keeps things, after flags, config and defaults were weighed.
 #[derive(Debug, Clone)]
@@ -63,6 +105,8 @@ pub struct Notes {
     pub latest_gate: Option<GateRunSummary>,
     /// The address the HTTP API is bound to, when it runs (the configured port may be 0).
     pub http_listen: Option<String>,
+    /// Why HTTP is off although the config has it on (its default port was taken).
+    pub http_problem: Option<String>,
 }
 
 pub struct Daemon {
@@ -76,6 +120,8 @@ pub struct Daemon {
     pub clock: Clock,
     /// Real time, for the uptime.
     pub started: Instant,
+    /// Console login codes and sessions, shared by the socket (which mints) and the console.
+    pub sessions: Sessions,
     config: RwLock<Arc<Config>>,
     access: RwLock<Arc<AccessPolicy>>,
     mode: RwLock<ModeState>,
@@ -105,6 +151,7 @@ impl Daemon {
             shutdown: CancellationToken::new(),
             clock: clock.clone(),
             started: Instant::now(),
+            sessions: Sessions::default(),
             config: RwLock::new(Arc::new(config)),
             access: RwLock::new(Arc::new(access)),
             mode: RwLock::new(mode),
@@ -184,6 +231,7 @@ impl Daemon {
             .flat_map(|k| TaskState::ALL.into_iter().map(move |s| (k, s)))
             .map(|(k, s)| (k, s, counts.get(k, s)))
             .collect();
+        let health = self.store.health();
         let snapshot = metrics::Snapshot {
             tasks,
             mode: self.mode().effective,
@@ -191,6 +239,8 @@ impl Daemon {
             version: env!("CARGO_PKG_VERSION").to_string(),
             now_ms: self.clock.now_ms(),
             process: metrics::ProcessStats::read_self(),
+            storage_full: health.full_since_ms.is_some(),
+            store_damaged: health.damaged.is_some(),
         };
         let mut text = metrics::render(&self.metrics, &snapshot);
         crate::notify::render_metrics(self, &mut text);

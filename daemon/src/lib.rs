@@ -16,13 +16,19 @@
 //! - [`dispatch`]: the dispatcher — synthetic runs and real specialist processes.
 //! - [`gate`]: the synthetic gate, the shadow summary, and the mode-flip rules.
 //! - [`sweeper`]: expiry, lease reclaim and retention.
+//! - [`integrity`]: the store's integrity check, after READY and then periodically.
 //! - [`server`]: the control socket — binding (or taking systemd's), connections, one handler per verb.
-//! - [`http`]: the optional HTTP API for dashboards, over the same operations, behind the bearer token.
+//! - [`http`]: the HTTP listener: the API for dashboards and scripts (behind the bearer token) and
+//!   the web console under `/console/` (signed-in sessions), over the same operations.
 //! - [`access`]: peer credentials and who may do what.
+//! - [`sessions`]: the console's single-use login links and browser sessions.
 //! - [`lifecycle`]: reload, signals, systemd notifications.
 //! - [`notify`]: notification sinks and their delivery workers, over the store's outbox.
 //! - [`logging`]: journald or stderr, and the log line (and counter) of every transition.
 //! - [`background`]: `--daemonize` with a locked pidfile, for hosts without systemd.
+//! - [`supervisor`]: every long-lived task runs under a name; one that panics or ends early stops
+//!   the daemon with a non-zero exit, for the service manager to restart it. [`fault`] is its
+//!   test-only fault hook.
 //! - [`daemon`]: the shared state all of the above hang off.
 //! - [`run`]: wiring it all together at start.
 
@@ -31,8 +37,10 @@ pub mod background;
 pub mod clock;
 pub mod daemon;
 pub mod dispatch;
+pub mod fault;
 pub mod gate;
 pub mod http;
+pub mod integrity;
 pub mod lifecycle;
 pub mod logging;
 pub mod machine;
@@ -40,7 +48,9 @@ pub mod metrics;
 pub mod notify;
 pub mod run;
 pub mod server;
+pub mod sessions;
 pub mod store;
+pub mod supervisor;
 pub mod sweeper;
 pub mod tasks;
 

@@ -16,6 +16,7 @@ use orchestrator_proto::task::Mode;
 use orchestrator_proto::{ErrorCode, WireError};
 use sd_notify::NotifyState;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadTrigger {
@@ -318,9 +319,9 @@ pub async fn signals(d: Arc<Daemon>) {
         signal(SignalKind::interrupt()),
     ) {
         (Ok(h), Ok(t), Ok(i)) => (h, t, i),
+        // Ending here is a failure the supervisor stops the daemon for.
         _ => {
-            tracing::error!("cannot install signal handlers; stopping");
-            d.shutdown.cancel();
+            tracing::error!("cannot install signal handlers");
             return;
         }
     };
@@ -343,17 +344,56 @@ pub async fn signals(d: Arc<Daemon>) {
     }
 }
 
-/// Ping systemd's watchdog at half its interval, while the runtime is healthy enough to do so.
-pub async fn watchdog(d: Arc<Daemon>) {
-    let Some(interval) = sd_notify::watchdog_enabled() else {
-        return;
-    };
+/// The watchdog interval systemd asked for (`WATCHDOG_USEC`), if any.
+pub fn watchdog_interval() -> Option<Duration> {
+    sd_notify::watchdog_enabled()
+}
+
+/// Feed systemd's watchdog at half its interval, but only while the liveness probe passes: a write
+/// that commits through the store's writer, and a ping the dispatcher's loop answers, each within
+/// a quarter of the interval. A wedged daemon stops feeding it, and systemd restarts it.
+pub async fn watchdog(d: Arc<Daemon>, interval: Duration) {
     let period = interval / 2;
+    let bound = interval / 4;
+    let mut failing = false;
     loop {
-        notify(&[NotifyState::Watchdog, NotifyState::Status(&status_line(&d))]);
+        match liveness(&d, bound).await {
+            Ok(()) => {
+                if failing {
+                    tracing::warn!(
+                        "watchdog: the liveness probe passes again; feeding the watchdog"
+                    );
+                    failing = false;
+                }
+                notify(&[NotifyState::Watchdog, NotifyState::Status(&status_line(&d))]);
+            }
+            Err(why) => {
+                if !failing {
+                    tracing::error!(reason = %why, "watchdog: the liveness probe failed; no longer feeding the watchdog");
+                    failing = true;
+                }
+                notify(&[NotifyState::Status(&format!(
+                    "liveness probe failed: {why}"
+                ))]);
+            }
+        }
         tokio::select! {
             _ = d.shutdown.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
+    }
+}
+
+/// One round trip through the store's writer and one through the dispatcher, each within `bound`.
+async fn liveness(d: &Daemon, bound: Duration) -> Result<(), String> {
+    match tokio::time::timeout(bound, d.store.probe()).await {
+        Err(_) => return Err(format!("the store writer did not commit within {bound:?}")),
+        Ok(Err(e)) => return Err(format!("the store writer failed: {e}")),
+        Ok(Ok(())) => {}
+    }
+    match tokio::time::timeout(bound, d.dispatch.ping()).await {
+        Err(_) => Err(format!("the dispatcher did not answer within {bound:?}")),
+        Ok(false) => Err("the dispatcher is gone".to_string()),
+        Ok(true) => Ok(()),
     }
 }

@@ -142,9 +142,12 @@ fn start_and_serve(opts: &Options) -> Result<(), run::StartError> {
         .thread_name("orchestratord")
         .build()
         .map_err(|e| run::StartError::Other(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let listener = orchestrator::server::listen(&prepared.paths.socket)
             .map_err(|e| run::StartError::Other(e.to_string()))?;
         run::serve(prepared, listener).await
-    })
+    });
+    // A blocking call stuck in a wedged part must not keep the process from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }

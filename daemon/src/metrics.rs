@@ -355,6 +355,9 @@ pub struct Snapshot {
     pub version: String,
     pub now_ms: i64,
     pub process: Option<ProcessStats>,
+    /// The store's health: commits failing for a full disk, and a failed integrity check.
+    pub storage_full: bool,
+    pub store_damaged: bool,
 }
 
 type Counter = fn(&Metrics) -> &AtomicU64;
@@ -537,6 +540,21 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             u8::from(kind == s.mode)
         );
     }
+    for (name, help, on) in [
+        (
+            "orchestrator_storage_full",
+            "1 while commits fail because the store's disk is full.",
+            s.storage_full,
+        ),
+        (
+            "orchestrator_store_damaged",
+            "1 once an integrity check found the store damaged (writes refused).",
+            s.store_damaged,
+        ),
+    ] {
+        header(&mut out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {}", u8::from(on));
+    }
     header(
         &mut out,
         "orchestrator_oldest_awaiting_approval_seconds",
@@ -602,6 +620,8 @@ mod tests {
                 cpu_seconds: 1.5,
                 start_time_seconds: 1_700_000_000.25,
             }),
+            storage_full: true,
+            store_damaged: false,
         }
     }
 
@@ -663,6 +683,8 @@ mod tests {
         assert!(text.contains("process_start_time_seconds 1700000000.25\n"));
         assert!(text.contains("# TYPE process_cpu_seconds_total counter\n"));
         assert!(text.contains("orchestrator_oldest_awaiting_approval_seconds 0\n"));
+        assert!(text.contains("orchestrator_storage_full 1\n"));
+        assert!(text.contains("orchestrator_store_damaged 0\n"));
     }
 
     #[test]

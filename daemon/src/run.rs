@@ -7,17 +7,22 @@ use crate::config::{Config, ConfigErrors};
 use crate::daemon::{Daemon, Paths};
 use crate::dispatch::{self, DispatchHandle};
 use crate::http;
+use crate::integrity;
 use crate::lifecycle::{self, notify};
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::paths::{default_socket, default_state_dir};
 use crate::server;
+use crate::store::sqlite::WRITER_TASK;
 use crate::store::{Store, StoreError};
+use crate::supervisor::{Failure, Supervisor};
 use crate::sweeper;
+use crate::{fault, server::Listener};
 use sd_notify::NotifyState;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -32,6 +37,9 @@ pub enum StartError {
     Config(ConfigErrors),
     #[error("{0}")]
     Other(String),
+    /// A supervised task failed while the daemon ran (see [`crate::supervisor`]).
+    #[error("{0}; stopped so that the service manager restarts the daemon")]
+    Failed(Failure),
 }
 
 impl StartError {
@@ -39,10 +47,14 @@ impl StartError {
     pub fn exit_code(&self) -> i32 {
         match self {
             StartError::Config(_) => 5,
-            StartError::Other(_) => 1,
+            StartError::Other(_) | StartError::Failed(_) => 1,
         }
     }
 }
+
+/// How long the orderly shutdown after a supervised task failed may take before the daemon exits
+/// all the same.
+const FAILED_SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
 
 fn other(context: &str) -> impl Fn(String) -> StartError + '_ {
     move |e| StartError::Other(format!("{context}: {e}"))
@@ -57,6 +69,7 @@ pub struct Prepared {
 }
 
 pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
+    fault::load().map_err(StartError::Other)?;
     let config = Config::load_or_builtin(opts.config.as_deref()).map_err(StartError::Config)?;
     for w in &config.warnings {
         tracing::warn!("config: {w}");
@@ -105,14 +118,14 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
 }
 
 /// Run the daemon until SIGTERM/SIGINT. Call from inside a tokio runtime.
-pub async fn serve(p: Prepared, listener: server::Listener) -> Result<(), StartError> {
+pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
     let Prepared {
         config,
         mut paths,
         store,
         clock,
     } = p;
-    let server::Listener {
+    let Listener {
         listener,
         activated,
         path: socket,
@@ -125,9 +138,21 @@ pub async fn serve(p: Prepared, listener: server::Listener) -> Result<(), StartE
         .map_err(|e| other("cannot decide the mode")(e.to_string()))?;
     // Bound before anything is started, so that a taken port fails the start and leaves nothing
     // half-running.
+    let mut http_problem = None;
     let http_listener = match config.http.as_ref() {
         Some(h) => match http::bind(h.listen).await {
             Ok(l) => Some(l),
+            // HTTP is on by default: a default port someone else holds turns it off, loudly,
+            // instead of keeping the daemon from starting.
+            Err(e) if !h.explicit => {
+                let why = format!(
+                    "HTTP is off: the default address {} cannot be bound ({e}); set [http] listen",
+                    h.listen
+                );
+                tracing::warn!("http: {why}");
+                http_problem = Some(why);
+                None
+            }
             Err(e) => {
                 let _ = std::fs::remove_file(&paths.socket);
                 return Err(StartError::Other(format!(
@@ -159,15 +184,20 @@ pub async fn serve(p: Prepared, listener: server::Listener) -> Result<(), StartE
         .await
         .map_err(|e| other("cannot read gate history")(e.to_string()))?;
     d.with_notes(|n| {
+        n.http_problem = http_problem;
         n.latest_gate = gate;
         n.pending_overrides = overrides;
     });
+    let (sup, mut failures) = Supervisor::new(d.shutdown.clone());
+    let writer = {
+        let store = store.clone();
+        sup.watch(WRITER_TASK, async move { store.writer_ended().await })
+    };
     let stop_logging = tokio_util::sync::CancellationToken::new();
-    let transition_log = tokio::spawn(logging::follow_transitions(
-        Arc::clone(&d),
-        transitions,
-        stop_logging.clone(),
-    ));
+    let transition_log = sup.spawn(
+        "transition-log",
+        logging::follow_transitions(Arc::clone(&d), transitions, stop_logging.clone()),
+    );
 
     // Tasks that were in progress belong to specialists of the previous run: stop any that still
     // run, then reclaim the tasks.
@@ -199,20 +229,24 @@ pub async fn serve(p: Prepared, listener: server::Listener) -> Result<(), StartE
         );
     }
 
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(dispatch::run(Arc::clone(&d), rx));
-    tasks.spawn(lifecycle::signals(Arc::clone(&d)));
-    tasks.spawn(lifecycle::watchdog(Arc::clone(&d)));
-    tasks.spawn(sweeper::run(Arc::clone(&d)));
-    tasks.spawn(crate::notify::run(Arc::clone(&d)));
+    let mut tasks = vec![
+        sup.spawn("dispatcher", dispatch::run(Arc::clone(&d), rx, sup.clone())),
+        sup.spawn("delivery", dispatch::delivery::run(Arc::clone(&d))),
+        sup.spawn("signals", lifecycle::signals(Arc::clone(&d))),
+        sup.spawn("sweeper", sweeper::run(Arc::clone(&d))),
+        sup.spawn("notify", crate::notify::run(Arc::clone(&d))),
+    ];
+    if let Some(interval) = lifecycle::watchdog_interval() {
+        tasks.push(sup.spawn("watchdog", lifecycle::watchdog(Arc::clone(&d), interval)));
+    }
     // The HTTP address is noted before the socket serves, so that `status` never misses it.
     let http_server = http_listener.map(|l| {
         let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(listen = %bound, "http: serving the API");
         d.with_notes(|n| n.http_listen = Some(bound));
-        tokio::spawn(http::serve(Arc::clone(&d), l))
+        sup.spawn("http-server", http::serve(Arc::clone(&d), l))
     });
-    let server = tokio::spawn(server::serve(Arc::clone(&d), listener));
+    let server = sup.spawn("socket-server", server::serve(Arc::clone(&d), listener));
 
     tracing::info!(
         socket = %paths.socket.display(),
@@ -227,23 +261,66 @@ pub async fn serve(p: Prepared, listener: server::Listener) -> Result<(), StartE
         NotifyState::Status(&lifecycle::status_line(&d)),
     ]);
     background::ready();
+    // After READY: the check reads the whole file and must not delay the start.
+    tasks.push(sup.spawn("integrity-check", integrity::run(Arc::clone(&d))));
 
-    d.shutdown.cancelled().await;
+    let failure = tokio::select! {
+        _ = d.shutdown.cancelled() => None,
+        f = failures.next() => Some(f),
+    };
+    if let Some(f) = &failure {
+        tracing::error!("{f}");
+        notify(&[NotifyState::Status(&format!("{f}; stopping"))]);
+        d.shutdown.cancel();
+    }
     notify(&[NotifyState::Stopping]);
-    let _ = server.await;
-    if let Some(mut h) = http_server {
-        if tokio::time::timeout(std::time::Duration::from_secs(10), &mut h)
-            .await
-            .is_err()
-        {
-            tracing::warn!("http: some requests were still busy after 10 s; closing them");
-            h.abort();
+    let orderly = async {
+        server.join().await;
+        if let Some(h) = http_server {
+            let aborter = h.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(10), h.join())
+                .await
+                .is_err()
+            {
+                tracing::warn!("http: some requests were still busy after 10 s; closing them");
+                aborter.abort();
+            }
+        }
+        for t in tasks {
+            t.join().await;
+        }
+        let closing = store.clone();
+        let _ = tokio::task::spawn_blocking(move || closing.close()).await;
+        writer.join().await;
+        stop_logging.cancel();
+        transition_log.join().await;
+    };
+    // One failure often brings others (a dead dispatcher closes its executor's intake); each is
+    // logged, so that the cause is in the log whichever was reported first.
+    let orderly = async {
+        tokio::select! {
+            _ = orderly => {}
+            _ = async { loop { tracing::error!("{}", failures.next().await) } } => {}
+        }
+        while let Some(f) = failures.try_next() {
+            tracing::error!("{f}");
+        }
+    };
+    match failure {
+        None => orderly.await,
+        Some(f) => {
+            // A wedged part must not keep the daemon from exiting: systemd restarts it either way.
+            if tokio::time::timeout(FAILED_SHUTDOWN_BOUND, orderly)
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    "the orderly shutdown took longer than {FAILED_SHUTDOWN_BOUND:?}; exiting all the same"
+                );
+            }
+            return Err(StartError::Failed(f));
         }
     }
-    while tasks.join_next().await.is_some() {}
-    store.close();
-    stop_logging.cancel();
-    let _ = transition_log.await;
     // A socket passed by systemd is systemd's: it keeps listening on it to start us again.
     if !activated {
         if let Err(e) = std::fs::remove_file(&paths.socket) {

@@ -26,10 +26,18 @@ pub enum ErrorCode {
     InvalidArgument,
     UnknownFixture,
     ShuttingDown,
+    /// A reply larger than the frame limit; nothing was sent but this.
+    ReplyTooLarge,
+    /// The store's disk is full; writes fail until space returns.
+    StorageFull,
+    /// The integrity check found the store damaged; writes are refused from then on.
+    StoreDamaged,
+    /// The HTTP listener is off, so there is no console to sign in to.
+    HttpOff,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::NotFound,
         ErrorCode::InvalidTransition,
         ErrorCode::InvalidReason,
@@ -48,7 +56,23 @@ impl ErrorCode {
         ErrorCode::InvalidArgument,
         ErrorCode::UnknownFixture,
         ErrorCode::ShuttingDown,
+        ErrorCode::ReplyTooLarge,
+        ErrorCode::StorageFull,
+        ErrorCode::StoreDamaged,
+        ErrorCode::HttpOff,
     ];
+
+    /// The protocol minor that introduced this code: a client that said an older minor in its hello
+    /// cannot decode it and is sent `internal` instead (with the code in the details).
+    pub fn since_minor(self) -> u16 {
+        match self {
+            ErrorCode::ReplyTooLarge
+            | ErrorCode::StorageFull
+            | ErrorCode::StoreDamaged
+            | ErrorCode::HttpOff => 1,
+            _ => 0,
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -70,6 +94,10 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => "invalid_argument",
             ErrorCode::UnknownFixture => "unknown_fixture",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::ReplyTooLarge => "reply_too_large",
+            ErrorCode::StorageFull => "storage_full",
+            ErrorCode::StoreDamaged => "store_damaged",
+            ErrorCode::HttpOff => "http_off",
         }
     }
 }
@@ -101,5 +129,17 @@ impl WireError {
     pub fn with(mut self, key: &str, value: impl Into<String>) -> Self {
         self.details.insert(key.to_string(), value.into());
         self
+    }
+
+    /// This error as a client speaking protocol minor `minor` can decode it: a code newer than
+    /// that client becomes `internal`, keeping its name in the `code` detail.
+    pub fn for_minor(self, minor: u16) -> Self {
+        if self.code.since_minor() <= minor {
+            return self;
+        }
+        let code = self.code.as_str();
+        let mut e = self.with("code", code);
+        e.code = ErrorCode::Internal;
+        e
     }
 }

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 /// "ORCH" in ASCII: the first thing a client says, so that a stray connection is recognised at once.
 pub const MAGIC: u32 = 0x4F52_4348;
 pub const PROTOCOL_MAJOR: u16 = 1;
-pub const PROTOCOL_MINOR: u16 = 0;
+/// Minor 1 added `ListPage`/`Page`, `StatusWithStorage` and the error codes `reply_too_large`,
+/// `storage_full` and `store_damaged`. The daemon answers each client in the minor it announced.
+pub const PROTOCOL_MINOR: u16 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -80,6 +82,36 @@ pub struct ListQuery {
     pub include_harness: bool,
 }
 
+/// One page of a listing (protocol minor 1): the filters of [`ListQuery`] and more, and where the
+/// page starts. A page holds at most `limit` tasks, and fewer when more would not fit in one frame;
+/// [`TaskPage::next`] then says where the next page starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PageQuery {
+    pub state: Option<TaskState>,
+    /// `None` means the daemon's current mode.
+    pub kind: Option<TaskKind>,
+    pub limit: u32,
+    pub include_harness: bool,
+    /// Tasks routed to this agent.
+    pub agent: Option<String>,
+    /// Tasks whose goal contains this text (case-insensitive for ASCII).
+    pub goal: Option<String>,
+    /// Tasks older than this task id (the next page of a newest-first listing).
+    pub before: Option<String>,
+    /// Tasks newer than this task id (the previous page), still newest first.
+    pub after: Option<String>,
+}
+
+/// A page of tasks, newest first. `next` is the id to pass as `before` for the following (older)
+/// page; `None` when this page reached the end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskPage {
+    pub tasks: Vec<Task>,
+    pub next: Option<String>,
+}
+
 /// Every verb of `orchctl` that talks to the daemon. Variants are only ever appended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -118,7 +150,11 @@ pub enum Request {
     },
     Metrics,
     Watch,
-    /// The notification sinks and their outboxes.
+    /// Protocol minor 1.
+    ListPage(PageQuery),
+    /// Protocol minor 1: a single-use link that signs the asking user in to the web console.
+    ConsoleLink,
+    /// Protocol minor 1: the notification sinks and their outboxes.
     NotifyList,
     /// Queue a `test` event for one sink.
     NotifyTest {
@@ -137,11 +173,13 @@ impl Request {
             self,
             Request::Status
                 | Request::ListTasks(_)
+                | Request::ListPage(_)
                 | Request::ShowTask { .. }
                 | Request::Route { .. }
                 | Request::ShadowSummary { .. }
                 | Request::Metrics
                 | Request::Watch
+                | Request::ConsoleLink
                 | Request::NotifyList
         )
     }
@@ -163,6 +201,8 @@ impl Request {
             Request::GateOverride { .. } => "gate_override",
             Request::Metrics => "metrics",
             Request::Watch => "watch",
+            Request::ListPage(_) => "tasks_list",
+            Request::ConsoleLink => "console_link",
             Request::NotifyList => "notify_list",
             Request::NotifyTest { .. } => "notify_test",
             Request::NotifyRetry { .. } => "notify_retry",
@@ -187,6 +227,12 @@ pub enum Response {
     GateOverride(OverrideRecord),
     Metrics(String),
     WatchStarted,
+    /// Protocol minor 1: the answer to `ListPage`.
+    Page(TaskPage),
+    /// Protocol minor 1: the answer to `Status` for a client that announced minor 1 or later.
+    StatusWithStorage(Box<StatusReport>, StorageStatus),
+    /// Protocol minor 1: the answer to `ConsoleLink`.
+    ConsoleLink(ConsoleLink),
     NotifySinks(Vec<SinkStatus>),
     /// The id of the `test` event queued.
     NotifyTested {
@@ -196,6 +242,34 @@ pub enum Response {
     NotifyRetried {
         count: u64,
     },
+}
+
+/// The store's health, as `status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageStatus {
+    /// Since when commits fail because the disk is full (RFC 3339); `None` while writable.
+    pub full_since: Option<String>,
+    /// Why writes are refused after a failed integrity check; `None` while the store is sound.
+    pub damaged: Option<String>,
+    /// The outcome of the last integrity check: `ok`, or what it found.
+    pub last_check: Option<String>,
+    /// When the last integrity check finished (RFC 3339).
+    pub last_check_at: Option<String>,
+    /// Whether a check is running now.
+    pub checking: bool,
+}
+
+/// A login link for the web console, minted for the peer that asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsoleLink {
+    pub url: String,
+    pub expires_at: String,
+    /// The user the link signs in as.
+    pub user: String,
+    /// Whether that user may only look (a read-only peer in `[socket]`).
+    pub read_only: bool,
 }
 
 /// One notification sink as `orchctl notify list` shows it.

@@ -77,6 +77,7 @@ pub struct TestDaemon {
     pub clock_file: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl TestDaemon {
@@ -111,6 +112,9 @@ impl TestDaemon {
         assert_eq!(status["effectiveMode"], mode, "{status}");
     }
 
+    /// Start with `toml` (or defaults) and the given extra arguments. The daemon's HTTP listener
+    /// is on by default on a fixed port, so unless `toml` has an `[http]` section of its own the
+    /// test daemon gets `listen = "off"`: daemons of parallel tests never fight over the port.
     pub fn launch(toml: Option<&str>, extra_args: Vec<String>) -> TestDaemon {
         let dir = tempfile::Builder::new()
             .prefix("orch-test-")
@@ -118,11 +122,12 @@ impl TestDaemon {
             .expect("tempdir");
         let socket = dir.path().join("run").join("orchestrator.sock");
         let state_dir = dir.path().join("state");
-        let config = toml.map(|t| {
+        let config = {
             let p = dir.path().join("orchestrator.toml");
-            std::fs::write(&p, t).expect("write config");
-            p
-        });
+            std::fs::write(&p, http_off_unless_set(toml.unwrap_or_default()))
+                .expect("write config");
+            Some(p)
+        };
         let log = dir.path().join("daemon.log");
         let clock_file = dir.path().join("clock-offset-ms");
         let mut d = TestDaemon {
@@ -134,12 +139,78 @@ impl TestDaemon {
             clock_file,
             child: None,
             extra_args,
+            env: Vec::new(),
         };
         d.spawn();
         d
     }
 
+    /// Start with extra environment variables (the fault hook, systemd's notify variables) and
+    /// without waiting for the socket: such a daemon may be meant to fail at once.
+    pub fn launch_with_env(toml: Option<&str>, env: &[(&str, &str)]) -> TestDaemon {
+        let dir = tempfile::Builder::new()
+            .prefix("orch-test-")
+            .tempdir()
+            .expect("tempdir");
+        let config = toml.map(|t| {
+            let p = dir.path().join("orchestrator.toml");
+            std::fs::write(&p, t).expect("write config");
+            p
+        });
+        let mut d = TestDaemon {
+            socket: dir.path().join("run").join("orchestrator.sock"),
+            state_dir: dir.path().join("state"),
+            log: dir.path().join("daemon.log"),
+            clock_file: dir.path().join("clock-offset-ms"),
+            dir,
+            config,
+            child: None,
+            extra_args: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        d.spawn_only();
+        d
+    }
+
+    /// Wait (at most `timeout`) for the daemon to exit by itself, and reap it.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        wait_for("the daemon to exit", timeout, || {
+            child.try_wait().ok().flatten()
+        })
+    }
+
+    /// Whether the daemon is still running.
+    pub fn running(&mut self) -> bool {
+        self.try_exit().is_none() && self.child.is_some()
+    }
+
     fn spawn(&mut self) {
+        self.spawn_only();
+        let socket = self.socket.clone();
+        let pid = self.pid();
+        wait_for(
+            "the daemon to answer on its socket",
+            Duration::from_secs(20),
+            || {
+                if let Some(status) = self.try_exit() {
+                    panic!(
+                        "orchestratord {pid} exited early with {status}; log:\n{}",
+                        self.log_text()
+                    );
+                }
+                Raw::connect(&socket)
+                    .ok()
+                    .and_then(|mut r| r.hello().ok())
+                    .map(|_| ())
+            },
+        );
+    }
+
+    fn spawn_only(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -160,29 +231,13 @@ impl TestDaemon {
             .env_remove("WATCHDOG_USEC")
             .env_remove("RUNTIME_DIRECTORY")
             .env_remove("STATE_DIRECTORY")
+            .env_remove("ORCHESTRATOR_TEST_FAULT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().expect("spawn orchestratord");
         self.child = Some(child);
-        let socket = self.socket.clone();
-        let pid = self.pid();
-        wait_for(
-            "the daemon to answer on its socket",
-            Duration::from_secs(20),
-            || {
-                if let Some(status) = self.try_exit() {
-                    panic!(
-                        "orchestratord {pid} exited early with {status}; log:\n{}",
-                        self.log_text()
-                    );
-                }
-                Raw::connect(&socket)
-                    .ok()
-                    .and_then(|mut r| r.hello().ok())
-                    .map(|_| ())
-            },
-        );
     }
 
     /// How far the daemon's clock is ahead of the wall clock. It survives restarts.
@@ -314,19 +369,37 @@ impl TestDaemon {
         self.spawn();
     }
 
-    /// Replace the config file's contents.
+    /// Replace the config file's contents (with HTTP off unless `toml` has `[http]`, as at start).
     pub fn write_config(&self, toml: &str) {
         let p = self
             .config
             .as_ref()
             .expect("daemon started with a config file");
-        std::fs::write(p, toml).expect("write config");
+        std::fs::write(p, http_off_unless_set(toml)).expect("write config");
+    }
+
+    /// `http://ADDR` of the daemon's HTTP listener, as `status` reports it.
+    pub fn http_base(&self) -> String {
+        let (_, status) = self.ctl_json(&["status"]);
+        let listen = status["httpListen"]
+            .as_str()
+            .unwrap_or_else(|| panic!("the daemon has no HTTP listener: {status}"));
+        format!("http://{listen}")
     }
 }
 
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// `toml` with `[http] listen = "off"` appended when it says nothing about HTTP.
+pub fn http_off_unless_set(toml: &str) -> String {
+    if toml.contains("[http]") {
+        toml.to_string()
+    } else {
+        format!("{toml}\n[http]\nlisten = \"off\"\n")
     }
 }
 

@@ -45,7 +45,7 @@
 
 # Packages in the cached root beyond minbase. man-db so that `man -w` works, bash-completion for the
 # completion check, procps for pgrep/ps, passwd is already in minbase (useradd for test users).
-CT_INCLUDE=${CT_INCLUDE:-systemd,systemd-sysv,dbus,man-db,bash-completion,procps}
+CT_INCLUDE=${CT_INCLUDE:-systemd,systemd-sysv,dbus,man-db,bash-completion,procps,curl}
 CT_SUITE=${CT_SUITE:-bookworm}
 CT_ROOT_CACHE=${ORCH_SYSTEMD_ROOT_CACHE:-/var/cache/orchestrator-systemd-root}
 CT_WORK_BASE=${ORCH_SYSTEMD_WORK_BASE:-/var/tmp}

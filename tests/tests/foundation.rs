@@ -147,7 +147,7 @@ fn json_output_uses_the_schema_field_names() {
     }
     let (code, list) = d.ctl_json(&["tasks", "list"]);
     assert_eq!(code, 0);
-    let list = list.as_array().unwrap();
+    let list = list["tasks"].as_array().unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["id"], id.as_str());
     assert!(list[0].get("requiredCapabilities").is_some());
@@ -246,8 +246,12 @@ fn raw_bad_input_gets_an_error_or_a_close_and_others_are_served() {
         match r.recv() {
             Ok(ServerMessage::Err(e)) => {
                 assert_eq!(e.code, ErrorCode::ProtocolMismatch);
+                let daemon = format!(
+                    "daemon speaks 1.{}",
+                    orchestrator_proto::message::PROTOCOL_MINOR
+                );
                 assert!(
-                    e.message.contains("1.0"),
+                    e.message.contains(&daemon),
                     "names the daemon's version: {}",
                     e.message
                 );

@@ -525,3 +525,90 @@ fn a_synthetic_gate_run_is_announced_with_its_verdict() {
     assert_eq!(ev["total"], report["total"]);
     assert_eq!(ev["ok"], true);
 }
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_alarm_reaches_a_sink_once_space_is_back() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test mounts a small tmpfs to fill the store's disk: run it as root"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let alarms = dir.path().join("alarms");
+    let pager = script(
+        dir.path(),
+        "pager",
+        &format!(
+            "cat >> '{}'; echo >> '{}'",
+            alarms.display(),
+            alarms.display()
+        ),
+    );
+    let mut d = TestDaemon::with_config(&format!(
+        "[[notify]]\nname = \"pager\"\nevents = [\"daemon.alarm\"]\ncommand = [\"{}\"]\n",
+        pager.display()
+    ));
+    assert!(d.terminate().success());
+    std::fs::create_dir_all(&d.state_dir).unwrap();
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&d.state_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mount: {}", stderr(&out));
+    let _tmpfs = Tmpfs(d.state_dir.clone());
+    d.start_again();
+    d.submit("before");
+
+    // Fill the file system, bounded: the tmpfs is 8 MiB.
+    let filler = d.state_dir.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        for _ in 0..10_000 {
+            if f.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        for _ in 0..10_000 {
+            if f.write_all(&chunk[..4096]).is_err() {
+                break;
+            }
+        }
+    }
+    wait_for("a submit refused with storage_full", WAIT, || {
+        let out = d.ctl(&["submit", "while full"]);
+        (!out.status.success() && stderr(&out).contains("storage_full")).then_some(())
+    });
+    wait_for("the notifier to see the full disk", WAIT, || {
+        d.log_text()
+            .contains("notify: the store cannot write")
+            .then_some(())
+    });
+    assert!(
+        !alarms.exists(),
+        "nothing can be queued while the disk is full"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    d.submit("after");
+    let text = wait_for("the alarm delivered", WAIT, || {
+        let t = std::fs::read_to_string(&alarms).ok()?;
+        (!t.trim().is_empty()).then_some(t)
+    });
+    let alarm: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(alarm["type"], "daemon.alarm");
+    assert_eq!(alarm["alarm"], "storage_full");
+    assert!(alarm["since"].as_str().unwrap().ends_with('Z'), "{alarm}");
+}

@@ -52,12 +52,12 @@ fn builtin_synthetic_all_passes_five_of_five_and_is_recorded() {
     // Harness tasks are kind synthetic, submitted by the harness, and hidden from a plain list.
     let (_, listed) = d.ctl_json(&["tasks", "list"]);
     assert_eq!(
-        listed.as_array().unwrap().len(),
+        listed["tasks"].as_array().unwrap().len(),
         0,
         "harness tasks hidden: {listed}"
     );
     let (_, all) = d.ctl_json(&["tasks", "list", "--all"]);
-    let all = all.as_array().unwrap();
+    let all = all["tasks"].as_array().unwrap();
     assert_eq!(all.len(), 5);
     assert!(all
         .iter()

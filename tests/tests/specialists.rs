@@ -457,7 +457,7 @@ fn kill9_then_restart_fails_the_task_and_leaves_no_orphan() {
         t["error"]
     );
     let (_, in_progress) = d.ctl_json(&["tasks", "list", "--state", "in_progress"]);
-    assert_eq!(in_progress.as_array().unwrap().len(), 0);
+    assert_eq!(in_progress["tasks"].as_array().unwrap().len(), 0);
 }
 
 #[test]

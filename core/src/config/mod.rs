@@ -7,8 +7,8 @@
 //!
 //! This module owns loading, the top level (`mode`, `[paths]`) and the [`Config`] type; `validator`
 //! collects issues with their lines. Each other section has its own file: `agents`, `routing`,
-//! `socket`, `sweeper`, `gate`, `delivery`, `http`, `notify`, `approval` (the approval timeout,
-//! from `[routing]` and `[agents.<id>]`), and `duration` for the syntax they share.
+//! `socket`, `sweeper`, `gate`, `delivery`, `http`, `store`, `notify`, `approval` (the approval
+//! timeout, from `[routing]` and `[agents.<id>]`), and `duration` for the syntax they share.
 
 mod agents;
 mod approval;
@@ -19,6 +19,7 @@ mod http;
 mod notify;
 mod routing;
 mod socket;
+mod store;
 mod sweeper;
 mod validator;
 
@@ -27,9 +28,10 @@ pub use approval::{ApprovalPolicy, ApprovalTimeout, OnApprovalTimeout};
 pub use delivery::DeliveryConfig;
 pub use duration::parse_duration;
 pub use gate::GateConfig;
-pub use http::HttpConfig;
+pub use http::{HttpConfig, DEFAULT_LISTEN, DEFAULT_PORT, DEFAULT_SESSION_TTL};
 pub use notify::{NotifySink, SinkTarget, EVENT_TYPES};
 pub use socket::SocketAccess;
+pub use store::StoreConfig;
 pub use sweeper::{Retention, SweeperConfig};
 pub use validator::{ConfigErrors, ConfigIssue};
 
@@ -63,6 +65,7 @@ pub struct Config {
     pub gate: GateConfig,
     pub delivery: Option<DeliveryConfig>,
     pub http: Option<HttpConfig>,
+    pub store: StoreConfig,
     /// `[[notify]]` sinks, in file order.
     pub notify: Vec<NotifySink>,
     /// `approval_timeout` and friends, from `[routing]` and `[agents.<id>]`.
@@ -208,6 +211,7 @@ struct RawConfig {
     gate: Option<gate::RawGate>,
     delivery: Option<delivery::RawDelivery>,
     http: Option<http::RawHttp>,
+    store: Option<store::RawStore>,
     notify: Option<Vec<notify::RawSink>>,
 }
 
@@ -259,6 +263,7 @@ impl Validator<'_> {
         let gate = self.gate(raw.gate, path);
         let delivery = self.delivery(raw.delivery);
         let http = self.http(raw.http);
+        let store = self.store(raw.store);
         let notify = self.notify(raw.notify);
 
         Config {
@@ -274,6 +279,7 @@ impl Validator<'_> {
             gate,
             delivery,
             http,
+            store,
             notify,
             approval,
             warnings: Vec::new(),

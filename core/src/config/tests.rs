@@ -180,6 +180,29 @@ fn approval_timeout_needs_an_action() {
 }
 
 #[test]
+fn integrity_check_interval_defaults_to_a_day_and_may_be_off() {
+    let day = Some(Duration::from_secs(86400));
+    assert_eq!(Config::builtin().store.integrity_check_interval, day);
+    let off = Config::from_toml("[store]\nintegrity_check_interval = \"off\"\n", None).unwrap();
+    assert_eq!(off.store.integrity_check_interval, None);
+    let hourly = Config::from_toml("[store]\nintegrity_check_interval = \"1h\"\n", None).unwrap();
+    assert_eq!(
+        hourly.store.integrity_check_interval,
+        Some(Duration::from_secs(3600))
+    );
+}
+
+#[test]
+fn bad_integrity_check_interval_is_an_error_with_its_line() {
+    for bad in ["\"soon\"", "\"5s\"", "\"0\""] {
+        let e = errors(&format!("[store]\nintegrity_check_interval = {bad}\n"));
+        assert_eq!(e.len(), 1, "{bad}: {e:?}");
+        assert_eq!(e[0].key, "store.integrity_check_interval");
+        assert_eq!(e[0].line, Some(2), "{bad}");
+    }
+}
+
+#[test]
 fn metrics_need_the_token_off_loopback_unless_said_otherwise() {
     let http = |text: &str| Config::from_toml(text, None).unwrap().http.unwrap();
     assert!(!http("[http]\nlisten = \"127.0.0.1:7419\"\n").metrics_token);

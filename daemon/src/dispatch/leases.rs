@@ -55,6 +55,9 @@ pub fn until(d: &Daemon) -> i64 {
         .saturating_add(duration_ms(d.config().sweeper.lease_ttl))
 }
 
+/// The supervisor's name for [`renew`].
+pub const TASK: &str = "lease-renewal";
+
 /// Renew until shutdown.
 pub async fn renew(d: Arc<Daemon>, leases: Arc<Leases>) {
     let mut moves = d.clock.moves();

@@ -24,43 +24,16 @@ use crate::daemon::Daemon;
 use crate::machine::Action;
 use crate::routing::{Approval, Decision};
 use crate::store::{Patch, TransitionOp};
+use crate::supervisor::Supervisor;
 use orchestrator_proto::task::{Routing, Task, TaskKind};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+pub use crate::daemon::{DispatchHandle, DispatchMsg};
+
 pub const ACTOR: &str = "dispatcher";
 /// Most tasks handled in one store job; keeps one slow burst from holding the writer.
 const MAX_BURST: usize = 512;
-
-#[derive(Debug)]
-pub enum DispatchMsg {
-    /// A task was stored in `queued` (or found `queued`/`assigned` at start).
-    Queued(Box<Task>),
-    /// The operator cancelled a task; stop its specialist if one runs.
-    Cancelled(String),
-}
-
-/// The sending side, held by the daemon.
-#[derive(Clone, Debug)]
-pub struct DispatchHandle {
-    tx: mpsc::UnboundedSender<DispatchMsg>,
-}
-
-impl DispatchHandle {
-    pub fn channel() -> (DispatchHandle, mpsc::UnboundedReceiver<DispatchMsg>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (DispatchHandle { tx }, rx)
-    }
-
-    pub fn queued(&self, task: Task) {
-        // The receiver only goes away at shutdown; a queued task is then picked up at the next start.
-        let _ = self.tx.send(DispatchMsg::Queued(Box::new(task)));
-    }
-
-    pub fn cancelled(&self, id: &str) {
-        let _ = self.tx.send(DispatchMsg::Cancelled(id.to_string()));
-    }
-}
 
 /// The routing fields a `route` transition records.
 pub fn routing_patch(
@@ -122,9 +95,9 @@ pub fn route_step(
 }
 
 /// Run until shutdown: pick up what the store holds, then every task the server hands over.
-pub async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<DispatchMsg>) {
-    let executor = specialist::Executor::new(Arc::clone(&d));
-    let delivery = tokio::spawn(delivery::run(Arc::clone(&d)));
+/// The specialist executor's own loops (intake, lease renewal) are started under `sup`.
+pub async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<DispatchMsg>, sup: Supervisor) {
+    let executor = specialist::Executor::new(Arc::clone(&d), &sup);
     match d.store.pending_dispatch().await {
         Ok(pending) => {
             if !pending.is_empty() {
@@ -156,6 +129,9 @@ pub async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<DispatchMsg>) {
                 }
                 DispatchMsg::Queued(task) => executor.enqueue(*task),
                 DispatchMsg::Cancelled(id) => executor.cancel(&id),
+                DispatchMsg::Ping(answer) => {
+                    let _ = answer.send(());
+                }
             }
         }
         if !synthetic_tasks.is_empty() {
@@ -167,5 +143,4 @@ pub async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<DispatchMsg>) {
         }
     }
     executor.shutdown().await;
-    let _ = delivery.await;
 }

@@ -19,6 +19,7 @@ use crate::daemon::Daemon;
 use crate::machine::Action;
 use crate::routing::{Approval, Decision};
 use crate::store::{Patch, StoreError, TransitionOp};
+use crate::supervisor::Supervisor;
 use orchestrator_proto::task::{
     task_error, Artefact, Task, TaskError, TaskKind, TaskResult, TaskState,
 };
@@ -37,6 +38,9 @@ pub const RESULT_FILE: &str = "result.txt";
 pub const ARTEFACT_DIR: &str = "artefacts";
 /// When the daemon stops, specialists get at most this long between SIGTERM and SIGKILL.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The supervisor's name for the executor's intake loop.
+pub const INTAKE_TASK: &str = "specialist-executor";
 
 pub struct Executor {
     shared: Arc<Shared>,
@@ -64,7 +68,9 @@ struct AgentSlots {
 }
 
 impl Executor {
-    pub fn new(d: Arc<Daemon>) -> Executor {
+    /// The intake and the lease renewal run as supervised tasks; the specialists' runs are
+    /// tracked here, for [`Executor::shutdown`].
+    pub fn new(d: Arc<Daemon>, sup: &Supervisor) -> Executor {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             d,
@@ -72,11 +78,11 @@ impl Executor {
             leases: Arc::default(),
             tracker: TaskTracker::new(),
         });
-        shared.tracker.spawn(intake(Arc::clone(&shared), rx));
-        shared.tracker.spawn(leases::renew(
-            Arc::clone(&shared.d),
-            Arc::clone(&shared.leases),
-        ));
+        sup.spawn(INTAKE_TASK, intake(Arc::clone(&shared), rx));
+        sup.spawn(
+            leases::TASK,
+            leases::renew(Arc::clone(&shared.d), Arc::clone(&shared.leases)),
+        );
         Executor { shared, intake: tx }
     }
 

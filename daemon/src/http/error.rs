@@ -76,7 +76,11 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::MalformedRequest => StatusCode::BAD_REQUEST,
         ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
         ErrorCode::FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::ShuttingDown | ErrorCode::StoreDamaged | ErrorCode::HttpOff => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+        ErrorCode::ReplyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         // Internal, config and protocol errors, and any code added later until it is placed here.
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -95,7 +99,11 @@ impl From<WireError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
+        // A full disk is logged once per episode by the store, not once per request.
+        if self.status.is_server_error()
+            && self.status != StatusCode::SERVICE_UNAVAILABLE
+            && self.status != StatusCode::INSUFFICIENT_STORAGE
+        {
             tracing::error!(code = self.code, "http: {}", self.message);
         }
         let unauthorized = self.status == StatusCode::UNAUTHORIZED;
@@ -147,6 +155,14 @@ mod tests {
         assert_eq!(
             status_of(ErrorCode::Internal),
             StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            status_of(ErrorCode::StorageFull),
+            StatusCode::INSUFFICIENT_STORAGE
+        );
+        assert_eq!(
+            status_of(ErrorCode::StoreDamaged),
+            StatusCode::SERVICE_UNAVAILABLE
         );
     }
 }

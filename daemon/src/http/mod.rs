@@ -1,9 +1,11 @@
-//! The optional HTTP API (`[http] listen = "127.0.0.1:PORT"`): the original proposal's six routes
-//! for dashboards and scripts, beside the control socket and sharing the same daemon.
+//! The HTTP listener (`[http] listen`, on by default on 127.0.0.1:7419): the original proposal's six
+//! API routes for dashboards and scripts, and the web console under `/console/` ([`console`]),
+//! beside the control socket and sharing the same daemon.
 //!
 //! - `GET  /orchestrator/health` — no authentication: `{ok, mode, version, hasCredentials}`.
 //! - `GET  /orchestrator/routing/preview?goal=…&capabilities=a,b` — as `orchctl route`.
-//! - `GET  /orchestrator/tasks?state=&kind=&limit=` — as `orchctl tasks list`.
+//! - `GET  /orchestrator/tasks?state=&kind=&limit=&agent=&goal=&before=&after=` — as `orchctl tasks
+//!   list`, a page with `next`.
 //! - `GET  /orchestrator/tasks/{id}` — as `orchctl tasks show` (with `trajectory`).
 //! - `POST /orchestrator/tasks` — `{goal, workspaceDir?, requiredCapabilities?}`, kind = the mode.
 //! - `POST /orchestrator/tasks/{id}/transition` — `{action: approve|reject|cancel, reason?}`.
@@ -18,6 +20,7 @@
 
 pub mod auth;
 mod body;
+pub mod console;
 pub mod error;
 mod routes;
 
@@ -205,6 +208,8 @@ pub fn router(api: Arc<Api>) -> Router {
     }
     router
         .route_layer(middleware::from_fn_with_state(Arc::clone(&api), timed))
+        // The console's pages are not API routes: outside the OpenAPI table and its timing.
+        .merge(console::router())
         .method_not_allowed_fallback(routes::method_not_allowed)
         .fallback(routes::not_found)
         .with_state(api)

@@ -4,7 +4,7 @@
 use super::body;
 use super::error::{code, ApiError};
 use super::{Api, Caller};
-use crate::tasks::{query, route, submit, transition, Actor};
+use crate::tasks::{query, route, submit, transition, via, Actor};
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -12,7 +12,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use orchestrator_proto::message::{ListQuery, SubmitRequest};
+use orchestrator_proto::message::{PageQuery, SubmitRequest};
 use orchestrator_proto::task::{Task, TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
 use serde_json::{json, Value};
@@ -119,7 +119,8 @@ pub async fn preview(
     Ok(Json(decision).into_response())
 }
 
-/// `GET /orchestrator/tasks?state=&kind=&limit=`: as `orchctl tasks list`, as `{"tasks": [...]}`.
+/// `GET /orchestrator/tasks?state=&kind=&limit=&agent=&goal=&before=&after=`: as `orchctl tasks
+/// list`, as `{"tasks": [...], "next": ID|null}`; `next` is the `before` of the following page.
 pub async fn list_tasks(
     State(api): State<Arc<Api>>,
     _caller: Caller,
@@ -143,17 +144,22 @@ pub async fn list_tasks(
             )
         })?,
     };
-    let list = query::list(
+    let text = |key: &str| param(&q, key).map(str::to_string);
+    let page = query::page(
         &api.daemon,
-        ListQuery {
+        PageQuery {
             state,
             kind,
             limit,
             include_harness: false,
+            agent: text("agent"),
+            goal: text("goal"),
+            before: text("before"),
+            after: text("after"),
         },
     )
     .await?;
-    Ok(Json(json!({ "tasks": list })).into_response())
+    Ok(Json(json!({ "tasks": page.tasks, "next": page.next })).into_response())
 }
 
 /// `GET /orchestrator/tasks/{id}`: the task with its `trajectory`, as `orchctl tasks show`.
@@ -204,7 +210,7 @@ pub async fn transition_task(
     // A reason that is there must be a string, whatever the action: `123` is a client bug worth
     // hearing about, not something to ignore.
     let reason = body::optional_string(&obj, "reason", ErrorCode::InvalidReason)?;
-    let actor = Actor::named(caller.actor());
+    let actor = Actor::named(caller.actor()).via(via::HTTP);
     let d = &api.daemon;
     let task = match action.as_deref() {
         Some("approve") => transition::approve(d, &actor, &id).await?,

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 /// Where task links point when `[http] public_url` is not set and no listener is configured.
 const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:7419";
-/// How often the outbox figures behind the metrics are refreshed.
-const STATS_EVERY: Duration = Duration::from_secs(5);
+/// How often the outbox figures behind the metrics are refreshed and the store's disk looked at.
+const STATS_EVERY: Duration = Duration::from_secs(1);
 
 /// Per-sink counters since the daemon started.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -101,6 +101,8 @@ pub async fn announce(d: &Daemon, event_type: &str, fields: serde_json::Value) {
 
 /// The delivery workers, one per configured sink, restarted on every reload, until shutdown.
 pub async fn run(d: Arc<Daemon>) {
+    // When the store's disk filled up, until the alarm about it is written.
+    let mut full_since: Option<i64> = None;
     loop {
         let cfg = d.config();
         let stop = d.shutdown.child_token();
@@ -118,6 +120,7 @@ pub async fn run(d: Arc<Daemon>) {
         }
         let reloaded = loop {
             refresh_stats(&d).await;
+            disk_alarm(&d, &mut full_since).await;
             tokio::select! {
                 _ = d.shutdown.cancelled() => break false,
                 _ = d.notifier.reload.notified() => break true,
@@ -129,6 +132,33 @@ pub async fn run(d: Arc<Daemon>) {
         if !reloaded {
             return;
         }
+    }
+}
+
+/// A full disk cannot take the alarm about itself: the alarm is remembered while the store cannot
+/// write and queued once it can again.
+async fn disk_alarm(d: &Daemon, full_since: &mut Option<i64>) {
+    let health = d.store.health();
+    if let Some(since) = health.full_since_ms {
+        if full_since.is_none() {
+            tracing::warn!("notify: the store cannot write; daemon.alarm follows once it can");
+            *full_since = Some(since);
+        }
+        return;
+    }
+    let Some(since) = *full_since else { return };
+    let now = d.clock.now_ms();
+    let notice = crate::store::Notice::new("daemon.alarm", now)
+        .field("alarm", "storage_full")
+        .field("since", crate::clock::rfc3339(since))
+        .field("recoveredAt", crate::clock::rfc3339(now))
+        .field(
+            "message",
+            "the store could not write (disk full); writes succeed again",
+        );
+    match d.store.enqueue_notice(notice).await {
+        Ok(_) => *full_since = None,
+        Err(e) => tracing::warn!(error = %e, "notify: cannot queue the storage alarm yet"),
     }
 }
 

@@ -1,4 +1,8 @@
 //! One client connection: peer check, hello, then one reply per request.
+//!
+//! Every reply is encoded first and measured against the frame limit: one that would not fit is
+//! replaced by a `reply_too_large` error (and a log line) rather than dropped with the connection.
+//! Replies are given in the protocol minor the client announced in its hello.
 
 use super::handlers;
 use crate::access::{Access, Peer};
@@ -18,12 +22,45 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 type Conn = Framed<UnixStream, LengthDelimitedCodec>;
 
 async fn send(conn: &mut Conn, msg: &ServerMessage) -> bool {
-    match encode(msg) {
-        Ok(bytes) => conn.send(Bytes::from(bytes)).await.is_ok(),
+    send_to(conn, msg, PROTOCOL_MINOR).await
+}
+
+/// Send to a client that announced protocol minor `minor`.
+async fn send_to(conn: &mut Conn, msg: &ServerMessage, minor: u16) -> bool {
+    let bytes = match encode(msg) {
+        Ok(bytes) => bytes,
         Err(e) => {
             tracing::error!(error = %e, "cannot encode a reply");
-            false
+            return false;
         }
+    };
+    let max = conn.codec().max_frame_length();
+    if bytes.len() > max {
+        return send_too_large(conn, bytes.len(), max, minor).await;
+    }
+    conn.send(Bytes::from(bytes)).await.is_ok()
+}
+
+/// Say why a reply was not sent. The error names the sizes and what to ask for instead.
+async fn send_too_large(conn: &mut Conn, size: usize, max: usize, minor: u16) -> bool {
+    tracing::warn!(
+        size,
+        max,
+        "a reply was larger than the frame limit; answered reply_too_large instead"
+    );
+    let err = WireError::new(
+        ErrorCode::ReplyTooLarge,
+        format!(
+            "the reply would be {size} bytes, over the frame limit of {max}: ask for less \
+             (tasks list: use --limit N or page with --before ID), or raise [socket] max_frame"
+        ),
+    )
+    .with("size", size.to_string())
+    .with("max", max.to_string())
+    .for_minor(minor);
+    match encode(&ServerMessage::Err(err)) {
+        Ok(bytes) => conn.send(Bytes::from(bytes)).await.is_ok(),
+        Err(_) => false,
     }
 }
 
@@ -92,8 +129,8 @@ pub async fn serve(d: Arc<Daemon>, stream: UnixStream) {
         return;
     }
 
-    // The handshake comes first.
-    match next(&mut conn, max_frame).await {
+    // The handshake comes first; the client's minor says which replies it can decode.
+    let minor = match next(&mut conn, max_frame).await {
         Next::Closed => return,
         Next::Bad(err) => return refuse(&d, &mut conn, err).await,
         Next::Message(ClientMessage::Request(_)) => {
@@ -125,8 +162,9 @@ pub async fn serve(d: Arc<Daemon>, stream: UnixStream) {
             if !send(&mut conn, &reply).await {
                 return;
             }
+            h.minor
         }
-    }
+    };
 
     loop {
         let request = tokio::select! {
@@ -157,25 +195,35 @@ pub async fn serve(d: Arc<Daemon>, stream: UnixStream) {
             }
             continue;
         }
+        if minor < 1 && matches!(request, Request::ListPage(_)) {
+            let err = WireError::new(
+                ErrorCode::MalformedRequest,
+                "this request needs protocol 1.1; the hello announced an older minor",
+            );
+            if !send(&mut conn, &ServerMessage::Err(err)).await {
+                return;
+            }
+            continue;
+        }
         if request == Request::Watch {
-            return watch(&d, conn).await;
+            return watch(&d, conn, minor).await;
         }
         let verb = request.verb();
         let began = std::time::Instant::now();
-        let reply = match handlers::handle(&d, &peer, request).await {
+        let reply = match handlers::handle(&d, &peer, minor, request).await {
             Ok(resp) => ServerMessage::Ok(Box::new(resp)),
-            Err(err) => ServerMessage::Err(err),
+            Err(err) => ServerMessage::Err(err.for_minor(minor)),
         };
         let took = began.elapsed().as_secs_f64();
         d.metrics.request_duration.observe(&["socket", verb], took);
-        if !send(&mut conn, &reply).await {
+        if !send_to(&mut conn, &reply, minor).await {
             return;
         }
     }
 }
 
 /// Stream every committed trajectory event until the client hangs up or the daemon stops.
-async fn watch(d: &Daemon, mut conn: Conn) {
+async fn watch(d: &Daemon, mut conn: Conn, minor: u16) {
     let mut events = d.store.subscribe();
     if !send(
         &mut conn,
@@ -191,7 +239,7 @@ async fn watch(d: &Daemon, mut conn: Conn) {
             // A client that sends anything or hangs up ends the stream.
             n = conn.next() => if n.is_none() { return },
             ev = events.recv() => match ev {
-                Ok(ev) => if !send(&mut conn, &ServerMessage::Event(ev)).await { return },
+                Ok(ev) => if !send_to(&mut conn, &ServerMessage::Event(ev), minor).await { return },
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "a watch client fell behind; events were skipped");
                 }

@@ -466,6 +466,23 @@ pub async fn mode_and_overrides(store: Store) {
 }
 
 /// Shadow rows, pending dispatch, undelivered tasks and state-keeping events.
+/// The liveness probe goes through the writer and changes nothing a reader can see.
+pub async fn probe_commits_nothing(store: Store) {
+    let mut events = store.subscribe();
+    store.probe().await.expect("probe");
+    store.probe().await.expect("probe");
+    assert_eq!(store.counts().total(), 0);
+    assert!(matches!(
+        events.try_recv(),
+        Err(broadcast::error::TryRecvError::Empty)
+    ));
+    assert!(store
+        .list_tasks(TaskFilter::default())
+        .await
+        .expect("list")
+        .is_empty());
+}
+
 pub async fn reads_for_gates_dispatch_and_delivery(store: Store) {
     put(
         &store,

@@ -29,9 +29,9 @@ pub use sqlite::{queries, Batch};
 
 pub use outbox::{Notice, OutboxEntry, OutboxRules, OutboxStats};
 pub use types::{
-    absorb, AttemptLimits, Cursor, GateRunRecord, Leftover, ModeChange, NewEvent, NewOverride,
-    NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, ShadowRow, StoredMode, SubmitPlan,
-    TaskFilter, TransitionOp,
+    absorb, AttemptLimits, Cursor, GateRunRecord, Health, Leftover, ModeChange, NewEvent,
+    NewOverride, NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, ShadowRow, StoredMode,
+    SubmitPlan, TaskFilter, TransitionOp,
 };
 
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
@@ -57,6 +57,9 @@ pub enum StoreError {
     Rejected(ErrorCode, String),
     #[error("store error: {0}")]
     Sql(String),
+    /// The disk holding the store is full: nothing was written.
+    #[error("the store's disk is full: {0}")]
+    Full(String),
     #[error("the store is closed")]
     Closed,
 }
@@ -87,6 +90,13 @@ impl From<StoreError> for WireError {
             StoreError::Sql(msg) => {
                 WireError::new(ErrorCode::Internal, format!("store error: {msg}"))
             }
+            StoreError::Full(msg) => WireError::new(
+                ErrorCode::StorageFull,
+                format!(
+                    "the store's disk is full ({msg}); nothing was written. Free space on the \
+                     state directory's file system: writes resume by themselves"
+                ),
+            ),
             StoreError::Closed => {
                 WireError::new(ErrorCode::ShuttingDown, "the daemon is shutting down")
             }
@@ -159,6 +169,12 @@ pub trait Backend: Send + Sync {
     /// An event that records something about a task without changing its state.
     fn append_event(&self, event: NewEvent) -> StoreFuture<'_, ()>;
 
+    /// A write that changes nothing: resolves once it went through a commit like any other
+    /// write (the watchdog's liveness probe).
+    fn probe(&self) -> StoreFuture<'_, ()>;
+    /// Resolves when the backend's writer has stopped, with why: after [`Backend::close`], or
+    /// because it died (the supervisor then stops the daemon).
+    fn writer_ended(&self) -> Pin<Box<dyn Future<Output = String> + Send + '_>>;
     fn get_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Task>>;
     /// A task with its trajectory, oldest event first.
     fn task_detail<'a>(
@@ -267,6 +283,12 @@ pub trait Backend: Send + Sync {
     fn errors(&self) -> u64;
     /// Every committed trajectory event, in commit order (for `watch`, logs, metrics, delivery).
     fn subscribe(&self) -> broadcast::Receiver<TrajectoryEvent>;
+    /// Disk-full episodes and integrity-check outcomes, as of now.
+    fn health(&self) -> Health;
+    /// Run the integrity check on a read connection while writes go on, and record its outcome in
+    /// [`Backend::health`]; a store found damaged refuses writes (`store_damaged`) from then on.
+    /// Answers the outcome: `ok`, or what the check found.
+    fn check_integrity(&self) -> StoreFuture<'_, String>;
     /// Stop accepting writes, finish what was accepted, and wait for it.
     fn close(&self);
 }

@@ -128,6 +128,20 @@ pub enum Cursor {
     After(String),
 }
 
+/// The store's health, kept in memory: whether commits fail for a full disk, and what the last
+/// integrity check found. A damaged store refuses every write from the moment the check finds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// When the current run of `disk full` commit failures began; `None` while commits succeed.
+    pub full_since_ms: Option<i64>,
+    /// Why writes are refused: what a failed integrity check found.
+    pub damaged: Option<String>,
+    /// When the last integrity check finished, and its outcome (`ok` or what it found).
+    pub last_check: Option<(i64, String)>,
+    /// Whether an integrity check is running now.
+    pub checking: bool,
+}
+
 /// Attempts allowed per agent before a lapsed lease fails the task instead of re-queueing it.
 #[derive(Debug, Clone, Default)]
 pub struct AttemptLimits {

@@ -25,12 +25,22 @@ pub mod transition;
 use crate::access::Peer;
 use orchestrator_proto::{ErrorCode, WireError};
 
+/// The front ends an operator can act through, as recorded in the trajectory's `via` detail.
+pub mod via {
+    pub const SOCKET: &str = "socket";
+    pub const HTTP: &str = "http";
+    pub const CONSOLE: &str = "console";
+}
+
 /// Who an operation acts for, as recorded in the trajectory (`actor`) and on overrides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
     pub name: String,
     /// The peer's uid, when the front end knows one (the control socket does).
     pub uid: Option<u32>,
+    /// The front end an operator acted through (`socket`, `http`, `console`), recorded as the
+    /// `via` detail of the transitions they make; `None` for the daemon's own parts.
+    pub via: Option<&'static str>,
 }
 
 impl Actor {
@@ -39,6 +49,7 @@ impl Actor {
         Actor {
             name: p.user.clone(),
             uid: Some(p.uid),
+            via: Some(via::SOCKET),
         }
     }
 
@@ -47,6 +58,15 @@ impl Actor {
         Actor {
             name: name.into(),
             uid: None,
+            via: None,
+        }
+    }
+
+    /// The same actor, acting through `channel` (one of [`via`]).
+    pub fn via(self, channel: &'static str) -> Actor {
+        Actor {
+            via: Some(channel),
+            ..self
         }
     }
 

@@ -1,5 +1,6 @@
 //! `approve`, `reject` and `cancel`: operator transitions, recorded with the operator's identity
-//! (the control socket's peer user name, or the HTTP API's `http:<token id>`).
+//! (the control socket's peer user name, or the HTTP API's `http:<token id>`) and the front end
+//! they acted through (the `via` detail of the trajectory event).
 
 use super::{check_id, Actor};
 use crate::clock::rfc3339;
@@ -9,22 +10,28 @@ use crate::store::{Patch, TransitionOp};
 use orchestrator_proto::task::{task_error, Rejection, Task, TaskError, TaskState};
 use orchestrator_proto::{ErrorCode, WireError};
 
-async fn apply(d: &Daemon, op: TransitionOp) -> Result<Task, WireError> {
+/// Apply `op`, recording the front end the operator acted through.
+async fn apply(d: &Daemon, who: &Actor, op: TransitionOp) -> Result<Task, WireError> {
+    let op = match who.via {
+        Some(channel) => op.detail("via", channel),
+        None => op,
+    };
     Ok(d.store.transition(op).await?)
 }
 
-pub async fn approve(d: &Daemon, actor: &Actor, id: &str) -> Result<Task, WireError> {
-    let actor = actor.as_str();
+pub async fn approve(d: &Daemon, who: &Actor, id: &str) -> Result<Task, WireError> {
+    let actor = who.as_str();
     check_id(id)?;
     apply(
         d,
+        who,
         TransitionOp::new(id, Action::Approve, actor, d.clock.now_ms()),
     )
     .await
 }
 
-pub async fn reject(d: &Daemon, actor: &Actor, id: &str, reason: &str) -> Result<Task, WireError> {
-    let actor = actor.as_str();
+pub async fn reject(d: &Daemon, who: &Actor, id: &str, reason: &str) -> Result<Task, WireError> {
+    let actor = who.as_str();
     check_id(id)?;
     let reason =
         validate_reason(reason).map_err(|m| WireError::new(ErrorCode::InvalidReason, m))?;
@@ -44,6 +51,7 @@ pub async fn reject(d: &Daemon, actor: &Actor, id: &str, reason: &str) -> Result
     };
     apply(
         d,
+        who,
         TransitionOp::new(id, Action::Reject, actor, at)
             .patch(patch)
             .detail("reason", reason),
@@ -51,8 +59,8 @@ pub async fn reject(d: &Daemon, actor: &Actor, id: &str, reason: &str) -> Result
     .await
 }
 
-pub async fn cancel(d: &Daemon, actor: &Actor, id: &str) -> Result<Task, WireError> {
-    let actor = actor.as_str();
+pub async fn cancel(d: &Daemon, who: &Actor, id: &str) -> Result<Task, WireError> {
+    let actor = who.as_str();
     check_id(id)?;
     let at = d.clock.now_ms();
     let patch = Patch {
@@ -65,6 +73,7 @@ pub async fn cancel(d: &Daemon, actor: &Actor, id: &str) -> Result<Task, WireErr
     };
     let task = apply(
         d,
+        who,
         TransitionOp::new(id, Action::Cancel, actor, at).patch(patch),
     )
     .await?;

@@ -2,6 +2,7 @@
 //! calls the operation in [`crate::tasks`] (or the daemon's own, for status, reload and metrics),
 //! and encodes the answer or a [`WireError`] with a stable code.
 
+mod console_link;
 mod gate_override;
 mod metrics;
 mod notify;
@@ -20,11 +21,19 @@ use crate::daemon::Daemon;
 use orchestrator_proto::{Request, Response, WireError};
 use std::sync::Arc;
 
-pub async fn handle(d: &Arc<Daemon>, peer: &Peer, request: Request) -> Result<Response, WireError> {
+/// `minor` is the protocol minor the client announced: a few replies have a richer form for newer
+/// clients.
+pub async fn handle(
+    d: &Arc<Daemon>,
+    peer: &Peer,
+    minor: u16,
+    request: Request,
+) -> Result<Response, WireError> {
     match request {
-        Request::Status => status::handle(d).await,
+        Request::Status => status::handle(d, minor).await,
         Request::Submit(s) => submit::handle(d, peer, s).await,
         Request::ListTasks(q) => tasks::list(d, q).await,
+        Request::ListPage(q) => tasks::page(d, q).await,
         Request::ShowTask { id } => tasks::show(d, &id).await,
         Request::Approve { id } => transition::approve(d, peer, &id).await,
         Request::Reject { id, reason } => transition::reject(d, peer, &id, &reason).await,
@@ -38,6 +47,7 @@ pub async fn handle(d: &Arc<Daemon>, peer: &Peer, request: Request) -> Result<Re
             gate_override::handle(d, peer, mode, &reason).await
         }
         Request::Metrics => metrics::handle(d),
+        Request::ConsoleLink => console_link::handle(d, peer),
         Request::NotifyList => notify::list(d).await,
         Request::NotifyTest { name } => notify::test(d, peer, &name).await,
         Request::NotifyRetry { name } => notify::retry(d, &name).await,

@@ -1,11 +1,12 @@
-//! `status`: mode, config, counts, gate, sweeper — all from memory, so it answers in microseconds.
+//! `status`: mode, config, counts, gate, sweeper, the store's health — all from memory, so it
+//! answers in microseconds.
 
 use crate::clock::rfc3339;
 use crate::daemon::Daemon;
-use orchestrator_proto::message::{StateCount, StatusReport};
+use orchestrator_proto::message::{StateCount, StatusReport, StorageStatus};
 use orchestrator_proto::{Response, WireError};
 
-pub async fn handle(d: &Daemon) -> Result<Response, WireError> {
+pub async fn handle(d: &Daemon, minor: u16) -> Result<Response, WireError> {
     let cfg = d.config();
     let mode = d.mode();
     let notes = d.notes();
@@ -21,7 +22,7 @@ pub async fn handle(d: &Daemon) -> Result<Response, WireError> {
         .into_iter()
         .map(|(kind, state, count)| StateCount { kind, state, count })
         .collect();
-    Ok(Response::Status(Box::new(StatusReport {
+    let report = Box::new(StatusReport {
         daemon_version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
         uptime_secs: d.started.elapsed().as_secs(),
@@ -32,7 +33,13 @@ pub async fn handle(d: &Daemon) -> Result<Response, WireError> {
         config_path: cfg.source.as_ref().map(|p| p.display().to_string()),
         config_loaded_at: rfc3339(notes.config_loaded_ms),
         config_error: notes.config_error,
-        config_warnings: cfg.warnings.clone(),
+        // A taken default HTTP port is said where operators already look for what needs fixing.
+        config_warnings: cfg
+            .warnings
+            .iter()
+            .cloned()
+            .chain(notes.http_problem.clone())
+            .collect(),
         routing_fingerprint: fingerprint,
         socket: d.paths.socket.display().to_string(),
         state_dir: d.paths.state_dir.display().to_string(),
@@ -44,5 +51,22 @@ pub async fn handle(d: &Daemon) -> Result<Response, WireError> {
         next_sweep_at: notes.next_sweep_ms.map(rfc3339),
         token_problem: crate::credentials::token_problem(&d.paths.token_file()),
         http_listen: notes.http_listen,
-    })))
+    });
+    // Clients of protocol 1.0 know only the report.
+    if minor < 1 {
+        return Ok(Response::Status(report));
+    }
+    Ok(Response::StatusWithStorage(report, storage(d)))
+}
+
+/// The store's health as `status` shows it.
+pub fn storage(d: &Daemon) -> StorageStatus {
+    let h = d.store.health();
+    StorageStatus {
+        full_since: h.full_since_ms.map(rfc3339),
+        damaged: h.damaged,
+        last_check: h.last_check.as_ref().map(|(_, outcome)| outcome.clone()),
+        last_check_at: h.last_check.as_ref().map(|(at, _)| rfc3339(*at)),
+        checking: h.checking,
+    }
 }

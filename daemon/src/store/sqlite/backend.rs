@@ -4,9 +4,9 @@
 use super::{outbox, queries, SqliteBackend};
 use crate::store::{Awaiting, Notice, OutboxEntry, OutboxRules, OutboxStats};
 use crate::store::{
-    Backend, Counts, GateRunRecord, Leftover, ModeChange, NewEvent, NewOverride, Outcomes, Plan,
-    Reclaim, Reclaimed, Retired, RetiredCursor, ShadowRow, StoreFuture, StoredMode, SubmitPlan,
-    TaskFilter, TransitionOp,
+    Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes,
+    Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowRow, StoreFuture, StoredMode,
+    SubmitPlan, TaskFilter, TransitionOp,
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
@@ -62,6 +62,16 @@ impl Backend for SqliteBackend {
                 e.details,
             )
         }))
+    }
+
+    fn probe(&self) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(|_| Ok(())))
+    }
+
+    fn writer_ended(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send + '_>> {
+        Box::pin(SqliteBackend::writer_ended(self))
     }
 
     fn get_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Task>> {
@@ -246,6 +256,14 @@ impl Backend for SqliteBackend {
 
     fn subscribe(&self) -> broadcast::Receiver<TrajectoryEvent> {
         self.inner.events.subscribe()
+    }
+
+    fn health(&self) -> Health {
+        self.health_now()
+    }
+
+    fn check_integrity(&self) -> StoreFuture<'_, String> {
+        Box::pin(self.run_integrity_check())
     }
 
     fn close(&self) {

@@ -21,6 +21,8 @@ pub struct Batch<'a> {
     tx: &'a Transaction<'a>,
     events: Vec<TrajectoryEvent>,
     deltas: Vec<Delta>,
+    /// A job of this group failed because the disk is full.
+    pub(super) saw_full: bool,
     /// The sinks' filters, when any sink is configured: outbox rows are written only then.
     outbox: Option<Arc<OutboxRules>>,
     /// Outbox rows written (or made pending again), to wake the delivery workers after the commit.
@@ -31,6 +33,7 @@ pub struct Batch<'a> {
 pub(super) struct Effects {
     pub events: Vec<TrajectoryEvent>,
     pub deltas: Vec<Delta>,
+    pub saw_full: bool,
     pub outbox_rows: usize,
 }
 
@@ -49,6 +52,7 @@ impl<'a> Batch<'a> {
             tx,
             events: Vec::new(),
             deltas: Vec::new(),
+            saw_full: false,
             outbox: outbox.filter(|r| !r.sinks.is_empty()),
             outbox_rows: 0,
         }
@@ -58,6 +62,7 @@ impl<'a> Batch<'a> {
         Effects {
             events: self.events,
             deltas: self.deltas,
+            saw_full: self.saw_full,
             outbox_rows: self.outbox_rows,
         }
     }
@@ -84,7 +89,8 @@ impl<'a> Batch<'a> {
         self.savepoint(f)
     }
 
-    /// Run `f` in a savepoint: on error, its statements and effects are undone.
+    /// Run `f` in a savepoint: on error, its statements and effects are undone. A job that panics
+    /// fails like one that returned an error: the writer thread, and the rest of the group, go on.
     pub(super) fn savepoint<T>(
         &mut self,
         f: impl FnOnce(&mut Batch<'a>) -> Result<T, StoreError>,
@@ -92,11 +98,18 @@ impl<'a> Batch<'a> {
         let (events, deltas, outbox) = (self.events.len(), self.deltas.len(), self.outbox_rows);
         // Prepared once per connection: every job of every group runs these.
         self.tx.prepare_cached("SAVEPOINT job")?.execute([])?;
-        let result = f(self).and_then(|v| {
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        let ran = ran.unwrap_or_else(|payload| {
+            let why = crate::supervisor::panic_message(payload);
+            tracing::error!(panic = %why, "a store job panicked; it fails and the writer goes on");
+            Err(StoreError::Sql(format!("the store job panicked: {why}")))
+        });
+        let result = ran.and_then(|v| {
             self.tx.prepare_cached("RELEASE job")?.execute([])?;
             Ok(v)
         });
-        if result.is_err() {
+        if let Err(e) = &result {
+            self.saw_full |= matches!(e, StoreError::Full(_));
             let _ = self.tx.execute_batch("ROLLBACK TO job; RELEASE job");
             self.events.truncate(events);
             self.deltas.truncate(deltas);

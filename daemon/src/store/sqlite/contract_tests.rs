@@ -35,6 +35,7 @@ contract_cases!(
     gate_runs_are_recorded,
     mode_and_overrides,
     reads_for_gates_dispatch_and_delivery,
+    probe_commits_nothing,
     listing_filters_and_pages_each_task_once,
     outbox_is_written_with_the_transition,
     rolled_back_job_writes_no_outbox_row,

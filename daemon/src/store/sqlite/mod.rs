@@ -6,8 +6,17 @@
 //! after that commit returned, so an acknowledged write is on disk. A job that fails rolls back to its
 //! savepoint and leaves the rest of the group untouched.
 //!
+//! A job that panics fails like one that returned an error (see [`Batch`]); should the writer
+//! thread itself end while the store is open, [`SqliteBackend::writer_ended`] says why, and the
+//! daemon's supervisor stops the daemon (see [`crate::supervisor`]).
+//!
 //! Reads go to a small pool of read connections on blocking threads; WAL lets them run while the
 //! writer commits.
+//!
+//! Health ([`Health`]): the writer notes when commits start failing for a full disk and when one
+//! succeeds again (one log line each way, however many requests fail in between). The integrity
+//! check runs on a read connection, never before the daemon is ready; a store it finds damaged
+//! refuses every write from then on.
 
 mod backend;
 mod batch;
@@ -20,14 +29,18 @@ mod writes;
 pub use batch::Batch;
 pub use schema::SCHEMA_VERSION;
 
+use crate::clock::now_ms;
+use crate::fault::How;
 use crate::store::outbox::OutboxRules;
-use crate::store::{Counts, StoreError};
+use crate::store::{Counts, Health, StoreError};
 use orchestrator_proto::task::{TaskKind, TaskState, TrajectoryEvent};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use orchestrator_proto::ErrorCode;
+use rusqlite::{Connection, OpenFlags};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 use tokio::sync::{broadcast, oneshot, watch};
 
 /// Most jobs committed in one transaction; bounds the latency of the first job in a burst.
@@ -37,9 +50,20 @@ const CLOSED_CLEANLY: &str = "store_closed_cleanly";
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Sql(e.to_string())
+        if is_disk_full(&e) {
+            StoreError::Full(e.to_string())
+        } else {
+            StoreError::Sql(e.to_string())
+        }
     }
 }
+
+fn is_disk_full(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+}
+
+/// Most lines of a failed integrity check kept for `status` and the log.
+const CHECK_LINES: usize = 10;
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A job runs against the group's batch, or against `None` when the group could not start; either
@@ -59,9 +83,12 @@ struct Inner {
     counts: Arc<Mutex<Counts>>,
     events: broadcast::Sender<TrajectoryEvent>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    outbox: Arc<Writer>,
+    health: Arc<Mutex<Health>>,
+    /// Set once, by the writer thread as it ends: why it ended.
+    writer_end: watch::Receiver<Option<String>>,
     /// Failed operations, for `orchestrator_store_errors_total`.
     errors: std::sync::atomic::AtomicU64,
+    outbox: Arc<Writer>,
 }
 
 /// What the writer shares with the handles besides its job queue: the outbox rules it writes rows
@@ -70,6 +97,9 @@ pub(super) struct Writer {
     pub rules: RwLock<Option<Arc<OutboxRules>>>,
     pub written: watch::Sender<u64>,
 }
+
+/// The supervisor's name for the writer thread, and the fault hook's.
+pub const WRITER_TASK: &str = "store-writer";
 
 fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     // A connection is only ever used by one thread at a time (the writer, or a reader taken from the
@@ -97,23 +127,9 @@ impl SqliteBackend {
         // the statement journal only ever serves a rollback inside a transaction.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         schema::migrate(&mut conn).map_err(StoreError::Sql)?;
-        // A full check reads every page (seconds on a large archive), so it runs only when the
-        // previous daemon did not close the store: after a crash, a kill or a power cut. The marker
-        // is cleared durably before any other write, and set again only by an orderly close.
-        let closed_cleanly = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = ?1",
-                [CLOSED_CLEANLY],
-                |r| r.get::<_, String>(0),
-            )
-            .optional()?
-            .is_some_and(|v| v == "1");
-        if !closed_cleanly {
-            let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
-            if check != "ok" {
-                return Err(StoreError::Sql(format!("integrity check failed: {check}")));
-            }
-        }
+        // Nothing here reads the whole file: the integrity check reads every page (seconds on a
+        // large archive) and runs after the daemon is ready ([`Backend::check_integrity`]). The
+        // marker says whether the previous daemon closed the store in order.
         conn.execute(
             "INSERT INTO meta (key, value) VALUES (?1, '0') ON CONFLICT(key) DO UPDATE SET value = '0'",
             [CLOSED_CLEANLY],
@@ -123,14 +139,33 @@ impl SqliteBackend {
         let (tx, rx) = mpsc::channel::<Job>();
         let writer_counts = Arc::clone(&counts);
         let writer_events = events.clone();
+        let health = Arc::new(Mutex::new(Health::default()));
+        let writer_health = Arc::clone(&health);
+        let (end_tx, end_rx) = watch::channel(None);
         let outbox = Arc::new(Writer {
             rules: RwLock::new(None),
             written: watch::channel(0).0,
         });
         let writer_outbox = Arc::clone(&outbox);
         let handle = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer_loop(conn, rx, writer_counts, writer_events, writer_outbox))
+            .name(WRITER_TASK.into())
+            .spawn(move || {
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    writer_loop(
+                        conn,
+                        rx,
+                        writer_counts,
+                        writer_events,
+                        writer_health,
+                        writer_outbox,
+                    )
+                }));
+                let why = match ran {
+                    Ok(()) => "the writer thread ended".to_string(),
+                    Err(p) => format!("panicked: {}", crate::supervisor::panic_message(p)),
+                };
+                let _ = end_tx.send(Some(why));
+            })
             .map_err(|e| StoreError::Sql(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteBackend {
             inner: Arc::new(Inner {
@@ -140,8 +175,10 @@ impl SqliteBackend {
                 counts,
                 events,
                 writer: Mutex::new(Some(handle)),
-                outbox,
+                health,
+                writer_end: end_rx,
                 errors: std::sync::atomic::AtomicU64::new(0),
+                outbox,
             }),
         })
     }
@@ -195,6 +232,15 @@ impl SqliteBackend {
         T: Send + 'static,
         F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
     {
+        if let Some(why) = self.health_now().damaged {
+            return Err(StoreError::Rejected(
+                ErrorCode::StoreDamaged,
+                format!(
+                    "the store is damaged and refuses writes: {why}. Stop the daemon, keep a copy \
+                     of the state directory, and restore the store from a backup"
+                ),
+            ));
+        }
         let job: Job = Box::new(move |batch: Option<&mut Batch<'_>>| {
             let result = match batch {
                 Some(batch) => batch.savepoint(f),
@@ -209,6 +255,17 @@ impl SqliteBackend {
             Some(sender) => sender.send(job).map_err(|_| StoreError::Closed),
             None => Err(StoreError::Closed),
         }
+    }
+
+    /// Resolves when the writer thread has ended (after [`SqliteBackend::shut`], or because it
+    /// died), with why.
+    pub async fn writer_ended(&self) -> String {
+        let mut end = self.inner.writer_end.clone();
+        let why = match end.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            Err(_) => "the writer thread ended".to_string(),
+        };
+        why
     }
 
     /// Run a read on a pooled read connection, on a blocking thread.
@@ -242,6 +299,48 @@ impl SqliteBackend {
             }
         }
         result
+    }
+
+    pub(super) fn health_now(&self) -> Health {
+        self.inner
+            .health
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default()
+    }
+
+    fn with_health(&self, f: impl FnOnce(&mut Health)) {
+        if let Ok(mut h) = self.inner.health.lock() {
+            f(&mut h);
+        }
+    }
+
+    /// `PRAGMA quick_check` on a read connection (a snapshot, so writes go on meanwhile); see
+    /// [`crate::store::Backend::check_integrity`].
+    pub(super) async fn run_integrity_check(&self) -> Result<String, StoreError> {
+        self.with_health(|h| h.checking = true);
+        let outcome = self
+            .read(|conn| {
+                // A page too damaged for the check to walk is an answer too, not a failure to check.
+                quick_check(conn).or_else(|e| match e.sqlite_error_code() {
+                    Some(
+                        rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase,
+                    ) => Ok(e.to_string()),
+                    _ => Err(e.into()),
+                })
+            })
+            .await;
+        let at = now_ms();
+        self.with_health(|h| {
+            h.checking = false;
+            if let Ok(found) = &outcome {
+                h.last_check = Some((at, found.clone()));
+                if found != "ok" {
+                    h.damaged = Some(format!("integrity check failed: {found}"));
+                }
+            }
+        });
+        outcome
     }
 
     pub(super) fn outbox_writer(&self) -> &Writer {
@@ -282,9 +381,36 @@ fn writer_loop(
     rx: mpsc::Receiver<Job>,
     counts: Arc<Mutex<Counts>>,
     events: broadcast::Sender<TrajectoryEvent>,
+    health: Arc<Mutex<Health>>,
     outbox: Arc<Writer>,
 ) {
-    while let Ok(first) = rx.recv() {
+    // Test hook only (see `crate::fault`): make the writer fail after a while.
+    let fault = crate::fault::injected(WRITER_TASK).map(|f| (f.how, Instant::now() + f.after));
+    loop {
+        let first = match fault {
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+            Some((how, at)) => {
+                match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(job) => job,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(mpsc::RecvTimeoutError::Timeout) => match how {
+                        How::Panic => panic!("test fault injected into {WRITER_TASK}"),
+                        How::Exit => return,
+                        How::Hang => {
+                            // Wedged: jobs are taken and never answered, until the store closes.
+                            let mut held = Vec::new();
+                            while let Ok(job) = rx.recv() {
+                                held.push(job);
+                            }
+                            return;
+                        }
+                    },
+                }
+            }
+        };
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -292,7 +418,8 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        run_group(&mut conn, group, &counts, &events, &outbox);
+        let full = run_group(&mut conn, group, &counts, &events, &outbox);
+        note_disk(&health, full);
     }
     // Every sender is gone: checkpoint so the next start opens a small WAL, then mark the store as
     // closed in order (the next open may skip its full integrity check).
@@ -331,22 +458,70 @@ fn persist_counts(tx: &rusqlite::Transaction<'_>, deltas: &[batch::Delta]) -> ru
     Ok(())
 }
 
+/// `PRAGMA quick_check`: `ok`, or the first lines of what it found.
+fn quick_check(conn: &Connection) -> rusqlite::Result<String> {
+    let mut stmt = conn.prepare("PRAGMA quick_check")?;
+    let mut rows = stmt.query([])?;
+    let mut lines = Vec::new();
+    while let Some(row) = rows.next()? {
+        if lines.len() == CHECK_LINES {
+            lines.push("…".to_string());
+            break;
+        }
+        lines.push(row.get::<_, String>(0)?);
+    }
+    Ok(lines.join("; "))
+}
+
+/// A store error for a failed step of the group, keeping a full disk recognisable.
+fn group_error(what: &str, e: rusqlite::Error) -> StoreError {
+    if is_disk_full(&e) {
+        StoreError::Full(format!("{what}: {e}"))
+    } else {
+        StoreError::Sql(format!("{what}: {e}"))
+    }
+}
+
+/// Note whether the last group met a full disk: log the first failure of an episode and the
+/// first commit after it, not every request in between. `None`: the group said nothing either way.
+fn note_disk(health: &Mutex<Health>, full: Option<bool>) {
+    let Ok(mut h) = health.lock() else { return };
+    match (full, h.full_since_ms) {
+        (Some(true), None) => {
+            h.full_since_ms = Some(now_ms());
+            tracing::error!(
+                "store: the disk is full; writes fail with storage_full until space is freed"
+            );
+        }
+        (Some(false), Some(since)) => {
+            h.full_since_ms = None;
+            tracing::info!(
+                full_for_ms = now_ms().saturating_sub(since),
+                "store: storage writable again"
+            );
+        }
+        _ => {}
+    }
+}
+
+/// Run one group; answers whether it met a full disk (`Some(false)`: it committed without).
 fn run_group(
     conn: &mut Connection,
     group: Vec<Job>,
     counts: &Mutex<Counts>,
     events: &broadcast::Sender<TrajectoryEvent>,
     outbox: &Writer,
-) {
+) -> Option<bool> {
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
             // Nothing can run without a transaction: every job is answered with the error unexecuted.
-            let err = StoreError::Sql(format!("cannot begin a transaction: {e}"));
+            let err = group_error("cannot begin a transaction", e);
+            let full = matches!(err, StoreError::Full(_));
             for job in group {
                 job(None)(Err(err.clone()));
             }
-            return;
+            return full.then_some(true);
         }
     };
     let rules = outbox.rules.read().ok().and_then(|r| r.clone());
@@ -355,14 +530,20 @@ fn run_group(
     let batch::Effects {
         events: new_events,
         deltas,
+        saw_full,
         outbox_rows,
     } = batch.into_effects();
+    // Only a commit that wrote something proves the disk takes writes again.
+    let wrote = !new_events.is_empty() || !deltas.is_empty() || outbox_rows > 0;
     let committed = persist_counts(&tx, &deltas)
-        .map_err(|e| StoreError::Sql(format!("cannot update the task counts: {e}")))
-        .and_then(|()| {
-            tx.commit()
-                .map_err(|e| StoreError::Sql(format!("commit failed: {e}")))
-        });
+        .map_err(|e| group_error("cannot update the task counts", e))
+        .and_then(|()| tx.commit().map_err(|e| group_error("commit failed", e)));
+    let full = match &committed {
+        Err(StoreError::Full(_)) => Some(true),
+        Err(_) => None,
+        Ok(()) if saw_full => Some(true),
+        Ok(()) => wrote.then_some(false),
+    };
     if committed.is_ok() {
         if let Ok(mut c) = counts.lock() {
             for (kind, from, to) in &deltas {
@@ -379,6 +560,7 @@ fn run_group(
     for done in completions {
         done(committed.clone());
     }
+    full
 }
 
 #[cfg(test)]

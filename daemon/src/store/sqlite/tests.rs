@@ -346,3 +346,38 @@ mod sweeper_queries {
         }
     }
 }
+
+#[test]
+fn a_panicking_job_fails_alone_and_the_writer_goes_on() {
+    let (_d, store) = open();
+    let panicked = store.write_blocking(|b| -> Result<(), StoreError> {
+        b.insert_task(new_task("T1"), "alice")?;
+        panic!("a bug in a job")
+    });
+    match panicked {
+        Err(StoreError::Sql(m)) => assert!(m.contains("a bug in a job"), "{m}"),
+        other => panic!("expected a failed job, got {other:?}"),
+    }
+    // The panicking job's insert was rolled back; the writer still commits.
+    let t = store
+        .write_blocking(|b| b.insert_task(new_task("T1"), "alice"))
+        .unwrap();
+    assert_eq!(t.state, TaskState::Queued);
+    assert_eq!(store.counts().total(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_reports_its_end_after_close() {
+    let (_d, store) = open();
+    store.probe().await.unwrap();
+    let ended = {
+        let s = store.clone();
+        tokio::spawn(async move { s.writer_ended().await })
+    };
+    let closing = store.clone();
+    tokio::task::spawn_blocking(move || closing.close())
+        .await
+        .unwrap();
+    assert_eq!(ended.await.unwrap(), "the writer thread ended");
+    assert_eq!(store.probe().await, Err(StoreError::Closed));
+}

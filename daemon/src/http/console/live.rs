@@ -1,0 +1,95 @@
+//! Live updates: a server-sent event stream of committed trajectory events (the store's broadcast,
+//! the same one `orchctl watch` follows), each with the counts the header and tabs show; and the
+//! table row the script fetches for a task that is new or changed.
+
+use super::pages::pipeline::{row, Filters};
+use super::session::Viewer;
+use crate::http::Api;
+use crate::tasks::query;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream};
+use orchestrator_proto::task::{TaskKind, TaskState, TrajectoryEvent};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+
+fn payload(api: &Api, ev: &TrajectoryEvent) -> String {
+    let counts = api.daemon.store.counts();
+    let mut by_kind = Map::new();
+    for k in TaskKind::ALL {
+        let states: Map<String, Value> = TaskState::ALL
+            .iter()
+            .map(|s| (s.to_string(), json!(counts.get(k, *s))))
+            .collect();
+        by_kind.insert(k.to_string(), Value::Object(states));
+    }
+    let awaiting: u64 = TaskKind::ALL
+        .iter()
+        .map(|k| counts.get(*k, TaskState::AwaitingApproval))
+        .sum();
+    json!({
+        "taskId": ev.task_id,
+        "action": ev.action,
+        "from": ev.from,
+        "to": ev.to,
+        "actor": ev.actor,
+        "at": ev.at,
+        "awaiting": awaiting,
+        "counts": by_kind,
+    })
+    .to_string()
+}
+
+/// `GET /console/events`: `task` events until the page closes or the daemon stops. A client
+/// that falls behind gets a `resync` event and reloads what it shows.
+pub async fn events(
+    State(api): State<Arc<Api>>,
+    _viewer: Viewer,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let rx = api.daemon.store.subscribe();
+    let shutdown = api.daemon.shutdown.clone();
+    let stream = stream::unfold((rx, api, shutdown), |(mut rx, api, shutdown)| async move {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            ev = rx.recv() => match ev {
+                Ok(ev) => Event::default().event("task").data(payload(&api, &ev)),
+                Err(RecvError::Lagged(_)) => Event::default().event("resync").data("{}"),
+                Err(RecvError::Closed) => return None,
+            }
+        };
+        Some((Ok(event), (rx, api, shutdown)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// `GET /console/pipeline/row/{id}?<filters>`: the task's row, or 204 when it does not belong in
+/// the view those filters make.
+pub async fn row_fragment(api: &Api, id: &str, q: &HashMap<String, String>) -> Response {
+    let Ok((task, _)) = query::show(&api.daemon, id).await else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let filters = Filters::read(q, api.daemon.mode().effective);
+    if !filters.admits(&task) {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        row(&task).into_string(),
+    )
+        .into_response()
+}
+
+pub async fn row_route(
+    State(api): State<Arc<Api>>,
+    _viewer: Viewer,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    row_fragment(&api, &id, &q).await
+}

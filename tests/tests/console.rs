@@ -1,0 +1,858 @@
+//! Issue: the web console — sign-in by `orchctl console` link (once) or token, sessions, CSRF,
+//! approvals and the race with another decider, read-only users, and the pages a person uses.
+//!
+//! The first half speaks plain HTTP to the real daemon, so `cargo test --workspace` covers the
+//! console's rules on any machine. The second half drives a real headless Chromium over WebDriver;
+//! those tests need the Debian packages `chromium` and `chromium-driver` and are run by `.ci/run`
+//! (`cargo test -p orchestrator-tests --test console -- --ignored`). They write a screenshot of each
+//! page under `target/console-screenshots/`.
+
+use orchestrator_tests::*;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const HTTP_CONFIG: &str = "[http]\nlisten = \"127.0.0.1:0\"\n";
+/// Routed to `coder` by the built-in rules, which needs approval.
+const CODE_GOAL: &str = "please debug this function and fix the off-by-one";
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'";
+
+struct Reply {
+    status: u16,
+    location: Option<String>,
+    cookies: Vec<String>,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+/// A cookie-less HTTP client that shows redirects instead of following them.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into()
+}
+
+fn reply(r: ureq::http::Response<ureq::Body>) -> Reply {
+    let status = r.status().as_u16();
+    let location = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let cookies = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    let headers = r
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let body = r.into_body().read_to_string().unwrap_or_default();
+    Reply {
+        status,
+        location,
+        cookies,
+        headers,
+        body,
+    }
+}
+
+/// `orchctl console` against `d`, as JSON.
+fn console_link(d: &TestDaemon) -> Value {
+    let (code, link) = d.ctl_json(&["console"]);
+    assert_eq!(code, 0, "{link}");
+    link
+}
+
+/// A signed-in browser-less client: the session cookie and the CSRF token of its pages.
+struct Signed {
+    base: String,
+    cookie: String,
+    agent: ureq::Agent,
+}
+
+impl Signed {
+    fn with_link(d: &TestDaemon, url: &str) -> Signed {
+        let agent = agent();
+        let r = reply(agent.get(url).call().unwrap());
+        assert_eq!(r.status, 303, "{}", r.body);
+        let session = r
+            .cookies
+            .iter()
+            .find(|c| c.starts_with("orch_session=") && !c.starts_with("orch_session=;"))
+            .unwrap_or_else(|| panic!("no session cookie in {:?}", r.cookies))
+            .clone();
+        assert!(session.contains("HttpOnly"), "{session}");
+        assert!(session.contains("SameSite=Strict"), "{session}");
+        let cookie = session.split(';').next().unwrap().to_string();
+        Signed {
+            base: d.http_base(),
+            cookie,
+            agent,
+        }
+    }
+
+    fn sign_in(d: &TestDaemon) -> Signed {
+        let link = console_link(d);
+        Signed::with_link(d, link["url"].as_str().unwrap())
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        reply(
+            self.agent
+                .get(format!("{}{path}", self.base))
+                .header("Cookie", &self.cookie)
+                .call()
+                .unwrap(),
+        )
+    }
+
+    fn post(&self, path: &str, form: &[(&str, &str)]) -> Reply {
+        reply(
+            self.agent
+                .post(format!("{}{path}", self.base))
+                .header("Cookie", &self.cookie)
+                .send_form(form.iter().copied())
+                .unwrap(),
+        )
+    }
+
+    /// The CSRF token the pages of this session carry.
+    fn csrf(&self) -> String {
+        let page = self.get("/console/approvals").body;
+        let at = page
+            .find("name=\"csrf\" value=\"")
+            .expect("a page with a form");
+        page[at + 19..at + 19 + 32].to_string()
+    }
+}
+
+fn awaiting_task(d: &TestDaemon) -> String {
+    let id = d.submit(CODE_GOAL);
+    d.wait_state(&id, "awaiting_approval", Duration::from_secs(20));
+    id
+}
+
+fn last_event(d: &TestDaemon, id: &str) -> Value {
+    d.task(id)["trajectory"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn a_login_link_signs_in_once_as_the_socket_user_with_strict_headers() {
+    let d = TestDaemon::with_config(HTTP_CONFIG);
+    let link = console_link(&d);
+    let url = link["url"].as_str().unwrap().to_string();
+    assert!(
+        url.starts_with(&format!("{}/console/login?code=", d.http_base())),
+        "{url}"
+    );
+    assert_eq!(link["readOnly"], false);
+    let me = link["user"].as_str().unwrap().to_string();
+
+    let s = Signed::with_link(&d, &url);
+    let again = reply(agent().get(&url).call().unwrap());
+    assert_eq!(again.status, 403, "a second use of the link is refused");
+    assert!(again.body.contains("already been used"), "{}", again.body);
+    assert!(!again.cookies.iter().any(|c| c.starts_with("orch_session=")));
+
+    let page = s.get("/console/approvals");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains(&me),
+        "the header names the signed-in user"
+    );
+    assert_eq!(page.headers["content-security-policy"], CSP);
+    assert_eq!(page.headers["x-content-type-options"], "nosniff");
+    assert_eq!(page.headers["referrer-policy"], "no-referrer");
+    assert!(!page.body.contains("<script>"), "no inline script");
+    assert!(!page.body.contains("style=\""), "no inline style");
+    for path in ["/console/pipeline", "/console/rollout", "/console/agents"] {
+        let r = s.get(path);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert_eq!(r.headers["content-security-policy"], CSP, "{path}");
+    }
+}
+
+#[test]
+fn without_a_session_the_login_page_comes_first_and_then_the_page_asked_for() {
+    let d = TestDaemon::with_config(HTTP_CONFIG);
+    let id = awaiting_task(&d);
+    let base = d.http_base();
+    let a = agent();
+    let r = reply(a.get(format!("{base}/console/tasks/{id}")).call().unwrap());
+    assert_eq!(r.status, 303);
+    let login = r.location.unwrap();
+    assert_eq!(login, format!("/console/login?next=/console/tasks/{id}"));
+    let page = reply(a.get(format!("{base}{login}")).call().unwrap());
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("orchctl console"), "{}", page.body);
+    let next = page
+        .cookies
+        .iter()
+        .find(|c| c.starts_with("orch_next="))
+        .expect("the destination is remembered")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    // Opening a fresh login link in the same browser lands on the page that was asked for.
+    let link = console_link(&d);
+    let r = reply(
+        a.get(link["url"].as_str().unwrap())
+            .header("Cookie", &next)
+            .call()
+            .unwrap(),
+    );
+    assert_eq!(r.status, 303);
+    assert_eq!(
+        r.location.as_deref(),
+        Some(&*format!("/console/tasks/{id}"))
+    );
+    // Scripts' requests get a status, not a page.
+    let events = reply(a.get(format!("{base}/console/events")).call().unwrap());
+    assert_eq!(events.status, 401);
+}
+
+#[test]
+fn an_expired_session_is_asked_to_sign_in_again() {
+    let d = TestDaemon::with_config(&format!("{HTTP_CONFIG}session_ttl = \"1s\"\n"));
+    let s = Signed::sign_in(&d);
+    assert_eq!(s.get("/console/pipeline").status, 200);
+    let r = wait_for("the session to expire", Duration::from_secs(10), || {
+        let r = s.get("/console/pipeline?state=queued");
+        (r.status == 303).then_some(r)
+    });
+    assert_eq!(
+        r.location.as_deref(),
+        Some("/console/login?next=/console/pipeline%3Fstate%3Dqueued")
+    );
+}
+
+#[test]
+fn approve_and_reject_are_recorded_with_the_user_and_the_console_channel() {
+    let d = TestDaemon::with_config(HTTP_CONFIG);
+    let s = Signed::sign_in(&d);
+    let me = console_link(&d)["user"].as_str().unwrap().to_string();
+    let csrf = s.csrf();
+    let (a, b, c) = (awaiting_task(&d), awaiting_task(&d), awaiting_task(&d));
+
+    let page = s.get("/console/approvals").body;
+    for id in [&a, &b, &c] {
+        assert!(
+            page.contains(&format!("data-id=\"{id}\"")),
+            "{id} is listed"
+        );
+    }
+    assert!(
+        page.contains("agent coder is in approval_required"),
+        "why approval is needed"
+    );
+    assert!(page.contains("id=\"awaiting-count\">3<"), "header count");
+
+    let r = s.post(
+        &format!("/console/tasks/{a}/approve"),
+        &[("csrf", &csrf), ("back", "/console/approvals")],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(
+        r.location.as_deref(),
+        Some(&*format!("/console/approvals?done=approved&id={a}"))
+    );
+    let ev = last_event(&d, &a);
+    assert_eq!(ev["action"], "approve");
+    assert_eq!(ev["actor"], me.as_str());
+    assert_eq!(ev["details"]["via"], "console");
+
+    // A reject without a reason is refused and changes nothing.
+    let r = s.post(
+        &format!("/console/tasks/{b}/reject"),
+        &[("csrf", &csrf), ("reason", "  ")],
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("A reason is required"), "{}", r.body);
+    assert_eq!(d.state_of(&b), "awaiting_approval");
+    let r = s.post(
+        &format!("/console/tasks/{b}/reject"),
+        &[("csrf", &csrf), ("reason", "touches billing")],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let t = d.task(&b);
+    assert_eq!(t["rejection"]["reason"], "touches billing");
+    assert_eq!(t["rejection"]["by"], me.as_str());
+    assert_eq!(last_event(&d, &b)["details"]["via"], "console");
+
+    // The socket records its own channel.
+    let out = d.ctl(&["approve", &c]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(last_event(&d, &c)["details"]["via"], "socket");
+}
+
+#[test]
+fn a_post_without_the_csrf_token_is_refused_and_changes_nothing() {
+    let d = TestDaemon::with_config(HTTP_CONFIG);
+    let s = Signed::sign_in(&d);
+    let id = awaiting_task(&d);
+    for form in [vec![], vec![("csrf", "0123456789abcdef0123456789abcdef")]] {
+        let r = s.post(&format!("/console/tasks/{id}/approve"), &form);
+        assert_eq!(r.status, 403, "{}", r.body);
+        assert_eq!(r.headers["content-type"], "text/html; charset=utf-8");
+    }
+    assert_eq!(d.state_of(&id), "awaiting_approval");
+}
+
+#[test]
+fn losing_a_race_says_someone_else_decided_and_shows_the_state_now() {
+    let d = TestDaemon::with_config(HTTP_CONFIG);
+    let s = Signed::sign_in(&d);
+    let csrf = s.csrf();
+    let id = awaiting_task(&d);
+    let out = d.ctl(&["approve", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = s.post(
+        &format!("/console/tasks/{id}/reject"),
+        &[("csrf", &csrf), ("reason", "no")],
+    );
+    assert_eq!(r.status, 409);
+    assert!(r.body.contains("Someone else decided first"), "{}", r.body);
+    assert!(
+        r.body.contains("data-state=\"done\""),
+        "the state now: {}",
+        r.body
+    );
+    assert!(
+        r.body.contains("via socket"),
+        "who decided, and how: {}",
+        r.body
+    );
+    assert!(!r.body.contains("\"error\""), "no raw JSON");
+    assert_eq!(d.state_of(&id), "done");
+}
+
+#[test]
+fn the_bearer_token_signs_in_as_its_token_id() {
+    let d = TestDaemon::with_config(HTTP_CONFIG);
+    let config = d.dir.path().join("init.toml");
+    let out = d.ctl(&[
+        "init",
+        "--state-dir",
+        d.state_dir.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = std::fs::read_to_string(d.state_dir.join("token")).unwrap();
+    let base = d.http_base();
+    let a = agent();
+    let page = reply(a.get(format!("{base}/console/login")).call().unwrap());
+    let form_cookie = page
+        .cookies
+        .iter()
+        .find(|c| c.starts_with("orch_login="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let form_token = form_cookie.trim_start_matches("orch_login=").to_string();
+    let post = |token: &str| {
+        reply(
+            a.post(format!("{base}/console/login"))
+                .header("Cookie", &form_cookie)
+                .send_form([("csrf", form_token.as_str()), ("token", token)])
+                .unwrap(),
+        )
+    };
+    assert_eq!(post("wrong").status, 401);
+    let r = post(token.trim());
+    assert_eq!(r.status, 303, "{}", r.body);
+    let cookie = r
+        .cookies
+        .iter()
+        .find(|c| c.starts_with("orch_session="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = reply(
+        a.get(format!("{base}/console/approvals"))
+            .header("Cookie", &cookie)
+            .call()
+            .unwrap(),
+    );
+    assert!(page.body.contains("http:"), "signed in as http:<token id>");
+    // Without the login form's token, the token form is refused.
+    let r = reply(
+        a.post(format!("{base}/console/login"))
+            .send_form([("token", token.trim())])
+            .unwrap(),
+    );
+    assert_eq!(r.status, 403);
+}
+
+/// Run `orchctl console` as uid 65534 (group root, so it can reach the socket); `None` when the
+/// tests do not run as root and cannot switch users.
+fn read_only_link(d: &TestDaemon) -> Option<Value> {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipping the read-only user check: it needs root to switch users");
+        return None;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=0", "--clear-groups"])
+        .arg(bin("orchctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["--format", "json", "console"])
+        .output()
+        .expect("setpriv");
+    assert!(out.status.success(), "{}", stderr(&out));
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+#[test]
+fn a_read_only_user_sees_no_buttons_and_cannot_decide() {
+    let d = TestDaemon::with_config(&format!(
+        "{HTTP_CONFIG}[socket]\nread_only_uids = [65534]\n"
+    ));
+    let id = awaiting_task(&d);
+    let Some(link) = read_only_link(&d) else {
+        return;
+    };
+    assert_eq!(link["readOnly"], true, "{link}");
+    let s = Signed::with_link(&d, link["url"].as_str().unwrap());
+    let page = s.get("/console/approvals").body;
+    assert!(page.contains(&format!("data-id=\"{id}\"")));
+    assert!(page.contains("read-only"));
+    assert!(!page.contains("/approve\""), "no approve form: {page}");
+    assert!(!page.contains("/reject\""), "no reject form");
+    let task = s.get(&format!("/console/tasks/{id}")).body;
+    assert!(!task.contains("/cancel\""), "no cancel form");
+    let csrf = s.csrf();
+    let r = s.post(&format!("/console/tasks/{id}/approve"), &[("csrf", &csrf)]);
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("Read-only"), "{}", r.body);
+    assert_eq!(d.state_of(&id), "awaiting_approval");
+}
+
+#[test]
+fn http_is_on_by_default_and_a_taken_default_port_only_turns_it_off() {
+    // In a network namespace of its own the default port cannot collide with anything else on
+    // the machine; where namespaces cannot be made, the check is skipped.
+    let probe = std::process::Command::new("unshare")
+        .args(["-n", "true"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipping: cannot make a network namespace here (unshare -n)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("orchestrator.toml");
+    std::fs::write(&config, "").unwrap();
+    let start = |name: &str, ns: Option<u32>| {
+        let socket = dir.path().join(format!("{name}.sock"));
+        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+        let mut cmd = match ns {
+            None => {
+                let mut c = std::process::Command::new("unshare");
+                c.args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""]);
+                c
+            }
+            Some(pid) => {
+                let mut c = std::process::Command::new("nsenter");
+                c.arg(format!("--net=/proc/{pid}/ns/net"));
+                c
+            }
+        };
+        let child = cmd
+            .arg(bin("orchestratord"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path().join(format!("{name}-state")))
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_for("the daemon to answer", Duration::from_secs(20), || {
+            let out = ctl_at(&socket, &["--format", "json", "status"]);
+            out.status
+                .success()
+                .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
+        });
+        (child, socket)
+    };
+    let (mut first, first_socket) = start("first", None);
+    let status: Value =
+        serde_json::from_slice(&ctl_at(&first_socket, &["--format", "json", "status"]).stdout)
+            .unwrap();
+    assert_eq!(status["httpListen"], "127.0.0.1:7419", "{status}");
+    let (mut second, second_socket) = start("second", Some(first.id()));
+    let status: Value =
+        serde_json::from_slice(&ctl_at(&second_socket, &["--format", "json", "status"]).stdout)
+            .unwrap();
+    assert!(status["httpListen"].is_null(), "{status}");
+    let warnings = status["configWarnings"].to_string();
+    assert!(
+        warnings.contains("HTTP is off") && warnings.contains("7419"),
+        "{warnings}"
+    );
+    let out = ctl_at(&second_socket, &["console"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("HTTP listener is off"),
+        "{}",
+        stderr(&out)
+    );
+    for c in [&mut first, &mut second] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// In a real browser.
+
+mod browser {
+    use super::*;
+    use fantoccini::{Client, ClientBuilder, Locator};
+    use std::process::{Child, Command, Stdio};
+
+    const IGNORE: &str = "needs chromium and chromium-driver; .ci/run runs them";
+
+    /// chromedriver on a free loopback port, ended by pid when dropped.
+    struct Driver {
+        child: Child,
+        port: u16,
+    }
+
+    impl Drop for Driver {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn driver() -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian package chromium-driver)");
+        wait_for("chromedriver to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Driver { child, port }
+    }
+
+    async fn browser(driver: &Driver, width: u32, height: u32) -> Client {
+        let caps = serde_json::json!({
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         format!("--window-size={width},{height}")],
+            }
+        });
+        let caps = match caps {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", driver.port))
+            .await
+            .expect("a WebDriver session")
+    }
+
+    async fn screenshot(c: &Client, name: &str) {
+        let dir = bin_dir()
+            .parent()
+            .expect("target directory")
+            .join("console-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let png = c.screenshot().await.unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    /// Poll the page until `f` holds, with a bounded deadline.
+    async fn until<F, Fut>(what: &str, mut f: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !f().await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The page's text; empty while a navigation has no document yet.
+    async fn body_text(c: &Client) -> String {
+        match c.find(Locator::Css("body")).await {
+            Ok(body) => body.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    async fn sign_in(c: &Client, d: &TestDaemon) {
+        let url = console_link(d)["url"].as_str().unwrap().to_string();
+        c.goto(&url).await.unwrap();
+        assert!(c
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/console/approvals"));
+        // The link works once.
+        c.goto(&url).await.unwrap();
+        assert!(body_text(c).await.contains("already been used"));
+        c.goto(&format!("{}/console/approvals", d.http_base()))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore = "needs chromium and chromium-driver; .ci/run runs them"]
+    async fn sign_in_watch_the_pipeline_live_and_decide() {
+        let _ = IGNORE;
+        let d = TestDaemon::with_config(HTTP_CONFIG);
+        let drv = driver();
+        let c = browser(&drv, 1280, 900).await;
+        let base = d.http_base();
+        c.goto(&format!("{base}/console/approvals")).await.unwrap();
+        assert!(c
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/console/login"));
+        screenshot(&c, "login").await;
+        sign_in(&c, &d).await;
+
+        // A task submitted with orchctl appears on the open Pipeline page without a reload.
+        c.goto(&format!("{base}/console/pipeline")).await.unwrap();
+        c.execute("window.__marker = 1;", vec![]).await.unwrap();
+        until("the live stream to connect", || async {
+            c.find(Locator::Css("#live.on")).await.is_ok()
+        })
+        .await;
+        let id = awaiting_task(&d);
+        until("the new task's row", || async {
+            c.find(Locator::Css(&format!("tr[data-id='{id}']")))
+                .await
+                .is_ok()
+        })
+        .await;
+        let same_page = c
+            .execute("return window.__marker === 1;", vec![])
+            .await
+            .unwrap();
+        assert_eq!(same_page, Value::Bool(true), "no reload happened");
+        until("the row to show awaiting approval", || async {
+            match c
+                .find(Locator::Css(&format!("tr[data-id='{id}'] .state")))
+                .await
+            {
+                Ok(e) => e.text().await.unwrap_or_default() == "awaiting approval",
+                Err(_) => false,
+            }
+        })
+        .await;
+        screenshot(&c, "pipeline").await;
+
+        // Approve one.
+        let other = awaiting_task(&d);
+        let third = awaiting_task(&d);
+        c.goto(&format!("{base}/console/approvals")).await.unwrap();
+        screenshot(&c, "approvals").await;
+        c.find(Locator::Css(&format!(
+            "article[data-id='{id}'] form.approve button"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+        until("the approval notice", || async {
+            body_text(&c).await.contains("Approved")
+        })
+        .await;
+        assert_eq!(d.state_of(&id), "done");
+
+        // Reject without a reason: the browser's required field holds it back; nothing changes.
+        c.find(Locator::Css(&format!(
+            "article[data-id='{other}'] form.reject button"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+        assert_eq!(d.state_of(&other), "awaiting_approval");
+        // With a reason it goes through.
+        c.find(Locator::Css(&format!(
+            "article[data-id='{other}'] form.reject input[name=reason]"
+        )))
+        .await
+        .unwrap()
+        .send_keys("touches billing")
+        .await
+        .unwrap();
+        c.find(Locator::Css(&format!(
+            "article[data-id='{other}'] form.reject button"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+        until("the rejection notice", || async {
+            body_text(&c).await.contains("Rejected")
+        })
+        .await;
+        assert_eq!(d.task(&other)["rejection"]["reason"], "touches billing");
+
+        // Lose a race with orchctl approve.
+        let out = d.ctl(&["approve", &third]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        until("the card to say it was decided elsewhere", || async {
+            body_text(&c).await.contains("Decided elsewhere")
+        })
+        .await;
+        c.find(Locator::Css(&format!(
+            "article[data-id='{third}'] form.approve button"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+        until("the race message", || async {
+            body_text(&c).await.contains("Someone else decided first")
+        })
+        .await;
+        assert!(body_text(&c).await.contains("done"));
+        screenshot(&c, "race").await;
+
+        // A forged POST from this session without the CSRF token is refused.
+        c.execute(
+            "const f = document.createElement('form'); f.method = 'post'; f.action = arguments[0]; document.body.appendChild(f); f.submit();",
+            vec![Value::String(format!("/console/tasks/{third}/cancel"))],
+        )
+        .await
+        .unwrap();
+        until("the refusal", || async {
+            body_text(&c).await.contains("This form has expired")
+        })
+        .await;
+        assert_eq!(d.state_of(&third), "done");
+
+        c.goto(&format!("{base}/console/tasks/{other}"))
+            .await
+            .unwrap();
+        assert!(body_text(&c).await.contains("touches billing"));
+        screenshot(&c, "task").await;
+        c.goto(&format!("{base}/console/rollout")).await.unwrap();
+        assert!(body_text(&c).await.contains("Shadow summary"));
+        screenshot(&c, "rollout").await;
+        c.goto(&format!("{base}/console/agents")).await.unwrap();
+        assert!(body_text(&c).await.contains("coder"));
+        screenshot(&c, "agents").await;
+        c.close().await.unwrap();
+    }
+
+    /// No horizontal scrolling, and every button at least 44 px tall.
+    async fn fits_a_phone(c: &Client, page: &str) {
+        let fits = c
+            .execute(
+                "return document.documentElement.scrollWidth <= window.innerWidth;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(fits, Value::Bool(true), "{page} scrolls sideways");
+        let short = c
+            .execute(
+                "return Array.from(document.querySelectorAll('button')).filter(b => b.offsetParent !== null && b.getBoundingClientRect().height < 44).map(b => b.textContent);",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(short, Value::Array(vec![]), "{page}: buttons under 44 px");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore = "needs chromium and chromium-driver; .ci/run runs them"]
+    async fn approvals_and_task_pages_fit_a_phone() {
+        let d = TestDaemon::with_config(HTTP_CONFIG);
+        let long = format!(
+            "{CODE_GOAL} {}",
+            "averyveryverylongwordwithoutanybreaks".repeat(6)
+        );
+        let id = d.submit(&long);
+        d.wait_state(&id, "awaiting_approval", Duration::from_secs(20));
+        let drv = driver();
+        let c = browser(&drv, 390, 844).await;
+        c.set_window_size(390, 844).await.unwrap();
+        sign_in(&c, &d).await;
+        let base = d.http_base();
+        c.goto(&format!("{base}/console/approvals")).await.unwrap();
+        fits_a_phone(&c, "approvals").await;
+        assert!(c.find(Locator::Css("form.approve button")).await.is_ok());
+        screenshot(&c, "phone-approvals").await;
+        c.goto(&format!("{base}/console/tasks/{id}")).await.unwrap();
+        fits_a_phone(&c, "task").await;
+        screenshot(&c, "phone-task").await;
+        c.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore = "needs chromium and chromium-driver; .ci/run runs them"]
+    async fn a_read_only_user_sees_no_buttons() {
+        let d = TestDaemon::with_config(&format!(
+            "{HTTP_CONFIG}[socket]\nread_only_uids = [65534]\n"
+        ));
+        let id = awaiting_task(&d);
+        let Some(link) = read_only_link(&d) else {
+            return;
+        };
+        let drv = driver();
+        let c = browser(&drv, 1280, 900).await;
+        c.goto(link["url"].as_str().unwrap()).await.unwrap();
+        let base = d.http_base();
+        c.goto(&format!("{base}/console/approvals")).await.unwrap();
+        assert!(c
+            .find(Locator::Css(&format!("article[data-id='{id}']")))
+            .await
+            .is_ok());
+        assert!(c.find(Locator::Css("form.approve")).await.is_err());
+        assert!(c.find(Locator::Css("form.reject")).await.is_err());
+        screenshot(&c, "read-only").await;
+        c.close().await.unwrap();
+    }
+}

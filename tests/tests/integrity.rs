@@ -1,0 +1,118 @@
+//! The store's integrity check: it runs after READY on every start, and a store damaged while the
+//! daemon was down is reported by `status`, the metrics and the log, and refuses writes.
+
+use orchestrator_tests::*;
+use serde_json::Value;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::time::Duration;
+
+fn storage_once_checked(d: &TestDaemon) -> Value {
+    wait_for(
+        "an integrity check to finish",
+        Duration::from_secs(30),
+        || {
+            let (code, s) = d.ctl_json(&["status"]);
+            assert_eq!(code, 0, "{s}");
+            (!s["storage"]["lastCheck"].is_null()).then(|| s["storage"].clone())
+        },
+    )
+}
+
+/// Overwrite the header and cell pointers of a leaf page of the tasks table with garbage.
+fn damage_tasks_table(db: &Path) {
+    let root: u32 = {
+        let conn =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        conn.query_row(
+            "SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = 'tasks'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(db)
+        .unwrap();
+    let mut header = [0u8; 100];
+    f.read_exact(&mut header).unwrap();
+    let page_size = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65_536,
+        n => n as u64,
+    };
+    let read_page = |f: &mut std::fs::File, n: u32| {
+        let mut page = vec![0u8; page_size as usize];
+        f.seek(SeekFrom::Start((n as u64 - 1) * page_size)).unwrap();
+        f.read_exact(&mut page).unwrap();
+        page
+    };
+    // Follow the rightmost child pointers down to a leaf.
+    let mut n = root;
+    let mut page = read_page(&mut f, n);
+    while page[0] == 0x05 {
+        n = u32::from_be_bytes([page[8], page[9], page[10], page[11]]);
+        page = read_page(&mut f, n);
+    }
+    assert_eq!(page[0], 0x0D, "page {n} is not a table leaf");
+    assert_ne!(n, root, "the tasks table must span more than one page");
+    f.seek(SeekFrom::Start((n as u64 - 1) * page_size + 1))
+        .unwrap();
+    f.write_all(&vec![0xFF; page_size as usize / 2]).unwrap();
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn an_intact_store_reports_ok_with_the_time_of_the_check() {
+    let d = TestDaemon::start();
+    let storage = storage_once_checked(&d);
+    assert_eq!(storage["lastCheck"], "ok", "{storage}");
+    assert!(storage["lastCheckAt"].as_str().unwrap().ends_with('Z'));
+    assert!(storage["damaged"].is_null());
+    assert!(d.log_text().contains("store: integrity check ok"));
+    let out = d.ctl(&["status"]);
+    assert!(
+        stdout(&out).contains("integrity:    ok at "),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_store_damaged_while_down_is_found_after_ready_and_refuses_writes() {
+    let mut d = TestDaemon::start();
+    for i in 0..300 {
+        d.submit(&format!("please fix bug number {i} in the parser module"));
+    }
+    assert!(d.terminate().success());
+    damage_tasks_table(&d.state_dir.join("orchestrator.db"));
+
+    // It starts and answers (start-up reads nothing of the damaged page) ...
+    d.start_again();
+    let storage = storage_once_checked(&d);
+    // ... and then the check finds the damage.
+    let why = storage["damaged"].as_str().unwrap_or_default().to_string();
+    assert!(why.starts_with("integrity check failed"), "{storage}");
+    assert_ne!(storage["lastCheck"], "ok");
+    let out = d.ctl(&["status"]);
+    assert!(
+        stdout(&out).contains("store:        ERROR damaged, writes refused"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = d.ctl(&["submit", "anything"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("store_damaged"), "{}", stderr(&out));
+    let (code, err) = d.ctl_json(&["submit", "anything"]);
+    assert_eq!((code, &err["error"]["code"]), (1, &"store_damaged".into()));
+
+    let metrics = stdout(&d.ctl(&["metrics"]));
+    assert!(
+        metrics.contains("\norchestrator_store_damaged 1\n"),
+        "{metrics}"
+    );
+    assert!(d.log_text().contains("store: integrity check failed"));
+}
