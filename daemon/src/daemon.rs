@@ -113,7 +113,6 @@ pub struct Daemon {
     pub store: Store,
     pub paths: Paths,
     pub metrics: Metrics,
-    pub notifier: crate::notify::Notifier,
     pub dispatch: DispatchHandle,
     pub shutdown: CancellationToken,
     /// What every subsystem reads the time from (see [`crate::clock`]).
@@ -146,7 +145,6 @@ impl Daemon {
             store,
             paths,
             metrics: Metrics::default(),
-            notifier: crate::notify::Notifier::default(),
             dispatch,
             shutdown: CancellationToken::new(),
             clock: clock.clone(),
@@ -242,9 +240,7 @@ impl Daemon {
             storage_full: health.full_since_ms.is_some(),
             store_damaged: health.damaged.is_some(),
         };
-        let mut text = metrics::render(&self.metrics, &snapshot);
-        crate::notify::render_metrics(self, &mut text);
-        text
+        metrics::render(&self.metrics, &snapshot)
     }
 
     /// Hand tasks that went back to `queued` (re-queued after a lapsed lease) to the dispatcher.

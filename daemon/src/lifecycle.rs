@@ -277,7 +277,7 @@ async fn reload_locked(d: &Arc<Daemon>, trigger: ReloadTrigger) -> Result<Reload
         });
     }
     d.install_config(new);
-    crate::notify::config_changed(d);
+    crate::notify::install_rules(&d.store, &d.config());
     if consumed.is_some() {
         if let Ok(pending) = d.store.pending_overrides().await {
             d.with_notes(|n| n.pending_overrides = pending);

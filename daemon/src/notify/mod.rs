@@ -10,56 +10,17 @@
 pub mod sink;
 mod worker;
 
-use crate::clock::now_ms;
 use crate::config::Config;
 use crate::daemon::Daemon;
-use crate::store::{OutboxRules, OutboxStats, Store};
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use crate::store::{OutboxRules, Store};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where task links point when `[http] public_url` is not set and no listener is configured.
 const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:7419";
-/// How often the outbox figures behind the metrics are refreshed and the store's disk looked at.
-const STATS_EVERY: Duration = Duration::from_secs(1);
-
-/// Per-sink counters since the daemon started.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SinkCounters {
-    pub delivered: u64,
-    pub failed_attempts: u64,
-    pub dead: u64,
-    pub last_error: Option<String>,
-}
-
-/// The notifier's shared state: counters, the latest outbox figures, and the reload signal.
-#[derive(Default)]
-pub struct Notifier {
-    counters: Mutex<BTreeMap<String, SinkCounters>>,
-    stats: Mutex<(i64, Vec<OutboxStats>)>,
-    reload: tokio::sync::Notify,
-}
-
-impl Notifier {
-    fn count(&self, sink: &str, f: impl FnOnce(&mut SinkCounters)) {
-        if let Ok(mut c) = self.counters.lock() {
-            f(c.entry(sink.to_string()).or_default());
-        }
-    }
-
-    fn note_error(&self, sink: &str, error: &str) {
-        self.count(sink, |c| c.last_error = Some(error.to_string()));
-    }
-
-    pub fn counters(&self) -> BTreeMap<String, SinkCounters> {
-        self.counters.lock().map(|c| c.clone()).unwrap_or_default()
-    }
-
-    /// The outbox figures as of the last refresh, and when that was.
-    pub fn stats(&self) -> (i64, Vec<OutboxStats>) {
-        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-}
+/// How often the outbox figures behind the metrics are refreshed, the store's disk looked at, and
+/// the config checked for a reload.
+const TICK: Duration = Duration::from_secs(1);
 
 /// The address task links are built on: `[http] public_url`, else the HTTP listener's.
 pub fn public_url(cfg: &Config) -> String {
@@ -81,12 +42,6 @@ pub fn install_rules(store: &Store, cfg: &Config) {
     });
 }
 
-/// After a reload: new rules for the store, new workers for the sinks.
-pub fn config_changed(d: &Daemon) {
-    install_rules(&d.store, &d.config());
-    d.notifier.reload.notify_one();
-}
-
 /// Queue an event that no transition causes (gate verdicts, mode changes). It is written right
 /// after what it reports, in a write of its own; a failure is logged, never the caller's failure.
 pub async fn announce(d: &Daemon, event_type: &str, fields: serde_json::Value) {
@@ -99,7 +54,8 @@ pub async fn announce(d: &Daemon, event_type: &str, fields: serde_json::Value) {
     }
 }
 
-/// The delivery workers, one per configured sink, restarted on every reload, until shutdown.
+/// The delivery workers, one per configured sink, restarted when a reload installs a new config
+/// (the reload installs the store's rules itself; see [`install_rules`]), until shutdown.
 pub async fn run(d: Arc<Daemon>) {
     // When the store's disk filled up, until the alarm about it is written.
     let mut full_since: Option<i64> = None;
@@ -113,8 +69,7 @@ pub async fn run(d: Arc<Daemon>) {
                     workers.spawn(worker::run(Arc::clone(&d), sender, stop.clone()));
                 }
                 Err(e) => {
-                    tracing::error!(sink = %s.name, error = %e, "notify: cannot start the sink");
-                    d.notifier.note_error(&s.name, &e);
+                    tracing::error!(sink = %s.name, error = %e, "notify: cannot start the sink")
                 }
             }
         }
@@ -123,8 +78,10 @@ pub async fn run(d: Arc<Daemon>) {
             disk_alarm(&d, &mut full_since).await;
             tokio::select! {
                 _ = d.shutdown.cancelled() => break false,
-                _ = d.notifier.reload.notified() => break true,
-                _ = tokio::time::sleep(STATS_EVERY) => {}
+                _ = tokio::time::sleep(TICK) => {}
+            }
+            if !Arc::ptr_eq(&cfg, &d.config()) {
+                break true;
             }
         };
         stop.cancel();
@@ -164,77 +121,19 @@ async fn disk_alarm(d: &Daemon, full_since: &mut Option<i64>) {
 
 async fn refresh_stats(d: &Daemon) {
     if let Ok(stats) = d.store.outbox_stats().await {
-        if let Ok(mut s) = d.notifier.stats.lock() {
-            *s = (now_ms(), stats);
-        }
-    }
-}
-
-/// Per-sink metrics in Prometheus text: queued (pending), oldest pending age and dead from the
-/// outbox; delivered and failed attempts counted since start.
-pub fn render_metrics(d: &Daemon, out: &mut String) {
-    use std::fmt::Write;
-    let cfg = d.config();
-    let counters = d.notifier.counters();
-    let (at, stats) = d.notifier.stats();
-    let mut names: Vec<String> = cfg.notify.iter().map(|s| s.name.clone()).collect();
-    for s in &stats {
-        if !names.contains(&s.sink) {
-            names.push(s.sink.clone());
-        }
-    }
-    if names.is_empty() {
-        return;
-    }
-    let row = |name: &str| {
-        stats
+        let mut rows: Vec<crate::metrics::SinkOutbox> = d
+            .config()
+            .notify
             .iter()
-            .find(|s| s.sink == name)
-            .cloned()
-            .unwrap_or_default()
-    };
-    type Series<'a> = (&'a str, &'a str, &'a str, Box<dyn Fn(&str) -> String + 'a>);
-    let series: [Series<'_>; 5] = [
-        (
-            "orchestrator_notify_queued",
-            "gauge",
-            "Events waiting for delivery, by sink.",
-            Box::new(|n| row(n).pending.to_string()),
-        ),
-        (
-            "orchestrator_notify_dead",
-            "gauge",
-            "Events given up on (until `orchctl notify retry`), by sink.",
-            Box::new(|n| row(n).dead.to_string()),
-        ),
-        (
-            "orchestrator_notify_oldest_pending_seconds",
-            "gauge",
-            "Age of the oldest event waiting for delivery, by sink.",
-            Box::new(|n| {
-                row(n)
-                    .oldest_pending_ms
-                    .map_or(0, |t| (at - t).max(0) / 1000)
-                    .to_string()
-            }),
-        ),
-        (
-            "orchestrator_notify_delivered_total",
-            "counter",
-            "Events delivered since start, by sink.",
-            Box::new(|n| counters.get(n).map_or(0, |c| c.delivered).to_string()),
-        ),
-        (
-            "orchestrator_notify_failed_attempts_total",
-            "counter",
-            "Failed delivery attempts since start, by sink.",
-            Box::new(|n| counters.get(n).map_or(0, |c| c.failed_attempts).to_string()),
-        ),
-    ];
-    for (metric, kind, help, value) in &series {
-        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
-        for n in &names {
-            let _ = writeln!(out, "{metric}{{sink=\"{n}\"}} {}", value(n));
+            .map(|s| (s.name.clone(), 0, 0, None))
+            .collect();
+        for st in stats {
+            let row = (st.sink.clone(), st.pending, st.dead, st.oldest_pending_ms);
+            match rows.iter_mut().find(|r| r.0 == st.sink) {
+                Some(r) => *r = row,
+                None => rows.push(row),
+            }
         }
+        d.metrics.set_notify_outbox(rows);
     }
 }

@@ -69,7 +69,7 @@ pub async fn run(d: Arc<Daemon>, sender: Sender, stop: CancellationToken) {
                 Ok(()) => {
                     failures = 0;
                     alarmed = false;
-                    d.notifier.count(&name, |c| c.delivered += 1);
+                    d.metrics.notify_delivered.inc(&[&name]);
                     if let Err(e) = d.store.mark_delivered(entry.seq).await {
                         // Sent but not marked: it is sent again later, with the same id.
                         tracing::warn!(sink = %name, error = %e, "notify: cannot mark an event delivered");
@@ -78,8 +78,7 @@ pub async fn run(d: Arc<Daemon>, sender: Sender, stop: CancellationToken) {
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    d.notifier.count(&name, |c| c.failed_attempts += 1);
-                    d.notifier.note_error(&name, &error);
+                    d.metrics.notify_failed_attempts.inc(&[&name]);
                     tracing::debug!(sink = %name, event = %entry.event_id, %error, "notify: attempt failed");
                     let now = now_ms();
                     let waited = now.saturating_sub(entry.pending_since_ms);
@@ -133,11 +132,13 @@ async fn give_up(
         }
     });
     tracing::error!(sink = %name, event = %entry.event_id, %error, "notify: giving up on an event");
+    // The last error stays with the event, for `orchctl notify list`.
+    let _ = d
+        .store
+        .mark_attempt_failed(entry.seq, error.to_string())
+        .await;
     match d.store.mark_dead(vec![entry.seq], now, alarm).await {
-        Ok(()) => {
-            *alarmed = true;
-            d.notifier.count(name, |c| c.dead += 1);
-        }
+        Ok(()) => *alarmed = true,
         Err(e) => tracing::warn!(sink = %name, error = %e, "notify: cannot mark an event dead"),
     }
 }

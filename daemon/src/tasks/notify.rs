@@ -22,7 +22,6 @@ fn unknown_sink(d: &Daemon, name: &str) -> Result<(), WireError> {
 /// Every configured sink, then any sink no longer configured that still has events stored.
 pub async fn list(d: &Daemon) -> Result<Vec<SinkStatus>, WireError> {
     let stats = d.store.outbox_stats().await?;
-    let counters = d.notifier.counters();
     let now = d.clock.now_ms();
     let cfg = d.config();
     let mut out: Vec<SinkStatus> = Vec::new();
@@ -39,7 +38,6 @@ pub async fn list(d: &Daemon) -> Result<Vec<SinkStatus>, WireError> {
             .find(|s| s.sink == name)
             .cloned()
             .unwrap_or_default();
-        let c = counters.get(name).cloned().unwrap_or_default();
         out.push(SinkStatus {
             name: name.to_string(),
             target: sink.map(|s| match &s.target {
@@ -56,9 +54,9 @@ pub async fn list(d: &Daemon) -> Result<Vec<SinkStatus>, WireError> {
             oldest_pending_secs: row
                 .oldest_pending_ms
                 .map(|t| u64::try_from((now - t).max(0) / 1000).unwrap_or(0)),
-            delivered: c.delivered,
-            failed_attempts: c.failed_attempts,
-            last_error: c.last_error.or(row.last_error),
+            delivered: d.metrics.notify_delivered.get(&[name]),
+            failed_attempts: d.metrics.notify_failed_attempts.get(&[name]),
+            last_error: row.last_error,
         });
     }
     Ok(out)

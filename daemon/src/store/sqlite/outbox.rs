@@ -119,6 +119,12 @@ impl Batch<'_> {
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
             )?
             .execute(params![seq, error])?;
+        self.tx()
+            .prepare_cached(
+                "INSERT INTO outbox_sinks (sink, last_error) SELECT sink, ?2 FROM outbox WHERE seq = ?1 \
+                 ON CONFLICT (sink) DO UPDATE SET last_error = excluded.last_error",
+            )?
+            .execute(params![seq, error])?;
         Ok(())
     }
 
@@ -174,12 +180,12 @@ pub fn outbox_pending(
 
 pub fn outbox_stats(conn: &Connection) -> Result<Vec<OutboxStats>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT sink, \
-           sum(state = 'pending'), sum(state = 'dead'), \
-           min(CASE WHEN state = 'pending' THEN pending_since END), \
-           (SELECT last_error FROM outbox l WHERE l.sink = o.sink AND l.last_error IS NOT NULL \
-              ORDER BY (l.state = 'pending') DESC, l.seq DESC LIMIT 1) \
-         FROM outbox o GROUP BY sink ORDER BY sink",
+        "SELECT s.sink, \
+           coalesce(sum(o.state = 'pending'), 0), coalesce(sum(o.state = 'dead'), 0), \
+           min(CASE WHEN o.state = 'pending' THEN o.pending_since END), \
+           (SELECT last_error FROM outbox_sinks e WHERE e.sink = s.sink) \
+         FROM (SELECT DISTINCT sink FROM outbox UNION SELECT sink FROM outbox_sinks) s \
+         LEFT JOIN outbox o ON o.sink = s.sink GROUP BY s.sink ORDER BY s.sink",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(OutboxStats {

@@ -88,7 +88,7 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 4: the notification outbox: one row per event and sink, written in the transaction of the
     // transition that causes it (store/outbox.rs). A delivered row is deleted; a dead one stays
-    // until `orchctl notify retry`.
+    // until `orchctl notify retry`. Each sink's last delivery error outlives the row it was about.
     r#"
     CREATE TABLE outbox (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -105,6 +105,10 @@ const MIGRATIONS: &[&str] = &[
         dead_at INTEGER
     );
     CREATE INDEX outbox_sink ON outbox(sink, state, seq);
+    CREATE TABLE outbox_sinks (
+        sink TEXT PRIMARY KEY NOT NULL,
+        last_error TEXT
+    ) WITHOUT ROWID;
     "#,
 ];
 
