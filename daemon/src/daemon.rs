@@ -1,18 +1,19 @@
-//! The running daemon's shared parts: store, config, mode, dispatcher handle, counters and the notes
-//! that `orchctl status` shows. One [`Daemon`] is shared (in an `Arc`) by the server, the dispatcher,
+//! The running daemon's shared parts: store, config, mode, dispatcher handle, counters, and each
+//! subsystem's own state (reload, sweeper, gates), which `orchctl status` asks for its part. One [`Daemon`] is shared (in an `Arc`) by the server, the dispatcher,
 //! the sweeper and the signal handlers.
 
 use crate::access::AccessPolicy;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::gate::GateNotes;
+use crate::lifecycle::ReloadState;
 use crate::metrics::{self, Metrics};
 use crate::sessions::Sessions;
 use crate::store::Store;
-use orchestrator_proto::message::{GateRunSummary, OverrideRecord, ReloadReport, SweepReport};
-use orchestrator_proto::task::Mode;
+use crate::sweeper::SweeperState;
 use orchestrator_proto::task::Task;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -83,31 +84,8 @@ impl Paths {
     }
 }
 
-/// The effective mode, which the store remembers across restarts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModeState {
-    pub effective: Mode,
-    pub since_ms: i64,
-    /// Why the effective mode differs from the configured one, when it does.
-    pub note: Option<String>,
-}
-
-/// What `status` reports besides counts: the last reload, sweep and the like.
-#[derive(Debug, Clone, Default)]
-pub struct Notes {
-    pub config_error: Option<String>,
-    pub config_loaded_ms: i64,
-    pub last_reload: Option<ReloadReport>,
-    pub last_sweep: Option<SweepReport>,
-    pub next_sweep_ms: Option<i64>,
-    pub pending_overrides: Vec<OverrideRecord>,
-    /// The latest synthetic gate run, kept here so `status` never reads the store.
-    pub latest_gate: Option<GateRunSummary>,
-    /// The address the HTTP API is bound to, when it runs (the configured port may be 0).
-    pub http_listen: Option<String>,
-    /// Why HTTP is off although the config has it on (its default port was taken).
-    pub http_problem: Option<String>,
-}
+// Defined with the mode-flip decision; re-exported so `crate::daemon::ModeState` keeps its path.
+pub use crate::lifecycle::ModeState;
 
 pub struct Daemon {
     pub store: Store,
@@ -124,11 +102,14 @@ pub struct Daemon {
     config: RwLock<Arc<Config>>,
     access: RwLock<Arc<AccessPolicy>>,
     mode: RwLock<ModeState>,
-    notes: Mutex<Notes>,
-    /// Serialises reloads so that two of them never interleave their checks and their apply.
-    pub reload_lock: tokio::sync::Mutex<()>,
-    /// One sweep at a time, whether from the timer or `orchctl sweep`.
-    pub sweep_lock: tokio::sync::Mutex<()>,
+    /// Each subsystem's own state, which `status` asks for its part.
+    pub reload: ReloadState,
+    pub sweeper: SweeperState,
+    pub gate: GateNotes,
+    /// The address the HTTP API is bound to, once it runs (the configured port may be 0).
+    pub http_listen: OnceLock<String>,
+    /// Why HTTP is off although the config has it on (its default port was taken).
+    pub http_problem: OnceLock<String>,
 }
 
 impl Daemon {
@@ -153,12 +134,11 @@ impl Daemon {
             config: RwLock::new(Arc::new(config)),
             access: RwLock::new(Arc::new(access)),
             mode: RwLock::new(mode),
-            notes: Mutex::new(Notes {
-                config_loaded_ms: clock.now_ms(),
-                ..Notes::default()
-            }),
-            reload_lock: tokio::sync::Mutex::new(()),
-            sweep_lock: tokio::sync::Mutex::new(()),
+            reload: ReloadState::new(clock.now_ms()),
+            sweeper: SweeperState::default(),
+            gate: GateNotes::default(),
+            http_listen: OnceLock::new(),
+            http_problem: OnceLock::new(),
         }
     }
 
@@ -188,10 +168,7 @@ impl Daemon {
             Ok(mut a) => *a = Arc::new(access),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(access),
         }
-        self.with_notes(|n| {
-            n.config_error = None;
-            n.config_loaded_ms = self.clock.now_ms();
-        });
+        self.reload.config_installed(self.clock.now_ms());
     }
 
     pub fn mode(&self) -> ModeState {
@@ -205,17 +182,6 @@ impl Daemon {
         match self.mode.write() {
             Ok(mut m) => *m = state,
             Err(poisoned) => *poisoned.into_inner() = state,
-        }
-    }
-
-    pub fn notes(&self) -> Notes {
-        self.notes.lock().map(|n| n.clone()).unwrap_or_default()
-    }
-
-    pub fn with_notes<R>(&self, f: impl FnOnce(&mut Notes) -> R) -> R {
-        match self.notes.lock() {
-            Ok(mut n) => f(&mut n),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
         }
     }
 

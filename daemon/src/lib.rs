@@ -9,27 +9,31 @@
 //! - [`config`], [`routing`], [`fixtures`], [`paths`], [`credentials`]: shared with `orchctl`, they
 //!   live in the `orchestrator-core` crate and are re-exported here under the same names.
 //! - [`tasks`]: the application layer — submit, approve/reject/cancel, list/show, route preview,
-//!   gate runs, overrides, sweep now. Every front end calls it; none calls another front end.
+//!   gate runs, overrides, sweep now, reload. Every front end calls it; none calls another front end.
 //! - [`store`]: the store interface (typed operations, no SQL outside it), its SQLite backend with
 //!   one group-committing writer, and the contract suite every backend passes; every transition is
 //!   a compare-and-set with its trajectory event in the same transaction.
 //! - [`dispatch`]: the dispatcher — synthetic runs and real specialist processes.
-//! - [`gate`]: the synthetic gate, the shadow summary, and the mode-flip rules.
-//! - [`sweeper`]: expiry, lease reclaim and retention.
+//! - [`gate`]: the rollout's rules — the synthetic gate's verdicts, the shadow summary, the mode-flip
+//!   rules — and what `status` shows of the gates.
+//! - [`sweeper`]: the sweeper's rules and state; the sweep (expiry, lease reclaim, retention) is
+//!   [`tasks::sweep`].
 //! - [`integrity`]: the store's integrity check, after READY and then periodically.
 //! - [`server`]: the control socket — binding (or taking systemd's), connections, one handler per verb.
 //! - [`http`]: the HTTP listener: the API for dashboards and scripts (behind the bearer token) and
 //!   the web console under `/console/` (signed-in sessions), over the same operations.
 //! - [`access`]: peer credentials and who may do what.
 //! - [`sessions`]: the console's single-use login links and browser sessions.
-//! - [`lifecycle`]: reload, signals, systemd notifications.
+//! - [`lifecycle`]: start-up mode, the one mode-flip decision, reload bookkeeping, systemd
+//!   notifications.
+//! - [`service`]: signal handlers and systemd's watchdog with its liveness probe.
 //! - [`notify`]: notification sinks and their delivery workers, over the store's outbox.
 //! - [`logging`]: journald or stderr, and the log line (and counter) of every transition.
 //! - [`background`]: `--daemonize` with a locked pidfile, for hosts without systemd.
 //! - [`supervisor`]: every long-lived task runs under a name; one that panics or ends early stops
 //!   the daemon with a non-zero exit, for the service manager to restart it. [`fault`] is its
 //!   test-only fault hook.
-//! - [`daemon`]: the shared state all of the above hang off.
+//! - [`daemon`]: the shared state all of the above hang off, holding each subsystem's own state.
 //! - [`run`]: wiring it all together at start.
 
 pub mod access;
@@ -48,6 +52,7 @@ pub mod metrics;
 pub mod notify;
 pub mod run;
 pub mod server;
+pub mod service;
 pub mod sessions;
 pub mod store;
 pub mod supervisor;

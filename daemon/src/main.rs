@@ -46,6 +46,10 @@ struct Cli {
     /// With --daemonize: append logs to this file (default: discard them).
     #[arg(long, value_name = "PATH", requires = "daemonize")]
     log_file: Option<PathBuf>,
+    /// Copy the stopped daemon's SQLite store (in its state directory) into an empty PostgreSQL
+    /// database, check the row counts, and exit: 0 copied, 1 not.
+    #[arg(long, value_name = "URL")]
+    copy_store_to: Option<String>,
     /// Write the man page into a directory and exit.
     #[arg(long, value_name = "DIR", hide = true)]
     man: Option<PathBuf>,
@@ -90,6 +94,31 @@ fn check_config(path: PathBuf) -> ExitCode {
     }
 }
 
+fn copy_store(opts: &Options, url: String) -> ExitCode {
+    let from = match run::sqlite_path(opts) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("orchestratord: {e}");
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    let to = orchestrator::store::postgres::Settings { url, pool_size: 1 };
+    match orchestrator::store::copy::sqlite_to_postgres(&from, &to) {
+        Ok(report) => {
+            println!(
+                "copied {} from {}; the counts match",
+                report,
+                from.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("orchestratord: cannot copy the store: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(dir) = cli.man {
@@ -103,6 +132,9 @@ fn main() -> ExitCode {
         socket: cli.socket,
         state_dir: cli.state_dir,
     };
+    if let Some(url) = cli.copy_store_to {
+        return copy_store(&opts, url);
+    }
     let mut pidfile = None;
     if cli.daemonize {
         // The daemon works from `/`; paths typed relative to here must still mean the same files.

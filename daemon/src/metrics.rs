@@ -33,7 +33,7 @@ const REQUEST_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-/// A cumulative histogram with fixed bounds; the sum is kept in microunits so it stays atomic.
+/// A histogram with fixed bounds, written cumulatively; the sum is kept in microunits so it stays atomic.
 #[derive(Debug)]
 pub struct Histogram {
     bounds: &'static [f64],
@@ -59,10 +59,10 @@ impl Histogram {
         } else {
             0.0
         };
-        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
-            if v <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
+        // One bucket per value (the first bound at or above it; past the last, only the count):
+        // the running totals Prometheus wants are summed when the histogram is written.
+        if let Some(bucket) = self.buckets.get(self.bounds.partition_point(|b| *b < v)) {
+            bucket.fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_micros
@@ -75,8 +75,9 @@ impl Histogram {
 
     fn write(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
+        let mut n = 0;
         for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
-            let n = bucket.load(Ordering::Relaxed);
+            n += bucket.load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {n}");
         }
         let count = self.count();

@@ -3,7 +3,7 @@
 
 use crate::background;
 use crate::clock::Clock;
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigErrors, StoreBackend};
 use crate::daemon::{Daemon, Paths};
 use crate::dispatch::{self, DispatchHandle};
 use crate::http;
@@ -13,10 +13,10 @@ use crate::logging;
 use crate::metrics::Metrics;
 use crate::paths::{default_socket, default_state_dir};
 use crate::server;
+use crate::service;
 use crate::store::sqlite::WRITER_TASK;
 use crate::store::{Store, StoreError};
 use crate::supervisor::{Failure, Supervisor};
-use crate::sweeper;
 use crate::{fault, server::Listener};
 use sd_notify::NotifyState;
 use std::os::unix::fs::DirBuilderExt;
@@ -103,18 +103,45 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
                 paths.state_dir.display()
             ))
         })?;
-    let store = Store::open(&paths.database()).map_err(|e| {
-        StartError::Other(format!(
-            "cannot open the store {}: {e}",
-            paths.database().display()
-        ))
-    })?;
+    let store = open_store(&config, &paths)?;
     Ok(Prepared {
         config,
         paths,
         store,
         clock: Clock::from_env(),
     })
+}
+
+/// The SQLite store that `opts` and its config name (for `--copy-store-to`).
+pub fn sqlite_path(opts: &Options) -> Result<PathBuf, StartError> {
+    let config = Config::load_or_builtin(opts.config.as_deref()).map_err(StartError::Config)?;
+    let state_dir = opts
+        .state_dir
+        .clone()
+        .or(config.state_dir)
+        .unwrap_or_else(default_state_dir);
+    Ok(state_dir.join("orchestrator.db"))
+}
+
+/// The store `[store]` names: SQLite in the state directory, or a PostgreSQL database.
+fn open_store(config: &Config, paths: &Paths) -> Result<Store, StartError> {
+    match &config.store.backend {
+        StoreBackend::Sqlite => Store::open(&paths.database()).map_err(|e| {
+            StartError::Other(format!(
+                "cannot open the store {}: {e}",
+                paths.database().display()
+            ))
+        }),
+        StoreBackend::Postgres(pg) => {
+            let url = pg.url.resolve().map_err(StartError::Other)?;
+            let settings = crate::store::postgres::Settings {
+                url,
+                pool_size: pg.pool_size,
+            };
+            Store::open_postgres(&settings)
+                .map_err(|e| StartError::Other(format!("cannot open the PostgreSQL store: {e}")))
+        }
+    }
 }
 
 /// Run the daemon until SIGTERM/SIGINT. Call from inside a tokio runtime.
@@ -164,7 +191,11 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         None => None,
     };
     // Before anything can commit, so that every event of this run reaches the outbox.
-    crate::notify::install_rules(&store, &config);
+    let bound = http_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.to_string());
+    crate::notify::install_rules(&store, &config, bound.as_deref());
     let (handle, rx) = DispatchHandle::channel();
     let d = Arc::new(Daemon::new(
         store.clone(),
@@ -183,11 +214,11 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
     let (gate, overrides) = history
         .await
         .map_err(|e| other("cannot read gate history")(e.to_string()))?;
-    d.with_notes(|n| {
-        n.http_problem = http_problem;
-        n.latest_gate = gate;
-        n.pending_overrides = overrides;
-    });
+    d.gate.set_latest_run(gate);
+    d.gate.set_pending_overrides(overrides);
+    if let Some(problem) = http_problem {
+        let _ = d.http_problem.set(problem);
+    }
     let (sup, mut failures) = Supervisor::new(d.shutdown.clone());
     let writer = {
         let store = store.clone();
@@ -205,7 +236,7 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
     // The previous run's leases ended with it, however far ahead they reached. Voiding them and
     // reclaiming are two writes: a crash in between leaves leases void, and the next start
     // reclaims those tasks all the same.
-    let reclaim = sweeper::reclaim(
+    let reclaim = crate::sweeper::reclaim(
         &d.config(),
         d.clock.now_ms(),
         usize::MAX >> 1,
@@ -232,18 +263,18 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
     let mut tasks = vec![
         sup.spawn("dispatcher", dispatch::run(Arc::clone(&d), rx, sup.clone())),
         sup.spawn("delivery", dispatch::delivery::run(Arc::clone(&d))),
-        sup.spawn("signals", lifecycle::signals(Arc::clone(&d))),
-        sup.spawn("sweeper", sweeper::run(Arc::clone(&d))),
+        sup.spawn("signals", service::signals(Arc::clone(&d))),
+        sup.spawn("sweeper", crate::tasks::sweep::run(Arc::clone(&d))),
         sup.spawn("notify", crate::notify::run(Arc::clone(&d))),
     ];
     if let Some(interval) = lifecycle::watchdog_interval() {
-        tasks.push(sup.spawn("watchdog", lifecycle::watchdog(Arc::clone(&d), interval)));
+        tasks.push(sup.spawn("watchdog", service::watchdog(Arc::clone(&d), interval)));
     }
     // The HTTP address is noted before the socket serves, so that `status` never misses it.
     let http_server = http_listener.map(|l| {
         let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(listen = %bound, "http: serving the API");
-        d.with_notes(|n| n.http_listen = Some(bound));
+        let _ = d.http_listen.set(bound);
         sup.spawn("http-server", http::serve(Arc::clone(&d), l))
     });
     let server = sup.spawn("socket-server", server::serve(Arc::clone(&d), listener));
@@ -258,7 +289,7 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
     );
     notify(&[
         NotifyState::Ready,
-        NotifyState::Status(&lifecycle::status_line(&d)),
+        NotifyState::Status(&crate::tasks::status::status_line(&d)),
     ]);
     background::ready();
     // After READY: the check reads the whole file and must not delay the start.

@@ -34,10 +34,12 @@ pub enum ErrorCode {
     StoreDamaged,
     /// The HTTP listener is off, so there is no console to sign in to.
     HttpOff,
+    /// The store (PostgreSQL) cannot be reached; the request changed nothing it acknowledged.
+    StoreUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::NotFound,
         ErrorCode::InvalidTransition,
         ErrorCode::InvalidReason,
@@ -60,6 +62,7 @@ impl ErrorCode {
         ErrorCode::StorageFull,
         ErrorCode::StoreDamaged,
         ErrorCode::HttpOff,
+        ErrorCode::StoreUnavailable,
     ];
 
     /// The protocol minor that introduced this code: a client that said an older minor in its hello
@@ -70,6 +73,7 @@ impl ErrorCode {
             | ErrorCode::StorageFull
             | ErrorCode::StoreDamaged
             | ErrorCode::HttpOff => 1,
+            ErrorCode::StoreUnavailable => 2,
             _ => 0,
         }
     }
@@ -98,6 +102,7 @@ impl ErrorCode {
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::StoreDamaged => "store_damaged",
             ErrorCode::HttpOff => "http_off",
+            ErrorCode::StoreUnavailable => "store_unavailable",
         }
     }
 }

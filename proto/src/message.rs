@@ -14,8 +14,10 @@ use std::collections::BTreeMap;
 pub const MAGIC: u32 = 0x4F52_4348;
 pub const PROTOCOL_MAJOR: u16 = 1;
 /// Minor 1 added `ListPage`/`Page`, `StatusWithStorage` and the error codes `reply_too_large`,
-/// `storage_full` and `store_damaged`. The daemon answers each client in the minor it announced.
-pub const PROTOCOL_MINOR: u16 = 1;
+/// `storage_full`, `store_damaged` and `http_off`; minor 2 the error code `store_unavailable`;
+/// minor 3 `NotifyList`/`NotifySinks`, `NotifyTest`/`NotifyTested` and `NotifyRetry`/`NotifyRetried`.
+/// The daemon answers each client in the minor it announced.
+pub const PROTOCOL_MINOR: u16 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -154,13 +156,13 @@ pub enum Request {
     ListPage(PageQuery),
     /// Protocol minor 1: a single-use link that signs the asking user in to the web console.
     ConsoleLink,
-    /// Protocol minor 1: the notification sinks and their outboxes.
+    /// Protocol minor 3: the notification sinks and their outboxes.
     NotifyList,
-    /// Queue a `test` event for one sink.
+    /// Protocol minor 3: queue a `test` event for one sink.
     NotifyTest {
         name: String,
     },
-    /// Put a sink's dead events back in its queue.
+    /// Protocol minor 3: put a sink's dead events back in its queue.
     NotifyRetry {
         name: String,
     },
@@ -233,12 +235,13 @@ pub enum Response {
     StatusWithStorage(Box<StatusReport>, StorageStatus),
     /// Protocol minor 1: the answer to `ConsoleLink`.
     ConsoleLink(ConsoleLink),
+    /// Protocol minor 3: the answer to `NotifyList`.
     NotifySinks(Vec<SinkStatus>),
-    /// The id of the `test` event queued.
+    /// Protocol minor 3: the id of the `test` event queued.
     NotifyTested {
         event_id: String,
     },
-    /// How many dead events are pending again.
+    /// Protocol minor 3: how many dead events are pending again.
     NotifyRetried {
         count: u64,
     },

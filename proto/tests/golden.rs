@@ -9,11 +9,11 @@ use orchestrator_proto::{ErrorCode, ServerMessage, WireError};
 fn hello_bytes_are_pinned() {
     let hello = ClientMessage::Hello(Hello::current("0.1.0"));
     let bytes = encode(&hello).unwrap();
-    // variant 0, magic varint, major 1, minor 1, "0.1.0". A new minor changes the value here,
+    // variant 0, magic varint, major 1, minor 3, "0.1.0". A new minor changes the value here,
     // never the layout: clients of every 1.x minor are served.
     assert_eq!(
         bytes,
-        vec![0, 200, 134, 201, 250, 4, 1, 1, 5, b'0', b'.', b'1', b'.', b'0']
+        vec![0, 200, 134, 201, 250, 4, 1, 3, 5, b'0', b'.', b'1', b'.', b'0']
     );
     assert_eq!(decode::<ClientMessage>(&bytes).unwrap(), hello);
 }
@@ -65,6 +65,9 @@ fn codes_newer_than_a_client_reach_it_as_internal() {
     assert_eq!(old.code, ErrorCode::Internal);
     assert_eq!(old.details["code"], "storage_full");
     assert_eq!(err.clone().for_minor(1), err);
+    let unavailable = WireError::new(ErrorCode::StoreUnavailable, "down");
+    assert_eq!(unavailable.clone().for_minor(1).code, ErrorCode::Internal);
+    assert_eq!(unavailable.clone().for_minor(2), unavailable);
     // Appended after shutting_down, in this order.
     let tail: Vec<&str> = ErrorCode::ALL[17..].iter().map(|c| c.as_str()).collect();
     assert_eq!(
@@ -74,7 +77,8 @@ fn codes_newer_than_a_client_reach_it_as_internal() {
             "reply_too_large",
             "storage_full",
             "store_damaged",
-            "http_off"
+            "http_off",
+            "store_unavailable"
         ]
     );
 }

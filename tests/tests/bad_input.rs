@@ -172,8 +172,8 @@ fn socket_cases(awaiting: &str, done: &str) -> Vec<SocketCase> {
         ),
         case(
             "unknown request variant (one past the last)",
-            // Request has 19 variants (the last, NotifyRetry, is 0x12).
-            frame(&[0x01, 0x13]),
+            // Request has 20 variants (the last, NotifyRetry, is 0x13).
+            frame(&[0x01, 0x14]),
             MalformedRequest,
             true,
         ),

@@ -56,7 +56,7 @@ impl Validator<'_> {
     }
 }
 
-fn resolve_relative(config_path: Option<&Path>, value: &str) -> PathBuf {
+pub(super) fn resolve_relative(config_path: Option<&Path>, value: &str) -> PathBuf {
     let p = PathBuf::from(value);
     if p.is_absolute() {
         return p;

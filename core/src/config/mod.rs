@@ -31,7 +31,7 @@ pub use gate::GateConfig;
 pub use http::{HttpConfig, DEFAULT_LISTEN, DEFAULT_PORT, DEFAULT_SESSION_TTL};
 pub use notify::{NotifySink, SinkTarget, EVENT_TYPES};
 pub use socket::SocketAccess;
-pub use store::StoreConfig;
+pub use store::{PostgresConfig, StoreBackend, StoreConfig, StoreUrl};
 pub use sweeper::{Retention, SweeperConfig};
 pub use validator::{ConfigErrors, ConfigIssue};
 
@@ -263,7 +263,7 @@ impl Validator<'_> {
         let gate = self.gate(raw.gate, path);
         let delivery = self.delivery(raw.delivery);
         let http = self.http(raw.http);
-        let store = self.store(raw.store);
+        let store = self.store(raw.store, path);
         let notify = self.notify(raw.notify);
 
         Config {

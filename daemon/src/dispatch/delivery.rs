@@ -127,13 +127,7 @@ async fn run_command(
             return Some(details);
         }
     };
-    let mut env = process::base_env(|k| std::env::var(k).ok());
-    env.push(("ORCH_TASK_ID".into(), task.id.clone()));
-    env.push(("ORCH_TASK_KIND".into(), task.kind.as_str().into()));
-    env.push((
-        "ORCH_AGENT_ID".into(),
-        task.assigned_agent_id.clone().unwrap_or_default(),
-    ));
+    let env = process::child_env(task, &BTreeMap::new(), None);
     let child = process::spawn(Launch {
         argv: &cfg.command,
         env,

@@ -13,6 +13,8 @@ use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
+use orchestrator_proto::task::Task;
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -48,6 +50,50 @@ pub fn base_env(lookup: impl Fn(&str) -> Option<String>) -> Vec<(String, String)
         env.push(("PATH".into(), DEFAULT_PATH.into()));
     }
     env
+}
+
+/// A child's environment, for specialists and the delivery hook alike: the daemon's basics
+/// ([`base_env`]), then `extra` (an agent's `env`; reserved names are dropped), then the contract's
+/// variables for `task`, which win over both. `ORCH_ARTEFACT_DIR` is set when the child has one.
+pub fn child_env(
+    task: &Task,
+    extra: &BTreeMap<String, String>,
+    artefact_dir: Option<&Path>,
+) -> Vec<(String, String)> {
+    child_env_from(
+        base_env(|k| std::env::var(k).ok()),
+        task,
+        extra,
+        artefact_dir,
+    )
+}
+
+/// [`child_env`] over a given base, so that tests need not read the daemon's environment.
+pub(super) fn child_env_from(
+    base: Vec<(String, String)>,
+    task: &Task,
+    extra: &BTreeMap<String, String>,
+    artefact_dir: Option<&Path>,
+) -> Vec<(String, String)> {
+    let mut env: BTreeMap<String, String> = base.into_iter().collect();
+    for (k, v) in extra {
+        if !is_reserved(k) {
+            env.insert(k.clone(), v.clone());
+        }
+    }
+    env.insert("ORCH_TASK_ID".into(), task.id.clone());
+    env.insert("ORCH_TASK_KIND".into(), task.kind.as_str().into());
+    env.insert(
+        "ORCH_AGENT_ID".into(),
+        task.assigned_agent_id.clone().unwrap_or_default(),
+    );
+    if let Some(dir) = artefact_dir {
+        env.insert(
+            "ORCH_ARTEFACT_DIR".into(),
+            dir.to_string_lossy().into_owned(),
+        );
+    }
+    env.into_iter().collect()
 }
 
 /// Where stdout goes: the first `cap` bytes are kept in memory; with `spill`, the whole output is

@@ -100,17 +100,13 @@ pub fn plan(task: &Task, cfg: &Config, at: i64) -> Option<Plan> {
     })
 }
 
-/// Count a synthetic task that was routed and started: a dispatch to its agent, and its wait.
-pub fn count_dispatch(d: &Daemon, task: &Task) {
-    let agent = task.assigned_agent_id.as_deref().unwrap_or_default();
+/// Count a synthetic task that was routed and started: a dispatch to its agent, and how long it
+/// waited between submit and start (known from its steps; nothing is parsed back from text).
+pub fn count_dispatch(d: &Daemon, agent: &str, wait_ms: i64) {
     d.metrics.dispatches.inc(&[agent]);
-    let created = metrics::rfc3339_ms(&task.created_at);
-    let started = task.started_at.as_deref().and_then(metrics::rfc3339_ms);
-    if let (Some(created), Some(started)) = (created, started) {
-        d.metrics
-            .queue_wait
-            .observe(metrics::ms_to_seconds(started - created));
-    }
+    d.metrics
+        .queue_wait
+        .observe(metrics::ms_to_seconds(wait_ms));
 }
 
 /// Run stored synthetic tasks to their end, in one store write. A task that moved on meanwhile

@@ -1,11 +1,9 @@
 //! The shadow gate: what shadow mode did inside a window, and whether that is evidence enough to go
-//! live. [`summarize`] is pure; [`summary`] feeds it from the store.
+//! live. [`summarize`] is pure; `tasks::gate::shadow_summary` feeds it from the store.
 
 use crate::clock::rfc3339;
-use crate::daemon::Daemon;
 use orchestrator_proto::message::{DurationStats, ShadowSummary};
 use orchestrator_proto::task::TaskState;
-use orchestrator_proto::WireError;
 use std::collections::BTreeMap;
 
 pub use crate::store::ShadowRow;
@@ -89,20 +87,6 @@ pub fn summarize(rows: &[ShadowRow], window_hours: u32, min_tasks: u64) -> Shado
         passed,
         verdict,
     }
-}
-
-pub async fn summary(
-    d: &Daemon,
-    window_ms: i64,
-    window_hours: u32,
-) -> Result<ShadowSummary, WireError> {
-    let since = d.clock.now_ms() - window_ms;
-    let rows = d.store.shadow_rows_since(since).await?;
-    Ok(summarize(
-        &rows,
-        window_hours,
-        d.config().gate.min_shadow_tasks,
-    ))
 }
 
 #[cfg(test)]

@@ -1,16 +1,11 @@
-//! The synthetic harness: each fixture runs through the daemon's real routing, store, dispatch and
-//! trajectory as a `synthetic` task submitted by `synthetic-harness`; the outcome is compared with
-//! what the fixture expects, and the run is recorded with the routing fingerprint it ran against.
+//! The synthetic gate's verdicts: each fixture runs through the daemon's real routing, store,
+//! dispatch and trajectory as a `synthetic` task submitted by [`HARNESS`] (the harness that submits
+//! them is `tasks::gate::run_synthetic`); here the outcome is compared with what the fixture
+//! expects.
 
-use crate::clock::rfc3339;
-use crate::daemon::Daemon;
 use crate::fixtures::Fixture;
-use crate::store::GateRunRecord;
-use crate::tasks::submit::{new_task, submit};
-use crate::tasks::Actor;
-use orchestrator_proto::message::{FixtureOutcome, GateRunReport, GateRunSummary, SubmitRequest};
-use orchestrator_proto::task::{Task, TaskKind};
-use orchestrator_proto::{ErrorCode, WireError};
+use orchestrator_proto::message::{FixtureOutcome, GateRunReport, GateRunSummary};
+use orchestrator_proto::task::Task;
 
 pub const HARNESS: &str = "synthetic-harness";
 
@@ -57,68 +52,8 @@ pub fn judge(f: &Fixture, task: &Task) -> FixtureOutcome {
     }
 }
 
-/// Run one fixture (`label`) or all of them, and record the run.
-pub async fn run(d: &Daemon, label: Option<&str>) -> Result<GateRunReport, WireError> {
-    let cfg = d.config();
-    let fixtures: Vec<Fixture> = match label {
-        None => cfg.gate.fixtures.fixtures.clone(),
-        Some(l) => match cfg.gate.fixtures.get(l) {
-            Some(f) => vec![f.clone()],
-            None => {
-                let labels = cfg.gate.fixtures.labels().join(", ");
-                return Err(WireError::new(
-                    ErrorCode::UnknownFixture,
-                    format!("no fixture labelled {l:?}; available: {labels}"),
-                )
-                .with("available", labels));
-            }
-        },
-    };
-    let fingerprint = cfg.routing_fingerprint();
-    let at = d.clock.now_ms();
-    let mut outcomes = Vec::with_capacity(fixtures.len());
-    let harness = Actor::named(HARNESS);
-    for f in &fixtures {
-        let req = SubmitRequest {
-            goal: f.goal.clone(),
-            required_capabilities: f.required_capabilities.clone(),
-            workspace_dir: None,
-            ttl_secs: None,
-            wait: true,
-        };
-        let mut task = new_task(d, &req, &harness, true)?;
-        task.kind = TaskKind::Synthetic;
-        let task = submit(d, task, &harness, true).await?;
-        outcomes.push(judge(f, &task));
-    }
-    let passed = outcomes.iter().filter(|o| o.ok).count() as u32;
-    let report = GateRunReport {
-        at: rfc3339(at),
-        fingerprint: fingerprint.clone(),
-        label: label.map(str::to_string),
-        passed,
-        total: outcomes.len() as u32,
-        fixtures: outcomes,
-    };
-    let json = serde_json::to_string(&report)
-        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
-    d.store
-        .record_gate_run(GateRunRecord {
-            at_ms: at,
-            label: report.label.clone(),
-            fingerprint: fingerprint.clone(),
-            passed,
-            total: report.total,
-            report: json,
-        })
-        .await?;
-    let summary = summary_of(&report, &fingerprint);
-    d.with_notes(|n| n.latest_gate = Some(summary));
-    tracing::info!(passed, total = report.total, fingerprint = %fingerprint, "synthetic gate run recorded");
-    Ok(report)
-}
-
-fn summary_of(r: &GateRunReport, current: &str) -> GateRunSummary {
+/// What `status` shows of a run: its figures and whether it ran against the routing in force.
+pub fn summary_of(r: &GateRunReport, current: &str) -> GateRunSummary {
     GateRunSummary {
         at: r.at.clone(),
         label: r.label.clone(),
@@ -134,7 +69,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::fixtures::BUILTIN_FIXTURES;
-    use orchestrator_proto::task::{Routing, TaskState};
+    use orchestrator_proto::task::{Routing, TaskKind, TaskState};
 
     /// What the synthetic dispatcher would produce for a fixture under the built-in config.
     fn simulate(f: &Fixture) -> Task {

@@ -76,9 +76,10 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::MalformedRequest => StatusCode::BAD_REQUEST,
         ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
         ErrorCode::FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::ShuttingDown | ErrorCode::StoreDamaged | ErrorCode::HttpOff => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ErrorCode::ShuttingDown
+        | ErrorCode::StoreDamaged
+        | ErrorCode::HttpOff
+        | ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         ErrorCode::ReplyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         // Internal, config and protocol errors, and any code added later until it is placed here.

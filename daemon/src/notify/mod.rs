@@ -16,29 +16,33 @@ use crate::store::{OutboxRules, Store};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Where task links point when `[http] public_url` is not set and no listener is configured.
+/// Where task links point when neither `[http] public_url` nor a listener says otherwise.
 const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:7419";
 /// How often the outbox figures behind the metrics are refreshed, the store's disk looked at, and
 /// the config checked for a reload.
 const TICK: Duration = Duration::from_secs(1);
 
-/// The address task links are built on: `[http] public_url`, else the HTTP listener's.
-pub fn public_url(cfg: &Config) -> String {
-    match &cfg.http {
-        Some(h) => h
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", h.listen)),
-        None => DEFAULT_PUBLIC_URL.to_string(),
+/// The address task links are built on: `[http] public_url`, else the address the HTTP listener
+/// is bound to (`bound`), else the configured one.
+pub fn public_url(cfg: &Config, bound: Option<&str>) -> String {
+    let configured = cfg.http.as_ref();
+    if let Some(url) = configured.and_then(|h| h.public_url.clone()) {
+        return url;
+    }
+    match (bound, configured) {
+        (Some(addr), _) => format!("http://{addr}"),
+        (None, Some(h)) => format!("http://{}", h.listen),
+        (None, None) => DEFAULT_PUBLIC_URL.to_string(),
     }
 }
 
-/// Give the store the sinks of `cfg`: commits from now on write outbox rows by them.
-pub fn install_rules(store: &Store, cfg: &Config) {
+/// Give the store the sinks of `cfg`: commits from now on write outbox rows by them. `bound` is
+/// the HTTP listener's address, when it listens.
+pub fn install_rules(store: &Store, cfg: &Config, bound: Option<&str>) {
     store.set_outbox_rules(OutboxRules {
         sinks: cfg.notify.clone(),
         approval: cfg.approval.clone(),
-        public_url: public_url(cfg),
+        public_url: public_url(cfg, bound),
     });
 }
 

@@ -465,24 +465,38 @@ pub async fn mode_and_overrides(store: Store) {
     );
 }
 
-/// Shadow rows, pending dispatch, undelivered tasks and state-keeping events.
 /// The liveness probe goes through the writer and changes nothing a reader can see.
 pub async fn probe_commits_nothing(store: Store) {
+    put(&store, "P1", TaskKind::Live, vec![routed("P1", T0 + 1)]).await;
+    let before = (
+        store.get_task("P1").await.expect("read"),
+        store.transitions_of("P1").await.expect("read"),
+        store.counts().entries(),
+    );
     let mut events = store.subscribe();
     store.probe().await.expect("probe");
     store.probe().await.expect("probe");
-    assert_eq!(store.counts().total(), 0);
+    let after = (
+        store.get_task("P1").await.expect("read"),
+        store.transitions_of("P1").await.expect("read"),
+        store.counts().entries(),
+    );
+    assert_eq!(before, after);
     assert!(matches!(
         events.try_recv(),
         Err(broadcast::error::TryRecvError::Empty)
     ));
-    assert!(store
-        .list_tasks(TaskFilter::default())
+    let all = store
+        .list_tasks(TaskFilter {
+            limit: 10,
+            ..TaskFilter::default()
+        })
         .await
-        .expect("list")
-        .is_empty());
+        .expect("list");
+    assert_eq!(all.len(), 1);
 }
 
+/// Shadow rows, pending dispatch, undelivered tasks and state-keeping events.
 pub async fn reads_for_gates_dispatch_and_delivery(store: Store) {
     put(
         &store,

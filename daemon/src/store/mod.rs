@@ -16,10 +16,13 @@
 //! - [`Backend::subscribe`] delivers every committed trajectory event in commit order, and
 //!   [`Backend::counts`] moves with commits only.
 //!
-//! [`sqlite`] is the backend in use: one group-committing writer thread and a pool of readers.
+//! [`sqlite`] is the default backend: one group-committing writer thread and a pool of readers.
+//! [`postgres`] keeps the store in a PostgreSQL database, one that several daemons may share.
 
 pub mod contract;
+pub mod copy;
 pub mod outbox;
+pub mod postgres;
 pub mod sqlite;
 mod types;
 
@@ -30,8 +33,8 @@ pub use sqlite::{queries, Batch};
 pub use outbox::{Notice, OutboxEntry, OutboxRules, OutboxStats};
 pub use types::{
     absorb, AttemptLimits, Cursor, GateRunRecord, Health, Leftover, ModeChange, NewEvent,
-    NewOverride, NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, ShadowRow, StoredMode,
-    SubmitPlan, TaskFilter, TransitionOp,
+    NewOverride, NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, RowChange, ShadowRow,
+    StoredMode, SubmitPlan, TaskFilter, TransitionOp,
 };
 
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
@@ -62,6 +65,9 @@ pub enum StoreError {
     Full(String),
     #[error("the store is closed")]
     Closed,
+    /// The database cannot be reached (down, restarting, network); the daemon retries on its own.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -100,6 +106,10 @@ impl From<StoreError> for WireError {
             StoreError::Closed => {
                 WireError::new(ErrorCode::ShuttingDown, "the daemon is shutting down")
             }
+            StoreError::Unavailable(msg) => WireError::new(
+                ErrorCode::StoreUnavailable,
+                format!("the store is unavailable, try again: {msg}"),
+            ),
         }
     }
 }
@@ -316,6 +326,38 @@ pub struct Reclaim {
     pub attempts: AttemptLimits,
 }
 
+impl Reclaim {
+    /// What a lapsed lease does to a task that has used `attempts`: back to the queue while its
+    /// agent allows more, failed `specialist_aborted` after. The same rule for every backend.
+    pub fn op_for(&self, id: &str, agent: Option<&str>, attempts: i64) -> TransitionOp {
+        use orchestrator_proto::task::{task_error, TaskError};
+        let why = self.reason.as_str();
+        let allowed = i64::from(self.attempts.for_agent(agent.unwrap_or("")));
+        if attempts < allowed {
+            return TransitionOp::new(id, crate::machine::Action::Requeue, &self.actor, self.now)
+                .detail("reason", why)
+                .detail("attempts", attempts.to_string());
+        }
+        let error = TaskError {
+            code: task_error::SPECIALIST_ABORTED.into(),
+            message: format!("the specialist's lease lapsed: {why}"),
+            details: Some(
+                [
+                    ("reason".to_string(), why.to_string()),
+                    ("attempts".to_string(), attempts.to_string()),
+                ]
+                .into(),
+            ),
+        };
+        TransitionOp::new(id, crate::machine::Action::Fail, &self.actor, self.now)
+            .patch(Patch {
+                error: Some(error),
+                ..Patch::default()
+            })
+            .detail("reason", why)
+    }
+}
+
 /// The handle the daemon holds: cheap to clone, one backend behind it.
 #[derive(Clone)]
 pub struct Store {
@@ -340,6 +382,12 @@ impl Store {
             backend: Arc::new(backend.clone()),
             sqlite: Some(backend),
         })
+    }
+
+    /// Open (creating and migrating if needed) a PostgreSQL store, from outside any runtime.
+    pub fn open_postgres(settings: &postgres::Settings) -> Result<Store, StoreError> {
+        let backend = postgres::PostgresBackend::open_blocking(settings)?;
+        Ok(Store::new(Arc::new(backend)))
     }
 
     fn raw(&self) -> Result<&sqlite::SqliteBackend, StoreError> {

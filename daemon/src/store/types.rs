@@ -23,6 +23,35 @@ pub struct NewTask {
     pub expires_ms: i64,
 }
 
+impl NewTask {
+    /// The task exactly as its insert stores it (`queued`, nothing routed yet), so a backend can
+    /// answer a submit without reading the row back.
+    pub fn into_queued(self) -> Task {
+        Task {
+            schema_version: orchestrator_proto::task::SCHEMA_VERSION,
+            state: TaskState::Queued,
+            created_at: rfc3339(self.created_ms),
+            expires_at: rfc3339(self.expires_ms),
+            id: self.id,
+            kind: self.kind,
+            goal: self.goal,
+            workspace_dir: self.workspace_dir,
+            required_capabilities: self.required_capabilities,
+            routing: None,
+            assigned_agent_id: None,
+            result: None,
+            rejection: None,
+            error: None,
+            submitted_by: self.submitted_by,
+            would_require_approval: false,
+            assigned_at: None,
+            started_at: None,
+            completed_at: None,
+            attempts: 0,
+        }
+    }
+}
+
 /// Fields a transition sets besides the state and the timestamp that goes with its action.
 #[derive(Debug, Clone, Default)]
 pub struct Patch {
@@ -264,5 +293,51 @@ pub fn absorb(task: &mut Task, op: &TransitionOp, to: TaskState) {
     }
     if to.is_terminal() {
         task.completed_at = Some(at);
+    }
+}
+
+/// What a compare-and-set writes besides the patch, worked out once for every backend: the target
+/// state by the state machine, the timestamp that goes with the action, the attempt count, and the
+/// lease and specialist pid (kept only while the task stays or enters `in_progress`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowChange {
+    pub to: TaskState,
+    pub assigned_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub completed_at: Option<i64>,
+    pub attempts_inc: i64,
+    /// `(set, value)`: whether to write the lease, and what (`None` clears it).
+    pub lease: (bool, Option<i64>),
+    pub pid: (bool, Option<i64>),
+    pub error_code: Option<String>,
+}
+
+impl RowChange {
+    /// The change `op` makes to a task in state `from`, or the state machine's refusal.
+    pub fn of(op: &TransitionOp, from: TaskState) -> Result<RowChange, super::StoreError> {
+        use crate::machine::next_state;
+        let to = next_state(from, op.action).map_err(|r| super::StoreError::Refused {
+            from: r.from,
+            action: r.action.name(),
+        })?;
+        let (p, at) = (&op.patch, op.at_ms);
+        // Leaving in_progress always drops the lease and the pid; entering it takes the patch's.
+        let keep = |v: Option<i64>| {
+            if to == TaskState::InProgress {
+                (v.is_some(), v)
+            } else {
+                (true, None)
+            }
+        };
+        Ok(RowChange {
+            to,
+            assigned_at: (op.action == Action::Route).then_some(at),
+            started_at: (op.action == Action::Start).then_some(at),
+            completed_at: to.is_terminal().then_some(at),
+            attempts_inc: i64::from(op.action == Action::Start),
+            lease: keep(p.lease_until),
+            pid: keep(p.specialist_pid),
+            error_code: p.error.as_ref().map(|e| e.code.clone()),
+        })
     }
 }

@@ -1,13 +1,16 @@
 //! Gate operations: synthetic gate runs, the shadow summary, one-time gate overrides.
 
+use super::submit::{new_task, submit};
 use super::Actor;
 use crate::clock::rfc3339;
 use crate::daemon::Daemon;
-use crate::gate::{shadow, synthetic};
+use crate::fixtures::Fixture;
+use crate::gate::shadow;
+use crate::gate::synthetic::{judge, summary_of, HARNESS};
 use crate::machine::validate_reason;
-use crate::store::NewOverride;
-use orchestrator_proto::message::{GateRunReport, OverrideRecord, ShadowSummary};
-use orchestrator_proto::task::Mode;
+use crate::store::{GateRunRecord, NewOverride};
+use orchestrator_proto::message::{GateRunReport, OverrideRecord, ShadowSummary, SubmitRequest};
+use orchestrator_proto::task::{Mode, TaskKind};
 use orchestrator_proto::{ErrorCode, WireError};
 
 /// The longest shadow-summary window, in hours.
@@ -16,7 +19,62 @@ pub const MAX_WINDOW_HOURS: u32 = 24 * 366;
 /// Run one fixture (`label`) or all of them (`synthetic-all`) through the synthetic harness, and
 /// record the run.
 pub async fn run_synthetic(d: &Daemon, label: Option<&str>) -> Result<GateRunReport, WireError> {
-    let report = synthetic::run(d, label).await?;
+    let cfg = d.config();
+    let fixtures: Vec<Fixture> = match label {
+        None => cfg.gate.fixtures.fixtures.clone(),
+        Some(l) => match cfg.gate.fixtures.get(l) {
+            Some(f) => vec![f.clone()],
+            None => {
+                let labels = cfg.gate.fixtures.labels().join(", ");
+                return Err(WireError::new(
+                    ErrorCode::UnknownFixture,
+                    format!("no fixture labelled {l:?}; available: {labels}"),
+                )
+                .with("available", labels));
+            }
+        },
+    };
+    let fingerprint = cfg.routing_fingerprint();
+    let at = d.clock.now_ms();
+    let mut outcomes = Vec::with_capacity(fixtures.len());
+    let harness = Actor::named(HARNESS);
+    for f in &fixtures {
+        let req = SubmitRequest {
+            goal: f.goal.clone(),
+            required_capabilities: f.required_capabilities.clone(),
+            workspace_dir: None,
+            ttl_secs: None,
+            wait: true,
+        };
+        let mut task = new_task(d, &req, &harness, true)?;
+        task.kind = TaskKind::Synthetic;
+        let task = submit(d, task, &harness, true).await?;
+        outcomes.push(judge(f, &task));
+    }
+    let passed = outcomes.iter().filter(|o| o.ok).count() as u32;
+    let report = GateRunReport {
+        at: rfc3339(at),
+        fingerprint: fingerprint.clone(),
+        label: label.map(str::to_string),
+        passed,
+        total: outcomes.len() as u32,
+        fixtures: outcomes,
+    };
+    let json = serde_json::to_string(&report)
+        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
+    d.store
+        .record_gate_run(GateRunRecord {
+            at_ms: at,
+            label: report.label.clone(),
+            fingerprint: fingerprint.clone(),
+            passed,
+            total: report.total,
+            report: json,
+        })
+        .await?;
+    let summary = summary_of(&report, &fingerprint);
+    d.gate.set_latest_run(Some(summary));
+    tracing::info!(passed, total = report.total, fingerprint = %fingerprint, "synthetic gate run recorded");
     if label.is_none() {
         let fields = serde_json::json!({
             "passed": report.passed,
@@ -37,8 +95,9 @@ pub async fn shadow_summary(d: &Daemon, window_hours: u32) -> Result<ShadowSumma
             format!("window must be between 1 and {MAX_WINDOW_HOURS} hours"),
         ));
     }
-    let window_ms = i64::from(window_hours) * 3_600_000;
-    let summary = shadow::summary(d, window_ms, window_hours).await?;
+    let since = d.clock.now_ms() - i64::from(window_hours) * 3_600_000;
+    let rows = d.store.shadow_rows_since(since).await?;
+    let summary = shadow::summarize(&rows, window_hours, d.config().gate.min_shadow_tasks);
     let fields = serde_json::json!({
         "passed": summary.passed,
         "verdict": summary.verdict,
@@ -78,7 +137,7 @@ pub async fn record_override(
         })
         .await?;
     let pending = d.store.pending_overrides().await?;
-    d.with_notes(|n| n.pending_overrides = pending);
+    d.gate.set_pending_overrides(pending);
     tracing::warn!(mode = %mode, by = %rec.by, uid = rec.uid, reason = %rec.reason, "gate override recorded");
     Ok(rec)
 }

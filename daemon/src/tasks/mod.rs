@@ -1,7 +1,7 @@
 //! The application layer: every operation on tasks, gates and the sweeper that a front end offers.
 //!
 //! The control socket (`server::handlers`), the HTTP API (`http`) and the synthetic harness
-//! (`gate::synthetic`) are front ends over these functions; none of them calls another front end.
+//! ([`gate::run_synthetic`]) are front ends over these functions; none of them calls another front end.
 //! Each operation takes the daemon, the [`Actor`] it acts for where it records one, and plain
 //! arguments, and answers a result or a [`WireError`](orchestrator_proto::WireError) with a stable
 //! code. Validation lives here, so every front end refuses the same input the same way.
@@ -11,13 +11,17 @@
 //! - [`query`]: list and show.
 //! - [`route`]: the routing decision a submit would take, without writing.
 //! - [`gate`]: synthetic gate runs, the shadow summary, gate overrides.
-//! - [`sweep`]: a sweep now.
+//! - [`sweep`]: a sweep now, and the sweeper's timer.
+//! - [`reload`]: re-read the config and apply it, or nothing (SIGHUP and `orchctl reload`).
+//! - [`status`]: the daemon in a line, for systemd.
 //! - [`notify`]: notification sinks: list, test, retry dead events.
 
 pub mod gate;
 pub mod notify;
 pub mod query;
+pub mod reload;
 pub mod route;
+pub mod status;
 pub mod submit;
 pub mod sweep;
 pub mod transition;

@@ -151,9 +151,14 @@ pub async fn submit(
         // and the answer shows where the task came to rest.
         let steps = synthetic::steps(&task, &d.config(), task.created_ms);
         let harness = task.harness;
+        let wait_ms = steps
+            .iter()
+            .find(|s| s.action == crate::machine::Action::Start)
+            .map(|s| s.at_ms - task.created_ms);
         let task = d.store.submit(SubmitPlan { task, actor, steps }).await?;
-        if !harness {
-            synthetic::count_dispatch(d, &task);
+        if let (false, Some(wait_ms)) = (harness, wait_ms) {
+            let agent = task.assigned_agent_id.as_deref().unwrap_or_default();
+            synthetic::count_dispatch(d, agent, wait_ms);
         }
         task
     } else {

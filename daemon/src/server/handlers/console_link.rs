@@ -10,7 +10,7 @@ use orchestrator_proto::{ErrorCode, Response, WireError};
 use std::net::SocketAddr;
 
 pub fn handle(d: &Daemon, peer: &Peer) -> Result<Response, WireError> {
-    let Some(listen) = d.notes().http_listen else {
+    let Some(listen) = d.http_listen.get().cloned() else {
         return Err(WireError::new(
             ErrorCode::HttpOff,
             "the HTTP listener is off, so there is no console: see `orchctl status` and [http] listen",

@@ -1,7 +1,8 @@
 //! `reload`: the same reload path as SIGHUP, answered synchronously.
 
 use crate::daemon::Daemon;
-use crate::lifecycle::{reload, ReloadTrigger};
+use crate::lifecycle::ReloadTrigger;
+use crate::tasks::reload::reload;
 use orchestrator_proto::{Response, WireError};
 use std::sync::Arc;
 

@@ -1,5 +1,5 @@
-//! `status`: mode, config, counts, gate, sweeper, the store's health — all from memory, so it
-//! answers in microseconds.
+//! `status`: mode, config, counts, gate, sweeper, the store's health — each subsystem's part from
+//! its own state in memory, so it answers in microseconds.
 
 use crate::clock::rfc3339;
 use crate::daemon::Daemon;
@@ -9,9 +9,8 @@ use orchestrator_proto::{Response, WireError};
 pub async fn handle(d: &Daemon, minor: u16) -> Result<Response, WireError> {
     let cfg = d.config();
     let mode = d.mode();
-    let notes = d.notes();
     let fingerprint = cfg.routing_fingerprint();
-    let latest_gate = notes.latest_gate.clone().map(|mut g| {
+    let latest_gate = d.gate.latest_run().map(|mut g| {
         g.matches_current = g.fingerprint == fingerprint;
         g
     });
@@ -31,26 +30,26 @@ pub async fn handle(d: &Daemon, minor: u16) -> Result<Response, WireError> {
         mode_since: rfc3339(mode.since_ms),
         mode_note: mode.note,
         config_path: cfg.source.as_ref().map(|p| p.display().to_string()),
-        config_loaded_at: rfc3339(notes.config_loaded_ms),
-        config_error: notes.config_error,
+        config_loaded_at: rfc3339(d.reload.config_loaded_ms()),
+        config_error: d.reload.config_error(),
         // A taken default HTTP port is said where operators already look for what needs fixing.
         config_warnings: cfg
             .warnings
             .iter()
             .cloned()
-            .chain(notes.http_problem.clone())
+            .chain(d.http_problem.get().cloned())
             .collect(),
         routing_fingerprint: fingerprint,
         socket: d.paths.socket.display().to_string(),
         state_dir: d.paths.state_dir.display().to_string(),
         counts,
         latest_gate,
-        last_reload: notes.last_reload,
-        pending_overrides: notes.pending_overrides,
-        last_sweep: notes.last_sweep,
-        next_sweep_at: notes.next_sweep_ms.map(rfc3339),
+        last_reload: d.reload.last_reload(),
+        pending_overrides: d.gate.pending_overrides(),
+        last_sweep: d.sweeper.last_sweep(),
+        next_sweep_at: d.sweeper.next_sweep_ms().map(rfc3339),
         token_problem: crate::credentials::token_problem(&d.paths.token_file()),
-        http_listen: notes.http_listen,
+        http_listen: d.http_listen.get().cloned(),
     });
     // Clients of protocol 1.0 know only the report.
     if minor < 1 {

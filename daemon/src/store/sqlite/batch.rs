@@ -8,7 +8,7 @@ use super::rows::{task_from_row, TASK_COLUMNS};
 use crate::clock::rfc3339;
 use crate::machine::{next_state, Action};
 use crate::store::outbox::OutboxRules;
-use crate::store::{absorb, NewTask, Plan, StoreError, SubmitPlan, TransitionOp};
+use crate::store::{absorb, NewTask, Plan, RowChange, StoreError, SubmitPlan, TransitionOp};
 use orchestrator_proto::task::{Task, TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
 use rusqlite::{params, OptionalExtension, Transaction};
@@ -155,28 +155,7 @@ impl<'a> Batch<'a> {
             None,
         )?;
         // The row holds exactly what was just inserted: answer from memory rather than read it back.
-        Ok(Task {
-            schema_version: orchestrator_proto::task::SCHEMA_VERSION,
-            state: TaskState::Queued,
-            created_at: rfc3339(t.created_ms),
-            expires_at: rfc3339(t.expires_ms),
-            id: t.id,
-            kind: t.kind,
-            goal: t.goal,
-            workspace_dir: t.workspace_dir,
-            required_capabilities: t.required_capabilities,
-            routing: None,
-            assigned_agent_id: None,
-            result: None,
-            rejection: None,
-            error: None,
-            submitted_by: t.submitted_by,
-            would_require_approval: false,
-            assigned_at: None,
-            started_at: None,
-            completed_at: None,
-            attempts: 0,
-        })
+        Ok(t.into_queued())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -316,28 +295,18 @@ impl<'a> Batch<'a> {
         kind: TaskKind,
         from: TaskState,
     ) -> Result<TaskState, StoreError> {
-        let to = next_state(from, op.action).map_err(|r| StoreError::Refused {
-            from: r.from,
-            action: r.action.name(),
-        })?;
+        let RowChange {
+            to,
+            assigned_at,
+            started_at,
+            completed_at,
+            attempts_inc,
+            lease: (lease_set, lease_val),
+            pid: (pid_set, pid_val),
+            error_code,
+        } = RowChange::of(op, from)?;
         let p = &op.patch;
         let at = op.at_ms;
-        let assigned_at = (op.action == Action::Route).then_some(at);
-        let started_at = (op.action == Action::Start).then_some(at);
-        let completed_at = to.is_terminal().then_some(at);
-        let attempts_inc = i64::from(op.action == Action::Start);
-        // Leaving in_progress always drops the lease; entering it takes the one in the patch.
-        let (lease_set, lease_val) = if to == TaskState::InProgress {
-            (p.lease_until.is_some(), p.lease_until)
-        } else {
-            (true, None)
-        };
-        let (pid_set, pid_val) = if to == TaskState::InProgress {
-            (p.specialist_pid.is_some(), p.specialist_pid)
-        } else {
-            (true, None)
-        };
-        let error_code = p.error.as_ref().map(|e| e.code.clone());
         let changed = self
             .tx
             .prepare_cached(

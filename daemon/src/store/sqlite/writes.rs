@@ -5,9 +5,9 @@ use super::batch::Batch;
 use super::queries::{META_MODE, META_MODE_SINCE};
 use crate::machine::Action;
 use crate::store::{
-    GateRunRecord, ModeChange, NewOverride, Patch, Reclaim, Reclaimed, StoreError, TransitionOp,
+    GateRunRecord, ModeChange, NewOverride, Reclaim, Reclaimed, StoreError, TransitionOp,
 };
-use orchestrator_proto::task::{task_error, TaskError, TaskKind, TaskState};
+use orchestrator_proto::task::{TaskKind, TaskState};
 use rusqlite::params;
 
 // The sweeper's statements. Each is served by an index (tests check the query plans), so a batch
@@ -74,33 +74,9 @@ impl Batch<'_> {
             })?;
             rows.collect::<Result<_, _>>()?
         };
-        let why = r.reason.as_str();
         let mut out = Reclaimed::default();
         for (id, agent, attempts) in rows {
-            let allowed = i64::from(r.attempts.for_agent(agent.as_deref().unwrap_or("")));
-            let op = if attempts < allowed {
-                TransitionOp::new(&id, Action::Requeue, &r.actor, r.now)
-                    .detail("reason", why)
-                    .detail("attempts", attempts.to_string())
-            } else {
-                let error = TaskError {
-                    code: task_error::SPECIALIST_ABORTED.into(),
-                    message: format!("the specialist's lease lapsed: {why}"),
-                    details: Some(
-                        [
-                            ("reason".to_string(), why.to_string()),
-                            ("attempts".to_string(), attempts.to_string()),
-                        ]
-                        .into(),
-                    ),
-                };
-                TransitionOp::new(&id, Action::Fail, &r.actor, r.now)
-                    .patch(Patch {
-                        error: Some(error),
-                        ..Patch::default()
-                    })
-                    .detail("reason", why)
-            };
+            let op = r.op_for(&id, agent.as_deref(), attempts);
             let requeue = op.action == Action::Requeue;
             match self.nested(|b| b.apply(&op)) {
                 Ok(_) if requeue => out.requeued.push(id),

@@ -56,7 +56,9 @@ pub async fn show(
     let d = &api.daemon;
     let cfg = d.config();
     let mode = d.mode();
-    let notes = d.notes();
+    // Each subsystem's part, as `status` shows it.
+    let (latest_gate, pending_overrides) = (d.gate.latest_run(), d.gate.pending_overrides());
+    let (last_reload, config_error) = (d.reload.last_reload(), d.reload.config_error());
     let default_window = (cfg.gate.shadow_window.as_secs() / 3600)
         .clamp(1, u64::from(gate::MAX_WINDOW_HOURS)) as u32;
     let window = q
@@ -79,7 +81,7 @@ pub async fn show(
         }
         section.panel {
             h2 { "Synthetic gate" }
-            @match &notes.latest_gate {
+            @match &latest_gate {
                 None => p.muted { "No synthetic gate run yet: " code { "orchctl synthetic-all" } },
                 Some(g) => table.kv {
                     tr { td { "Last run" } td { (when(&g.at)) @if let Some(l) = &g.label { " (" (l) ")" } } }
@@ -136,23 +138,23 @@ pub async fn show(
         }
         section.panel {
             h2 { "Pending overrides" }
-            @if notes.pending_overrides.is_empty() { p.muted { "None." } }
+            @if pending_overrides.is_empty() { p.muted { "None." } }
             @else {
-                ul { @for o in &notes.pending_overrides {
+                ul { @for o in &pending_overrides {
                     li { "to " strong { (o.mode) } " by " (o.by) ", " (when(&o.at)) ": " (o.reason) }
                 } }
             }
         }
         section.panel {
             h2 { "Last reload" }
-            @match &notes.last_reload {
+            @match &last_reload {
                 None => p.muted { "No reload since the start." },
                 Some(r) => {
                     p { (when(&r.at)) " by " (r.trigger) ": " strong { (format!("{:?}", r.outcome).to_lowercase()) } " — " (r.message) }
                     @if !r.changes.is_empty() { ul { @for c in &r.changes { li { (c) } } } }
                 }
             }
-            @if let Some(err) = &notes.config_error { p.notice.bad { "Config error: " (err) } }
+            @if let Some(err) = &config_error { p.notice.bad { "Config error: " (err) } }
         }
     };
     html_response(

@@ -191,7 +191,7 @@ fn retention_steps_past_tasks_it_must_keep() {
     assert_eq!(left.len(), stuck);
     assert!(!left.contains(&last));
     assert_eq!(
-        d.notes().last_sweep.as_ref().map(|r| r.deleted),
+        d.sweeper.last_sweep().as_ref().map(|r| r.deleted),
         Some(1),
         "status shows the last sweep"
     );
@@ -213,9 +213,9 @@ fn sweep_now_waits_for_the_sweep_under_way() {
     let clock = ManualClock::new(NOW);
     let d = daemon_at(store, dir.path(), &clock);
     runtime().block_on(async {
-        let under_way = d.sweep_lock.lock().await;
+        let under_way = d.sweeper.lock.lock().await;
         let d2 = Arc::clone(&d);
-        let mut asked = tokio::spawn(async move { run_now(&d2).await });
+        let mut asked = tokio::spawn(async move { sweep_now(&d2).await });
         let waited = tokio::time::timeout(Duration::from_millis(200), &mut asked).await;
         assert!(waited.is_err(), "ran alongside the sweep under way");
         clock.advance(Duration::from_secs(1));
@@ -230,7 +230,7 @@ async fn swept_at(d: &Daemon, at: i64) -> SweepReport {
     let want = rfc3339(at);
     let poll = async {
         loop {
-            if let Some(r) = d.notes().last_sweep.filter(|r| r.started_at == want) {
+            if let Some(r) = d.sweeper.last_sweep().filter(|r| r.started_at == want) {
                 return r;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -238,7 +238,7 @@ async fn swept_at(d: &Daemon, at: i64) -> SweepReport {
     };
     tokio::time::timeout(Duration::from_secs(30), poll)
         .await
-        .unwrap_or_else(|_| panic!("no sweep started at {want}: {:?}", d.notes().last_sweep))
+        .unwrap_or_else(|_| panic!("no sweep started at {want}: {:?}", d.sweeper.last_sweep()))
 }
 
 /// The timer sweeps at start, then once the interval has passed on the daemon's clock, and shows
@@ -274,7 +274,7 @@ fn the_timer_sweeps_again_when_the_interval_has_passed_on_the_clock() {
         let first = swept_at(&d, NOW).await;
         assert_eq!(first.expired, 0, "not due yet: {first:?}");
         let next = NOW + duration_ms(interval);
-        assert_eq!(d.notes().next_sweep_ms, Some(next));
+        assert_eq!(d.sweeper.next_sweep_ms(), Some(next));
 
         clock.advance(interval);
         let second = swept_at(&d, next).await;

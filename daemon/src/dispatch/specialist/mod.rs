@@ -1,0 +1,119 @@
+//! Shadow and live dispatch: real specialist processes.
+//!
+//! Each agent has a FIFO queue and at most `max_concurrent` specialists alive. A task is routed
+//! (`assigned`), waits for a slot, starts (`in_progress`, with a lease), and ends by its outcome:
+//!
+//! - exit 0 → `complete` (live: approval by the routing rules; shadow: never, what live would have
+//!   done is recorded at routing), stdout as `result.text` (capped; all of it in `textPath`
+//!   beyond the cap), the files left in the artefact directory as `artefacts`;
+//! - non-zero exit or a signal → `fail` `specialist_aborted`, with the exit status and stderr's tail;
+//! - cannot spawn → `fail` `spawn_failed`; past the timeout → stopped, `fail` `specialist_timeout`;
+//! - cancelled, or the daemon stopping → the specialist is stopped and no outcome is written (the
+//!   task is already `cancelled`, or is reclaimed at the next start).
+//!
+//! `slots` holds the per-agent queues and slots, `run` takes one task from its slot to its
+//! outcome, and `outcome` turns an ended process into a transition.
+
+mod outcome;
+mod run;
+mod slots;
+#[cfg(test)]
+mod tests;
+
+pub use outcome::{approval_of, outcome};
+
+use super::leases::{self, Leases};
+use super::MAX_BURST;
+use crate::config::{AgentConfig, Config};
+use crate::daemon::Daemon;
+use crate::supervisor::Supervisor;
+use orchestrator_proto::task::Task;
+use slots::Slots;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+/// Most of stdout kept in `result.text`; the rest is in the file named by `textPath`.
+pub const TEXT_CAP: usize = 64 * 1024;
+/// Inside a task's directory: the whole stdout when it outgrew the cap, and the artefact directory.
+pub const RESULT_FILE: &str = "result.txt";
+pub const ARTEFACT_DIR: &str = "artefacts";
+/// When the daemon stops, specialists get at most this long between SIGTERM and SIGKILL.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The supervisor's name for the executor's intake loop.
+pub const INTAKE_TASK: &str = "specialist-executor";
+
+pub struct Executor {
+    shared: Arc<Shared>,
+    intake: mpsc::UnboundedSender<Task>,
+}
+
+struct Shared {
+    d: Arc<Daemon>,
+    slots: Mutex<Slots>,
+    leases: Arc<Leases>,
+    tracker: TaskTracker,
+}
+
+impl Executor {
+    /// The intake and the lease renewal run as supervised tasks; the specialists' runs are
+    /// tracked here, for [`Executor::shutdown`].
+    pub fn new(d: Arc<Daemon>, sup: &Supervisor) -> Executor {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            d,
+            slots: Mutex::default(),
+            leases: Arc::default(),
+            tracker: TaskTracker::new(),
+        });
+        sup.spawn(INTAKE_TASK, intake(Arc::clone(&shared), rx));
+        sup.spawn(
+            leases::TASK,
+            leases::renew(Arc::clone(&shared.d), Arc::clone(&shared.leases)),
+        );
+        Executor { shared, intake: tx }
+    }
+
+    /// Route the task (if it is still `queued`) and queue it for its agent. Tasks are taken in the
+    /// order they are handed over.
+    pub fn enqueue(&self, task: Task) {
+        // The intake only stops at shutdown; a task handed over then is picked up at the next start.
+        let _ = self.intake.send(task);
+    }
+
+    /// The task was cancelled in the store: stop its specialist, or drop it from its queue.
+    pub fn cancel(&self, id: &str) {
+        self.shared.cancel(id);
+    }
+
+    /// Wait until every specialist has been stopped (the daemon's shutdown token stops them).
+    pub async fn shutdown(&self) {
+        self.shared.tracker.close();
+        self.shared.tracker.wait().await;
+    }
+}
+
+async fn intake(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Task>) {
+    let mut buf = Vec::with_capacity(MAX_BURST);
+    loop {
+        let n = tokio::select! {
+            _ = s.d.shutdown.cancelled() => return,
+            n = rx.recv_many(&mut buf, MAX_BURST) => n,
+        };
+        if n == 0 {
+            return;
+        }
+        let tasks = std::mem::take(&mut buf);
+        s.admit(tasks).await;
+    }
+}
+
+/// Whether the agent can run a specialist: it has an `[agents.<id>]` entry with a command.
+pub(super) fn runnable<'c>(cfg: &'c Config, agent: &str) -> Option<&'c AgentConfig> {
+    if !cfg.configured_agents.contains(agent) {
+        return None;
+    }
+    cfg.agent(agent).filter(|a| !a.command.is_empty())
+}

@@ -1,0 +1,227 @@
+//! The per-agent queues and slots: each agent has a FIFO queue and at most `max_concurrent`
+//! specialists alive; a freed slot lets the next waiting task in.
+
+use super::outcome::details;
+use super::{runnable, Shared};
+use crate::dispatch::{route_op, ACTOR};
+use crate::machine::Action;
+use crate::store::{Patch, StoreError, TransitionOp};
+use orchestrator_proto::task::{task_error, Task, TaskError, TaskState};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, MutexGuard};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Default)]
+pub(super) struct Slots {
+    pub(super) agents: HashMap<String, AgentSlots>,
+    /// Tasks taken from a queue whose specialist has not ended yet, and what stops each.
+    pub(super) running: HashMap<String, CancellationToken>,
+}
+
+#[derive(Default)]
+pub(super) struct AgentSlots {
+    pub(super) waiting: VecDeque<Task>,
+    pub(super) alive: u32,
+}
+
+/// Frees the slot when a run ends, however it ends (a panic included), and lets the next one in.
+pub(super) struct SlotGuard {
+    pub(super) s: Arc<Shared>,
+    pub(super) agent: String,
+    pub(super) id: String,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        {
+            let mut slots = self.s.slots();
+            if let Some(q) = slots.agents.get_mut(&self.agent) {
+                q.alive = q.alive.saturating_sub(1);
+            }
+            slots.running.remove(&self.id);
+        }
+        self.s.pump(&self.agent);
+    }
+}
+
+impl Shared {
+    pub(super) fn slots(&self) -> MutexGuard<'_, Slots> {
+        match self.slots.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    pub(super) fn cancel(&self, id: &str) {
+        let mut slots = self.slots();
+        if let Some(stop) = slots.running.get(id) {
+            stop.cancel();
+            return;
+        }
+        for q in slots.agents.values_mut() {
+            q.waiting.retain(|t| t.id != id);
+        }
+    }
+
+    /// Route a burst of tasks in one store job, then queue each for its agent, in order.
+    pub(super) async fn admit(self: &Arc<Self>, tasks: Vec<Task>) {
+        let cfg = self.d.config();
+        let at = self.d.clock.now_ms();
+        let c = Arc::clone(&cfg);
+        let count = tasks.len();
+        let routes: Vec<TransitionOp> = tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Queued)
+            .map(|t| route_op(t, &c, at).0)
+            .collect();
+        let routed = self.d.store.transitions(routes).await;
+        let routed = match routed {
+            Ok(outcomes) => {
+                let mut out = Vec::with_capacity(tasks.len());
+                let mut outcomes = outcomes.into_iter();
+                for task in tasks {
+                    if task.state == TaskState::Queued {
+                        match outcomes.next() {
+                            Some(Ok(t)) => {
+                                let agent = t.assigned_agent_id.as_deref().unwrap_or_default();
+                                self.d.metrics.dispatches.inc(&[agent]);
+                                out.push(t)
+                            }
+                            // Routed before (found assigned at start): taken as it stands now.
+                            Some(Err(StoreError::Refused {
+                                from: TaskState::Assigned,
+                                ..
+                            })) => out.extend(self.current(&task.id, TaskState::Assigned).await),
+                            // Cancelled or expired meanwhile: not ours to run.
+                            _ => {}
+                        }
+                    } else {
+                        out.extend(self.current(&task.id, TaskState::Assigned).await);
+                    }
+                }
+                Ok(out)
+            }
+            Err(e) => Err(e),
+        };
+        let routed = match routed {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, count, "cannot route tasks; they stay queued until the next start");
+                return;
+            }
+        };
+        let mut no_agent = Vec::new();
+        let mut touched = BTreeSet::new();
+        {
+            let mut slots = self.slots();
+            for task in routed {
+                let agent = task.assigned_agent_id.clone().unwrap_or_default();
+                if runnable(&cfg, &agent).is_some() {
+                    slots
+                        .agents
+                        .entry(agent.clone())
+                        .or_default()
+                        .waiting
+                        .push_back(task);
+                    touched.insert(agent);
+                } else {
+                    no_agent.push(task);
+                }
+            }
+        }
+        if !no_agent.is_empty() {
+            self.fail_no_agent(no_agent).await;
+        }
+        for agent in touched {
+            self.pump(&agent);
+        }
+    }
+
+    /// The task as stored now, if it is in `state`.
+    pub(super) async fn current(&self, id: &str, state: TaskState) -> Option<Task> {
+        match self.d.store.get_task(id).await {
+            Ok(t) => t.filter(|t| t.state == state),
+            Err(e) => {
+                tracing::error!(TASK_ID = %id, error = %e, "cannot read a task to dispatch it; it is dispatched at the next start");
+                None
+            }
+        }
+    }
+
+    pub(super) async fn fail_no_agent(&self, tasks: Vec<Task>) {
+        let at = self.d.clock.now_ms();
+        let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+        let ops: Vec<TransitionOp> = tasks
+            .iter()
+            .map(|task| {
+                let agent = task.assigned_agent_id.clone().unwrap_or_default();
+                let error = TaskError {
+                    code: task_error::RULE_LOADED_NO_AGENT.into(),
+                    message: format!(
+                        "the task was routed to agent {agent:?}, which has no [agents.{agent}] command to run"
+                    ),
+                    details: details(vec![("agent", agent.clone())]),
+                };
+                TransitionOp::new(&task.id, Action::Fail, ACTOR, at).patch(Patch {
+                    error: Some(error),
+                    ..Patch::default()
+                })
+            })
+            .collect();
+        // One task's refusal (cancelled meanwhile) is its own answer and undoes nothing else.
+        let result = self.d.store.transitions(ops).await.map(|outcomes| {
+            for t in outcomes.iter().flatten() {
+                let agent = t.assigned_agent_id.as_deref().unwrap_or_default();
+                let failures = &self.d.metrics.specialist_failures;
+                failures.inc(&[agent, task_error::RULE_LOADED_NO_AGENT]);
+            }
+        });
+        match result {
+            Ok(()) => {
+                tracing::warn!(tasks = ?ids, "tasks routed to agents without a command failed")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, tasks = ?ids, "cannot fail tasks routed to agents without a command")
+            }
+        }
+    }
+
+    /// Start the agent's waiting tasks while it has free slots.
+    pub(super) fn pump(self: &Arc<Self>, agent: &str) {
+        if self.d.shutdown.is_cancelled() {
+            return;
+        }
+        let max = self
+            .d
+            .config()
+            .agent(agent)
+            .map(|a| a.max_concurrent.max(1))
+            .unwrap_or(1);
+        let mut starts = Vec::new();
+        {
+            let mut guard = self.slots();
+            let slots = &mut *guard;
+            let q = slots.agents.entry(agent.to_string()).or_default();
+            while q.alive < max {
+                let Some(task) = q.waiting.pop_front() else {
+                    break;
+                };
+                q.alive += 1;
+                let stop = CancellationToken::new();
+                slots.running.insert(task.id.clone(), stop.clone());
+                starts.push((task, stop));
+            }
+        }
+        for (task, stop) in starts {
+            let guard = SlotGuard {
+                s: Arc::clone(self),
+                agent: agent.to_string(),
+                id: task.id.clone(),
+            };
+            self.tracker.spawn(async move {
+                guard.s.run(task, &stop).await;
+                drop(guard);
+            });
+        }
+    }
+}

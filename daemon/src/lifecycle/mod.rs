@@ -1,0 +1,150 @@
+//! Start-up, reload and the service manager: systemd notifications, the reload trigger and what
+//! `status` shows of reloads, the comparison that names what a reload changes, and the effective mode
+//! ([`mode`]) with the one decision that flips it at start-up and on reload alike.
+//!
+//! Reloading itself, which needs the whole daemon, is `tasks::reload`; the signal handlers and the
+//! watchdog are `service`.
+
+pub mod mode;
+
+pub use mode::{startup_mode, ModeState};
+
+use crate::config::Config;
+use orchestrator_proto::message::ReloadReport;
+use orchestrator_proto::task::Mode;
+use sd_notify::NotifyState;
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadTrigger {
+    Sighup,
+    Orchctl,
+}
+
+impl ReloadTrigger {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReloadTrigger::Sighup => "sighup",
+            ReloadTrigger::Orchctl => "orchctl",
+        }
+    }
+}
+
+/// Tell systemd something; outside systemd this does nothing.
+pub fn notify(states: &[NotifyState<'_>]) {
+    let _ = sd_notify::notify(states);
+}
+
+/// The watchdog interval systemd asked for (`WATCHDOG_USEC`), if any.
+pub fn watchdog_interval() -> Option<Duration> {
+    sd_notify::watchdog_enabled()
+}
+
+/// One reload at a time, and what `status` shows of them: the last one, and the config's error and
+/// load time.
+#[derive(Debug)]
+pub struct ReloadState {
+    /// Serialises reloads so that two of them never interleave their checks and their apply.
+    pub lock: tokio::sync::Mutex<()>,
+    notes: Mutex<ReloadNotes>,
+}
+
+#[derive(Debug, Clone)]
+struct ReloadNotes {
+    last: Option<ReloadReport>,
+    config_error: Option<String>,
+    config_loaded_ms: i64,
+}
+
+impl ReloadState {
+    /// The config in force was loaded at `config_loaded_ms`.
+    pub fn new(config_loaded_ms: i64) -> ReloadState {
+        ReloadState {
+            lock: tokio::sync::Mutex::new(()),
+            notes: Mutex::new(ReloadNotes {
+                last: None,
+                config_error: None,
+                config_loaded_ms,
+            }),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut ReloadNotes) -> R) -> R {
+        match self.notes.lock() {
+            Ok(mut n) => f(&mut n),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    pub fn last_reload(&self) -> Option<ReloadReport> {
+        self.with(|n| n.last.clone())
+    }
+
+    pub fn set_last_reload(&self, report: ReloadReport) {
+        self.with(|n| n.last = Some(report));
+    }
+
+    /// Why the config file was last refused, while the previous config keeps running.
+    pub fn config_error(&self) -> Option<String> {
+        self.with(|n| n.config_error.clone())
+    }
+
+    pub fn config_loaded_ms(&self) -> i64 {
+        self.with(|n| n.config_loaded_ms)
+    }
+
+    pub fn config_refused(&self, error: String) {
+        self.with(|n| n.config_error = Some(error));
+    }
+
+    /// A new config is in force since `at_ms`.
+    pub fn config_installed(&self, at_ms: i64) {
+        self.with(|n| {
+            n.config_error = None;
+            n.config_loaded_ms = at_ms;
+        });
+    }
+}
+
+/// What a reload from `old` to `new` changes, in words, for the report and the log.
+pub fn describe_changes(old: &Config, new: &Config, mode_from: Mode) -> Vec<String> {
+    let mut changes = Vec::new();
+    if new.mode != mode_from {
+        changes.push(format!("mode {mode_from} → {}", new.mode));
+    }
+    let (fo, fnew) = (old.routing_fingerprint(), new.routing_fingerprint());
+    if fo != fnew {
+        changes.push(format!(
+            "routing fingerprint {fo} → {fnew} ({} rules)",
+            new.routing.rules.len()
+        ));
+    }
+    if old.agents != new.agents {
+        changes.push("agents changed".into());
+    }
+    if old.sweeper != new.sweeper {
+        changes.push("sweeper settings changed".into());
+    }
+    if old.gate.shadow_window != new.gate.shadow_window
+        || old.gate.min_shadow_tasks != new.gate.min_shadow_tasks
+    {
+        changes.push("gate settings changed".into());
+    }
+    if old.gate.fixtures != new.gate.fixtures {
+        changes.push("synthetic fixtures changed".into());
+    }
+    if old.socket != new.socket {
+        changes.push("socket access changed".into());
+    }
+    if old.delivery != new.delivery {
+        changes.push("delivery changed".into());
+    }
+    if old.http != new.http {
+        changes.push("http listener changed (takes effect at the next start)".into());
+    }
+    if old.socket_path != new.socket_path || old.state_dir != new.state_dir {
+        changes.push("paths changed (take effect at the next start)".into());
+    }
+    changes
+}

@@ -1,0 +1,396 @@
+//! [`Backend`] for [`PostgresBackend`]: every write one transaction, every read one pooled
+//! connection.
+
+use super::tx::Tx;
+use super::{outbox, pg_error, queries, PostgresBackend, SCHEMA_VERSION};
+use crate::clock::now_ms;
+use crate::store::{Awaiting, Notice, OutboxEntry, OutboxRules, OutboxStats};
+use crate::store::{
+    Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes,
+    Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowRow, StoreError, StoreFuture,
+    StoredMode, SubmitPlan, TaskFilter, TransitionOp,
+};
+use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
+use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::{broadcast, watch};
+
+/// Run `$body` (an async block's worth of statements on `$tx`) in one transaction: committed and
+/// its effects published if it answers `Ok`, rolled back otherwise.
+macro_rules! write {
+    ($self:ident, |$tx:ident| $body:expr) => {
+        Box::pin(async move {
+            let outcome = async {
+                let mut client = $self.client().await?;
+                #[allow(unused_mut)]
+                let mut $tx = Tx::begin(&mut client, $self.outbox_rules()).await?;
+                let result = $body;
+                match result {
+                    Ok(v) => {
+                        $self.commit($tx).await?;
+                        Ok(v)
+                    }
+                    // Dropping the transaction rolls it back.
+                    Err(e) => Err(e),
+                }
+            }
+            .await;
+            $self.counted(outcome)
+        })
+    };
+}
+
+/// Run `$body` with a pooled connection `$c`.
+macro_rules! read {
+    ($self:ident, |$c:ident| $body:expr) => {
+        Box::pin(async move {
+            let outcome = async {
+                let $c = $self.client().await?;
+                $body
+            }
+            .await;
+            $self.counted(outcome)
+        })
+    };
+}
+
+impl PostgresBackend {
+    async fn commit(&self, tx: Tx<'_>) -> Result<(), StoreError> {
+        let _gate = self.inner.commit_gate.read().await;
+        let effects = tx.commit().await?;
+        self.publish(effects);
+        self.with_health(|h| h.full_since_ms = None);
+        Ok(())
+    }
+
+    fn with_health(&self, f: impl FnOnce(&mut Health)) {
+        if let Ok(mut h) = self.inner.health.lock() {
+            f(&mut h);
+        }
+    }
+
+    /// The server keeps its own integrity (WAL, and page checksums where the cluster has them);
+    /// this check confirms that the database still holds this release's schema.
+    async fn integrity_check(&self) -> Result<String, StoreError> {
+        self.with_health(|h| h.checking = true);
+        let found = async {
+            let c = self.client().await?;
+            let row = c
+                .query_one("SELECT max(version) FROM schema_version", &[])
+                .await
+                .map_err(pg_error)?;
+            let version: Option<i64> = row.get(0);
+            Ok::<_, StoreError>(match version {
+                Some(v) if v == SCHEMA_VERSION => "ok".to_string(),
+                other => format!("schema version {other:?}, this release expects {SCHEMA_VERSION}"),
+            })
+        }
+        .await;
+        let at = now_ms();
+        self.with_health(|h| {
+            h.checking = false;
+            if let Ok(found) = &found {
+                h.last_check = Some((at, found.clone()));
+            }
+        });
+        found
+    }
+
+    /// Count a failure of the store itself; refusals are answers, and a closed store is a shutdown.
+    fn counted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Full(_)) = &result {
+            let at = now_ms();
+            self.with_health(|h| {
+                h.full_since_ms.get_or_insert(at);
+            });
+        }
+        if let Err(e) = &result {
+            if !e.is_refusal() && *e != StoreError::Closed {
+                self.inner.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+}
+
+impl Backend for PostgresBackend {
+    fn submit(&self, plan: SubmitPlan) -> StoreFuture<'_, Task> {
+        write!(self, |tx| tx.submit(plan).await)
+    }
+
+    fn advance(&self, plans: Vec<Plan>) -> StoreFuture<'_, Outcomes<TaskState>> {
+        write!(self, |tx| {
+            let mut out = Vec::with_capacity(plans.len());
+            for plan in &plans {
+                // One plan's refusal (its task moved on meanwhile) must not undo the others.
+                let mark = tx.savepoint().await?;
+                let r = tx.advance(plan).await;
+                tx.settle(mark, r.is_ok()).await?;
+                match r {
+                    Err(e) if !e.is_refusal() => return Err(e),
+                    r => out.push(r),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn transition(&self, op: TransitionOp) -> StoreFuture<'_, Task> {
+        write!(self, |tx| tx.transition(&op).await)
+    }
+
+    fn transitions(&self, ops: Vec<TransitionOp>) -> StoreFuture<'_, Outcomes<Task>> {
+        write!(self, |tx| {
+            let mut out = Vec::with_capacity(ops.len());
+            for op in &ops {
+                let mark = tx.savepoint().await?;
+                let r = tx.transition(op).await;
+                tx.settle(mark, r.is_ok()).await?;
+                match r {
+                    Err(e) if !e.is_refusal() => return Err(e),
+                    r => out.push(r),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn append_event(&self, e: NewEvent) -> StoreFuture<'_, ()> {
+        write!(self, |tx| {
+            tx.append_event(
+                &e.task_id,
+                e.kind,
+                e.at_ms,
+                &e.actor,
+                &e.action,
+                Some(e.state),
+                e.state,
+                e.details,
+            )
+            .await
+        })
+    }
+
+    /// An empty transaction, committed. An unreachable database counts as alive here: the probe
+    /// feeds systemd's watchdog, and restarting the daemon cannot bring the database back, while
+    /// requests are answered `store_unavailable` meanwhile.
+    fn probe(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let committed: Result<(), StoreError> = write!(self, |tx| Ok(())).await;
+            match committed {
+                Err(StoreError::Unavailable(why)) => {
+                    tracing::debug!(%why, "liveness probe: the database is unreachable");
+                    Ok(())
+                }
+                other => other,
+            }
+        })
+    }
+
+    /// There is no writer thread: this resolves once the store is closed.
+    fn writer_ended(&self) -> Pin<Box<dyn Future<Output = String> + Send + '_>> {
+        Box::pin(async move {
+            let mut closed = self.inner.closed_tx.subscribe();
+            let _ = closed.wait_for(|c| *c).await;
+            "the store was closed".to_string()
+        })
+    }
+
+    fn get_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Task>> {
+        read!(self, |c| queries::get_task(&c, id).await)
+    }
+
+    fn task_detail<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> StoreFuture<'a, Option<(Task, Vec<TrajectoryEvent>)>> {
+        read!(self, |c| match queries::get_task(&c, id).await? {
+            Some(task) => Ok(Some((task, queries::events_of(&c, id).await?))),
+            None => Ok(None),
+        })
+    }
+
+    fn transitions_of<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Vec<TrajectoryEvent>> {
+        read!(self, |c| queries::events_of(&c, id).await)
+    }
+
+    fn list_tasks(&self, filter: TaskFilter) -> StoreFuture<'_, Vec<Task>> {
+        read!(self, |c| queries::list_tasks(&c, &filter).await)
+    }
+
+    fn pending_dispatch(&self) -> StoreFuture<'_, Vec<Task>> {
+        read!(self, |c| queries::pending_dispatch(&c).await)
+    }
+
+    fn undelivered_since<'a>(
+        &'a self,
+        since_ms: i64,
+        action: &'a str,
+    ) -> StoreFuture<'a, Vec<Task>> {
+        read!(self, |c| queries::undelivered_since(&c, since_ms, action)
+            .await)
+    }
+
+    fn expire_due<'a>(
+        &'a self,
+        now: i64,
+        limit: usize,
+        actor: &'a str,
+    ) -> StoreFuture<'a, Vec<String>> {
+        write!(self, |tx| tx.expire_due(now, limit, actor).await)
+    }
+
+    fn reclaim_lapsed(&self, reclaim: Reclaim) -> StoreFuture<'_, Reclaimed> {
+        write!(self, |tx| tx.reclaim_lapsed(&reclaim).await)
+    }
+
+    fn retired(
+        &self,
+        kind: TaskKind,
+        before: i64,
+        after: Option<RetiredCursor>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Retired>> {
+        read!(self, |c| queries::retired(&c, kind, before, after, limit)
+            .await)
+    }
+
+    fn delete_tasks(&self, ids: Vec<String>) -> StoreFuture<'_, Vec<String>> {
+        write!(self, |tx| tx.delete_tasks(&ids).await)
+    }
+
+    fn renew_leases(&self, ids: Vec<String>, until: i64) -> StoreFuture<'_, Vec<String>> {
+        write!(self, |tx| tx.renew_leases(&ids, until).await)
+    }
+
+    fn void_leases(&self) -> StoreFuture<'_, usize> {
+        write!(self, |tx| tx.void_leases().await)
+    }
+
+    fn set_specialist_pid<'a>(&'a self, id: &'a str, pgid: i32) -> StoreFuture<'a, bool> {
+        write!(self, |tx| tx.set_specialist_pid(id, pgid).await)
+    }
+
+    fn orphan_leftovers(&self) -> StoreFuture<'_, Vec<Leftover>> {
+        read!(self, |c| queries::orphan_leftovers(&c).await)
+    }
+
+    fn record_gate_run(&self, run: GateRunRecord) -> StoreFuture<'_, ()> {
+        write!(self, |tx| tx.record_gate_run(&run).await)
+    }
+
+    fn latest_gate_run(&self) -> StoreFuture<'_, Option<GateRunSummary>> {
+        read!(self, |c| queries::latest_gate_run(&c).await)
+    }
+
+    fn gate_passed_for<'a>(&'a self, fingerprint: &'a str) -> StoreFuture<'a, bool> {
+        read!(self, |c| queries::gate_passed_for(&c, fingerprint).await)
+    }
+
+    fn insert_override(&self, o: NewOverride) -> StoreFuture<'_, ()> {
+        write!(self, |tx| tx.insert_override(&o).await)
+    }
+
+    fn pending_override(&self, mode: Mode) -> StoreFuture<'_, Option<(i64, OverrideRecord)>> {
+        read!(self, |c| queries::pending_override(&c, mode).await)
+    }
+
+    fn pending_overrides(&self) -> StoreFuture<'_, Vec<OverrideRecord>> {
+        read!(self, |c| queries::pending_overrides(&c).await)
+    }
+
+    fn load_mode(&self) -> StoreFuture<'_, Option<StoredMode>> {
+        read!(self, |c| queries::load_mode(&c).await)
+    }
+
+    fn save_mode(&self, change: ModeChange) -> StoreFuture<'_, ()> {
+        write!(self, |tx| tx.save_mode(&change).await)
+    }
+
+    fn shadow_rows_since(&self, since_ms: i64) -> StoreFuture<'_, Vec<ShadowRow>> {
+        read!(self, |c| queries::shadow_rows_since(&c, since_ms).await)
+    }
+
+    fn set_outbox_rules(&self, rules: OutboxRules) {
+        if let Ok(mut r) = self.inner.outbox_rules.write() {
+            *r = Some(Arc::new(rules));
+        }
+    }
+
+    fn outbox_signal(&self) -> watch::Receiver<u64> {
+        self.inner.outbox_written.subscribe()
+    }
+
+    fn enqueue_notice(&self, notice: Notice) -> StoreFuture<'_, usize> {
+        write!(self, |tx| tx.enqueue_notice(&notice).await)
+    }
+
+    fn outbox_pending<'a>(
+        &'a self,
+        sink: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<OutboxEntry>> {
+        read!(self, |c| outbox::outbox_pending(&c, sink, limit).await)
+    }
+
+    fn mark_delivered(&self, seq: i64) -> StoreFuture<'_, ()> {
+        write!(self, |tx| tx.outbox_delivered(seq).await)
+    }
+
+    fn mark_attempt_failed(&self, seq: i64, error: String) -> StoreFuture<'_, ()> {
+        write!(self, |tx| tx.outbox_attempt_failed(seq, &error).await)
+    }
+
+    fn mark_dead(&self, seqs: Vec<i64>, at_ms: i64, alarm: Option<Notice>) -> StoreFuture<'_, ()> {
+        write!(self, |tx| tx
+            .outbox_dead(&seqs, at_ms, alarm.as_ref())
+            .await)
+    }
+
+    fn retry_dead<'a>(&'a self, sink: &'a str, now_ms: i64) -> StoreFuture<'a, u64> {
+        write!(self, |tx| tx.outbox_retry_dead(sink, now_ms).await)
+    }
+
+    fn outbox_stats(&self) -> StoreFuture<'_, Vec<OutboxStats>> {
+        read!(self, |c| outbox::outbox_stats(&c).await)
+    }
+
+    fn awaiting_approval(&self) -> StoreFuture<'_, Vec<Awaiting>> {
+        read!(self, |c| outbox::awaiting_approval(&c).await)
+    }
+
+    fn counts(&self) -> Counts {
+        self.inner
+            .counts
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
+    fn errors(&self) -> u64 {
+        self.inner.errors.load(Ordering::Relaxed)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<TrajectoryEvent> {
+        self.inner.events.subscribe()
+    }
+
+    fn health(&self) -> Health {
+        self.inner
+            .health
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default()
+    }
+
+    fn check_integrity(&self) -> StoreFuture<'_, String> {
+        Box::pin(self.integrity_check())
+    }
+
+    fn close(&self) {
+        self.shut();
+    }
+}

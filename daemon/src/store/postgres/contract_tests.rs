@@ -1,0 +1,46 @@
+//! The store contract (`store::contract`) run against PostgreSQL, one test per case, each on a
+//! fresh database of a throwaway server (see `throwaway`). They need the PostgreSQL 15 binaries,
+//! so they are ignored by default; `.ci/run` runs them with `--ignored`.
+
+use super::{PostgresBackend, Settings};
+use crate::store::{contract, Store};
+use std::sync::Arc;
+
+async fn fresh() -> Store {
+    let url = super::throwaway::shared_database().expect("a throwaway PostgreSQL database");
+    let backend = PostgresBackend::open(&Settings { url, pool_size: 8 })
+        .await
+        .expect("open the store");
+    Store::new(Arc::new(backend))
+}
+
+macro_rules! contract_cases {
+    ($($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+            async fn $case() {
+                let store = fresh().await;
+                contract::$case(store.clone()).await;
+                store.close();
+            }
+        )*
+    };
+}
+
+contract_cases!(
+    submit_answers_what_a_read_returns,
+    one_event_per_transition_in_commit_order,
+    refused_transition_changes_nothing,
+    concurrent_approve_and_reject_one_wins,
+    counts_follow_commits_only,
+    advance_runs_each_plan_on_its_own,
+    expiry_takes_only_due_waiting_tasks,
+    leases_renew_void_and_lapse,
+    retention_walks_and_deletes_terminal_tasks,
+    gate_runs_are_recorded,
+    mode_and_overrides,
+    reads_for_gates_dispatch_and_delivery,
+    probe_commits_nothing,
+    listing_filters_and_pages_each_task_once,
+);
