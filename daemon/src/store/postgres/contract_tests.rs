@@ -43,4 +43,9 @@ contract_cases!(
     reads_for_gates_dispatch_and_delivery,
     probe_commits_nothing,
     listing_filters_and_pages_each_task_once,
+    outbox_is_written_with_the_transition,
+    rolled_back_job_writes_no_outbox_row,
+    outbox_order_and_marks,
+    notices_follow_the_filters,
+    awaiting_approval_lists_waiting_tasks,
 );
