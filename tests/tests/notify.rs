@@ -326,6 +326,31 @@ fn kill9_with_events_pending_delivers_all_after_restart_in_order() {
     }
 }
 
+/// Submits on one open connection, one at a time: the latency of each, in order.
+fn submit_latencies(socket: &Path, n: usize) -> Vec<Duration> {
+    use orchestrator_proto::message::{Request, SubmitRequest};
+    let mut conn = Raw::connect(socket).unwrap();
+    conn.hello().unwrap();
+    (0..n)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            conn.ok(Request::Submit(SubmitRequest {
+                goal: CODE_GOAL.into(),
+                required_capabilities: Vec::new(),
+                workspace_dir: None,
+                ttl_secs: None,
+                wait: false,
+            }));
+            started.elapsed()
+        })
+        .collect()
+}
+
+fn p99(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[(v.len() * 99).div_ceil(100) - 1]
+}
+
 #[test]
 fn a_hung_sink_holds_up_neither_submits_nor_other_sinks() {
     let hung = Receiver::start(|_| None);
@@ -340,6 +365,7 @@ fn a_hung_sink_holds_up_neither_submits_nor_other_sinks() {
         ),
         webhook_sink("healthy", &healthy.url, "[\"approval.requested\"]", "")
     ));
+    let plain = TestDaemon::start();
     let ids: Vec<String> = (0..20).map(|_| d.submit(CODE_GOAL)).collect();
     let got = wait_for("the healthy sink to get all 20", WAIT, || {
         let got = healthy.delivered();
@@ -357,6 +383,24 @@ fn a_hung_sink_holds_up_neither_submits_nor_other_sinks() {
     assert_eq!(hung.hits().len(), 1);
     let list = sinks(&d);
     assert_eq!(sink(&list, "hung")["pending"], 20, "{list}");
+
+    // Submit latency with the hung sink against a daemon without sinks, in alternating rounds on
+    // the same machine. A submit that waited on the sink would take its 60 s timeout; the bound
+    // leaves room for a busy machine and nothing for that.
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        with.extend(submit_latencies(&d.socket, 25));
+        without.extend(submit_latencies(&plain.socket, 25));
+    }
+    let (with, without) = (p99(with), p99(without));
+    assert!(
+        with <= without * 4 + Duration::from_secs(2),
+        "p99 submit latency with the hung sink {with:?}, without sinks {without:?}"
+    );
+    // The hung sink was hung the whole time: still one request, and every new event queued.
+    assert_eq!(hung.hits().len(), 1);
+    let list = sinks(&d);
+    assert_eq!(sink(&list, "hung")["pending"], 120, "{list}");
 }
 
 #[test]
@@ -422,13 +466,29 @@ fn events_dead_after_give_up_raise_one_alarm_and_retry_brings_them_back() {
             "down",
             &format!("http://{closed}/hook"),
             "[\"approval.requested\"]",
-            "give_up_after = \"300ms\""
+            "give_up_after = \"1h\""
         ),
         pager.display()
     ));
     for _ in 0..3 {
         d.submit(CODE_GOAL);
     }
+    // Retried, not given up on, until an hour has passed on the daemon's clock.
+    wait_for("a failed attempt", WAIT, || {
+        let list = sinks(&d);
+        let down = sink(&list, "down");
+        (down["failedAttempts"].as_u64() >= Some(2)).then_some(())
+    });
+    let list = sinks(&d);
+    assert_eq!(
+        (
+            &sink(&list, "down")["pending"],
+            &sink(&list, "down")["dead"]
+        ),
+        (&Value::from(3), &Value::from(0)),
+        "{list}"
+    );
+    d.advance(Duration::from_secs(3601));
     let list = wait_for("three dead events and the alarm delivered", WAIT, || {
         let list = sinks(&d);
         let (down, pager) = (sink(&list, "down"), sink(&list, "pager"));
@@ -466,10 +526,20 @@ fn events_dead_after_give_up_raise_one_alarm_and_retry_brings_them_back() {
 fn approval_timeout_warns_then_rejects_as_its_own_actor() {
     let rx = Receiver::start(|_| Some(200));
     let d = TestDaemon::with_config(&format!(
-        "[routing]\napproval_timeout = \"4s\"\non_approval_timeout = \"reject\"\napproval_warning = \"1h\"\n\n{}",
+        "[routing]\napproval_timeout = \"4h\"\non_approval_timeout = \"reject\"\napproval_warning = \"1h\"\n\n{}",
         webhook_sink("hook", &rx.url, "[\"approval.expiring\", \"approval.decided\"]", "")
     ));
     let id = d.submit(CODE_GOAL);
+    // Long before the deadline: nothing to say yet.
+    d.advance(Duration::from_secs(2 * 3600));
+    assert!(d.ctl(&["sweep"]).status.success());
+    let trajectory = d.task(&id)["trajectory"].clone();
+    assert!(
+        !trajectory.to_string().contains("approval_warning"),
+        "{trajectory}"
+    );
+    // Within `approval_warning` of it: warned, still waiting.
+    d.advance(Duration::from_secs(3600 + 60));
     assert!(d.ctl(&["sweep"]).status.success());
     let warned = wait_for("approval.expiring", WAIT, || {
         rx.delivered()
@@ -480,11 +550,11 @@ fn approval_timeout_warns_then_rejects_as_its_own_actor() {
     assert_eq!(w["task"]["id"], id.as_str());
     assert_eq!(w["onExpiry"], "reject");
     assert_eq!(d.state_of(&id), "awaiting_approval");
-    let t = wait_for("the approval timeout", WAIT, || {
-        assert!(d.ctl(&["sweep"]).status.success());
-        let t = d.task(&id);
-        (t["state"] == "failed").then_some(t)
-    });
+    // Past it: rejected by the policy.
+    d.advance(Duration::from_secs(3600));
+    assert!(d.ctl(&["sweep"]).status.success());
+    let t = d.task(&id);
+    assert_eq!(t["state"], "failed", "{t}");
     assert_eq!(t["error"]["code"], "approval_timeout");
     assert_eq!(t["rejection"]["by"], "approval-timeout");
     let last = t["trajectory"].as_array().unwrap().last().unwrap().clone();

@@ -4,7 +4,7 @@
 //! their own and never wait for this one.
 
 use super::sink::{backoff, Outgoing, Sender};
-use crate::clock::now_ms;
+use crate::clock::Moves;
 use crate::daemon::Daemon;
 use crate::store::{Notice, OutboxEntry};
 use std::sync::Arc;
@@ -20,10 +20,13 @@ enum Wait {
     Stop,
 }
 
-async fn pause(stop: &CancellationToken, delay: Duration) -> Wait {
+/// Wait out a backoff. A moved test clock ends it early, so that a test reaches `give_up_after`
+/// by moving the clock instead of waiting.
+async fn pause(stop: &CancellationToken, delay: Duration, moves: &mut Moves) -> Wait {
     tokio::select! {
         _ = stop.cancelled() => Wait::Stop,
         _ = tokio::time::sleep(delay) => Wait::Go,
+        _ = moves.moved() => Wait::Go,
     }
 }
 
@@ -32,6 +35,7 @@ pub async fn run(d: Arc<Daemon>, sender: Sender, stop: CancellationToken) {
     let name = sink.name.clone();
     let give_up_ms = i64::try_from(sink.give_up_after.as_millis()).unwrap_or(i64::MAX);
     let mut signal = d.store.outbox_signal();
+    let mut moves = d.clock.moves();
     let mut failures: u32 = 0;
     // One alarm per run of give-ups: raised with the first dead event, re-armed by a delivery.
     let mut alarmed = false;
@@ -42,7 +46,7 @@ pub async fn run(d: Arc<Daemon>, sender: Sender, stop: CancellationToken) {
             Ok(page) => page,
             Err(e) => {
                 tracing::warn!(sink = %name, error = %e, "notify: cannot read the outbox");
-                match pause(&stop, sink.retry_initial).await {
+                match pause(&stop, sink.retry_initial, &mut moves).await {
                     Wait::Go => continue,
                     Wait::Stop => break,
                 }
@@ -80,7 +84,8 @@ pub async fn run(d: Arc<Daemon>, sender: Sender, stop: CancellationToken) {
                     failures = failures.saturating_add(1);
                     d.metrics.notify_failed_attempts.inc(&[&name]);
                     tracing::debug!(sink = %name, event = %entry.event_id, %error, "notify: attempt failed");
-                    let now = now_ms();
+                    // Give-up counts on the daemon's clock, as the event's own time does.
+                    let now = d.clock.now_ms();
                     let waited = now.saturating_sub(entry.pending_since_ms);
                     if waited >= give_up_ms {
                         give_up(&d, &name, &entry, &error, now, &mut alarmed).await;
@@ -97,7 +102,7 @@ pub async fn run(d: Arc<Daemon>, sender: Sender, stop: CancellationToken) {
                     .min(Duration::from_millis(
                         u64::try_from(give_up_ms - waited).unwrap_or(0),
                     ));
-                    match pause(&stop, delay).await {
+                    match pause(&stop, delay, &mut moves).await {
                         Wait::Go => continue 'outer,
                         Wait::Stop => break 'outer,
                     }
