@@ -11,6 +11,7 @@ mod client;
 mod console;
 mod fsync;
 mod load;
+mod notify;
 mod peers;
 mod proc;
 mod scenarios;
@@ -162,6 +163,23 @@ enum Cmd {
         /// State changes timed to the event stream.
         #[arg(long, default_value_t = 200)]
         changes: usize,
+        #[arg(long)]
+        daemon: Option<PathBuf>,
+    },
+    /// Notifications: commit → healthy loopback webhook latency, and durable submits/s with two
+    /// sinks configured against none (two daemons, alternating rounds).
+    Notify {
+        /// Events timed one at a time.
+        #[arg(long, default_value_t = 500)]
+        events: usize,
+        #[arg(long, short = 'c', default_value_t = 64)]
+        connections: usize,
+        /// Seconds per submit run.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Rounds of (without, with) submit runs.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         #[arg(long)]
         daemon: Option<PathBuf>,
     },
@@ -351,6 +369,16 @@ fn run(cli: Cli) -> Result<()> {
             console::print(&console::run(&bin, tasks, runs, changes)?);
         }
         Cmd::Peers(opts) => peers::run(opts)?,
+        Cmd::Notify {
+            events,
+            connections,
+            seconds,
+            rounds,
+            daemon,
+        } => {
+            let bin = daemon.unwrap_or_else(|| sibling("orchestratord"));
+            notify::print(&notify::run(&bin, events, connections, seconds, rounds)?);
+        }
         Cmd::All(opts) => all::run(opts)?,
     }
     Ok(())

@@ -110,6 +110,11 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         state_dir: Option<PathBuf>,
     },
+    /// Notification sinks: their queues, a test event, dead events sent again.
+    Notify {
+        #[command(subcommand)]
+        command: NotifyCommand,
+    },
     /// Stream trajectory events as they happen.
     Watch,
     /// Counters in Prometheus text format.
@@ -172,6 +177,16 @@ pub enum GateCommand {
         #[arg(long)]
         reason: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NotifyCommand {
+    /// Each sink with its pending and dead events and last error.
+    List,
+    /// Queue a `test` event for the sink NAME.
+    Test { name: String },
+    /// Put the dead events of the sink NAME back in its queue.
+    Retry { name: String },
 }
 
 /// Exposed for man page and completion generation.

@@ -6,7 +6,7 @@ use crate::client::exit;
 use orchestrator_core::config::{Config, ConfigErrors};
 use orchestrator_core::credentials::Step;
 use orchestrator_proto::message::{
-    GateRunReport, ReloadReport, Response, RouteDecision, ShadowSummary, StatusReport,
+    GateRunReport, ReloadReport, Response, RouteDecision, ShadowSummary, SinkStatus, StatusReport,
     StorageStatus, SweepReport,
 };
 use orchestrator_proto::task::{Task, TrajectoryEvent};
@@ -88,7 +88,62 @@ pub fn response(r: &Response, format: Format, o: &mut Output) -> io::Result<u8> 
             }
             Ok(exit::OK)
         }
+        Response::NotifySinks(sinks) => notify_sinks(sinks, format, o),
+        Response::NotifyTested { event_id } => {
+            match format {
+                Format::Json => print_json(o, &json!({ "eventId": event_id }))?,
+                Format::Table => writeln!(
+                    o.out,
+                    "queued test event {event_id}; `orchctl notify list` shows whether it was delivered"
+                )?,
+            }
+            Ok(exit::OK)
+        }
+        Response::NotifyRetried { count } => {
+            match format {
+                Format::Json => print_json(o, &json!({ "retried": count }))?,
+                Format::Table => writeln!(o.out, "{count} dead events are pending again")?,
+            }
+            Ok(exit::OK)
+        }
     }
+}
+
+fn notify_sinks(sinks: &[SinkStatus], format: Format, o: &mut Output) -> io::Result<u8> {
+    if format == Format::Json {
+        print_json(o, &sinks)?;
+        return Ok(exit::OK);
+    }
+    if sinks.is_empty() {
+        writeln!(o.out, "no [[notify]] sinks configured")?;
+        return Ok(exit::OK);
+    }
+    writeln!(
+        o.out,
+        "{:<16} {:>7} {:>5} {:>9} {:>9} {:>6}  TARGET / LAST ERROR",
+        "SINK", "PENDING", "DEAD", "OLDEST", "DELIVERED", "FAILED"
+    )?;
+    for s in sinks {
+        let oldest = s
+            .oldest_pending_secs
+            .map(|secs| format!("{secs}s"))
+            .unwrap_or_else(|| "-".into());
+        writeln!(
+            o.out,
+            "{:<16} {:>7} {:>5} {:>9} {:>9} {:>6}  {}",
+            s.name,
+            s.pending,
+            s.dead,
+            oldest,
+            s.delivered,
+            s.failed_attempts,
+            s.target.as_deref().unwrap_or("(no longer configured)")
+        )?;
+        if let Some(e) = &s.last_error {
+            writeln!(o.out, "{:<16} last error: {e}", "")?;
+        }
+    }
+    Ok(exit::OK)
 }
 
 fn or_dash(v: &Option<String>) -> &str {
@@ -660,6 +715,52 @@ mod tests {
             String::from_utf8(out).unwrap(),
             String::from_utf8(err).unwrap(),
         )
+    }
+
+    #[test]
+    fn notify_list_shows_queues_and_last_errors() {
+        let sinks = vec![
+            SinkStatus {
+                name: "phone".into(),
+                target: Some("webhook https://ntfy.sh/ops".into()),
+                events: vec!["*".into()],
+                pending: 3,
+                dead: 1,
+                oldest_pending_secs: Some(42),
+                delivered: 10,
+                failed_attempts: 4,
+                last_error: Some("HTTP 503 Service Unavailable".into()),
+            },
+            SinkStatus {
+                name: "gone".into(),
+                target: None,
+                events: Vec::new(),
+                pending: 0,
+                dead: 2,
+                oldest_pending_secs: None,
+                delivered: 0,
+                failed_attempts: 0,
+                last_error: None,
+            },
+        ];
+        let (code, out, _) = render(&Response::NotifySinks(sinks.clone()), Format::Table);
+        assert_eq!(code, exit::OK);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("SINK"));
+        assert!(lines[1].starts_with("phone"), "{out}");
+        assert!(
+            lines[1].contains(" 3 ") && lines[1].contains("42s"),
+            "{out}"
+        );
+        assert!(lines[1].ends_with("webhook https://ntfy.sh/ops"), "{out}");
+        assert!(lines[2].contains("last error: HTTP 503"), "{out}");
+        assert!(lines[3].contains("(no longer configured)"), "{out}");
+        let (_, json, _) = render(&Response::NotifySinks(sinks), Format::Json);
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v[0]["oldestPendingSecs"], 42);
+        assert_eq!(v[1]["dead"], 2);
+        let (_, none, _) = render(&Response::NotifySinks(Vec::new()), Format::Table);
+        assert_eq!(none, "no [[notify]] sinks configured\n");
     }
 
     fn task(id: &str, state: TaskState, goal: &str) -> Task {

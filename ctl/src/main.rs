@@ -10,7 +10,7 @@ mod display;
 mod offline;
 
 use clap::Parser;
-use cli::{Cli, Command, ConfigCommand, FormatArg, GateCommand, TasksCommand};
+use cli::{Cli, Command, ConfigCommand, FormatArg, GateCommand, NotifyCommand, TasksCommand};
 use client::{exit, Client, ClientError};
 use display::{Format, Output};
 use orchestrator_proto::message::{
@@ -143,6 +143,11 @@ fn main() -> ExitCode {
         },
         Command::Metrics => Request::Metrics,
         Command::Console { open } => return console(&socket, open, format, &mut o),
+        Command::Notify { command } => match command {
+            NotifyCommand::List => Request::NotifyList,
+            NotifyCommand::Test { name } => Request::NotifyTest { name },
+            NotifyCommand::Retry { name } => Request::NotifyRetry { name },
+        },
     };
     let result = Client::connect(&socket).and_then(|mut c| c.request(request));
     match result {

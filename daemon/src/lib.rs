@@ -27,6 +27,7 @@
 //! - [`lifecycle`]: start-up mode, the one mode-flip decision, reload bookkeeping, systemd
 //!   notifications.
 //! - [`service`]: signal handlers and systemd's watchdog with its liveness probe.
+//! - [`notify`]: notification sinks and their delivery workers, over the store's outbox.
 //! - [`logging`]: journald or stderr, and the log line (and counter) of every transition.
 //! - [`background`]: `--daemonize` with a locked pidfile, for hosts without systemd.
 //! - [`supervisor`]: every long-lived task runs under a name; one that panics or ends early stops
@@ -48,6 +49,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod machine;
 pub mod metrics;
+pub mod notify;
 pub mod run;
 pub mod server;
 pub mod service;

@@ -178,6 +178,9 @@ impl LabelledHistograms {
     }
 }
 
+/// One notification sink's outbox: (sink, queued, dead, the oldest queued event's time in ms).
+pub type SinkOutbox = (String, u64, u64, Option<i64>);
+
 /// Everything the daemon counts and observes.
 #[derive(Debug)]
 pub struct Metrics {
@@ -205,10 +208,33 @@ pub struct Metrics {
     pub approval_wait: Histogram,
     /// Requests by `transport` (socket, http) and `verb`.
     pub request_duration: LabelledHistograms,
+    /// Notification events delivered, by `sink`.
+    pub notify_delivered: Labelled,
+    /// Failed notification delivery attempts, by `sink`.
+    pub notify_failed_attempts: Labelled,
+    /// Each sink's outbox as last read.
+    notify_outbox: Mutex<Vec<SinkOutbox>>,
     /// When each task now in `awaiting_approval` got there (ms since the epoch).
     awaiting_since: Mutex<HashMap<String, i64>>,
     /// Tasks whose approval wait is not an operator's (the synthetic harness's fixtures).
     not_for_approval: Mutex<HashSet<String>>,
+}
+
+impl Metrics {
+    /// Replace the notification outbox figures (read by the notifier from the store).
+    pub fn set_notify_outbox(&self, rows: Vec<SinkOutbox>) {
+        match self.notify_outbox.lock() {
+            Ok(mut o) => *o = rows,
+            Err(poisoned) => *poisoned.into_inner() = rows,
+        }
+    }
+
+    fn notify_outbox(&self) -> Vec<SinkOutbox> {
+        match self.notify_outbox.lock() {
+            Ok(o) => o.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -223,6 +249,9 @@ impl Default for Metrics {
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             dispatches: Labelled::default(),
+            notify_delivered: Labelled::default(),
+            notify_failed_attempts: Labelled::default(),
+            notify_outbox: Mutex::default(),
             specialist_spawns: Labelled::default(),
             specialist_failures: Labelled::default(),
             specialist_timeouts: Labelled::default(),
@@ -576,6 +605,52 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
     ] {
         header(&mut out, name, "gauge", help);
         let _ = writeln!(out, "{name} {}", u8::from(on));
+    }
+    labelled(
+        &mut out,
+        "orchestrator_notify_delivered_total",
+        "Notification events delivered, by sink.",
+        &["sink"],
+        &m.notify_delivered,
+    );
+    labelled(
+        &mut out,
+        "orchestrator_notify_failed_attempts_total",
+        "Failed notification delivery attempts, by sink.",
+        &["sink"],
+        &m.notify_failed_attempts,
+    );
+    let outbox = m.notify_outbox();
+    if !outbox.is_empty() {
+        type Figure = fn(&SinkOutbox, i64) -> f64;
+        let gauges: [(&str, &str, Figure); 3] = [
+            (
+                "orchestrator_notify_queued",
+                "Notification events waiting for delivery, by sink.",
+                |r, _| r.1 as f64,
+            ),
+            (
+                "orchestrator_notify_dead",
+                "Notification events given up on (until `orchctl notify retry`), by sink.",
+                |r, _| r.2 as f64,
+            ),
+            (
+                "orchestrator_notify_oldest_pending_seconds",
+                "Age of the oldest notification event waiting for delivery, by sink.",
+                |r, now| r.3.map_or(0.0, |t| ms_to_seconds(now - t).max(0.0)),
+            ),
+        ];
+        for (name, help, figure) in gauges {
+            header(&mut out, name, "gauge", help);
+            for row in &outbox {
+                let _ = writeln!(
+                    out,
+                    "{name}{{sink=\"{}\"}} {}",
+                    escape(&row.0),
+                    figure(row, s.now_ms)
+                );
+            }
+        }
     }
     header(
         &mut out,

@@ -192,6 +192,12 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         },
         None => None,
     };
+    // Before anything can commit, so that every event of this run reaches the outbox.
+    let bound = http_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.to_string());
+    crate::notify::install_rules(&store, &config, bound.as_deref());
     let (handle, rx) = DispatchHandle::channel();
     let d = Arc::new(Daemon::new(
         store.clone(),
@@ -261,6 +267,7 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         sup.spawn("delivery", dispatch::delivery::run(Arc::clone(&d))),
         sup.spawn("signals", service::signals(Arc::clone(&d))),
         sup.spawn("sweeper", crate::tasks::sweep::run(Arc::clone(&d))),
+        sup.spawn("notify", crate::notify::run(Arc::clone(&d))),
     ];
     if let Some(interval) = lifecycle::watchdog_interval() {
         tasks.push(sup.spawn("watchdog", service::watchdog(Arc::clone(&d), interval)));

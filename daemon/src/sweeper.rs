@@ -1,11 +1,13 @@
 //! The sweeper's rules and state: who it acts as, how much one store job handles, the attempts a
-//! lapsed lease may use, and what `status` shows of it (the last sweep, the next one). The sweep
+//! lapsed lease may use, the approval policy ([`approvals`]), and what `status` shows of it (the last sweep, the next one). The sweep
 //! itself, which needs the whole daemon, is `tasks::sweep`.
 
 use crate::config::Config;
 use crate::store::{AttemptLimits, Reclaim};
 use orchestrator_proto::message::SweepReport;
 use std::sync::Mutex;
+
+pub mod approvals;
 
 pub const ACTOR: &str = "sweeper";
 /// Tasks handled per store job; between jobs other writers get their turn. At 200 a job holds the

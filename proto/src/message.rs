@@ -14,9 +14,10 @@ use std::collections::BTreeMap;
 pub const MAGIC: u32 = 0x4F52_4348;
 pub const PROTOCOL_MAJOR: u16 = 1;
 /// Minor 1 added `ListPage`/`Page`, `StatusWithStorage` and the error codes `reply_too_large`,
-/// `storage_full`, `store_damaged` and `http_off`; minor 2 the error code `store_unavailable`.
+/// `storage_full`, `store_damaged` and `http_off`; minor 2 the error code `store_unavailable`;
+/// minor 3 `NotifyList`/`NotifySinks`, `NotifyTest`/`NotifyTested` and `NotifyRetry`/`NotifyRetried`.
 /// The daemon answers each client in the minor it announced.
-pub const PROTOCOL_MINOR: u16 = 2;
+pub const PROTOCOL_MINOR: u16 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -155,6 +156,16 @@ pub enum Request {
     ListPage(PageQuery),
     /// Protocol minor 1: a single-use link that signs the asking user in to the web console.
     ConsoleLink,
+    /// Protocol minor 3: the notification sinks and their outboxes.
+    NotifyList,
+    /// Protocol minor 3: queue a `test` event for one sink.
+    NotifyTest {
+        name: String,
+    },
+    /// Protocol minor 3: put a sink's dead events back in its queue.
+    NotifyRetry {
+        name: String,
+    },
 }
 
 impl Request {
@@ -171,6 +182,7 @@ impl Request {
                 | Request::Metrics
                 | Request::Watch
                 | Request::ConsoleLink
+                | Request::NotifyList
         )
     }
 
@@ -193,6 +205,9 @@ impl Request {
             Request::Watch => "watch",
             Request::ListPage(_) => "tasks_list",
             Request::ConsoleLink => "console_link",
+            Request::NotifyList => "notify_list",
+            Request::NotifyTest { .. } => "notify_test",
+            Request::NotifyRetry { .. } => "notify_retry",
         }
     }
 }
@@ -220,6 +235,16 @@ pub enum Response {
     StatusWithStorage(Box<StatusReport>, StorageStatus),
     /// Protocol minor 1: the answer to `ConsoleLink`.
     ConsoleLink(ConsoleLink),
+    /// Protocol minor 3: the answer to `NotifyList`.
+    NotifySinks(Vec<SinkStatus>),
+    /// Protocol minor 3: the id of the `test` event queued.
+    NotifyTested {
+        event_id: String,
+    },
+    /// Protocol minor 3: how many dead events are pending again.
+    NotifyRetried {
+        count: u64,
+    },
 }
 
 /// The store's health, as `status` shows it.
@@ -248,6 +273,24 @@ pub struct ConsoleLink {
     pub user: String,
     /// Whether that user may only look (a read-only peer in `[socket]`).
     pub read_only: bool,
+}
+
+/// One notification sink as `orchctl notify list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkStatus {
+    pub name: String,
+    /// `webhook <url>` or `command <argv0>`; `None` for a sink no longer configured that still
+    /// has events in the outbox.
+    pub target: Option<String>,
+    pub events: Vec<String>,
+    pub pending: u64,
+    pub dead: u64,
+    pub oldest_pending_secs: Option<u64>,
+    /// Since the daemon started.
+    pub delivered: u64,
+    pub failed_attempts: u64,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -189,6 +189,8 @@ pub mod task_error {
     pub const REJECTED: &str = "rejected";
     pub const SCHEMA_DRIFT: &str = "schema_drift";
     pub const UNKNOWN: &str = "unknown";
+    /// Rejected by the approval policy: nobody decided within `approval_timeout`.
+    pub const APPROVAL_TIMEOUT: &str = "approval_timeout";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

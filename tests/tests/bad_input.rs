@@ -172,7 +172,8 @@ fn socket_cases(awaiting: &str, done: &str) -> Vec<SocketCase> {
         ),
         case(
             "unknown request variant (one past the last)",
-            frame(&[0x01, 0x11]),
+            // Request has 20 variants (the last, NotifyRetry, is 0x13).
+            frame(&[0x01, 0x14]),
             MalformedRequest,
             true,
         ),

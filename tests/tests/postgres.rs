@@ -196,6 +196,13 @@ fn postgres_restarted_under_load_loses_no_acknowledged_write() {
 /// and close it as a daemon would.
 fn seed_sqlite(db: &std::path::Path, n: usize) {
     let store = Store::open(db).expect("open the SQLite store");
+    // A sink that wants approvals: each task left waiting has an event pending in the outbox.
+    let cfg = orchestrator::config::Config::from_toml(
+        "[[notify]]\nname = \"phone\"\nevents = [\"approval.requested\"]\ncommand = [\"/bin/true\"]\n",
+        None,
+    )
+    .expect("a config with a sink");
+    orchestrator::notify::install_rules(&store, &cfg, None);
     let now = now_ms();
     store
         .write_blocking(move |b| {
@@ -278,7 +285,9 @@ fn store_copy_moves_a_stopped_sqlite_store_that_is_then_served() {
     // One event per queued task, four per task that went on.
     let printed = stdout(&out);
     assert!(
-        printed.contains("29998 events") && printed.contains("10000 tasks"),
+        printed.contains("29998 events")
+            && printed.contains("10000 tasks")
+            && printed.contains("3333 outbox,"),
         "{printed}"
     );
 

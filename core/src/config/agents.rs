@@ -2,6 +2,7 @@
 //! add a new one; routes to agents without an entry are warned about, since they can only run
 //! synthetically.
 
+use super::approval::RawApprovalTimeout;
 use super::validator::{line_of, ConfigIssue, Validator};
 use crate::agent::{builtin_agents, AgentConfig};
 use crate::routing::RoutingTable;
@@ -22,12 +23,16 @@ pub(super) struct RawAgent {
     kill_grace: Option<Spanned<String>>,
     max_concurrent: Option<Spanned<u32>>,
     max_attempts: Option<Spanned<u32>>,
+    approval_timeout: Option<Spanned<String>>,
+    on_approval_timeout: Option<Spanned<String>>,
 }
 
 /// Every agent the daemon knows, and the ids that have an entry in the file.
 pub(super) struct Agents {
     pub all: BTreeMap<String, AgentConfig>,
     pub configured: BTreeSet<String>,
+    /// Each entry's approval-timeout keys, for [`Validator::approval`].
+    pub approval: BTreeMap<String, RawApprovalTimeout>,
 }
 
 impl Validator<'_> {
@@ -35,10 +40,20 @@ impl Validator<'_> {
     pub(super) fn agents(&mut self, raw: Option<BTreeMap<String, Spanned<RawAgent>>>) -> Agents {
         let mut agents = builtin_agents();
         let mut configured_agents = BTreeSet::new();
+        let mut approval = BTreeMap::new();
         for (id, spanned) in raw.unwrap_or_default() {
             let key = format!("agents.{id}");
             let agent_line = line_of(self.text, spanned.span().start);
             let a = spanned.into_inner();
+            if a.approval_timeout.is_some() || a.on_approval_timeout.is_some() {
+                approval.insert(
+                    id.clone(),
+                    RawApprovalTimeout {
+                        timeout: a.approval_timeout.clone(),
+                        on_timeout: a.on_approval_timeout.clone(),
+                    },
+                );
+            }
             let mut agent = agents
                 .get(&id)
                 .cloned()
@@ -105,6 +120,7 @@ impl Validator<'_> {
         Agents {
             all: agents,
             configured: configured_agents,
+            approval,
         }
     }
 

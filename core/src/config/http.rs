@@ -1,6 +1,7 @@
 //! `[http]`: the HTTP listener (API and console). On by default on [`DEFAULT_LISTEN`];
 //! `listen = "off"` turns it off. `session_ttl` is how long a console sign-in lasts;
-//! `metrics_token` whether `GET /metrics` needs the token.
+//! `metrics_token` whether `GET /metrics` needs the token; `public_url` where notification links
+//! point.
 
 use super::validator::Validator;
 use serde::Deserialize;
@@ -24,6 +25,8 @@ pub struct HttpConfig {
     pub session_ttl: Duration,
     /// `GET /metrics` needs the bearer token. Off by default on a loopback address, on otherwise.
     pub metrics_token: bool,
+    /// The address people reach the daemon at, for links in notifications.
+    pub public_url: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -33,6 +36,7 @@ impl Default for HttpConfig {
             explicit: false,
             session_ttl: DEFAULT_SESSION_TTL,
             metrics_token: false,
+            public_url: None,
         }
     }
 }
@@ -43,6 +47,7 @@ pub(super) struct RawHttp {
     listen: Option<Spanned<String>>,
     session_ttl: Option<Spanned<String>>,
     metrics_token: Option<bool>,
+    public_url: Option<Spanned<String>>,
 }
 
 impl Validator<'_> {
@@ -57,10 +62,22 @@ impl Validator<'_> {
             raw.session_ttl.as_ref(),
             DEFAULT_SESSION_TTL,
         );
+        let public_url = raw.public_url.map(|u| {
+            let url = u.get_ref().trim_end_matches('/').to_string();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                self.err(
+                    "http.public_url",
+                    Some(&u),
+                    "must start with http:// or https://",
+                );
+            }
+            url
+        });
         let Some(listen) = raw.listen else {
             return Some(HttpConfig {
                 session_ttl,
                 metrics_token: raw.metrics_token.unwrap_or(false),
+                public_url,
                 ..HttpConfig::default()
             });
         };
@@ -78,6 +95,7 @@ impl Validator<'_> {
                     explicit: true,
                     session_ttl,
                     metrics_token: raw.metrics_token.unwrap_or(!addr.ip().is_loopback()),
+                    public_url,
                 })
             }
             Err(e) => {

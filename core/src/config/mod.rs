@@ -7,13 +7,16 @@
 //!
 //! This module owns loading, the top level (`mode`, `[paths]`) and the [`Config`] type; `validator`
 //! collects issues with their lines. Each other section has its own file: `agents`, `routing`,
-//! `socket`, `sweeper`, `gate`, `delivery`, `http`, `store`, and `duration` for the syntax they share.
+//! `socket`, `sweeper`, `gate`, `delivery`, `http`, `store`, `notify`, `approval` (the approval
+//! timeout, from `[routing]` and `[agents.<id>]`), and `duration` for the syntax they share.
 
 mod agents;
+mod approval;
 mod delivery;
 mod duration;
 mod gate;
 mod http;
+mod notify;
 mod routing;
 mod socket;
 mod store;
@@ -21,10 +24,12 @@ mod sweeper;
 mod validator;
 
 pub use crate::agent::AgentConfig;
+pub use approval::{ApprovalPolicy, ApprovalTimeout, OnApprovalTimeout};
 pub use delivery::DeliveryConfig;
 pub use duration::parse_duration;
 pub use gate::GateConfig;
 pub use http::{HttpConfig, DEFAULT_LISTEN, DEFAULT_PORT, DEFAULT_SESSION_TTL};
+pub use notify::{NotifySink, SinkTarget, EVENT_TYPES};
 pub use socket::SocketAccess;
 pub use store::{PostgresConfig, StoreBackend, StoreConfig, StoreUrl};
 pub use sweeper::{Retention, SweeperConfig};
@@ -61,6 +66,10 @@ pub struct Config {
     pub delivery: Option<DeliveryConfig>,
     pub http: Option<HttpConfig>,
     pub store: StoreConfig,
+    /// `[[notify]]` sinks, in file order.
+    pub notify: Vec<NotifySink>,
+    /// `approval_timeout` and friends, from `[routing]` and `[agents.<id>]`.
+    pub approval: ApprovalPolicy,
     pub warnings: Vec<String>,
 }
 
@@ -203,6 +212,7 @@ struct RawConfig {
     delivery: Option<delivery::RawDelivery>,
     http: Option<http::RawHttp>,
     store: Option<store::RawStore>,
+    notify: Option<Vec<notify::RawSink>>,
 }
 
 #[derive(Deserialize)]
@@ -233,8 +243,18 @@ impl Validator<'_> {
         };
 
         let socket = self.socket(raw.socket);
-        let agents = self.agents(raw.agents);
-        let routing = self.routing(raw.routing);
+        let mut agents = self.agents(raw.agents);
+        let mut raw_routing = raw.routing;
+        let (approval_default, approval_warning) = raw_routing
+            .as_mut()
+            .map(routing::RawRouting::take_approval)
+            .unwrap_or_default();
+        let approval = self.approval(
+            approval_default,
+            approval_warning,
+            std::mem::take(&mut agents.approval),
+        );
+        let routing = self.routing(raw_routing);
         self.warn_unrunnable_targets(mode, &routing, &agents);
         for shadow in routing.shadowed_pairs() {
             self.warnings.push(shadow);
@@ -244,6 +264,7 @@ impl Validator<'_> {
         let delivery = self.delivery(raw.delivery);
         let http = self.http(raw.http);
         let store = self.store(raw.store, path);
+        let notify = self.notify(raw.notify);
 
         Config {
             source: path.map(Path::to_path_buf),
@@ -259,6 +280,8 @@ impl Validator<'_> {
             delivery,
             http,
             store,
+            notify,
+            approval,
             warnings: Vec::new(),
         }
     }

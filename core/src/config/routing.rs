@@ -1,6 +1,7 @@
 //! `[routing]`: the default route, the approval lists, and `[[routing.rules]]`, compiled into the
 //! [`RoutingTable`] that [`crate::routing`] decides with. Absent keys keep the built-in values.
 
+use super::approval::RawApprovalTimeout;
 use super::validator::{line_of, ConfigIssue, Validator};
 use crate::routing::{RoutingTable, Rule};
 use serde::Deserialize;
@@ -14,6 +15,20 @@ pub(super) struct RawRouting {
     approval_required: Option<Vec<String>>,
     approval_required_capabilities: Option<Vec<String>>,
     rules: Option<Spanned<Vec<RawRule>>>,
+    approval_timeout: Option<Spanned<String>>,
+    on_approval_timeout: Option<Spanned<String>>,
+    approval_warning: Option<Spanned<String>>,
+}
+
+impl RawRouting {
+    /// The approval policy's keys, validated apart from the routing table.
+    pub(super) fn take_approval(&mut self) -> (RawApprovalTimeout, Option<Spanned<String>>) {
+        let timeout = RawApprovalTimeout {
+            timeout: self.approval_timeout.take(),
+            on_timeout: self.on_approval_timeout.take(),
+        };
+        (timeout, self.approval_warning.take())
+    }
 }
 
 #[derive(Deserialize)]

@@ -1,6 +1,7 @@
 //! The validator as a whole: one text in, a config or its list of issues out.
 
 use super::*;
+use orchestrator_proto::task::TaskKind;
 
 /// The issues a text produces; empty when it validates.
 fn errors(text: &str) -> Vec<ConfigIssue> {
@@ -101,6 +102,81 @@ fn retention_zero_keeps_forever() {
         cfg.sweeper.retention.shadow,
         Some(Duration::from_secs(7 * 86400))
     );
+}
+
+#[test]
+fn notify_sinks_validate_with_defaults() {
+    let cfg = Config::from_toml(
+        "[[notify]]\nname = \"phone\"\nevents = [\"*\"]\nwebhook = \"https://ntfy.sh/x\"\n\n\
+         [[notify]]\nname = \"mail\"\nevents = [\"task.done\"]\nkinds = [\"synthetic\"]\n\
+         command = [\"/bin/true\"]\ntimeout = \"5s\"\n",
+        None,
+    )
+    .unwrap();
+    assert_eq!(cfg.notify.len(), 2);
+    let phone = &cfg.notify[0];
+    assert_eq!(phone.give_up_after, Duration::from_secs(86400));
+    assert!(phone.wants("approval.requested", Some((TaskKind::Live, Some("coder")))));
+    assert!(!phone.wants("task.done", Some((TaskKind::Live, None))));
+    assert!(!phone.wants("task.failed", Some((TaskKind::Synthetic, None))));
+    assert!(phone.wants("daemon.alarm", None));
+    let mail = &cfg.notify[1];
+    assert!(mail.wants("task.done", Some((TaskKind::Synthetic, None))));
+    assert_eq!(mail.timeout, Duration::from_secs(5));
+}
+
+#[test]
+fn notify_sink_errors_name_their_lines() {
+    let e = errors(
+        "[[notify]]\nname = \"a\"\nevents = [\"task.exploded\"]\nwebhook = \"ftp://x\"\n\n\
+         [[notify]]\nname = \"a\"\nevents = [\"*\"]\ncommand = [\"/bin/true\"]\n\n\
+         [[notify]]\nname = \"b\"\nevents = [\"*\"]\n",
+    );
+    let keys: Vec<(&str, Option<usize>)> = e.iter().map(|i| (i.key.as_str(), i.line)).collect();
+    assert!(keys.contains(&("notify[a].events", Some(3))), "{keys:?}");
+    assert!(keys.contains(&("notify[a].webhook", Some(4))), "{keys:?}");
+    assert!(keys.contains(&("notify[a]", Some(7))), "{keys:?}");
+    assert!(keys.contains(&("notify[b]", Some(12))), "{keys:?}");
+}
+
+#[test]
+fn approval_timeout_default_and_per_agent() {
+    let cfg = Config::from_toml(
+        "[routing]\napproval_timeout = \"4h\"\non_approval_timeout = \"reject\"\n\
+         approval_warning = \"30m\"\n\n[agents.coder]\ncommand = [\"/bin/true\"]\n\
+         approval_timeout = \"1h\"\non_approval_timeout = \"expire\"\n\n\
+         [agents.writer]\ncommand = [\"/bin/true\"]\napproval_timeout = \"2h\"\n",
+        None,
+    )
+    .unwrap();
+    let p = &cfg.approval;
+    assert_eq!(p.warning, Duration::from_secs(1800));
+    let d = p.for_agent(Some("other")).unwrap();
+    assert_eq!(
+        (d.after, d.then),
+        (Duration::from_secs(4 * 3600), OnApprovalTimeout::Reject)
+    );
+    let c = p.for_agent(Some("coder")).unwrap();
+    assert_eq!(
+        (c.after, c.then),
+        (Duration::from_secs(3600), OnApprovalTimeout::Expire)
+    );
+    // `writer` takes the action from [routing].
+    let w = p.for_agent(Some("writer")).unwrap();
+    assert_eq!(
+        (w.after, w.then),
+        (Duration::from_secs(7200), OnApprovalTimeout::Reject)
+    );
+    assert_eq!(Config::builtin().approval.for_agent(Some("coder")), None);
+}
+
+#[test]
+fn approval_timeout_needs_an_action() {
+    let e = errors("[routing]\napproval_timeout = \"4h\"\n");
+    assert_eq!(e[0].key, "routing.approval_timeout");
+    assert_eq!(e[0].line, Some(2));
+    let e = errors("[routing]\napproval_timeout = \"4h\"\non_approval_timeout = \"maybe\"\n");
+    assert_eq!(e[0].key, "routing.on_approval_timeout");
 }
 
 #[test]

@@ -61,9 +61,14 @@ fn run_steps(id: &str, approval: &Approval, at: i64) -> [TransitionOp; 2] {
     let complete = Action::Complete {
         approval_required: approval.required,
     };
+    let mut complete = TransitionOp::new(id, complete, ACTOR, at).patch(done);
+    if approval.required {
+        // As a specialist's completion records them: the reasons approval.requested carries.
+        complete = complete.detail("approval", approval.reasons.join("; "));
+    }
     [
         TransitionOp::new(id, Action::Start, ACTOR, at).patch(start),
-        TransitionOp::new(id, complete, ACTOR, at).patch(done),
+        complete,
     ]
 }
 

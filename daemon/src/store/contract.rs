@@ -5,12 +5,15 @@
 //! failure is named. The cases assert observable behaviour only: answers, trajectories, counts and
 //! the published events; never the backend's tables.
 
+use super::outbox::{self, Notice, OutboxEntry, OutboxRules};
 use super::{
     AttemptLimits, Cursor, GateRunRecord, ModeChange, NewEvent, NewOverride, NewTask, Patch, Plan,
     Reclaim, Store, StoreError, StoredMode, SubmitPlan, TaskFilter, TransitionOp,
 };
+use crate::config::{NotifySink, SinkTarget};
 use crate::machine::Action;
 use orchestrator_proto::task::{Mode, TaskKind, TaskState, TrajectoryEvent};
+use std::time::Duration;
 use tokio::sync::broadcast;
 
 const T0: i64 = 1_000_000;
@@ -766,4 +769,280 @@ pub async fn listing_filters_and_pages_each_task_once(store: Store) {
         ),
         "{err:?}"
     );
+}
+
+// ---- the notification outbox --------------------------------------------------------------------
+
+fn sink(name: &str, events: &[&str]) -> NotifySink {
+    NotifySink {
+        name: name.into(),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        kinds: [TaskKind::Shadow, TaskKind::Live].into(),
+        agents: Default::default(),
+        target: SinkTarget::Command(vec!["/bin/true".into()]),
+        secret_file: None,
+        timeout: Duration::from_secs(1),
+        give_up_after: Duration::from_secs(60),
+        retry_initial: Duration::from_millis(10),
+        retry_max: Duration::from_millis(100),
+    }
+}
+
+fn rules(sinks: Vec<NotifySink>) -> OutboxRules {
+    OutboxRules {
+        sinks,
+        approval: Default::default(),
+        public_url: "http://127.0.0.1:7419".into(),
+    }
+}
+
+fn body(e: &OutboxEntry) -> serde_json::Value {
+    serde_json::from_str(&e.body).expect("an event body is JSON")
+}
+
+/// A transition a sink wants writes its outbox row with it, once per sink that wants it, with a
+/// stable event id; kinds no sink asked for, and refused transitions, write nothing.
+pub async fn outbox_is_written_with_the_transition(store: Store) {
+    store.set_outbox_rules(rules(vec![
+        sink("phone", &["*"]),
+        sink("audit", &["task.done", "approval.requested"]),
+    ]));
+    let signal = store.outbox_signal();
+    let steps = |id: &str| {
+        vec![
+            routed(id, T0 + 1),
+            started(id, T0 + 2, T0 + 50),
+            complete(id, T0 + 3, true).detail("approval", "risky; costly"),
+        ]
+    };
+    put(&store, "T1", TaskKind::Live, steps("T1")).await;
+    assert!(
+        signal.has_changed().unwrap(),
+        "a commit with outbox rows wakes delivery"
+    );
+    put(&store, "S1", TaskKind::Synthetic, steps("S1")).await;
+    let refused = store.transition(op("T1", Action::Start, T0 + 4)).await;
+    assert!(refused.is_err());
+
+    for name in ["phone", "audit"] {
+        let rows = store.outbox_pending(name, 10).await.unwrap();
+        assert_eq!(rows.len(), 1, "{name}: {rows:?}");
+        let b = body(&rows[0]);
+        assert_eq!(b["type"], "approval.requested");
+        assert_eq!(b["task"]["id"], "T1");
+        assert_eq!(b["task"]["agent"], "coder");
+        assert_eq!(b["reasons"], serde_json::json!(["risky", "costly"]));
+        assert_eq!(b["link"], "http://127.0.0.1:7419/console/tasks/T1");
+        assert_eq!(rows[0].event_id, b["id"].as_str().unwrap());
+    }
+    let ids: Vec<String> = store
+        .outbox_pending("phone", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    let again: Vec<String> = store
+        .outbox_pending("audit", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(ids, again, "one event, one id, whatever the sink");
+
+    // `*` leaves task.done out; the sink that names it gets it.
+    store
+        .transition(op("T1", Action::Approve, T0 + 5))
+        .await
+        .unwrap();
+    let phone: Vec<String> = store
+        .outbox_pending("phone", 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.event_type.clone())
+        .collect();
+    assert_eq!(phone, ["approval.requested", "approval.decided"]);
+    let audit: Vec<String> = store
+        .outbox_pending("audit", 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.event_type.clone())
+        .collect();
+    assert_eq!(
+        audit,
+        ["approval.requested"],
+        "approval.decided is not task.done"
+    );
+}
+
+/// A plan that is refused part-way rolls back the outbox rows its earlier steps wrote.
+pub async fn rolled_back_job_writes_no_outbox_row(store: Store) {
+    store.set_outbox_rules(rules(vec![sink("phone", &["*"])]));
+    put(
+        &store,
+        "T1",
+        TaskKind::Live,
+        vec![routed("T1", T0 + 1), started("T1", T0 + 2, T0 + 50)],
+    )
+    .await;
+    let plan = Plan {
+        id: "T1".into(),
+        kind: TaskKind::Live,
+        from: TaskState::InProgress,
+        steps: vec![
+            complete("T1", T0 + 3, true),
+            // Refused: the task is awaiting approval by then.
+            op("T1", Action::Start, T0 + 4),
+        ],
+    };
+    let out = store.advance(vec![plan]).await.unwrap();
+    assert!(out[0].is_err());
+    assert!(store.outbox_pending("phone", 10).await.unwrap().is_empty());
+    assert_eq!(
+        store.get_task("T1").await.unwrap().unwrap().state,
+        TaskState::InProgress
+    );
+    assert!(store.outbox_stats().await.unwrap().is_empty());
+}
+
+/// A sink's rows come back in commit order per task; marks move them on: delivered rows leave,
+/// failed attempts count, dead rows stay until retried, and the alarm is written with them.
+pub async fn outbox_order_and_marks(store: Store) {
+    store.set_outbox_rules(rules(vec![
+        sink("phone", &["*"]),
+        sink("pager", &["daemon.alarm"]),
+    ]));
+    for id in ["A", "B"] {
+        put(
+            &store,
+            id,
+            TaskKind::Live,
+            vec![routed(id, T0 + 1), started(id, T0 + 2, T0 + 50)],
+        )
+        .await;
+    }
+    store.transition(complete("A", T0 + 3, true)).await.unwrap();
+    store.transition(complete("B", T0 + 4, true)).await.unwrap();
+    store
+        .transition(op("A", Action::Reject, T0 + 5))
+        .await
+        .unwrap();
+    store
+        .transition(op("B", Action::Cancel, T0 + 6))
+        .await
+        .unwrap();
+    let rows = store.outbox_pending("phone", 10).await.unwrap();
+    let seen: Vec<(Option<&str>, &str)> = rows
+        .iter()
+        .map(|e| (e.task_id.as_deref(), e.event_type.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("A"), "approval.requested"),
+            (Some("B"), "approval.requested"),
+            (Some("A"), "approval.decided"),
+            (Some("B"), "task.cancelled"),
+        ]
+    );
+    assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(store.outbox_pending("pager", 10).await.unwrap().is_empty());
+
+    store.mark_delivered(rows[0].seq).await.unwrap();
+    store
+        .mark_attempt_failed(rows[1].seq, "HTTP 500".into())
+        .await
+        .unwrap();
+    let left = store.outbox_pending("phone", 10).await.unwrap();
+    assert_eq!(left.len(), 3);
+    assert_eq!((left[0].seq, left[0].attempts), (rows[1].seq, 1));
+
+    let alarm = Notice::new("daemon.alarm", T0 + 7).field("sink", "phone");
+    let alarm = Notice {
+        except_sink: Some("phone".into()),
+        ..alarm
+    };
+    store
+        .mark_dead(vec![rows[1].seq, rows[2].seq], T0 + 7, Some(alarm))
+        .await
+        .unwrap();
+    let stats = store.outbox_stats().await.unwrap();
+    let phone = stats.iter().find(|s| s.sink == "phone").unwrap();
+    assert_eq!((phone.pending, phone.dead), (1, 2));
+    assert_eq!(phone.last_error.as_deref(), Some("HTTP 500"));
+    let pager = store.outbox_pending("pager", 10).await.unwrap();
+    assert_eq!(pager.len(), 1);
+    assert_eq!(body(&pager[0])["sink"], "phone");
+
+    assert_eq!(store.retry_dead("phone", T0 + 8).await.unwrap(), 2);
+    let back = store.outbox_pending("phone", 10).await.unwrap();
+    assert_eq!(back.len(), 3);
+    assert_eq!(back[0].pending_since_ms, T0 + 8);
+    assert_eq!(back[0].attempts, 0);
+}
+
+/// A notice goes to the sinks that want it, or only to the one it names.
+pub async fn notices_follow_the_filters(store: Store) {
+    store.set_outbox_rules(rules(vec![
+        sink("phone", &["mode.changed"]),
+        sink("pager", &["daemon.alarm"]),
+    ]));
+    let n = store
+        .enqueue_notice(Notice::new("mode.changed", T0).field("to", "live"))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let test = Notice {
+        only_sink: Some("pager".into()),
+        ..Notice::new("test", T0)
+    };
+    assert_eq!(store.enqueue_notice(test).await.unwrap(), 1);
+    let phone = store.outbox_pending("phone", 10).await.unwrap();
+    assert_eq!(phone.len(), 1);
+    assert_eq!(body(&phone[0])["to"], "live");
+    let pager = store.outbox_pending("pager", 10).await.unwrap();
+    assert_eq!(pager[0].event_type, "test");
+}
+
+/// Tasks waiting for approval come back with since when they wait and whether they were warned.
+pub async fn awaiting_approval_lists_waiting_tasks(store: Store) {
+    put(
+        &store,
+        "W",
+        TaskKind::Live,
+        vec![
+            routed("W", T0 + 1),
+            started("W", T0 + 2, T0 + 50),
+            complete("W", T0 + 3, true),
+        ],
+    )
+    .await;
+    put(&store, "Q", TaskKind::Live, Vec::new()).await;
+    let waiting = store.awaiting_approval().await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(
+        (
+            waiting[0].id.as_str(),
+            waiting[0].since_ms,
+            waiting[0].warned
+        ),
+        ("W", T0 + 3, false)
+    );
+    assert_eq!(waiting[0].expires_ms, T0 + 10_000);
+    store
+        .append_event(NewEvent {
+            task_id: "W".into(),
+            kind: TaskKind::Live,
+            state: TaskState::AwaitingApproval,
+            at_ms: T0 + 4,
+            actor: "sweeper".into(),
+            action: outbox::APPROVAL_WARNING_ACTION.into(),
+            details: None,
+        })
+        .await
+        .unwrap();
+    assert!(store.awaiting_approval().await.unwrap()[0].warned);
 }

@@ -1,5 +1,6 @@
 //! Moving over: copy a stopped SQLite store into an empty PostgreSQL database, tasks, trajectories,
-//! gate runs, overrides and the mode, in one transaction, and check that every table holds as many
+//! gate runs, overrides, the mode and the notification outbox (pending and dead events keep their
+//! ids), in one transaction, and check that every table holds as many
 //! rows on both sides (and the task counts by kind and state agree) before committing.
 
 use super::postgres::{self, pg_error, Settings};
@@ -80,7 +81,8 @@ async fn copy(src: &Connection, to: &Settings) -> Result<CopyReport, StoreError>
     let present: i64 = tx
         .query_one(
             "SELECT (SELECT count(*) FROM tasks) + (SELECT count(*) FROM events) \
-             + (SELECT count(*) FROM gate_runs) + (SELECT count(*) FROM overrides)",
+             + (SELECT count(*) FROM gate_runs) + (SELECT count(*) FROM overrides) \
+             + (SELECT count(*) FROM outbox) + (SELECT count(*) FROM outbox_sinks)",
             &[],
         )
         .await
@@ -102,13 +104,18 @@ async fn copy(src: &Connection, to: &Settings) -> Result<CopyReport, StoreError>
         .tables
         .insert("overrides", copy_overrides(src, &tx).await?);
     report.tables.insert("meta", copy_meta(src, &tx).await?);
+    report.tables.insert("outbox", copy_outbox(src, &tx).await?);
+    report
+        .tables
+        .insert("outbox_sinks", copy_outbox_sinks(src, &tx).await?);
     tx.batch_execute(
         "DELETE FROM task_count_deltas; DELETE FROM task_counts; \
          INSERT INTO task_counts (kind, state, n) SELECT kind, state, count(*) FROM tasks GROUP BY kind, state; \
          SELECT setval(pg_get_serial_sequence('tasks', 'pos'), COALESCE((SELECT max(pos) FROM tasks), 0) + 1, false); \
          SELECT setval(pg_get_serial_sequence('events', 'seq'), COALESCE((SELECT max(seq) FROM events), 0) + 1, false); \
          SELECT setval(pg_get_serial_sequence('gate_runs', 'id'), COALESCE((SELECT max(id) FROM gate_runs), 0) + 1, false); \
-         SELECT setval(pg_get_serial_sequence('overrides', 'id'), COALESCE((SELECT max(id) FROM overrides), 0) + 1, false);",
+         SELECT setval(pg_get_serial_sequence('overrides', 'id'), COALESCE((SELECT max(id) FROM overrides), 0) + 1, false); \
+         SELECT setval(pg_get_serial_sequence('outbox', 'seq'), COALESCE((SELECT max(seq) FROM outbox), 0) + 1, false);",
     )
     .await
     .map_err(pg_error)?;
@@ -310,6 +317,41 @@ async fn copy_overrides(src: &Connection, tx: &Transaction<'_>) -> Result<u64, S
         tx,
         "INSERT INTO overrides (id, mode, reason, by_user, uid, at, consumed_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        rows,
+    )
+    .await
+}
+
+async fn copy_outbox(src: &Connection, tx: &Transaction<'_>) -> Result<u64, StoreError> {
+    copy_keyed(
+        src,
+        tx,
+        "SELECT seq, sink, event_id, type, task_id, payload, created_at, pending_since, attempts, \
+         last_error, state, dead_at FROM outbox",
+        "seq",
+        "INSERT INTO outbox (seq, sink, event_id, type, task_id, payload, created_at, \
+         pending_since, attempts, last_error, state, dead_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        10_000,
+        |r| {
+            Ok(
+                row!(r; i64, String, String, String, Option<String>, String, i64, i64, i64,
+                Option<String>, String, Option<i64>),
+            )
+        },
+    )
+    .await
+}
+
+async fn copy_outbox_sinks(src: &Connection, tx: &Transaction<'_>) -> Result<u64, StoreError> {
+    let rows = read_rows(
+        src,
+        "SELECT sink, last_error FROM outbox_sinks ORDER BY sink",
+        |r| Ok(row!(r; String, Option<String>)),
+    )?;
+    insert_all(
+        tx,
+        "INSERT INTO outbox_sinks (sink, last_error) VALUES ($1, $2)",
         rows,
     )
     .await

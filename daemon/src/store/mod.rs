@@ -21,6 +21,7 @@
 
 pub mod contract;
 pub mod copy;
+pub mod outbox;
 pub mod postgres;
 pub mod sqlite;
 mod types;
@@ -29,6 +30,7 @@ mod types;
 #[doc(hidden)]
 pub use sqlite::{queries, Batch};
 
+pub use outbox::{Notice, OutboxEntry, OutboxRules, OutboxStats};
 pub use types::{
     absorb, AttemptLimits, Cursor, GateRunRecord, Health, Leftover, ModeChange, NewEvent,
     NewOverride, NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, RowChange, ShadowRow,
@@ -43,7 +45,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -258,6 +260,33 @@ pub trait Backend: Send + Sync {
     /// Shadow tasks created since `since_ms`.
     fn shadow_rows_since(&self, since_ms: i64) -> StoreFuture<'_, Vec<ShadowRow>>;
 
+    // The notification outbox (see [`outbox`]). Rows are written by the transitions above, in
+    // their transactions, for the sinks in the rules last installed.
+
+    /// Install the sinks' filters (at start and on reload); later commits write rows by them.
+    fn set_outbox_rules(&self, rules: OutboxRules);
+    /// Changes after every commit that wrote outbox rows (or made dead ones pending again).
+    fn outbox_signal(&self) -> watch::Receiver<u64>;
+    /// Write a notice (an event no transition causes) for the sinks that want it.
+    fn enqueue_notice(&self, notice: Notice) -> StoreFuture<'_, usize>;
+    /// Up to `limit` of a sink's pending events, in outbox order.
+    fn outbox_pending<'a>(
+        &'a self,
+        sink: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<OutboxEntry>>;
+    /// Delivered: the row is done with.
+    fn mark_delivered(&self, seq: i64) -> StoreFuture<'_, ()>;
+    fn mark_attempt_failed(&self, seq: i64, error: String) -> StoreFuture<'_, ()>;
+    /// Given up on: the rows become dead and `alarm`, if any, is written in the same transaction.
+    fn mark_dead(&self, seqs: Vec<i64>, at_ms: i64, alarm: Option<Notice>) -> StoreFuture<'_, ()>;
+    /// A sink's dead events back to pending (waiting from `now_ms`); answers how many.
+    fn retry_dead<'a>(&'a self, sink: &'a str, now_ms: i64) -> StoreFuture<'a, u64>;
+    /// Pending and dead counts per sink with an outbox row.
+    fn outbox_stats(&self) -> StoreFuture<'_, Vec<OutboxStats>>;
+    /// Tasks waiting for approval, for the approval policy.
+    fn awaiting_approval(&self) -> StoreFuture<'_, Vec<Awaiting>>;
+
     // In memory.
 
     /// Counts by kind and state, as of the last commit.
@@ -274,6 +303,19 @@ pub trait Backend: Send + Sync {
     fn check_integrity(&self) -> StoreFuture<'_, String>;
     /// Stop accepting writes, finish what was accepted, and wait for it.
     fn close(&self);
+}
+
+/// A task waiting for approval, as the approval policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Awaiting {
+    pub id: String,
+    pub kind: TaskKind,
+    pub agent: Option<String>,
+    /// When it entered `awaiting_approval`.
+    pub since_ms: i64,
+    pub expires_ms: i64,
+    /// Whether `approval.expiring` was already recorded for it.
+    pub warned: bool,
 }
 
 /// What [`Backend::reclaim_lapsed`] needs.

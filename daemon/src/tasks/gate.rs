@@ -77,6 +77,15 @@ pub async fn run_synthetic(d: &Daemon, label: Option<&str>) -> Result<GateRunRep
     let summary = summary_of(&report, &fingerprint);
     d.gate.set_latest_run(Some(summary));
     tracing::info!(passed, total = report.total, fingerprint = %fingerprint, "synthetic gate run recorded");
+    if label.is_none() {
+        let fields = serde_json::json!({
+            "passed": report.passed,
+            "total": report.total,
+            "ok": report.passed == report.total,
+            "fingerprint": report.fingerprint,
+        });
+        crate::notify::announce(d, "gate.synthetic", fields).await;
+    }
     Ok(report)
 }
 
@@ -100,11 +109,15 @@ pub async fn shadow_summary(d: &Daemon, window_hours: u32) -> Result<ShadowSumma
     }
     let since = d.clock.now_ms() - i64::from(window_hours) * 3_600_000;
     let rows = d.store.shadow_rows_since(since).await?;
-    Ok(shadow::summarize(
-        &rows,
-        window_hours,
-        d.config().gate.min_shadow_tasks,
-    ))
+    let summary = shadow::summarize(&rows, window_hours, d.config().gate.min_shadow_tasks);
+    let fields = serde_json::json!({
+        "passed": summary.passed,
+        "verdict": summary.verdict,
+        "total": summary.total,
+        "windowHours": summary.window_hours,
+    });
+    crate::notify::announce(d, "gate.shadow", fields).await;
+    Ok(summary)
 }
 
 /// Record a one-time override that the next flip to `mode` consumes.

@@ -14,8 +14,10 @@
 //! - [`sweep`]: a sweep now, and the sweeper's timer.
 //! - [`reload`]: re-read the config and apply it, or nothing (SIGHUP and `orchctl reload`).
 //! - [`status`]: the daemon in a line, for systemd.
+//! - [`notify`]: notification sinks: list, test, retry dead events.
 
 pub mod gate;
+pub mod notify;
 pub mod query;
 pub mod reload;
 pub mod route;

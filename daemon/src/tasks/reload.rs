@@ -101,11 +101,23 @@ async fn reload_locked(d: &Arc<Daemon>, trigger: ReloadTrigger) -> Result<Reload
                         ..base
                     },
                 );
+                let fields = serde_json::json!({
+                    "from": mode.effective.as_str(),
+                    "to": target.as_str(),
+                    "reason": why,
+                });
+                crate::notify::announce(d, "mode.refused", fields).await;
                 return Err(WireError::new(ErrorCode::GateRefused, message)
                     .with("from", mode.effective.as_str())
                     .with("to", target.as_str()));
             }
         }
+        let fields = serde_json::json!({
+            "from": mode.effective.as_str(),
+            "to": target.as_str(),
+            "override": consumed.is_some(),
+        });
+        crate::notify::announce(d, "mode.changed", fields).await;
         d.set_mode(ModeState {
             effective: target,
             since_ms: at,
@@ -118,6 +130,11 @@ async fn reload_locked(d: &Arc<Daemon>, trigger: ReloadTrigger) -> Result<Reload
         });
     }
     d.install_config(new);
+    crate::notify::install_rules(
+        &d.store,
+        &d.config(),
+        d.http_listen.get().map(String::as_str),
+    );
     if consumed.is_some() {
         if let Ok(pending) = d.store.pending_overrides().await {
             d.gate.set_pending_overrides(pending);

@@ -1,4 +1,4 @@
-//! Sweeping (the timer and `orchctl sweep`): expires stale tasks, reclaims lapsed leases, and deletes terminal tasks
+//! Sweeping (the timer and `orchctl sweep`): expires stale tasks, applies the approval policy, reclaims lapsed leases, and deletes terminal tasks
 //! past their kind's retention together with their trajectory and files.
 //!
 //! A sweep is a series of small store jobs of at most [`BATCH`] tasks each, so that other writers
@@ -8,9 +8,10 @@
 //! `orchctl sweep` take turns on [`SweeperState::lock`](crate::sweeper::SweeperState::lock).
 
 use crate::clock::{duration_ms, rfc3339};
+use crate::config::Config;
 use crate::daemon::{Daemon, Paths};
 use crate::store::Reclaimed;
-use crate::sweeper::{self, BATCH};
+use crate::sweeper::{self, approvals, BATCH};
 use orchestrator_proto::message::SweepReport;
 use orchestrator_proto::task::TaskKind;
 use orchestrator_proto::WireError;
@@ -117,6 +118,8 @@ pub async fn sweep(d: &Arc<Daemon>) -> SweepReport {
         tokio::task::yield_now().await;
     }
 
+    apply_approval_policy(d, &cfg, now, &mut run).await;
+
     while !d.shutdown.is_cancelled() {
         let res = d
             .store
@@ -176,6 +179,35 @@ pub async fn sweep(d: &Arc<Daemon>) -> SweepReport {
     let kept = report.clone();
     d.sweeper.set_last_sweep(kept);
     report
+}
+
+/// Warn about, and time out, tasks waiting for approval (see [`approvals`]).
+async fn apply_approval_policy(d: &Arc<Daemon>, cfg: &Config, now: i64, run: &mut Run) {
+    let waiting = match d.store.awaiting_approval().await {
+        Ok(w) => w,
+        Err(e) => return run.error(format!("approval policy: {e}")),
+    };
+    for w in waiting {
+        let outcome = match approvals::step(&cfg.approval, &w, now) {
+            approvals::Step::Wait => continue,
+            approvals::Step::Warn(ev) => d.store.append_event(ev).await,
+            approvals::Step::TimeOut(op) => {
+                let expire = op.action == crate::machine::Action::Expire;
+                let r = d.store.transition(*op).await.map(|_| ());
+                if r.is_ok() && expire {
+                    run.report.expired += 1;
+                }
+                tracing::info!(task = %w.id, "approval timeout");
+                r
+            }
+        };
+        match outcome {
+            // Decided meanwhile: nothing left to do.
+            Err(e) if e.is_refusal() => {}
+            Err(e) => run.error(format!("approval policy ({}): {e}", w.id)),
+            Ok(()) => {}
+        }
+    }
 }
 
 /// Delete the terminal tasks of `kind` completed before `before`: files first, then the rows, so

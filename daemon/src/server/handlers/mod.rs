@@ -5,6 +5,7 @@
 mod console_link;
 mod gate_override;
 mod metrics;
+mod notify;
 mod reload;
 mod route;
 mod shadow_summary;
@@ -47,6 +48,9 @@ pub async fn handle(
         }
         Request::Metrics => metrics::handle(d),
         Request::ConsoleLink => console_link::handle(d, peer),
+        Request::NotifyList => notify::list(d).await,
+        Request::NotifyTest { name } => notify::test(d, peer, &name).await,
+        Request::NotifyRetry { name } => notify::retry(d, &name).await,
         // Watch streams and is served by the connection itself.
         Request::Watch => Err(WireError::new(
             orchestrator_proto::ErrorCode::MalformedRequest,

@@ -2,8 +2,9 @@
 //! connection.
 
 use super::tx::Tx;
-use super::{pg_error, queries, PostgresBackend, SCHEMA_VERSION};
+use super::{outbox, pg_error, queries, PostgresBackend, SCHEMA_VERSION};
 use crate::clock::now_ms;
+use crate::store::{Awaiting, Notice, OutboxEntry, OutboxRules, OutboxStats};
 use crate::store::{
     Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes,
     Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowRow, StoreError, StoreFuture,
@@ -14,7 +15,8 @@ use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent}
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use tokio::sync::broadcast;
+use std::sync::Arc;
+use tokio::sync::{broadcast, watch};
 
 /// Run `$body` (an async block's worth of statements on `$tx`) in one transaction: committed and
 /// its effects published if it answers `Ok`, rolled back otherwise.
@@ -24,7 +26,7 @@ macro_rules! write {
             let outcome = async {
                 let mut client = $self.client().await?;
                 #[allow(unused_mut)]
-                let mut $tx = Tx::begin(&mut client).await?;
+                let mut $tx = Tx::begin(&mut client, $self.outbox_rules()).await?;
                 let result = $body;
                 match result {
                     Ok(v) => {
@@ -58,8 +60,8 @@ macro_rules! read {
 impl PostgresBackend {
     async fn commit(&self, tx: Tx<'_>) -> Result<(), StoreError> {
         let _gate = self.inner.commit_gate.read().await;
-        let (events, deltas) = tx.commit().await?;
-        self.publish(events, &deltas);
+        let effects = tx.commit().await?;
+        self.publish(effects);
         self.with_health(|h| h.full_since_ms = None);
         Ok(())
     }
@@ -314,6 +316,54 @@ impl Backend for PostgresBackend {
 
     fn shadow_rows_since(&self, since_ms: i64) -> StoreFuture<'_, Vec<ShadowRow>> {
         read!(self, |c| queries::shadow_rows_since(&c, since_ms).await)
+    }
+
+    fn set_outbox_rules(&self, rules: OutboxRules) {
+        if let Ok(mut r) = self.inner.outbox_rules.write() {
+            *r = Some(Arc::new(rules));
+        }
+    }
+
+    fn outbox_signal(&self) -> watch::Receiver<u64> {
+        self.inner.outbox_written.subscribe()
+    }
+
+    fn enqueue_notice(&self, notice: Notice) -> StoreFuture<'_, usize> {
+        write!(self, |tx| tx.enqueue_notice(&notice).await)
+    }
+
+    fn outbox_pending<'a>(
+        &'a self,
+        sink: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<OutboxEntry>> {
+        read!(self, |c| outbox::outbox_pending(&c, sink, limit).await)
+    }
+
+    fn mark_delivered(&self, seq: i64) -> StoreFuture<'_, ()> {
+        write!(self, |tx| tx.outbox_delivered(seq).await)
+    }
+
+    fn mark_attempt_failed(&self, seq: i64, error: String) -> StoreFuture<'_, ()> {
+        write!(self, |tx| tx.outbox_attempt_failed(seq, &error).await)
+    }
+
+    fn mark_dead(&self, seqs: Vec<i64>, at_ms: i64, alarm: Option<Notice>) -> StoreFuture<'_, ()> {
+        write!(self, |tx| tx
+            .outbox_dead(&seqs, at_ms, alarm.as_ref())
+            .await)
+    }
+
+    fn retry_dead<'a>(&'a self, sink: &'a str, now_ms: i64) -> StoreFuture<'a, u64> {
+        write!(self, |tx| tx.outbox_retry_dead(sink, now_ms).await)
+    }
+
+    fn outbox_stats(&self) -> StoreFuture<'_, Vec<OutboxStats>> {
+        read!(self, |c| outbox::outbox_stats(&c).await)
+    }
+
+    fn awaiting_approval(&self) -> StoreFuture<'_, Vec<Awaiting>> {
+        read!(self, |c| outbox::awaiting_approval(&c).await)
     }
 
     fn counts(&self) -> Counts {

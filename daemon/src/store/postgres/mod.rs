@@ -22,6 +22,7 @@
 
 mod backend;
 mod exclusive;
+mod outbox;
 mod queries;
 mod rows;
 pub(crate) mod schema;
@@ -31,11 +32,11 @@ mod tx;
 
 pub use schema::SCHEMA_VERSION;
 
-use crate::store::{Counts, Health, StoreError};
+use crate::store::{Counts, Health, OutboxRules, StoreError};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use orchestrator_proto::task::{TaskKind, TaskState, TrajectoryEvent};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock as StdRwLock, Weak};
 use std::time::Duration;
 use tokio::sync::{broadcast, RwLock};
 use tokio_postgres::error::SqlState;
@@ -77,6 +78,10 @@ struct Inner {
     refresher: OnceLock<()>,
     /// Released when the store closes (see `exclusive`).
     exclusive: Mutex<Option<exclusive::Exclusive>>,
+    /// The sinks' filters every write transaction writes outbox rows by (see `store::outbox`).
+    outbox_rules: StdRwLock<Option<Arc<OutboxRules>>>,
+    /// Raised after a commit that wrote outbox rows, to wake the delivery workers.
+    outbox_written: tokio::sync::watch::Sender<u64>,
 }
 
 /// A failure of the database or the connection, as a store error: the ones that mean "cannot reach
@@ -197,6 +202,8 @@ impl PostgresBackend {
                 health: Mutex::new(Health::default()),
                 refresher: OnceLock::new(),
                 exclusive: Mutex::new(Some(exclusive)),
+                outbox_rules: StdRwLock::new(None),
+                outbox_written: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -213,16 +220,27 @@ impl PostgresBackend {
         self.inner.pool.get().await.map_err(pool_error)
     }
 
-    /// Apply a committed write's effects: counts, then its events in order.
-    fn publish(&self, events: Vec<TrajectoryEvent>, deltas: &[tx::Delta]) {
+    /// Apply a committed write's effects: counts, then its events in order, then the outbox's
+    /// wake-up.
+    fn publish(&self, effects: tx::Effects) {
         if let Ok(mut c) = self.inner.counts.lock() {
-            for (kind, from, to) in deltas {
+            for (kind, from, to) in &effects.deltas {
                 c.apply(*kind, *from, *to);
             }
         }
-        for ev in events {
+        for ev in effects.events {
             let _ = self.inner.events.send(ev);
         }
+        if effects.outbox_rows > 0 {
+            self.inner
+                .outbox_written
+                .send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// The outbox rules a transaction begun now writes by.
+    fn outbox_rules(&self) -> Option<Arc<OutboxRules>> {
+        self.inner.outbox_rules.read().ok().and_then(|r| r.clone())
     }
 
     fn shut(&self) {

@@ -103,6 +103,30 @@ const MIGRATIONS: &[&str] = &[
         RAISE NOTICE 'pg_trgm is not available (%): the goal-text filter scans', SQLERRM;
     END $$;
     "#,
+    // 3: the notification outbox: one row per event and sink, written in the transaction of the
+    // transition that causes it (store/outbox.rs). A delivered row is deleted; a dead one stays
+    // until `orchctl notify retry`. Each sink's last delivery error outlives the row it was about.
+    r#"
+    CREATE TABLE outbox (
+        seq BIGSERIAL PRIMARY KEY,
+        sink TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        task_id TEXT COLLATE "C",
+        payload TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        pending_since BIGINT NOT NULL,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        last_error TEXT,
+        state TEXT NOT NULL DEFAULT 'pending',
+        dead_at BIGINT
+    );
+    CREATE INDEX outbox_sink ON outbox (sink, state, seq);
+    CREATE TABLE outbox_sinks (
+        sink TEXT PRIMARY KEY,
+        last_error TEXT
+    );
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -7,6 +7,7 @@ use super::queries::{META_MODE, META_MODE_SINCE};
 use super::rows::{task_from_row, TASK_COLUMNS};
 use crate::clock::rfc3339;
 use crate::machine::{next_state, Action};
+use crate::store::OutboxRules;
 use crate::store::{
     absorb, GateRunRecord, ModeChange, NewOverride, NewTask, Plan, Reclaim, Reclaimed, RowChange,
     StoreError, SubmitPlan, TransitionOp,
@@ -14,6 +15,7 @@ use crate::store::{
 use orchestrator_proto::task::{Task, TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 pub(super) type Delta = (TaskKind, Option<TaskState>, Option<TaskState>);
 
@@ -21,10 +23,21 @@ pub(super) struct Tx<'c> {
     tx: deadpool_postgres::Transaction<'c>,
     events: Vec<TrajectoryEvent>,
     deltas: Vec<Delta>,
+    /// The sinks' filters, when any sink is configured: outbox rows are written only then.
+    outbox: Option<Arc<OutboxRules>>,
+    /// Outbox rows written (or made pending again), to wake the delivery workers after the commit.
+    outbox_rows: usize,
+}
+
+/// What a committed transaction did besides its statements, to publish.
+pub(super) struct Effects {
+    pub events: Vec<TrajectoryEvent>,
+    pub deltas: Vec<Delta>,
+    pub outbox_rows: usize,
 }
 
 /// Where a savepoint was taken: the effects recorded before it.
-pub(super) struct Mark(usize, usize);
+pub(super) struct Mark(usize, usize, usize);
 
 fn sql_json<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>, StoreError> {
     match v {
@@ -42,17 +55,28 @@ fn limit_sql(limit: usize) -> i64 {
 impl<'c> Tx<'c> {
     pub(super) async fn begin(
         client: &'c mut deadpool_postgres::Object,
+        outbox: Option<Arc<OutboxRules>>,
     ) -> Result<Self, StoreError> {
         let tx = client.transaction().await.map_err(pg_error)?;
         Ok(Tx {
             tx,
             events: Vec::new(),
             deltas: Vec::new(),
+            outbox: outbox.filter(|r| !r.sinks.is_empty()),
+            outbox_rows: 0,
         })
     }
 
+    pub(super) fn outbox_rules(&self) -> Option<Arc<OutboxRules>> {
+        self.outbox.clone()
+    }
+
+    pub(super) fn note_outbox(&mut self, rows: usize) {
+        self.outbox_rows += rows;
+    }
+
     /// Write the count changes and commit; answers the effects to publish.
-    pub(super) async fn commit(self) -> Result<(Vec<TrajectoryEvent>, Vec<Delta>), StoreError> {
+    pub(super) async fn commit(self) -> Result<Effects, StoreError> {
         let mut net: HashMap<(TaskKind, TaskState), i64> = HashMap::new();
         for (kind, from, to) in &self.deltas {
             if let Some(from) = from {
@@ -84,10 +108,14 @@ impl<'c> Tx<'c> {
                 .map_err(pg_error)?;
         }
         self.tx.commit().await.map_err(pg_error)?;
-        Ok((self.events, self.deltas))
+        Ok(Effects {
+            events: self.events,
+            deltas: self.deltas,
+            outbox_rows: self.outbox_rows,
+        })
     }
 
-    async fn exec(
+    pub(super) async fn exec(
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
@@ -96,7 +124,7 @@ impl<'c> Tx<'c> {
         self.tx.execute(&stmt, params).await.map_err(pg_error)
     }
 
-    async fn query(
+    pub(super) async fn query(
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
@@ -110,7 +138,7 @@ impl<'c> Tx<'c> {
             .batch_execute("SAVEPOINT step")
             .await
             .map_err(pg_error)?;
-        Ok(Mark(self.events.len(), self.deltas.len()))
+        Ok(Mark(self.events.len(), self.deltas.len(), self.outbox_rows))
     }
 
     /// End the step begun at `mark`: kept if `ok`, else undone with its effects.
@@ -123,6 +151,7 @@ impl<'c> Tx<'c> {
         } else {
             self.events.truncate(mark.0);
             self.deltas.truncate(mark.1);
+            self.outbox_rows = mark.2;
             self.tx
                 .batch_execute("ROLLBACK TO SAVEPOINT step; RELEASE SAVEPOINT step")
                 .await
@@ -206,8 +235,22 @@ impl<'c> Tx<'c> {
             .first()
             .map(|r| r.get(0))
             .ok_or_else(|| StoreError::Sql("no sequence number for the event".into()))?;
+        let seq = seq.max(0) as u64;
+        if self.outbox.is_some() {
+            self.outbox_for_event(
+                seq,
+                task_id,
+                at_ms,
+                actor,
+                action,
+                from,
+                to,
+                details.as_ref(),
+            )
+            .await?;
+        }
         self.events.push(TrajectoryEvent {
-            seq: seq.max(0) as u64,
+            seq,
             task_id: task_id.to_string(),
             at: rfc3339(at_ms),
             actor: actor.to_string(),
@@ -241,7 +284,9 @@ impl<'c> Tx<'c> {
         let kind: TaskKind = super::rows::parsed(row, 0)?;
         let from: TaskState = super::rows::parsed(row, 1)?;
         let expires_at: i64 = row.get(2);
+        // The approval policy expires a waiting task at its own deadline, before the TTL.
         if op.action == Action::Expire
+            && op.actor != crate::store::outbox::APPROVAL_TIMEOUT_ACTOR
             && expires_at > op.at_ms
             && next_state(from, op.action).is_ok()
         {

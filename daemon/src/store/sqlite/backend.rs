@@ -1,7 +1,8 @@
 //! [`Backend`] for [`SqliteBackend`]: every write is one job of the group commit, every read one
 //! call on a pooled read connection.
 
-use super::{queries, SqliteBackend};
+use super::{outbox, queries, SqliteBackend};
+use crate::store::{Awaiting, Notice, OutboxEntry, OutboxRules, OutboxStats};
 use crate::store::{
     Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes,
     Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowRow, StoreFuture, StoredMode,
@@ -9,7 +10,8 @@ use crate::store::{
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
-use tokio::sync::broadcast;
+use std::sync::Arc;
+use tokio::sync::{broadcast, watch};
 
 impl Backend for SqliteBackend {
     fn submit(&self, plan: SubmitPlan) -> StoreFuture<'_, Task> {
@@ -194,6 +196,54 @@ impl Backend for SqliteBackend {
 
     fn shadow_rows_since(&self, since_ms: i64) -> StoreFuture<'_, Vec<ShadowRow>> {
         Box::pin(self.read(move |c| queries::shadow_rows_since(c, since_ms)))
+    }
+
+    fn set_outbox_rules(&self, rules: OutboxRules) {
+        if let Ok(mut r) = self.outbox_writer().rules.write() {
+            *r = Some(Arc::new(rules));
+        }
+    }
+
+    fn outbox_signal(&self) -> watch::Receiver<u64> {
+        self.outbox_writer().written.subscribe()
+    }
+
+    fn enqueue_notice(&self, notice: Notice) -> StoreFuture<'_, usize> {
+        Box::pin(self.write(move |b| b.enqueue_notice(&notice)))
+    }
+
+    fn outbox_pending<'a>(
+        &'a self,
+        sink: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<OutboxEntry>> {
+        let sink = sink.to_string();
+        Box::pin(self.read(move |c| outbox::outbox_pending(c, &sink, limit)))
+    }
+
+    fn mark_delivered(&self, seq: i64) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |b| b.outbox_delivered(seq)))
+    }
+
+    fn mark_attempt_failed(&self, seq: i64, error: String) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |b| b.outbox_attempt_failed(seq, &error)))
+    }
+
+    fn mark_dead(&self, seqs: Vec<i64>, at_ms: i64, alarm: Option<Notice>) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |b| b.outbox_dead(&seqs, at_ms, alarm.as_ref())))
+    }
+
+    fn retry_dead<'a>(&'a self, sink: &'a str, now_ms: i64) -> StoreFuture<'a, u64> {
+        let sink = sink.to_string();
+        Box::pin(self.write(move |b| b.outbox_retry_dead(&sink, now_ms)))
+    }
+
+    fn outbox_stats(&self) -> StoreFuture<'_, Vec<OutboxStats>> {
+        Box::pin(self.read(outbox::outbox_stats))
+    }
+
+    fn awaiting_approval(&self) -> StoreFuture<'_, Vec<Awaiting>> {
+        Box::pin(self.read(outbox::awaiting_approval))
     }
 
     fn counts(&self) -> Counts {

@@ -7,6 +7,7 @@
 use super::rows::{task_from_row, TASK_COLUMNS};
 use crate::clock::rfc3339;
 use crate::machine::{next_state, Action};
+use crate::store::outbox::OutboxRules;
 use crate::store::{absorb, NewTask, Plan, RowChange, StoreError, SubmitPlan, TransitionOp};
 use orchestrator_proto::task::{Rejection, Routing, TaskError, TaskResult};
 use orchestrator_proto::task::{Task, TaskKind, TaskState, TrajectoryEvent};
@@ -14,6 +15,7 @@ use orchestrator_proto::ErrorCode;
 use rusqlite::{params, OptionalExtension, ToSql, Transaction};
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Arc;
 
 pub(super) type Delta = (TaskKind, Option<TaskState>, Option<TaskState>);
 
@@ -23,6 +25,18 @@ pub struct Batch<'a> {
     deltas: Vec<Delta>,
     /// A job of this group failed because the disk is full.
     pub(super) saw_full: bool,
+    /// The sinks' filters, when any sink is configured: outbox rows are written only then.
+    outbox: Option<Arc<OutboxRules>>,
+    /// Outbox rows written (or made pending again), to wake the delivery workers after the commit.
+    outbox_rows: usize,
+}
+
+/// What a group's jobs did besides their statements, published once it commits.
+pub(super) struct Effects {
+    pub events: Vec<TrajectoryEvent>,
+    pub deltas: Vec<Delta>,
+    pub saw_full: bool,
+    pub outbox_rows: usize,
 }
 
 fn sql_json<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>, StoreError> {
@@ -35,17 +49,32 @@ fn sql_json<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>, StoreE
 }
 
 impl<'a> Batch<'a> {
-    pub(super) fn new(tx: &'a Transaction<'a>) -> Self {
+    pub(super) fn new(tx: &'a Transaction<'a>, outbox: Option<Arc<OutboxRules>>) -> Self {
         Batch {
             tx,
             events: Vec::new(),
             deltas: Vec::new(),
             saw_full: false,
+            outbox: outbox.filter(|r| !r.sinks.is_empty()),
+            outbox_rows: 0,
         }
     }
 
-    pub(super) fn into_effects(self) -> (Vec<TrajectoryEvent>, Vec<Delta>, bool) {
-        (self.events, self.deltas, self.saw_full)
+    pub(super) fn into_effects(self) -> Effects {
+        Effects {
+            events: self.events,
+            deltas: self.deltas,
+            saw_full: self.saw_full,
+            outbox_rows: self.outbox_rows,
+        }
+    }
+
+    pub(super) fn outbox_rules(&self) -> Option<Arc<OutboxRules>> {
+        self.outbox.clone()
+    }
+
+    pub(super) fn note_outbox(&mut self, rows: usize) {
+        self.outbox_rows += rows;
     }
 
     /// The transaction, for the statements of this backend's other modules.
@@ -68,7 +97,7 @@ impl<'a> Batch<'a> {
         &mut self,
         f: impl FnOnce(&mut Batch<'a>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let (events, deltas) = (self.events.len(), self.deltas.len());
+        let (events, deltas, outbox) = (self.events.len(), self.deltas.len(), self.outbox_rows);
         // Prepared once per connection: every job of every group runs these.
         self.tx.prepare_cached("SAVEPOINT job")?.execute([])?;
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
@@ -86,6 +115,7 @@ impl<'a> Batch<'a> {
             let _ = self.tx.execute_batch("ROLLBACK TO job; RELEASE job");
             self.events.truncate(events);
             self.deltas.truncate(deltas);
+            self.outbox_rows = outbox;
         }
         result
     }
@@ -157,9 +187,21 @@ impl<'a> Batch<'a> {
                 to.as_str(),
                 details_json
             ])?;
-        let seq = self.tx.last_insert_rowid();
+        let seq = self.tx.last_insert_rowid().max(0) as u64;
+        if self.outbox.is_some() {
+            self.outbox_for_event(
+                seq,
+                task_id,
+                at_ms,
+                actor,
+                action,
+                from,
+                to,
+                details.as_ref(),
+            )?;
+        }
         self.events.push(TrajectoryEvent {
-            seq: seq.max(0) as u64,
+            seq,
             task_id: task_id.to_string(),
             at: rfc3339(at_ms),
             actor: actor.to_string(),
@@ -207,7 +249,9 @@ impl<'a> Batch<'a> {
             current.ok_or_else(|| StoreError::NotFound(op.id.clone()))?;
         let kind: TaskKind = kind.parse().map_err(StoreError::Sql)?;
         let from: TaskState = from.parse().map_err(StoreError::Sql)?;
+        // The approval policy expires a waiting task at its own deadline, before the TTL.
         if op.action == Action::Expire
+            && op.actor != crate::store::outbox::APPROVAL_TIMEOUT_ACTOR
             && expires_at > op.at_ms
             && next_state(from, op.action).is_ok()
         {
@@ -377,8 +421,15 @@ impl<'a> Batch<'a> {
         // RETURNING answers in no promised order; the store numbers rows in the order they go in.
         seqs.sort_unstable();
         for (r, seq) in rows.iter().zip(seqs) {
+            let seq = seq.max(0) as u64;
+            // The outbox row of each event, in the same transaction, as `append_event` writes it.
+            if self.outbox.is_some() {
+                self.outbox_for_event(
+                    seq, task_id, r.at_ms, r.actor, r.action, r.from, r.to, r.details,
+                )?;
+            }
             self.events.push(TrajectoryEvent {
-                seq: seq.max(0) as u64,
+                seq,
                 task_id: task_id.to_string(),
                 at: rfc3339(r.at_ms),
                 actor: r.actor.to_string(),

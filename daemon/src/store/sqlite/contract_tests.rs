@@ -38,4 +38,9 @@ contract_cases!(
     probe_commits_nothing,
     listing_filters_and_pages_each_task_once,
     goal_text_filter_matches_as_typed,
+    outbox_is_written_with_the_transition,
+    rolled_back_job_writes_no_outbox_row,
+    outbox_order_and_marks,
+    notices_follow_the_filters,
+    awaiting_approval_lists_waiting_tasks,
 );

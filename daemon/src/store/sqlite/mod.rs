@@ -21,6 +21,7 @@
 mod backend;
 mod batch;
 pub mod goal_index;
+pub mod outbox;
 pub mod queries;
 mod rows;
 mod schema;
@@ -31,6 +32,7 @@ pub use schema::SCHEMA_VERSION;
 
 use crate::clock::now_ms;
 use crate::fault::{How, When};
+use crate::store::outbox::OutboxRules;
 use crate::store::{Counts, Health, StoreError};
 use orchestrator_proto::task::{TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
@@ -38,7 +40,7 @@ use rusqlite::{Connection, OpenFlags};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, oneshot, watch};
 
@@ -87,6 +89,14 @@ struct Inner {
     writer_end: watch::Receiver<Option<String>>,
     /// Failed operations, for `orchestrator_store_errors_total`.
     errors: std::sync::atomic::AtomicU64,
+    outbox: Arc<Writer>,
+}
+
+/// What the writer shares with the handles besides its job queue: the outbox rules it writes rows
+/// by, and the signal it raises after a commit that wrote some.
+pub(super) struct Writer {
+    pub rules: RwLock<Option<Arc<OutboxRules>>>,
+    pub written: watch::Sender<u64>,
 }
 
 /// The supervisor's name for the writer thread, and the fault hook's.
@@ -133,11 +143,23 @@ impl SqliteBackend {
         let health = Arc::new(Mutex::new(Health::default()));
         let writer_health = Arc::clone(&health);
         let (end_tx, end_rx) = watch::channel(None);
+        let outbox = Arc::new(Writer {
+            rules: RwLock::new(None),
+            written: watch::channel(0).0,
+        });
+        let writer_outbox = Arc::clone(&outbox);
         let handle = std::thread::Builder::new()
             .name(WRITER_TASK.into())
             .spawn(move || {
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    writer_loop(conn, rx, writer_counts, writer_events, writer_health)
+                    writer_loop(
+                        conn,
+                        rx,
+                        writer_counts,
+                        writer_events,
+                        writer_health,
+                        writer_outbox,
+                    )
                 }));
                 let why = match ran {
                     Ok(()) => "the writer thread ended".to_string(),
@@ -157,6 +179,7 @@ impl SqliteBackend {
                 health,
                 writer_end: end_rx,
                 errors: std::sync::atomic::AtomicU64::new(0),
+                outbox,
             }),
         })
     }
@@ -328,6 +351,10 @@ impl SqliteBackend {
         outcome
     }
 
+    pub(super) fn outbox_writer(&self) -> &Writer {
+        &self.inner.outbox
+    }
+
     /// Stop accepting writes, let the writer finish what it has, and wait for it.
     fn shut(&self) {
         if let Ok(mut jobs) = self.inner.jobs.lock() {
@@ -363,6 +390,7 @@ fn writer_loop(
     counts: Arc<Mutex<Counts>>,
     events: broadcast::Sender<TrajectoryEvent>,
     health: Arc<Mutex<Health>>,
+    outbox: Arc<Writer>,
 ) {
     // Test hook only (see `crate::fault`): make the writer fail after a while, or once released by
     // SIGUSR2 (the writer is a thread: it looks at the flag between jobs, at least every 20 ms).
@@ -427,7 +455,7 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let full = run_group(&mut conn, group, &counts, &events);
+        let full = run_group(&mut conn, group, &counts, &events, &outbox);
         note_disk(&health, full);
         goals_behind = true;
     }
@@ -552,6 +580,7 @@ fn run_group(
     group: Vec<Job>,
     counts: &Mutex<Counts>,
     events: &broadcast::Sender<TrajectoryEvent>,
+    outbox: &Writer,
 ) -> Option<bool> {
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
@@ -565,11 +594,17 @@ fn run_group(
             return full.then_some(true);
         }
     };
-    let mut batch = Batch::new(&tx);
+    let rules = outbox.rules.read().ok().and_then(|r| r.clone());
+    let mut batch = Batch::new(&tx, rules);
     let completions: Vec<Completion> = group.into_iter().map(|job| job(Some(&mut batch))).collect();
-    let (new_events, deltas, saw_full) = batch.into_effects();
+    let batch::Effects {
+        events: new_events,
+        deltas,
+        saw_full,
+        outbox_rows,
+    } = batch.into_effects();
     // Only a commit that wrote something proves the disk takes writes again.
-    let wrote = !new_events.is_empty() || !deltas.is_empty();
+    let wrote = !new_events.is_empty() || !deltas.is_empty() || outbox_rows > 0;
     let committed = persist_counts(&tx, &deltas)
         .map_err(|e| group_error("cannot update the task counts", e))
         .and_then(|()| tx.commit().map_err(|e| group_error("commit failed", e)));
@@ -587,6 +622,9 @@ fn run_group(
         }
         for ev in new_events {
             let _ = events.send(ev);
+        }
+        if outbox_rows > 0 {
+            outbox.written.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
     for done in completions {

@@ -102,6 +102,30 @@ const MIGRATIONS: &[&str] = &[
         WHERE upto > ifnull((SELECT max(rowid) FROM tasks), 0);
     END;
     "#,
+    // 5: the notification outbox: one row per event and sink, written in the transaction of the
+    // transition that causes it (store/outbox.rs). A delivered row is deleted; a dead one stays
+    // until `orchctl notify retry`. Each sink's last delivery error outlives the row it was about.
+    r#"
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        sink TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        task_id TEXT,
+        payload TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        pending_since INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        state TEXT NOT NULL DEFAULT 'pending',
+        dead_at INTEGER
+    );
+    CREATE INDEX outbox_sink ON outbox(sink, state, seq);
+    CREATE TABLE outbox_sinks (
+        sink TEXT PRIMARY KEY NOT NULL,
+        last_error TEXT
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

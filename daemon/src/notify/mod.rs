@@ -1,0 +1,143 @@
+//! Notifications: `[[notify]]` sinks told about approvals, failures, gates, mode changes and
+//! alarms (the events and sinks are described in `README.md`).
+//!
+//! The store writes each event to an outbox in the transaction of the transition that causes it
+//! ([`crate::store::outbox`]); here one delivery worker per sink ([`worker`]) sends them, so a
+//! slow or dead sink never holds up a submit, a transition or another sink. Delivery is at least
+//! once: an event is removed from the outbox only after its sink accepted it, and receivers
+//! deduplicate on the event id.
+
+pub mod sink;
+mod worker;
+
+use crate::config::Config;
+use crate::daemon::Daemon;
+use crate::store::{OutboxRules, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where task links point when neither `[http] public_url` nor a listener says otherwise.
+const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:7419";
+/// How often the outbox figures behind the metrics are refreshed, the store's disk looked at, and
+/// the config checked for a reload.
+const TICK: Duration = Duration::from_secs(1);
+
+/// The address task links are built on: `[http] public_url`, else the address the HTTP listener
+/// is bound to (`bound`), else the configured one.
+pub fn public_url(cfg: &Config, bound: Option<&str>) -> String {
+    let configured = cfg.http.as_ref();
+    if let Some(url) = configured.and_then(|h| h.public_url.clone()) {
+        return url;
+    }
+    match (bound, configured) {
+        (Some(addr), _) => format!("http://{addr}"),
+        (None, Some(h)) => format!("http://{}", h.listen),
+        (None, None) => DEFAULT_PUBLIC_URL.to_string(),
+    }
+}
+
+/// Give the store the sinks of `cfg`: commits from now on write outbox rows by them. `bound` is
+/// the HTTP listener's address, when it listens.
+pub fn install_rules(store: &Store, cfg: &Config, bound: Option<&str>) {
+    store.set_outbox_rules(OutboxRules {
+        sinks: cfg.notify.clone(),
+        approval: cfg.approval.clone(),
+        public_url: public_url(cfg, bound),
+    });
+}
+
+/// Queue an event that no transition causes (gate verdicts, mode changes). It is written right
+/// after what it reports, in a write of its own; a failure is logged, never the caller's failure.
+pub async fn announce(d: &Daemon, event_type: &str, fields: serde_json::Value) {
+    let mut notice = crate::store::Notice::new(event_type, d.clock.now_ms());
+    if let serde_json::Value::Object(map) = fields {
+        notice.fields = map;
+    }
+    if let Err(e) = d.store.enqueue_notice(notice).await {
+        tracing::warn!(event = %event_type, error = %e, "notify: cannot queue the event");
+    }
+}
+
+/// The delivery workers, one per configured sink, restarted when a reload installs a new config
+/// (the reload installs the store's rules itself; see [`install_rules`]), until shutdown.
+pub async fn run(d: Arc<Daemon>) {
+    // When the store's disk filled up, until the alarm about it is written.
+    let mut full_since: Option<i64> = None;
+    loop {
+        let cfg = d.config();
+        let stop = d.shutdown.child_token();
+        let mut workers = tokio::task::JoinSet::new();
+        for s in &cfg.notify {
+            match sink::Sender::new(s.clone()) {
+                Ok(sender) => {
+                    workers.spawn(worker::run(Arc::clone(&d), sender, stop.clone()));
+                }
+                Err(e) => {
+                    tracing::error!(sink = %s.name, error = %e, "notify: cannot start the sink")
+                }
+            }
+        }
+        let reloaded = loop {
+            refresh_stats(&d).await;
+            disk_alarm(&d, &mut full_since).await;
+            tokio::select! {
+                _ = d.shutdown.cancelled() => break false,
+                _ = tokio::time::sleep(TICK) => {}
+            }
+            if !Arc::ptr_eq(&cfg, &d.config()) {
+                break true;
+            }
+        };
+        stop.cancel();
+        while workers.join_next().await.is_some() {}
+        if !reloaded {
+            return;
+        }
+    }
+}
+
+/// A full disk cannot take the alarm about itself: the alarm is remembered while the store cannot
+/// write and queued once it can again.
+async fn disk_alarm(d: &Daemon, full_since: &mut Option<i64>) {
+    let health = d.store.health();
+    if let Some(since) = health.full_since_ms {
+        if full_since.is_none() {
+            tracing::warn!("notify: the store cannot write; daemon.alarm follows once it can");
+            *full_since = Some(since);
+        }
+        return;
+    }
+    let Some(since) = *full_since else { return };
+    let now = d.clock.now_ms();
+    let notice = crate::store::Notice::new("daemon.alarm", now)
+        .field("alarm", "storage_full")
+        .field("since", crate::clock::rfc3339(since))
+        .field("recoveredAt", crate::clock::rfc3339(now))
+        .field(
+            "message",
+            "the store could not write (disk full); writes succeed again",
+        );
+    match d.store.enqueue_notice(notice).await {
+        Ok(_) => *full_since = None,
+        Err(e) => tracing::warn!(error = %e, "notify: cannot queue the storage alarm yet"),
+    }
+}
+
+async fn refresh_stats(d: &Daemon) {
+    if let Ok(stats) = d.store.outbox_stats().await {
+        let mut rows: Vec<crate::metrics::SinkOutbox> = d
+            .config()
+            .notify
+            .iter()
+            .map(|s| (s.name.clone(), 0, 0, None))
+            .collect();
+        for st in stats {
+            let row = (st.sink.clone(), st.pending, st.dead, st.oldest_pending_ms);
+            match rows.iter_mut().find(|r| r.0 == st.sink) {
+                Some(r) => *r = row,
+                None => rows.push(row),
+            }
+        }
+        d.metrics.set_notify_outbox(rows);
+    }
+}

@@ -1,0 +1,149 @@
+//! One sink's delivery worker: sends the sink's pending events in outbox order, one at a time,
+//! and marks each delivered, failed or dead. A failure holds the sink back (exponential backoff
+//! with jitter) so that a later event never overtakes an earlier one; other sinks have workers of
+//! their own and never wait for this one.
+
+use super::sink::{backoff, Outgoing, Sender};
+use crate::clock::Moves;
+use crate::daemon::Daemon;
+use crate::store::{Notice, OutboxEntry};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Events read per outbox query.
+const PAGE: usize = 64;
+
+/// Why a worker paused, if it did: to return on shutdown or reload.
+enum Wait {
+    Go,
+    Stop,
+}
+
+/// Wait out a backoff. A moved test clock ends it early, so that a test reaches `give_up_after`
+/// by moving the clock instead of waiting.
+async fn pause(stop: &CancellationToken, delay: Duration, moves: &mut Moves) -> Wait {
+    tokio::select! {
+        _ = stop.cancelled() => Wait::Stop,
+        _ = tokio::time::sleep(delay) => Wait::Go,
+        _ = moves.moved() => Wait::Go,
+    }
+}
+
+pub async fn run(d: Arc<Daemon>, sender: Sender, stop: CancellationToken) {
+    let sink = sender.sink().clone();
+    let name = sink.name.clone();
+    let give_up_ms = i64::try_from(sink.give_up_after.as_millis()).unwrap_or(i64::MAX);
+    let mut signal = d.store.outbox_signal();
+    let mut moves = d.clock.moves();
+    let mut failures: u32 = 0;
+    // One alarm per run of give-ups: raised with the first dead event, re-armed by a delivery.
+    let mut alarmed = false;
+    'outer: while !stop.is_cancelled() {
+        // Marked seen before reading, so a commit after the read wakes the next wait.
+        signal.borrow_and_update();
+        let page = match d.store.outbox_pending(&name, PAGE).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(sink = %name, error = %e, "notify: cannot read the outbox");
+                match pause(&stop, sink.retry_initial, &mut moves).await {
+                    Wait::Go => continue,
+                    Wait::Stop => break,
+                }
+            }
+        };
+        if page.is_empty() {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = signal.changed() => if changed.is_err() { break },
+            }
+            continue;
+        }
+        for entry in page {
+            let outgoing = Outgoing {
+                event_id: &entry.event_id,
+                event_type: &entry.event_type,
+                body: &entry.body,
+            };
+            let sent = tokio::select! {
+                _ = stop.cancelled() => break 'outer,
+                sent = sender.send(&outgoing) => sent,
+            };
+            match sent {
+                Ok(()) => {
+                    failures = 0;
+                    alarmed = false;
+                    d.metrics.notify_delivered.inc(&[&name]);
+                    if let Err(e) = d.store.mark_delivered(entry.seq).await {
+                        // Sent but not marked: it is sent again later, with the same id.
+                        tracing::warn!(sink = %name, error = %e, "notify: cannot mark an event delivered");
+                        continue 'outer;
+                    }
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    d.metrics.notify_failed_attempts.inc(&[&name]);
+                    tracing::debug!(sink = %name, event = %entry.event_id, %error, "notify: attempt failed");
+                    // Give-up counts on the daemon's clock, as the event's own time does.
+                    let now = d.clock.now_ms();
+                    let waited = now.saturating_sub(entry.pending_since_ms);
+                    if waited >= give_up_ms {
+                        give_up(&d, &name, &entry, &error, now, &mut alarmed).await;
+                        continue;
+                    }
+                    let _ = d.store.mark_attempt_failed(entry.seq, error).await;
+                    let delay = backoff(
+                        sink.retry_initial,
+                        sink.retry_max,
+                        failures,
+                        rand::random::<f64>(),
+                    )
+                    // Retry in time to give up on schedule rather than an hour late.
+                    .min(Duration::from_millis(
+                        u64::try_from(give_up_ms - waited).unwrap_or(0),
+                    ));
+                    match pause(&stop, delay, &mut moves).await {
+                        Wait::Go => continue 'outer,
+                        Wait::Stop => break 'outer,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Mark an event dead; the first of a run also raises `daemon.alarm` for the other sinks, in the
+/// same write.
+async fn give_up(
+    d: &Daemon,
+    name: &str,
+    entry: &OutboxEntry,
+    error: &str,
+    now: i64,
+    alarmed: &mut bool,
+) {
+    let alarm = (!*alarmed).then(|| {
+        let n = Notice::new("daemon.alarm", now)
+            .field("alarm", "notify_giving_up")
+            .field("sink", name)
+            .field("lastError", error)
+            .field(
+                "message",
+                format!("events for sink {name} are being given up on; `orchctl notify retry {name}` sends them again"),
+            );
+        Notice {
+            except_sink: Some(name.to_string()),
+            ..n
+        }
+    });
+    tracing::error!(sink = %name, event = %entry.event_id, %error, "notify: giving up on an event");
+    // The last error stays with the event, for `orchctl notify list`.
+    let _ = d
+        .store
+        .mark_attempt_failed(entry.seq, error.to_string())
+        .await;
+    match d.store.mark_dead(vec![entry.seq], now, alarm).await {
+        Ok(()) => *alarmed = true,
+        Err(e) => tracing::warn!(sink = %name, error = %e, "notify: cannot mark an event dead"),
+    }
+}

@@ -1,0 +1,377 @@
+//! The notification outbox: which committed transitions become notification events, what each
+//! event says, and the rows a delivery worker reads back.
+//!
+//! A backend writes an event's outbox rows (one per sink that wants it) in the same transaction as
+//! the transition that causes it, so a committed transition never loses its notification and a
+//! rolled-back one never sends one. Events that no transition causes (gate verdicts, mode changes,
+//! alarms, tests) are [`Notice`]s, written the same way. Deciding and building an event is pure:
+//! [`event_type`] and [`transition_payload`] are plain functions over what the writer already holds.
+//! The event types and their fields are documented in `README.md`.
+
+use crate::clock::rfc3339;
+use orchestrator_core::config::{ApprovalPolicy, NotifySink, OnApprovalTimeout};
+use orchestrator_proto::task::{Task, TaskKind, TaskState};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The actor of the sweeper's approval-timeout decisions; distinct from any person's name.
+pub const APPROVAL_TIMEOUT_ACTOR: &str = "approval-timeout";
+/// The trajectory action of an approval warning (the task's state does not change).
+pub const APPROVAL_WARNING_ACTION: &str = "approval_warning";
+/// How much of a result's text an `approval.requested` event carries.
+pub const RESULT_EXCERPT_BYTES: usize = 2048;
+
+/// What a backend needs to write outbox rows: the sinks and their filters, the approval policy
+/// (for deadlines) and where task pages live (for links). Installed at start and on reload.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxRules {
+    pub sinks: Vec<NotifySink>,
+    pub approval: ApprovalPolicy,
+    /// `[http] public_url`, or the listener's address; task pages are under `/console/tasks/`.
+    pub public_url: String,
+}
+
+impl OutboxRules {
+    /// Whether any sink wants events of this type: the writer's only cost for every other event.
+    pub fn any_wants(&self, event_type: &str) -> bool {
+        self.sinks.iter().any(|s| s.wants_type(event_type))
+    }
+
+    pub fn link(&self, task_id: &str) -> String {
+        format!("{}/console/tasks/{task_id}", self.public_url)
+    }
+
+    /// The sinks that want an event, by name.
+    pub fn sinks_for(
+        &self,
+        event_type: &str,
+        task: Option<(TaskKind, Option<&str>)>,
+    ) -> Vec<String> {
+        self.sinks
+            .iter()
+            .filter(|s| s.wants(event_type, task))
+            .map(|s| s.name.clone())
+            .collect()
+    }
+}
+
+/// An event no transition causes, to be written to the outbox as it is.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    /// The stable event id receivers deduplicate on.
+    pub id: String,
+    pub event_type: String,
+    pub at_ms: i64,
+    /// The task the event is about, if any: (id, kind, agent), for the sinks' filters.
+    pub task: Option<(String, TaskKind, Option<String>)>,
+    /// Fields besides `type`, `id` and `at`.
+    pub fields: Map<String, Value>,
+    /// Only to this sink, whatever it asks for (`notify test`).
+    pub only_sink: Option<String>,
+    /// To every sink that wants it except this one (an alarm about that sink).
+    pub except_sink: Option<String>,
+}
+
+impl Notice {
+    pub fn new(event_type: &str, at_ms: i64) -> Notice {
+        Notice {
+            id: format!("ev-{}", ulid::Ulid::generate()),
+            event_type: event_type.to_string(),
+            at_ms,
+            task: None,
+            fields: Map::new(),
+            only_sink: None,
+            except_sink: None,
+        }
+    }
+
+    pub fn field(mut self, key: &str, value: impl Into<Value>) -> Notice {
+        self.fields.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// The sinks it goes to under `rules`.
+    pub fn sinks(&self, rules: &OutboxRules) -> Vec<String> {
+        if let Some(only) = &self.only_sink {
+            return rules
+                .sinks
+                .iter()
+                .filter(|s| &s.name == only)
+                .map(|s| s.name.clone())
+                .collect();
+        }
+        let task = self.task.as_ref().map(|(_, k, a)| (*k, a.as_deref()));
+        let mut sinks = rules.sinks_for(&self.event_type, task);
+        sinks.retain(|s| Some(s) != self.except_sink.as_ref());
+        sinks
+    }
+
+    /// The event's JSON body.
+    pub fn body(&self) -> String {
+        let mut obj = Map::new();
+        obj.insert("type".into(), self.event_type.clone().into());
+        obj.insert("id".into(), self.id.clone().into());
+        obj.insert("at".into(), rfc3339(self.at_ms).into());
+        for (k, v) in &self.fields {
+            obj.insert(k.clone(), v.clone());
+        }
+        Value::Object(obj).to_string()
+    }
+}
+
+/// One pending or dead outbox row, as a delivery worker reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Position in the outbox: delivery follows it.
+    pub seq: i64,
+    pub sink: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub task_id: Option<String>,
+    /// The event JSON, exactly as sent.
+    pub body: String,
+    /// Since when it has waited (reset by a retry of dead events): give-up counts from here.
+    pub pending_since_ms: i64,
+    pub attempts: u32,
+}
+
+/// One sink's outbox, for `orchctl notify list` and the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub sink: String,
+    pub pending: u64,
+    pub dead: u64,
+    pub oldest_pending_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// The notification event a committed trajectory event causes, if any.
+pub fn event_type(
+    action: &str,
+    actor: &str,
+    from: Option<TaskState>,
+    to: TaskState,
+) -> Option<&'static str> {
+    use TaskState::*;
+    if action == APPROVAL_WARNING_ACTION {
+        return Some("approval.expiring");
+    }
+    match (from, to) {
+        (Some(f), t) if f == t => None,
+        (_, AwaitingApproval) => Some("approval.requested"),
+        (Some(AwaitingApproval), Done | Failed | Expired)
+            if matches!(action, "approve" | "reject" | "expire")
+                || actor == APPROVAL_TIMEOUT_ACTOR =>
+        {
+            Some("approval.decided")
+        }
+        (_, Failed) => Some("task.failed"),
+        (_, Done) => Some("task.done"),
+        (_, Cancelled) => Some("task.cancelled"),
+        _ => None,
+    }
+}
+
+/// The trajectory event behind a transition-caused notification.
+pub struct Cause<'a> {
+    pub seq: u64,
+    pub at_ms: i64,
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub details: Option<&'a BTreeMap<String, String>>,
+}
+
+impl Cause<'_> {
+    /// Stable across retries and restarts: the trajectory event's position.
+    pub fn event_id(&self) -> String {
+        format!("ev-{}", self.seq)
+    }
+
+    fn detail(&self, key: &str) -> Option<&str> {
+        self.details.and_then(|d| d.get(key)).map(String::as_str)
+    }
+}
+
+/// When a task waiting for approval since `since_ms` stops waiting: its TTL, or the approval
+/// timeout if that comes first. Answers the deadline and what happens at it.
+pub fn approval_deadline(
+    policy: &ApprovalPolicy,
+    agent: Option<&str>,
+    since_ms: i64,
+    expires_ms: i64,
+) -> (i64, &'static str) {
+    match policy.for_agent(agent) {
+        Some(t) => {
+            let at =
+                since_ms.saturating_add(i64::try_from(t.after.as_millis()).unwrap_or(i64::MAX));
+            if at < expires_ms {
+                let then = match t.then {
+                    OnApprovalTimeout::Reject => "reject",
+                    OnApprovalTimeout::Expire => "expire",
+                };
+                return (at, then);
+            }
+            (expires_ms, "expire")
+        }
+        None => (expires_ms, "expire"),
+    }
+}
+
+/// The first `max` bytes of `text`, cut at a character boundary.
+fn excerpt(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The JSON body of the `event_type` event caused by `cause` on `task` (as it is after it).
+pub fn transition_payload(
+    rules: &OutboxRules,
+    event_type: &str,
+    cause: &Cause<'_>,
+    task: &Task,
+    expires_ms: i64,
+) -> String {
+    let agent = task.assigned_agent_id.as_deref();
+    let mut body = json!({
+        "type": event_type,
+        "id": cause.event_id(),
+        "at": rfc3339(cause.at_ms),
+        "task": {
+            "id": task.id,
+            "kind": task.kind.as_str(),
+            "state": task.state.as_str(),
+            "agent": agent,
+            "goal": task.goal,
+        },
+        "link": rules.link(&task.id),
+    });
+    let extra = match event_type {
+        "approval.requested" => {
+            let reasons: Vec<&str> = cause
+                .detail("approval")
+                .map(|r| r.split("; ").filter(|s| !s.is_empty()).collect())
+                .unwrap_or_default();
+            let text = task
+                .result
+                .as_ref()
+                .and_then(|r| r.text.as_deref())
+                .unwrap_or("");
+            let (deadline, then) =
+                approval_deadline(&rules.approval, agent, cause.at_ms, expires_ms);
+            json!({
+                "rule": task.routing.as_ref().and_then(|r| r.matched_rule_id.clone()),
+                "reasons": reasons,
+                "result": excerpt(text, RESULT_EXCERPT_BYTES),
+                "resultTruncated": text.len() > RESULT_EXCERPT_BYTES,
+                "expiresAt": rfc3339(deadline),
+                "onExpiry": then,
+            })
+        }
+        "approval.expiring" => json!({
+            "expiresAt": cause.detail("deadline"),
+            "onExpiry": cause.detail("then"),
+        }),
+        "approval.decided" => {
+            let decision = if cause.actor == APPROVAL_TIMEOUT_ACTOR || cause.action == "expire" {
+                "timed_out"
+            } else if task.state == TaskState::Done {
+                "approved"
+            } else {
+                "rejected"
+            };
+            json!({
+                "decision": decision,
+                "by": cause.actor,
+                "reason": task.rejection.as_ref().map(|r| r.reason.clone()),
+                "error": task.error.as_ref().map(|e| json!({"code": e.code, "message": e.message})),
+            })
+        }
+        "task.failed" => {
+            let e = task.error.as_ref();
+            json!({
+                "error": {
+                    "code": e.map(|e| e.code.clone()),
+                    "message": e.map(|e| e.message.clone()),
+                },
+                "stderrTail": e.and_then(|e| e.details.as_ref()).and_then(|d| d.get("stderrTail")),
+                "by": cause.actor,
+            })
+        }
+        "task.cancelled" => json!({ "by": cause.actor, "reason": cause.detail("reason") }),
+        _ => json!({}),
+    };
+    if let (Value::Object(b), Value::Object(x)) = (&mut body, extra) {
+        b.extend(x);
+    }
+    body.to_string()
+}
+
+/// Shared rules, swapped whole on reload.
+pub type SharedRules = Arc<OutboxRules>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TaskState::*;
+
+    #[test]
+    fn transitions_map_to_event_types() {
+        let t = |a, actor, f, to| event_type(a, actor, f, to);
+        assert_eq!(t("submit", "alice", None, Queued), None);
+        assert_eq!(t("route", "d", Some(Queued), Assigned), None);
+        assert_eq!(
+            t("complete", "d", Some(InProgress), AwaitingApproval),
+            Some("approval.requested")
+        );
+        assert_eq!(
+            t("approve", "bob", Some(AwaitingApproval), Done),
+            Some("approval.decided")
+        );
+        assert_eq!(
+            t("reject", "bob", Some(AwaitingApproval), Failed),
+            Some("approval.decided")
+        );
+        assert_eq!(
+            t("expire", "sweeper", Some(AwaitingApproval), Expired),
+            Some("approval.decided")
+        );
+        assert_eq!(t("expire", "sweeper", Some(Queued), Expired), None);
+        assert_eq!(
+            t("complete", "d", Some(InProgress), Done),
+            Some("task.done")
+        );
+        assert_eq!(
+            t("fail", "d", Some(InProgress), Failed),
+            Some("task.failed")
+        );
+        assert_eq!(
+            t("cancel", "bob", Some(AwaitingApproval), Cancelled),
+            Some("task.cancelled")
+        );
+        assert_eq!(
+            t(
+                APPROVAL_WARNING_ACTION,
+                "sweeper",
+                Some(AwaitingApproval),
+                AwaitingApproval
+            ),
+            Some("approval.expiring")
+        );
+    }
+
+    #[test]
+    fn excerpt_cuts_at_a_character_boundary() {
+        let s = "é".repeat(2000);
+        let e = excerpt(&s, RESULT_EXCERPT_BYTES);
+        assert_eq!(e.len(), RESULT_EXCERPT_BYTES);
+        assert_eq!(excerpt("short", 10), "short");
+        assert_eq!(excerpt("aé", 2), "a");
+    }
+}
