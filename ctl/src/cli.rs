@@ -114,6 +114,14 @@ pub enum Command {
     Watch,
     /// Counters in Prometheus text format.
     Metrics,
+    /// Each agent: active or paused (until when, why), running and queued, today's and this
+    /// month's cost.
+    Agents,
+    /// Pause or resume one agent.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
     /// Print a single-use link (valid 5 minutes) that signs you in to the web console.
     Console {
         /// Open the link in the desktop's browser (xdg-open).
@@ -169,6 +177,22 @@ pub enum GateCommand {
     /// Record a one-time override that the next reload to MODE consumes.
     Override {
         mode: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Start nothing more of AGENT until resumed; running specialists finish.
+    Pause {
+        agent: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift AGENT's pause, whatever set it (a provider's limit, a budget, an operator).
+    Resume {
+        agent: String,
         #[arg(long)]
         reason: String,
     },

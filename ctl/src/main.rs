@@ -10,7 +10,7 @@ mod display;
 mod offline;
 
 use clap::Parser;
-use cli::{Cli, Command, ConfigCommand, FormatArg, GateCommand, TasksCommand};
+use cli::{AgentCommand, Cli, Command, ConfigCommand, FormatArg, GateCommand, TasksCommand};
 use client::{exit, Client, ClientError};
 use display::{Format, Output};
 use orchestrator_proto::message::{
@@ -142,6 +142,13 @@ fn main() -> ExitCode {
             Err(e) => return usage(e),
         },
         Command::Metrics => Request::Metrics,
+        Command::Agents => Request::Agents,
+        Command::Agent {
+            command: AgentCommand::Pause { agent, reason },
+        } => Request::AgentPause { agent, reason },
+        Command::Agent {
+            command: AgentCommand::Resume { agent, reason },
+        } => Request::AgentResume { agent, reason },
         Command::Console { open } => return console(&socket, open, format, &mut o),
     };
     let result = Client::connect(&socket).and_then(|mut c| c.request(request));

@@ -14,9 +14,10 @@ use std::collections::BTreeMap;
 pub const MAGIC: u32 = 0x4F52_4348;
 pub const PROTOCOL_MAJOR: u16 = 1;
 /// Minor 1 added `ListPage`/`Page`, `StatusWithStorage` and the error codes `reply_too_large`,
-/// `storage_full`, `store_damaged` and `http_off`; minor 2 the error code `store_unavailable`.
-/// The daemon answers each client in the minor it announced.
-pub const PROTOCOL_MINOR: u16 = 2;
+/// `storage_full`, `store_damaged` and `http_off`; minor 2 the error code `store_unavailable`;
+/// minor 3 `Task::usage`, `StatusReport::agents` and the `Agents`, `AgentPause` and `AgentResume`
+/// requests. The daemon answers each client in the minor it announced.
+pub const PROTOCOL_MINOR: u16 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -155,6 +156,18 @@ pub enum Request {
     ListPage(PageQuery),
     /// Protocol minor 1: a single-use link that signs the asking user in to the web console.
     ConsoleLink,
+    /// Protocol minor 3: each configured agent, whether it may start specialists, and its load.
+    Agents,
+    /// Protocol minor 3: stop starting the agent's specialists until resumed.
+    AgentPause {
+        agent: String,
+        reason: String,
+    },
+    /// Protocol minor 3: lift the agent's pause (a provider limit, a budget or an operator's).
+    AgentResume {
+        agent: String,
+        reason: String,
+    },
 }
 
 impl Request {
@@ -171,6 +184,7 @@ impl Request {
                 | Request::Metrics
                 | Request::Watch
                 | Request::ConsoleLink
+                | Request::Agents
         )
     }
 
@@ -193,6 +207,9 @@ impl Request {
             Request::Watch => "watch",
             Request::ListPage(_) => "tasks_list",
             Request::ConsoleLink => "console_link",
+            Request::Agents => "agents",
+            Request::AgentPause { .. } => "agent_pause",
+            Request::AgentResume { .. } => "agent_resume",
         }
     }
 }
@@ -220,7 +237,51 @@ pub enum Response {
     StatusWithStorage(Box<StatusReport>, StorageStatus),
     /// Protocol minor 1: the answer to `ConsoleLink`.
     ConsoleLink(ConsoleLink),
+    /// Protocol minor 3: the answer to `Agents`, `AgentPause` and `AgentResume`.
+    Agents(Vec<AgentStatus>),
 }
+
+/// Why an agent starts nothing now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseCause {
+    /// Its specialist exited 75: the provider said "not now".
+    ProviderLimit,
+    /// Its budget (or the global one) is spent for the day or the month.
+    Budget,
+    /// `orchctl agent pause`.
+    Operator,
+}
+
+/// An agent's pause, as stored: it lasts until `until` (or until resumed, when `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentPause {
+    pub cause: PauseCause,
+    pub until: Option<String>,
+    pub reason: String,
+    pub by: String,
+    pub at: String,
+}
+
+/// One agent as `orchctl agents` and `status` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    pub agent: String,
+    /// `None` while the agent may start specialists.
+    pub paused: Option<AgentPause>,
+    pub running: u32,
+    pub queued: u32,
+    /// Cost reported by its tasks today and this month, in the daemon's timezone.
+    pub cost_today_usd: f64,
+    pub cost_month_usd: f64,
+    pub budget_daily_usd: Option<f64>,
+    pub budget_monthly_usd: Option<f64>,
+}
+
+// Costs are sums of finite, non-negative reported costs.
+impl Eq for AgentStatus {}
 
 /// The store's health, as `status` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,6 +357,13 @@ pub struct StatusReport {
     pub next_sweep_at: Option<String>,
     pub token_problem: Option<String>,
     pub http_listen: Option<String>,
+    /// Protocol minor 3: each configured agent, paused or not.
+    #[serde(
+        default,
+        serialize_with = "crate::compat::since_3",
+        deserialize_with = "crate::compat::since_3_de"
+    )]
+    pub agents: Vec<AgentStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //! synthetically.
 
 use super::validator::{line_of, ConfigIssue, Validator};
-use crate::agent::{builtin_agents, AgentConfig};
+use crate::agent::{builtin_agents, AgentConfig, RETRYABLE};
 use crate::routing::RoutingTable;
 use orchestrator_proto::task::Mode;
 use serde::Deserialize;
@@ -22,6 +22,8 @@ pub(super) struct RawAgent {
     kill_grace: Option<Spanned<String>>,
     max_concurrent: Option<Spanned<u32>>,
     max_attempts: Option<Spanned<u32>>,
+    retry_on: Option<Spanned<Vec<String>>>,
+    retry_backoff: Option<Spanned<String>>,
 }
 
 /// Every agent the daemon knows, and the ids that have an entry in the file.
@@ -92,6 +94,26 @@ impl Validator<'_> {
                     agent.max_attempts = *ma.get_ref();
                 }
             }
+            if let Some(codes) = a.retry_on {
+                for code in codes.get_ref() {
+                    if !RETRYABLE.contains(&code.as_str()) {
+                        self.err(
+                            &format!("{key}.retry_on"),
+                            Some(&codes),
+                            format!(
+                                "unknown error code {code:?} (expected any of: {})",
+                                RETRYABLE.join(", ")
+                            ),
+                        );
+                    }
+                }
+                agent.retry_on = codes.into_inner();
+            }
+            agent.retry_backoff = self.positive_duration(
+                &format!("{key}.retry_backoff"),
+                a.retry_backoff.as_ref(),
+                agent.retry_backoff,
+            );
             if id.trim().is_empty() {
                 self.errors.push(ConfigIssue {
                     key,

@@ -32,7 +32,7 @@ pub use sqlite::{queries, Batch};
 pub use types::{
     absorb, AttemptLimits, Cursor, GateRunRecord, Health, Leftover, ModeChange, NewEvent,
     NewOverride, NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, RowChange, ShadowRow,
-    StoredMode, SubmitPlan, TaskFilter, TransitionOp,
+    StoredMode, StoredPause, SubmitPlan, TaskFilter, TransitionOp, UsageRow, PAUSE_KEY_PREFIX,
 };
 
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
@@ -255,6 +255,15 @@ pub trait Backend: Send + Sync {
     fn save_mode(&self, change: ModeChange) -> StoreFuture<'_, ()>;
     /// Shadow tasks created since `since_ms`.
     fn shadow_rows_since(&self, since_ms: i64) -> StoreFuture<'_, Vec<ShadowRow>>;
+
+    // Agents.
+
+    /// Every agent's stored pause.
+    fn agent_pauses(&self) -> StoreFuture<'_, Vec<StoredPause>>;
+    /// Store the agent's pause, or clear it (`None`).
+    fn set_agent_pause(&self, agent: String, pause: Option<StoredPause>) -> StoreFuture<'_, ()>;
+    /// The usage of every task whose latest run started at or after `since_ms`.
+    fn usage_since(&self, since_ms: i64) -> StoreFuture<'_, Vec<UsageRow>>;
 
     // In memory.
 

@@ -14,7 +14,9 @@
 //! - [`sweep`]: a sweep now, and the sweeper's timer.
 //! - [`reload`]: re-read the config and apply it, or nothing (SIGHUP and `orchctl reload`).
 //! - [`status`]: the daemon in a line, for systemd.
+//! - [`agents`]: each agent paused or not, its load and costs; pause and resume by hand.
 
+pub mod agents;
 pub mod gate;
 pub mod query;
 pub mod reload;

@@ -191,6 +191,7 @@ impl Shared {
         if self.d.shutdown.is_cancelled() {
             return;
         }
+        let paused = self.d.pauses.blocks(agent, self.d.clock.now_ms());
         let max = self
             .d
             .config()
@@ -202,7 +203,7 @@ impl Shared {
             let mut guard = self.slots();
             let slots = &mut *guard;
             let q = slots.agents.entry(agent.to_string()).or_default();
-            while q.alive < max {
+            while q.alive < max && !paused {
                 let Some(task) = q.waiting.pop_front() else {
                     break;
                 };
@@ -211,6 +212,8 @@ impl Shared {
                 slots.running.insert(task.id.clone(), stop.clone());
                 starts.push((task, stop));
             }
+            let waiting = u32::try_from(q.waiting.len()).unwrap_or(u32::MAX);
+            self.d.pauses.set_load(agent, q.alive, waiting);
         }
         for (task, stop) in starts {
             let guard = SlotGuard {

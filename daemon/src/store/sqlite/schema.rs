@@ -86,6 +86,10 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX tasks_kind_created_id ON tasks(kind, created_at, id);
     "#,
+    // 4: what a task's specialist runs reported they used (JSON `Usage`), for costs and budgets.
+    r#"
+    ALTER TABLE tasks ADD COLUMN usage TEXT;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
