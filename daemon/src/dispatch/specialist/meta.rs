@@ -105,9 +105,11 @@ pub fn parse(bytes: &[u8], now_ms: i64) -> Meta {
             .and_then(|st| st.duration_since(std::time::UNIX_EPOCH).ok())
         {
             Some(d) => meta.retry_after_ms = Some(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-            None => meta.warning = Some(format!(
+            None => {
+                meta.warning = Some(format!(
                 "ORCH_META_FILE: retryAfter {t:?} is neither seconds nor an RFC 3339 time; ignored"
-            )),
+            ))
+            }
         },
         Some(RetryAfter::Seconds(s)) => {
             meta.warning = Some(format!(
