@@ -25,6 +25,8 @@ pub struct AgentConfig {
     pub retry_on: Vec<String>,
     /// The wait before the first retry; it doubles for each later one (capped at an hour).
     pub retry_backoff: Duration,
+    /// The `[limits.<name>]` this agent's specialists count against, with other agents'.
+    pub limits: Vec<String>,
 }
 
 /// The error codes `retry_on` accepts: the ones a specialist's run can end with.
@@ -44,6 +46,7 @@ impl AgentConfig {
             max_attempts: 1,
             retry_on: Vec::new(),
             retry_backoff: Duration::from_secs(30),
+            limits: Vec::new(),
         }
     }
 }

@@ -307,3 +307,56 @@ exit 1
     assert_eq!(events(&t, "retry").len(), 2);
     assert_eq!(lines(&runs).len(), 3);
 }
+
+#[test]
+fn a_shared_limit_caps_specialists_across_agents() {
+    let w = workdir();
+    let log = w.path().join("runs.log");
+    // Each run notes its start and its end; appends of short lines land whole and in order.
+    let work = script(
+        w.path(),
+        "work.sh",
+        r#"
+echo "start $ORCH_AGENT_ID $ORCH_TASK_ID" >> "$DIR/runs.log"
+sleep 0.2
+echo "end $ORCH_AGENT_ID $ORCH_TASK_ID" >> "$DIR/runs.log"
+"#,
+    );
+    let shared = "max_concurrent = 3\nlimits = [\"acme\"]";
+    let toml = format!(
+        "[limits.acme]\nmax_concurrent = 2\n\n{}{}{}",
+        agent("researcher", &work, shared),
+        agent("coder", &work, shared),
+        agent("helpdesk", &work, shared)
+    );
+    let d = TestDaemon::in_mode(&toml, "shadow");
+    let goals = [RESEARCH, CODE, "deploy the new release to staging"];
+    let ids: Vec<String> = (0..30).map(|i| d.submit(goals[i % 3])).collect();
+    for id in &ids {
+        d.wait_state(id, "done", Duration::from_secs(120));
+    }
+
+    let mut alive = 0i32;
+    let mut most = 0;
+    let mut agents_seen = std::collections::BTreeSet::new();
+    let entries = lines(&log);
+    for line in &entries {
+        let mut parts = line.split_whitespace();
+        match parts.next() {
+            Some("start") => {
+                alive += 1;
+                agents_seen.insert(parts.next().unwrap().to_string());
+            }
+            Some("end") => alive -= 1,
+            other => panic!("unexpected line {other:?}"),
+        }
+        most = most.max(alive);
+    }
+    assert_eq!(entries.len(), 60, "one start and one end per task");
+    assert!(
+        most <= 2,
+        "{most} specialists ran together under a limit of 2"
+    );
+    assert_eq!(most, 2, "the limit lets two run together");
+    assert_eq!(agents_seen.len(), 3);
+}

@@ -24,12 +24,15 @@ pub(super) struct RawAgent {
     max_attempts: Option<Spanned<u32>>,
     retry_on: Option<Spanned<Vec<String>>>,
     retry_backoff: Option<Spanned<String>>,
+    limits: Option<Vec<Spanned<String>>>,
 }
 
 /// Every agent the daemon knows, and the ids that have an entry in the file.
 pub(super) struct Agents {
     pub all: BTreeMap<String, AgentConfig>,
     pub configured: BTreeSet<String>,
+    /// The shared limits each agent names, where the file names them (checked against `[limits]`).
+    pub limit_spans: BTreeMap<String, Vec<(String, Spanned<String>)>>,
 }
 
 impl Validator<'_> {
@@ -37,6 +40,7 @@ impl Validator<'_> {
     pub(super) fn agents(&mut self, raw: Option<BTreeMap<String, Spanned<RawAgent>>>) -> Agents {
         let mut agents = builtin_agents();
         let mut configured_agents = BTreeSet::new();
+        let mut limit_spans = BTreeMap::new();
         for (id, spanned) in raw.unwrap_or_default() {
             let key = format!("agents.{id}");
             let agent_line = line_of(self.text, spanned.span().start);
@@ -114,6 +118,16 @@ impl Validator<'_> {
                 a.retry_backoff.as_ref(),
                 agent.retry_backoff,
             );
+            if let Some(limits) = a.limits {
+                agent.limits = limits.iter().map(|l| l.get_ref().clone()).collect();
+                limit_spans.insert(
+                    id.clone(),
+                    limits
+                        .into_iter()
+                        .map(|l| (l.get_ref().clone(), l))
+                        .collect(),
+                );
+            }
             if id.trim().is_empty() {
                 self.errors.push(ConfigIssue {
                     key,
@@ -127,6 +141,7 @@ impl Validator<'_> {
         Agents {
             all: agents,
             configured: configured_agents,
+            limit_spans,
         }
     }
 

@@ -7,13 +7,15 @@
 //!
 //! This module owns loading, the top level (`mode`, `[paths]`) and the [`Config`] type; `validator`
 //! collects issues with their lines. Each other section has its own file: `agents`, `routing`,
-//! `socket`, `sweeper`, `gate`, `delivery`, `http`, `store`, and `duration` for the syntax they share.
+//! `socket`, `sweeper`, `gate`, `delivery`, `http`, `store`, `limits`, and `duration` for the syntax
+//! they share.
 
 mod agents;
 mod delivery;
 mod duration;
 mod gate;
 mod http;
+mod limits;
 mod routing;
 mod socket;
 mod store;
@@ -25,6 +27,7 @@ pub use delivery::DeliveryConfig;
 pub use duration::parse_duration;
 pub use gate::GateConfig;
 pub use http::{HttpConfig, DEFAULT_LISTEN, DEFAULT_PORT, DEFAULT_SESSION_TTL};
+pub use limits::LimitConfig;
 pub use socket::SocketAccess;
 pub use store::{PostgresConfig, StoreBackend, StoreConfig, StoreUrl};
 pub use sweeper::{Retention, SweeperConfig};
@@ -56,6 +59,8 @@ pub struct Config {
     pub agents: BTreeMap<String, AgentConfig>,
     /// Agents that have an `[agents.<id>]` entry in the file.
     pub configured_agents: BTreeSet<String>,
+    /// `[limits.<name>]`: limits agents share.
+    pub limits: BTreeMap<String, LimitConfig>,
     pub sweeper: SweeperConfig,
     pub gate: GateConfig,
     pub delivery: Option<DeliveryConfig>,
@@ -203,6 +208,7 @@ struct RawConfig {
     delivery: Option<delivery::RawDelivery>,
     http: Option<http::RawHttp>,
     store: Option<store::RawStore>,
+    limits: Option<BTreeMap<String, limits::RawLimit>>,
 }
 
 #[derive(Deserialize)]
@@ -234,6 +240,7 @@ impl Validator<'_> {
 
         let socket = self.socket(raw.socket);
         let agents = self.agents(raw.agents);
+        let limits = self.limits(raw.limits, &agents);
         let routing = self.routing(raw.routing);
         self.warn_unrunnable_targets(mode, &routing, &agents);
         for shadow in routing.shadowed_pairs() {
@@ -254,6 +261,7 @@ impl Validator<'_> {
             routing,
             agents: agents.all,
             configured_agents: agents.configured,
+            limits,
             sweeper,
             gate,
             delivery,

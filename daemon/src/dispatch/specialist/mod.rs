@@ -133,10 +133,7 @@ async fn watch_pauses(s: Arc<Shared>) {
                 tracing::warn!(AGENT = %p.agent, error = %e, "cannot clear the agent's ended pause; it is cleared at the next start");
             }
         }
-        let agents: Vec<String> = s.slots().agents.keys().cloned().collect();
-        for agent in agents {
-            s.pump(&agent);
-        }
+        s.pump();
         // Without a timed pause, wake up now and then all the same: cheap, and a safety net.
         let wait = d
             .pauses
