@@ -27,6 +27,8 @@ pub struct AgentConfig {
     pub retry_backoff: Duration,
     /// The `[limits.<name>]` this agent's specialists count against, with other agents'.
     pub limits: Vec<String>,
+    /// What this agent may spend per day and month.
+    pub budget: crate::config::Budget,
 }
 
 /// The error codes `retry_on` accepts: the ones a specialist's run can end with.
@@ -47,6 +49,7 @@ impl AgentConfig {
             retry_on: Vec::new(),
             retry_backoff: Duration::from_secs(30),
             limits: Vec::new(),
+            budget: crate::config::Budget::default(),
         }
     }
 }

@@ -108,6 +108,8 @@ pub struct Daemon {
     pub gate: GateNotes,
     /// Agents that start nothing for now.
     pub pauses: crate::dispatch::pauses::Pauses,
+    /// What agents spent today and this month.
+    pub spending: crate::dispatch::budget::Spending,
     /// The address the HTTP API is bound to, once it runs (the configured port may be 0).
     pub http_listen: OnceLock<String>,
     /// Why HTTP is off although the config has it on (its default port was taken).
@@ -140,6 +142,7 @@ impl Daemon {
             sweeper: SweeperState::default(),
             gate: GateNotes::default(),
             pauses: Default::default(),
+            spending: Default::default(),
             http_listen: OnceLock::new(),
             http_problem: OnceLock::new(),
         }

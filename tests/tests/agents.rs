@@ -360,3 +360,59 @@ echo "end $ORCH_AGENT_ID $ORCH_TASK_ID" >> "$DIR/runs.log"
     assert_eq!(most, 2, "the limit lets two run together");
     assert_eq!(agents_seen.len(), 3);
 }
+
+#[test]
+fn a_spent_budget_pauses_the_agent_until_an_operator_resumes_it() {
+    let w = workdir();
+    let runs = w.path().join("runs.log");
+    let costly = script(
+        w.path(),
+        "costly.sh",
+        r#"
+echo "$ORCH_TASK_ID" >> "$DIR/runs.log"
+printf '{"usage":{"model":"m","costUsd":0.45}}' > "$ORCH_META_FILE"
+echo ok
+"#,
+    );
+    let budget = "budget = { daily_usd = 1.0, monthly_usd = 50 }";
+    let d = TestDaemon::in_mode(
+        &format!(
+            "timezone = \"Europe/Paris\"\n{}",
+            agent("researcher", &costly, budget)
+        ),
+        "shadow",
+    );
+    // 0.45, 0.90 (past 80 %: a warning), 1.35 (past 100 %: exhausted, paused).
+    let ids: Vec<String> = (0..3).map(|_| d.submit(RESEARCH)).collect();
+    for id in &ids {
+        d.wait_state(id, "done", WAIT);
+    }
+    let a = &agents(&d)["researcher"];
+    assert_eq!(a["budgetDailyUsd"], 1.0, "{a}");
+    assert!((a["costTodayUsd"].as_f64().unwrap() - 1.35).abs() < 1e-9);
+    assert_eq!(a["paused"]["cause"], "budget", "{a}");
+    assert!(a["paused"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("daily budget spent"));
+    let log = d.log_text();
+    assert!(log.contains("budget.warning"), "{log}");
+    assert!(log.contains("budget.exhausted"));
+
+    // Queued work waits; the operator's resume lets it run.
+    let waiting = d.submit(RESEARCH);
+    d.wait_state(&waiting, "assigned", WAIT);
+    assert_eq!(lines(&runs).len(), 3);
+    let out = d.ctl(&[
+        "agent",
+        "resume",
+        "researcher",
+        "--reason",
+        "approved overspend",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    d.wait_state(&waiting, "done", WAIT);
+    // Lifted for the rest of the day: spending on does not pause it again.
+    assert!(agents(&d)["researcher"]["paused"].is_null());
+    assert_eq!(lines(&runs).len(), 4);
+}

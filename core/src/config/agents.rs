@@ -25,6 +25,7 @@ pub(super) struct RawAgent {
     retry_on: Option<Spanned<Vec<String>>>,
     retry_backoff: Option<Spanned<String>>,
     limits: Option<Vec<Spanned<String>>>,
+    budget: Option<super::budget::RawBudget>,
 }
 
 /// Every agent the daemon knows, and the ids that have an entry in the file.
@@ -118,6 +119,7 @@ impl Validator<'_> {
                 a.retry_backoff.as_ref(),
                 agent.retry_backoff,
             );
+            agent.budget = self.budget(&format!("{key}.budget"), a.budget);
             if let Some(limits) = a.limits {
                 agent.limits = limits.iter().map(|l| l.get_ref().clone()).collect();
                 limit_spans.insert(

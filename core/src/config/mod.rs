@@ -7,10 +7,11 @@
 //!
 //! This module owns loading, the top level (`mode`, `[paths]`) and the [`Config`] type; `validator`
 //! collects issues with their lines. Each other section has its own file: `agents`, `routing`,
-//! `socket`, `sweeper`, `gate`, `delivery`, `http`, `store`, `limits`, and `duration` for the syntax
-//! they share.
+//! `socket`, `sweeper`, `gate`, `delivery`, `http`, `store`, `limits`, `budget` (with `timezone`),
+//! and `duration` for the syntax they share.
 
 mod agents;
+mod budget;
 mod delivery;
 mod duration;
 mod gate;
@@ -23,6 +24,7 @@ mod sweeper;
 mod validator;
 
 pub use crate::agent::AgentConfig;
+pub use budget::{Budget, Periods, Timezone};
 pub use delivery::DeliveryConfig;
 pub use duration::parse_duration;
 pub use gate::GateConfig;
@@ -61,6 +63,10 @@ pub struct Config {
     pub configured_agents: BTreeSet<String>,
     /// `[limits.<name>]`: limits agents share.
     pub limits: BTreeMap<String, LimitConfig>,
+    /// `[budget]`: what all agents together may spend.
+    pub budget: Budget,
+    /// The timezone budgets count days and months in.
+    pub timezone: Timezone,
     pub sweeper: SweeperConfig,
     pub gate: GateConfig,
     pub delivery: Option<DeliveryConfig>,
@@ -209,6 +215,8 @@ struct RawConfig {
     http: Option<http::RawHttp>,
     store: Option<store::RawStore>,
     limits: Option<BTreeMap<String, limits::RawLimit>>,
+    budget: Option<budget::RawBudget>,
+    timezone: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -241,6 +249,8 @@ impl Validator<'_> {
         let socket = self.socket(raw.socket);
         let agents = self.agents(raw.agents);
         let limits = self.limits(raw.limits, &agents);
+        let budget = self.budget("budget", raw.budget);
+        let timezone = self.timezone(raw.timezone);
         let routing = self.routing(raw.routing);
         self.warn_unrunnable_targets(mode, &routing, &agents);
         for shadow in routing.shadowed_pairs() {
@@ -262,6 +272,8 @@ impl Validator<'_> {
             agents: agents.all,
             configured_agents: agents.configured,
             limits,
+            budget,
+            timezone,
             sweeper,
             gate,
             delivery,

@@ -11,7 +11,7 @@
 use crate::clock::rfc3339;
 use crate::daemon::Daemon;
 use crate::store::{StoreError, StoredPause};
-use orchestrator_proto::message::AgentPause;
+use orchestrator_proto::message::{AgentPause, PauseCause};
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -158,8 +158,23 @@ impl Pauses {
     }
 }
 
-/// Pause an agent: stored first, so that what the executor obeys is what a restart finds.
+/// Who a budget's pause is recorded as set by.
+pub const PAUSED_BY_BUDGET: &str = "budget";
+
+/// Pause an agent: stored first, so that what the executor obeys is what a restart finds. A pause
+/// never shortens one in force (an operator's pause outlasts a provider's limit).
 pub async fn pause(d: &Daemon, pause: StoredPause) -> Result<(), StoreError> {
+    let now = d.clock.now_ms();
+    if let Some(current) = d.pauses.get(&pause.agent).filter(|p| p.holds(now)) {
+        let outlasts = match (current.until_ms, pause.until_ms) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => a >= b,
+        };
+        if outlasts && pause.cause != PauseCause::Operator {
+            return Ok(());
+        }
+    }
     d.store
         .set_agent_pause(pause.agent.clone(), Some(pause.clone()))
         .await?;
@@ -177,7 +192,6 @@ pub async fn resume(d: &Daemon, agent: &str) -> Result<Option<StoredPause>, Stor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use orchestrator_proto::message::PauseCause;
 
     fn paused(agent: &str, until_ms: Option<i64>) -> StoredPause {
         StoredPause {

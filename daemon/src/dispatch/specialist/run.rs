@@ -7,9 +7,9 @@ use super::{runnable, Shared, ARTEFACT_DIR, RESULT_FILE, SHUTDOWN_GRACE, TEXT_CA
 use crate::config::AgentConfig;
 use crate::daemon::Daemon;
 use crate::dispatch::leases;
-use crate::dispatch::pauses;
 use crate::dispatch::process::{self, Capture, Ended, Ending, Launch, Limits};
 use crate::dispatch::{artefacts, ACTOR};
+use crate::dispatch::{budget, pauses};
 use crate::machine::Action;
 use crate::store::{Patch, StoreError, StoredPause, TransitionOp};
 use orchestrator_proto::message::PauseCause;
@@ -112,6 +112,9 @@ impl Shared {
                     tracing::warn!(TASK_ID = %started.id, AGENT = %agent_id, warning = %w, "meta file ignored");
                 }
                 self.defer_pause(&agent_id, &meta, how, at).await;
+                if let Some(cost) = meta.usage.as_ref().and_then(|u| u.cost_usd) {
+                    budget::charge(d, &agent_id, cost, at).await;
+                }
                 outcome(&started, &cfg, &limits, ended, listed, &meta, at)
             }
         };
