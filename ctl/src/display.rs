@@ -578,6 +578,18 @@ fn shadow(s: &ShadowSummary, format: Format, o: &mut Output) -> io::Result<u8> {
             writeln!(o.out, "  {agent:<18} {n}")?;
         }
     }
+    for (title, by) in [
+        ("cost per agent:", &s.usage_by_agent),
+        ("cost per model:", &s.usage_by_model),
+    ] {
+        if !by.is_empty() {
+            writeln!(o.out, "{title}")?;
+            for (name, u) in by {
+                let name = if name.is_empty() { "(unnamed)" } else { name };
+                writeln!(o.out, "  {name:<18} {}", usage_line(u))?;
+            }
+        }
+    }
     writeln!(
         o.out,
         "would require approval in live: {}",
@@ -977,6 +989,8 @@ shadowed:  other (same priority, also matched; file order decided)
             min_tasks: 10,
             passed,
             verdict: if passed { "pass" } else { "fail" }.into(),
+            usage_by_agent: BTreeMap::new(),
+            usage_by_model: BTreeMap::new(),
         }
     }
 

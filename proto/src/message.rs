@@ -6,7 +6,7 @@
 //! [`ServerMessage::Event`] frames until the client hangs up.
 
 use crate::error::WireError;
-use crate::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
+use crate::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent, Usage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -433,6 +433,20 @@ pub struct ShadowSummary {
     pub min_tasks: u64,
     pub passed: bool,
     pub verdict: String,
+    /// Protocol minor 3: what the window's specialists reported they used, summed per agent.
+    #[serde(
+        default,
+        serialize_with = "crate::compat::since_3",
+        deserialize_with = "crate::compat::since_3_de"
+    )]
+    pub usage_by_agent: BTreeMap<String, Usage>,
+    /// Protocol minor 3: the same, per model (`""` when none was named).
+    #[serde(
+        default,
+        serialize_with = "crate::compat::since_3",
+        deserialize_with = "crate::compat::since_3_de"
+    )]
+    pub usage_by_model: BTreeMap<String, Usage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

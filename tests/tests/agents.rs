@@ -4,6 +4,7 @@
 //! The specialists are shell scripts written by each test. Waits on the daemon's clock (a pause's
 //! `retryAfter`, a retry's backoff) are crossed by moving the test clock, never by sleeping.
 
+use orchestrator_tests::prometheus;
 use orchestrator_tests::*;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -133,6 +134,19 @@ echo fine
     assert_eq!(a["researcher"]["costMonthUsd"], 0.5);
     assert_eq!(a["coder"]["costTodayUsd"], 0.0);
     assert!(a["researcher"]["paused"].is_null());
+
+    // The shadow summary adds cost and tokens per agent and per model; so do the metrics.
+    let (_, s) = d.ctl_json(&["shadow-summary"]);
+    assert_eq!(s["usageByAgent"]["researcher"]["costUsd"], 0.5, "{s}");
+    assert_eq!(s["usageByAgent"]["researcher"]["inputTokens"], 2400);
+    assert_eq!(s["usageByModel"]["model-a"]["outputTokens"], 600);
+    assert!(s["usageByAgent"].get("coder").is_none());
+    let text = stdout(&d.ctl(&["metrics"]));
+    let e = prometheus::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let by = [("agent", "researcher"), ("model", "model-a")];
+    assert_eq!(e.sum("orchestrator_cost_usd_total", &by), 0.5);
+    let input = [("agent", "researcher"), ("kind", "input")];
+    assert_eq!(e.sum("orchestrator_tokens_total", &input), 2400.0);
 }
 
 #[test]

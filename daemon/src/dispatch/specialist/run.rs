@@ -112,6 +112,9 @@ impl Shared {
                     tracing::warn!(TASK_ID = %started.id, AGENT = %agent_id, warning = %w, "meta file ignored");
                 }
                 self.defer_pause(&agent_id, &meta, how, at).await;
+                if let Some(used) = &meta.usage {
+                    count_usage(&d.metrics, &agent_id, used);
+                }
                 if let Some(cost) = meta.usage.as_ref().and_then(|u| u.cost_usd) {
                     budget::charge(d, &agent_id, cost, at).await;
                 }
@@ -284,6 +287,25 @@ pub(super) async fn sleep_until(d: &Daemon, at_ms: i64) -> bool {
             _ = d.shutdown.cancelled() => return false,
             _ = tokio::time::sleep(wait) => {}
             _ = moves.moved() => {}
+        }
+    }
+}
+
+/// A run's reported usage, into the cost and token counters.
+fn count_usage(m: &crate::metrics::Metrics, agent: &str, u: &orchestrator_proto::task::Usage) {
+    let model = u.model.as_deref().unwrap_or("");
+    if let Some(cost) = u.cost_usd {
+        m.cost_micro_usd
+            .add(&[agent, model], (cost * 1e6).round().max(0.0) as u64);
+    }
+    for (kind, n) in [
+        ("input", u.input_tokens),
+        ("output", u.output_tokens),
+        ("cache_read", u.cache_read_tokens),
+        ("cache_write", u.cache_write_tokens),
+    ] {
+        if let Some(n) = n {
+            m.tokens.add(&[agent, model, kind], n);
         }
     }
 }
