@@ -922,6 +922,7 @@ trajectory:
             next_sweep_at: None,
             token_problem: None,
             http_listen: None,
+            agents: Vec::new(),
         }
     }
 
