@@ -9,11 +9,11 @@ use orchestrator_proto::{ErrorCode, ServerMessage, WireError};
 fn hello_bytes_are_pinned() {
     let hello = ClientMessage::Hello(Hello::current("0.1.0"));
     let bytes = encode(&hello).unwrap();
-    // variant 0, magic varint, major 1, minor 2, "0.1.0". A new minor changes the value here,
+    // variant 0, magic varint, major 1, minor 3, "0.1.0". A new minor changes the value here,
     // never the layout: clients of every 1.x minor are served.
     assert_eq!(
         bytes,
-        vec![0, 200, 134, 201, 250, 4, 1, 2, 5, b'0', b'.', b'1', b'.', b'0']
+        vec![0, 200, 134, 201, 250, 4, 1, 3, 5, b'0', b'.', b'1', b'.', b'0']
     );
     assert_eq!(decode::<ClientMessage>(&bytes).unwrap(), hello);
 }
@@ -81,4 +81,43 @@ fn codes_newer_than_a_client_reach_it_as_internal() {
             "store_unavailable"
         ]
     );
+}
+
+/// A task as a client of minor 2 reads it: the layout before `usage` (minor 3) was appended.
+#[test]
+fn a_task_for_an_older_minor_has_the_older_layout() {
+    use orchestrator_proto::compat::encode_for_minor;
+    use orchestrator_proto::task::{Task, TaskKind, TaskState, Usage};
+    let mut task = Task {
+        schema_version: 1,
+        id: "01TEST".into(),
+        kind: TaskKind::Shadow,
+        state: TaskState::Done,
+        goal: "g".into(),
+        workspace_dir: None,
+        required_capabilities: Vec::new(),
+        routing: None,
+        assigned_agent_id: None,
+        result: None,
+        rejection: None,
+        error: None,
+        submitted_by: "u".into(),
+        would_require_approval: false,
+        created_at: "t".into(),
+        assigned_at: None,
+        started_at: None,
+        completed_at: None,
+        expires_at: "t".into(),
+        attempts: 1,
+        usage: None,
+    };
+    let current = encode_for_minor(&task, 3).unwrap();
+    // `usage: None` is one trailing byte; an older client never sees it.
+    assert_eq!(current.last(), Some(&0));
+    task.usage = Some(Usage {
+        cost_usd: Some(0.5),
+        ..Usage::default()
+    });
+    let older = encode_for_minor(&task, 2).unwrap();
+    assert_eq!(older, current[..current.len() - 1]);
 }
