@@ -107,9 +107,9 @@ pub struct Daemon {
     pub sweeper: SweeperState,
     pub gate: GateNotes,
     /// Agents that start nothing for now.
-    pub pauses: crate::dispatch::pauses::Pauses,
+    pub pauses: crate::agents::pauses::Pauses,
     /// What agents spent today and this month.
-    pub spending: crate::dispatch::budget::Spending,
+    pub spending: crate::agents::spending::Spending,
     /// The address the HTTP API is bound to, once it runs (the configured port may be 0).
     pub http_listen: OnceLock<String>,
     /// Why HTTP is off although the config has it on (its default port was taken).

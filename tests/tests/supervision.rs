@@ -33,6 +33,10 @@ fn fails_by_itself(task: &str, spec: &str, toml: Option<&str>, env: &[(&str, &st
 
 /// Release an `@signal` fault: the daemon answered `status`, so it is up.
 fn release(d: &TestDaemon) {
+    // Launched without waiting for READY: the socket appears when the daemon is up.
+    wait_for("the daemon to answer status", EXIT_WITHIN, || {
+        d.socket.exists().then_some(())
+    });
     let (code, status) = d.ctl_json(&["status"]);
     assert_eq!(code, 0, "{status}");
     nix::sys::signal::kill(
