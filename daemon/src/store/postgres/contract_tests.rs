@@ -43,6 +43,7 @@ contract_cases!(
     reads_for_gates_dispatch_and_delivery,
     probe_commits_nothing,
     listing_filters_and_pages_each_task_once,
+    goal_text_filter_matches_as_typed,
     usage_is_stored_and_a_deferral_counts_no_attempt,
     agent_pauses_are_stored_and_cleared,
 );
