@@ -11,6 +11,7 @@ mod client;
 mod console;
 mod fsync;
 mod load;
+mod peers;
 mod proc;
 mod scenarios;
 mod seed;
@@ -166,6 +167,9 @@ enum Cmd {
     },
     /// Everything above in one run, each against daemons it starts itself; prints a markdown table.
     All(all::Options),
+    /// Side by side with other queues (pueue; procrastinate on PostgreSQL), installing them if
+    /// needed; prints a markdown table.
+    Peers(peers::Options),
 }
 
 fn sibling(name: &str) -> PathBuf {
@@ -346,6 +350,7 @@ fn run(cli: Cli) -> Result<()> {
             let bin = daemon.unwrap_or_else(|| sibling("orchestratord"));
             console::print(&console::run(&bin, tasks, runs, changes)?);
         }
+        Cmd::Peers(opts) => peers::run(opts)?,
         Cmd::All(opts) => all::run(opts)?,
     }
     Ok(())
