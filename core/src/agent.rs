@@ -21,7 +21,18 @@ pub struct AgentConfig {
     pub kill_grace: Duration,
     pub max_concurrent: u32,
     pub max_attempts: u32,
+    /// Error codes after which a run is retried while attempts are left.
+    pub retry_on: Vec<String>,
+    /// The wait before the first retry; it doubles for each later one (capped at an hour).
+    pub retry_backoff: Duration,
+    /// The `[limits.<name>]` this agent's specialists count against, with other agents'.
+    pub limits: Vec<String>,
+    /// What this agent may spend per day and month.
+    pub budget: crate::config::Budget,
 }
+
+/// The error codes `retry_on` accepts: the ones a specialist's run can end with.
+pub const RETRYABLE: [&str; 3] = ["specialist_aborted", "specialist_timeout", "spawn_failed"];
 
 impl AgentConfig {
     /// An agent with the given capabilities and every other setting at its default.
@@ -35,6 +46,10 @@ impl AgentConfig {
             kill_grace: Duration::from_secs(10),
             max_concurrent: 1,
             max_attempts: 1,
+            retry_on: Vec::new(),
+            retry_backoff: Duration::from_secs(30),
+            limits: Vec::new(),
+            budget: crate::config::Budget::default(),
         }
     }
 }

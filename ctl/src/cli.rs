@@ -119,6 +119,14 @@ pub enum Command {
     Watch,
     /// Counters in Prometheus text format.
     Metrics,
+    /// Each agent: active or paused (until when, why), running and queued, today's and this
+    /// month's cost.
+    Agents,
+    /// Pause or resume one agent.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
     /// Print a single-use link (valid 5 minutes) that signs you in to the web console.
     Console {
         /// Open the link in the desktop's browser (xdg-open).
@@ -187,6 +195,22 @@ pub enum NotifyCommand {
     Test { name: String },
     /// Put the dead events of the sink NAME back in its queue.
     Retry { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Start nothing more of AGENT until resumed; running specialists finish.
+    Pause {
+        agent: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift AGENT's pause, whatever set it (a provider's limit, a budget, an operator).
+    Resume {
+        agent: String,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// Exposed for man page and completion generation.

@@ -1,5 +1,6 @@
 //! The blocking client side of the control socket: connect, hello, one request, one reply.
 
+use orchestrator_proto::compat::with_peer_minor;
 use orchestrator_proto::frame::{read_frame, write_frame, DEFAULT_MAX_FRAME};
 use orchestrator_proto::message::{ClientMessage, Hello, Request, Response, ServerMessage};
 use orchestrator_proto::task::TrajectoryEvent;
@@ -111,9 +112,11 @@ impl Client {
 
     pub fn request(&mut self, req: Request) -> Result<Response, ClientError> {
         write_frame(&mut self.stream, &ClientMessage::Request(req)).map_err(broken)?;
-        match read_frame::<_, ServerMessage>(&mut self.stream, 64 * DEFAULT_MAX_FRAME)
-            .map_err(broken)?
-        {
+        // An older daemon writes the shapes of its own minor.
+        let reply = with_peer_minor(self.daemon_minor, || {
+            read_frame::<_, ServerMessage>(&mut self.stream, 64 * DEFAULT_MAX_FRAME)
+        });
+        match reply.map_err(broken)? {
             ServerMessage::Ok(resp) => Ok(*resp),
             ServerMessage::Err(e) => Err(ClientError::Reply(e)),
             other => Err(ClientError::Broken(format!("unexpected reply: {other:?}"))),

@@ -6,10 +6,10 @@ use crate::client::exit;
 use orchestrator_core::config::{Config, ConfigErrors};
 use orchestrator_core::credentials::Step;
 use orchestrator_proto::message::{
-    GateRunReport, ReloadReport, Response, RouteDecision, ShadowSummary, SinkStatus, StatusReport,
-    StorageStatus, SweepReport,
+    AgentStatus, GateRunReport, PauseCause, ReloadReport, Response, RouteDecision, ShadowSummary,
+    SinkStatus, StatusReport, StorageStatus, SweepReport,
 };
-use orchestrator_proto::task::{Task, TrajectoryEvent};
+use orchestrator_proto::task::{Task, TrajectoryEvent, Usage};
 use orchestrator_proto::WireError;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -73,6 +73,7 @@ pub fn response(r: &Response, format: Format, o: &mut Output) -> io::Result<u8> 
             Ok(exit::OK)
         }
         Response::WatchStarted => Ok(exit::OK),
+        Response::Agents(list) => agents(list, format, o),
         Response::ConsoleLink(link) => {
             match format {
                 Format::Json => print_json(o, link)?,
@@ -142,6 +143,60 @@ fn notify_sinks(sinks: &[SinkStatus], format: Format, o: &mut Output) -> io::Res
         if let Some(e) = &s.last_error {
             writeln!(o.out, "{:<16} last error: {e}", "")?;
         }
+    }
+    Ok(exit::OK)
+}
+
+/// `paused until T: reason`, `paused: reason` (until resumed), or `active`.
+fn agent_state(a: &AgentStatus) -> String {
+    match &a.paused {
+        None => "active".into(),
+        Some(p) => {
+            let cause = match p.cause {
+                PauseCause::ProviderLimit => "provider limit",
+                PauseCause::Budget => "over budget",
+                PauseCause::Operator => "by operator",
+            };
+            match &p.until {
+                Some(t) => format!("paused until {t}: {} ({cause}, by {})", p.reason, p.by),
+                None => format!("paused: {} ({cause}, by {})", p.reason, p.by),
+            }
+        }
+    }
+}
+
+fn usd(cost: f64, budget: Option<f64>) -> String {
+    match budget {
+        Some(b) => format!("${cost:.2} of ${b:.2}"),
+        None => format!("${cost:.2}"),
+    }
+}
+
+fn agents(list: &[AgentStatus], format: Format, o: &mut Output) -> io::Result<u8> {
+    if format == Format::Json {
+        print_json(o, &list)?;
+        return Ok(exit::OK);
+    }
+    if list.is_empty() {
+        writeln!(o.out, "no agents with a command in the config")?;
+        return Ok(exit::OK);
+    }
+    writeln!(
+        o.out,
+        "{:<16} {:>7} {:>6} {:>18} {:>18}  STATE",
+        "AGENT", "RUNNING", "QUEUED", "TODAY", "THIS MONTH"
+    )?;
+    for a in list {
+        writeln!(
+            o.out,
+            "{:<16} {:>7} {:>6} {:>18} {:>18}  {}",
+            a.agent,
+            a.running,
+            a.queued,
+            usd(a.cost_today_usd, a.budget_daily_usd),
+            usd(a.cost_month_usd, a.budget_monthly_usd),
+            agent_state(a)
+        )?;
     }
     Ok(exit::OK)
 }
@@ -258,6 +313,9 @@ fn status(
     if let Some(st) = storage {
         store_lines(st, o)?;
     }
+    for a in s.agents.iter().filter(|a| a.paused.is_some()) {
+        writeln!(o.out, "agent:        {} {}", a.agent, agent_state(a))?;
+    }
     if s.counts.is_empty() {
         writeln!(o.out, "tasks:        none")?;
     } else {
@@ -313,6 +371,32 @@ fn task_brief(t: &Task, format: Format, o: &mut Output) -> io::Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+/// `model m, 1200 in, 300 out, 50 cache read, $0.0123`: what was reported, nothing else.
+fn usage_line(u: &Usage) -> String {
+    let mut parts = Vec::new();
+    if let Some(m) = &u.model {
+        parts.push(format!("model {m}"));
+    }
+    for (n, what) in [
+        (u.input_tokens, "in"),
+        (u.output_tokens, "out"),
+        (u.cache_read_tokens, "cache read"),
+        (u.cache_write_tokens, "cache write"),
+    ] {
+        if let Some(n) = n {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    if let Some(c) = u.cost_usd {
+        parts.push(format!("${c:.4}"));
+    }
+    if parts.is_empty() {
+        "reported, without figures".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn task_detail(
@@ -373,6 +457,9 @@ fn task_detail(
                 a.path, a.media_type, a.bytes
             )?;
         }
+    }
+    if let Some(u) = &t.usage {
+        writeln!(o.out, "usage:       {}", usage_line(u))?;
     }
     if let Some(r) = &t.rejection {
         writeln!(o.out, "rejection:   by {} at {}: {}", r.by, r.at, r.reason)?;
@@ -544,6 +631,18 @@ fn shadow(s: &ShadowSummary, format: Format, o: &mut Output) -> io::Result<u8> {
         writeln!(o.out, "per agent:")?;
         for (agent, n) in &s.per_agent {
             writeln!(o.out, "  {agent:<18} {n}")?;
+        }
+    }
+    for (title, by) in [
+        ("cost per agent:", &s.usage_by_agent),
+        ("cost per model:", &s.usage_by_model),
+    ] {
+        if !by.is_empty() {
+            writeln!(o.out, "{title}")?;
+            for (name, u) in by {
+                let name = if name.is_empty() { "(unnamed)" } else { name };
+                writeln!(o.out, "  {name:<18} {}", usage_line(u))?;
+            }
         }
     }
     writeln!(
@@ -785,6 +884,7 @@ mod tests {
             completed_at: None,
             expires_at: "2025-01-08T00:00:00.000Z".into(),
             attempts: 0,
+            usage: None,
         }
     }
 
@@ -923,6 +1023,7 @@ trajectory:
             next_sweep_at: None,
             token_problem: None,
             http_listen: None,
+            agents: Vec::new(),
         }
     }
 
@@ -990,6 +1091,8 @@ shadowed:  other (same priority, also matched; file order decided)
             min_tasks: 10,
             passed,
             verdict: if passed { "pass" } else { "fail" }.into(),
+            usage_by_agent: BTreeMap::new(),
+            usage_by_model: BTreeMap::new(),
         }
     }
 

@@ -10,7 +10,9 @@ mod display;
 mod offline;
 
 use clap::Parser;
-use cli::{Cli, Command, ConfigCommand, FormatArg, GateCommand, NotifyCommand, TasksCommand};
+use cli::{
+    AgentCommand, Cli, Command, ConfigCommand, FormatArg, GateCommand, NotifyCommand, TasksCommand,
+};
 use client::{exit, Client, ClientError};
 use display::{Format, Output};
 use orchestrator_proto::message::{
@@ -142,6 +144,13 @@ fn main() -> ExitCode {
             Err(e) => return usage(e),
         },
         Command::Metrics => Request::Metrics,
+        Command::Agents => Request::Agents,
+        Command::Agent {
+            command: AgentCommand::Pause { agent, reason },
+        } => Request::AgentPause { agent, reason },
+        Command::Agent {
+            command: AgentCommand::Resume { agent, reason },
+        } => Request::AgentResume { agent, reason },
         Command::Console { open } => return console(&socket, open, format, &mut o),
         Command::Notify { command } => match command {
             NotifyCommand::List => Request::NotifyList,

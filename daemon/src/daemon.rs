@@ -106,6 +106,10 @@ pub struct Daemon {
     pub reload: ReloadState,
     pub sweeper: SweeperState,
     pub gate: GateNotes,
+    /// Agents that start nothing for now.
+    pub pauses: crate::agents::pauses::Pauses,
+    /// What agents spent today and this month.
+    pub spending: crate::agents::spending::Spending,
     /// The address the HTTP API is bound to, once it runs (the configured port may be 0).
     pub http_listen: OnceLock<String>,
     /// Why HTTP is off although the config has it on (its default port was taken).
@@ -137,6 +141,8 @@ impl Daemon {
             reload: ReloadState::new(clock.now_ms()),
             sweeper: SweeperState::default(),
             gate: GateNotes::default(),
+            pauses: Default::default(),
+            spending: Default::default(),
             http_listen: OnceLock::new(),
             http_problem: OnceLock::new(),
         }

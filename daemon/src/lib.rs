@@ -14,6 +14,7 @@
 //!   one group-committing writer, and the contract suite every backend passes; every transition is
 //!   a compare-and-set with its trajectory event in the same transaction.
 //! - [`dispatch`]: the dispatcher — synthetic runs and real specialist processes.
+//! - [`agents`]: agents' pauses and spending, as the dispatcher keeps them.
 //! - [`gate`]: the rollout's rules — the synthetic gate's verdicts, the shadow summary, the mode-flip
 //!   rules — and what `status` shows of the gates.
 //! - [`sweeper`]: the sweeper's rules and state; the sweep (expiry, lease reclaim, retention) is
@@ -37,6 +38,7 @@
 //! - [`run`]: wiring it all together at start.
 
 pub mod access;
+pub mod agents;
 pub mod background;
 pub mod clock;
 pub mod daemon;

@@ -20,6 +20,11 @@ pub enum Action {
     Expire,
     /// A lapsed lease with attempts left puts the task back in the queue: no task can be stuck.
     Requeue,
+    /// The specialist said "not now" (exit 75): back to the queue, and the run does not count as
+    /// an attempt.
+    Defer,
+    /// The specialist failed with an error its agent retries on, attempts left: back to the queue.
+    Retry,
 }
 
 impl Action {
@@ -34,6 +39,8 @@ impl Action {
             Action::Cancel => "cancel",
             Action::Expire => "expire",
             Action::Requeue => "requeue",
+            Action::Defer => "defer",
+            Action::Retry => "retry",
         }
     }
 }
@@ -83,6 +90,7 @@ pub fn next_state(from: TaskState, action: Action) -> Result<TaskState, Refused>
         (_, Action::Cancel) => Some(Cancelled),
         (Queued | Assigned | AwaitingApproval, Action::Expire) => Some(Expired),
         (InProgress | Assigned, Action::Requeue) => Some(Queued),
+        (InProgress, Action::Defer | Action::Retry) => Some(Queued),
         _ => None,
     };
     to.ok_or(Refused { from, action })
@@ -195,6 +203,18 @@ mod tests {
     }
 
     #[test]
+    fn defer_from_in_progress_only() {
+        assert_eq!(next_state(InProgress, Action::Defer), Ok(Queued));
+        assert_eq!(allowed_from(Action::Defer), vec![InProgress]);
+    }
+
+    #[test]
+    fn retry_from_in_progress_only() {
+        assert_eq!(next_state(InProgress, Action::Retry), Ok(Queued));
+        assert_eq!(allowed_from(Action::Retry), vec![InProgress]);
+    }
+
+    #[test]
     fn terminal_states_absorb_every_action() {
         let actions = [
             Action::Route,
@@ -211,6 +231,8 @@ mod tests {
             Action::Cancel,
             Action::Expire,
             Action::Requeue,
+            Action::Defer,
+            Action::Retry,
         ];
         for s in TERMINAL {
             for a in actions {

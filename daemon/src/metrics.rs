@@ -125,6 +125,14 @@ impl Labelled {
         }
     }
 
+    pub fn add(&self, labels: &[&str], n: u64) {
+        let mut counters = self.lock();
+        match find(&counters, labels) {
+            Ok(i) => counters[i].1 = counters[i].1.saturating_add(n),
+            Err(i) => counters.insert(i, (key(labels), n)),
+        }
+    }
+
     pub fn get(&self, labels: &[&str]) -> u64 {
         let counters = self.lock();
         find(&counters, labels).map_or(0, |i| counters[i].1)
@@ -200,6 +208,10 @@ pub struct Metrics {
     pub specialist_failures: Labelled,
     /// Specialists stopped at their timeout, by `agent`.
     pub specialist_timeouts: Labelled,
+    /// Reported cost in millionths of a dollar, by `agent` and `model`.
+    pub cost_micro_usd: Labelled,
+    /// Reported tokens, by `agent`, `model` and `kind` (input, output, cache_read, cache_write).
+    pub tokens: Labelled,
     /// Submitted → started.
     pub queue_wait: Histogram,
     /// A specialist's run, from start to its end.
@@ -255,6 +267,8 @@ impl Default for Metrics {
             specialist_spawns: Labelled::default(),
             specialist_failures: Labelled::default(),
             specialist_timeouts: Labelled::default(),
+            cost_micro_usd: Labelled::default(),
+            tokens: Labelled::default(),
             queue_wait: Histogram::new(&WAIT_BUCKETS),
             specialist_run: Histogram::new(&WAIT_BUCKETS),
             approval_wait: Histogram::new(&WAIT_BUCKETS),
@@ -534,6 +548,27 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         "Specialists stopped at their timeout, by agent.",
         &["agent"],
         &m.specialist_timeouts,
+    );
+    header(
+        &mut out,
+        "orchestrator_cost_usd_total",
+        "counter",
+        "Cost the specialists reported, in US dollars, by agent and model.",
+    );
+    for (values, micro) in m.cost_micro_usd.entries() {
+        let usd = micro as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "orchestrator_cost_usd_total{{{}}} {usd}",
+            labels(&["agent", "model"], &values)
+        );
+    }
+    labelled(
+        &mut out,
+        "orchestrator_tokens_total",
+        "Tokens the specialists reported, by agent, model and kind (input, output, cache_read, cache_write).",
+        &["agent", "model", "kind"],
+        &m.tokens,
     );
     for (name, help, h) in [
         (

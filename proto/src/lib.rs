@@ -8,9 +8,14 @@
 //! - [`error`]: stable error codes carried by error replies.
 //! - [`frame`]: the length-delimited framing (4-byte big-endian length, postcard payload).
 //!
-//! Compatibility rule: enums only ever gain variants at the end, and structs never change shape
-//! within a protocol major. The golden-byte tests in `tests/golden.rs` pin the encoding.
+//! - [`compat`]: fields a struct gained within the protocol major, written only for peers that
+//!   know them.
+//!
+//! Compatibility rule: enums only ever gain variants at the end, and structs only gain fields at
+//! the end, each marked with the minor that added it (see [`compat`]), so that a peer of an older
+//! minor reads the shape it knows. The golden-byte tests in `tests/golden.rs` pin the encoding.
 
+pub mod compat;
 pub mod error;
 pub mod frame;
 pub mod message;

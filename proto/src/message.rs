@@ -6,7 +6,7 @@
 //! [`ServerMessage::Event`] frames until the client hangs up.
 
 use crate::error::WireError;
-use crate::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
+use crate::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent, Usage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -15,7 +15,8 @@ pub const MAGIC: u32 = 0x4F52_4348;
 pub const PROTOCOL_MAJOR: u16 = 1;
 /// Minor 1 added `ListPage`/`Page`, `StatusWithStorage` and the error codes `reply_too_large`,
 /// `storage_full`, `store_damaged` and `http_off`; minor 2 the error code `store_unavailable`;
-/// minor 3 `NotifyList`/`NotifySinks`, `NotifyTest`/`NotifyTested` and `NotifyRetry`/`NotifyRetried`.
+/// minor 3 `NotifyList`/`NotifySinks`, `NotifyTest`/`NotifyTested`, `NotifyRetry`/`NotifyRetried`,
+/// `Task::usage`, `StatusReport::agents` and the `Agents`, `AgentPause` and `AgentResume` requests.
 /// The daemon answers each client in the minor it announced.
 pub const PROTOCOL_MINOR: u16 = 3;
 
@@ -166,6 +167,18 @@ pub enum Request {
     NotifyRetry {
         name: String,
     },
+    /// Protocol minor 3: each configured agent, whether it may start specialists, and its load.
+    Agents,
+    /// Protocol minor 3: stop starting the agent's specialists until resumed.
+    AgentPause {
+        agent: String,
+        reason: String,
+    },
+    /// Protocol minor 3: lift the agent's pause (a provider limit, a budget or an operator's).
+    AgentResume {
+        agent: String,
+        reason: String,
+    },
 }
 
 impl Request {
@@ -183,6 +196,7 @@ impl Request {
                 | Request::Watch
                 | Request::ConsoleLink
                 | Request::NotifyList
+                | Request::Agents
         )
     }
 
@@ -208,6 +222,9 @@ impl Request {
             Request::NotifyList => "notify_list",
             Request::NotifyTest { .. } => "notify_test",
             Request::NotifyRetry { .. } => "notify_retry",
+            Request::Agents => "agents",
+            Request::AgentPause { .. } => "agent_pause",
+            Request::AgentResume { .. } => "agent_resume",
         }
     }
 }
@@ -245,7 +262,51 @@ pub enum Response {
     NotifyRetried {
         count: u64,
     },
+    /// Protocol minor 3: the answer to `Agents`, `AgentPause` and `AgentResume`.
+    Agents(Vec<AgentStatus>),
 }
+
+/// Why an agent starts nothing now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseCause {
+    /// Its specialist exited 75: the provider said "not now".
+    ProviderLimit,
+    /// Its budget (or the global one) is spent for the day or the month.
+    Budget,
+    /// `orchctl agent pause`.
+    Operator,
+}
+
+/// An agent's pause, as stored: it lasts until `until` (or until resumed, when `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentPause {
+    pub cause: PauseCause,
+    pub until: Option<String>,
+    pub reason: String,
+    pub by: String,
+    pub at: String,
+}
+
+/// One agent as `orchctl agents` and `status` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    pub agent: String,
+    /// `None` while the agent may start specialists.
+    pub paused: Option<AgentPause>,
+    pub running: u32,
+    pub queued: u32,
+    /// Cost reported by its tasks today and this month, in the daemon's timezone.
+    pub cost_today_usd: f64,
+    pub cost_month_usd: f64,
+    pub budget_daily_usd: Option<f64>,
+    pub budget_monthly_usd: Option<f64>,
+}
+
+// Costs are sums of finite, non-negative reported costs.
+impl Eq for AgentStatus {}
 
 /// The store's health, as `status` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -339,6 +400,13 @@ pub struct StatusReport {
     pub next_sweep_at: Option<String>,
     pub token_problem: Option<String>,
     pub http_listen: Option<String>,
+    /// Protocol minor 3: each configured agent, paused or not.
+    #[serde(
+        default,
+        serialize_with = "crate::compat::since_3",
+        deserialize_with = "crate::compat::since_3_de"
+    )]
+    pub agents: Vec<AgentStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -408,6 +476,20 @@ pub struct ShadowSummary {
     pub min_tasks: u64,
     pub passed: bool,
     pub verdict: String,
+    /// Protocol minor 3: what the window's specialists reported they used, summed per agent.
+    #[serde(
+        default,
+        serialize_with = "crate::compat::since_3",
+        deserialize_with = "crate::compat::since_3_de"
+    )]
+    pub usage_by_agent: BTreeMap<String, Usage>,
+    /// Protocol minor 3: the same, per model (`""` when none was named).
+    #[serde(
+        default,
+        serialize_with = "crate::compat::since_3",
+        deserialize_with = "crate::compat::since_3_de"
+    )]
+    pub usage_by_model: BTreeMap<String, Usage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

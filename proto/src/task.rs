@@ -226,6 +226,59 @@ pub struct Task {
     pub expires_at: String,
     /// How many times a specialist was started for this task.
     pub attempts: u32,
+    /// What the specialist's runs reported they used (protocol minor 3).
+    #[serde(
+        default,
+        serialize_with = "crate::compat::since_3",
+        deserialize_with = "crate::compat::since_3_de"
+    )]
+    pub usage: Option<Usage>,
+}
+
+/// What a specialist reported it used, from the `usage` object of its `ORCH_META_FILE`. Every
+/// field is optional; a task run several times sums its runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Usage {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub input_tokens: Option<u64>,
+    #[serde(default)]
+    pub output_tokens: Option<u64>,
+    #[serde(default)]
+    pub cache_read_tokens: Option<u64>,
+    #[serde(default)]
+    pub cache_write_tokens: Option<u64>,
+    /// US dollars; finite and not negative (checked where it is read).
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+}
+
+// The cost is never NaN: it is checked finite where a meta file is read.
+impl Eq for Usage {}
+
+impl Usage {
+    /// This run's usage added to what earlier runs of the same task used.
+    pub fn add(&self, later: &Usage) -> Usage {
+        fn sum(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+            match (a, b) {
+                (None, None) => None,
+                (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
+            }
+        }
+        Usage {
+            model: later.model.clone().or_else(|| self.model.clone()),
+            input_tokens: sum(self.input_tokens, later.input_tokens),
+            output_tokens: sum(self.output_tokens, later.output_tokens),
+            cache_read_tokens: sum(self.cache_read_tokens, later.cache_read_tokens),
+            cache_write_tokens: sum(self.cache_write_tokens, later.cache_write_tokens),
+            cost_usd: match (self.cost_usd, later.cost_usd) {
+                (None, None) => None,
+                (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+            },
+        }
+    }
 }
 
 /// One step of a task's trajectory: a transition, who made it and when.

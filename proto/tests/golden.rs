@@ -82,3 +82,42 @@ fn codes_newer_than_a_client_reach_it_as_internal() {
         ]
     );
 }
+
+/// A task as a client of minor 2 reads it: the layout before `usage` (minor 3) was appended.
+#[test]
+fn a_task_for_an_older_minor_has_the_older_layout() {
+    use orchestrator_proto::compat::encode_for_minor;
+    use orchestrator_proto::task::{Task, TaskKind, TaskState, Usage};
+    let mut task = Task {
+        schema_version: 1,
+        id: "01TEST".into(),
+        kind: TaskKind::Shadow,
+        state: TaskState::Done,
+        goal: "g".into(),
+        workspace_dir: None,
+        required_capabilities: Vec::new(),
+        routing: None,
+        assigned_agent_id: None,
+        result: None,
+        rejection: None,
+        error: None,
+        submitted_by: "u".into(),
+        would_require_approval: false,
+        created_at: "t".into(),
+        assigned_at: None,
+        started_at: None,
+        completed_at: None,
+        expires_at: "t".into(),
+        attempts: 1,
+        usage: None,
+    };
+    let current = encode_for_minor(&task, 3).unwrap();
+    // `usage: None` is one trailing byte; an older client never sees it.
+    assert_eq!(current.last(), Some(&0));
+    task.usage = Some(Usage {
+        cost_usd: Some(0.5),
+        ..Usage::default()
+    });
+    let older = encode_for_minor(&task, 2).unwrap();
+    assert_eq!(older, current[..current.len() - 1]);
+}

@@ -4,7 +4,7 @@
 
 use super::approval::RawApprovalTimeout;
 use super::validator::{line_of, ConfigIssue, Validator};
-use crate::agent::{builtin_agents, AgentConfig};
+use crate::agent::{builtin_agents, AgentConfig, RETRYABLE};
 use crate::routing::RoutingTable;
 use orchestrator_proto::task::Mode;
 use serde::Deserialize;
@@ -25,6 +25,10 @@ pub(super) struct RawAgent {
     max_attempts: Option<Spanned<u32>>,
     approval_timeout: Option<Spanned<String>>,
     on_approval_timeout: Option<Spanned<String>>,
+    retry_on: Option<Spanned<Vec<String>>>,
+    retry_backoff: Option<Spanned<String>>,
+    limits: Option<Vec<Spanned<String>>>,
+    budget: Option<super::budget::RawBudget>,
 }
 
 /// Every agent the daemon knows, and the ids that have an entry in the file.
@@ -33,6 +37,8 @@ pub(super) struct Agents {
     pub configured: BTreeSet<String>,
     /// Each entry's approval-timeout keys, for [`Validator::approval`].
     pub approval: BTreeMap<String, RawApprovalTimeout>,
+    /// The shared limits each agent names, where the file names them (checked against `[limits]`).
+    pub limit_spans: BTreeMap<String, Vec<(String, Spanned<String>)>>,
 }
 
 impl Validator<'_> {
@@ -41,6 +47,7 @@ impl Validator<'_> {
         let mut agents = builtin_agents();
         let mut configured_agents = BTreeSet::new();
         let mut approval = BTreeMap::new();
+        let mut limit_spans = BTreeMap::new();
         for (id, spanned) in raw.unwrap_or_default() {
             let key = format!("agents.{id}");
             let agent_line = line_of(self.text, spanned.span().start);
@@ -107,6 +114,37 @@ impl Validator<'_> {
                     agent.max_attempts = *ma.get_ref();
                 }
             }
+            if let Some(codes) = a.retry_on {
+                for code in codes.get_ref() {
+                    if !RETRYABLE.contains(&code.as_str()) {
+                        self.err(
+                            &format!("{key}.retry_on"),
+                            Some(&codes),
+                            format!(
+                                "unknown error code {code:?} (expected any of: {})",
+                                RETRYABLE.join(", ")
+                            ),
+                        );
+                    }
+                }
+                agent.retry_on = codes.into_inner();
+            }
+            agent.retry_backoff = self.positive_duration(
+                &format!("{key}.retry_backoff"),
+                a.retry_backoff.as_ref(),
+                agent.retry_backoff,
+            );
+            agent.budget = self.budget(&format!("{key}.budget"), a.budget);
+            if let Some(limits) = a.limits {
+                agent.limits = limits.iter().map(|l| l.get_ref().clone()).collect();
+                limit_spans.insert(
+                    id.clone(),
+                    limits
+                        .into_iter()
+                        .map(|l| (l.get_ref().clone(), l))
+                        .collect(),
+                );
+            }
             if id.trim().is_empty() {
                 self.errors.push(ConfigIssue {
                     key,
@@ -121,6 +159,7 @@ impl Validator<'_> {
             all: agents,
             configured: configured_agents,
             approval,
+            limit_spans,
         }
     }
 

@@ -8,14 +8,17 @@
 //! This module owns loading, the top level (`mode`, `[paths]`) and the [`Config`] type; `validator`
 //! collects issues with their lines. Each other section has its own file: `agents`, `routing`,
 //! `socket`, `sweeper`, `gate`, `delivery`, `http`, `store`, `notify`, `approval` (the approval
-//! timeout, from `[routing]` and `[agents.<id>]`), and `duration` for the syntax they share.
+//! timeout, from `[routing]` and `[agents.<id>]`), `limits`, `budget` (with `timezone`), and
+//! `duration` for the syntax they share.
 
 mod agents;
 mod approval;
+mod budget;
 mod delivery;
 mod duration;
 mod gate;
 mod http;
+mod limits;
 mod notify;
 mod routing;
 mod socket;
@@ -25,10 +28,12 @@ mod validator;
 
 pub use crate::agent::AgentConfig;
 pub use approval::{ApprovalPolicy, ApprovalTimeout, OnApprovalTimeout};
+pub use budget::{Budget, Periods, Timezone};
 pub use delivery::DeliveryConfig;
 pub use duration::parse_duration;
 pub use gate::GateConfig;
 pub use http::{HttpConfig, DEFAULT_LISTEN, DEFAULT_PORT, DEFAULT_SESSION_TTL};
+pub use limits::LimitConfig;
 pub use notify::{NotifySink, SinkTarget, EVENT_TYPES};
 pub use socket::SocketAccess;
 pub use store::{PostgresConfig, StoreBackend, StoreConfig, StoreUrl};
@@ -61,6 +66,12 @@ pub struct Config {
     pub agents: BTreeMap<String, AgentConfig>,
     /// Agents that have an `[agents.<id>]` entry in the file.
     pub configured_agents: BTreeSet<String>,
+    /// `[limits.<name>]`: limits agents share.
+    pub limits: BTreeMap<String, LimitConfig>,
+    /// `[budget]`: what all agents together may spend.
+    pub budget: Budget,
+    /// The timezone budgets count days and months in.
+    pub timezone: Timezone,
     pub sweeper: SweeperConfig,
     pub gate: GateConfig,
     pub delivery: Option<DeliveryConfig>,
@@ -213,6 +224,9 @@ struct RawConfig {
     http: Option<http::RawHttp>,
     store: Option<store::RawStore>,
     notify: Option<Vec<notify::RawSink>>,
+    limits: Option<BTreeMap<String, limits::RawLimit>>,
+    budget: Option<budget::RawBudget>,
+    timezone: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -254,6 +268,9 @@ impl Validator<'_> {
             approval_warning,
             std::mem::take(&mut agents.approval),
         );
+        let limits = self.limits(raw.limits, &agents);
+        let budget = self.budget("budget", raw.budget);
+        let timezone = self.timezone(raw.timezone);
         let routing = self.routing(raw_routing);
         self.warn_unrunnable_targets(mode, &routing, &agents);
         for shadow in routing.shadowed_pairs() {
@@ -275,6 +292,9 @@ impl Validator<'_> {
             routing,
             agents: agents.all,
             configured_agents: agents.configured,
+            limits,
+            budget,
+            timezone,
             sweeper,
             gate,
             delivery,

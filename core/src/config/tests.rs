@@ -215,3 +215,38 @@ fn metrics_need_the_token_off_loopback_unless_said_otherwise() {
     assert_eq!(e.len(), 1, "{e:?}");
     assert_eq!(e[0].line, Some(3));
 }
+
+#[test]
+fn retries_and_shared_limits_validate_with_their_lines() {
+    let cfg = Config::from_toml(
+        "[limits.acme]\nmax_concurrent = 2\n\n[agents.coder]\ncommand = [\"c\"]\nlimits = [\"acme\"]\n\
+         retry_on = [\"specialist_timeout\"]\nretry_backoff = \"1m\"\nmax_attempts = 3\n",
+        None,
+    )
+    .unwrap();
+    assert_eq!(cfg.limits["acme"].max_concurrent, 2);
+    let coder = cfg.agent("coder").unwrap();
+    assert_eq!(coder.limits, vec!["acme".to_string()]);
+    assert_eq!(coder.retry_on, vec!["specialist_timeout".to_string()]);
+    assert_eq!(coder.retry_backoff, Duration::from_secs(60));
+
+    let e = errors(
+        "[limits.acme]\nmax_concurrent = 0\n\n[agents.coder]\ncommand = [\"c\"]\n\
+         limits = [\"acme\", \"other\"]\nretry_on = [\"rejected\"]\nretry_backoff = \"0\"\n",
+    );
+    let keys: Vec<(&str, Option<usize>)> = e.iter().map(|i| (i.key.as_str(), i.line)).collect();
+    assert!(
+        keys.contains(&("limits.acme.max_concurrent", Some(2))),
+        "{keys:?}"
+    );
+    assert!(keys.contains(&("agents.coder.limits", Some(6))), "{keys:?}");
+    assert!(
+        keys.contains(&("agents.coder.retry_on", Some(7))),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&("agents.coder.retry_backoff", Some(8))),
+        "{keys:?}"
+    );
+    assert!(e.iter().any(|i| i.message.contains("no [limits.other]")));
+}

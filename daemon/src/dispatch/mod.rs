@@ -8,12 +8,17 @@
 //! - [`artefacts`]: the files a specialist leaves behind.
 //! - [`leases`]: renewing the leases of running tasks.
 //! - [`orphans`]: stopping specialists a previous run left behind, at start.
+//! - [`pauses`]: agents that start nothing for now (a provider's limit, a budget, an operator),
+//!   stored.
+//! - [`budget`]: what agents spent today and this month, against their budgets.
 //! - [`delivery`]: the `[delivery] command` for live tasks that reach `done`.
 
 pub mod artefacts;
+pub mod budget;
 pub mod delivery;
 pub mod leases;
 pub mod orphans;
+pub mod pauses;
 pub mod process;
 pub mod specialist;
 pub mod synthetic;
@@ -97,6 +102,19 @@ pub fn route_step(
 /// Run until shutdown: pick up what the store holds, then every task the server hands over.
 /// The specialist executor's own loops (intake, lease renewal) are started under `sup`.
 pub async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<DispatchMsg>, sup: Supervisor) {
+    match d.store.agent_pauses().await {
+        Ok(stored) => d.pauses.load(stored),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the agents' pauses; they start as if none were paused")
+        }
+    }
+    let periods = d.config().timezone.periods(d.clock.now_ms());
+    match d.store.usage_since(periods.month_start).await {
+        Ok(rows) => d.spending.load(&rows, &periods),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read this month's usage; budgets count from now")
+        }
+    }
     let executor = specialist::Executor::new(Arc::clone(&d), &sup);
     match d.store.pending_dispatch().await {
         Ok(pending) => {

@@ -2,8 +2,9 @@
 //! live. [`summarize`] is pure; `tasks::gate::shadow_summary` feeds it from the store.
 
 use crate::clock::rfc3339;
+use crate::store::UsageRow;
 use orchestrator_proto::message::{DurationStats, ShadowSummary};
-use orchestrator_proto::task::TaskState;
+use orchestrator_proto::task::{TaskKind, TaskState, Usage};
 use std::collections::BTreeMap;
 
 pub use crate::store::ShadowRow;
@@ -86,7 +87,24 @@ pub fn summarize(rows: &[ShadowRow], window_hours: u32, min_tasks: u64) -> Shado
         min_tasks,
         passed,
         verdict,
+        usage_by_agent: BTreeMap::new(),
+        usage_by_model: BTreeMap::new(),
     }
+}
+
+/// What shadow tasks reported they used, summed per agent and per model.
+pub fn usage_totals(rows: &[UsageRow]) -> (BTreeMap<String, Usage>, BTreeMap<String, Usage>) {
+    let (mut by_agent, mut by_model) = (BTreeMap::new(), BTreeMap::<String, Usage>::new());
+    for r in rows.iter().filter(|r| r.kind == TaskKind::Shadow) {
+        let agent = r.agent.clone().unwrap_or_default();
+        let a: &mut Usage = by_agent.entry(agent).or_default();
+        *a = a.add(&r.usage);
+        let m = by_model
+            .entry(r.usage.model.clone().unwrap_or_default())
+            .or_default();
+        *m = m.add(&r.usage);
+    }
+    (by_agent, by_model)
 }
 
 #[cfg(test)]

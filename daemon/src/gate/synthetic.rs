@@ -107,6 +107,7 @@ mod tests {
             completed_at: None,
             expires_at: String::new(),
             attempts: 1,
+            usage: None,
         }
     }
 

@@ -10,6 +10,7 @@ use crate::daemon::Daemon;
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use orchestrator_proto::compat::encode_for_minor;
 use orchestrator_proto::frame::{codec, decode, encode};
 use orchestrator_proto::message::{
     ClientMessage, HelloReply, Request, MAGIC, PROTOCOL_MAJOR, PROTOCOL_MINOR,
@@ -27,7 +28,7 @@ async fn send(conn: &mut Conn, msg: &ServerMessage) -> bool {
 
 /// Send to a client that announced protocol minor `minor`.
 async fn send_to(conn: &mut Conn, msg: &ServerMessage, minor: u16) -> bool {
-    let bytes = match encode(msg) {
+    let bytes = match encode_for_minor(msg, minor) {
         Ok(bytes) => bytes,
         Err(e) => {
             tracing::error!(error = %e, "cannot encode a reply");

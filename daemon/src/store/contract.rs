@@ -1046,3 +1046,102 @@ pub async fn awaiting_approval_lists_waiting_tasks(store: Store) {
         .unwrap();
     assert!(store.awaiting_approval().await.unwrap()[0].warned);
 }
+
+/// Usage is stored with the transition that carries it, kept by those that do not, and read back
+/// per task; a deferral gives back the attempt its start counted, a retry keeps it.
+pub async fn usage_is_stored_and_a_deferral_counts_no_attempt(store: Store) {
+    use orchestrator_proto::task::Usage;
+    let used = Usage {
+        model: Some("m1".into()),
+        input_tokens: Some(100),
+        cost_usd: Some(0.5),
+        ..Usage::default()
+    };
+    put(&store, "T1", TaskKind::Shadow, vec![routed("T1", T0 + 1)]).await;
+    store
+        .transition(started("T1", T0 + 2, T0 + 100))
+        .await
+        .unwrap();
+    let deferred = store
+        .transition(op("T1", Action::Defer, T0 + 3).patch(Patch {
+            usage: Some(used.clone()),
+            ..Patch::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(deferred.state, TaskState::Queued);
+    assert_eq!(deferred.attempts, 0);
+    assert_eq!(deferred.usage.as_ref(), Some(&used));
+    assert_eq!(Some(deferred), store.get_task("T1").await.unwrap());
+
+    store.transition(routed("T1", T0 + 4)).await.unwrap();
+    store
+        .transition(started("T1", T0 + 5, T0 + 100))
+        .await
+        .unwrap();
+    let retried = store
+        .transition(op("T1", Action::Retry, T0 + 6))
+        .await
+        .unwrap();
+    assert_eq!((retried.state, retried.attempts), (TaskState::Queued, 1));
+    assert_eq!(retried.usage.as_ref(), Some(&used), "kept when not patched");
+
+    put(&store, "T2", TaskKind::Live, Vec::new()).await;
+    let rows = store.usage_since(T0 + 5).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].agent.as_deref(), Some("coder"));
+    assert_eq!(
+        (rows[0].kind, rows[0].started_ms),
+        (TaskKind::Shadow, T0 + 5)
+    );
+    assert_eq!(rows[0].usage, used);
+    assert!(store.usage_since(T0 + 6).await.unwrap().is_empty());
+}
+
+/// Agents' pauses are stored, replaced, read back and cleared, each agent on its own.
+pub async fn agent_pauses_are_stored_and_cleared(store: Store) {
+    use super::StoredPause;
+    use orchestrator_proto::message::PauseCause;
+    let pause = |agent: &str, until_ms: Option<i64>| StoredPause {
+        agent: agent.into(),
+        cause: PauseCause::ProviderLimit,
+        until_ms,
+        reason: "usage limit reached".into(),
+        by: "dispatcher".into(),
+        at_ms: T0,
+    };
+    assert!(store.agent_pauses().await.unwrap().is_empty());
+    store
+        .set_agent_pause("coder".into(), Some(pause("coder", Some(T0 + 5))))
+        .await
+        .unwrap();
+    store
+        .set_agent_pause("researcher".into(), Some(pause("researcher", None)))
+        .await
+        .unwrap();
+    let mut replaced = pause("coder", None);
+    replaced.cause = PauseCause::Operator;
+    store
+        .set_agent_pause("coder".into(), Some(replaced.clone()))
+        .await
+        .unwrap();
+    let mut all = store.agent_pauses().await.unwrap();
+    all.sort_by(|a, b| a.agent.cmp(&b.agent));
+    assert_eq!(all, vec![replaced, pause("researcher", None)]);
+    store.set_agent_pause("coder".into(), None).await.unwrap();
+    store.set_agent_pause("nobody".into(), None).await.unwrap();
+    assert_eq!(
+        store.agent_pauses().await.unwrap(),
+        vec![pause("researcher", None)]
+    );
+    // The mode shares the metadata table and is not a pause.
+    store
+        .save_mode(ModeChange {
+            mode: Mode::Shadow,
+            since_ms: T0,
+            consume_override: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.agent_pauses().await.unwrap().len(), 1);
+}

@@ -260,19 +260,19 @@ async fn copy_tasks(src: &Connection, tx: &Transaction<'_>) -> Result<u64, Store
         "SELECT rowid, id, kind, state, goal, workspace_dir, required_caps, routing, agent, result, \
          rejection, error, error_code, submitted_by, harness != 0, would_require_approval != 0, \
          created_at, assigned_at, started_at, completed_at, expires_at, lease_until, attempts, \
-         specialist_pid FROM tasks",
+         specialist_pid, usage FROM tasks",
         "rowid",
         "INSERT INTO tasks (pos, id, kind, state, goal, workspace_dir, required_caps, routing, \
          agent, result, rejection, error, error_code, submitted_by, harness, \
          would_require_approval, created_at, assigned_at, started_at, completed_at, expires_at, \
-         lease_until, attempts, specialist_pid) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-         $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
+         lease_until, attempts, specialist_pid, usage) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+         $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
         10_000,
         |r| {
             Ok(row!(r; i64, String, String, String, String, Option<String>, String, Option<String>,
                 Option<String>, Option<String>, Option<String>, Option<String>, Option<String>,
                 String, bool, bool, i64, Option<i64>, Option<i64>, Option<i64>, i64, Option<i64>,
-                i64, Option<i64>))
+                i64, Option<i64>, Option<String>))
         },
     )
     .await

@@ -34,7 +34,7 @@ pub use outbox::{Notice, OutboxEntry, OutboxRules, OutboxStats};
 pub use types::{
     absorb, AttemptLimits, Cursor, GateRunRecord, Health, Leftover, ModeChange, NewEvent,
     NewOverride, NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, RowChange, ShadowRow,
-    StoredMode, SubmitPlan, TaskFilter, TransitionOp,
+    StoredMode, StoredPause, SubmitPlan, TaskFilter, TransitionOp, UsageRow, PAUSE_KEY_PREFIX,
 };
 
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
@@ -286,6 +286,15 @@ pub trait Backend: Send + Sync {
     fn outbox_stats(&self) -> StoreFuture<'_, Vec<OutboxStats>>;
     /// Tasks waiting for approval, for the approval policy.
     fn awaiting_approval(&self) -> StoreFuture<'_, Vec<Awaiting>>;
+
+    // Agents.
+
+    /// Every agent's stored pause.
+    fn agent_pauses(&self) -> StoreFuture<'_, Vec<StoredPause>>;
+    /// Store the agent's pause, or clear it (`None`).
+    fn set_agent_pause(&self, agent: String, pause: Option<StoredPause>) -> StoreFuture<'_, ()>;
+    /// The usage of every task whose latest run started at or after `since_ms`.
+    fn usage_since(&self, since_ms: i64) -> StoreFuture<'_, Vec<UsageRow>>;
 
     // In memory.
 

@@ -2,8 +2,9 @@
 
 use crate::clock::rfc3339;
 use crate::machine::Action;
+use orchestrator_proto::message::PauseCause;
 use orchestrator_proto::task::{
-    Mode, Rejection, Routing, Task, TaskError, TaskKind, TaskResult, TaskState,
+    Mode, Rejection, Routing, Task, TaskError, TaskKind, TaskResult, TaskState, Usage,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -48,6 +49,7 @@ impl NewTask {
             started_at: None,
             completed_at: None,
             attempts: 0,
+            usage: None,
         }
     }
 }
@@ -64,6 +66,8 @@ pub struct Patch {
     /// Lease expiry for a task entering or staying `in_progress`.
     pub lease_until: Option<i64>,
     pub specialist_pid: Option<i64>,
+    /// What the task's runs used so far, this run included (replaces the stored sum).
+    pub usage: Option<Usage>,
 }
 
 #[derive(Debug, Clone)]
@@ -222,6 +226,33 @@ pub struct ShadowRow {
     pub would_require_approval: bool,
 }
 
+/// An agent's pause as stored (one `agent_pause:<agent>` key in the metadata table), so that it
+/// outlives a restart.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredPause {
+    pub agent: String,
+    pub cause: PauseCause,
+    /// `None`: until resumed.
+    pub until_ms: Option<i64>,
+    pub reason: String,
+    pub by: String,
+    pub at_ms: i64,
+}
+
+/// The metadata key of an agent's pause.
+pub const PAUSE_KEY_PREFIX: &str = "agent_pause:";
+
+/// What one task's runs reported they used, for costs per agent, model and period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    pub agent: Option<String>,
+    pub kind: TaskKind,
+    /// When its latest run started.
+    pub started_ms: i64,
+    pub usage: Usage,
+}
+
 /// A synthetic gate run, as recorded.
 #[derive(Debug, Clone)]
 pub struct GateRunRecord {
@@ -284,15 +315,28 @@ pub fn absorb(task: &mut Task, op: &TransitionOp, to: TaskState) {
     if let Some(w) = p.would_require_approval {
         task.would_require_approval = w;
     }
+    if let Some(u) = &p.usage {
+        task.usage = Some(u.clone());
+    }
     if op.action == Action::Route {
         task.assigned_at = Some(at.clone());
     }
     if op.action == Action::Start {
         task.started_at = Some(at.clone());
-        task.attempts = task.attempts.saturating_add(1);
     }
+    let attempts = i64::from(task.attempts) + attempts_inc(op.action);
+    task.attempts = attempts.clamp(0, i64::from(u32::MAX)) as u32;
     if to.is_terminal() {
         task.completed_at = Some(at);
+    }
+}
+
+/// A start counts an attempt; a deferral takes it back (a provider's "not now" is not a try).
+fn attempts_inc(action: Action) -> i64 {
+    match action {
+        Action::Start => 1,
+        Action::Defer => -1,
+        _ => 0,
     }
 }
 
@@ -334,7 +378,7 @@ impl RowChange {
             assigned_at: (op.action == Action::Route).then_some(at),
             started_at: (op.action == Action::Start).then_some(at),
             completed_at: to.is_terminal().then_some(at),
-            attempts_inc: i64::from(op.action == Action::Start),
+            attempts_inc: attempts_inc(op.action),
             lease: keep(p.lease_until),
             pid: keep(p.specialist_pid),
             error_code: p.error.as_ref().map(|e| e.code.clone()),

@@ -109,7 +109,10 @@ pub async fn shadow_summary(d: &Daemon, window_hours: u32) -> Result<ShadowSumma
     }
     let since = d.clock.now_ms() - i64::from(window_hours) * 3_600_000;
     let rows = d.store.shadow_rows_since(since).await?;
-    let summary = shadow::summarize(&rows, window_hours, d.config().gate.min_shadow_tasks);
+    let mut summary = shadow::summarize(&rows, window_hours, d.config().gate.min_shadow_tasks);
+    // Usage by when each task's latest run started, within the same window.
+    let used = d.store.usage_since(since).await?;
+    (summary.usage_by_agent, summary.usage_by_model) = shadow::usage_totals(&used);
     let fields = serde_json::json!({
         "passed": summary.passed,
         "verdict": summary.verdict,

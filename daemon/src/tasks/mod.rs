@@ -15,7 +15,9 @@
 //! - [`reload`]: re-read the config and apply it, or nothing (SIGHUP and `orchctl reload`).
 //! - [`status`]: the daemon in a line, for systemd.
 //! - [`notify`]: notification sinks: list, test, retry dead events.
+//! - [`agents`]: each agent paused or not, its load and costs; pause and resume by hand.
 
+pub mod agents;
 pub mod gate;
 pub mod notify;
 pub mod query;

@@ -194,6 +194,7 @@ mod tests {
             completed_at: None,
             expires_at: "2025-01-08T00:00:00.000Z".into(),
             attempts: 1,
+            usage: None,
         }
     }
 

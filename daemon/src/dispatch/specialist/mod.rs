@@ -7,13 +7,21 @@
 //!   done is recorded at routing), stdout as `result.text` (capped; all of it in `textPath`
 //!   beyond the cap), the files left in the artefact directory as `artefacts`;
 //! - non-zero exit or a signal → `fail` `specialist_aborted`, with the exit status and stderr's tail;
+//! - exit 75 (`EX_TEMPFAIL`, "not now") → `defer`: back to `queued` without counting an attempt, and
+//!   the agent paused (see [`crate::dispatch::pauses`]);
 //! - cannot spawn → `fail` `spawn_failed`; past the timeout → stopped, `fail` `specialist_timeout`;
+//! - a failure whose code the agent's `retry_on` lists, attempts left → `retry`: back to `queued`
+//!   after a doubling, jittered backoff;
 //! - cancelled, or the daemon stopping → the specialist is stopped and no outcome is written (the
 //!   task is already `cancelled`, or is reclaimed at the next start).
+//!
+//! What the specialist wrote to `$ORCH_META_FILE` (`meta`) goes with the outcome: its usage is
+//! added to the task's, and a file that cannot be used is a `metaWarning` on the transition.
 //!
 //! `slots` holds the per-agent queues and slots, `run` takes one task from its slot to its
 //! outcome, and `outcome` turns an ended process into a transition.
 
+pub mod meta;
 mod outcome;
 mod run;
 mod slots;
@@ -44,6 +52,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The supervisor's name for the executor's intake loop.
 pub const INTAKE_TASK: &str = "specialist-executor";
+/// The supervisor's name for the loop that lifts lapsed pauses and starts what they held.
+pub const PAUSES_TASK: &str = "agent-pauses";
 
 pub struct Executor {
     shared: Arc<Shared>,
@@ -69,6 +79,7 @@ impl Executor {
             tracker: TaskTracker::new(),
         });
         sup.spawn(INTAKE_TASK, intake(Arc::clone(&shared), rx));
+        sup.spawn(PAUSES_TASK, watch_pauses(Arc::clone(&shared)));
         sup.spawn(
             leases::TASK,
             leases::renew(Arc::clone(&shared.d), Arc::clone(&shared.leases)),
@@ -107,6 +118,34 @@ async fn intake(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Task>) {
         }
         let tasks = std::mem::take(&mut buf);
         s.admit(tasks).await;
+    }
+}
+
+/// Lift pauses as their time comes, and start what waited whenever a pause is set or lifted.
+async fn watch_pauses(s: Arc<Shared>) {
+    let d = Arc::clone(&s.d);
+    let mut moves = d.clock.moves();
+    loop {
+        let now = d.clock.now_ms();
+        for p in d.pauses.take_lapsed(now) {
+            tracing::info!(AGENT = %p.agent, reason = %p.reason, "agent resumed: its pause ended");
+            if let Err(e) = d.store.set_agent_pause(p.agent.clone(), None).await {
+                tracing::warn!(AGENT = %p.agent, error = %e, "cannot clear the agent's ended pause; it is cleared at the next start");
+            }
+        }
+        s.pump();
+        // Without a timed pause, wake up now and then all the same: cheap, and a safety net.
+        let wait = d
+            .pauses
+            .next_end()
+            .map(|end| end.saturating_sub(now).clamp(0, 60_000))
+            .unwrap_or(60_000);
+        tokio::select! {
+            _ = d.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+            _ = moves.moved() => {}
+            _ = d.pauses.changed() => {}
+        }
     }
 }
 

@@ -1,16 +1,21 @@
 //! One task from its slot to its outcome: start it (`in_progress`, with a lease), prepare its
 //! directory, spawn the specialist, watch it to its end, and record the outcome.
 
-use super::outcome::{outcome, spawn_failed};
+use super::meta::{self, Meta, META_FILE};
+use super::outcome::{outcome, retry, retry_delay, spawn_failed, EXIT_TEMPFAIL};
 use super::{runnable, Shared, ARTEFACT_DIR, RESULT_FILE, SHUTDOWN_GRACE, TEXT_CAP};
 use crate::config::AgentConfig;
+use crate::daemon::Daemon;
 use crate::dispatch::leases;
 use crate::dispatch::process::{self, Capture, Ended, Ending, Launch, Limits};
 use crate::dispatch::{artefacts, ACTOR};
+use crate::dispatch::{budget, pauses};
 use crate::machine::Action;
-use crate::store::{Patch, StoreError, TransitionOp};
+use crate::store::{Patch, StoreError, StoredPause, TransitionOp};
+use orchestrator_proto::message::PauseCause;
 use orchestrator_proto::task::{task_error, Task, TaskError, TaskResult};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 impl Shared {
@@ -82,7 +87,8 @@ impl Shared {
                     .specialist_run
                     .observe(ended.elapsed.as_secs_f64());
                 tracing::info!(TASK_ID = %started.id, AGENT = %agent_id, ending = ?how, elapsed_ms = ended.elapsed.as_millis() as u64, "specialist ended");
-                let dir = d.paths.task_dir(&started.id).join(ARTEFACT_DIR);
+                let task_dir = d.paths.task_dir(&started.id);
+                let dir = task_dir.join(ARTEFACT_DIR);
                 let listed = if matches!(how, Ending::Exited(_)) {
                     tokio::task::spawn_blocking(move || artefacts::list(&dir))
                         .await
@@ -94,12 +100,33 @@ impl Shared {
                 } else {
                     Vec::new()
                 };
-                outcome(&started, &cfg, &limits, ended, listed, at)
+                let meta = if matches!(how, Ending::Stopped) {
+                    Meta::default()
+                } else {
+                    let path = task_dir.join(META_FILE);
+                    tokio::task::spawn_blocking(move || meta::read(&path, at))
+                        .await
+                        .unwrap_or_default()
+                };
+                if let Some(w) = &meta.warning {
+                    tracing::warn!(TASK_ID = %started.id, AGENT = %agent_id, warning = %w, "meta file ignored");
+                }
+                self.defer_pause(&agent_id, &meta, how, at).await;
+                if let Some(used) = &meta.usage {
+                    count_usage(&d.metrics, &agent_id, used);
+                }
+                if let Some(cost) = meta.usage.as_ref().and_then(|u| u.cost_usd) {
+                    budget::charge(d, &agent_id, cost, at).await;
+                }
+                outcome(&started, &cfg, &limits, ended, listed, &meta, at)
             }
         };
-        let Some(op) = op else {
+        let Some(op) = op.map(|op| retry(op, &started, &agent)) else {
             return;
         };
+        if op.action != Action::Defer {
+            d.pauses.ran(&agent_id);
+        }
         if let Some(error) = op
             .patch
             .error
@@ -112,7 +139,26 @@ impl Shared {
                 d.metrics.specialist_timeouts.inc(&[agent_id.as_str()]);
             }
         }
+        let action = op.action;
         match d.store.transition(op).await {
+            Ok(t) if action == Action::Defer => {
+                // Back in the queue; its agent is paused, so it waits there.
+                tracing::info!(TASK_ID = %t.id, AGENT = %agent_id, "task deferred");
+                d.dispatch.queued(t);
+            }
+            Ok(t) if action == Action::Retry => {
+                let delay = retry_delay(agent.retry_backoff, started.attempts, jitter());
+                tracing::info!(TASK_ID = %t.id, AGENT = %agent_id, attempt = started.attempts, delay_ms = delay.as_millis() as u64, "task retried after a failure");
+                let d2 = Arc::clone(d);
+                let until = at.saturating_add(crate::clock::duration_ms(delay));
+                // Not tracked: a task waiting here is `queued` in the store, and a restart
+                // dispatches it at once.
+                tokio::spawn(async move {
+                    if sleep_until(&d2, until).await {
+                        d2.dispatch.queued(t);
+                    }
+                });
+            }
             Ok(t) => tracing::debug!(TASK_ID = %t.id, TO = %t.state, "outcome recorded"),
             Err(StoreError::Refused { from, .. }) => {
                 tracing::debug!(TASK_ID = %started.id, FROM = %from, "outcome not recorded: the task moved on")
@@ -121,6 +167,34 @@ impl Shared {
             Err(e) => {
                 tracing::error!(TASK_ID = %started.id, error = %e, "cannot record the outcome")
             }
+        }
+    }
+
+    /// A specialist that exited 75 pauses its agent until its `retryAfter`, or for the backoff.
+    /// The pause is in force before the slot frees, so that nothing else of the agent starts.
+    async fn defer_pause(&self, agent: &str, meta: &Meta, how: Ending, at: i64) {
+        let Ending::Exited(status) = how else {
+            return;
+        };
+        if status.code() != Some(EXIT_TEMPFAIL) {
+            return;
+        }
+        let until = meta.retry_after_ms.unwrap_or_else(|| {
+            at.saturating_add(crate::clock::duration_ms(self.d.pauses.deferred(agent)))
+        });
+        let pause = StoredPause {
+            agent: agent.to_string(),
+            cause: PauseCause::ProviderLimit,
+            until_ms: Some(until),
+            reason: meta
+                .reason
+                .clone()
+                .unwrap_or_else(|| format!("the specialist exited {EXIT_TEMPFAIL}")),
+            by: ACTOR.to_string(),
+            at_ms: at,
+        };
+        if let Err(e) = pauses::pause(&self.d, pause).await {
+            tracing::error!(AGENT = %agent, error = %e, "cannot store the agent's pause; it holds until the daemon stops");
         }
     }
 
@@ -146,7 +220,11 @@ impl Shared {
             .map(PathBuf::from)
             .or_else(|| agent.working_dir.clone())
             .unwrap_or_else(|| dir.clone());
-        let env = process::child_env(task, &agent.env, Some(&artefact_dir));
+        let mut env = process::child_env(task, &agent.env, Some(&artefact_dir));
+        env.push((
+            "ORCH_META_FILE".into(),
+            dir.join(META_FILE).to_string_lossy().into_owned(),
+        ));
         let stdin = serde_json::to_vec(task)
             .map_err(|e| spawn_failed(format!("cannot encode the task: {e}"), Vec::new()))?;
         let child = process::spawn(Launch {
@@ -194,4 +272,49 @@ async fn prepare(dir: &Path, artefact_dir: &Path) -> std::io::Result<()> {
         .mode(0o750)
         .create(artefact_dir)
         .await
+}
+
+/// Wait until the daemon's clock reads `at_ms` (a test clock's moves count); false at shutdown.
+pub(super) async fn sleep_until(d: &Daemon, at_ms: i64) -> bool {
+    let mut moves = d.clock.moves();
+    loop {
+        let left = at_ms.saturating_sub(d.clock.now_ms());
+        if left <= 0 {
+            return true;
+        }
+        let wait = std::time::Duration::from_millis(u64::try_from(left).unwrap_or(0));
+        tokio::select! {
+            _ = d.shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+            _ = moves.moved() => {}
+        }
+    }
+}
+
+/// A run's reported usage, into the cost and token counters.
+fn count_usage(m: &crate::metrics::Metrics, agent: &str, u: &orchestrator_proto::task::Usage) {
+    let model = u.model.as_deref().unwrap_or("");
+    if let Some(cost) = u.cost_usd {
+        m.cost_micro_usd
+            .add(&[agent, model], (cost * 1e6).round().max(0.0) as u64);
+    }
+    for (kind, n) in [
+        ("input", u.input_tokens),
+        ("output", u.output_tokens),
+        ("cache_read", u.cache_read_tokens),
+        ("cache_write", u.cache_write_tokens),
+    ] {
+        if let Some(n) = n {
+            m.tokens.add(&[agent, model, kind], n);
+        }
+    }
+}
+
+/// A number in [0, 1) for spreading retries; the middle when the system has no randomness.
+fn jitter() -> f64 {
+    let mut b = [0u8; 4];
+    match getrandom::fill(&mut b) {
+        Ok(()) => f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0),
+        Err(_) => 0.5,
+    }
 }

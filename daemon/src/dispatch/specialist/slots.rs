@@ -1,5 +1,7 @@
 //! The per-agent queues and slots: each agent has a FIFO queue and at most `max_concurrent`
-//! specialists alive; a freed slot lets the next waiting task in.
+//! specialists alive, and agents that share a `[limits.<name>]` run at most its `max_concurrent`
+//! together. A freed slot lets in the oldest waiting task that may start, across agents, so that
+//! agents sharing a limit take turns in the order their tasks arrived.
 
 use super::outcome::details;
 use super::{runnable, Shared};
@@ -7,7 +9,7 @@ use crate::dispatch::{route_op, ACTOR};
 use crate::machine::Action;
 use crate::store::{Patch, StoreError, TransitionOp};
 use orchestrator_proto::task::{task_error, Task, TaskError, TaskState};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, MutexGuard};
 use tokio_util::sync::CancellationToken;
 
@@ -16,11 +18,16 @@ pub(super) struct Slots {
     pub(super) agents: HashMap<String, AgentSlots>,
     /// Tasks taken from a queue whose specialist has not ended yet, and what stops each.
     pub(super) running: HashMap<String, CancellationToken>,
+    /// Specialists alive per shared limit.
+    pub(super) limits_alive: HashMap<String, u32>,
+    /// Arrival order of waiting tasks, across agents.
+    next_seq: u64,
 }
 
 #[derive(Default)]
 pub(super) struct AgentSlots {
-    pub(super) waiting: VecDeque<Task>,
+    /// Waiting tasks with their arrival number, oldest first.
+    pub(super) waiting: VecDeque<(u64, Task)>,
     pub(super) alive: u32,
 }
 
@@ -28,6 +35,8 @@ pub(super) struct AgentSlots {
 pub(super) struct SlotGuard {
     pub(super) s: Arc<Shared>,
     pub(super) agent: String,
+    /// The shared limits the run counted against when it started.
+    pub(super) limits: Vec<String>,
     pub(super) id: String,
 }
 
@@ -38,9 +47,14 @@ impl Drop for SlotGuard {
             if let Some(q) = slots.agents.get_mut(&self.agent) {
                 q.alive = q.alive.saturating_sub(1);
             }
+            for l in &self.limits {
+                if let Some(n) = slots.limits_alive.get_mut(l) {
+                    *n = n.saturating_sub(1);
+                }
+            }
             slots.running.remove(&self.id);
         }
-        self.s.pump(&self.agent);
+        self.s.pump();
     }
 }
 
@@ -59,7 +73,7 @@ impl Shared {
             return;
         }
         for q in slots.agents.values_mut() {
-            q.waiting.retain(|t| t.id != id);
+            q.waiting.retain(|(_, t)| t.id != id);
         }
     }
 
@@ -111,19 +125,19 @@ impl Shared {
             }
         };
         let mut no_agent = Vec::new();
-        let mut touched = BTreeSet::new();
         {
             let mut slots = self.slots();
             for task in routed {
                 let agent = task.assigned_agent_id.clone().unwrap_or_default();
                 if runnable(&cfg, &agent).is_some() {
+                    let seq = slots.next_seq;
+                    slots.next_seq += 1;
                     slots
                         .agents
-                        .entry(agent.clone())
+                        .entry(agent)
                         .or_default()
                         .waiting
-                        .push_back(task);
-                    touched.insert(agent);
+                        .push_back((seq, task));
                 } else {
                     no_agent.push(task);
                 }
@@ -132,9 +146,7 @@ impl Shared {
         if !no_agent.is_empty() {
             self.fail_no_agent(no_agent).await;
         }
-        for agent in touched {
-            self.pump(&agent);
-        }
+        self.pump();
     }
 
     /// The task as stored now, if it is in `state`.
@@ -186,36 +198,68 @@ impl Shared {
         }
     }
 
-    /// Start the agent's waiting tasks while it has free slots.
-    pub(super) fn pump(self: &Arc<Self>, agent: &str) {
+    /// Start waiting tasks while slots are free: each time the oldest task whose agent is not
+    /// paused, has a free slot, and is under every shared limit it counts against.
+    pub(super) fn pump(self: &Arc<Self>) {
         if self.d.shutdown.is_cancelled() {
             return;
         }
-        let max = self
-            .d
-            .config()
-            .agent(agent)
-            .map(|a| a.max_concurrent.max(1))
-            .unwrap_or(1);
+        let cfg = self.d.config();
+        let now = self.d.clock.now_ms();
         let mut starts = Vec::new();
         {
             let mut guard = self.slots();
             let slots = &mut *guard;
-            let q = slots.agents.entry(agent.to_string()).or_default();
-            while q.alive < max {
-                let Some(task) = q.waiting.pop_front() else {
+            loop {
+                let eligible = slots
+                    .agents
+                    .iter()
+                    .filter_map(|(id, q)| q.waiting.front().map(|(seq, _)| (*seq, id, q)))
+                    .filter(|(_, id, q)| {
+                        let agent = cfg.agent(id);
+                        let max = agent.map(|a| a.max_concurrent.max(1)).unwrap_or(1);
+                        let shared_ok = agent.is_none_or(|a| {
+                            a.limits.iter().all(|l| {
+                                let cap = cfg.limits.get(l).map(|c| c.max_concurrent);
+                                let alive = slots.limits_alive.get(l).copied().unwrap_or(0);
+                                cap.is_none_or(|cap| alive < cap)
+                            })
+                        });
+                        q.alive < max && shared_ok && !self.d.pauses.blocks(id, now)
+                    })
+                    .min_by_key(|(seq, _, _)| *seq)
+                    .map(|(_, id, _)| id.clone());
+                let Some(agent) = eligible else {
+                    break;
+                };
+                let Some(q) = slots.agents.get_mut(&agent) else {
+                    break;
+                };
+                let Some((_, task)) = q.waiting.pop_front() else {
                     break;
                 };
                 q.alive += 1;
+                let limits = cfg
+                    .agent(&agent)
+                    .map(|a| a.limits.clone())
+                    .unwrap_or_default();
+                for l in &limits {
+                    *slots.limits_alive.entry(l.clone()).or_default() += 1;
+                }
                 let stop = CancellationToken::new();
                 slots.running.insert(task.id.clone(), stop.clone());
-                starts.push((task, stop));
+                starts.push((task, agent, limits, stop));
+            }
+            for (id, q) in &slots.agents {
+                let waiting = u32::try_from(q.waiting.len()).unwrap_or(u32::MAX);
+                self.d.pauses.set_load(id, q.alive, waiting);
             }
         }
-        for (task, stop) in starts {
+        for (task, agent, limits, stop) in starts {
             let guard = SlotGuard {
                 s: Arc::clone(self),
-                agent: agent.to_string(),
+                agent,
+                limits,
                 id: task.id.clone(),
             };
             self.tracker.spawn(async move {

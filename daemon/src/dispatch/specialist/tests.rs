@@ -1,8 +1,9 @@
-use super::outcome::outcome;
+use super::meta::Meta;
+use super::outcome::{outcome, retry, retry_delay};
 use super::*;
 use crate::dispatch::process::{self, Ended, Ending, Limits};
 use crate::machine::Action;
-use orchestrator_proto::task::{task_error, Routing, TaskKind, TaskResult, TaskState};
+use orchestrator_proto::task::{task_error, Routing, TaskKind, TaskResult, TaskState, Usage};
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -49,6 +50,7 @@ fn task(kind: TaskKind, agent: &str) -> Task {
         completed_at: None,
         expires_at: "t".into(),
         attempts: 1,
+        usage: None,
     }
 }
 
@@ -82,6 +84,7 @@ fn success_completes_with_approval_by_the_rules_in_live_only() {
         &LIMITS,
         ended(ok),
         vec![],
+        &Meta::default(),
         1,
     )
     .unwrap();
@@ -100,6 +103,7 @@ fn success_completes_with_approval_by_the_rules_in_live_only() {
         &LIMITS,
         ended(ok),
         vec![],
+        &Meta::default(),
         1,
     )
     .unwrap();
@@ -115,6 +119,7 @@ fn success_completes_with_approval_by_the_rules_in_live_only() {
         &LIMITS,
         ended(ok),
         vec![],
+        &Meta::default(),
         1,
     )
     .unwrap();
@@ -136,6 +141,7 @@ fn a_non_zero_exit_or_a_signal_aborts_with_the_status_and_stderr() {
         &LIMITS,
         ended(Ending::Exited(ExitStatus::from_raw(3 << 8))),
         vec![],
+        &Meta::default(),
         1,
     )
     .unwrap();
@@ -150,6 +156,7 @@ fn a_non_zero_exit_or_a_signal_aborts_with_the_status_and_stderr() {
         &LIMITS,
         ended(Ending::Exited(ExitStatus::from_raw(9))),
         vec![],
+        &Meta::default(),
         1,
     )
     .unwrap();
@@ -163,11 +170,142 @@ fn a_non_zero_exit_or_a_signal_aborts_with_the_status_and_stderr() {
 fn a_timeout_fails_and_a_stop_writes_nothing() {
     let c = cfg();
     let t = task(TaskKind::Shadow, "researcher");
-    let op = outcome(&t, &c, &LIMITS, ended(Ending::TimedOut), vec![], 1).unwrap();
+    let op = outcome(
+        &t,
+        &c,
+        &LIMITS,
+        ended(Ending::TimedOut),
+        vec![],
+        &Meta::default(),
+        1,
+    )
+    .unwrap();
     let e = op.patch.error.unwrap();
     assert_eq!(e.code, task_error::SPECIALIST_TIMEOUT);
     assert_eq!(e.details.unwrap()["timeout"], "2s");
-    assert!(outcome(&t, &c, &LIMITS, ended(Ending::Stopped), vec![], 1).is_none());
+    assert!(outcome(
+        &t,
+        &c,
+        &LIMITS,
+        ended(Ending::Stopped),
+        vec![],
+        &Meta::default(),
+        1
+    )
+    .is_none());
+}
+
+fn used(model: &str, input: u64, cost: f64) -> Usage {
+    Usage {
+        model: Some(model.into()),
+        input_tokens: Some(input),
+        cost_usd: Some(cost),
+        ..Usage::default()
+    }
+}
+
+#[test]
+fn exit_75_defers_with_the_reason_and_the_retry_time() {
+    let c = cfg();
+    let t = task(TaskKind::Shadow, "researcher");
+    let meta = Meta {
+        retry_after_ms: Some(3_000),
+        reason: Some("usage limit reached".into()),
+        ..Meta::default()
+    };
+    let op = outcome(
+        &t,
+        &c,
+        &LIMITS,
+        ended(Ending::Exited(ExitStatus::from_raw(75 << 8))),
+        vec![],
+        &meta,
+        1,
+    )
+    .unwrap();
+    assert_eq!(op.action, Action::Defer);
+    let d = op.details.unwrap();
+    assert_eq!(d["reason"], "usage limit reached");
+    assert_eq!(d["retryAfter"], "1970-01-01T00:00:03.000Z");
+    assert!(op.patch.error.is_none());
+}
+
+#[test]
+fn usage_adds_to_earlier_runs_and_a_bad_meta_file_is_a_warning() {
+    let c = cfg();
+    let mut t = task(TaskKind::Shadow, "researcher");
+    t.usage = Some(used("m1", 10, 0.5));
+    let meta = Meta {
+        usage: Some(used("m2", 5, 0.25)),
+        ..Meta::default()
+    };
+    let ok = Ending::Exited(ExitStatus::from_raw(0));
+    let op = outcome(&t, &c, &LIMITS, ended(ok), vec![], &meta, 1).unwrap();
+    let u = op.patch.usage.unwrap();
+    assert_eq!(
+        (u.model.as_deref(), u.input_tokens, u.cost_usd),
+        (Some("m2"), Some(15), Some(0.75))
+    );
+    let meta = Meta {
+        warning: Some("ORCH_META_FILE is not a valid meta object".into()),
+        ..Meta::default()
+    };
+    let op = outcome(&t, &c, &LIMITS, ended(ok), vec![], &meta, 1).unwrap();
+    assert!(matches!(op.action, Action::Complete { .. }));
+    assert!(op.patch.usage.is_none());
+    assert!(op.details.unwrap()["metaWarning"].contains("not a valid"));
+}
+
+#[test]
+fn a_failure_is_retried_while_attempts_are_left_for_the_listed_codes_only() {
+    let c = cfg();
+    let mut agent = c.agent("researcher").unwrap().clone();
+    agent.retry_on = vec![task_error::SPECIALIST_ABORTED.to_string()];
+    agent.max_attempts = 2;
+    let mut t = task(TaskKind::Shadow, "researcher");
+    let aborted = || {
+        outcome(
+            &task(TaskKind::Shadow, "researcher"),
+            &c,
+            &LIMITS,
+            ended(Ending::Exited(ExitStatus::from_raw(3 << 8))),
+            vec![],
+            &Meta::default(),
+            1,
+        )
+        .unwrap()
+    };
+    let op = retry(aborted(), &t, &agent);
+    assert_eq!(op.action, Action::Retry);
+    let d = op.details.unwrap();
+    assert_eq!(
+        (d["attempt"].as_str(), d["error"].as_str()),
+        ("1", "specialist_aborted")
+    );
+    t.attempts = 2;
+    assert_eq!(retry(aborted(), &t, &agent).action, Action::Fail);
+    t.attempts = 1;
+    let timed_out = outcome(
+        &t,
+        &c,
+        &LIMITS,
+        ended(Ending::TimedOut),
+        vec![],
+        &Meta::default(),
+        1,
+    )
+    .unwrap();
+    assert_eq!(retry(timed_out, &t, &agent).action, Action::Fail);
+}
+
+#[test]
+fn retry_delays_double_with_jitter_and_stop_at_an_hour() {
+    let base = Duration::from_secs(30);
+    assert_eq!(retry_delay(base, 1, 0.5), Duration::from_secs(30));
+    assert_eq!(retry_delay(base, 3, 0.5), Duration::from_secs(120));
+    assert_eq!(retry_delay(base, 3, 0.0), Duration::from_secs(96));
+    assert_eq!(retry_delay(base, 3, 1.0), Duration::from_secs(144));
+    assert_eq!(retry_delay(base, 30, 1.0), Duration::from_secs(3600));
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! calls the operation in [`crate::tasks`] (or the daemon's own, for status, reload and metrics),
 //! and encodes the answer or a [`WireError`] with a stable code.
 
+mod agents;
 mod console_link;
 mod gate_override;
 mod metrics;
@@ -51,6 +52,9 @@ pub async fn handle(
         Request::NotifyList => notify::list(d).await,
         Request::NotifyTest { name } => notify::test(d, peer, &name).await,
         Request::NotifyRetry { name } => notify::retry(d, &name).await,
+        Request::Agents => agents::list(d).await,
+        Request::AgentPause { agent, reason } => agents::pause(d, peer, &agent, &reason).await,
+        Request::AgentResume { agent, reason } => agents::resume(d, peer, &agent, &reason).await,
         // Watch streams and is served by the connection itself.
         Request::Watch => Err(WireError::new(
             orchestrator_proto::ErrorCode::MalformedRequest,

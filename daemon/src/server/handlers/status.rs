@@ -50,6 +50,8 @@ pub async fn handle(d: &Daemon, minor: u16) -> Result<Response, WireError> {
         next_sweep_at: d.sweeper.next_sweep_ms().map(rfc3339),
         token_problem: crate::credentials::token_problem(&d.paths.token_file()),
         http_listen: d.http_listen.get().cloned(),
+        // Costs need a store read; status stays in memory, and `orchctl agents` has them.
+        agents: crate::tasks::agents::in_memory(d),
     });
     // Clients of protocol 1.0 know only the report.
     if minor < 1 {

@@ -8,7 +8,7 @@ use crate::store::{Awaiting, Notice, OutboxEntry, OutboxRules, OutboxStats};
 use crate::store::{
     Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes,
     Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowRow, StoreError, StoreFuture,
-    StoredMode, SubmitPlan, TaskFilter, TransitionOp,
+    StoredMode, StoredPause, SubmitPlan, TaskFilter, TransitionOp, UsageRow,
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
@@ -364,6 +364,18 @@ impl Backend for PostgresBackend {
 
     fn awaiting_approval(&self) -> StoreFuture<'_, Vec<Awaiting>> {
         read!(self, |c| outbox::awaiting_approval(&c).await)
+    }
+
+    fn agent_pauses(&self) -> StoreFuture<'_, Vec<StoredPause>> {
+        read!(self, |c| super::agents::agent_pauses(&c).await)
+    }
+
+    fn set_agent_pause(&self, agent: String, pause: Option<StoredPause>) -> StoreFuture<'_, ()> {
+        write!(self, |tx| tx.set_agent_pause(&agent, pause.as_ref()).await)
+    }
+
+    fn usage_since(&self, since_ms: i64) -> StoreFuture<'_, Vec<UsageRow>> {
+        read!(self, |c| super::agents::usage_since(&c, since_ms).await)
     }
 
     fn counts(&self) -> Counts {

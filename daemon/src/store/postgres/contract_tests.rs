@@ -49,4 +49,6 @@ contract_cases!(
     outbox_order_and_marks,
     notices_follow_the_filters,
     awaiting_approval_lists_waiting_tasks,
+    usage_is_stored_and_a_deferral_counts_no_attempt,
+    agent_pauses_are_stored_and_cleared,
 );

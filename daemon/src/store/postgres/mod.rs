@@ -20,6 +20,7 @@
 //!
 //! TLS is not supported: connect over a Unix socket or loopback.
 
+mod agents;
 mod backend;
 mod exclusive;
 mod outbox;

@@ -11,7 +11,7 @@ use tokio_postgres::Row;
 pub const TASK_COLUMNS: &str =
     "id, kind, state, goal, workspace_dir, required_caps, routing, agent, result, \
      rejection, error, submitted_by, would_require_approval, created_at, assigned_at, started_at, \
-     completed_at, expires_at, attempts";
+     completed_at, expires_at, attempts, usage";
 
 pub const EVENT_COLUMNS: &str = "seq, task_id, at, actor, action, from_state, to_state, details";
 
@@ -65,6 +65,7 @@ pub fn task_from_row(row: &Row) -> Result<Task, StoreError> {
         completed_at: time(row, 16)?,
         expires_at: rfc3339(get(row, 17)?),
         attempts: get::<i64>(row, 18)?.clamp(0, i64::from(u32::MAX)) as u32,
+        usage: json(row, 19)?,
     })
 }
 

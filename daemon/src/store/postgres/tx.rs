@@ -364,7 +364,7 @@ impl<'c> Tx<'c> {
                  completed_at = COALESCE($12, completed_at), \
                  lease_until = CASE WHEN $13 THEN $14 ELSE lease_until END, \
                  specialist_pid = CASE WHEN $15 THEN $16 ELSE specialist_pid END, \
-                 attempts = attempts + $17 \
+                 attempts = attempts + $17, usage = COALESCE($19, usage) \
                  WHERE id = $1 AND state = $18",
                 &[
                     &op.id,
@@ -385,6 +385,7 @@ impl<'c> Tx<'c> {
                     &pid_val,
                     &attempts_inc,
                     &from.as_str(),
+                    &sql_json(&p.usage)?,
                 ],
             )
             .await?;
@@ -586,7 +587,7 @@ impl<'c> Tx<'c> {
             .await
     }
 
-    async fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+    pub(super) async fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
         self.exec(
             "INSERT INTO meta (key, value) VALUES ($1, $2) \
              ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",

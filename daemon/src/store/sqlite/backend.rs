@@ -6,7 +6,7 @@ use crate::store::{Awaiting, Notice, OutboxEntry, OutboxRules, OutboxStats};
 use crate::store::{
     Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes,
     Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowRow, StoreFuture, StoredMode,
-    SubmitPlan, TaskFilter, TransitionOp,
+    StoredPause, SubmitPlan, TaskFilter, TransitionOp, UsageRow,
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
@@ -244,6 +244,18 @@ impl Backend for SqliteBackend {
 
     fn awaiting_approval(&self) -> StoreFuture<'_, Vec<Awaiting>> {
         Box::pin(self.read(outbox::awaiting_approval))
+    }
+
+    fn agent_pauses(&self) -> StoreFuture<'_, Vec<StoredPause>> {
+        Box::pin(self.read(super::agents::agent_pauses))
+    }
+
+    fn set_agent_pause(&self, agent: String, pause: Option<StoredPause>) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |b| b.set_agent_pause(&agent, pause.as_ref())))
+    }
+
+    fn usage_since(&self, since_ms: i64) -> StoreFuture<'_, Vec<UsageRow>> {
+        Box::pin(self.read(move |c| super::agents::usage_since(c, since_ms)))
     }
 
     fn counts(&self) -> Counts {

@@ -481,7 +481,7 @@ impl<'a> Batch<'a> {
                  completed_at = COALESCE(?12, completed_at), \
                  lease_until = CASE WHEN ?13 THEN ?14 ELSE lease_until END, \
                  specialist_pid = CASE WHEN ?15 THEN ?16 ELSE specialist_pid END, \
-                 attempts = attempts + ?17 \
+                 attempts = attempts + ?17, usage = COALESCE(?19, usage) \
                  WHERE id = ?1 AND state = ?18",
             )?
             .execute(params![
@@ -502,7 +502,8 @@ impl<'a> Batch<'a> {
                 pid_set,
                 pid_val,
                 attempts_inc,
-                from.as_str()
+                from.as_str(),
+                sql_json(&p.usage)?
             ])?;
         if changed != 1 {
             let actual: Option<String> = self

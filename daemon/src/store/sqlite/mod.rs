@@ -18,6 +18,7 @@
 //! check runs on a read connection, never before the daemon is ready; a store it finds damaged
 //! refuses every write from then on.
 
+pub(crate) mod agents;
 mod backend;
 mod batch;
 pub mod goal_index;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 pub const TASK_COLUMNS: &str =
     "id, kind, state, goal, workspace_dir, required_caps, routing, agent, result, \
      rejection, error, submitted_by, would_require_approval, created_at, assigned_at, started_at, \
-     completed_at, expires_at, attempts";
+     completed_at, expires_at, attempts, usage";
 
 fn conversion<E: std::error::Error + Send + Sync + 'static>(idx: usize, e: E) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e))
@@ -59,6 +59,7 @@ pub fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
         completed_at: time(row, 16)?,
         expires_at: rfc3339(row.get(17)?),
         attempts: row.get::<_, i64>(18)?.clamp(0, i64::from(u32::MAX)) as u32,
+        usage: json(row, 19)?,
     })
 }
 

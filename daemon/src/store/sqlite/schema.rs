@@ -126,6 +126,10 @@ const MIGRATIONS: &[&str] = &[
         last_error TEXT
     ) WITHOUT ROWID;
     "#,
+    // 6: what a task's specialist runs reported they used (JSON `Usage`), for costs and budgets.
+    r#"
+    ALTER TABLE tasks ADD COLUMN usage TEXT;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

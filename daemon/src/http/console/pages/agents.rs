@@ -44,6 +44,7 @@ pub async fn show(State(api): State<Arc<Api>>, viewer: Viewer) -> Response {
         let queued = tasks_of(&api, id, TaskState::Queued, QUEUE_PEEK).await;
         let failed = tasks_of(&api, id, TaskState::Failed, RECENT_FAILURES).await;
         let reasons = route::agent_approval_reasons(d, id);
+        let paused = d.pauses.get(id).filter(|p| p.holds(d.clock.now_ms()));
         cards.push(html! {
             article.card.agent {
                 div.card-head {
@@ -51,6 +52,13 @@ pub async fn show(State(api): State<Arc<Api>>, viewer: Viewer) -> Response {
                     @if !cfg.configured_agents.contains(id) { span.muted { "built-in" } }
                     span.slots title="specialists running / max_concurrent" {
                         (running.len()) " / " (agent.max_concurrent) " slots"
+                    }
+                }
+                @if let Some(p) = &paused {
+                    p.paused {
+                        strong { "Paused" }
+                        @if let Some(until) = p.until_ms { " until " (crate::clock::rfc3339(until)) }
+                        ": " (p.reason) " (by " (p.by) ")"
                     }
                 }
                 dl.facts {

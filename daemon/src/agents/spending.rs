@@ -1,0 +1,239 @@
+//! Budgets: what each agent, and all agents together, spent today and this month (days and months
+//! in the configured `timezone`), from the costs their specialists report. At 80 % of a cap the
+//! daemon raises `budget.warning`; at 100 % `budget.exhausted`, and pauses the agent (all agents,
+//! for the global `[budget]`) until the day or month ends: queued tasks wait, running ones finish.
+//! `orchctl agent resume` lifts such a pause for the rest of that period.
+//!
+//! The sums live in memory, loaded from the store's usage at start and added to by every outcome.
+
+use crate::config::{Budget, Config, Periods};
+use crate::store::UsageRow;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+
+/// The share of a cap at which `budget.warning` is raised.
+pub const WARN_AT: f64 = 0.8;
+/// The scope of the global `[budget]` in the sums.
+const ALL: &str = "*";
+
+#[derive(Default)]
+pub struct Spending {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    day_start: i64,
+    month_start: i64,
+    /// Spent per scope (an agent, or [`ALL`]) since `day_start` and since `month_start`.
+    day: HashMap<String, f64>,
+    month: HashMap<String, f64>,
+    /// (scope, period, period start) already warned about, or exhausted.
+    warned: HashSet<(String, Period, i64)>,
+    exhausted: HashSet<(String, Period, i64)>,
+    /// (agent, period start): an operator lifted the agent's budget pause for this period.
+    lifted: HashSet<(String, i64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Period {
+    Day,
+    Month,
+}
+
+impl Period {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Day => "daily",
+            Period::Month => "monthly",
+        }
+    }
+}
+
+/// A threshold a charge crossed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Crossing {
+    /// The agent, or `None` for the global budget.
+    pub agent: Option<String>,
+    pub period: Period,
+    pub spent: f64,
+    pub cap: f64,
+    pub exhausted: bool,
+    /// When the period ends, in milliseconds since the epoch.
+    pub ends: i64,
+}
+
+impl Inner {
+    fn roll(&mut self, p: &Periods) {
+        if p.day_start != self.day_start {
+            self.day.clear();
+            self.day_start = p.day_start;
+        }
+        if p.month_start != self.month_start {
+            self.month.clear();
+            self.month_start = p.month_start;
+        }
+    }
+
+    fn check(&mut self, scope: &str, budget: &Budget, p: &Periods, out: &mut Vec<Crossing>) {
+        for (period, cap, spent, start, ends) in [
+            (
+                Period::Day,
+                budget.daily_usd,
+                &self.day,
+                p.day_start,
+                p.next_day,
+            ),
+            (
+                Period::Month,
+                budget.monthly_usd,
+                &self.month,
+                p.month_start,
+                p.next_month,
+            ),
+        ] {
+            let Some(cap) = cap else { continue };
+            let spent = spent.get(scope).copied().unwrap_or(0.0);
+            let key = (scope.to_string(), period, start);
+            let exhausted = spent >= cap;
+            let new = if exhausted {
+                self.exhausted.insert(key.clone())
+            } else {
+                spent >= cap * WARN_AT && self.warned.insert(key.clone())
+            };
+            if exhausted {
+                self.warned.insert(key);
+            }
+            if new {
+                out.push(Crossing {
+                    agent: (scope != ALL).then(|| scope.to_string()),
+                    period,
+                    spent,
+                    cap,
+                    exhausted,
+                    ends,
+                });
+            }
+        }
+    }
+}
+
+impl Spending {
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Start from what the store holds for this month.
+    pub fn load(&self, rows: &[UsageRow], p: &Periods) {
+        let mut inner = self.inner();
+        inner.roll(p);
+        inner.day.clear();
+        inner.month.clear();
+        for r in rows {
+            let (Some(agent), Some(cost)) = (r.agent.as_deref(), r.usage.cost_usd) else {
+                continue;
+            };
+            for scope in [agent, ALL] {
+                if r.started_ms >= p.month_start {
+                    *inner.month.entry(scope.to_string()).or_default() += cost;
+                }
+                if r.started_ms >= p.day_start {
+                    *inner.day.entry(scope.to_string()).or_default() += cost;
+                }
+            }
+        }
+    }
+
+    /// Add a run's cost; answers the thresholds it crossed, each once per period.
+    pub fn charge(&self, cfg: &Config, agent: &str, cost: f64, p: &Periods) -> Vec<Crossing> {
+        let mut inner = self.inner();
+        inner.roll(p);
+        for scope in [agent, ALL] {
+            *inner.day.entry(scope.to_string()).or_default() += cost;
+            *inner.month.entry(scope.to_string()).or_default() += cost;
+        }
+        let mut out = Vec::new();
+        if let Some(a) = cfg.agent(agent) {
+            inner.check(agent, &a.budget, p, &mut out);
+        }
+        inner.check(ALL, &cfg.budget, p, &mut out);
+        out
+    }
+
+    /// (today, this month) for an agent.
+    pub fn spent(&self, agent: &str, p: &Periods) -> (f64, f64) {
+        let mut inner = self.inner();
+        inner.roll(p);
+        let get = |m: &HashMap<String, f64>| m.get(agent).copied().unwrap_or(0.0);
+        (get(&inner.day), get(&inner.month))
+    }
+
+    /// An operator resumed the agent: no budget pauses it again before the month ends (a daily
+    /// cap, before the day ends).
+    pub fn lift(&self, agent: &str, p: &Periods) {
+        let mut inner = self.inner();
+        inner.lifted.insert((agent.to_string(), p.day_start));
+        inner.lifted.insert((agent.to_string(), p.month_start));
+    }
+
+    /// Whether an operator lifted the agent's budget pause for the period starting at `start`.
+    pub fn lifted(&self, agent: &str, start: i64) -> bool {
+        self.inner().lifted.contains(&(agent.to_string(), start))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn periods(day: i64) -> Periods {
+        Periods {
+            day_start: day * 100,
+            next_day: (day + 1) * 100,
+            month_start: 0,
+            next_month: 10_000,
+        }
+    }
+
+    fn cfg() -> Config {
+        Config::from_toml(
+            "[budget]\nmonthly_usd = 10\n[agents.coder]\ncommand = [\"c\"]\nbudget = { daily_usd = 1 }\n",
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn warns_at_80_percent_and_exhausts_at_100_once_per_period() {
+        let (c, s) = (cfg(), Spending::default());
+        assert!(s.charge(&c, "coder", 0.5, &periods(0)).is_empty());
+        let w = s.charge(&c, "coder", 0.3, &periods(0));
+        assert_eq!(w.len(), 1);
+        assert!(!w[0].exhausted && w[0].agent.as_deref() == Some("coder"));
+        assert_eq!(w[0].period, Period::Day);
+        let x = s.charge(&c, "coder", 0.2, &periods(0));
+        assert_eq!(x.len(), 1);
+        assert!(x[0].exhausted);
+        assert_eq!(x[0].ends, 100);
+        assert!(s.charge(&c, "coder", 0.2, &periods(0)).is_empty(), "once");
+        // A new day starts from zero.
+        assert!(s.charge(&c, "coder", 0.5, &periods(1)).is_empty());
+        assert_eq!(s.spent("coder", &periods(1)), (0.5, 1.7));
+    }
+
+    #[test]
+    fn the_global_budget_counts_every_agent() {
+        let (c, s) = (cfg(), Spending::default());
+        let mut crossed = Vec::new();
+        for day in 0..12 {
+            crossed.extend(s.charge(&c, "other", 1.0, &periods(day)));
+        }
+        let global: Vec<&Crossing> = crossed.iter().filter(|c| c.agent.is_none()).collect();
+        assert_eq!(global.len(), 2, "{crossed:?}");
+        assert!(!global[0].exhausted && global[1].exhausted);
+        assert_eq!(global[1].period, Period::Month);
+    }
+}
