@@ -137,6 +137,7 @@ fn open_store(config: &Config, paths: &Paths) -> Result<Store, StartError> {
             let settings = crate::store::postgres::Settings {
                 url,
                 pool_size: pg.pool_size,
+                node: crate::cluster::node_id(config, &paths.state_dir),
             };
             Store::open_postgres(&settings)
                 .map_err(|e| StartError::Other(format!("cannot open the PostgreSQL store: {e}")))
@@ -259,6 +260,7 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         sup.spawn("delivery", dispatch::delivery::run(Arc::clone(&d))),
         sup.spawn("signals", service::signals(Arc::clone(&d))),
         sup.spawn("sweeper", crate::tasks::sweep::run(Arc::clone(&d))),
+        sup.spawn(crate::cluster::TASK, crate::cluster::run(Arc::clone(&d))),
     ];
     if let Some(interval) = lifecycle::watchdog_interval() {
         tasks.push(sup.spawn("watchdog", service::watchdog(Arc::clone(&d), interval)));

@@ -15,8 +15,8 @@ pub const MAGIC: u32 = 0x4F52_4348;
 pub const PROTOCOL_MAJOR: u16 = 1;
 /// Minor 1 added `ListPage`/`Page`, `StatusWithStorage` and the error codes `reply_too_large`,
 /// `storage_full`, `store_damaged` and `http_off`; minor 2 the error code `store_unavailable`.
-/// The daemon answers each client in the minor it announced.
-pub const PROTOCOL_MINOR: u16 = 2;
+/// Minor 3 added `Nodes`. The daemon answers each client in the minor it announced.
+pub const PROTOCOL_MINOR: u16 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -155,6 +155,8 @@ pub enum Request {
     ListPage(PageQuery),
     /// Protocol minor 1: a single-use link that signs the asking user in to the web console.
     ConsoleLink,
+    /// Protocol minor 3: the daemons sharing this daemon's store (`orchctl nodes`).
+    Nodes,
 }
 
 impl Request {
@@ -171,6 +173,7 @@ impl Request {
                 | Request::Metrics
                 | Request::Watch
                 | Request::ConsoleLink
+                | Request::Nodes
         )
     }
 
@@ -193,6 +196,7 @@ impl Request {
             Request::Watch => "watch",
             Request::ListPage(_) => "tasks_list",
             Request::ConsoleLink => "console_link",
+            Request::Nodes => "nodes",
         }
     }
 }
@@ -220,6 +224,40 @@ pub enum Response {
     StatusWithStorage(Box<StatusReport>, StorageStatus),
     /// Protocol minor 1: the answer to `ConsoleLink`.
     ConsoleLink(ConsoleLink),
+    /// Protocol minor 3: the answer to `Nodes`.
+    Nodes(NodesReport),
+}
+
+/// The daemons that share a store: the one that answered, and every node with a heartbeat row
+/// (on SQLite, the one that answered alone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodesReport {
+    /// The id of the node that answered.
+    pub this: String,
+    /// Whether the store is shared (PostgreSQL) or this node's own (SQLite).
+    pub shared: bool,
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// One node, as its last heartbeat left it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub version: String,
+    /// Its HTTP address, else its socket.
+    pub address: String,
+    /// The agents it runs specialists for.
+    pub agents: Vec<String>,
+    /// Specialists running there at its last heartbeat.
+    pub running: u32,
+    /// RFC 3339.
+    pub last_heartbeat: String,
+    /// Whether it holds the leader's lease (periodic work runs there).
+    pub leader: bool,
 }
 
 /// The store's health, as `status` shows it.

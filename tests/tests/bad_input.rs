@@ -172,7 +172,7 @@ fn socket_cases(awaiting: &str, done: &str) -> Vec<SocketCase> {
         ),
         case(
             "unknown request variant (one past the last)",
-            frame(&[0x01, 0x11]),
+            frame(&[0x01, 0x12]),
             MalformedRequest,
             true,
         ),

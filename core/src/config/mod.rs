@@ -14,6 +14,7 @@ mod delivery;
 mod duration;
 mod gate;
 mod http;
+mod node;
 mod routing;
 mod socket;
 mod store;
@@ -25,6 +26,7 @@ pub use delivery::DeliveryConfig;
 pub use duration::parse_duration;
 pub use gate::GateConfig;
 pub use http::{HttpConfig, DEFAULT_LISTEN, DEFAULT_PORT, DEFAULT_SESSION_TTL};
+pub use node::NodeConfig;
 pub use socket::SocketAccess;
 pub use store::{PostgresConfig, StoreBackend, StoreConfig, StoreUrl};
 pub use sweeper::{Retention, SweeperConfig};
@@ -61,6 +63,7 @@ pub struct Config {
     pub delivery: Option<DeliveryConfig>,
     pub http: Option<HttpConfig>,
     pub store: StoreConfig,
+    pub node: NodeConfig,
     pub warnings: Vec<String>,
 }
 
@@ -203,6 +206,7 @@ struct RawConfig {
     delivery: Option<delivery::RawDelivery>,
     http: Option<http::RawHttp>,
     store: Option<store::RawStore>,
+    node: Option<node::RawNode>,
 }
 
 #[derive(Deserialize)]
@@ -244,6 +248,7 @@ impl Validator<'_> {
         let delivery = self.delivery(raw.delivery);
         let http = self.http(raw.http);
         let store = self.store(raw.store, path);
+        let node = self.node(raw.node);
 
         Config {
             source: path.map(Path::to_path_buf),
@@ -259,6 +264,7 @@ impl Validator<'_> {
             delivery,
             http,
             store,
+            node,
             warnings: Vec::new(),
         }
     }

@@ -132,6 +132,7 @@ pub async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<DispatchMsg>, s
                 DispatchMsg::Ping(answer) => {
                     let _ = answer.send(());
                 }
+                DispatchMsg::Poll => executor.poll(),
             }
         }
         if !synthetic_tasks.is_empty() {

@@ -83,6 +83,16 @@ impl Executor {
         let _ = self.intake.send(task);
     }
 
+    /// On a shared store: claim tasks for every agent this node runs while it has free slots.
+    pub fn poll(&self) {
+        let cfg = self.shared.d.config();
+        for agent in cfg.configured_agents.iter() {
+            if runnable(&cfg, agent).is_some() {
+                self.shared.pump(agent);
+            }
+        }
+    }
+
     /// The task was cancelled in the store: stop its specialist, or drop it from its queue.
     pub fn cancel(&self, id: &str) {
         self.shared.cancel(id);

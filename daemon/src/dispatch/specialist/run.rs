@@ -9,7 +9,7 @@ use crate::dispatch::process::{self, Capture, Ended, Ending, Launch, Limits};
 use crate::dispatch::{artefacts, ACTOR};
 use crate::machine::Action;
 use crate::store::{Patch, StoreError, TransitionOp};
-use orchestrator_proto::task::{task_error, Task, TaskError, TaskResult};
+use orchestrator_proto::task::{task_error, Task, TaskError, TaskResult, TaskState};
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +29,8 @@ impl Shared {
         }
         let at = d.clock.now_ms();
         let attempt = task.attempts + 1;
+        // Claimed on a shared store: started by the claim already.
+        let claimed = task.state == TaskState::InProgress;
         let start = TransitionOp::new(&task.id, Action::Start, ACTOR, at)
             .patch(Patch {
                 lease_until: Some(leases::until(d)),
@@ -42,7 +44,12 @@ impl Shared {
             })
             .detail("agent", agent_id.clone())
             .detail("attempt", attempt.to_string());
-        let started = match d.store.transition(start).await {
+        let started = if claimed {
+            Ok(task.clone())
+        } else {
+            d.store.transition(start).await
+        };
+        let started = match started {
             Ok(t) => t,
             Err(StoreError::Refused { .. } | StoreError::NotFound(_)) => {
                 tracing::debug!(TASK_ID = %task.id, "not started: the task moved on while it waited");

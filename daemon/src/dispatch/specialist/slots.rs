@@ -3,8 +3,9 @@
 
 use super::outcome::details;
 use super::{runnable, Shared};
-use crate::dispatch::{route_op, ACTOR};
+use crate::dispatch::{leases, route_op, ACTOR};
 use crate::machine::Action;
+use crate::store::cluster::Claim;
 use crate::store::{Patch, StoreError, TransitionOp};
 use orchestrator_proto::task::{task_error, Task, TaskError, TaskState};
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -22,6 +23,10 @@ pub(super) struct Slots {
 pub(super) struct AgentSlots {
     pub(super) waiting: VecDeque<Task>,
     pub(super) alive: u32,
+    /// On a shared store: a claim for this agent is under way, and whether slots were freed
+    /// (or work announced) meanwhile, so that it claims once more.
+    pub(super) claiming: bool,
+    pub(super) again: bool,
 }
 
 /// Frees the slot when a run ends, however it ends (a panic included), and lets the next one in.
@@ -39,6 +44,7 @@ impl Drop for SlotGuard {
                 q.alive = q.alive.saturating_sub(1);
             }
             slots.running.remove(&self.id);
+            self.s.d.node.set_running(slots.running.len());
         }
         self.s.pump(&self.agent);
     }
@@ -112,11 +118,18 @@ impl Shared {
         };
         let mut no_agent = Vec::new();
         let mut touched = BTreeSet::new();
+        let shared_store = self.d.store.cluster().is_some();
         {
             let mut slots = self.slots();
             for task in routed {
                 let agent = task.assigned_agent_id.clone().unwrap_or_default();
-                if runnable(&cfg, &agent).is_some() {
+                if shared_store {
+                    // Any node that runs the agent claims the task (see `claim`); one that runs
+                    // none leaves it `assigned` for the others.
+                    if runnable(&cfg, &agent).is_some() {
+                        touched.insert(agent);
+                    }
+                } else if runnable(&cfg, &agent).is_some() {
                     slots
                         .agents
                         .entry(agent.clone())
@@ -197,6 +210,9 @@ impl Shared {
             .agent(agent)
             .map(|a| a.max_concurrent.max(1))
             .unwrap_or(1);
+        if self.d.store.cluster().is_some() {
+            return self.claim(agent, max);
+        }
         let mut starts = Vec::new();
         {
             let mut guard = self.slots();
@@ -212,6 +228,10 @@ impl Shared {
                 starts.push((task, stop));
             }
         }
+        self.spawn_runs(agent, starts);
+    }
+
+    fn spawn_runs(self: &Arc<Self>, agent: &str, starts: Vec<(Task, CancellationToken)>) {
         for (task, stop) in starts {
             let guard = SlotGuard {
                 s: Arc::clone(self),
@@ -222,6 +242,76 @@ impl Shared {
                 guard.s.run(task, &stop).await;
                 drop(guard);
             });
+        }
+    }
+
+    /// On a shared store: claim the agent's `assigned` tasks for this node's free slots, one
+    /// claim at a time per agent; the tasks come back started (`in_progress`, leased here).
+    fn claim(self: &Arc<Self>, agent: &str, max: u32) {
+        {
+            let mut slots = self.slots();
+            let q = slots.agents.entry(agent.to_string()).or_default();
+            if q.claiming {
+                q.again = true;
+                return;
+            }
+            if q.alive >= max {
+                return;
+            }
+            q.claiming = true;
+        }
+        let s = Arc::clone(self);
+        let agent = agent.to_string();
+        self.tracker
+            .spawn(async move { s.claim_while_free(&agent, max).await });
+    }
+
+    async fn claim_while_free(self: &Arc<Self>, agent: &str, max: u32) {
+        loop {
+            let want = {
+                let mut slots = self.slots();
+                let q = slots.agents.entry(agent.to_string()).or_default();
+                q.again = false;
+                max.saturating_sub(q.alive)
+            };
+            if want > 0 && !self.d.shutdown.is_cancelled() {
+                if let Some(cluster) = self.d.store.cluster() {
+                    let claim = Claim {
+                        agent: agent.to_string(),
+                        max_concurrent: max,
+                        want,
+                        lease_until: leases::until(&self.d),
+                        at_ms: self.d.clock.now_ms(),
+                        actor: ACTOR.to_string(),
+                    };
+                    match cluster.claim(claim).await {
+                        Ok(tasks) => {
+                            let mut starts = Vec::with_capacity(tasks.len());
+                            {
+                                let mut guard = self.slots();
+                                let slots = &mut *guard;
+                                for task in tasks {
+                                    let q = slots.agents.entry(agent.to_string()).or_default();
+                                    q.alive += 1;
+                                    let stop = CancellationToken::new();
+                                    slots.running.insert(task.id.clone(), stop.clone());
+                                    starts.push((task, stop));
+                                }
+                                self.d.node.set_running(slots.running.len());
+                            }
+                            self.spawn_runs(agent, starts);
+                        }
+                        // The next poll (see `crate::cluster`) claims again.
+                        Err(e) => tracing::warn!(AGENT = %agent, error = %e, "cannot claim tasks"),
+                    }
+                }
+            }
+            let mut slots = self.slots();
+            let q = slots.agents.entry(agent.to_string()).or_default();
+            if !q.again || self.d.shutdown.is_cancelled() {
+                q.claiming = false;
+                return;
+            }
         }
     }
 }

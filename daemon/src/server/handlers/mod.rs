@@ -5,6 +5,7 @@
 mod console_link;
 mod gate_override;
 mod metrics;
+mod nodes;
 mod reload;
 mod route;
 mod shadow_summary;
@@ -47,6 +48,7 @@ pub async fn handle(
         }
         Request::Metrics => metrics::handle(d),
         Request::ConsoleLink => console_link::handle(d, peer),
+        Request::Nodes => nodes::handle(d).await,
         // Watch streams and is served by the connection itself.
         Request::Watch => Err(WireError::new(
             orchestrator_proto::ErrorCode::MalformedRequest,

@@ -24,7 +24,7 @@ macro_rules! write {
             let outcome = async {
                 let mut client = $self.client().await?;
                 #[allow(unused_mut)]
-                let mut $tx = Tx::begin(&mut client).await?;
+                let mut $tx = super::tx::Tx::begin(&mut client, &$self.inner.node).await?;
                 let result = $body;
                 match result {
                     Ok(v) => {
@@ -56,7 +56,7 @@ macro_rules! read {
 }
 
 impl PostgresBackend {
-    async fn commit(&self, tx: Tx<'_>) -> Result<(), StoreError> {
+    pub(super) async fn commit(&self, tx: Tx<'_>) -> Result<(), StoreError> {
         let _gate = self.inner.commit_gate.read().await;
         let (events, deltas) = tx.commit().await?;
         self.publish(events, &deltas);
@@ -98,7 +98,7 @@ impl PostgresBackend {
     }
 
     /// Count a failure of the store itself; refusals are answers, and a closed store is a shutdown.
-    fn counted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    pub(super) fn counted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(StoreError::Full(_)) = &result {
             let at = now_ms();
             self.with_health(|h| {
@@ -273,7 +273,8 @@ impl Backend for PostgresBackend {
     }
 
     fn orphan_leftovers(&self) -> StoreFuture<'_, Vec<Leftover>> {
-        read!(self, |c| queries::orphan_leftovers(&c).await)
+        read!(self, |c| queries::orphan_leftovers(&c, &self.inner.node)
+            .await)
     }
 
     fn record_gate_run(&self, run: GateRunRecord) -> StoreFuture<'_, ()> {

@@ -16,11 +16,16 @@
 //! other daemons on the same database commit. Trajectory events are published for this daemon's own
 //! commits.
 //!
-//! One daemon per database for now: `exclusive` refuses a second one.
+//! Several daemons may share one database, each a node with its own id (see `crate::cluster`);
+//! `exclusive` refuses a second daemon with the same id, and `cluster` holds the shared-store
+//! operations: heartbeats, the leader's lease, claims. A lease names the node that holds it, and
+//! what a node does to leases at start (voiding them, reaping their specialists) touches its own.
 //!
 //! TLS is not supported: connect over a Unix socket or loopback.
 
+#[macro_use]
 mod backend;
+mod cluster;
 mod exclusive;
 mod queries;
 mod rows;
@@ -52,6 +57,8 @@ pub struct Settings {
     /// A `postgres://` URL or `key=value` settings.
     pub url: String,
     pub pool_size: usize,
+    /// This daemon's node id (see `crate::cluster`).
+    pub node: String,
 }
 
 /// The PostgreSQL store; see the module documentation.
@@ -77,6 +84,8 @@ struct Inner {
     refresher: OnceLock<()>,
     /// Released when the store closes (see `exclusive`).
     exclusive: Mutex<Option<exclusive::Exclusive>>,
+    /// This daemon's node id: the holder its leases name.
+    node: String,
 }
 
 /// A failure of the database or the connection, as a store error: the ones that mean "cannot reach
@@ -142,30 +151,31 @@ impl PostgresBackend {
     pub async fn open(settings: &Settings) -> Result<PostgresBackend, StoreError> {
         let cfg = pg_config(settings)?;
         let lock = cfg.clone();
-        let exclusive = tokio::task::spawn_blocking(move || exclusive::take(&lock))
+        let node = settings.node.clone();
+        let exclusive = tokio::task::spawn_blocking(move || exclusive::take(&lock, &node))
             .await
             .map_err(|e| StoreError::Sql(format!("lock task failed: {e}")))??;
         let counts = init(&cfg).await?;
-        Self::with_pool(cfg, settings.pool_size, counts, exclusive)
+        Self::with_pool(cfg, settings, counts, exclusive)
     }
 
     /// [`PostgresBackend::open`] from outside any runtime (the daemon opens its store before it
     /// starts one). The pool's connections are made later, in the runtime that uses them.
     pub fn open_blocking(settings: &Settings) -> Result<PostgresBackend, StoreError> {
         let cfg = pg_config(settings)?;
-        let exclusive = exclusive::take(&cfg)?;
+        let exclusive = exclusive::take(&cfg, &settings.node)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| StoreError::Sql(format!("cannot start a runtime: {e}")))?;
         let counts = rt.block_on(init(&cfg))?;
         drop(rt);
-        Self::with_pool(cfg, settings.pool_size, counts, exclusive)
+        Self::with_pool(cfg, settings, counts, exclusive)
     }
 
     fn with_pool(
         cfg: tokio_postgres::Config,
-        pool_size: usize,
+        settings: &Settings,
         counts: Counts,
         exclusive: exclusive::Exclusive,
     ) -> Result<PostgresBackend, StoreError> {
@@ -177,7 +187,7 @@ impl PostgresBackend {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1))
+            .max_size(settings.pool_size.max(1))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(CONNECT_TIMEOUT))
             .create_timeout(Some(CONNECT_TIMEOUT))
@@ -197,6 +207,7 @@ impl PostgresBackend {
                 health: Mutex::new(Health::default()),
                 refresher: OnceLock::new(),
                 exclusive: Mutex::new(Some(exclusive)),
+                node: settings.node.clone(),
             }),
         })
     }
@@ -298,5 +309,7 @@ fn parse_kind_state(kind: &str, state: &str) -> Option<(TaskKind, TaskState)> {
     Some((kind.parse().ok()?, state.parse().ok()?))
 }
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 mod contract_tests;

@@ -19,6 +19,8 @@ pub(super) type Delta = (TaskKind, Option<TaskState>, Option<TaskState>);
 
 pub(super) struct Tx<'c> {
     tx: deadpool_postgres::Transaction<'c>,
+    /// The node this daemon is: the holder the leases it takes name.
+    node: &'c str,
     events: Vec<TrajectoryEvent>,
     deltas: Vec<Delta>,
 }
@@ -42,10 +44,12 @@ fn limit_sql(limit: usize) -> i64 {
 impl<'c> Tx<'c> {
     pub(super) async fn begin(
         client: &'c mut deadpool_postgres::Object,
+        node: &'c str,
     ) -> Result<Self, StoreError> {
         let tx = client.transaction().await.map_err(pg_error)?;
         Ok(Tx {
             tx,
+            node,
             events: Vec::new(),
             deltas: Vec::new(),
         })
@@ -87,7 +91,7 @@ impl<'c> Tx<'c> {
         Ok((self.events, self.deltas))
     }
 
-    async fn exec(
+    pub(super) async fn exec(
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
@@ -96,7 +100,7 @@ impl<'c> Tx<'c> {
         self.tx.execute(&stmt, params).await.map_err(pg_error)
     }
 
-    async fn query(
+    pub(super) async fn query(
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
@@ -259,7 +263,7 @@ impl<'c> Tx<'c> {
 
     /// A transition from a state the caller already knows (a task this transaction inserted or
     /// moved); still a compare-and-set.
-    async fn apply_from(
+    pub(super) async fn apply_from(
         &mut self,
         op: &TransitionOp,
         kind: TaskKind,
@@ -319,7 +323,8 @@ impl<'c> Tx<'c> {
                  completed_at = COALESCE($12, completed_at), \
                  lease_until = CASE WHEN $13 THEN $14 ELSE lease_until END, \
                  specialist_pid = CASE WHEN $15 THEN $16 ELSE specialist_pid END, \
-                 attempts = attempts + $17 \
+                 attempts = attempts + $17, \
+                 node = CASE WHEN $13 AND $14::BIGINT IS NOT NULL THEN $19 ELSE node END \
                  WHERE id = $1 AND state = $18",
                 &[
                     &op.id,
@@ -340,6 +345,7 @@ impl<'c> Tx<'c> {
                     &pid_val,
                     &attempts_inc,
                     &from.as_str(),
+                    &self.node,
                 ],
             )
             .await?;
@@ -460,8 +466,8 @@ impl<'c> Tx<'c> {
         let rows = self
             .query(
                 "UPDATE tasks SET lease_until = $2 WHERE id = ANY($1) AND state = 'in_progress' \
-                 RETURNING id",
-                &[&ids, &until],
+                 AND node = $3 RETURNING id",
+                &[&ids, &until, &self.node],
             )
             .await?;
         let kept: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
@@ -475,8 +481,9 @@ impl<'c> Tx<'c> {
     pub(super) async fn void_leases(&mut self) -> Result<usize, StoreError> {
         let n = self
             .exec(
-                "UPDATE tasks SET lease_until = NULL WHERE state = 'in_progress'",
-                &[],
+                "UPDATE tasks SET lease_until = NULL WHERE state = 'in_progress' \
+                 AND (node = $1 OR node IS NULL)",
+                &[&self.node],
             )
             .await?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
@@ -489,8 +496,9 @@ impl<'c> Tx<'c> {
     ) -> Result<bool, StoreError> {
         let changed = self
             .exec(
-                "UPDATE tasks SET specialist_pid = $2 WHERE id = $1 AND state = 'in_progress'",
-                &[&id, &i64::from(pgid)],
+                "UPDATE tasks SET specialist_pid = $2 WHERE id = $1 AND state = 'in_progress' \
+                 AND node = $3",
+                &[&id, &i64::from(pgid), &self.node],
             )
             .await?;
         Ok(changed == 1)
