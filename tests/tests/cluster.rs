@@ -349,3 +349,30 @@ fn a_mode_flip_through_one_node_is_in_force_on_all() {
     assert_eq!(t["kind"], "live", "{t}");
     assert_eq!(c.starts("any"), vec![id]);
 }
+
+#[test]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+fn a_watch_on_one_node_sees_what_another_commits() {
+    let c = Cluster::new();
+    let quick = c.quick("any");
+    let a = TestDaemon::with_config(&c.config("n1", &quick, ""));
+    let b = TestDaemon::with_config(&c.config("n2", &quick, ""));
+    let mut watch = Raw::connect(&b.socket).unwrap();
+    watch.hello().unwrap();
+    assert!(matches!(watch.ok(Request::Watch), Response::WatchStarted));
+    let id = a.submit(RESEARCH);
+    // Synthetic: submitted, routed, started and completed in one commit on A.
+    let mut seen = Vec::new();
+    while seen.last().map(|(_, to): &(String, String)| to.as_str()) != Some("done") {
+        match watch.recv().expect("an event within the read timeout") {
+            ServerMessage::Event(ev) if ev.task_id == id => {
+                seen.push((ev.action.clone(), ev.to.as_str().to_string()))
+            }
+            ServerMessage::Event(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(seen.len() <= 4, "{seen:?}");
+    }
+    let actions: Vec<&str> = seen.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(actions, ["submit", "route", "start", "complete"]);
+}

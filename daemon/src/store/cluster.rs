@@ -72,6 +72,11 @@ pub trait Cluster: Send + Sync {
     /// Start up to `claim.want` of the agent's `assigned` tasks on this node (oldest first),
     /// skipping rows another node is claiming. Answers the tasks as started.
     fn claim(&self, claim: Claim) -> StoreFuture<'_, Vec<Task>>;
+    /// Every committed trajectory event of every node: this node's in commit order, the others'
+    /// as they are heard of (`orchctl watch`, the console's live stream, `submit --wait`).
+    fn subscribe_all(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<orchestrator_proto::task::TrajectoryEvent>;
     /// Up to `limit` tasks still `queued` that were created before `before_ms`, oldest first:
     /// what no dispatcher has taken (its node died, or the store was down meanwhile).
     fn unrouted(&self, before_ms: i64, limit: usize) -> StoreFuture<'_, Vec<Task>>;

@@ -337,6 +337,16 @@ impl Store {
         }
     }
 
+    /// Every committed trajectory event of every daemon sharing the store, for watchers: on SQLite
+    /// the same as [`Backend::subscribe`]. Work that must happen once per commit (logs, metrics,
+    /// delivery) follows [`Backend::subscribe`], this daemon's own commits.
+    pub fn watch_events(&self) -> broadcast::Receiver<TrajectoryEvent> {
+        match &self.cluster {
+            Some(c) => c.subscribe_all(),
+            None => self.backend.subscribe(),
+        }
+    }
+
     /// The operations of a store shared by several nodes; `None` on SQLite (a node of one).
     pub fn cluster(&self) -> Option<&dyn cluster::Cluster> {
         self.cluster.as_deref()

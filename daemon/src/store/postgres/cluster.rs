@@ -162,6 +162,12 @@ impl Cluster for PostgresBackend {
         })
     }
 
+    fn subscribe_all(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<orchestrator_proto::task::TrajectoryEvent> {
+        self.inner.all_events.subscribe()
+    }
+
     fn unrouted(&self, before_ms: i64, limit: usize) -> StoreFuture<'_, Vec<Task>> {
         read!(self, |c| {
             let rows = query(

@@ -27,6 +27,7 @@
 mod backend;
 mod cluster;
 mod exclusive;
+mod listen;
 mod queries;
 mod rows;
 pub(crate) mod schema;
@@ -74,6 +75,10 @@ struct Inner {
     /// refresher while it reads the totals, so that a reload never misses or doubles a commit.
     commit_gate: RwLock<()>,
     events: broadcast::Sender<TrajectoryEvent>,
+    /// This node's events and, through `listen`, every other node's.
+    all_events: broadcast::Sender<TrajectoryEvent>,
+    /// How to connect, for the event listener's own connection.
+    cfg: tokio_postgres::Config,
     closed: AtomicBool,
     /// Set once the store is closed, for `Backend::writer_ended`.
     closed_tx: tokio::sync::watch::Sender<bool>,
@@ -180,7 +185,7 @@ impl PostgresBackend {
         exclusive: exclusive::Exclusive,
     ) -> Result<PostgresBackend, StoreError> {
         let manager = Manager::from_config(
-            cfg,
+            cfg.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -195,12 +200,15 @@ impl PostgresBackend {
             .build()
             .map_err(|e| StoreError::Sql(format!("cannot build the connection pool: {e}")))?;
         let (events, _) = broadcast::channel(4096);
+        let (all_events, _) = broadcast::channel(4096);
         Ok(PostgresBackend {
             inner: Arc::new(Inner {
                 pool,
                 counts: Mutex::new(counts),
                 commit_gate: RwLock::new(()),
                 events,
+                all_events,
+                cfg,
                 closed: AtomicBool::new(false),
                 closed_tx: tokio::sync::watch::Sender::new(false),
                 errors: AtomicU64::new(0),
@@ -219,7 +227,8 @@ impl PostgresBackend {
         }
         self.inner.refresher.get_or_init(|| {
             let weak = Arc::downgrade(&self.inner);
-            tokio::spawn(refresh_counts(weak));
+            tokio::spawn(refresh_counts(weak.clone()));
+            tokio::spawn(listen::run(self.inner.cfg.clone(), weak));
         });
         self.inner.pool.get().await.map_err(pool_error)
     }
@@ -232,6 +241,7 @@ impl PostgresBackend {
             }
         }
         for ev in events {
+            let _ = self.inner.all_events.send(ev.clone());
             let _ = self.inner.events.send(ev);
         }
     }

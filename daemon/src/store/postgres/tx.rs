@@ -87,6 +87,18 @@ impl<'c> Tx<'c> {
                 .await
                 .map_err(pg_error)?;
         }
+        // The other nodes learn of these events when this commits (see `listen`).
+        for payload in super::listen::payloads(self.node, &self.events) {
+            let stmt = self
+                .tx
+                .prepare_cached("SELECT pg_notify($1, $2)")
+                .await
+                .map_err(pg_error)?;
+            self.tx
+                .execute(&stmt, &[&super::listen::CHANNEL, &payload])
+                .await
+                .map_err(pg_error)?;
+        }
         self.tx.commit().await.map_err(pg_error)?;
         Ok((self.events, self.deltas))
     }
