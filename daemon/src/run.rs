@@ -260,8 +260,10 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         sup.spawn("delivery", dispatch::delivery::run(Arc::clone(&d))),
         sup.spawn("signals", service::signals(Arc::clone(&d))),
         sup.spawn("sweeper", crate::tasks::sweep::run(Arc::clone(&d))),
-        sup.spawn(crate::cluster::TASK, crate::cluster::run(Arc::clone(&d))),
     ];
+    if store.cluster().is_some() {
+        tasks.push(sup.spawn(crate::cluster::TASK, crate::cluster::run(Arc::clone(&d))));
+    }
     if let Some(interval) = lifecycle::watchdog_interval() {
         tasks.push(sup.spawn("watchdog", service::watchdog(Arc::clone(&d), interval)));
     }

@@ -125,9 +125,10 @@ pub async fn report(d: &Daemon) -> Result<NodesReport, WireError> {
 }
 
 /// Heartbeat, leadership and the poll for work, every `[node] heartbeat`, until shutdown; then
-/// leave the nodes table. Runs only on a shared store.
+/// leave the nodes table. Started only on a shared store; elsewhere it waits for shutdown.
 pub async fn run(d: Arc<Daemon>) {
     let Some(cluster) = d.store.cluster() else {
+        d.shutdown.cancelled().await;
         return;
     };
     let mut moves = d.clock.moves();
