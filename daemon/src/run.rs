@@ -159,6 +159,8 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         path: socket,
     } = listener;
     paths.socket = socket;
+    crate::fault::listen_for_signal()
+        .map_err(|e| StartError::Other(format!("cannot listen for SIGUSR2 (test hook): {e}")))?;
     // Subscribed before anything can commit, so that every transition is logged and counted.
     let transitions = store.subscribe();
     let mode = lifecycle::startup_mode(&store, &config, clock.now_ms())

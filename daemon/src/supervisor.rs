@@ -11,7 +11,7 @@
 //! Per-task work (a specialist run, a synthetic burst, a connection) is not supervised here: it ends
 //! by design, and its own code records its outcome.
 
-use crate::fault::{self, How};
+use crate::fault::{self, How, When};
 use std::future::Future;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
@@ -101,9 +101,15 @@ impl Supervisor {
                 return None;
             };
             let mut fut = std::pin::pin!(fut);
+            let strike = async {
+                match f.when {
+                    When::After(after) => tokio::time::sleep(after).await,
+                    When::Signal => fault::until_armed().await,
+                }
+            };
             tokio::select! {
                 _ = &mut fut => return None,
-                _ = tokio::time::sleep(f.after) => {}
+                _ = strike => {}
             }
             match f.how {
                 How::Panic => panic!("test fault injected into {name}"),

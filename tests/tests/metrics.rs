@@ -183,14 +183,17 @@ fn submitted_and_approved_tasks_move_the_counters_and_histograms() {
             >= 1.0,
         "the first scrape is timed"
     );
-    // The held task is the one waiting; the gauge counts from when it began to wait.
+    // The held task is the one waiting; the gauge counts from when it began to wait, on the
+    // daemon's clock: moved on by 90 s, the wait is at least that long.
     let waiting = || {
         let (_, e) = scrape(&c, None);
         e.value("orchestrator_oldest_awaiting_approval_seconds", &[])
     };
-    wait_for("the approval wait to be tracked", WAIT, || {
-        waiting().filter(|s| *s > 0.0)
+    d.advance(Duration::from_secs(90));
+    let waited = wait_for("the approval wait to be tracked", WAIT, || {
+        waiting().filter(|s| *s >= 90.0)
     });
+    assert!(waited < 90.0 + WAIT.as_secs_f64(), "{waited}");
 
     let out = d.ctl(&["approve", &held]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -199,12 +202,13 @@ fn submitted_and_approved_tasks_move_the_counters_and_histograms() {
         let (_, e) = scrape(&c, None);
         (moved(&before, &e, "orchestrator_approval_wait_seconds_count", &[]) == 1.0).then_some(e)
     });
-    assert!(
-        approved
-            .value("orchestrator_approval_wait_seconds_sum", &[])
-            .unwrap()
-            > 0.0
+    let sum = moved(
+        &before,
+        &approved,
+        "orchestrator_approval_wait_seconds_sum",
+        &[],
     );
+    assert!(sum >= 90.0 && sum < 90.0 + WAIT.as_secs_f64(), "{sum}");
     assert_eq!(
         approved.value("orchestrator_oldest_awaiting_approval_seconds", &[]),
         Some(0.0)

@@ -137,10 +137,13 @@ fn shadow_to_live_needs_window_evidence_and_no_failures() {
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("shadow_window"), "{text}");
 
-    // Window elapsed but no evidence.
+    // Window elapsed but no evidence: refused for the missing shadow tasks, not for the window.
     d.advance(past_the_window);
     let (code, text) = reload(&d);
     assert_eq!(code, 1, "{text}");
+    assert!(text.contains("no shadow tasks"), "{text}");
+    assert!(!text.contains("shadow_window"), "{text}");
+    assert_eq!(effective(&d), "shadow");
 
     // A failure inside the window.
     assert_eq!(submit_wait(&d, "xyzzy one")["state"], "done");

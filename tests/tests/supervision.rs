@@ -1,6 +1,7 @@
 //! Supervision: every long-lived task of the daemon is watched. Made to fail by the test-only hook
-//! `ORCHESTRATOR_TEST_FAULT=<task>[:panic|:exit|:hang][@<ms>]`, the daemon must exit non-zero on its
-//! own, promptly, naming the task; wedged, it must stop feeding systemd's watchdog.
+//! `ORCHESTRATOR_TEST_FAULT=<task>[:panic|:exit|:hang][@signal]`, the daemon must exit non-zero on
+//! its own, promptly, naming the task; wedged, it must stop feeding systemd's watchdog. `@signal`
+//! holds the fault until the test sends SIGUSR2, once it has seen the daemon up.
 
 use orchestrator_tests::*;
 use std::os::unix::net::UnixDatagram;
@@ -17,6 +18,9 @@ fn fails_by_itself(task: &str, spec: &str, toml: Option<&str>, env: &[(&str, &st
     let mut all = vec![("ORCHESTRATOR_TEST_FAULT", spec)];
     all.extend_from_slice(env);
     let mut d = TestDaemon::launch_with_env(toml, &all);
+    if spec.ends_with("@signal") {
+        release(&d);
+    }
     let status = d.wait_exit(EXIT_WITHIN);
     let log = d.log_text();
     assert!(
@@ -25,6 +29,17 @@ fn fails_by_itself(task: &str, spec: &str, toml: Option<&str>, env: &[(&str, &st
     );
     let line = format!("supervised task \"{task}\" failed");
     assert!(log.contains(&line), "no `{line}` in the log:\n{log}");
+}
+
+/// Release an `@signal` fault: the daemon answered `status`, so it is up.
+fn release(d: &TestDaemon) {
+    let (code, status) = d.ctl_json(&["status"]);
+    assert_eq!(code, 0, "{status}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid() as i32),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .unwrap();
 }
 
 macro_rules! supervised {
@@ -54,12 +69,12 @@ supervised! {
 #[test]
 fn store_writer_panics() {
     // The writer thread starts before supervision does, so its fault waits for the daemon to be up.
-    fails_by_itself("store-writer", "store-writer:panic@2000", None, &[]);
+    fails_by_itself("store-writer", "store-writer:panic@signal", None, &[]);
 }
 
 #[test]
 fn store_writer_ends_early() {
-    fails_by_itself("store-writer", "store-writer:exit@2000", None, &[]);
+    fails_by_itself("store-writer", "store-writer:exit@signal", None, &[]);
 }
 
 #[test]
@@ -165,11 +180,12 @@ fn a_healthy_daemon_feeds_the_watchdog_keeps_running_and_answers_status() {
 /// Wedge `task` after the daemon came up; the watchdog must stop being fed, naming why.
 fn wedged_stops_the_watchdog(task: &str, reason: &str) {
     let n = Notify::new();
-    let spec = format!("{task}:hang@3000");
+    let spec = format!("{task}:hang@signal");
     let mut env = n.env("1000000");
     env.push(("ORCHESTRATOR_TEST_FAULT", &spec));
     let mut d = TestDaemon::launch_with_env(None, &env);
     n.until("a first WATCHDOG=1", Duration::from_secs(20), is_ping);
+    release(&d);
     let failed = n.until("a failed liveness probe", Duration::from_secs(20), |m| {
         m.contains("STATUS=liveness probe failed")
     });

@@ -29,7 +29,7 @@ pub use batch::Batch;
 pub use schema::SCHEMA_VERSION;
 
 use crate::clock::now_ms;
-use crate::fault::How;
+use crate::fault::{How, When};
 use crate::store::{Counts, Health, StoreError};
 use orchestrator_proto::task::{TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
@@ -38,7 +38,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, oneshot, watch};
 
 /// Most jobs committed in one transaction; bounds the latency of the first job in a burst.
@@ -95,7 +95,7 @@ fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreErr
     // A connection is only ever used by one thread at a time (the writer, or a reader taken from the
     // pool), so SQLite's per-call locking is not needed.
     let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
     // Room for every statement the writer and the readers prepare, so none is parsed twice.
     conn.set_prepared_statement_cache_capacity(64);
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -356,8 +356,15 @@ fn writer_loop(
     events: broadcast::Sender<TrajectoryEvent>,
     health: Arc<Mutex<Health>>,
 ) {
-    // Test hook only (see `crate::fault`): make the writer fail after a while.
-    let fault = crate::fault::injected(WRITER_TASK).map(|f| (f.how, Instant::now() + f.after));
+    // Test hook only (see `crate::fault`): make the writer fail after a while, or once released by
+    // SIGUSR2 (the writer is a thread: it looks at the flag between jobs, at least every 20 ms).
+    let fault = crate::fault::injected(WRITER_TASK).map(|f| {
+        let at = match f.when {
+            When::After(after) => Some(Instant::now() + after),
+            When::Signal => None,
+        };
+        (f.how, at)
+    });
     loop {
         let first = match fault {
             None => match rx.recv() {
@@ -365,9 +372,19 @@ fn writer_loop(
                 Err(_) => break,
             },
             Some((how, at)) => {
-                match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                let received = match at {
+                    Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+                    None if crate::fault::armed() => Err(mpsc::RecvTimeoutError::Timeout),
+                    None => rx.recv_timeout(Duration::from_millis(20)),
+                };
+                match received {
                     Ok(job) => job,
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(mpsc::RecvTimeoutError::Timeout)
+                        if at.is_none() && !crate::fault::armed() =>
+                    {
+                        continue
+                    }
                     Err(mpsc::RecvTimeoutError::Timeout) => match how {
                         How::Panic => panic!("test fault injected into {WRITER_TASK}"),
                         How::Exit => return,
