@@ -105,8 +105,8 @@ pub struct Daemon {
     pub started: Instant,
     /// Console login codes and sessions, shared by the socket (which mints) and the console.
     pub sessions: Sessions,
-    /// This daemon as a node of its store (see [`crate::cluster`]).
-    pub node: crate::cluster::NodeState,
+    /// This daemon as a node of its store (see [`crate::node`]).
+    pub node: crate::node::NodeState,
     config: RwLock<Arc<Config>>,
     access: RwLock<Arc<AccessPolicy>>,
     mode: RwLock<ModeState>,
@@ -130,8 +130,8 @@ impl Daemon {
         clock: Clock,
     ) -> Daemon {
         let access = AccessPolicy::from_config(&config.socket);
-        let node = crate::cluster::NodeState::new(
-            crate::cluster::node_id(&config, &paths.state_dir),
+        let node = crate::node::NodeState::new(
+            crate::node::node_id(&config, &paths.state_dir),
             store.cluster().is_some(),
         );
         Daemon {

@@ -34,6 +34,7 @@
 //!   test-only fault hook.
 //! - [`cluster`]: this daemon as a node of a store several daemons share — heartbeats, the
 //!   leader's lease on periodic work, the poll for work to claim.
+//! - [`node`]: this daemon's node id and whether it leads, held by [`daemon`].
 //! - [`daemon`]: the shared state all of the above hang off, holding each subsystem's own state.
 //! - [`run`]: wiring it all together at start.
 
@@ -51,6 +52,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod machine;
 pub mod metrics;
+pub mod node;
 pub mod run;
 pub mod server;
 pub mod service;

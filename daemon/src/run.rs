@@ -137,7 +137,7 @@ fn open_store(config: &Config, paths: &Paths) -> Result<Store, StartError> {
             let settings = crate::store::postgres::Settings {
                 url,
                 pool_size: pg.pool_size,
-                node: crate::cluster::node_id(config, &paths.state_dir),
+                node: crate::node::node_id(config, &paths.state_dir),
             };
             Store::open_postgres(&settings)
                 .map_err(|e| StartError::Other(format!("cannot open the PostgreSQL store: {e}")))

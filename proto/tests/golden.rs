@@ -9,11 +9,11 @@ use orchestrator_proto::{ErrorCode, ServerMessage, WireError};
 fn hello_bytes_are_pinned() {
     let hello = ClientMessage::Hello(Hello::current("0.1.0"));
     let bytes = encode(&hello).unwrap();
-    // variant 0, magic varint, major 1, minor 2, "0.1.0". A new minor changes the value here,
+    // variant 0, magic varint, major 1, minor 3, "0.1.0". A new minor changes the value here,
     // never the layout: clients of every 1.x minor are served.
     assert_eq!(
         bytes,
-        vec![0, 200, 134, 201, 250, 4, 1, 2, 5, b'0', b'.', b'1', b'.', b'0']
+        vec![0, 200, 134, 201, 250, 4, 1, 3, 5, b'0', b'.', b'1', b'.', b'0']
     );
     assert_eq!(decode::<ClientMessage>(&bytes).unwrap(), hello);
 }

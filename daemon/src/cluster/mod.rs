@@ -17,61 +17,16 @@
 
 use crate::clock::duration_ms;
 use crate::daemon::Daemon;
+use crate::node::host_name;
 use crate::store::cluster::NodeBeat;
 use orchestrator_proto::message::{NodeInfo, NodesReport};
 use orchestrator_proto::WireError;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 /// The supervisor's name for [`run`].
 pub const TASK: &str = "node-heartbeat";
 /// Most forgotten `queued` tasks handed to the dispatcher per tick.
 const UNROUTED_BATCH: usize = 512;
-
-/// This node's id and whether it leads now.
-#[derive(Debug)]
-pub struct NodeState {
-    pub id: String,
-    leader: AtomicBool,
-    /// Specialists running here, as the executor last counted them.
-    running: AtomicU32,
-}
-
-impl NodeState {
-    /// A node that leads until the store says otherwise: alone on SQLite, it always does.
-    pub fn new(id: String, shared: bool) -> NodeState {
-        NodeState {
-            id,
-            leader: AtomicBool::new(!shared),
-            running: AtomicU32::new(0),
-        }
-    }
-
-    /// Whether periodic work runs here.
-    pub fn is_leader(&self) -> bool {
-        self.leader.load(Ordering::Acquire)
-    }
-
-    pub fn set_running(&self, n: usize) {
-        self.running
-            .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
-    }
-}
-
-/// The host's name, for the default node id and the nodes listing.
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
-}
-
-/// The id `[node] id` gives, or the host name with the state directory.
-pub fn node_id(cfg: &crate::config::Config, state_dir: &Path) -> String {
-    cfg.node.id_or(&host_name(), state_dir)
-}
 
 fn beat(d: &Daemon) -> NodeBeat {
     let cfg = d.config();
@@ -91,7 +46,7 @@ fn beat(d: &Daemon) -> NodeBeat {
             .cloned()
             .unwrap_or_else(|| d.paths.socket.display().to_string()),
         agents,
-        running: d.node.running.load(Ordering::Relaxed),
+        running: d.node.running(),
         at_ms: d.clock.now_ms(),
     }
 }
@@ -142,7 +97,7 @@ pub async fn run(d: Arc<Daemon>) {
             _ = moves.moved() => {}
         }
     }
-    d.node.leader.store(false, Ordering::Release);
+    d.node.set_leader(false);
     if let Err(e) = cluster.leave().await {
         tracing::warn!(error = %e, "cannot remove this node from the nodes table");
     }
@@ -166,7 +121,7 @@ async fn tick(d: &Daemon) {
             false
         }
     };
-    if d.node.leader.swap(leads, Ordering::AcqRel) != leads {
+    if d.node.set_leader(leads) != leads {
         if leads {
             tracing::info!(NODE = %d.node.id, "this node leads: periodic work runs here");
         } else {
