@@ -28,7 +28,7 @@ pub enum DispatchMsg {
     Cancelled(String),
     /// The watchdog's liveness probe: answered by the dispatcher's loop.
     Ping(oneshot::Sender<()>),
-    /// On a shared store: claim what this node's agents can run (see [`crate::cluster`]).
+    /// On a shared store: claim what this node's agents can run (see the `cluster` module).
     Poll,
 }
 

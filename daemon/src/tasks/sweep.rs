@@ -249,7 +249,7 @@ pub async fn run(d: Arc<Daemon>) {
             if d.shutdown.is_cancelled() {
                 return;
             }
-            // On a shared store the timer's sweep is the leader's (see `crate::cluster`).
+            // On a shared store the timer's sweep is the leader's (see the `cluster` module).
             if d.node.is_leader() {
                 sweep(&d).await;
             }

@@ -301,7 +301,7 @@ impl Shared {
                             }
                             self.spawn_runs(agent, starts);
                         }
-                        // The next poll (see `crate::cluster`) claims again.
+                        // The next poll (see the `cluster` module) claims again.
                         Err(e) => tracing::warn!(AGENT = %agent, error = %e, "cannot claim tasks"),
                     }
                 }

@@ -16,7 +16,7 @@
 //! other daemons on the same database commit. Trajectory events are published for this daemon's own
 //! commits.
 //!
-//! Several daemons may share one database, each a node with its own id (see `crate::cluster`);
+//! Several daemons may share one database, each a node with its own id (see the `cluster` module);
 //! `exclusive` refuses a second daemon with the same id, and `cluster` holds the shared-store
 //! operations: heartbeats, the leader's lease, claims. A lease names the node that holds it, and
 //! what a node does to leases at start (voiding them, reaping their specialists) touches its own.
@@ -58,7 +58,7 @@ pub struct Settings {
     /// A `postgres://` URL or `key=value` settings.
     pub url: String,
     pub pool_size: usize,
-    /// This daemon's node id (see `crate::cluster`).
+    /// This daemon's node id (see the `cluster` module).
     pub node: String,
 }
 
