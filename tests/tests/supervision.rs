@@ -33,8 +33,12 @@ fn fails_by_itself(task: &str, spec: &str, toml: Option<&str>, env: &[(&str, &st
 
 /// Release an `@signal` fault: the daemon answered `status`, so it is up.
 fn release(d: &TestDaemon) {
-    let (code, status) = d.ctl_json(&["status"]);
-    assert_eq!(code, 0, "{status}");
+    // Launched without waiting for its socket: wait until it answers.
+    wait_for(
+        "the daemon to answer status",
+        Duration::from_secs(20),
+        || d.ctl(&["status"]).status.success().then_some(()),
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(d.pid() as i32),
         nix::sys::signal::Signal::SIGUSR2,
