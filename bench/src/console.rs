@@ -59,6 +59,17 @@ pub fn run(daemon_bin: &Path, tasks: u64, runs: usize, changes: usize) -> Result
     };
     let seeded = seed::seed(&state.join("orchestrator.db"), plan)?;
     eprintln!("seeded {} tasks in {:.1} s", seeded.tasks, seeded.seconds);
+    // A daemon indexes goals for the text filter while idle; index them all before timing, as a
+    // daemon that has run for a while would have.
+    let t = Instant::now();
+    let mut db = rusqlite::Connection::open(state.join("orchestrator.db"))?;
+    let indexed = orchestrator::store::sqlite::goal_index::catch_up(&mut db)
+        .map_err(|e| anyhow!("cannot index the goals: {e}"))?;
+    drop(db);
+    eprintln!(
+        "indexed {indexed} goals in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let config = dir.path().join("orchestrator.toml");
     std::fs::write(&config, "[http]\nlisten = \"127.0.0.1:0\"\n")?;
     let socket = dir.path().join("orchestrator.sock");
@@ -97,7 +108,10 @@ pub fn run(daemon_bin: &Path, tasks: u64, runs: usize, changes: usize) -> Result
         "/console/pipeline".to_string(),
         "/console/pipeline?kind=live&state=done".to_string(),
         format!("/console/pipeline?kind=live&before={id}"),
+        // Goal text found nowhere, in one task, and in every task.
         "/console/pipeline?kind=live&q=debug".to_string(),
+        "/console/pipeline?kind=live&q=task%20123457%3A".to_string(),
+        "/console/pipeline?kind=live&q=quarterly".to_string(),
         format!("/console/tasks/{id}"),
         "/console/rollout?window=24".to_string(),
         "/console/agents".to_string(),

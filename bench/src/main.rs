@@ -12,6 +12,7 @@ mod cluster;
 mod console;
 mod fsync;
 mod load;
+mod peers;
 mod proc;
 mod scenarios;
 mod seed;
@@ -169,6 +170,9 @@ enum Cmd {
     Cluster(cluster::Options),
     /// Everything above in one run, each against daemons it starts itself; prints a markdown table.
     All(all::Options),
+    /// Side by side with other queues (pueue; procrastinate on PostgreSQL), installing them if
+    /// needed; prints a markdown table.
+    Peers(peers::Options),
 }
 
 fn sibling(name: &str) -> PathBuf {
@@ -356,6 +360,7 @@ fn run(cli: Cli) -> Result<()> {
                 .unwrap_or_else(|| sibling("orchestratord"));
             cluster::print(&opts, &cluster::run(&opts, &bin)?);
         }
+        Cmd::Peers(opts) => peers::run(opts)?,
         Cmd::All(opts) => all::run(opts)?,
     }
     Ok(())

@@ -185,7 +185,11 @@ fn record(d: &Daemon, ev: &TrajectoryEvent) {
     if ev.from.is_none() && ev.actor == HARNESS {
         d.metrics.not_for_approval(&ev.task_id);
     }
-    if let Some(at) = rfc3339_ms(&ev.at) {
+    // Only entering or leaving `awaiting_approval` needs the time; most events leave it unread.
+    let waits =
+        ev.to == TaskState::AwaitingApproval || ev.from == Some(TaskState::AwaitingApproval);
+    let at = if waits { rfc3339_ms(&ev.at) } else { Some(0) };
+    if let Some(at) = at {
         d.metrics
             .approval_transition(&ev.task_id, ev.from, ev.to, &ev.action, at);
     }

@@ -6,7 +6,7 @@
 //! counts, the mode, store errors, the process) and gets the text back from [`render`].
 
 use orchestrator_proto::task::{Mode, TaskKind, TaskState};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -95,12 +95,22 @@ impl Histogram {
     }
 }
 
-/// Counters keyed by their label values, created on first use.
+/// Counters keyed by their label values, created on first use, kept sorted by them. Counting
+/// compares the labels in place (a synthetic submit counts one); only a new counter allocates.
 #[derive(Debug, Default)]
-pub struct Labelled(Mutex<BTreeMap<Vec<String>, u64>>);
+pub struct Labelled(Mutex<Vec<(Vec<String>, u64)>>);
+
+/// Where `labels` is, or would go, among keys sorted in order.
+fn find<T>(keyed: &[(Vec<String>, T)], labels: &[&str]) -> Result<usize, usize> {
+    keyed.binary_search_by(|(key, _)| key.iter().map(String::as_str).cmp(labels.iter().copied()))
+}
+
+fn key(labels: &[&str]) -> Vec<String> {
+    labels.iter().map(|s| s.to_string()).collect()
+}
 
 impl Labelled {
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<Vec<String>, u64>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<(Vec<String>, u64)>> {
         match self.0.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
@@ -108,27 +118,33 @@ impl Labelled {
     }
 
     pub fn inc(&self, labels: &[&str]) {
-        *self
-            .lock()
-            .entry(labels.iter().map(|s| s.to_string()).collect())
-            .or_default() += 1;
+        let mut counters = self.lock();
+        match find(&counters, labels) {
+            Ok(i) => counters[i].1 += 1,
+            Err(i) => counters.insert(i, (key(labels), 1)),
+        }
     }
 
     pub fn get(&self, labels: &[&str]) -> u64 {
-        let key: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
-        self.lock().get(&key).copied().unwrap_or(0)
+        let counters = self.lock();
+        find(&counters, labels).map_or(0, |i| counters[i].1)
     }
 
     fn entries(&self) -> Vec<(Vec<String>, u64)> {
-        self.lock().iter().map(|(k, v)| (k.clone(), *v)).collect()
+        self.lock().clone()
     }
 }
 
-/// Histograms keyed by label values (request latency by front end and verb).
+/// A histogram's label values and the histogram.
+type Series = (Vec<String>, std::sync::Arc<Histogram>);
+
+/// Histograms keyed by label values (request latency by front end and verb), kept sorted by them.
+/// Every request observes one, so finding it compares the labels in place instead of building a
+/// key; only a new series allocates.
 #[derive(Debug)]
 pub struct LabelledHistograms {
     bounds: &'static [f64],
-    series: Mutex<BTreeMap<Vec<String>, std::sync::Arc<Histogram>>>,
+    series: Mutex<Vec<Series>>,
 }
 
 impl LabelledHistograms {
@@ -139,7 +155,7 @@ impl LabelledHistograms {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<Vec<String>, std::sync::Arc<Histogram>>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<Series>> {
         match self.series.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
@@ -147,12 +163,17 @@ impl LabelledHistograms {
     }
 
     pub fn observe(&self, labels: &[&str], seconds: f64) {
-        let key: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
-        let h = std::sync::Arc::clone(
-            self.lock()
-                .entry(key)
-                .or_insert_with(|| std::sync::Arc::new(Histogram::new(self.bounds))),
-        );
+        let h = {
+            let mut series = self.lock();
+            match find(&series, labels) {
+                Ok(i) => std::sync::Arc::clone(&series[i].1),
+                Err(i) => {
+                    let h = std::sync::Arc::new(Histogram::new(self.bounds));
+                    series.insert(i, (key(labels), std::sync::Arc::clone(&h)));
+                    h
+                }
+            }
+        };
         h.observe(seconds);
     }
 }

@@ -274,14 +274,18 @@ fn approve_and_reject_are_recorded_with_the_user_and_the_console_channel() {
     assert_eq!(ev["actor"], me.as_str());
     assert_eq!(ev["details"]["via"], "console");
 
-    // A reject without a reason is refused and changes nothing.
-    let r = s.post(
-        &format!("/console/tasks/{b}/reject"),
-        &[("csrf", &csrf), ("reason", "  ")],
-    );
-    assert_eq!(r.status, 400, "{}", r.body);
-    assert!(r.body.contains("A reason is required"), "{}", r.body);
-    assert_eq!(d.state_of(&b), "awaiting_approval");
+    // A reject without a reason is refused and changes nothing: not the state, not the trajectory.
+    let before = d.task(&b);
+    assert_eq!(before["state"], "awaiting_approval");
+    for reason in ["  ", ""] {
+        let r = s.post(
+            &format!("/console/tasks/{b}/reject"),
+            &[("csrf", &csrf), ("reason", reason)],
+        );
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains("A reason is required"), "{}", r.body);
+    }
+    assert_eq!(d.task(&b), before);
     let r = s.post(
         &format!("/console/tasks/{b}/reject"),
         &[("csrf", &csrf), ("reason", "touches billing")],
@@ -303,12 +307,89 @@ fn a_post_without_the_csrf_token_is_refused_and_changes_nothing() {
     let d = TestDaemon::with_config(HTTP_CONFIG);
     let s = Signed::sign_in(&d);
     let id = awaiting_task(&d);
+    let before = d.task(&id);
+    assert_eq!(before["state"], "awaiting_approval");
     for form in [vec![], vec![("csrf", "0123456789abcdef0123456789abcdef")]] {
-        let r = s.post(&format!("/console/tasks/{id}/approve"), &form);
-        assert_eq!(r.status, 403, "{}", r.body);
-        assert_eq!(r.headers["content-type"], "text/html; charset=utf-8");
+        for action in ["approve", "reject", "cancel"] {
+            let mut form = form.clone();
+            form.push(("reason", "forged"));
+            let r = s.post(&format!("/console/tasks/{id}/{action}"), &form);
+            assert_eq!(r.status, 403, "{action}: {}", r.body);
+            assert_eq!(r.headers["content-type"], "text/html; charset=utf-8");
+        }
     }
-    assert_eq!(d.state_of(&id), "awaiting_approval");
+    // The same session with its token is let through, so the refusals above were the token's.
+    assert_eq!(d.task(&id), before);
+    let r = s.post(
+        &format!("/console/tasks/{id}/approve"),
+        &[("csrf", &s.csrf())],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(d.state_of(&id), "done");
+}
+
+#[test]
+fn relative_times_follow_the_daemons_clock() {
+    let d = TestDaemon::with_config(HTTP_CONFIG);
+    let s = Signed::sign_in(&d);
+    let out = d.ctl(&["submit", "--ttl", "10h", CODE_GOAL]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    d.wait_state(&id, "awaiting_approval", Duration::from_secs(20));
+    let card = |page: &str| {
+        let at = page
+            .find(&format!("data-id=\"{id}\""))
+            .expect("the task's card");
+        page[at..].split("</article>").next().unwrap().to_string()
+    };
+    let before = card(&s.get("/console/approvals").body);
+    assert!(before.contains("9 h 59 min left"), "{before}");
+    assert!(before.contains("s ago<"), "{before}");
+
+    // Three hours later by the daemon's clock, while the wall clock moved a few seconds.
+    d.advance(Duration::from_secs(3 * 3600));
+    let after = card(&s.get("/console/approvals").body);
+    assert!(after.contains("6 h 59 min left"), "{after}");
+    assert!(after.contains("3 h 0 min ago"), "{after}");
+    let task = s.get(&format!("/console/tasks/{id}")).body;
+    assert!(task.contains("6 h 59 min left"), "{task}");
+    assert!(task.contains("3 h 0 min ago"), "{task}");
+}
+
+#[test]
+fn the_rollout_page_lists_gate_runs_and_says_which_ran_on_the_routing_in_force() {
+    let config = format!("mode = \"synthetic\"\n{HTTP_CONFIG}");
+    let d = TestDaemon::with_config(&config);
+    let s = Signed::sign_in(&d);
+    let page = s.get("/console/rollout").body;
+    assert!(page.contains("No synthetic gate run yet"), "{page}");
+    assert_eq!(d.ctl(&["synthetic-all"]).status.code(), Some(0));
+    // A change to the approval list changes the routing fingerprint; the next run is on it.
+    d.write_config(&format!(
+        "{config}\n[routing]\napproval_required_capabilities = [\"mutate-external\", \"ops\", \"publish\", \"deploy\", \"gpu\"]\n"
+    ));
+    let out = d.ctl(&["reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(d.ctl(&["synthetic-all"]).status.code(), Some(0));
+
+    let page = s.get("/console/rollout").body;
+    let runs: Vec<&str> = page
+        .split("class=\"gate-run\"")
+        .skip(1)
+        .map(|r| r.split("</tr>").next().unwrap())
+        .collect();
+    assert_eq!(runs.len(), 2, "{page}");
+    assert!(
+        runs[0].contains("data-current=\"true\""),
+        "newest first: {}",
+        runs[0]
+    );
+    assert!(runs[1].contains("data-current=\"false\""), "{}", runs[1]);
+    assert!(page.contains("on the routing in force"), "{page}");
+    assert!(
+        page.contains("As of "),
+        "the summary says when it was computed"
+    );
 }
 
 #[test]
@@ -449,14 +530,15 @@ fn a_read_only_user_sees_no_buttons_and_cannot_decide() {
 
 #[test]
 fn http_is_on_by_default_and_a_taken_default_port_only_turns_it_off() {
-    // In a network namespace of its own the default port cannot collide with anything else on
-    // the machine; where namespaces cannot be made, the check is skipped.
-    let probe = std::process::Command::new("unshare")
+    // In a network namespace of its own the default port collides with nothing else on the
+    // machine. Where namespaces cannot be made, the machine's loopback is used: the first daemon
+    // takes 127.0.0.1:7419 if it is free, and the second meets it taken either way.
+    let namespaced = std::process::Command::new("unshare")
         .args(["-n", "true"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!("skipping: cannot make a network namespace here (unshare -n)");
-        return;
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !namespaced {
+        eprintln!("no network namespace here (unshare -n): using this machine's 127.0.0.1:7419");
     }
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("orchestrator.toml");
@@ -464,20 +546,22 @@ fn http_is_on_by_default_and_a_taken_default_port_only_turns_it_off() {
     let start = |name: &str, ns: Option<u32>| {
         let socket = dir.path().join(format!("{name}.sock"));
         let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
-        let mut cmd = match ns {
-            None => {
+        let mut cmd = match (namespaced, ns) {
+            (false, _) => std::process::Command::new(bin("orchestratord")),
+            (true, None) => {
                 let mut c = std::process::Command::new("unshare");
                 c.args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""]);
+                c.arg(bin("orchestratord"));
                 c
             }
-            Some(pid) => {
+            (true, Some(pid)) => {
                 let mut c = std::process::Command::new("nsenter");
                 c.arg(format!("--net=/proc/{pid}/ns/net"));
+                c.arg(bin("orchestratord"));
                 c
             }
         };
         let child = cmd
-            .arg(bin("orchestratord"))
             .arg("--config")
             .arg(&config)
             .arg("--socket")
@@ -489,23 +573,31 @@ fn http_is_on_by_default_and_a_taken_default_port_only_turns_it_off() {
             .stderr(log)
             .spawn()
             .unwrap();
-        wait_for("the daemon to answer", Duration::from_secs(20), || {
+        let status = wait_for("the daemon to answer", Duration::from_secs(20), || {
             let out = ctl_at(&socket, &["--format", "json", "status"]);
             out.status
                 .success()
                 .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
         });
-        (child, socket)
+        (child, socket, status)
     };
-    let (mut first, first_socket) = start("first", None);
-    let status: Value =
-        serde_json::from_slice(&ctl_at(&first_socket, &["--format", "json", "status"]).stdout)
-            .unwrap();
-    assert_eq!(status["httpListen"], "127.0.0.1:7419", "{status}");
-    let (mut second, second_socket) = start("second", Some(first.id()));
-    let status: Value =
-        serde_json::from_slice(&ctl_at(&second_socket, &["--format", "json", "status"]).stdout)
-            .unwrap();
+    // Outside a namespace, whether the port is free is only known by trying it.
+    let free = namespaced || std::net::TcpListener::bind("127.0.0.1:7419").is_ok();
+    let mut children = Vec::new();
+    let mut ns = None;
+    if free {
+        let (first, _, status) = start("first", None);
+        ns = Some(first.id());
+        children.push(first);
+        assert_eq!(
+            status["httpListen"], "127.0.0.1:7419",
+            "HTTP is on by default (if another program took 7419 just now, run again): {status}"
+        );
+    } else {
+        eprintln!("127.0.0.1:7419 is taken on this machine: only the taken-port case is checked");
+    }
+    let (second, second_socket, status) = start("second", ns);
+    children.push(second);
     assert!(status["httpListen"].is_null(), "{status}");
     let warnings = status["configWarnings"].to_string();
     assert!(
@@ -519,7 +611,7 @@ fn http_is_on_by_default_and_a_taken_default_port_only_turns_it_off() {
         "{}",
         stderr(&out)
     );
-    for c in [&mut first, &mut second] {
+    for c in &mut children {
         let _ = c.kill();
         let _ = c.wait();
     }
@@ -688,6 +780,7 @@ mod browser {
         // Approve one.
         let other = awaiting_task(&d);
         let third = awaiting_task(&d);
+        let fourth = awaiting_task(&d);
         c.goto(&format!("{base}/console/approvals")).await.unwrap();
         screenshot(&c, "approvals").await;
         c.find(Locator::Css(&format!(
@@ -704,7 +797,11 @@ mod browser {
         .await;
         assert_eq!(d.state_of(&id), "done");
 
-        // Reject without a reason: the browser's required field holds it back; nothing changes.
+        // Reject without a reason: the browser's required field holds the form back, and the
+        // daemon refuses it when sent anyway; neither changes the task or its trajectory.
+        let before = d.task(&other);
+        assert_eq!(before["state"], "awaiting_approval");
+        let approvals = c.current_url().await.unwrap();
         c.find(Locator::Css(&format!(
             "article[data-id='{other}'] form.reject button"
         )))
@@ -713,7 +810,35 @@ mod browser {
         .click()
         .await
         .unwrap();
-        assert_eq!(d.state_of(&other), "awaiting_approval");
+        let held = c
+            .execute(
+                "return document.querySelector(arguments[0]).validity.valueMissing;",
+                vec![Value::String(format!(
+                    "article[data-id='{other}'] form.reject input[name=reason]"
+                ))],
+            )
+            .await
+            .unwrap();
+        assert_eq!(held, Value::Bool(true), "the reason is required");
+        assert_eq!(
+            c.current_url().await.unwrap(),
+            approvals,
+            "nothing was sent"
+        );
+        c.execute(
+            "const f = document.querySelector(arguments[0]); f.noValidate = true; f.submit();",
+            vec![Value::String(format!(
+                "article[data-id='{other}'] form.reject"
+            ))],
+        )
+        .await
+        .unwrap();
+        until("the daemon's refusal", || async {
+            body_text(&c).await.contains("A reason is required")
+        })
+        .await;
+        assert_eq!(d.task(&other), before);
+        c.goto(&format!("{base}/console/approvals")).await.unwrap();
         // With a reason it goes through.
         c.find(Locator::Css(&format!(
             "article[data-id='{other}'] form.reject input[name=reason]"
@@ -759,10 +884,23 @@ mod browser {
         assert!(body_text(&c).await.contains("done"));
         screenshot(&c, "race").await;
 
-        // A forged POST from this session without the CSRF token is refused.
+        // Forged POSTs from this session, without the CSRF token, on a task that awaits approval:
+        // refused with 403, and the task still waits, its trajectory as it was.
+        let before = d.task(&fourth);
+        assert_eq!(before["state"], "awaiting_approval");
+        for action in ["approve", "cancel"] {
+            let status = c
+                .execute(
+                    "return fetch(arguments[0], {method: 'POST', headers: {'Content-Type': 'application/x-www-form-urlencoded'}, body: 'back=%2Fconsole%2Fapprovals'}).then(r => r.status);",
+                    vec![Value::String(format!("/console/tasks/{fourth}/{action}"))],
+                )
+                .await
+                .unwrap();
+            assert_eq!(status, Value::from(403), "{action}");
+        }
         c.execute(
             "const f = document.createElement('form'); f.method = 'post'; f.action = arguments[0]; document.body.appendChild(f); f.submit();",
-            vec![Value::String(format!("/console/tasks/{third}/cancel"))],
+            vec![Value::String(format!("/console/tasks/{fourth}/approve"))],
         )
         .await
         .unwrap();
@@ -770,15 +908,17 @@ mod browser {
             body_text(&c).await.contains("This form has expired")
         })
         .await;
-        assert_eq!(d.state_of(&third), "done");
+        assert_eq!(d.task(&fourth), before);
 
         c.goto(&format!("{base}/console/tasks/{other}"))
             .await
             .unwrap();
         assert!(body_text(&c).await.contains("touches billing"));
         screenshot(&c, "task").await;
+        assert_eq!(d.ctl(&["synthetic-all"]).status.code(), Some(0));
         c.goto(&format!("{base}/console/rollout")).await.unwrap();
         assert!(body_text(&c).await.contains("Shadow summary"));
+        assert!(c.find(Locator::Css("#gate-runs tr.gate-run")).await.is_ok());
         screenshot(&c, "rollout").await;
         c.goto(&format!("{base}/console/agents")).await.unwrap();
         assert!(body_text(&c).await.contains("coder"));

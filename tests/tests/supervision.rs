@@ -33,7 +33,7 @@ fn fails_by_itself(task: &str, spec: &str, toml: Option<&str>, env: &[(&str, &st
 
 /// Release an `@signal` fault: the daemon answered `status`, so it is up.
 fn release(d: &TestDaemon) {
-    // Launched without waiting for its socket: wait until it answers.
+    // Launched without waiting for the socket: wait (bounded) for the first answer.
     wait_for(
         "the daemon to answer status",
         Duration::from_secs(20),

@@ -51,6 +51,8 @@ const PROBLEM_LOG_INTERVAL: Duration = Duration::from_secs(60);
 pub struct Api {
     pub daemon: Arc<Daemon>,
     last_problem_log: Mutex<Option<Instant>>,
+    /// The console's recent shadow summaries, reused for a few seconds.
+    pub(crate) shadow_summaries: console::SummaryCache,
 }
 
 impl Api {
@@ -58,6 +60,7 @@ impl Api {
         Api {
             daemon,
             last_problem_log: Mutex::new(None),
+            shadow_summaries: console::SummaryCache::default(),
         }
     }
 

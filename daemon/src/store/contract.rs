@@ -87,6 +87,7 @@ pub async fn submit_answers_what_a_read_returns(store: Store) {
         started("T2", T0 + 2, T0 + 100),
         complete("T2", T0 + 3, false),
     ];
+    let mut rx = store.subscribe();
     let done = store
         .submit(SubmitPlan {
             task: task("T2", TaskKind::Synthetic),
@@ -101,6 +102,24 @@ pub async fn submit_answers_what_a_read_returns(store: Store) {
     let events = store.transitions_of("T2").await.unwrap();
     let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(actions, ["submit", "route", "start", "complete"]);
+    // Each step's event, in order, numbered as stored, and published as stored.
+    let path: Vec<_> = events.iter().map(|e| (e.from, e.to)).collect();
+    assert_eq!(
+        path,
+        [
+            (None, TaskState::Queued),
+            (Some(TaskState::Queued), TaskState::Assigned),
+            (Some(TaskState::Assigned), TaskState::InProgress),
+            (Some(TaskState::InProgress), TaskState::Done)
+        ]
+    );
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(drain(&mut rx), events);
+    assert_eq!(store.counts().get(TaskKind::Synthetic, TaskState::Done), 1);
+    assert_eq!(
+        store.counts().get(TaskKind::Synthetic, TaskState::Queued),
+        0
+    );
 }
 
 /// Every transition writes one event, published after its commit in commit order.
@@ -110,10 +129,14 @@ pub async fn one_event_per_transition_in_commit_order(store: Store) {
     let t = store.transition(routed("T1", T0 + 1)).await.unwrap();
     assert_eq!(t.state, TaskState::Assigned);
     assert!(t.assigned_at.is_some());
-    store
+    // A transition answers the task exactly as a later read returns it.
+    assert_eq!(Some(t), store.get_task("T1").await.unwrap());
+    let t = store
         .transition(started("T1", T0 + 2, T0 + 50))
         .await
         .unwrap();
+    assert_eq!(t.attempts, 1);
+    assert_eq!(Some(t), store.get_task("T1").await.unwrap());
     let published = drain(&mut rx);
     let stored = store.transitions_of("T1").await.unwrap();
     assert_eq!(published, stored);
@@ -412,6 +435,19 @@ pub async fn gate_runs_are_recorded(store: Store) {
     assert!(!store.gate_passed_for("fp2").await.unwrap());
     let latest = store.latest_gate_run().await.unwrap().unwrap();
     assert_eq!((latest.passed, latest.label), (4, None));
+    // The history, newest first and as long as asked.
+    let history: Vec<(u32, Option<String>)> = store
+        .gate_runs(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| (g.passed, g.label))
+        .collect();
+    assert_eq!(
+        history,
+        [(4, None), (1, Some("code-1".to_string())), (5, None)]
+    );
+    assert_eq!(store.gate_runs(2).await.unwrap().len(), 2);
 }
 
 /// The mode round-trips; an override is pending until a mode change consumes it.
@@ -558,6 +594,63 @@ pub async fn reads_for_gates_dispatch_and_delivery(store: Store) {
     assert_eq!(task.state, TaskState::Done);
     assert_eq!(events.last().map(|e| e.action.as_str()), Some("deliver"));
     assert_eq!(store.task_detail("none").await.unwrap(), None);
+}
+
+/// The goal-text filter matches the text as typed (ASCII case aside): `%`, `_`, `\\` and quotes are
+/// plain characters, a text shorter than a trigram works, and it combines with the other filters
+/// and the cursor. (On SQLite, goals are found whether or not the writer has indexed them yet.)
+pub async fn goal_text_filter_matches_as_typed(store: Store) {
+    let goals = [
+        ("G0", TaskKind::Live, "Deploy the release"),
+        ("G1", TaskKind::Shadow, "deploy in shadow"),
+        ("G2", TaskKind::Live, "50% off_sale on C:\\tmp"),
+        ("G3", TaskKind::Live, "50 percent offsale on C:tmp"),
+        ("G4", TaskKind::Live, "say \"hi\" to the team"),
+        ("G5", TaskKind::Live, "redeploy after the fix"),
+    ];
+    for (i, (id, kind, goal)) in goals.iter().enumerate() {
+        let mut t = task(id, *kind);
+        t.created_ms = T0 + i as i64;
+        t.goal = goal.to_string();
+        store
+            .submit(SubmitPlan {
+                task: t,
+                actor: "alice".into(),
+                steps: Vec::new(),
+            })
+            .await
+            .unwrap();
+    }
+    let find = |text: &str, kind: Option<TaskKind>, cursor: Option<Cursor>| {
+        let store = store.clone();
+        let f = TaskFilter {
+            kind,
+            goal_contains: Some(text.to_string()),
+            cursor,
+            limit: 100,
+            ..TaskFilter::default()
+        };
+        async move {
+            let tasks = store.list_tasks(f).await.unwrap();
+            tasks.into_iter().map(|t| t.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        find("DEPLOY", Some(TaskKind::Live), None).await,
+        ["G5", "G0"]
+    );
+    assert_eq!(find("deploy", None, None).await, ["G5", "G1", "G0"]);
+    assert_eq!(
+        find("deploy", None, Some(Cursor::Before("G5".into()))).await,
+        ["G1", "G0"]
+    );
+    assert_eq!(find("50%", None, None).await, ["G2"]);
+    assert_eq!(find("f_s", None, None).await, ["G2"]);
+    assert_eq!(find("c:\\t", None, None).await, ["G2"]);
+    assert_eq!(find("\"hi\"", None, None).await, ["G4"]);
+    assert_eq!(find("% of", None, None).await, ["G2"]);
+    assert_eq!(find("de", None, None).await, ["G5", "G1", "G0"]);
+    assert!(find("nowhere to be found", None, None).await.is_empty());
 }
 
 /// Listings: filters by state, agent and goal text; pages newest first by cursor visit every task

@@ -244,6 +244,8 @@ pub trait Backend: Send + Sync {
     fn record_gate_run(&self, run: GateRunRecord) -> StoreFuture<'_, ()>;
     /// The latest gate run (`matches_current` is left false for the caller to decide).
     fn latest_gate_run(&self) -> StoreFuture<'_, Option<GateRunSummary>>;
+    /// The newest `limit` gate runs, newest first (`matches_current` left false, as above).
+    fn gate_runs(&self, limit: usize) -> StoreFuture<'_, Vec<GateRunSummary>>;
     /// Whether the latest full run for `fingerprint` passed every fixture.
     fn gate_passed_for<'a>(&'a self, fingerprint: &'a str) -> StoreFuture<'a, bool>;
     fn insert_override(&self, o: NewOverride) -> StoreFuture<'_, ()>;

@@ -9,7 +9,9 @@ use crate::gate::shadow;
 use crate::gate::synthetic::{judge, summary_of, HARNESS};
 use crate::machine::validate_reason;
 use crate::store::{GateRunRecord, NewOverride};
-use orchestrator_proto::message::{GateRunReport, OverrideRecord, ShadowSummary, SubmitRequest};
+use orchestrator_proto::message::{
+    GateRunReport, GateRunSummary, OverrideRecord, ShadowSummary, SubmitRequest,
+};
 use orchestrator_proto::task::{Mode, TaskKind};
 use orchestrator_proto::{ErrorCode, WireError};
 
@@ -76,6 +78,16 @@ pub async fn run_synthetic(d: &Daemon, label: Option<&str>) -> Result<GateRunRep
     d.gate.set_latest_run(Some(summary));
     tracing::info!(passed, total = report.total, fingerprint = %fingerprint, "synthetic gate run recorded");
     Ok(report)
+}
+
+/// The newest `limit` gate runs, newest first, each marked whether it ran on the routing in force.
+pub async fn gate_runs(d: &Daemon, limit: usize) -> Result<Vec<GateRunSummary>, WireError> {
+    let current = d.config().routing_fingerprint();
+    let mut runs = d.store.gate_runs(limit).await?;
+    for run in &mut runs {
+        run.matches_current = run.fingerprint == current;
+    }
+    Ok(runs)
 }
 
 /// What shadow mode did over the last `window_hours`, and whether the shadow gate passes on it.

@@ -180,7 +180,7 @@ async fn refused(api: &Api, viewer: &Viewer, id: &str, action: Action, e: WireEr
                             @if let Some(via) = last.details.as_ref().and_then(|m| m.get("via")) {
                                 " via " (via)
                             }
-                            ", " (layout::when(&last.at))
+                            ", " (layout::when(&last.at, d.clock.now_ms()))
                         }
                     }
                 }

@@ -2,7 +2,6 @@
 //! pieces of markup that several pages use.
 
 use super::session::Viewer;
-use crate::clock::now_ms;
 use crate::daemon::Daemon;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -136,23 +135,27 @@ pub fn span(ms: i64) -> String {
     }
 }
 
-/// How long ago an RFC 3339 time was, or the time itself when it cannot be read.
-pub fn ago(t: &str) -> String {
+// Relative times are taken against the daemon's clock (`Daemon::clock`), read once per page, so a
+// page agrees with the expiry and leases the daemon applies, also on a clock tests move.
+
+/// How long before `now_ms` an RFC 3339 time was, or the time itself when it cannot be read.
+pub fn ago(t: &str, now_ms: i64) -> String {
     match parse_ms(t) {
-        Some(ms) => format!("{} ago", span(now_ms() - ms)),
+        Some(ms) if ms > now_ms => format!("in {}", span(ms - now_ms)),
+        Some(ms) => format!("{} ago", span(now_ms - ms)),
         None => t.to_string(),
     }
 }
 
 /// A time shown as "… ago", with the exact time on hover.
-pub fn when(t: &str) -> Markup {
-    html! { time datetime=(t) title=(t) { (ago(t)) } }
+pub fn when(t: &str, now_ms: i64) -> Markup {
+    html! { time datetime=(t) title=(t) { (ago(t, now_ms)) } }
 }
 
-/// What is left before `expires_at`.
-pub fn time_left(expires_at: &str) -> String {
+/// What is left at `now_ms` before `expires_at`.
+pub fn time_left(expires_at: &str, now_ms: i64) -> String {
     match parse_ms(expires_at) {
-        Some(ms) if ms > now_ms() => format!("{} left", span(ms - now_ms())),
+        Some(ms) if ms > now_ms => format!("{} left", span(ms - now_ms)),
         Some(_) => "expiring now".to_string(),
         None => expires_at.to_string(),
     }
@@ -195,5 +198,16 @@ mod tests {
             Some(1_700_000_000_123)
         );
         assert_eq!(parse_ms("yesterday"), None);
+    }
+
+    #[test]
+    fn relative_times_count_from_the_time_given() {
+        let t = "2023-11-14T22:13:20.000Z";
+        let at = 1_700_000_000_000;
+        assert_eq!(ago(t, at + 3 * 60_000), "3 min ago");
+        assert_eq!(ago(t, at - 40_000), "in 40 s");
+        assert_eq!(ago("yesterday", at), "yesterday");
+        assert_eq!(time_left(t, at - 2 * 3_600_000), "2 h 0 min left");
+        assert_eq!(time_left(t, at), "expiring now");
     }
 }

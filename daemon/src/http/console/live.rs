@@ -80,7 +80,7 @@ pub async fn row_fragment(api: &Api, id: &str, q: &HashMap<String, String>) -> R
     }
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        row(&task).into_string(),
+        row(&task, api.daemon.clock.now_ms()).into_string(),
     )
         .into_response()
 }

@@ -27,6 +27,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
 
+pub use pages::rollout::SummaryCache;
 pub use session::SESSION_COOKIE;
 
 const CSS: &str = include_str!("assets/console.css");

@@ -285,6 +285,10 @@ impl Backend for PostgresBackend {
         read!(self, |c| queries::latest_gate_run(&c).await)
     }
 
+    fn gate_runs(&self, limit: usize) -> StoreFuture<'_, Vec<GateRunSummary>> {
+        read!(self, |c| queries::gate_runs(&c, limit).await)
+    }
+
     fn gate_passed_for<'a>(&'a self, fingerprint: &'a str) -> StoreFuture<'a, bool> {
         read!(self, |c| queries::gate_passed_for(&c, fingerprint).await)
     }

@@ -47,4 +47,5 @@ contract_cases!(
     reads_for_gates_dispatch_and_delivery,
     probe_commits_nothing,
     listing_filters_and_pages_each_task_once,
+    goal_text_filter_matches_as_typed,
 );

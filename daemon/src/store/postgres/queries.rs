@@ -97,10 +97,15 @@ pub(super) async fn list_tasks(c: &Client, f: &TaskFilter) -> Result<Vec<Task>, 
         conds.push(format!("agent = {}", arg(Box::new(agent.clone()))));
     }
     if let Some(text) = f.goal_contains.as_deref().filter(|t| !t.is_empty()) {
-        // strpos rather than LIKE: the operator's text is matched as it is, `%` and `_` included.
+        // LIKE so that the trigram index on lower(goal) serves it; the operator's text is escaped,
+        // so it is matched as it is, `%` and `_` included.
+        let escaped = text
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
         conds.push(format!(
-            "strpos(lower(goal), lower({})) > 0",
-            arg(Box::new(text.to_string()))
+            "lower(goal) LIKE lower({}) ESCAPE '\\'",
+            arg(Box::new(format!("%{escaped}%")))
         ));
     }
     if !f.include_harness {
@@ -259,6 +264,27 @@ pub(super) async fn latest_gate_run(c: &Client) -> Result<Option<GateRunSummary>
         fingerprint: r.get(4),
         matches_current: false,
     }))
+}
+
+pub(super) async fn gate_runs(c: &Client, limit: usize) -> Result<Vec<GateRunSummary>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = query(
+        c,
+        "SELECT at, label, passed, total, fingerprint FROM gate_runs ORDER BY id DESC LIMIT $1",
+        &[&limit],
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| GateRunSummary {
+            at: rfc3339(r.get(0)),
+            label: r.get(1),
+            passed: r.get::<_, i64>(2).clamp(0, i64::from(u32::MAX)) as u32,
+            total: r.get::<_, i64>(3).clamp(0, i64::from(u32::MAX)) as u32,
+            fingerprint: r.get(4),
+            matches_current: false,
+        })
+        .collect())
 }
 
 pub(super) async fn gate_passed_for(c: &Client, fingerprint: &str) -> Result<bool, StoreError> {

@@ -91,7 +91,19 @@ const MIGRATIONS: &[&str] = &[
         n BIGINT NOT NULL
     );
     "#,
-    // 2: several daemons on one database. A running task's lease names the node that holds it;
+    // 2: a trigram index for the goal-text filter of listings (`lower(goal) LIKE`). pg_trgm ships
+    // with PostgreSQL and is a trusted extension; where it cannot be created (no contrib files, no
+    // CREATE right on the database) the filter works as before, by a scan.
+    r#"
+    DO $$
+    BEGIN
+        CREATE EXTENSION IF NOT EXISTS pg_trgm;
+        CREATE INDEX tasks_goal_trgm ON tasks USING gin (lower(goal) gin_trgm_ops);
+    EXCEPTION WHEN insufficient_privilege OR undefined_file OR feature_not_supported THEN
+        RAISE NOTICE 'pg_trgm is not available (%): the goal-text filter scans', SQLERRM;
+    END $$;
+    "#,
+    // 3: several daemons on one database. A running task's lease names the node that holds it;
     // every node has a heartbeat row; one row holds the leader's lease on the periodic work.
     // The partial indexes serve the claim: an agent's assigned tasks in order, and its running
     // ones to count against `max_concurrent`.

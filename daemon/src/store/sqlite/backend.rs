@@ -163,6 +163,10 @@ impl Backend for SqliteBackend {
         Box::pin(self.read(queries::latest_gate_run))
     }
 
+    fn gate_runs(&self, limit: usize) -> StoreFuture<'_, Vec<GateRunSummary>> {
+        Box::pin(self.read(move |c| queries::gate_runs(c, limit)))
+    }
+
     fn gate_passed_for<'a>(&'a self, fingerprint: &'a str) -> StoreFuture<'a, bool> {
         let fingerprint = fingerprint.to_string();
         Box::pin(self.read(move |c| queries::gate_passed_for(c, &fingerprint)))

@@ -8,10 +8,12 @@ use super::rows::{task_from_row, TASK_COLUMNS};
 use crate::clock::rfc3339;
 use crate::machine::{next_state, Action};
 use crate::store::{absorb, NewTask, Plan, RowChange, StoreError, SubmitPlan, TransitionOp};
+use orchestrator_proto::task::{Rejection, Routing, TaskError, TaskResult};
 use orchestrator_proto::task::{Task, TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, OptionalExtension, ToSql, Transaction};
 use std::collections::BTreeMap;
+use std::fmt::Write;
 
 pub(super) type Delta = (TaskKind, Option<TaskState>, Option<TaskState>);
 
@@ -176,10 +178,22 @@ impl<'a> Batch<'a> {
         self.transition_ref(&op)
     }
 
+    /// The task is read once, before: the compare-and-set then moves it from the state read, and
+    /// the answer is that task with the change applied in memory, as the row now holds it.
     pub(super) fn transition_ref(&mut self, op: &TransitionOp) -> Result<Task, StoreError> {
-        self.apply(op)?;
-        self.get_task(&op.id)?
-            .ok_or_else(|| StoreError::NotFound(op.id.clone()))
+        if op.action == Action::Expire {
+            // Expiry also checks `expiresAt`, which the full path reads as stored.
+            self.apply(op)?;
+            return self
+                .get_task(&op.id)?
+                .ok_or_else(|| StoreError::NotFound(op.id.clone()));
+        }
+        let mut task = self
+            .get_task(&op.id)?
+            .ok_or_else(|| StoreError::NotFound(op.id.clone()))?;
+        let to = self.compare_and_set(op, task.kind, task.state)?;
+        absorb(&mut task, op, to);
+        Ok(task)
     }
 
     /// [`Batch::transition`] without reading the task back; returns the new state.
@@ -226,14 +240,155 @@ impl<'a> Batch<'a> {
     }
 
     /// Insert the task and run the plan's steps; the answer is built from what was written.
+    ///
+    /// A task inserted by this job is seen by no other job until the group commits, so its steps
+    /// cannot race: each is still checked by the state machine, but the row they lead to is worked
+    /// out here and inserted as it ends (one statement instead of an insert and a compare-and-set
+    /// per step), and every event goes in with one more statement.
     pub fn submit(&mut self, plan: SubmitPlan) -> Result<Task, StoreError> {
         let SubmitPlan { task, actor, steps } = plan;
-        let mut task = self.insert_task(task, &actor)?;
-        for op in &steps {
-            let to = self.apply_from(op, task.kind, task.state)?;
-            absorb(&mut task, op, to);
+        // Expiry reads `expiresAt` from the row; a step for another task is not this task's.
+        if steps.is_empty()
+            || steps
+                .iter()
+                .any(|op| op.action == Action::Expire || op.id != task.id)
+        {
+            let mut task = self.insert_task(task, &actor)?;
+            for op in &steps {
+                let to = self.apply_from(op, task.kind, task.state)?;
+                absorb(&mut task, op, to);
+            }
+            return Ok(task);
         }
-        Ok(task)
+        let mut end = EndRow::default();
+        let mut path = Vec::with_capacity(steps.len());
+        let mut state = TaskState::Queued;
+        for op in &steps {
+            let change = RowChange::of(op, state)?;
+            let to = change.to;
+            end.take(op, change);
+            path.push((state, to));
+            state = to;
+        }
+        self.insert_ended(&task, &end, state)?;
+        let mut events = Vec::with_capacity(steps.len() + 1);
+        events.push(EventRow {
+            at_ms: task.created_ms,
+            actor: &actor,
+            action: "submit",
+            from: None,
+            to: TaskState::Queued,
+            details: None,
+        });
+        for (op, (from, to)) in steps.iter().zip(&path) {
+            events.push(EventRow {
+                at_ms: op.at_ms,
+                actor: &op.actor,
+                action: op.action.name(),
+                from: Some(*from),
+                to: *to,
+                details: op.details.as_ref(),
+            });
+        }
+        self.insert_events(&task.id, &events)?;
+        // One count change for the whole path: the counts only ever see where the task rests.
+        self.deltas.push((task.kind, None, Some(state)));
+        let mut answer = task.into_queued();
+        for (op, (_, to)) in steps.iter().zip(path) {
+            absorb(&mut answer, op, to);
+        }
+        Ok(answer)
+    }
+
+    /// The task as its steps leave it, in one insert.
+    fn insert_ended(
+        &mut self,
+        t: &NewTask,
+        end: &EndRow<'_>,
+        state: TaskState,
+    ) -> Result<(), StoreError> {
+        let caps = serde_json::to_string(&t.required_capabilities)
+            .map_err(|e| StoreError::Sql(e.to_string()))?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO tasks (id, kind, state, goal, workspace_dir, required_caps, submitted_by, \
+                 harness, created_at, expires_at, routing, agent, result, rejection, error, error_code, \
+                 would_require_approval, assigned_at, started_at, completed_at, lease_until, \
+                 specialist_pid, attempts) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+                 ?18, ?19, ?20, ?21, ?22, ?23)",
+            )?
+            .execute(params![
+                t.id,
+                t.kind.as_str(),
+                state.as_str(),
+                t.goal,
+                t.workspace_dir,
+                caps,
+                t.submitted_by,
+                t.harness as i64,
+                t.created_ms,
+                t.expires_ms,
+                sql_json(&end.routing)?,
+                end.agent,
+                sql_json(&end.result)?,
+                sql_json(&end.rejection)?,
+                sql_json(&end.error)?,
+                end.error_code,
+                i64::from(end.would_require_approval.unwrap_or(false)),
+                end.assigned_at,
+                end.started_at,
+                end.completed_at,
+                end.lease_until,
+                end.specialist_pid,
+                end.attempts
+            ])?;
+        Ok(())
+    }
+
+    /// A task's events in one statement, in order; each is published with the sequence number the
+    /// store gave it.
+    fn insert_events(&mut self, task_id: &str, rows: &[EventRow<'_>]) -> Result<(), StoreError> {
+        let details: Vec<Option<String>> = rows
+            .iter()
+            .map(|r| sql_json(&r.details))
+            .collect::<Result<_, _>>()?;
+        let states: Vec<(Option<&str>, &str)> = rows
+            .iter()
+            .map(|r| (r.from.map(|s| s.as_str()), r.to.as_str()))
+            .collect();
+        let mut args: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 7);
+        for ((r, (from, to)), details) in rows.iter().zip(&states).zip(&details) {
+            args.extend([
+                &task_id as &dyn ToSql,
+                &r.at_ms,
+                &r.actor,
+                &r.action,
+                from,
+                to,
+                details,
+            ]);
+        }
+        let mut seqs: Vec<i64> = {
+            let mut stmt = self.tx.prepare_cached(&events_insert(rows.len()))?;
+            let rows = stmt.query_map(&*args, |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        // RETURNING answers in no promised order; the store numbers rows in the order they go in.
+        seqs.sort_unstable();
+        for (r, seq) in rows.iter().zip(seqs) {
+            self.events.push(TrajectoryEvent {
+                seq: seq.max(0) as u64,
+                task_id: task_id.to_string(),
+                at: rfc3339(r.at_ms),
+                actor: r.actor.to_string(),
+                action: r.action.to_string(),
+                from: r.from,
+                to: r.to,
+                details: r.details.cloned(),
+            });
+        }
+        Ok(())
     }
 
     /// Run a plan's steps on a stored task from the state the plan expects; answers the final state.
@@ -333,5 +488,81 @@ impl<'a> Batch<'a> {
     /// Record a deletion of a task's rows in the counts (the caller deletes the rows).
     pub fn note_deleted(&mut self, kind: TaskKind, state: TaskState) {
         self.deltas.push((kind, Some(state), None));
+    }
+}
+
+/// `INSERT` of `n` events, answering their sequence numbers.
+fn events_insert(n: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) VALUES ",
+    );
+    for i in 0..n {
+        let k = i * 7;
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(
+            sql,
+            "{sep}(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
+            k + 1,
+            k + 2,
+            k + 3,
+            k + 4,
+            k + 5,
+            k + 6,
+            k + 7
+        );
+    }
+    sql.push_str(" RETURNING seq");
+    sql
+}
+
+/// One trajectory event of a submit, before it is stored.
+struct EventRow<'p> {
+    at_ms: i64,
+    actor: &'p str,
+    action: &'p str,
+    from: Option<TaskState>,
+    to: TaskState,
+    details: Option<&'p BTreeMap<String, String>>,
+}
+
+/// The columns a plan's steps leave on a new task, folded as their compare-and-sets would write
+/// them one after another: a field a step gives replaces the one before, the others stay.
+#[derive(Default)]
+struct EndRow<'p> {
+    routing: Option<&'p Routing>,
+    agent: Option<&'p str>,
+    result: Option<&'p TaskResult>,
+    rejection: Option<&'p Rejection>,
+    error: Option<&'p TaskError>,
+    error_code: Option<String>,
+    would_require_approval: Option<bool>,
+    assigned_at: Option<i64>,
+    started_at: Option<i64>,
+    completed_at: Option<i64>,
+    lease_until: Option<i64>,
+    specialist_pid: Option<i64>,
+    attempts: i64,
+}
+
+impl<'p> EndRow<'p> {
+    fn take(&mut self, op: &'p TransitionOp, c: RowChange) {
+        let p = &op.patch;
+        self.routing = p.routing.as_ref().or(self.routing);
+        self.agent = p.agent.as_deref().or(self.agent);
+        self.result = p.result.as_ref().or(self.result);
+        self.rejection = p.rejection.as_ref().or(self.rejection);
+        self.error = p.error.as_ref().or(self.error);
+        self.error_code = c.error_code.or(self.error_code.take());
+        self.would_require_approval = p.would_require_approval.or(self.would_require_approval);
+        self.assigned_at = c.assigned_at.or(self.assigned_at);
+        self.started_at = c.started_at.or(self.started_at);
+        self.completed_at = c.completed_at.or(self.completed_at);
+        if c.lease.0 {
+            self.lease_until = c.lease.1;
+        }
+        if c.pid.0 {
+            self.specialist_pid = c.pid.1;
+        }
+        self.attempts += c.attempts_inc;
     }
 }

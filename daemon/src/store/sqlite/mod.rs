@@ -20,6 +20,7 @@
 
 mod backend;
 mod batch;
+pub mod goal_index;
 pub mod queries;
 mod rows;
 mod schema;
@@ -209,7 +210,14 @@ impl SqliteBackend {
         T: Send + 'static,
         F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        if let Some(why) = self.health_now().damaged {
+        // Every write asks; only a damaged store's reason is copied.
+        let damaged = self
+            .inner
+            .health
+            .lock()
+            .ok()
+            .and_then(|h| h.damaged.clone());
+        if let Some(why) = damaged {
             return Err(StoreError::Rejected(
                 ErrorCode::StoreDamaged,
                 format!(
@@ -365,8 +373,20 @@ fn writer_loop(
         };
         (f.how, at)
     });
+    // Goals wait for the text index until the writer idles (see `goal_index`).
+    let mut goals_behind = true;
     loop {
         let first = match fault {
+            None if goals_behind => match rx.recv_timeout(goal_index::IDLE) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    match index_goals_while_idle(&mut conn, &rx, &mut goals_behind) {
+                        Some(job) => job,
+                        None => continue,
+                    }
+                }
+            },
             None => match rx.recv() {
                 Ok(job) => job,
                 Err(_) => break,
@@ -409,6 +429,7 @@ fn writer_loop(
         }
         let full = run_group(&mut conn, group, &counts, &events);
         note_disk(&health, full);
+        goals_behind = true;
     }
     // Every sender is gone: checkpoint so the next start opens a small WAL, then mark the store as
     // closed in order (the next open may skip its full integrity check).
@@ -420,6 +441,38 @@ fn writer_loop(
     if let Err(e) = marked {
         tracing::warn!(error = %e, "cannot mark the store as closed cleanly; the next start checks it in full");
     }
+}
+
+/// Index goals step by step until a job arrives (answered as the next group's first) or none is
+/// left. A failed step is logged and left until the next group.
+fn index_goals_while_idle(
+    conn: &mut Connection,
+    rx: &mpsc::Receiver<Job>,
+    behind: &mut bool,
+) -> Option<Job> {
+    *behind = match goal_index::behind(conn) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "store: cannot read the goal index's progress");
+            false
+        }
+    };
+    while *behind {
+        match goal_index::step(conn) {
+            Ok(more) => *behind = more,
+            Err(e) => {
+                tracing::warn!(error = %e, "store: cannot index goals for the text filter; retried when the store is next idle");
+                *behind = false;
+            }
+        }
+        match rx.try_recv() {
+            Ok(job) => return Some(job),
+            Err(mpsc::TryRecvError::Empty) => continue,
+            // Closing: the rest is indexed after the next start.
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+        }
+    }
+    None
 }
 
 /// Move the stored counts by the group's changes, inside the group's transaction: one statement per

@@ -1,5 +1,6 @@
 //! Read queries, run on pooled read connections.
 
+use super::goal_index;
 use super::rows::{event_from_row, task_from_row, EVENT_COLUMNS, TASK_COLUMNS};
 use super::writes::{limit_sql, RETIRED};
 use crate::clock::rfc3339;
@@ -47,13 +48,6 @@ pub fn list_tasks(conn: &Connection, f: &TaskFilter) -> Result<Vec<Task>, StoreE
     if let Some(agent) = &f.agent {
         conds.push(format!("agent = {}", arg(agent.clone())));
     }
-    if let Some(text) = f.goal_contains.as_deref().filter(|t| !t.is_empty()) {
-        // instr() rather than LIKE: the operator's text is matched as it is, `%` and `_` included.
-        conds.push(format!(
-            "instr(lower(goal), lower({})) > 0",
-            arg(text.to_string())
-        ));
-    }
     if !f.include_harness {
         conds.push("harness = 0".to_string());
     }
@@ -79,6 +73,13 @@ pub fn list_tasks(conn: &Connection, f: &TaskFilter) -> Result<Vec<Task>, StoreE
         let (a, i) = (arg(at.to_string()), arg(id.clone()));
         conds.push(format!("(created_at, id) {op} (CAST({a} AS INTEGER), {i})"));
     }
+    let text = f.goal_contains.as_deref().filter(|t| !t.is_empty());
+    // instr() rather than LIKE: the operator's text is matched as it is, `%` and `_` included.
+    let text_cond = text.map(|t| format!("instr(lower(goal), lower({})) > 0", arg(t.to_string())));
+    let plan = match text {
+        Some(t) => Some(goal_index::plan(conn, t)?),
+        None => None,
+    };
     // Waiting states are few, so their own index and a sort beat walking the whole archive in time
     // order; everything else walks (kind, created_at, id) and stops at the limit.
     let index = match f.state {
@@ -86,18 +87,68 @@ pub fn list_tasks(conn: &Connection, f: &TaskFilter) -> Result<Vec<Task>, StoreE
         _ => "",
     };
     let dir = if ascending { "ASC" } else { "DESC" };
-    let filter = if conds.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", conds.join(" AND "))
+    let limit = f.limit.max(1);
+    let where_of = |conds: &[String]| {
+        if conds.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conds.join(" AND "))
+        }
     };
-    let sql = format!(
-        "SELECT {TASK_COLUMNS} FROM tasks {index} {filter} ORDER BY created_at {dir}, id {dir} LIMIT {}",
-        f.limit.max(1)
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params_from_iter(args.iter()), task_from_row)?;
-    let mut tasks: Vec<Task> = rows.collect::<Result<_, _>>()?;
+    let order = format!("ORDER BY created_at {dir}, id {dir} LIMIT {limit}");
+    let run = |sql: &str, args: &[String]| -> Result<Vec<Task>, StoreError> {
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params_from_iter(args.iter()), task_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    };
+    let mut tasks = match (plan, text_cond) {
+        // The index named the few rows that may match: fetch those and the unindexed tail.
+        (Some(goal_index::Plan::Hits { rowids, upto }), Some(text_cond)) => {
+            let hits = serde_json::to_string(&rowids)
+                .map_err(|e| StoreError::Sql(format!("encode: {e}")))?;
+            args.push(hits);
+            let hits = format!("?{}", args.len());
+            args.push(upto.to_string());
+            let upto = format!("?{}", args.len());
+            let mut all = conds.clone();
+            all.push(text_cond);
+            let sql = format!(
+                "SELECT {TASK_COLUMNS} FROM {} {} {order}",
+                goal_index::hits_from(&hits, &upto),
+                where_of(&all)
+            );
+            run(&sql, &args)?
+        }
+        // A common text: the newest listed tasks hold a page of it, or a full walk finds it.
+        (Some(goal_index::Plan::Common), Some(text_cond)) => {
+            let sql = goal_index::first_look(index, &where_of(&conds), &text_cond, dir, limit);
+            let found = run(&sql, &args)?;
+            if found.len() as u32 >= limit {
+                found
+            } else {
+                let mut all = conds.clone();
+                all.push(text_cond);
+                run(
+                    &format!(
+                        "SELECT {TASK_COLUMNS} FROM tasks {index} {} {order}",
+                        where_of(&all)
+                    ),
+                    &args,
+                )?
+            }
+        }
+        (_, text_cond) => {
+            let mut all = conds.clone();
+            all.extend(text_cond);
+            run(
+                &format!(
+                    "SELECT {TASK_COLUMNS} FROM tasks {index} {} {order}",
+                    where_of(&all)
+                ),
+                &args,
+            )?
+        }
+    };
     if ascending {
         tasks.reverse();
     }
@@ -186,23 +237,24 @@ pub fn orphan_leftovers(conn: &Connection) -> Result<Vec<Leftover>, StoreError> 
 }
 
 pub fn latest_gate_run(conn: &Connection) -> Result<Option<GateRunSummary>, StoreError> {
-    let row = conn
-        .query_row(
-            "SELECT at, label, passed, total, fingerprint FROM gate_runs ORDER BY id DESC LIMIT 1",
-            [],
-            |r| {
-                Ok(GateRunSummary {
-                    at: rfc3339(r.get(0)?),
-                    label: r.get(1)?,
-                    passed: r.get::<_, i64>(2)?.max(0) as u32,
-                    total: r.get::<_, i64>(3)?.max(0) as u32,
-                    fingerprint: r.get(4)?,
-                    matches_current: false,
-                })
-            },
-        )
-        .optional()?;
-    Ok(row)
+    Ok(gate_runs(conn, 1)?.pop())
+}
+
+pub fn gate_runs(conn: &Connection, limit: usize) -> Result<Vec<GateRunSummary>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT at, label, passed, total, fingerprint FROM gate_runs ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit_sql(limit)], |r| {
+        Ok(GateRunSummary {
+            at: rfc3339(r.get(0)?),
+            label: r.get(1)?,
+            passed: r.get::<_, i64>(2)?.max(0) as u32,
+            total: r.get::<_, i64>(3)?.max(0) as u32,
+            fingerprint: r.get(4)?,
+            matches_current: false,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 pub fn gate_passed_for(conn: &Connection, fingerprint: &str) -> Result<bool, StoreError> {

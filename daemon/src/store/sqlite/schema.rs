@@ -86,6 +86,22 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX tasks_kind_created_id ON tasks(kind, created_at, id);
     "#,
+    // 4: a trigram index of goals for the console's text filter (see `goal_index.rs`). Rows are
+    // indexed by the writer when it is idle, not by the insert, so `upto` starts at 0 and the
+    // archive already stored is indexed in the background after the upgrade. A delete forgets the
+    // row's entry; deleting the newest rows lowers `upto`, so that a reused rowid counts as new.
+    r#"
+    CREATE VIRTUAL TABLE tasks_goal USING fts5(goal, content='', contentless_delete=1, tokenize='trigram');
+    CREATE TABLE goal_index (id INTEGER PRIMARY KEY CHECK (id = 1), upto INTEGER NOT NULL);
+    INSERT INTO goal_index (id, upto) VALUES (1, 0);
+    CREATE TRIGGER tasks_goal_forget AFTER DELETE ON tasks
+    WHEN old.rowid <= (SELECT upto FROM goal_index)
+    BEGIN
+        DELETE FROM tasks_goal WHERE rowid = old.rowid;
+        UPDATE goal_index SET upto = ifnull((SELECT max(rowid) FROM tasks), 0)
+        WHERE upto > ifnull((SELECT max(rowid) FROM tasks), 0);
+    END;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

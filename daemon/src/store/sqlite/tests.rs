@@ -3,7 +3,7 @@ use crate::machine::Action;
 use crate::store::{NewTask, Store, StoreError, TransitionOp};
 use orchestrator_proto::task::{TaskKind, TaskState};
 
-fn new_task(id: &str) -> NewTask {
+pub(super) fn new_task(id: &str) -> NewTask {
     NewTask {
         id: id.to_string(),
         kind: TaskKind::Synthetic,

@@ -30,6 +30,7 @@ async fn tasks_of(api: &Api, agent: &str, state: TaskState, limit: u32) -> Vec<T
 /// `GET /console/agents`.
 pub async fn show(State(api): State<Arc<Api>>, viewer: Viewer) -> Response {
     let d = &api.daemon;
+    let now = d.clock.now_ms();
     let cfg = d.config();
     let mut cards = Vec::new();
     for (id, agent) in &cfg.agents {
@@ -77,7 +78,7 @@ pub async fn show(State(api): State<Arc<Api>>, viewer: Viewer) -> Response {
                 @else {
                     ul.running { @for t in &running {
                         li { a.id href={"/console/tasks/" (t.id)} { (t.id) } " since "
-                            (when(t.started_at.as_deref().unwrap_or(&t.created_at))) }
+                            (when(t.started_at.as_deref().unwrap_or(&t.created_at), now)) }
                     } }
                 }
                 h3 { "Recent failures" }
@@ -87,7 +88,7 @@ pub async fn show(State(api): State<Arc<Api>>, viewer: Viewer) -> Response {
                         li {
                             a.id href={"/console/tasks/" (t.id)} { (t.id) } " "
                             code { (t.error.as_ref().map(|e| e.code.as_str()).unwrap_or("-")) } " "
-                            span.muted { (when(t.completed_at.as_deref().unwrap_or(&t.created_at))) }
+                            span.muted { (when(t.completed_at.as_deref().unwrap_or(&t.created_at), now)) }
                         }
                     } }
                 }

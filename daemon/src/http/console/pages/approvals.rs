@@ -78,6 +78,7 @@ pub fn artefact_links(task: &Task) -> Markup {
 }
 
 fn card(api: &Api, viewer: &Viewer, task: &Task) -> Markup {
+    let now = api.daemon.clock.now_ms();
     let reasons = route::approval_reasons(&api.daemon, task);
     let rule = task
         .routing
@@ -92,14 +93,14 @@ fn card(api: &Api, viewer: &Viewer, task: &Task) -> Markup {
             div.card-head {
                 a.id href={"/console/tasks/" (task.id)} { (task.id) }
                 (state_badge(task.state))
-                span.expires title=(task.expires_at) { (time_left(&task.expires_at)) }
+                span.expires title=(task.expires_at) { (time_left(&task.expires_at, now)) }
             }
             p.goal { (task.goal) }
             dl.facts {
                 dt { "Agent" } dd { (task.assigned_agent_id.as_deref().unwrap_or("-")) }
                 dt { "Rule" } dd { (rule) }
                 dt { "Kind" } dd { (task.kind) }
-                dt { "Submitted" } dd { (task.submitted_by) ", " (when(&task.created_at)) }
+                dt { "Submitted" } dd { (task.submitted_by) ", " (when(&task.created_at, now)) }
             }
             div.why {
                 h3 { "Why approval is required" }

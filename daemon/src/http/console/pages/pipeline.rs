@@ -97,7 +97,7 @@ impl Filters {
 }
 
 /// One table row; the live script fetches the same markup for new and changed tasks.
-pub fn row(t: &Task) -> Markup {
+pub fn row(t: &Task, now: i64) -> Markup {
     let goal: String = t.goal.chars().take(GOAL_CHARS).collect();
     let clipped = t.goal.chars().count() > GOAL_CHARS;
     html! {
@@ -107,7 +107,7 @@ pub fn row(t: &Task) -> Markup {
             td.goal { (goal) @if clipped { "…" } }
             td { (t.assigned_agent_id.as_deref().unwrap_or("-")) }
             td.muted { (t.submitted_by) }
-            td.muted { (when(&t.created_at)) }
+            td.muted { (when(&t.created_at, now)) }
         }
     }
 }
@@ -119,6 +119,7 @@ pub async fn show(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let d = &api.daemon;
+    let now = d.clock.now_ms();
     let filters = Filters::read(&q, d.mode().effective);
     let cursor = match (param(&q, "before"), param(&q, "after")) {
         (Some(id), _) => Some(Cursor::Before(id)),
@@ -168,7 +169,7 @@ pub async fn show(
                 thead { tr { th { "Task" } th { "State" } th { "Goal" } th { "Agent" } th { "By" } th { "Created" } } }
                 tbody #task-rows data-live="pipeline" data-first=(if first_page { "1" } else { "0" })
                     data-query=(filters.query(filters.state)) {
-                    @for t in &tasks { (row(t)) }
+                    @for t in &tasks { (row(t, now)) }
                 }
             }
             @if tasks.is_empty() { p.empty { "No tasks match." } }

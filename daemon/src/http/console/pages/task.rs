@@ -50,12 +50,12 @@ async fn load(api: &Api, id: &str) -> Result<(Task, Vec<TrajectoryEvent>), Respo
         })
 }
 
-fn timeline(events: &[TrajectoryEvent]) -> Markup {
+fn timeline(events: &[TrajectoryEvent], now: i64) -> Markup {
     html! {
         ol.timeline {
             @for ev in events {
                 li {
-                    div.when { (when(&ev.at)) }
+                    div.when { (when(&ev.at, now)) }
                     div.what {
                         strong { (ev.action) } " "
                         @if let Some(from) = ev.from { (state_badge(from)) " → " }
@@ -131,6 +131,7 @@ pub async fn show(
         Err(page) => return page,
     };
     let d = &api.daemon;
+    let now = d.clock.now_ms();
     let routing = task.routing.as_ref();
     let reasons = if task.state == TaskState::AwaitingApproval {
         route::approval_reasons(d, &task)
@@ -151,7 +152,7 @@ pub async fn show(
             div.why.panel {
                 h3 { "Why approval is required" }
                 ul { @for r in &reasons { li { (r) } } }
-                p.muted { "Expires: " (time_left(&task.expires_at)) }
+                p.muted { "Expires: " (time_left(&task.expires_at, now)) }
             }
         }
         section.panel {
@@ -171,12 +172,12 @@ pub async fn show(
                 }
                 dt { "Workspace" } dd { (task.workspace_dir.as_deref().unwrap_or("-")) }
                 dt { "Submitted by" } dd { (task.submitted_by) }
-                dt { "Created" } dd { (when(&task.created_at)) }
-                dt { "Assigned" } dd { @if let Some(t) = &task.assigned_at { (when(t)) } @else { "-" } }
-                dt { "Started" } dd { @if let Some(t) = &task.started_at { (when(t)) } @else { "-" } }
-                dt { "Completed" } dd { @if let Some(t) = &task.completed_at { (when(t)) } @else { "-" } }
+                dt { "Created" } dd { (when(&task.created_at, now)) }
+                dt { "Assigned" } dd { @if let Some(t) = &task.assigned_at { (when(t, now)) } @else { "-" } }
+                dt { "Started" } dd { @if let Some(t) = &task.started_at { (when(t, now)) } @else { "-" } }
+                dt { "Completed" } dd { @if let Some(t) = &task.completed_at { (when(t, now)) } @else { "-" } }
                 dt { "Expires" } dd title=(task.expires_at) {
-                    @if task.state.is_terminal() { (task.expires_at) } @else { (time_left(&task.expires_at)) }
+                    @if task.state.is_terminal() { (task.expires_at) } @else { (time_left(&task.expires_at, now)) }
                 }
                 dt { "Attempts" } dd { (task.attempts) }
                 dt { "Would need approval" } dd { (if task.would_require_approval { "yes" } else { "no" }) }
@@ -208,7 +209,7 @@ pub async fn show(
         }
         section.panel {
             h2 { "Trajectory" }
-            (timeline(&events))
+            (timeline(&events, now))
         }
     };
     html_response(
