@@ -8,6 +8,7 @@
 
 mod all;
 mod client;
+mod cluster;
 mod console;
 mod fsync;
 mod load;
@@ -183,6 +184,8 @@ enum Cmd {
         #[arg(long)]
         daemon: Option<PathBuf>,
     },
+    /// Several daemons on one PostgreSQL (1, 2, 3 nodes) beside one on SQLite: submits/s, p50/p99.
+    Cluster(cluster::Options),
     /// Everything above in one run, each against daemons it starts itself; prints a markdown table.
     All(all::Options),
     /// Side by side with other queues (pueue; procrastinate on PostgreSQL), installing them if
@@ -367,6 +370,13 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let bin = daemon.unwrap_or_else(|| sibling("orchestratord"));
             console::print(&console::run(&bin, tasks, runs, changes)?);
+        }
+        Cmd::Cluster(opts) => {
+            let bin = opts
+                .daemon
+                .clone()
+                .unwrap_or_else(|| sibling("orchestratord"));
+            cluster::print(&opts, &cluster::run(&opts, &bin)?);
         }
         Cmd::Peers(opts) => peers::run(opts)?,
         Cmd::Notify {

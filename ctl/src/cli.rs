@@ -127,6 +127,9 @@ pub enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// The daemons that share this daemon's store: id, address, last heartbeat, leader, agents,
+    /// specialists running.
+    Nodes,
     /// Print a single-use link (valid 5 minutes) that signs you in to the web console.
     Console {
         /// Open the link in the desktop's browser (xdg-open).

@@ -6,8 +6,8 @@ use crate::client::exit;
 use orchestrator_core::config::{Config, ConfigErrors};
 use orchestrator_core::credentials::Step;
 use orchestrator_proto::message::{
-    AgentStatus, GateRunReport, PauseCause, ReloadReport, Response, RouteDecision, ShadowSummary,
-    SinkStatus, StatusReport, StorageStatus, SweepReport,
+    AgentStatus, GateRunReport, NodesReport, PauseCause, ReloadReport, Response, RouteDecision,
+    ShadowSummary, SinkStatus, StatusReport, StorageStatus, SweepReport,
 };
 use orchestrator_proto::task::{Task, TrajectoryEvent, Usage};
 use orchestrator_proto::WireError;
@@ -46,8 +46,10 @@ pub fn json_error(e: &WireError, o: &mut Output) -> io::Result<()> {
 
 pub fn response(r: &Response, format: Format, o: &mut Output) -> io::Result<u8> {
     match r {
-        Response::Status(s) => status(s, None, format, o),
-        Response::StatusWithStorage(s, storage) => status(s, Some(storage), format, o),
+        Response::Status(_) | Response::StatusWithStorage(..) => {
+            status_response(r, None, format, o)
+        }
+        Response::Nodes(n) => nodes(n, format, o),
         Response::Task(t) => task_brief(t, format, o),
         Response::TaskDetail { task, events } => task_detail(task, events, format, o),
         Response::Tasks(ts) => tasks(ts, None, format, o),
@@ -205,9 +207,68 @@ fn or_dash(v: &Option<String>) -> &str {
     v.as_deref().unwrap_or("-")
 }
 
+/// `status`, with the node that answered when the daemon told it.
+pub fn status_response(
+    r: &Response,
+    node: Option<&NodesReport>,
+    format: Format,
+    o: &mut Output,
+) -> io::Result<u8> {
+    match r {
+        Response::Status(s) => status(s, None, node, format, o),
+        Response::StatusWithStorage(s, storage) => status(s, Some(storage), node, format, o),
+        other => response(other, format, o),
+    }
+}
+
+/// `nodes`: one line per node, the one that answered marked.
+fn nodes(r: &NodesReport, format: Format, o: &mut Output) -> io::Result<u8> {
+    if format == Format::Json {
+        print_json(o, r)?;
+        return Ok(exit::OK);
+    }
+    if !r.shared {
+        writeln!(o.out, "single node (the store is this daemon's own)")?;
+    }
+    writeln!(
+        o.out,
+        "{:<2}{:<32} {:<24} {:<26} {:<7} {:<8} AGENTS",
+        "", "NODE", "ADDRESS", "LAST HEARTBEAT", "LEADER", "RUNNING"
+    )?;
+    for n in &r.nodes {
+        writeln!(
+            o.out,
+            "{:<2}{:<32} {:<24} {:<26} {:<7} {:<8} {}",
+            if n.id == r.this { "*" } else { "" },
+            n.id,
+            n.address,
+            n.last_heartbeat,
+            if n.leader { "yes" } else { "no" },
+            n.running,
+            if n.agents.is_empty() {
+                "-".to_string()
+            } else {
+                n.agents.join(",")
+            }
+        )?;
+    }
+    Ok(exit::OK)
+}
+
+/// This node's id and whether it leads, as `status` shows it.
+fn node_line(r: &NodesReport) -> String {
+    let leads = r.nodes.iter().any(|n| n.id == r.this && n.leader);
+    match (r.shared, leads) {
+        (false, _) => format!("{} (single node)", r.this),
+        (true, true) => format!("{} (leader, {} nodes)", r.this, r.nodes.len()),
+        (true, false) => format!("{} ({} nodes)", r.this, r.nodes.len()),
+    }
+}
+
 fn status(
     s: &StatusReport,
     storage: Option<&StorageStatus>,
+    node: Option<&NodesReport>,
     format: Format,
     o: &mut Output,
 ) -> io::Result<u8> {
@@ -217,6 +278,13 @@ fn status(
             map.insert(
                 "storage".into(),
                 serde_json::to_value(storage).unwrap_or(Value::Null),
+            );
+        }
+        if let (Value::Object(map), Some(node)) = (&mut v, node) {
+            let leader = node.nodes.iter().any(|n| n.id == node.this && n.leader);
+            map.insert(
+                "node".into(),
+                json!({"id": node.this, "shared": node.shared, "leader": leader}),
             );
         }
         print_json(o, &v)?;
@@ -234,6 +302,9 @@ fn status(
     )?;
     if let Some(note) = &s.mode_note {
         writeln!(o.out, "mode note:    {note}")?;
+    }
+    if let Some(node) = node {
+        writeln!(o.out, "node:         {}", node_line(node))?;
     }
     writeln!(
         o.out,

@@ -60,7 +60,8 @@ fn main() -> ExitCode {
         Command::Completions { shell } => return finish(offline::completions(shell, &mut o)),
         Command::Man { dir } => return finish(offline::man(&dir, &mut o)),
         Command::Watch => return watch(&socket, format, &mut o),
-        Command::Status => Request::Status,
+        Command::Status => return status(&socket, format, &mut o),
+        Command::Nodes => Request::Nodes,
         Command::Submit {
             goal,
             capabilities,
@@ -162,6 +163,27 @@ fn main() -> ExitCode {
     match result {
         Ok(response) => finish(display::response(&response, format, &mut o)),
         Err(e) => fail(e, format, &mut o),
+    }
+}
+
+/// `status`, with the node that answered (from a daemon that knows nodes).
+fn status(socket: &Path, format: Format, o: &mut Output) -> ExitCode {
+    let result = Client::connect(socket).and_then(|mut c| {
+        let status = c.request(Request::Status)?;
+        // The node line needs the store (the nodes table); status answers without it.
+        let node = match c.daemon_minor >= 3 {
+            true => match c.request(Request::Nodes) {
+                Ok(Response::Nodes(n)) => Some(n),
+                Ok(_) | Err(ClientError::Reply(_)) => None,
+                Err(e) => return Err(e),
+            },
+            false => None,
+        };
+        Ok((status, node))
+    });
+    match result {
+        Ok((status, node)) => finish(display::status_response(&status, node.as_ref(), format, o)),
+        Err(e) => fail(e, format, o),
     }
 }
 

@@ -28,6 +28,8 @@ pub enum DispatchMsg {
     Cancelled(String),
     /// The watchdog's liveness probe: answered by the dispatcher's loop.
     Ping(oneshot::Sender<()>),
+    /// On a shared store: claim what this node's agents can run (see the `cluster` module).
+    Poll,
 }
 
 /// The sending side, held by the daemon.
@@ -49,6 +51,10 @@ impl DispatchHandle {
 
     pub fn cancelled(&self, id: &str) {
         let _ = self.tx.send(DispatchMsg::Cancelled(id.to_string()));
+    }
+
+    pub fn poll(&self) {
+        let _ = self.tx.send(DispatchMsg::Poll);
     }
 
     /// Whether the dispatcher's loop answers; `false` if it is gone.
@@ -99,6 +105,8 @@ pub struct Daemon {
     pub started: Instant,
     /// Console login codes and sessions, shared by the socket (which mints) and the console.
     pub sessions: Sessions,
+    /// This daemon as a node of its store (see [`crate::node`]).
+    pub node: crate::node::NodeState,
     config: RwLock<Arc<Config>>,
     access: RwLock<Arc<AccessPolicy>>,
     mode: RwLock<ModeState>,
@@ -126,7 +134,12 @@ impl Daemon {
         clock: Clock,
     ) -> Daemon {
         let access = AccessPolicy::from_config(&config.socket);
+        let node = crate::node::NodeState::new(
+            crate::node::node_id(&config, &paths.state_dir),
+            store.cluster().is_some(),
+        );
         Daemon {
+            node,
             store,
             paths,
             metrics: Metrics::default(),

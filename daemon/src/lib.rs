@@ -34,6 +34,9 @@
 //! - [`supervisor`]: every long-lived task runs under a name; one that panics or ends early stops
 //!   the daemon with a non-zero exit, for the service manager to restart it. [`fault`] is its
 //!   test-only fault hook.
+//! - [`cluster`]: this daemon as a node of a store several daemons share — heartbeats, the
+//!   leader's lease on periodic work, the poll for work to claim.
+//! - [`node`]: this daemon's node id and whether it leads, held by [`daemon`].
 //! - [`daemon`]: the shared state all of the above hang off, holding each subsystem's own state.
 //! - [`run`]: wiring it all together at start.
 
@@ -41,6 +44,7 @@ pub mod access;
 pub mod agents;
 pub mod background;
 pub mod clock;
+pub mod cluster;
 pub mod daemon;
 pub mod dispatch;
 pub mod fault;
@@ -51,6 +55,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod machine;
 pub mod metrics;
+pub mod node;
 pub mod notify;
 pub mod run;
 pub mod server;

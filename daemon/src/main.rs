@@ -102,7 +102,11 @@ fn copy_store(opts: &Options, url: String) -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
-    let to = orchestrator::store::postgres::Settings { url, pool_size: 1 };
+    let to = orchestrator::store::postgres::Settings {
+        url,
+        pool_size: 1,
+        node: "store-copy".into(),
+    };
     match orchestrator::store::copy::sqlite_to_postgres(&from, &to) {
         Ok(report) => {
             println!(

@@ -137,6 +137,7 @@ fn open_store(config: &Config, paths: &Paths) -> Result<Store, StartError> {
             let settings = crate::store::postgres::Settings {
                 url,
                 pool_size: pg.pool_size,
+                node: crate::node::node_id(config, &paths.state_dir),
             };
             Store::open_postgres(&settings)
                 .map_err(|e| StartError::Other(format!("cannot open the PostgreSQL store: {e}")))
@@ -262,6 +263,7 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         );
     }
 
+    dispatch::load_agent_state(&d).await;
     let mut tasks = vec![
         sup.spawn("dispatcher", dispatch::run(Arc::clone(&d), rx, sup.clone())),
         sup.spawn("delivery", dispatch::delivery::run(Arc::clone(&d))),
@@ -269,6 +271,9 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         sup.spawn("sweeper", crate::tasks::sweep::run(Arc::clone(&d))),
         sup.spawn("notify", crate::notify::run(Arc::clone(&d))),
     ];
+    if store.cluster().is_some() {
+        tasks.push(sup.spawn(crate::cluster::TASK, crate::cluster::run(Arc::clone(&d))));
+    }
     if let Some(interval) = lifecycle::watchdog_interval() {
         tasks.push(sup.spawn("watchdog", service::watchdog(Arc::clone(&d), interval)));
     }

@@ -16,8 +16,8 @@ pub const PROTOCOL_MAJOR: u16 = 1;
 /// Minor 1 added `ListPage`/`Page`, `StatusWithStorage` and the error codes `reply_too_large`,
 /// `storage_full`, `store_damaged` and `http_off`; minor 2 the error code `store_unavailable`;
 /// minor 3 `NotifyList`/`NotifySinks`, `NotifyTest`/`NotifyTested`, `NotifyRetry`/`NotifyRetried`,
-/// `Task::usage`, `StatusReport::agents` and the `Agents`, `AgentPause` and `AgentResume` requests.
-/// The daemon answers each client in the minor it announced.
+/// `Task::usage`, `StatusReport::agents` and `StatusReport::node`, and the `Agents`, `AgentPause`,
+/// `AgentResume` and `Nodes` requests. The daemon answers each client in the minor it announced.
 pub const PROTOCOL_MINOR: u16 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,6 +179,8 @@ pub enum Request {
         agent: String,
         reason: String,
     },
+    /// Protocol minor 3: the daemons sharing this daemon's store (`orchctl nodes`).
+    Nodes,
 }
 
 impl Request {
@@ -197,6 +199,7 @@ impl Request {
                 | Request::ConsoleLink
                 | Request::NotifyList
                 | Request::Agents
+                | Request::Nodes
         )
     }
 
@@ -225,6 +228,7 @@ impl Request {
             Request::Agents => "agents",
             Request::AgentPause { .. } => "agent_pause",
             Request::AgentResume { .. } => "agent_resume",
+            Request::Nodes => "nodes",
         }
     }
 }
@@ -264,6 +268,40 @@ pub enum Response {
     },
     /// Protocol minor 3: the answer to `Agents`, `AgentPause` and `AgentResume`.
     Agents(Vec<AgentStatus>),
+    /// Protocol minor 3: the answer to `Nodes`.
+    Nodes(NodesReport),
+}
+
+/// The daemons that share a store: the one that answered, and every node with a heartbeat row
+/// (on SQLite, the one that answered alone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodesReport {
+    /// The id of the node that answered.
+    pub this: String,
+    /// Whether the store is shared (PostgreSQL) or this node's own (SQLite).
+    pub shared: bool,
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// One node, as its last heartbeat left it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub version: String,
+    /// Its HTTP address, else its socket.
+    pub address: String,
+    /// The agents it runs specialists for.
+    pub agents: Vec<String>,
+    /// Specialists running there at its last heartbeat.
+    pub running: u32,
+    /// RFC 3339.
+    pub last_heartbeat: String,
+    /// Whether it holds the leader's lease (periodic work runs there).
+    pub leader: bool,
 }
 
 /// Why an agent starts nothing now.

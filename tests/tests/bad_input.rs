@@ -172,8 +172,8 @@ fn socket_cases(awaiting: &str, done: &str) -> Vec<SocketCase> {
         ),
         case(
             "unknown request variant (one past the last)",
-            // Request has 23 variants (the last, AgentResume, is 0x16).
-            frame(&[0x01, 0x17]),
+            // Request has 24 variants (the last, Nodes, is 0x17).
+            frame(&[0x01, 0x18]),
             MalformedRequest,
             true,
         ),

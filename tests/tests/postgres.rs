@@ -327,13 +327,14 @@ fn store_copy_moves_a_stopped_sqlite_store_that_is_then_served() {
     assert!(stderr(&again).contains("empty"), "{}", stderr(&again));
 }
 
-/// Until several daemons can share a database, a second one on the same database is refused at
-/// start with a message that says why, and the first goes on serving.
+/// Several daemons share a database, each a node of its own: a second daemon that would be the
+/// same node (the same `[node] id`) is refused at start with a message that says why, and the
+/// first goes on serving.
 #[test]
 #[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
-fn a_second_daemon_on_the_same_database_is_refused() {
+fn a_second_daemon_with_the_same_node_id_is_refused() {
     let pg = TempPostgres::start().expect("start PostgreSQL");
-    let config = postgres_config(&pg);
+    let config = format!("{}[node]\nid = \"one\"\n", postgres_config(&pg));
     let first = TestDaemon::with_config(&config);
     let other = tempfile::tempdir().unwrap();
     let config_file = other.path().join("orchestrator.toml");
@@ -350,7 +351,8 @@ fn a_second_daemon_on_the_same_database_is_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("another orchestratord is using this PostgreSQL database"),
+        stderr(&out)
+            .contains("another orchestratord runs as node \"one\" on this PostgreSQL database"),
         "{}",
         stderr(&out)
     );

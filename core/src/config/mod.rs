@@ -19,6 +19,7 @@ mod duration;
 mod gate;
 mod http;
 mod limits;
+mod node;
 mod notify;
 mod routing;
 mod socket;
@@ -34,6 +35,7 @@ pub use duration::parse_duration;
 pub use gate::GateConfig;
 pub use http::{HttpConfig, DEFAULT_LISTEN, DEFAULT_PORT, DEFAULT_SESSION_TTL};
 pub use limits::LimitConfig;
+pub use node::NodeConfig;
 pub use notify::{NotifySink, SinkTarget, EVENT_TYPES};
 pub use socket::SocketAccess;
 pub use store::{PostgresConfig, StoreBackend, StoreConfig, StoreUrl};
@@ -81,6 +83,7 @@ pub struct Config {
     pub notify: Vec<NotifySink>,
     /// `approval_timeout` and friends, from `[routing]` and `[agents.<id>]`.
     pub approval: ApprovalPolicy,
+    pub node: NodeConfig,
     pub warnings: Vec<String>,
 }
 
@@ -227,6 +230,7 @@ struct RawConfig {
     limits: Option<BTreeMap<String, limits::RawLimit>>,
     budget: Option<budget::RawBudget>,
     timezone: Option<Spanned<String>>,
+    node: Option<node::RawNode>,
 }
 
 #[derive(Deserialize)]
@@ -282,6 +286,7 @@ impl Validator<'_> {
         let http = self.http(raw.http);
         let store = self.store(raw.store, path);
         let notify = self.notify(raw.notify);
+        let node = self.node(raw.node);
 
         Config {
             source: path.map(Path::to_path_buf),
@@ -302,6 +307,7 @@ impl Validator<'_> {
             store,
             notify,
             approval,
+            node,
             warnings: Vec::new(),
         }
     }

@@ -99,9 +99,9 @@ pub fn route_step(
     (op, approval)
 }
 
-/// Run until shutdown: pick up what the store holds, then every task the server hands over.
-/// The specialist executor's own loops (intake, lease renewal) are started under `sup`.
-pub async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<DispatchMsg>, sup: Supervisor) {
+/// Read the agents' stored pauses and this month's spending, before the daemon answers anyone:
+/// `status` and `orchctl agents` show them from the first request on.
+pub async fn load_agent_state(d: &Daemon) {
     match d.store.agent_pauses().await {
         Ok(stored) => d.pauses.load(stored),
         Err(e) => {
@@ -115,6 +115,11 @@ pub async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<DispatchMsg>, s
             tracing::error!(error = %e, "cannot read this month's usage; budgets count from now")
         }
     }
+}
+
+/// Run until shutdown: pick up what the store holds, then every task the server hands over.
+/// The specialist executor's own loops (intake, lease renewal) are started under `sup`.
+pub async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<DispatchMsg>, sup: Supervisor) {
     let executor = specialist::Executor::new(Arc::clone(&d), &sup);
     match d.store.pending_dispatch().await {
         Ok(pending) => {
@@ -150,6 +155,7 @@ pub async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<DispatchMsg>, s
                 DispatchMsg::Ping(answer) => {
                     let _ = answer.send(());
                 }
+                DispatchMsg::Poll => executor.poll(),
             }
         }
         if !synthetic_tasks.is_empty() {

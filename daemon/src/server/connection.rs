@@ -225,7 +225,7 @@ pub async fn serve(d: Arc<Daemon>, stream: UnixStream) {
 
 /// Stream every committed trajectory event until the client hangs up or the daemon stops.
 async fn watch(d: &Daemon, mut conn: Conn, minor: u16) {
-    let mut events = d.store.subscribe();
+    let mut events = d.store.watch_events();
     if !send(
         &mut conn,
         &ServerMessage::Ok(Box::new(orchestrator_proto::Response::WatchStarted)),

@@ -19,6 +19,7 @@
 //! [`sqlite`] is the default backend: one group-committing writer thread and a pool of readers.
 //! [`postgres`] keeps the store in a PostgreSQL database, one that several daemons may share.
 
+pub mod cluster;
 pub mod contract;
 pub mod copy;
 pub mod outbox;
@@ -376,6 +377,8 @@ pub struct Store {
     /// The same backend when it is SQLite, for [`Store::write_blocking`] and
     /// [`Store::read_blocking`] only.
     sqlite: Option<sqlite::SqliteBackend>,
+    /// The shared-store operations, when several daemons can share this store.
+    cluster: Option<Arc<dyn cluster::Cluster>>,
 }
 
 impl Store {
@@ -383,7 +386,23 @@ impl Store {
         Store {
             backend,
             sqlite: None,
+            cluster: None,
         }
+    }
+
+    /// Every committed trajectory event of every daemon sharing the store, for watchers: on SQLite
+    /// the same as [`Backend::subscribe`]. Work that must happen once per commit (logs, metrics,
+    /// delivery) follows [`Backend::subscribe`], this daemon's own commits.
+    pub fn watch_events(&self) -> broadcast::Receiver<TrajectoryEvent> {
+        match &self.cluster {
+            Some(c) => c.subscribe_all(),
+            None => self.backend.subscribe(),
+        }
+    }
+
+    /// The operations of a store shared by several nodes; `None` on SQLite (a node of one).
+    pub fn cluster(&self) -> Option<&dyn cluster::Cluster> {
+        self.cluster.as_deref()
     }
 
     /// Open (creating and migrating if needed) the SQLite store at `path`.
@@ -392,13 +411,18 @@ impl Store {
         Ok(Store {
             backend: Arc::new(backend.clone()),
             sqlite: Some(backend),
+            cluster: None,
         })
     }
 
     /// Open (creating and migrating if needed) a PostgreSQL store, from outside any runtime.
     pub fn open_postgres(settings: &postgres::Settings) -> Result<Store, StoreError> {
         let backend = postgres::PostgresBackend::open_blocking(settings)?;
-        Ok(Store::new(Arc::new(backend)))
+        Ok(Store {
+            backend: Arc::new(backend.clone()),
+            sqlite: None,
+            cluster: Some(Arc::new(backend)),
+        })
     }
 
     fn raw(&self) -> Result<&sqlite::SqliteBackend, StoreError> {

@@ -143,7 +143,7 @@ pub async fn submit(
     wait: bool,
 ) -> Result<Task, WireError> {
     // Subscribe before the insert so that no transition can slip past unseen.
-    let mut events = wait.then(|| d.store.subscribe());
+    let mut events = wait.then(|| d.store.watch_events());
     let actor = actor.name.clone();
     let task = if task.kind == TaskKind::Synthetic {
         // Synthetic dispatch is deterministic and spawns nothing, so its steps are known now and

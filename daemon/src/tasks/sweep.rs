@@ -281,7 +281,10 @@ pub async fn run(d: Arc<Daemon>) {
             if d.shutdown.is_cancelled() {
                 return;
             }
-            sweep(&d).await;
+            // On a shared store the timer's sweep is the leader's (see the `cluster` module).
+            if d.node.is_leader() {
+                sweep(&d).await;
+            }
         }
         let (ended, ended_ms) = (d.clock.mark(), d.clock.now_ms());
         let mut shown = None;

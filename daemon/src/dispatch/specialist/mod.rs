@@ -94,6 +94,11 @@ impl Executor {
         let _ = self.intake.send(task);
     }
 
+    /// On a shared store: claim tasks for every agent this node runs while it has free slots.
+    pub fn poll(&self) {
+        self.shared.pump();
+    }
+
     /// The task was cancelled in the store: stop its specialist, or drop it from its queue.
     pub fn cancel(&self, id: &str) {
         self.shared.cancel(id);

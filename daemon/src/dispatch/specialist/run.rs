@@ -13,7 +13,7 @@ use crate::dispatch::{budget, pauses};
 use crate::machine::Action;
 use crate::store::{Patch, StoreError, StoredPause, TransitionOp};
 use orchestrator_proto::message::PauseCause;
-use orchestrator_proto::task::{task_error, Task, TaskError, TaskResult};
+use orchestrator_proto::task::{task_error, Task, TaskError, TaskResult, TaskState};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,8 @@ impl Shared {
         }
         let at = d.clock.now_ms();
         let attempt = task.attempts + 1;
+        // Claimed on a shared store: started by the claim already.
+        let claimed = task.state == TaskState::InProgress;
         let start = TransitionOp::new(&task.id, Action::Start, ACTOR, at)
             .patch(Patch {
                 lease_until: Some(leases::until(d)),
@@ -47,7 +49,12 @@ impl Shared {
             })
             .detail("agent", agent_id.clone())
             .detail("attempt", attempt.to_string());
-        let started = match d.store.transition(start).await {
+        let started = if claimed {
+            Ok(task.clone())
+        } else {
+            d.store.transition(start).await
+        };
+        let started = match started {
             Ok(t) => t,
             Err(StoreError::Refused { .. } | StoreError::NotFound(_)) => {
                 tracing::debug!(TASK_ID = %task.id, "not started: the task moved on while it waited");

@@ -5,8 +5,9 @@
 
 use super::outcome::details;
 use super::{runnable, Shared};
-use crate::dispatch::{route_op, ACTOR};
+use crate::dispatch::{leases, route_op, ACTOR};
 use crate::machine::Action;
+use crate::store::cluster::Claim;
 use crate::store::{Patch, StoreError, TransitionOp};
 use orchestrator_proto::task::{task_error, Task, TaskError, TaskState};
 use std::collections::{HashMap, VecDeque};
@@ -29,6 +30,10 @@ pub(super) struct AgentSlots {
     /// Waiting tasks with their arrival number, oldest first.
     pub(super) waiting: VecDeque<(u64, Task)>,
     pub(super) alive: u32,
+    /// On a shared store: a claim for this agent is under way, and whether slots were freed
+    /// (or work announced) meanwhile, so that it claims once more.
+    pub(super) claiming: bool,
+    pub(super) again: bool,
 }
 
 /// Frees the slot when a run ends, however it ends (a panic included), and lets the next one in.
@@ -53,6 +58,7 @@ impl Drop for SlotGuard {
                 }
             }
             slots.running.remove(&self.id);
+            self.s.d.node.set_running(slots.running.len());
         }
         self.s.pump();
     }
@@ -125,11 +131,15 @@ impl Shared {
             }
         };
         let mut no_agent = Vec::new();
+        let shared_store = self.d.store.cluster().is_some();
         {
             let mut slots = self.slots();
             for task in routed {
                 let agent = task.assigned_agent_id.clone().unwrap_or_default();
-                if runnable(&cfg, &agent).is_some() {
+                if shared_store {
+                    // Any node that runs the agent claims the task from the store (see `claim`);
+                    // one that runs none leaves it `assigned` for the others.
+                } else if runnable(&cfg, &agent).is_some() {
                     let seq = slots.next_seq;
                     slots.next_seq += 1;
                     slots
@@ -206,6 +216,18 @@ impl Shared {
         }
         let cfg = self.d.config();
         let now = self.d.clock.now_ms();
+        if self.d.store.cluster().is_some() {
+            // On a shared store the tasks wait in the store: claim for every agent this node runs
+            // that is not paused. Shared limits are counted on this node only.
+            for agent in cfg.configured_agents.iter() {
+                if let Some(a) = runnable(&cfg, agent) {
+                    if !self.d.pauses.blocks(agent, now) {
+                        self.claim(agent, a.max_concurrent.max(1));
+                    }
+                }
+            }
+            return;
+        }
         let mut starts = Vec::new();
         {
             let mut guard = self.slots();
@@ -255,6 +277,10 @@ impl Shared {
                 self.d.pauses.set_load(id, q.alive, waiting);
             }
         }
+        self.spawn_runs(starts);
+    }
+
+    fn spawn_runs(self: &Arc<Self>, starts: Vec<(Task, String, Vec<String>, CancellationToken)>) {
         for (task, agent, limits, stop) in starts {
             let guard = SlotGuard {
                 s: Arc::clone(self),
@@ -266,6 +292,85 @@ impl Shared {
                 guard.s.run(task, &stop).await;
                 drop(guard);
             });
+        }
+    }
+
+    /// On a shared store: claim the agent's `assigned` tasks for this node's free slots, one
+    /// claim at a time per agent; the tasks come back started (`in_progress`, leased here).
+    fn claim(self: &Arc<Self>, agent: &str, max: u32) {
+        {
+            let mut slots = self.slots();
+            let q = slots.agents.entry(agent.to_string()).or_default();
+            if q.claiming {
+                q.again = true;
+                return;
+            }
+            if q.alive >= max {
+                return;
+            }
+            q.claiming = true;
+        }
+        let s = Arc::clone(self);
+        let agent = agent.to_string();
+        self.tracker
+            .spawn(async move { s.claim_while_free(&agent, max).await });
+    }
+
+    async fn claim_while_free(self: &Arc<Self>, agent: &str, max: u32) {
+        loop {
+            let want = {
+                let mut slots = self.slots();
+                let q = slots.agents.entry(agent.to_string()).or_default();
+                q.again = false;
+                max.saturating_sub(q.alive)
+            };
+            if want > 0 && !self.d.shutdown.is_cancelled() {
+                if let Some(cluster) = self.d.store.cluster() {
+                    let claim = Claim {
+                        agent: agent.to_string(),
+                        max_concurrent: max,
+                        want,
+                        lease_until: leases::until(&self.d),
+                        at_ms: self.d.clock.now_ms(),
+                        actor: ACTOR.to_string(),
+                    };
+                    match cluster.claim(claim).await {
+                        Ok(tasks) => {
+                            let mut starts = Vec::with_capacity(tasks.len());
+                            {
+                                let mut guard = self.slots();
+                                let slots = &mut *guard;
+                                let limits = self
+                                    .d
+                                    .config()
+                                    .agent(agent)
+                                    .map(|a| a.limits.clone())
+                                    .unwrap_or_default();
+                                for task in tasks {
+                                    let q = slots.agents.entry(agent.to_string()).or_default();
+                                    q.alive += 1;
+                                    for l in &limits {
+                                        *slots.limits_alive.entry(l.clone()).or_default() += 1;
+                                    }
+                                    let stop = CancellationToken::new();
+                                    slots.running.insert(task.id.clone(), stop.clone());
+                                    starts.push((task, agent.to_string(), limits.clone(), stop));
+                                }
+                                self.d.node.set_running(slots.running.len());
+                            }
+                            self.spawn_runs(starts);
+                        }
+                        // The next poll (see the `cluster` module) claims again.
+                        Err(e) => tracing::warn!(AGENT = %agent, error = %e, "cannot claim tasks"),
+                    }
+                }
+            }
+            let mut slots = self.slots();
+            let q = slots.agents.entry(agent.to_string()).or_default();
+            if !q.again || self.d.shutdown.is_cancelled() {
+                q.claiming = false;
+                return;
+            }
         }
     }
 }

@@ -52,7 +52,7 @@ pub async fn events(
     State(api): State<Arc<Api>>,
     _viewer: Viewer,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let rx = api.daemon.store.subscribe();
+    let rx = api.daemon.store.watch_events();
     let shutdown = api.daemon.shutdown.clone();
     let stream = stream::unfold((rx, api, shutdown), |(mut rx, api, shutdown)| async move {
         let event = tokio::select! {

@@ -6,6 +6,7 @@ mod agents;
 mod console_link;
 mod gate_override;
 mod metrics;
+mod nodes;
 mod notify;
 mod reload;
 mod route;
@@ -55,6 +56,7 @@ pub async fn handle(
         Request::Agents => agents::list(d).await,
         Request::AgentPause { agent, reason } => agents::pause(d, peer, &agent, &reason).await,
         Request::AgentResume { agent, reason } => agents::resume(d, peer, &agent, &reason).await,
+        Request::Nodes => nodes::handle(d).await,
         // Watch streams and is served by the connection itself.
         Request::Watch => Err(WireError::new(
             orchestrator_proto::ErrorCode::MalformedRequest,

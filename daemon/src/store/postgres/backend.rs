@@ -26,7 +26,9 @@ macro_rules! write {
             let outcome = async {
                 let mut client = $self.client().await?;
                 #[allow(unused_mut)]
-                let mut $tx = Tx::begin(&mut client, $self.outbox_rules()).await?;
+                let mut $tx =
+                    super::tx::Tx::begin(&mut client, $self.outbox_rules(), &$self.inner.node)
+                        .await?;
                 let result = $body;
                 match result {
                     Ok(v) => {
@@ -58,7 +60,7 @@ macro_rules! read {
 }
 
 impl PostgresBackend {
-    async fn commit(&self, tx: Tx<'_>) -> Result<(), StoreError> {
+    pub(super) async fn commit(&self, tx: Tx<'_>) -> Result<(), StoreError> {
         let _gate = self.inner.commit_gate.read().await;
         let effects = tx.commit().await?;
         self.publish(effects);
@@ -100,7 +102,7 @@ impl PostgresBackend {
     }
 
     /// Count a failure of the store itself; refusals are answers, and a closed store is a shutdown.
-    fn counted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    pub(super) fn counted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(StoreError::Full(_)) = &result {
             let at = now_ms();
             self.with_health(|h| {
@@ -275,7 +277,8 @@ impl Backend for PostgresBackend {
     }
 
     fn orphan_leftovers(&self) -> StoreFuture<'_, Vec<Leftover>> {
-        read!(self, |c| queries::orphan_leftovers(&c).await)
+        read!(self, |c| queries::orphan_leftovers(&c, &self.inner.node)
+            .await)
     }
 
     fn record_gate_run(&self, run: GateRunRecord) -> StoreFuture<'_, ()> {

@@ -8,9 +8,13 @@ use std::sync::Arc;
 
 async fn fresh() -> Store {
     let url = super::throwaway::shared_database().expect("a throwaway PostgreSQL database");
-    let backend = PostgresBackend::open(&Settings { url, pool_size: 8 })
-        .await
-        .expect("open the store");
+    let backend = PostgresBackend::open(&Settings {
+        url,
+        pool_size: 8,
+        node: "contract".into(),
+    })
+    .await
+    .expect("open the store");
     Store::new(Arc::new(backend))
 }
 

@@ -1,7 +1,8 @@
-//! One daemon per database, until several can share one: while the store is open, a connection of
-//! its own (on a thread of its own, so that it outlives the runtime that opened the store) holds a
-//! session advisory lock on the database. A second daemon is refused at start. If the connection is
-//! lost (the server restarted), the lock is taken again once the server is back.
+//! One daemon per node id: while the store is open, a connection of its own (on a thread of its
+//! own, so that it outlives the runtime that opened the store) holds a session advisory lock keyed
+//! by the node id. A second daemon with the same id (which would void the first one's leases at
+//! start) is refused. If the connection is lost (the server restarted), the lock is taken again
+//! once the server is back.
 
 use super::pg_error;
 use crate::store::StoreError;
@@ -9,8 +10,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_postgres::NoTls;
 
-/// The key of the lock: advisory locks are per database, so one key serves every database.
-const DAEMON_LOCK: i64 = 0x6f72_6368_6461_656d; // "orchdaem"
+/// The first half of the lock's key (the node id's hash is the second): advisory locks are per
+/// database, so one key serves every database.
+const NODE_LOCK: i32 = 0x6f72_636e; // "orcn"
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Holds the lock until dropped.
@@ -27,8 +29,9 @@ impl Drop for Exclusive {
 }
 
 /// Take the lock, or fail if another daemon holds it.
-pub(super) fn take(cfg: &tokio_postgres::Config) -> Result<Exclusive, StoreError> {
+pub(super) fn take(cfg: &tokio_postgres::Config, node: &str) -> Result<Exclusive, StoreError> {
     let cfg = cfg.clone();
+    let node = node.to_string();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = oneshot::channel();
     std::thread::Builder::new()
@@ -45,7 +48,7 @@ pub(super) fn take(cfg: &tokio_postgres::Config) -> Result<Exclusive, StoreError
                     return;
                 }
             };
-            rt.block_on(hold(cfg, ready_tx, stop_rx));
+            rt.block_on(hold(cfg, node, ready_tx, stop_rx));
         })
         .map_err(|e| StoreError::Sql(format!("cannot start the lock thread: {e}")))?;
     match ready_rx.recv() {
@@ -59,12 +62,13 @@ pub(super) fn take(cfg: &tokio_postgres::Config) -> Result<Exclusive, StoreError
 
 async fn hold(
     cfg: tokio_postgres::Config,
+    node: String,
     ready: std::sync::mpsc::Sender<Result<(), StoreError>>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut first = Some(ready);
     loop {
-        match lock_once(&cfg).await {
+        match lock_once(&cfg, &node).await {
             Ok((client, connection)) => {
                 if let Some(ready) = first.take() {
                     let _ = ready.send(Ok(()));
@@ -94,23 +98,26 @@ async fn hold(
 
 async fn lock_once(
     cfg: &tokio_postgres::Config,
+    node: &str,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StoreError> {
     let (client, connection) = cfg.connect(NoTls).await.map_err(pg_error)?;
     let connection = tokio::spawn(async move {
         let _ = connection.await;
     });
     let taken: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&DAEMON_LOCK])
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            &[&NODE_LOCK, &node],
+        )
         .await
         .map_err(pg_error)?
         .get(0);
     if taken {
         Ok((client, connection))
     } else {
-        Err(StoreError::Sql(
-            "another orchestratord is using this PostgreSQL database; \
-             one daemon per database is supported for now"
-                .into(),
-        ))
+        Err(StoreError::Sql(format!(
+            "another orchestratord runs as node {node:?} on this PostgreSQL database; \
+             give each daemon its own [node] id"
+        )))
     }
 }

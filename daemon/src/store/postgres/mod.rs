@@ -16,13 +16,19 @@
 //! other daemons on the same database commit. Trajectory events are published for this daemon's own
 //! commits.
 //!
-//! One daemon per database for now: `exclusive` refuses a second one.
+//! Several daemons may share one database, each a node with its own id (see the `cluster` module);
+//! `exclusive` refuses a second daemon with the same id, and `cluster` holds the shared-store
+//! operations: heartbeats, the leader's lease, claims. A lease names the node that holds it, and
+//! what a node does to leases at start (voiding them, reaping their specialists) touches its own.
 //!
 //! TLS is not supported: connect over a Unix socket or loopback.
 
 mod agents;
+#[macro_use]
 mod backend;
+mod cluster;
 mod exclusive;
+mod listen;
 mod outbox;
 mod queries;
 mod rows;
@@ -54,6 +60,8 @@ pub struct Settings {
     /// A `postgres://` URL or `key=value` settings.
     pub url: String,
     pub pool_size: usize,
+    /// This daemon's node id (see the `cluster` module).
+    pub node: String,
 }
 
 /// The PostgreSQL store; see the module documentation.
@@ -69,6 +77,10 @@ struct Inner {
     /// refresher while it reads the totals, so that a reload never misses or doubles a commit.
     commit_gate: RwLock<()>,
     events: broadcast::Sender<TrajectoryEvent>,
+    /// This node's events and, through `listen`, every other node's.
+    all_events: broadcast::Sender<TrajectoryEvent>,
+    /// How to connect, for the event listener's own connection.
+    cfg: tokio_postgres::Config,
     closed: AtomicBool,
     /// Set once the store is closed, for `Backend::writer_ended`.
     closed_tx: tokio::sync::watch::Sender<bool>,
@@ -83,6 +95,8 @@ struct Inner {
     outbox_rules: StdRwLock<Option<Arc<OutboxRules>>>,
     /// Raised after a commit that wrote outbox rows, to wake the delivery workers.
     outbox_written: tokio::sync::watch::Sender<u64>,
+    /// This daemon's node id: the holder its leases name.
+    node: String,
 }
 
 /// A failure of the database or the connection, as a store error: the ones that mean "cannot reach
@@ -148,42 +162,43 @@ impl PostgresBackend {
     pub async fn open(settings: &Settings) -> Result<PostgresBackend, StoreError> {
         let cfg = pg_config(settings)?;
         let lock = cfg.clone();
-        let exclusive = tokio::task::spawn_blocking(move || exclusive::take(&lock))
+        let node = settings.node.clone();
+        let exclusive = tokio::task::spawn_blocking(move || exclusive::take(&lock, &node))
             .await
             .map_err(|e| StoreError::Sql(format!("lock task failed: {e}")))??;
         let counts = init(&cfg).await?;
-        Self::with_pool(cfg, settings.pool_size, counts, exclusive)
+        Self::with_pool(cfg, settings, counts, exclusive)
     }
 
     /// [`PostgresBackend::open`] from outside any runtime (the daemon opens its store before it
     /// starts one). The pool's connections are made later, in the runtime that uses them.
     pub fn open_blocking(settings: &Settings) -> Result<PostgresBackend, StoreError> {
         let cfg = pg_config(settings)?;
-        let exclusive = exclusive::take(&cfg)?;
+        let exclusive = exclusive::take(&cfg, &settings.node)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| StoreError::Sql(format!("cannot start a runtime: {e}")))?;
         let counts = rt.block_on(init(&cfg))?;
         drop(rt);
-        Self::with_pool(cfg, settings.pool_size, counts, exclusive)
+        Self::with_pool(cfg, settings, counts, exclusive)
     }
 
     fn with_pool(
         cfg: tokio_postgres::Config,
-        pool_size: usize,
+        settings: &Settings,
         counts: Counts,
         exclusive: exclusive::Exclusive,
     ) -> Result<PostgresBackend, StoreError> {
         let manager = Manager::from_config(
-            cfg,
+            cfg.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1))
+            .max_size(settings.pool_size.max(1))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(CONNECT_TIMEOUT))
             .create_timeout(Some(CONNECT_TIMEOUT))
@@ -191,12 +206,15 @@ impl PostgresBackend {
             .build()
             .map_err(|e| StoreError::Sql(format!("cannot build the connection pool: {e}")))?;
         let (events, _) = broadcast::channel(4096);
+        let (all_events, _) = broadcast::channel(4096);
         Ok(PostgresBackend {
             inner: Arc::new(Inner {
                 pool,
                 counts: Mutex::new(counts),
                 commit_gate: RwLock::new(()),
                 events,
+                all_events,
+                cfg,
                 closed: AtomicBool::new(false),
                 closed_tx: tokio::sync::watch::Sender::new(false),
                 errors: AtomicU64::new(0),
@@ -205,6 +223,7 @@ impl PostgresBackend {
                 exclusive: Mutex::new(Some(exclusive)),
                 outbox_rules: StdRwLock::new(None),
                 outbox_written: tokio::sync::watch::Sender::new(0),
+                node: settings.node.clone(),
             }),
         })
     }
@@ -216,7 +235,8 @@ impl PostgresBackend {
         }
         self.inner.refresher.get_or_init(|| {
             let weak = Arc::downgrade(&self.inner);
-            tokio::spawn(refresh_counts(weak));
+            tokio::spawn(refresh_counts(weak.clone()));
+            tokio::spawn(listen::run(self.inner.cfg.clone(), weak));
         });
         self.inner.pool.get().await.map_err(pool_error)
     }
@@ -230,6 +250,7 @@ impl PostgresBackend {
             }
         }
         for ev in effects.events {
+            let _ = self.inner.all_events.send(ev.clone());
             let _ = self.inner.events.send(ev);
         }
         if effects.outbox_rows > 0 {
@@ -317,5 +338,7 @@ fn parse_kind_state(kind: &str, state: &str) -> Option<(TaskKind, TaskState)> {
     Some((kind.parse().ok()?, state.parse().ok()?))
 }
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 mod contract_tests;

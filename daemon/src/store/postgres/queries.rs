@@ -17,7 +17,7 @@ use tokio_postgres::Row;
 pub(super) const META_MODE: &str = "mode";
 pub(super) const META_MODE_SINCE: &str = "mode_since";
 
-async fn query(
+pub(super) async fn query(
     c: &Client,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
@@ -228,11 +228,13 @@ pub(super) async fn retired(
         .collect())
 }
 
-pub(super) async fn orphan_leftovers(c: &Client) -> Result<Vec<Leftover>, StoreError> {
+/// This node's `in_progress` tasks (and those no node holds, from before nodes existed).
+pub(super) async fn orphan_leftovers(c: &Client, node: &str) -> Result<Vec<Leftover>, StoreError> {
     let rows = query(
         c,
-        "SELECT id, specialist_pid, agent FROM tasks WHERE state = 'in_progress' ORDER BY id",
-        &[],
+        "SELECT id, specialist_pid, agent FROM tasks WHERE state = 'in_progress' \
+         AND (node = $1 OR node IS NULL) ORDER BY id",
+        &[&node],
     )
     .await?;
     Ok(rows

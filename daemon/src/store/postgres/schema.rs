@@ -131,6 +131,32 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tasks ADD COLUMN usage TEXT;
     "#,
+    // 5: several daemons on one database. A running task's lease names the node that holds it;
+    // every node has a heartbeat row; one row holds the leader's lease on the periodic work.
+    // The partial indexes serve the claim: an agent's assigned tasks in order, and its running
+    // ones to count against `max_concurrent`.
+    r#"
+    ALTER TABLE tasks ADD COLUMN node TEXT;
+    CREATE INDEX tasks_claimable ON tasks (agent, pos) WHERE state = 'assigned';
+    CREATE INDEX tasks_running_agent ON tasks (agent) WHERE state = 'in_progress';
+    CREATE INDEX tasks_queued ON tasks (pos) WHERE state = 'queued';
+    CREATE TABLE nodes (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid BIGINT NOT NULL,
+        version TEXT NOT NULL,
+        address TEXT NOT NULL,
+        agents TEXT NOT NULL,
+        running BIGINT NOT NULL,
+        heartbeat_at BIGINT NOT NULL
+    );
+    CREATE TABLE leader (
+        one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
+        node TEXT,
+        until BIGINT NOT NULL
+    );
+    INSERT INTO leader (one, node, until) VALUES (true, NULL, 0);
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -21,6 +21,8 @@ pub(super) type Delta = (TaskKind, Option<TaskState>, Option<TaskState>);
 
 pub(super) struct Tx<'c> {
     tx: deadpool_postgres::Transaction<'c>,
+    /// The node this daemon is: the holder the leases it takes name.
+    node: &'c str,
     events: Vec<TrajectoryEvent>,
     deltas: Vec<Delta>,
     /// The sinks' filters, when any sink is configured: outbox rows are written only then.
@@ -56,10 +58,12 @@ impl<'c> Tx<'c> {
     pub(super) async fn begin(
         client: &'c mut deadpool_postgres::Object,
         outbox: Option<Arc<OutboxRules>>,
+        node: &'c str,
     ) -> Result<Self, StoreError> {
         let tx = client.transaction().await.map_err(pg_error)?;
         Ok(Tx {
             tx,
+            node,
             events: Vec::new(),
             deltas: Vec::new(),
             outbox: outbox.filter(|r| !r.sinks.is_empty()),
@@ -104,6 +108,18 @@ impl<'c> Tx<'c> {
                 .map_err(pg_error)?;
             self.tx
                 .execute(&stmt, &[&kinds, &states, &ns])
+                .await
+                .map_err(pg_error)?;
+        }
+        // The other nodes learn of these events when this commits (see `listen`).
+        for payload in super::listen::payloads(self.node, &self.events) {
+            let stmt = self
+                .tx
+                .prepare_cached("SELECT pg_notify($1, $2)")
+                .await
+                .map_err(pg_error)?;
+            self.tx
+                .execute(&stmt, &[&super::listen::CHANNEL, &payload])
                 .await
                 .map_err(pg_error)?;
         }
@@ -304,7 +320,7 @@ impl<'c> Tx<'c> {
 
     /// A transition from a state the caller already knows (a task this transaction inserted or
     /// moved); still a compare-and-set.
-    async fn apply_from(
+    pub(super) async fn apply_from(
         &mut self,
         op: &TransitionOp,
         kind: TaskKind,
@@ -364,7 +380,8 @@ impl<'c> Tx<'c> {
                  completed_at = COALESCE($12, completed_at), \
                  lease_until = CASE WHEN $13 THEN $14 ELSE lease_until END, \
                  specialist_pid = CASE WHEN $15 THEN $16 ELSE specialist_pid END, \
-                 attempts = attempts + $17, usage = COALESCE($19, usage) \
+                 attempts = attempts + $17, usage = COALESCE($19, usage), \
+                 node = CASE WHEN $13 AND $14::BIGINT IS NOT NULL THEN $20 ELSE node END \
                  WHERE id = $1 AND state = $18",
                 &[
                     &op.id,
@@ -386,6 +403,7 @@ impl<'c> Tx<'c> {
                     &attempts_inc,
                     &from.as_str(),
                     &sql_json(&p.usage)?,
+                    &self.node,
                 ],
             )
             .await?;
@@ -506,8 +524,8 @@ impl<'c> Tx<'c> {
         let rows = self
             .query(
                 "UPDATE tasks SET lease_until = $2 WHERE id = ANY($1) AND state = 'in_progress' \
-                 RETURNING id",
-                &[&ids, &until],
+                 AND node = $3 RETURNING id",
+                &[&ids, &until, &self.node],
             )
             .await?;
         let kept: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
@@ -521,8 +539,9 @@ impl<'c> Tx<'c> {
     pub(super) async fn void_leases(&mut self) -> Result<usize, StoreError> {
         let n = self
             .exec(
-                "UPDATE tasks SET lease_until = NULL WHERE state = 'in_progress'",
-                &[],
+                "UPDATE tasks SET lease_until = NULL WHERE state = 'in_progress' \
+                 AND (node = $1 OR node IS NULL)",
+                &[&self.node],
             )
             .await?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
@@ -535,8 +554,9 @@ impl<'c> Tx<'c> {
     ) -> Result<bool, StoreError> {
         let changed = self
             .exec(
-                "UPDATE tasks SET specialist_pid = $2 WHERE id = $1 AND state = 'in_progress'",
-                &[&id, &i64::from(pgid)],
+                "UPDATE tasks SET specialist_pid = $2 WHERE id = $1 AND state = 'in_progress' \
+                 AND node = $3",
+                &[&id, &i64::from(pgid), &self.node],
             )
             .await?;
         Ok(changed == 1)

@@ -1,0 +1,216 @@
+//! Several nodes on one database, through the shared-store operations (`store::cluster`): claims
+//! start each task once and hold `max_concurrent` across nodes; one leader at a time, taken over
+//! once its lease lapsed; what a node does to leases at start touches its own only. Ignored by
+//! default like the contract suite; `.ci/run` runs them with `--ignored`.
+
+use super::{PostgresBackend, Settings};
+use crate::machine::Action;
+use crate::store::cluster::{Claim, Cluster};
+use crate::store::{Backend, NewTask, Patch, SubmitPlan, TransitionOp};
+use orchestrator_proto::task::{TaskKind, TaskState};
+use std::collections::HashMap;
+
+const T0: i64 = 1_000_000;
+const AGENT: &str = "coder";
+
+async fn node(url: &str, id: &str) -> PostgresBackend {
+    PostgresBackend::open(&Settings {
+        url: url.to_string(),
+        pool_size: 4,
+        node: id.to_string(),
+    })
+    .await
+    .expect("open the store")
+}
+
+/// Two nodes on one fresh database.
+async fn two_nodes() -> (PostgresBackend, PostgresBackend) {
+    let url = super::throwaway::shared_database().expect("a throwaway PostgreSQL database");
+    (node(&url, "node-a").await, node(&url, "node-b").await)
+}
+
+/// Submit `n` tasks routed to [`AGENT`] (`assigned`), through `store`.
+async fn assigned(store: &PostgresBackend, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = format!("t{i:04}");
+        let task = NewTask {
+            id: id.clone(),
+            kind: TaskKind::Live,
+            goal: "fix the bug".into(),
+            workspace_dir: None,
+            required_capabilities: Vec::new(),
+            submitted_by: "alice".into(),
+            harness: false,
+            created_ms: T0,
+            expires_ms: T0 + 3_600_000,
+        };
+        let route = TransitionOp::new(&id, Action::Route, "tester", T0).patch(Patch {
+            agent: Some(AGENT.into()),
+            ..Patch::default()
+        });
+        store
+            .submit(SubmitPlan {
+                task,
+                actor: "tester".into(),
+                steps: vec![route],
+            })
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+fn claim(max: u32, want: u32) -> Claim {
+    Claim {
+        agent: AGENT.into(),
+        max_concurrent: max,
+        want,
+        lease_until: T0 + 60_000,
+        at_ms: T0 + 1,
+        actor: "dispatcher".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+async fn claims_start_each_task_once_within_max_concurrent_across_nodes() {
+    const MAX: u32 = 3;
+    let (a, b) = two_nodes().await;
+    let ids = assigned(&a, 30).await;
+    let mut started_by: HashMap<String, Vec<&str>> = HashMap::new();
+    for _round in 0..100 {
+        // Both nodes ask for more than the agent may run, at the same moment.
+        let (got_a, got_b) = tokio::join!(a.claim(claim(MAX, 5)), b.claim(claim(MAX, 5)));
+        let (got_a, got_b) = (got_a.unwrap(), got_b.unwrap());
+        assert!(
+            got_a.len() + got_b.len() <= MAX as usize,
+            "{} + {} started with max_concurrent {MAX}",
+            got_a.len(),
+            got_b.len()
+        );
+        for (who, got) in [("node-a", &got_a), ("node-b", &got_b)] {
+            for t in got.iter() {
+                assert_eq!(t.state, TaskState::InProgress);
+                assert_eq!(t.attempts, 1);
+                started_by.entry(t.id.clone()).or_default().push(who);
+            }
+        }
+        // Nothing frees a slot until a task ends: a further claim starts nothing.
+        assert!(b.claim(claim(MAX, 5)).await.unwrap().is_empty());
+        if got_a.is_empty() && got_b.is_empty() {
+            break;
+        }
+        let done: Vec<TransitionOp> = got_a
+            .iter()
+            .chain(got_b.iter())
+            .map(|t| {
+                TransitionOp::new(
+                    &t.id,
+                    Action::Complete {
+                        approval_required: false,
+                    },
+                    "dispatcher",
+                    T0 + 2,
+                )
+            })
+            .collect();
+        for r in a.transitions(done).await.unwrap() {
+            assert_eq!(r.unwrap().state, TaskState::Done);
+        }
+    }
+    assert_eq!(started_by.len(), ids.len(), "every task started");
+    for (id, by) in &started_by {
+        assert_eq!(by.len(), 1, "{id} started by {by:?}");
+    }
+    let nodes: Vec<&str> = started_by.values().map(|v| v[0]).collect();
+    assert!(nodes.contains(&"node-a") && nodes.contains(&"node-b"));
+    a.close();
+    b.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+async fn leases_name_their_node_and_a_start_touches_its_own() {
+    let (a, b) = two_nodes().await;
+    let ids = assigned(&a, 2).await;
+    let on_a = a.claim(claim(1, 1)).await.unwrap();
+    let on_b = b.claim(claim(2, 1)).await.unwrap();
+    assert_eq!((on_a.len(), on_b.len()), (1, 1));
+    let (ta, tb) = (on_a[0].id.clone(), on_b[0].id.clone());
+    assert_ne!(ta, tb);
+    // A renews its own lease; B's task is not A's to keep alive.
+    let lost = a.renew_leases(ids.clone(), T0 + 120_000).await.unwrap();
+    assert_eq!(lost, vec![tb.clone()]);
+    assert!(a.set_specialist_pid(&ta, 4242).await.unwrap());
+    assert!(!a.set_specialist_pid(&tb, 4242).await.unwrap());
+    // A restarting voids and reaps its own leases only.
+    let left: Vec<String> = a
+        .orphan_leftovers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    assert_eq!(left, vec![ta.clone()]);
+    assert_eq!(a.void_leases().await.unwrap(), 1);
+    let reclaim = crate::store::Reclaim {
+        now: T0 + 2,
+        limit: 100,
+        reason: "restarted".into(),
+        actor: "sweeper".into(),
+        attempts: crate::store::AttemptLimits::default(),
+    };
+    let reclaimed = a.reclaim_lapsed(reclaim).await.unwrap();
+    let moved: Vec<&String> = reclaimed
+        .requeued
+        .iter()
+        .chain(reclaimed.failed.iter())
+        .collect();
+    assert_eq!(moved, vec![&ta]);
+    assert_eq!(
+        b.get_task(&tb).await.unwrap().unwrap().state,
+        TaskState::InProgress
+    );
+    a.close();
+    b.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+async fn one_leader_at_a_time_until_its_lease_lapses() {
+    const LEASE: i64 = 1_000;
+    let (a, b) = two_nodes().await;
+    assert!(a.lead(T0, LEASE).await.unwrap());
+    assert!(!b.lead(T0 + 500, LEASE).await.unwrap());
+    // Renewed before it lapsed: still A's.
+    assert!(a.lead(T0 + 900, LEASE).await.unwrap());
+    assert!(!b.lead(T0 + 1_800, LEASE).await.unwrap());
+    // A stopped renewing: B takes over once the lease has lapsed, and A cannot take it back.
+    assert!(b.lead(T0 + 2_000, LEASE).await.unwrap());
+    assert!(!a.lead(T0 + 2_100, LEASE).await.unwrap());
+    for (n, id) in [(&a, "node-a"), (&b, "node-b")] {
+        n.heartbeat(crate::store::cluster::NodeBeat {
+            host: "h".into(),
+            pid: 1,
+            version: "v".into(),
+            address: format!("/run/{id}.sock"),
+            agents: vec![AGENT.into()],
+            running: 0,
+            at_ms: T0 + 2_100,
+        })
+        .await
+        .unwrap();
+    }
+    let nodes = a.nodes(T0 + 2_200).await.unwrap();
+    let leaders: Vec<(&str, bool)> = nodes.iter().map(|n| (n.id.as_str(), n.leader)).collect();
+    assert_eq!(leaders, vec![("node-a", false), ("node-b", true)]);
+    assert_eq!(nodes[1].agents, vec![AGENT.to_string()]);
+    // A leader that leaves gives the lease up at once.
+    b.leave().await.unwrap();
+    assert!(a.lead(T0 + 2_300, LEASE).await.unwrap());
+    assert_eq!(a.nodes(T0 + 2_300).await.unwrap().len(), 1);
+    a.close();
+    b.close();
+}

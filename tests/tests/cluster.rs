@@ -1,0 +1,378 @@
+//! Several daemons on one PostgreSQL database (see README "Several daemons on one PostgreSQL"),
+//! against a real server started for the test (`orchestrator::store::postgres::throwaway`). Each
+//! daemon is a node with its own socket, state directory and clock. Ignored by default: they need
+//! the PostgreSQL 15 binaries, which `.ci/run` installs before it runs them with `--ignored`.
+//!
+//! The specialists are shell scripts that log each start to a file of their node's, so a task
+//! started twice, or on the wrong node, shows in the logs.
+
+use orchestrator::store::postgres::throwaway::TempPostgres;
+use orchestrator_proto::message::{Request, SubmitRequest};
+use orchestrator_proto::{Response, ServerMessage};
+use orchestrator_tests::*;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const RESEARCH: &str = "research the literature on prompt caching";
+/// Routed to `coder`, which no node here runs: it stays `assigned` until it expires.
+const CODE: &str = "please debug this function and fix the off-by-one";
+const WAIT: Duration = Duration::from_secs(60);
+const LEADER_LEASE: Duration = Duration::from_secs(2);
+
+struct Cluster {
+    pg: TempPostgres,
+    url: String,
+    work: TempDir,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let pg = TempPostgres::start().expect("start PostgreSQL");
+        pg.create_database("orch").expect("create the database");
+        let url = pg.url("orch");
+        let work = tempfile::Builder::new()
+            .prefix("orch-cluster-")
+            .tempdir()
+            .unwrap();
+        Cluster { pg, url, work }
+    }
+
+    /// The config of node `id`, whose `researcher` runs `script`; `extra` is appended.
+    fn config(&self, id: &str, script: &Path, extra: &str) -> String {
+        format!(
+            "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 8\n\
+             [node]\nid = \"{id}\"\nheartbeat = \"200ms\"\nleader_lease = \"{lease}s\"\n\
+             [sweeper]\ninterval = \"1s\"\nlease_ttl = \"3s\"\n\
+             [agents.researcher]\ncommand = [\"{script}\"]\nmax_concurrent = 6\nmax_attempts = 2\n{extra}",
+            url = self.url,
+            lease = LEADER_LEASE.as_secs(),
+            script = script.display(),
+        )
+    }
+
+    /// A specialist for node `id` that logs its start to `starts.<id>` and finishes.
+    fn quick(&self, id: &str) -> PathBuf {
+        script(
+            self.work.path(),
+            &format!("quick-{id}.sh"),
+            &format!("echo \"$ORCH_TASK_ID\" >> \"$DIR/starts.{id}\"\ncat >/dev/null\necho done"),
+        )
+    }
+
+    /// A specialist for node `id` that logs its start, then runs until `release` exists (bounded).
+    fn stuck(&self, id: &str) -> PathBuf {
+        script(
+            self.work.path(),
+            &format!("stuck-{id}.sh"),
+            &format!(
+                "echo \"$ORCH_TASK_ID\" >> \"$DIR/starts.{id}\"\n\
+                 i=0; while [ ! -e \"$DIR/release\" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done"
+            ),
+        )
+    }
+
+    /// A node in live mode on the shared store. The first one flips the store to live; the
+    /// others start with the mode the store already holds.
+    fn live_node(&self, id: &str, script: &Path, first: bool) -> TestDaemon {
+        let toml = self.config(id, script, "");
+        if first {
+            TestDaemon::in_mode(&toml, "live")
+        } else {
+            TestDaemon::with_config(&format!("mode = \"live\"\n{toml}"))
+        }
+    }
+
+    fn starts(&self, id: &str) -> Vec<String> {
+        std::fs::read_to_string(self.work.path().join(format!("starts.{id}")))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn release(&self) {
+        std::fs::write(self.work.path().join("release"), "").unwrap();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Specialists of a killed node must not outlive the test.
+        self.release();
+        let _ = &self.pg;
+    }
+}
+
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\nDIR='{}'\n{body}\n", dir.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn nodes(d: &TestDaemon) -> Value {
+    let (code, v) = d.ctl_json(&["nodes"]);
+    assert_eq!(code, 0, "{v}");
+    v
+}
+
+/// The ids of the nodes that hold the leader's lease, as `d` sees them.
+fn leaders(d: &TestDaemon) -> Vec<String> {
+    nodes(d)["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["leader"] == true)
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn count(d: &TestDaemon, kind: &str, state: &str) -> u64 {
+    let (_, status) = d.ctl_json(&["status"]);
+    status["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == kind && c["state"] == state)
+        .map(|c| c["count"].as_u64().unwrap())
+        .unwrap_or(0)
+}
+
+/// `n` submits over one connection to `socket`; answers the ids.
+fn submit_many(socket: PathBuf, n: usize) -> Vec<String> {
+    let mut raw = Raw::connect(&socket).expect("connect");
+    raw.hello().expect("hello");
+    (0..n)
+        .map(|_| {
+            let req = Request::Submit(SubmitRequest {
+                goal: RESEARCH.into(),
+                required_capabilities: Vec::new(),
+                workspace_dir: None,
+                ttl_secs: None,
+                wait: false,
+            });
+            match raw.request(req).expect("the daemon answers") {
+                ServerMessage::Ok(r) => match *r {
+                    Response::Task(t) => t.id,
+                    other => panic!("unexpected answer {other:?}"),
+                },
+                other => panic!("submit refused: {other:?}"),
+            }
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+fn three_nodes_run_every_task_exactly_once() {
+    const PER_NODE: usize = 1_000;
+    let c = Cluster::new();
+    let ids = ["n1", "n2", "n3"];
+    let a = c.live_node("n1", &c.quick("n1"), true);
+    let b = c.live_node("n2", &c.quick("n2"), false);
+    let d3 = c.live_node("n3", &c.quick("n3"), false);
+    let daemons = [&a, &b, &d3];
+
+    // Every node lists the three, one of them the leader, and says which one it is.
+    wait_for("three nodes and one leader", WAIT, || {
+        let v = nodes(&b);
+        (v["nodes"].as_array().unwrap().len() == 3 && leaders(&b).len() == 1).then_some(())
+    });
+    for (d, id) in daemons.iter().zip(ids) {
+        let (_, status) = d.ctl_json(&["status"]);
+        assert_eq!(status["node"]["id"], id, "{status}");
+        assert_eq!(status["node"]["shared"], true);
+        assert_eq!(status["effectiveMode"], "live");
+    }
+
+    let submitted: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = daemons
+            .iter()
+            .map(|d| {
+                let socket = d.socket.clone();
+                s.spawn(move || submit_many(socket, PER_NODE))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(submitted.len(), 3 * PER_NODE);
+    wait_for("every task done", Duration::from_secs(600), || {
+        (count(&a, "live", "done") == submitted.len() as u64).then_some(())
+    });
+
+    let mut started: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for id in ids {
+        let on_node = c.starts(id);
+        assert!(!on_node.is_empty(), "node {id} started nothing");
+        for task in on_node {
+            started.entry(task).or_default().push(id);
+        }
+    }
+    let twice: Vec<_> = started.iter().filter(|(_, n)| n.len() > 1).collect();
+    assert!(twice.is_empty(), "started more than once: {twice:?}");
+    let want: BTreeSet<&String> = submitted.iter().collect();
+    let got: BTreeSet<&String> = started.keys().collect();
+    assert_eq!(got, want, "every submitted task started, and nothing else");
+    for id in submitted.iter().step_by(97) {
+        assert_eq!(b.state_of(id), "done");
+    }
+}
+
+#[test]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+fn a_killed_nodes_tasks_are_reclaimed_by_the_others() {
+    let c = Cluster::new();
+    // The victim starts alone, so that it claims the tasks; its specialists keep running.
+    let mut victim = c.live_node("victim", &c.stuck("victim"), true);
+    let tasks: Vec<String> = (0..3).map(|_| victim.submit(RESEARCH)).collect();
+    for t in &tasks {
+        victim.wait_state(t, "in_progress", WAIT);
+    }
+    let b = c.live_node("n2", &c.quick("n2"), false);
+    let d3 = c.live_node("n3", &c.quick("n3"), false);
+    wait_for("three nodes", WAIT, || {
+        (nodes(&b)["nodes"].as_array().unwrap().len() == 3).then_some(())
+    });
+    victim.kill9();
+    // Past the victim's leases (3s) and the leader's lease on the survivors' clocks: the new
+    // leader's sweep reclaims the tasks and the survivors run them.
+    for d in [&b, &d3] {
+        d.advance(Duration::from_secs(10));
+    }
+    for t in &tasks {
+        b.wait_state(t, "done", WAIT);
+    }
+    let rerun: BTreeSet<String> = c.starts("n2").into_iter().chain(c.starts("n3")).collect();
+    for t in &tasks {
+        assert!(rerun.contains(t), "{t} was not run again by a survivor");
+        let v = b.task(t);
+        let actions: Vec<&str> = v["trajectory"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert!(actions.contains(&"requeue"), "{t}: {actions:?}");
+        assert_eq!(
+            actions.iter().filter(|a| **a == "start").count(),
+            2,
+            "{actions:?}"
+        );
+    }
+    assert_eq!(c.starts("victim").len(), tasks.len());
+}
+
+#[test]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+fn a_killed_leader_is_replaced_and_the_sweeper_runs_on_the_new_one() {
+    let c = Cluster::new();
+    let mut daemons: BTreeMap<String, TestDaemon> = BTreeMap::new();
+    for (i, id) in ["n1", "n2", "n3"].into_iter().enumerate() {
+        daemons.insert(id.to_string(), c.live_node(id, &c.quick(id), i == 0));
+    }
+    let leader = wait_for("one leader", WAIT, || {
+        let l = leaders(&daemons["n2"]);
+        (l.len() == 1 && nodes(&daemons["n2"])["nodes"].as_array().unwrap().len() == 3)
+            .then(|| l[0].clone())
+    });
+    // Only the leader sweeps on its timer.
+    wait_for("the leader's first sweep", WAIT, || {
+        let (_, s) = daemons[&leader].ctl_json(&["status"]);
+        (!s["lastSweep"].is_null()).then_some(())
+    });
+    for (id, d) in &daemons {
+        if *id != leader {
+            let (_, s) = d.ctl_json(&["status"]);
+            assert!(s["lastSweep"].is_null(), "{id} swept without leading: {s}");
+        }
+    }
+    let mut old = daemons.remove(&leader).unwrap();
+    old.kill9();
+    // Two leases on the survivors' clocks: the old leader's lease has lapsed by then.
+    for d in daemons.values() {
+        d.advance(LEADER_LEASE * 2);
+    }
+    let any = daemons.values().next().unwrap();
+    let new_leader = wait_for("a new leader", WAIT, || {
+        let l = leaders(any);
+        (l.len() == 1 && l[0] != leader).then(|| l[0].clone())
+    });
+    // The sweeper runs there: a task no node runs expires once its time is up.
+    let survivor = &daemons[&new_leader];
+    let out = survivor.ctl(&["submit", CODE, "--ttl", "1s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    survivor.wait_state(&id, "assigned", WAIT);
+    for d in daemons.values() {
+        d.advance(Duration::from_secs(5));
+    }
+    survivor.wait_state(&id, "expired", WAIT);
+    let v = survivor.task(&id);
+    let last = v["trajectory"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["action"], "expire", "{v}");
+}
+
+#[test]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+fn a_mode_flip_through_one_node_is_in_force_on_all() {
+    let c = Cluster::new();
+    let quick = c.quick("any");
+    let toml: Vec<String> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|id| c.config(id, &quick, ""))
+        .collect();
+    let daemons: Vec<TestDaemon> = toml.iter().map(|t| TestDaemon::with_config(t)).collect();
+    for d in &daemons {
+        let (_, s) = d.ctl_json(&["status"]);
+        assert_eq!(s["effectiveMode"], "synthetic");
+    }
+    daemons[0].flip_to("live", &toml[0]);
+    for d in &daemons[1..] {
+        wait_for("the flip on the other nodes", WAIT, || {
+            let (_, s) = d.ctl_json(&["status"]);
+            (s["effectiveMode"] == "live").then_some(())
+        });
+    }
+    // A task submitted through another node is a live one, run by a specialist.
+    let id = daemons[2].submit(RESEARCH);
+    let t = daemons[2].wait_state(&id, "done", WAIT);
+    assert_eq!(t["kind"], "live", "{t}");
+    assert_eq!(c.starts("any"), vec![id]);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+fn a_watch_on_one_node_sees_what_another_commits() {
+    let c = Cluster::new();
+    let quick = c.quick("any");
+    let a = TestDaemon::with_config(&c.config("n1", &quick, ""));
+    let b = TestDaemon::with_config(&c.config("n2", &quick, ""));
+    let mut watch = Raw::connect(&b.socket).unwrap();
+    watch.hello().unwrap();
+    assert!(matches!(watch.ok(Request::Watch), Response::WatchStarted));
+    let id = a.submit(RESEARCH);
+    // Synthetic: submitted, routed, started and completed in one commit on A.
+    let mut seen = Vec::new();
+    while seen.last().map(|(_, to): &(String, String)| to.as_str()) != Some("done") {
+        match watch.recv().expect("an event within the read timeout") {
+            ServerMessage::Event(ev) if ev.task_id == id => {
+                seen.push((ev.action.clone(), ev.to.as_str().to_string()))
+            }
+            ServerMessage::Event(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(seen.len() <= 4, "{seen:?}");
+    }
+    let actions: Vec<&str> = seen.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(actions, ["submit", "route", "start", "complete"]);
+}
