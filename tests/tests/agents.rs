@@ -388,10 +388,18 @@ printf '{"usage":{"model":"m","costUsd":0.45}}' > "$ORCH_META_FILE"
 echo ok
 "#,
     );
+    let events = w.path().join("events.log");
+    let sink = script(
+        w.path(),
+        "sink.sh",
+        &format!("{{ cat; echo; }} >> '{}'", events.display()),
+    );
     let budget = "budget = { daily_usd = 1.0, monthly_usd = 50 }";
     let d = TestDaemon::in_mode(
         &format!(
-            "timezone = \"Europe/Paris\"\n{}",
+            "timezone = \"Europe/Paris\"\n[[notify]]\nname = \"money\"\n\
+             events = [\"budget.warning\", \"budget.exhausted\"]\ncommand = [\"{}\"]\n{}",
+            sink.display(),
             agent("researcher", &costly, budget)
         ),
         "shadow",
@@ -412,6 +420,22 @@ echo ok
     let log = d.log_text();
     assert!(log.contains("budget.warning"), "{log}");
     assert!(log.contains("budget.exhausted"));
+    // The same two reach a notification sink, in order, each once.
+    let sent: Vec<serde_json::Value> = wait_for("the budget events at the sink", WAIT, || {
+        let v: Vec<serde_json::Value> = lines(&events)
+            .iter()
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (v.len() >= 2).then_some(v)
+    });
+    let types: Vec<&str> = sent.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["budget.warning", "budget.exhausted"], "{sent:?}");
+    let exhausted = &sent[1];
+    assert_eq!(exhausted["agent"], "researcher", "{exhausted}");
+    assert_eq!(exhausted["period"], "daily");
+    assert_eq!(exhausted["capUsd"], 1.0);
+    assert!((exhausted["spentUsd"].as_f64().unwrap() - 1.35).abs() < 1e-9);
 
     // Queued work waits; the operator's resume lets it run.
     let waiting = d.submit(RESEARCH);

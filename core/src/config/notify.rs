@@ -23,6 +23,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "mode.changed",
     "mode.refused",
     "daemon.alarm",
+    "budget.warning",
+    "budget.exhausted",
 ];
 
 /// Where a sink's events go.

@@ -4,7 +4,7 @@
 use crate::agents::spending::Period;
 use crate::daemon::Daemon;
 use crate::dispatch::pauses::{self, PAUSED_BY_BUDGET};
-use crate::store::StoredPause;
+use crate::store::{Notice, StoredPause};
 use orchestrator_proto::message::PauseCause;
 
 /// Charge a run's cost to its agent; raise what it crossed and pause what it exhausted.
@@ -19,6 +19,16 @@ pub async fn charge(d: &Daemon, agent: &str, cost: f64, at: i64) {
             "budget.warning"
         };
         tracing::warn!(event, scope = %scope, period = c.period.as_str(), spent_usd = c.spent, cap_usd = c.cap, "budget {event}");
+        // To the notification sinks that ask for it (see README, "Notifications").
+        let notice = Notice::new(event, at)
+            .field("agent", c.agent.clone())
+            .field("period", c.period.as_str())
+            .field("spentUsd", c.spent)
+            .field("capUsd", c.cap)
+            .field("periodEnds", crate::clock::rfc3339(c.ends));
+        if let Err(e) = d.store.enqueue_notice(notice).await {
+            tracing::warn!(event, error = %e, "notify: cannot queue the event");
+        }
         if !c.exhausted {
             continue;
         }
