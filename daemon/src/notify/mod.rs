@@ -59,7 +59,8 @@ pub async fn announce(d: &Daemon, event_type: &str, fields: serde_json::Value) {
 }
 
 /// The delivery workers, one per configured sink, restarted when a reload installs a new config
-/// (the reload installs the store's rules itself; see [`install_rules`]), until shutdown.
+/// (the reload installs the store's rules itself; see [`install_rules`]) or when this node gains
+/// or loses the lead on a shared store, until shutdown.
 pub async fn run(d: Arc<Daemon>) {
     // When the store's disk filled up, until the alarm about it is written.
     let mut full_since: Option<i64> = None;
@@ -67,7 +68,10 @@ pub async fn run(d: Arc<Daemon>) {
         let cfg = d.config();
         let stop = d.shutdown.child_token();
         let mut workers = tokio::task::JoinSet::new();
-        for s in &cfg.notify {
+        // On a shared store only the leader delivers, so that several nodes do not send one row
+        // each; alone on SQLite a daemon always leads.
+        let leads = d.node.is_leader();
+        for s in cfg.notify.iter().filter(|_| leads) {
             match sink::Sender::new(s.clone()) {
                 Ok(sender) => {
                     workers.spawn(worker::run(Arc::clone(&d), sender, stop.clone()));
@@ -84,7 +88,7 @@ pub async fn run(d: Arc<Daemon>) {
                 _ = d.shutdown.cancelled() => break false,
                 _ = tokio::time::sleep(TICK) => {}
             }
-            if !Arc::ptr_eq(&cfg, &d.config()) {
+            if !Arc::ptr_eq(&cfg, &d.config()) || d.node.is_leader() != leads {
                 break true;
             }
         };
