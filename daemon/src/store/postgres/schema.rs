@@ -157,6 +157,10 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO leader (one, node, until) VALUES (true, NULL, 0);
     "#,
+    // 6: the runs that reported usage, by start (budgets at start, the shadow summary's costs).
+    r#"
+    CREATE INDEX tasks_usage_started ON tasks (started_at, id) WHERE usage IS NOT NULL;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -130,6 +130,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tasks ADD COLUMN usage TEXT;
     "#,
+    // 7: the runs that reported usage, by start (budgets at start, the shadow summary's costs). Only
+    // rows with usage are in it, so a synthetic submit pays nothing for it.
+    r#"
+    CREATE INDEX tasks_usage_started ON tasks (started_at, id) WHERE usage IS NOT NULL;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
