@@ -43,6 +43,13 @@ pub fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// Milliseconds since the epoch of an RFC 3339 time as [`rfc3339`] writes it.
+pub fn rfc3339_ms(s: &str) -> Option<i64> {
+    let t = humantime::parse_rfc3339(s).ok()?;
+    let d = t.duration_since(UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_millis()).ok()
+}
+
 pub fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -293,6 +300,20 @@ impl OffsetFile {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn store_times_parse_back_to_milliseconds() {
+        assert_eq!(
+            rfc3339_ms(&rfc3339(1_700_000_000_123)),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(
+            rfc3339_ms("2023-11-14T22:13:20.123Z"),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(rfc3339_ms("yesterday"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -9,9 +9,10 @@
 //! writer thread, so logging cannot slow a group commit. The same follower counts them for
 //! `orchctl metrics`, and tells the metrics which tasks wait for approval and since when.
 
+use crate::clock::rfc3339_ms;
 use crate::daemon::Daemon;
 use crate::gate::synthetic::HARNESS;
-use crate::metrics::{rfc3339_ms, Metrics};
+use crate::metrics::Metrics;
 use crate::store::TaskFilter;
 use orchestrator_proto::task::{TaskState, TrajectoryEvent};
 use std::sync::Arc;

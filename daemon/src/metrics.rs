@@ -352,13 +352,6 @@ pub fn ms_to_seconds(ms: i64) -> f64 {
     ms as f64 / 1000.0
 }
 
-/// Milliseconds since the epoch of an RFC 3339 time as the store shows it.
-pub fn rfc3339_ms(s: &str) -> Option<i64> {
-    let t = humantime::parse_rfc3339(s).ok()?;
-    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
-    i64::try_from(d.as_millis()).ok()
-}
-
 /// What this process uses, from `/proc/self`.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct ProcessStats {
@@ -883,14 +876,5 @@ mod tests {
         assert!(parse_stat("garbage", "btime 1", 100.0, 4096).is_none());
         assert!(ProcessStats::read_self()
             .is_some_and(|p| p.resident_memory_bytes > 0 && p.open_fds >= 3));
-    }
-
-    #[test]
-    fn store_times_parse_to_milliseconds() {
-        assert_eq!(
-            rfc3339_ms("2023-11-14T22:13:20.123Z"),
-            Some(1_700_000_000_123)
-        );
-        assert_eq!(rfc3339_ms("yesterday"), None);
     }
 }

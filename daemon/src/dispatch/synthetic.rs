@@ -131,7 +131,7 @@ pub async fn dispatch(d: &Daemon, tasks: Vec<Task>, at: i64) {
                         if task.state == TaskState::Queued {
                             d.metrics.dispatches.inc(&[agent.as_str()]);
                         }
-                        if let Some(created) = metrics::rfc3339_ms(&task.created_at) {
+                        if let Some(created) = crate::clock::rfc3339_ms(&task.created_at) {
                             d.metrics
                                 .queue_wait
                                 .observe(metrics::ms_to_seconds(at - created));

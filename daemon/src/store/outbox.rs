@@ -195,6 +195,16 @@ impl Cause<'_> {
 
 /// When a task waiting for approval since `since_ms` stops waiting: its TTL, or the approval
 /// timeout if that comes first. Answers the deadline and what happens at it.
+/// When the task expires, from the row just read (no second read of the row).
+pub fn expires_ms(task: &Task) -> Result<i64, crate::store::StoreError> {
+    crate::clock::rfc3339_ms(&task.expires_at).ok_or_else(|| {
+        crate::store::StoreError::Sql(format!(
+            "task {}: unreadable expiry {:?}",
+            task.id, task.expires_at
+        ))
+    })
+}
+
 pub fn approval_deadline(
     policy: &ApprovalPolicy,
     agent: Option<&str>,

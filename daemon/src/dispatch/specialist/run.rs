@@ -65,7 +65,7 @@ impl Shared {
                 return;
             }
         };
-        if let Some(created) = crate::metrics::rfc3339_ms(&started.created_at) {
+        if let Some(created) = crate::clock::rfc3339_ms(&started.created_at) {
             let wait = crate::metrics::ms_to_seconds(at - created);
             d.metrics.queue_wait.observe(wait);
         }

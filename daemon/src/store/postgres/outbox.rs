@@ -5,7 +5,7 @@
 use super::pg_error;
 use super::tx::Tx;
 use crate::store::outbox::{
-    event_type, transition_payload, Cause, Notice, OutboxEntry, OutboxStats,
+    event_type, expires_ms, transition_payload, Cause, Notice, OutboxEntry, OutboxStats,
 };
 use crate::store::{Awaiting, StoreError};
 use deadpool_postgres::Client;
@@ -84,13 +84,7 @@ impl Tx<'_> {
         if sinks.is_empty() {
             return Ok(());
         }
-        let rows = self
-            .query("SELECT expires_at FROM tasks WHERE id = $1", &[&task_id])
-            .await?;
-        let expires_ms: i64 = rows
-            .first()
-            .map(|r| r.get(0))
-            .ok_or_else(|| StoreError::NotFound(task_id.to_string()))?;
+        let expires_ms = expires_ms(&task)?;
         let cause = Cause {
             seq,
             at_ms,

@@ -3,7 +3,7 @@
 
 use super::batch::Batch;
 use crate::store::outbox::{
-    event_type, transition_payload, Cause, Notice, OutboxEntry, OutboxStats,
+    event_type, expires_ms, transition_payload, Cause, Notice, OutboxEntry, OutboxStats,
 };
 use crate::store::{Awaiting, StoreError};
 use orchestrator_proto::task::{TaskKind, TaskState};
@@ -77,10 +77,7 @@ impl Batch<'_> {
         if sinks.is_empty() {
             return Ok(());
         }
-        let expires_ms: i64 = self
-            .tx()
-            .prepare_cached("SELECT expires_at FROM tasks WHERE id = ?1")?
-            .query_row([task_id], |r| r.get(0))?;
+        let expires_ms = expires_ms(&task)?;
         let cause = Cause {
             seq,
             at_ms,
