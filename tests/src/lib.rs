@@ -21,6 +21,36 @@ use std::time::{Duration, Instant};
 
 pub use tempfile::TempDir;
 
+/// A directory outside the daemon's for stub specialists and the marks they leave.
+pub fn workdir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("orch-stubs-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// Write an executable `/bin/sh` script; `$DIR` in `body` is the script's directory.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    let text = format!(
+        "#!/bin/sh\nDIR='{}'\n{}\n",
+        dir.display(),
+        body.trim_start()
+    );
+    std::fs::write(&path, text).expect("write the script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// An `[agents.<id>]` table running `command`, with `extra` lines.
+pub fn agent(id: &str, command: &Path, extra: &str) -> String {
+    format!(
+        "[agents.{id}]\ncommand = [\"{}\"]\n{extra}\n",
+        command.display()
+    )
+}
+
 /// Directory holding the built binaries (`target/<profile>`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

@@ -7,40 +7,12 @@
 use orchestrator_tests::prometheus;
 use orchestrator_tests::*;
 use serde_json::Value;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 const RESEARCH: &str = "research the literature on prompt caching";
 const CODE: &str = "please debug this function and fix the off-by-one";
 const WAIT: Duration = Duration::from_secs(20);
-
-fn workdir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("orch-agents-")
-        .tempdir()
-        .expect("tempdir")
-}
-
-/// Write an executable `/bin/sh` script; `$DIR` in `body` is the script's directory.
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let path = dir.join(name);
-    let text = format!(
-        "#!/bin/sh\nDIR='{}'\n{}\n",
-        dir.display(),
-        body.trim_start()
-    );
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
-fn agent(id: &str, command: &Path, extra: &str) -> String {
-    format!(
-        "[agents.{id}]\ncommand = [\"{}\"]\n{extra}\n",
-        command.display()
-    )
-}
 
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)

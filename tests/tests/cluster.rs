@@ -12,7 +12,6 @@ use orchestrator_proto::{Response, ServerMessage};
 use orchestrator_tests::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -104,17 +103,6 @@ impl Drop for Cluster {
         self.release();
         let _ = &self.pg;
     }
-}
-
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(
-        &path,
-        format!("#!/bin/sh\nDIR='{}'\n{body}\n", dir.display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
 }
 
 fn nodes(d: &TestDaemon) -> Value {

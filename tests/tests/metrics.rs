@@ -6,8 +6,6 @@
 use orchestrator_tests::client::Client;
 use orchestrator_tests::prometheus::{check, promtool_check, Exposition};
 use orchestrator_tests::*;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const HTTP: &str = "[http]\nlisten = \"127.0.0.1:0\"\n";
@@ -268,13 +266,6 @@ fn on_loopback_metrics_need_no_token_even_before_init() {
     scrape(&c, None);
     // The rest of the API still does.
     assert_eq!(c.get("/orchestrator/tasks", None).status, 503);
-}
-
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
 }
 
 #[test]

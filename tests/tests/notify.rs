@@ -9,7 +9,6 @@ use orchestrator_tests::*;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -144,13 +143,6 @@ fn webhook_sink(name: &str, url: &str, events: &str, extra: &str) -> String {
         "[[notify]]\nname = \"{name}\"\nevents = {events}\nkinds = [\"synthetic\"]\nwebhook = \"{url}\"\n\
          retry_initial = \"20ms\"\nretry_max = \"100ms\"\n{extra}\n"
     )
-}
-
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
 }
 
 fn sinks(d: &TestDaemon) -> Value {

@@ -8,8 +8,7 @@ use orchestrator_tests::prometheus;
 use orchestrator_tests::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 const RESEARCH: &str = "research the literature on prompt caching";
@@ -20,34 +19,6 @@ const AUDIT: &str = "audit the access logs";
 const DESIGN: &str = "design a mockup of the settings page";
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A directory outside the daemon's for the scripts and the marks they leave.
-fn workdir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("orch-spec-")
-        .tempdir()
-        .expect("tempdir")
-}
-
-/// Write an executable `/bin/sh` script; `$DIR` in `body` is the script's directory.
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let path = dir.join(name);
-    let text = format!(
-        "#!/bin/sh\nDIR='{}'\n{}\n",
-        dir.display(),
-        body.trim_start()
-    );
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
-fn agent(id: &str, command: &Path, extra: &str) -> String {
-    format!(
-        "[agents.{id}]\ncommand = [\"{}\"]\n{extra}\n",
-        command.display()
-    )
-}
 
 fn submit_in(d: &TestDaemon, goal: &str, workspace: &Path) -> String {
     let out = d.ctl(&[
