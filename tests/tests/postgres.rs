@@ -10,7 +10,7 @@ use orchestrator_proto::message::{Request, SubmitRequest};
 use orchestrator_proto::task::TaskKind;
 use orchestrator_proto::{ErrorCode, Response, ServerMessage, TaskState};
 use orchestrator_tests::*;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +33,10 @@ fn postgres_config(pg: &TempPostgres) -> String {
 struct Journal {
     acked: HashMap<String, TaskState>,
     in_flight: HashMap<String, TaskState>,
+    /// Approvals whose first attempt was answered `store_unavailable` and whose retry was refused
+    /// `invalid_transition`: PostgreSQL went down after the COMMIT reached it but before its answer
+    /// did, so the first attempt took effect. Each must be `done` afterwards.
+    committed_unanswered: Vec<String>,
     errors: BTreeMap<String, u64>,
 }
 
@@ -47,6 +51,7 @@ fn client(socket: &std::path::Path, n: usize, load: &Load) -> Journal {
     let mut raw = Raw::connect(socket).expect("connect");
     raw.hello().expect("hello");
     let mut waiting: Vec<String> = Vec::new();
+    let mut unanswered: HashSet<String> = HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut i = 0usize;
     while !load.stop.load(Ordering::Relaxed) && Instant::now() < deadline && i < 200_000 {
@@ -87,6 +92,14 @@ fn client(socket: &std::path::Path, n: usize, load: &Load) -> Journal {
                 }
                 other => panic!("unexpected response {other:?}"),
             },
+            ServerMessage::Err(e)
+                if e.code == ErrorCode::InvalidTransition
+                    && approving.as_ref().is_some_and(|id| unanswered.contains(id)) =>
+            {
+                if let Some(id) = approving {
+                    j.committed_unanswered.push(id);
+                }
+            }
             ServerMessage::Err(e) => {
                 *j.errors.entry(e.code.as_str().to_string()).or_default() += 1;
                 if e.code == ErrorCode::StoreUnavailable {
@@ -94,6 +107,9 @@ fn client(socket: &std::path::Path, n: usize, load: &Load) -> Journal {
                 }
                 // Retry that approval later; its outcome is unknown until then.
                 if let Some(id) = approving {
+                    if e.code == ErrorCode::StoreUnavailable {
+                        unanswered.insert(id.clone());
+                    }
                     waiting.insert(0, id);
                 }
                 // A client's back-off before it retries, not a wait for anything.
@@ -183,6 +199,19 @@ fn postgres_restarted_under_load_loses_no_acknowledged_write() {
                 task.state
             );
             checked += 1;
+        }
+        for id in &j.committed_unanswered {
+            match raw.request(Request::ShowTask { id: id.clone() }).unwrap() {
+                ServerMessage::Ok(r) => match *r {
+                    Response::TaskDetail { task, .. } => assert_eq!(
+                        task.state,
+                        TaskState::Done,
+                        "{id}: its approval was refused on retry, so the first attempt committed"
+                    ),
+                    other => panic!("show {id}: {other:?}"),
+                },
+                other => panic!("approved task {id} is gone: {other:?}"),
+            }
         }
     }
     // Approvals re-acknowledge tasks already counted: 400 acknowledgements name fewer tasks.
