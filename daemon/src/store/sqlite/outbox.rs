@@ -103,10 +103,11 @@ impl Batch<'_> {
         Ok(sinks.len())
     }
 
-    pub fn outbox_delivered(&mut self, seq: i64) -> Result<(), StoreError> {
-        self.tx()
-            .prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
-            .execute([seq])?;
+    pub fn outbox_delivered(&mut self, seqs: &[i64]) -> Result<(), StoreError> {
+        let mut stmt = self.tx().prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+        for seq in seqs {
+            stmt.execute([seq])?;
+        }
         Ok(())
     }
 
