@@ -181,6 +181,10 @@ enum Cmd {
         /// Rounds of (without, with) submit runs.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// What the sinks' webhook answers: `refused` and `paused` deliver nothing, so that only
+        /// the outbox rows cost.
+        #[arg(long, value_enum, default_value = "live")]
+        receiver: notify::ReceiverMode,
         #[arg(long)]
         daemon: Option<PathBuf>,
     },
@@ -384,10 +388,18 @@ fn run(cli: Cli) -> Result<()> {
             connections,
             seconds,
             rounds,
+            receiver,
             daemon,
         } => {
             let bin = daemon.unwrap_or_else(|| sibling("orchestratord"));
-            notify::print(&notify::run(&bin, events, connections, seconds, rounds)?);
+            notify::print(&notify::run(
+                &bin,
+                events,
+                connections,
+                seconds,
+                rounds,
+                receiver,
+            )?);
         }
         Cmd::All(opts) => all::run(opts)?,
     }

@@ -8,6 +8,12 @@
 //!   sinks and one with two webhook sinks that both want every submit's `task.done`, rounds
 //!   alternating (A B A B) so that both see the same machine. After the load the two sinks' backlog
 //!   drains, and the time it takes is reported.
+//! - CPU: beside each submit run, the CPU time per submit of the whole daemon and of its store
+//!   writer thread (`/proc/PID/stat`, `/proc/PID/task/TID/stat`), and of the receiver's threads,
+//!   so that the cost of the sinks can be read on a shared machine, where throughput cannot.
+//! - `--receiver refused|paused` points the sinks at a port that refuses connections, or at a
+//!   receiver that accepts and never answers: the outbox rows are written and nothing is
+//!   delivered, which separates the cost of writing them from the cost of delivering them.
 
 use crate::client::Conn;
 use crate::proc::Daemon;
@@ -29,19 +35,127 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 /// An event as the receiver saw it: its task's id and when it arrived.
 type Arrival = (String, Instant);
 
+/// What the sinks' webhook address answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReceiverMode {
+    /// 200 to every `POST`, on keep-alive connections.
+    Live,
+    /// Nothing listens: every connection is refused.
+    Refused,
+    /// Connections are accepted and never read: every attempt times out.
+    Paused,
+}
+
+/// The name of the receiver's threads, whose CPU time is reported.
+const RECEIVER_THREAD: &str = "receiver";
+/// The name of the daemon's store writer thread (`WRITER_TASK` in the daemon).
+const WRITER_THREAD: &str = "store-writer";
+
+/// CPU time (user + system) of a process or thread from its `stat` file, in clock ticks.
+fn stat_ticks(path: &Path) -> Result<u64> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    // The command name is in parentheses and may hold spaces: the fields follow the last ')'.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("{}: no command name", path.display()))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5) (utime, stime) are the 12th and 13th after the name.
+    let field = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| anyhow!("{}: no field {}", path.display(), i + 3))
+    };
+    Ok(field(11)? + field(12)?)
+}
+
+/// CPU time of the threads of `pid` named `name`, in clock ticks.
+fn threads_ticks(pid: &str, name: &str) -> Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = task?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            // A thread that ended between the listing and the read counts nothing.
+            total += stat_ticks(&dir.join("stat")).unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
+/// CPU time of a daemon and of its writer thread.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu {
+    pub daemon: Duration,
+    pub writer: Duration,
+}
+
+fn ticks(t: u64) -> Duration {
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Duration::from_nanos(t.saturating_mul(1_000_000_000) / hz)
+}
+
+fn daemon_ticks(pid: u32) -> Result<(u64, u64)> {
+    let pid = pid.to_string();
+    Ok((
+        stat_ticks(Path::new(&format!("/proc/{pid}/stat")))?,
+        threads_ticks(&pid, WRITER_THREAD)?,
+    ))
+}
+
+/// One submit run with the CPU it took: the daemon's, and the receiver's threads' (in this
+/// process).
+fn measured(
+    daemon: &Started,
+    connections: usize,
+    stop: crate::load::Stop,
+) -> Result<(Throughput, Cpu, Duration)> {
+    let before = daemon_ticks(daemon.daemon.pid())?;
+    let receiver_before = threads_ticks("self", RECEIVER_THREAD)?;
+    let t = scenarios::submit(&daemon.socket, connections, stop)?;
+    let after = daemon_ticks(daemon.daemon.pid())?;
+    let receiver = threads_ticks("self", RECEIVER_THREAD)?.saturating_sub(receiver_before);
+    let cpu = Cpu {
+        daemon: ticks(after.0.saturating_sub(before.0)),
+        writer: ticks(after.1.saturating_sub(before.1)),
+    };
+    Ok((t, cpu, ticks(receiver)))
+}
+
+/// Microseconds of `cpu` per submit of `t`.
+fn per_submit(cpu: Duration, t: &Throughput) -> f64 {
+    cpu.as_secs_f64() * 1e6 / t.ok.max(1) as f64
+}
+
 /// A webhook receiver: answers every `POST` with 200 on keep-alive connections and reports each
 /// event's task id with its arrival time.
-fn receiver() -> Result<(String, mpsc::Receiver<Arrival>)> {
+fn receiver(mode: ReceiverMode) -> Result<(String, mpsc::Receiver<Arrival>)> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?.to_string();
     let (tx, rx) = mpsc::channel();
+    if mode == ReceiverMode::Refused {
+        // The port is free again once the listener is gone: connections to it are refused.
+        drop(listener);
+        return Ok((addr, rx));
+    }
     std::thread::Builder::new()
-        .name("receiver".into())
+        .name(RECEIVER_THREAD.into())
         .spawn(move || {
+            // Paused: accepted connections are kept open and never read.
+            let mut held = Vec::new();
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
+                if mode == ReceiverMode::Paused {
+                    held.push(stream);
+                    continue;
+                }
                 let tx = tx.clone();
                 let _ = std::thread::Builder::new()
+                    .name(RECEIVER_THREAD.into())
                     .stack_size(256 * 1024)
                     .spawn(move || serve(stream, tx));
             }
@@ -123,11 +237,18 @@ pub struct Report {
     /// From the submit's request to the event's arrival.
     pub after_request: Samples,
     pub connections: usize,
+    pub receiver: ReceiverMode,
     /// (without sinks, with two sinks), per round.
     pub rounds: Vec<(Throughput, Throughput)>,
+    /// The daemons' CPU time in each run: (without, with), per round.
+    pub cpu: Vec<(Cpu, Cpu)>,
+    /// The receiver's CPU time during each run with sinks, and the events it took in that run.
+    pub receiver_cpu: Vec<(Duration, u64)>,
     /// Events left to deliver when the load ended, and how long they took.
     pub backlog: u64,
     pub drained_in: Duration,
+    /// The daemon with sinks while its backlog drained: its CPU time and the receiver's.
+    pub drain_cpu: (Cpu, Duration),
 }
 
 pub fn run(
@@ -136,9 +257,10 @@ pub fn run(
     connections: usize,
     seconds: f64,
     rounds: usize,
+    mode: ReceiverMode,
 ) -> Result<Report> {
     let dir = tempfile::tempdir()?;
-    let (addr, arrivals) = receiver()?;
+    let (addr, arrivals) = receiver(mode)?;
     let plain = start(bin, dir.path(), "plain", "")?;
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "benchmark secret")?;
@@ -153,7 +275,13 @@ pub fn run(
     // deliver it; the first arrival counts).
     let mut conn = Conn::open(&notifying.socket)?;
     let (mut after_commit, mut after_request) = (Samples::default(), Samples::default());
-    for _ in 0..events {
+    // Nothing arrives from a receiver that refuses or never answers: no latency to time.
+    let timed = if mode == ReceiverMode::Live {
+        events
+    } else {
+        0
+    };
+    for _ in 0..timed {
         let sent = Instant::now();
         let task = match conn.submit(DONE_GOAL)? {
             Ok(t) => t,
@@ -176,18 +304,25 @@ pub fn run(
 
     let stop = crate::load::Stop::After(Duration::from_secs_f64(seconds));
     let mut runs = Vec::with_capacity(rounds);
+    let (mut cpu, mut receiver_cpu) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        let without = scenarios::submit(&plain.socket, connections, stop)?;
-        let with = scenarios::submit(&notifying.socket, connections, stop)?;
+        let (without, plain_cpu, _) = measured(&plain, connections, stop)?;
+        while arrivals.try_recv().is_ok() {}
+        let (with, notifying_cpu, receiver) = measured(&notifying, connections, stop)?;
+        let arrived = std::iter::from_fn(|| arrivals.try_recv().ok()).count() as u64;
         runs.push((without, with));
+        cpu.push((plain_cpu, notifying_cpu));
+        receiver_cpu.push((receiver, arrived));
     }
 
-    // The backlog the load left, drained.
+    // The backlog the load left, drained (when the receiver takes it).
     let drain_started = Instant::now();
+    let drain_before = daemon_ticks(notifying.daemon.pid())?;
+    let receiver_before = threads_ticks("self", RECEIVER_THREAD)?;
     let backlog = pending(&mut conn)?;
     loop {
         while arrivals.try_recv().is_ok() {}
-        if pending(&mut conn)? == 0 {
+        if mode != ReceiverMode::Live || pending(&mut conn)? == 0 {
             break;
         }
         if drain_started.elapsed() > DRAIN_TIMEOUT {
@@ -196,6 +331,14 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(100));
     }
     let drained_in = drain_started.elapsed();
+    let drain_after = daemon_ticks(notifying.daemon.pid())?;
+    let drain_cpu = (
+        Cpu {
+            daemon: ticks(drain_after.0.saturating_sub(drain_before.0)),
+            writer: ticks(drain_after.1.saturating_sub(drain_before.1)),
+        },
+        ticks(threads_ticks("self", RECEIVER_THREAD)?.saturating_sub(receiver_before)),
+    );
     plain.daemon.stop()?;
     notifying.daemon.stop()?;
     Ok(Report {
@@ -203,9 +346,13 @@ pub fn run(
         after_commit,
         after_request,
         connections,
+        receiver: mode,
         rounds: runs,
+        cpu,
+        receiver_cpu,
         backlog,
         drained_in,
+        drain_cpu,
     })
 }
 
@@ -218,7 +365,13 @@ fn pending(conn: &mut Conn) -> Result<u64> {
 }
 
 pub fn print(r: &Report) {
-    println!(
+    if r.receiver != ReceiverMode::Live {
+        println!(
+            "receiver {:?}: the sinks' rows are written and nothing is delivered; no latency timed",
+            r.receiver
+        );
+    } else {
+        println!(
         "commit → healthy loopback webhook, {} events one at a time: after the reply p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; after the request p50 {:.2} ms, p99 {:.2} ms",
         r.events,
         r.after_commit.median_ms(),
@@ -227,6 +380,7 @@ pub fn print(r: &Report) {
         r.after_request.median_ms(),
         r.after_request.pct_ms(99.0),
     );
+    }
     let mut ratios = Vec::new();
     for (i, (without, with)) in r.rounds.iter().enumerate() {
         let ratio = with.per_sec() / without.per_sec();
@@ -238,6 +392,17 @@ pub fn print(r: &Report) {
             without.describe(),
             with.describe()
         );
+        if let (Some((a, b)), Some((rcv, arrived))) = (r.cpu.get(i), r.receiver_cpu.get(i)) {
+            println!(
+                "round {}: CPU per submit without sinks daemon {:.1} µs (writer {:.1} µs); with two sinks daemon {:.1} µs (writer {:.1} µs); receiver {:.1} µs per submit, {arrived} events received during the run",
+                i + 1,
+                per_submit(a.daemon, without),
+                per_submit(a.writer, without),
+                per_submit(b.daemon, with),
+                per_submit(b.writer, with),
+                per_submit(*rcv, with),
+            );
+        }
     }
     let total = |f: fn(&(Throughput, Throughput)) -> &Throughput| -> f64 {
         let (ok, secs) = r.rounds.iter().map(f).fold((0u64, 0f64), |(o, s), t| {
@@ -250,9 +415,40 @@ pub fn print(r: &Report) {
         "over all rounds: without sinks {without:.0}/s, with two sinks {with:.0}/s, ratio {:.3}",
         with / without
     );
+    let cpu_total = |with: bool| -> (f64, f64) {
+        let (mut d, mut w, mut n) = (0f64, 0f64, 0u64);
+        for ((a, b), (ta, tb)) in r.cpu.iter().zip(&r.rounds) {
+            let (c, t) = if with { (b, tb) } else { (a, ta) };
+            d += c.daemon.as_secs_f64();
+            w += c.writer.as_secs_f64();
+            n += t.ok;
+        }
+        let n = n.max(1) as f64;
+        (d * 1e6 / n, w * 1e6 / n)
+    };
+    let ((da, wa), (db, wb)) = (cpu_total(false), cpu_total(true));
     println!(
-        "backlog when the load ended: {} events, delivered {:.1} s later",
-        r.backlog,
-        r.drained_in.as_secs_f64()
+        "CPU per submit over all rounds: without sinks daemon {da:.1} µs (writer {wa:.1} µs); with two sinks daemon {db:.1} µs (writer {wb:.1} µs); ratio without / with: daemon {:.3}, writer {:.3}",
+        da / db.max(f64::MIN_POSITIVE),
+        wa / wb.max(f64::MIN_POSITIVE)
     );
+    if r.receiver == ReceiverMode::Live {
+        println!(
+            "backlog when the load ended: {} events, delivered {:.1} s later",
+            r.backlog,
+            r.drained_in.as_secs_f64()
+        );
+        let per_event = |d: Duration| d.as_secs_f64() * 1e6 / r.backlog.max(1) as f64;
+        println!(
+            "while it drained: daemon {:.1} µs (writer {:.1} µs), receiver {:.1} µs of CPU per event delivered",
+            per_event(r.drain_cpu.0.daemon),
+            per_event(r.drain_cpu.0.writer),
+            per_event(r.drain_cpu.1)
+        );
+    } else {
+        println!(
+            "backlog when the load ended: {} events, left undelivered",
+            r.backlog
+        );
+    }
 }

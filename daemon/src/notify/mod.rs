@@ -13,7 +13,7 @@ mod worker;
 use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::store::{OutboxRules, Store};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Where task links point when neither `[http] public_url` nor a listener says otherwise.
@@ -21,6 +21,47 @@ const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:7419";
 /// How often the outbox figures behind the metrics are refreshed, the store's disk looked at, and
 /// the config checked for a reload.
 const TICK: Duration = Duration::from_secs(1);
+
+/// The nice value of the delivery threads (the daemon's other threads keep 0): under load the
+/// scheduler gives the CPU to requests and commits first, and delivery catches up when they leave
+/// it some (`docs/ARCHITECTURE.md`, "Threads, tasks and who watches them").
+const DELIVERY_NICE: libc::c_int = 10;
+/// The name of the delivery runtime's threads.
+const DELIVERY_THREAD: &str = "notify-delivery";
+
+/// The runtime the delivery workers run on: one worker thread (and its blocking threads) at
+/// [`DELIVERY_NICE`]. `None` if it cannot be built; the workers then run on the daemon's runtime.
+fn delivery_runtime() -> Option<&'static tokio::runtime::Handle> {
+    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name(DELIVERY_THREAD)
+                .on_thread_start(lower_priority)
+                .enable_all()
+                .build()
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "notify: no delivery runtime of its own; delivering at normal priority")
+                })
+                .ok()
+        })
+        .as_ref()
+        .map(|rt| rt.handle())
+}
+
+/// Lower the calling thread's priority to [`DELIVERY_NICE`]; on Linux a nice value is per thread.
+fn lower_priority() {
+    // SAFETY: gettid and setpriority take and return plain integers; they change only this
+    // thread's scheduling.
+    let done = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, DELIVERY_NICE)
+    };
+    if done != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "notify: cannot lower the delivery thread's priority");
+    }
+}
 
 /// The address task links are built on: `[http] public_url`, else the address the HTTP listener
 /// is bound to (`bound`), else the configured one.
@@ -74,7 +115,11 @@ pub async fn run(d: Arc<Daemon>) {
         for s in cfg.notify.iter().filter(|_| leads) {
             match sink::Sender::new(s.clone()) {
                 Ok(sender) => {
-                    workers.spawn(worker::run(Arc::clone(&d), sender, stop.clone()));
+                    let work = worker::run(Arc::clone(&d), sender, stop.clone());
+                    match delivery_runtime() {
+                        Some(rt) => workers.spawn_on(work, rt),
+                        None => workers.spawn(work),
+                    };
                 }
                 Err(e) => {
                     tracing::error!(sink = %s.name, error = %e, "notify: cannot start the sink")

@@ -1,5 +1,5 @@
 //! One sink's delivery worker: sends the sink's pending events in outbox order, one at a time,
-//! and marks each delivered, failed or dead. A failure holds the sink back (exponential backoff
+//! and marks them delivered (a page's worth in one write), failed or dead. A failure holds the sink back (exponential backoff
 //! with jitter) so that a later event never overtakes an earlier one; other sinks have workers of
 //! their own and never wait for this one.
 
@@ -59,6 +59,9 @@ pub async fn run(d: Arc<Daemon>, sender: Sender, stop: CancellationToken) {
             }
             continue;
         }
+        // The events of this page the sink accepted, marked delivered together in one write
+        // before the outbox is read again (or the worker stops, or waits out a failure).
+        let mut delivered = Vec::with_capacity(page.len());
         for entry in page {
             let outgoing = Outgoing {
                 event_id: &entry.event_id,
@@ -66,7 +69,10 @@ pub async fn run(d: Arc<Daemon>, sender: Sender, stop: CancellationToken) {
                 body: &entry.body,
             };
             let sent = tokio::select! {
-                _ = stop.cancelled() => break 'outer,
+                _ = stop.cancelled() => {
+                    mark_delivered(&d, &name, delivered).await;
+                    break 'outer;
+                }
                 sent = sender.send(&outgoing) => sent,
             };
             match sent {
@@ -74,13 +80,10 @@ pub async fn run(d: Arc<Daemon>, sender: Sender, stop: CancellationToken) {
                     failures = 0;
                     alarmed = false;
                     d.metrics.notify_delivered.inc(&[&name]);
-                    if let Err(e) = d.store.mark_delivered(entry.seq).await {
-                        // Sent but not marked: it is sent again later, with the same id.
-                        tracing::warn!(sink = %name, error = %e, "notify: cannot mark an event delivered");
-                        continue 'outer;
-                    }
+                    delivered.push(entry.seq);
                 }
                 Err(error) => {
+                    mark_delivered(&d, &name, std::mem::take(&mut delivered)).await;
                     failures = failures.saturating_add(1);
                     d.metrics.notify_failed_attempts.inc(&[&name]);
                     tracing::debug!(sink = %name, event = %entry.event_id, %error, "notify: attempt failed");
@@ -109,6 +112,18 @@ pub async fn run(d: Arc<Daemon>, sender: Sender, stop: CancellationToken) {
                 }
             }
         }
+        mark_delivered(&d, &name, delivered).await;
+    }
+}
+
+/// Mark the events a sink accepted delivered, in one write. A failure leaves them pending: they
+/// are sent again later, with the same ids (at least once).
+async fn mark_delivered(d: &Daemon, name: &str, seqs: Vec<i64>) {
+    if seqs.is_empty() {
+        return;
+    }
+    if let Err(e) = d.store.mark_delivered(seqs).await {
+        tracing::warn!(sink = %name, error = %e, "notify: cannot mark events delivered");
     }
 }
 

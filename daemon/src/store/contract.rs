@@ -951,7 +951,7 @@ pub async fn outbox_order_and_marks(store: Store) {
     assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq));
     assert!(store.outbox_pending("pager", 10).await.unwrap().is_empty());
 
-    store.mark_delivered(rows[0].seq).await.unwrap();
+    store.mark_delivered(vec![rows[0].seq]).await.unwrap();
     store
         .mark_attempt_failed(rows[1].seq, "HTTP 500".into())
         .await
@@ -982,6 +982,19 @@ pub async fn outbox_order_and_marks(store: Store) {
     assert_eq!(back.len(), 3);
     assert_eq!(back[0].pending_since_ms, T0 + 8);
     assert_eq!(back[0].attempts, 0);
+
+    // Several deliveries marked in one write: exactly those rows leave, the rest keep their order.
+    store
+        .mark_delivered(vec![back[0].seq, back[2].seq])
+        .await
+        .unwrap();
+    let left = store.outbox_pending("phone", 10).await.unwrap();
+    assert_eq!(
+        left.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [back[1].seq]
+    );
+    store.mark_delivered(Vec::new()).await.unwrap();
+    assert_eq!(store.outbox_pending("phone", 10).await.unwrap(), left);
 }
 
 /// A notice goes to the sinks that want it, or only to the one it names.

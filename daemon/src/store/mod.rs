@@ -276,8 +276,9 @@ pub trait Backend: Send + Sync {
         sink: &'a str,
         limit: usize,
     ) -> StoreFuture<'a, Vec<OutboxEntry>>;
-    /// Delivered: the row is done with.
-    fn mark_delivered(&self, seq: i64) -> StoreFuture<'_, ()>;
+    /// Delivered: the rows are done with. A worker marks the events a sink accepted together,
+    /// in one write, rather than one write per event.
+    fn mark_delivered(&self, seqs: Vec<i64>) -> StoreFuture<'_, ()>;
     fn mark_attempt_failed(&self, seq: i64, error: String) -> StoreFuture<'_, ()>;
     /// Given up on: the rows become dead and `alarm`, if any, is written in the same transaction.
     fn mark_dead(&self, seqs: Vec<i64>, at_ms: i64, alarm: Option<Notice>) -> StoreFuture<'_, ()>;

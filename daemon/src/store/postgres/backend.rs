@@ -343,8 +343,8 @@ impl Backend for PostgresBackend {
         read!(self, |c| outbox::outbox_pending(&c, sink, limit).await)
     }
 
-    fn mark_delivered(&self, seq: i64) -> StoreFuture<'_, ()> {
-        write!(self, |tx| tx.outbox_delivered(seq).await)
+    fn mark_delivered(&self, seqs: Vec<i64>) -> StoreFuture<'_, ()> {
+        write!(self, |tx| tx.outbox_delivered(&seqs).await)
     }
 
     fn mark_attempt_failed(&self, seq: i64, error: String) -> StoreFuture<'_, ()> {

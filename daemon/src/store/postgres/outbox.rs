@@ -112,8 +112,8 @@ impl Tx<'_> {
         Ok(sinks.len())
     }
 
-    pub(super) async fn outbox_delivered(&mut self, seq: i64) -> Result<(), StoreError> {
-        self.exec("DELETE FROM outbox WHERE seq = $1", &[&seq])
+    pub(super) async fn outbox_delivered(&mut self, seqs: &[i64]) -> Result<(), StoreError> {
+        self.exec("DELETE FROM outbox WHERE seq = ANY($1)", &[&seqs])
             .await?;
         Ok(())
     }

@@ -221,8 +221,8 @@ impl Backend for SqliteBackend {
         Box::pin(self.read(move |c| outbox::outbox_pending(c, &sink, limit)))
     }
 
-    fn mark_delivered(&self, seq: i64) -> StoreFuture<'_, ()> {
-        Box::pin(self.write(move |b| b.outbox_delivered(seq)))
+    fn mark_delivered(&self, seqs: Vec<i64>) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |b| b.outbox_delivered(&seqs)))
     }
 
     fn mark_attempt_failed(&self, seq: i64, error: String) -> StoreFuture<'_, ()> {

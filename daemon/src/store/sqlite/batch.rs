@@ -198,6 +198,7 @@ impl<'a> Batch<'a> {
                 from,
                 to,
                 details.as_ref(),
+                None,
             )?;
         }
         self.events.push(TrajectoryEvent {
@@ -315,9 +316,14 @@ impl<'a> Batch<'a> {
             state = to;
         }
         self.insert_ended(&task, &end, state)?;
+        let (kind, created_ms) = (task.kind, task.created_ms);
+        let mut answer = task.into_queued();
+        for (op, (_, to)) in steps.iter().zip(&path) {
+            absorb(&mut answer, op, *to);
+        }
         let mut events = Vec::with_capacity(steps.len() + 1);
         events.push(EventRow {
-            at_ms: task.created_ms,
+            at_ms: created_ms,
             actor: &actor,
             action: "submit",
             from: None,
@@ -334,13 +340,10 @@ impl<'a> Batch<'a> {
                 details: op.details.as_ref(),
             });
         }
-        self.insert_events(&task.id, &events)?;
+        // The row holds the task as the answer does: its events' outbox rows are built from it.
+        self.insert_events(&answer.id, &events, &answer)?;
         // One count change for the whole path: the counts only ever see where the task rests.
-        self.deltas.push((task.kind, None, Some(state)));
-        let mut answer = task.into_queued();
-        for (op, (_, to)) in steps.iter().zip(path) {
-            absorb(&mut answer, op, to);
-        }
+        self.deltas.push((kind, None, Some(state)));
         Ok(answer)
     }
 
@@ -391,8 +394,13 @@ impl<'a> Batch<'a> {
     }
 
     /// A task's events in one statement, in order; each is published with the sequence number the
-    /// store gave it.
-    fn insert_events(&mut self, task_id: &str, rows: &[EventRow<'_>]) -> Result<(), StoreError> {
+    /// store gave it. `task` is the task as the row now holds it, for the outbox rows.
+    fn insert_events(
+        &mut self,
+        task_id: &str,
+        rows: &[EventRow<'_>],
+        task: &Task,
+    ) -> Result<(), StoreError> {
         let details: Vec<Option<String>> = rows
             .iter()
             .map(|r| sql_json(&r.details))
@@ -425,7 +433,15 @@ impl<'a> Batch<'a> {
             // The outbox row of each event, in the same transaction, as `append_event` writes it.
             if self.outbox.is_some() {
                 self.outbox_for_event(
-                    seq, task_id, r.at_ms, r.actor, r.action, r.from, r.to, r.details,
+                    seq,
+                    task_id,
+                    r.at_ms,
+                    r.actor,
+                    r.action,
+                    r.from,
+                    r.to,
+                    r.details,
+                    Some(task),
                 )?;
             }
             self.events.push(TrajectoryEvent {

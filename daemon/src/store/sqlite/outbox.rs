@@ -6,9 +6,25 @@ use crate::store::outbox::{
     event_type, expires_ms, transition_payload, Cause, Notice, OutboxEntry, OutboxStats,
 };
 use crate::store::{Awaiting, StoreError};
-use orchestrator_proto::task::{TaskKind, TaskState};
+use orchestrator_proto::task::{Task, TaskKind, TaskState};
 use rusqlite::{params, Connection};
 use std::collections::BTreeMap;
+
+/// Most sinks' rows in one `INSERT` (each sink is one parameter besides the event's five).
+const SINKS_PER_INSERT: usize = 64;
+
+/// `INSERT` of one event's rows for `n` sinks: ?1 event id, ?2 type, ?3 task, ?4 payload, ?5 time,
+/// then one sink name each.
+fn outbox_insert(n: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO outbox (sink, event_id, type, task_id, payload, created_at, pending_since) VALUES ",
+    );
+    for i in 0..n {
+        let sep = if i == 0 { "" } else { ", " };
+        sql.push_str(&format!("{sep}(?{}, ?1, ?2, ?3, ?4, ?5, ?5)", 6 + i));
+    }
+    sql
+}
 
 const ENTRY_COLUMNS: &str = "seq, sink, event_id, type, task_id, payload, pending_since, attempts";
 
@@ -35,20 +51,28 @@ impl Batch<'_> {
         body: &str,
         at_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut stmt = self.tx().prepare_cached(
-            "INSERT INTO outbox (sink, event_id, type, task_id, payload, created_at, pending_since) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-        )?;
-        for sink in sinks {
-            stmt.execute(params![sink, event_id, event_type, task_id, body, at_ms])?;
+        // One statement for the event's rows, however many sinks want it.
+        for chunk in sinks.chunks(SINKS_PER_INSERT) {
+            let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(5 + chunk.len());
+            args.extend([
+                &event_id as &dyn rusqlite::ToSql,
+                &event_type,
+                &task_id,
+                &body,
+                &at_ms,
+            ]);
+            args.extend(chunk.iter().map(|s| s as &dyn rusqlite::ToSql));
+            self.tx()
+                .prepare_cached(&outbox_insert(chunk.len()))?
+                .execute(&*args)?;
         }
-        drop(stmt);
         self.note_outbox(sinks.len());
         Ok(())
     }
 
     /// The outbox rows a just-written trajectory event causes, if a sink wants them. Costs one
-    /// string match when no sink wants this event's type.
+    /// string match when no sink wants this event's type. `known` is the task as the row holds it
+    /// after the event, when the caller has it (a submit); otherwise the row is read.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn outbox_for_event(
         &mut self,
@@ -60,6 +84,7 @@ impl Batch<'_> {
         from: Option<TaskState>,
         to: TaskState,
         details: Option<&BTreeMap<String, String>>,
+        known: Option<&Task>,
     ) -> Result<(), StoreError> {
         let Some(rules) = self.outbox_rules() else {
             return Ok(());
@@ -70,14 +95,22 @@ impl Batch<'_> {
         if !rules.any_wants(kind) {
             return Ok(());
         }
-        let Some(task) = self.get_task(task_id)? else {
-            return Ok(());
+        let read;
+        let task = match known {
+            Some(t) => t,
+            None => {
+                read = self.get_task(task_id)?;
+                match &read {
+                    Some(t) => t,
+                    None => return Ok(()),
+                }
+            }
         };
         let sinks = rules.sinks_for(kind, Some((task.kind, task.assigned_agent_id.as_deref())));
         if sinks.is_empty() {
             return Ok(());
         }
-        let expires_ms = expires_ms(&task)?;
+        let expires_ms = expires_ms(task)?;
         let cause = Cause {
             seq,
             at_ms,
@@ -85,7 +118,7 @@ impl Batch<'_> {
             action,
             details,
         };
-        let body = transition_payload(&rules, kind, &cause, &task, expires_ms);
+        let body = transition_payload(&rules, kind, &cause, task, expires_ms);
         self.insert_outbox(&sinks, &cause.event_id(), kind, Some(task_id), &body, at_ms)
     }
 
@@ -103,10 +136,13 @@ impl Batch<'_> {
         Ok(sinks.len())
     }
 
-    pub fn outbox_delivered(&mut self, seq: i64) -> Result<(), StoreError> {
-        self.tx()
-            .prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
-            .execute([seq])?;
+    pub fn outbox_delivered(&mut self, seqs: &[i64]) -> Result<(), StoreError> {
+        let mut stmt = self
+            .tx()
+            .prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+        for seq in seqs {
+            stmt.execute([seq])?;
+        }
         Ok(())
     }
 
