@@ -123,7 +123,28 @@ fn copy_store(opts: &Options, url: String) -> ExitCode {
     }
 }
 
+/// glibc's allocator, set before any thread starts (see docs/BENCHMARKS.md, "Memory at
+/// 1,000,000 tasks"): at most two arenas, so that each short-lived blocking thread of the read
+/// pool does not keep an arena of its own with what it freed; and a fixed mmap threshold, so that a
+/// large buffer (a sweep's batch, a summary's durations) is returned to the system when freed
+/// instead of raising the threshold and staying in the heap.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator() {
+    const ARENAS: libc::c_int = 2;
+    const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+    // SAFETY: mallopt only changes allocator parameters; it runs first in `main`, before any other
+    // thread exists. A parameter it refuses (return 0) leaves glibc's default, which is harmless.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     if let Some(dir) = cli.man {
         return man(&dir);

@@ -81,9 +81,9 @@ pub async fn gather(
     let synthetic_gate_passed = store.gate_passed_for(&cfg.routing_fingerprint()).await?;
     let shadow_active_ms = (from == Mode::Shadow).then_some(now - since_ms);
     let window = duration_ms(cfg.gate.shadow_window);
-    let rows = store.shadow_rows_since(now - window).await?;
+    let tally = store.shadow_tally_since(now - window).await?;
     let hours = (cfg.gate.shadow_window.as_secs() / 3600).max(1) as u32;
-    let s = shadow::summarize(&rows, hours, cfg.gate.min_shadow_tasks);
+    let s = shadow::summarize_tally(tally, hours, cfg.gate.min_shadow_tasks);
     Ok(Evidence {
         synthetic_gate_passed,
         shadow_active_ms,

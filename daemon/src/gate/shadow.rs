@@ -7,57 +7,59 @@ use orchestrator_proto::message::{DurationStats, ShadowSummary};
 use orchestrator_proto::task::{TaskKind, TaskState, Usage};
 use std::collections::BTreeMap;
 
-pub use crate::store::ShadowRow;
+pub use crate::store::{ShadowRow, ShadowTally};
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
+/// The summary of `rows` (see [`summarize_tally`]).
+pub fn summarize(rows: &[ShadowRow], window_hours: u32, min_tasks: u64) -> ShadowSummary {
+    summarize_tally(ShadowTally::of(rows), window_hours, min_tasks)
+}
+
+/// The value at rank `p` of the nearest-rank percentile, found in place without sorting the whole.
+fn percentile_of(values: &mut [u64], p: f64) -> u64 {
+    if values.is_empty() {
         return 0;
     }
     // Nearest-rank: the smallest value with at least p of the data at or below it.
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
+    let rank = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    *values.select_nth_unstable(rank - 1).1
 }
 
-/// Count one more under `key`, allocating the key only the first time it is seen.
-fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
-    match map.get_mut(key) {
-        Some(n) => *n += 1,
-        None => {
-            map.insert(key.to_string(), 1);
-        }
+/// Counts keyed by name, `None` shown as `missing`; two keys that show the same add up.
+fn named(list: Vec<(Option<String>, u64)>, missing: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for (k, n) in list {
+        *out.entry(k.unwrap_or_else(|| missing.to_string()))
+            .or_insert(0) += n;
     }
+    out
 }
 
-pub fn summarize(rows: &[ShadowRow], window_hours: u32, min_tasks: u64) -> ShadowSummary {
-    let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
-    let mut failures_by_code: BTreeMap<String, u64> = BTreeMap::new();
-    let mut per_agent: BTreeMap<String, u64> = BTreeMap::new();
-    let mut durations: Vec<u64> = Vec::new();
-    let mut would = 0;
-    for r in rows {
-        bump(&mut by_state, r.state.as_str());
-        if r.state == TaskState::Failed {
-            bump(
-                &mut failures_by_code,
-                r.error_code.as_deref().unwrap_or("unknown"),
-            );
-        }
-        bump(&mut per_agent, r.agent.as_deref().unwrap_or("(unassigned)"));
-        if let Some(done) = r.completed_ms {
-            durations.push((done - r.created_ms).max(0) as u64);
-        }
-        if r.would_require_approval {
-            would += 1;
-        }
-    }
-    durations.sort_unstable();
-    let duration = (!durations.is_empty()).then(|| DurationStats {
-        mean_ms: durations.iter().sum::<u64>() / durations.len() as u64,
-        p50_ms: percentile(&durations, 0.50),
-        p95_ms: percentile(&durations, 0.95),
-        max_ms: durations.last().copied().unwrap_or(0),
+/// What shadow mode did in the window the tally covers, and whether the shadow gate passes on it.
+pub fn summarize_tally(tally: ShadowTally, window_hours: u32, min_tasks: u64) -> ShadowSummary {
+    let ShadowTally {
+        total,
+        by_state: states,
+        failures_by_code,
+        per_agent,
+        mut durations_ms,
+        would_require_approval,
+        oldest_ms,
+        newest_ms,
+    } = tally;
+    let by_state: BTreeMap<String, u64> = TaskState::ALL
+        .iter()
+        .zip(states)
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| (s.as_str().to_string(), n))
+        .collect();
+    let failures_by_code = named(failures_by_code, "unknown");
+    let per_agent = named(per_agent, "(unassigned)");
+    let duration = (!durations_ms.is_empty()).then(|| DurationStats {
+        mean_ms: durations_ms.iter().sum::<u64>() / durations_ms.len() as u64,
+        p50_ms: percentile_of(&mut durations_ms, 0.50),
+        p95_ms: percentile_of(&mut durations_ms, 0.95),
+        max_ms: durations_ms.iter().copied().max().unwrap_or(0),
     });
-    let total = rows.len() as u64;
     let failed: u64 = failures_by_code.values().sum();
     let (passed, verdict) = if total == 0 {
         (false, format!("FAIL: no shadow tasks in the last {window_hours} h; there is no evidence to go live on"))
@@ -81,9 +83,9 @@ pub fn summarize(rows: &[ShadowRow], window_hours: u32, min_tasks: u64) -> Shado
         failures_by_code,
         duration,
         per_agent,
-        would_require_approval: would,
-        oldest: rows.iter().map(|r| r.created_ms).min().map(rfc3339),
-        newest: rows.iter().map(|r| r.created_ms).max().map(rfc3339),
+        would_require_approval,
+        oldest: oldest_ms.map(rfc3339),
+        newest: newest_ms.map(rfc3339),
         min_tasks,
         passed,
         verdict,
@@ -141,6 +143,40 @@ mod tests {
         );
         assert_eq!(s.would_require_approval, 3);
         assert_eq!(s.per_agent["coder"], 3);
+    }
+
+    #[test]
+    fn each_state_is_counted_under_its_own_name() {
+        for state in TaskState::ALL {
+            let mut t = ShadowTally::default();
+            t.add(state, None, None, 0, None, false);
+            let s = summarize_tally(t, 24, 0);
+            assert_eq!(s.by_state.len(), 1);
+            assert_eq!(s.by_state[state.as_str()], 1, "{state:?}");
+        }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank_in_any_order() {
+        // 1..=100 in a scrambled order: the tally keeps durations as they come.
+        let rows: Vec<ShadowRow> = (0..100u64)
+            .map(|i| row(TaskState::Done, None, Some(((i * 37) % 100 + 1) as i64)))
+            .collect();
+        let d = summarize(&rows, 24, 0).duration.unwrap();
+        assert_eq!((d.mean_ms, d.p50_ms, d.p95_ms, d.max_ms), (50, 50, 95, 100));
+        let one = summarize(&rows[..1], 24, 0).duration.unwrap();
+        assert_eq!((one.p50_ms, one.p95_ms, one.max_ms), (1, 1, 1));
+    }
+
+    #[test]
+    fn a_missing_code_and_agent_are_named() {
+        let mut r = row(TaskState::Failed, None, None);
+        r.agent = None;
+        let coded = row(TaskState::Failed, Some("unknown"), None);
+        let s = summarize(&[r, coded], 24, 0);
+        assert_eq!(s.failures_by_code["unknown"], 2);
+        assert_eq!(s.per_agent["(unassigned)"], 1);
+        assert_eq!(s.per_agent["coder"], 1);
     }
 
     #[test]

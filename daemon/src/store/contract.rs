@@ -307,6 +307,129 @@ pub async fn expiry_takes_only_due_waiting_tasks(store: Store) {
     );
 }
 
+/// A batch of expiries writes, for each task, what one expiry would: the compare-and-set from
+/// the state it was in (`completedAt` at the sweep, no lease), exactly one `expire` event from
+/// that state, published after the commit in sequence order, the counts, and the outbox row of a
+/// decided approval for the sinks that want it; tasks not due, or not stale-eligible, stay.
+pub async fn expiry_batch_writes_what_each_expiry_would(store: Store) {
+    store.set_outbox_rules(rules(vec![sink("phone", &["*"])]));
+    let waiting = |id: &str| {
+        vec![
+            routed(id, T0 + 1),
+            started(id, T0 + 2, T0 + 50),
+            complete(id, T0 + 3, true),
+        ]
+    };
+    put(&store, "Q", TaskKind::Live, Vec::new()).await;
+    put(&store, "A", TaskKind::Shadow, vec![routed("A", T0 + 1)]).await;
+    put(&store, "W1", TaskKind::Live, waiting("W1")).await;
+    put(&store, "W2", TaskKind::Live, waiting("W2")).await;
+    let running = vec![routed("R", T0 + 1), started("R", T0 + 1, T0 + 99_999)];
+    put(&store, "R", TaskKind::Live, running).await;
+    let before = store.outbox_pending("phone", 10).await.unwrap().len();
+    let mut rx = store.subscribe();
+    let at = T0 + 10_000;
+    let mut ids = store.expire_due(at, 10, "sweeper").await.unwrap();
+    ids.sort();
+    assert_eq!(ids, ["A", "Q", "W1", "W2"]);
+    let published = drain(&mut rx);
+    assert_eq!(published.len(), 4, "{published:?}");
+    assert!(published.windows(2).all(|w| w[0].seq < w[1].seq));
+    for (id, from) in [
+        ("Q", TaskState::Queued),
+        ("A", TaskState::Assigned),
+        ("W1", TaskState::AwaitingApproval),
+        ("W2", TaskState::AwaitingApproval),
+    ] {
+        let t = store.get_task(id).await.unwrap().unwrap();
+        assert_eq!(t.state, TaskState::Expired, "{id}");
+        assert_eq!(t.completed_at.as_deref(), Some(&*crate::clock::rfc3339(at)));
+        let trail = store.transitions_of(id).await.unwrap();
+        let expiries: Vec<_> = trail.iter().filter(|e| e.action == "expire").collect();
+        assert_eq!(expiries.len(), 1, "{id}: {trail:?}");
+        let last = trail.last().unwrap();
+        assert_eq!(
+            (
+                last.actor.as_str(),
+                last.action.as_str(),
+                last.from,
+                last.to
+            ),
+            ("sweeper", "expire", Some(from), TaskState::Expired),
+            "{id}"
+        );
+        assert_eq!(last.at, crate::clock::rfc3339(at));
+        assert!(published.contains(last), "{id}: published as stored");
+    }
+    let counts = store.counts();
+    assert_eq!(counts.get(TaskKind::Live, TaskState::Expired), 3);
+    assert_eq!(counts.get(TaskKind::Shadow, TaskState::Expired), 1);
+    assert_eq!(counts.get(TaskKind::Live, TaskState::AwaitingApproval), 0);
+    assert_eq!(counts.get(TaskKind::Live, TaskState::InProgress), 1);
+    let decided: Vec<_> = store
+        .outbox_pending("phone", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .skip(before)
+        .map(|e| (body(&e)["task"]["id"].clone(), e.event_type))
+        .collect();
+    assert_eq!(decided.len(), 2, "{decided:?}");
+    for (id, kind) in &decided {
+        assert_eq!(kind, "approval.decided");
+        assert!(id == "W1" || id == "W2", "{id}");
+    }
+    assert!(store
+        .expire_due(at, 10, "sweeper")
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.get_task("R").await.unwrap().unwrap().state,
+        TaskState::InProgress
+    );
+}
+
+/// The shadow tally a backend folds as it reads is the tally of the rows it answers.
+pub async fn shadow_tally_is_the_tally_of_the_rows(store: Store) {
+    put(
+        &store,
+        "S1",
+        TaskKind::Shadow,
+        vec![op("S1", Action::Fail, T0 + 5)],
+    )
+    .await;
+    let done = |id: &str, approval| {
+        vec![
+            routed(id, T0 + 1),
+            started(id, T0 + 2, T0 + 50),
+            complete(id, T0 + 7, approval),
+        ]
+    };
+    put(&store, "S2", TaskKind::Shadow, done("S2", false)).await;
+    put(&store, "S3", TaskKind::Shadow, done("S3", true)).await;
+    put(&store, "S4", TaskKind::Shadow, vec![routed("S4", T0 + 1)]).await;
+    put(&store, "L1", TaskKind::Live, done("L1", false)).await;
+    let rows = store.shadow_rows_since(T0).await.unwrap();
+    assert_eq!(rows.len(), 4);
+    let tally = store.shadow_tally_since(T0).await.unwrap();
+    let mut expected = super::ShadowTally::of(&rows);
+    expected.durations_ms.sort_unstable();
+    let mut got = tally.clone();
+    got.durations_ms.sort_unstable();
+    let key = |t: &mut super::ShadowTally| {
+        t.per_agent.sort();
+        t.failures_by_code.sort();
+    };
+    key(&mut expected);
+    key(&mut got);
+    assert_eq!(got, expected);
+    assert_eq!(got.total, 4);
+    assert_eq!(got.durations_ms, [5, 7]);
+    assert_eq!(got.by_state[TaskState::AwaitingApproval as usize], 1);
+    assert_eq!(store.shadow_tally_since(T0 + 1).await.unwrap().total, 0);
+}
+
 /// Leases: renewal keeps a task from lapsing, reports tasks no longer running; voiding makes every
 /// lease lapse; a lapsed task is re-queued while attempts remain, then failed.
 pub async fn leases_renew_void_and_lapse(store: Store) {

@@ -226,6 +226,78 @@ pub struct ShadowRow {
     pub would_require_approval: bool,
 }
 
+/// The shadow tasks of a window folded into what the shadow summary reports, as they are read:
+/// counts by state, failure code and agent, the durations of the finished ones, and the window's
+/// oldest and newest creation. A backend can fold a window of hundreds of thousands of tasks
+/// without holding a row per task (see docs/BENCHMARKS.md, "The shadow summary at 1,000,000 tasks").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShadowTally {
+    pub total: u64,
+    /// Tasks per state, in the order of [`TaskState::ALL`].
+    pub by_state: [u64; TaskState::ALL.len()],
+    /// Failed tasks per error code (`None`: the task recorded none).
+    pub failures_by_code: Vec<(Option<String>, u64)>,
+    /// Tasks per agent (`None`: not assigned).
+    pub per_agent: Vec<(Option<String>, u64)>,
+    /// Creation to completion of each task that completed, in milliseconds, in no order.
+    pub durations_ms: Vec<u64>,
+    pub would_require_approval: u64,
+    pub oldest_ms: Option<i64>,
+    pub newest_ms: Option<i64>,
+}
+
+/// Count one more under `key` in a short list (a window has a handful of agents and codes).
+fn bump_in(list: &mut Vec<(Option<String>, u64)>, key: Option<&str>) {
+    match list.iter_mut().find(|(k, _)| k.as_deref() == key) {
+        Some((_, n)) => *n += 1,
+        None => list.push((key.map(str::to_string), 1)),
+    }
+}
+
+impl ShadowTally {
+    /// Fold in one shadow task.
+    pub fn add(
+        &mut self,
+        state: TaskState,
+        error_code: Option<&str>,
+        agent: Option<&str>,
+        created_ms: i64,
+        completed_ms: Option<i64>,
+        would_require_approval: bool,
+    ) {
+        self.total += 1;
+        self.by_state[state as usize] += 1;
+        if state == TaskState::Failed {
+            bump_in(&mut self.failures_by_code, error_code);
+        }
+        bump_in(&mut self.per_agent, agent);
+        if let Some(done) = completed_ms {
+            self.durations_ms.push((done - created_ms).max(0) as u64);
+        }
+        if would_require_approval {
+            self.would_require_approval += 1;
+        }
+        self.oldest_ms = Some(self.oldest_ms.map_or(created_ms, |o| o.min(created_ms)));
+        self.newest_ms = Some(self.newest_ms.map_or(created_ms, |n| n.max(created_ms)));
+    }
+
+    /// The tally of rows already read.
+    pub fn of(rows: &[ShadowRow]) -> ShadowTally {
+        let mut t = ShadowTally::default();
+        for r in rows {
+            t.add(
+                r.state,
+                r.error_code.as_deref(),
+                r.agent.as_deref(),
+                r.created_ms,
+                r.completed_ms,
+                r.would_require_approval,
+            );
+        }
+        t
+    }
+}
+
 /// An agent's pause as stored (one `agent_pause:<agent>` key in the metadata table), so that it
 /// outlives a restart.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

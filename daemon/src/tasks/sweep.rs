@@ -11,7 +11,7 @@ use crate::clock::{duration_ms, rfc3339};
 use crate::config::Config;
 use crate::daemon::{Daemon, Paths};
 use crate::store::Reclaimed;
-use crate::sweeper::{self, approvals, BATCH};
+use crate::sweeper::{self, approvals, BATCH, EXPIRE_BATCH};
 use orchestrator_proto::message::SweepReport;
 use orchestrator_proto::task::TaskKind;
 use orchestrator_proto::WireError;
@@ -100,13 +100,13 @@ pub async fn sweep(d: &Arc<Daemon>) -> SweepReport {
     let mut run = Run::new(now);
 
     while !d.shutdown.is_cancelled() {
-        match d.store.expire_due(now, BATCH, sweeper::ACTOR).await {
+        match d.store.expire_due(now, EXPIRE_BATCH, sweeper::ACTOR).await {
             Ok(ids) => {
                 run.report.expired += ids.len() as u64;
                 if !ids.is_empty() {
                     tracing::debug!(?ids, "expired");
                 }
-                if ids.len() < BATCH {
+                if ids.len() < EXPIRE_BATCH {
                     break;
                 }
             }

@@ -215,6 +215,35 @@ impl<'a> Batch<'a> {
         Ok(())
     }
 
+    /// The effects of an `expire` event a set-based statement already wrote (`seq`): its outbox
+    /// rows, the event to publish and the count change, as [`Batch::append_event`] records them.
+    pub(super) fn expired_event(
+        &mut self,
+        seq: u64,
+        task_id: String,
+        kind: TaskKind,
+        at_ms: i64,
+        actor: &str,
+        from: TaskState,
+    ) -> Result<(), StoreError> {
+        let (action, to) = (Action::Expire.name(), TaskState::Expired);
+        if self.outbox.is_some() {
+            self.outbox_for_event(seq, &task_id, at_ms, actor, action, Some(from), to, None)?;
+        }
+        self.events.push(TrajectoryEvent {
+            seq,
+            task_id,
+            at: rfc3339(at_ms),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            from: Some(from),
+            to,
+            details: None,
+        });
+        self.deltas.push((kind, Some(from), Some(to)));
+        Ok(())
+    }
+
     /// Apply one transition as a compare-and-set on the task's current state, with its trajectory
     /// event; answers the task after it.
     pub fn transition(&mut self, op: TransitionOp) -> Result<Task, StoreError> {

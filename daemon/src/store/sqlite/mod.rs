@@ -100,6 +100,12 @@ pub(super) struct Writer {
     pub written: watch::Sender<u64>,
 }
 
+/// Page cache of each pooled read connection, in KiB as `PRAGMA cache_size` takes it (negative).
+/// A read either touches a few pages or scans more than any cache would keep (the shadow summary
+/// reads 5 MiB of index at 1,000,000 tasks), so a pooled connection keeps a quarter of SQLite's
+/// default 2 MiB (see docs/BENCHMARKS.md, "Memory at 1,000,000 tasks"). The writer keeps the default.
+const READER_CACHE_KIB: i64 = -512;
+
 /// The supervisor's name for the writer thread, and the fault hook's.
 pub const WRITER_TASK: &str = "store-writer";
 
@@ -299,7 +305,11 @@ impl SqliteBackend {
         let pooled = self.inner.readers.lock().ok().and_then(|mut p| p.pop());
         let conn = match pooled {
             Some(c) => c,
-            None => open_connection(&self.inner.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?,
+            None => {
+                let conn = open_connection(&self.inner.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+                conn.pragma_update(None, "cache_size", READER_CACHE_KIB)?;
+                conn
+            }
         };
         let result = f(&conn);
         if let Ok(mut pool) = self.inner.readers.lock() {

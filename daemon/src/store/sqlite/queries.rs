@@ -5,7 +5,7 @@ use super::rows::{event_from_row, task_from_row, EVENT_COLUMNS, TASK_COLUMNS};
 use super::writes::{limit_sql, RETIRED};
 use crate::clock::rfc3339;
 use crate::store::{
-    Leftover, Retired, RetiredCursor, ShadowRow, StoreError, StoredMode, TaskFilter,
+    Leftover, Retired, RetiredCursor, ShadowRow, ShadowTally, StoreError, StoredMode, TaskFilter,
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
@@ -305,13 +305,14 @@ pub fn pending_overrides(conn: &Connection) -> Result<Vec<OverrideRecord>, Store
     Ok(out)
 }
 
+/// The shadow tasks of a window, from the covering index tasks_kind_created.
+const SHADOW_ROWS: &str = "SELECT state, error_code, agent, created_at, completed_at, \
+     would_require_approval FROM tasks WHERE kind = 'shadow' AND created_at >= ?1";
+
 /// A 24 h window can hold hundreds of thousands of rows, so each row is read without allocating:
 /// states are parsed in place and the few distinct agents and error codes are shared.
 pub fn shadow_rows_since(conn: &Connection, since_ms: i64) -> Result<Vec<ShadowRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT state, error_code, agent, created_at, completed_at, would_require_approval \
-         FROM tasks WHERE kind = 'shadow' AND created_at >= ?1",
-    )?;
+    let mut stmt = conn.prepare_cached(SHADOW_ROWS)?;
     let mut rows = stmt.query([since_ms])?;
     let mut names: Vec<Arc<str>> = Vec::new();
     let mut out = Vec::new();
@@ -329,6 +330,28 @@ pub fn shadow_rows_since(conn: &Connection, since_ms: i64) -> Result<Vec<ShadowR
         });
     }
     Ok(out)
+}
+
+/// [`shadow_rows_since`] folded as it is read: no row is kept, and nothing is allocated per row
+/// but the duration of a finished task. The covering index tasks_kind_created serves it.
+pub fn shadow_tally_since(conn: &Connection, since_ms: i64) -> Result<ShadowTally, StoreError> {
+    let mut stmt = conn.prepare_cached(SHADOW_ROWS)?;
+    let mut rows = stmt.query([since_ms])?;
+    let mut tally = ShadowTally::default();
+    while let Some(r) = rows.next()? {
+        let state = text(r.get_ref(0)?)?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(TaskState::Failed);
+        tally.add(
+            state,
+            text(r.get_ref(1)?)?,
+            text(r.get_ref(2)?)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get::<_, i64>(5)? != 0,
+        );
+    }
+    Ok(tally)
 }
 
 fn text(v: ValueRef<'_>) -> Result<Option<&str>, StoreError> {

@@ -286,7 +286,9 @@ fn apply_from_is_still_a_compare_and_set_and_names_the_real_state() {
 }
 
 mod sweeper_queries {
-    use super::super::writes::{DELETE_EVENTS, DELETE_TASKS, EXPIRE_DUE, LAPSED, RETIRED};
+    use super::super::writes::{
+        DELETE_EVENTS, DELETE_TASKS, EXPIRE_DUE, EXPIRE_ROWS, LAPSED, RETIRED,
+    };
     use crate::store::Store;
 
     const NOW: i64 = 1_000_000_000;
@@ -318,6 +320,15 @@ mod sweeper_queries {
             p.contains("INDEX tasks_state_expires (state=? AND expires_at<?)"),
             "{p}"
         );
+        let p = plan(
+            EXPIRE_ROWS,
+            vec![
+                Integer(NOW),
+                Text("[1,2]".into()),
+                Text("awaiting_approval".into()),
+            ],
+        );
+        assert!(p.contains("INTEGER PRIMARY KEY (rowid=?)"), "{p}");
         let p = plan(LAPSED, vec![Integer(NOW), Integer(10)]);
         assert!(p.contains("INDEX tasks_state_expires (state=?)"), "{p}");
         let p = plan(
@@ -336,8 +347,20 @@ mod sweeper_queries {
         assert!(p.contains("INDEX sqlite_autoindex_tasks_1 (id=?)"), "{p}");
         let p = plan(DELETE_EVENTS, vec![Text("[\"A\"]".into())]);
         assert!(p.contains("INDEX events_task (task_id=?)"), "{p}");
-        for sql in [EXPIRE_DUE, LAPSED, RETIRED, DELETE_TASKS, DELETE_EVENTS] {
-            let args = (0..sql.matches('?').count()).map(|_| Integer(0)).collect();
+        for sql in [
+            EXPIRE_DUE,
+            EXPIRE_ROWS,
+            LAPSED,
+            RETIRED,
+            DELETE_TASKS,
+            DELETE_EVENTS,
+        ] {
+            // Numbered parameters, some used twice: as many arguments as the highest number.
+            let n = (1..=9)
+                .rev()
+                .find(|i| sql.contains(&format!("?{i}")))
+                .unwrap_or(0);
+            let args = (0..n).map(|_| Integer(0)).collect();
             let p = plan(sql, args);
             assert!(
                 !p.contains("SCAN tasks") && !p.contains("SCAN events"),
