@@ -477,3 +477,69 @@ fn a_shared_limit_holds_across_nodes() {
         "started twice: {starts:?}"
     );
 }
+
+/// The events of `ids` a watch receives, until each has completed (bounded by the read timeout).
+fn watch_until_complete(watch: &mut Raw, ids: &[String]) -> BTreeMap<String, Vec<String>> {
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let done = |seen: &BTreeMap<String, Vec<String>>| {
+        ids.iter().all(|id| {
+            seen.get(id)
+                .is_some_and(|a| a.iter().any(|a| a == "complete"))
+        })
+    };
+    let mut received = 0;
+    while !done(&seen) {
+        match watch.recv().expect("an event within the read timeout") {
+            ServerMessage::Event(ev) if ids.contains(&ev.task_id) => {
+                seen.entry(ev.task_id.clone()).or_default().push(ev.action)
+            }
+            ServerMessage::Event(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        received += 1;
+        assert!(received <= 100 * ids.len(), "{seen:?}");
+    }
+    seen
+}
+
+#[test]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+fn a_watch_sees_what_another_node_commits_while_its_listener_reconnects() {
+    let c = Cluster::new();
+    let quick = c.quick("any");
+    let a = TestDaemon::with_config(&c.config("n1", &quick, ""));
+    let named = format!("{} application_name=orch-n2", c.url);
+    let b = TestDaemon::with_config(&c.config("n2", &quick, "").replace(&c.url, &named));
+    let listeners = "SELECT count(*) FROM pg_stat_activity \
+                     WHERE application_name = 'orch-n2 (events)'";
+    let listening = |n: &str| c.pg.psql("orch", listeners).unwrap().trim() == n;
+    wait_for("B's event listener", WAIT, || listening("1").then_some(()));
+    let mut watch = Raw::connect(&b.socket).unwrap();
+    watch.hello().unwrap();
+    assert!(matches!(watch.ok(Request::Watch), Response::WatchStarted));
+    // Heard through the listener: synthetic tasks on A, each committed in one transaction.
+    let first = vec![a.submit(RESEARCH)];
+    watch_until_complete(&mut watch, &first);
+
+    c.pg.psql(
+        "orch",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'orch-n2 (events)'",
+    )
+    .unwrap();
+    wait_for("B's listener gone", WAIT, || listening("0").then_some(()));
+    let mut ids: Vec<String> = (0..5).map(|_| a.submit(RESEARCH)).collect();
+    // Committed while B had no listener (it connects again a second after the loss).
+    assert!(listening("0"), "B listened again before the submits ended");
+    wait_for("B's listener back", WAIT, || listening("1").then_some(()));
+    ids.push(a.submit(RESEARCH));
+
+    let seen = watch_until_complete(&mut watch, &ids);
+    for id in &ids {
+        assert_eq!(
+            seen[id],
+            ["submit", "route", "start", "complete"],
+            "{id}: {seen:?}"
+        );
+    }
+}
