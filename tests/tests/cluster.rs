@@ -94,6 +94,7 @@ impl Cluster {
 
     fn release(&self) {
         std::fs::write(self.work.path().join("release"), "").unwrap();
+        let _ = std::fs::write(self.work.path().join("go"), "");
     }
 }
 
@@ -119,6 +120,16 @@ fn leaders(d: &TestDaemon) -> Vec<String> {
         .iter()
         .filter(|n| n["leader"] == true)
         .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every node's last heartbeat, by node id, as `d` sees them.
+fn heartbeats(d: &TestDaemon) -> Vec<String> {
+    nodes(d)["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["lastHeartbeat"].as_str().unwrap().to_string())
         .collect()
 }
 
@@ -363,4 +374,172 @@ fn a_watch_on_one_node_sees_what_another_commits() {
     }
     let actions: Vec<&str> = seen.iter().map(|(a, _)| a.as_str()).collect();
     assert_eq!(actions, ["submit", "route", "start", "complete"]);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+fn a_shared_limit_holds_across_nodes() {
+    const TASKS: usize = 20;
+    let c = Cluster::new();
+    let ids = ["n1", "n2", "n3"];
+    // Every node runs both agents, each allowed 6 at a time, under one limit of 2 for the two.
+    let toml = |id: &str| {
+        let work = script(
+            c.work.path(),
+            &format!("limited-{id}.sh"),
+            &format!(
+                "echo \"start $ORCH_AGENT_ID $ORCH_TASK_ID {id}\" >> \"$DIR/runs.log\"\n\
+                 cat >/dev/null\n\
+                 i=0; while [ ! -e \"$DIR/go\" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n\
+                 sleep 0.1\n\
+                 echo \"end $ORCH_AGENT_ID $ORCH_TASK_ID {id}\" >> \"$DIR/runs.log\""
+            ),
+        );
+        let extra = format!(
+            "limits = [\"acme\"]\n{}[limits.acme]\nmax_concurrent = 2\n",
+            agent("coder", &work, "max_concurrent = 6\nlimits = [\"acme\"]")
+        );
+        c.config(id, &work, &extra)
+    };
+    let first = TestDaemon::in_mode(&toml(ids[0]), "live");
+    let others: Vec<TestDaemon> = ids[1..]
+        .iter()
+        .map(|id| TestDaemon::with_config(&format!("mode = \"live\"\n{}", toml(id))))
+        .collect();
+    let daemons: Vec<&TestDaemon> = std::iter::once(&first).chain(others.iter()).collect();
+    wait_for("three nodes", WAIT, || {
+        (nodes(&first)["nodes"].as_array().unwrap().len() == 3).then_some(())
+    });
+    // Submitted through every node, the two agents' tasks interleaved.
+    let submitted: Vec<String> = (0..TASKS)
+        .map(|i| daemons[i % 3].submit(if i % 2 == 0 { RESEARCH } else { CODE }))
+        .collect();
+    // The first specialists wait for `go`: every task is routed, and every node has looked for
+    // work twice since, while the limit is full.
+    wait_for("every task routed", WAIT, || {
+        submitted
+            .iter()
+            .all(|id| first.state_of(id) != "queued")
+            .then_some(())
+    });
+    for _ in 0..2 {
+        let before = heartbeats(&first);
+        wait_for("a heartbeat of every node", WAIT, || {
+            let now = heartbeats(&first);
+            (now.len() == 3 && now.iter().zip(&before).all(|(a, b)| a != b)).then_some(())
+        });
+    }
+    std::fs::write(c.work.path().join("go"), "").unwrap();
+    // The coder's tasks end awaiting approval (its built-in approval policy), the others done.
+    for (i, id) in submitted.iter().enumerate() {
+        let end = if i % 2 == 0 {
+            "done"
+        } else {
+            "awaiting_approval"
+        };
+        first.wait_state(id, end, Duration::from_secs(120));
+    }
+
+    // Appends of short lines from every node land whole and in the order they were made.
+    let entries: Vec<String> = std::fs::read_to_string(c.work.path().join("runs.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let (mut alive, mut most) = (0i32, 0i32);
+    let mut starts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut agents_seen = BTreeSet::new();
+    for line in &entries {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        match parts.as_slice() {
+            ["start", agent, task, _node] => {
+                alive += 1;
+                agents_seen.insert(agent.to_string());
+                *starts.entry(task.to_string()).or_default() += 1;
+            }
+            ["end", ..] => alive -= 1,
+            other => panic!("unexpected line {other:?}"),
+        }
+        most = most.max(alive);
+    }
+    assert_eq!(entries.len(), 2 * TASKS, "one start and one end per task");
+    assert!(
+        most <= 2,
+        "{most} specialists ran together across the nodes under a limit of 2"
+    );
+    assert_eq!(most, 2, "the limit lets two run together");
+    assert_eq!(agents_seen.len(), 2, "{agents_seen:?}");
+    let want: BTreeSet<&String> = submitted.iter().collect();
+    let got: BTreeSet<&String> = starts.keys().collect();
+    assert_eq!(got, want, "every submitted task started, and nothing else");
+    assert!(
+        starts.values().all(|n| *n == 1),
+        "started twice: {starts:?}"
+    );
+}
+
+/// The events of `ids` a watch receives, until each has completed (bounded by the read timeout).
+fn watch_until_complete(watch: &mut Raw, ids: &[String]) -> BTreeMap<String, Vec<String>> {
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let done = |seen: &BTreeMap<String, Vec<String>>| {
+        ids.iter().all(|id| {
+            seen.get(id)
+                .is_some_and(|a| a.iter().any(|a| a == "complete"))
+        })
+    };
+    let mut received = 0;
+    while !done(&seen) {
+        match watch.recv().expect("an event within the read timeout") {
+            ServerMessage::Event(ev) if ids.contains(&ev.task_id) => {
+                seen.entry(ev.task_id.clone()).or_default().push(ev.action)
+            }
+            ServerMessage::Event(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        received += 1;
+        assert!(received <= 100 * ids.len(), "{seen:?}");
+    }
+    seen
+}
+
+#[test]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+fn a_watch_sees_what_another_node_commits_while_its_listener_reconnects() {
+    let c = Cluster::new();
+    let quick = c.quick("any");
+    let a = TestDaemon::with_config(&c.config("n1", &quick, ""));
+    let named = format!("{} application_name=orch-n2", c.url);
+    let b = TestDaemon::with_config(&c.config("n2", &quick, "").replace(&c.url, &named));
+    let listeners = "SELECT count(*) FROM pg_stat_activity \
+                     WHERE application_name = 'orch-n2 (events)'";
+    let listening = |n: &str| c.pg.psql("orch", listeners).unwrap().trim() == n;
+    wait_for("B's event listener", WAIT, || listening("1").then_some(()));
+    let mut watch = Raw::connect(&b.socket).unwrap();
+    watch.hello().unwrap();
+    assert!(matches!(watch.ok(Request::Watch), Response::WatchStarted));
+    // Heard through the listener: synthetic tasks on A, each committed in one transaction.
+    let first = vec![a.submit(RESEARCH)];
+    watch_until_complete(&mut watch, &first);
+
+    c.pg.psql(
+        "orch",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'orch-n2 (events)'",
+    )
+    .unwrap();
+    wait_for("B's listener gone", WAIT, || listening("0").then_some(()));
+    let mut ids: Vec<String> = (0..5).map(|_| a.submit(RESEARCH)).collect();
+    // Committed while B had no listener (it connects again a second after the loss).
+    assert!(listening("0"), "B listened again before the submits ended");
+    wait_for("B's listener back", WAIT, || listening("1").then_some(()));
+    ids.push(a.submit(RESEARCH));
+
+    let seen = watch_until_complete(&mut watch, &ids);
+    for id in &ids {
+        assert_eq!(
+            seen[id],
+            ["submit", "route", "start", "complete"],
+            "{id}: {seen:?}"
+        );
+    }
 }

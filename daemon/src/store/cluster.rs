@@ -24,16 +24,54 @@ pub struct NodeBeat {
     pub at_ms: i64,
 }
 
-/// A claim of `assigned` tasks of one agent for this node: at most `want`, and never more than
-/// `max_concurrent` of the agent's tasks `in_progress` across all nodes.
+/// A claim of `assigned` tasks of one agent for this node: at most `want`, never more than
+/// `max_concurrent` of the agent's tasks `in_progress` across all nodes, and never more than a
+/// shared limit's `max_concurrent` tasks of all its agents together.
 #[derive(Debug, Clone)]
 pub struct Claim {
     pub agent: String,
     pub max_concurrent: u32,
     pub want: u32,
+    /// The `[limits.NAME]` the agent counts against, as the claiming node's config defines them
+    /// (README "Several daemons on one PostgreSQL": nodes must agree on them).
+    pub limits: Vec<ClaimLimit>,
     pub lease_until: i64,
     pub at_ms: i64,
     pub actor: String,
+}
+
+/// One shared limit of a [`Claim`]: at most `max_concurrent` tasks of `agents` `in_progress`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimLimit {
+    pub name: String,
+    pub max_concurrent: u32,
+    /// Every agent that names the limit, the claimed one included.
+    pub agents: Vec<String>,
+}
+
+impl ClaimLimit {
+    /// The limits `agent` counts against under `cfg`, each with every agent that names it.
+    pub fn of(cfg: &crate::config::Config, agent: &str) -> Vec<ClaimLimit> {
+        let Some(a) = cfg.agent(agent) else {
+            return Vec::new();
+        };
+        a.limits
+            .iter()
+            .filter_map(|name| {
+                let limit = cfg.limits.get(name)?;
+                Some(ClaimLimit {
+                    name: name.clone(),
+                    max_concurrent: limit.max_concurrent,
+                    agents: cfg
+                        .agents
+                        .iter()
+                        .filter(|(_, c)| c.limits.contains(name))
+                        .map(|(id, _)| id.clone())
+                        .collect(),
+                })
+            })
+            .collect()
+    }
 }
 
 impl Claim {

@@ -7,7 +7,7 @@ use super::outcome::details;
 use super::{runnable, Shared};
 use crate::dispatch::{leases, route_op, ACTOR};
 use crate::machine::Action;
-use crate::store::cluster::Claim;
+use crate::store::cluster::{Claim, ClaimLimit};
 use crate::store::{Patch, StoreError, TransitionOp};
 use orchestrator_proto::task::{task_error, Task, TaskError, TaskState};
 use std::collections::{HashMap, VecDeque};
@@ -218,7 +218,7 @@ impl Shared {
         let now = self.d.clock.now_ms();
         if self.d.store.cluster().is_some() {
             // On a shared store the tasks wait in the store: claim for every agent this node runs
-            // that is not paused. Shared limits are counted on this node only.
+            // that is not paused. The claim counts the agent's shared limits across all nodes.
             for agent in cfg.configured_agents.iter() {
                 if let Some(a) = runnable(&cfg, agent) {
                     if !self.d.pauses.blocks(agent, now) {
@@ -330,6 +330,7 @@ impl Shared {
                         agent: agent.to_string(),
                         max_concurrent: max,
                         want,
+                        limits: ClaimLimit::of(&self.d.config(), agent),
                         lease_until: leases::until(&self.d),
                         at_ms: self.d.clock.now_ms(),
                         actor: ACTOR.to_string(),

@@ -4,18 +4,36 @@
 //! one at a time across nodes and the count of its running tasks cannot go stale between the
 //! count and the update; the oldest `assigned` rows are then locked with `FOR UPDATE SKIP LOCKED`
 //! and started, each a compare-and-set with its trajectory event, in the same transaction.
+//!
+//! An agent that counts against shared limits (`[limits.NAME]`) first takes one advisory lock per
+//! limit, in ascending order of the limits' keys and before the agent's own lock (so two claims
+//! never wait on each other in a cycle), and counts the `in_progress` tasks of all the limit's
+//! agents: claims for agents that share a limit run one at a time across nodes, and the limit
+//! holds across nodes (docs/ARCHITECTURE.md "Claims").
 
 use super::queries::query;
 use super::rows::{task_from_row, TASK_COLUMNS};
 use super::PostgresBackend;
 use crate::clock::rfc3339;
-use crate::store::cluster::{Claim, Cluster, NodeBeat};
+use crate::store::cluster::{Claim, ClaimLimit, Cluster, NodeBeat};
 use crate::store::StoreFuture;
 use orchestrator_proto::message::NodeInfo;
 use orchestrator_proto::task::{Task, TaskKind, TaskState};
 
 /// The first half of the per-agent claim lock's key (the agent's hash is the second).
 const CLAIM_LOCK: i32 = 0x6f72_6361; // "orca"
+
+/// The advisory lock of the shared limit `name`: a 64-bit key, so it lives apart from the
+/// two-part per-agent keys (PostgreSQL keeps the two key spaces apart). FNV-1a of the name, stable
+/// across nodes, releases and platforms.
+fn limit_lock(name: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in "orchestrator limit ".bytes().chain(name.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::from_ne_bytes(h.to_ne_bytes())
+}
 
 fn limit_sql(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
@@ -113,12 +131,24 @@ impl Cluster for PostgresBackend {
 
     fn claim(&self, claim: Claim) -> StoreFuture<'_, Vec<Task>> {
         write!(self, |tx| {
+            // Limits first, in ascending key order, then the agent: the same order in every claim.
+            let mut limits: Vec<(i64, &ClaimLimit)> = claim
+                .limits
+                .iter()
+                .map(|l| (limit_lock(&l.name), l))
+                .collect();
+            limits.sort_by_key(|(key, _)| *key);
+            limits.dedup_by_key(|(key, _)| *key);
+            for (key, _) in &limits {
+                tx.exec("SELECT pg_advisory_xact_lock($1)", &[key]).await?;
+            }
             tx.exec(
                 "SELECT pg_advisory_xact_lock($1, hashtext($2))",
                 &[&CLAIM_LOCK, &claim.agent],
             )
             .await?;
-            // Read after the lock: every earlier claim for this agent has committed.
+            // Read after the locks: every earlier claim for this agent, or for an agent sharing
+            // one of its limits, has committed.
             let running: i64 = tx
                 .query(
                     "SELECT count(*) FROM tasks WHERE state = 'in_progress' AND agent = $1",
@@ -128,7 +158,22 @@ impl Cluster for PostgresBackend {
                 .first()
                 .map(|r| r.get(0))
                 .unwrap_or(0);
-            let room = (i64::from(claim.max_concurrent) - running).min(i64::from(claim.want));
+            let mut room = (i64::from(claim.max_concurrent) - running).min(i64::from(claim.want));
+            for (_, limit) in &limits {
+                if room <= 0 {
+                    break;
+                }
+                let running: i64 = tx
+                    .query(
+                        "SELECT count(*) FROM tasks WHERE state = 'in_progress' AND agent = ANY($1)",
+                        &[&limit.agents],
+                    )
+                    .await?
+                    .first()
+                    .map(|r| r.get(0))
+                    .unwrap_or(0);
+                room = room.min(i64::from(limit.max_concurrent) - running);
+            }
             if room <= 0 {
                 return Ok(Vec::new());
             }

@@ -5,7 +5,7 @@
 
 use super::{PostgresBackend, Settings};
 use crate::machine::Action;
-use crate::store::cluster::{Claim, Cluster};
+use crate::store::cluster::{Claim, ClaimLimit, Cluster};
 use crate::store::{Backend, NewTask, Patch, SubmitPlan, TransitionOp};
 use orchestrator_proto::task::{TaskKind, TaskState};
 use std::collections::HashMap;
@@ -31,9 +31,14 @@ async fn two_nodes() -> (PostgresBackend, PostgresBackend) {
 
 /// Submit `n` tasks routed to [`AGENT`] (`assigned`), through `store`.
 async fn assigned(store: &PostgresBackend, n: usize) -> Vec<String> {
+    assigned_to(store, AGENT, n).await
+}
+
+/// Submit `n` tasks routed to `agent` (`assigned`), through `store`.
+async fn assigned_to(store: &PostgresBackend, agent: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
-        let id = format!("t{i:04}");
+        let id = format!("{agent}-{i:04}");
         let task = NewTask {
             id: id.clone(),
             kind: TaskKind::Live,
@@ -46,7 +51,7 @@ async fn assigned(store: &PostgresBackend, n: usize) -> Vec<String> {
             expires_ms: T0 + 3_600_000,
         };
         let route = TransitionOp::new(&id, Action::Route, "tester", T0).patch(Patch {
-            agent: Some(AGENT.into()),
+            agent: Some(agent.into()),
             ..Patch::default()
         });
         store
@@ -67,10 +72,94 @@ fn claim(max: u32, want: u32) -> Claim {
         agent: AGENT.into(),
         max_concurrent: max,
         want,
+        limits: Vec::new(),
         lease_until: T0 + 60_000,
         at_ms: T0 + 1,
         actor: "dispatcher".into(),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+async fn claims_hold_shared_limits_across_agents_and_nodes() {
+    const SHARED: u32 = 2;
+    let (a, b) = two_nodes().await;
+    let mut ids = assigned_to(&a, "coder", 12).await;
+    ids.extend(assigned_to(&b, "researcher", 12).await);
+    let limit = |name: &str, max| ClaimLimit {
+        name: name.into(),
+        max_concurrent: max,
+        agents: vec!["coder".into(), "researcher".into()],
+    };
+    // Each agent lists the two limits in another order: the claims still take them in one order.
+    let shared_claim = |agent: &str| Claim {
+        agent: agent.into(),
+        limits: if agent == "coder" {
+            vec![limit("acme", SHARED), limit("zeta", 5)]
+        } else {
+            vec![limit("zeta", 5), limit("acme", SHARED)]
+        },
+        ..claim(5, 5)
+    };
+    let mut started: HashMap<String, usize> = HashMap::new();
+    for _round in 0..100 {
+        // Both nodes claim for both agents at the same moment: four claims over one limit.
+        let (ac, ar, bc, br) = tokio::join!(
+            a.claim(shared_claim("coder")),
+            a.claim(shared_claim("researcher")),
+            b.claim(shared_claim("coder")),
+            b.claim(shared_claim("researcher")),
+        );
+        let got: Vec<_> = [ac, ar, bc, br]
+            .into_iter()
+            .flat_map(|r| r.unwrap())
+            .collect();
+        assert!(
+            got.len() <= SHARED as usize,
+            "{} started under a shared limit of {SHARED}",
+            got.len()
+        );
+        if got.is_empty() {
+            break;
+        }
+        // A claim for either agent starts nothing while the limit is full.
+        if got.len() == SHARED as usize {
+            assert!(b.claim(shared_claim("coder")).await.unwrap().is_empty());
+            assert!(a
+                .claim(shared_claim("researcher"))
+                .await
+                .unwrap()
+                .is_empty());
+        }
+        let done: Vec<TransitionOp> = got
+            .iter()
+            .map(|t| {
+                *started.entry(t.id.clone()).or_default() += 1;
+                TransitionOp::new(
+                    &t.id,
+                    Action::Complete {
+                        approval_required: false,
+                    },
+                    "dispatcher",
+                    T0 + 2,
+                )
+            })
+            .collect();
+        for r in b.transitions(done).await.unwrap() {
+            assert_eq!(r.unwrap().state, TaskState::Done);
+        }
+    }
+    assert_eq!(started.len(), ids.len(), "every task started");
+    assert!(started.values().all(|n| *n == 1), "{started:?}");
+    // Without the limit the agent runs up to its own max_concurrent.
+    assigned_to(&a, "helpdesk", 4).await;
+    let free = Claim {
+        agent: "helpdesk".into(),
+        ..claim(3, 5)
+    };
+    assert_eq!(a.claim(free).await.unwrap().len(), 3);
+    a.close();
+    b.close();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,13 +3,18 @@
 //! (delivered only if it commits). Every node keeps one connection of its own listening on the
 //! channel; on a notification from another node it reads those event rows and publishes them to
 //! [`Cluster::subscribe_all`](crate::store::cluster::Cluster::subscribe_all), next to its own.
-//! The connection is made again whenever it is lost; events committed while it was down are not
-//! replayed (a watcher sees them in the task's trajectory).
+//! The connection is made again whenever it is lost (PostgreSQL restarted, the backend terminated),
+//! and the events committed meanwhile are replayed: once listening again, the listener reads the
+//! event rows after the highest sequence number it had heard of (less [`REPLAY_MARGIN`], for
+//! transactions that took their numbers earlier and committed later) and publishes those of other
+//! nodes it has not published yet. Its connection is named `<application_name> (events)` in
+//! `pg_stat_activity`.
 
 use super::rows::{event_from_row, EVENT_COLUMNS};
 use super::{pg_error, Inner};
 use futures_util::StreamExt;
 use orchestrator_proto::task::TrajectoryEvent;
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Weak;
 use std::time::Duration;
@@ -19,6 +24,61 @@ pub(super) const CHANNEL: &str = "orchestrator_events";
 /// A notification's payload must stay under 8,000 bytes: sequence numbers go in chunks.
 const SEQS_PER_PAYLOAD: usize = 400;
 const RETRY: Duration = Duration::from_secs(1);
+/// How far below the highest sequence number heard of a replay starts: events of transactions
+/// that took their numbers before it and committed after it (a burst writes at most a few
+/// thousand events in one transaction).
+const REPLAY_MARGIN: i64 = 8_192;
+/// Most events one replay publishes; an outage longer than that leaves the rest to the tasks'
+/// trajectories.
+const REPLAY_MAX: i64 = 100_000;
+/// How many of this node's own sequence numbers, and of the others' already published, are kept
+/// to tell what a replay must skip. At least [`REPLAY_MARGIN`].
+const KEPT: usize = 65_536;
+
+/// The sequence numbers of this node's committed events, newest last (at most [`KEPT`]): a
+/// replay skips them, they were published at their commit.
+#[derive(Default)]
+pub(super) struct Own(VecDeque<i64>);
+
+impl Own {
+    pub(super) fn note(&mut self, events: &[TrajectoryEvent]) {
+        for e in events {
+            self.0.push_back(i64::try_from(e.seq).unwrap_or(i64::MAX));
+        }
+        while self.0.len() > KEPT {
+            self.0.pop_front();
+        }
+    }
+}
+
+/// What the listener has heard of, kept across its connections.
+#[derive(Default)]
+struct Heard {
+    /// The highest sequence number in any notification, this node's own included.
+    high: Option<i64>,
+    /// Other nodes' events published, the newest [`KEPT`].
+    published: BTreeSet<i64>,
+}
+
+impl Heard {
+    fn heard(&mut self, seqs: &[i64]) {
+        if let Some(max) = seqs.iter().max() {
+            self.high = Some(self.high.map_or(*max, |h| h.max(*max)));
+        }
+    }
+
+    /// Record `seq` as published; false if it was already.
+    fn publish(&mut self, seq: i64) -> bool {
+        if !self.published.insert(seq) {
+            return false;
+        }
+        while self.published.len() > KEPT {
+            self.published.pop_first();
+        }
+        self.heard(&[seq]);
+        true
+    }
+}
 
 /// `<node> <seq>,<seq>,…` for each chunk of `events`.
 pub(super) fn payloads(node: &str, events: &[TrajectoryEvent]) -> Vec<String> {
@@ -31,22 +91,37 @@ pub(super) fn payloads(node: &str, events: &[TrajectoryEvent]) -> Vec<String> {
         .collect()
 }
 
-/// The sequence numbers of a payload sent by another node than `node`.
-fn foreign_seqs(node: &str, payload: &str) -> Option<Vec<i64>> {
+/// The sequence numbers of a payload, and whether another node than `node` sent it.
+fn payload_seqs(node: &str, payload: &str) -> Option<(bool, Vec<i64>)> {
     let (from, seqs) = payload.split_once(' ')?;
-    if from == node {
-        return None;
+    Some((
+        from != node,
+        seqs.split(',').filter_map(|s| s.parse().ok()).collect(),
+    ))
+}
+
+/// The sequence numbers of a payload sent by another node than `node`.
+#[cfg(test)]
+fn foreign_seqs(node: &str, payload: &str) -> Option<Vec<i64>> {
+    match payload_seqs(node, payload)? {
+        (true, seqs) => Some(seqs),
+        (false, _) => None,
     }
-    Some(seqs.split(',').filter_map(|s| s.parse().ok()).collect())
 }
 
 /// Listen until the store is closed, connecting again whenever the connection is lost.
-pub(super) async fn run(cfg: tokio_postgres::Config, inner: Weak<Inner>) {
+pub(super) async fn run(mut cfg: tokio_postgres::Config, inner: Weak<Inner>) {
+    let name = format!(
+        "{} (events)",
+        cfg.get_application_name().unwrap_or("orchestratord")
+    );
+    cfg.application_name(&name);
+    let mut heard = Heard::default();
     loop {
         let Some(node) = inner.upgrade().map(|i| i.node.clone()) else {
             return;
         };
-        match listen_once(&cfg, &inner, &node).await {
+        match listen_once(&cfg, &inner, &node, &mut heard).await {
             Ok(()) => {}
             Err(e) => tracing::debug!(error = %e, "event listener: connection lost or refused"),
         }
@@ -58,10 +133,71 @@ pub(super) async fn run(cfg: tokio_postgres::Config, inner: Weak<Inner>) {
     }
 }
 
+/// Publish the events of other nodes among `rows` that were not published yet.
+fn publish_rows(inner: &Inner, heard: &mut Heard, rows: &[tokio_postgres::Row]) {
+    for row in rows {
+        match event_from_row(row) {
+            Ok(ev) => {
+                if heard.publish(i64::try_from(ev.seq).unwrap_or(i64::MAX)) {
+                    let _ = inner.all_events.send(ev);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "event listener: unreadable event"),
+        }
+    }
+}
+
+/// Once listening again: publish what other nodes committed since the highest sequence number
+/// heard of (less the margin), skipping this node's own events and those already published.
+async fn replay(
+    client: &tokio_postgres::Client,
+    inner: &Weak<Inner>,
+    heard: &mut Heard,
+) -> Result<(), crate::store::StoreError> {
+    let Some(high) = heard.high else {
+        return Ok(());
+    };
+    let rows = client
+        .query(
+            &format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"),
+            &[&high.saturating_sub(REPLAY_MARGIN), &REPLAY_MAX],
+        )
+        .await
+        .map_err(pg_error)?;
+    let Some(inner) = inner.upgrade() else {
+        return Ok(());
+    };
+    let own: HashSet<i64> = match inner.own.lock() {
+        Ok(own) => own.0.iter().copied().collect(),
+        Err(poisoned) => poisoned.into_inner().0.iter().copied().collect(),
+    };
+    let before = heard.published.len();
+    let foreign: Vec<tokio_postgres::Row> = rows
+        .into_iter()
+        .filter(|r| !own.contains(&r.get::<_, i64>(0)))
+        .collect();
+    publish_rows(&inner, heard, &foreign);
+    let replayed = heard.published.len().saturating_sub(before);
+    if replayed > 0 {
+        tracing::info!(
+            events = replayed,
+            "event listener: replayed the events committed while it was reconnecting"
+        );
+    }
+    if i64::try_from(foreign.len()).unwrap_or(i64::MAX) >= REPLAY_MAX {
+        tracing::warn!(
+            most = REPLAY_MAX,
+            "event listener: more events were committed while it was reconnecting than it replays"
+        );
+    }
+    Ok(())
+}
+
 async fn listen_once(
     cfg: &tokio_postgres::Config,
     inner: &Weak<Inner>,
     node: &str,
+    heard: &mut Heard,
 ) -> Result<(), crate::store::StoreError> {
     let (client, mut connection) = cfg.connect(NoTls).await.map_err(pg_error)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -84,14 +220,26 @@ async fn listen_once(
         .await
         .map_err(pg_error)?;
     tracing::debug!("event listener: listening");
+    if let Err(e) = replay(&client, inner, heard).await {
+        pump.abort();
+        return Err(e);
+    }
     while let Some(payload) = rx.recv().await {
         let Some(inner) = inner.upgrade() else { break };
         if inner.closed.load(Ordering::Acquire) {
             break;
         }
-        let Some(seqs) = foreign_seqs(node, &payload) else {
+        let Some((foreign, seqs)) = payload_seqs(node, &payload) else {
             continue;
         };
+        heard.heard(&seqs);
+        let seqs: Vec<i64> = seqs
+            .into_iter()
+            .filter(|s| foreign && !heard.published.contains(s))
+            .collect();
+        if seqs.is_empty() {
+            continue;
+        }
         let rows = client
             .query(
                 &format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq = ANY($1) ORDER BY seq"),
@@ -100,16 +248,7 @@ async fn listen_once(
             .await
             .map_err(pg_error);
         match rows {
-            Ok(rows) => {
-                for row in &rows {
-                    match event_from_row(row) {
-                        Ok(ev) => {
-                            let _ = inner.all_events.send(ev);
-                        }
-                        Err(e) => tracing::warn!(error = %e, "event listener: unreadable event"),
-                    }
-                }
-            }
+            Ok(rows) => publish_rows(&inner, heard, &rows),
             Err(e) => {
                 pump.abort();
                 return Err(e);
@@ -136,6 +275,26 @@ mod tests {
             to: TaskState::Assigned,
             details: None,
         }
+    }
+
+    #[test]
+    fn a_replay_skips_what_was_published_and_keeps_the_highest_heard() {
+        let mut heard = Heard::default();
+        heard.heard(&[5, 3]);
+        assert_eq!(heard.high, Some(5));
+        assert!(heard.publish(4));
+        assert!(!heard.publish(4), "published once");
+        assert!(heard.publish(9));
+        assert_eq!(heard.high, Some(9));
+        for seq in 10..(10 + KEPT as i64) {
+            heard.publish(seq);
+        }
+        assert_eq!(heard.published.len(), KEPT);
+        assert!(!heard.published.contains(&4), "the oldest go first");
+        let mut own = Own::default();
+        own.note(&(1..=(KEPT as u64 + 2)).map(event).collect::<Vec<_>>());
+        assert_eq!(own.0.len(), KEPT);
+        assert_eq!(own.0.front(), Some(&3));
     }
 
     #[test]

@@ -97,6 +97,8 @@ struct Inner {
     outbox_written: tokio::sync::watch::Sender<u64>,
     /// This daemon's node id: the holder its leases name.
     node: String,
+    /// This node's recent events, for the listener's replay (see `listen`).
+    own: Mutex<listen::Own>,
 }
 
 /// A failure of the database or the connection, as a store error: the ones that mean "cannot reach
@@ -224,6 +226,7 @@ impl PostgresBackend {
                 outbox_rules: StdRwLock::new(None),
                 outbox_written: tokio::sync::watch::Sender::new(0),
                 node: settings.node.clone(),
+                own: Mutex::new(listen::Own::default()),
             }),
         })
     }
@@ -247,6 +250,12 @@ impl PostgresBackend {
         if let Ok(mut c) = self.inner.counts.lock() {
             for (kind, from, to) in &effects.deltas {
                 c.apply(*kind, *from, *to);
+            }
+        }
+        if !effects.events.is_empty() {
+            match self.inner.own.lock() {
+                Ok(mut own) => own.note(&effects.events),
+                Err(poisoned) => poisoned.into_inner().note(&effects.events),
             }
         }
         for ev in effects.events {

@@ -158,6 +158,28 @@ impl TempPostgres {
         )
     }
 
+    /// Run `sql` in database `db` through `psql`; its unaligned, tuples-only output.
+    pub fn psql(&self, db: &str, sql: &str) -> io::Result<String> {
+        let out = as_server_user(
+            Command::new(bin_dir().join("psql"))
+                .current_dir(&self.dir)
+                .arg("-h")
+                .arg(&self.dir)
+                .args(["-U", USER, "-d", db, "-X", "-A", "-t", "-c", sql]),
+        )
+        .stdin(Stdio::null())
+        .output()?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(io::Error::other(format!(
+                "psql failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+
     /// Stop the server at once, as a crash would (`pg_ctl stop -m immediate`).
     pub fn stop_immediate(&self) -> io::Result<()> {
         self.pg_ctl(&["stop", "-m", "immediate", "-w"])
