@@ -1,19 +1,25 @@
 //! `orchbench peers`: the daemon side by side with queues operators know, on this machine, in one
-//! run: pueue (daemon + CLI) for whole-process verbs, procrastinate on PostgreSQL for enqueue
-//! throughput and burn-down. Each row runs the peer and then ours back to back, so that both see
-//! the same load; each says what the peer promises about durability. Peers are found on PATH or
-//! installed into a cache directory by this command alone.
+//! run: pueue (daemon + CLI) for whole-process verbs; procrastinate and graphile-worker on
+//! PostgreSQL for enqueue throughput and the burn-down of N no-op jobs. Each row runs the peer and
+//! then ours back to back, so that both see the same load (the burn-downs of ours run once per
+//! concurrency, after the first peer's, and serve both PostgreSQL peers); each says what the peer
+//! promises about durability. Peers are found on PATH or installed into a cache directory by this
+//! command alone. The method is in docs/BENCHMARKS.md, "Side by side with other queues".
 
+mod driver;
+mod graphile;
 mod install;
+mod ours;
 mod procrastinate;
 mod pueue;
 mod table;
 
 use crate::load::Stop;
-use crate::proc::Daemon;
 use crate::stats::Throughput;
 use crate::{fsync, scenarios, sibling};
 use anyhow::{bail, Result};
+use ours::{Ours, WorkerBurnDown};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use table::{latency, ratio, Better, Row, Table};
@@ -41,9 +47,26 @@ pub struct Options {
     /// Jobs in each burn-down.
     #[arg(long, default_value_t = 100_000)]
     jobs: u64,
-    /// Concurrent clients of the throughput and burn-down rows.
+    /// Concurrent clients of the throughput and burn-down rows (and the workers' concurrency).
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     clients: Vec<usize>,
+    /// Which peers to run.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "pueue,procrastinate,graphile-worker"
+    )]
+    peers: Vec<Peer>,
+    /// Bound of each long phase (an enqueue or completion of a burn-down), in seconds.
+    #[arg(long, default_value_t = 7200.0)]
+    timeout: f64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Peer {
+    Pueue,
+    Procrastinate,
+    GraphileWorker,
 }
 
 /// What our reply promises, for the rows' text.
@@ -86,33 +109,12 @@ fn rate(t: &Throughput) -> String {
     )
 }
 
-/// Our daemons for this run: each started on a fresh store in synthetic mode, as `orchbench all`.
-struct Ours {
-    bin: PathBuf,
-    pub ctl: PathBuf,
-    dir: PathBuf,
-    config: PathBuf,
-    next: usize,
-}
-
-impl Ours {
-    fn fresh(&mut self) -> Result<(Daemon, PathBuf)> {
-        self.next += 1;
-        let socket = self.dir.join(format!("run/o{}.sock", self.next));
-        let d = Daemon::start(
-            &self.bin,
-            &socket,
-            &self.dir.join(format!("state{}", self.next)),
-            Some(&self.config),
-            &self.dir.join("daemon.log"),
-        )?;
-        Ok((d, socket))
-    }
-}
-
 pub fn run(o: Options) -> Result<()> {
     if o.clients.contains(&0) {
         bail!("--clients must be at least 1");
+    }
+    if o.jobs == 0 || !(o.timeout.is_finite() && o.timeout > 0.0) {
+        bail!("--jobs and --timeout must be positive");
     }
     let bin_dir = o.bin_dir.clone().unwrap_or_else(|| {
         sibling("orchestratord")
@@ -120,14 +122,8 @@ pub fn run(o: Options) -> Result<()> {
             .map(Path::to_path_buf)
             .unwrap_or_default()
     });
-    let mut ours = Ours {
-        bin: bin_dir.join("orchestratord"),
-        ctl: bin_dir.join("orchctl"),
-        dir: PathBuf::new(),
-        config: PathBuf::new(),
-        next: 0,
-    };
-    for b in [&ours.bin, &ours.ctl] {
+    let (bin, ctl) = (bin_dir.join("orchestratord"), bin_dir.join("orchctl"));
+    for b in [&bin, &ctl] {
         if !b.exists() {
             bail!(
                 "{} not found; build with cargo build --release --workspace",
@@ -140,9 +136,7 @@ pub fn run(o: Options) -> Result<()> {
         .prefix("orchbench-peers-")
         .tempdir_in(o.work_dir.as_deref().unwrap_or(Path::new("/var/tmp")))?;
     let dir = base.path();
-    ours.dir = dir.to_path_buf();
-    ours.config = dir.join("orchestrator.toml");
-    std::fs::write(&ours.config, "mode = \"synthetic\"\n")?;
+    let mut ours = Ours::new(bin, ctl, dir.to_path_buf());
     let load_before = loadavg();
     let flush_before = flush_loop(dir);
     eprintln!("== peers in {}, cache {}", dir.display(), cache.display());
@@ -150,34 +144,35 @@ pub fn run(o: Options) -> Result<()> {
     let mut versions = Vec::new();
 
     // --- pueue: whole processes -------------------------------------------------------------------
-    let pueue = pueue::locate(&cache, !o.no_install)
-        .and_then(|tools| Ok((pueue::Daemon::start(&tools, dir)?, tools)));
-    let (d, sock) = ours.fresh()?;
-    let submit = ["submit", scenarios::DONE_GOAL];
-    match &pueue {
-        Ok((p, tools)) => {
-            versions.push(tools.version.clone());
-            // Paused, so that pueue's add is timed alone rather than beside the `true`s it starts.
-            if !p.quiet(&["pause"])? {
-                bail!("pueue pause failed");
-            }
-            let peer = format!("{} — {}", tools.version, pueue::DURABILITY);
-            let theirs = p.runs(&["add", "--", "true"], o.runs)?;
-            let mine = scenarios::ctl_runs(&ours.ctl, &sock, &submit, o.runs)?;
-            t.add(Row {
-                figure: format!(
+    if o.peers.contains(&Peer::Pueue) {
+        let pueue = pueue::locate(&cache, !o.no_install)
+            .and_then(|tools| Ok((pueue::Daemon::start(&tools, dir)?, tools)));
+        let (d, sock) = ours.fresh()?;
+        let submit = ["submit", scenarios::DONE_GOAL];
+        match &pueue {
+            Ok((p, tools)) => {
+                versions.push(tools.version.clone());
+                // Paused, so that pueue's add is timed alone rather than beside the `true`s it starts.
+                if !p.quiet(&["pause"])? {
+                    bail!("pueue pause failed");
+                }
+                let peer = format!("{} — {}", tools.version, pueue::DURABILITY);
+                let theirs = p.runs(&["add", "--", "true"], o.runs)?;
+                let mine = scenarios::ctl_runs(&ours.ctl, &sock, &submit, o.runs)?;
+                t.add(Row {
+                    figure: format!(
                     "`pueue add -- true` against `orchctl submit GOAL`, whole process ({} runs)",
                     o.runs
                 ),
-                peer: peer.clone(),
-                peer_result: latency(&theirs),
-                ours: latency(&mine),
-                ratio: ratio(mine.median_ms(), theirs.median_ms(), Better::Lower),
-                command: format!("orchbench peers --runs {}", o.runs),
-            });
-            let theirs = p.runs(&["status"], o.runs)?;
-            let mine = scenarios::ctl_runs(&ours.ctl, &sock, &["status"], o.runs)?;
-            t.add(Row {
+                    peer: peer.clone(),
+                    peer_result: latency(&theirs),
+                    ours: latency(&mine),
+                    ratio: ratio(mine.median_ms(), theirs.median_ms(), Better::Lower),
+                    command: format!("orchbench peers --runs {}", o.runs),
+                });
+                let theirs = p.runs(&["status"], o.runs)?;
+                let mine = scenarios::ctl_runs(&ours.ctl, &sock, &["status"], o.runs)?;
+                t.add(Row {
                 figure: format!(
                     "`pueue status` against `orchctl status`, whole process, {} tasks held ({} runs)",
                     o.runs, o.runs
@@ -188,12 +183,72 @@ pub fn run(o: Options) -> Result<()> {
                 ratio: ratio(mine.median_ms(), theirs.median_ms(), Better::Lower),
                 command: format!("orchbench peers --runs {}", o.runs),
             });
+            }
+            Err(e) => {
+                for verb in ["add", "status"] {
+                    t.add(Row {
+                        figure: format!("`pueue {verb}` against `orchctl`"),
+                        peer: "pueue".into(),
+                        peer_result: format!("not run: {e:#}"),
+                        ours: "—".into(),
+                        ratio: "—".into(),
+                        command: "orchbench peers".into(),
+                    });
+                }
+            }
         }
-        Err(e) => {
-            for verb in ["add", "status"] {
+        drop(pueue);
+        d.stop()?;
+    }
+
+    // --- PostgreSQL queues: throughput and burn-down ----------------------------------------------
+    let mut mine = Bursts::default();
+    let pg: [(Peer, &str, &str, Locate); 2] = [
+        (
+            Peer::Procrastinate,
+            procrastinate::VERSION,
+            procrastinate::DURABILITY,
+            procrastinate::locate,
+        ),
+        (
+            Peer::GraphileWorker,
+            graphile::VERSION,
+            graphile::DURABILITY,
+            graphile::locate,
+        ),
+    ];
+    for (peer, version, durability, locate) in pg {
+        if !o.peers.contains(&peer) {
+            continue;
+        }
+        let name = match peer {
+            Peer::GraphileWorker => "graphile-worker",
+            _ => "procrastinate",
+        };
+        eprintln!("== {name}");
+        let queue = locate(&cache, !o.no_install).and_then(|tools| {
+            driver::Queue::start(tools, &dir.join(format!("{name}.log")), o.timeout)
+        });
+        match &queue {
+            Ok(q) => {
+                versions.push(format!("{} on {}", q.tools_version(), q.server_version));
+                let label = format!("{} — {durability}", q.tools_version());
+                // A row that fails (a phase past --timeout) ends this peer's rows, not the run.
+                if let Err(e) = pg_rows(&o, q, &label, &mut ours, &mut mine, &mut t) {
+                    t.add(Row {
+                        figure: "this peer's remaining rows".into(),
+                        peer: label,
+                        peer_result: format!("failed: {e:#}"),
+                        ours: "—".into(),
+                        ratio: "—".into(),
+                        command: "orchbench peers".into(),
+                    });
+                }
+            }
+            Err(e) => {
                 t.add(Row {
-                    figure: format!("`pueue {verb}` against `orchctl`"),
-                    peer: "pueue".into(),
+                    figure: "enqueue and burn-down on PostgreSQL".into(),
+                    peer: format!("{name} {version}"),
                     peer_result: format!("not run: {e:#}"),
                     ours: "—".into(),
                     ratio: "—".into(),
@@ -202,77 +257,6 @@ pub fn run(o: Options) -> Result<()> {
             }
         }
     }
-    drop(pueue);
-    d.stop()?;
-
-    // --- procrastinate on PostgreSQL: throughput and burn-down ------------------------------------
-    let queue = procrastinate::locate(&cache, !o.no_install)
-        .and_then(|tools| procrastinate::Queue::start(tools, &dir.join("procrastinate.log")));
-    match &queue {
-        Ok(q) => {
-            versions.push(format!("{} on {}", q.tools_version(), q.server_version));
-            let peer = format!("{} — {}", q.tools_version(), procrastinate::DURABILITY);
-            for &c in &o.clients {
-                let theirs = q.enqueue(c, o.seconds)?;
-                let (d, sock) = ours.fresh()?;
-                let mine =
-                    scenarios::submit(&sock, c, Stop::After(Duration::from_secs_f64(o.seconds)))?;
-                d.stop()?;
-                t.add(Row {
-                    figure: format!(
-                        "enqueue, {c} concurrent client{} ({} s): `defer_async` of one job against a synthetic submit",
-                        plural(c),
-                        o.seconds
-                    ),
-                    peer: peer.clone(),
-                    peer_result: rate(&theirs),
-                    ours: rate(&mine),
-                    ratio: ratio(mine.per_sec(), theirs.per_sec(), Better::Higher),
-                    command: format!("orchbench peers --clients {c} --seconds {}", o.seconds),
-                });
-            }
-            for &c in &o.clients {
-                let theirs = q.burn_down(c, o.jobs)?;
-                let (d, sock) = ours.fresh()?;
-                let mine = scenarios::submit(&sock, c, Stop::Count(o.jobs.div_ceil(c as u64)))?;
-                d.stop()?;
-                let peer_rate = theirs.jobs as f64 / theirs.elapsed.as_secs_f64();
-                t.add(Row {
-                    figure: format!(
-                        "burn-down of {} no-op jobs, {c} client{} and worker concurrency {c}: first enqueue → last completed",
-                        o.jobs,
-                        plural(c)
-                    ),
-                    peer: peer.clone(),
-                    peer_result: format!(
-                        "{:.1} s, {:.0} jobs/s (its enqueue alone: {:.0}/s)",
-                        theirs.elapsed.as_secs_f64(),
-                        peer_rate,
-                        theirs.enqueue.per_sec()
-                    ),
-                    ours: format!(
-                        "{:.1} s, {:.0} tasks/s ({} tasks)",
-                        mine.elapsed.as_secs_f64(),
-                        mine.per_sec(),
-                        mine.ok
-                    ),
-                    ratio: ratio(mine.per_sec(), peer_rate, Better::Higher),
-                    command: format!("orchbench peers --clients {c} --jobs {}", o.jobs),
-                });
-            }
-        }
-        Err(e) => {
-            t.add(Row {
-                figure: "enqueue and burn-down on PostgreSQL".into(),
-                peer: format!("procrastinate {}", procrastinate::VERSION),
-                peer_result: format!("not run: {e:#}"),
-                ours: "—".into(),
-                ratio: "—".into(),
-                command: "orchbench peers".into(),
-            });
-        }
-    }
-    drop(queue);
 
     println!("Peers: {}.", versions.join("; "));
     println!("Us: {OURS}.");
@@ -286,5 +270,144 @@ pub fn run(o: Options) -> Result<()> {
     );
     println!();
     print!("{}", t.markdown());
+    Ok(())
+}
+
+/// Finds or installs a PostgreSQL peer's driver (cache directory, whether to install).
+type Locate = fn(&Path, bool) -> Result<driver::Tools>;
+
+/// Our burn-downs, run once per concurrency after the first PostgreSQL peer's and reused for the
+/// second.
+#[derive(Default)]
+struct Bursts {
+    synthetic: BTreeMap<usize, Throughput>,
+    worker: BTreeMap<usize, WorkerBurnDown>,
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// One PostgreSQL peer's rows: enqueue at each concurrency, then the burn-downs.
+fn pg_rows(
+    o: &Options,
+    q: &driver::Queue,
+    label: &str,
+    ours: &mut Ours,
+    mine: &mut Bursts,
+    t: &mut Table,
+) -> Result<()> {
+    for &c in &o.clients {
+        let theirs = q.enqueue(c, o.seconds)?;
+        let (d, sock) = ours.fresh()?;
+        let us = scenarios::submit(&sock, c, Stop::After(Duration::from_secs_f64(o.seconds)))?;
+        d.stop()?;
+        t.add(Row {
+            figure: format!(
+                "enqueue, {c} concurrent client{} ({} s): one job per call against a synthetic submit",
+                plural(c),
+                o.seconds
+            ),
+            peer: label.into(),
+            peer_result: rate(&theirs),
+            ours: rate(&us),
+            ratio: ratio(us.per_sec(), theirs.per_sec(), Better::Higher),
+            command: format!("orchbench peers --clients {c} --seconds {}", o.seconds),
+        });
+    }
+    let timeout = Duration::from_secs_f64(o.timeout);
+    for &c in &o.clients {
+        let theirs = q.burn_down(c, o.jobs)?;
+        let peer_rate = theirs.jobs as f64 / secs(theirs.total());
+        let peer_run_rate = theirs.jobs as f64 / secs(theirs.completion);
+        let workers = format!(
+            "{} worker process{} of concurrency {}",
+            theirs.workers.len(),
+            if theirs.workers.len() == 1 { "" } else { "es" },
+            theirs
+                .workers
+                .iter()
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+                .join(" + ")
+        );
+        if let std::collections::btree_map::Entry::Vacant(e) = mine.worker.entry(c) {
+            e.insert(ours.worker_burn_down(c, o.jobs, timeout)?);
+        }
+        if let std::collections::btree_map::Entry::Vacant(e) = mine.synthetic.entry(c) {
+            let (d, sock) = ours.fresh()?;
+            eprintln!("  us: {} synthetic submits, {c} clients", o.jobs);
+            let s = ours::with_progress(&sock, "done", || {
+                scenarios::submit(&sock, c, Stop::Count(o.jobs.div_ceil(c as u64)))
+            })?;
+            d.stop()?;
+            e.insert(s);
+        }
+        let (Some(w), Some(s)) = (mine.worker.get(&c), mine.synthetic.get(&c)) else {
+            bail!("our burn-down at {c} clients is missing");
+        };
+        let w_rate = w.tasks as f64 / secs(w.total());
+        let w_run_rate = w.tasks as f64 / secs(w.completion);
+        let command = format!("orchbench peers --clients {c} --jobs {}", o.jobs);
+        let peer_total = format!(
+            "{:.1} s, {:.0} jobs/s (enqueue {:.1} s at {:.0}/s, then run {:.1} s at {:.0}/s)",
+            secs(theirs.total()),
+            peer_rate,
+            secs(theirs.enqueue.elapsed),
+            theirs.enqueue.per_sec(),
+            secs(theirs.completion),
+            peer_run_rate
+        );
+        t.add(Row {
+            figure: format!(
+                "burn-down of {} no-op jobs, {c} client{}, then {workers}; us: shadow tasks run by `{}`, at most {c} at once: first enqueue → last completed",
+                o.jobs,
+                plural(c),
+                w.command.display()
+            ),
+            peer: label.into(),
+            peer_result: peer_total.clone(),
+            ours: format!(
+                "{:.1} s, {:.0} tasks/s (submit {:.1} s at {:.0}/s, then run {:.1} s at {:.0}/s; {} tasks)",
+                secs(w.total()),
+                w_rate,
+                secs(w.enqueue.elapsed),
+                w.enqueue.per_sec(),
+                secs(w.completion),
+                w_run_rate,
+                w.tasks
+            ),
+            ratio: ratio(w_rate, peer_rate, Better::Higher),
+            command: command.clone(),
+        });
+        t.add(Row {
+            figure: "the same burn-down, run phase alone: workers started (us: agent resumed) → last completed".into(),
+            peer: label.into(),
+            peer_result: format!(
+                "{:.1} s, {peer_run_rate:.0} jobs/s",
+                secs(theirs.completion)
+            ),
+            ours: format!("{:.1} s, {w_run_rate:.0} tasks/s", secs(w.completion)),
+            ratio: ratio(w_run_rate, peer_run_rate, Better::Higher),
+            command: command.clone(),
+        });
+        t.add(Row {
+            figure: format!(
+                "the same burn-down against {} synthetic submits on {c} connection{} (each completed in its commit)",
+                o.jobs,
+                plural(c)
+            ),
+            peer: label.into(),
+            peer_result: peer_total,
+            ours: format!(
+                "{:.1} s, {:.0} tasks/s ({} tasks)",
+                secs(s.elapsed),
+                s.per_sec(),
+                s.ok
+            ),
+            ratio: ratio(s.per_sec(), peer_rate, Better::Higher),
+            command,
+        });
+    }
     Ok(())
 }
