@@ -228,7 +228,7 @@ impl<'a> Batch<'a> {
     ) -> Result<(), StoreError> {
         let (action, to) = (Action::Expire.name(), TaskState::Expired);
         if self.outbox.is_some() {
-            self.outbox_for_event(seq, &task_id, at_ms, actor, action, Some(from), to, None)?;
+            self.outbox_for_event(seq, &task_id, at_ms, actor, action, Some(from), to, None, None)?;
         }
         self.events.push(TrajectoryEvent {
             seq,
