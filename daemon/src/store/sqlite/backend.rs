@@ -33,14 +33,14 @@ impl Backend for SqliteBackend {
     }
 
     fn transition(&self, op: TransitionOp) -> StoreFuture<'_, Task> {
-        Box::pin(self.write(move |b| b.transition_ref(&op)))
+        Box::pin(self.write(move |b| b.transition(op)))
     }
 
     fn transitions(&self, ops: Vec<TransitionOp>) -> StoreFuture<'_, Outcomes<Task>> {
         Box::pin(self.write(move |b| {
             let mut out = Vec::with_capacity(ops.len());
-            for op in &ops {
-                match b.nested(|b| b.transition_ref(op)) {
+            for op in ops {
+                match b.nested(|b| b.transition(op)) {
                     Err(e) if !e.is_refusal() => return Err(e),
                     r => out.push(r),
                 }

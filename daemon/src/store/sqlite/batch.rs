@@ -15,7 +15,7 @@ use orchestrator_proto::ErrorCode;
 use rusqlite::{params, OptionalExtension, ToSql, Transaction};
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 pub(super) type Delta = (TaskKind, Option<TaskState>, Option<TaskState>);
 
@@ -216,26 +216,69 @@ impl<'a> Batch<'a> {
 
     /// Apply one transition as a compare-and-set on the task's current state, with its trajectory
     /// event; answers the task after it.
-    pub fn transition(&mut self, op: TransitionOp) -> Result<Task, StoreError> {
-        self.transition_ref(&op)
-    }
-
-    /// The task is read once, before: the compare-and-set then moves it from the state read, and
-    /// the answer is that task with the change applied in memory, as the row now holds it.
-    pub(super) fn transition_ref(&mut self, op: &TransitionOp) -> Result<Task, StoreError> {
+    ///
+    /// One statement moves the task and answers it: the compare-and-set is an `UPDATE … RETURNING`
+    /// of the whole row, from the one state the action can leave (approve and reject leave only
+    /// `awaiting_approval`) or, for actions several states allow, from the state read just before.
+    /// Zero rows means the task is elsewhere (or missing), and the refusal names where.
+    pub fn transition(&mut self, mut op: TransitionOp) -> Result<Task, StoreError> {
         if op.action == Action::Expire {
             // Expiry also checks `expiresAt`, which the full path reads as stored.
-            self.apply(op)?;
+            self.apply(&op)?;
             return self
                 .get_task(&op.id)?
                 .ok_or_else(|| StoreError::NotFound(op.id.clone()));
         }
-        let mut task = self
-            .get_task(&op.id)?
-            .ok_or_else(|| StoreError::NotFound(op.id.clone()))?;
-        let to = self.compare_and_set(op, task.kind, task.state)?;
-        absorb(&mut task, op, to);
+        let from = match sole_from(op.action) {
+            Some(from) => from,
+            None => self.current(&op.id)?.1,
+        };
+        let change = RowChange::of(&op, from)?;
+        let to = change.to;
+        let task = {
+            let mut stmt = self.tx.prepare_cached(&CAS_RETURNING)?;
+            stmt.query_row(cas_params!(&op, change, from), task_from_row)
+                .optional()?
+        };
+        let Some(task) = task else {
+            return Err(self.refusal(&op));
+        };
+        self.append_event(
+            &op.id,
+            task.kind,
+            op.at_ms,
+            &op.actor,
+            op.action.name(),
+            Some(from),
+            to,
+            op.details.take(),
+        )?;
         Ok(task)
+    }
+
+    /// A task's kind and state, or `NotFound`.
+    fn current(&self, id: &str) -> Result<(TaskKind, TaskState), StoreError> {
+        let row: Option<(String, String)> = self
+            .tx
+            .prepare_cached("SELECT kind, state FROM tasks WHERE id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let (kind, state) = row.ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        Ok((
+            kind.parse().map_err(StoreError::Sql)?,
+            state.parse().map_err(StoreError::Sql)?,
+        ))
+    }
+
+    /// Why a compare-and-set changed nothing: the task is in another state, or gone.
+    fn refusal(&self, op: &TransitionOp) -> StoreError {
+        match self.current(&op.id) {
+            Ok((_, from)) => StoreError::Refused {
+                from,
+                action: op.action.name(),
+            },
+            Err(e) => e,
+        }
     }
 
     /// [`Batch::transition`] without reading the task back; returns the new state.
@@ -457,70 +500,19 @@ impl<'a> Batch<'a> {
         kind: TaskKind,
         from: TaskState,
     ) -> Result<TaskState, StoreError> {
-        let RowChange {
-            to,
-            assigned_at,
-            started_at,
-            completed_at,
-            attempts_inc,
-            lease: (lease_set, lease_val),
-            pid: (pid_set, pid_val),
-            error_code,
-        } = RowChange::of(op, from)?;
-        let p = &op.patch;
-        let at = op.at_ms;
+        let change = RowChange::of(op, from)?;
+        let to = change.to;
         let changed = self
             .tx
-            .prepare_cached(
-                "UPDATE tasks SET state = ?2, \
-                 routing = COALESCE(?3, routing), agent = COALESCE(?4, agent), result = COALESCE(?5, result), \
-                 rejection = COALESCE(?6, rejection), error = COALESCE(?7, error), \
-                 error_code = COALESCE(?8, error_code), \
-                 would_require_approval = COALESCE(?9, would_require_approval), \
-                 assigned_at = COALESCE(?10, assigned_at), started_at = COALESCE(?11, started_at), \
-                 completed_at = COALESCE(?12, completed_at), \
-                 lease_until = CASE WHEN ?13 THEN ?14 ELSE lease_until END, \
-                 specialist_pid = CASE WHEN ?15 THEN ?16 ELSE specialist_pid END, \
-                 attempts = attempts + ?17, usage = COALESCE(?19, usage) \
-                 WHERE id = ?1 AND state = ?18",
-            )?
-            .execute(params![
-                op.id,
-                to.as_str(),
-                sql_json(&p.routing)?,
-                p.agent,
-                sql_json(&p.result)?,
-                sql_json(&p.rejection)?,
-                sql_json(&p.error)?,
-                error_code,
-                p.would_require_approval.map(i64::from),
-                assigned_at,
-                started_at,
-                completed_at,
-                lease_set,
-                lease_val,
-                pid_set,
-                pid_val,
-                attempts_inc,
-                from.as_str(),
-                sql_json(&p.usage)?
-            ])?;
+            .prepare_cached(CAS_UPDATE)?
+            .execute(cas_params!(op, change, from))?;
         if changed != 1 {
-            let actual: Option<String> = self
-                .tx
-                .prepare_cached("SELECT state FROM tasks WHERE id = ?1")?
-                .query_row([&op.id], |r| r.get(0))
-                .optional()?;
-            let actual = actual.ok_or_else(|| StoreError::NotFound(op.id.clone()))?;
-            return Err(StoreError::Refused {
-                from: actual.parse().map_err(StoreError::Sql)?,
-                action: op.action.name(),
-            });
+            return Err(self.refusal(op));
         }
         self.append_event(
             &op.id,
             kind,
-            at,
+            op.at_ms,
             &op.actor,
             op.action.name(),
             Some(from),
@@ -540,6 +532,66 @@ impl<'a> Batch<'a> {
     /// Record a deletion of a task's rows in the counts (the caller deletes the rows).
     pub fn note_deleted(&mut self, kind: TaskKind, state: TaskState) {
         self.deltas.push((kind, Some(state), None));
+    }
+}
+
+/// The compare-and-set of one transition: `?1` the task, `?18` the state it must be in; the
+/// parameters are [`cas_params`]'s.
+const CAS_UPDATE: &str = "UPDATE tasks SET state = ?2, \
+     routing = COALESCE(?3, routing), agent = COALESCE(?4, agent), result = COALESCE(?5, result), \
+     rejection = COALESCE(?6, rejection), error = COALESCE(?7, error), \
+     error_code = COALESCE(?8, error_code), \
+     would_require_approval = COALESCE(?9, would_require_approval), \
+     assigned_at = COALESCE(?10, assigned_at), started_at = COALESCE(?11, started_at), \
+     completed_at = COALESCE(?12, completed_at), \
+     lease_until = CASE WHEN ?13 THEN ?14 ELSE lease_until END, \
+     specialist_pid = CASE WHEN ?15 THEN ?16 ELSE specialist_pid END, \
+     attempts = attempts + ?17, usage = COALESCE(?19, usage) \
+     WHERE id = ?1 AND state = ?18";
+
+/// [`CAS_UPDATE`] answering the row as it leaves it, in [`TASK_COLUMNS`].
+static CAS_RETURNING: LazyLock<String> =
+    LazyLock::new(|| format!("{CAS_UPDATE} RETURNING {TASK_COLUMNS}"));
+
+/// The parameters of [`CAS_UPDATE`] for `op` moving a task from `from` by `change`.
+macro_rules! cas_params {
+    ($op:expr, $change:expr, $from:expr) => {{
+        let (op, c): (&TransitionOp, &RowChange) = ($op, &$change);
+        let p = &op.patch;
+        params![
+            op.id,
+            c.to.as_str(),
+            sql_json(&p.routing)?,
+            p.agent,
+            sql_json(&p.result)?,
+            sql_json(&p.rejection)?,
+            sql_json(&p.error)?,
+            c.error_code,
+            p.would_require_approval.map(i64::from),
+            c.assigned_at,
+            c.started_at,
+            c.completed_at,
+            c.lease.0,
+            c.lease.1,
+            c.pid.0,
+            c.pid.1,
+            c.attempts_inc,
+            $from.as_str(),
+            sql_json(&p.usage)?
+        ]
+    }};
+}
+use cas_params;
+
+/// The one state from which `action` moves a task, when there is only one (route, start,
+/// complete, approve, reject): its compare-and-set needs no read of the state first.
+fn sole_from(action: Action) -> Option<TaskState> {
+    let mut from = TaskState::ALL
+        .into_iter()
+        .filter(|s| next_state(*s, action).is_ok());
+    match (from.next(), from.next()) {
+        (Some(s), None) => Some(s),
+        _ => None,
     }
 }
 
