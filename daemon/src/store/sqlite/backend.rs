@@ -15,7 +15,11 @@ use tokio::sync::{broadcast, watch};
 
 impl Backend for SqliteBackend {
     fn submit(&self, plan: SubmitPlan) -> StoreFuture<'_, Task> {
-        Box::pin(self.write(move |b| b.submit(plan)))
+        // Worked out on the caller's thread: the writer only binds and runs the statements.
+        Box::pin(async move {
+            let prepared = super::batch::PreparedSubmit::new(plan)?;
+            self.write(move |b| b.submit_prepared(prepared)).await
+        })
     }
 
     fn advance(&self, plans: Vec<Plan>) -> StoreFuture<'_, Outcomes<TaskState>> {

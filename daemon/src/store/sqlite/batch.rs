@@ -327,75 +327,25 @@ impl<'a> Batch<'a> {
     }
 
     /// Insert the task and run the plan's steps; the answer is built from what was written.
-    ///
-    /// A task inserted by this job is seen by no other job until the group commits, so its steps
-    /// cannot race: each is still checked by the state machine, but the row they lead to is worked
-    /// out here and inserted as it ends (one statement instead of an insert and a compare-and-set
-    /// per step), and every event goes in with one more statement.
     pub fn submit(&mut self, plan: SubmitPlan) -> Result<Task, StoreError> {
-        let SubmitPlan { task, actor, steps } = plan;
-        // Expiry reads `expiresAt` from the row; a step for another task is not this task's.
-        if steps.is_empty()
-            || steps
-                .iter()
-                .any(|op| op.action == Action::Expire || op.id != task.id)
-        {
-            let mut task = self.insert_task(task, &actor)?;
-            for op in &steps {
-                let to = self.apply_from(op, task.kind, task.state)?;
-                absorb(&mut task, op, to);
-            }
-            return Ok(task);
-        }
-        let mut end = EndRow::default();
-        let mut path = Vec::with_capacity(steps.len());
-        let mut state = TaskState::Queued;
-        for op in &steps {
-            let change = RowChange::of(op, state)?;
-            let to = change.to;
-            end.take(op, change);
-            path.push((state, to));
-            state = to;
-        }
-        self.insert_ended(&task, &end, state)?;
-        let mut events = Vec::with_capacity(steps.len() + 1);
-        events.push(EventRow {
-            at_ms: task.created_ms,
-            actor: &actor,
-            action: "submit",
-            from: None,
-            to: TaskState::Queued,
-            details: None,
-        });
-        for (op, (from, to)) in steps.iter().zip(&path) {
-            events.push(EventRow {
-                at_ms: op.at_ms,
-                actor: &op.actor,
-                action: op.action.name(),
-                from: Some(*from),
-                to: *to,
-                details: op.details.as_ref(),
-            });
-        }
-        self.insert_events(&task.id, &events)?;
-        // One count change for the whole path: the counts only ever see where the task rests.
-        self.deltas.push((task.kind, None, Some(state)));
-        let mut answer = task.into_queued();
-        for (op, (_, to)) in steps.iter().zip(path) {
-            absorb(&mut answer, op, to);
-        }
-        Ok(answer)
+        self.submit_prepared(PreparedSubmit::new(plan)?)
     }
 
-    /// The task as its steps leave it, in one insert.
-    fn insert_ended(
-        &mut self,
-        t: &NewTask,
-        end: &EndRow<'_>,
-        state: TaskState,
-    ) -> Result<(), StoreError> {
-        let caps = serde_json::to_string(&t.required_capabilities)
-            .map_err(|e| StoreError::Sql(e.to_string()))?;
+    /// A submit worked out by [`PreparedSubmit::new`]: the folded path only binds and runs its two
+    /// statements here, then fills in the sequence numbers the store gave the events.
+    pub fn submit_prepared(&mut self, prepared: PreparedSubmit) -> Result<Task, StoreError> {
+        let f = match prepared {
+            PreparedSubmit::Stepwise(plan) => return self.submit_stepwise(plan),
+            PreparedSubmit::Folded(f) => f,
+        };
+        let Folded {
+            task: t,
+            state,
+            caps,
+            end,
+            mut events,
+            answer,
+        } = *f;
         self.tx
             .prepare_cached(
                 "INSERT INTO tasks (id, kind, state, goal, workspace_dir, required_caps, submitted_by, \
@@ -416,13 +366,13 @@ impl<'a> Batch<'a> {
                 t.harness as i64,
                 t.created_ms,
                 t.expires_ms,
-                sql_json(&end.routing)?,
+                end.routing,
                 end.agent,
-                sql_json(&end.result)?,
-                sql_json(&end.rejection)?,
-                sql_json(&end.error)?,
+                end.result,
+                end.rejection,
+                end.error,
                 end.error_code,
-                i64::from(end.would_require_approval.unwrap_or(false)),
+                i64::from(end.would_require_approval),
                 end.assigned_at,
                 end.started_at,
                 end.completed_at,
@@ -430,58 +380,68 @@ impl<'a> Batch<'a> {
                 end.specialist_pid,
                 end.attempts
             ])?;
-        Ok(())
+        self.insert_events(&t.id, &mut events)?;
+        // One count change for the whole path: the counts only ever see where the task rests.
+        self.deltas.push((t.kind, None, Some(state)));
+        Ok(answer)
+    }
+
+    /// The general path: insert, then each step as a compare-and-set from the state the job knows.
+    fn submit_stepwise(&mut self, plan: SubmitPlan) -> Result<Task, StoreError> {
+        let SubmitPlan { task, actor, steps } = plan;
+        let mut task = self.insert_task(task, &actor)?;
+        for op in &steps {
+            let to = self.apply_from(op, task.kind, task.state)?;
+            absorb(&mut task, op, to);
+        }
+        Ok(task)
     }
 
     /// A task's events in one statement, in order; each is published with the sequence number the
     /// store gave it.
-    fn insert_events(&mut self, task_id: &str, rows: &[EventRow<'_>]) -> Result<(), StoreError> {
-        let details: Vec<Option<String>> = rows
-            .iter()
-            .map(|r| sql_json(&r.details))
-            .collect::<Result<_, _>>()?;
-        let states: Vec<(Option<&str>, &str)> = rows
-            .iter()
-            .map(|r| (r.from.map(|s| s.as_str()), r.to.as_str()))
-            .collect();
-        let mut args: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 7);
-        for ((r, (from, to)), details) in rows.iter().zip(&states).zip(&details) {
-            args.extend([
-                &task_id as &dyn ToSql,
-                &r.at_ms,
-                &r.actor,
-                &r.action,
-                from,
-                to,
-                details,
-            ]);
-        }
+    fn insert_events(&mut self, task_id: &str, rows: &mut [EventRow]) -> Result<(), StoreError> {
         let mut seqs: Vec<i64> = {
-            let mut stmt = self.tx.prepare_cached(&events_insert(rows.len()))?;
-            let rows = stmt.query_map(&*args, |r| r.get(0))?;
-            rows.collect::<Result<_, _>>()?
+            let mut args: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 7);
+            for r in rows.iter() {
+                args.extend([
+                    &task_id as &dyn ToSql,
+                    &r.at_ms,
+                    &r.event.actor,
+                    &r.event.action,
+                    &r.from,
+                    &r.to,
+                    &r.details,
+                ]);
+            }
+            let sql = events_insert(rows.len());
+            let mut stmt = self.tx.prepare_cached(&sql)?;
+            let seqs = stmt.query_map(&*args, |r| r.get(0))?;
+            seqs.collect::<Result<_, _>>()?
         };
         // RETURNING answers in no promised order; the store numbers rows in the order they go in.
         seqs.sort_unstable();
-        for (r, seq) in rows.iter().zip(seqs) {
+        for (r, seq) in rows.iter_mut().zip(seqs) {
             let seq = seq.max(0) as u64;
             // The outbox row of each event, in the same transaction, as `append_event` writes it.
             if self.outbox.is_some() {
+                let e = &r.event;
                 self.outbox_for_event(
-                    seq, task_id, r.at_ms, r.actor, r.action, r.from, r.to, r.details,
+                    seq,
+                    task_id,
+                    r.at_ms,
+                    &e.actor,
+                    &e.action,
+                    e.from,
+                    e.to,
+                    e.details.as_ref(),
                 )?;
             }
-            self.events.push(TrajectoryEvent {
-                seq,
-                task_id: task_id.to_string(),
-                at: rfc3339(r.at_ms),
-                actor: r.actor.to_string(),
-                action: r.action.to_string(),
-                from: r.from,
-                to: r.to,
-                details: r.details.cloned(),
-            });
+            r.event.seq = seq;
         }
+        self.events.extend(
+            rows.iter_mut()
+                .map(|r| std::mem::replace(&mut r.event, empty_event())),
+        );
         Ok(())
     }
 
@@ -595,8 +555,17 @@ fn sole_from(action: Action) -> Option<TaskState> {
     }
 }
 
-/// `INSERT` of `n` events, answering their sequence numbers.
-fn events_insert(n: usize) -> String {
+/// `INSERT` of `n` events, answering their sequence numbers; the usual sizes are built once.
+fn events_insert(n: usize) -> std::borrow::Cow<'static, str> {
+    static USUAL: LazyLock<Vec<String>> =
+        LazyLock::new(|| (0..=8).map(events_insert_sql).collect());
+    match USUAL.get(n) {
+        Some(sql) => std::borrow::Cow::Borrowed(sql.as_str()),
+        None => std::borrow::Cow::Owned(events_insert_sql(n)),
+    }
+}
+
+fn events_insert_sql(n: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) VALUES ",
     );
@@ -619,14 +588,186 @@ fn events_insert(n: usize) -> String {
     sql
 }
 
-/// One trajectory event of a submit, before it is stored.
-struct EventRow<'p> {
+/// A submit made ready for the writer by the caller's thread (see [`PreparedSubmit::new`]).
+pub enum PreparedSubmit {
+    /// Steps the folded path cannot take (an expiry, a step for another task, or none): inserted,
+    /// then moved step by step on the writer.
+    Stepwise(SubmitPlan),
+    Folded(Box<Folded>),
+}
+
+/// A new task and its steps, folded into the row they leave and the events they write.
+pub struct Folded {
+    task: NewTask,
+    state: TaskState,
+    caps: String,
+    end: EndCols,
+    events: Vec<EventRow>,
+    answer: Task,
+}
+
+impl PreparedSubmit {
+    /// Work out what a submit writes before it reaches the writer thread: the state machine's
+    /// checks of every step, the row they leave (its JSON columns encoded), the events as they
+    /// will be published (times formatted, strings copied) and the answer. The writer then only
+    /// runs two statements for it ([`Batch::submit_prepared`]).
+    ///
+    /// A task inserted by a job is seen by no other job until the group commits, so its steps
+    /// cannot race: each is still checked by the state machine, but the row they lead to is
+    /// inserted as it ends (one statement instead of an insert and a compare-and-set per step),
+    /// and every event goes in with one more statement.
+    pub fn new(plan: SubmitPlan) -> Result<PreparedSubmit, StoreError> {
+        // Expiry reads `expiresAt` from the row; a step for another task is not this task's.
+        if plan.steps.is_empty()
+            || plan
+                .steps
+                .iter()
+                .any(|op| op.action == Action::Expire || op.id != plan.task.id)
+        {
+            return Ok(PreparedSubmit::Stepwise(plan));
+        }
+        let SubmitPlan { task, actor, steps } = plan;
+        let mut end = EndRow::default();
+        let mut path = Vec::with_capacity(steps.len());
+        let mut state = TaskState::Queued;
+        for op in &steps {
+            let change = RowChange::of(op, state)?;
+            let to = change.to;
+            end.take(op, change);
+            path.push((state, to));
+            state = to;
+        }
+        let end = EndCols {
+            routing: sql_json(&end.routing)?,
+            agent: end.agent.map(str::to_string),
+            result: sql_json(&end.result)?,
+            rejection: sql_json(&end.rejection)?,
+            error: sql_json(&end.error)?,
+            error_code: end.error_code,
+            would_require_approval: end.would_require_approval.unwrap_or(false),
+            assigned_at: end.assigned_at,
+            started_at: end.started_at,
+            completed_at: end.completed_at,
+            lease_until: end.lease_until,
+            specialist_pid: end.specialist_pid,
+            attempts: end.attempts,
+        };
+        let caps = serde_json::to_string(&task.required_capabilities)
+            .map_err(|e| StoreError::Sql(e.to_string()))?;
+        let mut events = Vec::with_capacity(steps.len() + 1);
+        events.push(EventRow::new(
+            &task.id,
+            task.created_ms,
+            &actor,
+            "submit",
+            None,
+            TaskState::Queued,
+            None,
+        )?);
+        for (op, (from, to)) in steps.iter().zip(&path) {
+            events.push(EventRow::new(
+                &task.id,
+                op.at_ms,
+                &op.actor,
+                op.action.name(),
+                Some(*from),
+                *to,
+                op.details.clone(),
+            )?);
+        }
+        let mut answer = NewTask {
+            id: task.id.clone(),
+            kind: task.kind,
+            goal: task.goal.clone(),
+            workspace_dir: task.workspace_dir.clone(),
+            required_capabilities: task.required_capabilities.clone(),
+            submitted_by: task.submitted_by.clone(),
+            harness: task.harness,
+            created_ms: task.created_ms,
+            expires_ms: task.expires_ms,
+        }
+        .into_queued();
+        for (op, (_, to)) in steps.iter().zip(path) {
+            absorb(&mut answer, op, to);
+        }
+        Ok(PreparedSubmit::Folded(Box::new(Folded {
+            task,
+            state,
+            caps,
+            end,
+            events,
+            answer,
+        })))
+    }
+}
+
+/// The columns of [`EndRow`], encoded for the insert.
+struct EndCols {
+    routing: Option<String>,
+    agent: Option<String>,
+    result: Option<String>,
+    rejection: Option<String>,
+    error: Option<String>,
+    error_code: Option<String>,
+    would_require_approval: bool,
+    assigned_at: Option<i64>,
+    started_at: Option<i64>,
+    completed_at: Option<i64>,
+    lease_until: Option<i64>,
+    specialist_pid: Option<i64>,
+    attempts: i64,
+}
+
+/// One trajectory event of a submit, before it is stored: the event as it will be published
+/// (its `seq` still 0) and what the insert binds besides.
+struct EventRow {
     at_ms: i64,
-    actor: &'p str,
-    action: &'p str,
-    from: Option<TaskState>,
-    to: TaskState,
-    details: Option<&'p BTreeMap<String, String>>,
+    from: Option<&'static str>,
+    to: &'static str,
+    details: Option<String>,
+    event: TrajectoryEvent,
+}
+
+impl EventRow {
+    fn new(
+        task_id: &str,
+        at_ms: i64,
+        actor: &str,
+        action: &str,
+        from: Option<TaskState>,
+        to: TaskState,
+        details: Option<BTreeMap<String, String>>,
+    ) -> Result<EventRow, StoreError> {
+        Ok(EventRow {
+            at_ms,
+            from: from.map(|s| s.as_str()),
+            to: to.as_str(),
+            details: sql_json(&details)?,
+            event: TrajectoryEvent {
+                seq: 0,
+                task_id: task_id.to_string(),
+                at: rfc3339(at_ms),
+                actor: actor.to_string(),
+                action: action.to_string(),
+                from,
+                to,
+                details,
+            },
+        })
+    }
+}
+
+fn empty_event() -> TrajectoryEvent {
+    TrajectoryEvent {
+        seq: 0,
+        task_id: String::new(),
+        at: String::new(),
+        actor: String::new(),
+        action: String::new(),
+        from: None,
+        to: TaskState::Queued,
+        details: None,
+    }
 }
 
 /// The columns a plan's steps leave on a new task, folded as their compare-and-sets would write
