@@ -43,6 +43,43 @@ struct Target {
     socket: PathBuf,
 }
 
+/// The daemon whose CPU time to count around a run (a daemon on this machine).
+#[derive(clap::Args, Debug, Clone)]
+struct CpuOf {
+    /// Also print the CPU time (user + system) the daemon with this pid, and its store writer
+    /// thread, spent per operation of the measured run (preparation excluded).
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
+}
+
+impl CpuOf {
+    /// CPU time of the whole daemon and of its store writer thread, when a pid was given.
+    fn sample(&self) -> Result<Option<(Duration, Duration)>> {
+        match self.pid {
+            None => Ok(None),
+            Some(pid) => Ok(Some((
+                proc::cpu_time(pid, None)?,
+                proc::cpu_time(pid, Some("store-writer"))?,
+            ))),
+        }
+    }
+
+    fn report(&self, before: Option<(Duration, Duration)>, ops: u64) -> Result<()> {
+        let (Some((d0, w0)), Some((d1, w1))) = (before, self.sample()?) else {
+            return Ok(());
+        };
+        let per =
+            |a: Duration, b: Duration| b.saturating_sub(a).as_secs_f64() * 1e6 / ops.max(1) as f64;
+        println!(
+            "CPU per operation: daemon {:.1} µs, store writer {:.1} µs ({ops} operations; /proc/PID/stat, clock ticks of {} ms)",
+            per(d0, d1),
+            per(w0, w1),
+            1000 / proc::clock_ticks_per_sec().max(1)
+        );
+        Ok(())
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Durable submit throughput with p50/p99 latency.
@@ -54,6 +91,8 @@ enum Cmd {
         /// Run for this many seconds.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+        #[command(flatten)]
+        cpu: CpuOf,
     },
     /// Approve/reject throughput: pre-creates tasks awaiting approval, then decides them.
     Transitions {
@@ -63,6 +102,8 @@ enum Cmd {
         connections: usize,
         #[arg(long, default_value_t = 32_000)]
         tasks: u64,
+        #[command(flatten)]
+        cpu: CpuOf,
     },
     /// Round trip of `status` on one open connection.
     Roundtrip {
@@ -211,25 +252,31 @@ fn run(cli: Cli) -> Result<()> {
             target,
             connections,
             seconds,
+            cpu,
         } => {
+            let before = cpu.sample()?;
             let t = scenarios::submit(
                 &target.socket,
                 connections,
                 load::Stop::After(Duration::from_secs_f64(seconds)),
             )?;
             println!("submit, {connections} connections: {}", t.describe());
+            cpu.report(before, t.ok)?;
         }
         Cmd::Transitions {
             target,
             connections,
             tasks,
+            cpu,
         } => {
             let ids = scenarios::precreate_awaiting(&target.socket, connections, tasks)?;
+            let before = cpu.sample()?;
             let t = scenarios::transitions(&target.socket, connections, &ids)?;
             println!(
                 "approve/reject, {connections} connections: {}",
                 t.describe()
             );
+            cpu.report(before, t.ok)?;
         }
         Cmd::Roundtrip { target, requests } => {
             let t = scenarios::roundtrip(&target.socket, requests)?;

@@ -149,7 +149,12 @@ pub fn cpu_time(pid: u32, thread: Option<&str>) -> Result<Duration> {
     };
     // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
     let total = ticks(11)? + ticks(12)?;
-    // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let hz = clock_ticks_per_sec().max(1);
     Ok(Duration::from_micros(total * 1_000_000 / hz))
+}
+
+/// The unit of `/proc/PID/stat`'s CPU times, per second.
+pub fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64
 }

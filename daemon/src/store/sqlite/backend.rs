@@ -15,7 +15,11 @@ use tokio::sync::{broadcast, watch};
 
 impl Backend for SqliteBackend {
     fn submit(&self, plan: SubmitPlan) -> StoreFuture<'_, Task> {
-        Box::pin(self.write(move |b| b.submit(plan)))
+        // Worked out on the caller's thread: the writer only binds and runs the statements.
+        Box::pin(async move {
+            let prepared = super::batch::PreparedSubmit::new(plan)?;
+            self.write(move |b| b.submit_prepared(prepared)).await
+        })
     }
 
     fn advance(&self, plans: Vec<Plan>) -> StoreFuture<'_, Outcomes<TaskState>> {
@@ -33,14 +37,14 @@ impl Backend for SqliteBackend {
     }
 
     fn transition(&self, op: TransitionOp) -> StoreFuture<'_, Task> {
-        Box::pin(self.write(move |b| b.transition_ref(&op)))
+        Box::pin(self.write(move |b| b.transition(op)))
     }
 
     fn transitions(&self, ops: Vec<TransitionOp>) -> StoreFuture<'_, Outcomes<Task>> {
         Box::pin(self.write(move |b| {
             let mut out = Vec::with_capacity(ops.len());
-            for op in &ops {
-                match b.nested(|b| b.transition_ref(op)) {
+            for op in ops {
+                match b.nested(|b| b.transition(op)) {
                     Err(e) if !e.is_refusal() => return Err(e),
                     r => out.push(r),
                 }

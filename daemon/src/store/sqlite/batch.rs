@@ -15,7 +15,7 @@ use orchestrator_proto::ErrorCode;
 use rusqlite::{params, OptionalExtension, ToSql, Transaction};
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 pub(super) type Delta = (TaskKind, Option<TaskState>, Option<TaskState>);
 
@@ -228,7 +228,17 @@ impl<'a> Batch<'a> {
     ) -> Result<(), StoreError> {
         let (action, to) = (Action::Expire.name(), TaskState::Expired);
         if self.outbox.is_some() {
-            self.outbox_for_event(seq, &task_id, at_ms, actor, action, Some(from), to, None, None)?;
+            self.outbox_for_event(
+                seq,
+                &task_id,
+                at_ms,
+                actor,
+                action,
+                Some(from),
+                to,
+                None,
+                None,
+            )?;
         }
         self.events.push(TrajectoryEvent {
             seq,
@@ -246,26 +256,69 @@ impl<'a> Batch<'a> {
 
     /// Apply one transition as a compare-and-set on the task's current state, with its trajectory
     /// event; answers the task after it.
-    pub fn transition(&mut self, op: TransitionOp) -> Result<Task, StoreError> {
-        self.transition_ref(&op)
-    }
-
-    /// The task is read once, before: the compare-and-set then moves it from the state read, and
-    /// the answer is that task with the change applied in memory, as the row now holds it.
-    pub(super) fn transition_ref(&mut self, op: &TransitionOp) -> Result<Task, StoreError> {
+    ///
+    /// One statement moves the task and answers it: the compare-and-set is an `UPDATE … RETURNING`
+    /// of the whole row, from the one state the action can leave (approve and reject leave only
+    /// `awaiting_approval`) or, for actions several states allow, from the state read just before.
+    /// Zero rows means the task is elsewhere (or missing), and the refusal names where.
+    pub fn transition(&mut self, mut op: TransitionOp) -> Result<Task, StoreError> {
         if op.action == Action::Expire {
             // Expiry also checks `expiresAt`, which the full path reads as stored.
-            self.apply(op)?;
+            self.apply(&op)?;
             return self
                 .get_task(&op.id)?
                 .ok_or_else(|| StoreError::NotFound(op.id.clone()));
         }
-        let mut task = self
-            .get_task(&op.id)?
-            .ok_or_else(|| StoreError::NotFound(op.id.clone()))?;
-        let to = self.compare_and_set(op, task.kind, task.state)?;
-        absorb(&mut task, op, to);
+        let from = match sole_from(op.action) {
+            Some(from) => from,
+            None => self.current(&op.id)?.1,
+        };
+        let change = RowChange::of(&op, from)?;
+        let to = change.to;
+        let task = {
+            let mut stmt = self.tx.prepare_cached(&CAS_RETURNING)?;
+            stmt.query_row(cas_params!(&op, change, from), task_from_row)
+                .optional()?
+        };
+        let Some(task) = task else {
+            return Err(self.refusal(&op));
+        };
+        self.append_event(
+            &op.id,
+            task.kind,
+            op.at_ms,
+            &op.actor,
+            op.action.name(),
+            Some(from),
+            to,
+            op.details.take(),
+        )?;
         Ok(task)
+    }
+
+    /// A task's kind and state, or `NotFound`.
+    fn current(&self, id: &str) -> Result<(TaskKind, TaskState), StoreError> {
+        let row: Option<(String, String)> = self
+            .tx
+            .prepare_cached("SELECT kind, state FROM tasks WHERE id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let (kind, state) = row.ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        Ok((
+            kind.parse().map_err(StoreError::Sql)?,
+            state.parse().map_err(StoreError::Sql)?,
+        ))
+    }
+
+    /// Why a compare-and-set changed nothing: the task is in another state, or gone.
+    fn refusal(&self, op: &TransitionOp) -> StoreError {
+        match self.current(&op.id) {
+            Ok((_, from)) => StoreError::Refused {
+                from,
+                action: op.action.name(),
+            },
+            Err(e) => e,
+        }
     }
 
     /// [`Batch::transition`] without reading the task back; returns the new state.
@@ -314,77 +367,25 @@ impl<'a> Batch<'a> {
     }
 
     /// Insert the task and run the plan's steps; the answer is built from what was written.
-    ///
-    /// A task inserted by this job is seen by no other job until the group commits, so its steps
-    /// cannot race: each is still checked by the state machine, but the row they lead to is worked
-    /// out here and inserted as it ends (one statement instead of an insert and a compare-and-set
-    /// per step), and every event goes in with one more statement.
     pub fn submit(&mut self, plan: SubmitPlan) -> Result<Task, StoreError> {
-        let SubmitPlan { task, actor, steps } = plan;
-        // Expiry reads `expiresAt` from the row; a step for another task is not this task's.
-        if steps.is_empty()
-            || steps
-                .iter()
-                .any(|op| op.action == Action::Expire || op.id != task.id)
-        {
-            let mut task = self.insert_task(task, &actor)?;
-            for op in &steps {
-                let to = self.apply_from(op, task.kind, task.state)?;
-                absorb(&mut task, op, to);
-            }
-            return Ok(task);
-        }
-        let mut end = EndRow::default();
-        let mut path = Vec::with_capacity(steps.len());
-        let mut state = TaskState::Queued;
-        for op in &steps {
-            let change = RowChange::of(op, state)?;
-            let to = change.to;
-            end.take(op, change);
-            path.push((state, to));
-            state = to;
-        }
-        self.insert_ended(&task, &end, state)?;
-        let (kind, created_ms) = (task.kind, task.created_ms);
-        let mut answer = task.into_queued();
-        for (op, (_, to)) in steps.iter().zip(&path) {
-            absorb(&mut answer, op, *to);
-        }
-        let mut events = Vec::with_capacity(steps.len() + 1);
-        events.push(EventRow {
-            at_ms: created_ms,
-            actor: &actor,
-            action: "submit",
-            from: None,
-            to: TaskState::Queued,
-            details: None,
-        });
-        for (op, (from, to)) in steps.iter().zip(&path) {
-            events.push(EventRow {
-                at_ms: op.at_ms,
-                actor: &op.actor,
-                action: op.action.name(),
-                from: Some(*from),
-                to: *to,
-                details: op.details.as_ref(),
-            });
-        }
-        // The row holds the task as the answer does: its events' outbox rows are built from it.
-        self.insert_events(&answer.id, &events, &answer)?;
-        // One count change for the whole path: the counts only ever see where the task rests.
-        self.deltas.push((kind, None, Some(state)));
-        Ok(answer)
+        self.submit_prepared(PreparedSubmit::new(plan)?)
     }
 
-    /// The task as its steps leave it, in one insert.
-    fn insert_ended(
-        &mut self,
-        t: &NewTask,
-        end: &EndRow<'_>,
-        state: TaskState,
-    ) -> Result<(), StoreError> {
-        let caps = serde_json::to_string(&t.required_capabilities)
-            .map_err(|e| StoreError::Sql(e.to_string()))?;
+    /// A submit worked out by [`PreparedSubmit::new`]: the folded path only binds and runs its two
+    /// statements here, then fills in the sequence numbers the store gave the events.
+    pub fn submit_prepared(&mut self, prepared: PreparedSubmit) -> Result<Task, StoreError> {
+        let f = match prepared {
+            PreparedSubmit::Stepwise(plan) => return self.submit_stepwise(plan),
+            PreparedSubmit::Folded(f) => f,
+        };
+        let Folded {
+            task: t,
+            state,
+            caps,
+            end,
+            mut events,
+            answer,
+        } = *f;
         self.tx
             .prepare_cached(
                 "INSERT INTO tasks (id, kind, state, goal, workspace_dir, required_caps, submitted_by, \
@@ -405,13 +406,13 @@ impl<'a> Batch<'a> {
                 t.harness as i64,
                 t.created_ms,
                 t.expires_ms,
-                sql_json(&end.routing)?,
+                end.routing,
                 end.agent,
-                sql_json(&end.result)?,
-                sql_json(&end.rejection)?,
-                sql_json(&end.error)?,
+                end.result,
+                end.rejection,
+                end.error,
                 end.error_code,
-                i64::from(end.would_require_approval.unwrap_or(false)),
+                i64::from(end.would_require_approval),
                 end.assigned_at,
                 end.started_at,
                 end.completed_at,
@@ -419,7 +420,21 @@ impl<'a> Batch<'a> {
                 end.specialist_pid,
                 end.attempts
             ])?;
-        Ok(())
+        self.insert_events(&t.id, &mut events, &answer)?;
+        // One count change for the whole path: the counts only ever see where the task rests.
+        self.deltas.push((t.kind, None, Some(state)));
+        Ok(answer)
+    }
+
+    /// The general path: insert, then each step as a compare-and-set from the state the job knows.
+    fn submit_stepwise(&mut self, plan: SubmitPlan) -> Result<Task, StoreError> {
+        let SubmitPlan { task, actor, steps } = plan;
+        let mut task = self.insert_task(task, &actor)?;
+        for op in &steps {
+            let to = self.apply_from(op, task.kind, task.state)?;
+            absorb(&mut task, op, to);
+        }
+        Ok(task)
     }
 
     /// A task's events in one statement, in order; each is published with the sequence number the
@@ -427,63 +442,52 @@ impl<'a> Batch<'a> {
     fn insert_events(
         &mut self,
         task_id: &str,
-        rows: &[EventRow<'_>],
+        rows: &mut [EventRow],
         task: &Task,
     ) -> Result<(), StoreError> {
-        let details: Vec<Option<String>> = rows
-            .iter()
-            .map(|r| sql_json(&r.details))
-            .collect::<Result<_, _>>()?;
-        let states: Vec<(Option<&str>, &str)> = rows
-            .iter()
-            .map(|r| (r.from.map(|s| s.as_str()), r.to.as_str()))
-            .collect();
-        let mut args: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 7);
-        for ((r, (from, to)), details) in rows.iter().zip(&states).zip(&details) {
-            args.extend([
-                &task_id as &dyn ToSql,
-                &r.at_ms,
-                &r.actor,
-                &r.action,
-                from,
-                to,
-                details,
-            ]);
-        }
         let mut seqs: Vec<i64> = {
-            let mut stmt = self.tx.prepare_cached(&events_insert(rows.len()))?;
-            let rows = stmt.query_map(&*args, |r| r.get(0))?;
-            rows.collect::<Result<_, _>>()?
+            let mut args: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 7);
+            for r in rows.iter() {
+                args.extend([
+                    &task_id as &dyn ToSql,
+                    &r.at_ms,
+                    &r.event.actor,
+                    &r.event.action,
+                    &r.from,
+                    &r.to,
+                    &r.details,
+                ]);
+            }
+            let sql = events_insert(rows.len());
+            let mut stmt = self.tx.prepare_cached(&sql)?;
+            let seqs = stmt.query_map(&*args, |r| r.get(0))?;
+            seqs.collect::<Result<_, _>>()?
         };
         // RETURNING answers in no promised order; the store numbers rows in the order they go in.
         seqs.sort_unstable();
-        for (r, seq) in rows.iter().zip(seqs) {
+        for (r, seq) in rows.iter_mut().zip(seqs) {
             let seq = seq.max(0) as u64;
             // The outbox row of each event, in the same transaction, as `append_event` writes it.
             if self.outbox.is_some() {
+                let e = &r.event;
                 self.outbox_for_event(
                     seq,
                     task_id,
                     r.at_ms,
-                    r.actor,
-                    r.action,
-                    r.from,
-                    r.to,
-                    r.details,
+                    &e.actor,
+                    &e.action,
+                    e.from,
+                    e.to,
+                    e.details.as_ref(),
                     Some(task),
                 )?;
             }
-            self.events.push(TrajectoryEvent {
-                seq,
-                task_id: task_id.to_string(),
-                at: rfc3339(r.at_ms),
-                actor: r.actor.to_string(),
-                action: r.action.to_string(),
-                from: r.from,
-                to: r.to,
-                details: r.details.cloned(),
-            });
+            r.event.seq = seq;
         }
+        self.events.extend(
+            rows.iter_mut()
+                .map(|r| std::mem::replace(&mut r.event, empty_event())),
+        );
         Ok(())
     }
 
@@ -502,70 +506,19 @@ impl<'a> Batch<'a> {
         kind: TaskKind,
         from: TaskState,
     ) -> Result<TaskState, StoreError> {
-        let RowChange {
-            to,
-            assigned_at,
-            started_at,
-            completed_at,
-            attempts_inc,
-            lease: (lease_set, lease_val),
-            pid: (pid_set, pid_val),
-            error_code,
-        } = RowChange::of(op, from)?;
-        let p = &op.patch;
-        let at = op.at_ms;
+        let change = RowChange::of(op, from)?;
+        let to = change.to;
         let changed = self
             .tx
-            .prepare_cached(
-                "UPDATE tasks SET state = ?2, \
-                 routing = COALESCE(?3, routing), agent = COALESCE(?4, agent), result = COALESCE(?5, result), \
-                 rejection = COALESCE(?6, rejection), error = COALESCE(?7, error), \
-                 error_code = COALESCE(?8, error_code), \
-                 would_require_approval = COALESCE(?9, would_require_approval), \
-                 assigned_at = COALESCE(?10, assigned_at), started_at = COALESCE(?11, started_at), \
-                 completed_at = COALESCE(?12, completed_at), \
-                 lease_until = CASE WHEN ?13 THEN ?14 ELSE lease_until END, \
-                 specialist_pid = CASE WHEN ?15 THEN ?16 ELSE specialist_pid END, \
-                 attempts = attempts + ?17, usage = COALESCE(?19, usage) \
-                 WHERE id = ?1 AND state = ?18",
-            )?
-            .execute(params![
-                op.id,
-                to.as_str(),
-                sql_json(&p.routing)?,
-                p.agent,
-                sql_json(&p.result)?,
-                sql_json(&p.rejection)?,
-                sql_json(&p.error)?,
-                error_code,
-                p.would_require_approval.map(i64::from),
-                assigned_at,
-                started_at,
-                completed_at,
-                lease_set,
-                lease_val,
-                pid_set,
-                pid_val,
-                attempts_inc,
-                from.as_str(),
-                sql_json(&p.usage)?
-            ])?;
+            .prepare_cached(CAS_UPDATE)?
+            .execute(cas_params!(op, change, from))?;
         if changed != 1 {
-            let actual: Option<String> = self
-                .tx
-                .prepare_cached("SELECT state FROM tasks WHERE id = ?1")?
-                .query_row([&op.id], |r| r.get(0))
-                .optional()?;
-            let actual = actual.ok_or_else(|| StoreError::NotFound(op.id.clone()))?;
-            return Err(StoreError::Refused {
-                from: actual.parse().map_err(StoreError::Sql)?,
-                action: op.action.name(),
-            });
+            return Err(self.refusal(op));
         }
         self.append_event(
             &op.id,
             kind,
-            at,
+            op.at_ms,
             &op.actor,
             op.action.name(),
             Some(from),
@@ -588,8 +541,77 @@ impl<'a> Batch<'a> {
     }
 }
 
-/// `INSERT` of `n` events, answering their sequence numbers.
-fn events_insert(n: usize) -> String {
+/// The compare-and-set of one transition: `?1` the task, `?18` the state it must be in; the
+/// parameters are [`cas_params`]'s.
+const CAS_UPDATE: &str = "UPDATE tasks SET state = ?2, \
+     routing = COALESCE(?3, routing), agent = COALESCE(?4, agent), result = COALESCE(?5, result), \
+     rejection = COALESCE(?6, rejection), error = COALESCE(?7, error), \
+     error_code = COALESCE(?8, error_code), \
+     would_require_approval = COALESCE(?9, would_require_approval), \
+     assigned_at = COALESCE(?10, assigned_at), started_at = COALESCE(?11, started_at), \
+     completed_at = COALESCE(?12, completed_at), \
+     lease_until = CASE WHEN ?13 THEN ?14 ELSE lease_until END, \
+     specialist_pid = CASE WHEN ?15 THEN ?16 ELSE specialist_pid END, \
+     attempts = attempts + ?17, usage = COALESCE(?19, usage) \
+     WHERE id = ?1 AND state = ?18";
+
+/// [`CAS_UPDATE`] answering the row as it leaves it, in [`TASK_COLUMNS`].
+static CAS_RETURNING: LazyLock<String> =
+    LazyLock::new(|| format!("{CAS_UPDATE} RETURNING {TASK_COLUMNS}"));
+
+/// The parameters of [`CAS_UPDATE`] for `op` moving a task from `from` by `change`.
+macro_rules! cas_params {
+    ($op:expr, $change:expr, $from:expr) => {{
+        let (op, c): (&TransitionOp, &RowChange) = ($op, &$change);
+        let p = &op.patch;
+        params![
+            op.id,
+            c.to.as_str(),
+            sql_json(&p.routing)?,
+            p.agent,
+            sql_json(&p.result)?,
+            sql_json(&p.rejection)?,
+            sql_json(&p.error)?,
+            c.error_code,
+            p.would_require_approval.map(i64::from),
+            c.assigned_at,
+            c.started_at,
+            c.completed_at,
+            c.lease.0,
+            c.lease.1,
+            c.pid.0,
+            c.pid.1,
+            c.attempts_inc,
+            $from.as_str(),
+            sql_json(&p.usage)?
+        ]
+    }};
+}
+use cas_params;
+
+/// The one state from which `action` moves a task, when there is only one (route, start,
+/// complete, approve, reject): its compare-and-set needs no read of the state first.
+fn sole_from(action: Action) -> Option<TaskState> {
+    let mut from = TaskState::ALL
+        .into_iter()
+        .filter(|s| next_state(*s, action).is_ok());
+    match (from.next(), from.next()) {
+        (Some(s), None) => Some(s),
+        _ => None,
+    }
+}
+
+/// `INSERT` of `n` events, answering their sequence numbers; the usual sizes are built once.
+fn events_insert(n: usize) -> std::borrow::Cow<'static, str> {
+    static USUAL: LazyLock<Vec<String>> =
+        LazyLock::new(|| (0..=8).map(events_insert_sql).collect());
+    match USUAL.get(n) {
+        Some(sql) => std::borrow::Cow::Borrowed(sql.as_str()),
+        None => std::borrow::Cow::Owned(events_insert_sql(n)),
+    }
+}
+
+fn events_insert_sql(n: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) VALUES ",
     );
@@ -612,14 +634,186 @@ fn events_insert(n: usize) -> String {
     sql
 }
 
-/// One trajectory event of a submit, before it is stored.
-struct EventRow<'p> {
+/// A submit made ready for the writer by the caller's thread (see [`PreparedSubmit::new`]).
+pub enum PreparedSubmit {
+    /// Steps the folded path cannot take (an expiry, a step for another task, or none): inserted,
+    /// then moved step by step on the writer.
+    Stepwise(SubmitPlan),
+    Folded(Box<Folded>),
+}
+
+/// A new task and its steps, folded into the row they leave and the events they write.
+pub struct Folded {
+    task: NewTask,
+    state: TaskState,
+    caps: String,
+    end: EndCols,
+    events: Vec<EventRow>,
+    answer: Task,
+}
+
+impl PreparedSubmit {
+    /// Work out what a submit writes before it reaches the writer thread: the state machine's
+    /// checks of every step, the row they leave (its JSON columns encoded), the events as they
+    /// will be published (times formatted, strings copied) and the answer. The writer then only
+    /// runs two statements for it ([`Batch::submit_prepared`]).
+    ///
+    /// A task inserted by a job is seen by no other job until the group commits, so its steps
+    /// cannot race: each is still checked by the state machine, but the row they lead to is
+    /// inserted as it ends (one statement instead of an insert and a compare-and-set per step),
+    /// and every event goes in with one more statement.
+    pub fn new(plan: SubmitPlan) -> Result<PreparedSubmit, StoreError> {
+        // Expiry reads `expiresAt` from the row; a step for another task is not this task's.
+        if plan.steps.is_empty()
+            || plan
+                .steps
+                .iter()
+                .any(|op| op.action == Action::Expire || op.id != plan.task.id)
+        {
+            return Ok(PreparedSubmit::Stepwise(plan));
+        }
+        let SubmitPlan { task, actor, steps } = plan;
+        let mut end = EndRow::default();
+        let mut path = Vec::with_capacity(steps.len());
+        let mut state = TaskState::Queued;
+        for op in &steps {
+            let change = RowChange::of(op, state)?;
+            let to = change.to;
+            end.take(op, change);
+            path.push((state, to));
+            state = to;
+        }
+        let end = EndCols {
+            routing: sql_json(&end.routing)?,
+            agent: end.agent.map(str::to_string),
+            result: sql_json(&end.result)?,
+            rejection: sql_json(&end.rejection)?,
+            error: sql_json(&end.error)?,
+            error_code: end.error_code,
+            would_require_approval: end.would_require_approval.unwrap_or(false),
+            assigned_at: end.assigned_at,
+            started_at: end.started_at,
+            completed_at: end.completed_at,
+            lease_until: end.lease_until,
+            specialist_pid: end.specialist_pid,
+            attempts: end.attempts,
+        };
+        let caps = serde_json::to_string(&task.required_capabilities)
+            .map_err(|e| StoreError::Sql(e.to_string()))?;
+        let mut events = Vec::with_capacity(steps.len() + 1);
+        events.push(EventRow::new(
+            &task.id,
+            task.created_ms,
+            &actor,
+            "submit",
+            None,
+            TaskState::Queued,
+            None,
+        )?);
+        for (op, (from, to)) in steps.iter().zip(&path) {
+            events.push(EventRow::new(
+                &task.id,
+                op.at_ms,
+                &op.actor,
+                op.action.name(),
+                Some(*from),
+                *to,
+                op.details.clone(),
+            )?);
+        }
+        let mut answer = NewTask {
+            id: task.id.clone(),
+            kind: task.kind,
+            goal: task.goal.clone(),
+            workspace_dir: task.workspace_dir.clone(),
+            required_capabilities: task.required_capabilities.clone(),
+            submitted_by: task.submitted_by.clone(),
+            harness: task.harness,
+            created_ms: task.created_ms,
+            expires_ms: task.expires_ms,
+        }
+        .into_queued();
+        for (op, (_, to)) in steps.iter().zip(path) {
+            absorb(&mut answer, op, to);
+        }
+        Ok(PreparedSubmit::Folded(Box::new(Folded {
+            task,
+            state,
+            caps,
+            end,
+            events,
+            answer,
+        })))
+    }
+}
+
+/// The columns of [`EndRow`], encoded for the insert.
+struct EndCols {
+    routing: Option<String>,
+    agent: Option<String>,
+    result: Option<String>,
+    rejection: Option<String>,
+    error: Option<String>,
+    error_code: Option<String>,
+    would_require_approval: bool,
+    assigned_at: Option<i64>,
+    started_at: Option<i64>,
+    completed_at: Option<i64>,
+    lease_until: Option<i64>,
+    specialist_pid: Option<i64>,
+    attempts: i64,
+}
+
+/// One trajectory event of a submit, before it is stored: the event as it will be published
+/// (its `seq` still 0) and what the insert binds besides.
+struct EventRow {
     at_ms: i64,
-    actor: &'p str,
-    action: &'p str,
-    from: Option<TaskState>,
-    to: TaskState,
-    details: Option<&'p BTreeMap<String, String>>,
+    from: Option<&'static str>,
+    to: &'static str,
+    details: Option<String>,
+    event: TrajectoryEvent,
+}
+
+impl EventRow {
+    fn new(
+        task_id: &str,
+        at_ms: i64,
+        actor: &str,
+        action: &str,
+        from: Option<TaskState>,
+        to: TaskState,
+        details: Option<BTreeMap<String, String>>,
+    ) -> Result<EventRow, StoreError> {
+        Ok(EventRow {
+            at_ms,
+            from: from.map(|s| s.as_str()),
+            to: to.as_str(),
+            details: sql_json(&details)?,
+            event: TrajectoryEvent {
+                seq: 0,
+                task_id: task_id.to_string(),
+                at: rfc3339(at_ms),
+                actor: actor.to_string(),
+                action: action.to_string(),
+                from,
+                to,
+                details,
+            },
+        })
+    }
+}
+
+fn empty_event() -> TrajectoryEvent {
+    TrajectoryEvent {
+        seq: 0,
+        task_id: String::new(),
+        at: String::new(),
+        actor: String::new(),
+        action: String::new(),
+        from: None,
+        to: TaskState::Queued,
+        details: None,
+    }
 }
 
 /// The columns a plan's steps leave on a new task, folded as their compare-and-sets would write

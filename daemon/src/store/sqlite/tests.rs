@@ -79,6 +79,117 @@ fn refused_transition_changes_nothing() {
     assert_eq!(missing.unwrap_err(), StoreError::NotFound("nope".into()));
 }
 
+/// Approve and reject are one `UPDATE … RETURNING` from `awaiting_approval`: the answer is the row
+/// exactly as stored, a task elsewhere is refused with its state, a missing one is not found.
+#[test]
+fn a_decision_answers_the_row_it_leaves() {
+    use crate::store::Patch;
+    use orchestrator_proto::task::{Rejection, TaskError};
+    let (_d, store) = open();
+    for id in ["T1", "T2"] {
+        store
+            .write_blocking(move |b| {
+                b.insert_task(new_task(id), "alice")?;
+                for (action, at) in [
+                    (Action::Route, 2_000),
+                    (Action::Start, 3_000),
+                    (
+                        Action::Complete {
+                            approval_required: true,
+                        },
+                        4_000,
+                    ),
+                ] {
+                    b.transition(TransitionOp::new(id, action, "dispatcher", at))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    let rejected = store
+        .write_blocking(|b| {
+            b.transition(
+                TransitionOp::new("T1", Action::Reject, "bob", 5_000)
+                    .patch(Patch {
+                        rejection: Some(Rejection {
+                            by: "bob".into(),
+                            reason: "no".into(),
+                            at: "1970-01-01T00:00:05Z".into(),
+                        }),
+                        error: Some(TaskError {
+                            code: "rejected".into(),
+                            message: "rejected by bob: no".into(),
+                            details: None,
+                        }),
+                        ..Patch::default()
+                    })
+                    .detail("reason", "no"),
+            )
+        })
+        .unwrap();
+    let stored = store
+        .read_blocking(|c| queries::get_task(c, "T1"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(rejected, stored);
+    assert_eq!(rejected.state, TaskState::Failed);
+    assert_eq!(
+        rejected.error.as_ref().map(|e| e.code.as_str()),
+        Some("rejected")
+    );
+    assert!(rejected.completed_at.is_some());
+    let approved = store
+        .write_blocking(|b| b.transition(TransitionOp::new("T2", Action::Approve, "bob", 5_000)))
+        .unwrap();
+    assert_eq!(approved.state, TaskState::Done);
+    assert_eq!(
+        Some(approved),
+        store.read_blocking(|c| queries::get_task(c, "T2")).unwrap()
+    );
+    let events = store
+        .read_blocking(|c| queries::events_of(c, "T1"))
+        .unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.action.as_str(), last.from, last.to),
+        (
+            "reject",
+            Some(TaskState::AwaitingApproval),
+            TaskState::Failed
+        )
+    );
+    assert_eq!(
+        last.details
+            .as_ref()
+            .and_then(|d| d.get("reason"))
+            .map(String::as_str),
+        Some("no")
+    );
+    let again = store
+        .write_blocking(|b| b.transition(TransitionOp::new("T2", Action::Approve, "carol", 6_000)));
+    assert_eq!(
+        again.unwrap_err(),
+        StoreError::Refused {
+            from: TaskState::Done,
+            action: "approve"
+        }
+    );
+    let missing = store
+        .write_blocking(|b| b.transition(TransitionOp::new("nope", Action::Approve, "bob", 6_000)));
+    assert_eq!(missing.unwrap_err(), StoreError::NotFound("nope".into()));
+    assert_eq!(
+        store
+            .counts()
+            .get(TaskKind::Synthetic, TaskState::AwaitingApproval),
+        0
+    );
+    assert_eq!(store.counts().get(TaskKind::Synthetic, TaskState::Done), 1);
+    assert_eq!(
+        store.counts().get(TaskKind::Synthetic, TaskState::Failed),
+        1
+    );
+}
+
 #[test]
 fn expire_waits_for_expires_at() {
     let (_d, store) = open();
