@@ -334,6 +334,8 @@ pub fn run(o: Options) -> Result<()> {
         "  seeded {} tasks, {} events in {:.1} s",
         seeded.tasks, seeded.events, seeded.seconds
     );
+    let (indexed, secs) = seed::index_goals(&db)?;
+    eprintln!("  indexed {indexed} goals in {secs:.1} s");
     let db_bytes = std::fs::metadata(&db)?.len();
     let socket = dir.join("run/big.sock");
     let sock = socket.as_path();

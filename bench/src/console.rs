@@ -61,15 +61,8 @@ pub fn run(daemon_bin: &Path, tasks: u64, runs: usize, changes: usize) -> Result
     eprintln!("seeded {} tasks in {:.1} s", seeded.tasks, seeded.seconds);
     // A daemon indexes goals for the text filter while idle; index them all before timing, as a
     // daemon that has run for a while would have.
-    let t = Instant::now();
-    let mut db = rusqlite::Connection::open(state.join("orchestrator.db"))?;
-    let indexed = orchestrator::store::sqlite::goal_index::catch_up(&mut db)
-        .map_err(|e| anyhow!("cannot index the goals: {e}"))?;
-    drop(db);
-    eprintln!(
-        "indexed {indexed} goals in {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
+    let (indexed, secs) = seed::index_goals(&state.join("orchestrator.db"))?;
+    eprintln!("indexed {indexed} goals in {secs:.1} s");
     let config = dir.path().join("orchestrator.toml");
     std::fs::write(&config, "[http]\nlisten = \"127.0.0.1:0\"\n")?;
     let socket = dir.path().join("orchestrator.sock");

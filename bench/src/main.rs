@@ -329,6 +329,8 @@ fn run(cli: Cli) -> Result<()> {
                 "seeded {} tasks and {} events in {:.1} s",
                 s.tasks, s.events, s.seconds
             );
+            let (indexed, secs) = seed::index_goals(&db)?;
+            println!("indexed {indexed} goals in {secs:.1} s");
         }
         Cmd::ShadowSummary { target, runs } => {
             let (s, total) = scenarios::shadow_summary(&target.socket, runs)?;
