@@ -83,7 +83,7 @@ pub async fn gather(
     let window = duration_ms(cfg.gate.shadow_window);
     let tally = store.shadow_tally_since(now - window).await?;
     let hours = (cfg.gate.shadow_window.as_secs() / 3600).max(1) as u32;
-    let s = shadow::summarize_tally(tally, hours, cfg.gate.min_shadow_tasks);
+    let s = shadow::summarize(tally, hours, cfg.gate.min_shadow_tasks);
     Ok(Evidence {
         synthetic_gate_passed,
         shadow_active_ms,

@@ -7,12 +7,7 @@ use orchestrator_proto::message::{DurationStats, ShadowSummary};
 use orchestrator_proto::task::{TaskKind, TaskState, Usage};
 use std::collections::BTreeMap;
 
-pub use crate::store::{ShadowRow, ShadowTally};
-
-/// The summary of `rows` (see [`summarize_tally`]).
-pub fn summarize(rows: &[ShadowRow], window_hours: u32, min_tasks: u64) -> ShadowSummary {
-    summarize_tally(ShadowTally::of(rows), window_hours, min_tasks)
-}
+pub use crate::store::ShadowTally;
 
 /// The value at rank `p` of the nearest-rank percentile, found in place without sorting the whole.
 fn percentile_of(values: &mut [u64], p: f64) -> u64 {
@@ -35,7 +30,7 @@ fn named(list: Vec<(Option<String>, u64)>, missing: &str) -> BTreeMap<String, u6
 }
 
 /// What shadow mode did in the window the tally covers, and whether the shadow gate passes on it.
-pub fn summarize_tally(tally: ShadowTally, window_hours: u32, min_tasks: u64) -> ShadowSummary {
+pub fn summarize(tally: ShadowTally, window_hours: u32, min_tasks: u64) -> ShadowSummary {
     let ShadowTally {
         total,
         by_state: states,
@@ -113,15 +108,37 @@ pub fn usage_totals(rows: &[UsageRow]) -> (BTreeMap<String, Usage>, BTreeMap<Str
 mod tests {
     use super::*;
 
-    fn row(state: TaskState, code: Option<&str>, dur: Option<i64>) -> ShadowRow {
-        ShadowRow {
+    /// One shadow task of the window: its state, failure code, agent and duration.
+    struct Row {
+        state: TaskState,
+        code: Option<&'static str>,
+        agent: Option<&'static str>,
+        dur: Option<i64>,
+    }
+
+    fn row(state: TaskState, code: Option<&'static str>, dur: Option<i64>) -> Row {
+        Row {
             state,
-            error_code: code.map(Into::into),
-            agent: Some("coder".into()),
-            created_ms: 1_000,
-            completed_ms: dur.map(|d| 1_000 + d),
-            would_require_approval: true,
+            code,
+            agent: Some("coder"),
+            dur,
         }
+    }
+
+    /// The summary of `rows`, each created at 1,000 ms and would have needed approval.
+    fn summary(rows: &[Row], window_hours: u32, min_tasks: u64) -> ShadowSummary {
+        let mut t = ShadowTally::default();
+        for r in rows {
+            t.add(
+                r.state,
+                r.code,
+                r.agent,
+                1_000,
+                r.dur.map(|d| 1_000 + d),
+                true,
+            );
+        }
+        summarize(t, window_hours, min_tasks)
     }
 
     #[test]
@@ -131,7 +148,7 @@ mod tests {
             row(TaskState::Done, None, Some(300)),
             row(TaskState::Failed, Some("specialist_timeout"), Some(1000)),
         ];
-        let s = summarize(&rows, 24, 1);
+        let s = summary(&rows, 24, 1);
         assert!(!s.passed);
         assert_eq!(s.total, 3);
         assert_eq!(s.by_state["done"], 2);
@@ -150,7 +167,7 @@ mod tests {
         for state in TaskState::ALL {
             let mut t = ShadowTally::default();
             t.add(state, None, None, 0, None, false);
-            let s = summarize_tally(t, 24, 0);
+            let s = summarize(t, 24, 0);
             assert_eq!(s.by_state.len(), 1);
             assert_eq!(s.by_state[state.as_str()], 1, "{state:?}");
         }
@@ -159,12 +176,12 @@ mod tests {
     #[test]
     fn percentiles_are_nearest_rank_in_any_order() {
         // 1..=100 in a scrambled order: the tally keeps durations as they come.
-        let rows: Vec<ShadowRow> = (0..100u64)
+        let rows: Vec<Row> = (0..100u64)
             .map(|i| row(TaskState::Done, None, Some(((i * 37) % 100 + 1) as i64)))
             .collect();
-        let d = summarize(&rows, 24, 0).duration.unwrap();
+        let d = summary(&rows, 24, 0).duration.unwrap();
         assert_eq!((d.mean_ms, d.p50_ms, d.p95_ms, d.max_ms), (50, 50, 95, 100));
-        let one = summarize(&rows[..1], 24, 0).duration.unwrap();
+        let one = summary(&rows[..1], 24, 0).duration.unwrap();
         assert_eq!((one.p50_ms, one.p95_ms, one.max_ms), (1, 1, 1));
     }
 
@@ -173,7 +190,7 @@ mod tests {
         let mut r = row(TaskState::Failed, None, None);
         r.agent = None;
         let coded = row(TaskState::Failed, Some("unknown"), None);
-        let s = summarize(&[r, coded], 24, 0);
+        let s = summary(&[r, coded], 24, 0);
         assert_eq!(s.failures_by_code["unknown"], 2);
         assert_eq!(s.per_agent["(unassigned)"], 1);
         assert_eq!(s.per_agent["coder"], 1);
@@ -181,16 +198,16 @@ mod tests {
 
     #[test]
     fn no_evidence_is_not_a_pass() {
-        let s = summarize(&[], 24, 0);
+        let s = summary(&[], 24, 0);
         assert!(!s.passed);
         assert!(s.verdict.contains("no evidence"));
     }
 
     #[test]
     fn too_few_tasks_is_not_a_pass() {
-        let s = summarize(&[row(TaskState::Done, None, Some(5))], 24, 2);
+        let s = summary(&[row(TaskState::Done, None, Some(5))], 24, 2);
         assert!(!s.passed);
-        let s = summarize(&[row(TaskState::Done, None, Some(5))], 24, 1);
+        let s = summary(&[row(TaskState::Done, None, Some(5))], 24, 1);
         assert!(s.passed);
     }
 }

@@ -33,8 +33,8 @@ pub use sqlite::{queries, Batch};
 
 pub use outbox::{Notice, OutboxEntry, OutboxRules, OutboxStats};
 pub use types::{
-    absorb, AttemptLimits, Cursor, GateRunRecord, Health, Leftover, ModeChange, NewEvent,
-    NewOverride, NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, RowChange, ShadowRow,
+    absorb, published_event, AttemptLimits, Cursor, GateRunRecord, Health, Leftover, ModeChange,
+    NewEvent, NewOverride, NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, RowChange,
     ShadowTally, StoredMode, StoredPause, SubmitPlan, TaskFilter, TransitionOp, UsageRow,
     PAUSE_KEY_PREFIX,
 };
@@ -259,13 +259,8 @@ pub trait Backend: Send + Sync {
     fn load_mode(&self) -> StoreFuture<'_, Option<StoredMode>>;
     /// Save the mode, consuming an override in the same write if one is named.
     fn save_mode(&self, change: ModeChange) -> StoreFuture<'_, ()>;
-    /// Shadow tasks created since `since_ms`.
-    fn shadow_rows_since(&self, since_ms: i64) -> StoreFuture<'_, Vec<ShadowRow>>;
-    /// The same tasks folded for the shadow summary. A backend that can fold them while it reads
-    /// them answers without holding a row per task; the others fold [`Backend::shadow_rows_since`].
-    fn shadow_tally_since(&self, since_ms: i64) -> StoreFuture<'_, ShadowTally> {
-        Box::pin(async move { Ok(ShadowTally::of(&self.shadow_rows_since(since_ms).await?)) })
-    }
+    /// Shadow tasks created since `since_ms`, folded for the shadow summary as they are read.
+    fn shadow_tally_since(&self, since_ms: i64) -> StoreFuture<'_, ShadowTally>;
 
     // The notification outbox (see [`outbox`]). Rows are written by the transitions above, in
     // their transactions, for the sinks in the rules last installed.

@@ -10,7 +10,7 @@
 
 use crate::clock::rfc3339;
 use orchestrator_core::config::{ApprovalPolicy, NotifySink, OnApprovalTimeout};
-use orchestrator_proto::task::{Task, TaskKind, TaskState};
+use orchestrator_proto::task::{Task, TaskKind, TaskState, TrajectoryEvent};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -182,7 +182,23 @@ pub struct Cause<'a> {
     pub details: Option<&'a BTreeMap<String, String>>,
 }
 
-impl Cause<'_> {
+impl<'a> Cause<'a> {
+    /// The cause of a stored event `ev` that happened at `at_ms`.
+    pub fn of(ev: &'a TrajectoryEvent, at_ms: i64) -> Cause<'a> {
+        Cause {
+            seq: ev.seq,
+            at_ms,
+            actor: &ev.actor,
+            action: &ev.action,
+            details: ev.details.as_ref(),
+        }
+    }
+
+    /// The notification type the event causes, if any (see [`event_type`]).
+    pub fn event_type(ev: &TrajectoryEvent) -> Option<&'static str> {
+        event_type(&ev.action, &ev.actor, ev.from, ev.to)
+    }
+
     /// Stable across retries and restarts: the trajectory event's position.
     pub fn event_id(&self) -> String {
         format!("ev-{}", self.seq)

@@ -4,10 +4,35 @@ use crate::clock::rfc3339;
 use crate::machine::Action;
 use orchestrator_proto::message::PauseCause;
 use orchestrator_proto::task::{
-    Mode, Rejection, Routing, Task, TaskError, TaskKind, TaskResult, TaskState, Usage,
+    Mode, Rejection, Routing, Task, TaskError, TaskKind, TaskResult, TaskState, TrajectoryEvent,
+    Usage,
 };
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+
+/// A stored trajectory event as it is published after its commit; `seq` is the number the store
+/// gave it. Both backends build the events they publish with it.
+#[allow(clippy::too_many_arguments)]
+pub fn published_event(
+    seq: u64,
+    task_id: &str,
+    at_ms: i64,
+    actor: &str,
+    action: &str,
+    from: Option<TaskState>,
+    to: TaskState,
+    details: Option<BTreeMap<String, String>>,
+) -> TrajectoryEvent {
+    TrajectoryEvent {
+        seq,
+        task_id: task_id.to_string(),
+        at: rfc3339(at_ms),
+        actor: actor.to_string(),
+        action: action.to_string(),
+        from,
+        to,
+        details,
+    }
+}
 
 /// A task as submitted, before it is stored.
 #[derive(Debug, Clone)]
@@ -214,18 +239,6 @@ pub struct Leftover {
     pub agent: Option<String>,
 }
 
-/// The fields of one shadow task that the shadow summary needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShadowRow {
-    pub state: TaskState,
-    /// Shared: a window holds many rows but few distinct codes and agents.
-    pub error_code: Option<Arc<str>>,
-    pub agent: Option<Arc<str>>,
-    pub created_ms: i64,
-    pub completed_ms: Option<i64>,
-    pub would_require_approval: bool,
-}
-
 /// The shadow tasks of a window folded into what the shadow summary reports, as they are read:
 /// counts by state, failure code and agent, the durations of the finished ones, and the window's
 /// oldest and newest creation. A backend can fold a window of hundreds of thousands of tasks
@@ -279,22 +292,6 @@ impl ShadowTally {
         }
         self.oldest_ms = Some(self.oldest_ms.map_or(created_ms, |o| o.min(created_ms)));
         self.newest_ms = Some(self.newest_ms.map_or(created_ms, |n| n.max(created_ms)));
-    }
-
-    /// The tally of rows already read.
-    pub fn of(rows: &[ShadowRow]) -> ShadowTally {
-        let mut t = ShadowTally::default();
-        for r in rows {
-            t.add(
-                r.state,
-                r.error_code.as_deref(),
-                r.agent.as_deref(),
-                r.created_ms,
-                r.completed_ms,
-                r.would_require_approval,
-            );
-        }
-        t
     }
 }
 

@@ -109,8 +109,7 @@ pub async fn shadow_summary(d: &Daemon, window_hours: u32) -> Result<ShadowSumma
     }
     let since = d.clock.now_ms() - i64::from(window_hours) * 3_600_000;
     let tally = d.store.shadow_tally_since(since).await?;
-    let mut summary =
-        shadow::summarize_tally(tally, window_hours, d.config().gate.min_shadow_tasks);
+    let mut summary = shadow::summarize(tally, window_hours, d.config().gate.min_shadow_tasks);
     // Usage by when each task's latest run started, within the same window.
     let used = d.store.usage_since(since).await?;
     (summary.usage_by_agent, summary.usage_by_model) = shadow::usage_totals(&used);

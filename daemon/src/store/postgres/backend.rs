@@ -7,7 +7,7 @@ use crate::clock::now_ms;
 use crate::store::{Awaiting, Notice, OutboxEntry, OutboxRules, OutboxStats};
 use crate::store::{
     Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes,
-    Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowRow, StoreError, StoreFuture,
+    Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowTally, StoreError, StoreFuture,
     StoredMode, StoredPause, SubmitPlan, TaskFilter, TransitionOp, UsageRow,
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
@@ -317,8 +317,8 @@ impl Backend for PostgresBackend {
         write!(self, |tx| tx.save_mode(&change).await)
     }
 
-    fn shadow_rows_since(&self, since_ms: i64) -> StoreFuture<'_, Vec<ShadowRow>> {
-        read!(self, |c| queries::shadow_rows_since(&c, since_ms).await)
+    fn shadow_tally_since(&self, since_ms: i64) -> StoreFuture<'_, ShadowTally> {
+        read!(self, |c| queries::shadow_tally_since(&c, since_ms).await)
     }
 
     fn set_outbox_rules(&self, rules: OutboxRules) {

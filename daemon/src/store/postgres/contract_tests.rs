@@ -41,7 +41,7 @@ contract_cases!(
     advance_runs_each_plan_on_its_own,
     expiry_takes_only_due_waiting_tasks,
     expiry_batch_writes_what_each_expiry_would,
-    shadow_tally_is_the_tally_of_the_rows,
+    shadow_tally_counts_the_window,
     leases_renew_void_and_lapse,
     retention_walks_and_deletes_terminal_tasks,
     gate_runs_are_recorded,

@@ -5,12 +5,11 @@
 use super::pg_error;
 use super::tx::Tx;
 use crate::store::outbox::{
-    event_type, expires_ms, transition_payload, Cause, Notice, OutboxEntry, OutboxStats,
+    expires_ms, transition_payload, Cause, Notice, OutboxEntry, OutboxStats,
 };
 use crate::store::{Awaiting, StoreError};
 use deadpool_postgres::Client;
-use orchestrator_proto::task::{TaskKind, TaskState};
-use std::collections::BTreeMap;
+use orchestrator_proto::task::{TaskKind, TrajectoryEvent};
 use tokio_postgres::Row;
 
 const ENTRY_COLUMNS: &str = "seq, sink, event_id, type, task_id, payload, pending_since, attempts";
@@ -54,30 +53,23 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// The outbox rows a just-written trajectory event causes, if a sink wants them. Costs one
-    /// string match when no sink wants this event's type.
-    #[allow(clippy::too_many_arguments)]
+    /// The outbox rows a just-written trajectory event `ev` (which happened at `at_ms`) causes, if
+    /// a sink wants them. Costs one string match when no sink wants this event's type.
     pub(super) async fn outbox_for_event(
         &mut self,
-        seq: u64,
-        task_id: &str,
+        ev: &TrajectoryEvent,
         at_ms: i64,
-        actor: &str,
-        action: &str,
-        from: Option<TaskState>,
-        to: TaskState,
-        details: Option<&BTreeMap<String, String>>,
     ) -> Result<(), StoreError> {
         let Some(rules) = self.outbox_rules() else {
             return Ok(());
         };
-        let Some(kind) = event_type(action, actor, from, to) else {
+        let Some(kind) = Cause::event_type(ev) else {
             return Ok(());
         };
         if !rules.any_wants(kind) {
             return Ok(());
         }
-        let Some(task) = self.get_task(task_id).await? else {
+        let Some(task) = self.get_task(&ev.task_id).await? else {
             return Ok(());
         };
         let sinks = rules.sinks_for(kind, Some((task.kind, task.assigned_agent_id.as_deref())));
@@ -85,16 +77,17 @@ impl Tx<'_> {
             return Ok(());
         }
         let expires_ms = expires_ms(&task)?;
-        let cause = Cause {
-            seq,
-            at_ms,
-            actor,
-            action,
-            details,
-        };
+        let cause = Cause::of(ev, at_ms);
         let body = transition_payload(&rules, kind, &cause, &task, expires_ms);
-        self.insert_outbox(&sinks, &cause.event_id(), kind, Some(task_id), &body, at_ms)
-            .await
+        self.insert_outbox(
+            &sinks,
+            &cause.event_id(),
+            kind,
+            Some(&ev.task_id),
+            &body,
+            at_ms,
+        )
+        .await
     }
 
     /// Write a notice to the outbox rows of the sinks that want it; answers how many.

@@ -4,13 +4,13 @@ use super::rows::{event_from_row, task_from_row, tasks, EVENT_COLUMNS, TASK_COLU
 use super::{parse_kind_state, pg_error};
 use crate::clock::rfc3339;
 use crate::store::{
-    Counts, Cursor, Leftover, Retired, RetiredCursor, ShadowRow, StoreError, StoredMode, TaskFilter,
+    Counts, Cursor, Leftover, Retired, RetiredCursor, ShadowTally, StoreError, StoredMode,
+    TaskFilter,
 };
 use deadpool_postgres::Client;
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
-use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
@@ -337,10 +337,11 @@ pub(super) async fn pending_overrides(c: &Client) -> Result<Vec<OverrideRecord>,
     Ok(out)
 }
 
-pub(super) async fn shadow_rows_since(
+/// The shadow tasks created since `since_ms`, folded for the shadow summary.
+pub(super) async fn shadow_tally_since(
     c: &Client,
     since_ms: i64,
-) -> Result<Vec<ShadowRow>, StoreError> {
+) -> Result<ShadowTally, StoreError> {
     let rows = query(
         c,
         "SELECT state, error_code, agent, created_at, completed_at, would_require_approval \
@@ -348,30 +349,13 @@ pub(super) async fn shadow_rows_since(
         &[&since_ms],
     )
     .await?;
-    // A window holds many rows but few distinct agents and error codes: share them.
-    let mut names: Vec<Arc<str>> = Vec::new();
-    let mut shared = |s: &str| match names.iter().find(|n| &***n == s) {
-        Some(n) => Arc::clone(n),
-        None => {
-            let n: Arc<str> = Arc::from(s);
-            names.push(Arc::clone(&n));
-            n
-        }
-    };
-    let mut out = Vec::with_capacity(rows.len());
+    let mut tally = ShadowTally::default();
     for r in &rows {
         let state = r
             .get::<_, &str>(0)
             .parse::<TaskState>()
             .unwrap_or(TaskState::Failed);
-        out.push(ShadowRow {
-            state,
-            error_code: r.get::<_, Option<&str>>(1).map(&mut shared),
-            agent: r.get::<_, Option<&str>>(2).map(&mut shared),
-            created_ms: r.get(3),
-            completed_ms: r.get(4),
-            would_require_approval: r.get(5),
-        });
+        tally.add(state, r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
     }
-    Ok(out)
+    Ok(tally)
 }

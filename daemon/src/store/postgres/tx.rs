@@ -9,8 +9,8 @@ use crate::clock::rfc3339;
 use crate::machine::{next_state, Action};
 use crate::store::OutboxRules;
 use crate::store::{
-    absorb, GateRunRecord, ModeChange, NewOverride, NewTask, Plan, Reclaim, Reclaimed, RowChange,
-    StoreError, SubmitPlan, TransitionOp,
+    absorb, published_event, GateRunRecord, ModeChange, NewOverride, NewTask, Plan, Reclaim,
+    Reclaimed, RowChange, StoreError, SubmitPlan, TransitionOp,
 };
 use orchestrator_proto::task::{Task, TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
@@ -251,30 +251,20 @@ impl<'c> Tx<'c> {
             .first()
             .map(|r| r.get(0))
             .ok_or_else(|| StoreError::Sql("no sequence number for the event".into()))?;
-        let seq = seq.max(0) as u64;
-        if self.outbox.is_some() {
-            self.outbox_for_event(
-                seq,
-                task_id,
-                at_ms,
-                actor,
-                action,
-                from,
-                to,
-                details.as_ref(),
-            )
-            .await?;
-        }
-        self.events.push(TrajectoryEvent {
-            seq,
-            task_id: task_id.to_string(),
-            at: rfc3339(at_ms),
-            actor: actor.to_string(),
-            action: action.to_string(),
+        let ev = published_event(
+            seq.max(0) as u64,
+            task_id,
+            at_ms,
+            actor,
+            action,
             from,
             to,
             details,
-        });
+        );
+        if self.outbox.is_some() {
+            self.outbox_for_event(&ev, at_ms).await?;
+        }
+        self.events.push(ev);
         self.deltas.push((kind, from, Some(to)));
         Ok(())
     }

@@ -5,8 +5,8 @@ use super::{outbox, queries, SqliteBackend};
 use crate::store::{Awaiting, Notice, OutboxEntry, OutboxRules, OutboxStats};
 use crate::store::{
     Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes,
-    Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowRow, ShadowTally, StoreFuture,
-    StoredMode, StoredPause, SubmitPlan, TaskFilter, TransitionOp, UsageRow,
+    Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowTally, StoreFuture, StoredMode,
+    StoredPause, SubmitPlan, TaskFilter, TransitionOp, UsageRow,
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
@@ -196,10 +196,6 @@ impl Backend for SqliteBackend {
 
     fn save_mode(&self, change: ModeChange) -> StoreFuture<'_, ()> {
         Box::pin(self.write(move |b| b.save_mode(&change)))
-    }
-
-    fn shadow_rows_since(&self, since_ms: i64) -> StoreFuture<'_, Vec<ShadowRow>> {
-        Box::pin(self.read(move |c| queries::shadow_rows_since(c, since_ms)))
     }
 
     fn shadow_tally_since(&self, since_ms: i64) -> StoreFuture<'_, ShadowTally> {

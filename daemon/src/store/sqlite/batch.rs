@@ -8,7 +8,9 @@ use super::rows::{task_from_row, TASK_COLUMNS};
 use crate::clock::rfc3339;
 use crate::machine::{next_state, Action};
 use crate::store::outbox::OutboxRules;
-use crate::store::{absorb, NewTask, Plan, RowChange, StoreError, SubmitPlan, TransitionOp};
+use crate::store::{
+    absorb, published_event, NewTask, Plan, RowChange, StoreError, SubmitPlan, TransitionOp,
+};
 use orchestrator_proto::task::{Rejection, Routing, TaskError, TaskResult};
 use orchestrator_proto::task::{Task, TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
@@ -188,69 +190,35 @@ impl<'a> Batch<'a> {
                 details_json
             ])?;
         let seq = self.tx.last_insert_rowid().max(0) as u64;
-        if self.outbox.is_some() {
-            self.outbox_for_event(
-                seq,
-                task_id,
-                at_ms,
-                actor,
-                action,
-                from,
-                to,
-                details.as_ref(),
-                None,
-            )?;
-        }
-        self.events.push(TrajectoryEvent {
-            seq,
-            task_id: task_id.to_string(),
-            at: rfc3339(at_ms),
-            actor: actor.to_string(),
-            action: action.to_string(),
-            from,
-            to,
-            details,
-        });
-        self.deltas.push((kind, from, Some(to)));
-        Ok(())
+        let ev = published_event(seq, task_id, at_ms, actor, action, from, to, details);
+        self.record_event(ev, at_ms, kind)
     }
 
-    /// The effects of an `expire` event a set-based statement already wrote (`seq`): its outbox
-    /// rows, the event to publish and the count change, as [`Batch::append_event`] records them.
-    pub(super) fn expired_event(
+    /// What a stored event of a task of `kind` leaves besides its row: its count change, its outbox
+    /// rows (in this transaction) and the event to publish after the commit. A set-based statement
+    /// that wrote several events records each with it (the sweep's expiries).
+    pub(super) fn record_event(
         &mut self,
-        seq: u64,
-        task_id: String,
-        kind: TaskKind,
+        ev: TrajectoryEvent,
         at_ms: i64,
-        actor: &str,
-        from: TaskState,
+        kind: TaskKind,
     ) -> Result<(), StoreError> {
-        let (action, to) = (Action::Expire.name(), TaskState::Expired);
+        self.deltas.push((kind, ev.from, Some(ev.to)));
+        self.publish(ev, at_ms, None)
+    }
+
+    /// The outbox rows of a stored event and the event itself, published after the commit.
+    /// `known` is the task as the row holds it after the event, when the caller has it.
+    fn publish(
+        &mut self,
+        ev: TrajectoryEvent,
+        at_ms: i64,
+        known: Option<&Task>,
+    ) -> Result<(), StoreError> {
         if self.outbox.is_some() {
-            self.outbox_for_event(
-                seq,
-                &task_id,
-                at_ms,
-                actor,
-                action,
-                Some(from),
-                to,
-                None,
-                None,
-            )?;
+            self.outbox_for_event(&ev, at_ms, known)?;
         }
-        self.events.push(TrajectoryEvent {
-            seq,
-            task_id,
-            at: rfc3339(at_ms),
-            actor: actor.to_string(),
-            action: action.to_string(),
-            from: Some(from),
-            to,
-            details: None,
-        });
-        self.deltas.push((kind, Some(from), Some(to)));
+        self.events.push(ev);
         Ok(())
     }
 
@@ -383,7 +351,7 @@ impl<'a> Batch<'a> {
             state,
             caps,
             end,
-            mut events,
+            events,
             answer,
         } = *f;
         self.tx
@@ -420,7 +388,7 @@ impl<'a> Batch<'a> {
                 end.specialist_pid,
                 end.attempts
             ])?;
-        self.insert_events(&t.id, &mut events, &answer)?;
+        self.insert_events(&t.id, events, &answer)?;
         // One count change for the whole path: the counts only ever see where the task rests.
         self.deltas.push((t.kind, None, Some(state)));
         Ok(answer)
@@ -442,12 +410,12 @@ impl<'a> Batch<'a> {
     fn insert_events(
         &mut self,
         task_id: &str,
-        rows: &mut [EventRow],
+        rows: Vec<EventRow>,
         task: &Task,
     ) -> Result<(), StoreError> {
         let mut seqs: Vec<i64> = {
             let mut args: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 7);
-            for r in rows.iter() {
+            for r in &rows {
                 args.extend([
                     &task_id as &dyn ToSql,
                     &r.at_ms,
@@ -465,29 +433,10 @@ impl<'a> Batch<'a> {
         };
         // RETURNING answers in no promised order; the store numbers rows in the order they go in.
         seqs.sort_unstable();
-        for (r, seq) in rows.iter_mut().zip(seqs) {
-            let seq = seq.max(0) as u64;
-            // The outbox row of each event, in the same transaction, as `append_event` writes it.
-            if self.outbox.is_some() {
-                let e = &r.event;
-                self.outbox_for_event(
-                    seq,
-                    task_id,
-                    r.at_ms,
-                    &e.actor,
-                    &e.action,
-                    e.from,
-                    e.to,
-                    e.details.as_ref(),
-                    Some(task),
-                )?;
-            }
-            r.event.seq = seq;
+        for (mut r, seq) in rows.into_iter().zip(seqs) {
+            r.event.seq = seq.max(0) as u64;
+            self.publish(r.event, r.at_ms, Some(task))?;
         }
-        self.events.extend(
-            rows.iter_mut()
-                .map(|r| std::mem::replace(&mut r.event, empty_event())),
-        );
         Ok(())
     }
 
@@ -721,18 +670,7 @@ impl PreparedSubmit {
                 op.details.clone(),
             )?);
         }
-        let mut answer = NewTask {
-            id: task.id.clone(),
-            kind: task.kind,
-            goal: task.goal.clone(),
-            workspace_dir: task.workspace_dir.clone(),
-            required_capabilities: task.required_capabilities.clone(),
-            submitted_by: task.submitted_by.clone(),
-            harness: task.harness,
-            created_ms: task.created_ms,
-            expires_ms: task.expires_ms,
-        }
-        .into_queued();
+        let mut answer = task.clone().into_queued();
         for (op, (_, to)) in steps.iter().zip(path) {
             absorb(&mut answer, op, to);
         }
@@ -789,30 +727,8 @@ impl EventRow {
             from: from.map(|s| s.as_str()),
             to: to.as_str(),
             details: sql_json(&details)?,
-            event: TrajectoryEvent {
-                seq: 0,
-                task_id: task_id.to_string(),
-                at: rfc3339(at_ms),
-                actor: actor.to_string(),
-                action: action.to_string(),
-                from,
-                to,
-                details,
-            },
+            event: published_event(0, task_id, at_ms, actor, action, from, to, details),
         })
-    }
-}
-
-fn empty_event() -> TrajectoryEvent {
-    TrajectoryEvent {
-        seq: 0,
-        task_id: String::new(),
-        at: String::new(),
-        actor: String::new(),
-        action: String::new(),
-        from: None,
-        to: TaskState::Queued,
-        details: None,
     }
 }
 

@@ -3,12 +3,11 @@
 
 use super::batch::Batch;
 use crate::store::outbox::{
-    event_type, expires_ms, transition_payload, Cause, Notice, OutboxEntry, OutboxStats,
+    expires_ms, transition_payload, Cause, Notice, OutboxEntry, OutboxStats,
 };
 use crate::store::{Awaiting, StoreError};
-use orchestrator_proto::task::{Task, TaskKind, TaskState};
+use orchestrator_proto::task::{Task, TaskKind, TrajectoryEvent};
 use rusqlite::{params, Connection};
-use std::collections::BTreeMap;
 
 /// Most sinks' rows in one `INSERT` (each sink is one parameter besides the event's five).
 const SINKS_PER_INSERT: usize = 64;
@@ -70,26 +69,20 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// The outbox rows a just-written trajectory event causes, if a sink wants them. Costs one
-    /// string match when no sink wants this event's type. `known` is the task as the row holds it
-    /// after the event, when the caller has it (a submit); otherwise the row is read.
-    #[allow(clippy::too_many_arguments)]
+    /// The outbox rows a just-written trajectory event `ev` (which happened at `at_ms`) causes, if
+    /// a sink wants them. Costs one string match when no sink wants this event's type. `known` is
+    /// the task as the row holds it after the event, when the caller has it (a submit); otherwise
+    /// the row is read.
     pub(super) fn outbox_for_event(
         &mut self,
-        seq: u64,
-        task_id: &str,
+        ev: &TrajectoryEvent,
         at_ms: i64,
-        actor: &str,
-        action: &str,
-        from: Option<TaskState>,
-        to: TaskState,
-        details: Option<&BTreeMap<String, String>>,
         known: Option<&Task>,
     ) -> Result<(), StoreError> {
         let Some(rules) = self.outbox_rules() else {
             return Ok(());
         };
-        let Some(kind) = event_type(action, actor, from, to) else {
+        let Some(kind) = Cause::event_type(ev) else {
             return Ok(());
         };
         if !rules.any_wants(kind) {
@@ -99,7 +92,7 @@ impl Batch<'_> {
         let task = match known {
             Some(t) => t,
             None => {
-                read = self.get_task(task_id)?;
+                read = self.get_task(&ev.task_id)?;
                 match &read {
                     Some(t) => t,
                     None => return Ok(()),
@@ -111,15 +104,16 @@ impl Batch<'_> {
             return Ok(());
         }
         let expires_ms = expires_ms(task)?;
-        let cause = Cause {
-            seq,
-            at_ms,
-            actor,
-            action,
-            details,
-        };
+        let cause = Cause::of(ev, at_ms);
         let body = transition_payload(&rules, kind, &cause, task, expires_ms);
-        self.insert_outbox(&sinks, &cause.event_id(), kind, Some(task_id), &body, at_ms)
+        self.insert_outbox(
+            &sinks,
+            &cause.event_id(),
+            kind,
+            Some(&ev.task_id),
+            &body,
+            at_ms,
+        )
     }
 
     /// Write a notice to the outbox rows of the sinks that want it; answers how many.

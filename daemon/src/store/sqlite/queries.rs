@@ -5,14 +5,13 @@ use super::rows::{event_from_row, task_from_row, EVENT_COLUMNS, TASK_COLUMNS};
 use super::writes::{limit_sql, RETIRED};
 use crate::clock::rfc3339;
 use crate::store::{
-    Leftover, Retired, RetiredCursor, ShadowRow, ShadowTally, StoreError, StoredMode, TaskFilter,
+    Leftover, Retired, RetiredCursor, ShadowTally, StoreError, StoredMode, TaskFilter,
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
-use std::sync::Arc;
 
 pub(super) const META_MODE: &str = "mode";
 pub(super) const META_MODE_SINCE: &str = "mode_since";
@@ -309,31 +308,9 @@ pub fn pending_overrides(conn: &Connection) -> Result<Vec<OverrideRecord>, Store
 const SHADOW_ROWS: &str = "SELECT state, error_code, agent, created_at, completed_at, \
      would_require_approval FROM tasks WHERE kind = 'shadow' AND created_at >= ?1";
 
-/// A 24 h window can hold hundreds of thousands of rows, so each row is read without allocating:
-/// states are parsed in place and the few distinct agents and error codes are shared.
-pub fn shadow_rows_since(conn: &Connection, since_ms: i64) -> Result<Vec<ShadowRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(SHADOW_ROWS)?;
-    let mut rows = stmt.query([since_ms])?;
-    let mut names: Vec<Arc<str>> = Vec::new();
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let state = text(r.get_ref(0)?)?
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(TaskState::Failed);
-        out.push(ShadowRow {
-            state,
-            error_code: text(r.get_ref(1)?)?.map(|s| shared(&mut names, s)),
-            agent: text(r.get_ref(2)?)?.map(|s| shared(&mut names, s)),
-            created_ms: r.get(3)?,
-            completed_ms: r.get(4)?,
-            would_require_approval: r.get::<_, i64>(5)? != 0,
-        });
-    }
-    Ok(out)
-}
-
-/// [`shadow_rows_since`] folded as it is read: no row is kept, and nothing is allocated per row
-/// but the duration of a finished task. The covering index tasks_kind_created serves it.
+/// The shadow tasks created since `since_ms`, folded as they are read: a 24 h window can hold
+/// hundreds of thousands of rows, so no row is kept and nothing is allocated per row but the
+/// duration of a finished task. The covering index tasks_kind_created serves it.
 pub fn shadow_tally_since(conn: &Connection, since_ms: i64) -> Result<ShadowTally, StoreError> {
     let mut stmt = conn.prepare_cached(SHADOW_ROWS)?;
     let mut rows = stmt.query([since_ms])?;
@@ -361,16 +338,5 @@ fn text(v: ValueRef<'_>) -> Result<Option<&str>, StoreError> {
             .as_str()
             .map(Some)
             .map_err(|e| StoreError::Sql(e.to_string())),
-    }
-}
-
-fn shared(names: &mut Vec<Arc<str>>, s: &str) -> Arc<str> {
-    match names.iter().find(|n| &***n == s) {
-        Some(n) => Arc::clone(n),
-        None => {
-            let n: Arc<str> = Arc::from(s);
-            names.push(Arc::clone(&n));
-            n
-        }
     }
 }

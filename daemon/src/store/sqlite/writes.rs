@@ -5,7 +5,9 @@ use super::batch::Batch;
 use super::queries::{META_MODE, META_MODE_SINCE};
 use crate::machine::next_state;
 use crate::machine::Action;
-use crate::store::{GateRunRecord, ModeChange, NewOverride, Reclaim, Reclaimed, StoreError};
+use crate::store::{
+    published_event, GateRunRecord, ModeChange, NewOverride, Reclaim, Reclaimed, StoreError,
+};
 use orchestrator_proto::task::{TaskKind, TaskState};
 use rusqlite::params;
 use std::collections::HashSet;
@@ -140,7 +142,17 @@ impl Batch<'_> {
                         "expiry event {seq} is for {event_task}, expected {id}"
                     )));
                 }
-                self.expired_event(seq.max(0) as u64, id.clone(), kind, now, actor, from)?;
+                let ev = published_event(
+                    seq.max(0) as u64,
+                    &id,
+                    now,
+                    actor,
+                    Action::Expire.name(),
+                    Some(from),
+                    TaskState::Expired,
+                    None,
+                );
+                self.record_event(ev, now, kind)?;
                 done.push(id);
             }
         }
