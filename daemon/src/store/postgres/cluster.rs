@@ -148,31 +148,29 @@ impl Cluster for PostgresBackend {
             )
             .await?;
             // Read after the locks: every earlier claim for this agent, or for an agent sharing
-            // one of its limits, has committed.
-            let running: i64 = tx
-                .query(
-                    "SELECT count(*) FROM tasks WHERE state = 'in_progress' AND agent = $1",
-                    &[&claim.agent],
-                )
-                .await?
-                .first()
-                .map(|r| r.get(0))
-                .unwrap_or(0);
-            let mut room = (i64::from(claim.max_concurrent) - running).min(i64::from(claim.want));
-            for (_, limit) in &limits {
+            // one of its limits, has committed. The agent's own maximum is one more cap, over
+            // itself alone.
+            let own = [claim.agent.clone()];
+            let caps = std::iter::once((claim.max_concurrent, &own[..])).chain(
+                limits
+                    .iter()
+                    .map(|(_, l)| (l.max_concurrent, &l.agents[..])),
+            );
+            let mut room = i64::from(claim.want);
+            for (max, agents) in caps {
                 if room <= 0 {
                     break;
                 }
                 let running: i64 = tx
                     .query(
                         "SELECT count(*) FROM tasks WHERE state = 'in_progress' AND agent = ANY($1)",
-                        &[&limit.agents],
+                        &[&agents],
                     )
                     .await?
                     .first()
                     .map(|r| r.get(0))
                     .unwrap_or(0);
-                room = room.min(i64::from(limit.max_concurrent) - running);
+                room = room.min(i64::from(max) - running);
             }
             if room <= 0 {
                 return Ok(Vec::new());

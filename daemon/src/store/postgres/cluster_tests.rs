@@ -7,7 +7,7 @@ use super::{PostgresBackend, Settings};
 use crate::machine::Action;
 use crate::store::cluster::{Claim, ClaimLimit, Cluster};
 use crate::store::{Backend, NewTask, Patch, SubmitPlan, TransitionOp};
-use orchestrator_proto::task::{TaskKind, TaskState};
+use orchestrator_proto::task::{Task, TaskKind, TaskState};
 use std::collections::HashMap;
 
 const T0: i64 = 1_000_000;
@@ -65,6 +65,25 @@ async fn assigned_to(store: &PostgresBackend, agent: &str, n: usize) -> Vec<Stri
         ids.push(id);
     }
     ids
+}
+
+/// Complete the claimed tasks `tasks` through `node`, each ending `done`: their places free up.
+async fn complete_all<'t>(node: &PostgresBackend, tasks: impl Iterator<Item = &'t Task>) {
+    let done: Vec<TransitionOp> = tasks
+        .map(|t| {
+            TransitionOp::new(
+                &t.id,
+                Action::Complete {
+                    approval_required: false,
+                },
+                "dispatcher",
+                T0 + 2,
+            )
+        })
+        .collect();
+    for r in node.transitions(done).await.unwrap() {
+        assert_eq!(r.unwrap().state, TaskState::Done);
+    }
 }
 
 fn claim(max: u32, want: u32) -> Claim {
@@ -131,23 +150,10 @@ async fn claims_hold_shared_limits_across_agents_and_nodes() {
                 .unwrap()
                 .is_empty());
         }
-        let done: Vec<TransitionOp> = got
-            .iter()
-            .map(|t| {
-                *started.entry(t.id.clone()).or_default() += 1;
-                TransitionOp::new(
-                    &t.id,
-                    Action::Complete {
-                        approval_required: false,
-                    },
-                    "dispatcher",
-                    T0 + 2,
-                )
-            })
-            .collect();
-        for r in b.transitions(done).await.unwrap() {
-            assert_eq!(r.unwrap().state, TaskState::Done);
+        for t in &got {
+            *started.entry(t.id.clone()).or_default() += 1;
         }
+        complete_all(&b, got.iter()).await;
     }
     assert_eq!(started.len(), ids.len(), "every task started");
     assert!(started.values().all(|n| *n == 1), "{started:?}");
@@ -191,23 +197,7 @@ async fn claims_start_each_task_once_within_max_concurrent_across_nodes() {
         if got_a.is_empty() && got_b.is_empty() {
             break;
         }
-        let done: Vec<TransitionOp> = got_a
-            .iter()
-            .chain(got_b.iter())
-            .map(|t| {
-                TransitionOp::new(
-                    &t.id,
-                    Action::Complete {
-                        approval_required: false,
-                    },
-                    "dispatcher",
-                    T0 + 2,
-                )
-            })
-            .collect();
-        for r in a.transitions(done).await.unwrap() {
-            assert_eq!(r.unwrap().state, TaskState::Done);
-        }
+        complete_all(&a, got_a.iter().chain(got_b.iter())).await;
     }
     assert_eq!(started_by.len(), ids.len(), "every task started");
     for (id, by) in &started_by {

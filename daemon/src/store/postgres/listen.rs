@@ -100,15 +100,6 @@ fn payload_seqs(node: &str, payload: &str) -> Option<(bool, Vec<i64>)> {
     ))
 }
 
-/// The sequence numbers of a payload sent by another node than `node`.
-#[cfg(test)]
-fn foreign_seqs(node: &str, payload: &str) -> Option<Vec<i64>> {
-    match payload_seqs(node, payload)? {
-        (true, seqs) => Some(seqs),
-        (false, _) => None,
-    }
-}
-
 /// Listen until the store is closed, connecting again whenever the connection is lost.
 pub(super) async fn run(mut cfg: tokio_postgres::Config, inner: Weak<Inner>) {
     let name = format!(
@@ -233,9 +224,13 @@ async fn listen_once(
             continue;
         };
         heard.heard(&seqs);
+        if !foreign {
+            // This node's own events: published at their commit.
+            continue;
+        }
         let seqs: Vec<i64> = seqs
             .into_iter()
-            .filter(|s| foreign && !heard.published.contains(s))
+            .filter(|s| !heard.published.contains(s))
             .collect();
         if seqs.is_empty() {
             continue;
@@ -305,11 +300,16 @@ mod tests {
         assert!(p.iter().all(|p| p.len() < 8000));
         let seqs: Vec<i64> = p
             .iter()
-            .flat_map(|p| foreign_seqs("other", p).unwrap())
+            .flat_map(|p| {
+                let (foreign, seqs) = payload_seqs("other", p).unwrap();
+                assert!(foreign, "{p}");
+                seqs
+            })
             .collect();
         assert_eq!(seqs, (1..=1000).collect::<Vec<i64>>());
-        // A node ignores its own notifications: it published those events at commit.
-        assert_eq!(foreign_seqs("host:/var/lib/orchestrator", &p[0]), None);
+        // A node tells its own notifications: it published those events at commit.
+        let (foreign, _) = payload_seqs("host:/var/lib/orchestrator", &p[0]).unwrap();
+        assert!(!foreign);
         assert!(payloads("n", &[]).is_empty());
     }
 }

@@ -550,14 +550,24 @@ fn sole_from(action: Action) -> Option<TaskState> {
     }
 }
 
-/// `INSERT` of `n` events, answering their sequence numbers; the usual sizes are built once.
+/// The statement `build` makes for `n` rows: from `usual` (the sizes built once, by index) when it
+/// holds that size, else built now. A multi-row statement is otherwise formatted for every job.
+pub(super) fn sized_sql(
+    usual: &'static [String],
+    n: usize,
+    build: fn(usize) -> String,
+) -> std::borrow::Cow<'static, str> {
+    match usual.get(n) {
+        Some(sql) => std::borrow::Cow::Borrowed(sql.as_str()),
+        None => std::borrow::Cow::Owned(build(n)),
+    }
+}
+
+/// `INSERT` of `n` events, answering their sequence numbers.
 fn events_insert(n: usize) -> std::borrow::Cow<'static, str> {
     static USUAL: LazyLock<Vec<String>> =
         LazyLock::new(|| (0..=8).map(events_insert_sql).collect());
-    match USUAL.get(n) {
-        Some(sql) => std::borrow::Cow::Borrowed(sql.as_str()),
-        None => std::borrow::Cow::Owned(events_insert_sql(n)),
-    }
+    sized_sql(&USUAL, n, events_insert_sql)
 }
 
 fn events_insert_sql(n: usize) -> String {

@@ -1,20 +1,27 @@
 //! The outbox in SQLite: rows written by the writer inside the transaction of the event that causes
 //! them, and the delivery worker's reads and marks. See [`crate::store::outbox`].
 
-use super::batch::Batch;
+use super::batch::{sized_sql, Batch};
 use crate::store::outbox::{
     expires_ms, transition_payload, Cause, Notice, OutboxEntry, OutboxStats,
 };
 use crate::store::{Awaiting, StoreError};
 use orchestrator_proto::task::{Task, TaskKind, TrajectoryEvent};
 use rusqlite::{params, Connection};
+use std::sync::LazyLock;
 
 /// Most sinks' rows in one `INSERT` (each sink is one parameter besides the event's five).
 const SINKS_PER_INSERT: usize = 64;
 
 /// `INSERT` of one event's rows for `n` sinks: ?1 event id, ?2 type, ?3 task, ?4 payload, ?5 time,
 /// then one sink name each.
-fn outbox_insert(n: usize) -> String {
+fn outbox_insert(n: usize) -> std::borrow::Cow<'static, str> {
+    static USUAL: LazyLock<Vec<String>> =
+        LazyLock::new(|| (0..=4).map(outbox_insert_sql).collect());
+    sized_sql(&USUAL, n, outbox_insert_sql)
+}
+
+fn outbox_insert_sql(n: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO outbox (sink, event_id, type, task_id, payload, created_at, pending_since) VALUES ",
     );
