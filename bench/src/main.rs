@@ -59,7 +59,7 @@ impl CpuOf {
             None => Ok(None),
             Some(pid) => Ok(Some((
                 proc::cpu_time(pid, None)?,
-                proc::cpu_time(pid, Some("store-writer"))?,
+                proc::cpu_time(pid, Some(orchestrator::store::sqlite::WRITER_TASK))?,
             ))),
         }
     }

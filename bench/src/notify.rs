@@ -16,10 +16,11 @@
 //!   delivered, which separates the cost of writing them from the cost of delivering them.
 
 use crate::client::Conn;
-use crate::proc::Daemon;
+use crate::proc::{self, Daemon};
 use crate::scenarios::{self, DONE_GOAL};
 use crate::stats::{Samples, Throughput};
 use anyhow::{anyhow, bail, Context, Result};
+use orchestrator::store::sqlite::WRITER_TASK;
 use orchestrator_proto::message::{Request, Response};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -48,43 +49,6 @@ pub enum ReceiverMode {
 
 /// The name of the receiver's threads, whose CPU time is reported.
 const RECEIVER_THREAD: &str = "receiver";
-/// The name of the daemon's store writer thread (`WRITER_TASK` in the daemon).
-const WRITER_THREAD: &str = "store-writer";
-
-/// CPU time (user + system) of a process or thread from its `stat` file, in clock ticks.
-fn stat_ticks(path: &Path) -> Result<u64> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    // The command name is in parentheses and may hold spaces: the fields follow the last ')'.
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| anyhow!("{}: no command name", path.display()))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5) (utime, stime) are the 12th and 13th after the name.
-    let field = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| anyhow!("{}: no field {}", path.display(), i + 3))
-    };
-    Ok(field(11)? + field(12)?)
-}
-
-/// CPU time of the threads of `pid` named `name`, in clock ticks.
-fn threads_ticks(pid: &str, name: &str) -> Result<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let dir = task?.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if comm.trim_end() == name {
-            // A thread that ended between the listing and the read counts nothing.
-            total += stat_ticks(&dir.join("stat")).unwrap_or(0);
-        }
-    }
-    Ok(total)
-}
-
 /// CPU time of a daemon and of its writer thread.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Cpu {
@@ -92,19 +56,27 @@ pub struct Cpu {
     pub writer: Duration,
 }
 
-fn ticks(t: u64) -> Duration {
-    // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as u64 } else { 100 };
-    Duration::from_nanos(t.saturating_mul(1_000_000_000) / hz)
+impl Cpu {
+    /// What the daemon `pid` and its store writer thread have spent so far.
+    fn of(pid: u32) -> Result<Cpu> {
+        Ok(Cpu {
+            daemon: proc::cpu_time(pid, None)?,
+            writer: proc::cpu_time(pid, Some(WRITER_TASK))?,
+        })
+    }
+
+    /// What was spent since `before`.
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            daemon: self.daemon.saturating_sub(before.daemon),
+            writer: self.writer.saturating_sub(before.writer),
+        }
+    }
 }
 
-fn daemon_ticks(pid: u32) -> Result<(u64, u64)> {
-    let pid = pid.to_string();
-    Ok((
-        stat_ticks(Path::new(&format!("/proc/{pid}/stat")))?,
-        threads_ticks(&pid, WRITER_THREAD)?,
-    ))
+/// What the receiver's threads (in this process) have spent so far; nothing if it has none.
+fn receiver_spent() -> Result<Duration> {
+    Ok(proc::threads_cpu_time(std::process::id(), RECEIVER_THREAD)?.0)
 }
 
 /// One submit run with the CPU it took: the daemon's, and the receiver's threads' (in this
@@ -114,16 +86,12 @@ fn measured(
     connections: usize,
     stop: crate::load::Stop,
 ) -> Result<(Throughput, Cpu, Duration)> {
-    let before = daemon_ticks(daemon.daemon.pid())?;
-    let receiver_before = threads_ticks("self", RECEIVER_THREAD)?;
+    let before = Cpu::of(daemon.daemon.pid())?;
+    let receiver_before = receiver_spent()?;
     let t = scenarios::submit(&daemon.socket, connections, stop)?;
-    let after = daemon_ticks(daemon.daemon.pid())?;
-    let receiver = threads_ticks("self", RECEIVER_THREAD)?.saturating_sub(receiver_before);
-    let cpu = Cpu {
-        daemon: ticks(after.0.saturating_sub(before.0)),
-        writer: ticks(after.1.saturating_sub(before.1)),
-    };
-    Ok((t, cpu, ticks(receiver)))
+    let cpu = Cpu::of(daemon.daemon.pid())?.since(before);
+    let receiver = receiver_spent()?.saturating_sub(receiver_before);
+    Ok((t, cpu, receiver))
 }
 
 /// Microseconds of `cpu` per submit of `t`.
@@ -317,8 +285,8 @@ pub fn run(
 
     // The backlog the load left, drained (when the receiver takes it).
     let drain_started = Instant::now();
-    let drain_before = daemon_ticks(notifying.daemon.pid())?;
-    let receiver_before = threads_ticks("self", RECEIVER_THREAD)?;
+    let drain_before = Cpu::of(notifying.daemon.pid())?;
+    let receiver_before = receiver_spent()?;
     let backlog = pending(&mut conn)?;
     loop {
         while arrivals.try_recv().is_ok() {}
@@ -331,13 +299,9 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(100));
     }
     let drained_in = drain_started.elapsed();
-    let drain_after = daemon_ticks(notifying.daemon.pid())?;
     let drain_cpu = (
-        Cpu {
-            daemon: ticks(drain_after.0.saturating_sub(drain_before.0)),
-            writer: ticks(drain_after.1.saturating_sub(drain_before.1)),
-        },
-        ticks(threads_ticks("self", RECEIVER_THREAD)?.saturating_sub(receiver_before)),
+        Cpu::of(notifying.daemon.pid())?.since(drain_before),
+        receiver_spent()?.saturating_sub(receiver_before),
     );
     plain.daemon.stop()?;
     notifying.daemon.stop()?;

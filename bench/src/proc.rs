@@ -115,42 +115,56 @@ pub fn memory_kib(pid: u32) -> Result<(u64, u64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// CPU time (user + system) of process `pid`, or of its thread named `thread` when given.
+/// CPU time (user + system) of process `pid`, or of its threads named `thread` when given (an
+/// error if it has none).
 pub fn cpu_time(pid: u32, thread: Option<&str>) -> Result<Duration> {
-    let stat_path = match thread {
-        None => format!("/proc/{pid}/stat"),
-        Some(name) => {
-            let mut found = None;
-            for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-                let dir = entry?.path();
-                if std::fs::read_to_string(dir.join("comm"))?.trim() == name {
-                    found = Some(dir.join("stat"));
-                    break;
-                }
-            }
-            found
-                .with_context(|| format!("no thread named {name} in {pid}"))?
-                .display()
-                .to_string()
+    match thread {
+        None => Ok(ticks_to_time(stat_ticks(Path::new(&format!(
+            "/proc/{pid}/stat"
+        )))?)),
+        Some(name) => match threads_cpu_time(pid, name)? {
+            (_, 0) => bail!("no thread named {name} in {pid}"),
+            (t, _) => Ok(t),
+        },
+    }
+}
+
+/// CPU time of the threads of `pid` named `name`, and how many there are. A thread that ends
+/// between the listing and the read counts nothing.
+pub fn threads_cpu_time(pid: u32, name: &str) -> Result<(Duration, usize)> {
+    let (mut total, mut threads) = (0, 0);
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = entry?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            threads += 1;
+            total += stat_ticks(&dir.join("stat")).unwrap_or(0);
         }
-    };
-    let stat = std::fs::read_to_string(&stat_path)?;
+    }
+    Ok((ticks_to_time(total), threads))
+}
+
+/// utime + stime of a `stat` file, in clock ticks.
+fn stat_ticks(path: &Path) -> Result<u64> {
+    let stat = std::fs::read_to_string(path)?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat
         .rsplit_once(')')
         .map(|(_, r)| r)
-        .with_context(|| format!("cannot parse {stat_path}"))?;
+        .with_context(|| format!("cannot parse {}", path.display()))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| -> Result<u64> {
         fields
             .get(i)
             .and_then(|f| f.parse().ok())
-            .with_context(|| format!("cannot parse {stat_path}"))
+            .with_context(|| format!("cannot parse {}", path.display()))
     };
     // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
-    let total = ticks(11)? + ticks(12)?;
-    let hz = clock_ticks_per_sec().max(1);
-    Ok(Duration::from_micros(total * 1_000_000 / hz))
+    Ok(ticks(11)? + ticks(12)?)
+}
+
+fn ticks_to_time(ticks: u64) -> Duration {
+    Duration::from_micros(ticks * 1_000_000 / clock_ticks_per_sec())
 }
 
 /// The unit of `/proc/PID/stat`'s CPU times, per second.
