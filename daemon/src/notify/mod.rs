@@ -90,11 +90,6 @@ pub fn install_rules(store: &Store, cfg: &Config, bound: Option<&str>) {
 /// Queue an event that no transition causes (gate verdicts, mode changes). It is written right
 /// after what it reports, in a write of its own; a failure is logged, never the caller's failure.
 pub async fn announce(d: &Daemon, event_type: &str, fields: serde_json::Value) {
-    // No sink wants it: it would write no row, so it costs no store write either (a shadow
-    // summary, say, is asked for far more often than any sink listens for its verdict).
-    if !d.config().notify.iter().any(|s| s.wants_type(event_type)) {
-        return;
-    }
     let mut notice = crate::store::Notice::new(event_type, d.clock.now_ms());
     if let serde_json::Value::Object(map) = fields {
         notice.fields = map;

@@ -1146,6 +1146,9 @@ pub async fn notices_follow_the_filters(store: Store) {
         ..Notice::new("test", T0)
     };
     assert_eq!(store.enqueue_notice(test).await.unwrap(), 1);
+    // No sink wants a shadow verdict: nothing is written.
+    let unwanted = Notice::new("gate.shadow", T0).field("passed", true);
+    assert_eq!(store.enqueue_notice(unwanted).await.unwrap(), 0);
     let phone = store.outbox_pending("phone", 10).await.unwrap();
     assert_eq!(phone.len(), 1);
     assert_eq!(body(&phone[0])["to"], "live");

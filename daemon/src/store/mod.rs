@@ -269,7 +269,8 @@ pub trait Backend: Send + Sync {
     fn set_outbox_rules(&self, rules: OutboxRules);
     /// Changes after every commit that wrote outbox rows (or made dead ones pending again).
     fn outbox_signal(&self) -> watch::Receiver<u64>;
-    /// Write a notice (an event no transition causes) for the sinks that want it.
+    /// Write a notice (an event no transition causes) for the sinks that want it; answers how many
+    /// rows. When no sink of the installed rules wants it, answers 0 without a write.
     fn enqueue_notice(&self, notice: Notice) -> StoreFuture<'_, usize>;
     /// Up to `limit` of a sink's pending events, in outbox order.
     fn outbox_pending<'a>(

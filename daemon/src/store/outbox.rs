@@ -91,6 +91,12 @@ impl Notice {
         self
     }
 
+    /// Whether any sink of `rules` (the rules installed, if any) wants it: if none does, it would
+    /// write no row, and a backend answers 0 without a write at all.
+    pub fn wanted(&self, rules: Option<&OutboxRules>) -> bool {
+        rules.is_some_and(|r| !self.sinks(r).is_empty())
+    }
+
     /// The sinks it goes to under `rules`.
     pub fn sinks(&self, rules: &OutboxRules) -> Vec<String> {
         if let Some(only) = &self.only_sink {

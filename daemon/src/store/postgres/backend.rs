@@ -332,6 +332,9 @@ impl Backend for PostgresBackend {
     }
 
     fn enqueue_notice(&self, notice: Notice) -> StoreFuture<'_, usize> {
+        if !notice.wanted(self.outbox_rules().as_deref()) {
+            return Box::pin(async { Ok(0) });
+        }
         write!(self, |tx| tx.enqueue_notice(&notice).await)
     }
 

@@ -213,6 +213,15 @@ impl Backend for SqliteBackend {
     }
 
     fn enqueue_notice(&self, notice: Notice) -> StoreFuture<'_, usize> {
+        let rules = self
+            .outbox_writer()
+            .rules
+            .read()
+            .ok()
+            .and_then(|r| r.clone());
+        if !notice.wanted(rules.as_deref()) {
+            return Box::pin(async { Ok(0) });
+        }
         Box::pin(self.write(move |b| b.enqueue_notice(&notice)))
     }
 
