@@ -703,11 +703,42 @@ mod browser {
         }
     }
 
-    /// The page's text; empty while a navigation has no document yet.
+    /// The page's text as the page itself reads it (`innerText`); empty while a navigation has
+    /// no document yet. (WebDriver's element text answered "" for a complete page under load, once
+    /// in a while, so it is not used here.)
     async fn body_text(c: &Client) -> String {
-        match c.find(Locator::Css("body")).await {
-            Ok(body) => body.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
+        match c
+            .execute(
+                "return document.body ? document.body.innerText : '';",
+                vec![],
+            )
+            .await
+        {
+            Ok(Value::String(text)) => text,
+            _ => String::new(),
+        }
+    }
+
+    /// Poll until the page's text contains `needle`; on timeout, say where the browser is and
+    /// what the page says instead.
+    async fn until_text(c: &Client, what: &str, needle: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = body_text(c).await;
+            if text.contains(needle) {
+                return;
+            }
+            if std::time::Instant::now() >= deadline {
+                let url = c.current_url().await.map(|u| u.to_string());
+                let source = tokio::time::timeout(Duration::from_secs(5), c.source()).await;
+                let ready = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    c.execute("return document.readyState;", vec![]),
+                )
+                .await;
+                panic!("timed out waiting for {what}: the browser is at {url:?}, showing:\n{text}\nsource: {source:?}\nready: {ready:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -766,13 +797,13 @@ mod browser {
             .unwrap();
         assert_eq!(same_page, Value::Bool(true), "no reload happened");
         until("the row to show awaiting approval", || async {
-            match c
-                .find(Locator::Css(&format!("tr[data-id='{id}'] .state")))
-                .await
-            {
-                Ok(e) => e.text().await.unwrap_or_default() == "awaiting approval",
-                Err(_) => false,
-            }
+            let state = c
+                .execute(
+                    "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';",
+                    vec![Value::String(format!("tr[data-id='{id}'] .state"))],
+                )
+                .await;
+            matches!(state, Ok(Value::String(s)) if s == "awaiting approval")
         })
         .await;
         screenshot(&c, "pipeline").await;
@@ -791,10 +822,7 @@ mod browser {
         .click()
         .await
         .unwrap();
-        until("the approval notice", || async {
-            body_text(&c).await.contains("Approved")
-        })
-        .await;
+        until_text(&c, "the approval notice", "Approved").await;
         assert_eq!(d.state_of(&id), "done");
 
         // Reject without a reason: the browser's required field holds the form back, and the
@@ -833,10 +861,7 @@ mod browser {
         )
         .await
         .unwrap();
-        until("the daemon's refusal", || async {
-            body_text(&c).await.contains("A reason is required")
-        })
-        .await;
+        until_text(&c, "the daemon's refusal", "A reason is required").await;
         assert_eq!(d.task(&other), before);
         c.goto(&format!("{base}/console/approvals")).await.unwrap();
         // With a reason it goes through.
@@ -856,18 +881,17 @@ mod browser {
         .click()
         .await
         .unwrap();
-        until("the rejection notice", || async {
-            body_text(&c).await.contains("Rejected")
-        })
-        .await;
+        until_text(&c, "the rejection notice", "Rejected").await;
         assert_eq!(d.task(&other)["rejection"]["reason"], "touches billing");
 
         // Lose a race with orchctl approve.
         let out = d.ctl(&["approve", &third]);
         assert!(out.status.success(), "{}", stderr(&out));
-        until("the card to say it was decided elsewhere", || async {
-            body_text(&c).await.contains("Decided elsewhere")
-        })
+        until_text(
+            &c,
+            "the card to say it was decided elsewhere",
+            "Decided elsewhere",
+        )
         .await;
         c.find(Locator::Css(&format!(
             "article[data-id='{third}'] form.approve button"
@@ -877,10 +901,7 @@ mod browser {
         .click()
         .await
         .unwrap();
-        until("the race message", || async {
-            body_text(&c).await.contains("Someone else decided first")
-        })
-        .await;
+        until_text(&c, "the race message", "Someone else decided first").await;
         assert!(body_text(&c).await.contains("done"));
         screenshot(&c, "race").await;
 
@@ -904,10 +925,7 @@ mod browser {
         )
         .await
         .unwrap();
-        until("the refusal", || async {
-            body_text(&c).await.contains("This form has expired")
-        })
-        .await;
+        until_text(&c, "the refusal", "This form has expired").await;
         assert_eq!(d.task(&fourth), before);
 
         c.goto(&format!("{base}/console/tasks/{other}"))
