@@ -175,6 +175,20 @@ async fn claims_start_each_task_once_within_max_concurrent_across_nodes() {
     let (a, b) = two_nodes().await;
     let ids = assigned(&a, 30).await;
     let mut started_by: HashMap<String, Vec<&str>> = HashMap::new();
+    // One after the other: the second node sees the first one's running task and starts only the
+    // room left, so the agent's tasks run on both nodes and max_concurrent holds across them.
+    let first = a.claim(claim(MAX, 1)).await.unwrap();
+    let rest = b.claim(claim(MAX, 5)).await.unwrap();
+    assert_eq!((first.len(), rest.len()), (1, MAX as usize - 1));
+    for (who, got) in [("node-a", &first), ("node-b", &rest)] {
+        for t in got.iter() {
+            started_by.entry(t.id.clone()).or_default().push(who);
+        }
+    }
+    assert!(b.claim(claim(MAX, 5)).await.unwrap().is_empty());
+    complete_all(&a, first.iter().chain(rest.iter())).await;
+    // Then at the same moment, round after round; which node wins a round is the database's
+    // choice.
     for _round in 0..100 {
         // Both nodes ask for more than the agent may run, at the same moment.
         let (got_a, got_b) = tokio::join!(a.claim(claim(MAX, 5)), b.claim(claim(MAX, 5)));
