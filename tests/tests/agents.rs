@@ -133,7 +133,7 @@ fn exit_75_defers_without_an_attempt_and_pauses_the_agent_until_retry_after() {
 echo "$ORCH_TASK_ID" >> "$DIR/runs.log"
 if [ ! -e "$DIR/limit-hit" ]; then
   : > "$DIR/limit-hit"
-  printf '{"retryAfter":3,"reason":"usage limit reached","usage":{"model":"m","costUsd":0.1}}' > "$ORCH_META_FILE"
+  printf '{"retryAfter":3600,"reason":"usage limit reached","usage":{"model":"m","costUsd":0.1}}' > "$ORCH_META_FILE"
   exit 75
 fi
 printf '{"usage":{"model":"m","costUsd":0.2}}' > "$ORCH_META_FILE"
@@ -152,7 +152,7 @@ echo done
     assert_eq!(defer["to"], "queued");
     assert_eq!(defer["details"]["reason"], "usage limit reached");
     let until = ms(&defer["details"]["retryAfter"]);
-    assert_eq!(until, ms(&defer["at"]) + 3000);
+    assert_eq!(until, ms(&defer["at"]) + 3_600_000);
     assert_eq!(deferred["attempts"], 0, "a deferral is not an attempt");
     assert_eq!(deferred["usage"]["costUsd"], 0.1);
 
@@ -174,7 +174,7 @@ echo done
     let b = d.submit(RESEARCH);
 
     // Past retryAfter, both run.
-    d.advance(Duration::from_secs(3));
+    d.advance(Duration::from_secs(3600));
     let ta = d.wait_state(&a, "done", WAIT);
     let tb = d.wait_state(&b, "done", WAIT);
     assert_eq!(ta["attempts"], 1);

@@ -79,6 +79,8 @@ struct Signed {
 
 impl Signed {
     fn with_link(d: &TestDaemon, url: &str) -> Signed {
+        // Read before the session opens: a test of a short session_ttl counts from here.
+        let base = d.http_base();
         let agent = agent();
         let r = reply(agent.get(url).call().unwrap());
         assert_eq!(r.status, 303, "{}", r.body);
@@ -92,7 +94,7 @@ impl Signed {
         assert!(session.contains("SameSite=Strict"), "{session}");
         let cookie = session.split(';').next().unwrap().to_string();
         Signed {
-            base: d.http_base(),
+            base,
             cookie,
             agent,
         }
@@ -226,7 +228,7 @@ fn without_a_session_the_login_page_comes_first_and_then_the_page_asked_for() {
 
 #[test]
 fn an_expired_session_is_asked_to_sign_in_again() {
-    let d = TestDaemon::with_config(&format!("{HTTP_CONFIG}session_ttl = \"1s\"\n"));
+    let d = TestDaemon::with_config(&format!("{HTTP_CONFIG}session_ttl = \"2s\"\n"));
     let s = Signed::sign_in(&d);
     assert_eq!(s.get("/console/pipeline").status, 200);
     let r = wait_for("the session to expire", Duration::from_secs(10), || {
