@@ -360,7 +360,7 @@ fn a_hung_sink_holds_up_neither_submits_nor_other_sinks() {
             "hung",
             &hung.url,
             "[\"approval.requested\"]",
-            "timeout = \"60s\""
+            "timeout = \"1h\""
         ),
         webhook_sink("healthy", &healthy.url, "[\"approval.requested\"]", "")
     ));
@@ -384,7 +384,7 @@ fn a_hung_sink_holds_up_neither_submits_nor_other_sinks() {
     assert_eq!(sink(&list, "hung")["pending"], 20, "{list}");
 
     // Submit latency with the hung sink against a daemon without sinks, in alternating rounds on
-    // the same machine. A submit that waited on the sink would take its 60 s timeout; the bound
+    // the same machine. A submit that waited on the sink would take its 1 h timeout; the bound
     // leaves room for a busy machine and nothing for that.
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for _ in 0..4 {
