@@ -33,7 +33,7 @@ pub use sqlite::{queries, Batch};
 
 pub use outbox::{Notice, OutboxEntry, OutboxRules, OutboxStats};
 pub use types::{
-    absorb, published_event, AttemptLimits, Cursor, GateRunRecord, Health, Leftover, ModeChange,
+    absorb, AttemptLimits, Cursor, EventDraft, GateRunRecord, Health, Leftover, ModeChange,
     NewEvent, NewOverride, NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, RowChange,
     ShadowTally, StoredMode, StoredPause, SubmitPlan, TaskFilter, TransitionOp, UsageRow,
     PAUSE_KEY_PREFIX,

@@ -215,10 +215,43 @@ impl<'a> Cause<'a> {
     }
 }
 
-/// When a task waiting for approval since `since_ms` stops waiting: its TTL, or the approval
-/// timeout if that comes first. Answers the deadline and what happens at it.
+/// The outbox rows one stored trajectory event causes: the sinks that want it, its stable id and
+/// its body. Both backends write them with one insert in the event's transaction.
+pub struct EventRows {
+    pub sinks: Vec<String>,
+    pub event_id: String,
+    pub body: String,
+}
+
+impl EventRows {
+    /// The rows `ev`, of notification type `event_type` and stored at `at_ms`, causes for `task`
+    /// as the row holds it after the event; `None` when no sink wants it.
+    pub fn of(
+        rules: &OutboxRules,
+        event_type: &str,
+        ev: &TrajectoryEvent,
+        at_ms: i64,
+        task: &Task,
+    ) -> Result<Option<EventRows>, crate::store::StoreError> {
+        let sinks = rules.sinks_for(
+            event_type,
+            Some((task.kind, task.assigned_agent_id.as_deref())),
+        );
+        if sinks.is_empty() {
+            return Ok(None);
+        }
+        let cause = Cause::of(ev, at_ms);
+        let body = transition_payload(rules, event_type, &cause, task, expires_ms(task)?);
+        Ok(Some(EventRows {
+            sinks,
+            event_id: cause.event_id(),
+            body,
+        }))
+    }
+}
+
 /// When the task expires, from the row just read (no second read of the row).
-pub fn expires_ms(task: &Task) -> Result<i64, crate::store::StoreError> {
+fn expires_ms(task: &Task) -> Result<i64, crate::store::StoreError> {
     crate::clock::rfc3339_ms(&task.expires_at).ok_or_else(|| {
         crate::store::StoreError::Sql(format!(
             "task {}: unreadable expiry {:?}",
@@ -227,6 +260,8 @@ pub fn expires_ms(task: &Task) -> Result<i64, crate::store::StoreError> {
     })
 }
 
+/// When a task waiting for approval since `since_ms` stops waiting: its TTL, or the approval
+/// timeout if that comes first. Answers the deadline and what happens at it.
 pub fn approval_deadline(
     policy: &ApprovalPolicy,
     agent: Option<&str>,
@@ -263,7 +298,7 @@ fn excerpt(text: &str, max: usize) -> &str {
 }
 
 /// The JSON body of the `event_type` event caused by `cause` on `task` (as it is after it).
-pub fn transition_payload(
+fn transition_payload(
     rules: &OutboxRules,
     event_type: &str,
     cause: &Cause<'_>,

@@ -9,28 +9,75 @@ use orchestrator_proto::task::{
 };
 use std::collections::{BTreeMap, HashMap};
 
-/// A stored trajectory event as it is published after its commit; `seq` is the number the store
-/// gave it. Both backends build the events they publish with it.
-#[allow(clippy::too_many_arguments)]
-pub fn published_event(
-    seq: u64,
-    task_id: &str,
-    at_ms: i64,
-    actor: &str,
-    action: &str,
-    from: Option<TaskState>,
-    to: TaskState,
-    details: Option<BTreeMap<String, String>>,
-) -> TrajectoryEvent {
-    TrajectoryEvent {
-        seq,
-        task_id: task_id.to_string(),
-        at: rfc3339(at_ms),
-        actor: actor.to_string(),
-        action: action.to_string(),
-        from,
-        to,
-        details,
+/// A trajectory event about to be stored, with the kind of its task: what both backends bind in
+/// the events insert and then publish, numbered, after the commit.
+#[derive(Debug, Clone)]
+pub struct EventDraft<'a> {
+    pub task_id: &'a str,
+    pub kind: TaskKind,
+    pub at_ms: i64,
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub from: Option<TaskState>,
+    pub to: TaskState,
+    pub details: Option<BTreeMap<String, String>>,
+}
+
+impl<'a> EventDraft<'a> {
+    /// The `submit` event of a task just inserted.
+    pub fn submitted(task: &'a NewTask, actor: &'a str) -> EventDraft<'a> {
+        EventDraft {
+            task_id: &task.id,
+            kind: task.kind,
+            at_ms: task.created_ms,
+            actor,
+            action: "submit",
+            from: None,
+            to: TaskState::Queued,
+            details: None,
+        }
+    }
+
+    /// The event of a transition of a task of `kind` from `from` to `to`.
+    pub fn of_op(op: &'a TransitionOp, kind: TaskKind, from: TaskState, to: TaskState) -> Self {
+        EventDraft {
+            task_id: &op.id,
+            kind,
+            at_ms: op.at_ms,
+            actor: &op.actor,
+            action: op.action.name(),
+            from: Some(from),
+            to,
+            details: op.details.clone(),
+        }
+    }
+
+    /// An event that leaves the task where it is.
+    pub fn of_new(e: &'a NewEvent) -> EventDraft<'a> {
+        EventDraft {
+            task_id: &e.task_id,
+            kind: e.kind,
+            at_ms: e.at_ms,
+            actor: &e.actor,
+            action: &e.action,
+            from: Some(e.state),
+            to: e.state,
+            details: e.details.clone(),
+        }
+    }
+
+    /// The event as published after its commit; `seq` is the number the store gave it.
+    pub fn published(self, seq: u64) -> TrajectoryEvent {
+        TrajectoryEvent {
+            seq,
+            task_id: self.task_id.to_string(),
+            at: rfc3339(self.at_ms),
+            actor: self.actor.to_string(),
+            action: self.action.to_string(),
+            from: self.from,
+            to: self.to,
+            details: self.details,
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use super::tx::Tx;
 use super::{outbox, pg_error, queries, PostgresBackend, SCHEMA_VERSION};
 use crate::clock::now_ms;
-use crate::store::{Awaiting, Notice, OutboxEntry, OutboxRules, OutboxStats};
+use crate::store::{Awaiting, EventDraft, Notice, OutboxEntry, OutboxRules, OutboxStats};
 use crate::store::{
     Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes,
     Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowTally, StoreError, StoreFuture,
@@ -161,19 +161,7 @@ impl Backend for PostgresBackend {
     }
 
     fn append_event(&self, e: NewEvent) -> StoreFuture<'_, ()> {
-        write!(self, |tx| {
-            tx.append_event(
-                &e.task_id,
-                e.kind,
-                e.at_ms,
-                &e.actor,
-                &e.action,
-                Some(e.state),
-                e.state,
-                e.details,
-            )
-            .await
-        })
+        write!(self, |tx| { tx.append_event(EventDraft::of_new(&e)).await })
     }
 
     /// An empty transaction, committed. An unreachable database counts as alive here: the probe

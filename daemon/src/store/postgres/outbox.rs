@@ -4,9 +4,7 @@
 
 use super::pg_error;
 use super::tx::Tx;
-use crate::store::outbox::{
-    expires_ms, transition_payload, Cause, Notice, OutboxEntry, OutboxStats,
-};
+use crate::store::outbox::{Cause, EventRows, Notice, OutboxEntry, OutboxStats};
 use crate::store::{Awaiting, StoreError};
 use deadpool_postgres::Client;
 use orchestrator_proto::task::{TaskKind, TrajectoryEvent};
@@ -72,19 +70,16 @@ impl Tx<'_> {
         let Some(task) = self.get_task(&ev.task_id).await? else {
             return Ok(());
         };
-        let sinks = rules.sinks_for(kind, Some((task.kind, task.assigned_agent_id.as_deref())));
-        if sinks.is_empty() {
+        let Some(rows) = EventRows::of(&rules, kind, ev, at_ms, &task)? else {
             return Ok(());
-        }
-        let expires_ms = expires_ms(&task)?;
-        let cause = Cause::of(ev, at_ms);
-        let body = transition_payload(&rules, kind, &cause, &task, expires_ms);
+        };
+        let task_id = Some(ev.task_id.as_str());
         self.insert_outbox(
-            &sinks,
-            &cause.event_id(),
+            &rows.sinks,
+            &rows.event_id,
             kind,
-            Some(&ev.task_id),
-            &body,
+            task_id,
+            &rows.body,
             at_ms,
         )
         .await

@@ -9,12 +9,12 @@ use crate::clock::rfc3339;
 use crate::machine::{next_state, Action};
 use crate::store::OutboxRules;
 use crate::store::{
-    absorb, published_event, GateRunRecord, ModeChange, NewOverride, NewTask, Plan, Reclaim,
-    Reclaimed, RowChange, StoreError, SubmitPlan, TransitionOp,
+    absorb, EventDraft, GateRunRecord, ModeChange, NewOverride, NewTask, Plan, Reclaim, Reclaimed,
+    RowChange, StoreError, SubmitPlan, TransitionOp,
 };
 use orchestrator_proto::task::{Task, TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub(super) type Delta = (TaskKind, Option<TaskState>, Option<TaskState>);
@@ -204,45 +204,24 @@ impl<'c> Tx<'c> {
             ],
         )
         .await?;
-        self.append_event(
-            &t.id,
-            t.kind,
-            t.created_ms,
-            actor,
-            "submit",
-            None,
-            TaskState::Queued,
-            None,
-        )
-        .await?;
+        self.append_event(EventDraft::submitted(&t, actor)).await?;
         // The row holds exactly what was just inserted: answer from memory rather than read it back.
         Ok(t.into_queued())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn append_event(
-        &mut self,
-        task_id: &str,
-        kind: TaskKind,
-        at_ms: i64,
-        actor: &str,
-        action: &str,
-        from: Option<TaskState>,
-        to: TaskState,
-        details: Option<BTreeMap<String, String>>,
-    ) -> Result<(), StoreError> {
-        let details_json = sql_json(&details)?;
+    pub(super) async fn append_event(&mut self, e: EventDraft<'_>) -> Result<(), StoreError> {
+        let details_json = sql_json(&e.details)?;
         let rows = self
             .query(
                 "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
                 &[
-                    &task_id,
-                    &at_ms,
-                    &actor,
-                    &action,
-                    &from.map(|s| s.as_str()),
-                    &to.as_str(),
+                    &e.task_id,
+                    &e.at_ms,
+                    &e.actor,
+                    &e.action,
+                    &e.from.map(|s| s.as_str()),
+                    &e.to.as_str(),
                     &details_json,
                 ],
             )
@@ -251,16 +230,8 @@ impl<'c> Tx<'c> {
             .first()
             .map(|r| r.get(0))
             .ok_or_else(|| StoreError::Sql("no sequence number for the event".into()))?;
-        let ev = published_event(
-            seq.max(0) as u64,
-            task_id,
-            at_ms,
-            actor,
-            action,
-            from,
-            to,
-            details,
-        );
+        let (at_ms, kind, from, to) = (e.at_ms, e.kind, e.from, e.to);
+        let ev = e.published(seq.max(0) as u64);
         if self.outbox.is_some() {
             self.outbox_for_event(&ev, at_ms).await?;
         }
@@ -358,7 +329,6 @@ impl<'c> Tx<'c> {
             error_code,
         } = RowChange::of(op, from)?;
         let p = &op.patch;
-        let at = op.at_ms;
         let changed = self
             .exec(
                 "UPDATE tasks SET state = $2, \
@@ -409,17 +379,8 @@ impl<'c> Tx<'c> {
                 action: op.action.name(),
             });
         }
-        self.append_event(
-            &op.id,
-            kind,
-            at,
-            &op.actor,
-            op.action.name(),
-            Some(from),
-            to,
-            op.details.clone(),
-        )
-        .await?;
+        self.append_event(EventDraft::of_op(op, kind, from, to))
+            .await?;
         Ok(to)
     }
 

@@ -2,7 +2,7 @@
 //! call on a pooled read connection.
 
 use super::{outbox, queries, SqliteBackend};
-use crate::store::{Awaiting, Notice, OutboxEntry, OutboxRules, OutboxStats};
+use crate::store::{Awaiting, EventDraft, Notice, OutboxEntry, OutboxRules, OutboxStats};
 use crate::store::{
     Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes,
     Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowTally, StoreFuture, StoredMode,
@@ -54,18 +54,7 @@ impl Backend for SqliteBackend {
     }
 
     fn append_event(&self, e: NewEvent) -> StoreFuture<'_, ()> {
-        Box::pin(self.write(move |b| {
-            b.append_event(
-                &e.task_id,
-                e.kind,
-                e.at_ms,
-                &e.actor,
-                &e.action,
-                Some(e.state),
-                e.state,
-                e.details,
-            )
-        }))
+        Box::pin(self.write(move |b| b.append_event(EventDraft::of_new(&e))))
     }
 
     fn probe(&self) -> StoreFuture<'_, ()> {

@@ -9,13 +9,12 @@ use crate::clock::rfc3339;
 use crate::machine::{next_state, Action};
 use crate::store::outbox::OutboxRules;
 use crate::store::{
-    absorb, published_event, NewTask, Plan, RowChange, StoreError, SubmitPlan, TransitionOp,
+    absorb, EventDraft, NewTask, Plan, RowChange, StoreError, SubmitPlan, TransitionOp,
 };
 use orchestrator_proto::task::{Rejection, Routing, TaskError, TaskResult};
 use orchestrator_proto::task::{Task, TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
 use rusqlite::{params, OptionalExtension, ToSql, Transaction};
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::{Arc, LazyLock};
 
@@ -148,50 +147,30 @@ impl<'a> Batch<'a> {
                 t.created_ms,
                 t.expires_ms
             ])?;
-        self.append_event(
-            &t.id,
-            t.kind,
-            t.created_ms,
-            actor,
-            "submit",
-            None,
-            TaskState::Queued,
-            None,
-        )?;
+        self.append_event(EventDraft::submitted(&t, actor))?;
         // The row holds exactly what was just inserted: answer from memory rather than read it back.
         Ok(t.into_queued())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn append_event(
-        &mut self,
-        task_id: &str,
-        kind: TaskKind,
-        at_ms: i64,
-        actor: &str,
-        action: &str,
-        from: Option<TaskState>,
-        to: TaskState,
-        details: Option<BTreeMap<String, String>>,
-    ) -> Result<(), StoreError> {
-        let details_json = sql_json(&details)?;
+    pub fn append_event(&mut self, e: EventDraft) -> Result<(), StoreError> {
+        let details_json = sql_json(&e.details)?;
         self.tx
             .prepare_cached(
                 "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
-                task_id,
-                at_ms,
-                actor,
-                action,
-                from.map(|s| s.as_str()),
-                to.as_str(),
+                e.task_id,
+                e.at_ms,
+                e.actor,
+                e.action,
+                e.from.map(|s| s.as_str()),
+                e.to.as_str(),
                 details_json
             ])?;
         let seq = self.tx.last_insert_rowid().max(0) as u64;
-        let ev = published_event(seq, task_id, at_ms, actor, action, from, to, details);
-        self.record_event(ev, at_ms, kind)
+        let (at_ms, kind) = (e.at_ms, e.kind);
+        self.record_event(e.published(seq), at_ms, kind)
     }
 
     /// What a stored event of a task of `kind` leaves besides its row: its count change, its outbox
@@ -251,16 +230,12 @@ impl<'a> Batch<'a> {
         let Some(task) = task else {
             return Err(self.refusal(&op));
         };
-        self.append_event(
-            &op.id,
-            task.kind,
-            op.at_ms,
-            &op.actor,
-            op.action.name(),
-            Some(from),
-            to,
-            op.details.take(),
-        )?;
+        // The op is spent here: its details move into the event rather than being copied.
+        let details = op.details.take();
+        self.append_event(EventDraft {
+            details,
+            ..EventDraft::of_op(&op, task.kind, from, to)
+        })?;
         Ok(task)
     }
 
@@ -464,16 +439,7 @@ impl<'a> Batch<'a> {
         if changed != 1 {
             return Err(self.refusal(op));
         }
-        self.append_event(
-            &op.id,
-            kind,
-            op.at_ms,
-            &op.actor,
-            op.action.name(),
-            Some(from),
-            to,
-            op.details.clone(),
-        )?;
+        self.append_event(EventDraft::of_op(op, kind, from, to))?;
         Ok(to)
     }
 
@@ -660,25 +626,9 @@ impl PreparedSubmit {
         let caps = serde_json::to_string(&task.required_capabilities)
             .map_err(|e| StoreError::Sql(e.to_string()))?;
         let mut events = Vec::with_capacity(steps.len() + 1);
-        events.push(EventRow::new(
-            &task.id,
-            task.created_ms,
-            &actor,
-            "submit",
-            None,
-            TaskState::Queued,
-            None,
-        )?);
+        events.push(EventRow::new(EventDraft::submitted(&task, &actor))?);
         for (op, (from, to)) in steps.iter().zip(&path) {
-            events.push(EventRow::new(
-                &task.id,
-                op.at_ms,
-                &op.actor,
-                op.action.name(),
-                Some(*from),
-                *to,
-                op.details.clone(),
-            )?);
+            events.push(EventRow::new(EventDraft::of_op(op, task.kind, *from, *to))?);
         }
         let mut answer = task.clone().into_queued();
         for (op, (_, to)) in steps.iter().zip(path) {
@@ -723,21 +673,13 @@ struct EventRow {
 }
 
 impl EventRow {
-    fn new(
-        task_id: &str,
-        at_ms: i64,
-        actor: &str,
-        action: &str,
-        from: Option<TaskState>,
-        to: TaskState,
-        details: Option<BTreeMap<String, String>>,
-    ) -> Result<EventRow, StoreError> {
+    fn new(e: EventDraft) -> Result<EventRow, StoreError> {
         Ok(EventRow {
-            at_ms,
-            from: from.map(|s| s.as_str()),
-            to: to.as_str(),
-            details: sql_json(&details)?,
-            event: published_event(0, task_id, at_ms, actor, action, from, to, details),
+            at_ms: e.at_ms,
+            from: e.from.map(|s| s.as_str()),
+            to: e.to.as_str(),
+            details: sql_json(&e.details)?,
+            event: e.published(0),
         })
     }
 }

@@ -2,9 +2,7 @@
 //! them, and the delivery worker's reads and marks. See [`crate::store::outbox`].
 
 use super::batch::{sized_sql, Batch};
-use crate::store::outbox::{
-    expires_ms, transition_payload, Cause, Notice, OutboxEntry, OutboxStats,
-};
+use crate::store::outbox::{Cause, EventRows, Notice, OutboxEntry, OutboxStats};
 use crate::store::{Awaiting, StoreError};
 use orchestrator_proto::task::{Task, TaskKind, TrajectoryEvent};
 use rusqlite::{params, Connection};
@@ -106,19 +104,16 @@ impl Batch<'_> {
                 }
             }
         };
-        let sinks = rules.sinks_for(kind, Some((task.kind, task.assigned_agent_id.as_deref())));
-        if sinks.is_empty() {
+        let Some(rows) = EventRows::of(&rules, kind, ev, at_ms, task)? else {
             return Ok(());
-        }
-        let expires_ms = expires_ms(task)?;
-        let cause = Cause::of(ev, at_ms);
-        let body = transition_payload(&rules, kind, &cause, task, expires_ms);
+        };
+        let task_id = Some(ev.task_id.as_str());
         self.insert_outbox(
-            &sinks,
-            &cause.event_id(),
+            &rows.sinks,
+            &rows.event_id,
             kind,
-            Some(&ev.task_id),
-            &body,
+            task_id,
+            &rows.body,
             at_ms,
         )
     }

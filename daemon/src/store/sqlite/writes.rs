@@ -6,7 +6,7 @@ use super::queries::{META_MODE, META_MODE_SINCE};
 use crate::machine::next_state;
 use crate::machine::Action;
 use crate::store::{
-    published_event, GateRunRecord, ModeChange, NewOverride, Reclaim, Reclaimed, StoreError,
+    EventDraft, GateRunRecord, ModeChange, NewOverride, Reclaim, Reclaimed, StoreError,
 };
 use orchestrator_proto::task::{TaskKind, TaskState};
 use rusqlite::params;
@@ -142,17 +142,17 @@ impl Batch<'_> {
                         "expiry event {seq} is for {event_task}, expected {id}"
                     )));
                 }
-                let ev = published_event(
-                    seq.max(0) as u64,
-                    &id,
-                    now,
+                let ev = EventDraft {
+                    task_id: &id,
+                    kind,
+                    at_ms: now,
                     actor,
-                    Action::Expire.name(),
-                    Some(from),
-                    TaskState::Expired,
-                    None,
-                );
-                self.record_event(ev, now, kind)?;
+                    action: Action::Expire.name(),
+                    from: Some(from),
+                    to: TaskState::Expired,
+                    details: None,
+                };
+                self.record_event(ev.published(seq.max(0) as u64), now, kind)?;
                 done.push(id);
             }
         }
