@@ -61,6 +61,26 @@ impl Cluster {
         )
     }
 
+    /// Nodes n1 and n2 running `script`. n2's connections carry the name `orch-n2`, so that
+    /// [`Cluster::n2_listeners`] counts its event listener; returns once that listener is connected
+    /// (it connects after start, and only then does n2 hear n1's commits).
+    fn pair_heard_by_n2(&self, script: &Path) -> (TestDaemon, TestDaemon) {
+        let a = TestDaemon::with_config(&self.config("n1", script, ""));
+        let named = format!("{} application_name=orch-n2", self.url);
+        let b = TestDaemon::with_config(&self.config("n2", script, "").replace(&self.url, &named));
+        wait_for("n2's event listener", WAIT, || {
+            (self.n2_listeners() == "1").then_some(())
+        });
+        (a, b)
+    }
+
+    /// How many event listeners n2 has connected (see [`Cluster::pair_heard_by_n2`]).
+    fn n2_listeners(&self) -> String {
+        let sql = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE application_name = 'orch-n2 (events)'";
+        self.pg.psql("orch", sql).unwrap().trim().to_string()
+    }
+
     /// A specialist for node `id` that logs its start, then runs until `release` exists (bounded).
     fn stuck(&self, id: &str) -> PathBuf {
         script(
@@ -354,16 +374,7 @@ fn a_mode_flip_through_one_node_is_in_force_on_all() {
 #[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
 fn a_watch_on_one_node_sees_what_another_commits() {
     let c = Cluster::new();
-    let quick = c.quick("any");
-    let a = TestDaemon::with_config(&c.config("n1", &quick, ""));
-    let named = format!("{} application_name=orch-n2", c.url);
-    let b = TestDaemon::with_config(&c.config("n2", &quick, "").replace(&c.url, &named));
-    // B hears A's commits once its listener has connected (it does so after start).
-    let listeners = "SELECT count(*) FROM pg_stat_activity \
-                     WHERE application_name = 'orch-n2 (events)'";
-    wait_for("B's event listener", WAIT, || {
-        (c.pg.psql("orch", listeners).unwrap().trim() == "1").then_some(())
-    });
+    let (a, b) = c.pair_heard_by_n2(&c.quick("any"));
     let mut watch = Raw::connect(&b.socket).unwrap();
     watch.hello().unwrap();
     assert!(matches!(watch.ok(Request::Watch), Response::WatchStarted));
@@ -514,14 +525,8 @@ fn watch_until_complete(watch: &mut Raw, ids: &[String]) -> BTreeMap<String, Vec
 #[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
 fn a_watch_sees_what_another_node_commits_while_its_listener_reconnects() {
     let c = Cluster::new();
-    let quick = c.quick("any");
-    let a = TestDaemon::with_config(&c.config("n1", &quick, ""));
-    let named = format!("{} application_name=orch-n2", c.url);
-    let b = TestDaemon::with_config(&c.config("n2", &quick, "").replace(&c.url, &named));
-    let listeners = "SELECT count(*) FROM pg_stat_activity \
-                     WHERE application_name = 'orch-n2 (events)'";
-    let listening = |n: &str| c.pg.psql("orch", listeners).unwrap().trim() == n;
-    wait_for("B's event listener", WAIT, || listening("1").then_some(()));
+    let (a, b) = c.pair_heard_by_n2(&c.quick("any"));
+    let listening = |n: &str| c.n2_listeners() == n;
     let mut watch = Raw::connect(&b.socket).unwrap();
     watch.hello().unwrap();
     assert!(matches!(watch.ok(Request::Watch), Response::WatchStarted));
