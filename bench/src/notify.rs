@@ -6,14 +6,16 @@
 //!   time since the commit), and, as an upper bound, from the moment the submit was sent.
 //! - Cost: durable submits/s at N connections on two daemons started side by side, one without
 //!   sinks and one with two webhook sinks that both want every submit's `task.done`, rounds
-//!   alternating (A B A B) so that both see the same machine. After the load the two sinks' backlog
-//!   drains, and the time it takes is reported.
+//!   alternating (A B A B) so that both see the same machine. The backlog a round with sinks
+//!   leaves is delivered before the next round starts (delivery yields the CPU to requests, so a
+//!   backlog left running would slow the next run without sinks instead); the events left and the
+//!   time they took are reported after each round and after the last.
 //! - CPU: beside each submit run, the CPU time per submit of the whole daemon and of its store
 //!   writer thread (`/proc/PID/stat`, `/proc/PID/task/TID/stat`), and of the receiver's threads,
 //!   so that the cost of the sinks can be read on a shared machine, where throughput cannot.
 //! - `--receiver refused|paused` points the sinks at a port that refuses connections, or at a
-//!   receiver that accepts and never answers: the outbox rows are written and nothing is
-//!   delivered, which separates the cost of writing them from the cost of delivering them.
+//!   receiver that accepts and never answers: what the sinks are sent is stored and nothing is
+//!   delivered, which separates the cost of storing it from the cost of delivering it.
 
 use crate::client::Conn;
 use crate::proc::{self, Daemon};
@@ -212,6 +214,8 @@ pub struct Report {
     pub cpu: Vec<(Cpu, Cpu)>,
     /// The receiver's CPU time during each run with sinks, and the events it took in that run.
     pub receiver_cpu: Vec<(Duration, u64)>,
+    /// Events each round but the last left to deliver, and how long they took, before the next.
+    pub between: Vec<(u64, Duration)>,
     /// Events left to deliver when the load ended, and how long they took.
     pub backlog: u64,
     pub drained_in: Duration,
@@ -273,7 +277,8 @@ pub fn run(
     let stop = crate::load::Stop::After(Duration::from_secs_f64(seconds));
     let mut runs = Vec::with_capacity(rounds);
     let (mut cpu, mut receiver_cpu) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
+    let mut between = Vec::with_capacity(rounds);
+    for round in 0..rounds {
         let (without, plain_cpu, _) = measured(&plain, connections, stop)?;
         while arrivals.try_recv().is_ok() {}
         let (with, notifying_cpu, receiver) = measured(&notifying, connections, stop)?;
@@ -281,24 +286,19 @@ pub fn run(
         runs.push((without, with));
         cpu.push((plain_cpu, notifying_cpu));
         receiver_cpu.push((receiver, arrived));
+        // Each round starts on a quiet machine: the backlog a round left is delivered before the
+        // next round's run without sinks, which it would otherwise share the cores with.
+        if round + 1 < rounds {
+            let left = pending(&mut conn)?;
+            between.push((left, drain(&mut conn, &arrivals, mode)?));
+        }
     }
 
     // The backlog the load left, drained (when the receiver takes it).
-    let drain_started = Instant::now();
     let drain_before = Cpu::of(notifying.daemon.pid())?;
     let receiver_before = receiver_spent()?;
     let backlog = pending(&mut conn)?;
-    loop {
-        while arrivals.try_recv().is_ok() {}
-        if mode != ReceiverMode::Live || pending(&mut conn)? == 0 {
-            break;
-        }
-        if drain_started.elapsed() > DRAIN_TIMEOUT {
-            bail!("the sinks' backlog did not drain within {DRAIN_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let drained_in = drain_started.elapsed();
+    let drained_in = drain(&mut conn, &arrivals, mode)?;
     let drain_cpu = (
         Cpu::of(notifying.daemon.pid())?.since(drain_before),
         receiver_spent()?.saturating_sub(receiver_before),
@@ -315,9 +315,30 @@ pub fn run(
         cpu,
         receiver_cpu,
         backlog,
+        between,
         drained_in,
         drain_cpu,
     })
+}
+
+/// Wait until the sinks have nothing pending (at once unless the receiver takes events); answers
+/// how long that took.
+fn drain(
+    conn: &mut Conn,
+    arrivals: &mpsc::Receiver<Arrival>,
+    mode: ReceiverMode,
+) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        while arrivals.try_recv().is_ok() {}
+        if mode != ReceiverMode::Live || pending(conn)? == 0 {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > DRAIN_TIMEOUT {
+            bail!("the sinks' backlog did not drain within {DRAIN_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Events waiting in the outbox, over every sink.
@@ -365,6 +386,13 @@ pub fn print(r: &Report) {
                 per_submit(b.daemon, with),
                 per_submit(b.writer, with),
                 per_submit(*rcv, with),
+            );
+        }
+        if let Some((left, took)) = r.between.get(i) {
+            println!(
+                "round {}: {left} events left to deliver, delivered {:.1} s later, before the next round",
+                i + 1,
+                took.as_secs_f64()
             );
         }
     }

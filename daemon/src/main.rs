@@ -107,7 +107,20 @@ fn copy_store(opts: &Options, url: String) -> ExitCode {
         pool_size: 1,
         node: "store-copy".into(),
     };
-    match orchestrator::store::copy::sqlite_to_postgres(&from, &to) {
+    // The links and approval deadlines of events still to be sent, as the daemon would build them.
+    let config = match orchestrator::config::Config::load_or_builtin(opts.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("orchestratord: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rules = orchestrator::store::OutboxRules {
+        sinks: Vec::new(),
+        approval: config.approval.clone(),
+        public_url: orchestrator::notify::public_url(&config, None),
+    };
+    match orchestrator::store::copy::sqlite_to_postgres(&from, &to, &rules) {
         Ok(report) => {
             println!(
                 "copied {} from {}; the counts match",

@@ -36,7 +36,7 @@ pub use gate::GateConfig;
 pub use http::{HttpConfig, DEFAULT_LISTEN, DEFAULT_PORT, DEFAULT_SESSION_TTL};
 pub use limits::LimitConfig;
 pub use node::NodeConfig;
-pub use notify::{NotifySink, SinkTarget, EVENT_TYPES};
+pub use notify::{NotifySink, SinkFilter, SinkTarget, EVENT_TYPES};
 pub use socket::SocketAccess;
 pub use store::{PostgresConfig, StoreBackend, StoreConfig, StoreUrl};
 pub use sweeper::{Retention, SweeperConfig};

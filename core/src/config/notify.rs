@@ -3,7 +3,7 @@
 
 use super::validator::Validator;
 use orchestrator_proto::task::TaskKind;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,15 +36,44 @@ pub enum SinkTarget {
     Webhook(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotifySink {
-    pub name: String,
+/// Which events a sink wants. The SQLite store keeps each sink's filter beside its place in the
+/// event log, so that the events a sink has not yet been sent can be found without the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkFilter {
     /// Event types wanted; `*` for every type but `task.done`.
     pub events: BTreeSet<String>,
     /// Kinds of task whose events are wanted (events without a task always pass).
     pub kinds: BTreeSet<TaskKind>,
     /// Agents whose tasks' events are wanted; empty for all.
     pub agents: BTreeSet<String>,
+}
+
+impl SinkFilter {
+    /// Whether events of `event_type` are wanted at all.
+    pub fn wants_type(&self, event_type: &str) -> bool {
+        self.events.contains(event_type)
+            || (self.events.contains("*") && event_type != "task.done" && event_type != "test")
+    }
+
+    /// Whether an event of `event_type` about a task of `kind` routed to `agent` is wanted.
+    pub fn wants(&self, event_type: &str, task: Option<(TaskKind, Option<&str>)>) -> bool {
+        if !self.wants_type(event_type) {
+            return false;
+        }
+        match task {
+            None => true,
+            Some((kind, agent)) => {
+                self.kinds.contains(&kind)
+                    && (self.agents.is_empty() || agent.is_some_and(|a| self.agents.contains(a)))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifySink {
+    pub name: String,
+    pub filter: SinkFilter,
     pub target: SinkTarget,
     /// A file holding the webhook's signing secret.
     pub secret_file: Option<PathBuf>,
@@ -59,22 +88,12 @@ pub struct NotifySink {
 impl NotifySink {
     /// Whether this sink wants events of `event_type` at all.
     pub fn wants_type(&self, event_type: &str) -> bool {
-        self.events.contains(event_type)
-            || (self.events.contains("*") && event_type != "task.done" && event_type != "test")
+        self.filter.wants_type(event_type)
     }
 
     /// Whether this sink wants an event of `event_type` about a task of `kind` routed to `agent`.
     pub fn wants(&self, event_type: &str, task: Option<(TaskKind, Option<&str>)>) -> bool {
-        if !self.wants_type(event_type) {
-            return false;
-        }
-        match task {
-            None => true,
-            Some((kind, agent)) => {
-                self.kinds.contains(&kind)
-                    && (self.agents.is_empty() || agent.is_some_and(|a| self.agents.contains(a)))
-            }
-        }
+        self.filter.wants(event_type, task)
     }
 }
 
@@ -224,9 +243,11 @@ impl Validator<'_> {
             }
             sinks.push(NotifySink {
                 name,
-                events,
-                kinds,
-                agents: s.agents.unwrap_or_default().into_iter().collect(),
+                filter: SinkFilter {
+                    events,
+                    kinds,
+                    agents: s.agents.unwrap_or_default().into_iter().collect(),
+                },
                 target,
                 secret_file: s.secret_file.map(PathBuf::from),
                 timeout,

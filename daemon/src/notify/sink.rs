@@ -6,6 +6,7 @@ use crate::dispatch::process::base_env;
 use hmac::{KeyInit, Mac};
 use orchestrator_core::config::{NotifySink, SinkTarget};
 use sha2::Sha256;
+use std::fmt::Write as _;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,14 +26,26 @@ pub fn signature(secret: &[u8], t: u64, body: &str) -> String {
     mac.update(b".");
     mac.update(body.as_bytes());
     let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("t={t},v1={hex}")
+    let mut out = format!("t={t},v1=");
+    for b in digest {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
-/// One sink's sender: the HTTP client is built once and reused across events.
+/// How long a webhook's secret read from `secret_file` is used before the file is read again: a
+/// rotated secret applies within this, without a reload, and a busy sink does not read the file
+/// for every event.
+const SECRET_REREAD: Duration = Duration::from_secs(1);
+
+/// One sink's sender: the HTTP client and the webhook's address are made once and reused across
+/// events.
 pub struct Sender {
     sink: NotifySink,
-    http: Option<reqwest::Client>,
+    http: Option<(reqwest::Client, reqwest::Url)>,
+    /// The secret last read, and when.
+    secret: std::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<str>)>>,
 }
 
 /// The event being sent, as the outbox holds it.
@@ -44,8 +57,8 @@ pub struct Outgoing<'a> {
 
 impl Sender {
     pub fn new(sink: NotifySink) -> Result<Sender, String> {
-        let http = match sink.target {
-            SinkTarget::Webhook(_) => Some(
+        let http = match &sink.target {
+            SinkTarget::Webhook(url) => Some((
                 reqwest::Client::builder()
                     .timeout(sink.timeout)
                     .connect_timeout(sink.timeout)
@@ -53,10 +66,31 @@ impl Sender {
                     .user_agent(concat!("orchestratord/", env!("CARGO_PKG_VERSION")))
                     .build()
                     .map_err(|e| format!("cannot build the HTTP client: {e}"))?,
-            ),
+                reqwest::Url::parse(url).map_err(|e| format!("webhook {url}: {e}"))?,
+            )),
             SinkTarget::Command(_) => None,
         };
-        Ok(Sender { sink, http })
+        Ok(Sender {
+            sink,
+            http,
+            secret: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The webhook's signing secret: the file's content without its line end, read again once
+    /// [`SECRET_REREAD`] has passed since the last read.
+    fn secret(&self, path: &std::path::Path) -> Result<std::sync::Arc<str>, String> {
+        let mut cached = self.secret.lock().map_err(|_| "secret cache poisoned")?;
+        if let Some((at, secret)) = cached.as_ref() {
+            if at.elapsed() < SECRET_REREAD {
+                return Ok(std::sync::Arc::clone(secret));
+            }
+        }
+        let read = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read secret_file {}: {e}", path.display()))?;
+        let secret: std::sync::Arc<str> = read.trim_end_matches(['\n', '\r']).into();
+        *cached = Some((std::time::Instant::now(), std::sync::Arc::clone(&secret)));
+        Ok(secret)
     }
 
     pub fn sink(&self) -> &NotifySink {
@@ -65,7 +99,7 @@ impl Sender {
 
     pub async fn send(&self, ev: &Outgoing<'_>) -> Result<(), String> {
         match (&self.sink.target, &self.http) {
-            (SinkTarget::Webhook(url), Some(client)) => self.post(client, url, ev).await,
+            (SinkTarget::Webhook(_), Some((client, url))) => self.post(client, url, ev).await,
             (SinkTarget::Command(argv), _) => self.run(argv, ev).await,
             (SinkTarget::Webhook(_), None) => Err("no HTTP client".into()),
         }
@@ -74,25 +108,23 @@ impl Sender {
     async fn post(
         &self,
         client: &reqwest::Client,
-        url: &str,
+        url: &reqwest::Url,
         ev: &Outgoing<'_>,
     ) -> Result<(), String> {
         let mut req = client
-            .post(url)
+            .post(url.clone())
             .header("content-type", "application/json")
             .header("X-Orchestrator-Event", ev.event_type)
             .header("X-Orchestrator-Event-Id", ev.event_id);
         if let Some(path) = &self.sink.secret_file {
-            // Read at every attempt, so a rotated secret applies without a reload.
-            let secret = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read secret_file {}: {e}", path.display()))?;
+            let secret = self.secret(path)?;
             let t = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
             req = req.header(
                 "X-Orchestrator-Signature",
-                signature(secret.trim_end_matches(['\n', '\r']).as_bytes(), t, ev.body),
+                signature(secret.as_bytes(), t, ev.body),
             );
         }
         let resp = req

@@ -6,13 +6,58 @@
 use super::sink::{backoff, Outgoing, Sender};
 use crate::clock::Moves;
 use crate::daemon::Daemon;
-use crate::store::{Notice, OutboxEntry};
+use crate::store::{Notice, OutboxEntry, OutboxKey, WriteLoad};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Events read per outbox query.
 const PAGE: usize = 64;
+
+/// The store is busy when its writer's commits have held this many writes each on average (the
+/// writer groups the writes that wait for it: one client at a time makes groups of one, a crowd
+/// makes large ones), over a window of at least [`LOAD_WINDOW`].
+const BUSY_WRITES_PER_COMMIT: u64 = 4;
+const LOAD_WINDOW: Duration = Duration::from_millis(200);
+/// While the store is busy, a worker rests after each page this many times as long as the page
+/// took: delivery then takes at most a fifth of its thread's time, leaving the cores to the
+/// requests, and catches up when they ease. The delivery threads' low priority does the same for
+/// the CPU alone; this also keeps their reads, allocations and sockets from crowding the requests'.
+const BUSY_REST: u32 = 4;
+/// The longest rest after one page.
+const MAX_REST: Duration = Duration::from_secs(1);
+
+/// Whether the store has been busy, judged over windows of at least [`LOAD_WINDOW`].
+struct Load {
+    since: std::time::Instant,
+    at: WriteLoad,
+    busy: bool,
+}
+
+impl Load {
+    fn new(now: WriteLoad) -> Load {
+        Load {
+            since: std::time::Instant::now(),
+            at: now,
+            busy: false,
+        }
+    }
+
+    /// Look at the store's writes once a window has passed; answers whether it is busy.
+    fn busy(&mut self, now: WriteLoad) -> bool {
+        if self.since.elapsed() >= LOAD_WINDOW {
+            let writes = now.writes.saturating_sub(self.at.writes);
+            let commits = now.commits.saturating_sub(self.at.commits);
+            self.busy = writes >= BUSY_WRITES_PER_COMMIT.saturating_mul(commits.max(1));
+            *self = Load {
+                since: std::time::Instant::now(),
+                at: now,
+                busy: self.busy,
+            };
+        }
+        self.busy
+    }
+}
 
 /// Why a worker paused, if it did: to return on shutdown or reload.
 enum Wait {
@@ -39,9 +84,11 @@ pub async fn run(d: Arc<Daemon>, sender: Sender, stop: CancellationToken) {
     let mut failures: u32 = 0;
     // One alarm per run of give-ups: raised with the first dead event, re-armed by a delivery.
     let mut alarmed = false;
+    let mut load = Load::new(d.store.writes());
     'outer: while !stop.is_cancelled() {
         // Marked seen before reading, so a commit after the read wakes the next wait.
         signal.borrow_and_update();
+        let page_started = std::time::Instant::now();
         let page = match d.store.outbox_pending(&name, PAGE).await {
             Ok(page) => page,
             Err(e) => {
@@ -80,7 +127,7 @@ pub async fn run(d: Arc<Daemon>, sender: Sender, stop: CancellationToken) {
                     failures = 0;
                     alarmed = false;
                     d.metrics.notify_delivered.inc(&[&name]);
-                    delivered.push(entry.seq);
+                    delivered.push(entry.key);
                 }
                 Err(error) => {
                     mark_delivered(&d, &name, std::mem::take(&mut delivered)).await;
@@ -94,7 +141,7 @@ pub async fn run(d: Arc<Daemon>, sender: Sender, stop: CancellationToken) {
                         give_up(&d, &name, &entry, &error, now, &mut alarmed).await;
                         continue;
                     }
-                    let _ = d.store.mark_attempt_failed(entry.seq, error).await;
+                    let _ = d.store.mark_attempt_failed(entry.key.clone(), error).await;
                     let delay = backoff(
                         sink.retry_initial,
                         sink.retry_max,
@@ -113,16 +160,26 @@ pub async fn run(d: Arc<Daemon>, sender: Sender, stop: CancellationToken) {
             }
         }
         mark_delivered(&d, &name, delivered).await;
+        if load.busy(d.store.writes()) {
+            let rest = page_started
+                .elapsed()
+                .saturating_mul(BUSY_REST)
+                .min(MAX_REST);
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(rest) => {}
+            }
+        }
     }
 }
 
 /// Mark the events a sink accepted delivered, in one write. A failure leaves them pending: they
 /// are sent again later, with the same ids (at least once).
-async fn mark_delivered(d: &Daemon, name: &str, seqs: Vec<i64>) {
-    if seqs.is_empty() {
+async fn mark_delivered(d: &Daemon, name: &str, keys: Vec<OutboxKey>) {
+    if keys.is_empty() {
         return;
     }
-    if let Err(e) = d.store.mark_delivered(seqs).await {
+    if let Err(e) = d.store.mark_delivered(keys).await {
         tracing::warn!(sink = %name, error = %e, "notify: cannot mark events delivered");
     }
 }
@@ -155,10 +212,37 @@ async fn give_up(
     // The last error stays with the event, for `orchctl notify list`.
     let _ = d
         .store
-        .mark_attempt_failed(entry.seq, error.to_string())
+        .mark_attempt_failed(entry.key.clone(), error.to_string())
         .await;
-    match d.store.mark_dead(vec![entry.seq], now, alarm).await {
+    match d.store.mark_dead(vec![entry.clone()], now, alarm).await {
         Ok(()) => *alarmed = true,
         Err(e) => tracing::warn!(sink = %name, error = %e, "notify: cannot mark an event dead"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(writes: u64, commits: u64) -> WriteLoad {
+        WriteLoad { writes, commits }
+    }
+
+    #[test]
+    fn the_store_is_busy_when_its_commits_hold_many_writes() {
+        let mut l = Load::new(load(0, 0));
+        // Within the first window nothing is judged.
+        assert!(!l.busy(load(1_000, 10)));
+        l.since -= LOAD_WINDOW;
+        // 1,000 writes in 10 commits: groups of 100, a crowd.
+        assert!(l.busy(load(1_000, 10)));
+        // The verdict holds until the next window has passed.
+        assert!(l.busy(load(1_001, 1_001)));
+        l.since -= LOAD_WINDOW;
+        // One write per commit since: one client at a time.
+        assert!(!l.busy(load(1_500, 510)));
+        l.since -= LOAD_WINDOW;
+        // Nothing written: quiet.
+        assert!(!l.busy(load(1_500, 510)));
     }
 }

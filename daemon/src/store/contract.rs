@@ -10,7 +10,7 @@ use super::{
     AttemptLimits, Cursor, GateRunRecord, ModeChange, NewEvent, NewOverride, NewTask, Patch, Plan,
     Reclaim, Store, StoreError, StoredMode, SubmitPlan, TaskFilter, TransitionOp,
 };
-use crate::config::{NotifySink, SinkTarget};
+use crate::config::{NotifySink, SinkFilter, SinkTarget};
 use crate::machine::Action;
 use orchestrator_proto::task::{Mode, TaskKind, TaskState, TrajectoryEvent};
 use std::time::Duration;
@@ -909,9 +909,11 @@ pub async fn listing_filters_and_pages_each_task_once(store: Store) {
 fn sink(name: &str, events: &[&str]) -> NotifySink {
     NotifySink {
         name: name.into(),
-        events: events.iter().map(|e| e.to_string()).collect(),
-        kinds: [TaskKind::Shadow, TaskKind::Live].into(),
-        agents: Default::default(),
+        filter: SinkFilter {
+            events: events.iter().map(|e| e.to_string()).collect(),
+            kinds: [TaskKind::Shadow, TaskKind::Live].into(),
+            agents: Default::default(),
+        },
         target: SinkTarget::Command(vec!["/bin/true".into()]),
         secret_file: None,
         timeout: Duration::from_secs(1),
@@ -1081,17 +1083,24 @@ pub async fn outbox_order_and_marks(store: Store) {
             (Some("B"), "task.cancelled"),
         ]
     );
-    assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(rows.windows(2).all(|w| w[0].key < w[1].key));
+    // Read after A was rejected, its request still says what the commit said.
+    assert_eq!(body(&rows[0])["task"]["state"], "awaiting_approval");
+    assert_eq!(body(&rows[2])["task"]["state"], "failed");
+    assert_eq!(body(&rows[2])["decision"], "rejected");
     assert!(store.outbox_pending("pager", 10).await.unwrap().is_empty());
 
-    store.mark_delivered(vec![rows[0].seq]).await.unwrap();
     store
-        .mark_attempt_failed(rows[1].seq, "HTTP 500".into())
+        .mark_delivered(vec![rows[0].key.clone()])
+        .await
+        .unwrap();
+    store
+        .mark_attempt_failed(rows[1].key.clone(), "HTTP 500".into())
         .await
         .unwrap();
     let left = store.outbox_pending("phone", 10).await.unwrap();
     assert_eq!(left.len(), 3);
-    assert_eq!((left[0].seq, left[0].attempts), (rows[1].seq, 1));
+    assert_eq!((&left[0].key, left[0].attempts), (&rows[1].key, 1));
 
     let alarm = Notice::new("daemon.alarm", T0 + 7).field("sink", "phone");
     let alarm = Notice {
@@ -1099,7 +1108,7 @@ pub async fn outbox_order_and_marks(store: Store) {
         ..alarm
     };
     store
-        .mark_dead(vec![rows[1].seq, rows[2].seq], T0 + 7, Some(alarm))
+        .mark_dead(vec![rows[1].clone(), rows[2].clone()], T0 + 7, Some(alarm))
         .await
         .unwrap();
     let stats = store.outbox_stats().await.unwrap();
@@ -1118,16 +1127,49 @@ pub async fn outbox_order_and_marks(store: Store) {
 
     // Several deliveries marked in one write: exactly those rows leave, the rest keep their order.
     store
-        .mark_delivered(vec![back[0].seq, back[2].seq])
+        .mark_delivered(vec![back[0].key.clone(), back[2].key.clone()])
         .await
         .unwrap();
     let left = store.outbox_pending("phone", 10).await.unwrap();
     assert_eq!(
-        left.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        [back[1].seq]
+        left.iter().map(|e| &e.key).collect::<Vec<_>>(),
+        [&back[1].key]
     );
     store.mark_delivered(Vec::new()).await.unwrap();
     assert_eq!(store.outbox_pending("phone", 10).await.unwrap(), left);
+}
+
+/// A sink added by new rules is sent what commits from then on, not what was stored before; the
+/// sinks it joins keep what they had.
+pub async fn a_sink_added_later_is_sent_what_commits_after(store: Store) {
+    store.set_outbox_rules(rules(vec![sink("phone", &["*"])]));
+    let waiting = |id: &str| {
+        vec![
+            routed(id, T0 + 1),
+            started(id, T0 + 2, T0 + 50),
+            complete(id, T0 + 3, true),
+        ]
+    };
+    put(&store, "T1", TaskKind::Live, waiting("T1")).await;
+    store.set_outbox_rules(rules(vec![
+        sink("phone", &["*"]),
+        sink("pager", &["approval.requested"]),
+    ]));
+    put(&store, "T2", TaskKind::Live, waiting("T2")).await;
+    let tasks = |entries: Vec<OutboxEntry>| -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| e.task_id.clone().unwrap_or_default())
+            .collect()
+    };
+    assert_eq!(
+        tasks(store.outbox_pending("phone", 10).await.unwrap()),
+        ["T1", "T2"]
+    );
+    assert_eq!(
+        tasks(store.outbox_pending("pager", 10).await.unwrap()),
+        ["T2"]
+    );
 }
 
 /// A notice goes to the sinks that want it, or only to the one it names.

@@ -1,8 +1,11 @@
 //! Moving over: copy a stopped SQLite store into an empty PostgreSQL database, tasks, trajectories,
 //! gate runs, overrides, the mode and the notification outbox (pending and dead events keep their
 //! ids), in one transaction, and check that every table holds as many
-//! rows on both sides (and the task counts by kind and state agree) before committing.
+//! rows on both sides (and the task counts by kind and state agree) before committing. The events
+//! SQLite's sinks have still to be sent from its event log become outbox rows in PostgreSQL, which
+//! keeps every pending event as a row (see `store/outbox.rs`).
 
+use super::outbox::{OutboxEntry, OutboxRules};
 use super::postgres::{self, pg_error, Settings};
 use super::StoreError;
 use deadpool_postgres::Transaction;
@@ -38,7 +41,13 @@ fn sql(e: rusqlite::Error) -> StoreError {
 
 /// Copy the SQLite store at `from` into the (empty) database `to`. Blocking: runs a runtime of its
 /// own.
-pub fn sqlite_to_postgres(from: &Path, to: &Settings) -> Result<CopyReport, StoreError> {
+/// `rules` give the links and approval policy of the bodies of events still to be sent from the
+/// log (the sinks and their filters are the store's own).
+pub fn sqlite_to_postgres(
+    from: &Path,
+    to: &Settings,
+    rules: &OutboxRules,
+) -> Result<CopyReport, StoreError> {
     let src = Connection::open_with_flags(from, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sql)?;
     let version: i64 = src
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -70,10 +79,14 @@ pub fn sqlite_to_postgres(from: &Path, to: &Settings) -> Result<CopyReport, Stor
         .enable_all()
         .build()
         .map_err(|e| StoreError::Sql(format!("cannot start a runtime: {e}")))?;
-    rt.block_on(copy(&src, to))
+    rt.block_on(copy(&src, to, rules))
 }
 
-async fn copy(src: &Connection, to: &Settings) -> Result<CopyReport, StoreError> {
+async fn copy(
+    src: &Connection,
+    to: &Settings,
+    rules: &OutboxRules,
+) -> Result<CopyReport, StoreError> {
     let pool = postgres::single_pool(to)?;
     let mut client = pool.get().await.map_err(postgres::pool_error)?;
     postgres::schema::migrate(&mut client).await?;
@@ -104,7 +117,10 @@ async fn copy(src: &Connection, to: &Settings) -> Result<CopyReport, StoreError>
         .tables
         .insert("overrides", copy_overrides(src, &tx).await?);
     report.tables.insert("meta", copy_meta(src, &tx).await?);
-    report.tables.insert("outbox", copy_outbox(src, &tx).await?);
+    let rows = copy_outbox(src, &tx).await?;
+    let backlog = super::sqlite::outbox::log_backlog(src, rules)?;
+    let carried = copy_backlog(&tx, backlog).await?;
+    report.tables.insert("outbox", rows + carried);
     report
         .tables
         .insert("outbox_sinks", copy_outbox_sinks(src, &tx).await?);
@@ -119,17 +135,19 @@ async fn copy(src: &Connection, to: &Settings) -> Result<CopyReport, StoreError>
     )
     .await
     .map_err(pg_error)?;
-    verify(src, &tx, &report).await?;
+    verify(src, &tx, &report, carried).await?;
     tx.commit().await.map_err(pg_error)?;
     pool.close();
     Ok(report)
 }
 
-/// Every table holds as many rows on both sides, and the counts by kind and state agree.
+/// Every table holds as many rows on both sides (the outbox also the `carried` events from the
+/// log), and the counts by kind and state agree.
 async fn verify(
     src: &Connection,
     tx: &Transaction<'_>,
     report: &CopyReport,
+    carried: u64,
 ) -> Result<(), StoreError> {
     for (table, copied) in &report.tables {
         let filter = if *table == "meta" {
@@ -138,7 +156,10 @@ async fn verify(
             ""
         };
         let q = format!("SELECT count(*) FROM {table}{filter}");
-        let in_sqlite: i64 = src.query_row(&q, [], |r| r.get(0)).map_err(sql)?;
+        let mut in_sqlite: i64 = src.query_row(&q, [], |r| r.get(0)).map_err(sql)?;
+        if *table == "outbox" {
+            in_sqlite += i64::try_from(carried).unwrap_or(i64::MAX);
+        }
         let in_pg: i64 = tx
             .query_one(q.as_str(), &[])
             .await
@@ -339,6 +360,39 @@ async fn copy_outbox(src: &Connection, tx: &Transaction<'_>) -> Result<u64, Stor
                 Option<String>, String, Option<i64>),
             )
         },
+    )
+    .await
+}
+
+/// The events still to be sent from SQLite's log, as pending rows after the rows copied, each
+/// with its event id and the failed attempts counted for it.
+async fn copy_backlog(tx: &Transaction<'_>, backlog: Vec<OutboxEntry>) -> Result<u64, StoreError> {
+    let first: i64 = tx
+        .query_one("SELECT COALESCE(max(seq), 0) + 1 FROM outbox", &[])
+        .await
+        .map_err(pg_error)?
+        .get(0);
+    let rows: Vec<Row> = backlog
+        .into_iter()
+        .zip(first..)
+        .map(|(e, seq)| -> Row {
+            vec![
+                Box::new(seq),
+                Box::new(e.sink),
+                Box::new(e.event_id),
+                Box::new(e.event_type),
+                Box::new(e.task_id),
+                Box::new(e.body),
+                Box::new(e.pending_since_ms),
+                Box::new(i64::from(e.attempts)),
+            ]
+        })
+        .collect();
+    insert_all(
+        tx,
+        "INSERT INTO outbox (seq, sink, event_id, type, task_id, payload, created_at, \
+         pending_since, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
+        rows,
     )
     .await
 }

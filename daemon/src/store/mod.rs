@@ -31,7 +31,15 @@ mod types;
 #[doc(hidden)]
 pub use sqlite::{queries, Batch};
 
-pub use outbox::{Notice, OutboxEntry, OutboxRules, OutboxStats};
+pub use outbox::{Notice, OutboxEntry, OutboxKey, OutboxRules, OutboxStats};
+
+/// Writes taken and the commits that held them, since the store opened (see [`Backend::writes`]).
+/// A backend that commits each write alone answers as many commits as writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteLoad {
+    pub writes: u64,
+    pub commits: u64,
+}
 pub use types::{
     absorb, AttemptLimits, Cursor, EventDraft, GateRunRecord, Health, Leftover, ModeChange,
     NewEvent, NewOverride, NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, RowChange,
@@ -262,12 +270,14 @@ pub trait Backend: Send + Sync {
     /// Shadow tasks created since `since_ms`, folded for the shadow summary as they are read.
     fn shadow_tally_since(&self, since_ms: i64) -> StoreFuture<'_, ShadowTally>;
 
-    // The notification outbox (see [`outbox`]). Rows are written by the transitions above, in
-    // their transactions, for the sinks in the rules last installed.
+    // The notification outbox (see [`outbox`]). What a sink is sent is stored by the transitions
+    // above, in their transactions, for the sinks in the rules last installed.
 
-    /// Install the sinks' filters (at start and on reload); later commits write rows by them.
+    /// Install the sinks' filters (at start and on reload); later commits are sent by them. A sink
+    /// new to the store is sent the events committed from then on.
     fn set_outbox_rules(&self, rules: OutboxRules);
-    /// Changes after every commit that wrote outbox rows (or made dead ones pending again).
+    /// Changes after every commit that stored an event some sink wants (or made dead ones
+    /// pending again).
     fn outbox_signal(&self) -> watch::Receiver<u64>;
     /// Write a notice (an event no transition causes) for the sinks that want it; answers how many
     /// rows. When no sink of the installed rules wants it, answers 0 without a write.
@@ -278,15 +288,21 @@ pub trait Backend: Send + Sync {
         sink: &'a str,
         limit: usize,
     ) -> StoreFuture<'a, Vec<OutboxEntry>>;
-    /// Delivered: the rows are done with. A worker marks the events a sink accepted together,
+    /// Delivered: the events are done with. A worker marks the events a sink accepted together,
     /// in one write, rather than one write per event.
-    fn mark_delivered(&self, seqs: Vec<i64>) -> StoreFuture<'_, ()>;
-    fn mark_attempt_failed(&self, seq: i64, error: String) -> StoreFuture<'_, ()>;
-    /// Given up on: the rows become dead and `alarm`, if any, is written in the same transaction.
-    fn mark_dead(&self, seqs: Vec<i64>, at_ms: i64, alarm: Option<Notice>) -> StoreFuture<'_, ()>;
+    fn mark_delivered(&self, keys: Vec<OutboxKey>) -> StoreFuture<'_, ()>;
+    fn mark_attempt_failed(&self, key: OutboxKey, error: String) -> StoreFuture<'_, ()>;
+    /// Given up on: the events become dead rows and `alarm`, if any, is written in the same
+    /// transaction.
+    fn mark_dead(
+        &self,
+        entries: Vec<OutboxEntry>,
+        at_ms: i64,
+        alarm: Option<Notice>,
+    ) -> StoreFuture<'_, ()>;
     /// A sink's dead events back to pending (waiting from `now_ms`); answers how many.
     fn retry_dead<'a>(&'a self, sink: &'a str, now_ms: i64) -> StoreFuture<'a, u64>;
-    /// Pending and dead counts per sink with an outbox row.
+    /// Pending and dead counts per sink with an event pending or dead, or a last error.
     fn outbox_stats(&self) -> StoreFuture<'_, Vec<OutboxStats>>;
     /// Tasks waiting for approval, for the approval policy.
     fn awaiting_approval(&self) -> StoreFuture<'_, Vec<Awaiting>>;
@@ -306,6 +322,9 @@ pub trait Backend: Send + Sync {
     fn counts(&self) -> Counts;
     /// How many operations have failed (refusals and a closed store aside) since the store opened.
     fn errors(&self) -> u64;
+    /// How many writes have been taken since the store opened, and in how many commits: how
+    /// busy it is, for work that yields to requests (notification delivery).
+    fn writes(&self) -> WriteLoad;
     /// Every committed trajectory event, in commit order (for `watch`, logs, metrics, delivery).
     fn subscribe(&self) -> broadcast::Receiver<TrajectoryEvent>;
     /// Disk-full episodes and integrity-check outcomes, as of now.

@@ -1,15 +1,26 @@
 //! The notification outbox: which committed transitions become notification events, what each
 //! event says, and the rows a delivery worker reads back.
 //!
-//! A backend writes an event's outbox rows (one per sink that wants it) in the same transaction as
-//! the transition that causes it, so a committed transition never loses its notification and a
-//! rolled-back one never sends one. Events that no transition causes (gate verdicts, mode changes,
-//! alarms, tests) are [`Notice`]s, written the same way. Deciding and building an event is pure:
-//! [`event_type`] and [`transition_payload`] are plain functions over what the writer already holds.
-//! The event types and their fields are documented in `README.md`.
+//! A committed transition never loses its notification and a rolled-back one never sends one,
+//! because what a sink is sent is stored in the transition's own transaction. How depends on the
+//! backend:
+//!
+//! - PostgreSQL writes an event's outbox rows (one per sink that wants it) with the transition.
+//! - SQLite writes nothing more than the transition's trajectory event: the event log is the
+//!   outbox. Its single writer commits events in sequence order, so each sink keeps its place in
+//!   the log (a cursor, moved by deliveries), and the events past it that the sink wants are built
+//!   when the delivery worker reads them ([`log_entry`]). A task's row does not change once the
+//!   event that made it terminal is stored, and before that only in ways the event's body does not
+//!   show, so the body read later is the body the commit would have written. An event a sink gives
+//!   up on becomes a row, as do notices. See `docs/ARCHITECTURE.md`, "Notifications".
+//!
+//! Events that no transition causes (gate verdicts, mode changes, alarms, tests) are [`Notice`]s,
+//! written as rows on both backends. Deciding and building an event is pure: [`event_type`] and
+//! [`transition_payload`] are plain functions over what the writer or the reader holds. The event
+//! types and their fields are documented in `README.md`.
 
 use crate::clock::rfc3339;
-use orchestrator_core::config::{ApprovalPolicy, NotifySink, OnApprovalTimeout};
+use orchestrator_core::config::{ApprovalPolicy, NotifySink, OnApprovalTimeout, SinkFilter};
 use orchestrator_proto::task::{Task, TaskKind, TaskState, TrajectoryEvent};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -126,11 +137,20 @@ impl Notice {
     }
 }
 
-/// One pending or dead outbox row, as a delivery worker reads it.
+/// Where a pending event waits. A sink's rows come before its events in the log.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OutboxKey {
+    /// A row of the outbox table, by its position there.
+    Row(i64),
+    /// A trajectory event past the sink's place in the event log, by its sequence number (SQLite).
+    Log { sink: String, seq: i64 },
+}
+
+/// One pending or dead outbox event, as a delivery worker reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEntry {
-    /// Position in the outbox: delivery follows it.
-    pub seq: i64,
+    /// Where it waits: delivery follows this order.
+    pub key: OutboxKey,
     pub sink: String,
     pub event_id: String,
     pub event_type: String,
@@ -140,6 +160,18 @@ pub struct OutboxEntry {
     /// Since when it has waited (reset by a retry of dead events): give-up counts from here.
     pub pending_since_ms: i64,
     pub attempts: u32,
+}
+
+impl OutboxKey {
+    /// The outbox-table positions among `keys`.
+    pub fn rows(keys: &[OutboxKey]) -> Vec<i64> {
+        keys.iter()
+            .filter_map(|k| match k {
+                OutboxKey::Row(seq) => Some(*seq),
+                OutboxKey::Log { .. } => None,
+            })
+            .collect()
+    }
 }
 
 /// One sink's outbox, for `orchctl notify list` and the metrics.
@@ -248,6 +280,47 @@ impl EventRows {
             body,
         }))
     }
+}
+
+/// The entry for `sink` (wanting what `filter` says) of the stored trajectory event `ev`, which
+/// happened at `at_ms`, read back from the event log with `task` as its row is now; `None` when the
+/// sink does not want it. The task's state is the one the event left it in; the rest of what the
+/// body shows does not change after the event (see the module's comment). `attempts` are the
+/// failed attempts recorded for it.
+pub fn log_entry(
+    rules: &OutboxRules,
+    sink: &str,
+    filter: &SinkFilter,
+    ev: &TrajectoryEvent,
+    at_ms: i64,
+    mut task: Task,
+    attempts: u32,
+) -> Result<Option<OutboxEntry>, crate::store::StoreError> {
+    let Some(event_type) = Cause::event_type(ev) else {
+        return Ok(None);
+    };
+    if !filter.wants(
+        event_type,
+        Some((task.kind, task.assigned_agent_id.as_deref())),
+    ) {
+        return Ok(None);
+    }
+    task.state = ev.to;
+    let cause = Cause::of(ev, at_ms);
+    let body = transition_payload(rules, event_type, &cause, &task, expires_ms(&task)?);
+    Ok(Some(OutboxEntry {
+        key: OutboxKey::Log {
+            sink: sink.to_string(),
+            seq: i64::try_from(ev.seq).unwrap_or(i64::MAX),
+        },
+        sink: sink.to_string(),
+        event_id: cause.event_id(),
+        event_type: event_type.to_string(),
+        task_id: Some(task.id),
+        body,
+        pending_since_ms: at_ms,
+        attempts,
+    }))
 }
 
 /// When the task expires, from the row just read (no second read of the row).

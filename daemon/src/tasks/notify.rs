@@ -47,7 +47,7 @@ pub async fn list(d: &Daemon) -> Result<Vec<SinkStatus>, WireError> {
                 }
             }),
             events: sink
-                .map(|s| s.events.iter().cloned().collect())
+                .map(|s| s.filter.events.iter().cloned().collect())
                 .unwrap_or_default(),
             pending: row.pending,
             dead: row.dead,

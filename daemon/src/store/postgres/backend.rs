@@ -4,7 +4,9 @@
 use super::tx::Tx;
 use super::{outbox, pg_error, queries, PostgresBackend, SCHEMA_VERSION};
 use crate::clock::now_ms;
-use crate::store::{Awaiting, EventDraft, Notice, OutboxEntry, OutboxRules, OutboxStats};
+use crate::store::{
+    Awaiting, EventDraft, Notice, OutboxEntry, OutboxKey, OutboxRules, OutboxStats,
+};
 use crate::store::{
     Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes,
     Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowTally, StoreError, StoreFuture,
@@ -63,6 +65,7 @@ impl PostgresBackend {
     pub(super) async fn commit(&self, tx: Tx<'_>) -> Result<(), StoreError> {
         let _gate = self.inner.commit_gate.read().await;
         let effects = tx.commit().await?;
+        self.inner.writes.fetch_add(1, Ordering::Relaxed);
         self.publish(effects);
         self.with_health(|h| h.full_since_ms = None);
         Ok(())
@@ -334,15 +337,25 @@ impl Backend for PostgresBackend {
         read!(self, |c| outbox::outbox_pending(&c, sink, limit).await)
     }
 
-    fn mark_delivered(&self, seqs: Vec<i64>) -> StoreFuture<'_, ()> {
+    // This backend writes every event as rows: its keys are all `OutboxKey::Row`.
+    fn mark_delivered(&self, keys: Vec<OutboxKey>) -> StoreFuture<'_, ()> {
+        let seqs = OutboxKey::rows(&keys);
         write!(self, |tx| tx.outbox_delivered(&seqs).await)
     }
 
-    fn mark_attempt_failed(&self, seq: i64, error: String) -> StoreFuture<'_, ()> {
-        write!(self, |tx| tx.outbox_attempt_failed(seq, &error).await)
+    fn mark_attempt_failed(&self, key: OutboxKey, error: String) -> StoreFuture<'_, ()> {
+        let seqs = OutboxKey::rows(&[key]);
+        write!(self, |tx| tx.outbox_attempt_failed(&seqs, &error).await)
     }
 
-    fn mark_dead(&self, seqs: Vec<i64>, at_ms: i64, alarm: Option<Notice>) -> StoreFuture<'_, ()> {
+    fn mark_dead(
+        &self,
+        entries: Vec<OutboxEntry>,
+        at_ms: i64,
+        alarm: Option<Notice>,
+    ) -> StoreFuture<'_, ()> {
+        let keys: Vec<OutboxKey> = entries.into_iter().map(|e| e.key).collect();
+        let seqs = OutboxKey::rows(&keys);
         write!(self, |tx| tx
             .outbox_dead(&seqs, at_ms, alarm.as_ref())
             .await)
@@ -382,6 +395,14 @@ impl Backend for PostgresBackend {
 
     fn errors(&self) -> u64 {
         self.inner.errors.load(Ordering::Relaxed)
+    }
+
+    fn writes(&self) -> crate::store::WriteLoad {
+        let n = self.inner.writes.load(Ordering::Relaxed);
+        crate::store::WriteLoad {
+            writes: n,
+            commits: n,
+        }
     }
 
     fn subscribe(&self) -> broadcast::Receiver<TrajectoryEvent> {

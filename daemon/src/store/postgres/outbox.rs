@@ -4,7 +4,7 @@
 
 use super::pg_error;
 use super::tx::Tx;
-use crate::store::outbox::{Cause, EventRows, Notice, OutboxEntry, OutboxStats};
+use crate::store::outbox::{Cause, EventRows, Notice, OutboxEntry, OutboxKey, OutboxStats};
 use crate::store::{Awaiting, StoreError};
 use deadpool_postgres::Client;
 use orchestrator_proto::task::{TaskKind, TrajectoryEvent};
@@ -14,7 +14,7 @@ const ENTRY_COLUMNS: &str = "seq, sink, event_id, type, task_id, payload, pendin
 
 fn entry_from_row(r: &Row) -> OutboxEntry {
     OutboxEntry {
-        seq: r.get(0),
+        key: OutboxKey::Row(r.get(0)),
         sink: r.get(1),
         event_id: r.get(2),
         event_type: r.get(3),
@@ -108,20 +108,22 @@ impl Tx<'_> {
 
     pub(super) async fn outbox_attempt_failed(
         &mut self,
-        seq: i64,
+        seqs: &[i64],
         error: &str,
     ) -> Result<(), StoreError> {
-        self.exec(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = $1",
-            &[&seq, &error],
-        )
-        .await?;
-        self.exec(
-            "INSERT INTO outbox_sinks (sink, last_error) SELECT sink, $2 FROM outbox WHERE seq = $1 \
-             ON CONFLICT (sink) DO UPDATE SET last_error = EXCLUDED.last_error",
-            &[&seq, &error],
-        )
-        .await?;
+        for seq in seqs {
+            self.exec(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = $1",
+                &[seq, &error],
+            )
+            .await?;
+            self.exec(
+                "INSERT INTO outbox_sinks (sink, last_error) SELECT sink, $2 FROM outbox WHERE seq = $1 \
+                 ON CONFLICT (sink) DO UPDATE SET last_error = EXCLUDED.last_error",
+                &[seq, &error],
+            )
+            .await?;
+        }
         Ok(())
     }
 

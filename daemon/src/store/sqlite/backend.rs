@@ -2,7 +2,9 @@
 //! call on a pooled read connection.
 
 use super::{outbox, queries, SqliteBackend};
-use crate::store::{Awaiting, EventDraft, Notice, OutboxEntry, OutboxRules, OutboxStats};
+use crate::store::{
+    Awaiting, EventDraft, Notice, OutboxEntry, OutboxKey, OutboxRules, OutboxStats,
+};
 use crate::store::{
     Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes,
     Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowTally, StoreFuture, StoredMode,
@@ -192,8 +194,23 @@ impl Backend for SqliteBackend {
     }
 
     fn set_outbox_rules(&self, rules: OutboxRules) {
-        if let Ok(mut r) = self.outbox_writer().rules.write() {
-            *r = Some(Arc::new(rules));
+        let rules = Arc::new(rules);
+        let installed = Arc::clone(&rules);
+        // Queued before the rules take effect, so each sink's place is set before any event the
+        // new rules wake delivery for.
+        self.write_later("the sinks' places in the event log", move |b| {
+            b.outbox_install(&installed)
+        });
+        let writer = self.outbox_writer();
+        if let Ok(mut r) = writer.rules.write() {
+            *r = Some(rules);
+        }
+        // After the swap: a read that sees this count also sees these rules.
+        if let Ok(mut hints) = writer.nothing_until.lock() {
+            writer
+                .rules_installed
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            hints.clear();
         }
     }
 
@@ -220,19 +237,54 @@ impl Backend for SqliteBackend {
         limit: usize,
     ) -> StoreFuture<'a, Vec<OutboxEntry>> {
         let sink = sink.to_string();
-        Box::pin(self.read(move |c| outbox::outbox_pending(c, &sink, limit)))
+        let writer = self.outbox_writer();
+        let installed = writer
+            .rules_installed
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let rules = writer.rules.read().ok().and_then(|r| r.clone());
+        let hint = writer
+            .nothing_until
+            .lock()
+            .ok()
+            .and_then(|h| h.get(&sink).copied());
+        Box::pin(async move {
+            let (name, read) = self
+                .read(move |c| {
+                    let read = outbox::outbox_pending(c, rules.as_deref(), hint, &sink, limit)?;
+                    Ok((sink, read))
+                })
+                .await?;
+            if let Some(until) = read.nothing_until {
+                let writer = self.outbox_writer();
+                if let Ok(mut hints) = writer.nothing_until.lock() {
+                    // Rules installed since the read began may want what it passed over.
+                    let now = writer
+                        .rules_installed
+                        .load(std::sync::atomic::Ordering::SeqCst);
+                    if now == installed {
+                        hints.insert(name, until);
+                    }
+                }
+            }
+            Ok(read.entries)
+        })
     }
 
-    fn mark_delivered(&self, seqs: Vec<i64>) -> StoreFuture<'_, ()> {
-        Box::pin(self.write(move |b| b.outbox_delivered(&seqs)))
+    fn mark_delivered(&self, keys: Vec<OutboxKey>) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |b| b.outbox_delivered(&keys)))
     }
 
-    fn mark_attempt_failed(&self, seq: i64, error: String) -> StoreFuture<'_, ()> {
-        Box::pin(self.write(move |b| b.outbox_attempt_failed(seq, &error)))
+    fn mark_attempt_failed(&self, key: OutboxKey, error: String) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |b| b.outbox_attempt_failed(&key, &error)))
     }
 
-    fn mark_dead(&self, seqs: Vec<i64>, at_ms: i64, alarm: Option<Notice>) -> StoreFuture<'_, ()> {
-        Box::pin(self.write(move |b| b.outbox_dead(&seqs, at_ms, alarm.as_ref())))
+    fn mark_dead(
+        &self,
+        entries: Vec<OutboxEntry>,
+        at_ms: i64,
+        alarm: Option<Notice>,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |b| b.outbox_dead(&entries, at_ms, alarm.as_ref())))
     }
 
     fn retry_dead<'a>(&'a self, sink: &'a str, now_ms: i64) -> StoreFuture<'a, u64> {
@@ -270,6 +322,10 @@ impl Backend for SqliteBackend {
 
     fn errors(&self) -> u64 {
         self.inner.errors.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn writes(&self) -> crate::store::WriteLoad {
+        self.write_load()
     }
 
     fn subscribe(&self) -> broadcast::Receiver<TrajectoryEvent> {

@@ -26,9 +26,10 @@ pub struct Batch<'a> {
     deltas: Vec<Delta>,
     /// A job of this group failed because the disk is full.
     pub(super) saw_full: bool,
-    /// The sinks' filters, when any sink is configured: outbox rows are written only then.
+    /// The sinks' filters, when any sink is configured: delivery is woken only then.
     outbox: Option<Arc<OutboxRules>>,
-    /// Outbox rows written (or made pending again), to wake the delivery workers after the commit.
+    /// Events some sink wants, and outbox rows written (or made pending again), to wake the
+    /// delivery workers after the commit.
     outbox_rows: usize,
 }
 
@@ -72,6 +73,10 @@ impl<'a> Batch<'a> {
 
     pub(super) fn outbox_rules(&self) -> Option<Arc<OutboxRules>> {
         self.outbox.clone()
+    }
+
+    pub(super) fn outbox_rules_ref(&self) -> Option<&OutboxRules> {
+        self.outbox.as_deref()
     }
 
     pub(super) fn note_outbox(&mut self, rows: usize) {
@@ -169,33 +174,27 @@ impl<'a> Batch<'a> {
                 details_json
             ])?;
         let seq = self.tx.last_insert_rowid().max(0) as u64;
-        let (at_ms, kind) = (e.at_ms, e.kind);
-        self.record_event(e.published(seq), at_ms, kind)
+        let kind = e.kind;
+        self.record_event(e.published(seq), kind)
     }
 
-    /// What a stored event of a task of `kind` leaves besides its row: its count change, its outbox
-    /// rows (in this transaction) and the event to publish after the commit. A set-based statement
-    /// that wrote several events records each with it (the sweep's expiries).
+    /// What a stored event of a task of `kind` leaves besides its row: its count change, the
+    /// wake-up of delivery when a sink wants it, and the event to publish after the commit. A
+    /// set-based statement that wrote several events records each with it (the sweep's expiries).
     pub(super) fn record_event(
         &mut self,
         ev: TrajectoryEvent,
-        at_ms: i64,
         kind: TaskKind,
     ) -> Result<(), StoreError> {
         self.deltas.push((kind, ev.from, Some(ev.to)));
-        self.publish(ev, at_ms, None)
+        self.publish(ev)
     }
 
-    /// The outbox rows of a stored event and the event itself, published after the commit.
-    /// `known` is the task as the row holds it after the event, when the caller has it.
-    fn publish(
-        &mut self,
-        ev: TrajectoryEvent,
-        at_ms: i64,
-        known: Option<&Task>,
-    ) -> Result<(), StoreError> {
+    /// The stored event, published after the commit. The event log is this backend's outbox
+    /// (`store/outbox.rs`): an event a sink may want costs only the note that wakes delivery.
+    fn publish(&mut self, ev: TrajectoryEvent) -> Result<(), StoreError> {
         if self.outbox.is_some() {
-            self.outbox_for_event(&ev, at_ms, known)?;
+            self.outbox_for_event(&ev);
         }
         self.events.push(ev);
         Ok(())
@@ -363,7 +362,7 @@ impl<'a> Batch<'a> {
                 end.specialist_pid,
                 end.attempts
             ])?;
-        self.insert_events(&t.id, events, &answer)?;
+        self.insert_events(&t.id, events)?;
         // One count change for the whole path: the counts only ever see where the task rests.
         self.deltas.push((t.kind, None, Some(state)));
         Ok(answer)
@@ -381,13 +380,8 @@ impl<'a> Batch<'a> {
     }
 
     /// A task's events in one statement, in order; each is published with the sequence number the
-    /// store gave it. `task` is the task as the row now holds it, for the outbox rows.
-    fn insert_events(
-        &mut self,
-        task_id: &str,
-        rows: Vec<EventRow>,
-        task: &Task,
-    ) -> Result<(), StoreError> {
+    /// store gave it.
+    fn insert_events(&mut self, task_id: &str, rows: Vec<EventRow>) -> Result<(), StoreError> {
         let mut seqs: Vec<i64> = {
             let mut args: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 7);
             for r in &rows {
@@ -410,7 +404,7 @@ impl<'a> Batch<'a> {
         seqs.sort_unstable();
         for (mut r, seq) in rows.into_iter().zip(seqs) {
             r.event.seq = seq.max(0) as u64;
-            self.publish(r.event, r.at_ms, Some(task))?;
+            self.publish(r.event)?;
         }
         Ok(())
     }

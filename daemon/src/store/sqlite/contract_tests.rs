@@ -43,6 +43,7 @@ contract_cases!(
     outbox_is_written_with_the_transition,
     rolled_back_job_writes_no_outbox_row,
     outbox_order_and_marks,
+    a_sink_added_later_is_sent_what_commits_after,
     notices_follow_the_filters,
     awaiting_approval_lists_waiting_tasks,
     usage_is_stored_and_a_deferral_counts_no_attempt,

@@ -90,6 +90,8 @@ struct Inner {
     writer_end: watch::Receiver<Option<String>>,
     /// Failed operations, for `orchestrator_store_errors_total`.
     errors: std::sync::atomic::AtomicU64,
+    /// Write jobs queued since the store opened.
+    writes: std::sync::atomic::AtomicU64,
     outbox: Arc<Writer>,
 }
 
@@ -98,6 +100,13 @@ struct Inner {
 pub(super) struct Writer {
     pub rules: RwLock<Option<Arc<OutboxRules>>>,
     pub written: watch::Sender<u64>,
+    /// Per sink, a position in the event log up to which a read found nothing the sink wants past
+    /// its place: the next read starts there (forgotten when new rules are installed).
+    pub nothing_until: Mutex<std::collections::HashMap<String, i64>>,
+    /// Bumped by every installation of rules: a read started under older rules leaves no hint.
+    pub rules_installed: std::sync::atomic::AtomicU64,
+    /// Group commits run since the store opened.
+    pub groups: std::sync::atomic::AtomicU64,
 }
 
 /// Page cache of each pooled read connection, in KiB as `PRAGMA cache_size` takes it (negative).
@@ -153,6 +162,9 @@ impl SqliteBackend {
         let outbox = Arc::new(Writer {
             rules: RwLock::new(None),
             written: watch::channel(0).0,
+            nothing_until: Mutex::new(std::collections::HashMap::new()),
+            groups: std::sync::atomic::AtomicU64::new(0),
+            rules_installed: std::sync::atomic::AtomicU64::new(0),
         });
         let writer_outbox = Arc::clone(&outbox);
         let handle = std::thread::Builder::new()
@@ -186,6 +198,7 @@ impl SqliteBackend {
                 health,
                 writer_end: end_rx,
                 errors: std::sync::atomic::AtomicU64::new(0),
+                writes: std::sync::atomic::AtomicU64::new(0),
                 outbox,
             }),
         })
@@ -231,6 +244,26 @@ impl SqliteBackend {
         rx.blocking_recv().unwrap_or(Err(StoreError::Closed))
     }
 
+    /// Queue `f` for the writer's next group commit without waiting for it: jobs run in the order
+    /// they are queued, so every write queued later sees what it wrote. A failure is logged.
+    pub(super) fn write_later<F>(&self, what: &'static str, f: F)
+    where
+        F: FnOnce(&mut Batch<'_>) -> Result<(), StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        if let Err(e) = self.submit_job(f, tx) {
+            tracing::warn!(error = %e, "store: cannot queue {what}");
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Ok(Err(e)) = rx.await {
+                    tracing::warn!(error = %e, "store: {what} failed");
+                }
+            });
+        }
+    }
+
     fn submit_job<T, F>(
         &self,
         f: F,
@@ -265,6 +298,9 @@ impl SqliteBackend {
                 let _ = reply.send(commit.and(result));
             })
         });
+        self.inner
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let guard = self.inner.jobs.lock().map_err(|_| StoreError::Closed)?;
         match guard.as_ref() {
             Some(sender) => sender.send(job).map_err(|_| StoreError::Closed),
@@ -360,6 +396,14 @@ impl SqliteBackend {
             }
         });
         outcome
+    }
+
+    pub(super) fn write_load(&self) -> crate::store::WriteLoad {
+        use std::sync::atomic::Ordering::Relaxed;
+        crate::store::WriteLoad {
+            writes: self.inner.writes.load(Relaxed),
+            commits: self.inner.outbox.groups.load(Relaxed),
+        }
     }
 
     pub(super) fn outbox_writer(&self) -> &Writer {
@@ -466,6 +510,9 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        outbox
+            .groups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let full = run_group(&mut conn, group, &counts, &events, &outbox);
         note_disk(&health, full);
         goals_behind = true;

@@ -1,15 +1,32 @@
-//! The outbox in SQLite: rows written by the writer inside the transaction of the event that causes
-//! them, and the delivery worker's reads and marks. See [`crate::store::outbox`].
+//! The outbox in SQLite. The event log is the outbox: a transition stores its trajectory event and
+//! nothing more, and each sink keeps its place in the log (`outbox_sinks.cursor`) with the filter it
+//! was installed with. The delivery worker reads the events past that place that the sink wants and
+//! builds their bodies then ([`crate::store::outbox::log_entry`]). Rows of the `outbox` table hold
+//! what the log cannot: notices, and events given up on (dead) or sent again (`notify retry`); a
+//! sink's rows are sent before its events in the log. See [`crate::store::outbox`].
 
 use super::batch::{sized_sql, Batch};
-use crate::store::outbox::{Cause, EventRows, Notice, OutboxEntry, OutboxStats};
+use super::rows::{event_from_row, EVENT_COLUMNS};
+use crate::store::outbox::{
+    event_type, log_entry, Cause, Notice, OutboxEntry, OutboxKey, OutboxRules, OutboxStats,
+};
 use crate::store::{Awaiting, StoreError};
-use orchestrator_proto::task::{Task, TaskKind, TrajectoryEvent};
-use rusqlite::{params, Connection};
+use orchestrator_core::config::SinkFilter;
+use orchestrator_proto::task::{TaskKind, TaskState, TrajectoryEvent};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::LazyLock;
 
 /// Most sinks' rows in one `INSERT` (each sink is one parameter besides the event's five).
 const SINKS_PER_INSERT: usize = 64;
+
+/// Events read from the log per statement while looking for a sink's next events.
+const LOG_CHUNK: usize = 512;
+
+/// The events that can cause a notification ([`event_type`] answers `None` for every other): a
+/// cheap first cut in SQL, so that the steps of a task's way (submit, route, start) are not read.
+const MAY_NOTIFY: &str =
+    "(to_state IN ('awaiting_approval', 'done', 'failed', 'cancelled', 'expired') \
+     OR action = 'approval_warning')";
 
 /// `INSERT` of one event's rows for `n` sinks: ?1 event id, ?2 type, ?3 task, ?4 payload, ?5 time,
 /// then one sink name each.
@@ -34,7 +51,7 @@ const ENTRY_COLUMNS: &str = "seq, sink, event_id, type, task_id, payload, pendin
 
 fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
     Ok(OutboxEntry {
-        seq: r.get(0)?,
+        key: OutboxKey::Row(r.get(0)?),
         sink: r.get(1)?,
         event_id: r.get(2)?,
         event_type: r.get(3)?,
@@ -43,6 +60,11 @@ fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
         pending_since_ms: r.get(6)?,
         attempts: u32::try_from(r.get::<_, i64>(7)?).unwrap_or(u32::MAX),
     })
+}
+
+/// The filter a sink's place in the log was installed with, as stored.
+fn filter_json(f: &SinkFilter) -> Result<String, StoreError> {
+    serde_json::to_string(f).map_err(|e| StoreError::Sql(format!("encode a sink's filter: {e}")))
 }
 
 impl Batch<'_> {
@@ -74,48 +96,43 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// The outbox rows a just-written trajectory event `ev` (which happened at `at_ms`) causes, if
-    /// a sink wants them. Costs one string match when no sink wants this event's type. `known` is
-    /// the task as the row holds it after the event, when the caller has it (a submit); otherwise
-    /// the row is read.
-    pub(super) fn outbox_for_event(
-        &mut self,
-        ev: &TrajectoryEvent,
-        at_ms: i64,
-        known: Option<&Task>,
-    ) -> Result<(), StoreError> {
-        let Some(rules) = self.outbox_rules() else {
-            return Ok(());
+    /// A just-stored trajectory event: if some sink may want its type, delivery is woken after
+    /// the commit. Nothing is written; the event itself is what the sink is sent.
+    pub(super) fn outbox_for_event(&mut self, ev: &TrajectoryEvent) {
+        let wanted = match (self.outbox_rules_ref(), Cause::event_type(ev)) {
+            (Some(rules), Some(kind)) => rules.any_wants(kind),
+            _ => false,
         };
-        let Some(kind) = Cause::event_type(ev) else {
-            return Ok(());
-        };
-        if !rules.any_wants(kind) {
-            return Ok(());
+        if wanted {
+            self.note_outbox(1);
         }
-        let read;
-        let task = match known {
-            Some(t) => t,
-            None => {
-                read = self.get_task(&ev.task_id)?;
-                match &read {
-                    Some(t) => t,
-                    None => return Ok(()),
-                }
-            }
-        };
-        let Some(rows) = EventRows::of(&rules, kind, ev, at_ms, task)? else {
-            return Ok(());
-        };
-        let task_id = Some(ev.task_id.as_str());
-        self.insert_outbox(
-            &rows.sinks,
-            &rows.event_id,
-            kind,
-            task_id,
-            &rows.body,
-            at_ms,
-        )
+    }
+
+    /// Give each sink of `rules` its place in the log and its filter. A sink new to the store
+    /// starts at the newest event; one that has a place keeps it. Sinks no longer configured lose
+    /// theirs (their rows and last error stay), so that one added again starts anew.
+    pub fn outbox_install(&mut self, rules: &OutboxRules) -> Result<(), StoreError> {
+        let mut names = Vec::with_capacity(rules.sinks.len());
+        for s in &rules.sinks {
+            self.tx()
+                .prepare_cached(
+                    "INSERT INTO outbox_sinks (sink, cursor, filter) \
+                     VALUES (?1, (SELECT ifnull(max(seq), 0) FROM events), ?2) \
+                     ON CONFLICT (sink) DO UPDATE SET filter = excluded.filter, \
+                       cursor = coalesce(outbox_sinks.cursor, excluded.cursor)",
+                )?
+                .execute(params![s.name, filter_json(&s.filter)?])?;
+            names.push(s.name.as_str());
+        }
+        let names = serde_json::to_string(&names)
+            .map_err(|e| StoreError::Sql(format!("encode sink names: {e}")))?;
+        self.tx()
+            .prepare_cached(
+                "UPDATE outbox_sinks SET cursor = NULL, filter = NULL \
+                 WHERE cursor IS NOT NULL AND sink NOT IN (SELECT value FROM json_each(?1))",
+            )?
+            .execute([names])?;
+        Ok(())
     }
 
     /// Write a notice to the outbox rows of the sinks that want it; answers how many.
@@ -132,44 +149,109 @@ impl Batch<'_> {
         Ok(sinks.len())
     }
 
-    pub fn outbox_delivered(&mut self, seqs: &[i64]) -> Result<(), StoreError> {
-        let mut stmt = self
-            .tx()
-            .prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
-        for seq in seqs {
-            stmt.execute([seq])?;
+    /// Move a sink's place in the log past `seq` (never back).
+    fn outbox_pass(&mut self, sink: &str, seq: i64) -> Result<(), StoreError> {
+        self.tx()
+            .prepare_cached("UPDATE outbox_sinks SET cursor = ?2 WHERE sink = ?1 AND cursor < ?2")?
+            .execute(params![sink, seq])?;
+        Ok(())
+    }
+
+    pub fn outbox_delivered(&mut self, keys: &[OutboxKey]) -> Result<(), StoreError> {
+        // A sink's place moves once, past the furthest of its events delivered.
+        let mut furthest: Vec<(&str, i64)> = Vec::new();
+        for key in keys {
+            match key {
+                OutboxKey::Row(seq) => {
+                    self.tx()
+                        .prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
+                        .execute([seq])?;
+                }
+                OutboxKey::Log { sink, seq } => {
+                    match furthest.iter_mut().find(|(s, _)| s == sink) {
+                        Some((_, at)) => *at = (*at).max(*seq),
+                        None => furthest.push((sink, *seq)),
+                    }
+                }
+            }
+        }
+        for (sink, seq) in furthest {
+            self.outbox_pass(sink, seq)?;
         }
         Ok(())
     }
 
-    pub fn outbox_attempt_failed(&mut self, seq: i64, error: &str) -> Result<(), StoreError> {
-        self.tx()
-            .prepare_cached(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
-            )?
-            .execute(params![seq, error])?;
-        self.tx()
-            .prepare_cached(
-                "INSERT INTO outbox_sinks (sink, last_error) SELECT sink, ?2 FROM outbox WHERE seq = ?1 \
-                 ON CONFLICT (sink) DO UPDATE SET last_error = excluded.last_error",
-            )?
-            .execute(params![seq, error])?;
+    pub fn outbox_attempt_failed(
+        &mut self,
+        key: &OutboxKey,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        match key {
+            OutboxKey::Row(seq) => {
+                self.tx()
+                    .prepare_cached(
+                        "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
+                    )?
+                    .execute(params![seq, error])?;
+                self.tx()
+                    .prepare_cached(
+                        "INSERT INTO outbox_sinks (sink, last_error) SELECT sink, ?2 FROM outbox WHERE seq = ?1 \
+                         ON CONFLICT (sink) DO UPDATE SET last_error = excluded.last_error",
+                    )?
+                    .execute(params![seq, error])?;
+            }
+            // The failed attempts on the sink's next event in the log are counted beside its place.
+            OutboxKey::Log { sink, seq } => {
+                self.tx()
+                    .prepare_cached(
+                        "UPDATE outbox_sinks SET last_error = ?3, \
+                           head_attempts = CASE WHEN head_seq = ?2 THEN head_attempts + 1 ELSE 1 END, \
+                           head_seq = ?2 \
+                         WHERE sink = ?1",
+                    )?
+                    .execute(params![sink, seq, error])?;
+            }
+        }
         Ok(())
     }
 
-    /// Mark events dead and, in the same write, raise the alarm that says so (if given).
+    /// Mark events dead and, in the same write, raise the alarm that says so (if given). An event
+    /// from the log becomes a dead row, with the body it was sent with, and the sink moves past it.
     pub fn outbox_dead(
         &mut self,
-        seqs: &[i64],
+        entries: &[OutboxEntry],
         at_ms: i64,
         alarm: Option<&Notice>,
     ) -> Result<(), StoreError> {
-        {
-            let mut stmt = self.tx().prepare_cached(
-                "UPDATE outbox SET state = 'dead', dead_at = ?2 WHERE seq = ?1 AND state = 'pending'",
-            )?;
-            for seq in seqs {
-                stmt.execute(params![seq, at_ms])?;
+        for e in entries {
+            match &e.key {
+                OutboxKey::Row(seq) => {
+                    self.tx()
+                        .prepare_cached(
+                            "UPDATE outbox SET state = 'dead', dead_at = ?2 WHERE seq = ?1 AND state = 'pending'",
+                        )?
+                        .execute(params![seq, at_ms])?;
+                }
+                OutboxKey::Log { sink, seq } => {
+                    self.tx()
+                        .prepare_cached(
+                            "INSERT INTO outbox (sink, event_id, type, task_id, payload, created_at, \
+                               pending_since, attempts, last_error, state, dead_at) \
+                             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, \
+                               (SELECT last_error FROM outbox_sinks WHERE sink = ?1), 'dead', ?8",
+                        )?
+                        .execute(params![
+                            sink,
+                            e.event_id,
+                            e.event_type,
+                            e.task_id,
+                            e.body,
+                            e.pending_since_ms,
+                            e.attempts,
+                            at_ms
+                        ])?;
+                    self.outbox_pass(sink, *seq)?;
+                }
             }
         }
         if let Some(alarm) = alarm {
@@ -191,12 +273,114 @@ impl Batch<'_> {
     }
 }
 
-/// A sink's pending events in outbox order: outbox_sink(sink, state, seq).
+/// A sink's place in the log, as stored: where it is, what it wants, and the failed attempts on
+/// its next event. `None` for a sink without one (not configured, or no SQLite log).
+struct Place {
+    cursor: i64,
+    filter: SinkFilter,
+    head_seq: Option<i64>,
+    head_attempts: u32,
+}
+
+fn place(conn: &Connection, sink: &str) -> Result<Option<Place>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT cursor, filter, head_seq, head_attempts FROM outbox_sinks \
+             WHERE sink = ?1 AND cursor IS NOT NULL AND filter IS NOT NULL",
+        )?
+        .query_row([sink], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .optional()?;
+    let Some((cursor, filter, head_seq, head_attempts)) = row else {
+        return Ok(None);
+    };
+    let filter = serde_json::from_str(&filter)
+        .map_err(|e| StoreError::Sql(format!("sink {sink}: unreadable filter: {e}")))?;
+    Ok(Some(Place {
+        cursor,
+        filter,
+        head_seq,
+        head_attempts: u32::try_from(head_attempts).unwrap_or(u32::MAX),
+    }))
+}
+
+/// Up to `limit` events from the log for `sink`, after `place` or `after` (whichever is further),
+/// with the position the read reached: every event the sink wants up to there is in the answer.
+/// Events that cannot notify ([`MAY_NOTIFY`]) are stepped over by SQLite without being read.
+fn log_pending(
+    conn: &Connection,
+    rules: &OutboxRules,
+    sink: &str,
+    place: &Place,
+    after: i64,
+    limit: usize,
+) -> Result<(Vec<OutboxEntry>, i64), StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS}, at FROM events WHERE seq > ?1 AND {MAY_NOTIFY} ORDER BY seq LIMIT ?2"
+    ))?;
+    let mut out = Vec::new();
+    let mut reached = place.cursor.max(after);
+    loop {
+        let mut read = 0;
+        let mut rows = stmt.query(params![reached, super::writes::limit_sql(LOG_CHUNK)])?;
+        while let Some(row) = rows.next()? {
+            read += 1;
+            let ev = event_from_row(row)?;
+            let at_ms: i64 = row.get(8)?;
+            let seq = i64::try_from(ev.seq).unwrap_or(i64::MAX);
+            reached = seq;
+            let wanted = Cause::event_type(&ev).is_some_and(|t| place.filter.wants_type(t));
+            if !wanted {
+                continue;
+            }
+            // A task removed by retention takes its events with it: nothing is left to send.
+            let Some(task) = super::queries::get_task(conn, &ev.task_id)? else {
+                continue;
+            };
+            let attempts = if place.head_seq == Some(seq) {
+                place.head_attempts
+            } else {
+                0
+            };
+            if let Some(entry) = log_entry(rules, sink, &place.filter, &ev, at_ms, task, attempts)?
+            {
+                out.push(entry);
+                if out.len() >= limit {
+                    return Ok((out, reached));
+                }
+            }
+        }
+        if read < LOG_CHUNK {
+            // The last event that may notify, as this statement saw the log: a later statement
+            // may see more, so the position is not taken from one.
+            return Ok((out, reached));
+        }
+    }
+}
+
+/// What a read of a sink's pending events found: the events, and how far into the log it looked
+/// without finding one the sink wants (a hint for the next read), if it found none there.
+pub struct PendingRead {
+    pub entries: Vec<OutboxEntry>,
+    pub nothing_until: Option<i64>,
+}
+
+/// A sink's pending events in order: its rows (outbox_sink(sink, state, seq)), then the events
+/// past its place in the log (and past `hint`, a position up to which an earlier read found
+/// nothing for it).
 pub fn outbox_pending(
     conn: &Connection,
+    rules: Option<&OutboxRules>,
+    hint: Option<i64>,
     sink: &str,
     limit: usize,
-) -> Result<Vec<OutboxEntry>, StoreError> {
+) -> Result<PendingRead, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {ENTRY_COLUMNS} FROM outbox WHERE sink = ?1 AND state = 'pending' ORDER BY seq LIMIT ?2"
     ))?;
@@ -204,9 +388,100 @@ pub fn outbox_pending(
         params![sink, super::writes::limit_sql(limit)],
         entry_from_row,
     )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut entries: Vec<OutboxEntry> = rows.collect::<Result<_, _>>()?;
+    let mut nothing_until = None;
+    if let (Some(rules), Some(place)) = (rules, place(conn, sink)?) {
+        if entries.len() < limit {
+            let after = hint.unwrap_or(0);
+            let (log, reached) =
+                log_pending(conn, rules, sink, &place, after, limit - entries.len())?;
+            if log.is_empty() {
+                nothing_until = Some(reached);
+            }
+            entries.extend(log);
+        }
+    }
+    Ok(PendingRead {
+        entries,
+        nothing_until,
+    })
 }
 
+/// Every event still to be sent from the log, for each sink that has a place in it: what moving
+/// the store elsewhere must carry over as rows. Bodies are built with `rules`' links and policy.
+pub fn log_backlog(conn: &Connection, rules: &OutboxRules) -> Result<Vec<OutboxEntry>, StoreError> {
+    let sinks: Vec<String> = conn
+        .prepare("SELECT sink FROM outbox_sinks WHERE cursor IS NOT NULL ORDER BY sink")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for sink in sinks {
+        let Some(place) = place(conn, &sink)? else {
+            continue;
+        };
+        let mut after = place.cursor;
+        loop {
+            let (page, reached) = log_pending(conn, rules, &sink, &place, after, LOG_CHUNK)?;
+            let done = page.len() < LOG_CHUNK;
+            out.extend(page);
+            if done {
+                break;
+            }
+            after = reached;
+        }
+    }
+    Ok(out)
+}
+
+/// How many events past its place in the log a sink wants, and the oldest one's time. Reads the
+/// events, and their tasks' kind and agent only when the sink's filter asks about them; no body.
+fn log_stats(conn: &Connection, place: &Place) -> Result<(u64, Option<i64>), StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT at, actor, action, from_state, to_state, task_id FROM events          WHERE seq > ?1 AND {MAY_NOTIFY}"
+    ))?;
+    let mut task = conn.prepare_cached("SELECT kind, agent FROM tasks WHERE id = ?1")?;
+    let any_task = place.filter.agents.is_empty()
+        && TaskKind::ALL.iter().all(|k| place.filter.kinds.contains(k));
+    let mut rows = stmt.query([place.cursor])?;
+    let (mut n, mut oldest) = (0u64, None::<i64>);
+    while let Some(r) = rows.next()? {
+        let from: Option<String> = r.get(3)?;
+        let from = from.and_then(|f| f.parse::<TaskState>().ok());
+        let Ok(to) = r.get::<_, String>(4)?.parse::<TaskState>() else {
+            continue;
+        };
+        let actor: String = r.get(1)?;
+        let action: String = r.get(2)?;
+        let Some(t) = event_type(&action, &actor, from, to) else {
+            continue;
+        };
+        let wanted = if any_task {
+            place.filter.wants_type(t)
+        } else if place.filter.wants_type(t) {
+            let id: String = r.get(5)?;
+            let of = task
+                .query_row([id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+                })
+                .optional()?;
+            of.is_some_and(|(kind, agent)| {
+                kind.parse::<TaskKind>()
+                    .is_ok_and(|k| place.filter.wants(t, Some((k, agent.as_deref()))))
+            })
+        } else {
+            false
+        };
+        if wanted {
+            n += 1;
+            let at: i64 = r.get(0)?;
+            oldest = Some(oldest.map_or(at, |o| o.min(at)));
+        }
+    }
+    Ok((n, oldest))
+}
+
+/// Pending and dead events per sink (rows and the log), for the sinks with any or with a last
+/// error.
 pub fn outbox_stats(conn: &Connection) -> Result<Vec<OutboxStats>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT s.sink, \
@@ -225,7 +500,22 @@ pub fn outbox_stats(conn: &Connection) -> Result<Vec<OutboxStats>, StoreError> {
             last_error: r.get(4)?,
         })
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut out = Vec::new();
+    for row in rows {
+        let mut st = row?;
+        if let Some(place) = place(conn, &st.sink)? {
+            let (n, oldest) = log_stats(conn, &place)?;
+            st.pending += n;
+            st.oldest_pending_ms = match (st.oldest_pending_ms, oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        if st.pending > 0 || st.dead > 0 || st.last_error.is_some() {
+            out.push(st);
+        }
+    }
+    Ok(out)
 }
 
 /// Tasks waiting for approval, with since when and whether they were warned: the state index by

@@ -135,6 +135,16 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX tasks_usage_started ON tasks (started_at, id) WHERE usage IS NOT NULL;
     "#,
+    // 8: the event log is the outbox (store/sqlite/outbox.rs): each configured sink keeps its place
+    // in it (the last event it was sent or passed), the filter it was installed with, and the
+    // failed attempts on its next event. The `outbox` table keeps notices, and events given up on
+    // or sent again. A place is set when the sink is first installed, at the newest event.
+    r#"
+    ALTER TABLE outbox_sinks ADD COLUMN cursor INTEGER;
+    ALTER TABLE outbox_sinks ADD COLUMN filter TEXT;
+    ALTER TABLE outbox_sinks ADD COLUMN head_seq INTEGER;
+    ALTER TABLE outbox_sinks ADD COLUMN head_attempts INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

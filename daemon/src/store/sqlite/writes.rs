@@ -152,7 +152,7 @@ impl Batch<'_> {
                     to: TaskState::Expired,
                     details: None,
                 };
-                self.record_event(ev.published(seq.max(0) as u64), now, kind)?;
+                self.record_event(ev.published(seq.max(0) as u64), kind)?;
                 done.push(id);
             }
         }
