@@ -388,12 +388,14 @@ pub fn print(r: &Report) {
                 per_submit(*rcv, with),
             );
         }
-        if let Some((left, took)) = r.between.get(i) {
-            println!(
+        match r.between.get(i) {
+            Some((left, took)) if r.receiver == ReceiverMode::Live => println!(
                 "round {}: {left} events left to deliver, delivered {:.1} s later, before the next round",
                 i + 1,
                 took.as_secs_f64()
-            );
+            ),
+            Some((left, _)) => println!("round {}: {left} events pending, left undelivered", i + 1),
+            None => {}
         }
     }
     let total = |f: fn(&(Throughput, Throughput)) -> &Throughput| -> f64 {
