@@ -307,19 +307,21 @@ pub async fn expiry_takes_only_due_waiting_tasks(store: Store) {
     );
 }
 
+/// The steps that leave task `id` waiting for approval.
+fn waiting(id: &str) -> Vec<TransitionOp> {
+    vec![
+        routed(id, T0 + 1),
+        started(id, T0 + 2, T0 + 50),
+        complete(id, T0 + 3, true),
+    ]
+}
+
 /// A batch of expiries writes, for each task, what one expiry would: the compare-and-set from
 /// the state it was in (`completedAt` at the sweep, no lease), exactly one `expire` event from
 /// that state, published after the commit in sequence order, the counts, and the outbox row of a
 /// decided approval for the sinks that want it; tasks not due, or not stale-eligible, stay.
 pub async fn expiry_batch_writes_what_each_expiry_would(store: Store) {
     store.set_outbox_rules(rules(vec![sink("phone", &["*"])]));
-    let waiting = |id: &str| {
-        vec![
-            routed(id, T0 + 1),
-            started(id, T0 + 2, T0 + 50),
-            complete(id, T0 + 3, true),
-        ]
-    };
     put(&store, "Q", TaskKind::Live, Vec::new()).await;
     put(&store, "A", TaskKind::Shadow, vec![routed("A", T0 + 1)]).await;
     put(&store, "W1", TaskKind::Live, waiting("W1")).await;
@@ -1143,13 +1145,6 @@ pub async fn outbox_order_and_marks(store: Store) {
 /// sinks it joins keep what they had.
 pub async fn a_sink_added_later_is_sent_what_commits_after(store: Store) {
     store.set_outbox_rules(rules(vec![sink("phone", &["*"])]));
-    let waiting = |id: &str| {
-        vec![
-            routed(id, T0 + 1),
-            started(id, T0 + 2, T0 + 50),
-            complete(id, T0 + 3, true),
-        ]
-    };
     put(&store, "T1", TaskKind::Live, waiting("T1")).await;
     store.set_outbox_rules(rules(vec![
         sink("phone", &["*"]),
@@ -1200,17 +1195,7 @@ pub async fn notices_follow_the_filters(store: Store) {
 
 /// Tasks waiting for approval come back with since when they wait and whether they were warned.
 pub async fn awaiting_approval_lists_waiting_tasks(store: Store) {
-    put(
-        &store,
-        "W",
-        TaskKind::Live,
-        vec![
-            routed("W", T0 + 1),
-            started("W", T0 + 2, T0 + 50),
-            complete("W", T0 + 3, true),
-        ],
-    )
-    .await;
+    put(&store, "W", TaskKind::Live, waiting("W")).await;
     put(&store, "Q", TaskKind::Live, Vec::new()).await;
     let waiting = store.awaiting_approval().await.unwrap();
     assert_eq!(waiting.len(), 1);

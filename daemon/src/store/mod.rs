@@ -34,7 +34,6 @@ pub use sqlite::{queries, Batch};
 pub use outbox::{Notice, OutboxEntry, OutboxKey, OutboxRules, OutboxStats};
 
 /// Writes taken and the commits that held them, since the store opened (see [`Backend::writes`]).
-/// A backend that commits each write alone answers as many commits as writes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteLoad {
     pub writes: u64,
@@ -323,8 +322,11 @@ pub trait Backend: Send + Sync {
     /// How many operations have failed (refusals and a closed store aside) since the store opened.
     fn errors(&self) -> u64;
     /// How many writes have been taken since the store opened, and in how many commits: how
-    /// busy it is, for work that yields to requests (notification delivery).
-    fn writes(&self) -> WriteLoad;
+    /// busy it is, for work that yields to requests (notification delivery). A backend that does
+    /// not group writes into shared commits answers nothing, and is never found busy.
+    fn writes(&self) -> WriteLoad {
+        WriteLoad::default()
+    }
     /// Every committed trajectory event, in commit order (for `watch`, logs, metrics, delivery).
     fn subscribe(&self) -> broadcast::Receiver<TrajectoryEvent>;
     /// Disk-full episodes and integrity-check outcomes, as of now.

@@ -164,8 +164,8 @@ pub struct OutboxEntry {
 
 impl OutboxKey {
     /// The outbox-table positions among `keys`.
-    pub fn rows(keys: &[OutboxKey]) -> Vec<i64> {
-        keys.iter()
+    pub fn rows<'a>(keys: impl IntoIterator<Item = &'a OutboxKey>) -> Vec<i64> {
+        keys.into_iter()
             .filter_map(|k| match k {
                 OutboxKey::Row(seq) => Some(*seq),
                 OutboxKey::Log { .. } => None,
@@ -282,23 +282,21 @@ impl EventRows {
     }
 }
 
-/// The entry for `sink` (wanting what `filter` says) of the stored trajectory event `ev`, which
-/// happened at `at_ms`, read back from the event log with `task` as its row is now; `None` when the
-/// sink does not want it. The task's state is the one the event left it in; the rest of what the
-/// body shows does not change after the event (see the module's comment). `attempts` are the
-/// failed attempts recorded for it.
+/// The entry for `sink` (wanting what `filter` says) of the stored trajectory event `ev`, of
+/// notification type `event_type` ([`Cause::event_type`]), which happened at `at_ms`, read back
+/// from the event log with `task` as its row is now; `None` when the sink does not want it. The
+/// task's state is the one the event left it in; the rest of what the body shows does not change
+/// after the event (see the module's comment). Its failed attempts are the caller's to fill in
+/// (the store keeps them beside the sink's place).
 pub fn log_entry(
     rules: &OutboxRules,
     sink: &str,
     filter: &SinkFilter,
+    event_type: &str,
     ev: &TrajectoryEvent,
     at_ms: i64,
     mut task: Task,
-    attempts: u32,
 ) -> Result<Option<OutboxEntry>, crate::store::StoreError> {
-    let Some(event_type) = Cause::event_type(ev) else {
-        return Ok(None);
-    };
     if !filter.wants(
         event_type,
         Some((task.kind, task.assigned_agent_id.as_deref())),
@@ -319,7 +317,7 @@ pub fn log_entry(
         task_id: Some(task.id),
         body,
         pending_since_ms: at_ms,
-        attempts,
+        attempts: 0,
     }))
 }
 

@@ -65,7 +65,6 @@ impl PostgresBackend {
     pub(super) async fn commit(&self, tx: Tx<'_>) -> Result<(), StoreError> {
         let _gate = self.inner.commit_gate.read().await;
         let effects = tx.commit().await?;
-        self.inner.writes.fetch_add(1, Ordering::Relaxed);
         self.publish(effects);
         self.with_health(|h| h.full_since_ms = None);
         Ok(())
@@ -344,7 +343,7 @@ impl Backend for PostgresBackend {
     }
 
     fn mark_attempt_failed(&self, key: OutboxKey, error: String) -> StoreFuture<'_, ()> {
-        let seqs = OutboxKey::rows(&[key]);
+        let seqs = OutboxKey::rows([&key]);
         write!(self, |tx| tx.outbox_attempt_failed(&seqs, &error).await)
     }
 
@@ -354,8 +353,7 @@ impl Backend for PostgresBackend {
         at_ms: i64,
         alarm: Option<Notice>,
     ) -> StoreFuture<'_, ()> {
-        let keys: Vec<OutboxKey> = entries.into_iter().map(|e| e.key).collect();
-        let seqs = OutboxKey::rows(&keys);
+        let seqs = OutboxKey::rows(entries.iter().map(|e| &e.key));
         write!(self, |tx| tx
             .outbox_dead(&seqs, at_ms, alarm.as_ref())
             .await)
@@ -395,14 +393,6 @@ impl Backend for PostgresBackend {
 
     fn errors(&self) -> u64 {
         self.inner.errors.load(Ordering::Relaxed)
-    }
-
-    fn writes(&self) -> crate::store::WriteLoad {
-        let n = self.inner.writes.load(Ordering::Relaxed);
-        crate::store::WriteLoad {
-            writes: n,
-            commits: n,
-        }
     }
 
     fn subscribe(&self) -> broadcast::Receiver<TrajectoryEvent> {

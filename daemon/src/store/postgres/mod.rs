@@ -88,8 +88,6 @@ struct Inner {
     health: Mutex<Health>,
     /// Failed operations, for the metrics (see `Backend::errors`).
     errors: AtomicU64,
-    /// Transactions committed since the store opened.
-    writes: AtomicU64,
     refresher: OnceLock<()>,
     /// Released when the store closes (see `exclusive`).
     exclusive: Mutex<Option<exclusive::Exclusive>>,
@@ -222,7 +220,6 @@ impl PostgresBackend {
                 closed: AtomicBool::new(false),
                 closed_tx: tokio::sync::watch::Sender::new(false),
                 errors: AtomicU64::new(0),
-                writes: AtomicU64::new(0),
                 health: Mutex::new(Health::default()),
                 refresher: OnceLock::new(),
                 exclusive: Mutex::new(Some(exclusive)),

@@ -8,11 +8,11 @@
 use super::batch::{sized_sql, Batch};
 use super::rows::{event_from_row, EVENT_COLUMNS};
 use crate::store::outbox::{
-    event_type, log_entry, Cause, Notice, OutboxEntry, OutboxKey, OutboxRules, OutboxStats,
+    log_entry, Cause, Notice, OutboxEntry, OutboxKey, OutboxRules, OutboxStats,
 };
 use crate::store::{Awaiting, StoreError};
 use orchestrator_core::config::SinkFilter;
-use orchestrator_proto::task::{TaskKind, TaskState, TrajectoryEvent};
+use orchestrator_proto::task::{TaskKind, TrajectoryEvent};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::LazyLock;
 
@@ -22,7 +22,8 @@ const SINKS_PER_INSERT: usize = 64;
 /// Events read from the log per statement while looking for a sink's next events.
 const LOG_CHUNK: usize = 512;
 
-/// The events that can cause a notification ([`event_type`] answers `None` for every other): a
+/// The events that can cause a notification ([`crate::store::outbox::event_type`] answers `None`
+/// for every other; the test below holds the two together): a
 /// cheap first cut in SQL, so that the steps of a task's way (submit, route, start) are not read.
 const MAY_NOTIFY: &str =
     "(to_state IN ('awaiting_approval', 'done', 'failed', 'cancelled', 'expired') \
@@ -310,9 +311,45 @@ fn place(conn: &Connection, sink: &str) -> Result<Option<Place>, StoreError> {
     }))
 }
 
+/// Step through the events of the log past `after` that may notify ([`MAY_NOTIFY`]: SQLite
+/// steps over the others without reading them) and whose type `filter` wants, [`LOG_CHUNK`] per
+/// statement, handing each to `f` with when it happened and its notification type until `f`
+/// answers `false`. Answers the position reached: every such event up to there was handed over.
+fn scan_log(
+    conn: &Connection,
+    after: i64,
+    filter: &SinkFilter,
+    mut f: impl FnMut(TrajectoryEvent, i64, &'static str) -> Result<bool, StoreError>,
+) -> Result<i64, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS}, at FROM events WHERE seq > ?1 AND {MAY_NOTIFY} ORDER BY seq LIMIT ?2"
+    ))?;
+    let mut reached = after;
+    loop {
+        let mut read = 0;
+        let mut rows = stmt.query(params![reached, super::writes::limit_sql(LOG_CHUNK)])?;
+        while let Some(row) = rows.next()? {
+            read += 1;
+            let ev = event_from_row(row)?;
+            let at_ms: i64 = row.get(8)?;
+            reached = i64::try_from(ev.seq).unwrap_or(i64::MAX);
+            let Some(t) = Cause::event_type(&ev).filter(|t| filter.wants_type(t)) else {
+                continue;
+            };
+            if !f(ev, at_ms, t)? {
+                return Ok(reached);
+            }
+        }
+        if read < LOG_CHUNK {
+            // The last event that may notify, as this statement saw the log: a later statement
+            // may see more, so the position is not taken from one.
+            return Ok(reached);
+        }
+    }
+}
+
 /// Up to `limit` events from the log for `sink`, after `place` or `after` (whichever is further),
 /// with the position the read reached: every event the sink wants up to there is in the answer.
-/// Events that cannot notify ([`MAY_NOTIFY`]) are stepped over by SQLite without being read.
 fn log_pending(
     conn: &Connection,
     rules: &OutboxRules,
@@ -321,47 +358,27 @@ fn log_pending(
     after: i64,
     limit: usize,
 ) -> Result<(Vec<OutboxEntry>, i64), StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS}, at FROM events WHERE seq > ?1 AND {MAY_NOTIFY} ORDER BY seq LIMIT ?2"
-    ))?;
     let mut out = Vec::new();
-    let mut reached = place.cursor.max(after);
-    loop {
-        let mut read = 0;
-        let mut rows = stmt.query(params![reached, super::writes::limit_sql(LOG_CHUNK)])?;
-        while let Some(row) = rows.next()? {
-            read += 1;
-            let ev = event_from_row(row)?;
-            let at_ms: i64 = row.get(8)?;
-            let seq = i64::try_from(ev.seq).unwrap_or(i64::MAX);
-            reached = seq;
-            let wanted = Cause::event_type(&ev).is_some_and(|t| place.filter.wants_type(t));
-            if !wanted {
-                continue;
-            }
+    let reached = scan_log(
+        conn,
+        place.cursor.max(after),
+        &place.filter,
+        |ev, at_ms, t| {
             // A task removed by retention takes its events with it: nothing is left to send.
             let Some(task) = super::queries::get_task(conn, &ev.task_id)? else {
-                continue;
+                return Ok(true);
             };
-            let attempts = if place.head_seq == Some(seq) {
-                place.head_attempts
-            } else {
-                0
-            };
-            if let Some(entry) = log_entry(rules, sink, &place.filter, &ev, at_ms, task, attempts)?
-            {
-                out.push(entry);
-                if out.len() >= limit {
-                    return Ok((out, reached));
+            let seq = i64::try_from(ev.seq).unwrap_or(i64::MAX);
+            if let Some(mut entry) = log_entry(rules, sink, &place.filter, t, &ev, at_ms, task)? {
+                if place.head_seq == Some(seq) {
+                    entry.attempts = place.head_attempts;
                 }
+                out.push(entry);
             }
-        }
-        if read < LOG_CHUNK {
-            // The last event that may notify, as this statement saw the log: a later statement
-            // may see more, so the position is not taken from one.
-            return Ok((out, reached));
-        }
-    }
+            Ok(out.len() < limit)
+        },
+    )?;
+    Ok((out, reached))
 }
 
 /// What a read of a sink's pending events found: the events, and how far into the log it looked
@@ -416,18 +433,8 @@ pub fn log_backlog(conn: &Connection, rules: &OutboxRules) -> Result<Vec<OutboxE
         .collect::<Result<_, _>>()?;
     let mut out = Vec::new();
     for sink in sinks {
-        let Some(place) = place(conn, &sink)? else {
-            continue;
-        };
-        let mut after = place.cursor;
-        loop {
-            let (page, reached) = log_pending(conn, rules, &sink, &place, after, LOG_CHUNK)?;
-            let done = page.len() < LOG_CHUNK;
-            out.extend(page);
-            if done {
-                break;
-            }
-            after = reached;
+        if let Some(place) = place(conn, &sink)? {
+            out.extend(log_pending(conn, rules, &sink, &place, place.cursor, usize::MAX)?.0);
         }
     }
     Ok(out)
@@ -436,31 +443,14 @@ pub fn log_backlog(conn: &Connection, rules: &OutboxRules) -> Result<Vec<OutboxE
 /// How many events past its place in the log a sink wants, and the oldest one's time. Reads the
 /// events, and their tasks' kind and agent only when the sink's filter asks about them; no body.
 fn log_stats(conn: &Connection, place: &Place) -> Result<(u64, Option<i64>), StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT at, actor, action, from_state, to_state, task_id FROM events          WHERE seq > ?1 AND {MAY_NOTIFY}"
-    ))?;
     let mut task = conn.prepare_cached("SELECT kind, agent FROM tasks WHERE id = ?1")?;
     let any_task = place.filter.agents.is_empty()
         && TaskKind::ALL.iter().all(|k| place.filter.kinds.contains(k));
-    let mut rows = stmt.query([place.cursor])?;
     let (mut n, mut oldest) = (0u64, None::<i64>);
-    while let Some(r) = rows.next()? {
-        let from: Option<String> = r.get(3)?;
-        let from = from.and_then(|f| f.parse::<TaskState>().ok());
-        let Ok(to) = r.get::<_, String>(4)?.parse::<TaskState>() else {
-            continue;
-        };
-        let actor: String = r.get(1)?;
-        let action: String = r.get(2)?;
-        let Some(t) = event_type(&action, &actor, from, to) else {
-            continue;
-        };
-        let wanted = if any_task {
-            place.filter.wants_type(t)
-        } else if place.filter.wants_type(t) {
-            let id: String = r.get(5)?;
+    scan_log(conn, place.cursor, &place.filter, |ev, at_ms, t| {
+        let wanted = any_task || {
             let of = task
-                .query_row([id], |r| {
+                .query_row([&ev.task_id], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
                 })
                 .optional()?;
@@ -468,15 +458,13 @@ fn log_stats(conn: &Connection, place: &Place) -> Result<(u64, Option<i64>), Sto
                 kind.parse::<TaskKind>()
                     .is_ok_and(|k| place.filter.wants(t, Some((k, agent.as_deref()))))
             })
-        } else {
-            false
         };
         if wanted {
             n += 1;
-            let at: i64 = r.get(0)?;
-            oldest = Some(oldest.map_or(at, |o| o.min(at)));
+            oldest = Some(oldest.map_or(at_ms, |o| o.min(at_ms)));
         }
-    }
+        Ok(true)
+    })?;
     Ok((n, oldest))
 }
 
@@ -552,4 +540,60 @@ pub fn awaiting_approval(conn: &Connection) -> Result<Vec<Awaiting>, StoreError>
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MAY_NOTIFY;
+    use crate::store::outbox::{event_type, APPROVAL_TIMEOUT_ACTOR, APPROVAL_WARNING_ACTION};
+    use orchestrator_proto::task::TaskState;
+
+    /// Every event that causes a notification passes the SQL cut, or the log would skip it.
+    #[test]
+    fn every_notifying_event_passes_the_sql_cut() {
+        use TaskState::*;
+        let states = [
+            Queued,
+            Assigned,
+            InProgress,
+            AwaitingApproval,
+            Done,
+            Failed,
+            Cancelled,
+            Expired,
+        ];
+        let actions = [
+            "submit",
+            "route",
+            "start",
+            "complete",
+            "approve",
+            "reject",
+            "fail",
+            "cancel",
+            "expire",
+            "requeue",
+            "defer",
+            "retry",
+            APPROVAL_WARNING_ACTION,
+        ];
+        let mut notifying = 0;
+        for action in actions {
+            for actor in ["alice", "sweeper", APPROVAL_TIMEOUT_ACTOR] {
+                for from in std::iter::once(None).chain(states.iter().copied().map(Some)) {
+                    for to in states {
+                        if event_type(action, actor, from, to).is_none() {
+                            continue;
+                        }
+                        notifying += 1;
+                        let passes = MAY_NOTIFY.contains(&format!("'{}'", to.as_str()))
+                            || (action == APPROVAL_WARNING_ACTION
+                                && MAY_NOTIFY.contains(&format!("action = '{action}'")));
+                        assert!(passes, "{action} by {actor}: {from:?} -> {to:?}");
+                    }
+                }
+            }
+        }
+        assert!(notifying > 0);
+    }
 }
