@@ -48,6 +48,15 @@ impl ApprovalPolicy {
             .or(self.default.as_ref())
             .copied()
     }
+
+    /// The shortest timeout any task can have: the default's or an agent's; `None` if none is set.
+    pub fn shortest_timeout(&self) -> Option<Duration> {
+        self.default
+            .iter()
+            .chain(self.by_agent.values())
+            .map(|t| t.after)
+            .min()
+    }
 }
 
 /// The two keys as written, in `[routing]` or in one `[agents.<id>]`.

@@ -7,8 +7,8 @@
 
 use super::outbox::{self, Notice, OutboxEntry, OutboxRules};
 use super::{
-    AttemptLimits, Cursor, GateRunRecord, ModeChange, NewEvent, NewOverride, NewTask, Patch, Plan,
-    Reclaim, Store, StoreError, StoredMode, SubmitPlan, TaskFilter, TransitionOp,
+    AttemptLimits, AwaitingCut, Cursor, GateRunRecord, ModeChange, NewEvent, NewOverride, NewTask,
+    Patch, Plan, Reclaim, Store, StoreError, StoredMode, SubmitPlan, TaskFilter, TransitionOp,
 };
 use crate::config::{NotifySink, SinkFilter, SinkTarget};
 use crate::machine::Action;
@@ -1197,7 +1197,7 @@ pub async fn notices_follow_the_filters(store: Store) {
 pub async fn awaiting_approval_lists_waiting_tasks(store: Store) {
     put(&store, "W", TaskKind::Live, waiting("W")).await;
     put(&store, "Q", TaskKind::Live, Vec::new()).await;
-    let waiting = store.awaiting_approval().await.unwrap();
+    let waiting = store.awaiting_approval(AwaitingCut::ALL).await.unwrap();
     assert_eq!(waiting.len(), 1);
     assert_eq!(
         (
@@ -1220,7 +1220,33 @@ pub async fn awaiting_approval_lists_waiting_tasks(store: Store) {
         })
         .await
         .unwrap();
-    assert!(store.awaiting_approval().await.unwrap()[0].warned);
+    assert!(store.awaiting_approval(AwaitingCut::ALL).await.unwrap()[0].warned);
+}
+
+/// A cut reads the waiting tasks that expire by its bound, or were created by its other one, and
+/// no other.
+pub async fn awaiting_approval_reads_only_what_the_cut_admits(store: Store) {
+    // Created at T0, expiring at T0 + 10 s.
+    put(&store, "W", TaskKind::Live, waiting("W")).await;
+    let ids = |cut: AwaitingCut| {
+        let store = store.clone();
+        async move {
+            let read = store.awaiting_approval(cut).await.unwrap();
+            read.into_iter().map(|w| w.id).collect::<Vec<_>>()
+        }
+    };
+    let expiring = |by: i64| AwaitingCut {
+        expires_by_ms: by,
+        created_by_ms: None,
+    };
+    assert_eq!(ids(expiring(T0 + 10_000)).await, ["W"]);
+    assert!(ids(expiring(T0 + 9_999)).await.is_empty());
+    let created = |by: i64| AwaitingCut {
+        expires_by_ms: T0,
+        created_by_ms: Some(by),
+    };
+    assert_eq!(ids(created(T0)).await, ["W"]);
+    assert!(ids(created(T0 - 1)).await.is_empty());
 }
 
 /// Usage is stored with the transition that carries it, kept by those that do not, and read back

@@ -303,8 +303,8 @@ pub trait Backend: Send + Sync {
     fn retry_dead<'a>(&'a self, sink: &'a str, now_ms: i64) -> StoreFuture<'a, u64>;
     /// Pending and dead counts per sink with an event pending or dead, or a last error.
     fn outbox_stats(&self) -> StoreFuture<'_, Vec<OutboxStats>>;
-    /// Tasks waiting for approval, for the approval policy.
-    fn awaiting_approval(&self) -> StoreFuture<'_, Vec<Awaiting>>;
+    /// Tasks waiting for approval that `cut` admits, for the approval policy.
+    fn awaiting_approval(&self, cut: AwaitingCut) -> StoreFuture<'_, Vec<Awaiting>>;
 
     // Agents.
 
@@ -337,6 +337,29 @@ pub trait Backend: Send + Sync {
     fn check_integrity(&self) -> StoreFuture<'_, String>;
     /// Stop accepting writes, finish what was accepted, and wait for it.
     fn close(&self);
+}
+
+/// Which tasks waiting for approval a read returns: those that expire by `expires_by_ms`, or
+/// (when set) were created by `created_by_ms`. The approval policy asks only for the tasks it may
+/// act on now (`sweeper::approvals::cut`), so that a sweep over a large backlog of waiting tasks
+/// reads the few near a deadline, through the state index, rather than all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AwaitingCut {
+    pub expires_by_ms: i64,
+    pub created_by_ms: Option<i64>,
+}
+
+impl AwaitingCut {
+    /// Every waiting task.
+    pub const ALL: AwaitingCut = AwaitingCut {
+        expires_by_ms: i64::MAX,
+        created_by_ms: None,
+    };
+
+    /// Whether a task created at `created_ms` that expires at `expires_ms` is read.
+    pub fn admits(&self, created_ms: i64, expires_ms: i64) -> bool {
+        expires_ms <= self.expires_by_ms || self.created_by_ms.is_some_and(|c| created_ms <= c)
+    }
 }
 
 /// A task waiting for approval, as the approval policy sees it.

@@ -7,7 +7,7 @@ use crate::clock::rfc3339;
 use crate::config::{ApprovalPolicy, OnApprovalTimeout};
 use crate::machine::Action;
 use crate::store::outbox::{approval_deadline, APPROVAL_TIMEOUT_ACTOR, APPROVAL_WARNING_ACTION};
-use crate::store::{Awaiting, NewEvent, Patch, TransitionOp};
+use crate::store::{Awaiting, AwaitingCut, NewEvent, Patch, TransitionOp};
 use orchestrator_proto::task::{task_error, Rejection, TaskError, TaskState};
 
 /// What the policy does with one waiting task now.
@@ -19,6 +19,21 @@ pub enum Step {
     Warn(NewEvent),
     /// The approval timeout passed.
     TimeOut(Box<TransitionOp>),
+}
+
+/// The waiting tasks [`step`] may act on at `now`: those within `warning` of their TTL, and, when a
+/// timeout is set, those within `warning` of the shortest one. A task enters `awaiting_approval`
+/// after it is created, so its creation bounds its wait from below; a task outside the cut is
+/// one that `step` leaves to wait (a test holds this).
+pub fn cut(policy: &ApprovalPolicy, now: i64) -> AwaitingCut {
+    let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let warned_from = now.saturating_add(ms(policy.warning));
+    AwaitingCut {
+        expires_by_ms: warned_from,
+        created_by_ms: policy
+            .shortest_timeout()
+            .map(|t| warned_from.saturating_sub(ms(t))),
+    }
 }
 
 /// The decision for `w` at `now`, as a pure function of the policy.
@@ -159,5 +174,51 @@ mod tests {
             step(&none, &waiting("c", 0, 10 * H, false), 20 * H),
             Step::Wait
         ));
+    }
+
+    /// Every task that `step` does not leave to wait is in the cut, for policies without a
+    /// timeout, with a default, and with a shorter one for one agent, over a grid of waits, TTLs
+    /// and times (a task's creation taken as late as it can be: when it began to wait).
+    #[test]
+    fn the_cut_admits_every_task_the_policy_acts_on() {
+        let mut agent_only = policy(OnApprovalTimeout::Reject);
+        agent_only.by_agent.insert(
+            "quick".into(),
+            ApprovalTimeout {
+                after: Duration::from_secs(1800),
+                then: OnApprovalTimeout::Expire,
+            },
+        );
+        let policies = [
+            ApprovalPolicy::default(),
+            policy(OnApprovalTimeout::Reject),
+            agent_only,
+        ];
+        let (mut acted, mut left_out) = (0, 0);
+        for p in &policies {
+            for agent in ["quick", "coder"] {
+                for since in (0..12).map(|q| q * H / 4) {
+                    for ttl in [H / 2, 2 * H, 5 * H, 30 * H] {
+                        for now in (0..60).map(|q| q * H / 4) {
+                            for warned in [false, true] {
+                                let w = waiting(agent, since, since + ttl, warned);
+                                let admitted = cut(p, now).admits(since, since + ttl);
+                                if !matches!(step(p, &w, now), Step::Wait) {
+                                    acted += 1;
+                                    assert!(admitted, "{agent} since {since} ttl {ttl} at {now}");
+                                } else if !admitted {
+                                    left_out += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The grid holds both kinds of task, so the cut did leave some out.
+        assert!(
+            acted > 0 && left_out > 0,
+            "{acted} acted on, {left_out} left out"
+        );
     }
 }

@@ -183,7 +183,8 @@ pub async fn sweep(d: &Arc<Daemon>) -> SweepReport {
 
 /// Warn about, and time out, tasks waiting for approval (see [`approvals`]).
 async fn apply_approval_policy(d: &Arc<Daemon>, cfg: &Config, now: i64, run: &mut Run) {
-    let waiting = match d.store.awaiting_approval().await {
+    let cut = crate::sweeper::approvals::cut(&cfg.approval, now);
+    let waiting = match d.store.awaiting_approval(cut).await {
         Ok(w) => w,
         Err(e) => return run.error(format!("approval policy: {e}")),
     };

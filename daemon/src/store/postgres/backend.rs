@@ -5,7 +5,7 @@ use super::tx::Tx;
 use super::{outbox, pg_error, queries, PostgresBackend, SCHEMA_VERSION};
 use crate::clock::now_ms;
 use crate::store::{
-    Awaiting, EventDraft, Notice, OutboxEntry, OutboxKey, OutboxRules, OutboxStats,
+    Awaiting, AwaitingCut, EventDraft, Notice, OutboxEntry, OutboxKey, OutboxRules, OutboxStats,
 };
 use crate::store::{
     Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes,
@@ -367,8 +367,8 @@ impl Backend for PostgresBackend {
         read!(self, |c| outbox::outbox_stats(&c).await)
     }
 
-    fn awaiting_approval(&self) -> StoreFuture<'_, Vec<Awaiting>> {
-        read!(self, |c| outbox::awaiting_approval(&c).await)
+    fn awaiting_approval(&self, cut: AwaitingCut) -> StoreFuture<'_, Vec<Awaiting>> {
+        read!(self, |c| outbox::awaiting_approval(&c, cut).await)
     }
 
     fn agent_pauses(&self) -> StoreFuture<'_, Vec<StoredPause>> {

@@ -56,6 +56,7 @@ contract_cases!(
     a_sink_added_later_is_sent_what_commits_after,
     notices_follow_the_filters,
     awaiting_approval_lists_waiting_tasks,
+    awaiting_approval_reads_only_what_the_cut_admits,
     usage_is_stored_and_a_deferral_counts_no_attempt,
     agent_pauses_are_stored_and_cleared,
 );

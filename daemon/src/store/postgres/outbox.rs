@@ -5,7 +5,7 @@
 use super::pg_error;
 use super::tx::Tx;
 use crate::store::outbox::{Cause, EventRows, Notice, OutboxEntry, OutboxKey, OutboxStats};
-use crate::store::{Awaiting, StoreError};
+use crate::store::{Awaiting, AwaitingCut, StoreError};
 use deadpool_postgres::Client;
 use orchestrator_proto::task::{TaskKind, TrajectoryEvent};
 use tokio_postgres::Row;
@@ -213,17 +213,22 @@ pub(super) async fn outbox_stats(c: &Client) -> Result<Vec<OutboxStats>, StoreEr
         .collect())
 }
 
-/// Tasks waiting for approval, with since when and whether they were warned: the state index,
-/// then each task's trajectory through events_task.
-pub(super) async fn awaiting_approval(c: &Client) -> Result<Vec<Awaiting>, StoreError> {
+/// Tasks waiting for approval that `cut` admits, with since when and whether they were warned:
+/// the state index, then the trajectory of each task admitted through events_task.
+pub(super) async fn awaiting_approval(
+    c: &Client,
+    cut: AwaitingCut,
+) -> Result<Vec<Awaiting>, StoreError> {
+    let created_by = cut.created_by_ms.unwrap_or(i64::MIN);
     let rows = query(
         c,
         "SELECT t.id, t.kind, t.agent, t.expires_at, \
            (SELECT max(e.at) FROM events e WHERE e.task_id = t.id \
               AND e.to_state = 'awaiting_approval' AND e.from_state <> 'awaiting_approval'), \
            EXISTS (SELECT 1 FROM events e WHERE e.task_id = t.id AND e.action = 'approval_warning') \
-         FROM tasks t WHERE t.state = 'awaiting_approval'",
-        &[],
+         FROM tasks t WHERE t.state = 'awaiting_approval' \
+           AND (t.expires_at <= $1 OR t.created_at <= $2)",
+        &[&cut.expires_by_ms, &created_by],
     )
     .await?;
     let mut out = Vec::with_capacity(rows.len());

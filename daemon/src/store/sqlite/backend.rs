@@ -3,7 +3,7 @@
 
 use super::{outbox, queries, SqliteBackend};
 use crate::store::{
-    Awaiting, EventDraft, Notice, OutboxEntry, OutboxKey, OutboxRules, OutboxStats,
+    Awaiting, AwaitingCut, EventDraft, Notice, OutboxEntry, OutboxKey, OutboxRules, OutboxStats,
 };
 use crate::store::{
     Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes,
@@ -296,8 +296,8 @@ impl Backend for SqliteBackend {
         Box::pin(self.read(outbox::outbox_stats))
     }
 
-    fn awaiting_approval(&self) -> StoreFuture<'_, Vec<Awaiting>> {
-        Box::pin(self.read(outbox::awaiting_approval))
+    fn awaiting_approval(&self, cut: AwaitingCut) -> StoreFuture<'_, Vec<Awaiting>> {
+        Box::pin(self.read(move |c| outbox::awaiting_approval(c, cut)))
     }
 
     fn agent_pauses(&self) -> StoreFuture<'_, Vec<StoredPause>> {

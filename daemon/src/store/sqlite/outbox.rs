@@ -10,7 +10,7 @@ use super::rows::{event_from_row, EVENT_COLUMNS};
 use crate::store::outbox::{
     log_entry, Cause, Notice, OutboxEntry, OutboxKey, OutboxRules, OutboxStats,
 };
-use crate::store::{Awaiting, StoreError};
+use crate::store::{Awaiting, AwaitingCut, StoreError};
 use orchestrator_core::config::SinkFilter;
 use orchestrator_proto::task::{TaskKind, TrajectoryEvent};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -506,17 +506,40 @@ pub fn outbox_stats(conn: &Connection) -> Result<Vec<OutboxStats>, StoreError> {
     Ok(out)
 }
 
-/// Tasks waiting for approval, with since when and whether they were warned: the state index by
-/// its prefix, then each task's trajectory through events_task.
-pub fn awaiting_approval(conn: &Connection) -> Result<Vec<Awaiting>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+/// The waiting tasks as the approval policy reads them, with since when they wait and whether
+/// they were warned; the two cuts of [`awaiting_approval`] follow.
+macro_rules! awaiting_sql {
+    () => {
         "SELECT t.id, t.kind, t.agent, t.expires_at, \
            (SELECT max(e.at) FROM events e WHERE e.task_id = t.id AND e.to_state = 'awaiting_approval' \
               AND e.from_state != 'awaiting_approval'), \
            EXISTS (SELECT 1 FROM events e WHERE e.task_id = t.id AND e.action = 'approval_warning') \
-         FROM tasks t WHERE t.state = 'awaiting_approval'",
-    )?;
-    let rows = stmt.query_map([], |r| {
+         FROM tasks t WHERE t.state = 'awaiting_approval'"
+    };
+}
+/// Those expiring by `?1`: a range of the state index.
+pub(super) const AWAITING_EXPIRING: &str = concat!(awaiting_sql!(), " AND t.expires_at <= ?1");
+/// Those expiring by `?1` or created by `?2`: the state index's part for `awaiting_approval`.
+pub(super) const AWAITING_EXPIRING_OR_CREATED: &str = concat!(
+    awaiting_sql!(),
+    " AND (t.expires_at <= ?1 OR t.created_at <= ?2)"
+);
+
+/// Tasks waiting for approval that `cut` admits, with since when and whether they were warned:
+/// the state index (a range of it when only the expiry bounds the cut), then the trajectory of
+/// each task admitted through events_task.
+pub fn awaiting_approval(conn: &Connection, cut: AwaitingCut) -> Result<Vec<Awaiting>, StoreError> {
+    let (mut stmt, bounds) = match cut.created_by_ms {
+        None => (
+            conn.prepare_cached(AWAITING_EXPIRING)?,
+            vec![cut.expires_by_ms],
+        ),
+        Some(created_by) => (
+            conn.prepare_cached(AWAITING_EXPIRING_OR_CREATED)?,
+            vec![cut.expires_by_ms, created_by],
+        ),
+    };
+    let rows = stmt.query_map(rusqlite::params_from_iter(bounds), |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,

@@ -397,6 +397,7 @@ fn apply_from_is_still_a_compare_and_set_and_names_the_real_state() {
 }
 
 mod sweeper_queries {
+    use super::super::outbox::{AWAITING_EXPIRING, AWAITING_EXPIRING_OR_CREATED};
     use super::super::writes::{
         DELETE_EVENTS, DELETE_TASKS, EXPIRE_DUE, EXPIRE_ROWS, LAPSED, RETIRED,
     };
@@ -440,6 +441,16 @@ mod sweeper_queries {
             ],
         );
         assert!(p.contains("INTEGER PRIMARY KEY (rowid=?)"), "{p}");
+        let p = plan(AWAITING_EXPIRING, vec![Integer(NOW)]);
+        assert!(
+            p.contains("INDEX tasks_state_expires (state=? AND expires_at<?)"),
+            "{p}"
+        );
+        let p = plan(
+            AWAITING_EXPIRING_OR_CREATED,
+            vec![Integer(NOW), Integer(NOW)],
+        );
+        assert!(p.contains("INDEX tasks_state_expires (state=?)"), "{p}");
         let p = plan(LAPSED, vec![Integer(NOW), Integer(10)]);
         assert!(p.contains("INDEX tasks_state_expires (state=?)"), "{p}");
         let p = plan(
