@@ -26,6 +26,9 @@ const TICK: Duration = Duration::from_secs(1);
 /// in its event log). They are read at most every [`TICK`], and after a read that took `t`, not
 /// again for `STATS_SHARE × t`: a large backlog costs the metrics at most a fiftieth of a core.
 const STATS_SHARE: u32 = 50;
+/// While the store is busy (see [`worker::Load`]) the figures are read at most this often: a burst
+/// is when the backlog grows fastest and the cores are wanted by requests.
+const BUSY_STATS_EVERY: Duration = Duration::from_secs(10);
 
 /// The nice value of the delivery threads (the daemon's other threads keep 0): under load the
 /// scheduler gives the CPU to requests and commits first, and delivery catches up when they leave
@@ -120,7 +123,12 @@ pub async fn run(d: Arc<Daemon>) {
         for s in cfg.notify.iter().filter(|_| leads) {
             match sink::Sender::new(s.clone()) {
                 Ok(sender) => {
-                    let work = worker::run(Arc::clone(&d), sender, stop.clone());
+                    let work = worker::run(
+                        Arc::clone(&d),
+                        sender,
+                        stop.clone(),
+                        tokio::runtime::Handle::current(),
+                    );
                     match delivery_runtime() {
                         Some(rt) => workers.spawn_on(work, rt),
                         None => workers.spawn(work),
@@ -132,11 +140,17 @@ pub async fn run(d: Arc<Daemon>) {
             }
         }
         let mut stats_due = tokio::time::Instant::now();
+        let mut load = worker::Load::new(d.store.writes());
         let reloaded = loop {
             if tokio::time::Instant::now() >= stats_due {
                 let started = tokio::time::Instant::now();
                 refresh_stats(&d).await;
-                stats_due = started + TICK.max(started.elapsed() * STATS_SHARE);
+                let least = if load.busy(d.store.writes()) {
+                    BUSY_STATS_EVERY
+                } else {
+                    TICK
+                };
+                stats_due = started + least.max(started.elapsed() * STATS_SHARE);
             }
             disk_alarm(&d, &mut full_since).await;
             tokio::select! {

@@ -6,7 +6,7 @@
 use super::sink::{backoff, Outgoing, Sender};
 use crate::clock::Moves;
 use crate::daemon::Daemon;
-use crate::store::{Notice, OutboxEntry, OutboxKey, WriteLoad};
+use crate::store::{Notice, OutboxEntry, OutboxKey, StoreError, WriteLoad};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -19,23 +19,23 @@ const PAGE: usize = 64;
 /// makes large ones), over a window of at least [`LOAD_WINDOW`].
 const BUSY_WRITES_PER_COMMIT: u64 = 4;
 const LOAD_WINDOW: Duration = Duration::from_millis(200);
-/// While the store is busy, a worker rests after each page this many times as long as the page
-/// took: delivery then takes at most a fifth of its thread's time, leaving the cores to the
-/// requests, and catches up when they ease. The delivery threads' low priority does the same for
-/// the CPU alone; this also keeps their reads, allocations and sockets from crowding the requests'.
-const BUSY_REST: u32 = 4;
-/// The longest rest after one page.
-const MAX_REST: Duration = Duration::from_secs(1);
+/// While the store is busy, a worker sends at most one page in this time: it rests after a page
+/// until this long has passed since the page began. Delivery then takes a few milliseconds of its
+/// thread's time a second, leaving the cores to the requests, and an event waits at most about this
+/// long plus its place in the backlog; the sinks catch up when the requests ease. The delivery
+/// threads' low priority does the same for the CPU alone; this also keeps their reads, allocations
+/// and sockets from crowding the requests' (`docs/BENCHMARKS.md`, "Notifications").
+pub(super) const BUSY_PAGE_EVERY: Duration = Duration::from_secs(1);
 
 /// Whether the store has been busy, judged over windows of at least [`LOAD_WINDOW`].
-struct Load {
+pub(super) struct Load {
     since: std::time::Instant,
     at: WriteLoad,
     busy: bool,
 }
 
 impl Load {
-    fn new(now: WriteLoad) -> Load {
+    pub(super) fn new(now: WriteLoad) -> Load {
         Load {
             since: std::time::Instant::now(),
             at: now,
@@ -44,7 +44,7 @@ impl Load {
     }
 
     /// Look at the store's writes once a window has passed; answers whether it is busy.
-    fn busy(&mut self, now: WriteLoad) -> bool {
+    pub(super) fn busy(&mut self, now: WriteLoad) -> bool {
         if self.since.elapsed() >= LOAD_WINDOW {
             let writes = now.writes.saturating_sub(self.at.writes);
             let commits = now.commits.saturating_sub(self.at.commits);
@@ -75,7 +75,17 @@ async fn pause(stop: &CancellationToken, delay: Duration, moves: &mut Moves) -> 
     }
 }
 
-pub async fn run(d: Arc<Daemon>, sender: Sender, stop: CancellationToken) {
+/// One sink's worker. `reads` is the daemon's runtime: the worker's outbox reads run there, on
+/// its blocking threads at the normal priority, not on the delivery runtime's, which inherit its
+/// low one. A read holds a snapshot of the store, and while a snapshot older than the last commit
+/// is held SQLite cannot start its write-ahead log over; a low-priority reader would hold one for
+/// as long as the scheduler makes it wait (`docs/BENCHMARKS.md`, "Notifications").
+pub async fn run(
+    d: Arc<Daemon>,
+    sender: Sender,
+    stop: CancellationToken,
+    reads: tokio::runtime::Handle,
+) {
     let sink = sender.sink().clone();
     let name = sink.name.clone();
     let give_up_ms = i64::try_from(sink.give_up_after.as_millis()).unwrap_or(i64::MAX);
@@ -89,7 +99,14 @@ pub async fn run(d: Arc<Daemon>, sender: Sender, stop: CancellationToken) {
         // Marked seen before reading, so a commit after the read wakes the next wait.
         signal.borrow_and_update();
         let page_started = std::time::Instant::now();
-        let page = match d.store.outbox_pending(&name, PAGE).await {
+        let read = {
+            let (d, name) = (Arc::clone(&d), name.clone());
+            reads.spawn(async move { d.store.outbox_pending(&name, PAGE).await })
+        };
+        let page = match read
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Sql(format!("outbox read task failed: {e}"))))
+        {
             Ok(page) => page,
             Err(e) => {
                 tracing::warn!(sink = %name, error = %e, "notify: cannot read the outbox");
@@ -161,10 +178,7 @@ pub async fn run(d: Arc<Daemon>, sender: Sender, stop: CancellationToken) {
         }
         mark_delivered(&d, &name, delivered).await;
         if load.busy(d.store.writes()) {
-            let rest = page_started
-                .elapsed()
-                .saturating_mul(BUSY_REST)
-                .min(MAX_REST);
+            let rest = BUSY_PAGE_EVERY.saturating_sub(page_started.elapsed());
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(rest) => {}
