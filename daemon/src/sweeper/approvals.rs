@@ -3,7 +3,7 @@
 //! `approval-timeout`; and `approval_warning` before that deadline, or before its TTL, the
 //! trajectory records a warning that becomes the `approval.expiring` notification.
 
-use crate::clock::rfc3339;
+use crate::clock::{duration_ms, rfc3339};
 use crate::config::{ApprovalPolicy, OnApprovalTimeout};
 use crate::machine::Action;
 use crate::store::outbox::{approval_deadline, APPROVAL_TIMEOUT_ACTOR, APPROVAL_WARNING_ACTION};
@@ -26,13 +26,12 @@ pub enum Step {
 /// after it is created, so its creation bounds its wait from below; a task outside the cut is
 /// one that `step` leaves to wait (a test holds this).
 pub fn cut(policy: &ApprovalPolicy, now: i64) -> AwaitingCut {
-    let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-    let warned_from = now.saturating_add(ms(policy.warning));
+    let warned_from = now.saturating_add(duration_ms(policy.warning));
     AwaitingCut {
         expires_by_ms: warned_from,
         created_by_ms: policy
             .shortest_timeout()
-            .map(|t| warned_from.saturating_sub(ms(t))),
+            .map(|t| warned_from.saturating_sub(duration_ms(t))),
     }
 }
 
