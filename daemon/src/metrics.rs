@@ -200,6 +200,8 @@ pub struct Metrics {
     pub protocol_errors: AtomicU64,
     pub requests: AtomicU64,
     pub connections: AtomicU64,
+    /// The console's live event streams open now (a gauge, not a counter).
+    pub console_streams: AtomicU64,
     /// Tasks routed to an agent, by `agent`.
     pub dispatches: Labelled,
     /// Specialist processes started, by `agent`.
@@ -260,6 +262,7 @@ impl Default for Metrics {
             protocol_errors: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            console_streams: AtomicU64::new(0),
             dispatches: Labelled::default(),
             notify_delivered: Labelled::default(),
             notify_failed_attempts: Labelled::default(),
@@ -286,6 +289,11 @@ impl Metrics {
 
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Take one from a gauge kept in an `AtomicU64` (one that [`Metrics::inc`] raised).
+    pub fn dec(gauge: &AtomicU64) {
+        gauge.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {
@@ -680,6 +688,17 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             }
         }
     }
+    header(
+        &mut out,
+        "orchestrator_console_streams",
+        "gauge",
+        "The web console's live event streams open now (one per open console page).",
+    );
+    let _ = writeln!(
+        out,
+        "orchestrator_console_streams {}",
+        Metrics::get(&m.console_streams)
+    );
     header(
         &mut out,
         "orchestrator_oldest_awaiting_approval_seconds",

@@ -943,7 +943,27 @@ mod browser {
         c.goto(&format!("{base}/console/agents")).await.unwrap();
         assert!(body_text(&c).await.contains("coder"));
         screenshot(&c, "agents").await;
+
+        // Every page left behind closed its live stream, those kept in the back/forward cache
+        // included: only this page's is open. (Over HTTP/1.1 the browser allows six connections
+        // to the daemon; streams held by pages put away stalled later requests for a minute.) A
+        // stream whose page closed it ends at the daemon's next write to it, which this submit
+        // causes.
+        awaiting_task(&d);
+        until("only this page's live stream to be open", || async {
+            console_streams(&d) == Some(1)
+        })
+        .await;
         c.close().await.unwrap();
+    }
+
+    /// `orchestrator_console_streams` as `orchctl metrics` prints it.
+    fn console_streams(d: &TestDaemon) -> Option<u64> {
+        let out = d.ctl(&["metrics"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("orchestrator_console_streams "))
+            .and_then(|n| n.trim().parse().ok())
     }
 
     /// No horizontal scrolling, and every button at least 44 px tall. The width is read once the

@@ -61,6 +61,7 @@ fn the_scrape_passes_promtool_and_matches_orchctl_metrics() {
         ("orchestrator_specialist_failures_total", "counter"),
         ("orchestrator_store_errors_total", "counter"),
         ("orchestrator_oldest_awaiting_approval_seconds", "gauge"),
+        ("orchestrator_console_streams", "gauge"),
         ("orchestrator_tasks", "gauge"),
         ("process_cpu_seconds_total", "counter"),
     ] {

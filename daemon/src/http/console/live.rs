@@ -5,12 +5,13 @@
 use super::pages::pipeline::{row, Filters};
 use super::session::Viewer;
 use crate::http::Api;
+use crate::metrics::Metrics;
 use crate::tasks::query;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, StreamExt};
 use orchestrator_proto::task::{TaskKind, TaskState, TrajectoryEvent};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -19,7 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
-fn payload(api: &Api, ev: &TrajectoryEvent) -> String {
+/// What the header and the Pipeline tabs count: tasks by kind and state, and those awaiting a
+/// decision.
+fn counts(api: &Api) -> (Map<String, Value>, u64) {
     let counts = api.daemon.store.counts();
     let mut by_kind = Map::new();
     for k in TaskKind::ALL {
@@ -33,6 +36,11 @@ fn payload(api: &Api, ev: &TrajectoryEvent) -> String {
         .iter()
         .map(|k| counts.get(*k, TaskState::AwaitingApproval))
         .sum();
+    (by_kind, awaiting)
+}
+
+fn payload(api: &Api, ev: &TrajectoryEvent) -> String {
+    let (by_kind, awaiting) = counts(api);
     json!({
         "taskId": ev.task_id,
         "action": ev.action,
@@ -46,25 +54,54 @@ fn payload(api: &Api, ev: &TrajectoryEvent) -> String {
     .to_string()
 }
 
-/// `GET /console/events`: `task` events until the page closes or the daemon stops. A client
-/// that falls behind gets a `resync` event and reloads what it shows.
+/// One open stream, counted in `orchestrator_console_streams` for as long as it lives: the
+/// stream is dropped when the page closes it (noticed at the next write) or the daemon stops.
+struct Open(Arc<Api>);
+
+impl Open {
+    fn new(api: Arc<Api>) -> Self {
+        Metrics::inc(&api.daemon.metrics.console_streams);
+        Self(api)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        Metrics::dec(&self.0.daemon.metrics.console_streams);
+    }
+}
+
+/// `GET /console/events`: first a `counts` event with the counts as they are now (a page that
+/// connects again after a pause brings its header up to date), then `task` events until the page
+/// closes the stream or the daemon stops. A client that falls behind gets a `resync` event and
+/// reloads what it shows.
 pub async fn events(
     State(api): State<Arc<Api>>,
     _viewer: Viewer,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    // Subscribed before the counts are read, so that no commit falls between the two.
     let rx = api.daemon.store.watch_events();
+    let (by_kind, awaiting) = counts(&api);
+    let hello = Event::default()
+        .event("counts")
+        .data(json!({ "awaiting": awaiting, "counts": by_kind }).to_string());
     let shutdown = api.daemon.shutdown.clone();
-    let stream = stream::unfold((rx, api, shutdown), |(mut rx, api, shutdown)| async move {
-        let event = tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            ev = rx.recv() => match ev {
-                Ok(ev) => Event::default().event("task").data(payload(&api, &ev)),
-                Err(RecvError::Lagged(_)) => Event::default().event("resync").data("{}"),
-                Err(RecvError::Closed) => return None,
-            }
-        };
-        Some((Ok(event), (rx, api, shutdown)))
-    });
+    let open = Open::new(api);
+    let stream = stream::unfold(
+        (rx, open, shutdown),
+        |(mut rx, open, shutdown)| async move {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                ev = rx.recv() => match ev {
+                    Ok(ev) => Event::default().event("task").data(payload(&open.0, &ev)),
+                    Err(RecvError::Lagged(_)) => Event::default().event("resync").data("{}"),
+                    Err(RecvError::Closed) => return None,
+                }
+            };
+            Some((Ok(event), (rx, open, shutdown)))
+        },
+    );
+    let stream = stream::once(std::future::ready(Ok(hello))).chain(stream);
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 

@@ -82,19 +82,63 @@
     banner.appendChild(link);
   }
 
-  var source = new EventSource("/console/events");
-  var dot = document.getElementById("live");
-  source.addEventListener("open", function () { if (dot) dot.classList.add("on"); });
-  source.addEventListener("error", function () { if (dot) dot.classList.remove("on"); });
-  source.addEventListener("task", function (e) {
+  // What the page may have missed: the first page of the Pipeline reloads; elsewhere the next
+  // event and the counts sent on connecting bring the page along.
+  function resync() {
+    if (document.querySelector('tbody[data-live="pipeline"][data-first="1"]')) window.location.reload();
+  }
+
+  function onTask(e) {
     var data;
     try { data = JSON.parse(e.data); } catch (err) { return; }
     updateCounts(data);
     pipeline(data);
     approvals(data);
     task(data);
+  }
+
+  function onCounts(e) {
+    var data;
+    try { data = JSON.parse(e.data); } catch (err) { return; }
+    updateCounts(data);
+  }
+
+  // One stream while the page is on screen. Over HTTP/1.1 a browser opens at most six
+  // connections to one host and each open stream holds one, so streams kept by pages nobody looks
+  // at (a page in the back/forward cache, a tab left in the background) would hold back the next
+  // page's requests. Such a page closes its stream: at once when it is put away, after a minute
+  // when its tab is hidden. Back on screen it connects again, as after a resync.
+  var source = null;
+  var hiddenTimer = null;
+  var dot = document.getElementById("live");
+
+  function connect(afterPause) {
+    if (source) return;
+    source = new EventSource("/console/events");
+    source.addEventListener("open", function () { if (dot) dot.classList.add("on"); });
+    source.addEventListener("error", function () { if (dot) dot.classList.remove("on"); });
+    source.addEventListener("counts", onCounts);
+    source.addEventListener("task", onTask);
+    source.addEventListener("resync", resync);
+    if (afterPause) resync();
+  }
+
+  function disconnect() {
+    if (!source) return;
+    source.close();
+    source = null;
+    if (dot) dot.classList.remove("on");
+  }
+
+  window.addEventListener("pagehide", disconnect);
+  window.addEventListener("pageshow", function (e) { if (e.persisted) connect(true); });
+  document.addEventListener("visibilitychange", function () {
+    if (hiddenTimer !== null) { window.clearTimeout(hiddenTimer); hiddenTimer = null; }
+    if (document.visibilityState === "hidden") {
+      hiddenTimer = window.setTimeout(function () { hiddenTimer = null; disconnect(); }, 60000);
+    } else if (!source) {
+      connect(true);
+    }
   });
-  source.addEventListener("resync", function () {
-    if (document.querySelector('tbody[data-live="pipeline"][data-first="1"]')) window.location.reload();
-  });
+  connect(false);
 })();
