@@ -209,7 +209,7 @@ enum Cmd {
         daemon: Option<PathBuf>,
     },
     /// Notifications: commit → healthy loopback webhook latency, and durable submits/s with two
-    /// sinks configured against none (two daemons, alternating rounds).
+    /// sinks configured against none (two daemons; rounds A B, B A, A B, …).
     Notify {
         /// Events timed one at a time.
         #[arg(long, default_value_t = 500)]
@@ -219,7 +219,7 @@ enum Cmd {
         /// Seconds per submit run.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
-        /// Rounds of (without, with) submit runs.
+        /// Rounds of two submit runs, without and with sinks (every other round with sinks first).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
         /// What the sinks' webhook answers: `refused` and `paused` deliver nothing, so that only

@@ -5,11 +5,11 @@
 //!   moment the submit's reply is read (the reply leaves after the COMMIT, so this is at most the
 //!   time since the commit), and, as an upper bound, from the moment the submit was sent.
 //! - Cost: durable submits/s at N connections on two daemons started side by side, one without
-//!   sinks and one with two webhook sinks that both want every submit's `task.done`, rounds
-//!   alternating (A B A B) so that both see the same machine. The backlog a round with sinks
-//!   leaves is delivered before the next round starts (delivery yields the CPU to requests, so a
-//!   backlog left running would slow the next run without sinks instead); the events left and the
-//!   time they took are reported after each round and after the last.
+//!   sinks and one with two webhook sinks that both want every submit's `task.done`. The rounds
+//!   run A B, B A, A B, … so that both see the same machine, a machine whose speed drifts over the
+//!   run included. The backlog a run with sinks leaves is delivered before the next run starts
+//!   (delivery yields the CPU to requests, so a backlog left running would slow the next run
+//!   without sinks instead); the events left and the time they took are reported for each round.
 //! - CPU: beside each submit run, the CPU time per submit of the whole daemon and of its store
 //!   writer thread (`/proc/PID/stat`, `/proc/PID/task/TID/stat`), and of the receiver's threads,
 //!   so that the cost of the sinks can be read on a shared machine, where throughput cannot.
@@ -214,13 +214,37 @@ pub struct Report {
     pub cpu: Vec<(Cpu, Cpu)>,
     /// The receiver's CPU time during each run with sinks, and the events it took in that run.
     pub receiver_cpu: Vec<(Duration, u64)>,
-    /// Events each round but the last left to deliver, and how long they took, before the next.
-    pub between: Vec<(u64, Duration)>,
-    /// Events left to deliver when the load ended, and how long they took.
-    pub backlog: u64,
-    pub drained_in: Duration,
+    /// Whether each round ran with sinks first (B A) or without first (A B).
+    pub with_first: Vec<bool>,
+    /// The backlog each round's run with sinks left, drained before the next run.
+    pub drains: Vec<Drain>,
+}
+
+/// The events a run with sinks left to deliver, and their delivery.
+pub struct Drain {
+    pub left: u64,
+    pub took: Duration,
     /// The daemon with sinks while its backlog drained: its CPU time and the receiver's.
-    pub drain_cpu: (Cpu, Duration),
+    pub cpu: (Cpu, Duration),
+}
+
+/// Wait for what the sinks have pending to be delivered (when the receiver takes events), with
+/// the CPU it took.
+fn drained(
+    conn: &mut Conn,
+    notifying: &Started,
+    arrivals: &mpsc::Receiver<Arrival>,
+    mode: ReceiverMode,
+) -> Result<Drain> {
+    let before = Cpu::of(notifying.daemon.pid())?;
+    let receiver_before = receiver_spent()?;
+    let left = pending(conn)?;
+    let took = drain(conn, arrivals, mode)?;
+    let cpu = (
+        Cpu::of(notifying.daemon.pid())?.since(before),
+        receiver_spent()?.saturating_sub(receiver_before),
+    );
+    Ok(Drain { left, took, cpu })
 }
 
 pub fn run(
@@ -277,32 +301,28 @@ pub fn run(
     let stop = crate::load::Stop::After(Duration::from_secs_f64(seconds));
     let mut runs = Vec::with_capacity(rounds);
     let (mut cpu, mut receiver_cpu) = (Vec::new(), Vec::new());
-    let mut between = Vec::with_capacity(rounds);
+    let (mut with_first, mut drains) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
     for round in 0..rounds {
-        let (without, plain_cpu, _) = measured(&plain, connections, stop)?;
+        let sinks_first = round % 2 == 1;
+        let mut plain_run = None;
+        if !sinks_first {
+            plain_run = Some(measured(&plain, connections, stop)?);
+        }
         while arrivals.try_recv().is_ok() {}
         let (with, notifying_cpu, receiver) = measured(&notifying, connections, stop)?;
         let arrived = std::iter::from_fn(|| arrivals.try_recv().ok()).count() as u64;
+        // Every run starts on a quiet machine: the backlog is delivered before the next run,
+        // which it would otherwise share the cores with.
+        drains.push(drained(&mut conn, &notifying, &arrivals, mode)?);
+        let (without, plain_cpu, _) = match plain_run {
+            Some(run) => run,
+            None => measured(&plain, connections, stop)?,
+        };
         runs.push((without, with));
         cpu.push((plain_cpu, notifying_cpu));
         receiver_cpu.push((receiver, arrived));
-        // Each round starts on a quiet machine: the backlog a round left is delivered before the
-        // next round's run without sinks, which it would otherwise share the cores with.
-        if round + 1 < rounds {
-            let left = pending(&mut conn)?;
-            between.push((left, drain(&mut conn, &arrivals, mode)?));
-        }
+        with_first.push(sinks_first);
     }
-
-    // The backlog the load left, drained (when the receiver takes it).
-    let drain_before = Cpu::of(notifying.daemon.pid())?;
-    let receiver_before = receiver_spent()?;
-    let backlog = pending(&mut conn)?;
-    let drained_in = drain(&mut conn, &arrivals, mode)?;
-    let drain_cpu = (
-        Cpu::of(notifying.daemon.pid())?.since(drain_before),
-        receiver_spent()?.saturating_sub(receiver_before),
-    );
     plain.daemon.stop()?;
     notifying.daemon.stop()?;
     Ok(Report {
@@ -314,10 +334,8 @@ pub fn run(
         rounds: runs,
         cpu,
         receiver_cpu,
-        backlog,
-        between,
-        drained_in,
-        drain_cpu,
+        with_first,
+        drains,
     })
 }
 
@@ -370,8 +388,13 @@ pub fn print(r: &Report) {
     for (i, (without, with)) in r.rounds.iter().enumerate() {
         let ratio = with.per_sec() / without.per_sec();
         ratios.push(ratio);
+        let order = if r.with_first.get(i) == Some(&true) {
+            "with sinks first"
+        } else {
+            "without sinks first"
+        };
         println!(
-            "round {}: submits at {} connections without sinks {}; with two sinks {}; ratio {ratio:.3}",
+            "round {} ({order}): submits at {} connections without sinks {}; with two sinks {}; ratio {ratio:.3}",
             i + 1,
             r.connections,
             without.describe(),
@@ -388,13 +411,14 @@ pub fn print(r: &Report) {
                 per_submit(*rcv, with),
             );
         }
-        match r.between.get(i) {
-            Some((left, took)) if r.receiver == ReceiverMode::Live => println!(
-                "round {}: {left} events left to deliver, delivered {:.1} s later, before the next round",
+        match r.drains.get(i) {
+            Some(d) if r.receiver == ReceiverMode::Live => println!(
+                "round {}: the run with sinks left {} events to deliver, delivered {:.1} s later, before the next run",
                 i + 1,
-                took.as_secs_f64()
+                d.left,
+                d.took.as_secs_f64()
             ),
-            Some((left, _)) => println!("round {}: {left} events pending, left undelivered", i + 1),
+            Some(d) => println!("round {}: {} events pending, left undelivered", i + 1, d.left),
             None => {}
         }
     }
@@ -426,23 +450,19 @@ pub fn print(r: &Report) {
         da / db.max(f64::MIN_POSITIVE),
         wa / wb.max(f64::MIN_POSITIVE)
     );
+    let left: u64 = r.drains.iter().map(|d| d.left).sum();
     if r.receiver == ReceiverMode::Live {
+        let took: f64 = r.drains.iter().map(|d| d.took.as_secs_f64()).sum();
+        let spent = |f: fn(&Drain) -> Duration| -> f64 {
+            r.drains.iter().map(|d| f(d).as_secs_f64()).sum::<f64>() * 1e6 / left.max(1) as f64
+        };
         println!(
-            "backlog when the load ended: {} events, delivered {:.1} s later",
-            r.backlog,
-            r.drained_in.as_secs_f64()
-        );
-        let per_event = |d: Duration| d.as_secs_f64() * 1e6 / r.backlog.max(1) as f64;
-        println!(
-            "while it drained: daemon {:.1} µs (writer {:.1} µs), receiver {:.1} µs of CPU per event delivered",
-            per_event(r.drain_cpu.0.daemon),
-            per_event(r.drain_cpu.0.writer),
-            per_event(r.drain_cpu.1)
+            "backlogs over all rounds: {left} events, delivered in {took:.1} s; daemon {:.1} µs (writer {:.1} µs), receiver {:.1} µs of CPU per event delivered",
+            spent(|d| d.cpu.0.daemon),
+            spent(|d| d.cpu.0.writer),
+            spent(|d| d.cpu.1)
         );
     } else {
-        println!(
-            "backlog when the load ended: {} events, left undelivered",
-            r.backlog
-        );
+        println!("backlogs over all rounds: {left} events, left undelivered");
     }
 }
