@@ -10,6 +10,8 @@
 //!   run included. The backlog a run with sinks leaves is delivered before the next run starts
 //!   (delivery yields the CPU to requests, so a backlog left running would slow the next run
 //!   without sinks instead); the events left and the time they took are reported for each round.
+//!   Before each run both daemons are left to go quiet ([`settle`]): after a run a daemon's
+//!   writer indexes the goals it just stored, seconds of CPU that would fall on the next run.
 //! - CPU: beside each submit run, the CPU time per submit of the whole daemon and of its store
 //!   writer thread (`/proc/PID/stat`, `/proc/PID/task/TID/stat`), and of the receiver's threads,
 //!   so that the cost of the sinks can be read on a shared machine, where throughput cannot.
@@ -47,6 +49,34 @@ pub enum ReceiverMode {
     Refused,
     /// Connections are accepted and never read: every attempt times out.
     Paused,
+}
+
+/// How long [`settle`] waits for the daemons to go quiet before it measures anyway.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(180);
+/// The window over which a daemon counts as quiet when it spent at most [`QUIET_CPU`] in it.
+const QUIET_WINDOW: Duration = Duration::from_millis(500);
+const QUIET_CPU: Duration = Duration::from_millis(20);
+
+/// Wait until every daemon in `pids` is quiet: what a run leaves behind (a daemon's writer
+/// indexes the goals of the tasks just submitted once it is idle, seconds of CPU after a run of
+/// 50,000 submits) would otherwise weigh on the next run, whichever daemon it belongs to. Answers
+/// how long that took.
+fn settle(pids: &[u32]) -> Result<Duration> {
+    let began = Instant::now();
+    loop {
+        let before = pids
+            .iter()
+            .map(|p| proc::cpu_time(*p, None))
+            .collect::<Result<Vec<_>>>()?;
+        std::thread::sleep(QUIET_WINDOW);
+        let mut quiet = true;
+        for (p, b) in pids.iter().zip(before) {
+            quiet &= proc::cpu_time(*p, None)?.saturating_sub(b) <= QUIET_CPU;
+        }
+        if quiet || began.elapsed() >= SETTLE_TIMEOUT {
+            return Ok(began.elapsed());
+        }
+    }
 }
 
 /// The name of the receiver's threads, whose CPU time is reported.
@@ -218,6 +248,8 @@ pub struct Report {
     pub with_first: Vec<bool>,
     /// The backlog each round's run with sinks left, drained before the next run.
     pub drains: Vec<Drain>,
+    /// How long each round waited for both daemons to go quiet before its runs.
+    pub settles: Vec<Duration>,
 }
 
 /// The events a run with sinks left to deliver, and their delivery.
@@ -302,12 +334,17 @@ pub fn run(
     let mut runs = Vec::with_capacity(rounds);
     let (mut cpu, mut receiver_cpu) = (Vec::new(), Vec::new());
     let (mut with_first, mut drains) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    let mut settles = Vec::with_capacity(rounds);
+    let pids = [plain.daemon.pid(), notifying.daemon.pid()];
     for round in 0..rounds {
         let sinks_first = round % 2 == 1;
         let mut plain_run = None;
+        let mut settled = Duration::ZERO;
         if !sinks_first {
+            settled += settle(&pids)?;
             plain_run = Some(measured(&plain, connections, stop)?);
         }
+        settled += settle(&pids)?;
         while arrivals.try_recv().is_ok() {}
         let (with, notifying_cpu, receiver) = measured(&notifying, connections, stop)?;
         let arrived = std::iter::from_fn(|| arrivals.try_recv().ok()).count() as u64;
@@ -316,8 +353,12 @@ pub fn run(
         drains.push(drained(&mut conn, &notifying, &arrivals, mode)?);
         let (without, plain_cpu, _) = match plain_run {
             Some(run) => run,
-            None => measured(&plain, connections, stop)?,
+            None => {
+                settled += settle(&pids)?;
+                measured(&plain, connections, stop)?
+            }
         };
+        settles.push(settled);
         runs.push((without, with));
         cpu.push((plain_cpu, notifying_cpu));
         receiver_cpu.push((receiver, arrived));
@@ -336,6 +377,7 @@ pub fn run(
         receiver_cpu,
         with_first,
         drains,
+        settles,
     })
 }
 
@@ -420,6 +462,13 @@ pub fn print(r: &Report) {
             ),
             Some(d) => println!("round {}: {} events pending, left undelivered", i + 1, d.left),
             None => {}
+        }
+        if let Some(t) = r.settles.get(i) {
+            println!(
+                "round {}: waited {:.1} s in all for both daemons to go quiet before its runs",
+                i + 1,
+                t.as_secs_f64()
+            );
         }
     }
     let total = |f: fn(&(Throughput, Throughput)) -> &Throughput| -> f64 {
