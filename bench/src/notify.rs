@@ -244,12 +244,15 @@ pub struct Report {
     pub cpu: Vec<(Cpu, Cpu)>,
     /// The receiver's CPU time during each run with sinks, and the events it took in that run.
     pub receiver_cpu: Vec<(Duration, u64)>,
-    /// Whether each round ran with sinks first (B A) or without first (A B).
-    pub with_first: Vec<bool>,
     /// The backlog each round's run with sinks left, drained before the next run.
     pub drains: Vec<Drain>,
     /// How long each round waited for both daemons to go quiet before its runs.
     pub settles: Vec<Duration>,
+}
+
+/// Whether round `round` (from 0) runs the daemon with sinks first: every other one, A B, B A, ….
+fn sinks_first(round: usize) -> bool {
+    round % 2 == 1
 }
 
 /// The events a run with sinks left to deliver, and their delivery.
@@ -333,14 +336,12 @@ pub fn run(
     let stop = crate::load::Stop::After(Duration::from_secs_f64(seconds));
     let mut runs = Vec::with_capacity(rounds);
     let (mut cpu, mut receiver_cpu) = (Vec::new(), Vec::new());
-    let (mut with_first, mut drains) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
-    let mut settles = Vec::with_capacity(rounds);
+    let (mut drains, mut settles) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
     let pids = [plain.daemon.pid(), notifying.daemon.pid()];
     for round in 0..rounds {
-        let sinks_first = round % 2 == 1;
         let mut plain_run = None;
         let mut settled = Duration::ZERO;
-        if !sinks_first {
+        if !sinks_first(round) {
             settled += settle(&pids)?;
             plain_run = Some(measured(&plain, connections, stop)?);
         }
@@ -362,7 +363,6 @@ pub fn run(
         runs.push((without, with));
         cpu.push((plain_cpu, notifying_cpu));
         receiver_cpu.push((receiver, arrived));
-        with_first.push(sinks_first);
     }
     plain.daemon.stop()?;
     notifying.daemon.stop()?;
@@ -375,7 +375,6 @@ pub fn run(
         rounds: runs,
         cpu,
         receiver_cpu,
-        with_first,
         drains,
         settles,
     })
@@ -430,7 +429,7 @@ pub fn print(r: &Report) {
     for (i, (without, with)) in r.rounds.iter().enumerate() {
         let ratio = with.per_sec() / without.per_sec();
         ratios.push(ratio);
-        let order = if r.with_first.get(i) == Some(&true) {
+        let order = if sinks_first(i) {
             "with sinks first"
         } else {
             "without sinks first"

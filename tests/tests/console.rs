@@ -226,6 +226,57 @@ fn without_a_session_the_login_page_comes_first_and_then_the_page_asked_for() {
     assert_eq!(events.status, 401);
 }
 
+/// `orchestrator_console_streams` as `orchctl metrics` prints it.
+fn console_streams(d: &TestDaemon) -> f64 {
+    let out = d.ctl(&["metrics"]);
+    let e = orchestrator_tests::prometheus::check(&String::from_utf8_lossy(&out.stdout))
+        .unwrap_or_else(|e| panic!("{e}"));
+    e.value("orchestrator_console_streams", &[])
+        .expect("orchestrator_console_streams is exposed")
+}
+
+#[test]
+fn the_live_stream_opens_with_the_counts_and_is_counted_while_open() {
+    use std::io::{BufRead, BufReader};
+    let d = TestDaemon::with_config(HTTP_CONFIG);
+    let (_a, _b) = (awaiting_task(&d), awaiting_task(&d));
+    let s = Signed::sign_in(&d);
+    assert_eq!(console_streams(&d), 0.0);
+    let r = s
+        .agent
+        .get(format!("{}/console/events", s.base))
+        .header("Cookie", &s.cookie)
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let mut lines = BufReader::new(r.into_body().into_reader()).lines();
+    // The first event, before any commit: the counts as they are now.
+    let mut first = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.is_empty() && !first.is_empty() {
+            break;
+        }
+        if !line.is_empty() {
+            first.push(line);
+        }
+    }
+    assert_eq!(first[0], "event: counts", "{first:?}");
+    let data: Value = serde_json::from_str(first[1].strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(data["awaiting"], 2, "{data}");
+    assert_eq!(
+        data["counts"]["synthetic"]["awaiting_approval"], 2,
+        "{data}"
+    );
+    assert_eq!(console_streams(&d), 1.0);
+    // Closed by the page: the daemon notices at its next write, which a commit causes.
+    drop(lines);
+    awaiting_task(&d);
+    wait_for("the closed stream to end", Duration::from_secs(10), || {
+        (console_streams(&d) == 0.0).then_some(())
+    });
+}
+
 #[test]
 fn an_expired_session_is_asked_to_sign_in_again() {
     let d = TestDaemon::with_config(&format!("{HTTP_CONFIG}session_ttl = \"2s\"\n"));
@@ -951,19 +1002,10 @@ mod browser {
         // causes.
         awaiting_task(&d);
         until("only this page's live stream to be open", || async {
-            console_streams(&d) == Some(1)
+            console_streams(&d) == 1.0
         })
         .await;
         c.close().await.unwrap();
-    }
-
-    /// `orchestrator_console_streams` as `orchctl metrics` prints it.
-    fn console_streams(d: &TestDaemon) -> Option<u64> {
-        let out = d.ctl(&["metrics"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("orchestrator_console_streams "))
-            .and_then(|n| n.trim().parse().ok())
     }
 
     /// No horizontal scrolling, and every button at least 44 px tall. The width is read once the

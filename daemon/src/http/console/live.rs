@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
-/// What the header and the Pipeline tabs count: tasks by kind and state, and those awaiting a
-/// decision.
-fn counts(api: &Api) -> (Map<String, Value>, u64) {
+/// What the header and the Pipeline tabs count, as the page reads it: `awaiting` (tasks waiting
+/// for a decision) and `counts` (tasks by kind and state).
+fn counts(api: &Api) -> Map<String, Value> {
     let counts = api.daemon.store.counts();
     let mut by_kind = Map::new();
     for k in TaskKind::ALL {
@@ -36,22 +36,26 @@ fn counts(api: &Api) -> (Map<String, Value>, u64) {
         .iter()
         .map(|k| counts.get(*k, TaskState::AwaitingApproval))
         .sum();
-    (by_kind, awaiting)
+    let mut out = Map::new();
+    out.insert("awaiting".into(), json!(awaiting));
+    out.insert("counts".into(), Value::Object(by_kind));
+    out
 }
 
+/// A `task` event's data: the transition and the counts after it.
 fn payload(api: &Api, ev: &TrajectoryEvent) -> String {
-    let (by_kind, awaiting) = counts(api);
-    json!({
-        "taskId": ev.task_id,
-        "action": ev.action,
-        "from": ev.from,
-        "to": ev.to,
-        "actor": ev.actor,
-        "at": ev.at,
-        "awaiting": awaiting,
-        "counts": by_kind,
-    })
-    .to_string()
+    let mut out = counts(api);
+    for (k, v) in [
+        ("taskId", json!(ev.task_id)),
+        ("action", json!(ev.action)),
+        ("from", json!(ev.from)),
+        ("to", json!(ev.to)),
+        ("actor", json!(ev.actor)),
+        ("at", json!(ev.at)),
+    ] {
+        out.insert(k.into(), v);
+    }
+    Value::Object(out).to_string()
 }
 
 /// One open stream, counted in `orchestrator_console_streams` for as long as it lives: the
@@ -81,10 +85,9 @@ pub async fn events(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     // Subscribed before the counts are read, so that no commit falls between the two.
     let rx = api.daemon.store.watch_events();
-    let (by_kind, awaiting) = counts(&api);
     let hello = Event::default()
         .event("counts")
-        .data(json!({ "awaiting": awaiting, "counts": by_kind }).to_string());
+        .data(Value::Object(counts(&api)).to_string());
     let shutdown = api.daemon.shutdown.clone();
     let open = Open::new(api);
     let stream = stream::unfold(
