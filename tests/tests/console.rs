@@ -278,6 +278,62 @@ fn the_live_stream_opens_with_the_counts_and_is_counted_while_open() {
 }
 
 #[test]
+fn assets_are_linked_by_their_content_and_kept_until_it_changes() {
+    let d = TestDaemon::with_config(HTTP_CONFIG);
+    let base = d.http_base();
+    let a = agent();
+    let login = reply(a.get(format!("{base}/console/login")).call().unwrap());
+    assert_eq!(login.status, 200, "{}", login.body);
+    for name in ["console.css", "console.js"] {
+        let path = format!("/console/assets/{name}");
+        let prefix = format!("{path}?v=");
+        let at = login
+            .body
+            .find(&prefix)
+            .unwrap_or_else(|| panic!("the page links {prefix}…: {}", login.body));
+        let url: String = login.body[at..].chars().take_while(|c| *c != '"').collect();
+        let tag = url[prefix.len()..].to_string();
+        assert_eq!(tag.len(), 16, "{url}");
+
+        let tagged = reply(a.get(format!("{base}{url}")).call().unwrap());
+        assert_eq!(tagged.status, 200);
+        assert!(!tagged.body.is_empty());
+        assert_eq!(
+            tagged.headers["cache-control"], "public, max-age=31536000, immutable",
+            "{url}"
+        );
+        let etag = tagged.headers["etag"].clone();
+        assert_eq!(etag, format!("\"{tag}\""));
+
+        // Without the page's tag, or with another, the browser has to ask again each time.
+        for other in [path.clone(), format!("{path}?v=0000000000000000")] {
+            let r = reply(a.get(format!("{base}{other}")).call().unwrap());
+            assert_eq!(r.status, 200, "{other}");
+            assert_eq!(r.headers["cache-control"], "no-cache", "{other}");
+            assert_eq!(r.body, tagged.body, "{other}");
+        }
+        // …and is told when its copy is still the file.
+        let same = reply(
+            a.get(format!("{base}{path}"))
+                .header("If-None-Match", &etag)
+                .call()
+                .unwrap(),
+        );
+        assert_eq!(same.status, 304, "{path}");
+        assert!(same.body.is_empty());
+        assert_eq!(same.headers["etag"], etag);
+        let stale = reply(
+            a.get(format!("{base}{path}"))
+                .header("If-None-Match", "\"0000000000000000\"")
+                .call()
+                .unwrap(),
+        );
+        assert_eq!(stale.status, 200, "{path}");
+        assert_eq!(stale.body, tagged.body);
+    }
+}
+
+#[test]
 fn an_expired_session_is_asked_to_sign_in_again() {
     let d = TestDaemon::with_config(&format!("{HTTP_CONFIG}session_ttl = \"2s\"\n"));
     let s = Signed::sign_in(&d);

@@ -32,8 +32,8 @@ fn head(title: &str) -> Markup {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
             title { (title) " · orchestrator" }
-            link rel="stylesheet" href="/console/assets/console.css";
-            script src="/console/assets/console.js" defer {}
+            link rel="stylesheet" href=(super::CSS.url());
+            script src=(super::JS.url()) defer {}
         }
     }
 }
