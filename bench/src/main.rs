@@ -80,6 +80,16 @@ impl CpuOf {
     }
 }
 
+/// How the measured run's writes shared commits, read from the daemon's metrics after it.
+fn print_grouping(socket: &std::path::Path, before: &Option<scenarios::Grouping>) -> Result<()> {
+    if let Some(before) = before {
+        if let Some(line) = scenarios::Grouping::read(socket)?.since(before) {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Durable submit throughput with p50/p99 latency.
@@ -254,6 +264,8 @@ fn run(cli: Cli) -> Result<()> {
             seconds,
             cpu,
         } => {
+            // Absent from daemons older than these counters: then not printed.
+            let grouped = scenarios::Grouping::read(&target.socket).ok();
             let before = cpu.sample()?;
             let t = scenarios::submit(
                 &target.socket,
@@ -262,6 +274,7 @@ fn run(cli: Cli) -> Result<()> {
             )?;
             println!("submit, {connections} connections: {}", t.describe());
             cpu.report(before, t.ok)?;
+            print_grouping(&target.socket, &grouped)?;
         }
         Cmd::Transitions {
             target,
@@ -270,6 +283,8 @@ fn run(cli: Cli) -> Result<()> {
             cpu,
         } => {
             let ids = scenarios::precreate_awaiting(&target.socket, connections, tasks)?;
+            // Absent from daemons older than these counters: then not printed.
+            let grouped = scenarios::Grouping::read(&target.socket).ok();
             let before = cpu.sample()?;
             let t = scenarios::transitions(&target.socket, connections, &ids)?;
             println!(
@@ -277,6 +292,7 @@ fn run(cli: Cli) -> Result<()> {
                 t.describe()
             );
             cpu.report(before, t.ok)?;
+            print_grouping(&target.socket, &grouped)?;
         }
         Cmd::Roundtrip { target, requests } => {
             let t = scenarios::roundtrip(&target.socket, requests)?;

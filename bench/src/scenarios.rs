@@ -24,6 +24,45 @@ fn outcome(reply: crate::client::Reply) -> Outcome {
     }
 }
 
+/// The store's writes and the commits that held them so far, from the daemon's metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct Grouping {
+    writes: u64,
+    commits: u64,
+}
+
+impl Grouping {
+    pub fn read(socket: &Path) -> Result<Grouping> {
+        let text = match Conn::open(socket)?.ok(Request::Metrics)? {
+            Response::Metrics(text) => text,
+            other => bail!("metrics answered {other:?}"),
+        };
+        let counter = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .map(|v| v as u64)
+                .with_context(|| format!("no {name} in the daemon's metrics"))
+        };
+        Ok(Grouping {
+            writes: counter("orchestrator_store_writes_total")?,
+            commits: counter("orchestrator_store_commits_total")?,
+        })
+    }
+
+    /// How the writes since `before` were grouped, as one line; `None` when the backend does not
+    /// group them (no commits counted).
+    pub fn since(&self, before: &Grouping) -> Option<String> {
+        let writes = self.writes.saturating_sub(before.writes);
+        let commits = self.commits.saturating_sub(before.commits);
+        (commits > 0).then(|| {
+            format!(
+                "store writes per commit: {:.1} ({writes} writes in {commits} commits)",
+                writes as f64 / commits as f64
+            )
+        })
+    }
+}
+
 /// Durable submits: every reply comes after the task's commit.
 pub fn submit(socket: &Path, conns: usize, stop: Stop) -> Result<Throughput> {
     let (t, errors) = load::run(socket, conns, stop, |_, _, conn| {

@@ -215,10 +215,13 @@ impl Daemon {
             .map(|(k, s)| (k, s, counts.get(k, s)))
             .collect();
         let health = self.store.health();
+        let load = self.store.writes();
         let snapshot = metrics::Snapshot {
             tasks,
             mode: self.mode().effective,
             store_errors: self.store.errors(),
+            store_writes: load.writes,
+            store_commits: load.commits,
             version: env!("CARGO_PKG_VERSION").to_string(),
             now_ms: self.clock.now_ms(),
             process: metrics::ProcessStats::read_self(),

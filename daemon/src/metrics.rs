@@ -418,6 +418,10 @@ pub struct Snapshot {
     pub tasks: Vec<(TaskKind, TaskState, u64)>,
     pub mode: Mode,
     pub store_errors: u64,
+    /// Writes the store took and the commits that held them (0 and 0 on a backend that commits
+    /// each write on its own).
+    pub store_writes: u64,
+    pub store_commits: u64,
     pub version: String,
     pub now_ms: i64,
     pub process: Option<ProcessStats>,
@@ -522,6 +526,23 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         "Task-store operations that failed (not refusals).",
     );
     let _ = writeln!(out, "orchestrator_store_errors_total {}", s.store_errors);
+    for (name, help, n) in [
+        (
+            "orchestrator_store_writes_total",
+            "Writes taken by the store (each request that changes stored state is one; \
+             0 on PostgreSQL, where each commits on its own).",
+            s.store_writes,
+        ),
+        (
+            "orchestrator_store_commits_total",
+            "Commits that held those writes: writes divided by commits is how many \
+             shared one flush to disk.",
+            s.store_commits,
+        ),
+    ] {
+        header(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {n}");
+    }
     labelled(
         &mut out,
         "orchestrator_dispatches_total",
@@ -756,6 +777,8 @@ mod tests {
             tasks: vec![(TaskKind::Live, TaskState::Queued, 3)],
             mode: TaskKind::Shadow,
             store_errors: 2,
+            store_writes: 640,
+            store_commits: 10,
             version: "1.2.3".into(),
             now_ms: 10_000,
             process: Some(ProcessStats {
@@ -820,6 +843,8 @@ mod tests {
         let text = render(&m, &snapshot());
         assert!(text.contains("orchestrator_build_info{version=\"1.2.3\"} 1\n"));
         assert!(text.contains("orchestrator_store_errors_total 2\n"));
+        assert!(text.contains("orchestrator_store_writes_total 640\n"));
+        assert!(text.contains("orchestrator_store_commits_total 10\n"));
         assert!(text.contains("orchestrator_tasks{kind=\"live\",state=\"queued\"} 3\n"));
         assert!(text.contains("orchestrator_mode{mode=\"shadow\"} 1\n"));
         assert!(text.contains("orchestrator_mode{mode=\"live\"} 0\n"));

@@ -60,6 +60,8 @@ fn the_scrape_passes_promtool_and_matches_orchctl_metrics() {
         ("orchestrator_dispatches_total", "counter"),
         ("orchestrator_specialist_failures_total", "counter"),
         ("orchestrator_store_errors_total", "counter"),
+        ("orchestrator_store_writes_total", "counter"),
+        ("orchestrator_store_commits_total", "counter"),
         ("orchestrator_oldest_awaiting_approval_seconds", "gauge"),
         ("orchestrator_console_streams", "gauge"),
         ("orchestrator_tasks", "gauge"),
@@ -111,6 +113,14 @@ fn submitted_and_approved_tasks_move_the_counters_and_histograms() {
     let (_, after) = scrape(&c, None);
 
     let n = N as f64;
+    // Each submit waited for its reply before the next was sent, so none shared a commit.
+    let writes = moved(&before, &after, "orchestrator_store_writes_total", &[]);
+    let commits = moved(&before, &after, "orchestrator_store_commits_total", &[]);
+    assert!(
+        commits >= n + 1.0 && writes >= commits,
+        "{writes} writes in {commits} commits for {} submits",
+        N + 1
+    );
     assert_eq!(
         moved(&before, &after, "orchestrator_dispatches_total", &[]),
         n + 1.0
