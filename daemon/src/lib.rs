@@ -49,6 +49,7 @@ pub mod daemon;
 pub mod dispatch;
 pub mod fault;
 pub mod gate;
+pub mod heap;
 pub mod http;
 pub mod integrity;
 pub mod lifecycle;
