@@ -80,16 +80,6 @@ impl CpuOf {
     }
 }
 
-/// How the measured run's writes shared commits, read from the daemon's metrics after it.
-fn print_grouping(socket: &std::path::Path, before: &Option<scenarios::Grouping>) -> Result<()> {
-    if let Some(before) = before {
-        if let Some(line) = scenarios::Grouping::read(socket)?.since(before) {
-            println!("{line}");
-        }
-    }
-    Ok(())
-}
-
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Durable submit throughput with p50/p99 latency.
@@ -264,8 +254,7 @@ fn run(cli: Cli) -> Result<()> {
             seconds,
             cpu,
         } => {
-            // Absent from daemons older than these counters: then not printed.
-            let grouped = scenarios::Grouping::read(&target.socket).ok();
+            let grouped = scenarios::Grouping::before(&target.socket);
             let before = cpu.sample()?;
             let t = scenarios::submit(
                 &target.socket,
@@ -274,7 +263,7 @@ fn run(cli: Cli) -> Result<()> {
             )?;
             println!("submit, {connections} connections: {}", t.describe());
             cpu.report(before, t.ok)?;
-            print_grouping(&target.socket, &grouped)?;
+            scenarios::Grouping::print_since(grouped, &target.socket)?;
         }
         Cmd::Transitions {
             target,
@@ -283,8 +272,7 @@ fn run(cli: Cli) -> Result<()> {
             cpu,
         } => {
             let ids = scenarios::precreate_awaiting(&target.socket, connections, tasks)?;
-            // Absent from daemons older than these counters: then not printed.
-            let grouped = scenarios::Grouping::read(&target.socket).ok();
+            let grouped = scenarios::Grouping::before(&target.socket);
             let before = cpu.sample()?;
             let t = scenarios::transitions(&target.socket, connections, &ids)?;
             println!(
@@ -292,7 +280,7 @@ fn run(cli: Cli) -> Result<()> {
                 t.describe()
             );
             cpu.report(before, t.ok)?;
-            print_grouping(&target.socket, &grouped)?;
+            scenarios::Grouping::print_since(grouped, &target.socket)?;
         }
         Cmd::Roundtrip { target, requests } => {
             let t = scenarios::roundtrip(&target.socket, requests)?;

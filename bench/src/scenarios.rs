@@ -32,7 +32,24 @@ pub struct Grouping {
 }
 
 impl Grouping {
-    pub fn read(socket: &Path) -> Result<Grouping> {
+    /// Before a measured run: `None` from a daemon older than these counters, for which
+    /// [`Grouping::print_since`] then prints nothing.
+    pub fn before(socket: &Path) -> Option<Grouping> {
+        Grouping::read(socket).ok()
+    }
+
+    /// After the run: print how its writes shared commits.
+    pub fn print_since(before: Option<Grouping>, socket: &Path) -> Result<()> {
+        let Some(before) = before else {
+            return Ok(());
+        };
+        if let Some(line) = Grouping::read(socket)?.since(&before) {
+            println!("{line}");
+        }
+        Ok(())
+    }
+
+    fn read(socket: &Path) -> Result<Grouping> {
         let text = match Conn::open(socket)?.ok(Request::Metrics)? {
             Response::Metrics(text) => text,
             other => bail!("metrics answered {other:?}"),
@@ -51,7 +68,7 @@ impl Grouping {
 
     /// How the writes since `before` were grouped, as one line; `None` when the backend does not
     /// group them (no commits counted).
-    pub fn since(&self, before: &Grouping) -> Option<String> {
+    fn since(&self, before: &Grouping) -> Option<String> {
         let writes = self.writes.saturating_sub(before.writes);
         let commits = self.commits.saturating_sub(before.commits);
         (commits > 0).then(|| {

@@ -529,8 +529,8 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
     for (name, help, n) in [
         (
             "orchestrator_store_writes_total",
-            "Writes taken by the store (each request that changes stored state is one; \
-             0 on PostgreSQL, where each commits on its own).",
+            "Writes taken by the store's writer (a submit, a transition, a sweep's batch…; \
+             0 on PostgreSQL, where each write commits on its own).",
             s.store_writes,
         ),
         (
