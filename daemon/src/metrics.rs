@@ -320,7 +320,8 @@ impl Metrics {
     }
 
     /// Follow one committed transition of task `id` at `at_ms`: entering `awaiting_approval` starts
-    /// its wait; leaving it ends the wait, and an approval or a rejection is observed.
+    /// its wait; leaving it ends the wait, and an approval or a rejection is observed. An event that
+    /// stays in the state (the sweeper's approval warning) changes neither.
     pub fn approval_transition(
         &self,
         id: &str,
@@ -329,6 +330,9 @@ impl Metrics {
         action: &str,
         at_ms: i64,
     ) {
+        if from == Some(to) {
+            return;
+        }
         let resting = to == TaskState::AwaitingApproval || to.is_terminal();
         if resting && self.excluded().remove(id) {
             return;
@@ -873,6 +877,15 @@ mod tests {
             TaskState::AwaitingApproval,
             "complete",
             4_000,
+        );
+        assert!(render(&m, &s).contains("orchestrator_oldest_awaiting_approval_seconds 9\n"));
+        // The approval warning is an event within the state: the wait goes on from its start.
+        m.approval_transition(
+            "a",
+            Some(TaskState::AwaitingApproval),
+            TaskState::AwaitingApproval,
+            "approval_warning",
+            5_000,
         );
         assert!(render(&m, &s).contains("orchestrator_oldest_awaiting_approval_seconds 9\n"));
         m.approval_transition(
