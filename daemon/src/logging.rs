@@ -13,7 +13,6 @@ use crate::clock::rfc3339_ms;
 use crate::daemon::Daemon;
 use crate::gate::synthetic::HARNESS;
 use crate::metrics::Metrics;
-use crate::store::TaskFilter;
 use orchestrator_proto::task::{TaskState, TrajectoryEvent};
 use std::sync::Arc;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
@@ -147,38 +146,15 @@ pub async fn follow_transitions(
 }
 
 /// Tell the metrics which tasks are in `awaiting_approval` now and since when: at start, and after
-/// the follower fell behind and may have missed some of their transitions.
+/// the follower fell behind and may have missed some of their transitions. One read, of the newest
+/// [`AWAITING_SEED_LIMIT`].
 async fn awaiting_approval(d: &Daemon) {
-    let filter = TaskFilter {
-        state: Some(TaskState::AwaitingApproval),
-        limit: AWAITING_SEED_LIMIT,
-        ..TaskFilter::default()
-    };
-    let tasks = match d.store.list_tasks(filter).await {
-        Ok(tasks) => tasks,
+    match d.store.awaiting_since(AWAITING_SEED_LIMIT).await {
+        Ok(since) => d.metrics.reset_awaiting(since),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read the tasks awaiting approval for the metrics");
-            return;
-        }
-    };
-    let mut since = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        let entered = match d.store.transitions_of(&t.id).await {
-            Ok(events) => events
-                .iter()
-                .rev()
-                .find(|e| e.to == TaskState::AwaitingApproval)
-                .and_then(|e| rfc3339_ms(&e.at)),
-            Err(e) => {
-                tracing::warn!(TASK_ID = %t.id, error = %e, "cannot read a task's trajectory for the metrics");
-                None
-            }
-        };
-        if let Some(ms) = entered {
-            since.push((t.id, ms));
+            tracing::warn!(error = %e, "cannot read the tasks awaiting approval for the metrics")
         }
     }
-    d.metrics.reset_awaiting(since);
 }
 
 fn record(d: &Daemon, ev: &TrajectoryEvent) {

@@ -1223,6 +1223,52 @@ pub async fn awaiting_approval_lists_waiting_tasks(store: Store) {
     assert!(store.awaiting_approval(AwaitingCut::ALL).await.unwrap()[0].warned);
 }
 
+/// The approval metrics' read: the newest waiting tasks up to the limit, harness tasks left out,
+/// each with when it entered the state (a warning recorded later does not move that).
+pub async fn awaiting_since_reads_the_newest_waiting_tasks(store: Store) {
+    for (id, created, harness) in [
+        ("W1", T0, false),
+        ("W2", T0 + 1, false),
+        ("H", T0 + 2, true),
+    ] {
+        let mut t = task(id, TaskKind::Live);
+        t.created_ms = created;
+        t.harness = harness;
+        let steps = vec![
+            routed(id, created + 10),
+            started(id, created + 20, created + 90),
+            complete(id, created + 30, true),
+        ];
+        let plan = SubmitPlan {
+            task: t,
+            actor: "alice".into(),
+            steps,
+        };
+        store.submit(plan).await.expect("submit");
+    }
+    put(&store, "Q", TaskKind::Live, Vec::new()).await;
+    store
+        .append_event(NewEvent {
+            task_id: "W1".into(),
+            kind: TaskKind::Live,
+            state: TaskState::AwaitingApproval,
+            at_ms: T0 + 500,
+            actor: "sweeper".into(),
+            action: outbox::APPROVAL_WARNING_ACTION.into(),
+            details: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.awaiting_since(10).await.unwrap(),
+        vec![("W2".to_string(), T0 + 31), ("W1".to_string(), T0 + 30)]
+    );
+    assert_eq!(
+        store.awaiting_since(1).await.unwrap(),
+        vec![("W2".to_string(), T0 + 31)]
+    );
+}
+
 /// A cut reads the waiting tasks that expire by its bound, or were created by its other one, and
 /// no other.
 pub async fn awaiting_approval_reads_only_what_the_cut_admits(store: Store) {

@@ -305,6 +305,10 @@ pub trait Backend: Send + Sync {
     fn outbox_stats(&self) -> StoreFuture<'_, Vec<OutboxStats>>;
     /// Tasks waiting for approval that `cut` admits, for the approval policy.
     fn awaiting_approval(&self, cut: AwaitingCut) -> StoreFuture<'_, Vec<Awaiting>>;
+    /// The newest `limit` tasks waiting for approval, harness tasks left out, each with since
+    /// when it waits (its last entry into `awaiting_approval`): what the approval metrics start
+    /// from. One read however many wait.
+    fn awaiting_since(&self, limit: u32) -> StoreFuture<'_, Vec<(String, i64)>>;
 
     // Agents.
 

@@ -371,6 +371,10 @@ impl Backend for PostgresBackend {
         read!(self, |c| outbox::awaiting_approval(&c, cut).await)
     }
 
+    fn awaiting_since(&self, limit: u32) -> StoreFuture<'_, Vec<(String, i64)>> {
+        read!(self, |c| outbox::awaiting_since(&c, limit).await)
+    }
+
     fn agent_pauses(&self) -> StoreFuture<'_, Vec<StoredPause>> {
         read!(self, |c| super::agents::agent_pauses(&c).await)
     }

@@ -57,6 +57,7 @@ contract_cases!(
     notices_follow_the_filters,
     awaiting_approval_lists_waiting_tasks,
     awaiting_approval_reads_only_what_the_cut_admits,
+    awaiting_since_reads_the_newest_waiting_tasks,
     usage_is_stored_and_a_deferral_counts_no_attempt,
     agent_pauses_are_stored_and_cleared,
 );

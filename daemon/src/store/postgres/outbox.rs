@@ -213,6 +213,30 @@ pub(super) async fn outbox_stats(c: &Client) -> Result<Vec<OutboxStats>, StoreEr
         .collect())
 }
 
+/// See [`crate::store::Backend::awaiting_since`].
+pub(super) async fn awaiting_since(
+    c: &Client,
+    limit: u32,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let rows = query(
+        c,
+        "SELECT t.id, \
+           (SELECT max(e.at) FROM events e WHERE e.task_id = t.id \
+              AND e.to_state = 'awaiting_approval' AND e.from_state <> 'awaiting_approval') \
+         FROM tasks t WHERE t.state = 'awaiting_approval' AND NOT t.harness \
+         ORDER BY t.created_at DESC, t.id DESC LIMIT $1",
+        &[&i64::from(limit)],
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let since: Option<i64> = r.get(1);
+            since.map(|s| (r.get(0), s))
+        })
+        .collect())
+}
+
 /// Tasks waiting for approval that `cut` admits, with since when and whether they were warned:
 /// the state index, then the trajectory of each task admitted through events_task.
 pub(super) async fn awaiting_approval(

@@ -300,6 +300,10 @@ impl Backend for SqliteBackend {
         Box::pin(self.read(move |c| outbox::awaiting_approval(c, cut)))
     }
 
+    fn awaiting_since(&self, limit: u32) -> StoreFuture<'_, Vec<(String, i64)>> {
+        Box::pin(self.read(move |c| outbox::awaiting_since(c, limit)))
+    }
+
     fn agent_pauses(&self) -> StoreFuture<'_, Vec<StoredPause>> {
         Box::pin(self.read(super::agents::agent_pauses))
     }

@@ -565,6 +565,30 @@ pub fn awaiting_approval(conn: &Connection, cut: AwaitingCut) -> Result<Vec<Awai
     Ok(out)
 }
 
+/// See [`crate::store::Backend::awaiting_since`]: the state index's part for
+/// `awaiting_approval`, the newest `limit` of it (a bounded sort), then each one's trajectory
+/// through events_task. A task that never entered the state through an event has no answer.
+pub fn awaiting_since(conn: &Connection, limit: u32) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT t.id, \
+           (SELECT max(e.at) FROM events e WHERE e.task_id = t.id AND e.to_state = 'awaiting_approval' \
+              AND e.from_state != 'awaiting_approval') \
+         FROM tasks t INDEXED BY tasks_state_expires \
+         WHERE t.state = 'awaiting_approval' AND t.harness = 0 \
+         ORDER BY t.created_at DESC, t.id DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        if let (id, Some(since)) = row? {
+            out.push((id, since));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::MAY_NOTIFY;
