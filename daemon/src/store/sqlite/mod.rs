@@ -93,6 +93,9 @@ struct Inner {
     /// Write jobs queued since the store opened.
     writes: std::sync::atomic::AtomicU64,
     outbox: Arc<Writer>,
+    /// While an integrity check runs, how to interrupt it: closing the store does, because the
+    /// check's snapshot would hold the final checkpoint back (for up to the busy timeout).
+    checking: Mutex<Option<rusqlite::InterruptHandle>>,
 }
 
 /// What the writer shares with the handles besides its job queue: the outbox rules it writes rows
@@ -200,6 +203,7 @@ impl SqliteBackend {
                 errors: std::sync::atomic::AtomicU64::new(0),
                 writes: std::sync::atomic::AtomicU64::new(0),
                 outbox,
+                checking: Mutex::new(None),
             }),
         })
     }
@@ -374,15 +378,26 @@ impl SqliteBackend {
     /// [`crate::store::Backend::check_integrity`].
     pub(super) async fn run_integrity_check(&self) -> Result<String, StoreError> {
         self.with_health(|h| h.checking = true);
+        let store = self.clone();
         let outcome = self
-            .read(|conn| {
+            .read(move |conn| {
+                let interruptible = |handle| {
+                    if let Ok(mut slot) = store.inner.checking.lock() {
+                        *slot = handle;
+                    }
+                };
+                interruptible(Some(conn.get_interrupt_handle()));
                 // A page too damaged for the check to walk is an answer too, not a failure to check.
-                quick_check(conn).or_else(|e| match e.sqlite_error_code() {
+                let found = quick_check(conn).or_else(|e| match e.sqlite_error_code() {
                     Some(
                         rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase,
                     ) => Ok(e.to_string()),
                     _ => Err(e.into()),
-                })
+                });
+                // Before the connection goes back to the pool, where an interrupt meant for the
+                // check would stop another read.
+                interruptible(None);
+                found
             })
             .await;
         let at = now_ms();
@@ -410,8 +425,15 @@ impl SqliteBackend {
         &self.inner.outbox
     }
 
-    /// Stop accepting writes, let the writer finish what it has, and wait for it.
+    /// Stop accepting writes, let the writer finish what it has, and wait for it. A running
+    /// integrity check is interrupted first: its answer would come too late to matter, and its
+    /// snapshot would keep the writer's last checkpoint waiting.
     fn shut(&self) {
+        if let Ok(slot) = self.inner.checking.lock() {
+            if let Some(check) = slot.as_ref() {
+                check.interrupt();
+            }
+        }
         if let Ok(mut jobs) = self.inner.jobs.lock() {
             jobs.take();
         }
