@@ -920,6 +920,15 @@ mod tests {
             0,
         );
         assert!(render(&m, &s).contains("orchestrator_oldest_awaiting_approval_seconds 7.5\n"));
+        // Nor after the sweeper warns about it.
+        m.approval_transition(
+            "h",
+            Some(TaskState::AwaitingApproval),
+            TaskState::AwaitingApproval,
+            "approval_warning",
+            500,
+        );
+        assert!(render(&m, &s).contains("orchestrator_oldest_awaiting_approval_seconds 7.5\n"));
     }
 
     #[test]

@@ -220,11 +220,13 @@ pub(super) async fn awaiting_since(
 ) -> Result<Vec<(String, i64)>, StoreError> {
     let rows = query(
         c,
-        "SELECT t.id, \
-           (SELECT max(e.at) FROM events e WHERE e.task_id = t.id \
+        "WITH newest AS MATERIALIZED ( \
+           SELECT id, created_at FROM tasks WHERE state = 'awaiting_approval' AND NOT harness \
+           ORDER BY created_at DESC, id DESC LIMIT $1) \
+         SELECT n.id, \
+           (SELECT max(e.at) FROM events e WHERE e.task_id = n.id \
               AND e.to_state = 'awaiting_approval' AND e.from_state <> 'awaiting_approval') \
-         FROM tasks t WHERE t.state = 'awaiting_approval' AND NOT t.harness \
-         ORDER BY t.created_at DESC, t.id DESC LIMIT $1",
+         FROM newest n ORDER BY n.created_at DESC, n.id DESC",
         &[&i64::from(limit)],
     )
     .await?;

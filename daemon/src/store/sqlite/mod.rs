@@ -93,9 +93,10 @@ struct Inner {
     /// Write jobs queued since the store opened.
     writes: std::sync::atomic::AtomicU64,
     outbox: Arc<Writer>,
-    /// While an integrity check runs, how to interrupt it: closing the store does, because the
-    /// check's snapshot would hold the final checkpoint back (for up to the busy timeout).
-    checking: Mutex<Option<rusqlite::InterruptHandle>>,
+    /// Set when the store closes: an integrity check stops at its next progress callback (its
+    /// snapshot would hold the writer's last checkpoint back for up to the busy timeout), and none
+    /// starts after it.
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the writer shares with the handles besides its job queue: the outbox rules it writes rows
@@ -117,6 +118,10 @@ pub(super) struct Writer {
 /// reads 5 MiB of index at 1,000,000 tasks), so a pooled connection keeps a quarter of SQLite's
 /// default 2 MiB (see docs/BENCHMARKS.md, "Memory at 1,000,000 tasks"). The writer keeps the default.
 const READER_CACHE_KIB: i64 = -512;
+
+/// Virtual-machine steps between two looks of the integrity check at [`Inner::closing`]: well
+/// under a millisecond of its work.
+const CHECK_PROGRESS_STEPS: std::ffi::c_int = 10_000;
 
 /// The supervisor's name for the writer thread, and the fault hook's.
 pub const WRITER_TASK: &str = "store-writer";
@@ -203,7 +208,7 @@ impl SqliteBackend {
                 errors: std::sync::atomic::AtomicU64::new(0),
                 writes: std::sync::atomic::AtomicU64::new(0),
                 outbox,
-                checking: Mutex::new(None),
+                closing: Arc::default(),
             }),
         })
     }
@@ -379,27 +384,11 @@ impl SqliteBackend {
     pub(super) async fn run_integrity_check(&self) -> Result<String, StoreError> {
         self.with_health(|h| h.checking = true);
         let store = self.clone();
-        let outcome = self
-            .read(move |conn| {
-                let interruptible = |handle| {
-                    if let Ok(mut slot) = store.inner.checking.lock() {
-                        *slot = handle;
-                    }
-                };
-                interruptible(Some(conn.get_interrupt_handle()));
-                // A page too damaged for the check to walk is an answer too, not a failure to check.
-                let found = quick_check(conn).or_else(|e| match e.sqlite_error_code() {
-                    Some(
-                        rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase,
-                    ) => Ok(e.to_string()),
-                    _ => Err(e.into()),
-                });
-                // Before the connection goes back to the pool, where an interrupt meant for the
-                // check would stop another read.
-                interruptible(None);
-                found
-            })
-            .await;
+        let outcome = tokio::task::spawn_blocking(move || store.integrity_check_blocking())
+            .await
+            .map_err(|e| StoreError::Sql(format!("integrity check task failed: {e}")))
+            .and_then(|r| r);
+        let outcome = self.counted(outcome);
         let at = now_ms();
         self.with_health(|h| {
             h.checking = false;
@@ -411,6 +400,32 @@ impl SqliteBackend {
             }
         });
         outcome
+    }
+
+    /// The check on a connection of its own, closed after it, so that the pages it read leave
+    /// no pooled connection's cache full. Answers [`StoreError::Closed`] when the store closed
+    /// before or while it ran.
+    fn integrity_check_blocking(&self) -> Result<String, StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let closing = Arc::clone(&self.inner.closing);
+        if closing.load(SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        let mut conn = open_connection(&self.inner.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.pragma_update(None, "cache_size", READER_CACHE_KIB)?;
+        let stop = Arc::clone(&closing);
+        conn.progress_handler(CHECK_PROGRESS_STEPS, Some(move || stop.load(SeqCst)))?;
+        match quick_check(&conn) {
+            Ok(found) => Ok(found),
+            Err(_) if closing.load(SeqCst) => Err(StoreError::Closed),
+            // A page too damaged for the check to walk is an answer too, not a failure to check.
+            Err(e) => match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+                    Ok(e.to_string())
+                }
+                _ => Err(e.into()),
+            },
+        }
     }
 
     pub(super) fn write_load(&self) -> crate::store::WriteLoad {
@@ -426,14 +441,12 @@ impl SqliteBackend {
     }
 
     /// Stop accepting writes, let the writer finish what it has, and wait for it. A running
-    /// integrity check is interrupted first: its answer would come too late to matter, and its
+    /// integrity check is stopped first: its answer would come too late to matter, and its
     /// snapshot would keep the writer's last checkpoint waiting.
     fn shut(&self) {
-        if let Ok(slot) = self.inner.checking.lock() {
-            if let Some(check) = slot.as_ref() {
-                check.interrupt();
-            }
-        }
+        self.inner
+            .closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         if let Ok(mut jobs) = self.inner.jobs.lock() {
             jobs.take();
         }

@@ -565,17 +565,20 @@ pub fn awaiting_approval(conn: &Connection, cut: AwaitingCut) -> Result<Vec<Awai
     Ok(out)
 }
 
-/// See [`crate::store::Backend::awaiting_since`]: the state index's part for
-/// `awaiting_approval`, the newest `limit` of it (a bounded sort), then each one's trajectory
-/// through events_task. A task that never entered the state through an event has no answer.
+/// See [`crate::store::Backend::awaiting_since`]: the newest `limit` of the state index's part for
+/// `awaiting_approval` (a bounded sort, materialised so that the lookups below are made for those
+/// only), then the last entry of each through events_task. A task that never entered the state
+/// through an event has no answer.
 pub fn awaiting_since(conn: &Connection, limit: u32) -> Result<Vec<(String, i64)>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT t.id, \
-           (SELECT max(e.at) FROM events e WHERE e.task_id = t.id AND e.to_state = 'awaiting_approval' \
+        "WITH newest AS MATERIALIZED ( \
+           SELECT id, created_at FROM tasks INDEXED BY tasks_state_expires \
+           WHERE state = 'awaiting_approval' AND harness = 0 \
+           ORDER BY created_at DESC, id DESC LIMIT ?1) \
+         SELECT n.id, \
+           (SELECT max(e.at) FROM events e WHERE e.task_id = n.id AND e.to_state = 'awaiting_approval' \
               AND e.from_state != 'awaiting_approval') \
-         FROM tasks t INDEXED BY tasks_state_expires \
-         WHERE t.state = 'awaiting_approval' AND t.harness = 0 \
-         ORDER BY t.created_at DESC, t.id DESC LIMIT ?1",
+         FROM newest n ORDER BY n.created_at DESC, n.id DESC",
     )?;
     let rows = stmt.query_map([limit], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
