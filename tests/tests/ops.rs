@@ -248,16 +248,22 @@ fn watch_prints_each_transition_as_it_commits_as_json_lines_with_format_json() {
 // --daemonize
 
 fn alive(pid: i32) -> bool {
-    // A dead daemon that nobody has reaped yet counts as gone.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
+    // A dead daemon that nobody has reaped yet counts as gone, once its last thread has exited: a
+    // killed daemon's main thread turns zombie before the others have ended, and its files (the
+    // pidfile's lock among them) are closed only with the last of them.
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let zombie = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .trim_start()
+        .starts_with('Z');
+    !zombie
+        || std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|threads| threads.count() > 1)
+            .unwrap_or(false)
 }
 
 /// Kills the daemonized process if the test fails before stopping it.
