@@ -55,8 +55,12 @@ fn complete(id: &str, at: i64, approval_required: bool) -> TransitionOp {
 }
 
 async fn put(store: &Store, id: &str, kind: TaskKind, steps: Vec<TransitionOp>) {
+    put_task(store, task(id, kind), steps).await;
+}
+
+async fn put_task(store: &Store, task: NewTask, steps: Vec<TransitionOp>) {
     let plan = SubmitPlan {
-        task: task(id, kind),
+        task,
         actor: "alice".into(),
         steps,
     };
@@ -1239,12 +1243,7 @@ pub async fn awaiting_since_reads_the_newest_waiting_tasks(store: Store) {
             started(id, created + 20, created + 90),
             complete(id, created + 30, true),
         ];
-        let plan = SubmitPlan {
-            task: t,
-            actor: "alice".into(),
-            steps,
-        };
-        store.submit(plan).await.expect("submit");
+        put_task(&store, t, steps).await;
     }
     put(&store, "Q", TaskKind::Live, Vec::new()).await;
     store

@@ -96,7 +96,7 @@ struct Inner {
     /// Set when the store closes: an integrity check stops at its next progress callback (its
     /// snapshot would hold the writer's last checkpoint back for up to the busy timeout), and none
     /// starts after it.
-    closing: Arc<std::sync::atomic::AtomicBool>,
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// What the writer shares with the handles besides its job queue: the outbox rules it writes rows
@@ -208,7 +208,7 @@ impl SqliteBackend {
                 errors: std::sync::atomic::AtomicU64::new(0),
                 writes: std::sync::atomic::AtomicU64::new(0),
                 outbox,
-                closing: Arc::default(),
+                closing: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -382,7 +382,6 @@ impl SqliteBackend {
     /// `PRAGMA quick_check` on a read connection (a snapshot, so writes go on meanwhile); see
     /// [`crate::store::Backend::check_integrity`].
     pub(super) async fn run_integrity_check(&self) -> Result<String, StoreError> {
-        self.with_health(|h| h.checking = true);
         let store = self.clone();
         let outcome = tokio::task::spawn_blocking(move || store.integrity_check_blocking())
             .await
@@ -404,20 +403,23 @@ impl SqliteBackend {
 
     /// The check on a connection of its own, closed after it, so that the pages it read leave
     /// no pooled connection's cache full. Answers [`StoreError::Closed`] when the store closed
-    /// before or while it ran.
+    /// before or while it ran; [`Health::checking`] is set from the moment it can be stopped.
     fn integrity_check_blocking(&self) -> Result<String, StoreError> {
         use std::sync::atomic::Ordering::SeqCst;
-        let closing = Arc::clone(&self.inner.closing);
-        if closing.load(SeqCst) {
+        if self.inner.closing.load(SeqCst) {
             return Err(StoreError::Closed);
         }
         let mut conn = open_connection(&self.inner.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.pragma_update(None, "cache_size", READER_CACHE_KIB)?;
-        let stop = Arc::clone(&closing);
-        conn.progress_handler(CHECK_PROGRESS_STEPS, Some(move || stop.load(SeqCst)))?;
+        let inner = Arc::clone(&self.inner);
+        conn.progress_handler(
+            CHECK_PROGRESS_STEPS,
+            Some(move || inner.closing.load(SeqCst)),
+        )?;
+        self.with_health(|h| h.checking = true);
         match quick_check(&conn) {
             Ok(found) => Ok(found),
-            Err(_) if closing.load(SeqCst) => Err(StoreError::Closed),
+            Err(_) if self.inner.closing.load(SeqCst) => Err(StoreError::Closed),
             // A page too damaged for the check to walk is an answer too, not a failure to check.
             Err(e) => match e.sqlite_error_code() {
                 Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {

@@ -558,6 +558,14 @@ async fn closing_stops_the_integrity_check() {
         let b = backend.clone();
         tokio::spawn(async move { b.run_integrity_check().await })
     };
+    // Close while it reads, not before it starts (the second check below is the one refused).
+    while !backend.health_now().checking {
+        assert!(
+            !check.is_finished(),
+            "the check ended before it was seen running"
+        );
+        tokio::task::yield_now().await;
+    }
     let closing = backend.clone();
     tokio::task::spawn_blocking(move || closing.shut())
         .await
