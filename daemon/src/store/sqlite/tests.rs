@@ -527,9 +527,32 @@ async fn the_writer_reports_its_end_after_close() {
     assert_eq!(store.probe().await, Err(StoreError::Closed));
 }
 
+/// The nice value of this process's thread named `name` (field 19 of `/proc/self/task/TID/stat`).
+fn thread_nice(name: &str) -> Option<i64> {
+    for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let dir = entry.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // The fields after the command's closing parenthesis start at field 3.
+        return stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(16)?
+            .parse()
+            .ok();
+    }
+    None
+}
+
 /// Closing the store stops an integrity check that is still reading (its snapshot would hold the
 /// writer's last checkpoint back for the busy timeout), and no check starts after it. The stopped
-/// check records nothing and counts as no store error.
+/// check records nothing and counts as no store error. It reads at the lowest priority.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_stops_the_integrity_check() {
     let dir = tempfile::tempdir().unwrap();
@@ -566,6 +589,8 @@ async fn closing_stops_the_integrity_check() {
         );
         tokio::task::yield_now().await;
     }
+    // It reads at the lowest priority, on a thread of its own.
+    assert_eq!(thread_nice("integrity-check"), Some(19));
     let closing = backend.clone();
     tokio::task::spawn_blocking(move || closing.shut())
         .await
