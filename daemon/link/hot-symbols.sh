@@ -30,7 +30,7 @@ check() {
     fi
 }
 
-# Function names of a callgrind dump (run with --demangle=no --compress-strings=no), first seen first.
+# Function names of a callgrind dump (run with --demangle=no --compress-strings=no).
 functions() { awk -F= '/^c?fn=/ { sub(/^\([0-9]+\) ?/, "", $2); if (!seen[$2]++) print $2 }' "$1"; }
 
 generate() {
@@ -89,7 +89,9 @@ generate() {
     pid=
     [ "$status" -eq 0 ] || die "the daemon under valgrind exited with $status"
     [ -f "$work/cg.1" ] && [ -f "$work/cg" ] || die "callgrind wrote no dumps"
-    { functions "$work/cg.1"; functions "$work/cg"; } |
+    # The start and rest first, then the requests; each part sorted by name, so that the list
+    # changes only where the set of functions does.
+    { functions "$work/cg.1" | LC_ALL=C sort -u; functions "$work/cg" | LC_ALL=C sort -u; } |
         awk 'NR == FNR { def[$0] = 1; next } def[$0] && !seen[$0]++' <(defined "$bin") - > "$list.new"
     mv "$list.new" "$list"
     echo "hot-symbols: $(wc -l < "$list") functions written to $list"
