@@ -4,62 +4,80 @@
 //! keeps an idle daemon's resident memory small (docs/BENCHMARKS.md, "Idle memory";
 //! `link/hot-symbols.sh` regenerates and checks the list).
 //!
-//! Only where the linker is known to be LLD, which reads `--symbol-ordering-file`: Rust's own on
-//! x86_64 Linux from 1.90 on. Elsewhere, or with `ORCHESTRATOR_NO_SYMBOL_ORDER` set, the link is
-//! the default one; names that are not in the binary are skipped without a warning.
+//! Only where the linker reads `--symbol-ordering-file` (LLD, as in the toolchains rustup
+//! installs for x86_64 Linux from Rust 1.90 on): a small program is linked first with the same
+//! compiler, flags and linker, and the option is used only when that link succeeds. Elsewhere
+//! (GNU ld, mold, a distribution's rustc), or with `ORCHESTRATOR_NO_SYMBOL_ORDER` set, the link
+//! is the default one. Names that are not in the binary are skipped without a warning.
 
 use std::env;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 fn main() {
     println!("cargo:rerun-if-changed=link/hot-symbols.txt");
     println!("cargo:rerun-if-env-changed=ORCHESTRATOR_NO_SYMBOL_ORDER");
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
     if env::var_os("ORCHESTRATOR_NO_SYMBOL_ORDER").is_some()
         || env::var("PROFILE").as_deref() != Ok("release")
-        || env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu")
-        || !rustc_links_with_lld()
-        || linker_overridden()
     {
         return;
     }
-    let Some(dir) = env::var_os("CARGO_MANIFEST_DIR") else {
+    let (Some(dir), Some(out)) = (env::var_os("CARGO_MANIFEST_DIR"), env::var_os("OUT_DIR")) else {
         return;
     };
     let list = PathBuf::from(dir).join("link/hot-symbols.txt");
-    if !list.is_file() {
+    // A path the linker would read otherwise (or not at all) is not passed.
+    let Some(list) = list
+        .is_file()
+        .then(|| list.to_str().map(str::to_owned))
+        .flatten()
+    else {
+        return;
+    };
+    let args = [
+        "-Xlinker".to_string(),
+        format!("--symbol-ordering-file={list}"),
+        "-Xlinker".to_string(),
+        "--no-warn-symbol-ordering".to_string(),
+    ];
+    if !links(Path::new(&out), &args) {
         return;
     }
-    println!(
-        "cargo:rustc-link-arg-bin=orchestratord=-Wl,--symbol-ordering-file={}",
-        list.display()
-    );
-    println!("cargo:rustc-link-arg-bin=orchestratord=-Wl,--no-warn-symbol-ordering");
+    for arg in args {
+        println!("cargo:rustc-link-arg-bin=orchestratord={arg}");
+    }
 }
 
-/// rustc 1.90 and later link x86_64 Linux binaries with their bundled LLD.
-fn rustc_links_with_lld() -> bool {
+/// Whether an empty program links with `args` added, the way this build links its binaries.
+fn links(out: &Path, args: &[String]) -> bool {
+    let src = out.join("symbol_order_probe.rs");
+    if std::fs::write(&src, "fn main() {}\n").is_err() {
+        return false;
+    }
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let Ok(out) = Command::new(rustc).arg("-vV").output() else {
-        return false;
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let Some(version) = text
-        .lines()
-        .find_map(|l| l.strip_prefix("release: "))
-        .and_then(|v| v.split(['.', '-']).nth(1))
-        .and_then(|minor| minor.parse::<u32>().ok())
-    else {
-        return false;
-    };
-    version >= 90
-}
-
-/// A linker or linker flavour chosen by hand (a target `linker` in Cargo's config, `-C linker=…`,
-/// `-C linker-features=…`, `-C link-self-contained=…`) may not be LLD.
-fn linker_overridden() -> bool {
-    let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    env::var_os("RUSTC_LINKER").is_some()
-        || flags.contains("linker")
-        || flags.contains("link-self-contained")
+    let mut cmd = Command::new(rustc);
+    cmd.arg("--crate-name")
+        .arg("symbol_order_probe")
+        .arg("--edition=2021")
+        .arg("-o")
+        .arg(out.join("symbol_order_probe"))
+        .arg(&src);
+    if let Ok(target) = env::var("TARGET") {
+        cmd.arg("--target").arg(target);
+    }
+    if let Some(linker) = env::var_os("RUSTC_LINKER") {
+        cmd.arg("-C")
+            .arg(format!("linker={}", linker.to_string_lossy()));
+    }
+    if let Ok(flags) = env::var("CARGO_ENCODED_RUSTFLAGS") {
+        cmd.args(flags.split('\x1f').filter(|f| !f.is_empty()));
+    }
+    for arg in args {
+        cmd.arg("-C").arg(format!("link-arg={arg}"));
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }

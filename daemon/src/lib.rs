@@ -58,6 +58,7 @@ pub mod machine;
 pub mod metrics;
 pub mod node;
 pub mod notify;
+pub mod priority;
 pub mod run;
 pub mod server;
 pub mod service;

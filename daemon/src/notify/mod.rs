@@ -58,17 +58,9 @@ fn delivery_runtime() -> Option<&'static tokio::runtime::Handle> {
         .map(|rt| rt.handle())
 }
 
-/// Lower the calling thread's priority to [`DELIVERY_NICE`]; on Linux a nice value is per thread.
+/// Lower the calling thread's priority to [`DELIVERY_NICE`].
 fn lower_priority() {
-    // SAFETY: gettid and setpriority take and return plain integers; they change only this
-    // thread's scheduling.
-    let done = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, DELIVERY_NICE)
-    };
-    if done != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "notify: cannot lower the delivery thread's priority");
-    }
+    crate::priority::lower_this_thread(DELIVERY_NICE, "a delivery thread");
 }
 
 /// The address task links are built on: `[http] public_url`, else the address the HTTP listener

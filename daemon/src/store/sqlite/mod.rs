@@ -386,12 +386,12 @@ impl SqliteBackend {
         let (tx, rx) = tokio::sync::oneshot::channel();
         // A thread of its own at the lowest priority: the check reads the whole file (seconds on
         // a large archive) and starts as the daemon becomes ready, when the first requests come;
-        // the scheduler gives them the CPU first (docs/BENCHMARKS.md, "Start-up on 1,000,000
-        // tasks").
+        // at nice 19 it gets a small share of a core while they want it (docs/BENCHMARKS.md,
+        // "Start-up on 1,000,000 tasks").
         let spawned = std::thread::Builder::new()
             .name("integrity-check".into())
             .spawn(move || {
-                lowest_priority();
+                crate::priority::lower_this_thread(19, "the integrity check");
                 let _ = tx.send(store.integrity_check_blocking());
             });
         let outcome = match spawned {
@@ -474,20 +474,6 @@ impl SqliteBackend {
         if let Some(h) = handle {
             let _ = h.join();
         }
-    }
-}
-
-/// Lower the calling thread to nice 19, the lowest priority that still makes progress on a busy
-/// machine (`SCHED_IDLE` would not). Linux gives each thread its own nice value. Best effort: a
-/// thread that cannot lower itself runs at the daemon's priority.
-fn lowest_priority() {
-    // SAFETY: gettid(2) and setpriority(2) on the calling thread touch no memory of ours.
-    let failed = unsafe {
-        let tid = libc::gettid() as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 19) != 0
-    };
-    if failed {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the integrity check's priority");
     }
 }
 
