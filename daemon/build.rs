@@ -26,13 +26,9 @@ fn main() {
     let (Some(dir), Some(out)) = (env::var_os("CARGO_MANIFEST_DIR"), env::var_os("OUT_DIR")) else {
         return;
     };
-    let list = PathBuf::from(dir).join("link/hot-symbols.txt");
-    // A path the linker would read otherwise (or not at all) is not passed.
-    let Some(list) = list
-        .is_file()
-        .then(|| list.to_str().map(str::to_owned))
-        .flatten()
-    else {
+    let path = PathBuf::from(dir).join("link/hot-symbols.txt");
+    // A path the linker would read otherwise (not UTF-8) is not passed.
+    let Some(list) = path.to_str().filter(|_| path.is_file()) else {
         return;
     };
     let args = [

@@ -46,8 +46,8 @@ check() {
     fi
 }
 
-# Function names of a callgrind dump (run with --demangle=no --compress-strings=no).
-functions() { awk -F= '/^c?fn=/ { sub(/^\([0-9]+\) ?/, "", $2); if (!seen[$2]++) print $2 }' "$1"; }
+# Function names of a callgrind dump (run with --demangle=no --compress-strings=no), sorted.
+functions() { awk -F= '/^c?fn=/ { sub(/^\([0-9]+\) ?/, "", $2); print $2 }' "$1" | LC_ALL=C sort -u; }
 
 work=
 pid=
@@ -130,7 +130,7 @@ generate() {
     [ -f "$work/cg.1" ] && [ -f "$work/cg" ] || die "callgrind wrote no dumps"
     # The start and rest first, then the requests; each part sorted by name, so that the list
     # changes only where the set of functions does.
-    { functions "$work/cg.1" | LC_ALL=C sort -u; functions "$work/cg" | LC_ALL=C sort -u; } |
+    { functions "$work/cg.1"; functions "$work/cg"; } |
         awk 'NR == FNR { def[$0] = 1; next } def[$0] && !seen[$0]++' <(by_address "$bin") - > "$work/list"
     [ "$(wc -l < "$work/list")" -ge 500 ] || die "only $(wc -l < "$work/list") functions seen; the list is left as it was"
     mv "$work/list" "$list"

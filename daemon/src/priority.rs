@@ -2,7 +2,10 @@
 //! they run (the integrity check, notification delivery). Linux gives each thread its own nice
 //! value.
 
-/// Lower the calling thread to nice `nice` (19 is the lowest priority). Best effort: a thread that
+/// The lowest priority, the one these threads run at.
+pub const LOWEST: libc::c_int = 19;
+
+/// Lower the calling thread to nice `nice` ([`LOWEST`] at most). Best effort: a thread that
 /// cannot lower itself runs on at the daemon's priority, and the reason is logged at debug level.
 pub fn lower_this_thread(nice: libc::c_int, what: &str) {
     // SAFETY: gettid and setpriority take and return plain integers; they change only this

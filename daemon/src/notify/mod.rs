@@ -30,10 +30,10 @@ const STATS_SHARE: u32 = 50;
 /// is when the backlog grows fastest and the cores are wanted by requests.
 const BUSY_STATS_EVERY: Duration = Duration::from_secs(10);
 
-/// The nice value of the delivery threads (the daemon's other threads keep 0): under load the
+/// The nice value of the delivery threads (the daemon's request threads keep 0): under load the
 /// scheduler gives the CPU to requests and commits first, and delivery catches up when they leave
 /// it some (`docs/ARCHITECTURE.md`, "Threads, tasks and who watches them").
-const DELIVERY_NICE: libc::c_int = 19;
+const DELIVERY_NICE: libc::c_int = crate::priority::LOWEST;
 /// The name of the delivery runtime's threads.
 const DELIVERY_THREAD: &str = "notify-delivery";
 
@@ -46,7 +46,9 @@ fn delivery_runtime() -> Option<&'static tokio::runtime::Handle> {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .thread_name(DELIVERY_THREAD)
-                .on_thread_start(lower_priority)
+                .on_thread_start(|| {
+                    crate::priority::lower_this_thread(DELIVERY_NICE, "a delivery thread")
+                })
                 .enable_all()
                 .build()
                 .map_err(|e| {
@@ -56,11 +58,6 @@ fn delivery_runtime() -> Option<&'static tokio::runtime::Handle> {
         })
         .as_ref()
         .map(|rt| rt.handle())
-}
-
-/// Lower the calling thread's priority to [`DELIVERY_NICE`].
-fn lower_priority() {
-    crate::priority::lower_this_thread(DELIVERY_NICE, "a delivery thread");
 }
 
 /// The address task links are built on: `[http] public_url`, else the address the HTTP listener

@@ -391,7 +391,7 @@ impl SqliteBackend {
         let spawned = std::thread::Builder::new()
             .name("integrity-check".into())
             .spawn(move || {
-                crate::priority::lower_this_thread(19, "the integrity check");
+                crate::priority::lower_this_thread(crate::priority::LOWEST, "the integrity check");
                 let _ = tx.send(store.integrity_check_blocking());
             });
         let outcome = match spawned {
