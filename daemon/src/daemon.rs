@@ -114,6 +114,8 @@ pub struct Daemon {
     pub reload: ReloadState,
     pub sweeper: SweeperState,
     pub gate: GateNotes,
+    /// The shadow summary's tallies of settled time (see [`crate::gate::tallies`]).
+    pub shadow_tallies: crate::gate::tallies::ShadowTallies,
     /// Agents that start nothing for now.
     pub pauses: crate::agents::pauses::Pauses,
     /// What agents spent today and this month.
@@ -154,6 +156,7 @@ impl Daemon {
             reload: ReloadState::new(clock.now_ms()),
             sweeper: SweeperState::default(),
             gate: GateNotes::default(),
+            shadow_tallies: Default::default(),
             pauses: Default::default(),
             spending: Default::default(),
             http_listen: OnceLock::new(),

@@ -5,6 +5,7 @@
 pub mod flip;
 pub mod shadow;
 pub mod synthetic;
+pub mod tallies;
 
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use std::sync::Mutex;

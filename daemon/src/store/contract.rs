@@ -447,6 +447,51 @@ pub async fn shadow_tally_counts_the_window(store: Store) {
     assert_eq!(store.shadow_tally_since(T0 + 1).await.unwrap().total, 0);
 }
 
+/// The shadow tallies of a range of creation times, one per bucket keyed by its start: the range's
+/// end is left out, buckets with no task are not answered, and the buckets add up to the whole.
+pub async fn shadow_tallies_split_the_range_into_buckets(store: Store) {
+    // Created at T0 + 0, 100, 150, 250 and 300 (the last outside the range below).
+    for (id, at) in [
+        ("B0", 0),
+        ("B1", 100),
+        ("B2", 150),
+        ("B3", 250),
+        ("B4", 300),
+    ] {
+        let mut t = task(id, TaskKind::Shadow);
+        t.created_ms = T0 + at;
+        put_task(&store, t, vec![op(id, Action::Fail, T0 + at + 5)]).await;
+    }
+    let mut live = task("L", TaskKind::Live);
+    live.created_ms = T0 + 100;
+    put_task(&store, live, Vec::new()).await;
+
+    let got = store.shadow_tallies(T0, T0 + 300, 100).await.unwrap();
+    let starts: Vec<i64> = got.iter().map(|(at, _)| *at).collect();
+    assert_eq!(starts, [T0, T0 + 100, T0 + 200]);
+    let totals: Vec<u64> = got.iter().map(|(_, t)| t.total).collect();
+    assert_eq!(totals, [1, 2, 1]);
+    assert_eq!(got[1].1.oldest_ms, Some(T0 + 100));
+    assert_eq!(got[1].1.newest_ms, Some(T0 + 150));
+    assert_eq!(got[1].1.durations_ms, [5, 5]);
+
+    // A range that starts inside a bucket answers that bucket by its start, with what is in range.
+    let got = store.shadow_tallies(T0 + 120, T0 + 400, 100).await.unwrap();
+    let parts: Vec<(i64, u64)> = got.iter().map(|(at, t)| (*at, t.total)).collect();
+    assert_eq!(parts, [(T0 + 100, 1), (T0 + 200, 1), (T0 + 300, 1)]);
+
+    // The parts merged are the one tally of the whole range.
+    let mut merged = super::ShadowTally::default();
+    for (_, t) in &store.shadow_tallies(T0, i64::MAX, 100).await.unwrap() {
+        merged.merge(t);
+    }
+    let whole = store.shadow_tally_since(T0).await.unwrap();
+    assert_eq!(merged, whole);
+    assert_eq!(whole.total, 5);
+    assert_eq!(whole.failures_by_code, [(None, 5)]);
+    assert!(whole.all_terminal());
+}
+
 /// Leases: renewal keeps a task from lapsing, reports tasks no longer running; voiding makes every
 /// lease lapse; a lapsed task is re-queued while attempts remain, then failed.
 pub async fn leases_renew_void_and_lapse(store: Store) {

@@ -42,8 +42,8 @@ pub struct WriteLoad {
 pub use types::{
     absorb, AttemptLimits, Cursor, EventDraft, GateRunRecord, Health, Leftover, ModeChange,
     NewEvent, NewOverride, NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, RowChange,
-    ShadowTally, StoredMode, StoredPause, SubmitPlan, TaskFilter, TransitionOp, UsageRow,
-    PAUSE_KEY_PREFIX,
+    ShadowTally, StoredMode, StoredPause, SubmitPlan, TallyBuckets, TaskFilter, TransitionOp,
+    UsageRow, PAUSE_KEY_PREFIX,
 };
 
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
@@ -266,8 +266,14 @@ pub trait Backend: Send + Sync {
     fn load_mode(&self) -> StoreFuture<'_, Option<StoredMode>>;
     /// Save the mode, consuming an override in the same write if one is named.
     fn save_mode(&self, change: ModeChange) -> StoreFuture<'_, ()>;
-    /// Shadow tasks created since `since_ms`, folded for the shadow summary as they are read.
-    fn shadow_tally_since(&self, since_ms: i64) -> StoreFuture<'_, ShadowTally>;
+    /// Shadow tasks created in `from_ms..until_ms`, folded for the shadow summary as they are
+    /// read, one tally per bucket of `bucket_ms` of creation time (see [`TallyBuckets`]).
+    fn shadow_tallies(
+        &self,
+        from_ms: i64,
+        until_ms: i64,
+        bucket_ms: i64,
+    ) -> StoreFuture<'_, Vec<(i64, ShadowTally)>>;
 
     // The notification outbox (see [`outbox`]). What a sink is sent is stored by the transitions
     // above, in their transactions, for the sinks in the rules last installed.
@@ -451,6 +457,16 @@ impl Store {
             Some(c) => c.subscribe_all(),
             None => self.backend.subscribe(),
         }
+    }
+
+    /// Every shadow task created since `since_ms`, in one tally, read afresh.
+    pub async fn shadow_tally_since(&self, since_ms: i64) -> Result<ShadowTally, StoreError> {
+        let parts = self.shadow_tallies(since_ms, i64::MAX, i64::MAX).await?;
+        let mut tally = ShadowTally::default();
+        for (_, part) in &parts {
+            tally.merge(part);
+        }
+        Ok(tally)
     }
 
     /// The operations of a store shared by several nodes; `None` on SQLite (a node of one).

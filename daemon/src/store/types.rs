@@ -306,11 +306,11 @@ pub struct ShadowTally {
     pub newest_ms: Option<i64>,
 }
 
-/// Count one more under `key` in a short list (a window has a handful of agents and codes).
-fn bump_in(list: &mut Vec<(Option<String>, u64)>, key: Option<&str>) {
+/// Count `by` more under `key` in a short list (a window has a handful of agents and codes).
+fn bump_in(list: &mut Vec<(Option<String>, u64)>, key: Option<&str>, by: u64) {
     match list.iter_mut().find(|(k, _)| k.as_deref() == key) {
-        Some((_, n)) => *n += 1,
-        None => list.push((key.map(str::to_string), 1)),
+        Some((_, n)) => *n += by,
+        None => list.push((key.map(str::to_string), by)),
     }
 }
 
@@ -328,9 +328,9 @@ impl ShadowTally {
         self.total += 1;
         self.by_state[state as usize] += 1;
         if state == TaskState::Failed {
-            bump_in(&mut self.failures_by_code, error_code);
+            bump_in(&mut self.failures_by_code, error_code, 1);
         }
-        bump_in(&mut self.per_agent, agent);
+        bump_in(&mut self.per_agent, agent, 1);
         if let Some(done) = completed_ms {
             self.durations_ms.push((done - created_ms).max(0) as u64);
         }
@@ -339,6 +339,98 @@ impl ShadowTally {
         }
         self.oldest_ms = Some(self.oldest_ms.map_or(created_ms, |o| o.min(created_ms)));
         self.newest_ms = Some(self.newest_ms.map_or(created_ms, |n| n.max(created_ms)));
+    }
+
+    /// Fold in the tally of other tasks (another part of the window).
+    pub fn merge(&mut self, other: &ShadowTally) {
+        self.total += other.total;
+        for (mine, theirs) in self.by_state.iter_mut().zip(other.by_state) {
+            *mine += theirs;
+        }
+        for (code, n) in &other.failures_by_code {
+            bump_in(&mut self.failures_by_code, code.as_deref(), *n);
+        }
+        for (agent, n) in &other.per_agent {
+            bump_in(&mut self.per_agent, agent.as_deref(), *n);
+        }
+        self.durations_ms.extend_from_slice(&other.durations_ms);
+        self.would_require_approval += other.would_require_approval;
+        self.oldest_ms = match (self.oldest_ms, other.oldest_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.newest_ms = match (self.newest_ms, other.newest_ms) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// Whether every task counted is in a terminal state. Nothing changes a terminal task but its
+    /// deletion, so such a tally stays true until retention deletes tasks.
+    pub fn all_terminal(&self) -> bool {
+        TaskState::ALL
+            .iter()
+            .zip(self.by_state)
+            .all(|(s, n)| n == 0 || s.is_terminal())
+    }
+}
+
+/// The shadow tasks of a range of creation times, folded into one [`ShadowTally`] per bucket of
+/// `bucket_ms` (keyed by the bucket's start), as a backend reads them in any order.
+#[derive(Debug)]
+pub struct TallyBuckets {
+    bucket_ms: i64,
+    done: std::collections::BTreeMap<i64, ShadowTally>,
+    /// The bucket being filled: rows mostly come in creation order.
+    current: Option<(i64, ShadowTally)>,
+}
+
+impl TallyBuckets {
+    /// Buckets of `bucket_ms` (at least 1 ms).
+    pub fn new(bucket_ms: i64) -> TallyBuckets {
+        TallyBuckets {
+            bucket_ms: bucket_ms.max(1),
+            done: std::collections::BTreeMap::new(),
+            current: None,
+        }
+    }
+
+    /// Fold in one shadow task (the arguments of [`ShadowTally::add`]).
+    pub fn add(
+        &mut self,
+        state: TaskState,
+        error_code: Option<&str>,
+        agent: Option<&str>,
+        created_ms: i64,
+        completed_ms: Option<i64>,
+        would_require_approval: bool,
+    ) {
+        let start = created_ms.div_euclid(self.bucket_ms) * self.bucket_ms;
+        if self.current.as_ref().map(|(at, _)| *at) != Some(start) {
+            if let Some((at, tally)) = self.current.take() {
+                self.done.insert(at, tally);
+            }
+            let tally = self.done.remove(&start).unwrap_or_default();
+            self.current = Some((start, tally));
+        }
+        if let Some((_, tally)) = &mut self.current {
+            tally.add(
+                state,
+                error_code,
+                agent,
+                created_ms,
+                completed_ms,
+                would_require_approval,
+            );
+        }
+    }
+
+    /// The buckets that hold at least one task, oldest first.
+    pub fn finish(mut self) -> Vec<(i64, ShadowTally)> {
+        if let Some((at, tally)) = self.current.take() {
+            self.done.insert(at, tally);
+        }
+        self.done.into_iter().collect()
     }
 }
 

@@ -107,8 +107,9 @@ pub async fn shadow_summary(d: &Daemon, window_hours: u32) -> Result<ShadowSumma
             format!("window must be between 1 and {MAX_WINDOW_HOURS} hours"),
         ));
     }
-    let since = d.clock.now_ms() - i64::from(window_hours) * 3_600_000;
-    let tally = d.store.shadow_tally_since(since).await?;
+    let now = d.clock.now_ms();
+    let since = now - i64::from(window_hours) * 3_600_000;
+    let tally = d.shadow_tallies.since(&d.store, since, now).await?;
     let mut summary = shadow::summarize(tally, window_hours, d.config().gate.min_shadow_tasks);
     // Usage by when each task's latest run started, within the same window.
     let used = d.store.usage_since(since).await?;

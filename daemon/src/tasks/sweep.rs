@@ -249,7 +249,12 @@ async fn retire(d: &Arc<Daemon>, run: &mut Run, kind: TaskKind, before: i64) {
             run.error(e);
         }
         if !gone.is_empty() {
-            match d.store.delete_tasks(gone).await {
+            let deleted = d.store.delete_tasks(gone).await;
+            if kind == TaskKind::Shadow {
+                // Whatever the answer, the summaries' kept tallies may now count deleted tasks.
+                d.shadow_tallies.forget();
+            }
+            match deleted {
                 Ok(ids) => {
                     run.report.deleted += ids.len() as u64;
                     tracing::debug!(%kind, ?ids, "deleted past retention");

@@ -307,8 +307,16 @@ impl Backend for PostgresBackend {
         write!(self, |tx| tx.save_mode(&change).await)
     }
 
-    fn shadow_tally_since(&self, since_ms: i64) -> StoreFuture<'_, ShadowTally> {
-        read!(self, |c| queries::shadow_tally_since(&c, since_ms).await)
+    fn shadow_tallies(
+        &self,
+        from_ms: i64,
+        until_ms: i64,
+        bucket_ms: i64,
+    ) -> StoreFuture<'_, Vec<(i64, ShadowTally)>> {
+        read!(self, |c| queries::shadow_tallies(
+            &c, from_ms, until_ms, bucket_ms
+        )
+        .await)
     }
 
     fn set_outbox_rules(&self, rules: OutboxRules) {

@@ -42,6 +42,7 @@ contract_cases!(
     expiry_takes_only_due_waiting_tasks,
     expiry_batch_writes_what_each_expiry_would,
     shadow_tally_counts_the_window,
+    shadow_tallies_split_the_range_into_buckets,
     leases_renew_void_and_lapse,
     retention_walks_and_deletes_terminal_tasks,
     gate_runs_are_recorded,

@@ -5,7 +5,7 @@ use super::{parse_kind_state, pg_error};
 use crate::clock::rfc3339;
 use crate::store::{
     Counts, Cursor, Leftover, Retired, RetiredCursor, ShadowTally, StoreError, StoredMode,
-    TaskFilter,
+    TallyBuckets, TaskFilter,
 };
 use deadpool_postgres::Client;
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
@@ -337,25 +337,28 @@ pub(super) async fn pending_overrides(c: &Client) -> Result<Vec<OverrideRecord>,
     Ok(out)
 }
 
-/// The shadow tasks created since `since_ms`, folded for the shadow summary.
-pub(super) async fn shadow_tally_since(
+/// The shadow tasks created in `from_ms..until_ms`, folded per bucket of `bucket_ms` for the
+/// shadow summary.
+pub(super) async fn shadow_tallies(
     c: &Client,
-    since_ms: i64,
-) -> Result<ShadowTally, StoreError> {
+    from_ms: i64,
+    until_ms: i64,
+    bucket_ms: i64,
+) -> Result<Vec<(i64, ShadowTally)>, StoreError> {
     let rows = query(
         c,
         "SELECT state, error_code, agent, created_at, completed_at, would_require_approval \
-         FROM tasks WHERE kind = 'shadow' AND created_at >= $1",
-        &[&since_ms],
+         FROM tasks WHERE kind = 'shadow' AND created_at >= $1 AND created_at < $2",
+        &[&from_ms, &until_ms],
     )
     .await?;
-    let mut tally = ShadowTally::default();
+    let mut buckets = TallyBuckets::new(bucket_ms);
     for r in &rows {
         let state = r
             .get::<_, &str>(0)
             .parse::<TaskState>()
             .unwrap_or(TaskState::Failed);
-        tally.add(state, r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        buckets.add(state, r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
     }
-    Ok(tally)
+    Ok(buckets.finish())
 }

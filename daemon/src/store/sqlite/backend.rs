@@ -189,8 +189,13 @@ impl Backend for SqliteBackend {
         Box::pin(self.write(move |b| b.save_mode(&change)))
     }
 
-    fn shadow_tally_since(&self, since_ms: i64) -> StoreFuture<'_, ShadowTally> {
-        Box::pin(self.read(move |c| queries::shadow_tally_since(c, since_ms)))
+    fn shadow_tallies(
+        &self,
+        from_ms: i64,
+        until_ms: i64,
+        bucket_ms: i64,
+    ) -> StoreFuture<'_, Vec<(i64, ShadowTally)>> {
+        Box::pin(self.read(move |c| queries::shadow_tallies(c, from_ms, until_ms, bucket_ms)))
     }
 
     fn set_outbox_rules(&self, rules: OutboxRules) {

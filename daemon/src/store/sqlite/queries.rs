@@ -5,7 +5,7 @@ use super::rows::{event_from_row, task_from_row, EVENT_COLUMNS, TASK_COLUMNS};
 use super::writes::{limit_sql, RETIRED};
 use crate::clock::rfc3339;
 use crate::store::{
-    Leftover, Retired, RetiredCursor, ShadowTally, StoreError, StoredMode, TaskFilter,
+    Leftover, Retired, RetiredCursor, ShadowTally, StoreError, StoredMode, TallyBuckets, TaskFilter,
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
@@ -304,22 +304,29 @@ pub fn pending_overrides(conn: &Connection) -> Result<Vec<OverrideRecord>, Store
     Ok(out)
 }
 
-/// The shadow tasks of a window, from the covering index tasks_kind_created.
+/// The shadow tasks of a range of creation times, from the covering index tasks_kind_created.
 const SHADOW_ROWS: &str = "SELECT state, error_code, agent, created_at, completed_at, \
-     would_require_approval FROM tasks WHERE kind = 'shadow' AND created_at >= ?1";
+     would_require_approval FROM tasks WHERE kind = 'shadow' AND created_at >= ?1 \
+     AND created_at < ?2";
 
-/// The shadow tasks created since `since_ms`, folded as they are read: a 24 h window can hold
-/// hundreds of thousands of rows, so no row is kept and nothing is allocated per row but the
-/// duration of a finished task. The covering index tasks_kind_created serves it.
-pub fn shadow_tally_since(conn: &Connection, since_ms: i64) -> Result<ShadowTally, StoreError> {
+/// The shadow tasks created in `from_ms..until_ms`, folded per bucket of `bucket_ms` as they are
+/// read: a 24 h window can hold hundreds of thousands of rows, so no row is kept and nothing is
+/// allocated per row but the duration of a finished task. The covering index tasks_kind_created
+/// serves it.
+pub fn shadow_tallies(
+    conn: &Connection,
+    from_ms: i64,
+    until_ms: i64,
+    bucket_ms: i64,
+) -> Result<Vec<(i64, ShadowTally)>, StoreError> {
     let mut stmt = conn.prepare_cached(SHADOW_ROWS)?;
-    let mut rows = stmt.query([since_ms])?;
-    let mut tally = ShadowTally::default();
+    let mut rows = stmt.query([from_ms, until_ms])?;
+    let mut buckets = TallyBuckets::new(bucket_ms);
     while let Some(r) = rows.next()? {
         let state = text(r.get_ref(0)?)?
             .and_then(|s| s.parse().ok())
             .unwrap_or(TaskState::Failed);
-        tally.add(
+        buckets.add(
             state,
             text(r.get_ref(1)?)?,
             text(r.get_ref(2)?)?,
@@ -328,7 +335,7 @@ pub fn shadow_tally_since(conn: &Connection, since_ms: i64) -> Result<ShadowTall
             r.get::<_, i64>(5)? != 0,
         );
     }
-    Ok(tally)
+    Ok(buckets.finish())
 }
 
 fn text(v: ValueRef<'_>) -> Result<Option<&str>, StoreError> {

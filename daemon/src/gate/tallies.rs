@@ -1,0 +1,356 @@
+//! The shadow summary's tallies of settled time, kept between summaries.
+//!
+//! A summary folds every shadow task created in its window (`docs/BENCHMARKS.md`, "The shadow
+//! summary at 1,000,000 tasks"). Most of a 24-hour window is older than its last minutes, and its
+//! tasks are finished: a terminal task never changes again (`machine::next_state` leaves no
+//! terminal state), so the tally of such a stretch stays true until retention deletes tasks from
+//! it. [`ShadowTallies`] keeps the tallies of those stretches, in buckets of [`BUCKET_MS`] of
+//! creation time, and a summary reads from the store only what is not kept: the partial bucket at
+//! the start of its window, the last [`SETTLE_MS`] and more, and any bucket with a task still
+//! running.
+//!
+//! A bucket is kept only when
+//! - it ended at least [`SETTLE_MS`] before the summary (a task is stamped with its creation time
+//!   before the writer commits it, so a bucket keeps filling for a moment after it ends);
+//! - every task in it is terminal;
+//! - no deletion of shadow tasks was reported while it was read ([`ShadowTallies::forget`]: the
+//!   sweep reports each one, and clears what is kept);
+//! - the clock has not gone back since the last summary (a task created after a step back could
+//!   land in a kept bucket);
+//! - this daemon is the store's only writer: on a shared store other nodes create and delete
+//!   tasks it does not hear of, so nothing is kept there.
+//!
+//! The flip gate ([`crate::gate::flip::gather`]) never uses it: a flip reads its evidence afresh.
+
+use crate::store::{ShadowTally, Store, StoreError};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// The width of a kept bucket of creation time.
+pub const BUCKET_MS: i64 = 10 * 60_000;
+/// How long after its end a bucket may still gain tasks.
+pub const SETTLE_MS: i64 = 10 * 60_000;
+/// At most this many buckets are kept (about 57 days of 10-minute buckets)…
+const MAX_BUCKETS: usize = 8_192;
+/// …holding at most this many durations (2 MiB).
+const MAX_DURATIONS: usize = 262_144;
+
+/// What is kept, shared by the summaries (see the module's comment).
+#[derive(Debug, Default)]
+pub struct ShadowTallies(Mutex<Kept>);
+
+#[derive(Debug, Default)]
+struct Kept {
+    /// Bumped by every [`ShadowTallies::forget`]: a summary keeps what it read only if no
+    /// deletion came in between.
+    generation: u64,
+    /// The latest time a summary was asked at.
+    latest_now: i64,
+    buckets: BTreeMap<i64, Arc<ShadowTally>>,
+    durations: usize,
+}
+
+impl Kept {
+    fn clear(&mut self) {
+        self.generation += 1;
+        self.buckets.clear();
+        self.durations = 0;
+    }
+
+    /// Keep `tally` for the bucket at `start`, making room by dropping buckets older than
+    /// `oldest_wanted`; nothing is kept when there is no room.
+    fn keep(&mut self, start: i64, tally: ShadowTally, oldest_wanted: i64) {
+        let size = tally.durations_ms.len();
+        while self.buckets.len() >= MAX_BUCKETS || self.durations + size > MAX_DURATIONS {
+            match self.buckets.first_key_value() {
+                Some((&first, _)) if first < oldest_wanted => {
+                    if let Some(gone) = self.buckets.remove(&first) {
+                        self.durations -= gone.durations_ms.len();
+                    }
+                }
+                _ => return,
+            }
+        }
+        self.durations += size;
+        if let Some(old) = self.buckets.insert(start, Arc::new(tally)) {
+            self.durations -= old.durations_ms.len();
+        }
+    }
+}
+
+impl ShadowTallies {
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        match self.0.lock() {
+            Ok(k) => k,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Tasks were deleted from the store (by retention): drop everything kept.
+    pub fn forget(&self) {
+        self.kept().clear();
+    }
+
+    /// How many buckets are kept (for tests).
+    pub fn kept_buckets(&self) -> usize {
+        self.kept().buckets.len()
+    }
+
+    /// Every shadow task created since `since_ms`, as of `now_ms`, from the kept buckets and the
+    /// store.
+    pub async fn since(
+        &self,
+        store: &Store,
+        since_ms: i64,
+        now_ms: i64,
+    ) -> Result<ShadowTally, StoreError> {
+        let shared = store.cluster().is_some();
+        // Buckets that lie whole inside the window and ended SETTLE_MS ago.
+        let first_whole = ceil_to(since_ms, BUCKET_MS);
+        let settled_end = (now_ms - SETTLE_MS).div_euclid(BUCKET_MS) * BUCKET_MS;
+        let (generation, kept) = {
+            let mut k = self.kept();
+            if shared || now_ms < k.latest_now {
+                k.clear();
+            }
+            k.latest_now = k.latest_now.max(now_ms);
+            let kept: Vec<(i64, Arc<ShadowTally>)> = k
+                .buckets
+                .range(first_whole..settled_end)
+                .map(|(&at, t)| (at, Arc::clone(t)))
+                .collect();
+            (k.generation, kept)
+        };
+
+        let mut total = ShadowTally::default();
+        total
+            .durations_ms
+            .reserve(kept.iter().map(|(_, t)| t.durations_ms.len()).sum());
+        let mut fresh = Vec::new();
+        let mut from = since_ms;
+        let gaps = kept
+            .iter()
+            .map(|(at, _)| (*at, at + BUCKET_MS))
+            .chain(std::iter::once((i64::MAX, i64::MAX)));
+        for (gap_end, next_from) in gaps {
+            if from < gap_end {
+                let read = store.shadow_tallies(from, gap_end, BUCKET_MS).await?;
+                let mut read = read.into_iter().peekable();
+                let mut at = ceil_to(from, BUCKET_MS);
+                // The partial bucket at the window's start is only counted.
+                while let Some((_, tally)) = read.next_if(|(b, _)| *b < at) {
+                    total.merge(&tally);
+                }
+                // Whole settled buckets of this stretch, with or without tasks.
+                while at + BUCKET_MS <= gap_end.min(settled_end) {
+                    match read.next_if(|(b, _)| *b == at) {
+                        Some((_, tally)) => {
+                            total.merge(&tally);
+                            if tally.all_terminal() {
+                                fresh.push((at, tally));
+                            }
+                        }
+                        None => fresh.push((at, ShadowTally::default())),
+                    }
+                    at += BUCKET_MS;
+                }
+                for (_, tally) in read {
+                    total.merge(&tally);
+                }
+            }
+            from = next_from;
+        }
+        for (_, tally) in &kept {
+            total.merge(tally);
+        }
+
+        if !shared && !fresh.is_empty() {
+            let mut k = self.kept();
+            if k.generation == generation {
+                // Newest first: when room runs out, the latest part of the window is kept.
+                for (at, tally) in fresh.into_iter().rev() {
+                    k.keep(at, tally, first_whole);
+                }
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// The smallest multiple of `step` at or after `t`.
+fn ceil_to(t: i64, step: i64) -> i64 {
+    let floor = t.div_euclid(step) * step;
+    if floor == t {
+        t
+    } else {
+        floor.saturating_add(step)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::Action;
+    use crate::store::{NewTask, Patch, SubmitPlan, TransitionOp};
+    use orchestrator_proto::task::TaskKind;
+
+    const HOUR: i64 = 3_600_000;
+    /// A moment inside a bucket, so that windows start part-way into one.
+    const NOW: i64 = 20_000 * BUCKET_MS + 123_456;
+
+    fn fresh() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::open(&dir.path().join("state.db")).expect("open the store");
+        (dir, store)
+    }
+
+    /// A shadow task created at `created`, failed 5 ms later, or left assigned when `running`.
+    async fn put(store: &Store, id: &str, created: i64, running: bool) {
+        let route = TransitionOp::new(id, Action::Route, "t", created + 1).patch(Patch {
+            agent: Some(
+                if id.len().is_multiple_of(2) {
+                    "coder"
+                } else {
+                    "writer"
+                }
+                .into(),
+            ),
+            ..Patch::default()
+        });
+        let mut steps = vec![route];
+        if !running {
+            steps.push(TransitionOp::new(id, Action::Fail, "t", created + 5));
+        }
+        let plan = SubmitPlan {
+            task: NewTask {
+                id: id.to_string(),
+                kind: TaskKind::Shadow,
+                goal: "g".into(),
+                workspace_dir: None,
+                required_capabilities: Vec::new(),
+                submitted_by: "t".into(),
+                harness: false,
+                created_ms: created,
+                expires_ms: created + 100 * HOUR,
+            },
+            actor: "t".into(),
+            steps,
+        };
+        store.submit(plan).await.expect("submit");
+    }
+
+    /// A tally with its lists in one order, to compare tallies folded in different orders.
+    fn sorted(mut t: ShadowTally) -> ShadowTally {
+        t.durations_ms.sort_unstable();
+        t.per_agent.sort();
+        t.failures_by_code.sort();
+        t
+    }
+
+    async fn check(tallies: &ShadowTallies, store: &Store, since: i64, now: i64) -> ShadowTally {
+        let got = sorted(tallies.since(store, since, now).await.expect("tallies"));
+        let afresh = sorted(store.shadow_tally_since(since).await.expect("fresh"));
+        assert_eq!(got, afresh, "window from {since} at {now}");
+        got
+    }
+
+    /// Whole buckets from `since` that ended SETTLE_MS before `now`.
+    fn settled(since: i64, now: i64) -> usize {
+        let end = (now - SETTLE_MS).div_euclid(BUCKET_MS) * BUCKET_MS;
+        ((end - ceil_to(since, BUCKET_MS)) / BUCKET_MS) as usize
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kept_buckets_answer_what_a_fresh_read_does() {
+        let (_dir, store) = fresh();
+        // Every 7 minutes over the last 7 hours, and one still running 3 hours ago.
+        for i in 0..60 {
+            put(&store, &format!("S{i}"), NOW - i * 7 * 60_000, false).await;
+        }
+        put(&store, "RUN", NOW - 3 * HOUR, true).await;
+        let tallies = ShadowTallies::default();
+        let since = NOW - 24 * HOUR;
+
+        let first = check(&tallies, &store, since, NOW).await;
+        assert_eq!(first.total, 61);
+        // Every whole settled bucket is kept, with or without tasks, but the running task's.
+        assert_eq!(tallies.kept_buckets(), settled(since, NOW) - 1);
+        // Asked again, and later, with the kept buckets.
+        check(&tallies, &store, since, NOW).await;
+        check(&tallies, &store, since + 60_000, NOW + 60_000).await;
+
+        // The running task's bucket was read afresh, so its ending is counted.
+        let op = TransitionOp::new("RUN", Action::Fail, "t", NOW + 2);
+        store.transition(op).await.expect("fail");
+        let after = check(&tallies, &store, since, NOW + 120_000).await;
+        assert_eq!(after.total, 61);
+        assert!(!first.all_terminal() && after.all_terminal());
+
+        // A narrower window, starting inside a bucket, from the same buckets.
+        let inside = NOW - 2 * HOUR - 30_000;
+        check(&tallies, &store, inside, NOW + 120_000).await;
+        // The same from nothing kept (its first bucket holds tasks, and is not kept), twice.
+        let cold = ShadowTallies::default();
+        check(&cold, &store, inside, NOW + 120_000).await;
+        assert_eq!(cold.kept_buckets(), settled(inside, NOW + 120_000));
+        check(&cold, &store, inside, NOW + 120_000).await;
+        store.close();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deletion_forgets_what_was_kept() {
+        let (_dir, store) = fresh();
+        for i in 0..10 {
+            put(&store, &format!("S{i}"), NOW - HOUR - i * 60_000, false).await;
+        }
+        let tallies = ShadowTallies::default();
+        let since = NOW - 24 * HOUR;
+        assert_eq!(check(&tallies, &store, since, NOW).await.total, 10);
+
+        let deleted = store
+            .delete_tasks(vec!["S0".into(), "S1".into()])
+            .await
+            .expect("delete");
+        assert_eq!(deleted.len(), 2);
+        // Kept, the buckets still count the deleted tasks: that is why a deletion must be told.
+        let stale = tallies.since(&store, since, NOW).await.expect("tallies");
+        assert_eq!(stale.total, 10);
+        tallies.forget();
+        assert_eq!(tallies.kept_buckets(), 0);
+        assert_eq!(check(&tallies, &store, since, NOW).await.total, 8);
+        store.close();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_clock_going_back_forgets_what_was_kept() {
+        let (_dir, store) = fresh();
+        put(&store, "A", NOW - 5 * HOUR, false).await;
+        let tallies = ShadowTallies::default();
+        check(&tallies, &store, NOW - 24 * HOUR, NOW).await;
+        assert!(tallies.kept_buckets() > 0);
+
+        // After a step back of an hour, a task lands in a bucket that was kept.
+        let back = NOW - HOUR;
+        put(&store, "B", NOW - 5 * HOUR + 1, false).await;
+        let got = check(&tallies, &store, back - 24 * HOUR, back).await;
+        assert_eq!(got.total, 2);
+        store.close();
+    }
+
+    #[test]
+    fn only_what_fits_is_kept_newest_first() {
+        let mut k = Kept::default();
+        let with = |n: usize| ShadowTally {
+            durations_ms: vec![1; n],
+            ..ShadowTally::default()
+        };
+        k.keep(10, with(MAX_DURATIONS - 5), 0);
+        // No room, and nothing older than the window to make room with.
+        k.keep(5, with(10), 0);
+        assert_eq!(k.buckets.keys().copied().collect::<Vec<_>>(), [10]);
+        // Room made by dropping a bucket the window no longer wants.
+        k.keep(20, with(10), 15);
+        assert_eq!(k.buckets.keys().copied().collect::<Vec<_>>(), [20]);
+        assert_eq!(k.durations, 10);
+    }
+}
