@@ -59,7 +59,9 @@ impl Kept {
 
     /// Keep `tally` for the bucket at `start`, making room by dropping buckets older than
     /// `oldest_wanted`; nothing is kept when there is no room.
-    fn keep(&mut self, start: i64, tally: ShadowTally, oldest_wanted: i64) {
+    fn keep(&mut self, start: i64, mut tally: ShadowTally, oldest_wanted: i64) {
+        // Kept for a long time: without the room the vector grew into.
+        tally.durations_ms.shrink_to_fit();
         let size = tally.durations_ms.len();
         while self.buckets.len() >= MAX_BUCKETS || self.durations + size > MAX_DURATIONS {
             match self.buckets.first_key_value() {
