@@ -13,10 +13,10 @@
 //! - it ended at least [`SETTLE_MS`] before the summary (a task is stamped with its creation time
 //!   before the writer commits it, so a bucket keeps filling for a moment after it ends);
 //! - every task in it is terminal;
-//! - no deletion of shadow tasks was reported while it was read ([`ShadowTallies::forget`]: the
-//!   sweep reports each one, and clears what is kept);
-//! - the clock has not gone back since the last summary (a task created after a step back could
-//!   land in a kept bucket);
+//! - nothing that changes kept time was reported while it was read, and what is kept is dropped
+//!   when it is: a deletion of shadow tasks ([`ShadowTallies::forget`], from the sweep), or a
+//!   shadow task created with a time before the end of the kept time, after a step back of the
+//!   clock ([`ShadowTallies::created`], from the submit);
 //! - this daemon is the store's only writer: on a shared store other nodes create and delete
 //!   tasks it does not hear of, so nothing is kept there.
 //!
@@ -24,6 +24,7 @@
 
 use crate::store::{ShadowTally, Store, StoreError};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The width of a kept bucket of creation time.
@@ -36,16 +37,28 @@ const MAX_BUCKETS: usize = 8_192;
 const MAX_DURATIONS: usize = 262_144;
 
 /// What is kept, shared by the summaries (see the module's comment).
-#[derive(Debug, Default)]
-pub struct ShadowTallies(Mutex<Kept>);
+#[derive(Debug)]
+pub struct ShadowTallies {
+    kept: Mutex<Kept>,
+    /// The end of the settled time of the latest summary, set before it reads: every kept bucket
+    /// ends at or before it, so a task created before it may belong in one.
+    horizon: AtomicI64,
+}
+
+impl Default for ShadowTallies {
+    fn default() -> ShadowTallies {
+        ShadowTallies {
+            kept: Mutex::default(),
+            horizon: AtomicI64::new(i64::MIN),
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 struct Kept {
-    /// Bumped by every [`ShadowTallies::forget`]: a summary keeps what it read only if no
-    /// deletion came in between.
+    /// Bumped by every [`ShadowTallies::forget`]: a summary keeps what it read only if nothing
+    /// was dropped in between.
     generation: u64,
-    /// The latest time a summary was asked at.
-    latest_now: i64,
     buckets: BTreeMap<i64, Arc<ShadowTally>>,
     durations: usize,
 }
@@ -82,7 +95,7 @@ impl Kept {
 
 impl ShadowTallies {
     fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
-        match self.0.lock() {
+        match self.kept.lock() {
             Ok(k) => k,
             Err(poisoned) => poisoned.into_inner(),
         }
@@ -91,6 +104,14 @@ impl ShadowTallies {
     /// Tasks were deleted from the store (by retention): drop everything kept.
     pub fn forget(&self) {
         self.kept().clear();
+    }
+
+    /// A shadow task created at `created_ms` was committed: if that is before the end of the time
+    /// kept (the clock stepped back), drop what is kept.
+    pub fn created(&self, created_ms: i64) {
+        if created_ms < self.horizon.load(Ordering::SeqCst) {
+            self.forget();
+        }
     }
 
     /// How many buckets are kept (for tests).
@@ -112,10 +133,12 @@ impl ShadowTallies {
         let settled_end = (now_ms - SETTLE_MS).div_euclid(BUCKET_MS) * BUCKET_MS;
         let (generation, kept) = {
             let mut k = self.kept();
-            if shared || now_ms < k.latest_now {
+            if shared {
                 k.clear();
             }
-            k.latest_now = k.latest_now.max(now_ms);
+            // Before the reads: a task committed after them with an earlier time drops what
+            // they keep ([`ShadowTallies::created`]).
+            self.horizon.fetch_max(settled_end, Ordering::SeqCst);
             let kept: Vec<(i64, Arc<ShadowTally>)> = k
                 .buckets
                 .range(first_whole..settled_end)
@@ -324,18 +347,25 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_clock_going_back_forgets_what_was_kept() {
+    async fn a_task_created_in_kept_time_forgets_what_was_kept() {
         let (_dir, store) = fresh();
         put(&store, "A", NOW - 5 * HOUR, false).await;
         let tallies = ShadowTallies::default();
         check(&tallies, &store, NOW - 24 * HOUR, NOW).await;
         assert!(tallies.kept_buckets() > 0);
 
-        // After a step back of an hour, a task lands in a bucket that was kept.
-        let back = NOW - HOUR;
-        put(&store, "B", NOW - 5 * HOUR + 1, false).await;
-        let got = check(&tallies, &store, back - 24 * HOUR, back).await;
-        assert_eq!(got.total, 2);
+        // A task of now changes nothing kept.
+        put(&store, "B", NOW, false).await;
+        tallies.created(NOW);
+        assert!(tallies.kept_buckets() > 0);
+
+        // After a step back of the clock, a task lands in a bucket that was kept; the summary
+        // after it is asked later than the first, as the clock has caught up again.
+        put(&store, "C", NOW - 5 * HOUR + 1, false).await;
+        tallies.created(NOW - 5 * HOUR + 1);
+        assert_eq!(tallies.kept_buckets(), 0);
+        let got = check(&tallies, &store, NOW - 24 * HOUR, NOW + HOUR).await;
+        assert_eq!(got.total, 3);
         store.close();
     }
 

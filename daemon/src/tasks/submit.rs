@@ -162,14 +162,21 @@ pub async fn submit(
         }
         task
     } else {
-        let task = d
+        let (kind, created_ms) = (task.kind, task.created_ms);
+        let stored = d
             .store
             .submit(SubmitPlan {
                 task,
                 actor,
                 steps: Vec::new(),
             })
-            .await?;
+            .await;
+        if kind == TaskKind::Shadow {
+            // After the commit, whatever the answer: a task stamped before the summaries' kept
+            // time (a step back of the clock) drops what they kept.
+            d.shadow_tallies.created(created_ms);
+        }
+        let task = stored?;
         d.dispatch.queued(task.clone());
         task
     };
