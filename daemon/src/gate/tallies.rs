@@ -139,9 +139,11 @@ impl ShadowTallies {
             // Before the reads: a task committed after them with an earlier time drops what
             // they keep ([`ShadowTallies::created`]).
             self.horizon.fetch_max(settled_end, Ordering::SeqCst);
+            // (`range` wants its start at or before its end: a window shorter than the settling
+            // time has no kept part.)
             let kept: Vec<(i64, Arc<ShadowTally>)> = k
                 .buckets
-                .range(first_whole..settled_end)
+                .range(first_whole..settled_end.max(first_whole))
                 .map(|(&at, t)| (at, Arc::clone(t)))
                 .collect();
             (k.generation, kept)
@@ -366,6 +368,20 @@ mod tests {
         assert_eq!(tallies.kept_buckets(), 0);
         let got = check(&tallies, &store, NOW - 24 * HOUR, NOW + HOUR).await;
         assert_eq!(got.total, 3);
+        store.close();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_window_shorter_than_the_settling_time_is_read_whole() {
+        let (_dir, store) = fresh();
+        put(&store, "A", NOW - 2 * HOUR, false).await;
+        put(&store, "B", NOW - 60_000, false).await;
+        let tallies = ShadowTallies::default();
+        check(&tallies, &store, NOW - 24 * HOUR, NOW).await;
+        assert!(tallies.kept_buckets() > 0);
+        // From a minute ago, and from after now: nothing kept applies.
+        assert_eq!(check(&tallies, &store, NOW - 60_000, NOW).await.total, 1);
+        assert_eq!(check(&tallies, &store, NOW + HOUR, NOW).await.total, 0);
         store.close();
     }
 
