@@ -115,7 +115,7 @@ pub struct Daemon {
     pub sweeper: SweeperState,
     pub gate: GateNotes,
     /// The shadow summary's tallies of settled time (see [`crate::gate::tallies`]).
-    pub shadow_tallies: crate::gate::tallies::ShadowTallies,
+    pub shadow_tallies: Arc<crate::gate::tallies::ShadowTallies>,
     /// Agents that start nothing for now.
     pub pauses: crate::agents::pauses::Pauses,
     /// What agents spent today and this month.

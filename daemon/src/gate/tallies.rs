@@ -14,9 +14,10 @@
 //!   before the writer commits it, so a bucket keeps filling for a moment after it ends);
 //! - every task in it is terminal;
 //! - nothing that changes kept time was reported while it was read, and what is kept is dropped
-//!   when it is: a deletion of shadow tasks ([`ShadowTallies::forget`], from the sweep), or a
-//!   shadow task created with a time before the end of the kept time, after a step back of the
-//!   clock ([`ShadowTallies::created`], from the submit);
+//!   when it is: retention's deletion of shadow tasks completed before a time, which drops the
+//!   buckets before it ([`ShadowTallies::forget_before`], from the sweep), or a shadow task
+//!   created with a time before the end of the kept time, after a step back of the clock
+//!   ([`ShadowTallies::created`], from the submit);
 //! - this daemon is the store's only writer: on a shared store other nodes create and delete
 //!   tasks it does not hear of, so nothing is kept there.
 //!
@@ -70,15 +71,16 @@ impl Kept {
         self.durations = 0;
     }
 
-    /// Keep `tally` for the bucket at `start`, making room by dropping buckets older than
-    /// `oldest_wanted`; nothing is kept when there is no room.
+    /// Keep `tally` for the bucket at `start`, making room by dropping the oldest buckets, as
+    /// long as they are older than the window (`oldest_wanted`) or than `start`: the newest part
+    /// of a window too large to keep whole is what stays. Nothing is kept when there is no room.
     fn keep(&mut self, start: i64, mut tally: ShadowTally, oldest_wanted: i64) {
         // Kept for a long time: without the room the vector grew into.
         tally.durations_ms.shrink_to_fit();
         let size = tally.durations_ms.len();
         while self.buckets.len() >= MAX_BUCKETS || self.durations + size > MAX_DURATIONS {
             match self.buckets.first_key_value() {
-                Some((&first, _)) if first < oldest_wanted => {
+                Some((&first, _)) if first < oldest_wanted || first < start => {
                     if let Some(gone) = self.buckets.remove(&first) {
                         self.durations -= gone.durations_ms.len();
                     }
@@ -101,9 +103,19 @@ impl ShadowTallies {
         }
     }
 
-    /// Tasks were deleted from the store (by retention): drop everything kept.
+    /// Drop everything kept.
     pub fn forget(&self) {
         self.kept().clear();
+    }
+
+    /// Retention deleted shadow tasks completed before `before_ms`: drop the buckets that can hold
+    /// them (a task is created before it completes), and what summaries under way would keep.
+    pub fn forget_before(&self, before_ms: i64) {
+        let mut k = self.kept();
+        k.generation += 1;
+        let later = k.buckets.split_off(&before_ms);
+        let gone = std::mem::replace(&mut k.buckets, later);
+        k.durations -= gone.values().map(|t| t.durations_ms.len()).sum::<usize>();
     }
 
     /// A shadow task created at `created_ms` was committed: if that is before the end of the time
@@ -194,7 +206,7 @@ impl ShadowTallies {
         if !shared && !fresh.is_empty() {
             let mut k = self.kept();
             if k.generation == generation {
-                // Newest first: when room runs out, the latest part of the window is kept.
+                // Newest first, so that when room runs out the latest part of the window stays.
                 for (at, tally) in fresh.into_iter().rev() {
                     k.keep(at, tally, first_whole);
                 }
@@ -325,15 +337,24 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_deletion_forgets_what_was_kept() {
+    async fn a_deletion_forgets_the_buckets_before_its_cut() {
         let (_dir, store) = fresh();
         for i in 0..10 {
-            put(&store, &format!("S{i}"), NOW - HOUR - i * 60_000, false).await;
+            put(
+                &store,
+                &format!("S{i}"),
+                NOW - 5 * HOUR + i * 30 * 60_000,
+                false,
+            )
+            .await;
         }
         let tallies = ShadowTallies::default();
         let since = NOW - 24 * HOUR;
         assert_eq!(check(&tallies, &store, since, NOW).await.total, 10);
+        let kept = tallies.kept_buckets();
 
+        // Retention of the tasks completed before S2 was created: S0 and S1.
+        let cut = NOW - 5 * HOUR + 60 * 60_000;
         let deleted = store
             .delete_tasks(vec!["S0".into(), "S1".into()])
             .await
@@ -342,8 +363,10 @@ mod tests {
         // Kept, the buckets still count the deleted tasks: that is why a deletion must be told.
         let stale = tallies.since(&store, since, NOW).await.expect("tallies");
         assert_eq!(stale.total, 10);
-        tallies.forget();
-        assert_eq!(tallies.kept_buckets(), 0);
+        tallies.forget_before(cut);
+        // The buckets from the cut on stay kept.
+        let left = tallies.kept_buckets();
+        assert!(left > 0 && left < kept, "{left} of {kept} buckets left");
         assert_eq!(check(&tallies, &store, since, NOW).await.total, 8);
         store.close();
     }
@@ -400,5 +423,9 @@ mod tests {
         k.keep(20, with(10), 15);
         assert_eq!(k.buckets.keys().copied().collect::<Vec<_>>(), [20]);
         assert_eq!(k.durations, 10);
+        // Or one of the window older than the bucket to keep.
+        k.keep(30, with(MAX_DURATIONS - 5), 0);
+        assert_eq!(k.buckets.keys().copied().collect::<Vec<_>>(), [30]);
+        assert_eq!(k.durations, MAX_DURATIONS - 5);
     }
 }

@@ -5,10 +5,11 @@ use crate::clock::duration_ms;
 use crate::config::DEFAULT_TTL;
 use crate::daemon::Daemon;
 use crate::dispatch::synthetic;
-use crate::store::{NewTask, SubmitPlan};
+use crate::store::{NewTask, StoreError, SubmitPlan};
 use orchestrator_proto::message::SubmitRequest;
 use orchestrator_proto::task::{Task, TaskKind, TaskState, MAX_GOAL_BYTES};
 use orchestrator_proto::{ErrorCode, WireError};
+use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 
 pub const MAX_CAPABILITIES: usize = 32;
@@ -135,6 +136,25 @@ pub fn new_task(
     })
 }
 
+/// Store a shadow task, then tell the summaries' kept tallies when it was created: one stamped
+/// inside the time they keep (a step back of the clock) drops what they kept
+/// ([`crate::gate::tallies`]). Both run in a task of their own, so that a request dropped while it
+/// waits (an HTTP client that hung up) still tells of a write that commits.
+async fn shadow_submit(d: &Daemon, plan: SubmitPlan) -> Result<Task, StoreError> {
+    let (store, tallies) = (d.store.clone(), Arc::clone(&d.shadow_tallies));
+    let created_ms = plan.task.created_ms;
+    let write = tokio::spawn(async move {
+        let stored = store.submit(plan).await;
+        // Whatever the answer: the write may have committed.
+        tallies.created(created_ms);
+        stored
+    });
+    match write.await {
+        Ok(stored) => stored,
+        Err(e) => Err(StoreError::Sql(format!("the submit task failed: {e}"))),
+    }
+}
+
 /// Store a task durably and hand it to the dispatcher. With `wait`, answer once it rests.
 pub async fn submit(
     d: &Daemon,
@@ -162,21 +182,16 @@ pub async fn submit(
         }
         task
     } else {
-        let (kind, created_ms) = (task.kind, task.created_ms);
-        let stored = d
-            .store
-            .submit(SubmitPlan {
-                task,
-                actor,
-                steps: Vec::new(),
-            })
-            .await;
-        if kind == TaskKind::Shadow {
-            // After the commit, whatever the answer: a task stamped before the summaries' kept
-            // time (a step back of the clock) drops what they kept.
-            d.shadow_tallies.created(created_ms);
-        }
-        let task = stored?;
+        let plan = SubmitPlan {
+            task,
+            actor,
+            steps: Vec::new(),
+        };
+        let task = if plan.task.kind == TaskKind::Shadow {
+            shadow_submit(d, plan).await?
+        } else {
+            d.store.submit(plan).await?
+        };
         d.dispatch.queued(task.clone());
         task
     };

@@ -251,8 +251,9 @@ async fn retire(d: &Arc<Daemon>, run: &mut Run, kind: TaskKind, before: i64) {
         if !gone.is_empty() {
             let deleted = d.store.delete_tasks(gone).await;
             if kind == TaskKind::Shadow {
-                // Whatever the answer, the summaries' kept tallies may now count deleted tasks.
-                d.shadow_tallies.forget();
+                // Whatever the answer, the summaries' kept tallies may now count deleted tasks:
+                // those of the buckets before `before`, since each completed before it.
+                d.shadow_tallies.forget_before(before);
             }
             match deleted {
                 Ok(ids) => {
