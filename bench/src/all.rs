@@ -392,7 +392,12 @@ pub fn run(o: Options) -> Result<()> {
     }
     t.add(
         &format!("`shadow-summary --window 24` over {tasks_label} tasks ({total} in the window), over the wire"),
-        format!("median {}, max {:.2} ms (20 runs)", ms(&ss, 50.0), ss.max_ms()),
+        format!(
+            "median {}, max {:.2} ms (20 runs; the first {:.2} ms)",
+            ms(&ss, 50.0),
+            ss.max_ms(),
+            ss.first_ms()
+        ),
         "≤ 100 ms",
         Some(ss.median_ms() <= 100.0),
         "orchbench shadow-summary --runs 20",

@@ -34,6 +34,14 @@ impl Samples {
         self.pct_ms(50.0)
     }
 
+    /// The first sample, in milliseconds.
+    pub fn first_ms(&self) -> f64 {
+        self.0
+            .first()
+            .map(|m| *m as f64 / 1000.0)
+            .unwrap_or(f64::NAN)
+    }
+
     pub fn max_ms(&self) -> f64 {
         self.0
             .iter()
