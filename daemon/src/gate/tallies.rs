@@ -173,7 +173,7 @@ impl ShadowTallies {
             .chain(std::iter::once((i64::MAX, i64::MAX)));
         for (gap_end, next_from) in gaps {
             if from < gap_end {
-                let read = store.shadow_tallies(from, gap_end, BUCKET_MS).await?;
+                let read = read_stretch(store, from, gap_end, now_ms).await?;
                 let mut read = read.into_iter().peekable();
                 let mut at = ceil_to(from, BUCKET_MS);
                 // The partial bucket at the window's start is only counted.
@@ -214,6 +214,32 @@ impl ShadowTallies {
         }
         Ok(total)
     }
+}
+
+/// A stretch of at least this much time up to now is read as two halves at once.
+const SPLIT_MS: i64 = 6 * BUCKET_MS;
+
+/// The store's tallies of the shadow tasks created in `from..until`. A long stretch (the whole
+/// window, when nothing is kept yet) is read as two halves at once, on two pooled read
+/// connections, split at a bucket's start so that each bucket comes whole from one of them.
+async fn read_stretch(
+    store: &Store,
+    from: i64,
+    until: i64,
+    now_ms: i64,
+) -> Result<Vec<(i64, ShadowTally)>, StoreError> {
+    let end = until.min(now_ms);
+    let mid = ceil_to(from + (end - from) / 2, BUCKET_MS);
+    if end - from < SPLIT_MS || mid <= from || mid >= until {
+        return store.shadow_tallies(from, until, BUCKET_MS).await;
+    }
+    let (early, late) = tokio::join!(
+        store.shadow_tallies(from, mid, BUCKET_MS),
+        store.shadow_tallies(mid, until, BUCKET_MS)
+    );
+    let mut read = early?;
+    read.extend(late?);
+    Ok(read)
 }
 
 /// The smallest multiple of `step` at or after `t`.
