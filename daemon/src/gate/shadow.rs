@@ -107,6 +107,7 @@ pub fn usage_totals(rows: &[UsageRow]) -> (BTreeMap<String, Usage>, BTreeMap<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::ShadowRow;
 
     /// One shadow task of the window: its state, failure code, agent and duration.
     struct Row {
@@ -129,14 +130,14 @@ mod tests {
     fn summary(rows: &[Row], window_hours: u32, min_tasks: u64) -> ShadowSummary {
         let mut t = ShadowTally::default();
         for r in rows {
-            t.add(
-                r.state,
-                r.code,
-                r.agent,
-                1_000,
-                r.dur.map(|d| 1_000 + d),
-                true,
-            );
+            t.add(&ShadowRow {
+                state: r.state,
+                error_code: r.code,
+                agent: r.agent,
+                created_ms: 1_000,
+                completed_ms: r.dur.map(|d| 1_000 + d),
+                would_require_approval: true,
+            });
         }
         summarize(t, window_hours, min_tasks)
     }
@@ -166,7 +167,14 @@ mod tests {
     fn each_state_is_counted_under_its_own_name() {
         for state in TaskState::ALL {
             let mut t = ShadowTally::default();
-            t.add(state, None, None, 0, None, false);
+            t.add(&ShadowRow {
+                state,
+                error_code: None,
+                agent: None,
+                created_ms: 0,
+                completed_ms: None,
+                would_require_approval: false,
+            });
             let s = summarize(t, 24, 0);
             assert_eq!(s.by_state.len(), 1);
             assert_eq!(s.by_state[state.as_str()], 1, "{state:?}");

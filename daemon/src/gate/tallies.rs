@@ -57,7 +57,7 @@ impl Default for ShadowTallies {
 
 #[derive(Debug, Default)]
 struct Kept {
-    /// Bumped by every [`ShadowTallies::forget`]: a summary keeps what it read only if nothing
+    /// Bumped by everything that drops kept buckets: a summary keeps what it read only if nothing
     /// was dropped in between.
     generation: u64,
     buckets: BTreeMap<i64, Arc<ShadowTally>>,
@@ -103,11 +103,6 @@ impl ShadowTallies {
         }
     }
 
-    /// Drop everything kept.
-    pub fn forget(&self) {
-        self.kept().clear();
-    }
-
     /// Retention deleted shadow tasks completed before `before_ms`: drop the buckets that can hold
     /// them (a task is created before it completes), and what summaries under way would keep.
     pub fn forget_before(&self, before_ms: i64) {
@@ -122,12 +117,12 @@ impl ShadowTallies {
     /// kept (the clock stepped back), drop what is kept.
     pub fn created(&self, created_ms: i64) {
         if created_ms < self.horizon.load(Ordering::SeqCst) {
-            self.forget();
+            self.kept().clear();
         }
     }
 
-    /// How many buckets are kept (for tests).
-    pub fn kept_buckets(&self) -> usize {
+    #[cfg(test)]
+    fn kept_buckets(&self) -> usize {
         self.kept().buckets.len()
     }
 
@@ -139,15 +134,15 @@ impl ShadowTallies {
         since_ms: i64,
         now_ms: i64,
     ) -> Result<ShadowTally, StoreError> {
-        let shared = store.cluster().is_some();
+        if store.cluster().is_some() {
+            // Other nodes create and delete tasks this one does not hear of: nothing is kept.
+            return store.shadow_tally_since(since_ms).await;
+        }
         // Buckets that lie whole inside the window and ended SETTLE_MS ago.
         let first_whole = ceil_to(since_ms, BUCKET_MS);
         let settled_end = (now_ms - SETTLE_MS).div_euclid(BUCKET_MS) * BUCKET_MS;
         let (generation, kept) = {
-            let mut k = self.kept();
-            if shared {
-                k.clear();
-            }
+            let k = self.kept();
             // Before the reads: a task committed after them with an earlier time drops what
             // they keep ([`ShadowTallies::created`]).
             self.horizon.fetch_max(settled_end, Ordering::SeqCst);
@@ -203,7 +198,7 @@ impl ShadowTallies {
             total.merge(tally);
         }
 
-        if !shared && !fresh.is_empty() {
+        if !fresh.is_empty() {
             let mut k = self.kept();
             if k.generation == generation {
                 // Newest first, so that when room runs out the latest part of the window stays.

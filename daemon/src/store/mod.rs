@@ -42,8 +42,8 @@ pub struct WriteLoad {
 pub use types::{
     absorb, AttemptLimits, Cursor, EventDraft, GateRunRecord, Health, Leftover, ModeChange,
     NewEvent, NewOverride, NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, RowChange,
-    ShadowTally, StoredMode, StoredPause, SubmitPlan, TallyBuckets, TaskFilter, TransitionOp,
-    UsageRow, PAUSE_KEY_PREFIX,
+    ShadowRow, ShadowTally, StoredMode, StoredPause, SubmitPlan, TallyBuckets, TaskFilter,
+    TransitionOp, UsageRow, PAUSE_KEY_PREFIX,
 };
 
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
@@ -461,6 +461,7 @@ impl Store {
 
     /// Every shadow task created since `since_ms`, in one tally, read afresh.
     pub async fn shadow_tally_since(&self, since_ms: i64) -> Result<ShadowTally, StoreError> {
+        // One bucket as wide as time: every task in it.
         let parts = self.shadow_tallies(since_ms, i64::MAX, i64::MAX).await?;
         let mut tally = ShadowTally::default();
         for (_, part) in &parts {

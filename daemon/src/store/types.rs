@@ -314,17 +314,28 @@ fn bump_in(list: &mut Vec<(Option<String>, u64)>, key: Option<&str>, by: u64) {
     }
 }
 
+/// One shadow task as the summary reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct ShadowRow<'a> {
+    pub state: TaskState,
+    pub error_code: Option<&'a str>,
+    pub agent: Option<&'a str>,
+    pub created_ms: i64,
+    pub completed_ms: Option<i64>,
+    pub would_require_approval: bool,
+}
+
 impl ShadowTally {
     /// Fold in one shadow task.
-    pub fn add(
-        &mut self,
-        state: TaskState,
-        error_code: Option<&str>,
-        agent: Option<&str>,
-        created_ms: i64,
-        completed_ms: Option<i64>,
-        would_require_approval: bool,
-    ) {
+    pub fn add(&mut self, row: &ShadowRow<'_>) {
+        let ShadowRow {
+            state,
+            error_code,
+            agent,
+            created_ms,
+            completed_ms,
+            would_require_approval,
+        } = *row;
         self.total += 1;
         self.by_state[state as usize] += 1;
         if state == TaskState::Failed {
@@ -380,9 +391,8 @@ impl ShadowTally {
 #[derive(Debug)]
 pub struct TallyBuckets {
     bucket_ms: i64,
-    done: std::collections::BTreeMap<i64, ShadowTally>,
-    /// The bucket being filled: rows mostly come in creation order.
-    current: Option<(i64, ShadowTally)>,
+    /// Oldest first. Rows mostly come in creation order, so the last bucket is the usual one.
+    buckets: Vec<(i64, ShadowTally)>,
 }
 
 impl TallyBuckets {
@@ -390,47 +400,29 @@ impl TallyBuckets {
     pub fn new(bucket_ms: i64) -> TallyBuckets {
         TallyBuckets {
             bucket_ms: bucket_ms.max(1),
-            done: std::collections::BTreeMap::new(),
-            current: None,
+            buckets: Vec::new(),
         }
     }
 
-    /// Fold in one shadow task (the arguments of [`ShadowTally::add`]).
-    pub fn add(
-        &mut self,
-        state: TaskState,
-        error_code: Option<&str>,
-        agent: Option<&str>,
-        created_ms: i64,
-        completed_ms: Option<i64>,
-        would_require_approval: bool,
-    ) {
-        let start = created_ms.div_euclid(self.bucket_ms) * self.bucket_ms;
-        if self.current.as_ref().map(|(at, _)| *at) != Some(start) {
-            if let Some((at, tally)) = self.current.take() {
-                self.done.insert(at, tally);
-            }
-            let tally = self.done.remove(&start).unwrap_or_default();
-            self.current = Some((start, tally));
-        }
-        if let Some((_, tally)) = &mut self.current {
-            tally.add(
-                state,
-                error_code,
-                agent,
-                created_ms,
-                completed_ms,
-                would_require_approval,
-            );
-        }
+    /// Fold in one shadow task.
+    pub fn add(&mut self, row: &ShadowRow<'_>) {
+        let start = row.created_ms.div_euclid(self.bucket_ms) * self.bucket_ms;
+        let i = match self.buckets.last() {
+            Some((at, _)) if *at == start => self.buckets.len() - 1,
+            _ => match self.buckets.binary_search_by_key(&start, |(at, _)| *at) {
+                Ok(i) => i,
+                Err(i) => {
+                    self.buckets.insert(i, (start, ShadowTally::default()));
+                    i
+                }
+            },
+        };
+        self.buckets[i].1.add(row);
     }
 
     /// The buckets that hold at least one task, oldest first.
-    pub fn finish(mut self) -> Vec<(i64, ShadowTally)> {
-        if let Some((at, tally)) = self.current.take() {
-            self.done.insert(at, tally);
-        }
-        self.done.into_iter().collect()
+    pub fn finish(self) -> Vec<(i64, ShadowTally)> {
+        self.buckets
     }
 }
 
@@ -591,5 +583,55 @@ impl RowChange {
             pid: keep(p.specialist_pid),
             error_code: p.error.as_ref().map(|e| e.code.clone()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed_at(created_ms: i64) -> ShadowRow<'static> {
+        ShadowRow {
+            state: TaskState::Failed,
+            error_code: None,
+            agent: Some("coder"),
+            created_ms,
+            completed_ms: Some(created_ms + 5),
+            would_require_approval: false,
+        }
+    }
+
+    /// Rows in any order (PostgreSQL does not promise one) come out as one tally per bucket,
+    /// oldest first, each the same as the rows of that bucket folded alone.
+    #[test]
+    fn buckets_fold_rows_in_any_order() {
+        let mut buckets = TallyBuckets::new(100);
+        for at in [250, 10, 120, -30, 199, 11] {
+            buckets.add(&failed_at(at));
+        }
+        let got = buckets.finish();
+        let starts: Vec<i64> = got.iter().map(|(at, _)| *at).collect();
+        assert_eq!(starts, [-100, 0, 100, 200]);
+        let mut alone = ShadowTally::default();
+        for at in [120, 199] {
+            alone.add(&failed_at(at));
+        }
+        assert_eq!(got[2].1, alone);
+        let totals: Vec<u64> = got.iter().map(|(_, t)| t.total).collect();
+        assert_eq!(totals, [1, 2, 2, 1]);
+    }
+
+    /// Merged parts are the tally of all their rows.
+    #[test]
+    fn merged_parts_are_the_whole() {
+        let rows = [failed_at(1), failed_at(7), failed_at(3)];
+        let mut whole = ShadowTally::default();
+        rows.iter().for_each(|r| whole.add(r));
+        let (mut first, mut second) = (ShadowTally::default(), ShadowTally::default());
+        first.add(&rows[0]);
+        rows[1..].iter().for_each(|r| second.add(r));
+        first.merge(&second);
+        assert_eq!(first, whole);
+        assert!(whole.all_terminal());
     }
 }

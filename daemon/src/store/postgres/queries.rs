@@ -4,8 +4,8 @@ use super::rows::{event_from_row, task_from_row, tasks, EVENT_COLUMNS, TASK_COLU
 use super::{parse_kind_state, pg_error};
 use crate::clock::rfc3339;
 use crate::store::{
-    Counts, Cursor, Leftover, Retired, RetiredCursor, ShadowTally, StoreError, StoredMode,
-    TallyBuckets, TaskFilter,
+    Counts, Cursor, Leftover, Retired, RetiredCursor, ShadowRow, ShadowTally, StoreError,
+    StoredMode, TallyBuckets, TaskFilter,
 };
 use deadpool_postgres::Client;
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
@@ -354,11 +354,17 @@ pub(super) async fn shadow_tallies(
     .await?;
     let mut buckets = TallyBuckets::new(bucket_ms);
     for r in &rows {
-        let state = r
-            .get::<_, &str>(0)
-            .parse::<TaskState>()
-            .unwrap_or(TaskState::Failed);
-        buckets.add(state, r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        buckets.add(&ShadowRow {
+            state: r
+                .get::<_, &str>(0)
+                .parse::<TaskState>()
+                .unwrap_or(TaskState::Failed),
+            error_code: r.get(1),
+            agent: r.get(2),
+            created_ms: r.get(3),
+            completed_ms: r.get(4),
+            would_require_approval: r.get(5),
+        });
     }
     Ok(buckets.finish())
 }

@@ -5,7 +5,8 @@ use super::rows::{event_from_row, task_from_row, EVENT_COLUMNS, TASK_COLUMNS};
 use super::writes::{limit_sql, RETIRED};
 use crate::clock::rfc3339;
 use crate::store::{
-    Leftover, Retired, RetiredCursor, ShadowTally, StoreError, StoredMode, TallyBuckets, TaskFilter,
+    Leftover, Retired, RetiredCursor, ShadowRow, ShadowTally, StoreError, StoredMode, TallyBuckets,
+    TaskFilter,
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
@@ -323,17 +324,16 @@ pub fn shadow_tallies(
     let mut rows = stmt.query([from_ms, until_ms])?;
     let mut buckets = TallyBuckets::new(bucket_ms);
     while let Some(r) = rows.next()? {
-        let state = text(r.get_ref(0)?)?
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(TaskState::Failed);
-        buckets.add(
-            state,
-            text(r.get_ref(1)?)?,
-            text(r.get_ref(2)?)?,
-            r.get(3)?,
-            r.get(4)?,
-            r.get::<_, i64>(5)? != 0,
-        );
+        buckets.add(&ShadowRow {
+            state: text(r.get_ref(0)?)?
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(TaskState::Failed),
+            error_code: text(r.get_ref(1)?)?,
+            agent: text(r.get_ref(2)?)?,
+            created_ms: r.get(3)?,
+            completed_ms: r.get(4)?,
+            would_require_approval: r.get::<_, i64>(5)? != 0,
+        });
     }
     Ok(buckets.finish())
 }

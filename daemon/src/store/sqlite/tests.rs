@@ -542,13 +542,8 @@ fn nice_in(stat: &str) -> Option<i64> {
 fn thread_nice(name: &str) -> Option<i64> {
     for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         let dir = entry.path();
-        let named = std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == name);
-        if let Some(nice) = named
-            .then(|| std::fs::read_to_string(dir.join("stat")).ok())
-            .flatten()
-            .and_then(|stat| nice_in(&stat))
-        {
-            return Some(nice);
+        if std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == name) {
+            return nice_in(&std::fs::read_to_string(dir.join("stat")).ok()?);
         }
     }
     None
@@ -586,6 +581,8 @@ async fn closing_stops_the_integrity_check() {
             .load(std::sync::atomic::Ordering::SeqCst)
     };
     let errors_before = errors();
+    // Read before the check starts, so that a check that lowered this thread instead shows.
+    let own = own_nice();
     let check = {
         let b = backend.clone();
         tokio::spawn(async move { b.run_integrity_check().await })
@@ -600,7 +597,6 @@ async fn closing_stops_the_integrity_check() {
     }
     // It reads at the lowest priority, on a thread of its own, and lowers only that thread
     // (unless the tests themselves run at the lowest priority).
-    let own = own_nice();
     if own != Some(19) {
         assert_eq!(thread_nice("integrity-check"), Some(19));
         assert_eq!(own_nice(), own);
