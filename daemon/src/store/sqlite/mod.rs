@@ -37,6 +37,7 @@ use crate::store::outbox::OutboxRules;
 use crate::store::{Counts, Health, StoreError};
 use orchestrator_proto::task::{TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -133,6 +134,13 @@ fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreErr
     conn.busy_timeout(Duration::from_secs(5))?;
     // Room for every statement the writer and the readers prepare, so none is parsed twice.
     conn.set_prepared_statement_cache_capacity(64);
+    // Plans that never depend on the values bound to them. Without this, SQLite marks a statement
+    // that compares a column with a parameter and is ordered by another column (a task's events,
+    // a listing, a sink's outbox) to be compiled again whenever the parameter changes, and every
+    // statement taken back from the cache has its bindings cleared: each use parsed and planned it
+    // anew, half of SQLite's time in a `show` (docs/BENCHMARKS.md, "Statements compiled once").
+    // The store keeps no statistics (no ANALYZE) for bound values to inform, so no plan changes.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;

@@ -23,10 +23,13 @@ pub fn get_task(conn: &Connection, id: &str) -> Result<Option<Task>, StoreError>
     Ok(stmt.query_row([id], task_from_row).optional()?)
 }
 
+/// The statement of [`events_of`], one per connection in its statement cache.
+pub(super) fn events_of_sql() -> String {
+    format!("SELECT {EVENT_COLUMNS} FROM events WHERE task_id = ?1 ORDER BY seq")
+}
+
 pub fn events_of(conn: &Connection, id: &str) -> Result<Vec<TrajectoryEvent>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE task_id = ?1 ORDER BY seq"
-    ))?;
+    let mut stmt = conn.prepare_cached(&events_of_sql())?;
     let rows = stmt.query_map([id], event_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

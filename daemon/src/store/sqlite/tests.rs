@@ -54,6 +54,38 @@ fn insert_then_transition_writes_one_event_each() {
     );
 }
 
+/// A cached statement is used as compiled: reading the events of one task, then of another, does
+/// not parse and plan the statement again (see `open_connection`).
+#[test]
+fn reading_events_again_reuses_the_compiled_statement() {
+    let (_d, store) = open();
+    for id in ["T1", "T2"] {
+        store
+            .write_blocking(move |b| {
+                b.insert_task(new_task(id), "alice")?;
+                b.transition(TransitionOp::new(id, Action::Route, "dispatcher", 2_000))
+            })
+            .unwrap();
+    }
+    let (seqs, recompiled) = store
+        .read_blocking(|c| {
+            let mut seqs = Vec::new();
+            for id in ["T1", "T2", "T1", "T2"] {
+                seqs.push(
+                    queries::events_of(c, id)?
+                        .iter()
+                        .map(|e| e.seq)
+                        .collect::<Vec<_>>(),
+                );
+            }
+            let stmt = c.prepare_cached(&queries::events_of_sql())?;
+            Ok((seqs, stmt.get_status(rusqlite::StatementStatus::RePrepare)))
+        })
+        .unwrap();
+    assert_eq!(seqs, [vec![1, 2], vec![3, 4], vec![1, 2], vec![3, 4]]);
+    assert_eq!(recompiled, 0, "the statement was compiled again on reuse");
+}
+
 #[test]
 fn refused_transition_changes_nothing() {
     let (_d, store) = open();
