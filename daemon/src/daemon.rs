@@ -107,7 +107,7 @@ pub struct Daemon {
     pub sessions: Sessions,
     /// This daemon as a node of its store (see [`crate::node`]).
     pub node: crate::node::NodeState,
-    config: RwLock<Arc<Config>>,
+    config: RwLock<Installed>,
     access: RwLock<Arc<AccessPolicy>>,
     mode: RwLock<ModeState>,
     /// Each subsystem's own state, which `status` asks for its part.
@@ -124,6 +124,21 @@ pub struct Daemon {
     pub http_listen: OnceLock<String>,
     /// Why HTTP is off although the config has it on (its default port was taken).
     pub http_problem: OnceLock<String>,
+}
+
+/// A config as installed, with what is derived from it once.
+struct Installed {
+    config: Arc<Config>,
+    fingerprint: Arc<str>,
+}
+
+impl Installed {
+    fn new(config: Config) -> Installed {
+        Installed {
+            fingerprint: config.routing_fingerprint().into(),
+            config: Arc::new(config),
+        }
+    }
 }
 
 impl Daemon {
@@ -150,7 +165,7 @@ impl Daemon {
             clock: clock.clone(),
             started: Instant::now(),
             sessions: Sessions::default(),
-            config: RwLock::new(Arc::new(config)),
+            config: RwLock::new(Installed::new(config)),
             access: RwLock::new(Arc::new(access)),
             mode: RwLock::new(mode),
             reload: ReloadState::new(clock.now_ms()),
@@ -167,8 +182,18 @@ impl Daemon {
     /// The config in force. Cheap: a clone of an `Arc`.
     pub fn config(&self) -> Arc<Config> {
         match self.config.read() {
-            Ok(c) => Arc::clone(&c),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+            Ok(c) => Arc::clone(&c.config),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner().config),
+        }
+    }
+
+    /// The config in force and its [`Config::routing_fingerprint`], worked out once when the config
+    /// was installed (`status` names it on every call).
+    pub fn config_and_fingerprint(&self) -> (Arc<Config>, Arc<str>) {
+        let pair = |c: &Installed| (Arc::clone(&c.config), Arc::clone(&c.fingerprint));
+        match self.config.read() {
+            Ok(c) => pair(&c),
+            Err(poisoned) => pair(&poisoned.into_inner()),
         }
     }
 
@@ -182,9 +207,10 @@ impl Daemon {
     /// Swap in a validated config (and the access policy derived from it) in one step.
     pub fn install_config(&self, config: Config) {
         let access = AccessPolicy::from_config(&config.socket);
+        let installed = Installed::new(config);
         match self.config.write() {
-            Ok(mut c) => *c = Arc::new(config),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(config),
+            Ok(mut c) => *c = installed,
+            Err(poisoned) => *poisoned.into_inner() = installed,
         }
         match self.access.write() {
             Ok(mut a) => *a = Arc::new(access),

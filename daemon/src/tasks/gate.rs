@@ -91,10 +91,10 @@ pub async fn run_synthetic(d: &Daemon, label: Option<&str>) -> Result<GateRunRep
 
 /// The newest `limit` gate runs, newest first, each marked whether it ran on the routing in force.
 pub async fn gate_runs(d: &Daemon, limit: usize) -> Result<Vec<GateRunSummary>, WireError> {
-    let current = d.config().routing_fingerprint();
+    let (_, current) = d.config_and_fingerprint();
     let mut runs = d.store.gate_runs(limit).await?;
     for run in &mut runs {
-        run.matches_current = run.fingerprint == current;
+        run.matches_current = *run.fingerprint == *current;
     }
     Ok(runs)
 }

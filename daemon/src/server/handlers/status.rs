@@ -7,11 +7,10 @@ use orchestrator_proto::message::{StateCount, StatusReport, StorageStatus};
 use orchestrator_proto::{Response, WireError};
 
 pub async fn handle(d: &Daemon, minor: u16) -> Result<Response, WireError> {
-    let cfg = d.config();
+    let (cfg, fingerprint) = d.config_and_fingerprint();
     let mode = d.mode();
-    let fingerprint = cfg.routing_fingerprint();
     let latest_gate = d.gate.latest_run().map(|mut g| {
-        g.matches_current = g.fingerprint == fingerprint;
+        g.matches_current = *g.fingerprint == *fingerprint;
         g
     });
     let counts = d
@@ -39,7 +38,7 @@ pub async fn handle(d: &Daemon, minor: u16) -> Result<Response, WireError> {
             .cloned()
             .chain(d.http_problem.get().cloned())
             .collect(),
-        routing_fingerprint: fingerprint,
+        routing_fingerprint: fingerprint.to_string(),
         socket: d.paths.socket.display().to_string(),
         state_dir: d.paths.state_dir.display().to_string(),
         counts,
@@ -69,5 +68,64 @@ pub fn storage(d: &Daemon) -> StorageStatus {
         last_check: h.last_check.as_ref().map(|(_, outcome)| outcome.clone()),
         last_check_at: h.last_check.as_ref().map(|(at, _)| rfc3339(*at)),
         checking: h.checking,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::Config;
+    use crate::daemon::{ModeState, Paths};
+    use crate::store::Store;
+    use orchestrator_proto::task::TaskKind;
+
+    /// The fingerprint is worked out when a config is installed: `status` names the one of the
+    /// config in force, before and after a reload installs another.
+    #[test]
+    fn status_names_the_fingerprint_of_the_config_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        let paths = Paths {
+            config: None,
+            socket: dir.path().join("sock"),
+            state_dir: dir.path().to_path_buf(),
+            socket_from_flag: false,
+            state_dir_from_flag: false,
+        };
+        let (dispatch, _) = crate::dispatch::DispatchHandle::channel();
+        let mode = ModeState {
+            effective: TaskKind::Synthetic,
+            since_ms: 0,
+            note: None,
+        };
+        let clock = ManualClock::new(0);
+        let d = Daemon::new(
+            store,
+            paths,
+            Config::builtin(),
+            mode,
+            dispatch,
+            clock.clock(),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let named = |d: &Daemon| match rt.block_on(handle(d, 1)) {
+            Ok(Response::StatusWithStorage(report, _)) => report.routing_fingerprint,
+            other => panic!("unexpected status reply: {other:?}"),
+        };
+        let builtin = Config::builtin().routing_fingerprint();
+        assert_eq!(named(&d), builtin);
+        let other = Config::from_toml(
+            "[[routing.rules]]\nid = \"r\"\npattern = \"x\"\nagent = \"main\"\n",
+            None,
+        )
+        .unwrap();
+        let expected = other.routing_fingerprint();
+        assert_ne!(expected, builtin);
+        d.install_config(other);
+        assert_eq!(named(&d), expected);
     }
 }
