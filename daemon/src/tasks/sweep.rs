@@ -187,32 +187,45 @@ pub async fn sweep(d: &Arc<Daemon>) -> SweepReport {
 }
 
 /// Warn about, and time out, tasks waiting for approval (see [`approvals`]).
+///
+/// [`BATCH`] tasks at a time, all of them written at once so that the writer commits them
+/// together (one flush for the batch rather than one per task: 100,000 warnings took 50 s one by
+/// one); between batches other writers get their turn, and a shutdown stops the step (the next
+/// sweep takes up what is left, as a task that was warned is not warned again).
 async fn apply_approval_policy(d: &Arc<Daemon>, cfg: &Config, now: i64, run: &mut Run) {
     let cut = crate::sweeper::approvals::cut(&cfg.approval, now);
     let waiting = match d.store.awaiting_approval(cut).await {
         Ok(w) => w,
         Err(e) => return run.error(format!("approval policy: {e}")),
     };
-    for w in waiting {
-        let outcome = match approvals::step(&cfg.approval, &w, now) {
-            approvals::Step::Wait => continue,
-            approvals::Step::Warn(ev) => d.store.append_event(ev).await,
-            approvals::Step::TimeOut(op) => {
-                let expire = op.action == crate::machine::Action::Expire;
-                let r = d.store.transition(*op).await.map(|_| ());
-                if r.is_ok() && expire {
-                    run.report.expired += 1;
-                }
-                tracing::info!(task = %w.id, "approval timeout");
-                r
-            }
-        };
-        match outcome {
-            // Decided meanwhile: nothing left to do.
-            Err(e) if e.is_refusal() => {}
-            Err(e) => run.error(format!("approval policy ({}): {e}", w.id)),
-            Ok(()) => {}
+    for batch in waiting.chunks(BATCH) {
+        if d.shutdown.is_cancelled() {
+            return;
         }
+        let steps = batch.iter().map(|w| async move {
+            // `Ok(true)`: the task expired.
+            let outcome = match approvals::step(&cfg.approval, w, now) {
+                approvals::Step::Wait => Ok(false),
+                approvals::Step::Warn(ev) => d.store.append_event(ev).await.map(|()| false),
+                approvals::Step::TimeOut(op) => {
+                    let expire = op.action == crate::machine::Action::Expire;
+                    let r = d.store.transition(*op).await.map(|_| expire);
+                    tracing::info!(task = %w.id, "approval timeout");
+                    r
+                }
+            };
+            (w, outcome)
+        });
+        for (w, outcome) in futures_util::future::join_all(steps).await {
+            match outcome {
+                Ok(true) => run.report.expired += 1,
+                Ok(false) => {}
+                // Decided meanwhile: nothing left to do.
+                Err(e) if e.is_refusal() => {}
+                Err(e) => run.error(format!("approval policy ({}): {e}", w.id)),
+            }
+        }
+        tokio::task::yield_now().await;
     }
 }
 

@@ -298,3 +298,91 @@ fn the_timer_sweeps_again_when_the_interval_has_passed_on_the_clock() {
             .unwrap();
     });
 }
+
+/// `n` synthetic tasks waiting for approval since just before [`NOW`], each expiring within the
+/// built-in approval warning (an hour) of it.
+fn seed_awaiting(rt: &tokio::runtime::Runtime, store: &Store, n: usize) -> Vec<String> {
+    let ids: Vec<String> = (0..n).map(id_of).collect();
+    rt.block_on(async {
+        let submits = ids.iter().map(|id| {
+            let step = |action| {
+                TransitionOp::new(id, action, "test", NOW - 1_000).patch(Patch {
+                    agent: Some("coder".into()),
+                    ..Patch::default()
+                })
+            };
+            let steps = vec![
+                step(Action::Route),
+                step(Action::Start),
+                step(Action::Complete {
+                    approval_required: true,
+                }),
+            ];
+            let task = NewTask {
+                id: id.clone(),
+                kind: TaskKind::Synthetic,
+                goal: "fix the bug".into(),
+                workspace_dir: None,
+                required_capabilities: Vec::new(),
+                submitted_by: "alice".into(),
+                harness: false,
+                created_ms: NOW - 1_000,
+                expires_ms: NOW + 1_800_000,
+            };
+            store.submit(SubmitPlan {
+                task,
+                actor: "alice".into(),
+                steps,
+            })
+        });
+        for done in futures_util::future::join_all(submits).await {
+            assert_eq!(
+                done.unwrap().state,
+                orchestrator_proto::task::TaskState::AwaitingApproval
+            );
+        }
+    });
+    ids
+}
+
+/// How many of `ids` were warned that their deadline is near.
+fn warned(rt: &tokio::runtime::Runtime, store: &Store, ids: &[String]) -> usize {
+    rt.block_on(async {
+        let mut n = 0;
+        for id in ids {
+            let events = store.transitions_of(id).await.unwrap();
+            n += events
+                .iter()
+                .filter(|e| e.action == crate::store::outbox::APPROVAL_WARNING_ACTION)
+                .count();
+        }
+        n
+    })
+}
+
+/// More waiting tasks than one batch of the approval step: each is warned once, and a second
+/// sweep warns none again.
+#[test]
+fn every_task_near_its_deadline_is_warned_once() {
+    let (dir, store) = open();
+    let rt = runtime();
+    let ids = seed_awaiting(&rt, &store, 2 * BATCH + 50);
+    let d = daemon_on(store.clone(), dir.path());
+    sweep_once(&d);
+    assert_eq!(warned(&rt, &store, &ids), ids.len());
+    sweep_once(&d);
+    assert_eq!(warned(&rt, &store, &ids), ids.len());
+}
+
+/// A shutdown stops the approval step between batches: the daemon does not hold its stop for
+/// every waiting task (the next start's sweep warns them).
+#[test]
+fn a_shutdown_stops_the_approval_step() {
+    let (dir, store) = open();
+    let rt = runtime();
+    let ids = seed_awaiting(&rt, &store, 2 * BATCH + 50);
+    let d = daemon_on(store.clone(), dir.path());
+    d.shutdown.cancel();
+    sweep_once(&d);
+    assert_eq!(warned(&rt, &store, &ids), 0);
+}
