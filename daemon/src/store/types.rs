@@ -366,14 +366,14 @@ impl ShadowTally {
         }
         self.durations_ms.extend_from_slice(&other.durations_ms);
         self.would_require_approval += other.would_require_approval;
-        self.oldest_ms = match (self.oldest_ms, other.oldest_ms) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        self.newest_ms = match (self.newest_ms, other.newest_ms) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
+        self.oldest_ms = [self.oldest_ms, other.oldest_ms]
+            .into_iter()
+            .flatten()
+            .min();
+        self.newest_ms = [self.newest_ms, other.newest_ms]
+            .into_iter()
+            .flatten()
+            .max();
     }
 
     /// Whether every task counted is in a terminal state. Nothing changes a terminal task but its

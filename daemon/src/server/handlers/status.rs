@@ -76,7 +76,6 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::config::Config;
-    use crate::daemon::{ModeState, Paths};
     use crate::store::Store;
     use orchestrator_proto::task::TaskKind;
 
@@ -86,28 +85,8 @@ mod tests {
     fn status_names_the_fingerprint_of_the_config_in_force() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("state.db")).unwrap();
-        let paths = Paths {
-            config: None,
-            socket: dir.path().join("sock"),
-            state_dir: dir.path().to_path_buf(),
-            socket_from_flag: false,
-            state_dir_from_flag: false,
-        };
-        let (dispatch, _) = crate::dispatch::DispatchHandle::channel();
-        let mode = ModeState {
-            effective: TaskKind::Synthetic,
-            since_ms: 0,
-            note: None,
-        };
         let clock = ManualClock::new(0);
-        let d = Daemon::new(
-            store,
-            paths,
-            Config::builtin(),
-            mode,
-            dispatch,
-            clock.clock(),
-        );
+        let d = Daemon::for_tests(store, dir.path(), TaskKind::Synthetic, clock.clock());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

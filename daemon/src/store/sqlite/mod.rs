@@ -138,7 +138,8 @@ fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreErr
     // that compares a column with a parameter and is ordered by another column (a task's events,
     // a listing, a sink's outbox) to be compiled again whenever the parameter changes, and every
     // statement taken back from the cache has its bindings cleared: each use parsed and planned it
-    // anew, half of SQLite's time in a `show` (docs/BENCHMARKS.md, "Statements compiled once").
+    // anew, half of SQLite's time in a `show` (docs/BENCHMARKS.md, "Side by side on 4 December,
+    // night").
     // The store keeps no statistics (no ANALYZE) for bound values to inform, so no plan changes.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;

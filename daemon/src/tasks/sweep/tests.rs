@@ -16,49 +16,67 @@ fn id_of(i: usize) -> String {
     format!("T{i:04}")
 }
 
+/// A synthetic task routed to `coder` and started at `started_ms`, completed at `completed_ms`
+/// (to wait for approval when `approval_required`), created at `created_ms`, expiring at
+/// `expires_ms`.
+fn completed(
+    id: &str,
+    started_ms: i64,
+    completed_ms: i64,
+    approval_required: bool,
+    created_ms: i64,
+    expires_ms: i64,
+) -> SubmitPlan {
+    let step = |action, at| {
+        TransitionOp::new(id, action, "test", at).patch(Patch {
+            agent: Some("coder".into()),
+            ..Patch::default()
+        })
+    };
+    SubmitPlan {
+        task: NewTask {
+            id: id.to_string(),
+            kind: TaskKind::Synthetic,
+            goal: "fix the bug".into(),
+            workspace_dir: None,
+            required_capabilities: Vec::new(),
+            submitted_by: "alice".into(),
+            harness: false,
+            created_ms,
+            expires_ms,
+        },
+        actor: "alice".into(),
+        steps: vec![
+            step(Action::Route, started_ms),
+            step(Action::Start, started_ms),
+            step(Action::Complete { approval_required }, completed_ms),
+        ],
+    }
+}
+
+/// Submit every plan at once; the states the tasks came to rest in.
+fn submit_all(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    plans: Vec<SubmitPlan>,
+) -> Vec<orchestrator_proto::task::TaskState> {
+    rt.block_on(async {
+        let submits = plans.into_iter().map(|plan| store.submit(plan));
+        futures_util::future::join_all(submits)
+            .await
+            .into_iter()
+            .map(|done| done.unwrap().state)
+            .collect()
+    })
+}
+
 /// `n` synthetic tasks done long ago, task `i` completed at `i` ms past the epoch: far past the
 /// synthetic retention, the last one completed last.
 fn seed_done(rt: &tokio::runtime::Runtime, store: &Store, n: usize) {
-    rt.block_on(async {
-        let submits = (0..n).map(|i| {
-            let id = id_of(i);
-            let step = |action, at| {
-                TransitionOp::new(&id, action, "test", at).patch(Patch {
-                    agent: Some("coder".into()),
-                    ..Patch::default()
-                })
-            };
-            let steps = vec![
-                step(Action::Route, 0),
-                step(Action::Start, 0),
-                step(
-                    Action::Complete {
-                        approval_required: false,
-                    },
-                    i as i64,
-                ),
-            ];
-            let task = NewTask {
-                id: id.clone(),
-                kind: TaskKind::Synthetic,
-                goal: "fix the bug".into(),
-                workspace_dir: None,
-                required_capabilities: Vec::new(),
-                submitted_by: "alice".into(),
-                harness: false,
-                created_ms: 0,
-                expires_ms: NOW,
-            };
-            store.submit(SubmitPlan {
-                task,
-                actor: "alice".into(),
-                steps,
-            })
-        });
-        for done in futures_util::future::join_all(submits).await {
-            done.unwrap();
-        }
-    });
+    let plans = (0..n)
+        .map(|i| completed(&id_of(i), 0, i as i64, false, 0, NOW))
+        .collect();
+    submit_all(rt, store, plans);
 }
 
 /// The ids of the tasks stored.
@@ -114,26 +132,10 @@ fn a_task_dir_that_cannot_be_removed_keeps_its_task() {
 
 /// A daemon around `store` whose state directory is `dir`, on the built-in config and `clock`.
 fn daemon_at(store: Store, dir: &std::path::Path, clock: &ManualClock) -> Arc<Daemon> {
-    let paths = Paths {
-        config: None,
-        socket: dir.join("sock"),
-        state_dir: dir.to_path_buf(),
-        socket_from_flag: false,
-        state_dir_from_flag: false,
-    };
-    // Nothing here is re-queued, so the dispatcher's end of the channel can go.
-    let (dispatch, _) = crate::dispatch::DispatchHandle::channel();
-    let mode = crate::daemon::ModeState {
-        effective: TaskKind::Synthetic,
-        since_ms: 0,
-        note: None,
-    };
-    Arc::new(Daemon::new(
+    Arc::new(Daemon::for_tests(
         store,
-        paths,
-        crate::config::Config::builtin(),
-        mode,
-        dispatch,
+        dir,
+        TaskKind::Synthetic,
         clock.clock(),
     ))
 }
@@ -303,45 +305,14 @@ fn the_timer_sweeps_again_when_the_interval_has_passed_on_the_clock() {
 /// built-in approval warning (an hour) of it.
 fn seed_awaiting(rt: &tokio::runtime::Runtime, store: &Store, n: usize) -> Vec<String> {
     let ids: Vec<String> = (0..n).map(id_of).collect();
-    rt.block_on(async {
-        let submits = ids.iter().map(|id| {
-            let step = |action| {
-                TransitionOp::new(id, action, "test", NOW - 1_000).patch(Patch {
-                    agent: Some("coder".into()),
-                    ..Patch::default()
-                })
-            };
-            let steps = vec![
-                step(Action::Route),
-                step(Action::Start),
-                step(Action::Complete {
-                    approval_required: true,
-                }),
-            ];
-            let task = NewTask {
-                id: id.clone(),
-                kind: TaskKind::Synthetic,
-                goal: "fix the bug".into(),
-                workspace_dir: None,
-                required_capabilities: Vec::new(),
-                submitted_by: "alice".into(),
-                harness: false,
-                created_ms: NOW - 1_000,
-                expires_ms: NOW + 1_800_000,
-            };
-            store.submit(SubmitPlan {
-                task,
-                actor: "alice".into(),
-                steps,
-            })
-        });
-        for done in futures_util::future::join_all(submits).await {
-            assert_eq!(
-                done.unwrap().state,
-                orchestrator_proto::task::TaskState::AwaitingApproval
-            );
-        }
-    });
+    let at = NOW - 1_000;
+    let plans = ids
+        .iter()
+        .map(|id| completed(id, at, at, true, at, NOW + 1_800_000))
+        .collect();
+    for state in submit_all(rt, store, plans) {
+        assert_eq!(state, orchestrator_proto::task::TaskState::AwaitingApproval);
+    }
     ids
 }
 

@@ -221,7 +221,6 @@ pub async fn show(
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::daemon::Paths;
     use crate::store::{NewTask, Store, SubmitPlan};
     use orchestrator_proto::task::TaskKind;
     use std::time::Duration;
@@ -230,27 +229,7 @@ mod tests {
 
     fn daemon(dir: &std::path::Path, clock: &ManualClock) -> Daemon {
         let store = Store::open(&dir.join("state.db")).unwrap();
-        let paths = Paths {
-            config: None,
-            socket: dir.join("sock"),
-            state_dir: dir.to_path_buf(),
-            socket_from_flag: false,
-            state_dir_from_flag: false,
-        };
-        let (dispatch, _) = crate::dispatch::DispatchHandle::channel();
-        let mode = crate::daemon::ModeState {
-            effective: TaskKind::Shadow,
-            since_ms: 0,
-            note: None,
-        };
-        Daemon::new(
-            store,
-            paths,
-            crate::config::Config::builtin(),
-            mode,
-            dispatch,
-            clock.clock(),
-        )
+        Daemon::for_tests(store, dir, TaskKind::Shadow, clock.clock())
     }
 
     async fn shadow_task(d: &Daemon, id: &str) {
