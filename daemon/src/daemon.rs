@@ -179,32 +179,6 @@ impl Daemon {
         }
     }
 
-    /// A daemon for unit tests: `store`, its state directory `dir` (the socket in it), the
-    /// built-in config, effective mode `effective` since 0, time from `clock`. Nothing is
-    /// dispatched: the dispatcher's end of the channel is dropped.
-    #[cfg(test)]
-    pub fn for_tests(
-        store: Store,
-        dir: &std::path::Path,
-        effective: orchestrator_proto::task::TaskKind,
-        clock: Clock,
-    ) -> Daemon {
-        let paths = Paths {
-            config: None,
-            socket: dir.join("sock"),
-            state_dir: dir.to_path_buf(),
-            socket_from_flag: false,
-            state_dir_from_flag: false,
-        };
-        let (dispatch, _) = crate::dispatch::DispatchHandle::channel();
-        let mode = ModeState {
-            effective,
-            since_ms: 0,
-            note: None,
-        };
-        Daemon::new(store, paths, Config::builtin(), mode, dispatch, clock)
-    }
-
     /// The config in force. Cheap: a clone of an `Arc`.
     pub fn config(&self) -> Arc<Config> {
         match self.config.read() {

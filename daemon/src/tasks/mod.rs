@@ -26,6 +26,8 @@ pub mod route;
 pub mod status;
 pub mod submit;
 pub mod sweep;
+#[cfg(test)]
+pub mod testing;
 pub mod transition;
 
 use crate::access::Peer;

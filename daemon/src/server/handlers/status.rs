@@ -86,7 +86,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("state.db")).unwrap();
         let clock = ManualClock::new(0);
-        let d = Daemon::for_tests(store, dir.path(), TaskKind::Synthetic, clock.clock());
+        let d =
+            crate::tasks::testing::daemon(store, dir.path(), TaskKind::Synthetic, clock.clock());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
