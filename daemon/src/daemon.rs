@@ -18,6 +18,10 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+/// The longest a scrape right after a start waits for the approval waits to be read from the
+/// store; past it the scrape counts without them.
+const AWAITING_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What the dispatcher is told. The handle lives here, with the daemon that
 /// holds it, so that the daemon does not depend on the dispatcher.
 #[derive(Debug)]
@@ -234,8 +238,10 @@ impl Daemon {
     }
 
     /// `orchctl metrics` and `GET /metrics`: the counters with a snapshot of what only the daemon
-    /// knows.
-    pub fn metrics_text(&self) -> String {
+    /// knows. Right after a start it first waits for the approval waits to be read from the store
+    /// (at most [`AWAITING_READ_WAIT`]).
+    pub async fn metrics_text(&self) -> String {
+        self.metrics.awaiting_read(AWAITING_READ_WAIT).await;
         use orchestrator_proto::task::{TaskKind, TaskState};
         let counts = self.store.counts();
         let tasks = TaskKind::ALL

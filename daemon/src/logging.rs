@@ -116,20 +116,33 @@ pub fn init(format: LogFormat) -> LogTarget {
 ///
 /// Runs until `stop`, then logs what is still queued. Cancel `stop` only after the store has
 /// closed, so that the last transitions of a shutdown are logged too.
+///
+/// The approval metrics are read from the store once `ready` is cancelled (the daemon is ready):
+/// with many tasks waiting the read takes tens of milliseconds, which the start need not wait for
+/// (docs/BENCHMARKS.md, "Ready on 1,000,000 tasks"). Transitions before it are logged as they come;
+/// the read then replaces what they told the metrics with the store's state, and the transitions
+/// committed meanwhile, followed after it, agree with it.
 pub async fn follow_transitions(
     d: Arc<Daemon>,
     mut events: broadcast::Receiver<TrajectoryEvent>,
+    ready: CancellationToken,
     stop: CancellationToken,
 ) {
-    awaiting_approval(&d).await;
+    let mut seeded = false;
     loop {
         tokio::select! {
             biased;
+            _ = ready.cancelled(), if !seeded => {
+                seeded = true;
+                awaiting_approval(&d).await;
+            }
             ev = events.recv() => match ev {
                 Ok(ev) => record(&d, &ev),
                 Err(RecvError::Lagged(missed)) => {
                     missed_events(&d, missed);
-                    awaiting_approval(&d).await;
+                    if seeded {
+                        awaiting_approval(&d).await;
+                    }
                 }
                 Err(RecvError::Closed) => return,
             },
@@ -155,6 +168,7 @@ async fn awaiting_approval(d: &Daemon) {
             tracing::warn!(error = %e, "cannot read the tasks awaiting approval for the metrics")
         }
     }
+    d.metrics.awaiting_known();
 }
 
 fn record(d: &Daemon, ev: &TrajectoryEvent) {
@@ -199,6 +213,46 @@ fn missed_events(d: &Daemon, missed: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::Store;
+    use orchestrator_proto::task::TaskKind;
+
+    /// The tasks waiting for approval are read from the store once the daemon is ready, and a
+    /// scrape waits for that read: right after a start it counts a wait that began before it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_scrape_right_after_ready_counts_the_waits_read_from_the_store() {
+        const NOW: i64 = 1_000_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        let since = NOW - 60_000;
+        let plan = crate::tasks::testing::completed("W", since, since, true, since, NOW + 1);
+        assert_eq!(
+            store.submit(plan).await.unwrap().state,
+            TaskState::AwaitingApproval
+        );
+        let clock = ManualClock::new(NOW);
+        let d = Arc::new(crate::tasks::testing::daemon(
+            store.clone(),
+            dir.path(),
+            TaskKind::Synthetic,
+            clock.clock(),
+        ));
+        let (ready, stop) = (CancellationToken::new(), CancellationToken::new());
+        let follower = tokio::spawn(follow_transitions(
+            Arc::clone(&d),
+            store.subscribe(),
+            ready.clone(),
+            stop.clone(),
+        ));
+        ready.cancel();
+        let text = d.metrics_text().await;
+        assert!(
+            text.contains("\norchestrator_oldest_awaiting_approval_seconds 60\n"),
+            "{text}"
+        );
+        stop.cancel();
+        follower.await.unwrap();
+    }
 
     #[test]
     fn journal_stream_must_name_stderr_exactly() {

@@ -230,6 +230,9 @@ pub struct Metrics {
     notify_outbox: Mutex<Vec<SinkOutbox>>,
     /// When each task now in `awaiting_approval` got there (ms since the epoch).
     awaiting_since: Mutex<HashMap<String, i64>>,
+    /// Cancelled once `awaiting_since` was first read from the store, just after the daemon became
+    /// ready, by the transition log.
+    awaiting_read: tokio_util::sync::CancellationToken,
     /// Tasks whose approval wait is not an operator's (the synthetic harness's fixtures).
     not_for_approval: Mutex<HashSet<String>>,
 }
@@ -277,6 +280,7 @@ impl Default for Metrics {
             approval_wait: Histogram::new(&WAIT_BUCKETS),
             request_duration: LabelledHistograms::new(&REQUEST_BUCKETS),
             awaiting_since: Mutex::default(),
+            awaiting_read: tokio_util::sync::CancellationToken::new(),
             not_for_approval: Mutex::default(),
         }
     }
@@ -353,6 +357,18 @@ impl Metrics {
         let mut map = self.awaiting();
         map.clear();
         map.extend(tasks);
+    }
+
+    /// Say that the tasks in `awaiting_approval` were read from the store (or could not be): a
+    /// scrape no longer waits for it.
+    pub fn awaiting_known(&self) {
+        self.awaiting_read.cancel();
+    }
+
+    /// Wait, at most `bound`, until the tasks in `awaiting_approval` were first read from the
+    /// store, so that a scrape right after a start counts the waits that began before it.
+    pub async fn awaiting_read(&self, bound: std::time::Duration) {
+        let _ = tokio::time::timeout(bound, self.awaiting_read.cancelled()).await;
     }
 
     fn oldest_awaiting_ms(&self) -> Option<i64> {

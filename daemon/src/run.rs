@@ -228,9 +228,15 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         sup.watch(WRITER_TASK, async move { store.writer_ended().await })
     };
     let stop_logging = tokio_util::sync::CancellationToken::new();
+    let ready = tokio_util::sync::CancellationToken::new();
     let transition_log = sup.spawn(
         "transition-log",
-        logging::follow_transitions(Arc::clone(&d), transitions, stop_logging.clone()),
+        logging::follow_transitions(
+            Arc::clone(&d),
+            transitions,
+            ready.clone(),
+            stop_logging.clone(),
+        ),
     );
 
     // Tasks that were in progress belong to specialists of the previous run: stop any that still
@@ -299,6 +305,7 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         NotifyState::Status(&crate::tasks::status::status_line(&d)),
     ]);
     background::ready();
+    ready.cancel();
     // After READY: the check reads the whole file and must not delay the start.
     tasks.push(sup.spawn("integrity-check", integrity::run(Arc::clone(&d))));
 

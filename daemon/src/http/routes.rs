@@ -89,7 +89,7 @@ pub async fn metrics(
         let (parts, _) = request.into_parts();
         api.authorize(&parts)?;
     }
-    let text = api.daemon.metrics_text();
+    let text = api.daemon.metrics_text().await;
     Ok(([(CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response())
 }
 

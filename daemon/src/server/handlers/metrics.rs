@@ -3,6 +3,6 @@
 use crate::daemon::Daemon;
 use orchestrator_proto::{Response, WireError};
 
-pub fn handle(d: &Daemon) -> Result<Response, WireError> {
-    Ok(Response::Metrics(d.metrics_text()))
+pub async fn handle(d: &Daemon) -> Result<Response, WireError> {
+    Ok(Response::Metrics(d.metrics_text().await))
 }

@@ -48,7 +48,7 @@ pub async fn handle(
         Request::GateOverride { mode, reason } => {
             gate_override::handle(d, peer, mode, &reason).await
         }
-        Request::Metrics => metrics::handle(d),
+        Request::Metrics => metrics::handle(d).await,
         Request::ConsoleLink => console_link::handle(d, peer),
         Request::NotifyList => notify::list(d).await,
         Request::NotifyTest { name } => notify::test(d, peer, &name).await,
