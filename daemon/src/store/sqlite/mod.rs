@@ -21,6 +21,7 @@
 pub(crate) mod agents;
 mod backend;
 mod batch;
+mod checkpoint;
 pub mod goal_index;
 pub mod outbox;
 pub mod queries;
@@ -161,6 +162,8 @@ impl SqliteBackend {
         // the statement journal only ever serves a rollback inside a transaction.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         schema::migrate(&mut conn).map_err(StoreError::Sql)?;
+        let checkpointer = checkpoint::Checkpointer::start(path)?;
+        checkpointer.install(&mut conn)?;
         // Nothing here reads the whole file: the integrity check reads every page (seconds on a
         // large archive) and runs after the daemon is ready ([`Backend::check_integrity`]). The
         // marker says whether the previous daemon closed the store in order.
@@ -190,6 +193,7 @@ impl SqliteBackend {
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     writer_loop(
                         conn,
+                        checkpointer,
                         rx,
                         writer_counts,
                         writer_events,
@@ -505,6 +509,7 @@ fn load_counts(conn: &Connection) -> Result<Counts, StoreError> {
 
 fn writer_loop(
     mut conn: Connection,
+    checkpointer: checkpoint::Checkpointer,
     rx: mpsc::Receiver<Job>,
     counts: Arc<Mutex<Counts>>,
     events: broadcast::Sender<TrajectoryEvent>,
@@ -583,6 +588,7 @@ fn writer_loop(
     }
     // Every sender is gone: checkpoint so the next start opens a small WAL, then mark the store as
     // closed in order (the next open may skip its full integrity check).
+    checkpointer.stop(&mut conn);
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
     let marked = conn.execute(
         "INSERT INTO meta (key, value) VALUES (?1, '1') ON CONFLICT(key) DO UPDATE SET value = '1'",

@@ -1,0 +1,231 @@
+//! Checkpoints beside the writer instead of inside its commits.
+//!
+//! In WAL mode every committed page goes to the log first and is copied back into the database
+//! file by a checkpoint. SQLite's automatic checkpoint runs inside the commit that takes the log
+//! past 1,000 frames, on the writer's thread, with a flush of the database file: a third of the
+//! writer's time in a large sweep and 8 % of it under a submit load (docs/BENCHMARKS.md,
+//! "Checkpoints beside the writer"). Here the writer's commit only wakes a thread of its own, which
+//! checkpoints on a connection of its own (`PASSIVE`: it never blocks the writer or a reader) while
+//! the writer goes on with the next group.
+//!
+//! Durability does not move: a commit is durable once its frames are flushed to the log, before
+//! any checkpoint. When the checkpoint thread falls far behind (a reader holds an old snapshot, or
+//! the thread gets no CPU) or is gone, the writer checkpoints itself as SQLite would, so that the
+//! log stays bounded.
+
+use super::open_connection;
+use crate::store::StoreError;
+use rusqlite::hooks::Wal;
+use rusqlite::wal::CheckpointMode;
+use rusqlite::{Connection, OpenFlags};
+use std::ffi::c_int;
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Frames in the log past which a commit wakes the checkpoint thread (SQLite's own threshold for
+/// its automatic checkpoint).
+pub(super) const WAKE_FRAMES: c_int = 1000;
+/// Frames past which the writer checkpoints itself after a commit (about 16 MiB of log), so that
+/// the log starts over: SQLite does so only once every frame was copied before a write begins,
+/// which under a steady load the thread alone never achieves.
+pub(super) const WRITER_FRAMES: c_int = 4 * WAKE_FRAMES;
+/// How long the thread rests after a checkpoint that could not copy every frame (a reader still
+/// needs the older ones), so that commits waking it again do not make it spin.
+const HELD_BACK_REST: Duration = Duration::from_millis(5);
+
+/// The checkpoint thread. Owned by the writer thread, which stops it before its last checkpoint.
+pub(super) struct Checkpointer {
+    wake: Option<SyncSender<c_int>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Start the thread for the store at `path`. It opens its connection when first woken, so that
+    /// a daemon that writes nothing keeps no connection (nor its memory) for it.
+    pub(super) fn start(path: &Path) -> Result<Checkpointer, StoreError> {
+        let path = path.to_path_buf();
+        let (wake, woken) = mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || run(&path, &woken))
+            .map_err(|e| StoreError::Sql(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Checkpointer {
+            wake: Some(wake),
+            thread: Some(thread),
+        })
+    }
+
+    /// Make `writer`'s commits wake the thread instead of checkpointing themselves.
+    pub(super) fn install(&self, writer: &mut Connection) -> Result<(), StoreError> {
+        if let Some(wake) = self.wake.clone() {
+            writer.wal_hook(Some(hook(wake)))?;
+        }
+        Ok(())
+    }
+
+    /// Take the hook off `writer` and end the thread once its checkpoint under way is done.
+    pub(super) fn stop(mut self, writer: &mut Connection) {
+        let _ = writer.wal_hook(None::<fn(&mut Wal, c_int) -> rusqlite::Result<()>>);
+        self.wake.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What the writer does after each commit, with the log's `frames`: wake the thread past
+/// [`WAKE_FRAMES`], checkpoint itself past [`WRITER_FRAMES`] or when the thread is gone.
+fn hook(wake: SyncSender<c_int>) -> impl FnMut(&mut Wal, c_int) -> rusqlite::Result<()> + Send {
+    let mut gone = false;
+    move |wal: &mut Wal, frames: c_int| {
+        let by_the_writer = if frames < WAKE_FRAMES {
+            false
+        } else if frames >= WRITER_FRAMES {
+            true
+        } else {
+            // Already woken (the channel is full) is as good as woken now.
+            let lost = matches!(wake.try_send(frames), Err(TrySendError::Disconnected(_)));
+            if lost && !gone {
+                gone = true;
+                tracing::error!(
+                    "store: the checkpoint thread has ended; the writer checkpoints the log itself"
+                );
+            }
+            lost
+        };
+        if by_the_writer {
+            // Errors are left as SQLite leaves those of its automatic checkpoint: the commit has
+            // happened, and the next one tries again.
+            let _ = wal.checkpoint();
+        }
+        Ok(())
+    }
+}
+
+/// Until the writer drops its end: a checkpoint whenever [`WAKE_FRAMES`] frames were added since the
+/// last one. A connection that cannot be opened ends the thread, and the writer checkpoints itself.
+fn run(path: &Path, woken: &Receiver<c_int>) {
+    let mut conn: Option<Connection> = None;
+    let mut last_error: Option<String> = None;
+    // Frames of the log copied by the last checkpoint; the log starts again from its beginning
+    // once a checkpoint has copied all of it.
+    let mut copied_before: c_int = 0;
+    while let Ok(frames) = woken.recv() {
+        if frames < copied_before {
+            copied_before = 0;
+        }
+        if frames - copied_before < WAKE_FRAMES {
+            continue;
+        }
+        let conn = match &mut conn {
+            Some(c) => c,
+            None => match open_connection(path, OpenFlags::SQLITE_OPEN_READ_WRITE) {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "store: the checkpoint thread cannot open the store");
+                    return;
+                }
+            },
+        };
+        match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
+            Ok((frames, copied)) => {
+                last_error = None;
+                copied_before = copied;
+                if copied < frames {
+                    std::thread::sleep(HELD_BACK_REST);
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if last_error.as_ref() != Some(&e) {
+                    tracing::warn!(error = %e, "store: a checkpoint failed; the next commit tries again");
+                }
+                last_error = Some(e);
+                std::thread::sleep(HELD_BACK_REST);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    const PAGE: u64 = 4096;
+    /// Rows of about a page each, written by [`fill`].
+    const ROWS: usize = 3 * WAKE_FRAMES as usize;
+
+    fn writer(dir: &Path) -> Connection {
+        let conn = open_connection(
+            &dir.join("t.db"),
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )
+        .unwrap();
+        conn.execute_batch("CREATE TABLE t (b BLOB)").unwrap();
+        conn
+    }
+
+    /// [`ROWS`] rows of nearly a page each, 100 to a commit.
+    fn fill(conn: &Connection) {
+        for _ in 0..ROWS / 100 {
+            conn.execute_batch(
+                "BEGIN; WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) \
+                 INSERT INTO t SELECT zeroblob(3900) FROM n; COMMIT;",
+            )
+            .unwrap();
+        }
+    }
+
+    fn size(path: &Path) -> u64 {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    #[test]
+    fn the_thread_copies_the_log_into_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = writer(dir.path());
+        let checkpointer = Checkpointer::start(&dir.path().join("t.db")).unwrap();
+        checkpointer.install(&mut conn).unwrap();
+        fill(&conn);
+        // The pages reach the database file only through a checkpoint.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while size(&dir.path().join("t.db")) < (ROWS as u64 - 2 * 100) * PAGE {
+            assert!(Instant::now() < deadline, "no checkpoint copied the log");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        checkpointer.stop(&mut conn);
+    }
+
+    #[test]
+    fn a_writer_whose_thread_is_gone_checkpoints_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = writer(dir.path());
+        let (wake, woken) = mpsc::sync_channel(1);
+        drop(woken);
+        conn.wal_hook(Some(hook(wake))).unwrap();
+        fill(&conn);
+        // Nothing else copies the log: every commit past the threshold did, before it returned.
+        assert!(size(&dir.path().join("t.db")) >= (ROWS as u64 - 2 * 100) * PAGE);
+    }
+
+    #[test]
+    fn the_log_stays_bounded_when_the_thread_falls_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = writer(dir.path());
+        // A thread that never takes its wake-up: the channel stays full.
+        let (wake, _woken) = mpsc::sync_channel(1);
+        wake.try_send(0).unwrap();
+        conn.wal_hook(Some(hook(wake))).unwrap();
+        for _ in 0..3 {
+            fill(&conn);
+        }
+        // The writer's checkpoint past WRITER_FRAMES lets the log start again from its beginning.
+        let frame = PAGE + 24;
+        let most = (WRITER_FRAMES as u64 + 2 * 100) * frame + 32;
+        let wal = size(&dir.path().join("t.db-wal"));
+        assert!(wal <= most, "the log grew to {wal} bytes");
+    }
+}
