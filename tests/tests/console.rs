@@ -736,10 +736,13 @@ mod browser {
 
     const IGNORE: &str = "needs chromium and chromium-driver; .ci/run runs them";
 
-    /// chromedriver on a free loopback port, ended by pid when dropped.
+    /// chromedriver on a free loopback port, ended by pid when dropped. It and the browsers it
+    /// starts keep their scratch files (profiles, shared memory) in `_tmp`, removed after it, so
+    /// that a run leaves nothing in the system's temporary directory.
     struct Driver {
         child: Child,
         port: u16,
+        _tmp: tempfile::TempDir,
     }
 
     impl Drop for Driver {
@@ -755,8 +758,10 @@ mod browser {
             .local_addr()
             .unwrap()
             .port();
+        let tmp = tempfile::tempdir().unwrap();
         let child = Command::new("/usr/bin/chromedriver")
             .arg(format!("--port={port}"))
+            .env("TMPDIR", tmp.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -764,7 +769,11 @@ mod browser {
         wait_for("chromedriver to listen", Duration::from_secs(20), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
-        Driver { child, port }
+        Driver {
+            child,
+            port,
+            _tmp: tmp,
+        }
     }
 
     async fn browser(driver: &Driver, width: u32, height: u32) -> Client {
