@@ -37,8 +37,8 @@ const HELD_BACK_REST: Duration = Duration::from_millis(5);
 
 /// The checkpoint thread. Owned by the writer thread, which stops it before its last checkpoint.
 pub(super) struct Checkpointer {
-    wake: Option<SyncSender<c_int>>,
-    thread: Option<JoinHandle<()>>,
+    wake: SyncSender<c_int>,
+    thread: JoinHandle<()>,
 }
 
 impl Checkpointer {
@@ -51,27 +51,22 @@ impl Checkpointer {
             .name("store-checkpoint".into())
             .spawn(move || run(&path, &woken))
             .map_err(|e| StoreError::Sql(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(Checkpointer {
-            wake: Some(wake),
-            thread: Some(thread),
-        })
+        Ok(Checkpointer { wake, thread })
     }
 
     /// Make `writer`'s commits wake the thread instead of checkpointing themselves.
     pub(super) fn install(&self, writer: &mut Connection) -> Result<(), StoreError> {
-        if let Some(wake) = self.wake.clone() {
-            writer.wal_hook(Some(hook(wake)))?;
-        }
+        writer.wal_hook(Some(hook(self.wake.clone())))?;
         Ok(())
     }
 
     /// Take the hook off `writer` and end the thread once its checkpoint under way is done.
-    pub(super) fn stop(mut self, writer: &mut Connection) {
+    pub(super) fn stop(self, writer: &mut Connection) {
         let _ = writer.wal_hook(None::<fn(&mut Wal, c_int) -> rusqlite::Result<()>>);
-        self.wake.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        let Checkpointer { wake, thread } = self;
+        // The hook's copy went with it: this was the last sender, and the thread's wait ends.
+        drop(wake);
+        let _ = thread.join();
     }
 }
 

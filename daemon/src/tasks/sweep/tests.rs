@@ -293,14 +293,26 @@ fn warned(rt: &tokio::runtime::Runtime, store: &Store, ids: &[String]) -> usize 
     })
 }
 
-/// More waiting tasks than one batch of the approval step: each is warned once, and a second
-/// sweep warns none again.
-#[test]
-fn every_task_near_its_deadline_is_warned_once() {
+/// More waiting tasks than one batch of the approval step, near their deadline, and a daemon at
+/// [`NOW`] around their store: (its directory, the store, a runtime, the tasks, the daemon).
+fn awaiting_batches() -> (
+    tempfile::TempDir,
+    Store,
+    tokio::runtime::Runtime,
+    Vec<String>,
+    Arc<Daemon>,
+) {
     let (dir, store) = open();
     let rt = runtime();
     let ids = seed_awaiting(&rt, &store, 2 * BATCH + 50);
     let d = daemon_on(store.clone(), dir.path());
+    (dir, store, rt, ids, d)
+}
+
+/// Each waiting task near its deadline is warned once, and a second sweep warns none again.
+#[test]
+fn every_task_near_its_deadline_is_warned_once() {
+    let (_dir, store, rt, ids, d) = awaiting_batches();
     sweep_once(&d);
     assert_eq!(warned(&rt, &store, &ids), ids.len());
     sweep_once(&d);
@@ -311,10 +323,7 @@ fn every_task_near_its_deadline_is_warned_once() {
 /// every waiting task (the next start's sweep warns them).
 #[test]
 fn a_shutdown_stops_the_approval_step() {
-    let (dir, store) = open();
-    let rt = runtime();
-    let ids = seed_awaiting(&rt, &store, 2 * BATCH + 50);
-    let d = daemon_on(store.clone(), dir.path());
+    let (_dir, store, rt, ids, d) = awaiting_batches();
     d.shutdown.cancel();
     sweep_once(&d);
     assert_eq!(warned(&rt, &store, &ids), 0);
