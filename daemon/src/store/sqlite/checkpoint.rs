@@ -20,7 +20,9 @@ use rusqlite::wal::CheckpointMode;
 use rusqlite::{Connection, OpenFlags};
 use std::ffi::c_int;
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -37,9 +39,17 @@ const HELD_BACK_REST: Duration = Duration::from_millis(5);
 
 /// The checkpoint thread. Owned by the writer thread, which stops it before its last checkpoint.
 pub(super) struct Checkpointer {
-    wake: SyncSender<c_int>,
+    wake: SyncSender<()>,
+    frames: Arc<AtomicI32>,
     thread: JoinHandle<()>,
 }
+
+/// The thread's nice value. Its copying can wait, and at the daemon's priority it takes a core
+/// from requests on a busy machine (docs/BENCHMARKS.md, "The checkpoint thread at a lower
+/// priority"). Not the lowest: there it got so little CPU beside a busy machine that it fell far
+/// behind. Should it get too little all the same, the writer checkpoints itself past
+/// [`WRITER_FRAMES`].
+const CHECKPOINT_NICE: libc::c_int = 10;
 
 impl Checkpointer {
     /// Start the thread for the store at `path`. It opens its connection when first woken, so that
@@ -47,41 +57,56 @@ impl Checkpointer {
     pub(super) fn start(path: &Path) -> Result<Checkpointer, StoreError> {
         let path = path.to_path_buf();
         let (wake, woken) = mpsc::sync_channel(1);
+        let frames = Arc::new(AtomicI32::new(0));
+        let seen = Arc::clone(&frames);
         let thread = std::thread::Builder::new()
             .name("store-checkpoint".into())
-            .spawn(move || run(&path, &woken))
+            .spawn(move || run(&path, &woken, &seen))
             .map_err(|e| StoreError::Sql(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(Checkpointer { wake, thread })
+        Ok(Checkpointer {
+            wake,
+            frames,
+            thread,
+        })
     }
 
     /// Make `writer`'s commits wake the thread instead of checkpointing themselves.
     pub(super) fn install(&self, writer: &mut Connection) -> Result<(), StoreError> {
-        writer.wal_hook(Some(hook(self.wake.clone())))?;
+        writer.wal_hook(Some(hook(self.wake.clone(), Arc::clone(&self.frames))))?;
         Ok(())
     }
 
     /// Take the hook off `writer` and end the thread once its checkpoint under way is done.
     pub(super) fn stop(self, writer: &mut Connection) {
         let _ = writer.wal_hook(None::<fn(&mut Wal, c_int) -> rusqlite::Result<()>>);
-        let Checkpointer { wake, thread } = self;
+        let Checkpointer { wake, thread, .. } = self;
         // The hook's copy went with it: this was the last sender, and the thread's wait ends.
         drop(wake);
         let _ = thread.join();
     }
 }
 
-/// What the writer does after each commit, with the log's `frames`: wake the thread past
-/// [`WAKE_FRAMES`], checkpoint itself past [`WRITER_FRAMES`] or when the thread is gone.
-fn hook(wake: SyncSender<c_int>) -> impl FnMut(&mut Wal, c_int) -> rusqlite::Result<()> + Send {
+/// What the writer does after each commit, with the log's `frames`: note them in `latest`, wake the
+/// thread past [`WAKE_FRAMES`], checkpoint itself past [`WRITER_FRAMES`] or when the thread is gone.
+///
+/// The wake-up carries nothing: a wake-up still queued from an earlier commit is as good as a new
+/// one, because the thread reads the log's size from `latest` once it runs. (Were the size in the
+/// wake-up, a thread that ran late would see the size of that earlier commit, and might leave the
+/// rest of a burst uncopied until the next commit.)
+fn hook(
+    wake: SyncSender<()>,
+    latest: Arc<AtomicI32>,
+) -> impl FnMut(&mut Wal, c_int) -> rusqlite::Result<()> + Send {
     let mut gone = false;
     move |wal: &mut Wal, frames: c_int| {
+        latest.store(frames, Ordering::Release);
         let by_the_writer = if frames < WAKE_FRAMES {
             false
         } else if frames >= WRITER_FRAMES {
             true
         } else {
             // Already woken (the channel is full) is as good as woken now.
-            let lost = matches!(wake.try_send(frames), Err(TrySendError::Disconnected(_)));
+            let lost = matches!(wake.try_send(()), Err(TrySendError::Disconnected(_)));
             if lost && !gone {
                 gone = true;
                 tracing::error!(
@@ -101,13 +126,15 @@ fn hook(wake: SyncSender<c_int>) -> impl FnMut(&mut Wal, c_int) -> rusqlite::Res
 
 /// Until the writer drops its end: a checkpoint whenever [`WAKE_FRAMES`] frames were added since the
 /// last one. A connection that cannot be opened ends the thread, and the writer checkpoints itself.
-fn run(path: &Path, woken: &Receiver<c_int>) {
+fn run(path: &Path, woken: &Receiver<()>, latest: &AtomicI32) {
+    crate::priority::lower_this_thread(CHECKPOINT_NICE, "the checkpoint thread");
     let mut conn: Option<Connection> = None;
     let mut last_error: Option<String> = None;
     // Frames of the log copied by the last checkpoint; the log starts again from its beginning
     // once a checkpoint has copied all of it.
     let mut copied_before: c_int = 0;
-    while let Ok(frames) = woken.recv() {
+    while let Ok(()) = woken.recv() {
+        let frames = latest.load(Ordering::Acquire);
         if frames < copied_before {
             copied_before = 0;
         }
@@ -146,6 +173,7 @@ fn run(path: &Path, woken: &Receiver<c_int>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{own_nice, thread_nice};
     use super::*;
     use std::time::Instant;
 
@@ -191,7 +219,39 @@ mod tests {
             assert!(Instant::now() < deadline, "no checkpoint copied the log");
             std::thread::sleep(Duration::from_millis(10));
         }
+        // It copies at a low priority, on its own thread only (unless the tests themselves run at
+        // that priority).
+        let own = own_nice();
+        if own != Some(CHECKPOINT_NICE.into()) {
+            assert_eq!(
+                thread_nice("store-checkpoint"),
+                Some(CHECKPOINT_NICE.into())
+            );
+            assert_eq!(own_nice(), own);
+        }
         checkpointer.stop(&mut conn);
+    }
+
+    /// A thread that runs only after a whole burst was committed (its one wake-up queued since the
+    /// burst's first commits past the threshold) copies all of the burst, not what the log held
+    /// when the wake-up was queued.
+    #[test]
+    fn a_late_thread_copies_the_whole_burst() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = writer(dir.path());
+        let (wake, woken) = mpsc::sync_channel(1);
+        let latest = Arc::new(AtomicI32::new(0));
+        conn.wal_hook(Some(hook(wake, Arc::clone(&latest))))
+            .unwrap();
+        fill(&conn);
+        // The wake-up of the first commit past the threshold is still queued: the burst is over.
+        let path = dir.path().join("t.db");
+        let late = std::thread::spawn(move || run(&path, &woken, &latest));
+        // Taking the hook off drops the last sender: the thread's wait ends once it has run.
+        conn.wal_hook(None::<fn(&mut Wal, c_int) -> rusqlite::Result<()>>)
+            .unwrap();
+        late.join().unwrap();
+        assert!(size(&dir.path().join("t.db")) >= (ROWS as u64 - 2 * 100) * PAGE);
     }
 
     #[test]
@@ -200,7 +260,7 @@ mod tests {
         let mut conn = writer(dir.path());
         let (wake, woken) = mpsc::sync_channel(1);
         drop(woken);
-        conn.wal_hook(Some(hook(wake))).unwrap();
+        conn.wal_hook(Some(hook(wake, Arc::default()))).unwrap();
         fill(&conn);
         // Nothing else copies the log: every commit past the threshold did, before it returned.
         assert!(size(&dir.path().join("t.db")) >= (ROWS as u64 - 2 * 100) * PAGE);
@@ -212,8 +272,8 @@ mod tests {
         let mut conn = writer(dir.path());
         // A thread that never takes its wake-up: the channel stays full.
         let (wake, _woken) = mpsc::sync_channel(1);
-        wake.try_send(0).unwrap();
-        conn.wal_hook(Some(hook(wake))).unwrap();
+        wake.try_send(()).unwrap();
+        conn.wal_hook(Some(hook(wake, Arc::default()))).unwrap();
         for _ in 0..3 {
             fill(&conn);
         }

@@ -570,11 +570,13 @@ fn nice_in(stat: &str) -> Option<i64> {
         .ok()
 }
 
-/// The nice value of this process's thread named `name`.
-fn thread_nice(name: &str) -> Option<i64> {
+/// The nice value of this process's thread named `name` (the kernel keeps the first 15 bytes of a
+/// thread's name).
+pub(super) fn thread_nice(name: &str) -> Option<i64> {
+    let kept = name.get(..15).unwrap_or(name);
     for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         let dir = entry.path();
-        if std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == name) {
+        if std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == kept) {
             return nice_in(&std::fs::read_to_string(dir.join("stat")).ok()?);
         }
     }
@@ -582,7 +584,7 @@ fn thread_nice(name: &str) -> Option<i64> {
 }
 
 /// The nice value of the calling thread.
-fn own_nice() -> Option<i64> {
+pub(super) fn own_nice() -> Option<i64> {
     nice_in(&std::fs::read_to_string("/proc/thread-self/stat").ok()?)
 }
 
