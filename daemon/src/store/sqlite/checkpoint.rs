@@ -44,13 +44,6 @@ pub(super) struct Checkpointer {
     thread: JoinHandle<()>,
 }
 
-/// The thread's nice value. Its copying can wait, and at the daemon's priority it takes a core
-/// from requests on a busy machine (docs/BENCHMARKS.md, "The checkpoint thread at a lower
-/// priority"). Not the lowest: there it got so little CPU beside a busy machine that it fell far
-/// behind. Should it get too little all the same, the writer checkpoints itself past
-/// [`WRITER_FRAMES`].
-const CHECKPOINT_NICE: libc::c_int = 10;
-
 impl Checkpointer {
     /// Start the thread for the store at `path`. It opens its connection when first woken, so that
     /// a daemon that writes nothing keeps no connection (nor its memory) for it.
@@ -127,7 +120,6 @@ fn hook(
 /// Until the writer drops its end: a checkpoint whenever [`WAKE_FRAMES`] frames were added since the
 /// last one. A connection that cannot be opened ends the thread, and the writer checkpoints itself.
 fn run(path: &Path, woken: &Receiver<()>, latest: &AtomicI32) {
-    crate::priority::lower_this_thread(CHECKPOINT_NICE, "the checkpoint thread");
     let mut conn: Option<Connection> = None;
     let mut last_error: Option<String> = None;
     // Frames of the log copied by the last checkpoint; the log starts again from its beginning
@@ -173,7 +165,6 @@ fn run(path: &Path, woken: &Receiver<()>, latest: &AtomicI32) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{own_nice, thread_nice};
     use super::*;
     use std::time::Instant;
 
@@ -218,16 +209,6 @@ mod tests {
         while size(&dir.path().join("t.db")) < (ROWS as u64 - 2 * 100) * PAGE {
             assert!(Instant::now() < deadline, "no checkpoint copied the log");
             std::thread::sleep(Duration::from_millis(10));
-        }
-        // It copies at a low priority, on its own thread only (unless the tests themselves run at
-        // that priority).
-        let own = own_nice();
-        if own != Some(CHECKPOINT_NICE.into()) {
-            assert_eq!(
-                thread_nice("store-checkpoint"),
-                Some(CHECKPOINT_NICE.into())
-            );
-            assert_eq!(own_nice(), own);
         }
         checkpointer.stop(&mut conn);
     }

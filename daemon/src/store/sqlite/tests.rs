@@ -572,7 +572,7 @@ fn nice_in(stat: &str) -> Option<i64> {
 
 /// The nice value of this process's thread named `name` (the kernel keeps the first 15 bytes of a
 /// thread's name).
-pub(super) fn thread_nice(name: &str) -> Option<i64> {
+fn thread_nice(name: &str) -> Option<i64> {
     let kept = name.get(..15).unwrap_or(name);
     for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         let dir = entry.path();
@@ -584,7 +584,7 @@ pub(super) fn thread_nice(name: &str) -> Option<i64> {
 }
 
 /// The nice value of the calling thread.
-pub(super) fn own_nice() -> Option<i64> {
+fn own_nice() -> Option<i64> {
     nice_in(&std::fs::read_to_string("/proc/thread-self/stat").ok()?)
 }
 
