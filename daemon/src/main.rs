@@ -136,9 +136,10 @@ fn copy_store(opts: &Options, url: String) -> ExitCode {
     }
 }
 
-/// glibc's allocator, part one, set before any thread starts (see docs/BENCHMARKS.md, "Memory at
-/// 1,000,000 tasks"): at most two arenas, so that each short-lived blocking thread of the read pool
-/// does not keep an arena of its own with what it freed.
+/// glibc's allocator, set before any thread starts (see docs/BENCHMARKS.md, "Memory at 1,000,000
+/// tasks"): at most two arenas, so that each short-lived blocking thread of the read pool does not
+/// keep an arena of its own with what it freed. The mmap threshold is fixed later, once the config
+/// is loaded ([`orchestrator::heap::fix_mmap_threshold`]).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {
     const ARENAS: libc::c_int = 2;
@@ -149,27 +150,8 @@ fn tune_allocator() {
     }
 }
 
-/// glibc's allocator, part two, once the config is loaded: a fixed mmap threshold, so that a large
-/// buffer (a sweep's batch, a summary's durations) is returned to the system when freed instead of
-/// raising the threshold and staying in the heap. Not before: compiling the routing rules' patterns
-/// allocates and frees a table of about 400 KiB per pattern, which under the fixed threshold is a
-/// fresh mapping each time, every page of it faulted in and zeroed (docs/BENCHMARKS.md, "Ready on
-/// 1,000,000 tasks"). The heap that compiling left free is handed back afterwards.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn fix_mmap_threshold() {
-    const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
-    // SAFETY: as above; mallopt takes the arena locks itself, so other threads may run.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-    }
-    orchestrator::heap::release_free();
-}
-
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn fix_mmap_threshold() {}
 
 fn main() -> ExitCode {
     tune_allocator();
@@ -222,7 +204,6 @@ fn main() -> ExitCode {
 
 fn start_and_serve(opts: &Options) -> Result<(), run::StartError> {
     let prepared = run::prepare(opts)?;
-    fix_mmap_threshold();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("orchestratord")

@@ -71,6 +71,8 @@ pub struct Prepared {
 pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
     fault::load().map_err(StartError::Other)?;
     let config = Config::load_or_builtin(opts.config.as_deref()).map_err(StartError::Config)?;
+    // Once the config's patterns are compiled, before the store starts its threads.
+    crate::heap::fix_mmap_threshold();
     for w in &config.warnings {
         tracing::warn!("config: {w}");
     }

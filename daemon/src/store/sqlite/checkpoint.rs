@@ -40,7 +40,8 @@ const HELD_BACK_REST: Duration = Duration::from_millis(5);
 /// The checkpoint thread. Owned by the writer thread, which stops it before its last checkpoint.
 pub(super) struct Checkpointer {
     wake: SyncSender<()>,
-    frames: Arc<AtomicI32>,
+    /// The log's size in frames after the last commit, written by the hook, read by the thread.
+    latest: Arc<AtomicI32>,
     thread: JoinHandle<()>,
 }
 
@@ -50,22 +51,22 @@ impl Checkpointer {
     pub(super) fn start(path: &Path) -> Result<Checkpointer, StoreError> {
         let path = path.to_path_buf();
         let (wake, woken) = mpsc::sync_channel(1);
-        let frames = Arc::new(AtomicI32::new(0));
-        let seen = Arc::clone(&frames);
+        let latest = Arc::new(AtomicI32::new(0));
+        let read = Arc::clone(&latest);
         let thread = std::thread::Builder::new()
             .name("store-checkpoint".into())
-            .spawn(move || run(&path, &woken, &seen))
+            .spawn(move || run(&path, &woken, &read))
             .map_err(|e| StoreError::Sql(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Checkpointer {
             wake,
-            frames,
+            latest,
             thread,
         })
     }
 
     /// Make `writer`'s commits wake the thread instead of checkpointing themselves.
     pub(super) fn install(&self, writer: &mut Connection) -> Result<(), StoreError> {
-        writer.wal_hook(Some(hook(self.wake.clone(), Arc::clone(&self.frames))))?;
+        writer.wal_hook(Some(hook(self.wake.clone(), Arc::clone(&self.latest))))?;
         Ok(())
     }
 
@@ -172,6 +173,19 @@ mod tests {
     /// Rows of about a page each, written by [`fill`].
     const ROWS: usize = 3 * WAKE_FRAMES as usize;
 
+    /// The database file holds the rows [`fill`] wrote, but for at most two commits' worth still
+    /// in the log: their pages were copied.
+    fn copied(dir: &Path) -> bool {
+        size(&dir.join("t.db")) >= (ROWS as u64 - 2 * 100) * PAGE
+    }
+
+    /// A [`writer`] whose commits run [`hook`] with `wake` and `latest`.
+    fn hooked(dir: &Path, wake: SyncSender<()>, latest: Arc<AtomicI32>) -> Connection {
+        let mut conn = writer(dir);
+        conn.wal_hook(Some(hook(wake, latest))).unwrap();
+        conn
+    }
+
     fn writer(dir: &Path) -> Connection {
         let conn = open_connection(
             &dir.join("t.db"),
@@ -206,7 +220,7 @@ mod tests {
         fill(&conn);
         // The pages reach the database file only through a checkpoint.
         let deadline = Instant::now() + Duration::from_secs(20);
-        while size(&dir.path().join("t.db")) < (ROWS as u64 - 2 * 100) * PAGE {
+        while !copied(dir.path()) {
             assert!(Instant::now() < deadline, "no checkpoint copied the log");
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -219,42 +233,39 @@ mod tests {
     #[test]
     fn a_late_thread_copies_the_whole_burst() {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = writer(dir.path());
         let (wake, woken) = mpsc::sync_channel(1);
         let latest = Arc::new(AtomicI32::new(0));
-        conn.wal_hook(Some(hook(wake, Arc::clone(&latest))))
-            .unwrap();
+        let mut conn = hooked(dir.path(), wake, Arc::clone(&latest));
         fill(&conn);
         // The wake-up of the first commit past the threshold is still queued: the burst is over.
         let path = dir.path().join("t.db");
         let late = std::thread::spawn(move || run(&path, &woken, &latest));
-        // Taking the hook off drops the last sender: the thread's wait ends once it has run.
+        // Taking the hook off drops the last sender: the thread's wait ends once it has run. (Not by
+        // closing the writer: the last connection to close checkpoints the log itself.)
         conn.wal_hook(None::<fn(&mut Wal, c_int) -> rusqlite::Result<()>>)
             .unwrap();
         late.join().unwrap();
-        assert!(size(&dir.path().join("t.db")) >= (ROWS as u64 - 2 * 100) * PAGE);
+        assert!(copied(dir.path()));
     }
 
     #[test]
     fn a_writer_whose_thread_is_gone_checkpoints_itself() {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = writer(dir.path());
         let (wake, woken) = mpsc::sync_channel(1);
         drop(woken);
-        conn.wal_hook(Some(hook(wake, Arc::default()))).unwrap();
+        let conn = hooked(dir.path(), wake, Arc::default());
         fill(&conn);
         // Nothing else copies the log: every commit past the threshold did, before it returned.
-        assert!(size(&dir.path().join("t.db")) >= (ROWS as u64 - 2 * 100) * PAGE);
+        assert!(copied(dir.path()));
     }
 
     #[test]
     fn the_log_stays_bounded_when_the_thread_falls_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = writer(dir.path());
         // A thread that never takes its wake-up: the channel stays full.
         let (wake, _woken) = mpsc::sync_channel(1);
         wake.try_send(()).unwrap();
-        conn.wal_hook(Some(hook(wake, Arc::default()))).unwrap();
+        let conn = hooked(dir.path(), wake, Arc::default());
         for _ in 0..3 {
             fill(&conn);
         }

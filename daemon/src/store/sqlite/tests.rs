@@ -570,13 +570,11 @@ fn nice_in(stat: &str) -> Option<i64> {
         .ok()
 }
 
-/// The nice value of this process's thread named `name` (the kernel keeps the first 15 bytes of a
-/// thread's name).
+/// The nice value of this process's thread named `name`.
 fn thread_nice(name: &str) -> Option<i64> {
-    let kept = name.get(..15).unwrap_or(name);
     for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         let dir = entry.path();
-        if std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == kept) {
+        if std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == name) {
             return nice_in(&std::fs::read_to_string(dir.join("stat")).ok()?);
         }
     }
