@@ -37,9 +37,14 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// RFC 3339 with milliseconds, UTC: `2026-11-23T22:30:11.123Z`.
+/// The last millisecond RFC 3339 can write: 9999-12-31T23:59:59.999Z.
+const RFC3339_LAST_MS: i64 = 253_402_300_799_999;
+
+/// RFC 3339 with milliseconds, UTC: `2026-11-23T22:30:11.123Z`. A time past the year 9999 (an
+/// expiry of a clock set far ahead plus a long TTL) is written as the last one RFC 3339 has,
+/// rather than failing.
 pub fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    let t = UNIX_EPOCH + Duration::from_millis(ms.clamp(0, RFC3339_LAST_MS) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -315,6 +320,14 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn rfc3339_writes_the_ends_of_its_range() {
+        assert_eq!(rfc3339(-5), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(RFC3339_LAST_MS), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(&rfc3339(i64::MAX)), Some(RFC3339_LAST_MS));
+    }
 
     #[test]
     fn formats_utc_with_millis() {
