@@ -31,6 +31,9 @@ pub struct Batch<'a> {
     /// Events some sink wants, and outbox rows written (or made pending again), to wake the
     /// delivery workers after the commit.
     outbox_rows: usize,
+    /// A job of this group is bulk work (the sweep's expiries and deletions): its commit copies the
+    /// log back itself (see `checkpoint`).
+    bulk: bool,
 }
 
 /// What a group's jobs did besides their statements, published once it commits.
@@ -39,6 +42,7 @@ pub(super) struct Effects {
     pub deltas: Vec<Delta>,
     pub saw_full: bool,
     pub outbox_rows: usize,
+    pub bulk: bool,
 }
 
 fn sql_json<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>, StoreError> {
@@ -59,6 +63,7 @@ impl<'a> Batch<'a> {
             saw_full: false,
             outbox: outbox.filter(|r| !r.sinks.is_empty()),
             outbox_rows: 0,
+            bulk: false,
         }
     }
 
@@ -68,7 +73,13 @@ impl<'a> Batch<'a> {
             deltas: self.deltas,
             saw_full: self.saw_full,
             outbox_rows: self.outbox_rows,
+            bulk: self.bulk,
         }
+    }
+
+    /// This group does bulk work: see [`Batch::bulk`].
+    pub(super) fn note_bulk(&mut self) {
+        self.bulk = true;
     }
 
     pub(super) fn outbox_rules(&self) -> Option<Arc<OutboxRules>> {

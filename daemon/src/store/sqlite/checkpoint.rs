@@ -8,6 +8,11 @@
 //! checkpoints on a connection of its own (`PASSIVE`: it never blocks the writer or a reader) while
 //! the writer goes on with the next group.
 //!
+//! Bulk work is the exception: a group with a sweep's expiries or deletions checkpoints in its own
+//! commit, as SQLite would. A sweep is the writer's work for seconds on end; with the thread
+//! copying beside it, the daemon would hold both cores of a small machine, and `orchctl status` or
+//! a submit waits for one of them (docs/BENCHMARKS.md, "The sweep and the checkpoint thread").
+//!
 //! Durability does not move: a commit is durable once its frames are flushed to the log, before
 //! any checkpoint. When the checkpoint thread falls far behind (a reader holds an old snapshot, or
 //! the thread gets no CPU) or is gone, the writer checkpoints itself as SQLite would, so that the
@@ -20,7 +25,7 @@ use rusqlite::wal::CheckpointMode;
 use rusqlite::{Connection, OpenFlags};
 use std::ffi::c_int;
 use std::path::Path;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -42,6 +47,8 @@ pub(super) struct Checkpointer {
     wake: SyncSender<()>,
     /// The log's size in frames after the last commit, written by the hook, read by the thread.
     latest: Arc<AtomicI32>,
+    /// The next commit is bulk work's and checkpoints itself; set by the writer before it commits.
+    bulk: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
 
@@ -60,14 +67,26 @@ impl Checkpointer {
         Ok(Checkpointer {
             wake,
             latest,
+            bulk: Arc::new(AtomicBool::new(false)),
             thread,
         })
     }
 
     /// Make `writer`'s commits wake the thread instead of checkpointing themselves.
     pub(super) fn install(&self, writer: &mut Connection) -> Result<(), StoreError> {
-        writer.wal_hook(Some(hook(self.wake.clone(), Arc::clone(&self.latest))))?;
+        let hook = hook(
+            self.wake.clone(),
+            Arc::clone(&self.latest),
+            Arc::clone(&self.bulk),
+        );
+        writer.wal_hook(Some(hook))?;
         Ok(())
+    }
+
+    /// Whether the writer's next commit, of bulk work when `bulk`, checkpoints itself (past
+    /// [`WAKE_FRAMES`]) rather than wake the thread.
+    pub(super) fn copy_in_commit(&self, bulk: bool) {
+        self.bulk.store(bulk, Ordering::Relaxed);
     }
 
     /// Take the hook off `writer` and end the thread once its checkpoint under way is done.
@@ -81,7 +100,8 @@ impl Checkpointer {
 }
 
 /// What the writer does after each commit, with the log's `frames`: note them in `latest`, wake the
-/// thread past [`WAKE_FRAMES`], checkpoint itself past [`WRITER_FRAMES`] or when the thread is gone.
+/// thread past [`WAKE_FRAMES`], checkpoint itself past [`WRITER_FRAMES`], after bulk work (`bulk`),
+/// or when the thread is gone.
 ///
 /// The wake-up carries nothing: a wake-up still queued from an earlier commit is as good as a new
 /// one, because the thread reads the log's size from `latest` once it runs. (Were the size in the
@@ -90,13 +110,14 @@ impl Checkpointer {
 fn hook(
     wake: SyncSender<()>,
     latest: Arc<AtomicI32>,
+    bulk: Arc<AtomicBool>,
 ) -> impl FnMut(&mut Wal, c_int) -> rusqlite::Result<()> + Send {
     let mut gone = false;
     move |wal: &mut Wal, frames: c_int| {
         latest.store(frames, Ordering::Release);
         let by_the_writer = if frames < WAKE_FRAMES {
             false
-        } else if frames >= WRITER_FRAMES {
+        } else if frames >= WRITER_FRAMES || bulk.load(Ordering::Relaxed) {
             true
         } else {
             // Already woken (the channel is full) is as good as woken now.
@@ -179,10 +200,12 @@ mod tests {
         size(&dir.join("t.db")) >= (ROWS as u64 - 2 * 100) * PAGE
     }
 
-    /// A [`writer`] whose commits run [`hook`] with `wake` and `latest`.
-    fn hooked(dir: &Path, wake: SyncSender<()>, latest: Arc<AtomicI32>) -> Connection {
+    /// A [`writer`] whose commits run [`hook`] with `wake` and `latest`, all of them bulk work's
+    /// when `bulk`.
+    fn hooked(dir: &Path, wake: SyncSender<()>, latest: Arc<AtomicI32>, bulk: bool) -> Connection {
         let mut conn = writer(dir);
-        conn.wal_hook(Some(hook(wake, latest))).unwrap();
+        let bulk = Arc::new(AtomicBool::new(bulk));
+        conn.wal_hook(Some(hook(wake, latest, bulk))).unwrap();
         conn
     }
 
@@ -235,7 +258,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (wake, woken) = mpsc::sync_channel(1);
         let latest = Arc::new(AtomicI32::new(0));
-        let mut conn = hooked(dir.path(), wake, Arc::clone(&latest));
+        let mut conn = hooked(dir.path(), wake, Arc::clone(&latest), false);
         fill(&conn);
         // The wake-up of the first commit past the threshold is still queued: the burst is over.
         let path = dir.path().join("t.db");
@@ -253,10 +276,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (wake, woken) = mpsc::sync_channel(1);
         drop(woken);
-        let conn = hooked(dir.path(), wake, Arc::default());
+        let conn = hooked(dir.path(), wake, Arc::default(), false);
         fill(&conn);
         // Nothing else copies the log: every commit past the threshold did, before it returned.
         assert!(copied(dir.path()));
+    }
+
+    /// Bulk work's commits copy the log before they return, and leave the thread asleep.
+    #[test]
+    fn bulk_commits_checkpoint_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wake, woken) = mpsc::sync_channel(1);
+        let conn = hooked(dir.path(), wake, Arc::default(), true);
+        fill(&conn);
+        assert!(copied(dir.path()));
+        assert!(woken.try_recv().is_err(), "a bulk commit woke the thread");
     }
 
     #[test]
@@ -265,7 +299,7 @@ mod tests {
         // A thread that never takes its wake-up: the channel stays full.
         let (wake, _woken) = mpsc::sync_channel(1);
         wake.try_send(()).unwrap();
-        let conn = hooked(dir.path(), wake, Arc::default());
+        let conn = hooked(dir.path(), wake, Arc::default(), false);
         for _ in 0..3 {
             fill(&conn);
         }

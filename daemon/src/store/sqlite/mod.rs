@@ -23,6 +23,7 @@ mod backend;
 mod batch;
 mod checkpoint;
 pub mod goal_index;
+mod integrity;
 pub mod outbox;
 pub mod queries;
 mod rows;
@@ -65,9 +66,6 @@ impl From<rusqlite::Error> for StoreError {
 fn is_disk_full(e: &rusqlite::Error) -> bool {
     e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
 }
-
-/// Most lines of a failed integrity check kept for `status` and the log.
-const CHECK_LINES: usize = 10;
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A job runs against the group's batch, or against `None` when the group could not start; either
@@ -113,6 +111,9 @@ pub(super) struct Writer {
     pub rules_installed: std::sync::atomic::AtomicU64,
     /// Group commits run since the store opened.
     pub groups: std::sync::atomic::AtomicU64,
+    /// Of those, the committed groups with bulk work: the integrity check gives way while they
+    /// come (see `integrity`).
+    pub bulk_groups: std::sync::atomic::AtomicU64,
 }
 
 /// Page cache of each pooled read connection, in KiB as `PRAGMA cache_size` takes it (negative).
@@ -184,6 +185,7 @@ impl SqliteBackend {
             written: watch::channel(0).0,
             nothing_until: Mutex::new(std::collections::HashMap::new()),
             groups: std::sync::atomic::AtomicU64::new(0),
+            bulk_groups: std::sync::atomic::AtomicU64::new(0),
             rules_installed: std::sync::atomic::AtomicU64::new(0),
         });
         let writer_outbox = Arc::clone(&outbox);
@@ -399,12 +401,12 @@ impl SqliteBackend {
         let (tx, rx) = tokio::sync::oneshot::channel();
         // A thread of its own at the lowest priority: the check reads the whole file (seconds on
         // a large archive) and starts as the daemon becomes ready, when the first requests come;
-        // at nice 19 it gets a small share of a core while they want it (docs/BENCHMARKS.md,
-        // "Start-up on 1,000,000 tasks").
+        // under SCHED_IDLE it gets a core only while requests leave one free (docs/BENCHMARKS.md,
+        // "Start-up on 1,000,000 tasks" and "The sweep and the integrity check").
         let spawned = std::thread::Builder::new()
             .name("integrity-check".into())
             .spawn(move || {
-                crate::priority::lower_this_thread(crate::priority::LOWEST, "the integrity check");
+                crate::priority::idle_this_thread("the integrity check");
                 let _ = tx.send(store.integrity_check_blocking());
             });
         let outcome = match spawned {
@@ -433,23 +435,34 @@ impl SqliteBackend {
     }
 
     /// The check on a connection of its own, closed after it, so that the pages it read leave
-    /// no pooled connection's cache full. Answers [`StoreError::Closed`] when the store closed
-    /// before or while it ran; [`Health::checking`] is set from the moment it can be stopped.
+    /// no pooled connection's cache full; it gives way to bulk work (see `integrity`). Answers
+    /// [`StoreError::Closed`] when the store closed before or while it ran; [`Health::checking`]
+    /// is set from the moment it can be stopped.
     fn integrity_check_blocking(&self) -> Result<String, StoreError> {
-        use std::sync::atomic::Ordering::SeqCst;
+        use std::sync::atomic::Ordering::{Relaxed, SeqCst};
         if self.inner.closing.load(SeqCst) {
             return Err(StoreError::Closed);
         }
         let mut conn = open_connection(&self.inner.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.pragma_update(None, "cache_size", READER_CACHE_KIB)?;
-        let inner = Arc::clone(&self.inner);
-        conn.progress_handler(
-            CHECK_PROGRESS_STEPS,
-            Some(move || inner.closing.load(SeqCst)),
-        )?;
+        let (closing, bulk) = (Arc::clone(&self.inner), Arc::clone(&self.inner.outbox));
+        let watch = integrity::Watch {
+            stop: move || closing.closing.load(SeqCst),
+            bulk: move || bulk.bulk_groups.load(Relaxed),
+            quiet: integrity::BULK_QUIET,
+            most_wait: integrity::MOST_WAIT,
+        };
         self.with_health(|h| h.checking = true);
-        match quick_check(&conn) {
-            Ok(found) => Ok(found),
+        match integrity::check(&mut conn, CHECK_PROGRESS_STEPS, watch) {
+            Ok(checked) => {
+                if checked.starts > 1 {
+                    tracing::info!(
+                        starts = checked.starts,
+                        "store: the integrity check started again after bulk work (a sweep)"
+                    );
+                }
+                Ok(checked.found)
+            }
             Err(_) if self.inner.closing.load(SeqCst) => Err(StoreError::Closed),
             // A page too damaged for the check to walk is an answer too, not a failure to check.
             Err(e) => match e.sqlite_error_code() {
@@ -582,7 +595,7 @@ fn writer_loop(
         outbox
             .groups
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let full = run_group(&mut conn, group, &counts, &events, &outbox);
+        let full = run_group(&mut conn, &checkpointer, group, &counts, &events, &outbox);
         note_disk(&health, full);
         goals_behind = true;
     }
@@ -656,21 +669,6 @@ fn persist_counts(tx: &rusqlite::Transaction<'_>, deltas: &[batch::Delta]) -> ru
     Ok(())
 }
 
-/// `PRAGMA quick_check`: `ok`, or the first lines of what it found.
-fn quick_check(conn: &Connection) -> rusqlite::Result<String> {
-    let mut stmt = conn.prepare("PRAGMA quick_check")?;
-    let mut rows = stmt.query([])?;
-    let mut lines = Vec::new();
-    while let Some(row) = rows.next()? {
-        if lines.len() == CHECK_LINES {
-            lines.push("…".to_string());
-            break;
-        }
-        lines.push(row.get::<_, String>(0)?);
-    }
-    Ok(lines.join("; "))
-}
-
 /// A store error for a failed step of the group, keeping a full disk recognisable.
 fn group_error(what: &str, e: rusqlite::Error) -> StoreError {
     if is_disk_full(&e) {
@@ -705,6 +703,7 @@ fn note_disk(health: &Mutex<Health>, full: Option<bool>) {
 /// Run one group; answers whether it met a full disk (`Some(false)`: it committed without).
 fn run_group(
     conn: &mut Connection,
+    checkpointer: &checkpoint::Checkpointer,
     group: Vec<Job>,
     counts: &Mutex<Counts>,
     events: &broadcast::Sender<TrajectoryEvent>,
@@ -730,7 +729,9 @@ fn run_group(
         deltas,
         saw_full,
         outbox_rows,
+        bulk,
     } = batch.into_effects();
+    checkpointer.copy_in_commit(bulk);
     // Only a commit that wrote something proves the disk takes writes again.
     let wrote = !new_events.is_empty() || !deltas.is_empty() || outbox_rows > 0;
     let committed = persist_counts(&tx, &deltas)
@@ -753,6 +754,11 @@ fn run_group(
         }
         if outbox_rows > 0 {
             outbox.written.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        if bulk {
+            outbox
+                .bulk_groups
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
     for done in completions {

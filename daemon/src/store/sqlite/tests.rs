@@ -559,31 +559,31 @@ async fn the_writer_reports_its_end_after_close() {
     assert_eq!(store.probe().await, Err(StoreError::Closed));
 }
 
-/// The nice value in a `/proc/.../stat` line (field 19; the fields after the command's closing
-/// parenthesis start at field 3).
-fn nice_in(stat: &str) -> Option<i64> {
+/// Field `n` of a `/proc/.../stat` line (the fields after the command's closing parenthesis start
+/// at field 3).
+fn stat_field(stat: &str, n: usize) -> Option<i64> {
     stat.rsplit_once(')')?
         .1
         .split_whitespace()
-        .nth(16)?
+        .nth(n - 3)?
         .parse()
         .ok()
 }
 
-/// The nice value of this process's thread named `name`.
-fn thread_nice(name: &str) -> Option<i64> {
+/// The scheduling policy (field 41) of this process's thread named `name`.
+fn thread_policy(name: &str) -> Option<i64> {
     for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         let dir = entry.path();
         if std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == name) {
-            return nice_in(&std::fs::read_to_string(dir.join("stat")).ok()?);
+            return stat_field(&std::fs::read_to_string(dir.join("stat")).ok()?, 41);
         }
     }
     None
 }
 
-/// The nice value of the calling thread.
-fn own_nice() -> Option<i64> {
-    nice_in(&std::fs::read_to_string("/proc/thread-self/stat").ok()?)
+/// The scheduling policy of the calling thread.
+fn own_policy() -> Option<i64> {
+    stat_field(&std::fs::read_to_string("/proc/thread-self/stat").ok()?, 41)
 }
 
 /// Closing the store stops an integrity check that is still reading (its snapshot would hold the
@@ -614,7 +614,7 @@ async fn closing_stops_the_integrity_check() {
     };
     let errors_before = errors();
     // Read before the check starts, so that a check that lowered this thread instead shows.
-    let own = own_nice();
+    let own = own_policy();
     let check = {
         let b = backend.clone();
         tokio::spawn(async move { b.run_integrity_check().await })
@@ -627,11 +627,12 @@ async fn closing_stops_the_integrity_check() {
         );
         tokio::task::yield_now().await;
     }
-    // It reads at the lowest priority, on a thread of its own, and lowers only that thread
-    // (unless the tests themselves run at the lowest priority).
-    if own != Some(19) {
-        assert_eq!(thread_nice("integrity-check"), Some(19));
-        assert_eq!(own_nice(), own);
+    // It reads under SCHED_IDLE, on a thread of its own, and lowers only that thread (unless the
+    // tests themselves run under SCHED_IDLE).
+    let idle = Some(i64::from(libc::SCHED_IDLE));
+    if own != idle {
+        assert_eq!(thread_policy("integrity-check"), idle);
+        assert_eq!(own_policy(), own);
     }
     let closing = backend.clone();
     tokio::task::spawn_blocking(move || closing.shut())
@@ -642,4 +643,41 @@ async fn closing_stops_the_integrity_check() {
     assert_eq!(errors(), errors_before);
     assert!(backend.health_now().last_check.is_none());
     assert!(!backend.health_now().checking);
+}
+
+/// The sweep's expiries and deletions count as bulk work (their commits checkpoint themselves, and
+/// the integrity check gives way to them); other writes do not.
+#[tokio::test]
+async fn expiries_and_deletions_are_bulk_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = super::SqliteBackend::open(&dir.path().join("state.db")).unwrap();
+    let bulk = || {
+        backend
+            .inner
+            .outbox
+            .bulk_groups
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    backend
+        .write(|b| b.insert_task(new_task("T1"), "alice"))
+        .await
+        .unwrap();
+    assert_eq!(bulk(), 0);
+    backend
+        // Ten years on: whatever the task's expiry, it is due.
+        .write(|b| {
+            b.expire_due(
+                crate::clock::now_ms() + 10 * 365 * 86_400_000,
+                10,
+                "sweeper",
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(bulk(), 1);
+    backend
+        .write(|b| b.delete_tasks(&["T1".to_string()]))
+        .await
+        .unwrap();
+    assert_eq!(bulk(), 2);
 }

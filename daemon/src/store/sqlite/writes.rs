@@ -80,6 +80,7 @@ impl Batch<'_> {
         limit: usize,
         actor: &str,
     ) -> Result<Vec<String>, StoreError> {
+        self.note_bulk();
         // (rowid, id, kind) by the state they were read in.
         let mut by_state: Vec<(TaskState, Vec<DueRow>)> = Vec::new();
         {
@@ -182,6 +183,7 @@ impl Batch<'_> {
     }
 
     pub fn delete_tasks(&mut self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        self.note_bulk();
         let wanted = encode(&ids)?;
         let deleted: Vec<(String, String, String)> = {
             let mut stmt = self.tx().prepare_cached(DELETE_TASKS)?;
