@@ -65,9 +65,13 @@ where
         match quick_check(conn) {
             Ok(found) => return Ok(Checked { found, starts }),
             Err(e) if (watch.stop)() || !gives_way || (watch.bulk)() == at_start => return Err(e),
-            Err(_) => {
+            Err(e) => {
                 tracing::debug!("store: the integrity check gives way to bulk work");
                 wait_for_quiet(&watch);
+                // A store that closed meanwhile gets no new reading.
+                if (watch.stop)() {
+                    return Err(e);
+                }
             }
         }
     }
@@ -168,6 +172,35 @@ mod tests {
         let checked = check(&mut store(), 100, watch(never(), bulk)).unwrap();
         assert_eq!(checked.found, "ok");
         assert_eq!(checked.starts, 2);
+    }
+
+    /// The store closes while the check waits for bulk work to pause: it does not read again.
+    #[test]
+    fn a_store_closed_during_the_wait_is_not_read_again() {
+        let closing = Arc::new(AtomicBool::new(false));
+        let (stop, close) = (Arc::clone(&closing), Arc::clone(&closing));
+        let looks = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&looks);
+        // Each look at the bulk work sees a new commit. The looks: the start's, its progress
+        // callback's, the one after the interruption (which closes the store), the wait's. A
+        // fifth would be a new start's.
+        let bulk = move || {
+            let n = counted.fetch_add(1, Ordering::Relaxed);
+            if n == 2 {
+                close.store(true, Ordering::Relaxed);
+            }
+            n
+        };
+        let mut w = watch(move || stop.load(Ordering::Relaxed), bulk);
+        w.most_wait = Duration::from_secs(60);
+        let e = check(&mut store(), 100, w)
+            .err()
+            .expect("the check went on");
+        assert_eq!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::OperationInterrupted)
+        );
+        assert_eq!(looks.load(Ordering::Relaxed), 4, "the check read again");
     }
 
     #[test]
