@@ -83,8 +83,8 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Whether the writer's next commit, of bulk work when `bulk`, checkpoints itself (past
-    /// [`WAKE_FRAMES`]) rather than wake the thread.
+    /// Say whether the writer's next commit is bulk work's: if so, it checkpoints itself past
+    /// [`WAKE_FRAMES`] instead of waking the thread.
     pub(super) fn copy_in_commit(&self, bulk: bool) {
         self.bulk.store(bulk, Ordering::Relaxed);
     }

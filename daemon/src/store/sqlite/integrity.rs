@@ -62,17 +62,21 @@ where
             steps,
             Some(move || stop() || (gives_way && bulk() != at_start)),
         )?;
-        match quick_check(conn) {
+        let e = match quick_check(conn) {
             Ok(found) => return Ok(Checked { found, starts }),
-            Err(e) if (watch.stop)() || !gives_way || (watch.bulk)() == at_start => return Err(e),
-            Err(e) => {
-                tracing::debug!("store: the integrity check gives way to bulk work");
-                wait_for_quiet(&watch);
-                // A store that closed meanwhile gets no new reading.
-                if (watch.stop)() {
-                    return Err(e);
-                }
-            }
+            Err(e) => e,
+        };
+        // Only an interruption for bulk work is given way to: a closing store's, the last start's
+        // and any other error (a page too damaged to read) are the answer.
+        let interrupted = e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted);
+        if !interrupted || !gives_way || (watch.stop)() || (watch.bulk)() == at_start {
+            return Err(e);
+        }
+        tracing::debug!("store: the integrity check gives way to bulk work");
+        wait_for_quiet(&watch);
+        // A store that closed meanwhile gets no new reading.
+        if (watch.stop)() {
+            return Err(e);
         }
     }
 }
@@ -201,6 +205,29 @@ mod tests {
             Some(rusqlite::ErrorCode::OperationInterrupted)
         );
         assert_eq!(looks.load(Ordering::Relaxed), 4, "the check read again");
+    }
+
+    /// An error that is not an interruption (here: the file is no database) is the answer at once,
+    /// bulk work or not.
+    #[test]
+    fn another_error_is_answered_without_giving_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        std::fs::write(&path, vec![7u8; 8192]).unwrap();
+        let mut conn = Connection::open(&path).unwrap();
+        let looks = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&looks);
+        // Every look at the bulk work sees a new commit.
+        let bulk = move || counted.fetch_add(1, Ordering::Relaxed);
+        let e = check(&mut conn, 100, watch(never(), bulk))
+            .err()
+            .expect("a file that is no database was checked");
+        assert_eq!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::NotADatabase)
+        );
+        // The start's own look, and no other: the check did not give way.
+        assert_eq!(looks.load(Ordering::Relaxed), 1);
     }
 
     #[test]

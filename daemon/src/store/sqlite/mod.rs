@@ -100,7 +100,7 @@ struct Inner {
 }
 
 /// What the writer shares with the handles besides its job queue: the outbox rules it writes rows
-/// by, and the signal it raises after a commit that wrote some.
+/// by, the signal it raises after a commit that wrote some, and the count of its groups.
 pub(super) struct Writer {
     pub rules: RwLock<Option<Arc<OutboxRules>>>,
     pub written: watch::Sender<u64>,
