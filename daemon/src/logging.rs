@@ -6,8 +6,11 @@
 //! plain or JSON lines to stderr.
 //!
 //! Transitions are logged from the store's broadcast of committed trajectory events, never from the
-//! writer thread, so logging cannot slow a group commit. The same follower counts them for
-//! `orchctl metrics`, and tells the metrics which tasks wait for approval and since when.
+//! writer thread, so logging cannot slow a group commit, and on a thread of its own, not on the
+//! runtime's workers that answer requests. The lines of the transitions already queued are written
+//! to stderr together, in one write; a sweep or a burst of submits commits thousands a second. The
+//! same follower counts them for `orchctl metrics`, and tells the metrics which tasks wait for
+//! approval and since when.
 
 use crate::clock::rfc3339_ms;
 use crate::daemon::Daemon;
@@ -23,6 +26,9 @@ use tracing_subscriber::EnvFilter;
 
 /// Most tasks in `awaiting_approval` read back at start (newest first) for the approval metrics.
 const AWAITING_SEED_LIMIT: u32 = 1000;
+
+/// Most transitions logged in one go, their lines written together.
+const DRAIN: usize = 1024;
 
 /// `--log-format`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -98,7 +104,7 @@ pub fn init(format: LogFormat) -> LogTarget {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter())
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(|| Lines);
     if format == LogFormat::Json {
         builder.json().init();
     } else {
@@ -108,6 +114,72 @@ pub fn init(format: LogFormat) -> LogTarget {
         tracing::warn!(error = %e, "cannot reach journald; logging to stderr");
     }
     LogTarget::Stderr
+}
+
+/// The writer of stderr lines. A thread between [`hold_lines`] and [`release_lines`] keeps its
+/// lines and writes them in one go at the release; every other line is written at once.
+struct Lines;
+
+/// One thread's held lines.
+struct Held {
+    on: bool,
+    lines: Vec<u8>,
+}
+
+thread_local! {
+    static HELD: std::cell::RefCell<Held> =
+        const { std::cell::RefCell::new(Held { on: false, lines: Vec::new() }) };
+}
+
+/// Most bytes held before they are written all the same.
+const HELD_BYTES: usize = 64 * 1024;
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let kept = HELD.with(|h| {
+            let mut h = h.borrow_mut();
+            if !h.on {
+                return false;
+            }
+            h.lines.extend_from_slice(buf);
+            if h.lines.len() >= HELD_BYTES {
+                write_out(&mut h.lines);
+            }
+            true
+        });
+        if kept {
+            Ok(buf.len())
+        } else {
+            std::io::stderr().write(buf)
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+fn write_out(lines: &mut Vec<u8>) {
+    if !lines.is_empty() {
+        // Lines that cannot be written have nowhere else to go.
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), lines);
+        lines.clear();
+    }
+}
+
+/// Keep the stderr lines this thread logs until [`release_lines`], to write them in one go. (Lines
+/// sent to the journal are sent one by one all the same.)
+fn hold_lines() {
+    HELD.with(|h| h.borrow_mut().on = true);
+}
+
+/// Write the lines this thread kept, and write its next ones at once again.
+fn release_lines() {
+    HELD.with(|h| {
+        let mut h = h.borrow_mut();
+        h.on = false;
+        write_out(&mut h.lines);
+    });
 }
 
 /// One log line per committed trajectory event, with the journal fields `TASK_ID`, `ACTION`,
@@ -137,7 +209,15 @@ pub async fn follow_transitions(
                 awaiting_approval(&d).await;
             }
             ev = events.recv() => match ev {
-                Ok(ev) => record(&d, &ev),
+                Ok(ev) => {
+                    hold_lines();
+                    record(&d, &ev);
+                    let lagged = drain(&d, &mut events);
+                    release_lines();
+                    if lagged && seeded {
+                        awaiting_approval(&d).await;
+                    }
+                }
                 Err(RecvError::Lagged(missed)) => {
                     missed_events(&d, missed);
                     if seeded {
@@ -156,6 +236,61 @@ pub async fn follow_transitions(
             Err(TryRecvError::Empty | TryRecvError::Closed) => return,
         }
     }
+}
+
+/// Run `fut` (the transition follower) on a thread of its own named `name`, driven by the runtime's
+/// timers and I/O but off its worker threads, so that formatting and writing a line per transition
+/// never holds a worker that a request needs (docs/BENCHMARKS.md, "The transition log lines").
+/// Resolves when `fut` does; a panic in it is raised again here, so the supervisor reports it.
+/// Where no thread can be started, `fut` runs here instead.
+pub async fn on_own_thread<F>(name: &'static str, fut: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let runtime = tokio::runtime::Handle::current();
+    let slot = Arc::new(std::sync::Mutex::new(Some(fut)));
+    let (done, ended) = tokio::sync::oneshot::channel();
+    let theirs = Arc::clone(&slot);
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let fut = theirs.lock().ok().and_then(|mut f| f.take());
+            if let Some(fut) = fut {
+                let run = std::panic::AssertUnwindSafe(|| runtime.block_on(fut));
+                let _ = done.send(std::panic::catch_unwind(run));
+            }
+        });
+    match spawned {
+        Ok(_) => match ended.await {
+            Ok(Ok(())) => {}
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            // The thread ended without a word: only a panic while sending can do that.
+            Err(_) => panic!("the {name} thread ended without a verdict"),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the {name} thread; running it on the runtime");
+            let fut = slot.lock().ok().and_then(|mut f| f.take());
+            if let Some(fut) = fut {
+                fut.await;
+            }
+        }
+    }
+}
+
+/// Log the transitions already queued, [`DRAIN`] at most, without waiting for more. True if some
+/// were missed.
+fn drain(d: &Daemon, events: &mut broadcast::Receiver<TrajectoryEvent>) -> bool {
+    for _ in 0..DRAIN {
+        match events.try_recv() {
+            Ok(ev) => record(d, &ev),
+            Err(TryRecvError::Lagged(missed)) => {
+                missed_events(d, missed);
+                return true;
+            }
+            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+        }
+    }
+    false
 }
 
 /// Tell the metrics which tasks are in `awaiting_approval` now and since when: at start, and after
@@ -252,6 +387,63 @@ mod tests {
         );
         stop.cancel();
         follower.await.unwrap();
+    }
+
+    /// The follower runs on a thread of its own, with the runtime's timers at hand there, and a
+    /// panic in it reaches whoever awaits it, with its message, as the supervisor needs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn on_its_own_thread_the_follower_keeps_the_runtime_and_its_panics() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        on_own_thread("test-follower", async move {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            let _ = tx.send(std::thread::current().name().map(str::to_string));
+        })
+        .await;
+        assert_eq!(rx.await.unwrap().as_deref(), Some("test-follower"));
+
+        let failed = tokio::spawn(on_own_thread("test-follower", async {
+            panic!("a test panic");
+        }))
+        .await
+        .unwrap_err();
+        assert!(failed.is_panic());
+        assert_eq!(
+            crate::supervisor::panic_message(failed.into_panic()),
+            "a test panic"
+        );
+    }
+
+    /// Between hold and release a thread's lines stay with it, and leave together at the release;
+    /// before and after, and on other threads, nothing is held.
+    #[test]
+    fn held_lines_leave_together_at_the_release() {
+        use std::io::Write;
+        fn held() -> (bool, Vec<u8>) {
+            HELD.with(|h| (h.borrow().on, h.borrow().lines.clone()))
+        }
+        std::thread::spawn(|| {
+            Lines
+                .write_all(b"(a test line, written at once)\n")
+                .unwrap();
+            assert_eq!(held(), (false, Vec::new()));
+            hold_lines();
+            Lines.write_all(b"(a held test line)\n").unwrap();
+            Lines.write_all(b"(another held test line)\n").unwrap();
+            assert_eq!(
+                held(),
+                (
+                    true,
+                    b"(a held test line)\n(another held test line)\n".to_vec()
+                )
+            );
+            std::thread::spawn(|| assert_eq!(held(), (false, Vec::new())))
+                .join()
+                .unwrap();
+            release_lines();
+            assert_eq!(held(), (false, Vec::new()));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

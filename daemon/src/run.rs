@@ -233,11 +233,14 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
     let ready = tokio_util::sync::CancellationToken::new();
     let transition_log = sup.spawn(
         "transition-log",
-        logging::follow_transitions(
-            Arc::clone(&d),
-            transitions,
-            ready.clone(),
-            stop_logging.clone(),
+        logging::on_own_thread(
+            "transition-log",
+            logging::follow_transitions(
+                Arc::clone(&d),
+                transitions,
+                ready.clone(),
+                stop_logging.clone(),
+            ),
         ),
     );
 

@@ -2,6 +2,8 @@
 //! `orchctl watch`, `orchestratord --daemonize`, and the generated man pages and completions.
 //! (What needs a real systemd — journald, watchdog, socket activation — is in tests/systemd/run.sh.)
 
+use orchestrator_proto::message::{Request, SubmitRequest};
+use orchestrator_proto::Response;
 use orchestrator_tests::prometheus::{self, Exposition};
 use orchestrator_tests::*;
 use serde_json::Value;
@@ -242,6 +244,78 @@ fn watch_prints_each_transition_as_it_commits_as_json_lines_with_format_json() {
         table.child.try_wait().ok().flatten()
     });
     assert_eq!(status.code(), Some(0));
+}
+
+// ------------------------------------------------------------------------------------------------
+// the transition log
+
+/// Transitions that commit in bursts (many connections submitting at once) are logged one whole
+/// line each, none lost, each task's lines in the order of its trajectory: the follower writes
+/// a burst's lines together (README, "Journal").
+#[test]
+fn a_burst_of_transitions_is_logged_whole_and_in_order() {
+    const CONNECTIONS: usize = 8;
+    const EACH: usize = 40;
+    let mut d = TestDaemon::with_config("");
+    let socket = d.socket.clone();
+    let submitters: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut raw = Raw::connect(&socket).unwrap();
+                raw.hello().unwrap();
+                (0..EACH)
+                    .map(|_| {
+                        let req = Request::Submit(SubmitRequest {
+                            goal: CODE_GOAL.into(),
+                            required_capabilities: Vec::new(),
+                            workspace_dir: None,
+                            ttl_secs: None,
+                            wait: false,
+                        });
+                        match raw.ok(req) {
+                            Response::Task(t) => t.id,
+                            other => panic!("submit: {other:?}"),
+                        }
+                    })
+                    .collect::<Vec<String>>()
+            })
+        })
+        .collect();
+    let ids: Vec<String> = submitters
+        .into_iter()
+        .flat_map(|s| s.join().unwrap())
+        .collect();
+    let mut raw = Raw::connect(&d.socket).unwrap();
+    raw.hello().unwrap();
+    let trajectories: Vec<(String, Vec<String>)> = ids
+        .iter()
+        .map(|id| match raw.ok(Request::ShowTask { id: id.clone() }) {
+            Response::TaskDetail { events, .. } => {
+                (id.clone(), events.into_iter().map(|e| e.action).collect())
+            }
+            other => panic!("show {id}: {other:?}"),
+        })
+        .collect();
+    // A stop logs what is still queued before the daemon exits.
+    assert_eq!(d.terminate().code(), Some(0));
+    let log = d.log_text();
+    for line in log.lines() {
+        assert!(line.starts_with("20"), "a line that is not whole: {line:?}");
+    }
+    let mut logged = 0;
+    for (id, actions) in &trajectories {
+        let prefix = format!("orchestrator::logging: task {id} ");
+        let mine: Vec<&str> = log
+            .lines()
+            .filter_map(|l| l.split_once(&prefix).map(|(_, rest)| rest))
+            .map(|rest| rest.split(':').next().unwrap_or_default())
+            .collect();
+        assert_eq!(&mine, actions, "the lines of {id}");
+        logged += mine.len();
+    }
+    assert!(logged >= CONNECTIONS * EACH * 2, "{logged} lines");
+    assert!(!log.contains("fell behind"), "{log}");
 }
 
 // ------------------------------------------------------------------------------------------------
