@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::OnceLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -23,8 +24,10 @@ pub struct Peer {
     pub uid: u32,
     pub gid: u32,
     pub pid: Option<i32>,
-    /// The user name, or `uid:<n>` when the uid has no passwd entry.
-    pub user: String,
+    /// The user name, looked up when first asked for: most requests (`status`, listings) never
+    /// need it, and the first lookup of a daemon's life loads the name service (docs/BENCHMARKS.md,
+    /// "Ready on 1,000,000 tasks, a fourth look").
+    user: OnceLock<String>,
     /// Primary and supplementary groups of the peer process.
     pub groups: BTreeSet<u32>,
 }
@@ -36,12 +39,12 @@ impl Peer {
         let cred = getsockopt(stream, sockopt::PeerCredentials)?;
         let (uid, gid) = (cred.uid(), cred.gid());
         let pid = Some(cred.pid()).filter(|&p| p > 0);
-        let user = user_name(uid);
+        let user = OnceLock::new();
         let mut groups = BTreeSet::from([gid]);
         match peer_groups(stream) {
             Ok(list) => groups.extend(list),
             // Kernels before 4.13 have no SO_PEERGROUPS: the group database is the next best thing.
-            Err(_) => groups.extend(database_groups(&user, gid)),
+            Err(_) => groups.extend(database_groups(user.get_or_init(|| user_name(uid)), gid)),
         }
         Ok(Peer {
             uid,
@@ -50,6 +53,22 @@ impl Peer {
             user,
             groups,
         })
+    }
+
+    /// A peer known by its name, without a socket (tests, and callers that know who acts).
+    pub fn named(uid: u32, gid: u32, user: &str, groups: BTreeSet<u32>) -> Peer {
+        Peer {
+            uid,
+            gid,
+            pid: None,
+            user: OnceLock::from(user.to_string()),
+            groups,
+        }
+    }
+
+    /// The user name, or `uid:<n>` when the uid has no passwd entry.
+    pub fn user(&self) -> &str {
+        self.user.get_or_init(|| user_name(self.uid))
     }
 }
 
@@ -110,11 +129,18 @@ pub fn database_groups(user: &str, gid: u32) -> Vec<u32> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessPolicy {
     full_uids: BTreeSet<u32>,
-    full_gids: BTreeSet<u32>,
     read_uids: BTreeSet<u32>,
-    read_gids: BTreeSet<u32>,
+    full_groups: Vec<String>,
+    read_groups: Vec<String>,
+    /// The gids of `full_groups` and `read_groups`, looked up when a peer first needs them: root
+    /// and the allowed uids never do, and the lookup of a name the group database lacks (the
+    /// default group `orchestrator` before the package creates it) took more than half a
+    /// millisecond of every start (docs/BENCHMARKS.md, "Ready on 1,000,000 tasks, a fourth look").
+    gids: OnceLock<(BTreeSet<u32>, BTreeSet<u32>)>,
 }
 
+/// The gids of `names`: numbers as they are, names from the group database; unknown names are
+/// left out.
 fn gids(names: &[String]) -> BTreeSet<u32> {
     names
         .iter()
@@ -135,19 +161,24 @@ impl AccessPolicy {
         full_uids.insert(Uid::effective().as_raw());
         AccessPolicy {
             full_uids,
-            full_gids: gids(&cfg.allow_groups),
             read_uids: cfg.read_only_uids.iter().copied().collect(),
-            read_gids: gids(&cfg.read_only_groups),
+            full_groups: cfg.allow_groups.clone(),
+            read_groups: cfg.read_only_groups.clone(),
+            gids: OnceLock::new(),
         }
     }
 
     pub fn check(&self, peer: &Peer) -> Access {
-        if self.full_uids.contains(&peer.uid)
-            || peer.groups.iter().any(|g| self.full_gids.contains(g))
-        {
+        if self.full_uids.contains(&peer.uid) {
+            return Access::Full;
+        }
+        let (full_gids, read_gids) = self
+            .gids
+            .get_or_init(|| (gids(&self.full_groups), gids(&self.read_groups)));
+        if peer.groups.iter().any(|g| full_gids.contains(g)) {
             Access::Full
         } else if self.read_uids.contains(&peer.uid)
-            || peer.groups.iter().any(|g| self.read_gids.contains(g))
+            || peer.groups.iter().any(|g| read_gids.contains(g))
         {
             Access::ReadOnly
         } else {
@@ -161,13 +192,12 @@ mod tests {
     use super::*;
 
     fn peer(uid: u32, groups: &[u32]) -> Peer {
-        Peer {
+        Peer::named(
             uid,
-            gid: groups[0],
-            pid: None,
-            user: format!("u{uid}"),
-            groups: groups.iter().copied().collect(),
-        }
+            groups[0],
+            &format!("u{uid}"),
+            groups.iter().copied().collect(),
+        )
     }
 
     #[test]
@@ -201,6 +231,31 @@ mod tests {
         assert_eq!(p.check(&peer(7000, &[7000])), Access::ReadOnly);
     }
 
+    /// Group names are looked up in the group database, and only when a peer that is neither
+    /// root, nor the daemon's uid, nor an allowed uid needs them.
+    #[test]
+    fn group_names_are_looked_up_when_a_peer_first_needs_them() {
+        let p = AccessPolicy::from_config(&SocketAccess {
+            allow_groups: vec!["root".into(), "no-such-group-orchestrator-test".into()],
+            read_only_groups: vec!["4343".into()],
+            ..SocketAccess::default()
+        });
+        assert_eq!(p.check(&peer(0, &[0])), Access::Full);
+        assert_eq!(p.gids.get(), None);
+        let stranger = if Uid::effective().as_raw() == 6000 {
+            6001
+        } else {
+            6000
+        };
+        assert_eq!(p.check(&peer(stranger, &[6000, 0])), Access::Full);
+        assert_eq!(p.check(&peer(stranger, &[6000, 4343])), Access::ReadOnly);
+        assert_eq!(p.check(&peer(stranger, &[6000])), Access::Denied);
+        assert_eq!(
+            p.gids.get(),
+            Some(&(BTreeSet::from([0]), BTreeSet::from([4343])))
+        );
+    }
+
     fn own_groups() -> BTreeSet<u32> {
         let mut own: BTreeSet<u32> = nix::unistd::getgroups()
             .unwrap()
@@ -219,6 +274,9 @@ mod tests {
         assert_eq!(me.gid, Gid::effective().as_raw());
         assert_eq!(me.pid, Some(std::process::id() as i32));
         assert_eq!(me.groups, own_groups());
+        // The name is looked up only when asked for.
+        assert_eq!(me.user.get(), None);
+        assert_eq!(me.user(), user_name(Uid::effective().as_raw()));
     }
 
     #[test]

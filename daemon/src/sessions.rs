@@ -32,7 +32,7 @@ impl Identity {
     /// The name recorded as the actor of what this session does.
     pub fn actor_name(&self) -> String {
         match self {
-            Identity::User(p) => p.user.clone(),
+            Identity::User(p) => p.user().to_string(),
             Identity::Token { token_id } => format!("http:{token_id}"),
         }
     }

@@ -120,10 +120,10 @@ pub async fn serve(d: Arc<Daemon>, stream: UnixStream) {
     let mut conn = Framed::new(stream, codec(max_frame));
     let access = d.access().check(&peer);
     if access == Access::Denied {
-        tracing::info!(uid = peer.uid, user = %peer.user, "refused a connection from a peer that is not allowed");
+        tracing::info!(uid = peer.uid, user = %peer.user(), "refused a connection from a peer that is not allowed");
         let err = WireError::new(
             ErrorCode::PermissionDenied,
-            format!("user {} may not use this socket", peer.user),
+            format!("user {} may not use this socket", peer.user()),
         )
         .with("uid", peer.uid.to_string());
         refuse(&d, &mut conn, err).await;
@@ -187,7 +187,7 @@ pub async fn serve(d: Arc<Daemon>, stream: UnixStream) {
                 ErrorCode::PermissionDenied,
                 format!(
                     "user {} may only use read verbs; {} changes state",
-                    peer.user,
+                    peer.user(),
                     request.verb()
                 ),
             );

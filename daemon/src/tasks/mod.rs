@@ -55,7 +55,7 @@ impl Actor {
     /// A peer of the control socket, by its user name.
     pub fn peer(p: &Peer) -> Actor {
         Actor {
-            name: p.user.clone(),
+            name: p.user().to_string(),
             uid: Some(p.uid),
             via: Some(via::SOCKET),
         }

@@ -23,11 +23,11 @@ pub fn handle(d: &Daemon, peer: &Peer) -> Result<Response, WireError> {
         .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
     // Codes expire in real time (an `Instant`), so the time shown is the wall clock's too.
     let expires = now_ms().saturating_add(LOGIN_CODE_TTL.as_millis() as i64);
-    tracing::info!(user = %peer.user, uid = peer.uid, "console: login link minted");
+    tracing::info!(user = %peer.user(), uid = peer.uid, "console: login link minted");
     Ok(Response::ConsoleLink(ConsoleLink {
         url: format!("{url}?code={code}"),
         expires_at: rfc3339(expires),
-        user: peer.user.clone(),
+        user: peer.user().to_string(),
         read_only: d.access().check(peer) != Access::Full,
     }))
 }

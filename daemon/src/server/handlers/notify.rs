@@ -11,7 +11,7 @@ pub async fn list(d: &Arc<Daemon>) -> Result<Response, WireError> {
 }
 
 pub async fn test(d: &Arc<Daemon>, peer: &Peer, name: &str) -> Result<Response, WireError> {
-    let event_id = notify::test(d, name, &peer.user).await?;
+    let event_id = notify::test(d, name, peer.user()).await?;
     Ok(Response::NotifyTested { event_id })
 }
 
