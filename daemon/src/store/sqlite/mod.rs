@@ -167,18 +167,11 @@ impl SqliteBackend {
         checkpointer.install(&mut conn)?;
         // Nothing here reads the whole file: the integrity check reads every page (seconds on a
         // large archive) and runs after the daemon is ready ([`Backend::check_integrity`]). The
-        // marker says whether the previous daemon closed the store in order. Setting it needs no
-        // flush of its own: the log is appended in order, so the flush of the first durable write
-        // after it carries it to disk too, and until then nothing in the file differs from what
-        // the previous daemon left when it closed in order (docs/BENCHMARKS.md, "Ready on
-        // 1,000,000 tasks, a fourth look").
-        conn.pragma_update(None, "synchronous", "OFF")?;
-        let marked = conn.execute(
+        // marker says whether the previous daemon closed the store in order.
+        conn.execute(
             "INSERT INTO meta (key, value) VALUES (?1, '0') ON CONFLICT(key) DO UPDATE SET value = '0'",
             [CLOSED_CLEANLY],
-        );
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        marked?;
+        )?;
         let counts = Arc::new(Mutex::new(load_counts(&conn)?));
         let (events, _) = broadcast::channel(4096);
         let (tx, rx) = mpsc::channel::<Job>();
