@@ -208,6 +208,18 @@ impl Daemon {
         }
     }
 
+    /// Look up the group names of the access policy on a blocking thread, so that no request
+    /// waits for them (`AccessPolicy::look_up_groups`). Without a runtime, the first peer that
+    /// needs them looks them up.
+    pub fn look_up_access_groups(&self) {
+        let access = self.access();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn_blocking(move || {
+                access.look_up_groups();
+            });
+        }
+    }
+
     /// Swap in a validated config (and the access policy derived from it) in one step.
     pub fn install_config(&self, config: Config) {
         let access = AccessPolicy::from_config(&config.socket);
@@ -220,6 +232,7 @@ impl Daemon {
             Ok(mut a) => *a = Arc::new(access),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(access),
         }
+        self.look_up_access_groups();
         self.reload.config_installed(self.clock.now_ms());
     }
 

@@ -7,8 +7,9 @@
 //!
 //! Transitions are logged from the store's broadcast of committed trajectory events, never from the
 //! writer thread, so logging cannot slow a group commit, and on a thread of its own, not on the
-//! runtime's workers that answer requests. The lines of the transitions already queued are written
-//! to stderr together, in one write; a sweep or a burst of submits commits thousands a second. The
+//! runtime's workers that answer requests. The stderr lines of the transitions already queued are
+//! written together, 64 KiB a write at most, not one write each: a sweep or a burst of submits
+//! commits thousands a second. The
 //! same follower counts them for `orchctl metrics`, and tells the metrics which tasks wait for
 //! approval and since when.
 
@@ -27,7 +28,7 @@ use tracing_subscriber::EnvFilter;
 /// Most tasks in `awaiting_approval` read back at start (newest first) for the approval metrics.
 const AWAITING_SEED_LIMIT: u32 = 1000;
 
-/// Most transitions logged in one go, their lines written together.
+/// Most transitions logged in one go, their lines held and written together.
 const DRAIN: usize = 1024;
 
 /// `--log-format`.
@@ -116,8 +117,9 @@ pub fn init(format: LogFormat) -> LogTarget {
     LogTarget::Stderr
 }
 
-/// The writer of stderr lines. A thread between [`hold_lines`] and [`release_lines`] keeps its
-/// lines and writes them in one go at the release; every other line is written at once.
+/// The writer of stderr lines. A thread that holds its lines ([`hold_lines`]) keeps them and writes
+/// them together when the hold ends; every other line is written at once, whole, under stderr's
+/// lock.
 struct Lines;
 
 /// One thread's held lines.
@@ -134,9 +136,11 @@ thread_local! {
 /// Most bytes held before they are written all the same.
 const HELD_BYTES: usize = 64 * 1024;
 
-impl std::io::Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let kept = HELD.with(|h| {
+impl Lines {
+    /// Keep `buf` if this thread holds its lines; false if it does not (or its thread-locals are
+    /// already gone, as the thread ends).
+    fn kept(buf: &[u8]) -> bool {
+        HELD.try_with(|h| {
             let mut h = h.borrow_mut();
             if !h.on {
                 return false;
@@ -146,11 +150,27 @@ impl std::io::Write for Lines {
                 write_out(&mut h.lines);
             }
             true
-        });
-        if kept {
+        })
+        .unwrap_or(false)
+    }
+}
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if Self::kept(buf) {
             Ok(buf.len())
         } else {
             std::io::stderr().write(buf)
+        }
+    }
+
+    /// A line (the formatter writes each in one call) under one hold of stderr's lock, so that no
+    /// other thread's lines land inside it.
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if Self::kept(buf) {
+            Ok(())
+        } else {
+            std::io::stderr().write_all(buf)
         }
     }
 
@@ -167,19 +187,26 @@ fn write_out(lines: &mut Vec<u8>) {
     }
 }
 
-/// Keep the stderr lines this thread logs until [`release_lines`], to write them in one go. (Lines
-/// sent to the journal are sent one by one all the same.)
-fn hold_lines() {
-    HELD.with(|h| h.borrow_mut().on = true);
+/// Keep the stderr lines this thread logs until the returned hold is dropped, then write them in
+/// as few writes as they fit in ([`HELD_BYTES`] each). A panic drops the hold too, so nothing
+/// formatted is lost. (Lines sent to the journal are sent one by one all the same.)
+#[must_use]
+fn hold_lines() -> Hold {
+    let _ = HELD.try_with(|h| h.borrow_mut().on = true);
+    Hold
 }
 
-/// Write the lines this thread kept, and write its next ones at once again.
-fn release_lines() {
-    HELD.with(|h| {
-        let mut h = h.borrow_mut();
-        h.on = false;
-        write_out(&mut h.lines);
-    });
+/// This thread's lines are held while it lives.
+struct Hold;
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let _ = HELD.try_with(|h| {
+            let mut h = h.borrow_mut();
+            h.on = false;
+            write_out(&mut h.lines);
+        });
+    }
 }
 
 /// One log line per committed trajectory event, with the journal fields `TASK_ID`, `ACTION`,
@@ -210,10 +237,10 @@ pub async fn follow_transitions(
             }
             ev = events.recv() => match ev {
                 Ok(ev) => {
-                    hold_lines();
+                    let hold = hold_lines();
                     record(&d, &ev);
                     let lagged = drain(&d, &mut events);
-                    release_lines();
+                    drop(hold);
                     if lagged && seeded {
                         awaiting_approval(&d).await;
                     }
@@ -413,10 +440,10 @@ mod tests {
         );
     }
 
-    /// Between hold and release a thread's lines stay with it, and leave together at the release;
-    /// before and after, and on other threads, nothing is held.
+    /// While a hold lives a thread's lines stay with it, and leave together when it ends (by a
+    /// panic too); before and after, and on other threads, nothing is held.
     #[test]
-    fn held_lines_leave_together_at_the_release() {
+    fn held_lines_leave_together_when_the_hold_ends() {
         use std::io::Write;
         fn held() -> (bool, Vec<u8>) {
             HELD.with(|h| (h.borrow().on, h.borrow().lines.clone()))
@@ -426,7 +453,7 @@ mod tests {
                 .write_all(b"(a test line, written at once)\n")
                 .unwrap();
             assert_eq!(held(), (false, Vec::new()));
-            hold_lines();
+            let hold = hold_lines();
             Lines.write_all(b"(a held test line)\n").unwrap();
             Lines.write_all(b"(another held test line)\n").unwrap();
             assert_eq!(
@@ -439,7 +466,17 @@ mod tests {
             std::thread::spawn(|| assert_eq!(held(), (false, Vec::new())))
                 .join()
                 .unwrap();
-            release_lines();
+            drop(hold);
+            assert_eq!(held(), (false, Vec::new()));
+            // A panic while lines are held writes them on its way out.
+            let unwound = std::panic::catch_unwind(|| {
+                let _hold = hold_lines();
+                Lines
+                    .write_all(b"(a held test line before a panic)\n")
+                    .unwrap();
+                panic!("a test panic");
+            });
+            assert!(unwound.is_err());
             assert_eq!(held(), (false, Vec::new()));
         })
         .join()

@@ -311,6 +311,7 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
     ]);
     background::ready();
     ready.cancel();
+    d.look_up_access_groups();
     // After READY: the check reads the whole file and must not delay the start.
     tasks.push(sup.spawn("integrity-check", integrity::run(Arc::clone(&d))));
 

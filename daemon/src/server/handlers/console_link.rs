@@ -17,17 +17,19 @@ pub fn handle(d: &Daemon, peer: &Peer) -> Result<Response, WireError> {
         ));
     };
     let url = login_url(&listen)?;
+    // The session keeps the name as it is now, when the link is minted.
+    let user = peer.user().to_string();
     let code = d
         .sessions
         .mint_code(Identity::User(peer.clone()))
         .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
     // Codes expire in real time (an `Instant`), so the time shown is the wall clock's too.
     let expires = now_ms().saturating_add(LOGIN_CODE_TTL.as_millis() as i64);
-    tracing::info!(user = %peer.user(), uid = peer.uid, "console: login link minted");
+    tracing::info!(user = %user, uid = peer.uid, "console: login link minted");
     Ok(Response::ConsoleLink(ConsoleLink {
         url: format!("{url}?code={code}"),
         expires_at: rfc3339(expires),
-        user: peer.user().to_string(),
+        user,
         read_only: d.access().check(peer) != Access::Full,
     }))
 }

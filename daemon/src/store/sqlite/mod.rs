@@ -600,7 +600,7 @@ fn writer_loop(
         goals_behind = true;
     }
     // Every sender is gone: checkpoint so the next start opens a small WAL, then mark the store as
-    // closed in order (the next open may skip its full integrity check).
+    // closed in order (`--copy-store-to` copies only a store closed in order).
     checkpointer.stop(&mut conn);
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
     let marked = conn.execute(
@@ -608,7 +608,7 @@ fn writer_loop(
         [CLOSED_CLEANLY],
     );
     if let Err(e) = marked {
-        tracing::warn!(error = %e, "cannot mark the store as closed cleanly; the next start checks it in full");
+        tracing::warn!(error = %e, "cannot mark the store as closed cleanly; `--copy-store-to` refuses it until a daemon has started and stopped on it again");
     }
 }
 
