@@ -250,8 +250,8 @@ fn watch_prints_each_transition_as_it_commits_as_json_lines_with_format_json() {
 // the transition log
 
 /// Transitions that commit in bursts (many connections submitting at once) are logged one whole
-/// line each, none lost, each task's lines in the order of its trajectory: the follower writes
-/// a burst's lines together (README, "Journal").
+/// line each, none lost, each task's lines in the order of its trajectory, by a thread of their
+/// own that writes a burst's lines together (README, "Journal").
 #[test]
 fn a_burst_of_transitions_is_logged_whole_and_in_order() {
     const CONNECTIONS: usize = 8;
@@ -297,6 +297,13 @@ fn a_burst_of_transitions_is_logged_whole_and_in_order() {
             other => panic!("show {id}: {other:?}"),
         })
         .collect();
+    // The lines are formatted on a thread of their own, not on the runtime's workers.
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|comm| comm.trim().to_string())
+        .collect();
+    assert!(threads.iter().any(|t| t == "transition-log"), "{threads:?}");
     // A stop logs what is still queued before the daemon exits.
     assert_eq!(d.terminate().code(), Some(0));
     let log = d.log_text();
