@@ -18,8 +18,9 @@ pub enum Access {
     Denied,
 }
 
-/// The peer at the other end of a connection, from its socket credentials.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The peer at the other end of a connection, from its socket credentials. Two peers are equal
+/// when their credentials are: the name follows from the uid, whether looked up yet or not.
+#[derive(Debug, Clone)]
 pub struct Peer {
     pub uid: u32,
     pub gid: u32,
@@ -55,22 +56,20 @@ impl Peer {
         })
     }
 
-    /// A peer known by its name, without a socket (tests, and callers that know who acts).
-    pub fn named(uid: u32, gid: u32, user: &str, groups: BTreeSet<u32>) -> Peer {
-        Peer {
-            uid,
-            gid,
-            pid: None,
-            user: OnceLock::from(user.to_string()),
-            groups,
-        }
-    }
-
     /// The user name, or `uid:<n>` when the uid has no passwd entry.
     pub fn user(&self) -> &str {
         self.user.get_or_init(|| user_name(self.uid))
     }
 }
+
+impl PartialEq for Peer {
+    fn eq(&self, other: &Peer) -> bool {
+        (self.uid, self.gid, self.pid, &self.groups)
+            == (other.uid, other.gid, other.pid, &other.groups)
+    }
+}
+
+impl Eq for Peer {}
 
 /// The user name, or `uid:<n>` when the uid has no passwd entry.
 fn user_name(uid: u32) -> String {
@@ -198,12 +197,13 @@ mod tests {
     use super::*;
 
     fn peer(uid: u32, groups: &[u32]) -> Peer {
-        Peer::named(
+        Peer {
             uid,
-            groups[0],
-            &format!("u{uid}"),
-            groups.iter().copied().collect(),
-        )
+            gid: groups[0],
+            pid: None,
+            user: OnceLock::from(format!("u{uid}")),
+            groups: groups.iter().copied().collect(),
+        }
     }
 
     #[test]
@@ -286,6 +286,8 @@ mod tests {
             assert_eq!(me.user.get(), None);
         }
         assert_eq!(me.user(), user_name(Uid::effective().as_raw()));
+        // Looking the name up changes nothing about who the peer is.
+        assert_eq!(Peer::of(&a).unwrap(), me);
     }
 
     #[test]

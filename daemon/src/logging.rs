@@ -9,9 +9,8 @@
 //! writer thread, so logging cannot slow a group commit, and on a thread of its own, not on the
 //! runtime's workers that answer requests. The stderr lines of the transitions already queued are
 //! written together, 64 KiB a write at most, not one write each: a sweep or a burst of submits
-//! commits thousands a second. The
-//! same follower counts them for `orchctl metrics`, and tells the metrics which tasks wait for
-//! approval and since when.
+//! commits thousands a second. The same follower counts them for `orchctl metrics`, and tells the
+//! metrics which tasks wait for approval and since when.
 
 use crate::clock::rfc3339_ms;
 use crate::daemon::Daemon;

@@ -646,7 +646,8 @@ async fn closing_stops_the_integrity_check() {
 }
 
 /// The sweep's expiries and deletions count as bulk work (their commits checkpoint themselves, and
-/// the integrity check gives way to them); other writes do not.
+/// the integrity check gives way to them) when they change something; other writes, and a sweep
+/// with nothing due, do not.
 #[tokio::test]
 async fn expiries_and_deletions_are_bulk_work() {
     let dir = tempfile::tempdir().unwrap();
@@ -660,6 +661,16 @@ async fn expiries_and_deletions_are_bulk_work() {
     };
     backend
         .write(|b| b.insert_task(new_task("T1"), "alice"))
+        .await
+        .unwrap();
+    assert_eq!(bulk(), 0);
+    // Nothing due yet, nothing to delete: no bulk work.
+    backend
+        .write(|b| b.expire_due(0, 10, "sweeper"))
+        .await
+        .unwrap();
+    backend
+        .write(|b| b.delete_tasks(&["T1".to_string()]))
         .await
         .unwrap();
     assert_eq!(bulk(), 0);

@@ -80,7 +80,6 @@ impl Batch<'_> {
         limit: usize,
         actor: &str,
     ) -> Result<Vec<String>, StoreError> {
-        self.note_bulk();
         // (rowid, id, kind) by the state they were read in.
         let mut by_state: Vec<(TaskState, Vec<DueRow>)> = Vec::new();
         {
@@ -157,6 +156,11 @@ impl Batch<'_> {
                 done.push(id);
             }
         }
+        // Bulk work only when it wrote something: an empty sweep is no reason for the check to
+        // give way.
+        if !done.is_empty() {
+            self.note_bulk();
+        }
         Ok(done)
     }
 
@@ -183,7 +187,6 @@ impl Batch<'_> {
     }
 
     pub fn delete_tasks(&mut self, ids: &[String]) -> Result<Vec<String>, StoreError> {
-        self.note_bulk();
         let wanted = encode(&ids)?;
         let deleted: Vec<(String, String, String)> = {
             let mut stmt = self.tx().prepare_cached(DELETE_TASKS)?;
@@ -199,6 +202,9 @@ impl Batch<'_> {
                 self.note_deleted(kind, state);
             }
             ids.push(id);
+        }
+        if !ids.is_empty() {
+            self.note_bulk();
         }
         Ok(ids)
     }
