@@ -346,8 +346,10 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         stop_logging.cancel();
         transition_log.join().await;
     };
-    // One failure often brings others (a dead dispatcher closes its executor's intake); each is
-    // logged, so that the cause is in the log whichever was reported first.
+    // One failure may bring others before the shutdown reaches every task; each reported is
+    // logged. Loops that only end because their owner did (the specialist intake, whose sender the
+    // dispatcher holds) wait for the shutdown instead, so that the log names the cause: a task's
+    // end seen after the shutdown began is not reported.
     let orderly = async {
         tokio::select! {
             _ = orderly => {}

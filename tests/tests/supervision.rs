@@ -29,6 +29,12 @@ fn fails_by_itself(task: &str, spec: &str, toml: Option<&str>, env: &[(&str, &st
     );
     let line = format!("supervised task \"{task}\" failed");
     assert!(log.contains(&line), "no `{line}` in the log:\n{log}");
+    // The cause comes first: no other task's failure is reported before it.
+    let first = log.find("supervised task \"").map(|at| &log[at..]);
+    assert!(
+        first.is_some_and(|f| f.starts_with(&line)),
+        "another task's failure is logged before `{line}`:\n{log}"
+    );
 }
 
 /// Release an `@signal` fault: the daemon answered `status`, so it is up.

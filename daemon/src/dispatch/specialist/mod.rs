@@ -119,6 +119,10 @@ async fn intake(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Task>) {
             n = rx.recv_many(&mut buf, MAX_BURST) => n,
         };
         if n == 0 {
+            // The executor is gone, so its owner, the dispatcher, ended; the supervisor reports
+            // the dispatcher by name. Ending here too would race that report with a second
+            // failure, and the log could name this loop instead of the cause.
+            s.d.shutdown.cancelled().await;
             return;
         }
         let tasks = std::mem::take(&mut buf);

@@ -343,3 +343,26 @@ fn the_delivery_hook_gets_the_contract_variables_without_an_artefact_dir() {
     assert_eq!(env["PATH"], "/bin");
     assert!(!env.contains_key("ORCH_ARTEFACT_DIR"));
 }
+
+/// When the dispatcher ends, the executor it owns is dropped: the intake must not report a failure
+/// of its own, which would race the dispatcher's and could name the wrong task in the log.
+#[tokio::test(start_paused = true)]
+async fn the_intake_outlives_a_dropped_executor_until_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(&dir.path().join("state.db")).unwrap();
+    let clock = crate::clock::ManualClock::new(0);
+    let d = Arc::new(crate::tasks::testing::daemon(
+        store,
+        dir.path(),
+        TaskKind::Synthetic,
+        clock.clock(),
+    ));
+    let (sup, mut failures) = crate::supervisor::Supervisor::new(d.shutdown.clone());
+    drop(Executor::new(Arc::clone(&d), &sup));
+    // Time is paused: this sleep ends only once every task has run until it waits.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(failures.try_next(), None);
+    d.shutdown.cancel();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(failures.try_next(), None);
+}
