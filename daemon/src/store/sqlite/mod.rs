@@ -168,10 +168,20 @@ impl SqliteBackend {
         // Nothing here reads the whole file: the integrity check reads every page (seconds on a
         // large archive) and runs after the daemon is ready ([`Backend::check_integrity`]). The
         // marker says whether the previous daemon closed the store in order.
-        conn.execute(
+        //
+        // It is committed without a flush of its own (`synchronous = NORMAL`, this statement only).
+        // The log is appended in order, and each later commit flushes it up to its own frames, so
+        // a machine crash can lose the marker only if it loses every write after it, and then the
+        // file is what the previous daemon closed in order. A checkpoint at NORMAL still flushes
+        // the log before and the file after, so the previous run's committed frames are as safe
+        // as at FULL (docs/BENCHMARKS.md, "Ready on 1,000,000 tasks, a fifth look").
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let marked = conn.execute(
             "INSERT INTO meta (key, value) VALUES (?1, '0') ON CONFLICT(key) DO UPDATE SET value = '0'",
             [CLOSED_CLEANLY],
-        )?;
+        );
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        marked?;
         let counts = Arc::new(Mutex::new(load_counts(&conn)?));
         let (events, _) = broadcast::channel(4096);
         let (tx, rx) = mpsc::channel::<Job>();
