@@ -275,10 +275,24 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
     }
 
     dispatch::load_agent_state(&d).await;
+    // Signal handlers are installed by this call, before anything serves (see `service::signals`).
+    let signals = service::signals(Arc::clone(&d));
+    // The servers are spawned first: tasks spawned from here wait in the runtime's shared queue in
+    // the order they came, and a client waiting for the first answer should not wait behind the
+    // first rounds of the dispatcher, the sweeper and the rest. Requests that need those find
+    // them through channels that hold what is sent before they run. The HTTP address is noted
+    // before the socket serves, so that `status` never misses it.
+    let http_server = http_listener.map(|l| {
+        let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(listen = %bound, "http: serving the API");
+        let _ = d.http_listen.set(bound);
+        sup.spawn("http-server", http::serve(Arc::clone(&d), l))
+    });
+    let server = sup.spawn("socket-server", server::serve(Arc::clone(&d), listener));
     let mut tasks = vec![
         sup.spawn("dispatcher", dispatch::run(Arc::clone(&d), rx, sup.clone())),
         sup.spawn("delivery", dispatch::delivery::run(Arc::clone(&d))),
-        sup.spawn("signals", service::signals(Arc::clone(&d))),
+        sup.spawn("signals", signals),
         sup.spawn("sweeper", crate::tasks::sweep::run(Arc::clone(&d))),
         sup.spawn("notify", crate::notify::run(Arc::clone(&d))),
     ];
@@ -288,14 +302,6 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
     if let Some(interval) = lifecycle::watchdog_interval() {
         tasks.push(sup.spawn("watchdog", service::watchdog(Arc::clone(&d), interval)));
     }
-    // The HTTP address is noted before the socket serves, so that `status` never misses it.
-    let http_server = http_listener.map(|l| {
-        let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(listen = %bound, "http: serving the API");
-        let _ = d.http_listen.set(bound);
-        sup.spawn("http-server", http::serve(Arc::clone(&d), l))
-    });
-    let server = sup.spawn("socket-server", server::serve(Arc::clone(&d), listener));
 
     tracing::info!(
         socket = %paths.socket.display(),
