@@ -228,7 +228,10 @@ fn plan_row(i: u64, plan: &Plan, now: i64, rng: &mut Rng) -> Row {
         };
     }
     if i < plan.in_window + plan.due {
-        let created = now - 8 * DAY + rng.below(HOUR as u64) as i64;
+        // Spread over an hour in the order they go in, as a daemon creates them: row order, the
+        // order of their index entries and the order in which they fall due agree.
+        let nth = (i - plan.in_window) as i64;
+        let created = now - 8 * DAY + (nth * HOUR) / plan.due.max(1) as i64;
         return Row {
             kind: TaskKind::Live,
             state: TaskState::AwaitingApproval,
