@@ -273,7 +273,7 @@ pub fn run(o: Options) -> Result<()> {
     }
 
     let ids = scenarios::precreate_awaiting(sock, 64, 32_000)?;
-    let tr = scenarios::transitions(sock, 64, &ids)?;
+    let tr = scenarios::transitions(sock, 64, &ids, false)?;
     t.add(
         "approve/reject, 64 connections",
         format!(

@@ -102,6 +102,10 @@ enum Cmd {
         connections: usize,
         #[arg(long, default_value_t = 32_000)]
         tasks: u64,
+        /// All connections decide the oldest task still waiting, in turn, instead of each a block
+        /// of its own.
+        #[arg(long)]
+        oldest_first: bool,
         #[command(flatten)]
         cpu: CpuOf,
     },
@@ -269,12 +273,13 @@ fn run(cli: Cli) -> Result<()> {
             target,
             connections,
             tasks,
+            oldest_first,
             cpu,
         } => {
             let ids = scenarios::precreate_awaiting(&target.socket, connections, tasks)?;
             let grouped = scenarios::Grouping::before(&target.socket);
             let before = cpu.sample()?;
-            let t = scenarios::transitions(&target.socket, connections, &ids)?;
+            let t = scenarios::transitions(&target.socket, connections, &ids, oldest_first)?;
             println!(
                 "approve/reject, {connections} connections: {}",
                 t.describe()

@@ -116,14 +116,26 @@ pub fn precreate_awaiting(socket: &Path, conns: usize, n: u64) -> Result<Vec<Str
     ids.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))
 }
 
-/// Approve even-numbered and reject odd-numbered tasks of `ids`, spread over `conns` connections.
-pub fn transitions(socket: &Path, conns: usize, ids: &[String]) -> Result<Throughput> {
+/// Approve even-numbered and reject odd-numbered tasks of `ids` (in the order they were created),
+/// spread over `conns` connections. Each connection decides a block of its own (`oldest_first`
+/// false: the decisions that meet in one commit are of tasks created far apart), or all of them
+/// take the oldest task still waiting, in turn (`oldest_first`: they are of tasks created together).
+pub fn transitions(
+    socket: &Path,
+    conns: usize,
+    ids: &[String],
+    oldest_first: bool,
+) -> Result<Throughput> {
     let per = ids.len() / conns;
     if per == 0 {
         bail!("fewer tasks ({}) than connections ({conns})", ids.len());
     }
     let (t, errors) = load::run(socket, conns, Stop::Count(per as u64), |c, i, conn| {
-        let k = c * per + i as usize;
+        let k = if oldest_first {
+            i as usize * conns + c
+        } else {
+            c * per + i as usize
+        };
         let id = ids[k].clone();
         let req = if k & 1 == 0 {
             Request::Approve { id }
