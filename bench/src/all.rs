@@ -327,6 +327,7 @@ pub fn run(o: Options) -> Result<()> {
             in_window: o.in_window,
             due: o.due,
             due_at_ms: far,
+            due_among: 1,
             events: true,
         },
     )?;

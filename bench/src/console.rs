@@ -55,6 +55,7 @@ pub fn run(daemon_bin: &Path, tasks: u64, runs: usize, changes: usize) -> Result
         in_window: tasks / 10,
         due: 0,
         due_at_ms: 0,
+        due_among: 1,
         events: true,
     };
     let seeded = seed::seed(&state.join("orchestrator.db"), plan)?;

@@ -151,6 +151,10 @@ enum Cmd {
         due: u64,
         #[arg(long, default_value_t = 60)]
         due_in: u64,
+        /// The due tasks are one in N of a stretch of live tasks created in order, the others
+        /// decided; 1 puts them next to each other.
+        #[arg(long, default_value_t = 1)]
+        due_among: u64,
         /// Leave out the trajectory events.
         #[arg(long)]
         no_events: bool,
@@ -324,6 +328,7 @@ fn run(cli: Cli) -> Result<()> {
             in_window,
             due,
             due_in,
+            due_among,
             no_events,
         } => {
             let plan = seed::Plan {
@@ -331,6 +336,7 @@ fn run(cli: Cli) -> Result<()> {
                 in_window,
                 due,
                 due_at_ms: orchestrator::clock::now_ms() + (due_in as i64) * 1000,
+                due_among,
                 events: !no_events,
             };
             let s = seed::seed(&db, plan)?;

@@ -22,6 +22,9 @@ pub struct Plan {
     /// Live tasks awaiting approval whose `expiresAt` falls at `due_at_ms` (what a sweep expires).
     pub due: u64,
     pub due_at_ms: i64,
+    /// The due tasks are one in this many of a stretch of live tasks created in order, the others
+    /// decided (`done`); 1 puts them next to each other.
+    pub due_among: u64,
     /// Write each task's trajectory too (4 events per task).
     pub events: bool,
 }
@@ -71,11 +74,13 @@ struct Row {
 }
 
 pub fn seed(db: &Path, plan: Plan) -> Result<Seeded> {
-    if plan.in_window + plan.due > plan.tasks {
+    let stretch = plan.due.saturating_mul(plan.due_among.max(1));
+    if plan.in_window.saturating_add(stretch) > plan.tasks {
         bail!(
-            "the window and due tasks ({} + {}) exceed the total {}",
+            "the window and the stretch of due tasks ({} + {} × {}) exceed the total {}",
             plan.in_window,
             plan.due,
+            plan.due_among.max(1),
             plan.tasks
         );
     }
@@ -227,11 +232,25 @@ fn plan_row(i: u64, plan: &Plan, now: i64, rng: &mut Rng) -> Row {
             error_code,
         };
     }
-    if i < plan.in_window + plan.due {
+    let among = plan.due_among.max(1);
+    let stretch = plan.due * among;
+    if i < plan.in_window + stretch {
         // Spread over an hour in the order they go in, as a daemon creates them: row order, the
-        // order of their index entries and the order in which they fall due agree.
-        let nth = (i - plan.in_window) as i64;
-        let created = now - 8 * DAY + (nth * HOUR) / plan.due.max(1) as i64;
+        // order of their index entries and the order in which they fall due agree. One in
+        // `among` is still waiting for its approval; the others were decided.
+        let nth = i - plan.in_window;
+        let created = now - 8 * DAY + (nth as i64 * HOUR) / stretch.max(1) as i64;
+        if nth % among != 0 {
+            return Row {
+                kind: TaskKind::Live,
+                state: TaskState::Done,
+                created,
+                completed: Some(created + 1_000 + rng.below(600_000) as i64),
+                expires: created + 7 * DAY,
+                agent: rng.below(2) as usize,
+                error_code: None,
+            };
+        }
         return Row {
             kind: TaskKind::Live,
             state: TaskState::AwaitingApproval,
