@@ -240,7 +240,7 @@ fn plan_row(i: u64, plan: &Plan, now: i64, rng: &mut Rng) -> Row {
         // `among` is still waiting for its approval; the others were decided.
         let nth = i - plan.in_window;
         let created = now - 8 * DAY + (nth as i64 * HOUR) / stretch.max(1) as i64;
-        if nth % among != 0 {
+        if !nth.is_multiple_of(among) {
             return Row {
                 kind: TaskKind::Live,
                 state: TaskState::Done,
