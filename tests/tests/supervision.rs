@@ -74,6 +74,9 @@ supervised! {
     signals_panics: "signals", "panic";
     socket_server_ends_early: "socket-server", "exit";
     transition_log_panics: "transition-log", "panic";
+    agent_pauses_panics: "agent-pauses", "panic";
+    notify_panics: "notify", "panic";
+    integrity_check_panics: "integrity-check", "panic";
 }
 
 #[test]
