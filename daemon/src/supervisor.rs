@@ -1,8 +1,9 @@
 //! Supervision of the daemon's long-lived tasks.
 //!
-//! Every task that should live as long as the daemon (dispatcher, specialist intake, lease renewal,
-//! delivery, sweeper, signals, socket and HTTP servers, transition log, watchdog, and a watcher of
-//! the store's writer thread) is started here under a name. One that panics, or ends while no
+//! Every task that should live as long as the daemon (dispatcher, specialist intake, agent pauses,
+//! lease renewal, delivery, sweeper, notifier, signals, socket and HTTP servers, transition log,
+//! integrity check, watchdog, node heartbeat, and a watcher of the store's writer thread; the list
+//! with what each does is in docs/ARCHITECTURE.md) is started here under a name. One that panics, or ends while no
 //! shutdown was asked, is a [`Failure`]: `run` logs it by name, tells systemd, shuts down within a
 //! bound and exits non-zero, so that `Restart=on-failure` brings the daemon back. The store is
 //! durable, so nothing is lost by that; a daemon that kept answering `status` with a dead
