@@ -388,3 +388,29 @@ fn a_second_daemon_with_the_same_node_id_is_refused() {
     let id = first.submit("draft an email reply to the procurement team");
     assert_eq!(first.state_of(&id), "done");
 }
+
+/// The node heartbeat runs only on a shared store, so its supervision is tested here (the others
+/// are in `supervision.rs`): made to panic, it stops the daemon, non-zero, naming it first.
+#[test]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+fn a_panicking_node_heartbeat_stops_the_daemon_naming_it() {
+    let pg = TempPostgres::start().expect("start PostgreSQL");
+    let config = postgres_config(&pg);
+    let mut d = TestDaemon::launch_with_env(
+        Some(&config),
+        &[("ORCHESTRATOR_TEST_FAULT", "node-heartbeat:panic")],
+    );
+    // Generous: the daemon itself bounds its shutdown after a failure at 10 s.
+    let status = d.wait_exit(Duration::from_secs(30));
+    let log = d.log_text();
+    assert!(
+        !status.success() && status.code().is_some(),
+        "expected a non-zero exit, got {status}; log:\n{log}"
+    );
+    let line = "supervised task \"node-heartbeat\" failed";
+    let first = log.find("supervised task \"").map(|at| &log[at..]);
+    assert!(
+        first.is_some_and(|f| f.starts_with(line)),
+        "`{line}` is not the first failure in the log:\n{log}"
+    );
+}
