@@ -313,6 +313,21 @@ pub fn run(o: Options) -> Result<()> {
         None,
         "orchbench memory --pid PID",
     );
+    // After the memory figure, so that the 32,000 more tasks leave the rows above as they were.
+    let ids = scenarios::precreate_awaiting(sock, 64, 32_000)?;
+    let tr = scenarios::transitions(sock, 64, &ids, true)?;
+    t.add(
+        "approve/reject, 64 connections, oldest first",
+        format!(
+            "{:.0}/s (p50 {}, p99 {})",
+            tr.per_sec(),
+            ms(&tr.latency, 50.0),
+            ms(&tr.latency, 99.0)
+        ),
+        "",
+        None,
+        "orchbench transitions -c 64 --tasks 32000 --oldest-first",
+    );
     d.stop()?;
 
     // --- A large archive ---------------------------------------------------------------------------
