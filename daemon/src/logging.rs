@@ -392,7 +392,7 @@ mod tests {
             TaskState::AwaitingApproval
         );
         let clock = ManualClock::new(NOW);
-        let d = Arc::new(crate::tasks::testing::daemon(
+        let d = Arc::new(crate::daemon::Daemon::for_test(
             store.clone(),
             dir.path(),
             TaskKind::Synthetic,

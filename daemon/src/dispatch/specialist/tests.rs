@@ -351,25 +351,10 @@ async fn the_intake_outlives_a_dropped_executor_until_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let store = crate::store::Store::open(&dir.path().join("state.db")).unwrap();
     let clock = crate::clock::ManualClock::new(0);
-    let paths = crate::daemon::Paths {
-        config: None,
-        socket: dir.path().join("sock"),
-        state_dir: dir.path().to_path_buf(),
-        socket_from_flag: false,
-        state_dir_from_flag: false,
-    };
-    let mode = crate::daemon::ModeState {
-        effective: TaskKind::Synthetic,
-        since_ms: 0,
-        note: None,
-    };
-    let (dispatch, _) = crate::dispatch::DispatchHandle::channel();
-    let d = Arc::new(Daemon::new(
+    let d = Arc::new(Daemon::for_test(
         store,
-        paths,
-        Config::builtin(),
-        mode,
-        dispatch,
+        dir.path(),
+        TaskKind::Synthetic,
         clock.clock(),
     ));
     let (sup, mut failures) = crate::supervisor::Supervisor::new(d.shutdown.clone());

@@ -87,7 +87,7 @@ mod tests {
         let store = Store::open(&dir.path().join("state.db")).unwrap();
         let clock = ManualClock::new(0);
         let d =
-            crate::tasks::testing::daemon(store, dir.path(), TaskKind::Synthetic, clock.clock());
+            crate::daemon::Daemon::for_test(store, dir.path(), TaskKind::Synthetic, clock.clock());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

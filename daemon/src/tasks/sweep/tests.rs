@@ -94,7 +94,7 @@ fn a_task_dir_that_cannot_be_removed_keeps_its_task() {
 
 /// A daemon around `store` whose state directory is `dir`, on the built-in config and `clock`.
 fn daemon_at(store: Store, dir: &std::path::Path, clock: &ManualClock) -> Arc<Daemon> {
-    Arc::new(crate::tasks::testing::daemon(
+    Arc::new(crate::daemon::Daemon::for_test(
         store,
         dir,
         TaskKind::Synthetic,

@@ -229,7 +229,7 @@ mod tests {
 
     fn daemon(dir: &std::path::Path, clock: &ManualClock) -> Daemon {
         let store = Store::open(&dir.join("state.db")).unwrap();
-        crate::tasks::testing::daemon(store, dir, TaskKind::Shadow, clock.clock())
+        crate::daemon::Daemon::for_test(store, dir, TaskKind::Shadow, clock.clock())
     }
 
     async fn shadow_task(d: &Daemon, id: &str) {
