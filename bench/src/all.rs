@@ -95,6 +95,37 @@ fn ms(s: &Samples, p: f64) -> String {
     format!("{:.2} ms", s.pct_ms(p))
 }
 
+/// Pre-create 32,000 tasks awaiting approval and decide them from 64 connections, each a block of
+/// its own or all the oldest first (`scenarios::transitions`); one row of the table.
+fn approvals(t: &mut Table, sock: &Path, oldest_first: bool) -> Result<()> {
+    let ids = scenarios::precreate_awaiting(sock, 64, 32_000)?;
+    let tr = scenarios::transitions(sock, 64, &ids, oldest_first)?;
+    let (figure, command) = if oldest_first {
+        (
+            "approve/reject, 64 connections, oldest first",
+            "orchbench transitions -c 64 --tasks 32000 --oldest-first",
+        )
+    } else {
+        (
+            "approve/reject, 64 connections",
+            "orchbench transitions -c 64 --tasks 32000",
+        )
+    };
+    t.add(
+        figure,
+        format!(
+            "{:.0}/s (p50 {}, p99 {})",
+            tr.per_sec(),
+            ms(&tr.latency, 50.0),
+            ms(&tr.latency, 99.0)
+        ),
+        "",
+        None,
+        command,
+    );
+    Ok(())
+}
+
 pub fn run(o: Options) -> Result<()> {
     let bin_dir = o.bin_dir.clone().unwrap_or_else(|| {
         sibling("orchestratord")
@@ -272,20 +303,7 @@ pub fn run(o: Options) -> Result<()> {
         }
     }
 
-    let ids = scenarios::precreate_awaiting(sock, 64, 32_000)?;
-    let tr = scenarios::transitions(sock, 64, &ids, false)?;
-    t.add(
-        "approve/reject, 64 connections",
-        format!(
-            "{:.0}/s (p50 {}, p99 {})",
-            tr.per_sec(),
-            ms(&tr.latency, 50.0),
-            ms(&tr.latency, 99.0)
-        ),
-        "",
-        None,
-        "orchbench transitions -c 64 --tasks 32000",
-    );
+    approvals(&mut t, sock, false)?;
 
     let (ld, errors) = scenarios::mixed_load(sock, 200, 500)?;
     for e in &errors {
@@ -314,20 +332,7 @@ pub fn run(o: Options) -> Result<()> {
         "orchbench memory --pid PID",
     );
     // After the memory figure, so that the 32,000 more tasks leave the rows above as they were.
-    let ids = scenarios::precreate_awaiting(sock, 64, 32_000)?;
-    let tr = scenarios::transitions(sock, 64, &ids, true)?;
-    t.add(
-        "approve/reject, 64 connections, oldest first",
-        format!(
-            "{:.0}/s (p50 {}, p99 {})",
-            tr.per_sec(),
-            ms(&tr.latency, 50.0),
-            ms(&tr.latency, 99.0)
-        ),
-        "",
-        None,
-        "orchbench transitions -c 64 --tasks 32000 --oldest-first",
-    );
+    approvals(&mut t, sock, true)?;
     d.stop()?;
 
     // --- A large archive ---------------------------------------------------------------------------

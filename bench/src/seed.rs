@@ -29,6 +29,13 @@ pub struct Plan {
     pub events: bool,
 }
 
+impl Plan {
+    /// The rows from which the due tasks are taken, one in [`Plan::due_among`].
+    fn due_stretch(&self) -> u64 {
+        self.due.saturating_mul(self.due_among.max(1))
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Seeded {
     pub tasks: u64,
@@ -74,8 +81,7 @@ struct Row {
 }
 
 pub fn seed(db: &Path, plan: Plan) -> Result<Seeded> {
-    let stretch = plan.due.saturating_mul(plan.due_among.max(1));
-    if plan.in_window.saturating_add(stretch) > plan.tasks {
+    if plan.in_window.saturating_add(plan.due_stretch()) > plan.tasks {
         bail!(
             "the window and the stretch of due tasks ({} + {} × {}) exceed the total {}",
             plan.in_window,
@@ -232,31 +238,28 @@ fn plan_row(i: u64, plan: &Plan, now: i64, rng: &mut Rng) -> Row {
             error_code,
         };
     }
-    let among = plan.due_among.max(1);
-    let stretch = plan.due * among;
+    let stretch = plan.due_stretch();
     if i < plan.in_window + stretch {
         // Spread over an hour in the order they go in, as a daemon creates them: row order, the
         // order of their index entries and the order in which they fall due agree. One in
-        // `among` is still waiting for its approval; the others were decided.
+        // `due_among` is still waiting for its approval; the others were decided.
         let nth = i - plan.in_window;
         let created = now - 8 * DAY + (nth as i64 * HOUR) / stretch.max(1) as i64;
-        if !nth.is_multiple_of(among) {
-            return Row {
-                kind: TaskKind::Live,
-                state: TaskState::Done,
-                created,
-                completed: Some(created + 1_000 + rng.below(600_000) as i64),
-                expires: created + 7 * DAY,
-                agent: rng.below(2) as usize,
-                error_code: None,
-            };
-        }
+        let waiting = nth.is_multiple_of(plan.due_among.max(1));
         return Row {
             kind: TaskKind::Live,
-            state: TaskState::AwaitingApproval,
+            state: if waiting {
+                TaskState::AwaitingApproval
+            } else {
+                TaskState::Done
+            },
             created,
-            completed: None,
-            expires: plan.due_at_ms,
+            completed: (!waiting).then(|| created + 1_000 + rng.below(600_000) as i64),
+            expires: if waiting {
+                plan.due_at_ms
+            } else {
+                created + 7 * DAY
+            },
             agent: rng.below(2) as usize,
             error_code: None,
         };
@@ -298,4 +301,48 @@ pub fn index_goals(db: &Path) -> Result<(u64, f64)> {
     let indexed = orchestrator::store::sqlite::goal_index::catch_up(&mut conn)
         .map_err(|e| anyhow::anyhow!("cannot index the goals: {e}"))?;
     Ok((indexed, t.elapsed().as_secs_f64()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The due tasks are the stretch after the window, created in the order they go in, and one in
+    /// `due_among` of it waits for approval until `due_at_ms`; the rest of the stretch was decided.
+    #[test]
+    fn due_tasks_are_created_in_order_one_in_due_among_waiting() {
+        let now = 1_800_000_000_000;
+        for among in [1, 4] {
+            let plan = Plan {
+                tasks: 200,
+                in_window: 20,
+                due: 10,
+                due_at_ms: now + 60_000,
+                due_among: among,
+                events: false,
+            };
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+            let rows: Vec<Row> = (0..plan.tasks)
+                .map(|i| plan_row(i, &plan, now, &mut rng))
+                .collect();
+            let stretch = &rows[20..20 + 10 * among as usize];
+            assert!(stretch.windows(2).all(|w| w[0].created < w[1].created));
+            for (n, r) in stretch.iter().enumerate() {
+                assert_eq!(r.kind, TaskKind::Live);
+                if (n as u64).is_multiple_of(among) {
+                    assert_eq!(r.state, TaskState::AwaitingApproval);
+                    assert_eq!(r.expires, plan.due_at_ms);
+                    assert_eq!(r.completed, None);
+                } else {
+                    assert_eq!(r.state, TaskState::Done);
+                    assert!(r.completed.is_some());
+                }
+            }
+            let waiting = rows
+                .iter()
+                .filter(|r| r.state == TaskState::AwaitingApproval)
+                .count();
+            assert_eq!(waiting, 10);
+        }
+    }
 }
