@@ -213,6 +213,26 @@ impl TestDaemon {
         })
     }
 
+    /// Wait for the daemon to stop by itself because the supervised task `task` failed: it exits
+    /// non-zero (not by a signal) within 30 s (the daemon bounds its own shutdown after a failure
+    /// at 10 s), and `task` is the first failure in its log.
+    pub fn assert_stopped_by_failure_of(&mut self, task: &str) {
+        let status = self.wait_exit(Duration::from_secs(30));
+        let log = self.log_text();
+        assert!(
+            !status.success() && status.code().is_some(),
+            "expected a non-zero exit, got {status}; log:\n{log}"
+        );
+        let line = format!("supervised task \"{task}\" failed");
+        assert!(log.contains(&line), "no `{line}` in the log:\n{log}");
+        // The cause comes first: no other task's failure is reported before it.
+        let first = log.find("supervised task \"").map(|at| &log[at..]);
+        assert!(
+            first.is_some_and(|f| f.starts_with(&line)),
+            "another task's failure is logged before `{line}`:\n{log}"
+        );
+    }
+
     /// Whether the daemon is still running.
     pub fn running(&mut self) -> bool {
         self.try_exit().is_none() && self.child.is_some()

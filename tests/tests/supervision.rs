@@ -9,8 +9,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const HTTP_CONFIG: &str = "[http]\nlisten = \"127.0.0.1:0\"\n";
-/// Generous: the daemon itself bounds its shutdown after a failure at 10 s.
-const EXIT_WITHIN: Duration = Duration::from_secs(30);
 
 /// Start with the fault `spec` (and `env`), and check that the daemon exits non-zero by itself with
 /// an error line naming `task`.
@@ -21,20 +19,7 @@ fn fails_by_itself(task: &str, spec: &str, toml: Option<&str>, env: &[(&str, &st
     if spec.ends_with("@signal") {
         release(&d);
     }
-    let status = d.wait_exit(EXIT_WITHIN);
-    let log = d.log_text();
-    assert!(
-        !status.success() && status.code().is_some(),
-        "expected a non-zero exit, got {status}; log:\n{log}"
-    );
-    let line = format!("supervised task \"{task}\" failed");
-    assert!(log.contains(&line), "no `{line}` in the log:\n{log}");
-    // The cause comes first: no other task's failure is reported before it.
-    let first = log.find("supervised task \"").map(|at| &log[at..]);
-    assert!(
-        first.is_some_and(|f| f.starts_with(&line)),
-        "another task's failure is logged before `{line}`:\n{log}"
-    );
+    d.assert_stopped_by_failure_of(task);
 }
 
 /// Release an `@signal` fault: the daemon answered `status`, so it is up.
