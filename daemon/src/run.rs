@@ -277,9 +277,9 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
     dispatch::load_agent_state(&d).await;
     // Signal handlers are installed by this call, before anything serves (see `service::signals`).
     let signals = service::signals(Arc::clone(&d));
-    // The servers are spawned first: tasks spawned from here wait in the runtime's shared queue in
-    // the order they came, and a client waiting for the first answer should not wait behind the
-    // first rounds of the dispatcher, the sweeper and the rest. Requests that need those find
+    // The servers are spawned before the dispatcher, the sweeper and the rest: tasks spawned from
+    // here wait in the runtime's shared queue in the order they came, and a client waiting for the
+    // first answer should not wait behind those tasks' first rounds. Requests that need those find
     // them through channels that hold what is sent before they run. The HTTP address is noted
     // before the socket serves, so that `status` never misses it.
     let http_server = http_listener.map(|l| {

@@ -3,11 +3,11 @@
 //! Every task that should live as long as the daemon (dispatcher, specialist intake, agent pauses,
 //! lease renewal, delivery, sweeper, notifier, signals, socket and HTTP servers, transition log,
 //! integrity check, watchdog, node heartbeat, and a watcher of the store's writer thread; the list
-//! with what each does is in docs/ARCHITECTURE.md) is started here under a name. One that panics, or ends while no
-//! shutdown was asked, is a [`Failure`]: `run` logs it by name, tells systemd, shuts down within a
-//! bound and exits non-zero, so that `Restart=on-failure` brings the daemon back. The store is
-//! durable, so nothing is lost by that; a daemon that kept answering `status` with a dead
-//! dispatcher would lose far more.
+//! with what each does is in docs/ARCHITECTURE.md) is started here under a name. One that panics,
+//! or ends while no shutdown was asked, is a [`Failure`]: `run` logs it by name, tells systemd,
+//! shuts down within a bound and exits non-zero, so that `Restart=on-failure` brings the daemon
+//! back. The store is durable, so nothing is lost by that; a daemon that kept answering `status`
+//! with a dead dispatcher would lose far more.
 //!
 //! Per-task work (a specialist run, a synthetic burst, a connection) is not supervised here: it ends
 //! by design, and its own code records its outcome.
