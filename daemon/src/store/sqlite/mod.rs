@@ -53,6 +53,14 @@ const MAX_GROUP: usize = 2048;
 /// Meta key: "1" while the store is closed after an orderly shutdown, "0" while a daemon has it open.
 const CLOSED_CLEANLY: &str = "store_closed_cleanly";
 
+/// Set the [`CLOSED_CLEANLY`] marker: closed in order, or open in a daemon.
+fn mark_closed_cleanly(conn: &Connection, closed: bool) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
+        [CLOSED_CLEANLY, if closed { "1" } else { "0" }],
+    )
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         if is_disk_full(&e) {
@@ -176,10 +184,7 @@ impl SqliteBackend {
         // the log before and the file after, so the previous run's committed frames are as safe
         // as at FULL (docs/BENCHMARKS.md, "Ready on 1,000,000 tasks, a fifth look").
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let marked = conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, '0') ON CONFLICT(key) DO UPDATE SET value = '0'",
-            [CLOSED_CLEANLY],
-        );
+        let marked = mark_closed_cleanly(&conn, false);
         conn.pragma_update(None, "synchronous", "FULL")?;
         marked?;
         let counts = Arc::new(Mutex::new(load_counts(&conn)?));
@@ -613,10 +618,7 @@ fn writer_loop(
     // closed in order (`--copy-store-to` copies only a store closed in order).
     checkpointer.stop(&mut conn);
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
-    let marked = conn.execute(
-        "INSERT INTO meta (key, value) VALUES (?1, '1') ON CONFLICT(key) DO UPDATE SET value = '1'",
-        [CLOSED_CLEANLY],
-    );
+    let marked = mark_closed_cleanly(&conn, true);
     if let Err(e) = marked {
         tracing::warn!(error = %e, "cannot mark the store as closed cleanly; `--copy-store-to` refuses it until a daemon has started and stopped on it again");
     }

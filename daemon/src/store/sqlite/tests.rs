@@ -347,7 +347,8 @@ fn an_orderly_close_is_remembered_and_a_crash_is_not() {
             .unwrap()
     };
     let store = Store::open(&path).unwrap();
-    // Open: not closed cleanly, durably, before anything else happens.
+    // Open: not closed cleanly, before anything else happens (flushed to disk with the first write
+    // after it).
     assert_eq!(marker(&store).as_deref(), Some("0"));
     store.close();
     let conn = rusqlite::Connection::open(&path).unwrap();
