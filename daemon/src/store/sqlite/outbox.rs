@@ -572,7 +572,7 @@ pub fn awaiting_approval(conn: &Connection, cut: AwaitingCut) -> Result<Vec<Awai
 pub fn awaiting_since(conn: &Connection, limit: u32) -> Result<Vec<(String, i64)>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "WITH newest AS MATERIALIZED ( \
-           SELECT id, created_at FROM tasks INDEXED BY tasks_state_expires \
+           SELECT id, created_at FROM tasks INDEXED BY tasks_waiting_expires \
            WHERE state = 'awaiting_approval' AND harness = 0 \
            ORDER BY created_at DESC, id DESC LIMIT ?1) \
          SELECT n.id, \

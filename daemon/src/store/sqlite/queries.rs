@@ -2,6 +2,7 @@
 
 use super::goal_index;
 use super::rows::{event_from_row, task_from_row, EVENT_COLUMNS, TASK_COLUMNS};
+use super::schema::waiting_states;
 use super::writes::{limit_sql, RETIRED};
 use crate::clock::rfc3339;
 use crate::store::{
@@ -46,7 +47,12 @@ pub fn list_tasks(conn: &Connection, f: &TaskFilter) -> Result<Vec<Task>, StoreE
         conds.push(format!("kind = {}", arg(kind.as_str().to_string())));
     }
     if let Some(state) = f.state {
-        conds.push(format!("state = {}", arg(state.as_str().to_string())));
+        // A waiting state is written out, not bound: only a literal shows the planner that the
+        // partial index tasks_waiting_expires holds the rows (see schema.rs, migration 9).
+        conds.push(match state.is_terminal() {
+            false => format!("state = '{}'", state.as_str()),
+            true => format!("state = {}", arg(state.as_str().to_string())),
+        });
     }
     if let Some(agent) = &f.agent {
         conds.push(format!("agent = {}", arg(agent.clone())));
@@ -86,7 +92,7 @@ pub fn list_tasks(conn: &Connection, f: &TaskFilter) -> Result<Vec<Task>, StoreE
     // Waiting states are few, so their own index and a sort beat walking the whole archive in time
     // order; everything else walks (kind, created_at, id) and stops at the limit.
     let index = match f.state {
-        Some(s) if !s.is_terminal() => "INDEXED BY tasks_state_expires",
+        Some(s) if !s.is_terminal() => "INDEXED BY tasks_waiting_expires",
         _ => "",
     };
     let dir = if ascending { "ASC" } else { "DESC" };
@@ -158,10 +164,18 @@ pub fn list_tasks(conn: &Connection, f: &TaskFilter) -> Result<Vec<Task>, StoreE
     Ok(tasks)
 }
 
+/// The condition of [`pending_dispatch`]: tasks_waiting_expires's part for the two states (the
+/// last term names the index's own condition, so that the planner may use it).
+pub(super) const PENDING_DISPATCH: &str = concat!(
+    "state IN ('queued', 'assigned') AND (",
+    waiting_states!(),
+    ")"
+);
+
 /// Tasks the dispatcher must pick up after a start: `queued` and `assigned`, oldest first.
 pub fn pending_dispatch(conn: &Connection) -> Result<Vec<Task>, StoreError> {
     let mut stmt = conn.prepare(&format!(
-        "SELECT {TASK_COLUMNS} FROM tasks WHERE state IN ('queued', 'assigned') ORDER BY created_at, id"
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE {PENDING_DISPATCH} ORDER BY created_at, id"
     ))?;
     let rows = stmt.query_map([], task_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -308,14 +322,17 @@ pub fn pending_overrides(conn: &Connection) -> Result<Vec<OverrideRecord>, Store
     Ok(out)
 }
 
-/// The shadow tasks of a range of creation times, from the covering index tasks_kind_created.
-const SHADOW_ROWS: &str = "SELECT state, error_code, agent, created_at, completed_at, \
-     would_require_approval FROM tasks WHERE kind = 'shadow' AND created_at >= ?1 \
-     AND created_at < ?2";
+/// The shadow tasks of a range of creation times, from the covering partial index
+/// tasks_shadow_created.
+/// Named, because the listing index (kind, created_at, id) looks as selective to the planner, and
+/// would read every row from the table.
+pub(super) const SHADOW_ROWS: &str = "SELECT state, error_code, agent, created_at, completed_at, \
+     would_require_approval FROM tasks INDEXED BY tasks_shadow_created WHERE kind = 'shadow' \
+     AND created_at >= ?1 AND created_at < ?2";
 
 /// The shadow tasks created in `from_ms..until_ms`, folded per bucket of `bucket_ms` as they are
 /// read: a 24 h window can hold hundreds of thousands of rows, so no row is kept and nothing is
-/// allocated per row but the duration of a finished task. The covering index tasks_kind_created
+/// allocated per row but the duration of a finished task. The covering index tasks_shadow_created
 /// serves it.
 pub fn shadow_tallies(
     conn: &Connection,

@@ -431,6 +431,7 @@ fn apply_from_is_still_a_compare_and_set_and_names_the_real_state() {
 
 mod sweeper_queries {
     use super::super::outbox::{AWAITING_EXPIRING, AWAITING_EXPIRING_OR_CREATED};
+    use super::super::queries::{PENDING_DISPATCH, SHADOW_ROWS};
     use super::super::writes::{
         DELETE_EVENTS, DELETE_TASKS, EXPIRE_DUE, EXPIRE_ROWS, LAPSED, RETIRED,
     };
@@ -449,10 +450,11 @@ mod sweeper_queries {
     #[test]
     fn sweeper_queries_use_their_indexes() {
         let (_dir, store) = open();
-        let plan = |sql: &'static str, args: Vec<rusqlite::types::Value>| {
+        let plan = |sql: &str, args: Vec<rusqlite::types::Value>| {
+            let explain = format!("EXPLAIN QUERY PLAN {sql}");
             store
                 .read_blocking(move |c| {
-                    let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                    let mut stmt = c.prepare(&explain)?;
                     let rows = stmt
                         .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))?;
                     Ok(rows.collect::<Result<Vec<_>, _>>()?.join("\n"))
@@ -462,7 +464,7 @@ mod sweeper_queries {
         use rusqlite::types::Value::{Integer, Text};
         let p = plan(EXPIRE_DUE, vec![Integer(NOW), Integer(10)]);
         assert!(
-            p.contains("INDEX tasks_state_expires (state=? AND expires_at<?)"),
+            p.contains("INDEX tasks_waiting_expires (state=? AND expires_at<?)"),
             "{p}"
         );
         let p = plan(
@@ -476,16 +478,16 @@ mod sweeper_queries {
         assert!(p.contains("INTEGER PRIMARY KEY (rowid=?)"), "{p}");
         let p = plan(AWAITING_EXPIRING, vec![Integer(NOW)]);
         assert!(
-            p.contains("INDEX tasks_state_expires (state=? AND expires_at<?)"),
+            p.contains("INDEX tasks_waiting_expires (state=? AND expires_at<?)"),
             "{p}"
         );
         let p = plan(
             AWAITING_EXPIRING_OR_CREATED,
             vec![Integer(NOW), Integer(NOW)],
         );
-        assert!(p.contains("INDEX tasks_state_expires (state=?)"), "{p}");
+        assert!(p.contains("INDEX tasks_waiting_expires (state=?)"), "{p}");
         let p = plan(LAPSED, vec![Integer(NOW), Integer(10)]);
-        assert!(p.contains("INDEX tasks_state_expires (state=?)"), "{p}");
+        assert!(p.contains("INDEX tasks_waiting_expires (state=?)"), "{p}");
         let p = plan(
             RETIRED,
             vec![
@@ -502,6 +504,17 @@ mod sweeper_queries {
         assert!(p.contains("INDEX sqlite_autoindex_tasks_1 (id=?)"), "{p}");
         let p = plan(DELETE_EVENTS, vec![Text("[\"A\"]".into())]);
         assert!(p.contains("INDEX events_task (task_id=?)"), "{p}");
+        // The two partial indexes (migration 9) serve the dispatcher's start and the summary.
+        let p = plan(
+            &format!("SELECT id FROM tasks WHERE {PENDING_DISPATCH} ORDER BY created_at, id"),
+            vec![],
+        );
+        assert!(p.contains("INDEX tasks_waiting_expires (state=?)"), "{p}");
+        let p = plan(SHADOW_ROWS, vec![Integer(0), Integer(NOW)]);
+        assert!(
+            p.contains("COVERING INDEX tasks_shadow_created (created_at>? AND created_at<?)"),
+            "{p}"
+        );
         for sql in [
             EXPIRE_DUE,
             EXPIRE_ROWS,
@@ -692,4 +705,71 @@ async fn expiries_and_deletions_are_bulk_work() {
         .await
         .unwrap();
     assert_eq!(bulk(), 2);
+}
+
+/// A store written before the partial indexes (schema 8) opens migrated: both indexes are there
+/// and hold its tasks, its waiting task is still listed by its state and expired by the sweeper,
+/// and its shadow task still tallied.
+#[test]
+fn a_store_of_schema_8_keeps_its_readers_after_the_partial_indexes() {
+    use crate::store::{ShadowTally, TaskFilter};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for sql in &super::schema::MIGRATIONS[..8] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 8).unwrap();
+        conn.execute_batch(
+            "INSERT INTO tasks (id, kind, state, goal, required_caps, submitted_by, created_at, \
+               expires_at, completed_at) VALUES \
+             ('W', 'live', 'awaiting_approval', 'g', '[]', 'alice', 1000, 5000, NULL), \
+             ('D', 'live', 'done', 'g', '[]', 'alice', 1000, 5000, 2000), \
+             ('S', 'shadow', 'done', 'g', '[]', 'alice', 1000, 5000, 3000); \
+             INSERT INTO task_counts (kind, state, n) VALUES ('live', 'awaiting_approval', 1), \
+               ('live', 'done', 1), ('shadow', 'done', 1);",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let filter = TaskFilter {
+        state: Some(TaskState::AwaitingApproval),
+        limit: 10,
+        ..TaskFilter::default()
+    };
+    let listed = store
+        .read_blocking(move |c| queries::list_tasks(c, &filter))
+        .unwrap();
+    assert_eq!(
+        listed.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        ["W"]
+    );
+    let tallies = store
+        .read_blocking(|c| queries::shadow_tallies(c, 0, 10_000, 10_000))
+        .unwrap();
+    let tally: ShadowTally = tallies.into_iter().map(|(_, t)| t).next().unwrap();
+    assert_eq!(tally.total, 1);
+    assert_eq!(tally.durations_ms, [2000]);
+    let entries = store
+        .read_blocking(|c| {
+            let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0));
+            Ok((
+                n(
+                    "SELECT count(*) FROM tasks INDEXED BY tasks_waiting_expires \
+                   WHERE state = 'awaiting_approval'",
+                )?,
+                n(
+                    "SELECT count(*) FROM tasks INDEXED BY tasks_shadow_created \
+                   WHERE kind = 'shadow'",
+                )?,
+            ))
+        })
+        .unwrap();
+    assert_eq!(entries, (1, 1));
+    let expired = store
+        .write_blocking(|b| b.expire_due(6_000, 10, "sweeper"))
+        .unwrap();
+    assert_eq!(expired, ["W"]);
+    assert_eq!(store.counts().get(TaskKind::Live, TaskState::Expired), 1);
 }

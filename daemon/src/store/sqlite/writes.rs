@@ -3,6 +3,7 @@
 
 use super::batch::Batch;
 use super::queries::{META_MODE, META_MODE_SINCE};
+use super::schema::waiting_states;
 use crate::machine::next_state;
 use crate::machine::Action;
 use crate::store::{
@@ -15,9 +16,14 @@ use std::collections::HashSet;
 // The sweeper's statements. Each is served by an index (tests check the query plans), so a batch
 // costs the same whatever the size of the archive.
 
-/// Stale-eligible tasks past `expiresAt`: tasks_state_expires(state, expires_at), one range per state.
-pub(super) const EXPIRE_DUE: &str = "SELECT rowid, id, kind, state FROM tasks \
-     WHERE state IN ('queued', 'assigned', 'awaiting_approval') AND expires_at <= ?1 LIMIT ?2";
+/// Stale-eligible tasks past `expiresAt`: tasks_waiting_expires(state, expires_at), one range per
+/// state (the last term names the index's own condition, so that the planner may use it).
+pub(super) const EXPIRE_DUE: &str = concat!(
+    "SELECT rowid, id, kind, state FROM tasks \
+     WHERE state IN ('queued', 'assigned', 'awaiting_approval') AND expires_at <= ?1 AND (",
+    waiting_states!(),
+    ") LIMIT ?2"
+);
 /// The compare-and-set of a batch of expiries that were all read in one state (`?3`), by rowid
 /// (a JSON array): each row changes only if it is still in that state and due. What it writes is
 /// what [`RowChange`](crate::store::RowChange) gives for `expire`: the state, `completed_at`, and
@@ -33,7 +39,7 @@ pub(super) const EXPIRE_EVENTS: &str =
     "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) \
      SELECT value, ?2, ?3, 'expire', ?4, 'expired', NULL FROM json_each(?1) ORDER BY key \
      RETURNING seq, task_id";
-/// `in_progress` tasks whose lease lapsed: tasks_state_expires by its state prefix.
+/// `in_progress` tasks whose lease lapsed: tasks_waiting_expires by its state prefix.
 pub(super) const LAPSED: &str = "SELECT id, agent, attempts FROM tasks \
      WHERE state = 'in_progress' AND (lease_until IS NULL OR lease_until < ?1) LIMIT ?2";
 /// Terminal tasks of a kind completed before a time, walked in the order of
@@ -42,7 +48,7 @@ pub(super) const RETIRED: &str = "SELECT id, completed_at, rowid FROM tasks \
      WHERE kind = ?1 AND completed_at IS NOT NULL AND completed_at < ?2 \
      AND (completed_at, rowid) > (?3, ?4) ORDER BY completed_at, rowid LIMIT ?5";
 /// A batch of tasks by id (a JSON array), terminal ones only. `+state` keeps the planner on the
-/// primary key: the state index would walk every task in those states.
+/// primary key whatever indexes hold the state.
 pub(super) const DELETE_TASKS: &str =
     "DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?1)) \
      AND +state IN ('done', 'failed', 'cancelled', 'expired') RETURNING id, kind, state";
