@@ -932,6 +932,40 @@ pub async fn listing_filters_and_pages_each_task_once(store: Store) {
     .await;
     assert_eq!(assigned.len(), 13);
     assert!(assigned.windows(2).all(|w| w[0] > w[1]), "{assigned:?}");
+    // A waiting state with the text filter, and each state against the unfiltered listing: a
+    // waiting state is read through the state index, an end state is not.
+    let assigned_deploy = filtered(TaskFilter {
+        kind: Some(TaskKind::Live),
+        state: Some(TaskState::Assigned),
+        goal_contains: Some("deploy".into()),
+        limit: 100,
+        ..TaskFilter::default()
+    })
+    .await;
+    assert_eq!(assigned_deploy, ["L020", "L010", "L000"]);
+    let all = store
+        .list_tasks(TaskFilter {
+            kind: Some(TaskKind::Live),
+            limit: 100,
+            ..TaskFilter::default()
+        })
+        .await
+        .unwrap();
+    for state in TaskState::ALL {
+        let listed = filtered(TaskFilter {
+            kind: Some(TaskKind::Live),
+            state: Some(state),
+            limit: 100,
+            ..TaskFilter::default()
+        })
+        .await;
+        let expected: Vec<String> = all
+            .iter()
+            .filter(|t| t.state == state)
+            .map(|t| t.id.clone())
+            .collect();
+        assert_eq!(listed, expected, "{state:?}");
+    }
     let nobody = filtered(TaskFilter {
         kind: Some(TaskKind::Live),
         agent: Some("nobody".into()),
