@@ -116,3 +116,76 @@ fn a_store_damaged_while_down_is_found_after_ready_and_refuses_writes() {
     );
     assert!(d.log_text().contains("store: integrity check failed"));
 }
+
+/// A store of the previous schema (version 8, whose state and shadow indexes held every task) is
+/// upgraded at start: the log says from which version to which and how long it took, the tasks
+/// are all there and listed by state, and a second start upgrades nothing.
+#[test]
+fn a_store_of_the_previous_schema_is_upgraded_at_start_and_says_so() {
+    let mut d = TestDaemon::start();
+    let ids: Vec<String> = (0..8).map(|i| d.submit(&format!("fix bug {i}"))).collect();
+    assert!(d.terminate().success());
+    {
+        let db = rusqlite::Connection::open(d.state_dir.join("orchestrator.db")).unwrap();
+        db.execute_batch(
+            "DROP INDEX tasks_waiting_expires; DROP INDEX tasks_shadow_created; \
+             CREATE INDEX tasks_state_expires ON tasks(state, expires_at); \
+             CREATE INDEX tasks_kind_created ON tasks(kind, created_at, state, error_code, agent, \
+             completed_at, would_require_approval); \
+             PRAGMA user_version = 8;",
+        )
+        .unwrap();
+    }
+    let upgrades = |d: &TestDaemon| d.log_text().matches("store: upgrading the schema").count();
+    assert_eq!(upgrades(&d), 0);
+
+    d.start_again();
+    let log = d.log_text();
+    assert_eq!(upgrades(&d), 1, "{log}");
+    let upgraded = log
+        .lines()
+        .find(|l| l.contains("store: schema upgraded"))
+        .unwrap_or_else(|| panic!("no line of the upgrade's end in:\n{log}"));
+    for field in ["from=8", "to=9", "elapsed_ms="] {
+        assert!(upgraded.contains(field), "{upgraded}");
+    }
+    // Every task is there, and a listing by state (the waiting ones through the state index)
+    // finds the same tasks as the whole listing does.
+    let list = |args: &[&str]| -> Vec<(String, String)> {
+        let (code, out) = d.ctl_json(&[&["tasks", "list", "--limit", "100"], args].concat());
+        assert_eq!(code, 0, "{out}");
+        let mut tasks: Vec<(String, String)> = out["tasks"]
+            .as_array()
+            .unwrap_or_else(|| panic!("a page of tasks: {out}"))
+            .iter()
+            .map(|t| {
+                (
+                    t["id"].as_str().unwrap().into(),
+                    t["state"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        tasks.sort();
+        tasks
+    };
+    let all = list(&[]);
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(
+        all.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    let waiting = all.iter().filter(|(_, s)| s == "awaiting_approval").count();
+    assert!(
+        waiting > 0,
+        "no task waits for approval to list by its state: {all:?}"
+    );
+    for state in ["awaiting_approval", "done", "queued"] {
+        let of_state: Vec<_> = all.iter().filter(|(_, s)| s == state).cloned().collect();
+        assert_eq!(list(&["--state", state]), of_state, "{state}");
+    }
+
+    assert!(d.terminate().success());
+    d.start_again();
+    assert_eq!(upgrades(&d), 1, "{}", d.log_text());
+}
