@@ -323,9 +323,8 @@ pub fn pending_overrides(conn: &Connection) -> Result<Vec<OverrideRecord>, Store
 }
 
 /// The shadow tasks of a range of creation times, from the covering partial index
-/// tasks_shadow_created.
-/// Named, because the listing index (kind, created_at, id) looks as selective to the planner, and
-/// would read every row from the table.
+/// tasks_shadow_created. The index is named: the listing index (kind, created_at, id) looks as
+/// selective to the planner, and would read every row from the table.
 pub(super) const SHADOW_ROWS: &str = "SELECT state, error_code, agent, created_at, completed_at, \
      would_require_approval FROM tasks INDEXED BY tasks_shadow_created WHERE kind = 'shadow' \
      AND created_at >= ?1 AND created_at < ?2";
