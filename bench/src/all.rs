@@ -3,7 +3,7 @@
 
 use crate::load::Stop;
 use crate::proc::Daemon;
-use crate::stats::Samples;
+use crate::stats::{Samples, Throughput};
 use crate::{fsync, scenarios, seed, sibling};
 use anyhow::{bail, Context, Result};
 use orchestrator::clock::now_ms;
@@ -95,6 +95,16 @@ fn ms(s: &Samples, p: f64) -> String {
     format!("{:.2} ms", s.pct_ms(p))
 }
 
+/// A throughput cell: operations per second, then the median and p99 latency.
+fn rate(tp: &Throughput) -> String {
+    format!(
+        "{:.0}/s (p50 {}, p99 {})",
+        tp.per_sec(),
+        ms(&tp.latency, 50.0),
+        ms(&tp.latency, 99.0)
+    )
+}
+
 /// Pre-create 32,000 tasks awaiting approval and decide them from 64 connections, each a block of
 /// its own or all the oldest first (`scenarios::transitions`); one row of the table.
 fn approvals(t: &mut Table, sock: &Path, oldest_first: bool) -> Result<()> {
@@ -111,18 +121,7 @@ fn approvals(t: &mut Table, sock: &Path, oldest_first: bool) -> Result<()> {
             "orchbench transitions -c 64 --tasks 32000",
         )
     };
-    t.add(
-        figure,
-        format!(
-            "{:.0}/s (p50 {}, p99 {})",
-            tr.per_sec(),
-            ms(&tr.latency, 50.0),
-            ms(&tr.latency, 99.0)
-        ),
-        "",
-        None,
-        command,
-    );
+    t.add(figure, rate(&tr), "", None, command);
     Ok(())
 }
 
@@ -197,12 +196,7 @@ pub fn run(o: Options) -> Result<()> {
         limit = limit.max(r.per_sec());
         t.add(
             &format!("raw limit: {name}, loop"),
-            format!(
-                "{:.0}/s (p50 {}, p99 {})",
-                r.per_sec(),
-                ms(&r.latency, 50.0),
-                ms(&r.latency, 99.0)
-            ),
+            rate(&r),
             "",
             None,
             "orchbench fsync --dir STATE_DIR",
@@ -277,12 +271,7 @@ pub fn run(o: Options) -> Result<()> {
                 "durable submits, {conns} connection{}",
                 if conns == 1 { "" } else { "s" }
             ),
-            format!(
-                "{:.0}/s (p50 {}, p99 {})",
-                s.per_sec(),
-                ms(&s.latency, 50.0),
-                ms(&s.latency, 99.0)
-            ),
+            rate(&s),
             &target,
             met,
             &format!("orchbench submit -c {conns} --seconds {}", o.seconds),
