@@ -914,20 +914,22 @@ pub async fn listing_filters_and_pages_each_task_once(store: Store) {
         let tasks = store.list_tasks(f).await.unwrap();
         tasks.into_iter().map(|t| t.id).collect::<Vec<_>>()
     };
-    let deploy = filtered(TaskFilter {
+    // Every listing below is of live tasks, 100 at most.
+    let live = TaskFilter {
         kind: Some(TaskKind::Live),
-        goal_contains: Some("deploy".into()),
         limit: 100,
         ..TaskFilter::default()
+    };
+    let deploy = filtered(TaskFilter {
+        goal_contains: Some("deploy".into()),
+        ..live.clone()
     })
     .await;
     assert_eq!(deploy, ["L020", "L015", "L010", "L005", "L000"]);
     let assigned = filtered(TaskFilter {
-        kind: Some(TaskKind::Live),
         state: Some(TaskState::Assigned),
         agent: Some("coder".into()),
-        limit: 100,
-        ..TaskFilter::default()
+        ..live.clone()
     })
     .await;
     assert_eq!(assigned.len(), 13);
@@ -935,28 +937,17 @@ pub async fn listing_filters_and_pages_each_task_once(store: Store) {
     // A waiting state with the text filter, and each state against the unfiltered listing: a
     // waiting state is read through the state index, an end state is not.
     let assigned_deploy = filtered(TaskFilter {
-        kind: Some(TaskKind::Live),
         state: Some(TaskState::Assigned),
         goal_contains: Some("deploy".into()),
-        limit: 100,
-        ..TaskFilter::default()
+        ..live.clone()
     })
     .await;
     assert_eq!(assigned_deploy, ["L020", "L010", "L000"]);
-    let all = store
-        .list_tasks(TaskFilter {
-            kind: Some(TaskKind::Live),
-            limit: 100,
-            ..TaskFilter::default()
-        })
-        .await
-        .unwrap();
+    let all = store.list_tasks(live.clone()).await.unwrap();
     for state in TaskState::ALL {
         let listed = filtered(TaskFilter {
-            kind: Some(TaskKind::Live),
             state: Some(state),
-            limit: 100,
-            ..TaskFilter::default()
+            ..live.clone()
         })
         .await;
         let expected: Vec<String> = all
@@ -967,10 +958,8 @@ pub async fn listing_filters_and_pages_each_task_once(store: Store) {
         assert_eq!(listed, expected, "{state:?}");
     }
     let nobody = filtered(TaskFilter {
-        kind: Some(TaskKind::Live),
         agent: Some("nobody".into()),
-        limit: 100,
-        ..TaskFilter::default()
+        ..live
     })
     .await;
     assert!(nobody.is_empty());
