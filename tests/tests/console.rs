@@ -729,6 +729,42 @@ fn http_is_on_by_default_and_a_taken_default_port_only_turns_it_off() {
 // ------------------------------------------------------------------------------------------------
 // In a real browser.
 
+/// An agent with many slots: its running specialists are listed however many slots it has (the
+/// page asks for twice the slots, at most a listing's limit), and a failed read would be shown, not
+/// taken for an empty list.
+#[test]
+fn the_agents_page_lists_what_runs_on_an_agent_with_many_slots() {
+    let w = workdir();
+    let release = w.path().join("release");
+    let waits = script(
+        w.path(),
+        "waits.sh",
+        r#"
+while [ ! -e "$DIR/release" ]; do sleep 0.05; done
+echo done
+"#,
+    );
+    let toml = format!(
+        "{HTTP_CONFIG}{}",
+        orchestrator_tests::agent("researcher", &waits, "max_concurrent = 6000")
+    );
+    let d = TestDaemon::in_mode(&toml, "shadow");
+    let id = d.submit("research the literature on prompt caching");
+    d.wait_state(&id, "in_progress", Duration::from_secs(20));
+
+    let page = Signed::sign_in(&d).get("/console/agents");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("1 / 6000 slots"), "{}", page.body);
+    assert!(
+        page.body.contains(&format!("/console/tasks/{id}")),
+        "{}",
+        page.body
+    );
+
+    std::fs::write(&release, "").unwrap();
+    d.wait_state(&id, "done", Duration::from_secs(20));
+}
+
 mod browser {
     use super::*;
     use fantoccini::{Client, ClientBuilder, Locator};

@@ -5,7 +5,12 @@ use super::validator::Validator;
 use std::time::Duration;
 use toml::Spanned;
 
-/// Parse `90s`, `30m`, `24h`, `7d`; `0` is zero.
+/// The longest duration any key may hold. Durations are added to instants and to millisecond
+/// timestamps; a century (`100y`, years of 365.25 days) keeps every such sum far from overflowing,
+/// and nothing the daemon waits for is longer.
+pub const MAX_DURATION: Duration = Duration::from_secs(36_525 * 86_400);
+
+/// Parse `90s`, `30m`, `24h`, `7d`; `0` is zero. At most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if t == "0" {
@@ -14,8 +19,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if t.is_empty() {
         return Err("empty duration".into());
     }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("invalid duration {s:?}: {e} (use e.g. 90s, 30m, 24h, 7d)"))
+    let d = humantime::parse_duration(t)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (use e.g. 90s, 30m, 24h, 7d)"))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "invalid duration {s:?}: longer than 100 years, the longest a duration may be"
+        ));
+    }
+    Ok(d)
 }
 
 impl Validator<'_> {
@@ -76,5 +87,9 @@ mod tests {
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("").is_err());
+        assert_eq!(parse_duration("100y").map(|d| d <= MAX_DURATION), Ok(true));
+        let long = parse_duration("300000000000y").unwrap_err();
+        assert!(long.contains("longer than 100 years"), "{long}");
+        assert!(parse_duration("101y").is_err());
     }
 }

@@ -152,5 +152,9 @@ mod tests {
         assert!(e.to_string().contains("http.listen"), "{e}");
         let e = Config::from_toml("[http]\nsession_ttl = \"0\"\n", None).unwrap_err();
         assert!(e.to_string().contains("http.session_ttl"), "{e}");
+        // Added to the sign-in's instant: a ttl past any instant is refused here, not at sign-in.
+        let e = Config::from_toml("[http]\nsession_ttl = \"300000000000y\"\n", None).unwrap_err();
+        assert!(e.to_string().contains("http.session_ttl"), "{e}");
+        assert!(e.to_string().contains("longer than 100 years"), "{e}");
     }
 }

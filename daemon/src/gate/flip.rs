@@ -79,9 +79,9 @@ pub async fn gather(
     now: i64,
 ) -> Result<Evidence, StoreError> {
     let synthetic_gate_passed = store.gate_passed_for(&cfg.routing_fingerprint()).await?;
-    let shadow_active_ms = (from == Mode::Shadow).then_some(now - since_ms);
+    let shadow_active_ms = (from == Mode::Shadow).then_some(now.saturating_sub(since_ms));
     let window = duration_ms(cfg.gate.shadow_window);
-    let tally = store.shadow_tally_since(now - window).await?;
+    let tally = store.shadow_tally_since(now.saturating_sub(window)).await?;
     let hours = (cfg.gate.shadow_window.as_secs() / 3600).max(1) as u32;
     let s = shadow::summarize(tally, hours, cfg.gate.min_shadow_tasks);
     Ok(Evidence {

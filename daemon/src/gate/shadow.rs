@@ -50,7 +50,9 @@ pub fn summarize(tally: ShadowTally, window_hours: u32, min_tasks: u64) -> Shado
     let failures_by_code = named(failures_by_code, "unknown");
     let per_agent = named(per_agent, "(unassigned)");
     let duration = (!durations_ms.is_empty()).then(|| DurationStats {
-        mean_ms: durations_ms.iter().sum::<u64>() / durations_ms.len() as u64,
+        // Summed wide: a stored duration is whatever the row says.
+        mean_ms: (durations_ms.iter().map(|&d| u128::from(d)).sum::<u128>()
+            / durations_ms.len() as u128) as u64,
         p50_ms: percentile_of(&mut durations_ms, 0.50),
         p95_ms: percentile_of(&mut durations_ms, 0.95),
         max_ms: durations_ms.iter().copied().max().unwrap_or(0),

@@ -165,9 +165,11 @@ pub async fn run(
                         failures,
                         rand::random::<f64>(),
                     )
-                    // Retry in time to give up on schedule rather than an hour late.
+                    // Retry in time to give up on schedule rather than an hour late. (An event
+                    // stamped after now, by a clock that stepped back or another node's, has
+                    // waited nothing yet.)
                     .min(Duration::from_millis(
-                        u64::try_from(give_up_ms - waited).unwrap_or(0),
+                        u64::try_from(give_up_ms.saturating_sub(waited.max(0))).unwrap_or(0),
                     ));
                     match pause(&stop, delay, &mut moves).await {
                         Wait::Go => continue 'outer,

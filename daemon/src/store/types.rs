@@ -343,7 +343,8 @@ impl ShadowTally {
         }
         bump_in(&mut self.per_agent, agent, 1);
         if let Some(done) = completed_ms {
-            self.durations_ms.push((done - created_ms).max(0) as u64);
+            self.durations_ms
+                .push(done.saturating_sub(created_ms).max(0) as u64);
         }
         if would_require_approval {
             self.would_require_approval += 1;

@@ -3,6 +3,7 @@
 
 use crate::http::console::layout::{self, html_response, when};
 use crate::http::console::session::Viewer;
+use crate::http::error::status_of;
 use crate::http::Api;
 use crate::store::TaskFilter;
 use crate::tasks::{query, route};
@@ -11,20 +12,26 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use maud::html;
 use orchestrator_proto::task::{Task, TaskState};
+use orchestrator_proto::WireError;
 use std::sync::Arc;
 
 /// How many queued tasks are counted before the page says "N+".
 const QUEUE_PEEK: u32 = 100;
 const RECENT_FAILURES: u32 = 5;
 
-async fn tasks_of(api: &Api, agent: &str, state: TaskState, limit: u32) -> Vec<Task> {
+async fn tasks_of(
+    api: &Api,
+    agent: &str,
+    state: TaskState,
+    limit: u32,
+) -> Result<Vec<Task>, WireError> {
     let filter = TaskFilter {
         state: Some(state),
         agent: Some(agent.to_string()),
         limit,
         ..TaskFilter::default()
     };
-    query::browse(&api.daemon, filter).await.unwrap_or_default()
+    query::browse(&api.daemon, filter).await
 }
 
 /// `GET /console/agents`.
@@ -34,15 +41,29 @@ pub async fn show(State(api): State<Arc<Api>>, viewer: Viewer) -> Response {
     let cfg = d.config();
     let mut cards = Vec::new();
     for (id, agent) in &cfg.agents {
-        let running = tasks_of(
-            &api,
-            id,
-            TaskState::InProgress,
-            agent.max_concurrent.max(1) * 2,
-        )
-        .await;
-        let queued = tasks_of(&api, id, TaskState::Queued, QUEUE_PEEK).await;
-        let failed = tasks_of(&api, id, TaskState::Failed, RECENT_FAILURES).await;
+        // Twice the slots, so that more running than them shows; at most a listing's limit.
+        let running_peek = agent
+            .max_concurrent
+            .max(1)
+            .saturating_mul(2)
+            .min(query::MAX_LIST);
+        let read = async {
+            Ok::<_, WireError>((
+                tasks_of(&api, id, TaskState::InProgress, running_peek).await?,
+                tasks_of(&api, id, TaskState::Queued, QUEUE_PEEK).await?,
+                tasks_of(&api, id, TaskState::Failed, RECENT_FAILURES).await?,
+            ))
+        };
+        let (running, queued, failed) = match read.await {
+            Ok(read) => read,
+            Err(e) => {
+                return layout::refusal(
+                    status_of(e.code),
+                    "Cannot read the agents' tasks",
+                    &e.message,
+                )
+            }
+        };
         let reasons = route::agent_approval_reasons(d, id);
         let paused = d.pauses.get(id).filter(|p| p.holds(d.clock.now_ms()));
         cards.push(html! {
