@@ -31,6 +31,7 @@
 //! - [`notify`]: notification sinks and their delivery workers, over the store's outbox.
 //! - [`logging`]: journald or stderr, and the log line (and counter) of every transition.
 //! - [`background`]: `--daemonize` with a locked pidfile, for hosts without systemd.
+//! - [`state_lock`]: one daemon per state directory.
 //! - [`supervisor`]: every long-lived task runs under a name; one that panics or ends early stops
 //!   the daemon with a non-zero exit, for the service manager to restart it. [`fault`] is its
 //!   test-only fault hook.
@@ -63,6 +64,7 @@ pub mod run;
 pub mod server;
 pub mod service;
 pub mod sessions;
+pub mod state_lock;
 pub mod store;
 pub mod supervisor;
 pub mod sweeper;

@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::paths::{default_socket, default_state_dir};
 use crate::server;
 use crate::service;
+use crate::state_lock::StateDirLock;
 use crate::store::sqlite::WRITER_TASK;
 use crate::store::{Store, StoreError};
 use crate::supervisor::{Failure, Supervisor};
@@ -66,6 +67,8 @@ pub struct Prepared {
     pub paths: Paths,
     pub store: Store,
     pub clock: Clock,
+    /// Held until the daemon exits (see [`crate::state_lock`]).
+    pub state_lock: StateDirLock,
 }
 
 pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
@@ -105,12 +108,15 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
                 paths.state_dir.display()
             ))
         })?;
+    // Before the store is opened: a daemon already on this directory keeps it to itself.
+    let state_lock = StateDirLock::take(&paths.state_dir).map_err(StartError::Other)?;
     let store = open_store(&config, &paths)?;
     Ok(Prepared {
         config,
         paths,
         store,
         clock: Clock::from_env(),
+        state_lock,
     })
 }
 
@@ -154,6 +160,7 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
         mut paths,
         store,
         clock,
+        state_lock: _held_until_exit,
     } = p;
     let Listener {
         listener,

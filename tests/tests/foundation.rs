@@ -386,6 +386,36 @@ fn second_daemon_on_a_live_socket_refuses_and_a_stale_socket_is_replaced() {
     assert!(d.ctl(&["status"]).status.success());
 }
 
+/// A daemon starting takes over what its state directory holds (specialists left running, their
+/// tasks): a second one on a directory in use refuses before it opens the store, and the first
+/// goes on as before. The lock goes with the process, so a killed daemon leaves none behind.
+#[test]
+fn second_daemon_on_a_state_directory_in_use_refuses_and_leaves_the_first_alone() {
+    let mut d = TestDaemon::start();
+    let id = d.submit(CODE_GOAL);
+    d.wait_state(&id, "awaiting_approval", Duration::from_secs(20));
+    let before = d.task(&id);
+    let other_socket = d.dir.path().join("other.sock");
+    let out = std::process::Command::new(bin("orchestratord"))
+        .arg("--socket")
+        .arg(&other_socket)
+        .arg("--state-dir")
+        .arg(&d.state_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("is using the state directory"), "{err}");
+    assert!(err.contains(&format!("(pid {})", d.pid())), "{err}");
+    assert!(!other_socket.exists(), "the refused daemon listened");
+    assert_eq!(d.task(&id), before);
+    assert!(d.ctl(&["status"]).status.success());
+
+    d.kill9();
+    d.start_again();
+    assert_eq!(d.state_of(&id), "awaiting_approval");
+}
+
 #[test]
 fn socket_directory_and_socket_permissions() {
     use std::os::unix::fs::PermissionsExt;

@@ -1,0 +1,87 @@
+//! One daemon per state directory.
+//!
+//! The state directory holds the store, the token and the specialists' task directories, and a
+//! starting daemon takes over what it finds there: it stops the specialists a previous run left
+//! and reclaims their tasks. A second daemon started on a directory in use would do that to a
+//! daemon that is still running. So each daemon holds an exclusive `flock` on
+//! `orchestratord.lock` in its state directory from before it opens the store until it exits; the
+//! kernel releases it when the process ends, however it ends, so a killed daemon leaves no stale
+//! lock. The file holds the holder's pid, for the refusal's message.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// The lock file's name inside the state directory.
+pub const LOCK_FILE: &str = "orchestratord.lock";
+
+/// The held lock; released when dropped (or when the process ends).
+#[derive(Debug)]
+pub struct StateDirLock {
+    _file: File,
+}
+
+impl StateDirLock {
+    /// Take the lock of `state_dir`, or say which daemon holds it.
+    pub fn take(state_dir: &Path) -> Result<StateDirLock, String> {
+        let path = state_dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o640)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        // SAFETY: flock only takes an advisory lock on the open file; `file` outlives the call.
+        let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if taken != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(in_use(state_dir, &path, &mut file));
+            }
+            return Err(format!("cannot lock {}: {err}", path.display()));
+        }
+        let pid = std::process::id().to_string();
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(format!("{pid}\n").as_bytes()))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(StateDirLock { _file: file })
+    }
+}
+
+fn in_use(state_dir: &Path, path: &PathBuf, file: &mut File) -> String {
+    let mut holder = String::new();
+    let holder = match file.read_to_string(&mut holder) {
+        Ok(_) if !holder.trim().is_empty() => format!(" (pid {})", holder.trim()),
+        _ => String::new(),
+    };
+    format!(
+        "another orchestratord{holder} is using the state directory {}: stop it first, or give \
+         this one a state directory of its own (--state-dir); the lock is {}",
+        state_dir.display(),
+        path.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_taker_is_refused_with_the_holders_pid_until_the_first_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateDirLock::take(dir.path()).unwrap();
+        let refused = StateDirLock::take(dir.path()).unwrap_err();
+        assert!(
+            refused.contains(&format!("(pid {})", std::process::id())),
+            "{refused}"
+        );
+        assert!(refused.contains("--state-dir"), "{refused}");
+        drop(first);
+        assert!(StateDirLock::take(dir.path()).is_ok());
+    }
+}
