@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The lock file's name inside the state directory.
 pub const LOCK_FILE: &str = "orchestratord.lock";
@@ -53,7 +53,7 @@ impl StateDirLock {
     }
 }
 
-fn in_use(state_dir: &Path, path: &PathBuf, file: &mut File) -> String {
+fn in_use(state_dir: &Path, path: &Path, file: &mut File) -> String {
     let mut holder = String::new();
     let holder = match file.read_to_string(&mut holder) {
         Ok(_) if !holder.trim().is_empty() => format!(" (pid {})", holder.trim()),
