@@ -595,6 +595,59 @@ fn a_synthetic_gate_run_is_announced_with_its_verdict() {
     assert_eq!(ev["ok"], true);
 }
 
+/// `gate.shadow` tells of the shadow gate's verdict moving: a summary over the gate's window
+/// announces its verdict the first time and when it changes. Looking again (the console's rollout
+/// page, scripts, read-only users) or over another window announces nothing.
+#[test]
+fn a_shadow_summary_is_announced_when_the_gate_verdict_moves_and_not_when_looked_at_again() {
+    let rx = Receiver::start(|_| Some(200));
+    let w = workdir();
+    let answers = script(w.path(), "answers.sh", "echo answer");
+    let toml = format!(
+        "[gate]\nmin_shadow_tasks = 1\n\n{}{}",
+        agent("researcher", &answers, ""),
+        webhook_sink("hook", &rx.url, "[\"gate.shadow\"]", "")
+            .replace("kinds = [\"synthetic\"]", "kinds = [\"shadow\"]")
+    );
+    let d = TestDaemon::in_mode(&toml, "shadow");
+    let summary = |args: &[&str]| {
+        let (code, v) = d.ctl_json(&[&["shadow-summary"], args].concat());
+        assert!(code == 0 || code == 1, "{v}");
+        v["passed"].as_bool().unwrap()
+    };
+    assert!(!summary(&[]), "no shadow task yet");
+    assert!(!summary(&[]));
+    assert!(!summary(&["--window", "48"]));
+    let id = d.submit("research the literature on prompt caching");
+    d.wait_state(&id, "done", WAIT);
+    assert!(summary(&["--window", "48"]));
+    assert!(summary(&[]));
+    assert!(summary(&[]));
+
+    // Delivered in order: once the test event is in, every gate.shadow before it is too.
+    let (code, v) = d.ctl_json(&["notify", "test", "hook"]);
+    assert_eq!(code, 0, "{v}");
+    wait_for("the test event", WAIT, || {
+        rx.delivered()
+            .iter()
+            .any(|h| h.event_type == "test")
+            .then_some(())
+    });
+    let verdicts: Vec<(Value, Value)> = rx
+        .delivered()
+        .iter()
+        .filter(|h| h.event_type == "gate.shadow")
+        .map(|h| (h.json()["passed"].clone(), h.json()["windowHours"].clone()))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            (Value::from(false), Value::from(24)),
+            (Value::from(true), Value::from(24))
+        ]
+    );
+}
+
 /// A tmpfs mounted for the test, unmounted when dropped.
 struct Tmpfs(PathBuf);
 

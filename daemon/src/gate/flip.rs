@@ -82,7 +82,7 @@ pub async fn gather(
     let shadow_active_ms = (from == Mode::Shadow).then_some(now.saturating_sub(since_ms));
     let window = duration_ms(cfg.gate.shadow_window);
     let tally = store.shadow_tally_since(now.saturating_sub(window)).await?;
-    let hours = (cfg.gate.shadow_window.as_secs() / 3600).max(1) as u32;
+    let hours = shadow::gate_window_hours(cfg);
     let s = shadow::summarize(tally, hours, cfg.gate.min_shadow_tasks);
     Ok(Evidence {
         synthetic_gate_passed,

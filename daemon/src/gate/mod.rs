@@ -11,7 +11,7 @@ use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use std::sync::Mutex;
 
 /// The latest synthetic gate run and the pending overrides, kept in memory so that `status` never
-/// reads the store.
+/// reads the store; and the shadow gate's verdict last announced.
 #[derive(Debug, Default)]
 pub struct GateNotes(Mutex<Notes>);
 
@@ -19,6 +19,8 @@ pub struct GateNotes(Mutex<Notes>);
 struct Notes {
     latest_run: Option<GateRunSummary>,
     pending_overrides: Vec<OverrideRecord>,
+    /// The window (hours) and verdict of the last `gate.shadow` announced.
+    shadow_announced: Option<(u32, bool)>,
 }
 
 impl GateNotes {
@@ -43,5 +45,34 @@ impl GateNotes {
 
     pub fn set_pending_overrides(&self, pending: Vec<OverrideRecord>) {
         self.with(|n| n.pending_overrides = pending);
+    }
+
+    /// Whether a shadow summary's verdict (`passed`, over the gate's window of `window_hours`) is
+    /// news: the first since the start, or another than the last announced, which it becomes.
+    /// Summaries are read often (the console's rollout page, scripts, read-only users) and the
+    /// verdict seldom moves; `gate.shadow` tells of the moves.
+    pub fn shadow_verdict_is_news(&self, window_hours: u32, passed: bool) -> bool {
+        self.with(|n| {
+            let now = Some((window_hours, passed));
+            let news = n.shadow_announced != now;
+            n.shadow_announced = now;
+            news
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shadow_verdict_is_news_once_until_it_or_the_window_changes() {
+        let notes = GateNotes::default();
+        assert!(notes.shadow_verdict_is_news(24, false));
+        assert!(!notes.shadow_verdict_is_news(24, false));
+        assert!(notes.shadow_verdict_is_news(24, true));
+        assert!(!notes.shadow_verdict_is_news(24, true));
+        assert!(notes.shadow_verdict_is_news(48, true));
+        assert!(notes.shadow_verdict_is_news(48, false));
     }
 }

@@ -2,12 +2,18 @@
 //! live. [`summarize`] is pure; `tasks::gate::shadow_summary` feeds it from the store.
 
 use crate::clock::rfc3339;
+use crate::config::Config;
 use crate::store::UsageRow;
 use orchestrator_proto::message::{DurationStats, ShadowSummary};
 use orchestrator_proto::task::{TaskKind, TaskState, Usage};
 use std::collections::BTreeMap;
 
 pub use crate::store::ShadowTally;
+
+/// `gate.shadow_window` in whole hours (at least one): the window the flip gate summarises.
+pub fn gate_window_hours(cfg: &Config) -> u32 {
+    (cfg.gate.shadow_window.as_secs() / 3600).clamp(1, u64::from(u32::MAX)) as u32
+}
 
 /// The value at rank `p` of the nearest-rank percentile, found in place without sorting the whole.
 fn percentile_of(values: &mut [u64], p: f64) -> u64 {

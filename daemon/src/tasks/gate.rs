@@ -5,7 +5,7 @@ use super::Actor;
 use crate::clock::rfc3339;
 use crate::daemon::Daemon;
 use crate::fixtures::Fixture;
-use crate::gate::shadow;
+use crate::gate::shadow::{self, gate_window_hours};
 use crate::gate::synthetic::{judge, summary_of, HARNESS};
 use crate::machine::validate_reason;
 use crate::store::{GateRunRecord, NewOverride};
@@ -114,13 +114,19 @@ pub async fn shadow_summary(d: &Daemon, window_hours: u32) -> Result<ShadowSumma
     // Usage by when each task's latest run started, within the same window.
     let used = d.store.usage_since(since).await?;
     (summary.usage_by_agent, summary.usage_by_model) = shadow::usage_totals(&used);
-    let fields = serde_json::json!({
-        "passed": summary.passed,
-        "verdict": summary.verdict,
-        "total": summary.total,
-        "windowHours": summary.window_hours,
-    });
-    crate::notify::announce(d, "gate.shadow", fields).await;
+    // Announced when a summary over the gate's own window finds its verdict moved (README,
+    // "Notifications"): looking again, or over another window, tells nobody anything.
+    if window_hours == gate_window_hours(&d.config())
+        && d.gate.shadow_verdict_is_news(window_hours, summary.passed)
+    {
+        let fields = serde_json::json!({
+            "passed": summary.passed,
+            "verdict": summary.verdict,
+            "total": summary.total,
+            "windowHours": summary.window_hours,
+        });
+        crate::notify::announce(d, "gate.shadow", fields).await;
+    }
     Ok(summary)
 }
 

@@ -6,6 +6,7 @@
 //! summary is reused for [`SUMMARY_REUSE_MS`] and the page says when it was computed.
 
 use crate::daemon::Daemon;
+use crate::gate::shadow::gate_window_hours;
 use crate::http::console::layout::{self, html_response, when};
 use crate::http::console::session::Viewer;
 use crate::http::Api;
@@ -92,8 +93,7 @@ pub async fn show(
     let pending_overrides = d.gate.pending_overrides();
     let gate_runs = gate::gate_runs(d, GATE_RUNS).await;
     let (last_reload, config_error) = (d.reload.last_reload(), d.reload.config_error());
-    let default_window = (cfg.gate.shadow_window.as_secs() / 3600)
-        .clamp(1, u64::from(gate::MAX_WINDOW_HOURS)) as u32;
+    let default_window = gate_window_hours(&cfg).min(gate::MAX_WINDOW_HOURS);
     let window = q
         .get("window")
         .and_then(|w| w.parse::<u32>().ok())
