@@ -105,7 +105,7 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         state_dir: Option<PathBuf>,
     },
-    /// Write a new bearer token.
+    /// Write a new bearer token: the token of the daemon on the socket, or the one in --state-dir.
     RotateToken {
         #[arg(long, value_name = "PATH")]
         state_dir: Option<PathBuf>,

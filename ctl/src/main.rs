@@ -20,7 +20,7 @@ use orchestrator_proto::message::{
 };
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 fn usage(msg: String) -> ExitCode {
@@ -55,7 +55,20 @@ fn main() -> ExitCode {
             state_dir,
         } => return finish(offline::init(config, state_dir, force, format, &mut o)),
         Command::RotateToken { state_dir } => {
-            return finish(offline::rotate_token(state_dir, format, &mut o))
+            let state_dir = match state_dir {
+                Some(dir) => Some(dir),
+                None => match daemons_state_dir(&socket, cli.socket.is_some()) {
+                    Ok(dir) => dir,
+                    Err(e) => {
+                        let code = fail(e, format, &mut o);
+                        eprintln!(
+                            "orchctl: to rotate the token of a daemon that is not running, give its --state-dir"
+                        );
+                        return code;
+                    }
+                },
+            };
+            return finish(offline::rotate_token(state_dir, format, &mut o));
         }
         Command::Completions { shell } => return finish(offline::completions(shell, &mut o)),
         Command::Man { dir } => return finish(offline::man(&dir, &mut o)),
@@ -163,6 +176,23 @@ fn main() -> ExitCode {
     match result {
         Ok(response) => finish(display::response(&response, format, &mut o)),
         Err(e) => fail(e, format, &mut o),
+    }
+}
+
+/// The state directory of the daemon on `socket`, whose token `rotate-token` rotates when no
+/// `--state-dir` is given. A socket named (`--socket`, `ORCHCTL_SOCKET`) must answer: its daemon's
+/// token is the one meant. Without one, a default daemon that does not answer leaves the default
+/// state directory (`None`).
+fn daemons_state_dir(socket: &Path, named: bool) -> Result<Option<PathBuf>, ClientError> {
+    match Client::connect(socket).and_then(|mut c| c.request(Request::Status)) {
+        Ok(Response::Status(s) | Response::StatusWithStorage(s, _)) => {
+            Ok(Some(PathBuf::from(&s.state_dir)))
+        }
+        Ok(_) => Err(ClientError::Broken(
+            "the daemon answered status with something else".into(),
+        )),
+        Err(e) if named => Err(e),
+        Err(_) => Ok(None),
     }
 }
 

@@ -360,6 +360,36 @@ fn a_rotated_token_takes_effect_without_a_restart() {
     assert_eq!(code, 0, "the same daemon still answers on its socket");
 }
 
+/// Without `--state-dir`, `rotate-token` rotates the token of the daemon its socket names (the
+/// token in that daemon's state directory), not the default one; a named socket where nothing
+/// answers is refused and nothing is written.
+#[test]
+fn rotate_token_without_a_state_dir_rotates_the_token_of_the_daemon_on_the_socket() {
+    let api = Api::start(true);
+    let old = api.token();
+    let out = api.d.ctl(&["rotate-token"]);
+    assert!(out.status.success(), "rotate-token: {}", stderr(&out));
+    assert!(
+        stdout(&out).contains(api.token_path().to_str().unwrap()),
+        "{}",
+        stdout(&out)
+    );
+    let new = api.token();
+    assert_ne!(old, new);
+    let r = api.send("GET", "/orchestrator/tasks", Some(&new), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let nowhere = api.d.dir.path().join("nobody-here.sock");
+    let out = ctl_at(&nowhere, &["rotate-token"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("give its --state-dir"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(api.token(), new);
+}
+
 #[test]
 fn routing_preview_gives_the_decision_orchctl_route_gives() {
     let api = Api::start(true);
