@@ -57,7 +57,11 @@ pub fn rotate_token(state_dir: Option<PathBuf>, format: Format, o: &mut Output) 
 
 pub fn completions(shell: clap_complete::Shell, o: &mut Output) -> io::Result<u8> {
     let mut cmd = crate::cli::command();
-    clap_complete::generate(shell, &mut cmd, "orchctl", &mut o.out);
+    // Generated into memory first: the generator panics on a failed write (a closed pipe), and
+    // a write error is reported here instead.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "orchctl", &mut script);
+    o.out.write_all(&script)?;
     Ok(exit::OK)
 }
 

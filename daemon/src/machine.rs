@@ -96,7 +96,15 @@ pub fn next_state(from: TaskState, action: Action) -> Result<TaskState, Refused>
     to.ok_or(Refused { from, action })
 }
 
-/// A reject reason must be non-empty after trimming and at most 1024 characters.
+/// Whether `s` holds control characters other than line breaks and tabs: refused in goals,
+/// reasons and filters (a terminal would act on them; PostgreSQL refuses NUL in text).
+pub fn has_control_chars(s: &str) -> bool {
+    s.chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+}
+
+/// A reason must be non-empty after trimming, at most 1024 characters, and free of control
+/// characters other than line breaks and tabs.
 pub fn validate_reason(reason: &str) -> Result<&str, String> {
     let trimmed = reason.trim();
     if trimmed.is_empty() {
@@ -107,6 +115,9 @@ pub fn validate_reason(reason: &str) -> Result<&str, String> {
         return Err(format!(
             "the reason is {chars} characters; the limit is {MAX_REASON_CHARS}"
         ));
+    }
+    if has_control_chars(reason) {
+        return Err("the reason contains control characters (line breaks and tabs aside)".into());
     }
     Ok(trimmed)
 }
@@ -260,5 +271,14 @@ mod tests {
         assert!(validate_reason(&"x".repeat(1025)).is_err());
         // Characters, not bytes.
         assert!(validate_reason(&"é".repeat(1024)).is_ok());
+        // Line breaks and tabs are text; other control characters are not.
+        assert_eq!(
+            validate_reason("line one\n\tline two"),
+            Ok("line one\n\tline two")
+        );
+        for bad in ["nul\0byte", "bell\u{7}", "escape \u{1b}[31mred"] {
+            let e = validate_reason(bad).unwrap_err();
+            assert!(e.contains("control characters"), "{bad:?}: {e}");
+        }
     }
 }

@@ -683,6 +683,24 @@ fn malformed_cli_input_gets_its_exit_code_and_changes_nothing() {
             1,
             Some("invalid_reason"),
         ),
+        cli(
+            "reject: reason with an escape sequence",
+            &["reject", &awaiting, "--reason", "looks \x1b[2J fine"],
+            1,
+            Some("invalid_reason"),
+        ),
+        cli(
+            "tasks list: goal filter with a control character",
+            &["tasks", "list", "--goal", "fix\x01"],
+            1,
+            Some("invalid_argument"),
+        ),
+        cli(
+            "tasks list: agent filter with a control character",
+            &["tasks", "list", "--agent", "coder\x7f"],
+            1,
+            Some("invalid_argument"),
+        ),
         cli("reject without --reason", &["reject", &awaiting], 2, None),
         cli(
             "cancel: lower-case garbage id",

@@ -6,6 +6,7 @@
 
 use super::check_id;
 use crate::daemon::Daemon;
+use crate::machine::has_control_chars;
 use crate::store::{Cursor, TaskFilter};
 use orchestrator_proto::message::{ListQuery, PageQuery, TaskPage};
 use orchestrator_proto::task::{Task, TrajectoryEvent};
@@ -72,6 +73,7 @@ pub async fn page(d: &Daemon, q: PageQuery) -> Result<TaskPage, WireError> {
     if let Some(Cursor::Before(id) | Cursor::After(id)) = &cursor {
         check_id(id)?;
     }
+    check_filters(q.agent.as_deref(), q.goal.as_deref())?;
     let newer = matches!(cursor, Some(Cursor::After(_)));
     // Without a kind the current mode's tasks are shown; harness tasks stay hidden unless asked for.
     // One task more than asked for tells whether another page follows.
@@ -159,7 +161,22 @@ pub async fn browse(d: &Daemon, filter: TaskFilter) -> Result<Vec<Task>, WireErr
             format!("limit must be between 1 and {MAX_LIST}"),
         ));
     }
+    check_filters(filter.agent.as_deref(), filter.goal_contains.as_deref())?;
     Ok(d.store.list_tasks(filter).await?)
+}
+
+/// The text filters hold text: control characters (line breaks and tabs aside) are refused, as in
+/// goals, so that every backend answers the same (PostgreSQL refuses NUL in text).
+fn check_filters(agent: Option<&str>, goal: Option<&str>) -> Result<(), WireError> {
+    for (name, value) in [("agent", agent), ("goal", goal)] {
+        if value.is_some_and(has_control_chars) {
+            return Err(WireError::new(
+                ErrorCode::InvalidArgument,
+                format!("the {name} filter contains control characters"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

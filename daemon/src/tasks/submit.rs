@@ -5,6 +5,7 @@ use crate::clock::duration_ms;
 use crate::config::DEFAULT_TTL;
 use crate::daemon::Daemon;
 use crate::dispatch::synthetic;
+use crate::machine::has_control_chars;
 use crate::store::{NewTask, StoreError, SubmitPlan};
 use orchestrator_proto::message::SubmitRequest;
 use orchestrator_proto::task::{Task, TaskKind, TaskState, MAX_GOAL_BYTES};
@@ -16,11 +17,6 @@ pub const MAX_CAPABILITIES: usize = 32;
 pub const MAX_CAPABILITY_LEN: usize = 64;
 pub const MAX_TTL_SECS: u64 = 365 * 86400;
 pub const MAX_PATH_LEN: usize = 4096;
-
-fn has_control_chars(s: &str) -> bool {
-    s.chars()
-        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
-}
 
 /// A goal must be non-empty after trimming, at most 8 KiB, and free of control characters other
 /// than line breaks and tabs. Returns the goal as given (trimmed).
