@@ -530,3 +530,13 @@ impl std::ops::Deref for Store {
         &*self.backend
     }
 }
+
+/// A queued or assigned task whose row cannot be read (damaged, or written by something else) is
+/// left where it is and said so, so that the tasks around it are still dispatched after a start.
+pub(crate) fn pending_unreadable(id: &str, error: &dyn std::fmt::Display) {
+    tracing::error!(
+        task = id,
+        error = %error,
+        "store: a queued or assigned task cannot be read; it is not dispatched"
+    );
+}

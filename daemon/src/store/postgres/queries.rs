@@ -160,7 +160,17 @@ pub(super) async fn pending_dispatch(c: &Client) -> Result<Vec<Task>, StoreError
         &[],
     )
     .await?;
-    tasks(&rows)
+    let mut tasks = Vec::with_capacity(rows.len());
+    for row in &rows {
+        match task_from_row(row) {
+            Ok(task) => tasks.push(task),
+            Err(e) => {
+                let id: Option<String> = row.try_get(0).ok();
+                crate::store::pending_unreadable(id.as_deref().unwrap_or("?"), &e);
+            }
+        }
+    }
+    Ok(tasks)
 }
 
 async fn get_meta(c: &Client, key: &str) -> Result<Option<String>, StoreError> {

@@ -175,8 +175,15 @@ pub fn pending_dispatch(conn: &Connection) -> Result<Vec<Task>, StoreError> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {TASK_COLUMNS} FROM tasks WHERE {PENDING_DISPATCH} ORDER BY created_at, id"
     ))?;
-    let rows = stmt.query_map([], task_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let rows = stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, task_from_row(row))))?;
+    let mut tasks = Vec::new();
+    for row in rows {
+        match row? {
+            (_, Ok(task)) => tasks.push(task),
+            (id, Err(e)) => crate::store::pending_unreadable(&id, &e),
+        }
+    }
+    Ok(tasks)
 }
 
 pub fn get_meta(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {

@@ -337,6 +337,30 @@ fn counts_loaded_at_open_follow_inserts_transitions_and_deletes() {
     assert_eq!(counts_of(&reopened), live);
 }
 
+/// One queued task whose row cannot be read (here its capabilities are not JSON) does not keep the
+/// others from being resumed after a start.
+#[test]
+fn an_unreadable_pending_task_is_left_and_the_others_are_resumed() {
+    let (_d, store) = open();
+    for id in ["T1", "T2", "T3"] {
+        store
+            .write_blocking(move |b| b.insert_task(new_task(id), "alice"))
+            .unwrap();
+    }
+    store
+        .write_blocking(|b| {
+            b.tx().execute(
+                "UPDATE tasks SET required_caps = 'not json' WHERE id = 'T2'",
+                [],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    let pending = store.read_blocking(queries::pending_dispatch).unwrap();
+    let ids: Vec<&str> = pending.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["T1", "T3"]);
+}
+
 #[test]
 fn an_orderly_close_is_remembered_and_a_crash_is_not() {
     let dir = tempfile::tempdir().unwrap();
