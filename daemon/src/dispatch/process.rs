@@ -444,7 +444,7 @@ async fn open_spill(path: &Path, head: &[u8]) -> std::io::Result<tokio::fs::File
 }
 
 /// Read `pipe` to its end, keeping only the last `keep` bytes.
-async fn tail(mut pipe: impl AsyncRead + Unpin, keep: usize) -> Vec<u8> {
+pub(crate) async fn tail(mut pipe: impl AsyncRead + Unpin, keep: usize) -> Vec<u8> {
     let mut kept: Vec<u8> = Vec::with_capacity(keep * 2);
     let mut buf = vec![0u8; 8 * 1024];
     loop {

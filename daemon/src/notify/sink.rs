@@ -2,14 +2,14 @@
 //! command with the event on its stdin. `Ok` means delivered; the error says why not, for the
 //! outbox's `last_error`.
 
-use crate::dispatch::process::base_env;
+use crate::dispatch::process::{base_env, tail};
 use hmac::{KeyInit, Mac};
 use orchestrator_core::config::{NotifySink, SinkTarget};
 use sha2::Sha256;
 use std::fmt::Write as _;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// What a failed attempt's error keeps of a command's stderr.
 const STDERR_KEPT: usize = 512;
@@ -161,14 +161,22 @@ impl Sender {
         let mut stderr = child.stderr.take();
         let body = ev.body.as_bytes().to_vec();
         let work = async move {
-            if let Some(mut s) = stdin.take() {
-                // A command that does not read its stdin is its business; the exit status decides.
-                let _ = s.write_all(&body).await;
-            }
-            let mut err = Vec::new();
-            if let Some(s) = stderr.as_mut() {
-                let _ = s.read_to_end(&mut err).await;
-            }
+            // Fed and drained at once, so that a command writing much to stderr before it reads
+            // its stdin is not stuck; of its stderr only the tail is kept.
+            let feed = async {
+                if let Some(mut s) = stdin.take() {
+                    // A command that does not read its stdin is its business; the exit status
+                    // decides. Dropping the pipe here closes it.
+                    let _ = s.write_all(&body).await;
+                }
+            };
+            let drain = async {
+                match stderr.take() {
+                    Some(s) => tail(s, STDERR_KEPT).await,
+                    None => Vec::new(),
+                }
+            };
+            let ((), err) = tokio::join!(feed, drain);
             (child.wait().await, err)
         };
         match tokio::time::timeout(self.sink.timeout, work).await {
@@ -177,9 +185,7 @@ impl Sender {
                 Ok(())
             }
             Ok((Ok(status), err)) => {
-                let tail = String::from_utf8_lossy(&err[err.len().saturating_sub(STDERR_KEPT)..])
-                    .trim()
-                    .to_string();
+                let tail = String::from_utf8_lossy(&err).trim().to_string();
                 Err(format!("{program} exited with {status}: {tail}"))
             }
             Ok((Err(e), _)) => Err(format!("cannot wait for {program}: {e}")),
