@@ -133,6 +133,27 @@ impl Labelled {
         }
     }
 
+    /// [`Labelled::add`] for labels that others choose (a specialist names its model): once
+    /// `cap` counters exist, a new one is counted with its label at `fold` set to `other`, so that
+    /// the family, and `/metrics`, stay bounded.
+    pub fn add_folding(&self, labels: &[&str], n: u64, cap: usize, fold: usize) {
+        let folded: Vec<&str>;
+        let labels = {
+            let counters = self.lock();
+            if counters.len() >= cap && find(&counters, labels).is_err() {
+                folded = labels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| if i == fold { "other" } else { *l })
+                    .collect();
+                &folded[..]
+            } else {
+                labels
+            }
+        };
+        self.add(labels, n);
+    }
+
     pub fn get(&self, labels: &[&str]) -> u64 {
         let counters = self.lock();
         find(&counters, labels).map_or(0, |i| counters[i].1)
@@ -791,6 +812,21 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_others_choose_fold_into_other_past_the_cap() {
+        let l = Labelled::default();
+        l.add_folding(&["a", "m1", "input"], 1, 2, 1);
+        l.add_folding(&["a", "m2", "input"], 2, 2, 1);
+        // Full: a new model is counted as other; the models already kept still count as themselves.
+        l.add_folding(&["a", "m3", "input"], 4, 2, 1);
+        l.add_folding(&["a", "m4", "input"], 8, 2, 1);
+        l.add_folding(&["a", "m1", "input"], 16, 2, 1);
+        assert_eq!(l.get(&["a", "m1", "input"]), 17);
+        assert_eq!(l.get(&["a", "m2", "input"]), 2);
+        assert_eq!(l.get(&["a", "m3", "input"]), 0);
+        assert_eq!(l.get(&["a", "other", "input"]), 12);
+    }
 
     fn snapshot() -> Snapshot {
         Snapshot {

@@ -43,6 +43,16 @@ enum RetryAfter {
 
 /// Longest reason kept, in characters.
 const REASON_CHARS: usize = 1024;
+/// Longest model name kept: it labels the metrics and the summaries' usage by model.
+const MODEL_CHARS: usize = 128;
+
+/// A model name as providers write them (`claude-sonnet-4.5`, `gpt-4o`, `models/gemini:flash`).
+fn model_name_ok(m: &str) -> bool {
+    !m.is_empty()
+        && m.len() <= MODEL_CHARS
+        && m.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._:/@+-".contains(c))
+}
 
 fn warned(warning: String) -> Meta {
     Meta {
@@ -91,6 +101,14 @@ pub fn parse(bytes: &[u8], now_ms: i64) -> Meta {
         Some(u) if u.cost_usd.is_some_and(|c| !c.is_finite() || c < 0.0) => {
             meta.warning =
                 Some("ORCH_META_FILE: usage.costUsd must be a number ≥ 0; usage ignored".into());
+        }
+        Some(mut u) if u.model.as_deref().is_some_and(|m| !model_name_ok(m)) => {
+            u.model = None;
+            meta.usage = Some(u);
+            meta.warning = Some(format!(
+                "ORCH_META_FILE: usage.model must be 1 to {MODEL_CHARS} letters, digits or ._:/@+-; \
+                 the usage was kept without it"
+            ));
         }
         u => meta.usage = u,
     }
@@ -174,6 +192,34 @@ mod tests {
             read(Path::new("/nonexistent/meta.json"), NOW),
             Meta::default()
         );
+    }
+
+    #[test]
+    fn a_model_name_is_kept_only_as_providers_write_them() {
+        for good in [
+            "claude-sonnet-4.5",
+            "gpt-4o",
+            "models/gemini:flash",
+            "org@ft+v2_1",
+        ] {
+            let m = parse(
+                format!(r#"{{"usage":{{"model":"{good}"}}}}"#).as_bytes(),
+                NOW,
+            );
+            assert_eq!(m.usage.unwrap().model.as_deref(), Some(good));
+            assert_eq!(m.warning, None);
+        }
+        let long = "m".repeat(MODEL_CHARS + 1);
+        for bad in ["", "two words", "tab\\tname", long.as_str()] {
+            let m = parse(
+                format!(r#"{{"usage":{{"model":"{bad}","inputTokens":7}}}}"#).as_bytes(),
+                NOW,
+            );
+            let u = m.usage.unwrap();
+            assert_eq!(u.model, None, "{bad:?}");
+            assert_eq!(u.input_tokens, Some(7), "the rest of the usage is kept");
+            assert!(m.warning.unwrap().contains("usage.model"), "{bad:?}");
+        }
     }
 
     #[test]

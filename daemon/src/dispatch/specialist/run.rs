@@ -298,12 +298,20 @@ pub(super) async fn sleep_until(d: &Daemon, at_ms: i64) -> bool {
     }
 }
 
+/// Counters of cost and of tokens kept per usage family; the models specialists name beyond them
+/// are counted as `other` (see [`crate::metrics::Labelled::add_folding`]).
+const USAGE_SERIES: usize = 1024;
+
 /// A run's reported usage, into the cost and token counters.
 fn count_usage(m: &crate::metrics::Metrics, agent: &str, u: &orchestrator_proto::task::Usage) {
     let model = u.model.as_deref().unwrap_or("");
     if let Some(cost) = u.cost_usd {
-        m.cost_micro_usd
-            .add(&[agent, model], (cost * 1e6).round().max(0.0) as u64);
+        m.cost_micro_usd.add_folding(
+            &[agent, model],
+            (cost * 1e6).round().max(0.0) as u64,
+            USAGE_SERIES,
+            1,
+        );
     }
     for (kind, n) in [
         ("input", u.input_tokens),
@@ -312,7 +320,8 @@ fn count_usage(m: &crate::metrics::Metrics, agent: &str, u: &orchestrator_proto:
         ("cache_write", u.cache_write_tokens),
     ] {
         if let Some(n) = n {
-            m.tokens.add(&[agent, model, kind], n);
+            m.tokens
+                .add_folding(&[agent, model, kind], n, USAGE_SERIES, 1);
         }
     }
 }
