@@ -123,6 +123,21 @@ pub fn describe_changes(old: &Config, new: &Config, mode_from: Mode) -> Vec<Stri
     if old.agents != new.agents {
         changes.push("agents changed".into());
     }
+    if old.limits != new.limits {
+        changes.push("shared limits changed".into());
+    }
+    if old.budget != new.budget {
+        changes.push("budgets changed".into());
+    }
+    if old.timezone.name != new.timezone.name {
+        changes.push("timezone changed".into());
+    }
+    if old.approval != new.approval {
+        changes.push("approval policy changed".into());
+    }
+    if old.notify != new.notify {
+        changes.push("notification sinks changed".into());
+    }
     if old.sweeper != new.sweeper {
         changes.push("sweeper settings changed".into());
     }
@@ -140,11 +155,68 @@ pub fn describe_changes(old: &Config, new: &Config, mode_from: Mode) -> Vec<Stri
     if old.delivery != new.delivery {
         changes.push("delivery changed".into());
     }
-    if old.http != new.http {
+    let listener = |c: &Config| c.http.as_ref().map(|h| (h.listen, h.explicit));
+    if listener(old) != listener(new) {
         changes.push("http listener changed (takes effect at the next start)".into());
+    }
+    let http_settings = |c: &Config| {
+        c.http
+            .as_ref()
+            .map(|h| (h.session_ttl, h.metrics_token, h.public_url.clone()))
+    };
+    if listener(old) == listener(new) && http_settings(old) != http_settings(new) {
+        changes.push("http settings changed (session_ttl, metrics_token, public_url)".into());
     }
     if old.socket_path != new.socket_path || old.state_dir != new.state_dir {
         changes.push("paths changed (take effect at the next start)".into());
     }
+    if old.store != new.store {
+        changes.push("store settings changed (take effect at the next start)".into());
+    }
+    if old.node != new.node {
+        changes.push("node settings changed".into());
+    }
     changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(toml: &str) -> Config {
+        match Config::from_toml(toml, None) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Each part a reload applies, or keeps for the next start, is named; nothing else is.
+    #[test]
+    fn a_reload_names_every_part_that_changed() {
+        let base = cfg("");
+        let mode = base.mode;
+        assert_eq!(
+            describe_changes(&base, &cfg(""), mode),
+            Vec::<String>::new()
+        );
+        let cases = [
+            ("timezone = \"Europe/Paris\"\n", "timezone changed"),
+            (
+                "[[notify]]\nname = \"ops\"\nevents = [\"*\"]\nwebhook = \"http://127.0.0.1:9/\"\n",
+                "notification sinks changed",
+            ),
+            ("[budget]\ndaily_usd = 5.0\n", "budgets changed"),
+            (
+                "[http]\nsession_ttl = \"30m\"\n",
+                "http settings changed (session_ttl, metrics_token, public_url)",
+            ),
+            (
+                "[http]\nlisten = \"127.0.0.1:7777\"\n",
+                "http listener changed (takes effect at the next start)",
+            ),
+        ];
+        for (toml, said) in cases {
+            assert_eq!(describe_changes(&base, &cfg(toml), mode), [said], "{toml}");
+        }
+    }
 }

@@ -83,7 +83,26 @@ async fn reload_locked(d: &Arc<Daemon>, trigger: ReloadTrigger) -> Result<Reload
     let mut consumed = None;
     if target != mode.effective {
         // The mode (and a consumed override) is saved durably first, then the config in memory.
-        match apply_flip(&d.store, mode.effective, mode.since_ms, &new, at).await? {
+        let flip = match apply_flip(&d.store, mode.effective, mode.since_ms, &new, at).await {
+            Ok(flip) => flip,
+            Err(e) => {
+                // Recorded like any reload that applied nothing, so that status and the
+                // metrics show it.
+                finish(
+                    d,
+                    ReloadReport {
+                        outcome: ReloadOutcome::Refused,
+                        changes,
+                        message: format!(
+                            "cannot record the mode change ({e}); nothing was applied"
+                        ),
+                        ..base
+                    },
+                );
+                return Err(e.into());
+            }
+        };
+        match flip {
             Flip::Allowed => {}
             Flip::Overridden(rec) => consumed = Some(rec),
             Flip::Refused(why) => {
