@@ -62,6 +62,27 @@ fn builtin_synthetic_all_passes_five_of_five_and_is_recorded() {
     assert!(all
         .iter()
         .all(|t| t["submittedBy"] == "synthetic-harness" && t["kind"] == "synthetic"));
+    // Those that stopped for approval (as their fixtures expect) were judged, then cancelled by
+    // the harness: none is left waiting, in the listings or in the counts.
+    let states: Vec<&str> = all.iter().map(|t| t["state"].as_str().unwrap()).collect();
+    assert!(!states.contains(&"awaiting_approval"), "{states:?}");
+    let cancelled: Vec<_> = all.iter().filter(|t| t["state"] == "cancelled").collect();
+    assert!(!cancelled.is_empty(), "{states:?}");
+    for t in cancelled {
+        let shown = d.task(t["id"].as_str().unwrap());
+        let trajectory = shown["trajectory"].as_array().unwrap();
+        let last = &trajectory[trajectory.len() - 1];
+        assert_eq!(last["from"], "awaiting_approval", "{shown}");
+        assert_eq!(last["actor"], "synthetic-harness", "{shown}");
+    }
+    let (_, st) = d.ctl_json(&["status"]);
+    let counted: Vec<&str> = st["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["state"].as_str().unwrap())
+        .collect();
+    assert!(!counted.contains(&"awaiting_approval"), "{st}");
 }
 
 #[test]

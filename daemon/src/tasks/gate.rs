@@ -12,7 +12,7 @@ use crate::store::{GateRunRecord, NewOverride};
 use orchestrator_proto::message::{
     GateRunReport, GateRunSummary, OverrideRecord, ShadowSummary, SubmitRequest,
 };
-use orchestrator_proto::task::{Mode, TaskKind};
+use orchestrator_proto::task::{Mode, TaskKind, TaskState};
 use orchestrator_proto::{ErrorCode, WireError};
 
 /// The longest shadow-summary window, in hours.
@@ -39,6 +39,7 @@ pub async fn run_synthetic(d: &Daemon, label: Option<&str>) -> Result<GateRunRep
     let fingerprint = cfg.routing_fingerprint();
     let at = d.clock.now_ms();
     let mut outcomes = Vec::with_capacity(fixtures.len());
+    let mut awaiting = Vec::new();
     let harness = Actor::named(HARNESS);
     for f in &fixtures {
         let req = SubmitRequest {
@@ -52,6 +53,16 @@ pub async fn run_synthetic(d: &Daemon, label: Option<&str>) -> Result<GateRunRep
         task.kind = TaskKind::Synthetic;
         let task = submit(d, task, &harness, true).await?;
         outcomes.push(judge(f, &task));
+        if task.state == TaskState::AwaitingApproval {
+            awaiting.push(task.id);
+        }
+    }
+    // Judged: a harness task that stopped for approval is evidence, not a request to anyone.
+    // Cancelled, it leaves the approval queue and its count.
+    for id in awaiting {
+        if let Err(e) = super::transition::cancel(d, &harness, &id).await {
+            tracing::warn!(task = %id, error = %e.message, "synthetic gate: cannot cancel a harness task left awaiting approval");
+        }
     }
     let passed = outcomes.iter().filter(|o| o.ok).count() as u32;
     let report = GateRunReport {
