@@ -172,16 +172,31 @@ impl Validator<'_> {
     ) {
         let mut targets: BTreeSet<&str> = routing.rules.iter().map(|r| r.agent.as_str()).collect();
         targets.insert(routing.default_agent.as_str());
+        // In synthetic mode nothing is run: one line says which agents shadow and live will need.
+        let undeclared: Vec<String> = targets
+            .iter()
+            .filter(|t| !agents.configured.contains(**t))
+            .map(|t| format!("{t:?}"))
+            .collect();
+        if mode == Mode::Synthetic && !undeclared.is_empty() {
+            let (n, s) = (
+                undeclared.len(),
+                if undeclared.len() == 1 { "" } else { "s" },
+            );
+            self.warnings.push(format!(
+                "{n} agent{s} routed to without an [agents.<id>] entry: {} (fine in synthetic \
+                 mode; shadow and live need a command for each)",
+                undeclared.join(", ")
+            ));
+        }
         for target in targets {
             if !agents.configured.contains(target) {
-                let note = if mode == Mode::Synthetic {
-                    String::new()
-                } else {
-                    format!("; in {mode} mode its tasks fail with rule_loaded_no_agent")
-                };
-                self.warnings.push(format!(
-                    "agent {target:?} is routed to but has no [agents.{target}] entry{note}"
-                ));
+                if mode != Mode::Synthetic {
+                    self.warnings.push(format!(
+                        "agent {target:?} is routed to but has no [agents.{target}] entry; in {mode} \
+                         mode its tasks fail with rule_loaded_no_agent"
+                    ));
+                }
             } else if mode != Mode::Synthetic
                 && agents.all.get(target).is_some_and(|a| a.command.is_empty())
             {

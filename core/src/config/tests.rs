@@ -59,6 +59,31 @@ fn undeclared_agent_is_a_warning_in_synthetic_mode() {
         "{:?}",
         cfg.warnings
     );
+    // One line for all of them in synthetic mode, where nothing runs; one per agent where they
+    // would fail.
+    let undeclared: Vec<&String> = cfg
+        .warnings
+        .iter()
+        .filter(|w| w.contains("without an [agents.<id>] entry"))
+        .collect();
+    assert_eq!(undeclared.len(), 1, "{:?}", cfg.warnings);
+    assert!(undeclared[0].contains("\"ghost\""), "{}", undeclared[0]);
+    assert!(
+        undeclared[0].contains("fine in synthetic mode"),
+        "{}",
+        undeclared[0]
+    );
+    let shadow = Config::from_toml(&format!("mode = \"shadow\"\n{text}"), None).unwrap();
+    let each: Vec<&String> = shadow
+        .warnings
+        .iter()
+        .filter(|w| w.contains("rule_loaded_no_agent"))
+        .collect();
+    assert!(each.len() > 1, "{:?}", shadow.warnings);
+    assert!(
+        each.iter().any(|w| w.starts_with("agent \"ghost\"")),
+        "{each:?}"
+    );
 }
 
 #[test]
