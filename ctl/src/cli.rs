@@ -44,7 +44,8 @@ pub enum Command {
         /// Time to live, e.g. 90s, 30m, 24h, 7d (default 7d).
         #[arg(long, value_name = "DUR")]
         ttl: Option<String>,
-        /// Wait until the task rests (awaiting approval or finished) and print it.
+        /// Wait until the task rests (awaiting approval or finished) and print it; exit 1 if it
+        /// failed, was cancelled or expired.
         #[arg(long)]
         wait: bool,
     },

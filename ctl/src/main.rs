@@ -172,11 +172,27 @@ fn main() -> ExitCode {
             NotifyCommand::Retry { name } => Request::NotifyRetry { name },
         },
     };
+    let waited = matches!(&request, Request::Submit(s) if s.wait);
     let result = Client::connect(&socket).and_then(|mut c| c.request(request));
     match result {
-        Ok(response) => finish(display::response(&response, format, &mut o)),
+        Ok(response) => {
+            let rendered = display::response(&response, format, &mut o);
+            // `submit --wait` answers for the task: one that rested failed, cancelled or expired
+            // is a failed operation to a script.
+            match (&response, rendered) {
+                (Response::Task(t), Ok(exit::OK)) if waited && !ended_well(t.state) => {
+                    ExitCode::from(exit::FAILED)
+                }
+                (_, rendered) => finish(rendered),
+            }
+        }
         Err(e) => fail(e, format, &mut o),
     }
+}
+
+/// Where a waited-for task may rest for `submit --wait` to succeed: done, or waiting for a person.
+fn ended_well(state: TaskState) -> bool {
+    matches!(state, TaskState::Done | TaskState::AwaitingApproval)
 }
 
 /// The state directory of the daemon on `socket`, whose token `rotate-token` rotates when no

@@ -147,7 +147,9 @@ fn shadow_to_live_needs_window_evidence_and_no_failures() {
 
     // A failure inside the window.
     assert_eq!(submit_wait(&d, "xyzzy one")["state"], "done");
-    let failed = submit_wait(&d, "explode now");
+    // `submit --wait` answers for the task: one that failed exits 1, printed all the same.
+    let (code, failed) = d.ctl_json(&["submit", "explode now", "--wait"]);
+    assert_eq!(code, 1, "{failed}");
     assert_eq!(failed["state"], "failed");
     assert_eq!(failed["error"]["code"], "specialist_aborted");
     let (code, text) = reload(&d);
