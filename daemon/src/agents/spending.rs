@@ -126,8 +126,11 @@ impl Spending {
         }
     }
 
-    /// Start from what the store holds for this month.
-    pub fn load(&self, rows: &[UsageRow], p: &Periods) {
+    /// Start from what the store holds for this month. Thresholds the sums already crossed were
+    /// crossed before this start: announced then, and acted on (a budget pause is stored and
+    /// loaded with the others; one an operator lifted stays lifted). They are not crossed again
+    /// in this period.
+    pub fn load(&self, cfg: &Config, rows: &[UsageRow], p: &Periods) {
         let mut inner = self.inner();
         inner.roll(p);
         inner.day.clear();
@@ -144,6 +147,18 @@ impl Spending {
                     *inner.day.entry(scope.to_string()).or_default() += cost;
                 }
             }
+        }
+        let scopes: Vec<String> = inner.month.keys().cloned().collect();
+        let mut already = Vec::new();
+        for scope in scopes {
+            let budget = match scope.as_str() {
+                ALL => &cfg.budget,
+                agent => match cfg.agent(agent) {
+                    Some(a) => &a.budget,
+                    None => continue,
+                },
+            };
+            inner.check(&scope, budget, p, &mut already);
         }
     }
 
@@ -235,5 +250,32 @@ mod tests {
         assert_eq!(global.len(), 2, "{crossed:?}");
         assert!(!global[0].exhausted && global[1].exhausted);
         assert_eq!(global[1].period, Period::Month);
+    }
+
+    fn used_by(agent: &str, cost: f64, started_ms: i64) -> UsageRow {
+        UsageRow {
+            agent: Some(agent.into()),
+            kind: orchestrator_proto::task::TaskKind::Live,
+            started_ms,
+            usage: orchestrator_proto::task::Usage {
+                cost_usd: Some(cost),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// A restart does not cross again what the previous run crossed: no second warning, and no
+    /// new pause of an agent an operator resumed in the same period.
+    #[test]
+    fn thresholds_crossed_before_a_start_are_not_crossed_again_in_their_period() {
+        let (c, s) = (cfg(), Spending::default());
+        s.load(&c, &[used_by("coder", 1.2, 50)], &periods(0));
+        assert_eq!(s.spent("coder", &periods(0)), (1.2, 1.2));
+        assert!(s.charge(&c, "coder", 0.1, &periods(0)).is_empty());
+        // The next day counts afresh.
+        let next = s.charge(&c, "coder", 0.9, &periods(1));
+        assert_eq!(next.len(), 1, "{next:?}");
+        assert_eq!(next[0].period, Period::Day);
+        assert!(!next[0].exhausted);
     }
 }

@@ -110,7 +110,7 @@ pub async fn load_agent_state(d: &Daemon) {
     }
     let periods = d.config().timezone.periods(d.clock.now_ms());
     match d.store.usage_since(periods.month_start).await {
-        Ok(rows) => d.spending.load(&rows, &periods),
+        Ok(rows) => d.spending.load(&d.config(), &rows, &periods),
         Err(e) => {
             tracing::error!(error = %e, "cannot read this month's usage; budgets count from now")
         }
