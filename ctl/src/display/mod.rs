@@ -39,6 +39,23 @@ pub struct Output<'a> {
     pub err: &'a mut dyn Write,
 }
 
+/// Text others wrote (a specialist's result, its error, a file's name) as a terminal should get
+/// it: control characters other than line breaks and tabs are shown escaped (`\u{1b}`), so that
+/// nothing in it can move the cursor, clear the screen or retitle the window.
+fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    let kept = |c: char| matches!(c, '\n' | '\r' | '\t');
+    if !text.chars().any(|c| c.is_control() && !kept(c)) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .map(|c| match c {
+            c if kept(c) => c.to_string(),
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 fn print_json<T: Serialize>(o: &mut Output, v: &T) -> io::Result<()> {
     match serde_json::to_string_pretty(v) {
         Ok(s) => writeln!(o.out, "{s}")?,

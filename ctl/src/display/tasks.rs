@@ -1,6 +1,6 @@
 //! A task, a page of tasks, its trajectory and its usage.
 
-use super::{print_json, Format, Output};
+use super::{print_json, shown, Format, Output};
 use crate::client::exit;
 use orchestrator_proto::task::{Task, TrajectoryEvent, Usage};
 use serde_json::{json, Value};
@@ -99,16 +99,18 @@ pub(super) fn task_detail(
     }
     if let Some(res) = &t.result {
         if let Some(text) = &res.text {
-            writeln!(o.out, "result:      {text}")?;
+            writeln!(o.out, "result:      {}", shown(text))?;
         }
         if let Some(p) = &res.text_path {
-            writeln!(o.out, "result file: {p}")?;
+            writeln!(o.out, "result file: {}", shown(p))?;
         }
         for a in &res.artefacts {
             writeln!(
                 o.out,
                 "artefact:    {} ({}, {} bytes)",
-                a.path, a.media_type, a.bytes
+                shown(&a.path),
+                shown(&a.media_type),
+                a.bytes
             )?;
         }
     }
@@ -116,12 +118,18 @@ pub(super) fn task_detail(
         writeln!(o.out, "usage:       {}", usage_line(u))?;
     }
     if let Some(r) = &t.rejection {
-        writeln!(o.out, "rejection:   by {} at {}: {}", r.by, r.at, r.reason)?;
+        writeln!(
+            o.out,
+            "rejection:   by {} at {}: {}",
+            r.by,
+            r.at,
+            shown(&r.reason)
+        )?;
     }
     if let Some(e) = &t.error {
-        writeln!(o.out, "error:       {}: {}", e.code, e.message)?;
+        writeln!(o.out, "error:       {}: {}", e.code, shown(&e.message))?;
         for (k, v) in e.details.iter().flatten() {
-            writeln!(o.out, "             {k}: {v}")?;
+            writeln!(o.out, "             {k}: {}", shown(v))?;
         }
     }
     writeln!(o.out, "trajectory:")?;

@@ -117,6 +117,48 @@ fn event(seq: u64, from: Option<TaskState>, to: TaskState, action: &str) -> Traj
     }
 }
 
+/// What a specialist wrote reaches the terminal escaped: no control sequence in a result, an error
+/// or a file name can act on the operator's terminal. Line breaks and tabs stay text; JSON output
+/// is JSON's own escaping.
+#[test]
+fn task_detail_escapes_control_characters_others_wrote() {
+    let mut t = task("01TASK", TaskState::Failed, "fix the build");
+    t.result = Some(TaskResult {
+        text: Some("line one\n\tline two \u{1b}]0;owned\u{7}\u{1b}[2J".into()),
+        text_path: None,
+        artefacts: Vec::new(),
+        specialist_session_id: None,
+    });
+    t.error = Some(orchestrator_proto::task::TaskError {
+        code: "specialist_exit".into(),
+        message: "exit 3: \u{1b}[31mred".into(),
+        details: Some(BTreeMap::from([(
+            "stderrTail".to_string(),
+            "\u{8}\u{8}ok".to_string(),
+        )])),
+    });
+    let (_, out, _) = render(
+        &Response::TaskDetail {
+            task: Box::new(t),
+            events: Vec::new(),
+        },
+        Format::Table,
+    );
+    assert!(
+        !out.contains('\u{1b}') && !out.contains('\u{7}') && !out.contains('\u{8}'),
+        "{out:?}"
+    );
+    assert!(
+        out.contains("result:      line one\n\tline two \\u{1b}]0;owned\\u{7}\\u{1b}[2J\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("error:       specialist_exit: exit 3: \\u{1b}[31mred\n"),
+        "{out}"
+    );
+    assert!(out.contains("stderrTail: \\u{8}\\u{8}ok\n"), "{out}");
+}
+
 #[test]
 fn task_detail_shows_routing_result_and_trajectory() {
     let mut t = task("01TASK", TaskState::Done, "fix the build");
