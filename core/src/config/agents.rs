@@ -12,6 +12,31 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use toml::Spanned;
 
+/// The search path a specialist gets when the daemon has none (as the daemon's `base_env` gives).
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Why `program` cannot be started, if it cannot: an absolute path that is no executable file, or
+/// a bare name that no directory of `path_var` holds. A relative path with a slash is resolved
+/// from the specialist's working directory, and is left alone.
+fn unrunnable(program: &str, path_var: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.starts_with('/') {
+        return (!executable(std::path::Path::new(program)))
+            .then(|| format!("command {program} is not an executable file"));
+    }
+    if program.contains('/') {
+        return None;
+    }
+    let found = path_var
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .any(|d| executable(&std::path::Path::new(d).join(program)));
+    (!found).then(|| format!("command {program:?} is not found on PATH ({path_var})"))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAgent {
@@ -160,6 +185,39 @@ impl Validator<'_> {
             configured: configured_agents,
             approval,
             limit_spans,
+        }
+    }
+
+    /// A declared agent's program and working directory should exist where the daemon would look:
+    /// a missing one fails every task of the agent with `spawn_failed`. Warnings, not errors: the
+    /// file may be checked on another machine, or before the program is installed.
+    pub(super) fn warn_missing_programs(&mut self, agents: &Agents) {
+        for id in &agents.configured {
+            let Some(agent) = agents.all.get(id) else {
+                continue;
+            };
+            if let Some(program) = agent.command.first().filter(|p| !p.trim().is_empty()) {
+                let path_var = agent
+                    .env
+                    .get("PATH")
+                    .cloned()
+                    .or_else(|| std::env::var("PATH").ok())
+                    .unwrap_or_else(|| DEFAULT_PATH.to_string());
+                if let Some(why) = unrunnable(program, &path_var) {
+                    self.warnings.push(format!(
+                        "agent {id:?}: {why}; its tasks would fail with spawn_failed"
+                    ));
+                }
+            }
+            if let Some(dir) = &agent.working_dir {
+                if !dir.is_dir() {
+                    self.warnings.push(format!(
+                        "agent {id:?}: working_dir {} is not a directory; its tasks would fail \
+                         with spawn_failed",
+                        dir.display()
+                    ));
+                }
+            }
         }
     }
 

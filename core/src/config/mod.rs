@@ -277,6 +277,7 @@ impl Validator<'_> {
         let timezone = self.timezone(raw.timezone);
         let routing = self.routing(raw_routing);
         self.warn_unrunnable_targets(mode, &routing, &agents);
+        self.warn_missing_programs(&agents);
         for shadow in routing.shadowed_pairs() {
             self.warnings.push(shadow);
         }

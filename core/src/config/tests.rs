@@ -275,3 +275,46 @@ fn retries_and_shared_limits_validate_with_their_lines() {
     );
     assert!(e.iter().any(|i| i.message.contains("no [limits.other]")));
 }
+
+/// A declared agent whose program or working directory is missing is a warning: its tasks would
+/// fail with spawn_failed. A program found on the agent's PATH, or a path relative to its working
+/// directory, is not.
+#[test]
+fn an_agent_whose_program_cannot_start_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = |toml: &str| -> Vec<String> {
+        let cfg = Config::from_toml(toml, None).unwrap();
+        cfg.warnings
+            .into_iter()
+            .filter(|w| w.contains("spawn_failed") && w.starts_with("agent \"coder\":"))
+            .collect()
+    };
+    let bare = missing("[agents.coder]\ncommand = [\"no-such-program-here\"]\n");
+    assert_eq!(bare.len(), 1, "{bare:?}");
+    assert!(bare[0].contains("not found on PATH"), "{bare:?}");
+    let absolute = missing("[agents.coder]\ncommand = [\"/nonexistent/agent\"]\n");
+    assert!(
+        absolute[0].contains("is not an executable file"),
+        "{absolute:?}"
+    );
+    let not_a_dir = missing(&format!(
+        "[agents.coder]\ncommand = [\"sh\"]\nworking_dir = \"{}/gone\"\n",
+        dir.path().display()
+    ));
+    assert!(not_a_dir[0].contains("working_dir"), "{not_a_dir:?}");
+    // Found on the agent's own PATH; relative to its working directory; a real absolute path.
+    std::fs::create_dir(dir.path().join("bin")).unwrap();
+    let tool = dir.path().join("bin/my-agent");
+    std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for ok in [
+        format!(
+            "[agents.coder]\ncommand = [\"my-agent\"]\nenv = {{ PATH = \"{}/bin\" }}\n",
+            dir.path().display()
+        ),
+        "[agents.coder]\ncommand = [\"./run.sh\"]\n".to_string(),
+        "[agents.coder]\ncommand = [\"/bin/sh\"]\n".to_string(),
+    ] {
+        assert_eq!(missing(&ok), Vec::<String>::new(), "{ok}");
+    }
+}
