@@ -44,7 +44,8 @@ pub fn media_type(name: &str) -> &'static str {
 }
 
 /// Regular files under `dir` (subdirectories followed, symlinks not), in name order. A missing
-/// directory lists as empty.
+/// directory lists as empty. An entry that cannot be read (gone between the listing and its
+/// look, or a subdirectory that cannot be opened) is left out and logged: the others are kept.
 pub fn list(dir: &Path) -> std::io::Result<Vec<Artefact>> {
     let mut out = Vec::new();
     walk(dir, 0, &mut out)?;
@@ -52,8 +53,8 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<Artefact>> {
 }
 
 fn walk(dir: &Path, depth: usize, out: &mut Vec<Artefact>) -> std::io::Result<()> {
-    let mut entries = match std::fs::read_dir(dir) {
-        Ok(rd) => rd.collect::<Result<Vec<_>, _>>()?,
+    let mut entries: Vec<_> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| skipped(dir, e)).collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
@@ -62,10 +63,14 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<Artefact>) -> std::io::Result<()
         if out.len() >= MAX_ARTEFACTS {
             break;
         }
-        let meta = std::fs::symlink_metadata(entry.path())?;
         let path = entry.path();
+        let Some(meta) = skipped(&path, std::fs::symlink_metadata(&path)) else {
+            continue;
+        };
         if meta.is_dir() && depth < MAX_DEPTH {
-            walk(&path, depth + 1, out)?;
+            if let Err(e) = walk(&path, depth + 1, out) {
+                skipped::<()>(&path, Err(e));
+            }
         } else if meta.is_file() {
             let name = entry.file_name().to_string_lossy().into_owned();
             out.push(Artefact {
@@ -76,6 +81,17 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<Artefact>) -> std::io::Result<()
         }
     }
     Ok(())
+}
+
+/// `read`'s value, or `None` with a warning that what is at `at` is left out of the artefacts.
+fn skipped<T>(at: &Path, read: std::io::Result<T>) -> Option<T> {
+    match read {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(path = %at.display(), error = %e, "artefacts: cannot read an entry; it is left out");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
