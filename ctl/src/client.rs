@@ -23,10 +23,15 @@ pub mod exit {
 /// Why a request did not produce a response.
 #[derive(Debug)]
 pub enum ClientError {
-    Unreachable { socket: PathBuf, cause: io::Error },
+    Unreachable {
+        socket: PathBuf,
+        cause: io::Error,
+    },
     Denied(String),
     Reply(WireError),
     Broken(String),
+    /// What answered does not speak the daemon's protocol (another program's socket).
+    Foreign(String),
 }
 
 impl ClientError {
@@ -35,6 +40,7 @@ impl ClientError {
             ClientError::Unreachable { .. } => exit::UNREACHABLE,
             ClientError::Denied(_) => exit::DENIED,
             ClientError::Broken(_) => exit::FAILED,
+            ClientError::Foreign(_) => exit::PROTOCOL,
             ClientError::Reply(e) => match e.code {
                 ErrorCode::PermissionDenied => exit::DENIED,
                 ErrorCode::ProtocolMismatch => exit::PROTOCOL,
@@ -51,7 +57,7 @@ impl ClientError {
                 socket.display()
             ),
             ClientError::Denied(m) => m.clone(),
-            ClientError::Broken(m) => m.clone(),
+            ClientError::Broken(m) | ClientError::Foreign(m) => m.clone(),
             ClientError::Reply(e) => {
                 let mut s = format!("error: {}: {}", e.code, e.message);
                 for (k, v) in &e.details {
@@ -96,6 +102,14 @@ impl Client {
         let reply = read_frame::<_, ServerMessage>(&mut stream, DEFAULT_MAX_FRAME);
         let reply = match (hello, reply) {
             (_, Ok(reply)) => reply,
+            // Bytes came back that are no frame of ours: not an orchestratord.
+            (_, Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(ClientError::Foreign(format!(
+                    "{} does not answer in orchestratord's protocol ({e}): another program's \
+                     socket, or a daemon this orchctl cannot read",
+                    socket.display()
+                )))
+            }
             (Err(e), Err(_)) | (Ok(()), Err(e)) => return Err(broken(e)),
         };
         match reply {

@@ -416,6 +416,30 @@ fn second_daemon_on_a_state_directory_in_use_refuses_and_leaves_the_first_alone(
     assert_eq!(d.state_of(&id), "awaiting_approval");
 }
 
+/// A socket that answers with something else than the daemon's frames (here an HTTP server's
+/// reply) is a protocol mismatch: exit 4 and a message that says so.
+#[test]
+fn a_socket_that_is_not_the_daemons_is_a_protocol_mismatch() {
+    use std::io::{Read, Write};
+    let dir = workdir();
+    let path = dir.path().join("other.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut hello = [0u8; 64];
+        let _ = conn.read(&mut hello);
+        let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+    });
+    let out = ctl_at(&path, &["status"]);
+    server.join().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not answer in orchestratord's protocol"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn socket_directory_and_socket_permissions() {
     use std::os::unix::fs::PermissionsExt;
