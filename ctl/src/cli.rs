@@ -76,7 +76,7 @@ pub enum Command {
     SyntheticAll,
     /// Summarise shadow tasks in a window (the live-flip gate).
     ShadowSummary {
-        /// Window in hours.
+        /// Window in hours (1 to 8784, a leap year).
         #[arg(long, default_value_t = 24)]
         window: u32,
     },
@@ -152,7 +152,7 @@ pub enum TasksCommand {
         state: Option<String>,
         #[arg(long, value_name = "K")]
         kind: Option<String>,
-        /// How many tasks to list (up to 10000; fetched a page at a time).
+        /// How many tasks to list (1 to 10000; fetched a page at a time).
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// Include tasks of the synthetic harness.
@@ -161,7 +161,7 @@ pub enum TasksCommand {
         /// Tasks routed to this agent.
         #[arg(long, value_name = "NAME")]
         agent: Option<String>,
-        /// Tasks whose goal contains this text (case-insensitive).
+        /// Tasks whose goal contains this text (ASCII letters in either case).
         #[arg(long, value_name = "TEXT")]
         goal: Option<String>,
         /// Tasks older than this task (the page after one that printed `next` ID).

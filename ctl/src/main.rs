@@ -291,6 +291,8 @@ fn list(c: &mut Client, q: PageQuery) -> Result<Response, ClientError> {
 fn finish(rendered: io::Result<u8>) -> ExitCode {
     match rendered {
         Ok(code) => ExitCode::from(code),
+        // The reader stopped early (`| head`): it has what it wanted; nothing to tell it.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::from(exit::FAILED),
         Err(e) => {
             eprintln!("orchctl: cannot write output: {e}");
             ExitCode::from(exit::FAILED)

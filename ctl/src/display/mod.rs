@@ -132,7 +132,11 @@ pub fn response(r: &Response, format: Format, o: &mut Output) -> io::Result<u8> 
         Response::NotifyRetried { count } => {
             match format {
                 Format::Json => print_json(o, &json!({ "retried": count }))?,
-                Format::Table => writeln!(o.out, "{count} dead events are pending again")?,
+                Format::Table => writeln!(
+                    o.out,
+                    "{count} dead event{} pending again",
+                    if *count == 1 { " is" } else { "s are" }
+                )?,
             }
             Ok(exit::OK)
         }

@@ -98,7 +98,10 @@ fn validate_ttl(ttl: Option<u64>) -> Result<i64, WireError> {
         )),
         Some(s) if s > MAX_TTL_SECS => Err(WireError::new(
             ErrorCode::InvalidArgument,
-            format!("ttl must be at most {MAX_TTL_SECS} seconds"),
+            format!(
+                "ttl must be at most {} days ({MAX_TTL_SECS} seconds)",
+                MAX_TTL_SECS / 86_400
+            ),
         )),
         Some(s) => Ok((s * 1000) as i64),
     }
