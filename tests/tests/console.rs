@@ -382,6 +382,10 @@ fn approve_and_reject_are_recorded_with_the_user_and_the_console_channel() {
     assert_eq!(ev["action"], "approve");
     assert_eq!(ev["actor"], me.as_str());
     assert_eq!(ev["details"]["via"], "console");
+    // What live would have needed is recorded for shadow tasks only; a synthetic one says nothing.
+    let page = s.get(&format!("/console/tasks/{a}"));
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(!page.body.contains("Would need approval"), "{}", page.body);
 
     // A reject without a reason is refused and changes nothing: not the state, not the trajectory.
     let before = d.task(&b);
@@ -394,6 +398,15 @@ fn approve_and_reject_are_recorded_with_the_user_and_the_console_channel() {
         assert_eq!(r.status, 400, "{}", r.body);
         assert!(r.body.contains("A reason is required"), "{}", r.body);
     }
+    // A reason that is there but cannot be used says why, not that one is missing.
+    let long = "r".repeat(2000);
+    let r = s.post(
+        &format!("/console/tasks/{b}/reject"),
+        &[("csrf", &csrf), ("reason", &long)],
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("The reason cannot be used"), "{}", r.body);
+    assert!(r.body.contains("the limit is 1024"), "{}", r.body);
     assert_eq!(d.task(&b), before);
     let r = s.post(
         &format!("/console/tasks/{b}/reject"),

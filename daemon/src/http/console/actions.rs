@@ -142,7 +142,12 @@ async fn refused(api: &Api, viewer: &Viewer, id: &str, action: Action, e: WireEr
         ),
         ErrorCode::InvalidReason => (
             StatusCode::BAD_REQUEST,
-            "A reason is required",
+            // Empty, or present but unusable (too long, control characters): the message says which.
+            if e.message.starts_with("a reason is required") {
+                "A reason is required"
+            } else {
+                "The reason cannot be used"
+            },
             format!("{} Nothing was changed: go back and say why you reject the task.", e.message),
         ),
         ErrorCode::NotFound | ErrorCode::InvalidId => (

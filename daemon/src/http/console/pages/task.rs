@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use maud::{html, Markup};
-use orchestrator_proto::task::{Task, TaskState, TrajectoryEvent};
+use orchestrator_proto::task::{Task, TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -180,7 +180,10 @@ pub async fn show(
                     @if task.state.is_terminal() { (task.expires_at) } @else { (time_left(&task.expires_at, now)) }
                 }
                 dt { "Attempts" } dd { (task.attempts) }
-                dt { "Would need approval" } dd { (if task.would_require_approval { "yes" } else { "no" }) }
+                // Recorded for shadow tasks only: what live would have done with the result.
+                @if task.kind == TaskKind::Shadow {
+                    dt { "Would need approval" } dd { (if task.would_require_approval { "yes" } else { "no" }) }
+                }
                 @if let Some(r) = &task.rejection {
                     dt { "Rejected" } dd { (r.by) ": " (r.reason) }
                 }
