@@ -184,6 +184,15 @@ fn a_login_link_signs_in_once_as_the_socket_user_with_strict_headers() {
         assert_eq!(r.status, 200, "{path}: {}", r.body);
         assert_eq!(r.headers["content-security-policy"], CSP, "{path}");
     }
+    // A page that does not exist is a page that says so, not the API's JSON.
+    let r = s.get("/console/no-such-page");
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(
+        r.headers["content-type"].starts_with("text/html"),
+        "{:?}",
+        r.headers
+    );
+    assert!(r.body.contains("No such page"), "{}", r.body);
 }
 
 #[test]

@@ -244,7 +244,11 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
-pub async fn not_found(uri: Uri) -> ApiError {
+/// No route: a page for a person under `/console`, the API's JSON error elsewhere.
+pub async fn not_found(uri: Uri) -> axum::response::Response {
     let path: String = uri.path().chars().take(200).collect();
-    ApiError::wire(ErrorCode::NotFound, format!("no route {path}"))
+    if path == "/console" || path.starts_with("/console/") {
+        return super::console::no_such_page(&path);
+    }
+    ApiError::wire(ErrorCode::NotFound, format!("no route {path}")).into_response()
 }

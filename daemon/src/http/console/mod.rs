@@ -89,6 +89,15 @@ static JS: Asset = Asset::new(
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    frame-ancestors 'none'; form-action 'self'";
 
+/// The page for a console path that matches no page.
+pub fn no_such_page(path: &str) -> axum::response::Response {
+    layout::refusal(
+        axum::http::StatusCode::NOT_FOUND,
+        "No such page",
+        &format!("The console has no page {path}."),
+    )
+}
+
 /// The console's routes, to be merged into the HTTP listener's router.
 pub fn router() -> Router<Arc<Api>> {
     Router::new()
