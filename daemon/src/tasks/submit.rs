@@ -135,17 +135,24 @@ pub fn new_task(
     })
 }
 
-/// Store a shadow task, then tell the summaries' kept tallies when it was created: one stamped
-/// inside the time they keep (a step back of the clock) drops what they kept
-/// ([`crate::gate::tallies`]). Both run in a task of their own, so that a request dropped while it
-/// waits (an HTTP client that hung up) still tells of a write that commits.
-async fn shadow_submit(d: &Daemon, plan: SubmitPlan) -> Result<Task, StoreError> {
-    let (store, tallies) = (d.store.clone(), Arc::clone(&d.shadow_tallies));
-    let created_ms = plan.task.created_ms;
+/// Store a task that a specialist will run and hand it to the dispatcher. Both run in a task of
+/// their own, so that a request dropped while it waits (an HTTP client that hung up) cannot leave
+/// a committed task that the dispatcher never hears of. A shadow task also tells the summaries'
+/// kept tallies when it was created: one stamped inside the time they keep (a step back of the
+/// clock) drops what they kept ([`crate::gate::tallies`]).
+async fn submit_and_hand_over(d: &Daemon, plan: SubmitPlan) -> Result<Task, StoreError> {
+    let (store, dispatch) = (d.store.clone(), d.dispatch.clone());
+    let shadow = (plan.task.kind == TaskKind::Shadow)
+        .then(|| (Arc::clone(&d.shadow_tallies), plan.task.created_ms));
     let write = tokio::spawn(async move {
         let stored = store.submit(plan).await;
-        // Whatever the answer: the write may have committed.
-        tallies.created(created_ms);
+        if let Some((tallies, created_ms)) = shadow {
+            // Whatever the answer: the write may have committed.
+            tallies.created(created_ms);
+        }
+        if let Ok(task) = &stored {
+            dispatch.queued(task.clone());
+        }
         stored
     });
     match write.await {
@@ -186,13 +193,7 @@ pub async fn submit(
             actor,
             steps: Vec::new(),
         };
-        let task = if plan.task.kind == TaskKind::Shadow {
-            shadow_submit(d, plan).await?
-        } else {
-            d.store.submit(plan).await?
-        };
-        d.dispatch.queued(task.clone());
-        task
+        submit_and_hand_over(d, plan).await?
     };
     let Some(events) = events.as_mut() else {
         return Ok(task);
