@@ -12,11 +12,12 @@
 //! a `deliver` event.
 
 use super::process::{self, Capture, Ending, Launch, Limits};
+use crate::clock::rfc3339_ms;
 use crate::config::DeliveryConfig;
 use crate::daemon::Daemon;
 use crate::store::NewEvent;
 use orchestrator_proto::task::{Task, TaskKind, TaskState};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -32,7 +33,12 @@ const CATCH_UP_MARGIN_MS: i64 = 60_000;
 /// Follow the store's events until shutdown, delivering live tasks that reach `done`.
 pub async fn run(d: Arc<Daemon>) {
     let mut events = d.store.subscribe();
+    // The commit time of the last event taken from the stream: a catch-up looks from there (less
+    // the margin), however long ago the stream handed it over.
     let mut seen_ms = d.clock.now_ms();
+    // Delivered by the last catch-up: their `done` events may still be in the stream's buffer,
+    // and must not run the command a second time.
+    let mut caught_up: HashSet<String> = HashSet::new();
     loop {
         let ev = tokio::select! {
             _ = d.shutdown.cancelled() => return,
@@ -40,9 +46,12 @@ pub async fn run(d: Arc<Daemon>) {
         };
         match ev {
             Ok(ev) => {
-                seen_ms = d.clock.now_ms();
+                if let Some(at) = rfc3339_ms(&ev.at) {
+                    seen_ms = seen_ms.max(at);
+                }
                 if ev.to == TaskState::Done
                     && ev.from != Some(TaskState::Done)
+                    && !caught_up.remove(&ev.task_id)
                     && d.config().delivery.is_some()
                 {
                     let id = ev.task_id.clone();
@@ -60,21 +69,22 @@ pub async fn run(d: Arc<Daemon>) {
                     missed,
                     "delivery fell behind the event stream; catching up from the store"
                 );
+                caught_up.clear();
                 if d.config().delivery.is_some() {
-                    let since = seen_ms - CATCH_UP_MARGIN_MS;
+                    let since = seen_ms.saturating_sub(CATCH_UP_MARGIN_MS);
                     match d.store.undelivered_since(since, ACTION).await {
                         Ok(tasks) => {
                             for task in tasks {
                                 if d.shutdown.is_cancelled() {
                                     return;
                                 }
+                                caught_up.insert(task.id.clone());
                                 deliver(&d, task).await;
                             }
                         }
                         Err(e) => tracing::error!(error = %e, "cannot catch up on deliveries"),
                     }
                 }
-                seen_ms = d.clock.now_ms();
             }
             Err(RecvError::Closed) => return,
         }
