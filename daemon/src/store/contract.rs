@@ -1293,6 +1293,21 @@ pub async fn awaiting_approval_lists_waiting_tasks(store: Store) {
         .await
         .unwrap();
     assert!(store.awaiting_approval(AwaitingCut::ALL).await.unwrap()[0].warned);
+    // A task no longer in the state an event names gets no event: Q is queued, not waiting.
+    let before = store.transitions_of("Q").await.unwrap();
+    store
+        .append_event(NewEvent {
+            task_id: "Q".into(),
+            kind: TaskKind::Live,
+            state: TaskState::AwaitingApproval,
+            at_ms: T0 + 5,
+            actor: "sweeper".into(),
+            action: outbox::APPROVAL_WARNING_ACTION.into(),
+            details: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.transitions_of("Q").await.unwrap(), before);
 }
 
 /// The approval metrics' read: the newest waiting tasks up to the limit, harness tasks left out,

@@ -185,7 +185,9 @@ pub trait Backend: Send + Sync {
     /// Several transitions in one durable write, each on its own: a refusal (`is_refusal`) is
     /// that item's answer; any other failure fails the whole write.
     fn transitions(&self, ops: Vec<TransitionOp>) -> StoreFuture<'_, Outcomes<Task>>;
-    /// An event that records something about a task without changing its state.
+    /// An event that records something about a task without changing its state: written only
+    /// while the task is in `event.state` (a warning about a task decided meanwhile, or a task
+    /// retention removed, writes nothing).
     fn append_event(&self, event: NewEvent) -> StoreFuture<'_, ()>;
 
     /// A write that changes nothing: resolves once it went through a commit like any other

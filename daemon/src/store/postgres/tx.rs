@@ -214,7 +214,8 @@ impl<'c> Tx<'c> {
         let rows = self
             .query(
                 "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
+                 SELECT $1, $2, $3, $4, $5, $6, $7 \
+                 WHERE EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND state = $6) RETURNING seq",
                 &[
                     &e.task_id,
                     &e.at_ms,
@@ -226,10 +227,10 @@ impl<'c> Tx<'c> {
                 ],
             )
             .await?;
-        let seq: i64 = rows
-            .first()
-            .map(|r| r.get(0))
-            .ok_or_else(|| StoreError::Sql("no sequence number for the event".into()))?;
+        // No row: the task is no longer in the state the event names (see `Backend::append_event`).
+        let Some(seq) = rows.first().map(|r| r.get::<_, i64>(0)) else {
+            return Ok(());
+        };
         let (at_ms, kind, from, to) = (e.at_ms, e.kind, e.from, e.to);
         let ev = e.published(seq.max(0) as u64);
         if self.outbox.is_some() {

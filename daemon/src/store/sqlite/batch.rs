@@ -170,10 +170,13 @@ impl<'a> Batch<'a> {
 
     pub fn append_event(&mut self, e: EventDraft) -> Result<(), StoreError> {
         let details_json = sql_json(&e.details)?;
-        self.tx
+        // Only while the task is in the state the event names (see `Backend::append_event`).
+        let written = self
+            .tx
             .prepare_cached(
                 "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 \
+                 WHERE EXISTS (SELECT 1 FROM tasks WHERE id = ?1 AND state = ?6)",
             )?
             .execute(params![
                 e.task_id,
@@ -184,6 +187,9 @@ impl<'a> Batch<'a> {
                 e.to.as_str(),
                 details_json
             ])?;
+        if written == 0 {
+            return Ok(());
+        }
         let seq = self.tx.last_insert_rowid().max(0) as u64;
         let kind = e.kind;
         self.record_event(e.published(seq), kind)
