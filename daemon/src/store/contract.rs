@@ -13,6 +13,7 @@ use super::{
 use crate::config::{NotifySink, SinkFilter, SinkTarget};
 use crate::machine::Action;
 use orchestrator_proto::task::{Mode, TaskKind, TaskState, TrajectoryEvent};
+use orchestrator_proto::ErrorCode;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -683,6 +684,22 @@ pub async fn mode_and_overrides(store: Store) {
     assert_eq!(
         store.load_mode().await.unwrap().map(|m| m.mode),
         Some(Mode::Live)
+    );
+    // An override is used once: a second change naming it (another node's reload that read it
+    // before the first consumed it) is refused and changes nothing, the mode included.
+    let again = store
+        .save_mode(change(Mode::Shadow, T0 + 2, Some(id)))
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::Rejected(ErrorCode::GateRefused, _))),
+        "{again:?}"
+    );
+    assert_eq!(
+        store.load_mode().await.unwrap(),
+        Some(StoredMode {
+            mode: Mode::Live,
+            since_ms: Some(T0 + 1)
+        })
     );
 }
 

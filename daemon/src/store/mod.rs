@@ -542,3 +542,14 @@ pub(crate) fn pending_unreadable(id: &str, error: &dyn std::fmt::Display) {
         "store: a queued or assigned task cannot be read; it is not dispatched"
     );
 }
+
+/// A mode change named an override that another one consumed meanwhile (another node's reload):
+/// an override lets one flip through, so this one is refused and writes nothing.
+pub(crate) fn override_used() -> StoreError {
+    StoreError::Rejected(
+        ErrorCode::GateRefused,
+        "the gate override was used by another mode change meanwhile; record a new one to force \
+         this flip"
+            .into(),
+    )
+}

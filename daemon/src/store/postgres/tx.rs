@@ -548,11 +548,15 @@ impl<'c> Tx<'c> {
 
     pub(super) async fn save_mode(&mut self, c: &ModeChange) -> Result<(), StoreError> {
         if let Some(id) = c.consume_override {
-            self.exec(
-                "UPDATE overrides SET consumed_at = $2 WHERE id = $1",
-                &[&id, &c.since_ms],
-            )
-            .await?;
+            let consumed = self
+                .exec(
+                    "UPDATE overrides SET consumed_at = $2 WHERE id = $1 AND consumed_at IS NULL",
+                    &[&id, &c.since_ms],
+                )
+                .await?;
+            if consumed == 0 {
+                return Err(crate::store::override_used());
+            }
         }
         self.set_meta(META_MODE, c.mode.as_str()).await?;
         self.set_meta(META_MODE_SINCE, &c.since_ms.to_string())

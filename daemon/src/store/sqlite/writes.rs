@@ -273,10 +273,13 @@ impl Batch<'_> {
 
     pub fn save_mode(&mut self, c: &ModeChange) -> Result<(), StoreError> {
         if let Some(id) = c.consume_override {
-            self.tx().execute(
-                "UPDATE overrides SET consumed_at = ?2 WHERE id = ?1",
+            let consumed = self.tx().execute(
+                "UPDATE overrides SET consumed_at = ?2 WHERE id = ?1 AND consumed_at IS NULL",
                 params![id, c.since_ms],
             )?;
+            if consumed == 0 {
+                return Err(crate::store::override_used());
+            }
         }
         self.set_meta(META_MODE, c.mode.as_str())?;
         self.set_meta(META_MODE_SINCE, &c.since_ms.to_string())
