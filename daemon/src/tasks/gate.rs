@@ -21,6 +21,9 @@ pub const MAX_WINDOW_HOURS: u32 = 24 * 366;
 /// Run one fixture (`label`) or all of them (`synthetic-all`) through the synthetic harness, and
 /// record the run.
 pub async fn run_synthetic(d: &Daemon, label: Option<&str>) -> Result<GateRunReport, WireError> {
+    // Every fixture is routed by the config whose fingerprint the run records: a reload waits
+    // for the run (a few milliseconds), and the run for a reload under way.
+    let _config_held = d.reload.lock.lock().await;
     let cfg = d.config();
     let fixtures: Vec<Fixture> = match label {
         None => cfg.gate.fixtures.fixtures.clone(),
