@@ -107,15 +107,20 @@ impl Shared {
                                 self.d.metrics.dispatches.inc(&[agent]);
                                 out.push(t)
                             }
-                            // Routed before (found assigned at start): taken as it stands now.
+                            // Routed before (found assigned at start): taken as it stands now,
+                            // unless it is here already (handed over twice at start).
                             Some(Err(StoreError::Refused {
                                 from: TaskState::Assigned,
                                 ..
-                            })) => out.extend(self.current(&task.id, TaskState::Assigned).await),
+                            })) => {
+                                if !self.known(&task.id, &out) {
+                                    out.extend(self.current(&task.id, TaskState::Assigned).await)
+                                }
+                            }
                             // Cancelled or expired meanwhile: not ours to run.
                             _ => {}
                         }
-                    } else {
+                    } else if !self.known(&task.id, &out) {
                         out.extend(self.current(&task.id, TaskState::Assigned).await);
                     }
                 }
@@ -157,6 +162,21 @@ impl Shared {
             self.fail_no_agent(no_agent).await;
         }
         self.pump();
+    }
+
+    /// Whether the task is already on its way here: waiting, running, or among those routed in
+    /// this burst. Asked only of tasks found routed before (at start a task can be handed over by
+    /// its submit and by the read of pending tasks), so the scan is rare.
+    fn known(&self, id: &str, routed: &[Task]) -> bool {
+        if routed.iter().any(|t| t.id == id) {
+            return true;
+        }
+        let slots = self.slots();
+        slots.running.contains_key(id)
+            || slots
+                .agents
+                .values()
+                .any(|q| q.waiting.iter().any(|(_, t)| t.id == id))
     }
 
     /// The task as stored now, if it is in `state`.
