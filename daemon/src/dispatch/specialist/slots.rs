@@ -112,12 +112,10 @@ impl Shared {
                             Some(Err(StoreError::Refused {
                                 from: TaskState::Assigned,
                                 ..
-                            })) => {
-                                if !self.known(&task.id, &out) {
-                                    out.extend(self.current(&task.id, TaskState::Assigned).await)
-                                }
+                            })) if !self.known(&task.id, &out) => {
+                                out.extend(self.current(&task.id, TaskState::Assigned).await)
                             }
-                            // Cancelled or expired meanwhile: not ours to run.
+                            // Cancelled or expired meanwhile, or here already: not to run again.
                             _ => {}
                         }
                     } else if !self.known(&task.id, &out) {
