@@ -370,6 +370,50 @@ fn a_mode_flip_through_one_node_is_in_force_on_all() {
     assert_eq!(c.starts("any"), vec![id]);
 }
 
+/// An agent paused through one node is paused on the others from their next heartbeat, and a
+/// resume through it lifts the pause everywhere: the task submitted meanwhile then runs.
+#[test]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+fn an_agent_paused_through_one_node_is_paused_on_all() {
+    let c = Cluster::new();
+    let quick = c.quick("any");
+    let a = c.live_node("n1", &quick, true);
+    let b = c.live_node("n2", &quick, false);
+    let paused_on = |d: &TestDaemon| {
+        let (code, v) = d.ctl_json(&["agents"]);
+        assert_eq!(code, 0, "{v}");
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["agent"] == "researcher")
+            .map(|x| x["paused"].clone())
+            .unwrap_or(Value::Null)
+    };
+    let out = a.ctl(&[
+        "agent",
+        "pause",
+        "researcher",
+        "--reason",
+        "provider outage",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let seen = wait_for("the pause on n2", WAIT, || {
+        let p = paused_on(&b);
+        (!p.is_null()).then_some(p)
+    });
+    assert_eq!(seen["reason"], "provider outage", "{seen}");
+    assert_eq!(seen["cause"], "operator", "{seen}");
+
+    let id = b.submit(RESEARCH);
+    let out = a.ctl(&["agent", "resume", "researcher", "--reason", "back"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("the resume on n2", WAIT, || {
+        paused_on(&b).is_null().then_some(())
+    });
+    b.wait_state(&id, "done", WAIT);
+    assert_eq!(c.starts("any"), vec![id]);
+}
+
 #[test]
 #[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
 fn a_watch_on_one_node_sees_what_another_commits() {

@@ -76,6 +76,20 @@ impl Pauses {
         self.changed.notify_one();
     }
 
+    /// On a shared store: the pauses as the store holds them now, set or lifted by any node.
+    /// Wakes the executor only when they differ from those in force here.
+    pub fn replace(&self, stored: Vec<StoredPause>) {
+        let now: HashMap<String, StoredPause> =
+            stored.into_iter().map(|p| (p.agent.clone(), p)).collect();
+        let mut inner = self.inner();
+        if inner.by_agent == now {
+            return;
+        }
+        inner.by_agent = now;
+        drop(inner);
+        self.changed.notify_one();
+    }
+
     pub fn get(&self, agent: &str) -> Option<StoredPause> {
         self.inner().by_agent.get(agent).cloned()
     }

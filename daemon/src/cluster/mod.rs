@@ -144,17 +144,19 @@ async fn tick(d: &Daemon) {
     d.dispatch.poll();
 }
 
-/// Take the mode, the latest gate run and the pending overrides as the shared store holds them:
-/// another node may have flipped the mode, run the gate or recorded an override.
+/// Take the mode, the latest gate run, the pending overrides and the agents' pauses as the shared
+/// store holds them: another node may have flipped the mode, run the gate, recorded an override,
+/// or paused or resumed an agent.
 async fn follow_rollout(d: &Daemon) {
     let read = async {
         Ok::<_, crate::store::StoreError>((
             d.store.load_mode().await?,
             d.store.latest_gate_run().await?,
             d.store.pending_overrides().await?,
+            d.store.agent_pauses().await?,
         ))
     };
-    let (mode, gate, overrides) = match read.await {
+    let (mode, gate, overrides, pauses) = match read.await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = %e, "cannot read the shared rollout state");
@@ -163,6 +165,9 @@ async fn follow_rollout(d: &Daemon) {
     };
     d.gate.set_latest_run(gate);
     d.gate.set_pending_overrides(overrides);
+    // An agent paused or resumed through any node (an operator, a provider's limit, a budget) is
+    // paused or resumed on every node from its next heartbeat.
+    d.pauses.replace(pauses);
     let Some(stored) = mode else { return };
     let current = d.mode();
     // Only a change newer than the one in force here: a read that raced this node's own reload
