@@ -24,6 +24,9 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(3600);
 pub struct Pauses {
     inner: Mutex<Inner>,
     changed: Notify,
+    /// Held by whoever changes a pause from its check to its store and memory (see
+    /// [`Pauses::changing`]).
+    changing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -74,6 +77,13 @@ impl Pauses {
         }
         drop(inner);
         self.changed.notify_one();
+    }
+
+    /// One change of a pause at a time: a change checks what is in force, stores, then sets
+    /// memory, and two changes interleaved (a provider's limit and an operator's pause, or a lapse
+    /// being cleared) could leave memory and the store disagreeing.
+    pub async fn changing(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.changing.lock().await
     }
 
     /// On a shared store: the pauses as the store holds them now, set or lifted by any node.

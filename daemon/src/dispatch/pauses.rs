@@ -13,6 +13,7 @@ pub const PAUSED_BY_BUDGET: &str = "budget";
 /// Pause an agent: stored first, so that what the executor obeys is what a restart finds. A pause
 /// never shortens one in force (an operator's pause outlasts a provider's limit).
 pub async fn pause(d: &Daemon, pause: StoredPause) -> Result<(), StoreError> {
+    let _one_at_a_time = d.pauses.changing().await;
     let now = d.clock.now_ms();
     if let Some(current) = d.pauses.get(&pause.agent).filter(|p| p.holds(now)) {
         let outlasts = match (current.until_ms, pause.until_ms) {
@@ -24,16 +25,20 @@ pub async fn pause(d: &Daemon, pause: StoredPause) -> Result<(), StoreError> {
             return Ok(());
         }
     }
-    d.store
+    // Obeyed even when it cannot be stored (the error says so): it then holds until the daemon
+    // stops.
+    let stored = d
+        .store
         .set_agent_pause(pause.agent.clone(), Some(pause.clone()))
-        .await?;
+        .await;
     tracing::warn!(AGENT = %pause.agent, cause = ?pause.cause, until = ?pause.until_ms.map(rfc3339), reason = %pause.reason, by = %pause.by, "agent paused");
     d.pauses.put(pause);
-    Ok(())
+    stored
 }
 
 /// Lift an agent's pause; answers the pause that was lifted, if there was one.
 pub async fn resume(d: &Daemon, agent: &str) -> Result<Option<StoredPause>, StoreError> {
+    let _one_at_a_time = d.pauses.changing().await;
     d.store.set_agent_pause(agent.to_string(), None).await?;
     Ok(d.pauses.remove(agent))
 }

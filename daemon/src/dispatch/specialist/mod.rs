@@ -136,10 +136,13 @@ async fn watch_pauses(s: Arc<Shared>) {
     let mut moves = d.clock.moves();
     loop {
         let now = d.clock.now_ms();
-        for p in d.pauses.take_lapsed(now) {
-            tracing::info!(AGENT = %p.agent, reason = %p.reason, "agent resumed: its pause ended");
-            if let Err(e) = d.store.set_agent_pause(p.agent.clone(), None).await {
-                tracing::warn!(AGENT = %p.agent, error = %e, "cannot clear the agent's ended pause; it is cleared at the next start");
+        {
+            let _one_at_a_time = d.pauses.changing().await;
+            for p in d.pauses.take_lapsed(now) {
+                tracing::info!(AGENT = %p.agent, reason = %p.reason, "agent resumed: its pause ended");
+                if let Err(e) = d.store.set_agent_pause(p.agent.clone(), None).await {
+                    tracing::warn!(AGENT = %p.agent, error = %e, "cannot clear the agent's ended pause; it is cleared at the next start");
+                }
             }
         }
         s.pump();
