@@ -163,7 +163,9 @@ impl Backend for PostgresBackend {
     }
 
     fn append_event(&self, e: NewEvent) -> StoreFuture<'_, ()> {
-        write!(self, |tx| { tx.append_event(EventDraft::of_new(&e)).await })
+        write!(self, |tx| {
+            tx.append_event_in_state(EventDraft::of_new(&e)).await
+        })
     }
 
     /// An empty transaction, committed. An unreachable database counts as alive here: the probe

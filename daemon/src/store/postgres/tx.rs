@@ -209,13 +209,36 @@ impl<'c> Tx<'c> {
         Ok(t.into_queued())
     }
 
+    /// The event of a transition (or of an insert) whose row this write has just changed.
     pub(super) async fn append_event(&mut self, e: EventDraft<'_>) -> Result<(), StoreError> {
+        self.insert_event(
+            e,
+            "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
+        )
+        .await
+    }
+
+    /// An event about a task that changes nothing, written only while the task is in the state
+    /// it names (see `Backend::append_event`).
+    pub(super) async fn append_event_in_state(
+        &mut self,
+        e: EventDraft<'_>,
+    ) -> Result<(), StoreError> {
+        self.insert_event(
+            e,
+            "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) \
+             SELECT $1, $2, $3, $4, $5, $6, $7 \
+             WHERE EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND state = $6) RETURNING seq",
+        )
+        .await
+    }
+
+    async fn insert_event(&mut self, e: EventDraft<'_>, sql: &str) -> Result<(), StoreError> {
         let details_json = sql_json(&e.details)?;
         let rows = self
             .query(
-                "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7 \
-                 WHERE EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND state = $6) RETURNING seq",
+                sql,
                 &[
                     &e.task_id,
                     &e.at_ms,
@@ -227,7 +250,8 @@ impl<'c> Tx<'c> {
                 ],
             )
             .await?;
-        // No row: the task is no longer in the state the event names (see `Backend::append_event`).
+        // No row: only the guarded insert writes none, for a task no longer in the state the event
+        // names (see `Backend::append_event`).
         let Some(seq) = rows.first().map(|r| r.get::<_, i64>(0)) else {
             return Ok(());
         };

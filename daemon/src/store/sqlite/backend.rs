@@ -56,7 +56,7 @@ impl Backend for SqliteBackend {
     }
 
     fn append_event(&self, e: NewEvent) -> StoreFuture<'_, ()> {
-        Box::pin(self.write(move |b| b.append_event(EventDraft::of_new(&e))))
+        Box::pin(self.write(move |b| b.append_event_in_state(EventDraft::of_new(&e))))
     }
 
     fn probe(&self) -> StoreFuture<'_, ()> {

@@ -168,25 +168,39 @@ impl<'a> Batch<'a> {
         Ok(t.into_queued())
     }
 
+    /// The event of a transition (or of an insert) whose row this write has just changed.
     pub fn append_event(&mut self, e: EventDraft) -> Result<(), StoreError> {
+        self.insert_event(
+            e,
+            "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+    }
+
+    /// An event about a task that changes nothing, written only while the task is in the state
+    /// it names (see `Backend::append_event`).
+    pub fn append_event_in_state(&mut self, e: EventDraft) -> Result<(), StoreError> {
+        self.insert_event(
+            e,
+            "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 \
+             WHERE EXISTS (SELECT 1 FROM tasks WHERE id = ?1 AND state = ?6)",
+        )
+    }
+
+    fn insert_event(&mut self, e: EventDraft, sql: &str) -> Result<(), StoreError> {
         let details_json = sql_json(&e.details)?;
-        // Only while the task is in the state the event names (see `Backend::append_event`).
-        let written = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) \
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 \
-                 WHERE EXISTS (SELECT 1 FROM tasks WHERE id = ?1 AND state = ?6)",
-            )?
-            .execute(params![
-                e.task_id,
-                e.at_ms,
-                e.actor,
-                e.action,
-                e.from.map(|s| s.as_str()),
-                e.to.as_str(),
-                details_json
-            ])?;
+        let written = self.tx.prepare_cached(sql)?.execute(params![
+            e.task_id,
+            e.at_ms,
+            e.actor,
+            e.action,
+            e.from.map(|s| s.as_str()),
+            e.to.as_str(),
+            details_json
+        ])?;
+        // None written: only the guarded insert writes none, for a task no longer in the state
+        // the event names.
         if written == 0 {
             return Ok(());
         }
