@@ -144,19 +144,30 @@ async fn tick(d: &Daemon) {
     d.dispatch.poll();
 }
 
+/// An agent paused or resumed through any node (an operator, a provider's limit, a budget) is
+/// paused or resumed on every node from its next heartbeat. Read and set under the pauses' own
+/// lock, so that a change this node makes meanwhile is not overwritten by an older read.
+async fn follow_pauses(d: &Daemon) {
+    let _one_at_a_time = d.pauses.changing().await;
+    match d.store.agent_pauses().await {
+        Ok(stored) => d.pauses.replace(stored),
+        Err(e) => tracing::debug!(error = %e, "cannot read the shared agents' pauses"),
+    }
+}
+
 /// Take the mode, the latest gate run, the pending overrides and the agents' pauses as the shared
 /// store holds them: another node may have flipped the mode, run the gate, recorded an override,
 /// or paused or resumed an agent.
 async fn follow_rollout(d: &Daemon) {
+    follow_pauses(d).await;
     let read = async {
         Ok::<_, crate::store::StoreError>((
             d.store.load_mode().await?,
             d.store.latest_gate_run().await?,
             d.store.pending_overrides().await?,
-            d.store.agent_pauses().await?,
         ))
     };
-    let (mode, gate, overrides, pauses) = match read.await {
+    let (mode, gate, overrides) = match read.await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = %e, "cannot read the shared rollout state");
@@ -165,9 +176,6 @@ async fn follow_rollout(d: &Daemon) {
     };
     d.gate.set_latest_run(gate);
     d.gate.set_pending_overrides(overrides);
-    // An agent paused or resumed through any node (an operator, a provider's limit, a budget) is
-    // paused or resumed on every node from its next heartbeat.
-    d.pauses.replace(pauses);
     let Some(stored) = mode else { return };
     let current = d.mode();
     // Only a change newer than the one in force here: a read that raced this node's own reload
