@@ -126,11 +126,19 @@ impl Spending {
         }
     }
 
-    /// Start from what the store holds for this month. Thresholds the sums already crossed were
-    /// crossed before this start: announced then, and acted on (a budget pause is stored and
-    /// loaded with the others; one an operator lifted stays lifted). They are not crossed again
-    /// in this period.
-    pub fn load(&self, cfg: &Config, rows: &[UsageRow], p: &Periods) {
+    /// Start from what the store holds for this month. A warning threshold the sums already
+    /// crossed was announced before this start and is not announced again. An exhausted one is
+    /// taken as acted on only where a budget pause is in force (`budget_paused`, from the stored
+    /// pauses): otherwise (a cap added or lowered while the daemon was stopped) the next charge
+    /// crosses it and pauses. An operator's resume of a budget pause is not stored, so after a
+    /// restart the next charge pauses the agent again.
+    pub fn load(
+        &self,
+        cfg: &Config,
+        rows: &[UsageRow],
+        p: &Periods,
+        budget_paused: &dyn Fn(&str) -> bool,
+    ) {
         let mut inner = self.inner();
         inner.roll(p);
         inner.day.clear();
@@ -149,16 +157,35 @@ impl Spending {
             }
         }
         let scopes: Vec<String> = inner.month.keys().cloned().collect();
-        let mut already = Vec::new();
         for scope in scopes {
-            let budget = match scope.as_str() {
-                ALL => &cfg.budget,
+            let (budget, paused) = match scope.as_str() {
+                ALL => (
+                    &cfg.budget,
+                    cfg.configured_agents.iter().any(|a| budget_paused(a)),
+                ),
                 agent => match cfg.agent(agent) {
-                    Some(a) => &a.budget,
+                    Some(a) => (&a.budget, budget_paused(agent)),
                     None => continue,
                 },
             };
-            inner.check(&scope, budget, p, &mut already);
+            for (period, cap, start) in [
+                (Period::Day, budget.daily_usd, p.day_start),
+                (Period::Month, budget.monthly_usd, p.month_start),
+            ] {
+                let Some(cap) = cap else { continue };
+                let sums = match period {
+                    Period::Day => &inner.day,
+                    Period::Month => &inner.month,
+                };
+                let spent = sums.get(&scope).copied().unwrap_or(0.0);
+                let key = (scope.clone(), period, start);
+                if spent >= cap * WARN_AT {
+                    inner.warned.insert(key.clone());
+                }
+                if spent >= cap && paused {
+                    inner.exhausted.insert(key);
+                }
+            }
         }
     }
 
@@ -264,14 +291,32 @@ mod tests {
         }
     }
 
-    /// A restart does not cross again what the previous run crossed: no second warning, and no
-    /// new pause of an agent an operator resumed in the same period.
+    /// A restart does not announce again what the previous run announced: an exhausted budget
+    /// whose pause is in force crosses nothing more; one without (a cap added while the daemon
+    /// was stopped) is crossed by the next charge, which pauses; a warning is not repeated.
     #[test]
     fn thresholds_crossed_before_a_start_are_not_crossed_again_in_their_period() {
-        let (c, s) = (cfg(), Spending::default());
-        s.load(&c, &[used_by("coder", 1.2, 50)], &periods(0));
-        assert_eq!(s.spent("coder", &periods(0)), (1.2, 1.2));
-        assert!(s.charge(&c, "coder", 0.1, &periods(0)).is_empty());
+        let c = cfg();
+        let paused = Spending::default();
+        paused.load(&c, &[used_by("coder", 1.2, 50)], &periods(0), &|a| {
+            a == "coder"
+        });
+        assert_eq!(paused.spent("coder", &periods(0)), (1.2, 1.2));
+        assert!(paused.charge(&c, "coder", 0.1, &periods(0)).is_empty());
+
+        let new_cap = Spending::default();
+        new_cap.load(&c, &[used_by("coder", 1.2, 50)], &periods(0), &|_| false);
+        let crossed = new_cap.charge(&c, "coder", 0.1, &periods(0));
+        assert_eq!(crossed.len(), 1, "{crossed:?}");
+        assert!(crossed[0].exhausted && crossed[0].period == Period::Day);
+
+        let warned = Spending::default();
+        warned.load(&c, &[used_by("coder", 0.85, 50)], &periods(0), &|_| false);
+        assert!(
+            warned.charge(&c, "coder", 0.05, &periods(0)).is_empty(),
+            "warned once"
+        );
+        let s = paused;
         // The next day counts afresh.
         let next = s.charge(&c, "coder", 0.9, &periods(1));
         assert_eq!(next.len(), 1, "{next:?}");

@@ -110,7 +110,16 @@ pub async fn load_agent_state(d: &Daemon) {
     }
     let periods = d.config().timezone.periods(d.clock.now_ms());
     match d.store.usage_since(periods.month_start).await {
-        Ok(rows) => d.spending.load(&d.config(), &rows, &periods),
+        Ok(rows) => {
+            let now = d.clock.now_ms();
+            let budget_paused = |agent: &str| {
+                d.pauses.get(agent).is_some_and(|p| {
+                    p.cause == orchestrator_proto::message::PauseCause::Budget && p.holds(now)
+                })
+            };
+            d.spending
+                .load(&d.config(), &rows, &periods, &budget_paused)
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot read this month's usage; budgets count from now")
         }
