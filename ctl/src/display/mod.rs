@@ -40,20 +40,31 @@ pub struct Output<'a> {
 }
 
 /// Text others wrote (a specialist's result, its error, a file's name) as a terminal should get
-/// it: control characters other than line breaks and tabs are shown escaped (`\u{1b}`), so that
-/// nothing in it can move the cursor, clear the screen or retitle the window.
+/// it: control characters other than line breaks (`\n`, `\r\n`) and tabs are shown escaped
+/// (`\u{1b}`), so that nothing in it can move the cursor, clear the screen, retitle the window or
+/// write over a line (a lone `\r`).
 fn shown(text: &str) -> std::borrow::Cow<'_, str> {
-    let kept = |c: char| matches!(c, '\n' | '\r' | '\t');
-    if !text.chars().any(|c| c.is_control() && !kept(c)) {
+    let bare_cr = text
+        .char_indices()
+        .any(|(i, c)| c == '\r' && !text[i + 1..].starts_with('\n'));
+    if !bare_cr
+        && !text
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
         return std::borrow::Cow::Borrowed(text);
     }
-    text.chars()
-        .map(|c| match c {
-            c if kept(c) => c.to_string(),
-            c if c.is_control() => c.escape_unicode().to_string(),
-            c => c.to_string(),
-        })
-        .collect()
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            '\r' if chars.peek() == Some(&'\n') => out.push(c),
+            c if c.is_control() => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn print_json<T: Serialize>(o: &mut Output, v: &T) -> io::Result<()> {

@@ -1,6 +1,6 @@
 //! `status`, `nodes` and `agents`: the daemon, its store, its peers and its agents.
 
-use super::{print_json, response, Format, Output};
+use super::{print_json, response, shown, Format, Output};
 use crate::client::exit;
 use orchestrator_proto::message::{
     AgentStatus, NodesReport, PauseCause, Response, StatusReport, StorageStatus,
@@ -18,9 +18,11 @@ pub(super) fn agent_state(a: &AgentStatus) -> String {
                 PauseCause::Budget => "over budget",
                 PauseCause::Operator => "by operator",
             };
+            // A provider's limit pauses with the reason its specialist gave.
+            let reason = shown(&p.reason);
             match &p.until {
-                Some(t) => format!("paused until {t}: {} ({cause}, by {})", p.reason, p.by),
-                None => format!("paused: {} ({cause}, by {})", p.reason, p.by),
+                Some(t) => format!("paused until {t}: {reason} ({cause}, by {})", p.by),
+                None => format!("paused: {reason} ({cause}, by {})", p.by),
             }
         }
     }

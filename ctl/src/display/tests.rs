@@ -124,7 +124,7 @@ fn event(seq: u64, from: Option<TaskState>, to: TaskState, action: &str) -> Traj
 fn task_detail_escapes_control_characters_others_wrote() {
     let mut t = task("01TASK", TaskState::Failed, "fix the build");
     t.result = Some(TaskResult {
-        text: Some("line one\n\tline two \u{1b}]0;owned\u{7}\u{1b}[2J".into()),
+        text: Some("line one\r\n\tline two \u{1b}]0;owned\u{7}\u{1b}[2J\rover".into()),
         text_path: None,
         artefacts: Vec::new(),
         specialist_session_id: None,
@@ -149,7 +149,9 @@ fn task_detail_escapes_control_characters_others_wrote() {
         "{out:?}"
     );
     assert!(
-        out.contains("result:      line one\n\tline two \\u{1b}]0;owned\\u{7}\\u{1b}[2J\n"),
+        out.contains(
+            "result:      line one\r\n\tline two \\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{d}over\n"
+        ),
         "{out}"
     );
     assert!(
