@@ -190,9 +190,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Where a waited-for task may rest for `submit --wait` to succeed: done, or waiting for a person.
+/// Whether a waited-for task came to a bad end: failed, cancelled or expired. One still on its
+/// way (the daemon stopped while the wait went on) is not.
 fn ended_well(state: TaskState) -> bool {
-    matches!(state, TaskState::Done | TaskState::AwaitingApproval)
+    !matches!(
+        state,
+        TaskState::Failed | TaskState::Cancelled | TaskState::Expired
+    )
 }
 
 /// The state directory of the daemon on `socket`, whose token `rotate-token` rotates when no
