@@ -78,7 +78,17 @@ pub async fn pause(
         by: actor.name.clone(),
         at_ms: d.clock.now_ms(),
     };
-    pauses::pause(d, p).await?;
+    if let Err(e) = pauses::pause(d, p).await {
+        // Obeyed all the same (see `dispatch::pauses::pause`): say so.
+        let e = WireError::from(e);
+        return Err(WireError::new(
+            e.code,
+            format!(
+                "{}; the pause holds until the daemon stops, but a restart will not keep it",
+                e.message
+            ),
+        ));
+    }
     list(d).await
 }
 
