@@ -120,62 +120,56 @@ pub fn describe_changes(old: &Config, new: &Config, mode_from: Mode) -> Vec<Stri
             new.routing.rules.len()
         ));
     }
-    if old.agents != new.agents {
-        changes.push("agents changed".into());
-    }
-    if old.limits != new.limits {
-        changes.push("shared limits changed".into());
-    }
-    if old.budget != new.budget {
-        changes.push("budgets changed".into());
-    }
-    if old.timezone.name != new.timezone.name {
-        changes.push("timezone changed".into());
-    }
-    if old.approval != new.approval {
-        changes.push("approval policy changed".into());
-    }
-    if old.notify != new.notify {
-        changes.push("notification sinks changed".into());
-    }
-    if old.sweeper != new.sweeper {
-        changes.push("sweeper settings changed".into());
-    }
-    if old.gate.shadow_window != new.gate.shadow_window
-        || old.gate.min_shadow_tasks != new.gate.min_shadow_tasks
-    {
-        changes.push("gate settings changed".into());
-    }
-    if old.gate.fixtures != new.gate.fixtures {
-        changes.push("synthetic fixtures changed".into());
-    }
-    if old.socket != new.socket {
-        changes.push("socket access changed".into());
-    }
-    if old.delivery != new.delivery {
-        changes.push("delivery changed".into());
-    }
     let listener = |c: &Config| c.http.as_ref().map(|h| (h.listen, h.explicit));
-    if listener(old) != listener(new) {
-        changes.push("http listener changed (takes effect at the next start)".into());
-    }
     let http_settings = |c: &Config| {
         c.http
             .as_ref()
             .map(|h| (h.session_ttl, h.metrics_token, h.public_url.clone()))
     };
-    if listener(old) == listener(new) && http_settings(old) != http_settings(new) {
-        changes.push("http settings changed (session_ttl, metrics_token, public_url)".into());
-    }
-    if old.socket_path != new.socket_path || old.state_dir != new.state_dir {
-        changes.push("paths changed (take effect at the next start)".into());
-    }
-    if old.store != new.store {
-        changes.push("store settings changed (take effect at the next start)".into());
-    }
-    if old.node != new.node {
-        changes.push("node settings changed".into());
-    }
+    // Each part of the file a reload may change, and how the reload says so.
+    let parts = [
+        (old.agents != new.agents, "agents changed"),
+        (old.limits != new.limits, "shared limits changed"),
+        (old.budget != new.budget, "budgets changed"),
+        (old.timezone.name != new.timezone.name, "timezone changed"),
+        (old.approval != new.approval, "approval policy changed"),
+        (old.notify != new.notify, "notification sinks changed"),
+        (old.sweeper != new.sweeper, "sweeper settings changed"),
+        (
+            old.gate.shadow_window != new.gate.shadow_window
+                || old.gate.min_shadow_tasks != new.gate.min_shadow_tasks,
+            "gate settings changed",
+        ),
+        (
+            old.gate.fixtures != new.gate.fixtures,
+            "synthetic fixtures changed",
+        ),
+        (old.socket != new.socket, "socket access changed"),
+        (old.delivery != new.delivery, "delivery changed"),
+        (
+            listener(old) != listener(new),
+            "http listener changed (takes effect at the next start)",
+        ),
+        (
+            listener(old) == listener(new) && http_settings(old) != http_settings(new),
+            "http settings changed (session_ttl, metrics_token, public_url)",
+        ),
+        (
+            old.socket_path != new.socket_path || old.state_dir != new.state_dir,
+            "paths changed (take effect at the next start)",
+        ),
+        (
+            old.store != new.store,
+            "store settings changed (take effect at the next start)",
+        ),
+        (old.node != new.node, "node settings changed"),
+    ];
+    changes.extend(
+        parts
+            .into_iter()
+            .filter(|(changed, _)| *changed)
+            .map(|(_, said)| said.to_string()),
+    );
     changes
 }
 
