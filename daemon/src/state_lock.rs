@@ -8,9 +8,10 @@
 //! kernel releases it when the process ends, however it ends, so a killed daemon leaves no stale
 //! lock. The file holds the holder's pid, for the refusal's message.
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -20,14 +21,14 @@ pub const LOCK_FILE: &str = "orchestratord.lock";
 /// The held lock; released when dropped (or when the process ends).
 #[derive(Debug)]
 pub struct StateDirLock {
-    _file: File,
+    _held: Flock<File>,
 }
 
 impl StateDirLock {
     /// Take the lock of `state_dir`, or say which daemon holds it.
     pub fn take(state_dir: &Path) -> Result<StateDirLock, String> {
         let path = state_dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -35,21 +36,18 @@ impl StateDirLock {
             .mode(0o640)
             .open(&path)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        // SAFETY: flock only takes an advisory lock on the open file; `file` outlives the call.
-        let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if taken != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(in_use(state_dir, &path, &mut file));
-            }
-            return Err(format!("cannot lock {}: {err}", path.display()));
-        }
+        // As the pidfile of `--daemonize` is locked (`crate::background`).
+        let mut held = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => held,
+            Err((mut file, Errno::EWOULDBLOCK)) => return Err(in_use(state_dir, &path, &mut file)),
+            Err((_, e)) => return Err(format!("cannot lock {}: {e}", path.display())),
+        };
         let pid = std::process::id().to_string();
-        file.set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| file.write_all(format!("{pid}\n").as_bytes()))
+        held.set_len(0)
+            .and_then(|()| held.rewind())
+            .and_then(|()| held.write_all(format!("{pid}\n").as_bytes()))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        Ok(StateDirLock { _file: file })
+        Ok(StateDirLock { _held: held })
     }
 }
 
