@@ -32,6 +32,10 @@ pub struct AgentConfig {
 }
 
 /// The error codes `retry_on` accepts: the ones a specialist's run can end with.
+/// The search path a specialist gets when the daemon has none: what the daemon passes to its
+/// children (`dispatch::process::base_env`), and where `config check` looks for an agent's program.
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
 pub const RETRYABLE: [&str; 3] = ["specialist_aborted", "specialist_timeout", "spawn_failed"];
 
 impl AgentConfig {

@@ -4,16 +4,13 @@
 
 use super::approval::RawApprovalTimeout;
 use super::validator::{line_of, ConfigIssue, Validator};
-use crate::agent::{builtin_agents, AgentConfig, RETRYABLE};
+use crate::agent::{builtin_agents, AgentConfig, DEFAULT_PATH, RETRYABLE};
 use crate::routing::RoutingTable;
 use orchestrator_proto::task::Mode;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use toml::Spanned;
-
-/// The search path a specialist gets when the daemon has none (as the daemon's `base_env` gives).
-const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// Why `program` cannot be started, if it cannot: an absolute path that is no executable file, or
 /// a bare name that no directory of `path_var` holds. A relative path with a slash is resolved

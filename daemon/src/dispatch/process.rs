@@ -13,6 +13,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
+use orchestrator_core::agent::DEFAULT_PATH;
 use orchestrator_proto::task::Task;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
@@ -33,7 +34,6 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Variables passed through from the daemon's own environment; everything else is left behind,
 /// notably systemd's `NOTIFY_SOCKET`, `WATCHDOG_*` and `LISTEN_*`, which belong to the daemon.
 const PASSED_THROUGH: [&str; 7] = ["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ"];
-const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// Whether a variable must never reach a child, whoever configured it.
 pub fn is_reserved(name: &str) -> bool {
