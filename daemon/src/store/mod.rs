@@ -197,7 +197,7 @@ pub trait Backend: Send + Sync {
     /// because it died (the supervisor then stops the daemon).
     fn writer_ended(&self) -> Pin<Box<dyn Future<Output = String> + Send + '_>>;
     fn get_task<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Task>>;
-    /// A task with its trajectory, oldest event first.
+    /// A task with its trajectory, oldest event first, both as of the same commit.
     fn task_detail<'a>(
         &'a self,
         id: &'a str,

@@ -141,25 +141,13 @@ pub fn fit(
     Ok(TaskPage { tasks, next })
 }
 
-/// One task with its trajectory, or `not_found`. The row and the trajectory are two reads; a
-/// transition committed between them would show a trajectory a step ahead of (or behind) the
-/// state, so the pair is read again until the last event ends where the row is (a few times at
-/// most: a task moves a handful of times in its life).
+/// One task with its trajectory (read as of one commit by the store), or `not_found`.
 pub async fn show(d: &Daemon, id: &str) -> Result<(Task, Vec<TrajectoryEvent>), WireError> {
     check_id(id)?;
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match d.store.task_detail(id).await? {
-            Some((task, events))
-                if tries < 3 && events.last().is_some_and(|ev| ev.to != task.state) => {}
-            Some(found) => return Ok(found),
-            None => {
-                return Err(
-                    WireError::new(ErrorCode::NotFound, format!("no task with id {id}"))
-                        .with("id", id),
-                )
-            }
+    match d.store.task_detail(id).await? {
+        Some(found) => Ok(found),
+        None => {
+            Err(WireError::new(ErrorCode::NotFound, format!("no task with id {id}")).with("id", id))
         }
     }
 }

@@ -201,9 +201,22 @@ impl Backend for PostgresBackend {
         &'a self,
         id: &'a str,
     ) -> StoreFuture<'a, Option<(Task, Vec<TrajectoryEvent>)>> {
-        read!(self, |c| match queries::get_task(&c, id).await? {
-            Some(task) => Ok(Some((task, queries::events_of(&c, id).await?))),
-            None => Ok(None),
+        // One snapshot: the row and its trajectory as of the same commit.
+        read!(self, |c| {
+            c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map_err(pg_error)?;
+            let read = async {
+                match queries::get_task(&c, id).await? {
+                    Some(task) => Ok(Some((task, queries::events_of(&c, id).await?))),
+                    None => Ok(None),
+                }
+            }
+            .await;
+            // Read only: ending it either way changes nothing, and the connection goes back to
+            // the pool outside a transaction.
+            c.batch_execute("ROLLBACK").await.map_err(pg_error)?;
+            read
         })
     }
 

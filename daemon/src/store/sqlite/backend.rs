@@ -79,9 +79,13 @@ impl Backend for SqliteBackend {
         id: &'a str,
     ) -> StoreFuture<'a, Option<(Task, Vec<TrajectoryEvent>)>> {
         let id = id.to_string();
-        Box::pin(self.read(move |c| match queries::get_task(c, &id)? {
-            Some(task) => Ok(Some((task, queries::events_of(c, &id)?))),
-            None => Ok(None),
+        // One read transaction: the row and its trajectory as of the same commit.
+        Box::pin(self.read(move |c| {
+            let snapshot = c.unchecked_transaction()?;
+            match queries::get_task(&snapshot, &id)? {
+                Some(task) => Ok(Some((task, queries::events_of(&snapshot, &id)?))),
+                None => Ok(None),
+            }
         }))
     }
 
