@@ -180,7 +180,7 @@ fn main() -> ExitCode {
             // `submit --wait` answers for the task: one that rested failed, cancelled or expired
             // is a failed operation to a script.
             match (&response, rendered) {
-                (Response::Task(t), Ok(exit::OK)) if waited && !ended_well(t.state) => {
+                (Response::Task(t), Ok(exit::OK)) if waited && came_to_a_bad_end(t.state) => {
                     ExitCode::from(exit::FAILED)
                 }
                 (_, rendered) => finish(rendered),
@@ -192,8 +192,8 @@ fn main() -> ExitCode {
 
 /// Whether a waited-for task came to a bad end: failed, cancelled or expired. One still on its
 /// way (the daemon stopped while the wait went on) is not.
-fn ended_well(state: TaskState) -> bool {
-    !matches!(
+fn came_to_a_bad_end(state: TaskState) -> bool {
+    matches!(
         state,
         TaskState::Failed | TaskState::Cancelled | TaskState::Expired
     )

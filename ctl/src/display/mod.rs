@@ -44,13 +44,9 @@ pub struct Output<'a> {
 /// (`\u{1b}`), so that nothing in it can move the cursor, clear the screen, retitle the window or
 /// write over a line (a lone `\r`).
 fn shown(text: &str) -> std::borrow::Cow<'_, str> {
-    let bare_cr = text
-        .char_indices()
-        .any(|(i, c)| c == '\r' && !text[i + 1..].starts_with('\n'));
-    if !bare_cr
-        && !text
-            .chars()
-            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    if !text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\t'))
     {
         return std::borrow::Cow::Borrowed(text);
     }
