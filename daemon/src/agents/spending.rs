@@ -50,6 +50,15 @@ impl Period {
     }
 }
 
+/// A period a budget caps, as [`Inner::capped`] finds it.
+struct Capped {
+    period: Period,
+    cap: f64,
+    spent: f64,
+    key: (String, Period, i64),
+    ends: i64,
+}
+
 /// A threshold a charge crossed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Crossing {
@@ -75,8 +84,10 @@ impl Inner {
         }
     }
 
-    fn check(&mut self, scope: &str, budget: &Budget, p: &Periods, out: &mut Vec<Crossing>) {
-        for (period, cap, spent, start, ends) in [
+    /// Each period `budget` caps for `scope`: what the scope spent in it, against which cap, the
+    /// key its thresholds are remembered by, and when it ends.
+    fn capped(&self, scope: &str, budget: &Budget, p: &Periods) -> Vec<Capped> {
+        [
             (
                 Period::Day,
                 budget.daily_usd,
@@ -91,10 +102,29 @@ impl Inner {
                 p.month_start,
                 p.next_month,
             ),
-        ] {
-            let Some(cap) = cap else { continue };
-            let spent = spent.get(scope).copied().unwrap_or(0.0);
-            let key = (scope.to_string(), period, start);
+        ]
+        .into_iter()
+        .filter_map(|(period, cap, sums, start, ends)| {
+            Some(Capped {
+                period,
+                cap: cap?,
+                spent: sums.get(scope).copied().unwrap_or(0.0),
+                key: (scope.to_string(), period, start),
+                ends,
+            })
+        })
+        .collect()
+    }
+
+    fn check(&mut self, scope: &str, budget: &Budget, p: &Periods, out: &mut Vec<Crossing>) {
+        for Capped {
+            period,
+            cap,
+            spent,
+            key,
+            ends,
+        } in self.capped(scope, budget, p)
+        {
             let exhausted = spent >= cap;
             let new = if exhausted {
                 self.exhausted.insert(key.clone())
@@ -168,22 +198,12 @@ impl Spending {
                     None => continue,
                 },
             };
-            for (period, cap, start) in [
-                (Period::Day, budget.daily_usd, p.day_start),
-                (Period::Month, budget.monthly_usd, p.month_start),
-            ] {
-                let Some(cap) = cap else { continue };
-                let sums = match period {
-                    Period::Day => &inner.day,
-                    Period::Month => &inner.month,
-                };
-                let spent = sums.get(&scope).copied().unwrap_or(0.0);
-                let key = (scope.clone(), period, start);
-                if spent >= cap * WARN_AT {
-                    inner.warned.insert(key.clone());
+            for c in inner.capped(&scope, budget, p) {
+                if c.spent >= c.cap * WARN_AT {
+                    inner.warned.insert(c.key.clone());
                 }
-                if spent >= cap && paused {
-                    inner.exhausted.insert(key);
+                if c.spent >= c.cap && paused {
+                    inner.exhausted.insert(c.key);
                 }
             }
         }
