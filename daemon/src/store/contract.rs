@@ -544,6 +544,55 @@ pub async fn leases_renew_void_and_lapse(store: Store) {
     assert!(store.orphan_leftovers().await.unwrap().is_empty());
 }
 
+/// A run's outcome is held to its attempt: once a lapsed lease was reclaimed and the task started
+/// again, the first run's outcome is refused and changes nothing; the later run's lands.
+pub async fn an_outcome_lands_only_on_its_own_attempt(store: Store) {
+    put(
+        &store,
+        "A",
+        TaskKind::Live,
+        vec![routed("A", T0), started("A", T0, T0 + 100)],
+    )
+    .await;
+    let first = store.get_task("A").await.unwrap().unwrap().attempts;
+    let reclaim = Reclaim {
+        now: T0 + 500,
+        limit: 100,
+        reason: "test".into(),
+        actor: "sweeper".into(),
+        attempts: AttemptLimits {
+            by_agent: [("coder".to_string(), 3)].into(),
+            default: 3,
+        },
+    };
+    let r = store.reclaim_lapsed(reclaim).await.unwrap();
+    assert_eq!(r.requeued, ["A"]);
+    store.transition(routed("A", T0 + 550)).await.unwrap();
+    store
+        .transition(started("A", T0 + 600, T0 + 10_000))
+        .await
+        .unwrap();
+    let second = store.get_task("A").await.unwrap().unwrap().attempts;
+    assert_eq!(second, first + 1);
+    let events = store.transitions_of("A").await.unwrap().len();
+
+    let stale = complete("A", T0 + 700, false).of_attempt(first);
+    match store.transition(stale).await {
+        Err(StoreError::Refused { from, .. }) => assert_eq!(from, TaskState::InProgress),
+        other => panic!("the first run's outcome must be refused, got {other:?}"),
+    }
+    let a = store.get_task("A").await.unwrap().unwrap();
+    assert_eq!((a.state, a.attempts), (TaskState::InProgress, second));
+    assert_eq!(store.transitions_of("A").await.unwrap().len(), events);
+
+    let done = store
+        .transition(complete("A", T0 + 800, false).of_attempt(second))
+        .await
+        .unwrap();
+    assert_eq!(done.state, TaskState::Done);
+    assert_eq!(store.transitions_of("A").await.unwrap().len(), events + 1);
+}
+
 /// Retention: terminal tasks of a kind completed before a time, walked by cursor, deleted with
 /// their trajectories; other tasks stay whole.
 pub async fn retention_walks_and_deletes_terminal_tasks(store: Store) {

@@ -150,6 +150,11 @@ pub struct TransitionOp {
     pub at_ms: i64,
     pub patch: Patch,
     pub details: Option<BTreeMap<String, String>>,
+    /// The run this change belongs to, as the task's `attempts` counted it when the run started:
+    /// the compare-and-set then also requires that count, so the outcome of a run whose lease
+    /// lapsed (and whose task was reclaimed and started again) cannot land on the later run.
+    /// `None` for changes that are not a run's (route, approve, expire …).
+    pub attempt: Option<u32>,
 }
 
 impl TransitionOp {
@@ -161,7 +166,14 @@ impl TransitionOp {
             at_ms,
             patch: Patch::default(),
             details: None,
+            attempt: None,
         }
+    }
+
+    /// Hold this change to the run counted `attempt` (see [`TransitionOp::attempt`]).
+    pub fn of_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = Some(attempt);
+        self
     }
 
     pub fn patch(mut self, patch: Patch) -> Self {

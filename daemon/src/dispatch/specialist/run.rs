@@ -36,9 +36,12 @@ impl Shared {
         let attempt = task.attempts + 1;
         // Claimed on a shared store: started by the claim already.
         let claimed = task.state == TaskState::InProgress;
+        // For a claimed task, a little later than the claim's own lease: the first renewal comes
+        // within a third of the lease anyway.
+        let lease_until = leases::until(d);
         let start = TransitionOp::new(&task.id, Action::Start, ACTOR, at)
             .patch(Patch {
-                lease_until: Some(leases::until(d)),
+                lease_until: Some(lease_until),
                 result: Some(TaskResult {
                     text: None,
                     text_path: None,
@@ -69,14 +72,18 @@ impl Shared {
             let wait = crate::metrics::ms_to_seconds(at - created);
             d.metrics.queue_wait.observe(wait);
         }
-        self.leases.hold(&started.id, stop.clone());
+        // Held until the outcome is written (or given up on): the task must not be reclaimed while
+        // its result is being read and recorded.
+        let lease = self
+            .leases
+            .hold(&started.id, started.attempts, lease_until, stop.clone());
         let limits = Limits {
             timeout: agent.timeout,
             kill_grace: agent.kill_grace,
             shutdown_grace: agent.kill_grace.min(SHUTDOWN_GRACE),
         };
         let ran = self.execute(&started, &agent, &limits, stop).await;
-        self.leases.release(&started.id);
+        lease.ended();
         let at = self.d.clock.now_ms();
         let op = match ran {
             Err(error) => {
@@ -128,7 +135,8 @@ impl Shared {
                 outcome(&started, &cfg, &limits, ended, listed, &meta, at)
             }
         };
-        let Some(op) = op.map(|op| retry(op, &started, &agent)) else {
+        // The outcome is this run's: it lands only while the task is still in this attempt.
+        let Some(op) = op.map(|op| retry(op, &started, &agent).of_attempt(started.attempts)) else {
             return;
         };
         if op.action != Action::Defer {
@@ -168,7 +176,7 @@ impl Shared {
             }
             Ok(t) => tracing::debug!(TASK_ID = %t.id, TO = %t.state, "outcome recorded"),
             Err(StoreError::Refused { from, .. }) => {
-                tracing::debug!(TASK_ID = %started.id, FROM = %from, "outcome not recorded: the task moved on")
+                tracing::info!(TASK_ID = %started.id, FROM = %from, attempt = started.attempts, "outcome not recorded: the task moved on (cancelled, reclaimed or started again)")
             }
             // The lease lapses and the sweeper reclaims the task: it is not stuck.
             Err(e) => {

@@ -367,7 +367,7 @@ impl<'c> Tx<'c> {
                  specialist_pid = CASE WHEN $15 THEN $16 ELSE specialist_pid END, \
                  attempts = attempts + $17, usage = COALESCE($19, usage), \
                  node = CASE WHEN $13 AND $14::BIGINT IS NOT NULL THEN $20 ELSE node END \
-                 WHERE id = $1 AND state = $18",
+                 WHERE id = $1 AND state = $18 AND ($21::BIGINT IS NULL OR attempts = $21)",
                 &[
                     &op.id,
                     &to.as_str(),
@@ -389,6 +389,7 @@ impl<'c> Tx<'c> {
                     &from.as_str(),
                     &sql_json(&p.usage)?,
                     &self.node,
+                    &op.attempt.map(i64::from),
                 ],
             )
             .await?;

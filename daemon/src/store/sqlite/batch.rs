@@ -481,8 +481,9 @@ impl<'a> Batch<'a> {
     }
 }
 
-/// The compare-and-set of one transition: `?1` the task, `?18` the state it must be in; the
-/// parameters are [`cas_params`]'s.
+/// The compare-and-set of one transition: `?1` the task, `?18` the state it must be in, `?20` the
+/// run it must still be in (or NULL, see [`TransitionOp::attempt`]); the parameters are
+/// [`cas_params`]'s.
 const CAS_UPDATE: &str = "UPDATE tasks SET state = ?2, \
      routing = COALESCE(?3, routing), agent = COALESCE(?4, agent), result = COALESCE(?5, result), \
      rejection = COALESCE(?6, rejection), error = COALESCE(?7, error), \
@@ -493,7 +494,7 @@ const CAS_UPDATE: &str = "UPDATE tasks SET state = ?2, \
      lease_until = CASE WHEN ?13 THEN ?14 ELSE lease_until END, \
      specialist_pid = CASE WHEN ?15 THEN ?16 ELSE specialist_pid END, \
      attempts = attempts + ?17, usage = COALESCE(?19, usage) \
-     WHERE id = ?1 AND state = ?18";
+     WHERE id = ?1 AND state = ?18 AND (?20 IS NULL OR attempts = ?20)";
 
 /// [`CAS_UPDATE`] answering the row as it leaves it, in [`TASK_COLUMNS`].
 static CAS_RETURNING: LazyLock<String> =
@@ -523,7 +524,8 @@ macro_rules! cas_params {
             c.pid.1,
             c.attempts_inc,
             $from.as_str(),
-            sql_json(&p.usage)?
+            sql_json(&p.usage)?,
+            op.attempt.map(i64::from)
         ]
     }};
 }
