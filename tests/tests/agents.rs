@@ -367,7 +367,7 @@ echo ok
         &format!("{{ cat; echo; }} >> '{}'", events.display()),
     );
     let budget = "budget = { daily_usd = 1.0, monthly_usd = 50 }";
-    let d = TestDaemon::in_mode(
+    let mut d = TestDaemon::in_mode(
         &format!(
             "timezone = \"Europe/Paris\"\n[[notify]]\nname = \"money\"\n\
              events = [\"budget.warning\", \"budget.exhausted\"]\ncommand = [\"{}\"]\n{}",
@@ -425,4 +425,12 @@ echo ok
     // Lifted for the rest of the day: spending on does not pause it again.
     assert!(agents(&d)["researcher"]["paused"].is_null());
     assert_eq!(lines(&runs).len(), 4);
+    // The lift is stored: after a restart the next run's cost does not pause it either (the
+    // charge, and any pause it makes, comes before the outcome is written).
+    d.restart();
+    let after = d.submit(RESEARCH);
+    d.wait_state(&after, "done", WAIT);
+    assert_eq!(lines(&runs).len(), 5);
+    let a = &agents(&d)["researcher"];
+    assert!(a["paused"].is_null(), "{a}");
 }

@@ -2,12 +2,13 @@
 //! in the configured `timezone`), from the costs their specialists report. At 80 % of a cap the
 //! daemon raises `budget.warning`; at 100 % `budget.exhausted`, and pauses the agent (all agents,
 //! for the global `[budget]`) until the day or month ends: queued tasks wait, running ones finish.
-//! `orchctl agent resume` lifts such a pause for the rest of that period.
+//! `orchctl agent resume` lifts such a pause for the rest of that period; the lift is stored, so a
+//! restart within the period does not pause the agent again.
 //!
 //! The sums live in memory, loaded from the store's usage at start and added to by every outcome.
 
 use crate::config::{Budget, Config, Periods};
-use crate::store::UsageRow;
+use crate::store::{BudgetLift, UsageRow};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
@@ -159,13 +160,14 @@ impl Spending {
     /// Start from what the store holds for this month. A warning threshold the sums already
     /// crossed was announced before this start and is not announced again. An exhausted one is
     /// taken as acted on only where a budget pause is in force (`budget_paused`, from the stored
-    /// pauses): otherwise (a cap added or lowered while the daemon was stopped) the next charge
-    /// crosses it and pauses. An operator's resume of a budget pause is not stored, so after a
-    /// restart the next charge pauses the agent again.
+    /// pauses) or an operator lifted the pause for that period (`lifts`, the stored lifts; those
+    /// of earlier periods are left out): otherwise (a cap added or lowered while the daemon was
+    /// stopped) the next charge crosses it and pauses.
     pub fn load(
         &self,
         cfg: &Config,
         rows: &[UsageRow],
+        lifts: &[BudgetLift],
         p: &Periods,
         budget_paused: &dyn Fn(&str) -> bool,
     ) {
@@ -173,6 +175,15 @@ impl Spending {
         inner.roll(p);
         inner.day.clear();
         inner.month.clear();
+        inner.lifted.clear();
+        for l in lifts {
+            if l.day_start == p.day_start {
+                inner.lifted.insert((l.agent.clone(), p.day_start));
+            }
+            if l.month_start == p.month_start {
+                inner.lifted.insert((l.agent.clone(), p.month_start));
+            }
+        }
         for r in rows {
             let (Some(agent), Some(cost)) = (r.agent.as_deref(), r.usage.cost_usd) else {
                 continue;
@@ -188,21 +199,27 @@ impl Spending {
         }
         let scopes: Vec<String> = inner.month.keys().cloned().collect();
         for scope in scopes {
-            let (budget, paused) = match scope.as_str() {
-                ALL => (
-                    &cfg.budget,
-                    cfg.configured_agents.iter().any(|a| budget_paused(a)),
-                ),
+            let agents: Vec<&str> = match scope.as_str() {
+                ALL => cfg.configured_agents.iter().map(String::as_str).collect(),
+                agent => vec![agent],
+            };
+            let budget = match scope.as_str() {
+                ALL => &cfg.budget,
                 agent => match cfg.agent(agent) {
-                    Some(a) => (&a.budget, budget_paused(agent)),
+                    Some(a) => &a.budget,
                     None => continue,
                 },
             };
+            let paused = agents.iter().any(|a| budget_paused(a));
             for c in inner.capped(&scope, budget, p) {
                 if c.spent >= c.cap * WARN_AT {
                     inner.warned.insert(c.key.clone());
                 }
-                if c.spent >= c.cap && paused {
+                let start = c.key.2;
+                let lifted = agents
+                    .iter()
+                    .any(|a| inner.lifted.contains(&(a.to_string(), start)));
+                if c.spent >= c.cap && (paused || lifted) {
                     inner.exhausted.insert(c.key);
                 }
             }
@@ -234,11 +251,16 @@ impl Spending {
     }
 
     /// An operator resumed the agent: no budget pauses it again before the month ends (a daily
-    /// cap, before the day ends).
-    pub fn lift(&self, agent: &str, p: &Periods) {
+    /// cap, before the day ends). Answers the lift to store.
+    pub fn lift(&self, agent: &str, p: &Periods) -> BudgetLift {
         let mut inner = self.inner();
         inner.lifted.insert((agent.to_string(), p.day_start));
         inner.lifted.insert((agent.to_string(), p.month_start));
+        BudgetLift {
+            agent: agent.to_string(),
+            day_start: p.day_start,
+            month_start: p.month_start,
+        }
     }
 
     /// Whether an operator lifted the agent's budget pause for the period starting at `start`.
@@ -318,20 +340,24 @@ mod tests {
     fn thresholds_crossed_before_a_start_are_not_crossed_again_in_their_period() {
         let c = cfg();
         let paused = Spending::default();
-        paused.load(&c, &[used_by("coder", 1.2, 50)], &periods(0), &|a| {
+        paused.load(&c, &[used_by("coder", 1.2, 50)], &[], &periods(0), &|a| {
             a == "coder"
         });
         assert_eq!(paused.spent("coder", &periods(0)), (1.2, 1.2));
         assert!(paused.charge(&c, "coder", 0.1, &periods(0)).is_empty());
 
         let new_cap = Spending::default();
-        new_cap.load(&c, &[used_by("coder", 1.2, 50)], &periods(0), &|_| false);
+        new_cap.load(&c, &[used_by("coder", 1.2, 50)], &[], &periods(0), &|_| {
+            false
+        });
         let crossed = new_cap.charge(&c, "coder", 0.1, &periods(0));
         assert_eq!(crossed.len(), 1, "{crossed:?}");
         assert!(crossed[0].exhausted && crossed[0].period == Period::Day);
 
         let warned = Spending::default();
-        warned.load(&c, &[used_by("coder", 0.85, 50)], &periods(0), &|_| false);
+        warned.load(&c, &[used_by("coder", 0.85, 50)], &[], &periods(0), &|_| {
+            false
+        });
         assert!(
             warned.charge(&c, "coder", 0.05, &periods(0)).is_empty(),
             "warned once"
@@ -342,5 +368,45 @@ mod tests {
         assert_eq!(next.len(), 1, "{next:?}");
         assert_eq!(next[0].period, Period::Day);
         assert!(!next[0].exhausted);
+    }
+
+    /// A lift stored before a restart holds for the rest of its day and month: the agent is
+    /// counted as lifted and its exhausted cap is not crossed (nor announced) again. A lift of an
+    /// earlier day holds for the month only.
+    #[test]
+    fn a_stored_lift_holds_after_a_restart_for_its_period_only() {
+        let c = cfg();
+        let today = BudgetLift {
+            agent: "coder".into(),
+            day_start: 0,
+            month_start: 0,
+        };
+        let s = Spending::default();
+        s.load(
+            &c,
+            &[used_by("coder", 1.2, 50)],
+            std::slice::from_ref(&today),
+            &periods(0),
+            &|_| false,
+        );
+        assert!(s.lifted("coder", 0));
+        assert!(s.charge(&c, "coder", 0.1, &periods(0)).is_empty());
+
+        let later = Spending::default();
+        later.load(
+            &c,
+            &[used_by("coder", 1.2, 150)],
+            &[today],
+            &periods(1),
+            &|_| false,
+        );
+        assert!(
+            !later.lifted("coder", 100),
+            "yesterday's lift is not today's"
+        );
+        assert!(later.lifted("coder", 0), "the month's lift holds");
+        let crossed = later.charge(&c, "coder", 0.1, &periods(1));
+        assert_eq!(crossed.len(), 1, "{crossed:?}");
+        assert!(crossed[0].exhausted && crossed[0].period == Period::Day);
     }
 }

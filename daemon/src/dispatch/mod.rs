@@ -108,6 +108,10 @@ pub async fn load_agent_state(d: &Daemon) {
             tracing::error!(error = %e, "cannot read the agents' pauses; they start as if none were paused")
         }
     }
+    let lifts = d.store.budget_lifts().await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot read the operators' lifts of budget pauses; an exhausted budget pauses its agents again");
+        Vec::new()
+    });
     let periods = d.config().timezone.periods(d.clock.now_ms());
     match d.store.usage_since(periods.month_start).await {
         Ok(rows) => {
@@ -118,7 +122,7 @@ pub async fn load_agent_state(d: &Daemon) {
                 })
             };
             d.spending
-                .load(&d.config(), &rows, &periods, &budget_paused)
+                .load(&d.config(), &rows, &lifts, &periods, &budget_paused)
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot read this month's usage; budgets count from now")

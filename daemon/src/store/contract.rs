@@ -1494,6 +1494,31 @@ pub async fn usage_is_stored_and_a_deferral_counts_no_attempt(store: Store) {
     assert!(store.usage_since(T0 + 6).await.unwrap().is_empty());
 }
 
+/// An operator's lift of a budget pause is stored per agent; a later lift replaces the earlier
+/// one, and lifts are neither pauses nor seen by the pauses' read.
+pub async fn budget_lifts_are_stored_and_replaced(store: Store) {
+    use super::BudgetLift;
+    let lift = |agent: &str, day: i64| BudgetLift {
+        agent: agent.into(),
+        day_start: day,
+        month_start: T0,
+    };
+    assert!(store.budget_lifts().await.unwrap().is_empty());
+    store.set_budget_lift(lift("coder", T0)).await.unwrap();
+    store.set_budget_lift(lift("researcher", T0)).await.unwrap();
+    store
+        .set_budget_lift(lift("coder", T0 + 86_400_000))
+        .await
+        .unwrap();
+    let mut all = store.budget_lifts().await.unwrap();
+    all.sort_by(|a, b| a.agent.cmp(&b.agent));
+    assert_eq!(
+        all,
+        vec![lift("coder", T0 + 86_400_000), lift("researcher", T0)]
+    );
+    assert!(store.agent_pauses().await.unwrap().is_empty());
+}
+
 /// Agents' pauses are stored, replaced, read back and cleared, each agent on its own.
 pub async fn agent_pauses_are_stored_and_cleared(store: Store) {
     use super::StoredPause;

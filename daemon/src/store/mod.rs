@@ -40,10 +40,10 @@ pub struct WriteLoad {
     pub commits: u64,
 }
 pub use types::{
-    absorb, AttemptLimits, Cursor, EventDraft, GateRunRecord, Health, Leftover, ModeChange,
-    NewEvent, NewOverride, NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor, RowChange,
-    ShadowRow, ShadowTally, StoredMode, StoredPause, SubmitPlan, TallyBuckets, TaskFilter,
-    TransitionOp, UsageRow, PAUSE_KEY_PREFIX,
+    absorb, AttemptLimits, BudgetLift, Cursor, EventDraft, GateRunRecord, Health, Leftover,
+    ModeChange, NewEvent, NewOverride, NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor,
+    RowChange, ShadowRow, ShadowTally, StoredMode, StoredPause, SubmitPlan, TallyBuckets,
+    TaskFilter, TransitionOp, UsageRow, LIFT_KEY_PREFIX, PAUSE_KEY_PREFIX,
 };
 
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
@@ -324,6 +324,10 @@ pub trait Backend: Send + Sync {
     fn agent_pauses(&self) -> StoreFuture<'_, Vec<StoredPause>>;
     /// Store the agent's pause, or clear it (`None`).
     fn set_agent_pause(&self, agent: String, pause: Option<StoredPause>) -> StoreFuture<'_, ()>;
+    /// Every agent's stored budget lift.
+    fn budget_lifts(&self) -> StoreFuture<'_, Vec<BudgetLift>>;
+    /// Store an agent's budget lift, replacing the agent's earlier one.
+    fn set_budget_lift(&self, lift: BudgetLift) -> StoreFuture<'_, ()>;
     /// The usage of every task whose latest run started at or after `since_ms`.
     fn usage_since(&self, since_ms: i64) -> StoreFuture<'_, Vec<UsageRow>>;
 

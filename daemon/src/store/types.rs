@@ -456,6 +456,20 @@ pub struct StoredPause {
 /// The metadata key of an agent's pause.
 pub const PAUSE_KEY_PREFIX: &str = "agent_pause:";
 
+/// An operator's resume of an agent's budget pause, as stored (one `budget_lift:<agent>` key in
+/// the metadata table): no budget pauses the agent again in the day and the month that began at
+/// these times, also after a restart. A later lift of the same agent replaces it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetLift {
+    pub agent: String,
+    pub day_start: i64,
+    pub month_start: i64,
+}
+
+/// The metadata key of an agent's budget lift.
+pub const LIFT_KEY_PREFIX: &str = "budget_lift:";
+
 /// What one task's runs reported they used, for costs per agent, model and period.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageRow {

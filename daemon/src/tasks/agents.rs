@@ -106,7 +106,11 @@ pub async fn resume(
         .is_some_and(|p| p.cause == PauseCause::Budget)
     {
         let periods = d.config().timezone.periods(d.clock.now_ms());
-        d.spending.lift(agent, &periods);
+        let lift = d.spending.lift(agent, &periods);
+        if let Err(e) = d.store.set_budget_lift(lift).await {
+            // Obeyed all the same, as a pause that cannot be stored is.
+            tracing::error!(AGENT = %agent, error = %e, "cannot store the lift of the agent's budget pause; it holds until the daemon stops");
+        }
     }
     tracing::warn!(AGENT = %agent, by = %actor.name, reason = %reason, lifted = ?lifted.map(|p| p.reason), "agent resumed by an operator");
     list(d).await

@@ -1,7 +1,10 @@
-//! Agents' pauses (metadata keys `agent_pause:<agent>`) and the usage their tasks reported.
+//! Agents' pauses (metadata keys `agent_pause:<agent>`), operators' lifts of budget pauses
+//! (`budget_lift:<agent>`) and the usage their tasks reported.
 
 use super::tx::Tx;
-use crate::store::{StoreError, StoredPause, UsageRow, PAUSE_KEY_PREFIX};
+use crate::store::{
+    BudgetLift, StoreError, StoredPause, UsageRow, LIFT_KEY_PREFIX, PAUSE_KEY_PREFIX,
+};
 use deadpool_postgres::Client;
 use orchestrator_proto::task::TaskKind;
 
@@ -14,15 +17,28 @@ fn pg(e: tokio_postgres::Error) -> StoreError {
 }
 
 pub(super) async fn agent_pauses(c: &Client) -> Result<Vec<StoredPause>, StoreError> {
+    keyed(c, PAUSE_KEY_PREFIX, "agent pause").await
+}
+
+pub(super) async fn budget_lifts(c: &Client) -> Result<Vec<BudgetLift>, StoreError> {
+    keyed(c, LIFT_KEY_PREFIX, "budget lift").await
+}
+
+/// The values of the metadata keys under `prefix`, decoded, in key order.
+async fn keyed<T: serde::de::DeserializeOwned>(
+    c: &Client,
+    prefix: &str,
+    what: &str,
+) -> Result<Vec<T>, StoreError> {
     let rows = c
         .query(
             "SELECT value FROM meta WHERE starts_with(key, $1) ORDER BY key",
-            &[&PAUSE_KEY_PREFIX],
+            &[&prefix],
         )
         .await
         .map_err(pg)?;
     rows.iter()
-        .map(|r| decode("agent pause", r.get::<_, &str>(0)))
+        .map(|r| decode(what, r.get::<_, &str>(0)))
         .collect()
 }
 
@@ -51,6 +67,13 @@ pub(super) async fn usage_since(c: &Client, since_ms: i64) -> Result<Vec<UsageRo
 }
 
 impl Tx<'_> {
+    pub(super) async fn set_budget_lift(&mut self, lift: &BudgetLift) -> Result<(), StoreError> {
+        let value =
+            serde_json::to_string(lift).map_err(|e| StoreError::Sql(format!("encode: {e}")))?;
+        self.set_meta(&format!("{LIFT_KEY_PREFIX}{}", lift.agent), &value)
+            .await
+    }
+
     pub(super) async fn set_agent_pause(
         &mut self,
         agent: &str,

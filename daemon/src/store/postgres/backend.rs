@@ -8,9 +8,10 @@ use crate::store::{
     Awaiting, AwaitingCut, EventDraft, Notice, OutboxEntry, OutboxKey, OutboxRules, OutboxStats,
 };
 use crate::store::{
-    Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes,
-    Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowTally, StoreError, StoreFuture,
-    StoredMode, StoredPause, SubmitPlan, TaskFilter, TransitionOp, UsageRow,
+    Backend, BudgetLift, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent,
+    NewOverride, Outcomes, Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowTally,
+    StoreError, StoreFuture, StoredMode, StoredPause, SubmitPlan, TaskFilter, TransitionOp,
+    UsageRow,
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
@@ -404,6 +405,14 @@ impl Backend for PostgresBackend {
 
     fn set_agent_pause(&self, agent: String, pause: Option<StoredPause>) -> StoreFuture<'_, ()> {
         write!(self, |tx| tx.set_agent_pause(&agent, pause.as_ref()).await)
+    }
+
+    fn budget_lifts(&self) -> StoreFuture<'_, Vec<BudgetLift>> {
+        read!(self, |c| super::agents::budget_lifts(&c).await)
+    }
+
+    fn set_budget_lift(&self, lift: BudgetLift) -> StoreFuture<'_, ()> {
+        write!(self, |tx| tx.set_budget_lift(&lift).await)
     }
 
     fn usage_since(&self, since_ms: i64) -> StoreFuture<'_, Vec<UsageRow>> {

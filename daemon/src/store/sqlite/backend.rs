@@ -6,9 +6,9 @@ use crate::store::{
     Awaiting, AwaitingCut, EventDraft, Notice, OutboxEntry, OutboxKey, OutboxRules, OutboxStats,
 };
 use crate::store::{
-    Backend, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent, NewOverride, Outcomes,
-    Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowTally, StoreFuture, StoredMode,
-    StoredPause, SubmitPlan, TaskFilter, TransitionOp, UsageRow,
+    Backend, BudgetLift, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent,
+    NewOverride, Outcomes, Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowTally,
+    StoreFuture, StoredMode, StoredPause, SubmitPlan, TaskFilter, TransitionOp, UsageRow,
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
@@ -319,6 +319,14 @@ impl Backend for SqliteBackend {
 
     fn set_agent_pause(&self, agent: String, pause: Option<StoredPause>) -> StoreFuture<'_, ()> {
         Box::pin(self.write(move |b| b.set_agent_pause(&agent, pause.as_ref())))
+    }
+
+    fn budget_lifts(&self) -> StoreFuture<'_, Vec<BudgetLift>> {
+        Box::pin(self.read(super::agents::budget_lifts))
+    }
+
+    fn set_budget_lift(&self, lift: BudgetLift) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |b| b.set_budget_lift(&lift)))
     }
 
     fn usage_since(&self, since_ms: i64) -> StoreFuture<'_, Vec<UsageRow>> {

@@ -52,4 +52,5 @@ contract_cases!(
     awaiting_since_reads_the_newest_waiting_tasks,
     usage_is_stored_and_a_deferral_counts_no_attempt,
     agent_pauses_are_stored_and_cleared,
+    budget_lifts_are_stored_and_replaced,
 );
