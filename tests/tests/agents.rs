@@ -259,16 +259,16 @@ exit 1
 "#,
     );
     let extra = "max_attempts = 3\nretry_on = [\"specialist_aborted\"]\nretry_backoff = \"10m\"";
-    let d = TestDaemon::in_mode(&agent("researcher", &fails, extra), "shadow");
+    let mut d = TestDaemon::in_mode(&agent("researcher", &fails, extra), "shadow");
     let id = d.submit(RESEARCH);
 
-    let retried = |n: usize| {
+    let retried = |d: &TestDaemon, n: usize| {
         wait_for(&format!("retry {n}"), WAIT, || {
             let t = d.task(&id);
             (events(&t, "retry").len() == n).then_some(t)
         })
     };
-    let t = retried(1);
+    let t = retried(&d, 1);
     let r = events(&t, "retry")[0];
     assert_eq!(r["details"]["attempt"], "1");
     assert_eq!(r["details"]["error"], "specialist_aborted");
@@ -277,9 +277,19 @@ exit 1
     // The backoff (10 min ± 20 %) is on the daemon's clock: nothing runs again before it passes.
     assert_eq!(d.state_of(&id), "queued");
     assert_eq!(lines(&runs).len(), 1);
+    // The wait is stored with the task: a daemon started again (here after a kill -9) waits out
+    // what is left of it instead of running the task at once.
+    d.restart();
+    wait_for("the stored wait taken up again", WAIT, || {
+        d.log_text()
+            .contains("task waits out its retry's backoff")
+            .then_some(())
+    });
+    assert_eq!(d.state_of(&id), "queued");
+    assert_eq!(lines(&runs).len(), 1);
 
     d.advance(Duration::from_secs(12 * 60));
-    let t = retried(2);
+    let t = retried(&d, 2);
     assert_eq!(events(&t, "retry")[1]["details"]["attempt"], "2");
     assert_eq!(lines(&runs).len(), 2);
     // The second wait doubles: 20 min ± 20 %, so 12 more minutes are not enough.

@@ -117,9 +117,10 @@ fn a_store_damaged_while_down_is_found_after_ready_and_refuses_writes() {
     assert!(d.log_text().contains("store: integrity check failed"));
 }
 
-/// A store of the previous schema (version 8, whose state and shadow indexes held every task) is
-/// upgraded at start: the log says from which version to which and how long it took, the tasks
-/// are all there and listed by state, and a second start upgrades nothing.
+/// A store of an earlier schema (version 8: its state and shadow indexes held every task, and no
+/// task kept a retry's wait) is upgraded at start: the log says from which version to which and
+/// how long it took, the tasks are all there and listed by state, and a second start upgrades
+/// nothing.
 #[test]
 fn a_store_of_the_previous_schema_is_upgraded_at_start_and_says_so() {
     let mut d = TestDaemon::start();
@@ -132,6 +133,7 @@ fn a_store_of_the_previous_schema_is_upgraded_at_start_and_says_so() {
              CREATE INDEX tasks_state_expires ON tasks(state, expires_at); \
              CREATE INDEX tasks_kind_created ON tasks(kind, created_at, state, error_code, agent, \
              completed_at, would_require_approval); \
+             ALTER TABLE tasks DROP COLUMN not_before; \
              PRAGMA user_version = 8;",
         )
         .unwrap();
@@ -146,7 +148,7 @@ fn a_store_of_the_previous_schema_is_upgraded_at_start_and_says_so() {
         .lines()
         .find(|l| l.contains("store: schema upgraded"))
         .unwrap_or_else(|| panic!("no line of the upgrade's end in:\n{log}"));
-    for field in ["from=8", "to=9", "elapsed_ms="] {
+    for field in ["from=8", "to=10", "elapsed_ms="] {
         assert!(upgraded.contains(field), "{upgraded}");
     }
     // Every task is there, and a listing by state (the waiting ones through the state index)

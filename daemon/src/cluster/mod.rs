@@ -130,7 +130,7 @@ async fn tick(d: &Daemon) {
     }
     follow_rollout(d).await;
     let before = now.saturating_sub(duration_ms(cfg.node.heartbeat));
-    match cluster.unrouted(before, UNROUTED_BATCH).await {
+    match cluster.unrouted(before, now, UNROUTED_BATCH).await {
         Ok(tasks) => {
             if !tasks.is_empty() {
                 tracing::info!(count = tasks.len(), "dispatching tasks left queued");

@@ -130,6 +130,35 @@ pub async fn load_agent_state(d: &Daemon) {
     }
 }
 
+/// Hand `task` (stored `queued`) to the dispatcher when the daemon's clock reads `at_ms`: a
+/// retry waiting out its backoff. Not tracked: the wait is stored with the task (`not_before`),
+/// and a restart waits out what is left of it.
+pub fn queue_at(d: &Arc<Daemon>, task: Task, at_ms: i64) {
+    let d = Arc::clone(d);
+    tokio::spawn(async move {
+        if sleep_until(&d, at_ms).await {
+            d.dispatch.queued(task);
+        }
+    });
+}
+
+/// Wait until the daemon's clock reads `at_ms` (a test clock's moves count); false at shutdown.
+async fn sleep_until(d: &Daemon, at_ms: i64) -> bool {
+    let mut moves = d.clock.moves();
+    loop {
+        let left = at_ms.saturating_sub(d.clock.now_ms());
+        if left <= 0 {
+            return true;
+        }
+        let wait = std::time::Duration::from_millis(u64::try_from(left).unwrap_or(0));
+        tokio::select! {
+            _ = d.shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+            _ = moves.moved() => {}
+        }
+    }
+}
+
 /// Run until shutdown: pick up what the store holds, then every task the server hands over.
 /// The specialist executor's own loops (intake, lease renewal) are started under `sup`.
 pub async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<DispatchMsg>, sup: Supervisor) {
@@ -139,8 +168,14 @@ pub async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<DispatchMsg>, s
             if !pending.is_empty() {
                 tracing::info!(count = pending.len(), "resuming queued and assigned tasks");
             }
-            for t in pending {
-                d.dispatch.queued(t);
+            for p in pending {
+                match p.not_before.filter(|at| *at > d.clock.now_ms()) {
+                    Some(at) => {
+                        tracing::info!(TASK_ID = %p.task.id, not_before = %rfc3339(at), "task waits out its retry's backoff");
+                        queue_at(&d, p.task, at);
+                    }
+                    None => d.dispatch.queued(p.task),
+                }
             }
         }
         Err(e) => {

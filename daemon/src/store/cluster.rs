@@ -115,7 +115,8 @@ pub trait Cluster: Send + Sync {
     fn subscribe_all(
         &self,
     ) -> tokio::sync::broadcast::Receiver<orchestrator_proto::task::TrajectoryEvent>;
-    /// Up to `limit` tasks still `queued` that were created before `before_ms`, oldest first:
-    /// what no dispatcher has taken (its node died, or the store was down meanwhile).
-    fn unrouted(&self, before_ms: i64, limit: usize) -> StoreFuture<'_, Vec<Task>>;
+    /// Up to `limit` tasks still `queued` that were created before `before_ms` and are not
+    /// waiting out a retry's backoff at `now_ms`, oldest first: what no dispatcher has taken (its
+    /// node died, or the store was down meanwhile).
+    fn unrouted(&self, before_ms: i64, now_ms: i64, limit: usize) -> StoreFuture<'_, Vec<Task>>;
 }

@@ -593,6 +593,43 @@ pub async fn an_outcome_lands_only_on_its_own_attempt(store: Store) {
     assert_eq!(store.transitions_of("A").await.unwrap().len(), events + 1);
 }
 
+/// A retry's wait is stored with the task: the dispatcher's read at start answers it, routing
+/// keeps it, and a start clears it; a task queued again without one (a deferral) has none.
+pub async fn a_retry_keeps_its_wait_until_the_task_starts_again(store: Store) {
+    let run = vec![routed("R", T0), started("R", T0, T0 + 100)];
+    put(&store, "R", TaskKind::Live, run).await;
+    let waits = |store: &Store| {
+        let store = store.clone();
+        async move {
+            store
+                .pending_dispatch()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.task.id, p.not_before))
+                .collect::<Vec<_>>()
+        }
+    };
+    let retry = op("R", Action::Retry, T0 + 10).patch(Patch {
+        not_before: Some(T0 + 5_000),
+        ..Patch::default()
+    });
+    store.transition(retry).await.unwrap();
+    assert_eq!(waits(&store).await, [("R".to_string(), Some(T0 + 5_000))]);
+    store.transition(routed("R", T0 + 5_000)).await.unwrap();
+    assert_eq!(waits(&store).await, [("R".to_string(), Some(T0 + 5_000))]);
+    store
+        .transition(started("R", T0 + 5_001, T0 + 9_000))
+        .await
+        .unwrap();
+    assert!(waits(&store).await.is_empty());
+    store
+        .transition(op("R", Action::Defer, T0 + 5_002))
+        .await
+        .unwrap();
+    assert_eq!(waits(&store).await, [("R".to_string(), None)]);
+}
+
 /// Retention: terminal tasks of a kind completed before a time, walked by cursor, deleted with
 /// their trajectories; other tasks stay whole.
 pub async fn retention_walks_and_deletes_terminal_tasks(store: Store) {
@@ -811,7 +848,7 @@ pub async fn reads_for_gates_dispatch_and_delivery(store: Store) {
         .await
         .unwrap()
         .into_iter()
-        .map(|t| t.id)
+        .map(|p| p.task.id)
         .collect();
     assert_eq!(pending.len(), 2);
     assert!(pending.contains(&"Q".to_string()) && pending.contains(&"A".to_string()));

@@ -41,9 +41,9 @@ pub struct WriteLoad {
 }
 pub use types::{
     absorb, AttemptLimits, BudgetLift, Cursor, EventDraft, GateRunRecord, Health, Leftover,
-    ModeChange, NewEvent, NewOverride, NewTask, Patch, Plan, Reclaimed, Retired, RetiredCursor,
-    RowChange, ShadowRow, ShadowTally, StoredMode, StoredPause, SubmitPlan, TallyBuckets,
-    TaskFilter, TransitionOp, UsageRow, LIFT_KEY_PREFIX, PAUSE_KEY_PREFIX,
+    ModeChange, NewEvent, NewOverride, NewTask, Patch, PendingTask, Plan, Reclaimed, Retired,
+    RetiredCursor, RowChange, ShadowRow, ShadowTally, StoredMode, StoredPause, SubmitPlan,
+    TallyBuckets, TaskFilter, TransitionOp, UsageRow, LIFT_KEY_PREFIX, PAUSE_KEY_PREFIX,
 };
 
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
@@ -206,8 +206,9 @@ pub trait Backend: Send + Sync {
     fn transitions_of<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Vec<TrajectoryEvent>>;
     /// Newest first.
     fn list_tasks(&self, filter: TaskFilter) -> StoreFuture<'_, Vec<Task>>;
-    /// `queued` and `assigned` tasks, oldest first: what the dispatcher picks up at start.
-    fn pending_dispatch(&self) -> StoreFuture<'_, Vec<Task>>;
+    /// `queued` and `assigned` tasks, oldest first, each with the time before which it must not
+    /// run (a retry's backoff): what the dispatcher picks up at start.
+    fn pending_dispatch(&self) -> StoreFuture<'_, Vec<PendingTask>>;
     /// Live `done` tasks completed since `since_ms` without an event of `action`, oldest first.
     fn undelivered_since<'a>(
         &'a self,

@@ -140,6 +140,9 @@ pub struct Patch {
     pub specialist_pid: Option<i64>,
     /// What the task's runs used so far, this run included (replaces the stored sum).
     pub usage: Option<Usage>,
+    /// For a task entering `queued` (a retry): not to be dispatched before this time
+    /// (milliseconds). Stored, so that a restart or another node keeps the retry's backoff.
+    pub not_before: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -439,6 +442,14 @@ impl TallyBuckets {
     }
 }
 
+/// A task the dispatcher picks up at start, and the time before which it must not run (a retry
+/// waiting out its backoff).
+#[derive(Debug, Clone)]
+pub struct PendingTask {
+    pub task: Task,
+    pub not_before: Option<i64>,
+}
+
 /// An agent's pause as stored (one `agent_pause:<agent>` key in the metadata table), so that it
 /// outlives a restart.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -580,6 +591,9 @@ pub struct RowChange {
     /// `(set, value)`: whether to write the lease, and what (`None` clears it).
     pub lease: (bool, Option<i64>),
     pub pid: (bool, Option<i64>),
+    /// `(set, value)` for `not_before`: entering `queued` takes the patch's (a retry's time, or
+    /// none), `assigned` keeps it, every other state clears it.
+    pub not_before: (bool, Option<i64>),
     pub error_code: Option<String>,
 }
 
@@ -608,6 +622,11 @@ impl RowChange {
             attempts_inc: attempts_inc(op.action),
             lease: keep(p.lease_until),
             pid: keep(p.specialist_pid),
+            not_before: match to {
+                TaskState::Queued => (true, p.not_before),
+                TaskState::Assigned => (false, None),
+                _ => (true, None),
+            },
             error_code: p.error.as_ref().map(|e| e.code.clone()),
         })
     }

@@ -5,7 +5,6 @@ use super::meta::{self, Meta, META_FILE};
 use super::outcome::{outcome, retry, retry_delay, spawn_failed, EXIT_TEMPFAIL};
 use super::{runnable, Shared, ARTEFACT_DIR, RESULT_FILE, SHUTDOWN_GRACE, TEXT_CAP};
 use crate::config::AgentConfig;
-use crate::daemon::Daemon;
 use crate::dispatch::leases;
 use crate::dispatch::process::{self, Capture, Ended, Ending, Launch, Limits};
 use crate::dispatch::{artefacts, ACTOR};
@@ -15,7 +14,6 @@ use crate::store::{Patch, StoreError, StoredPause, TransitionOp};
 use orchestrator_proto::message::PauseCause;
 use orchestrator_proto::task::{task_error, Task, TaskError, TaskResult, TaskState};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 impl Shared {
@@ -136,9 +134,17 @@ impl Shared {
             }
         };
         // The outcome is this run's: it lands only while the task is still in this attempt.
-        let Some(op) = op.map(|op| retry(op, &started, &agent).of_attempt(started.attempts)) else {
+        let Some(mut op) = op.map(|op| retry(op, &started, &agent).of_attempt(started.attempts))
+        else {
             return;
         };
+        // A retry waits out its backoff in `queued`; the store keeps the time, for a restart and
+        // for the other nodes of a shared store.
+        let retry_at = (op.action == Action::Retry).then(|| {
+            let delay = retry_delay(agent.retry_backoff, started.attempts, jitter());
+            at.saturating_add(crate::clock::duration_ms(delay))
+        });
+        op.patch.not_before = retry_at;
         if op.action != Action::Defer {
             d.pauses.ran(&agent_id);
         }
@@ -162,17 +168,9 @@ impl Shared {
                 d.dispatch.queued(t);
             }
             Ok(t) if action == Action::Retry => {
-                let delay = retry_delay(agent.retry_backoff, started.attempts, jitter());
-                tracing::info!(TASK_ID = %t.id, AGENT = %agent_id, attempt = started.attempts, delay_ms = delay.as_millis() as u64, "task retried after a failure");
-                let d2 = Arc::clone(d);
-                let until = at.saturating_add(crate::clock::duration_ms(delay));
-                // Not tracked: a task waiting here is `queued` in the store, and a restart
-                // dispatches it at once.
-                tokio::spawn(async move {
-                    if sleep_until(&d2, until).await {
-                        d2.dispatch.queued(t);
-                    }
-                });
+                let until = retry_at.unwrap_or(at);
+                tracing::info!(TASK_ID = %t.id, AGENT = %agent_id, attempt = started.attempts, delay_ms = until.saturating_sub(at), "task retried after a failure");
+                crate::dispatch::queue_at(d, t, until);
             }
             Ok(t) => tracing::debug!(TASK_ID = %t.id, TO = %t.state, "outcome recorded"),
             Err(StoreError::Refused { from, .. }) => {
@@ -287,23 +285,6 @@ async fn prepare(dir: &Path, artefact_dir: &Path) -> std::io::Result<()> {
         .mode(0o750)
         .create(artefact_dir)
         .await
-}
-
-/// Wait until the daemon's clock reads `at_ms` (a test clock's moves count); false at shutdown.
-pub(super) async fn sleep_until(d: &Daemon, at_ms: i64) -> bool {
-    let mut moves = d.clock.moves();
-    loop {
-        let left = at_ms.saturating_sub(d.clock.now_ms());
-        if left <= 0 {
-            return true;
-        }
-        let wait = std::time::Duration::from_millis(u64::try_from(left).unwrap_or(0));
-        tokio::select! {
-            _ = d.shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(wait) => {}
-            _ = moves.moved() => {}
-        }
-    }
 }
 
 /// Counters of cost and of tokens kept per usage family; the models specialists name beyond them

@@ -9,9 +9,9 @@ use crate::store::{
 };
 use crate::store::{
     Backend, BudgetLift, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent,
-    NewOverride, Outcomes, Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowTally,
-    StoreError, StoreFuture, StoredMode, StoredPause, SubmitPlan, TaskFilter, TransitionOp,
-    UsageRow,
+    NewOverride, Outcomes, PendingTask, Plan, Reclaim, Reclaimed, Retired, RetiredCursor,
+    ShadowTally, StoreError, StoreFuture, StoredMode, StoredPause, SubmitPlan, TaskFilter,
+    TransitionOp, UsageRow,
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
@@ -229,7 +229,7 @@ impl Backend for PostgresBackend {
         read!(self, |c| queries::list_tasks(&c, &filter).await)
     }
 
-    fn pending_dispatch(&self) -> StoreFuture<'_, Vec<Task>> {
+    fn pending_dispatch(&self) -> StoreFuture<'_, Vec<PendingTask>> {
         read!(self, |c| queries::pending_dispatch(&c).await)
     }
 

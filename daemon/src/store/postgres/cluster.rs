@@ -211,15 +211,15 @@ impl Cluster for PostgresBackend {
         self.inner.all_events.subscribe()
     }
 
-    fn unrouted(&self, before_ms: i64, limit: usize) -> StoreFuture<'_, Vec<Task>> {
+    fn unrouted(&self, before_ms: i64, now_ms: i64, limit: usize) -> StoreFuture<'_, Vec<Task>> {
         read!(self, |c| {
             let rows = query(
                 &c,
                 &format!(
                     "SELECT {TASK_COLUMNS} FROM tasks WHERE state = 'queued' AND created_at < $1 \
-                     ORDER BY pos LIMIT $2"
+                     AND (not_before IS NULL OR not_before <= $3) ORDER BY pos LIMIT $2"
                 ),
-                &[&before_ms, &limit_sql(limit)],
+                &[&before_ms, &limit_sql(limit), &now_ms],
             )
             .await?;
             rows.iter().map(task_from_row).collect()

@@ -307,3 +307,31 @@ async fn one_leader_at_a_time_until_its_lease_lapses() {
     a.close();
     b.close();
 }
+
+/// A task one node retried waits out its backoff on every node: the look for tasks left queued
+/// leaves it until its time, then finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+async fn a_retried_task_is_left_queued_on_every_node_until_its_time() {
+    let (a, b) = two_nodes().await;
+    let ids = assigned(&a, 2).await;
+    let run = a.claim(claim(2, 2)).await.unwrap();
+    assert_eq!(run.len(), 2);
+    let (retried, failed) = (&ids[0], &ids[1]);
+    let retry = TransitionOp::new(retried, Action::Retry, "dispatcher", T0 + 5).patch(Patch {
+        not_before: Some(T0 + 60_000),
+        ..Patch::default()
+    });
+    // The other one is queued again without a wait (as the sweeper requeues a lapsed lease).
+    let requeue = TransitionOp::new(failed, Action::Retry, "dispatcher", T0 + 5);
+    for r in a.transitions(vec![retry, requeue]).await.unwrap() {
+        assert_eq!(r.unwrap().state, TaskState::Queued);
+    }
+    let left = |tasks: Vec<Task>| tasks.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    let early = b.unrouted(T0 + 10, T0 + 59_999, 100).await.unwrap();
+    assert_eq!(left(early), vec![failed.clone()]);
+    let due = b.unrouted(T0 + 10, T0 + 60_000, 100).await.unwrap();
+    assert_eq!(left(due), vec![retried.clone(), failed.clone()]);
+    a.close();
+    b.close();
+}

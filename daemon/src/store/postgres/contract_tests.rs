@@ -45,6 +45,7 @@ contract_cases!(
     shadow_tallies_split_the_range_into_buckets,
     leases_renew_void_and_lapse,
     an_outcome_lands_only_on_its_own_attempt,
+    a_retry_keeps_its_wait_until_the_task_starts_again,
     retention_walks_and_deletes_terminal_tasks,
     gate_runs_are_recorded,
     mode_and_overrides,

@@ -4,8 +4,8 @@ use super::rows::{event_from_row, task_from_row, tasks, EVENT_COLUMNS, TASK_COLU
 use super::{parse_kind_state, pg_error};
 use crate::clock::rfc3339;
 use crate::store::{
-    Counts, Cursor, Leftover, Retired, RetiredCursor, ShadowRow, ShadowTally, StoreError,
-    StoredMode, TallyBuckets, TaskFilter,
+    Counts, Cursor, Leftover, PendingTask, Retired, RetiredCursor, ShadowRow, ShadowTally,
+    StoreError, StoredMode, TallyBuckets, TaskFilter,
 };
 use deadpool_postgres::Client;
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
@@ -150,20 +150,24 @@ pub(super) async fn list_tasks(c: &Client, f: &TaskFilter) -> Result<Vec<Task>, 
     Ok(out)
 }
 
-pub(super) async fn pending_dispatch(c: &Client) -> Result<Vec<Task>, StoreError> {
+pub(super) async fn pending_dispatch(c: &Client) -> Result<Vec<PendingTask>, StoreError> {
     let rows = query(
         c,
         &format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE state IN ('queued', 'assigned') \
+            "SELECT {TASK_COLUMNS}, not_before FROM tasks WHERE state IN ('queued', 'assigned') \
              ORDER BY created_at, id"
         ),
         &[],
     )
     .await?;
+    let not_before = TASK_COLUMNS.split(',').count();
     let mut tasks = Vec::with_capacity(rows.len());
     for row in &rows {
         match task_from_row(row) {
-            Ok(task) => tasks.push(task),
+            Ok(task) => tasks.push(PendingTask {
+                task,
+                not_before: row.try_get(not_before).ok().flatten(),
+            }),
             Err(e) => {
                 let id: Option<String> = row.try_get(0).ok();
                 crate::store::pending_unreadable(id.as_deref().unwrap_or("?"), &e);

@@ -161,6 +161,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX tasks_usage_started ON tasks (started_at, id) WHERE usage IS NOT NULL;
     "#,
+    // 7: a retried task waits out its backoff in `queued`: the time before which it must not be
+    // dispatched is stored with it, so that a restart, and every node's look for tasks left
+    // queued, keep the wait.
+    r#"
+    ALTER TABLE tasks ADD COLUMN not_before BIGINT;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

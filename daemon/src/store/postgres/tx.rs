@@ -351,6 +351,7 @@ impl<'c> Tx<'c> {
             attempts_inc,
             lease: (lease_set, lease_val),
             pid: (pid_set, pid_val),
+            not_before: (not_before_set, not_before_val),
             error_code,
         } = RowChange::of(op, from)?;
         let p = &op.patch;
@@ -366,7 +367,8 @@ impl<'c> Tx<'c> {
                  lease_until = CASE WHEN $13 THEN $14 ELSE lease_until END, \
                  specialist_pid = CASE WHEN $15 THEN $16 ELSE specialist_pid END, \
                  attempts = attempts + $17, usage = COALESCE($19, usage), \
-                 node = CASE WHEN $13 AND $14::BIGINT IS NOT NULL THEN $20 ELSE node END \
+                 node = CASE WHEN $13 AND $14::BIGINT IS NOT NULL THEN $20 ELSE node END, \
+                 not_before = CASE WHEN $22 THEN $23::BIGINT ELSE not_before END \
                  WHERE id = $1 AND state = $18 AND ($21::BIGINT IS NULL OR attempts = $21)",
                 &[
                     &op.id,
@@ -390,6 +392,8 @@ impl<'c> Tx<'c> {
                     &sql_json(&p.usage)?,
                     &self.node,
                     &op.attempt.map(i64::from),
+                    &not_before_set,
+                    &not_before_val,
                 ],
             )
             .await?;

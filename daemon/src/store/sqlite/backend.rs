@@ -7,8 +7,9 @@ use crate::store::{
 };
 use crate::store::{
     Backend, BudgetLift, Counts, GateRunRecord, Health, Leftover, ModeChange, NewEvent,
-    NewOverride, Outcomes, Plan, Reclaim, Reclaimed, Retired, RetiredCursor, ShadowTally,
-    StoreFuture, StoredMode, StoredPause, SubmitPlan, TaskFilter, TransitionOp, UsageRow,
+    NewOverride, Outcomes, PendingTask, Plan, Reclaim, Reclaimed, Retired, RetiredCursor,
+    ShadowTally, StoreFuture, StoredMode, StoredPause, SubmitPlan, TaskFilter, TransitionOp,
+    UsageRow,
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
@@ -98,7 +99,7 @@ impl Backend for SqliteBackend {
         Box::pin(self.read(move |c| queries::list_tasks(c, &filter)))
     }
 
-    fn pending_dispatch(&self) -> StoreFuture<'_, Vec<Task>> {
+    fn pending_dispatch(&self) -> StoreFuture<'_, Vec<PendingTask>> {
         Box::pin(self.read(queries::pending_dispatch))
     }
 

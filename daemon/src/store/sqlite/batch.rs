@@ -493,7 +493,8 @@ const CAS_UPDATE: &str = "UPDATE tasks SET state = ?2, \
      completed_at = COALESCE(?12, completed_at), \
      lease_until = CASE WHEN ?13 THEN ?14 ELSE lease_until END, \
      specialist_pid = CASE WHEN ?15 THEN ?16 ELSE specialist_pid END, \
-     attempts = attempts + ?17, usage = COALESCE(?19, usage) \
+     attempts = attempts + ?17, usage = COALESCE(?19, usage), \
+     not_before = CASE WHEN ?21 THEN ?22 ELSE not_before END \
      WHERE id = ?1 AND state = ?18 AND (?20 IS NULL OR attempts = ?20)";
 
 /// [`CAS_UPDATE`] answering the row as it leaves it, in [`TASK_COLUMNS`].
@@ -525,7 +526,9 @@ macro_rules! cas_params {
             c.attempts_inc,
             $from.as_str(),
             sql_json(&p.usage)?,
-            op.attempt.map(i64::from)
+            op.attempt.map(i64::from),
+            c.not_before.0,
+            c.not_before.1
         ]
     }};
 }

@@ -6,8 +6,8 @@ use super::schema::waiting_states;
 use super::writes::{limit_sql, RETIRED};
 use crate::clock::rfc3339;
 use crate::store::{
-    Leftover, Retired, RetiredCursor, ShadowRow, ShadowTally, StoreError, StoredMode, TallyBuckets,
-    TaskFilter,
+    Leftover, PendingTask, Retired, RetiredCursor, ShadowRow, ShadowTally, StoreError, StoredMode,
+    TallyBuckets, TaskFilter,
 };
 use orchestrator_proto::message::{GateRunSummary, OverrideRecord};
 use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
@@ -170,17 +170,26 @@ pub(super) const PENDING_DISPATCH: &str = concat!(
     ")"
 );
 
-/// Tasks the dispatcher must pick up after a start: `queued` and `assigned`, oldest first.
-pub fn pending_dispatch(conn: &Connection) -> Result<Vec<Task>, StoreError> {
+/// Tasks the dispatcher must pick up after a start: `queued` and `assigned`, oldest first, each
+/// with the time before which it must not run.
+pub fn pending_dispatch(conn: &Connection) -> Result<Vec<PendingTask>, StoreError> {
     let mut stmt = conn.prepare(&format!(
-        "SELECT {TASK_COLUMNS} FROM tasks WHERE {PENDING_DISPATCH} ORDER BY created_at, id"
+        "SELECT {TASK_COLUMNS}, not_before FROM tasks WHERE {PENDING_DISPATCH} \
+         ORDER BY created_at, id"
     ))?;
-    let rows = stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, task_from_row(row))))?;
+    let not_before = TASK_COLUMNS.split(',').count();
+    let rows = stmt.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            task_from_row(row),
+            row.get::<_, Option<i64>>(not_before)?,
+        ))
+    })?;
     let mut tasks = Vec::new();
     for row in rows {
         match row? {
-            (_, Ok(task)) => tasks.push(task),
-            (id, Err(e)) => crate::store::pending_unreadable(&id, &e),
+            (_, Ok(task), not_before) => tasks.push(PendingTask { task, not_before }),
+            (id, Err(e), _) => crate::store::pending_unreadable(&id, &e),
         }
     }
     Ok(tasks)

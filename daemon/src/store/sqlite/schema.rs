@@ -171,6 +171,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
          CREATE INDEX tasks_shadow_created ON tasks(created_at, state, error_code, agent, \
          completed_at, would_require_approval) WHERE kind = 'shadow';"
     ),
+    // 10: a retried task waits out its backoff in `queued`: the time before which it must not be
+    // dispatched is stored with it, so that a restart keeps the wait.
+    r#"
+    ALTER TABLE tasks ADD COLUMN not_before INTEGER;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

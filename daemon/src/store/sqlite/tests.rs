@@ -357,7 +357,7 @@ fn an_unreadable_pending_task_is_left_and_the_others_are_resumed() {
         })
         .unwrap();
     let pending = store.read_blocking(queries::pending_dispatch).unwrap();
-    let ids: Vec<&str> = pending.iter().map(|t| t.id.as_str()).collect();
+    let ids: Vec<&str> = pending.iter().map(|p| p.task.id.as_str()).collect();
     assert_eq!(ids, ["T1", "T3"]);
 }
 
