@@ -13,6 +13,7 @@ use crate::store::Store;
 use crate::sweeper::SweeperState;
 use orchestrator_proto::task::Task;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -40,12 +41,26 @@ pub enum DispatchMsg {
 #[derive(Clone, Debug)]
 pub struct DispatchHandle {
     tx: mpsc::UnboundedSender<DispatchMsg>,
+    /// A store error on the dispatcher's way left tasks `queued` or `assigned` that nothing holds
+    /// any more; the next sweep reads them again (see `dispatch::rescan`).
+    lost: Arc<AtomicBool>,
 }
 
 impl DispatchHandle {
     pub fn channel() -> (DispatchHandle, mpsc::UnboundedReceiver<DispatchMsg>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (DispatchHandle { tx }, rx)
+        let lost = Arc::default();
+        (DispatchHandle { tx, lost }, rx)
+    }
+
+    /// A store error left tasks behind on the dispatcher's way: the next sweep picks them up.
+    pub fn lost_some(&self) {
+        self.lost.store(true, Ordering::Release);
+    }
+
+    /// Whether tasks were left behind since the last call.
+    pub fn take_lost(&self) -> bool {
+        self.lost.swap(false, Ordering::AcqRel)
     }
 
     pub fn queued(&self, task: Task) {
@@ -286,7 +301,8 @@ impl Daemon {
                 Ok(Some(task)) => self.dispatch.queued(task),
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::error!(task = %id, error = %e, "cannot re-dispatch; it is picked up at the next start")
+                    tracing::error!(task = %id, error = %e, "cannot re-dispatch; it is picked up after the next sweep");
+                    self.dispatch.lost_some();
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! A full disk: the store on a small tmpfs of the test's own. Submits answer `storage_full` (exit 1)
 //! while it is full, `status` and the metrics say since when, the log has one line per episode, and
-//! once space returns submits succeed and nothing acknowledged was lost. Needs root (mount).
+//! once space returns submits succeed and nothing acknowledged was lost; tasks whose start or
+//! outcome could not be written are taken up again. Needs root (mount).
 
 use orchestrator_tests::*;
 use std::io::Write;
@@ -123,5 +124,85 @@ fn a_full_disk_is_storage_full_logged_once_and_recovers_without_loss() {
     d.restart();
     for id in &acknowledged {
         assert_eq!(d.state_of(id), "done", "task {id}");
+    }
+}
+
+/// A full disk in the middle of a specialist's work: its outcome cannot be written, and the next
+/// task's start cannot either. Neither stays stuck once space returns: the next sweep dispatches
+/// again what the store error left `assigned`, and the lapsed lease of the other is reclaimed.
+#[test]
+fn tasks_a_full_disk_left_behind_are_dispatched_again_once_space_returns() {
+    const RESEARCH: &str = "research the literature on prompt caching";
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+    let w = workdir();
+    let go = w.path().join("go");
+    let slow = script(
+        w.path(),
+        "slow.sh",
+        r#"
+touch "$DIR/started-$ORCH_TASK_ID"
+while [ ! -e "$DIR/go" ]; do sleep 0.05; done
+echo ok
+"#,
+    );
+    let toml = agent("researcher", &slow, "max_concurrent = 1");
+    let mut d = TestDaemon::with_config(&toml);
+    assert!(d.terminate().success());
+    let _tmpfs = Tmpfs::mount(&d.state_dir, "8m");
+    d.start_again();
+    d.flip_to("shadow", &toml);
+
+    let first = d.submit(RESEARCH);
+    let started = w.path().join(format!("started-{first}"));
+    wait_for("the first specialist started", WAIT, || {
+        started.exists().then_some(())
+    });
+    // The agent runs one at a time: the second waits, routed.
+    let second = d.submit(RESEARCH);
+    d.wait_state(&second, "assigned", WAIT);
+
+    let filler = fill(&d.state_dir);
+    let mut more = Vec::new();
+    let mut refused = false;
+    for i in 0..50 {
+        let out = d.ctl(&["submit", &format!("{RESEARCH} {i}")]);
+        if !out.status.success() {
+            assert!(stderr(&out).contains("storage_full"), "{}", stderr(&out));
+            refused = true;
+            break;
+        }
+        more.push(stdout(&out).trim().to_string());
+    }
+    assert!(refused, "the disk never filled");
+
+    // The first specialist ends: its outcome cannot be written, and the second cannot start.
+    std::fs::write(&go, "").unwrap();
+    wait_for("the second task's start to fail", WAIT, || {
+        d.log_text()
+            .lines()
+            .any(|l| l.contains("cannot start the task") && l.contains(second.as_str()))
+            .then_some(())
+    });
+    assert_eq!(d.state_of(&second), "assigned");
+
+    // Space returns; the next sweep dispatches the second task again, and it runs.
+    std::fs::remove_file(filler).unwrap();
+    let out = d.ctl(&["sweep"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    d.wait_state(&second, "done", WAIT);
+    assert!(d
+        .log_text()
+        .contains("dispatching again the queued and assigned tasks a store error left behind"));
+    // The first one's lease lapses (30 s by default) and the sweeper takes it back; the tasks
+    // submitted while the disk filled run too. Nothing stays on its way.
+    d.advance(std::time::Duration::from_secs(60));
+    let out = d.ctl(&["sweep"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("the first task to end", WAIT, || {
+        let state = d.state_of(&first);
+        matches!(state.as_str(), "done" | "failed").then_some(())
+    });
+    for id in &more {
+        d.wait_state(id, "done", WAIT);
     }
 }

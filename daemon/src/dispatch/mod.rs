@@ -130,6 +130,49 @@ pub async fn load_agent_state(d: &Daemon) {
     }
 }
 
+/// Hand every `queued` and `assigned` task the store holds to the dispatcher, a retry waiting out
+/// its backoff when its time comes; answers how many, or `None` if the store could not say (the
+/// next sweep tries again).
+async fn pick_up_pending(d: &Arc<Daemon>) -> Option<usize> {
+    match d.store.pending_dispatch().await {
+        Ok(pending) => {
+            let count = pending.len();
+            for p in pending {
+                match p.not_before.filter(|at| *at > d.clock.now_ms()) {
+                    Some(at) => {
+                        tracing::info!(TASK_ID = %p.task.id, not_before = %rfc3339(at), "task waits out its retry's backoff");
+                        queue_at(d, p.task, at);
+                    }
+                    None => d.dispatch.queued(p.task),
+                }
+            }
+            Some(count)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read pending tasks; the next sweep reads them again");
+            d.dispatch.lost_some();
+            None
+        }
+    }
+}
+
+/// After a store error on the dispatcher's way (a full disk, say) left tasks `queued` or
+/// `assigned` that nothing holds any more: hand them all over again, as at start. The tasks still
+/// on their way are recognised and not run twice: a task's route and start are compare-and-sets,
+/// and one found routed already is taken only if it is not waiting or running here. Called by the
+/// sweep. On a shared store every node's heartbeat does this already (see the `cluster` module).
+pub async fn rescan(d: &Arc<Daemon>) {
+    if !d.dispatch.take_lost() || d.store.cluster().is_some() {
+        return;
+    }
+    if let Some(count) = pick_up_pending(d).await {
+        tracing::info!(
+            count,
+            "dispatching again the queued and assigned tasks a store error left behind"
+        );
+    }
+}
+
 /// Hand `task` (stored `queued`) to the dispatcher when the daemon's clock reads `at_ms`: a
 /// retry waiting out its backoff. Not tracked: the wait is stored with the task (`not_before`),
 /// and a restart waits out what is left of it.
@@ -163,23 +206,9 @@ async fn sleep_until(d: &Daemon, at_ms: i64) -> bool {
 /// The specialist executor's own loops (intake, lease renewal) are started under `sup`.
 pub async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<DispatchMsg>, sup: Supervisor) {
     let executor = specialist::Executor::new(Arc::clone(&d), &sup);
-    match d.store.pending_dispatch().await {
-        Ok(pending) => {
-            if !pending.is_empty() {
-                tracing::info!(count = pending.len(), "resuming queued and assigned tasks");
-            }
-            for p in pending {
-                match p.not_before.filter(|at| *at > d.clock.now_ms()) {
-                    Some(at) => {
-                        tracing::info!(TASK_ID = %p.task.id, not_before = %rfc3339(at), "task waits out its retry's backoff");
-                        queue_at(&d, p.task, at);
-                    }
-                    None => d.dispatch.queued(p.task),
-                }
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read pending tasks; they will be dispatched after a restart")
+    if let Some(count) = pick_up_pending(&d).await {
+        if count > 0 {
+            tracing::info!(count, "resuming queued and assigned tasks");
         }
     }
     let mut buf = Vec::with_capacity(MAX_BURST);

@@ -142,7 +142,8 @@ pub async fn dispatch(d: &Daemon, tasks: Vec<Task>, at: i64) {
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, count, at = d.clock.now_ms(), "synthetic dispatch failed; the tasks stay queued until the next start")
+            tracing::error!(error = %e, count, at = d.clock.now_ms(), "synthetic dispatch failed; the tasks stay queued, and are dispatched again after the next sweep");
+            d.dispatch.lost_some();
         }
     }
 }

@@ -151,6 +151,8 @@ pub async fn sweep(d: &Arc<Daemon>) -> SweepReport {
         tokio::task::yield_now().await;
     }
 
+    crate::dispatch::rescan(d).await;
+
     for kind in TaskKind::ALL {
         // `None` is a retention of 0: keep forever.
         let Some(keep) = cfg.sweeper.retention.for_kind(kind) else {

@@ -62,7 +62,8 @@ impl Shared {
                 return;
             }
             Err(e) => {
-                tracing::error!(TASK_ID = %task.id, error = %e, "cannot start the task; it is dispatched again at the next start");
+                tracing::error!(TASK_ID = %task.id, error = %e, "cannot start the task; it is dispatched again after the next sweep");
+                d.dispatch.lost_some();
                 return;
             }
         };

@@ -129,7 +129,8 @@ impl Shared {
         let routed = match routed {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %e, count, "cannot route tasks; they stay queued until the next start");
+                tracing::error!(error = %e, count, "cannot route tasks; they stay queued, and are dispatched again after the next sweep");
+                self.d.dispatch.lost_some();
                 return;
             }
         };
@@ -182,7 +183,8 @@ impl Shared {
         match self.d.store.get_task(id).await {
             Ok(t) => t.filter(|t| t.state == state),
             Err(e) => {
-                tracing::error!(TASK_ID = %id, error = %e, "cannot read a task to dispatch it; it is dispatched at the next start");
+                tracing::error!(TASK_ID = %id, error = %e, "cannot read a task to dispatch it; it is dispatched again after the next sweep");
+                self.d.dispatch.lost_some();
                 None
             }
         }
