@@ -630,6 +630,30 @@ pub async fn a_retry_keeps_its_wait_until_the_task_starts_again(store: Store) {
     assert_eq!(waits(&store).await, [("R".to_string(), None)]);
 }
 
+/// A write, once begun, is not the caller's to stop: a caller that goes away after the first poll
+/// (a client hanging up) leaves a write that still commits and is published to the watchers, as
+/// every committed write is.
+pub async fn a_write_whose_caller_goes_away_still_commits_and_is_published(store: Store) {
+    put(&store, "W", TaskKind::Live, Vec::new()).await;
+    let mut rx = store.subscribe();
+    {
+        let write = store.transition(routed("W", T0 + 1));
+        tokio::pin!(write);
+        tokio::select! {
+            biased;
+            _ = &mut write => {}
+            _ = std::future::ready(()) => {}
+        }
+    }
+    let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the write is published")
+        .expect("an event");
+    assert_eq!((ev.task_id.as_str(), ev.action.as_str()), ("W", "route"));
+    let w = store.get_task("W").await.unwrap().unwrap();
+    assert_eq!(w.state, TaskState::Assigned);
+}
+
 /// Retention: terminal tasks of a kind completed before a time, walked by cursor, deleted with
 /// their trajectories; other tasks stay whole.
 pub async fn retention_walks_and_deletes_terminal_tasks(store: Store) {

@@ -24,28 +24,40 @@ use tokio::sync::{broadcast, watch};
 /// Run `$body` (an async block's worth of statements on `$tx`) in one transaction: committed and
 /// its effects published if it answers `Ok`, rolled back otherwise.
 macro_rules! write {
-    ($self:ident, |$tx:ident| $body:expr) => {
+    ($self:ident, |$tx:ident| $body:expr) => {{
+        // The write runs as a task of its own, not in the caller's future: a caller that goes
+        // away (a client hanging up) cannot stop it between the COMMIT and the publishing of what
+        // it committed (the log line, the watchers, delivery). The caller awaits its answer.
+        let store = $self.clone();
         Box::pin(async move {
-            let outcome = async {
-                let mut client = $self.client().await?;
-                #[allow(unused_mut)]
-                let mut $tx =
-                    super::tx::Tx::begin(&mut client, $self.outbox_rules(), &$self.inner.node)
-                        .await?;
-                let result = $body;
-                match result {
-                    Ok(v) => {
-                        $self.commit($tx).await?;
-                        Ok(v)
+            let write = tokio::spawn(async move {
+                let outcome = async {
+                    let mut client = store.client().await?;
+                    #[allow(unused_mut)]
+                    let mut $tx =
+                        super::tx::Tx::begin(&mut client, store.outbox_rules(), &store.inner.node)
+                            .await?;
+                    let result = $body;
+                    match result {
+                        Ok(v) => {
+                            store.commit($tx).await?;
+                            Ok(v)
+                        }
+                        // Dropping the transaction rolls it back.
+                        Err(e) => Err(e),
                     }
-                    // Dropping the transaction rolls it back.
-                    Err(e) => Err(e),
                 }
+                .await;
+                store.counted(outcome)
+            });
+            match write.await {
+                Ok(answer) => answer,
+                Err(e) => Err(crate::store::StoreError::Sql(format!(
+                    "the store write did not finish: {e}"
+                ))),
             }
-            .await;
-            $self.counted(outcome)
         })
-    };
+    }};
 }
 
 /// Run `$body` with a pooled connection `$c`.
@@ -248,7 +260,8 @@ impl Backend for PostgresBackend {
         limit: usize,
         actor: &'a str,
     ) -> StoreFuture<'a, Vec<String>> {
-        write!(self, |tx| tx.expire_due(now, limit, actor).await)
+        let actor = actor.to_string();
+        write!(self, |tx| tx.expire_due(now, limit, &actor).await)
     }
 
     fn reclaim_lapsed(&self, reclaim: Reclaim) -> StoreFuture<'_, Reclaimed> {
@@ -279,7 +292,8 @@ impl Backend for PostgresBackend {
     }
 
     fn set_specialist_pid<'a>(&'a self, id: &'a str, pgid: i32) -> StoreFuture<'a, bool> {
-        write!(self, |tx| tx.set_specialist_pid(id, pgid).await)
+        let id = id.to_string();
+        write!(self, |tx| tx.set_specialist_pid(&id, pgid).await)
     }
 
     fn orphan_leftovers(&self) -> StoreFuture<'_, Vec<Leftover>> {
@@ -384,7 +398,8 @@ impl Backend for PostgresBackend {
     }
 
     fn retry_dead<'a>(&'a self, sink: &'a str, now_ms: i64) -> StoreFuture<'a, u64> {
-        write!(self, |tx| tx.outbox_retry_dead(sink, now_ms).await)
+        let sink = sink.to_string();
+        write!(self, |tx| tx.outbox_retry_dead(&sink, now_ms).await)
     }
 
     fn outbox_stats(&self) -> StoreFuture<'_, Vec<OutboxStats>> {

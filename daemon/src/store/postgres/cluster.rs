@@ -45,6 +45,7 @@ impl Cluster for PostgresBackend {
     }
 
     fn heartbeat(&self, b: NodeBeat) -> StoreFuture<'_, ()> {
+        let node = self.inner.node.clone();
         write!(self, |tx| {
             let agents = b.agents.join(",");
             tx.exec(
@@ -54,7 +55,7 @@ impl Cluster for PostgresBackend {
                  address = EXCLUDED.address, agents = EXCLUDED.agents, \
                  running = EXCLUDED.running, heartbeat_at = EXCLUDED.heartbeat_at",
                 &[
-                    &self.inner.node,
+                    &node,
                     &b.host,
                     &i64::from(b.pid),
                     &b.version,
@@ -70,15 +71,12 @@ impl Cluster for PostgresBackend {
     }
 
     fn leave(&self) -> StoreFuture<'_, ()> {
+        let node = self.inner.node.clone();
         write!(self, |tx| {
-            tx.exec("DELETE FROM nodes WHERE id = $1", &[&self.inner.node])
-                .await?;
-            tx.exec(
-                "UPDATE leader SET until = 0 WHERE node = $1",
-                &[&self.inner.node],
-            )
-            .await
-            .map(|_| ())
+            tx.exec("DELETE FROM nodes WHERE id = $1", &[&node]).await?;
+            tx.exec("UPDATE leader SET until = 0 WHERE node = $1", &[&node])
+                .await
+                .map(|_| ())
         })
     }
 
@@ -117,12 +115,13 @@ impl Cluster for PostgresBackend {
     }
 
     fn lead(&self, now_ms: i64, lease_ms: i64) -> StoreFuture<'_, bool> {
+        let node = self.inner.node.clone();
         write!(self, |tx| {
             let rows = tx
                 .query(
                     "UPDATE leader SET node = $1, until = $2 + $3 \
                      WHERE node = $1 OR node IS NULL OR until < $2 RETURNING node",
-                    &[&self.inner.node, &now_ms, &lease_ms],
+                    &[&node, &now_ms, &lease_ms],
                 )
                 .await?;
             Ok(!rows.is_empty())

@@ -46,6 +46,7 @@ contract_cases!(
     leases_renew_void_and_lapse,
     an_outcome_lands_only_on_its_own_attempt,
     a_retry_keeps_its_wait_until_the_task_starts_again,
+    a_write_whose_caller_goes_away_still_commits_and_is_published,
     retention_walks_and_deletes_terminal_tasks,
     gate_runs_are_recorded,
     mode_and_overrides,
