@@ -1,7 +1,10 @@
 //! Handing freed heap memory back to the system after a burst of work.
 //!
-//! glibc keeps what a thread frees inside its arena for later allocations. After a large sweep
-//! that is megabytes no one uses again (docs/BENCHMARKS.md, "Memory at 1,000,000 tasks").
+//! glibc's `malloc` serves SQLite (its page caches) and the C libraries; the daemon's own
+//! allocations are mimalloc's, which returns freed pages to the system by itself after a short
+//! delay (`GLOBAL` in `main.rs`). glibc keeps what a thread frees inside its arena for later
+//! allocations. After a large sweep that is megabytes no one uses again (docs/BENCHMARKS.md,
+//! "Memory at 1,000,000 tasks").
 //! `orchestratord` also caps the arenas at start (`tune_allocator` in `main.rs`) and fixes the mmap
 //! threshold once its config is loaded ([`fix_mmap_threshold`]).
 

@@ -136,8 +136,9 @@ fn copy_store(opts: &Options, url: String) -> ExitCode {
     }
 }
 
-/// glibc's allocator, set before any thread starts (see docs/BENCHMARKS.md, "Memory at 1,000,000
-/// tasks"): at most two arenas, so that each short-lived blocking thread of the read pool does not
+/// glibc's allocator (SQLite's page caches and the C libraries; the daemon's own allocations are
+/// mimalloc's, see [`GLOBAL`]), set before any thread starts (see docs/BENCHMARKS.md, "Memory at
+/// 1,000,000 tasks"): at most two arenas, so that each short-lived blocking thread of the read pool does not
 /// keep an arena of its own with what it freed. The mmap threshold is fixed later, once the config
 /// is loaded ([`orchestrator::heap::fix_mmap_threshold`]).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -152,6 +153,14 @@ fn tune_allocator() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
+
+/// The daemon's own allocations go to mimalloc: its per-thread heaps take the place of glibc's
+/// arena locks, which the runtime's threads and the store writer fought over on every request
+/// (docs/BENCHMARKS.md, "mimalloc for the daemon's allocations"). Built without transparent huge
+/// pages (`no_thp`), which would fault in whole 2 MiB pages of an idle daemon. SQLite and the other
+/// C libraries keep glibc's `malloc`, tuned by [`tune_allocator`].
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     tune_allocator();
