@@ -593,8 +593,9 @@ pub async fn an_outcome_lands_only_on_its_own_attempt(store: Store) {
     assert_eq!(store.transitions_of("A").await.unwrap().len(), events + 1);
 }
 
-/// A retry's wait is stored with the task: the dispatcher's read at start answers it, routing
-/// keeps it, and a start clears it; a task queued again without one (a deferral) has none.
+/// A retry's wait is stored with the task: the dispatcher's read at start answers it and routing
+/// keeps it; a task queued again without one (the sweeper requeuing a lapsed lease, a deferral)
+/// has none, whatever wait it had before.
 pub async fn a_retry_keeps_its_wait_until_the_task_starts_again(store: Store) {
     let run = vec![routed("R", T0), started("R", T0, T0 + 100)];
     put(&store, "R", TaskKind::Live, run).await;
@@ -623,8 +624,25 @@ pub async fn a_retry_keeps_its_wait_until_the_task_starts_again(store: Store) {
         .await
         .unwrap();
     assert!(waits(&store).await.is_empty());
+    let reclaim = Reclaim {
+        now: T0 + 9_500,
+        limit: 100,
+        reason: "test".into(),
+        actor: "sweeper".into(),
+        attempts: AttemptLimits {
+            by_agent: [("coder".to_string(), 3)].into(),
+            default: 3,
+        },
+    };
+    assert_eq!(store.reclaim_lapsed(reclaim).await.unwrap().requeued, ["R"]);
+    assert_eq!(waits(&store).await, [("R".to_string(), None)]);
+    store.transition(routed("R", T0 + 9_600)).await.unwrap();
     store
-        .transition(op("R", Action::Defer, T0 + 5_002))
+        .transition(started("R", T0 + 9_700, T0 + 20_000))
+        .await
+        .unwrap();
+    store
+        .transition(op("R", Action::Defer, T0 + 9_800))
         .await
         .unwrap();
     assert_eq!(waits(&store).await, [("R".to_string(), None)]);

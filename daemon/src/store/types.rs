@@ -591,8 +591,9 @@ pub struct RowChange {
     /// `(set, value)`: whether to write the lease, and what (`None` clears it).
     pub lease: (bool, Option<i64>),
     pub pid: (bool, Option<i64>),
-    /// `(set, value)` for `not_before`: entering `queued` takes the patch's (a retry's time, or
-    /// none), `assigned` keeps it, every other state clears it.
+    /// `(set, value)` for `not_before`: every entry into `queued` takes the patch's (a retry's
+    /// time, or none); no other change touches it, since only `queued` and `assigned` tasks are
+    /// read with it.
     pub not_before: (bool, Option<i64>),
     pub error_code: Option<String>,
 }
@@ -622,11 +623,7 @@ impl RowChange {
             attempts_inc: attempts_inc(op.action),
             lease: keep(p.lease_until),
             pid: keep(p.specialist_pid),
-            not_before: match to {
-                TaskState::Queued => (true, p.not_before),
-                TaskState::Assigned => (false, None),
-                _ => (true, None),
-            },
+            not_before: (to == TaskState::Queued, p.not_before),
             error_code: p.error.as_ref().map(|e| e.code.clone()),
         })
     }
