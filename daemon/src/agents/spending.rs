@@ -199,14 +199,14 @@ impl Spending {
         }
         let scopes: Vec<String> = inner.month.keys().cloned().collect();
         for scope in scopes {
-            let agents: Vec<&str> = match scope.as_str() {
-                ALL => cfg.configured_agents.iter().map(String::as_str).collect(),
-                agent => vec![agent],
-            };
-            let budget = match scope.as_str() {
-                ALL => &cfg.budget,
+            // The budget, and the agents whose pause or lift counts for it.
+            let (budget, agents): (_, Vec<&str>) = match scope.as_str() {
+                ALL => (
+                    &cfg.budget,
+                    cfg.configured_agents.iter().map(String::as_str).collect(),
+                ),
                 agent => match cfg.agent(agent) {
-                    Some(a) => &a.budget,
+                    Some(a) => (&a.budget, vec![agent]),
                     None => continue,
                 },
             };
