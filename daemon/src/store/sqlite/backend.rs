@@ -21,7 +21,14 @@ impl Backend for SqliteBackend {
         // Worked out on the caller's thread: the writer only binds and runs the statements.
         Box::pin(async move {
             let prepared = super::batch::PreparedSubmit::new(plan)?;
-            self.write(move |b| b.submit_prepared(prepared)).await
+            match prepared {
+                // Two inserts of a task no one else can see yet: nothing to refuse after writing.
+                folded @ super::batch::PreparedSubmit::Folded(_) => {
+                    self.write_bare(move |b| b.submit_prepared(folded)).await
+                }
+                // Steps may name another task, whose compare-and-set can refuse after the insert.
+                stepwise => self.write(move |b| b.submit_prepared(stepwise)).await,
+            }
         })
     }
 
@@ -39,12 +46,14 @@ impl Backend for SqliteBackend {
         }))
     }
 
+    // A transition refuses before it writes (its compare-and-set changes no row), so it runs bare;
+    // a batch of them gives each its own bare step.
     fn transition(&self, op: TransitionOp) -> StoreFuture<'_, Task> {
-        Box::pin(self.write(move |b| b.transition(op)))
+        Box::pin(self.write_bare(move |b| b.transition(op)))
     }
 
     fn transitions(&self, ops: Vec<TransitionOp>) -> StoreFuture<'_, Outcomes<Task>> {
-        Box::pin(self.write(move |b| {
+        Box::pin(self.write_bare(move |b| {
             let mut out = Vec::with_capacity(ops.len());
             for op in ops {
                 match b.nested(|b| b.transition(op)) {

@@ -1,8 +1,11 @@
 //! Write operations, run by the writer thread inside a group transaction.
 //!
 //! A [`Batch`] is the group's transaction plus the effects its jobs produced (trajectory events to
-//! publish, count changes). Effects are published only if the group commits, and a job that fails is
-//! rolled back to its savepoint together with its effects.
+//! publish, count changes). Effects are published only if the group commits. A job runs either in a
+//! savepoint of its own ([`Batch::savepoint`]: one that fails is rolled back to it together with its
+//! effects) or bare ([`Batch::bare`]: for jobs that can only fail before their first write, or
+//! because the store itself failed; one that fails after writing breaks the batch, and the writer
+//! rolls back the whole transaction and answers every job that ran in it with the failure).
 
 use super::rows::{task_from_row, TASK_COLUMNS};
 use crate::clock::rfc3339;
@@ -34,6 +37,18 @@ pub struct Batch<'a> {
     /// A job of this group is bulk work (the sweep's expiries and deletions): its commit copies the
     /// log back itself (see `checkpoint`).
     bulk: bool,
+    /// How the running job is kept apart from the rest of the group; [`Batch::nested`] follows it.
+    isolation: Isolation,
+    /// Why the transaction cannot be committed: a bare job failed after it had changed rows, or the
+    /// transaction itself is gone (SQLite rolls back a whole transaction on some I/O errors).
+    pub(super) broken: Option<StoreError>,
+}
+
+/// See [`Batch::savepoint`] and [`Batch::bare`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Isolation {
+    Savepoint,
+    Bare,
 }
 
 /// What a group's jobs did besides their statements, published once it commits.
@@ -64,6 +79,8 @@ impl<'a> Batch<'a> {
             outbox: outbox.filter(|r| !r.sinks.is_empty()),
             outbox_rows: 0,
             bulk: false,
+            isolation: Isolation::Savepoint,
+            broken: None,
         }
     }
 
@@ -99,13 +116,62 @@ impl<'a> Batch<'a> {
         self.tx
     }
 
-    /// Run `f` in a nested savepoint: on error, its statements and effects are undone and the rest
-    /// of the job goes on.
+    /// Run a step of a job so that its failure leaves the rest of the job going on: in a nested
+    /// savepoint inside a savepointed job, bare (with the same rule as the job) inside a bare one.
     pub fn nested<T>(
         &mut self,
         f: impl FnOnce(&mut Batch<'a>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.savepoint(f)
+        match self.isolation {
+            Isolation::Savepoint => self.savepoint(f),
+            Isolation::Bare => self.bare(f),
+        }
+    }
+
+    /// Run `f` without a savepoint. A savepoint makes SQLite copy every page a job touches into its
+    /// statement journal before changing it; for a group of small jobs that share the last pages of
+    /// each table, that copying (and the journal's allocations) was an eighth of the daemon's CPU
+    /// per submit (docs/BENCHMARKS.md, "Jobs without a savepoint").
+    ///
+    /// Only for jobs whose failures come before their first write (a compare-and-set that changes
+    /// no row, a check) or from the store itself (a full disk, an I/O error). A failure that left
+    /// nothing written is undone here with its effects, like a savepoint's; one that came after a
+    /// change cannot be taken back alone and breaks the batch ([`Batch::broken`]). A job that
+    /// panics fails in the same way.
+    pub(super) fn bare<T>(
+        &mut self,
+        f: impl FnOnce(&mut Batch<'a>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let marks = (self.events.len(), self.deltas.len(), self.outbox_rows);
+        let before = self.tx.total_changes();
+        let outer = std::mem::replace(&mut self.isolation, Isolation::Bare);
+        let ran = self.guarded(f);
+        self.isolation = outer;
+        if let Err(e) = &ran {
+            self.saw_full |= matches!(e, StoreError::Full(_));
+            if self.tx.total_changes() != before || self.tx.is_autocommit() {
+                self.broken.get_or_insert_with(|| e.clone());
+            } else {
+                self.events.truncate(marks.0);
+                self.deltas.truncate(marks.1);
+                self.outbox_rows = marks.2;
+            }
+        }
+        ran
+    }
+
+    /// Run `f`, turning a panic into the job's error: the writer thread, and the rest of the
+    /// group, go on.
+    fn guarded<T>(
+        &mut self,
+        f: impl FnOnce(&mut Batch<'a>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        ran.unwrap_or_else(|payload| {
+            let why = crate::supervisor::panic_message(payload);
+            tracing::error!(panic = %why, "a store job panicked; it fails and the writer goes on");
+            Err(StoreError::Sql(format!("the store job panicked: {why}")))
+        })
     }
 
     /// Run `f` in a savepoint: on error, its statements and effects are undone. A job that panics
@@ -115,14 +181,11 @@ impl<'a> Batch<'a> {
         f: impl FnOnce(&mut Batch<'a>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let (events, deltas, outbox) = (self.events.len(), self.deltas.len(), self.outbox_rows);
-        // Prepared once per connection: every job of every group runs these.
+        // Prepared once per connection: every savepointed job of every group runs these.
         self.tx.prepare_cached("SAVEPOINT job")?.execute([])?;
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
-        let ran = ran.unwrap_or_else(|payload| {
-            let why = crate::supervisor::panic_message(payload);
-            tracing::error!(panic = %why, "a store job panicked; it fails and the writer goes on");
-            Err(StoreError::Sql(format!("the store job panicked: {why}")))
-        });
+        let outer = std::mem::replace(&mut self.isolation, Isolation::Savepoint);
+        let ran = self.guarded(f);
+        self.isolation = outer;
         let result = ran.and_then(|v| {
             self.tx.prepare_cached("RELEASE job")?.execute([])?;
             Ok(v)
@@ -133,6 +196,11 @@ impl<'a> Batch<'a> {
             self.events.truncate(events);
             self.deltas.truncate(deltas);
             self.outbox_rows = outbox;
+            // SQLite ends the whole transaction on some I/O errors; the jobs before this one went
+            // with it, and a statement run now would start a transaction of its own.
+            if self.tx.is_autocommit() {
+                self.broken.get_or_insert_with(|| e.clone());
+            }
         }
         result
     }

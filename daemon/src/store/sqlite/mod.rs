@@ -1,10 +1,14 @@
 //! The SQLite backend: WAL mode with `synchronous=FULL`.
 //!
 //! One writer thread owns the only writing connection. Callers hand it jobs; it
-//! takes every job waiting at that moment, runs each inside its own savepoint of one transaction, and
-//! commits them together — one fsync for many requests (group commit). A job's reply is released only
-//! after that commit returned, so an acknowledged write is on disk. A job that fails rolls back to its
-//! savepoint and leaves the rest of the group untouched.
+//! takes every job waiting at that moment, runs them in one transaction, and commits them together —
+//! one fsync for many requests (group commit). A job's reply is released only after that commit
+//! returned, so an acknowledged write is on disk. A job that fails leaves the rest of the group
+//! untouched: most jobs run in a savepoint of their own and roll back to it; the hot ones (a submit
+//! worked out beforehand, a transition) run bare, because they can only fail before their first
+//! write or when the store itself fails ([`Batch::bare`]). Should a bare job fail after writing
+//! anyway, the transaction is rolled back, every job that ran in it is answered with that failure,
+//! and the rest of the group goes on in a new transaction.
 //!
 //! A job that panics fails like one that returned an error (see [`Batch`]); should the writer
 //! thread itself end while the store is open, [`SqliteBackend::writer_ended`] says why, and the
@@ -254,7 +258,19 @@ impl SqliteBackend {
         F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        self.submit_job(f, tx)?;
+        self.submit_job(f, tx, false)?;
+        self.counted(rx.await.unwrap_or(Err(StoreError::Closed)))
+    }
+
+    /// [`SqliteBackend::write`] for a job that runs bare ([`Batch::bare`]): it fails only before
+    /// its first write or because the store failed.
+    async fn write_bare<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.submit_job(f, tx, true)?;
         self.counted(rx.await.unwrap_or(Err(StoreError::Closed)))
     }
 
@@ -279,7 +295,7 @@ impl SqliteBackend {
         F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        self.submit_job(f, tx)?;
+        self.submit_job(f, tx, false)?;
         rx.blocking_recv().unwrap_or(Err(StoreError::Closed))
     }
 
@@ -290,7 +306,7 @@ impl SqliteBackend {
         F: FnOnce(&mut Batch<'_>) -> Result<(), StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        if let Err(e) = self.submit_job(f, tx) {
+        if let Err(e) = self.submit_job(f, tx, false) {
             tracing::warn!(error = %e, "store: cannot queue {what}");
             return;
         }
@@ -307,6 +323,7 @@ impl SqliteBackend {
         &self,
         f: F,
         reply: oneshot::Sender<Result<T, StoreError>>,
+        bare: bool,
     ) -> Result<(), StoreError>
     where
         T: Send + 'static,
@@ -330,6 +347,7 @@ impl SqliteBackend {
         }
         let job: Job = Box::new(move |batch: Option<&mut Batch<'_>>| {
             let result = match batch {
+                Some(batch) if bare => batch.bare(f),
                 Some(batch) => batch.savepoint(f),
                 None => Err(StoreError::Closed),
             };
@@ -721,13 +739,41 @@ fn run_group(
     events: &broadcast::Sender<TrajectoryEvent>,
     outbox: &Writer,
 ) -> Option<bool> {
+    let mut jobs = group.into_iter().peekable();
+    let mut full = None;
+    // One transaction, unless a job breaks it: then the jobs after it go on in the next.
+    while jobs.peek().is_some() {
+        full = match (
+            full,
+            run_transaction(conn, checkpointer, &mut jobs, counts, events, outbox),
+        ) {
+            (Some(true), _) | (_, Some(true)) => Some(true),
+            (Some(false), _) | (_, Some(false)) => Some(false),
+            (None, None) => None,
+        };
+    }
+    full
+}
+
+/// Run jobs from `jobs` in one transaction and commit them, answering each once the outcome is
+/// known. Stops early when a job breaks the transaction ([`Batch::broken`]): everything run in it
+/// is rolled back and every job that ran is answered with that failure; the rest stay in `jobs`.
+/// Says whether the disk was full (`None`: nothing to say either way).
+fn run_transaction(
+    conn: &mut Connection,
+    checkpointer: &checkpoint::Checkpointer,
+    jobs: &mut std::iter::Peekable<std::vec::IntoIter<Job>>,
+    counts: &Mutex<Counts>,
+    events: &broadcast::Sender<TrajectoryEvent>,
+    outbox: &Writer,
+) -> Option<bool> {
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
             // Nothing can run without a transaction: every job is answered with the error unexecuted.
             let err = group_error("cannot begin a transaction", e);
             let full = matches!(err, StoreError::Full(_));
-            for job in group {
+            for job in jobs {
                 job(None)(Err(err.clone()));
             }
             return full.then_some(true);
@@ -735,7 +781,30 @@ fn run_group(
     };
     let rules = outbox.rules.read().ok().and_then(|r| r.clone());
     let mut batch = Batch::new(&tx, rules);
-    let completions: Vec<Completion> = group.into_iter().map(|job| job(Some(&mut batch))).collect();
+    let mut completions: Vec<Completion> = Vec::new();
+    for job in jobs.by_ref() {
+        completions.push(job(Some(&mut batch)));
+        if batch.broken.is_some() {
+            break;
+        }
+    }
+    if let Some(cause) = batch.broken.take() {
+        let saw_full = batch.saw_full;
+        drop(batch);
+        // A transaction SQLite already ended cannot be rolled back again; either way it is gone.
+        let _ = tx.rollback();
+        let err = match cause {
+            StoreError::Full(_) => cause,
+            other => StoreError::Sql(format!(
+                "a write of the same commit failed part-way and the commit was rolled back: {other}"
+            )),
+        };
+        let full = saw_full || matches!(err, StoreError::Full(_));
+        for done in completions {
+            done(Err(err.clone()));
+        }
+        return full.then_some(true);
+    }
     let batch::Effects {
         events: new_events,
         deltas,

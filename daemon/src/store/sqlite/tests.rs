@@ -1,5 +1,6 @@
 use super::queries;
 use crate::machine::Action;
+use crate::store::Backend;
 use crate::store::{NewTask, Store, StoreError, TransitionOp};
 use orchestrator_proto::task::{TaskKind, TaskState};
 
@@ -796,4 +797,205 @@ fn a_store_of_schema_8_keeps_its_readers_after_the_partial_indexes() {
         .unwrap();
     assert_eq!(expired, ["W"]);
     assert_eq!(store.counts().get(TaskKind::Live, TaskState::Expired), 1);
+}
+
+type TestJob = Box<dyn FnOnce(&mut super::Batch<'_>) -> Result<(), StoreError> + Send>;
+
+/// Run `jobs` (each bare or in a savepoint) as one group, in the order given: they are queued
+/// while the writer is held inside a job of its own, and the writer takes everything waiting into
+/// its next group.
+fn one_group(
+    store: &super::SqliteBackend,
+    jobs: Vec<(bool, TestJob)>,
+) -> Vec<Result<(), StoreError>> {
+    let (inside_tx, inside_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+    store
+        .submit_job(
+            move |_b| {
+                let _ = inside_tx.send(());
+                let _ = release_rx.recv();
+                Ok(())
+            },
+            held_tx,
+            false,
+        )
+        .unwrap();
+    inside_rx.recv().unwrap();
+    let answers: Vec<_> = jobs
+        .into_iter()
+        .map(|(bare, f)| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            store.submit_job(f, tx, bare).unwrap();
+            rx
+        })
+        .collect();
+    release_tx.send(()).unwrap();
+    held_rx.blocking_recv().unwrap().unwrap();
+    answers
+        .into_iter()
+        .map(|rx| rx.blocking_recv().unwrap())
+        .collect()
+}
+
+fn insert(id: &'static str) -> TestJob {
+    Box::new(move |b| b.insert_task(new_task(id), "alice").map(|_| ()))
+}
+
+fn stored_ids(store: &super::SqliteBackend) -> Vec<String> {
+    let filter = crate::store::TaskFilter {
+        limit: 1000,
+        ..Default::default()
+    };
+    let mut ids: Vec<String> = store
+        .read_blocking(|c| queries::list_tasks(c, &filter))
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn events_of(store: &super::SqliteBackend, id: &'static str) -> usize {
+    store
+        .read_blocking(|c| queries::events_of(c, id))
+        .unwrap()
+        .len()
+}
+
+fn open_backend() -> (tempfile::TempDir, super::SqliteBackend) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = super::SqliteBackend::open(&dir.path().join("state.db")).unwrap();
+    (dir, store)
+}
+
+#[test]
+fn a_bare_job_that_fails_after_writing_takes_its_commit_back_and_the_rest_go_on() {
+    let (_d, store) = open_backend();
+    let fails_after_writing: TestJob = Box::new(|b| {
+        b.insert_task(new_task("T3"), "alice")?;
+        Err(StoreError::Sql("forced after a write".into()))
+    });
+    let answers = one_group(
+        &store,
+        vec![
+            (true, insert("T1")),
+            (false, insert("T2")),
+            (true, fails_after_writing),
+            (true, insert("T4")),
+            (false, insert("T5")),
+        ],
+    );
+    // Everything that ran in the broken transaction is answered with the failure, savepointed
+    // jobs included; nothing of it is stored, counted or published.
+    for (i, answer) in answers.iter().take(3).enumerate() {
+        match answer {
+            Err(StoreError::Sql(m)) => assert!(m.contains("forced after a write"), "job {i}: {m}"),
+            other => panic!("job {i}: expected the group's failure, got {other:?}"),
+        }
+    }
+    assert!(answers[3].is_ok() && answers[4].is_ok(), "{answers:?}");
+    assert_eq!(stored_ids(&store), ["T4", "T5"]);
+    assert_eq!(store.counts().total(), 2);
+    for id in ["T1", "T2", "T3"] {
+        assert_eq!(events_of(&store, id), 0, "{id}");
+    }
+    assert_eq!(events_of(&store, "T4"), 1);
+}
+
+#[test]
+fn a_bare_job_refused_before_writing_leaves_its_group_alone() {
+    let (_d, store) = open_backend();
+    store
+        .write_blocking(|b| b.insert_task(new_task("T0"), "alice"))
+        .unwrap();
+    // A queued task cannot be approved: the compare-and-set changes no row.
+    let refused: TestJob = Box::new(|b| {
+        b.transition(TransitionOp::new("T0", Action::Approve, "bob", 2_000))
+            .map(|_| ())
+    });
+    let checked_only: TestJob = Box::new(|_| Err(StoreError::Sql("refused before writing".into())));
+    let answers = one_group(
+        &store,
+        vec![
+            (true, insert("T1")),
+            (true, refused),
+            (true, checked_only),
+            (true, insert("T2")),
+        ],
+    );
+    assert!(answers[0].is_ok() && answers[3].is_ok(), "{answers:?}");
+    assert!(
+        matches!(
+            answers[1],
+            Err(StoreError::Refused {
+                from: TaskState::Queued,
+                ..
+            })
+        ),
+        "{:?}",
+        answers[1]
+    );
+    assert!(
+        matches!(&answers[2], Err(StoreError::Sql(m)) if m == "refused before writing"),
+        "{:?}",
+        answers[2]
+    );
+    assert_eq!(stored_ids(&store), ["T0", "T1", "T2"]);
+    assert_eq!(store.counts().total(), 3);
+    assert_eq!(events_of(&store, "T0"), 1);
+}
+
+#[test]
+fn a_bare_step_that_fails_after_writing_breaks_the_job_that_carried_on() {
+    let (_d, store) = open_backend();
+    // The job swallows its step's failure, as a batch of transitions does with a refusal; the
+    // step's write cannot be undone alone, so the commit is taken back all the same.
+    let carries_on: TestJob = Box::new(|b| {
+        let step = b.nested(|b| -> Result<(), StoreError> {
+            b.insert_task(new_task("T2"), "alice")?;
+            Err(StoreError::Sql("a step failed after its write".into()))
+        });
+        assert!(step.is_err());
+        b.insert_task(new_task("T3"), "alice").map(|_| ())
+    });
+    let answers = one_group(
+        &store,
+        vec![
+            (true, insert("T1")),
+            (true, carries_on),
+            (true, insert("T4")),
+        ],
+    );
+    assert!(answers[0].is_err() && answers[1].is_err(), "{answers:?}");
+    assert!(answers[2].is_ok(), "{answers:?}");
+    assert_eq!(stored_ids(&store), ["T4"]);
+    assert_eq!(store.counts().total(), 1);
+}
+
+#[test]
+fn a_bare_job_that_panics_after_writing_fails_its_commit_and_the_writer_goes_on() {
+    let (_d, store) = open_backend();
+    let panics: TestJob = Box::new(|b| {
+        b.insert_task(new_task("T2"), "alice")?;
+        panic!("a bug in a bare job")
+    });
+    let answers = one_group(
+        &store,
+        vec![(true, insert("T1")), (true, panics), (true, insert("T3"))],
+    );
+    for answer in &answers[..2] {
+        assert!(
+            matches!(answer, Err(StoreError::Sql(m)) if m.contains("a bug in a bare job")),
+            "{answer:?}"
+        );
+    }
+    assert!(answers[2].is_ok(), "{answers:?}");
+    assert_eq!(stored_ids(&store), ["T3"]);
+    store
+        .write_blocking(|b| b.insert_task(new_task("T4"), "alice"))
+        .unwrap();
+    assert_eq!(stored_ids(&store), ["T3", "T4"]);
 }
