@@ -17,8 +17,7 @@ use crate::store::{
 use orchestrator_proto::task::{Rejection, Routing, TaskError, TaskResult};
 use orchestrator_proto::task::{Task, TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
-use rusqlite::{params, OptionalExtension, ToSql, Transaction};
-use std::fmt::Write;
+use rusqlite::{params, OptionalExtension, Transaction};
 use std::sync::{Arc, LazyLock};
 
 pub(super) type Delta = (TaskKind, Option<TaskState>, Option<TaskState>);
@@ -238,11 +237,7 @@ impl<'a> Batch<'a> {
 
     /// The event of a transition (or of an insert) whose row this write has just changed.
     pub fn append_event(&mut self, e: EventDraft) -> Result<(), StoreError> {
-        self.insert_event(
-            e,
-            "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )
+        self.insert_event(e, EVENT_INSERT)
     }
 
     /// An event about a task that changes nothing, written only while the task is in the state
@@ -412,8 +407,8 @@ impl<'a> Batch<'a> {
         self.submit_prepared(PreparedSubmit::new(plan)?)
     }
 
-    /// A submit worked out by [`PreparedSubmit::new`]: the folded path only binds and runs its two
-    /// statements here, then fills in the sequence numbers the store gave the events.
+    /// A submit worked out by [`PreparedSubmit::new`]: the folded path only binds and runs its
+    /// inserts here, and gives each event the sequence number the store gave it.
     pub fn submit_prepared(&mut self, prepared: PreparedSubmit) -> Result<Task, StoreError> {
         let f = match prepared {
             PreparedSubmit::Stepwise(plan) => return self.submit_stepwise(plan),
@@ -478,32 +473,29 @@ impl<'a> Batch<'a> {
         Ok(task)
     }
 
-    /// A task's events in one statement, in order; each is published with the sequence number the
-    /// store gave it.
+    /// A task's events, in order, a statement each; each is published with the sequence number the
+    /// store gave it. One statement of several rows would be a multi-row write, for which SQLite
+    /// copies every page it touches into a statement journal first (docs/BENCHMARKS.md, "Jobs
+    /// without a savepoint"); a single-row insert needs none.
     fn insert_events(&mut self, task_id: &str, rows: Vec<EventRow>) -> Result<(), StoreError> {
-        let mut seqs: Vec<i64> = {
-            let mut args: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 7);
-            for r in &rows {
-                args.extend([
-                    &task_id as &dyn ToSql,
-                    &r.at_ms,
-                    &r.event.actor,
-                    &r.event.action,
-                    &r.from,
-                    &r.to,
-                    &r.details,
-                ]);
-            }
-            let sql = events_insert(rows.len());
-            let mut stmt = self.tx.prepare_cached(&sql)?;
-            let seqs = stmt.query_map(&*args, |r| r.get(0))?;
-            seqs.collect::<Result<_, _>>()?
-        };
-        // RETURNING answers in no promised order; the store numbers rows in the order they go in.
-        seqs.sort_unstable();
-        for (mut r, seq) in rows.into_iter().zip(seqs) {
-            r.event.seq = seq.max(0) as u64;
-            self.publish(r.event)?;
+        let mut stmt = self.tx.prepare_cached(EVENT_INSERT)?;
+        let mut published = Vec::with_capacity(rows.len());
+        for mut r in rows {
+            stmt.execute(params![
+                task_id,
+                r.at_ms,
+                r.event.actor,
+                r.event.action,
+                r.from,
+                r.to,
+                r.details
+            ])?;
+            r.event.seq = self.tx.last_insert_rowid().max(0) as u64;
+            published.push(r.event);
+        }
+        drop(stmt);
+        for ev in published {
+            self.publish(ev)?;
         }
         Ok(())
     }
@@ -627,35 +619,9 @@ pub(super) fn sized_sql(
     }
 }
 
-/// `INSERT` of `n` events, answering their sequence numbers.
-fn events_insert(n: usize) -> std::borrow::Cow<'static, str> {
-    static USUAL: LazyLock<Vec<String>> =
-        LazyLock::new(|| (0..=8).map(events_insert_sql).collect());
-    sized_sql(&USUAL, n, events_insert_sql)
-}
-
-fn events_insert_sql(n: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) VALUES ",
-    );
-    for i in 0..n {
-        let k = i * 7;
-        let sep = if i == 0 { "" } else { ", " };
-        let _ = write!(
-            sql,
-            "{sep}(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
-            k + 1,
-            k + 2,
-            k + 3,
-            k + 4,
-            k + 5,
-            k + 6,
-            k + 7
-        );
-    }
-    sql.push_str(" RETURNING seq");
-    sql
-}
+/// The `INSERT` of one event; its sequence number is the row id it gets.
+const EVENT_INSERT: &str = "INSERT INTO events (task_id, at, actor, action, from_state, to_state, \
+                            details) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
 /// A submit made ready for the writer by the caller's thread (see [`PreparedSubmit::new`]).
 pub enum PreparedSubmit {
@@ -679,12 +645,12 @@ impl PreparedSubmit {
     /// Work out what a submit writes before it reaches the writer thread: the state machine's
     /// checks of every step, the row they leave (its JSON columns encoded), the events as they
     /// will be published (times formatted, strings copied) and the answer. The writer then only
-    /// runs two statements for it ([`Batch::submit_prepared`]).
+    /// binds and runs its inserts ([`Batch::submit_prepared`]).
     ///
     /// A task inserted by a job is seen by no other job until the group commits, so its steps
     /// cannot race: each is still checked by the state machine, but the row they lead to is
     /// inserted as it ends (one statement instead of an insert and a compare-and-set per step),
-    /// and every event goes in with one more statement.
+    /// then its events, a single-row insert each.
     pub fn new(plan: SubmitPlan) -> Result<PreparedSubmit, StoreError> {
         // Expiry reads `expiresAt` from the row; a step for another task is not this task's.
         if plan.steps.is_empty()
