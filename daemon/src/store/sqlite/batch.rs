@@ -205,9 +205,9 @@ impl<'a> Batch<'a> {
     }
 
     pub fn get_task(&self, id: &str) -> Result<Option<Task>, StoreError> {
-        let mut stmt = self
-            .tx
-            .prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;
+        static BY_ID: LazyLock<String> =
+            LazyLock::new(|| format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"));
+        let mut stmt = self.tx.prepare_cached(&BY_ID)?;
         Ok(stmt.query_row([id], task_from_row).optional()?)
     }
 
@@ -297,10 +297,13 @@ impl<'a> Batch<'a> {
     /// Apply one transition as a compare-and-set on the task's current state, with its trajectory
     /// event; answers the task after it.
     ///
-    /// One statement moves the task and answers it: the compare-and-set is an `UPDATE … RETURNING`
-    /// of the whole row, from the one state the action can leave (approve and reject leave only
-    /// `awaiting_approval`) or, for actions several states allow, from the state read just before.
-    /// Zero rows means the task is elsewhere (or missing), and the refusal names where.
+    /// The compare-and-set moves the task from the one state the action can leave (approve and
+    /// reject leave only `awaiting_approval`) or, for actions several states allow, from the state
+    /// read just before; zero rows means the task is elsewhere (or missing), and the refusal names
+    /// where. The row is then read back by its key. (An `UPDATE … RETURNING` would answer it in the
+    /// same statement, but SQLite runs `RETURNING` as a trigger, and a statement with a trigger
+    /// copies every page it touches into a statement journal first: docs/BENCHMARKS.md, "Jobs
+    /// without a savepoint".)
     pub fn transition(&mut self, mut op: TransitionOp) -> Result<Task, StoreError> {
         if op.action == Action::Expire {
             // Expiry also checks `expiresAt`, which the full path reads as stored.
@@ -315,14 +318,16 @@ impl<'a> Batch<'a> {
         };
         let change = RowChange::of(&op, from)?;
         let to = change.to;
-        let task = {
-            let mut stmt = self.tx.prepare_cached(&CAS_RETURNING)?;
-            stmt.query_row(cas_params!(&op, change, from), task_from_row)
-                .optional()?
-        };
-        let Some(task) = task else {
+        let changed = self
+            .tx
+            .prepare_cached(CAS_UPDATE)?
+            .execute(cas_params!(&op, change, from))?;
+        if changed != 1 {
             return Err(self.refusal(&op));
-        };
+        }
+        let task = self
+            .get_task(&op.id)?
+            .ok_or_else(|| StoreError::NotFound(op.id.clone()))?;
         // The op is spent here: its details move into the event rather than being copied.
         let details = op.details.take();
         self.append_event(EventDraft {
@@ -556,10 +561,6 @@ const CAS_UPDATE: &str = "UPDATE tasks SET state = ?2, \
      attempts = attempts + ?17, usage = COALESCE(?19, usage), \
      not_before = CASE WHEN ?21 THEN ?22 ELSE not_before END \
      WHERE id = ?1 AND state = ?18 AND (?20 IS NULL OR attempts = ?20)";
-
-/// [`CAS_UPDATE`] answering the row as it leaves it, in [`TASK_COLUMNS`].
-static CAS_RETURNING: LazyLock<String> =
-    LazyLock::new(|| format!("{CAS_UPDATE} RETURNING {TASK_COLUMNS}"));
 
 /// The parameters of [`CAS_UPDATE`] for `op` moving a task from `from` by `change`.
 macro_rules! cas_params {
