@@ -128,7 +128,8 @@ impl Backend for SqliteBackend {
         actor: &'a str,
     ) -> StoreFuture<'a, Vec<String>> {
         let actor = actor.to_string();
-        Box::pin(self.write(move |b| b.expire_due(now, limit, &actor)))
+        // Its checks come before its writes; after them only the store itself can fail.
+        Box::pin(self.write_bare(move |b| b.expire_due(now, limit, &actor)))
     }
 
     fn reclaim_lapsed(&self, reclaim: Reclaim) -> StoreFuture<'_, Reclaimed> {

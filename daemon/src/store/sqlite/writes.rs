@@ -28,8 +28,12 @@ pub(super) const EXPIRE_DUE: &str = concat!(
 /// (a JSON array): each row changes only if it is still in that state and due. What it writes is
 /// what [`RowChange`](crate::store::RowChange) gives for `expire`: the state, `completed_at`, and
 /// no lease or specialist pid. `+` keeps the planner on the rowids: the state index would walk
-/// every task in that state.
-pub(super) const EXPIRE_ROWS: &str = "UPDATE tasks SET state = 'expired', completed_at = ?1, \
+/// every task in that state. `OR FAIL`: a statement of many rows that may abort on a constraint
+/// makes SQLite copy every page it touches into a statement journal first, to undo the statement
+/// alone; none of these columns can fail one, and the job runs bare, so any failure takes its
+/// whole transaction back anyway (docs/BENCHMARKS.md, "Jobs without a savepoint").
+pub(super) const EXPIRE_ROWS: &str =
+    "UPDATE OR FAIL tasks SET state = 'expired', completed_at = ?1, \
      lease_until = NULL, specialist_pid = NULL \
      WHERE rowid IN (SELECT value FROM json_each(?2)) AND +state = ?3 AND +expires_at <= ?1 \
      RETURNING id";
