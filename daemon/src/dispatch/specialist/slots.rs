@@ -10,7 +10,7 @@ use crate::machine::Action;
 use crate::store::cluster::{Claim, ClaimLimit};
 use crate::store::{Patch, StoreError, TransitionOp};
 use orchestrator_proto::task::{task_error, Task, TaskError, TaskState};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, MutexGuard};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +24,10 @@ pub(super) struct Slots {
     /// Arrival order of waiting tasks, across agents.
     next_seq: u64,
 }
+
+/// What [`Shared::known`] gathered in one burst: the ids waiting or running here and routed in
+/// the burst, and how many of the burst's tasks it has added.
+pub(super) type Here = (HashSet<String>, usize);
 
 #[derive(Default)]
 pub(super) struct AgentSlots {
@@ -98,6 +102,7 @@ impl Shared {
         let routed = match routed {
             Ok(outcomes) => {
                 let mut out = Vec::with_capacity(tasks.len());
+                let mut here = None;
                 let mut outcomes = outcomes.into_iter();
                 for task in tasks {
                     if task.state == TaskState::Queued {
@@ -112,13 +117,13 @@ impl Shared {
                             Some(Err(StoreError::Refused {
                                 from: TaskState::Assigned,
                                 ..
-                            })) if !self.known(&task.id, &out) => {
+                            })) if !self.known(&mut here, &task.id, &out) => {
                                 out.extend(self.current(&task.id, TaskState::Assigned).await)
                             }
                             // Cancelled or expired meanwhile, or here already: not to run again.
                             _ => {}
                         }
-                    } else if !self.known(&task.id, &out) {
+                    } else if !self.known(&mut here, &task.id, &out) {
                         out.extend(self.current(&task.id, TaskState::Assigned).await);
                     }
                 }
@@ -164,18 +169,25 @@ impl Shared {
     }
 
     /// Whether the task is already on its way here: waiting, running, or among those routed in
-    /// this burst. Asked only of tasks found routed before (at start a task can be handed over by
-    /// its submit and by the read of pending tasks), so the scan is rare.
-    fn known(&self, id: &str, routed: &[Task]) -> bool {
-        if routed.iter().any(|t| t.id == id) {
-            return true;
+    /// this burst. Asked only of tasks found routed before: at start a task can be handed over by
+    /// its submit and by the read of pending tasks, and after a store error the sweep hands over
+    /// every pending task again (`dispatch::rescan`), thousands at once on a large backlog. So the
+    /// ids waiting or running are gathered into `here` once per burst, at the first question, and
+    /// each task routed in the burst is added as it is answered: each question is then a lookup,
+    /// not a scan of every queue.
+    pub(super) fn known(&self, here: &mut Option<Here>, id: &str, routed: &[Task]) -> bool {
+        let (ids, added) = here.get_or_insert_with(|| {
+            let slots = self.slots();
+            let waiting = slots.agents.values().flat_map(|q| q.waiting.iter());
+            let ids = slots.running.keys().cloned();
+            (ids.chain(waiting.map(|(_, t)| t.id.clone())).collect(), 0)
+        });
+        // The burst has grown since the last question: its new tasks are added now.
+        for t in routed.get(*added..).unwrap_or_default() {
+            ids.insert(t.id.clone());
         }
-        let slots = self.slots();
-        slots.running.contains_key(id)
-            || slots
-                .agents
-                .values()
-                .any(|q| q.waiting.iter().any(|(_, t)| t.id == id))
+        *added = routed.len();
+        ids.contains(id)
     }
 
     /// The task as stored now, if it is in `state`.

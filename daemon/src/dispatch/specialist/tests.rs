@@ -366,3 +366,48 @@ async fn the_intake_outlives_a_dropped_executor_until_shutdown() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(failures.try_next(), None);
 }
+
+/// A task handed over again (at start, or by the sweep after a store error) is known when it waits
+/// or runs here, or was routed earlier in the same burst, however late in the burst; no other is.
+#[tokio::test]
+async fn a_task_waiting_running_or_routed_in_the_burst_is_known_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(&dir.path().join("state.db")).unwrap();
+    let clock = crate::clock::ManualClock::new(0);
+    let d = Arc::new(Daemon::for_test(
+        store,
+        dir.path(),
+        TaskKind::Live,
+        clock.clock(),
+    ));
+    let shared = Shared {
+        d,
+        slots: Mutex::default(),
+        leases: Arc::default(),
+        tracker: TaskTracker::new(),
+    };
+    let with_id = |id: &str| Task {
+        id: id.into(),
+        state: TaskState::Assigned,
+        ..task(TaskKind::Live, "coder")
+    };
+    {
+        let mut slots = shared.slots();
+        slots
+            .running
+            .insert("RUNNING".into(), tokio_util::sync::CancellationToken::new());
+        let coder = slots.agents.entry("coder".into()).or_default();
+        coder.waiting.push_back((0, with_id("WAITING")));
+    }
+    let mut here = None;
+    let mut routed = vec![with_id("ROUTED-1")];
+    for id in ["RUNNING", "WAITING", "ROUTED-1"] {
+        assert!(shared.known(&mut here, id, &routed), "{id}");
+    }
+    assert!(!shared.known(&mut here, "ROUTED-2", &routed));
+    routed.push(with_id("ROUTED-2"));
+    routed.push(with_id("ROUTED-3"));
+    assert!(shared.known(&mut here, "ROUTED-3", &routed));
+    assert!(shared.known(&mut here, "ROUTED-2", &routed));
+    assert!(!shared.known(&mut here, "ELSEWHERE", &routed));
+}
