@@ -1,9 +1,9 @@
 //! Write operations, run by the writer thread inside a group transaction.
 //!
 //! A [`Batch`] is the group's transaction plus the effects its jobs produced (trajectory events to
-//! publish, count changes). Effects are published only if the group commits. A job runs either in a
-//! savepoint of its own ([`Batch::savepoint`]: one that fails is rolled back to it together with its
-//! effects) or bare ([`Batch::bare`]: for jobs that can only fail before their first write, or
+//! publish, count changes). Effects are published only if the group commits. A job runs either in
+//! a savepoint of its own ([`Batch::savepoint`]: one that fails is rolled back to it together with
+//! its effects) or bare ([`Batch::bare`]: for jobs that can only fail before their first write, or
 //! because the store itself failed; one that fails after writing breaks the batch, and the writer
 //! rolls back the whole transaction and answers every job that ran in it with the failure).
 

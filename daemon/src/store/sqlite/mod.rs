@@ -1,14 +1,14 @@
 //! The SQLite backend: WAL mode with `synchronous=FULL`.
 //!
-//! One writer thread owns the only writing connection. Callers hand it jobs; it
-//! takes every job waiting at that moment, runs them in one transaction, and commits them together —
-//! one fsync for many requests (group commit). A job's reply is released only after that commit
-//! returned, so an acknowledged write is on disk. A job that fails leaves the rest of the group
-//! untouched: most jobs run in a savepoint of their own and roll back to it; the hot ones (a submit
-//! worked out beforehand, a transition, the sweep's expiries) run bare, because they can only fail
-//! before their first write or when the store itself fails ([`Batch::bare`]). Should a bare job fail after writing
-//! anyway, the transaction is rolled back, every job that ran in it is answered with that failure,
-//! and the rest of the group goes on in a new transaction.
+//! One writer thread owns the only writing connection. Callers hand it jobs; it takes every job
+//! waiting at that moment, runs them in one transaction, and commits them together — one fsync for
+//! many requests (group commit). A job's reply is released only after that commit returned, so an
+//! acknowledged write is on disk. A job that fails leaves the rest of the group untouched: most
+//! jobs run in a savepoint of their own and roll back to it; the hot ones (a submit worked out
+//! beforehand, a transition, the sweep's expiries) run bare, because they can only fail before
+//! their first write or when the store itself fails ([`Batch::bare`]). Should a bare job fail after
+//! writing anyway, the transaction is rolled back, every job that ran in it is answered with that
+//! failure, and the rest of the group goes on in a new transaction.
 //!
 //! A job that panics fails like one that returned an error (see [`Batch`]); should the writer
 //! thread itself end while the store is open, [`SqliteBackend::writer_ended`] says why, and the
