@@ -1,6 +1,7 @@
 //! [`Backend`] for [`SqliteBackend`]: every write is one job of the group commit, every read one
 //! call on a pooled read connection.
 
+use super::batch::Isolation;
 use super::{outbox, queries, SqliteBackend};
 use crate::store::{
     Awaiting, AwaitingCut, EventDraft, Notice, OutboxEntry, OutboxKey, OutboxRules, OutboxStats,
@@ -24,7 +25,8 @@ impl Backend for SqliteBackend {
             match prepared {
                 // Two inserts of a task no one else can see yet: nothing to refuse after writing.
                 folded @ super::batch::PreparedSubmit::Folded(_) => {
-                    self.write_bare(move |b| b.submit_prepared(folded)).await
+                    self.write_kept(Isolation::Bare, move |b| b.submit_prepared(folded))
+                        .await
                 }
                 // Steps may name another task, whose compare-and-set can refuse after the insert.
                 stepwise => self.write(move |b| b.submit_prepared(stepwise)).await,
@@ -49,11 +51,11 @@ impl Backend for SqliteBackend {
     // A transition refuses before it writes (its compare-and-set changes no row), so it runs bare;
     // a batch of them gives each its own bare step.
     fn transition(&self, op: TransitionOp) -> StoreFuture<'_, Task> {
-        Box::pin(self.write_bare(move |b| b.transition(op)))
+        Box::pin(self.write_kept(Isolation::Bare, move |b| b.transition(op)))
     }
 
     fn transitions(&self, ops: Vec<TransitionOp>) -> StoreFuture<'_, Outcomes<Task>> {
-        Box::pin(self.write_bare(move |b| {
+        Box::pin(self.write_kept(Isolation::Bare, move |b| {
             let mut out = Vec::with_capacity(ops.len());
             for op in ops {
                 match b.nested(|b| b.transition(op)) {
@@ -129,7 +131,7 @@ impl Backend for SqliteBackend {
     ) -> StoreFuture<'a, Vec<String>> {
         let actor = actor.to_string();
         // Its checks come before its writes; after them only the store itself can fail.
-        Box::pin(self.write_bare(move |b| b.expire_due(now, limit, &actor)))
+        Box::pin(self.write_kept(Isolation::Bare, move |b| b.expire_due(now, limit, &actor)))
     }
 
     fn reclaim_lapsed(&self, reclaim: Reclaim) -> StoreFuture<'_, Reclaimed> {

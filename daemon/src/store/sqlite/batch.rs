@@ -43,9 +43,10 @@ pub struct Batch<'a> {
     pub(super) broken: Option<StoreError>,
 }
 
-/// See [`Batch::savepoint`] and [`Batch::bare`].
+/// How a job is kept apart from the rest of its group: see [`Batch::savepoint`] and
+/// [`Batch::bare`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Isolation {
+pub(super) enum Isolation {
     Savepoint,
     Bare,
 }
@@ -121,7 +122,16 @@ impl<'a> Batch<'a> {
         &mut self,
         f: impl FnOnce(&mut Batch<'a>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        match self.isolation {
+        self.kept(self.isolation, f)
+    }
+
+    /// Run `f` kept apart from the rest of the group as `isolation` says.
+    pub(super) fn kept<T>(
+        &mut self,
+        isolation: Isolation,
+        f: impl FnOnce(&mut Batch<'a>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match isolation {
             Isolation::Savepoint => self.savepoint(f),
             Isolation::Bare => self.bare(f),
         }
@@ -141,31 +151,42 @@ impl<'a> Batch<'a> {
         &mut self,
         f: impl FnOnce(&mut Batch<'a>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let marks = (self.events.len(), self.deltas.len(), self.outbox_rows);
+        let mark = self.mark();
         let before = self.tx.total_changes();
-        let outer = std::mem::replace(&mut self.isolation, Isolation::Bare);
-        let ran = self.guarded(f);
-        self.isolation = outer;
+        let ran = self.guarded(Isolation::Bare, f);
         if let Err(e) = &ran {
             self.saw_full |= matches!(e, StoreError::Full(_));
             if self.tx.total_changes() != before || self.tx.is_autocommit() {
                 self.broken.get_or_insert_with(|| e.clone());
             } else {
-                self.events.truncate(marks.0);
-                self.deltas.truncate(marks.1);
-                self.outbox_rows = marks.2;
+                self.undo_effects(mark);
             }
         }
         ran
     }
 
-    /// Run `f`, turning a panic into the job's error: the writer thread, and the rest of the
-    /// group, go on.
+    /// How many effects the batch holds now, for [`Batch::undo_effects`].
+    fn mark(&self) -> (usize, usize, usize) {
+        (self.events.len(), self.deltas.len(), self.outbox_rows)
+    }
+
+    /// Drop the effects recorded since `mark`: their statements were undone or never ran.
+    fn undo_effects(&mut self, (events, deltas, outbox_rows): (usize, usize, usize)) {
+        self.events.truncate(events);
+        self.deltas.truncate(deltas);
+        self.outbox_rows = outbox_rows;
+    }
+
+    /// Run `f` under `isolation` (which its nested steps follow), turning a panic into the job's
+    /// error: the writer thread, and the rest of the group, go on.
     fn guarded<T>(
         &mut self,
+        isolation: Isolation,
         f: impl FnOnce(&mut Batch<'a>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        let outer = std::mem::replace(&mut self.isolation, isolation);
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        self.isolation = outer;
         ran.unwrap_or_else(|payload| {
             let why = crate::supervisor::panic_message(payload);
             tracing::error!(panic = %why, "a store job panicked; it fails and the writer goes on");
@@ -179,12 +200,10 @@ impl<'a> Batch<'a> {
         &mut self,
         f: impl FnOnce(&mut Batch<'a>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let (events, deltas, outbox) = (self.events.len(), self.deltas.len(), self.outbox_rows);
+        let mark = self.mark();
         // Prepared once per connection: every savepointed job of every group runs these.
         self.tx.prepare_cached("SAVEPOINT job")?.execute([])?;
-        let outer = std::mem::replace(&mut self.isolation, Isolation::Savepoint);
-        let ran = self.guarded(f);
-        self.isolation = outer;
+        let ran = self.guarded(Isolation::Savepoint, f);
         let result = ran.and_then(|v| {
             self.tx.prepare_cached("RELEASE job")?.execute([])?;
             Ok(v)
@@ -192,9 +211,7 @@ impl<'a> Batch<'a> {
         if let Err(e) = &result {
             self.saw_full |= matches!(e, StoreError::Full(_));
             let _ = self.tx.execute_batch("ROLLBACK TO job; RELEASE job");
-            self.events.truncate(events);
-            self.deltas.truncate(deltas);
-            self.outbox_rows = outbox;
+            self.undo_effects(mark);
             // SQLite ends the whole transaction on some I/O errors; the jobs before this one went
             // with it, and a statement run now would start a transaction of its own.
             if self.tx.is_autocommit() {
@@ -483,8 +500,8 @@ impl<'a> Batch<'a> {
     /// copies every page it touches into a statement journal first (docs/BENCHMARKS.md, "Jobs
     /// without a savepoint"); a single-row insert needs none.
     fn insert_events(&mut self, task_id: &str, rows: Vec<EventRow>) -> Result<(), StoreError> {
-        let mut stmt = self.tx.prepare_cached(EVENT_INSERT)?;
-        let mut published = Vec::with_capacity(rows.len());
+        let tx = self.tx;
+        let mut stmt = tx.prepare_cached(EVENT_INSERT)?;
         for mut r in rows {
             stmt.execute(params![
                 task_id,
@@ -495,12 +512,8 @@ impl<'a> Batch<'a> {
                 r.to,
                 r.details
             ])?;
-            r.event.seq = self.tx.last_insert_rowid().max(0) as u64;
-            published.push(r.event);
-        }
-        drop(stmt);
-        for ev in published {
-            self.publish(ev)?;
+            r.event.seq = tx.last_insert_rowid().max(0) as u64;
+            self.publish(r.event)?;
         }
         Ok(())
     }

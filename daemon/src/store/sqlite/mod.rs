@@ -35,6 +35,7 @@ mod schema;
 mod writes;
 
 pub use batch::Batch;
+use batch::Isolation;
 pub use schema::SCHEMA_VERSION;
 
 use crate::clock::now_ms;
@@ -251,26 +252,26 @@ impl SqliteBackend {
         &self.inner.path
     }
 
-    /// Run `f` inside the writer's next group commit; resolves once the commit is durable.
+    /// Run `f` inside the writer's next group commit, in a savepoint of its own; resolves once the
+    /// commit is durable.
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        self.submit_job(f, tx, false)?;
-        self.counted(rx.await.unwrap_or(Err(StoreError::Closed)))
+        self.write_kept(Isolation::Savepoint, f).await
     }
 
-    /// [`SqliteBackend::write`] for a job that runs bare ([`Batch::bare`]): it fails only before
-    /// its first write or because the store failed.
-    async fn write_bare<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// [`SqliteBackend::write`], with the job kept apart from the rest of its group as
+    /// `isolation` says: [`Isolation::Bare`] only for jobs that fail before their first write or
+    /// because the store failed ([`Batch::bare`]).
+    async fn write_kept<T, F>(&self, isolation: Isolation, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        self.submit_job(f, tx, true)?;
+        self.submit_job(f, tx, isolation)?;
         self.counted(rx.await.unwrap_or(Err(StoreError::Closed)))
     }
 
@@ -295,7 +296,7 @@ impl SqliteBackend {
         F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        self.submit_job(f, tx, false)?;
+        self.submit_job(f, tx, Isolation::Savepoint)?;
         rx.blocking_recv().unwrap_or(Err(StoreError::Closed))
     }
 
@@ -306,7 +307,7 @@ impl SqliteBackend {
         F: FnOnce(&mut Batch<'_>) -> Result<(), StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        if let Err(e) = self.submit_job(f, tx, false) {
+        if let Err(e) = self.submit_job(f, tx, Isolation::Savepoint) {
             tracing::warn!(error = %e, "store: cannot queue {what}");
             return;
         }
@@ -323,7 +324,7 @@ impl SqliteBackend {
         &self,
         f: F,
         reply: oneshot::Sender<Result<T, StoreError>>,
-        bare: bool,
+        isolation: Isolation,
     ) -> Result<(), StoreError>
     where
         T: Send + 'static,
@@ -347,8 +348,7 @@ impl SqliteBackend {
         }
         let job: Job = Box::new(move |batch: Option<&mut Batch<'_>>| {
             let result = match batch {
-                Some(batch) if bare => batch.bare(f),
-                Some(batch) => batch.savepoint(f),
+                Some(batch) => batch.kept(isolation, f),
                 None => Err(StoreError::Closed),
             };
             Box::new(move |commit: Result<(), StoreError>| {

@@ -1,3 +1,4 @@
+use super::batch::Isolation::{self, Bare, Savepoint};
 use super::queries;
 use crate::machine::Action;
 use crate::store::Backend;
@@ -806,7 +807,7 @@ type TestJob = Box<dyn FnOnce(&mut super::Batch<'_>) -> Result<(), StoreError> +
 /// its next group.
 fn one_group(
     store: &super::SqliteBackend,
-    jobs: Vec<(bool, TestJob)>,
+    jobs: Vec<(Isolation, TestJob)>,
 ) -> Vec<Result<(), StoreError>> {
     let (inside_tx, inside_rx) = std::sync::mpsc::channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
@@ -819,15 +820,15 @@ fn one_group(
                 Ok(())
             },
             held_tx,
-            false,
+            Isolation::Savepoint,
         )
         .unwrap();
     inside_rx.recv().unwrap();
     let answers: Vec<_> = jobs
         .into_iter()
-        .map(|(bare, f)| {
+        .map(|(isolation, f)| {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            store.submit_job(f, tx, bare).unwrap();
+            store.submit_job(f, tx, isolation).unwrap();
             rx
         })
         .collect();
@@ -881,11 +882,11 @@ fn a_bare_job_that_fails_after_writing_takes_its_commit_back_and_the_rest_go_on(
     let answers = one_group(
         &store,
         vec![
-            (true, insert("T1")),
-            (false, insert("T2")),
-            (true, fails_after_writing),
-            (true, insert("T4")),
-            (false, insert("T5")),
+            (Bare, insert("T1")),
+            (Savepoint, insert("T2")),
+            (Bare, fails_after_writing),
+            (Bare, insert("T4")),
+            (Savepoint, insert("T5")),
         ],
     );
     // Everything that ran in the broken transaction is answered with the failure, savepointed
@@ -920,10 +921,10 @@ fn a_bare_job_refused_before_writing_leaves_its_group_alone() {
     let answers = one_group(
         &store,
         vec![
-            (true, insert("T1")),
-            (true, refused),
-            (true, checked_only),
-            (true, insert("T2")),
+            (Bare, insert("T1")),
+            (Bare, refused),
+            (Bare, checked_only),
+            (Bare, insert("T2")),
         ],
     );
     assert!(answers[0].is_ok() && answers[3].is_ok(), "{answers:?}");
@@ -953,23 +954,33 @@ fn a_bare_step_that_fails_after_writing_breaks_the_job_that_carried_on() {
     let (_d, store) = open_backend();
     // The job swallows its step's failure, as a batch of transitions does with a refusal; the
     // step's write cannot be undone alone, so the commit is taken back all the same.
-    let carries_on: TestJob = Box::new(|b| {
+    // What the job saw of its step, told outside: a panic in the job would fail it all the same.
+    let (step_tx, step_rx) = std::sync::mpsc::channel();
+    let carries_on: TestJob = Box::new(move |b| {
         let step = b.nested(|b| -> Result<(), StoreError> {
             b.insert_task(new_task("T2"), "alice")?;
             Err(StoreError::Sql("a step failed after its write".into()))
         });
-        assert!(step.is_err());
+        let _ = step_tx.send(step);
         b.insert_task(new_task("T3"), "alice").map(|_| ())
     });
     let answers = one_group(
         &store,
         vec![
-            (true, insert("T1")),
-            (true, carries_on),
-            (true, insert("T4")),
+            (Bare, insert("T1")),
+            (Bare, carries_on),
+            (Bare, insert("T4")),
         ],
     );
-    assert!(answers[0].is_err() && answers[1].is_err(), "{answers:?}");
+    assert!(
+        matches!(step_rx.recv().unwrap(), Err(StoreError::Sql(m)) if m == "a step failed after its write")
+    );
+    for answer in &answers[..2] {
+        assert!(
+            matches!(answer, Err(StoreError::Sql(m)) if m.contains("a step failed after its write")),
+            "{answer:?}"
+        );
+    }
     assert!(answers[2].is_ok(), "{answers:?}");
     assert_eq!(stored_ids(&store), ["T4"]);
     assert_eq!(store.counts().total(), 1);
@@ -984,7 +995,7 @@ fn a_bare_job_that_panics_after_writing_fails_its_commit_and_the_writer_goes_on(
     });
     let answers = one_group(
         &store,
-        vec![(true, insert("T1")), (true, panics), (true, insert("T3"))],
+        vec![(Bare, insert("T1")), (Bare, panics), (Bare, insert("T3"))],
     );
     for answer in &answers[..2] {
         assert!(
