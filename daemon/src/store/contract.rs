@@ -68,6 +68,21 @@ async fn put_task(store: &Store, task: NewTask, steps: Vec<TransitionOp>) {
     store.submit(plan).await.expect("submit");
 }
 
+/// The sweeper's reclaim of the leases lapsed by `now`: `coder`'s tasks may run `coder` times,
+/// every other agent's `default` times.
+fn reclaim_lapsed_at(now: i64, coder: u32, default: u32) -> Reclaim {
+    Reclaim {
+        now,
+        limit: 100,
+        reason: "test".into(),
+        actor: "sweeper".into(),
+        attempts: AttemptLimits {
+            by_agent: [("coder".to_string(), coder)].into(),
+            default,
+        },
+    }
+}
+
 /// Events published so far, without waiting.
 fn drain(rx: &mut broadcast::Receiver<TrajectoryEvent>) -> Vec<TrajectoryEvent> {
     let mut out = Vec::new();
@@ -516,16 +531,7 @@ pub async fn leases_renew_void_and_lapse(store: Store) {
     let left = store.orphan_leftovers().await.unwrap();
     let pids: Vec<_> = left.iter().map(|l| (l.id.as_str(), l.pgid)).collect();
     assert_eq!(pids, [("L1", Some(4242)), ("L2", None)]);
-    let reclaim = |now: i64, allowed: u32| Reclaim {
-        now,
-        limit: 100,
-        reason: "test".into(),
-        actor: "sweeper".into(),
-        attempts: AttemptLimits {
-            by_agent: [("coder".to_string(), allowed)].into(),
-            default: 1,
-        },
-    };
+    let reclaim = |now: i64, allowed: u32| reclaim_lapsed_at(now, allowed, 1);
     // At T0 + 500 only L2's lease (T0 + 100) has lapsed; it may run twice.
     let r = store.reclaim_lapsed(reclaim(T0 + 500, 2)).await.unwrap();
     assert_eq!(
@@ -555,17 +561,10 @@ pub async fn an_outcome_lands_only_on_its_own_attempt(store: Store) {
     )
     .await;
     let first = store.get_task("A").await.unwrap().unwrap().attempts;
-    let reclaim = Reclaim {
-        now: T0 + 500,
-        limit: 100,
-        reason: "test".into(),
-        actor: "sweeper".into(),
-        attempts: AttemptLimits {
-            by_agent: [("coder".to_string(), 3)].into(),
-            default: 3,
-        },
-    };
-    let r = store.reclaim_lapsed(reclaim).await.unwrap();
+    let r = store
+        .reclaim_lapsed(reclaim_lapsed_at(T0 + 500, 3, 3))
+        .await
+        .unwrap();
     assert_eq!(r.requeued, ["A"]);
     store.transition(routed("A", T0 + 550)).await.unwrap();
     store
@@ -624,16 +623,7 @@ pub async fn a_retry_keeps_its_wait_until_the_task_starts_again(store: Store) {
         .await
         .unwrap();
     assert!(waits(&store).await.is_empty());
-    let reclaim = Reclaim {
-        now: T0 + 9_500,
-        limit: 100,
-        reason: "test".into(),
-        actor: "sweeper".into(),
-        attempts: AttemptLimits {
-            by_agent: [("coder".to_string(), 3)].into(),
-            default: 3,
-        },
-    };
+    let reclaim = reclaim_lapsed_at(T0 + 9_500, 3, 3);
     assert_eq!(store.reclaim_lapsed(reclaim).await.unwrap().requeued, ["R"]);
     assert_eq!(waits(&store).await, [("R".to_string(), None)]);
     store.transition(routed("R", T0 + 9_600)).await.unwrap();
