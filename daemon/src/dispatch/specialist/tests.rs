@@ -344,19 +344,20 @@ fn the_delivery_hook_gets_the_contract_variables_without_an_artefact_dir() {
     assert!(!env.contains_key("ORCH_ARTEFACT_DIR"));
 }
 
+/// A daemon of `kind` on a fresh store in a directory of its own, its clock standing still.
+fn test_daemon(kind: TaskKind) -> (tempfile::TempDir, Arc<Daemon>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(&dir.path().join("state.db")).unwrap();
+    let clock = crate::clock::ManualClock::new(0).clock();
+    let d = Arc::new(Daemon::for_test(store, dir.path(), kind, clock));
+    (dir, d)
+}
+
 /// When the dispatcher ends, the executor it owns is dropped: the intake must not report a failure
 /// of its own, which would race the dispatcher's and could name the wrong task in the log.
 #[tokio::test(start_paused = true)]
 async fn the_intake_outlives_a_dropped_executor_until_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = crate::store::Store::open(&dir.path().join("state.db")).unwrap();
-    let clock = crate::clock::ManualClock::new(0);
-    let d = Arc::new(Daemon::for_test(
-        store,
-        dir.path(),
-        TaskKind::Synthetic,
-        clock.clock(),
-    ));
+    let (_dir, d) = test_daemon(TaskKind::Synthetic);
     let (sup, mut failures) = crate::supervisor::Supervisor::new(d.shutdown.clone());
     drop(Executor::new(Arc::clone(&d), &sup));
     // Time is paused: this sleep ends only once every task has run until it waits.
@@ -371,15 +372,7 @@ async fn the_intake_outlives_a_dropped_executor_until_shutdown() {
 /// or runs here, or was routed earlier in the same burst, however late in the burst; no other is.
 #[tokio::test]
 async fn a_task_waiting_running_or_routed_in_the_burst_is_known_and_no_other() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = crate::store::Store::open(&dir.path().join("state.db")).unwrap();
-    let clock = crate::clock::ManualClock::new(0);
-    let d = Arc::new(Daemon::for_test(
-        store,
-        dir.path(),
-        TaskKind::Live,
-        clock.clock(),
-    ));
+    let (_dir, d) = test_daemon(TaskKind::Live);
     let shared = Shared {
         d,
         slots: Mutex::default(),
