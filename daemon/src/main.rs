@@ -139,8 +139,8 @@ fn copy_store(opts: &Options, url: String) -> ExitCode {
 /// glibc's allocator (SQLite's page caches and the C libraries; the daemon's own allocations are
 /// mimalloc's, see [`GLOBAL`]), set before any thread starts (see docs/BENCHMARKS.md, "Memory at
 /// 1,000,000 tasks"): at most two arenas, so that each short-lived blocking thread of the read
-/// pool does not keep an arena of its own with what it freed. The mmap threshold is fixed later, once the config
-/// is loaded ([`orchestrator::heap::fix_mmap_threshold`]).
+/// pool does not keep an arena of its own with what it freed. The mmap threshold is fixed later,
+/// once the config is loaded ([`orchestrator::heap::fix_mmap_threshold`]).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {
     const ARENAS: libc::c_int = 2;
