@@ -242,15 +242,16 @@ pub fn run(o: Options) -> Result<()> {
     );
 
     for conns in [1usize, 16, 64, 256] {
-        let cpu_before = (
-            crate::proc::cpu_time(d.pid(), None)?,
-            crate::proc::cpu_time(d.pid(), Some("store-writer"))?,
-        );
+        let cpu = || -> Result<[Duration; 3]> {
+            Ok([
+                crate::proc::cpu_time(d.pid(), None)?,
+                crate::proc::cpu_time(d.pid(), Some("store-writer"))?,
+                crate::proc::own_cpu_time()?,
+            ])
+        };
+        let cpu_before = cpu()?;
         let s = scenarios::submit(sock, conns, Stop::After(secs))?;
-        let cpu_after = (
-            crate::proc::cpu_time(d.pid(), None)?,
-            crate::proc::cpu_time(d.pid(), Some("store-writer"))?,
-        );
+        let cpu_after = cpu()?;
         let (target, met) = match conns {
             1 => (
                 format!(
@@ -279,15 +280,16 @@ pub fn run(o: Options) -> Result<()> {
         if conns == 64 {
             let per = |a: Duration, b: Duration| (b - a).as_secs_f64() * 1e6 / s.ok.max(1) as f64;
             t.add(
-                "CPU per durable submit at 64 connections: whole daemon / its store writer thread",
+                "CPU per durable submit at 64 connections: whole daemon / its store writer thread / the load generator",
                 format!(
-                    "{:.0} µs / {:.0} µs",
-                    per(cpu_before.0, cpu_after.0),
-                    per(cpu_before.1, cpu_after.1)
+                    "{:.0} µs / {:.0} µs / {:.0} µs",
+                    per(cpu_before[0], cpu_after[0]),
+                    per(cpu_before[1], cpu_after[1]),
+                    per(cpu_before[2], cpu_after[2])
                 ),
                 "",
                 None,
-                "/proc/PID/stat and /proc/PID/task/TID/stat around orchbench submit -c 64",
+                "/proc/PID/stat and /proc/PID/task/TID/stat around orchbench submit -c 64, getrusage for orchbench",
             );
         }
     }

@@ -1,7 +1,8 @@
 //! `orchbench`: a load generator and benchmark suite for `orchestratord`, in the spirit of
-//! `redis-benchmark`. It speaks the real protocol over the control socket (one blocking connection
-//! per thread) and measures the machine's own limit — a write + fsync loop — in the same run, so that
-//! every figure can be read against what the disk allows.
+//! `redis-benchmark`. It speaks the real protocol over the control socket (its load: many
+//! connections driven by one event loop on one thread, `load.rs`) and measures the machine's own
+//! limit — a write + fsync loop — in the same run, so that every figure can be read against what the
+//! disk allows.
 //!
 //! Each figure has a subcommand; `orchbench all` starts its own daemons in a temporary directory,
 //! runs every figure in turn and prints a markdown table (docs/BENCHMARKS.md is that table).
@@ -53,27 +54,30 @@ struct CpuOf {
 }
 
 impl CpuOf {
-    /// CPU time of the whole daemon and of its store writer thread, when a pid was given.
-    fn sample(&self) -> Result<Option<(Duration, Duration)>> {
+    /// CPU time of the whole daemon, of its store writer thread and of this process, when a pid
+    /// was given.
+    fn sample(&self) -> Result<Option<[Duration; 3]>> {
         match self.pid {
             None => Ok(None),
-            Some(pid) => Ok(Some((
+            Some(pid) => Ok(Some([
                 proc::cpu_time(pid, None)?,
                 proc::cpu_time(pid, Some(orchestrator::store::sqlite::WRITER_TASK))?,
-            ))),
+                proc::own_cpu_time()?,
+            ])),
         }
     }
 
-    fn report(&self, before: Option<(Duration, Duration)>, ops: u64) -> Result<()> {
-        let (Some((d0, w0)), Some((d1, w1))) = (before, self.sample()?) else {
+    fn report(&self, before: Option<[Duration; 3]>, ops: u64) -> Result<()> {
+        let (Some([d0, w0, g0]), Some([d1, w1, g1])) = (before, self.sample()?) else {
             return Ok(());
         };
         let per =
             |a: Duration, b: Duration| b.saturating_sub(a).as_secs_f64() * 1e6 / ops.max(1) as f64;
         println!(
-            "CPU per operation: daemon {:.1} µs, store writer {:.1} µs ({ops} operations; /proc/PID/stat, clock ticks of {} ms)",
+            "CPU per operation: daemon {:.1} µs, store writer {:.1} µs, load generator {:.1} µs ({ops} operations; /proc/PID/stat, clock ticks of {} ms; getrusage)",
             per(d0, d1),
             per(w0, w1),
+            per(g0, g1),
             1000 / proc::clock_ticks_per_sec().max(1)
         );
         Ok(())

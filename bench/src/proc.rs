@@ -129,6 +129,22 @@ pub fn cpu_time(pid: u32, thread: Option<&str>) -> Result<Duration> {
     }
 }
 
+/// CPU time (user + system) this process has spent: the load generator's own cost, which shares
+/// the machine's cores with the daemon under test.
+pub fn own_cpu_time() -> Result<Duration> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one rusage into the pointer it is given, which is valid for it.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {
+        bail!("getrusage: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: getrusage succeeded, so it filled the struct (and it was zeroed before).
+    let usage = unsafe { usage.assume_init() };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    Ok(time(usage.ru_utime) + time(usage.ru_stime))
+}
+
 /// CPU time of the threads of `pid` named `name`, and how many there are. A thread that ends
 /// between the listing and the read counts nothing.
 pub fn threads_cpu_time(pid: u32, name: &str) -> Result<(Duration, usize)> {

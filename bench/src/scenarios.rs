@@ -1,6 +1,6 @@
 //! Each figure of the benchmark as a function: the subcommands print one, `all` runs them in turn.
 
-use crate::client::{submit_request, Conn};
+use crate::client::{submit_request, Conn, Reply};
 use crate::load::{self, Outcome, Stop};
 use crate::stats::{Samples, Throughput};
 use anyhow::{bail, Context, Result};
@@ -17,7 +17,7 @@ pub const DONE_GOAL: &str = "draft an email reply to the procurement team";
 /// Lands in `awaiting_approval` (code-tasks → coder, approval required).
 pub const APPROVAL_GOAL: &str = "please debug this function and fix the off-by-one";
 
-fn outcome(reply: crate::client::Reply) -> Outcome {
+fn outcome(reply: Reply) -> Outcome {
     match reply {
         Ok(_) => Outcome::Ok,
         Err(e) => Outcome::Refused(e.to_string()),
@@ -82,9 +82,13 @@ impl Grouping {
 
 /// Durable submits: every reply comes after the task's commit.
 pub fn submit(socket: &Path, conns: usize, stop: Stop) -> Result<Throughput> {
-    let (t, errors) = load::run(socket, conns, stop, |_, _, conn| {
-        Ok(outcome(conn.call(submit_request(DONE_GOAL))?))
-    })?;
+    let (t, errors) = load::run(
+        socket,
+        conns,
+        stop,
+        |_, _| Ok(submit_request(DONE_GOAL)),
+        |_, _, reply| Ok(outcome(reply)),
+    )?;
     if let Some(e) = errors.first() {
         bail!("submit failed: {e}");
     }
@@ -95,21 +99,26 @@ pub fn submit(socket: &Path, conns: usize, stop: Stop) -> Result<Throughput> {
 pub fn precreate_awaiting(socket: &Path, conns: usize, n: u64) -> Result<Vec<String>> {
     let ids = Mutex::new(Vec::with_capacity(n as usize));
     let per = n.div_ceil(conns as u64);
-    let (_, errors) = load::run(socket, conns, Stop::Count(per), |_, _, conn| {
-        match conn.submit(APPROVAL_GOAL)? {
-            Ok(t) if t.state == TaskState::AwaitingApproval => {
+    let (_, errors) = load::run(
+        socket,
+        conns,
+        Stop::Count(per),
+        |_, _| Ok(submit_request(APPROVAL_GOAL)),
+        |_, _, reply| match reply {
+            Ok(Response::Task(t)) if t.state == TaskState::AwaitingApproval => {
                 ids.lock()
                     .map_err(|_| anyhow::anyhow!("poisoned"))?
                     .push(t.id);
                 Ok(Outcome::Ok)
             }
-            Ok(t) => Ok(Outcome::Refused(format!(
+            Ok(Response::Task(t)) => Ok(Outcome::Refused(format!(
                 "task {} is {}, not awaiting_approval",
                 t.id, t.state
             ))),
+            Ok(other) => Ok(Outcome::Refused(format!("submit answered {other:?}"))),
             Err(e) => Ok(Outcome::Refused(e.to_string())),
-        }
-    })?;
+        },
+    )?;
     if let Some(e) = errors.first() {
         bail!("pre-creating tasks failed: {e}");
     }
@@ -130,23 +139,29 @@ pub fn transitions(
     if per == 0 {
         bail!("fewer tasks ({}) than connections ({conns})", ids.len());
     }
-    let (t, errors) = load::run(socket, conns, Stop::Count(per as u64), |c, i, conn| {
+    let request = |c: usize, i: u64| {
         let k = if oldest_first {
             i as usize * conns + c
         } else {
             c * per + i as usize
         };
         let id = ids[k].clone();
-        let req = if k & 1 == 0 {
+        Ok(if k & 1 == 0 {
             Request::Approve { id }
         } else {
             Request::Reject {
                 id,
                 reason: "benchmark: not this time".into(),
             }
-        };
-        Ok(outcome(conn.call(req)?))
-    })?;
+        })
+    };
+    let (t, errors) = load::run(
+        socket,
+        conns,
+        Stop::Count(per as u64),
+        request,
+        |_, _, reply| Ok(outcome(reply)),
+    )?;
     if let Some(e) = errors.first() {
         bail!("a transition failed: {e}");
     }
@@ -155,9 +170,13 @@ pub fn transitions(
 
 /// `status` round trips on one open connection.
 pub fn roundtrip(socket: &Path, requests: u64) -> Result<Throughput> {
-    let (t, errors) = load::run(socket, 1, Stop::Count(requests), |_, _, conn| {
-        Ok(outcome(conn.call(Request::Status)?))
-    })?;
+    let (t, errors) = load::run(
+        socket,
+        1,
+        Stop::Count(requests),
+        |_, _| Ok(Request::Status),
+        |_, _, reply| Ok(outcome(reply)),
+    )?;
     if let Some(e) = errors.first() {
         bail!("status failed: {e}");
     }
@@ -289,30 +308,32 @@ pub fn sweep(socket: &Path, ctl: &Path) -> Result<SweepRun> {
 /// Returns the run and the first few error messages.
 pub fn mixed_load(socket: &Path, conns: usize, requests: u64) -> Result<(Throughput, Vec<String>)> {
     let last: Vec<Mutex<String>> = (0..conns).map(|_| Mutex::new(String::new())).collect();
-    load::run(socket, conns, Stop::Count(requests), |c, i, conn| {
-        let reply = match i % 4 {
-            0 => {
-                let r = conn.submit(DONE_GOAL)?;
-                if let Ok(t) = &r {
-                    if let Ok(mut l) = last[c].lock() {
-                        *l = t.id.clone();
-                    }
-                }
-                return Ok(match r {
-                    Ok(_) => Outcome::Ok,
-                    Err(e) => Outcome::Refused(e.to_string()),
-                });
-            }
-            1 => {
-                let id = last[c].lock().map(|l| l.clone()).unwrap_or_default();
-                conn.call(Request::ShowTask { id })?
-            }
-            2 => conn.call(Request::Status)?,
-            _ => conn.call(Request::Route {
+    let request = |c: usize, i: u64| {
+        Ok(match i % 4 {
+            0 => submit_request(DONE_GOAL),
+            1 => Request::ShowTask {
+                id: last[c].lock().map(|l| l.clone()).unwrap_or_default(),
+            },
+            2 => Request::Status,
+            _ => Request::Route {
                 goal: APPROVAL_GOAL.into(),
                 capabilities: vec!["code".into()],
-            })?,
-        };
+            },
+        })
+    };
+    let judge = |c: usize, i: u64, reply: Reply| {
+        if i.is_multiple_of(4) {
+            match &reply {
+                Ok(Response::Task(t)) => {
+                    if let Ok(mut l) = last[c].lock() {
+                        l.clone_from(&t.id);
+                    }
+                }
+                Ok(other) => return Ok(Outcome::Refused(format!("submit answered {other:?}"))),
+                Err(_) => {}
+            }
+        }
         Ok(outcome(reply))
-    })
+    };
+    load::run(socket, conns, Stop::Count(requests), request, judge)
 }
