@@ -24,6 +24,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
+mod fields;
+
 /// Most tasks in `awaiting_approval` read back at start (newest first) for the approval metrics.
 const AWAITING_SEED_LIMIT: u32 = 1000;
 
@@ -108,7 +110,7 @@ pub fn init(format: LogFormat) -> LogTarget {
     if format == LogFormat::Json {
         builder.json().init();
     } else {
-        builder.init();
+        builder.fmt_fields(fields::Fields).init();
     }
     if let Some(e) = journal_error {
         tracing::warn!(error = %e, "cannot reach journald; logging to stderr");
