@@ -25,6 +25,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 mod fields;
+mod time;
 
 /// Most tasks in `awaiting_approval` read back at start (newest first) for the approval metrics.
 const AWAITING_SEED_LIMIT: u32 = 1000;
@@ -110,7 +111,10 @@ pub fn init(format: LogFormat) -> LogTarget {
     if format == LogFormat::Json {
         builder.json().init();
     } else {
-        builder.fmt_fields(fields::Fields).init();
+        builder
+            .fmt_fields(fields::Fields)
+            .with_timer(time::Utc)
+            .init();
     }
     if let Some(e) = journal_error {
         tracing::warn!(error = %e, "cannot reach journald; logging to stderr");
