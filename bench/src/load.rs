@@ -3,9 +3,9 @@
 //! runtime), the way `redis-benchmark` drives a server.
 //!
 //! The load generator shares this machine's cores with the daemon under test. A thread per
-//! connection cost about 15 µs of CPU per request in thread switches and wake-ups, and its 64
-//! runnable threads took turns on the cores with the daemon's store writer; one loop costs a few µs
-//! and is one thread (docs/BENCHMARKS.md, "One load generator thread").
+//! connection cost 7–15 µs of CPU per request in thread switches and wake-ups, and its 64 runnable
+//! threads took turns on the cores with the daemon's store writer; one loop costs about 4 µs and is
+//! one thread (docs/BENCHMARKS.md, "One load generator thread").
 
 use crate::client::Reply;
 use crate::stats::{Samples, Throughput};

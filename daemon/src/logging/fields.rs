@@ -1,12 +1,13 @@
-//! The fields of a text log line, written as `tracing-subscriber`'s default does, byte for byte, at
-//! less cost.
+//! The fields of a text log line, written as `tracing-subscriber`'s default writes them, byte for
+//! byte, at less cost.
 //!
 //! The default escapes the message one character at a time, so that escape sequences in it cannot
 //! reach an operator's terminal, and writes each field's name through a style even when the line
-//! has none. With four transition lines per synthetic submit, that was a fifth of the transition
-//! log's thread at 64 connections (docs/BENCHMARKS.md, "The transition log's fields"). Here a piece
-//! of the message that holds nothing to escape is written whole, and names are written as they
-//! are. Lines with colours (a terminal), and error fields, are left to the default itself.
+//! has none. With four transition lines per synthetic submit, those two were two fifths of the
+//! transition log's thread at 64 connections (docs/BENCHMARKS.md, "The transition log's fields and
+//! time"). Here a piece of the message that holds nothing to escape is written whole, and names are
+//! written as they are. Lines with colours (a terminal), and error fields, are left to the default
+//! itself.
 
 use std::fmt::{self, Write};
 use tracing::field::{Field, Visit};
@@ -133,12 +134,14 @@ impl VisitFmt for FieldsVisitor<'_> {
 }
 
 /// Writes what it is given with the characters a terminal could act on escaped, as the default's
-/// message is: ESC, BEL, BS, FF and DEL as `\x1b`…, and the C1 controls (U+0080–U+009F) as `\u{9b}`….
+/// message is: ESC, BEL, BS, FF and DEL as `\x1b` and so on, and the C1 controls (U+0080–U+009F)
+/// as `\u{9b}` and so on.
 struct Escaping<'w, 'a>(&'w mut Writer<'a>);
 
 impl Write for Escaping<'_, '_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        // Every character escaped below has one of these bytes: the C1 controls are 0xC2 0x80–0x9F.
+        // Every character escaped below has one of these bytes (the C1 controls are 0xC2 0x80–0x9F
+        // in UTF-8).
         if !s
             .bytes()
             .any(|b| matches!(b, 0x07 | 0x08 | 0x0c | 0x1b | 0x7f | 0xc2))

@@ -1,6 +1,6 @@
 //! The time at the start of a text log line, as `tracing-subscriber`'s default writes it
 //! (`2026-12-06T03:13:46.162653Z`, UTC, microseconds), written by `humantime` into one buffer
-//! instead of seven padded integers through the formatting machinery: an eighth of the transition
+//! instead of seven padded integers through the formatting machinery: a seventh of the transition
 //! log's thread at 64 connections (docs/BENCHMARKS.md, "The transition log's fields and time").
 
 use std::fmt;
