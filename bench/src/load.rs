@@ -53,7 +53,7 @@ pub fn run<R, J>(
     judge: J,
 ) -> Result<(Throughput, Vec<String>)>
 where
-    R: Fn(usize, u64) -> Result<Request>,
+    R: Fn(usize, u64) -> Request,
     J: Fn(usize, u64, Reply) -> Result<Outcome>,
 {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -83,7 +83,7 @@ where
                         (_, Some(end)) if Instant::now() >= end => break,
                         _ => {}
                     }
-                    let req = request(c, i)?;
+                    let req = request(c, i);
                     let t = Instant::now();
                     let reply = conn.call(req).await?;
                     latency.push(t.elapsed());
@@ -270,7 +270,7 @@ mod tests {
             &socket,
             conns,
             Stop::Count(per),
-            |c, i| Ok(Request::ShowTask { id: id(c, i) }),
+            |c, i| Request::ShowTask { id: id(c, i) },
             |c, i, reply| match reply {
                 Ok(Response::Metrics(text)) if text == id(c, i) => Ok(Outcome::Ok),
                 Err(e) if e.message == id(c, i) => Ok(Outcome::Refused(e.message)),
@@ -307,7 +307,7 @@ mod tests {
                 } else {
                     format!("{c}-{i}")
                 };
-                Ok(Request::ShowTask { id })
+                Request::ShowTask { id }
             },
             |_, _, _| Ok(Outcome::Ok),
         )
@@ -327,10 +327,8 @@ mod tests {
             &socket,
             2,
             Stop::After(Duration::from_millis(200)),
-            |c, i| {
-                Ok(Request::ShowTask {
-                    id: format!("{c}-{i}"),
-                })
+            |c, i| Request::ShowTask {
+                id: format!("{c}-{i}"),
             },
             |_, _, _| Ok(Outcome::Ok),
         )

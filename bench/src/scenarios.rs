@@ -86,7 +86,7 @@ pub fn submit(socket: &Path, conns: usize, stop: Stop) -> Result<Throughput> {
         socket,
         conns,
         stop,
-        |_, _| Ok(submit_request(DONE_GOAL)),
+        |_, _| submit_request(DONE_GOAL),
         |_, _, reply| Ok(outcome(reply)),
     )?;
     if let Some(e) = errors.first() {
@@ -103,7 +103,7 @@ pub fn precreate_awaiting(socket: &Path, conns: usize, n: u64) -> Result<Vec<Str
         socket,
         conns,
         Stop::Count(per),
-        |_, _| Ok(submit_request(APPROVAL_GOAL)),
+        |_, _| submit_request(APPROVAL_GOAL),
         |_, _, reply| match reply {
             Ok(Response::Task(t)) if t.state == TaskState::AwaitingApproval => {
                 ids.lock()
@@ -146,14 +146,14 @@ pub fn transitions(
             c * per + i as usize
         };
         let id = ids[k].clone();
-        Ok(if k & 1 == 0 {
+        if k & 1 == 0 {
             Request::Approve { id }
         } else {
             Request::Reject {
                 id,
                 reason: "benchmark: not this time".into(),
             }
-        })
+        }
     };
     let (t, errors) = load::run(
         socket,
@@ -174,7 +174,7 @@ pub fn roundtrip(socket: &Path, requests: u64) -> Result<Throughput> {
         socket,
         1,
         Stop::Count(requests),
-        |_, _| Ok(Request::Status),
+        |_, _| Request::Status,
         |_, _, reply| Ok(outcome(reply)),
     )?;
     if let Some(e) = errors.first() {
@@ -308,18 +308,16 @@ pub fn sweep(socket: &Path, ctl: &Path) -> Result<SweepRun> {
 /// Returns the run and the first few error messages.
 pub fn mixed_load(socket: &Path, conns: usize, requests: u64) -> Result<(Throughput, Vec<String>)> {
     let last: Vec<Mutex<String>> = (0..conns).map(|_| Mutex::new(String::new())).collect();
-    let request = |c: usize, i: u64| {
-        Ok(match i % 4 {
-            0 => submit_request(DONE_GOAL),
-            1 => Request::ShowTask {
-                id: last[c].lock().map(|l| l.clone()).unwrap_or_default(),
-            },
-            2 => Request::Status,
-            _ => Request::Route {
-                goal: APPROVAL_GOAL.into(),
-                capabilities: vec!["code".into()],
-            },
-        })
+    let request = |c: usize, i: u64| match i % 4 {
+        0 => submit_request(DONE_GOAL),
+        1 => Request::ShowTask {
+            id: last[c].lock().map(|l| l.clone()).unwrap_or_default(),
+        },
+        2 => Request::Status,
+        _ => Request::Route {
+            goal: APPROVAL_GOAL.into(),
+            capabilities: vec!["code".into()],
+        },
     };
     let judge = |c: usize, i: u64, reply: Reply| {
         if i.is_multiple_of(4) {
