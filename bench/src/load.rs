@@ -10,15 +10,16 @@
 use crate::client::Reply;
 use crate::stats::{Samples, Throughput};
 use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
 use futures_util::future::join_all;
-use orchestrator_proto::frame::{decode, encode, DEFAULT_MAX_FRAME};
+use futures_util::{SinkExt, StreamExt};
+use orchestrator_proto::frame::{codec, decode, encode, DEFAULT_MAX_FRAME};
 use orchestrator_proto::message::{ClientMessage, Hello, Request};
 use orchestrator_proto::ServerMessage;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// When each connection stops.
 #[derive(Debug, Clone, Copy)]
@@ -120,28 +121,16 @@ where
     })
 }
 
-/// One connection of the event loop, speaking the real protocol: hello, then one reply per request.
-struct Conn {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
-    /// The frame being sent, kept between requests.
-    out: Vec<u8>,
-    /// The frame being received, kept between replies.
-    reply: Vec<u8>,
-}
+/// One connection of the event loop, speaking the real protocol (the daemon's own framing,
+/// [`codec`]): hello, then one reply per request.
+struct Conn(Framed<UnixStream, LengthDelimitedCodec>);
 
 impl Conn {
     async fn open(socket: &Path) -> Result<Conn> {
         let stream = UnixStream::connect(socket)
             .await
             .with_context(|| format!("cannot connect to {}", socket.display()))?;
-        let (reader, writer) = stream.into_split();
-        let mut conn = Conn {
-            reader: BufReader::new(reader),
-            writer,
-            out: Vec::new(),
-            reply: Vec::new(),
-        };
+        let mut conn = Conn(Framed::new(stream, codec(64 * DEFAULT_MAX_FRAME)));
         match conn
             .exchange(&ClientMessage::Hello(Hello::current("orchbench")))
             .await?
@@ -161,33 +150,17 @@ impl Conn {
         }
     }
 
-    /// Send one frame (a 4-byte big-endian length, then the postcard payload, as
-    /// `orchestrator_proto::frame` writes it) in one write, and read the one that answers it.
+    /// Send one frame and read the one that answers it.
     async fn exchange(&mut self, msg: &ClientMessage) -> Result<ServerMessage> {
         let payload = encode(msg).context("cannot encode a request")?;
-        let len = u32::try_from(payload.len()).context("a request longer than 4 GiB")?;
-        self.out.clear();
-        self.out.extend_from_slice(&len.to_be_bytes());
-        self.out.extend_from_slice(&payload);
-        self.writer
-            .write_all(&self.out)
+        self.0
+            .send(Bytes::from(payload))
             .await
             .context("cannot send a request")?;
-        let read = async {
-            let len = self.reader.read_u32().await? as usize;
-            if len > 64 * DEFAULT_MAX_FRAME {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("a reply of {len} bytes, over the limit"),
-                ));
-            }
-            self.reply.resize(len, 0);
-            self.reader.read_exact(&mut self.reply).await?;
-            Ok(())
-        };
-        match tokio::time::timeout(REPLY_TIMEOUT, read).await {
-            Ok(Ok(())) => decode(&self.reply).context("cannot decode a reply"),
-            Ok(Err(e)) => Err(e).context("cannot read a reply"),
+        match tokio::time::timeout(REPLY_TIMEOUT, self.0.next()).await {
+            Ok(Some(Ok(frame))) => decode(&frame).context("cannot decode a reply"),
+            Ok(Some(Err(e))) => Err(e).context("cannot read a reply"),
+            Ok(None) => bail!("cannot read a reply: the daemon closed the connection"),
             Err(_) => bail!("no reply within {REPLY_TIMEOUT:?}"),
         }
     }
