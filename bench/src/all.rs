@@ -242,16 +242,9 @@ pub fn run(o: Options) -> Result<()> {
     );
 
     for conns in [1usize, 16, 64, 256] {
-        let cpu = || -> Result<[Duration; 3]> {
-            Ok([
-                crate::proc::cpu_time(d.pid(), None)?,
-                crate::proc::cpu_time(d.pid(), Some("store-writer"))?,
-                crate::proc::own_cpu_time()?,
-            ])
-        };
-        let cpu_before = cpu()?;
+        let cpu_before = crate::proc::cpu_sample(d.pid())?;
         let s = scenarios::submit(sock, conns, Stop::After(secs))?;
-        let cpu_after = cpu()?;
+        let cpu_after = crate::proc::cpu_sample(d.pid())?;
         let (target, met) = match conns {
             1 => (
                 format!(

@@ -57,14 +57,7 @@ impl CpuOf {
     /// CPU time of the whole daemon, of its store writer thread and of this process, when a pid
     /// was given.
     fn sample(&self) -> Result<Option<[Duration; 3]>> {
-        match self.pid {
-            None => Ok(None),
-            Some(pid) => Ok(Some([
-                proc::cpu_time(pid, None)?,
-                proc::cpu_time(pid, Some(orchestrator::store::sqlite::WRITER_TASK))?,
-                proc::own_cpu_time()?,
-            ])),
-        }
+        self.pid.map(proc::cpu_sample).transpose()
     }
 
     fn report(&self, before: Option<[Duration; 3]>, ops: u64) -> Result<()> {

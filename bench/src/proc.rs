@@ -129,9 +129,19 @@ pub fn cpu_time(pid: u32, thread: Option<&str>) -> Result<Duration> {
     }
 }
 
+/// CPU time so far of the daemon `pid`, of its store writer thread and of this process (the load
+/// generator), in that order: sampled around a run, their differences are what the run cost each.
+pub fn cpu_sample(pid: u32) -> Result<[Duration; 3]> {
+    Ok([
+        cpu_time(pid, None)?,
+        cpu_time(pid, Some(orchestrator::store::sqlite::WRITER_TASK))?,
+        own_cpu_time()?,
+    ])
+}
+
 /// CPU time (user + system) this process has spent: the load generator's own cost, which shares
 /// the machine's cores with the daemon under test.
-pub fn own_cpu_time() -> Result<Duration> {
+fn own_cpu_time() -> Result<Duration> {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage writes one rusage into the pointer it is given, which is valid for it.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {
