@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use orchestrator::clock::{now_ms, rfc3339};
 use orchestrator::store::Store;
 use orchestrator_proto::task::{Routing, TaskKind, TaskResult, TaskState};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::time::Instant;
 
@@ -110,13 +110,23 @@ pub fn seed(db: &Path, plan: Plan) -> Result<Seeded> {
         let mut task_stmt = tx.prepare(
             "INSERT INTO tasks (id, kind, state, goal, workspace_dir, required_caps, routing, agent, result, \
              rejection, error, error_code, submitted_by, harness, would_require_approval, created_at, \
-             assigned_at, started_at, completed_at, expires_at, lease_until, attempts, specialist_pid) \
-             VALUES (?1, ?2, ?3, ?4, NULL, '[]', ?5, ?6, ?7, NULL, ?8, ?9, 'bench', 0, ?10, ?11, ?12, ?13, ?14, ?15, NULL, 1, NULL)",
+             assigned_at, started_at, completed_at, expires_at, lease_until, attempts, specialist_pid, event_seqs) \
+             VALUES (?1, ?2, ?3, ?4, NULL, '[]', ?5, ?6, ?7, NULL, ?8, ?9, 'bench', 0, ?10, ?11, ?12, ?13, ?14, ?15, NULL, 1, NULL, ?16)",
         )?;
         let mut event_stmt = tx.prepare(
-            "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+            "INSERT INTO events (seq, task_id, at, actor, action, from_state, to_state, details) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)",
         )?;
+        // A task's row lists its events' numbers (as the daemon's writer does, it numbers them).
+        let mut next_seq: i64 = tx
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0)
+            + 1;
         for i in 0..plan.tasks {
             let row = plan_row(i, &plan, now, &mut rng);
             let (agent, rule, approval) = AGENTS[row.agent];
@@ -145,6 +155,12 @@ pub fn seed(db: &Path, plan: Plan) -> Result<Seeded> {
                     .to_string()
             });
             let would = row.kind == TaskKind::Shadow && approval;
+            let seqs = if plan.events {
+                let s = next_seq;
+                format!("[{},{},{},{}]", s, s + 1, s + 2, s + 3)
+            } else {
+                "[]".to_string()
+            };
             task_stmt.execute(params![
                 id,
                 row.kind.as_str(),
@@ -161,6 +177,7 @@ pub fn seed(db: &Path, plan: Plan) -> Result<Seeded> {
                 started,
                 row.completed,
                 row.expires,
+                seqs,
             ])?;
             if plan.events {
                 let end = row.completed.unwrap_or(started + 1);
@@ -188,7 +205,8 @@ pub fn seed(db: &Path, plan: Plan) -> Result<Seeded> {
                     ),
                 ];
                 for (at, actor, action, from, to) in chain {
-                    event_stmt.execute(params![id, at, actor, action, from, to])?;
+                    event_stmt.execute(params![next_seq, id, at, actor, action, from, to])?;
+                    next_seq += 1;
                     events += 1;
                 }
             }

@@ -117,14 +117,25 @@ fn a_store_damaged_while_down_is_found_after_ready_and_refuses_writes() {
     assert!(d.log_text().contains("store: integrity check failed"));
 }
 
-/// A store of an earlier schema (version 8: its state and shadow indexes held every task, and no
-/// task kept a retry's wait) is upgraded at start: the log says from which version to which and
-/// how long it took, the tasks are all there and listed by state, and a second start upgrades
-/// nothing.
+/// A store of an earlier schema (version 8: its state and shadow indexes held every task, no task
+/// kept a retry's wait, and trajectories were found through an index of events by task) is
+/// upgraded at start: the log says from which version to which and how long it took, the tasks
+/// are all there and listed by state, each with the trajectory it had, a later transition joins
+/// it, and a second start upgrades nothing.
 #[test]
 fn a_store_of_the_previous_schema_is_upgraded_at_start_and_says_so() {
     let mut d = TestDaemon::start();
     let ids: Vec<String> = (0..8).map(|i| d.submit(&format!("fix bug {i}"))).collect();
+    let trajectories: Vec<Value> = ids
+        .iter()
+        .map(|id| d.task(id)["trajectory"].clone())
+        .collect();
+    assert!(
+        trajectories
+            .iter()
+            .all(|t| t.as_array().is_some_and(|t| t.len() >= 2)),
+        "{trajectories:?}"
+    );
     assert!(d.terminate().success());
     {
         let db = rusqlite::Connection::open(d.state_dir.join("orchestrator.db")).unwrap();
@@ -134,6 +145,8 @@ fn a_store_of_the_previous_schema_is_upgraded_at_start_and_says_so() {
              CREATE INDEX tasks_kind_created ON tasks(kind, created_at, state, error_code, agent, \
              completed_at, would_require_approval); \
              ALTER TABLE tasks DROP COLUMN not_before; \
+             CREATE INDEX events_task ON events(task_id, seq); \
+             ALTER TABLE tasks DROP COLUMN event_seqs; \
              PRAGMA user_version = 8;",
         )
         .unwrap();
@@ -148,7 +161,7 @@ fn a_store_of_the_previous_schema_is_upgraded_at_start_and_says_so() {
         .lines()
         .find(|l| l.contains("store: schema upgraded"))
         .unwrap_or_else(|| panic!("no line of the upgrade's end in:\n{log}"));
-    for field in ["from=8", "to=10", "elapsed_ms="] {
+    for field in ["from=8", "to=11", "elapsed_ms="] {
         assert!(upgraded.contains(field), "{upgraded}");
     }
     // Every task is there, and a listing by state (the waiting ones through the state index)
@@ -186,6 +199,27 @@ fn a_store_of_the_previous_schema_is_upgraded_at_start_and_says_so() {
         let of_state: Vec<_> = all.iter().filter(|(_, s)| s == state).cloned().collect();
         assert_eq!(list(&["--state", state]), of_state, "{state}");
     }
+    // Each task's trajectory is the one it had before the upgrade, and a decision after it is
+    // added to the end of its task's.
+    for (id, before) in ids.iter().zip(&trajectories) {
+        assert_eq!(&d.task(id)["trajectory"], before, "{id}");
+    }
+    let (waiting, _) = all
+        .iter()
+        .find(|(_, s)| s == "awaiting_approval")
+        .expect("a waiting task");
+    let (code, out) = d.ctl_json(&["approve", waiting.as_str()]);
+    assert_eq!(code, 0, "{out}");
+    let after = d.task(waiting)["trajectory"].clone();
+    let i = ids
+        .iter()
+        .position(|id| id == waiting)
+        .expect("a submitted task");
+    let before = trajectories[i].as_array().expect("a trajectory");
+    let after = after.as_array().expect("a trajectory");
+    assert_eq!(&after[..before.len()], &before[..], "{waiting}");
+    assert_eq!(after.len(), before.len() + 1, "{after:?}");
+    assert_eq!(after[before.len()]["action"], "approve", "{after:?}");
 
     assert!(d.terminate().success());
     d.start_again();

@@ -41,6 +41,9 @@ pub struct Batch<'a> {
     /// Why the transaction cannot be committed: a bare job failed after it had changed rows, or the
     /// transaction itself is gone (SQLite rolls back a whole transaction on some I/O errors).
     pub(super) broken: Option<StoreError>,
+    /// The sequence number the next event of this transaction gets (see [`Batch::take_seqs`]);
+    /// read from the store at the first event.
+    next_seq: Option<i64>,
 }
 
 /// How a job is kept apart from the rest of its group: see [`Batch::savepoint`] and
@@ -74,6 +77,7 @@ impl<'a> Batch<'a> {
         Batch {
             tx,
             events: Vec::new(),
+            next_seq: None,
             deltas: Vec::new(),
             saw_full: false,
             outbox: outbox.filter(|r| !r.sinks.is_empty()),
@@ -231,10 +235,12 @@ impl<'a> Batch<'a> {
     pub fn insert_task(&mut self, t: NewTask, actor: &str) -> Result<Task, StoreError> {
         let caps = serde_json::to_string(&t.required_capabilities)
             .map_err(|e| StoreError::Sql(e.to_string()))?;
+        let seq = self.next_seq()?;
         self.tx
             .prepare_cached(
                 "INSERT INTO tasks (id, kind, state, goal, workspace_dir, required_caps, submitted_by, harness, \
-                 created_at, expires_at) VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 created_at, expires_at, event_seqs) \
+                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, json_array(?10))",
             )?
             .execute(params![
                 t.id,
@@ -245,32 +251,55 @@ impl<'a> Batch<'a> {
                 t.submitted_by,
                 t.harness as i64,
                 t.created_ms,
-                t.expires_ms
+                t.expires_ms,
+                seq
             ])?;
-        self.append_event(EventDraft::submitted(&t, actor))?;
+        self.write_event(EventDraft::submitted(&t, actor), seq)?;
         // The row holds exactly what was just inserted: answer from memory rather than read it back.
         Ok(t.into_queued())
     }
 
-    /// The event of a transition (or of an insert) whose row this write has just changed.
-    pub fn append_event(&mut self, e: EventDraft) -> Result<(), StoreError> {
-        self.insert_event(e, EVENT_INSERT)
+    /// The sequence number the next event of this transaction gets, not yet taken (see
+    /// [`Batch::take_seqs`]).
+    pub(super) fn next_seq(&mut self) -> Result<i64, StoreError> {
+        if let Some(next) = self.next_seq {
+            return Ok(next);
+        }
+        // AUTOINCREMENT keeps the highest number the store ever gave in `sqlite_sequence`, so a
+        // number is never given twice, even after the newest events were deleted.
+        let last: Option<i64> = self
+            .tx
+            .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'events'")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        let next = last.unwrap_or(0) + 1;
+        self.next_seq = Some(next);
+        Ok(next)
     }
 
-    /// An event about a task that changes nothing, written only while the task is in the state
-    /// it names (see `Backend::append_event`).
-    pub fn append_event_in_state(&mut self, e: EventDraft) -> Result<(), StoreError> {
-        self.insert_event(
-            e,
-            "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) \
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 \
-             WHERE EXISTS (SELECT 1 FROM tasks WHERE id = ?1 AND state = ?6)",
-        )
+    /// Take `n` sequence numbers from [`Batch::next_seq`] on for events about to be written. The
+    /// writer is the store's only writer, so it numbers the events itself: a task's row lists its
+    /// events' numbers (`event_seqs`, migration 11 in `schema.rs`), and the change an event records
+    /// writes that list in the same statement. Numbers taken by a job that is then rolled back are
+    /// not given again: they leave a gap, never a repeat (readers only ever order by them).
+    pub(super) fn take_seqs(&mut self, n: usize) -> Result<i64, StoreError> {
+        let first = self.next_seq()?;
+        self.next_seq = Some(first + n as i64);
+        Ok(first)
     }
 
-    fn insert_event(&mut self, e: EventDraft, sql: &str) -> Result<(), StoreError> {
+    /// Insert the event `e` as number `seq` (taken here) and record it; the caller has listed
+    /// `seq` in the task's row.
+    fn write_event(&mut self, e: EventDraft, seq: i64) -> Result<(), StoreError> {
+        let taken = self.take_seqs(1)?;
+        if taken != seq {
+            return Err(StoreError::Sql(format!(
+                "event numbered {seq}, but the next number is {taken}"
+            )));
+        }
         let details_json = sql_json(&e.details)?;
-        let written = self.tx.prepare_cached(sql)?.execute(params![
+        self.tx.prepare_cached(EVENT_INSERT)?.execute(params![
+            seq,
             e.task_id,
             e.at_ms,
             e.actor,
@@ -279,14 +308,26 @@ impl<'a> Batch<'a> {
             e.to.as_str(),
             details_json
         ])?;
-        // None written: only the guarded insert writes none, for a task no longer in the state
-        // the event names.
-        if written == 0 {
+        let kind = e.kind;
+        self.record_event(e.published(seq.max(0) as u64), kind)
+    }
+
+    /// An event about a task that changes nothing, written only while the task is in the state
+    /// it names (see `Backend::append_event`).
+    pub fn append_event_in_state(&mut self, e: EventDraft) -> Result<(), StoreError> {
+        let seq = self.next_seq()?;
+        let listed = self
+            .tx
+            .prepare_cached(
+                "UPDATE tasks SET event_seqs = json_insert(event_seqs, '$[#]', ?3) \
+                 WHERE id = ?1 AND state = ?2",
+            )?
+            .execute(params![e.task_id, e.to.as_str(), seq])?;
+        // None listed: the task is no longer in the state the event names (or is gone).
+        if listed == 0 {
             return Ok(());
         }
-        let seq = self.tx.last_insert_rowid().max(0) as u64;
-        let kind = e.kind;
-        self.record_event(e.published(seq), kind)
+        self.write_event(e, seq)
     }
 
     /// What a stored event of a task of `kind` leaves besides its row: its count change, the
@@ -335,10 +376,11 @@ impl<'a> Batch<'a> {
         };
         let change = RowChange::of(&op, from)?;
         let to = change.to;
+        let seq = self.next_seq()?;
         let changed = self
             .tx
             .prepare_cached(CAS_UPDATE)?
-            .execute(cas_params!(&op, change, from))?;
+            .execute(cas_params!(&op, change, from, seq))?;
         if changed != 1 {
             return Err(self.refusal(&op));
         }
@@ -347,10 +389,13 @@ impl<'a> Batch<'a> {
             .ok_or_else(|| StoreError::NotFound(op.id.clone()))?;
         // The op is spent here: its details move into the event rather than being copied.
         let details = op.details.take();
-        self.append_event(EventDraft {
-            details,
-            ..EventDraft::of_op(&op, task.kind, from, to)
-        })?;
+        self.write_event(
+            EventDraft {
+                details,
+                ..EventDraft::of_op(&op, task.kind, from, to)
+            },
+            seq,
+        )?;
         Ok(task)
     }
 
@@ -430,7 +475,7 @@ impl<'a> Batch<'a> {
     }
 
     /// A submit worked out by [`PreparedSubmit::new`]: the folded path only binds and runs its
-    /// inserts here, and gives each event the sequence number the store gave it.
+    /// inserts here, numbering its events as the row lists them.
     pub fn submit_prepared(&mut self, prepared: PreparedSubmit) -> Result<Task, StoreError> {
         let f = match prepared {
             PreparedSubmit::Stepwise(plan) => return self.submit_stepwise(plan),
@@ -444,14 +489,16 @@ impl<'a> Batch<'a> {
             events,
             answer,
         } = *f;
+        let first = self.next_seq()?;
+        let seqs = seq_list(first, events.len());
         self.tx
             .prepare_cached(
                 "INSERT INTO tasks (id, kind, state, goal, workspace_dir, required_caps, submitted_by, \
                  harness, created_at, expires_at, routing, agent, result, rejection, error, error_code, \
                  would_require_approval, assigned_at, started_at, completed_at, lease_until, \
-                 specialist_pid, attempts) \
+                 specialist_pid, attempts, event_seqs) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-                 ?18, ?19, ?20, ?21, ?22, ?23)",
+                 ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
             )?
             .execute(params![
                 t.id,
@@ -476,9 +523,10 @@ impl<'a> Batch<'a> {
                 end.completed_at,
                 end.lease_until,
                 end.specialist_pid,
-                end.attempts
+                end.attempts,
+                seqs
             ])?;
-        self.insert_events(&t.id, events)?;
+        self.insert_events(&t.id, first, events)?;
         // One count change for the whole path: the counts only ever see where the task rests.
         self.deltas.push((t.kind, None, Some(state)));
         Ok(answer)
@@ -495,15 +543,27 @@ impl<'a> Batch<'a> {
         Ok(task)
     }
 
-    /// A task's events, in order, a statement each; each is published with the sequence number the
-    /// store gave it. One statement of several rows would be a multi-row write, for which SQLite
+    /// A task's events, in order, a statement each, numbered from `first` as its row lists them,
+    /// and published with that number. One statement of several rows would be a multi-row write, for which SQLite
     /// copies every page it touches into a statement journal first (docs/BENCHMARKS.md, "Jobs
     /// without a savepoint"); a single-row insert needs none.
-    fn insert_events(&mut self, task_id: &str, rows: Vec<EventRow>) -> Result<(), StoreError> {
+    fn insert_events(
+        &mut self,
+        task_id: &str,
+        first: i64,
+        rows: Vec<EventRow>,
+    ) -> Result<(), StoreError> {
         let tx = self.tx;
         let mut stmt = tx.prepare_cached(EVENT_INSERT)?;
-        for mut r in rows {
+        for (listed, mut r) in (first..).zip(rows) {
+            let seq = self.take_seqs(1)?;
+            if seq != listed {
+                return Err(StoreError::Sql(format!(
+                    "event numbered {seq}, listed as {listed}"
+                )));
+            }
             stmt.execute(params![
+                seq,
                 task_id,
                 r.at_ms,
                 r.event.actor,
@@ -512,7 +572,7 @@ impl<'a> Batch<'a> {
                 r.to,
                 r.details
             ])?;
-            r.event.seq = tx.last_insert_rowid().max(0) as u64;
+            r.event.seq = seq.max(0) as u64;
             self.publish(r.event)?;
         }
         Ok(())
@@ -535,14 +595,15 @@ impl<'a> Batch<'a> {
     ) -> Result<TaskState, StoreError> {
         let change = RowChange::of(op, from)?;
         let to = change.to;
+        let seq = self.next_seq()?;
         let changed = self
             .tx
             .prepare_cached(CAS_UPDATE)?
-            .execute(cas_params!(op, change, from))?;
+            .execute(cas_params!(op, change, from, seq))?;
         if changed != 1 {
             return Err(self.refusal(op));
         }
-        self.append_event(EventDraft::of_op(op, kind, from, to))?;
+        self.write_event(EventDraft::of_op(op, kind, from, to), seq)?;
         Ok(to)
     }
 
@@ -560,8 +621,8 @@ impl<'a> Batch<'a> {
 }
 
 /// The compare-and-set of one transition: `?1` the task, `?18` the state it must be in, `?20` the
-/// run it must still be in (or NULL, see [`TransitionOp::attempt`]); the parameters are
-/// [`cas_params`]'s.
+/// run it must still be in (or NULL, see [`TransitionOp::attempt`]), `?23` the number of the event
+/// it writes, listed in the row; the parameters are [`cas_params`]'s.
 const CAS_UPDATE: &str = "UPDATE tasks SET state = ?2, \
      routing = COALESCE(?3, routing), agent = COALESCE(?4, agent), result = COALESCE(?5, result), \
      rejection = COALESCE(?6, rejection), error = COALESCE(?7, error), \
@@ -572,12 +633,13 @@ const CAS_UPDATE: &str = "UPDATE tasks SET state = ?2, \
      lease_until = CASE WHEN ?13 THEN ?14 ELSE lease_until END, \
      specialist_pid = CASE WHEN ?15 THEN ?16 ELSE specialist_pid END, \
      attempts = attempts + ?17, usage = COALESCE(?19, usage), \
-     not_before = CASE WHEN ?21 THEN ?22 ELSE not_before END \
+     not_before = CASE WHEN ?21 THEN ?22 ELSE not_before END, \
+     event_seqs = json_insert(event_seqs, '$[#]', ?23) \
      WHERE id = ?1 AND state = ?18 AND (?20 IS NULL OR attempts = ?20)";
 
 /// The parameters of [`CAS_UPDATE`] for `op` moving a task from `from` by `change`.
 macro_rules! cas_params {
-    ($op:expr, $change:expr, $from:expr) => {{
+    ($op:expr, $change:expr, $from:expr, $seq:expr) => {{
         let (op, c): (&TransitionOp, &RowChange) = ($op, &$change);
         let p = &op.patch;
         params![
@@ -602,7 +664,8 @@ macro_rules! cas_params {
             sql_json(&p.usage)?,
             op.attempt.map(i64::from),
             c.not_before.0,
-            c.not_before.1
+            c.not_before.1,
+            $seq
         ]
     }};
 }
@@ -633,9 +696,24 @@ pub(super) fn sized_sql(
     }
 }
 
-/// The `INSERT` of one event; its sequence number is the row id it gets.
-const EVENT_INSERT: &str = "INSERT INTO events (task_id, at, actor, action, from_state, to_state, \
-                            details) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+/// The `INSERT` of one event, numbered by the writer (`?1`, see [`Batch::take_seqs`]).
+const EVENT_INSERT: &str = "INSERT INTO events (seq, task_id, at, actor, action, from_state, \
+                            to_state, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+/// The JSON array of `n` sequence numbers from `first` on, as a task's row lists them.
+pub(super) fn seq_list(first: i64, n: usize) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(2 + n * 12);
+    out.push('[');
+    for i in 0..n as i64 {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{}", first + i);
+    }
+    out.push(']');
+    out
+}
 
 /// A submit made ready for the writer by the caller's thread (see [`PreparedSubmit::new`]).
 pub enum PreparedSubmit {

@@ -511,9 +511,10 @@ pub fn outbox_stats(conn: &Connection) -> Result<Vec<OutboxStats>, StoreError> {
 macro_rules! awaiting_sql {
     () => {
         "SELECT t.id, t.kind, t.agent, t.expires_at, \
-           (SELECT max(e.at) FROM events e WHERE e.task_id = t.id AND e.to_state = 'awaiting_approval' \
-              AND e.from_state != 'awaiting_approval'), \
-           EXISTS (SELECT 1 FROM events e WHERE e.task_id = t.id AND e.action = 'approval_warning') \
+           (SELECT max(e.at) FROM json_each(t.event_seqs) AS listed JOIN events e ON e.seq = listed.value \
+              WHERE e.to_state = 'awaiting_approval' AND e.from_state != 'awaiting_approval'), \
+           EXISTS (SELECT 1 FROM json_each(t.event_seqs) AS listed JOIN events e ON e.seq = listed.value \
+              WHERE e.action = 'approval_warning') \
          FROM tasks t WHERE t.state = 'awaiting_approval'"
     };
 }
@@ -527,7 +528,7 @@ pub(super) const AWAITING_EXPIRING_OR_CREATED: &str = concat!(
 
 /// Tasks waiting for approval that `cut` admits, with since when and whether they were warned:
 /// the state index (a range of it when only the expiry bounds the cut), then the trajectory of
-/// each task admitted through events_task.
+/// each task admitted, through the event numbers its row lists.
 pub fn awaiting_approval(conn: &Connection, cut: AwaitingCut) -> Result<Vec<Awaiting>, StoreError> {
     let (mut stmt, bounds) = match cut.created_by_ms {
         None => (
@@ -567,17 +568,17 @@ pub fn awaiting_approval(conn: &Connection, cut: AwaitingCut) -> Result<Vec<Awai
 
 /// See [`crate::store::Backend::awaiting_since`]: the newest `limit` of the state index's part for
 /// `awaiting_approval` (a bounded sort, materialised so that the lookups below are made for those
-/// only), then the last entry of each through events_task. A task that never entered the state
-/// through an event has no answer.
+/// only), then the last entry of each through the event numbers its row lists. A task that never
+/// entered the state through an event has no answer.
 pub fn awaiting_since(conn: &Connection, limit: u32) -> Result<Vec<(String, i64)>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "WITH newest AS MATERIALIZED ( \
-           SELECT id, created_at FROM tasks INDEXED BY tasks_waiting_expires \
+           SELECT id, created_at, event_seqs FROM tasks INDEXED BY tasks_waiting_expires \
            WHERE state = 'awaiting_approval' AND harness = 0 \
            ORDER BY created_at DESC, id DESC LIMIT ?1) \
          SELECT n.id, \
-           (SELECT max(e.at) FROM events e WHERE e.task_id = n.id AND e.to_state = 'awaiting_approval' \
-              AND e.from_state != 'awaiting_approval') \
+           (SELECT max(e.at) FROM json_each(n.event_seqs) AS listed JOIN events e ON e.seq = listed.value \
+              WHERE e.to_state = 'awaiting_approval' AND e.from_state != 'awaiting_approval') \
          FROM newest n ORDER BY n.created_at DESC, n.id DESC",
     )?;
     let rows = stmt.query_map([limit], |r| {

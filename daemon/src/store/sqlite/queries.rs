@@ -24,9 +24,13 @@ pub fn get_task(conn: &Connection, id: &str) -> Result<Option<Task>, StoreError>
     Ok(stmt.query_row([id], task_from_row).optional()?)
 }
 
-/// The statement of [`events_of`], one per connection in its statement cache.
+/// The statement of [`events_of`], one per connection in its statement cache: the events the
+/// task's row lists (migration 11 in `schema.rs`), each by its number.
 pub(super) fn events_of_sql() -> String {
-    format!("SELECT {EVENT_COLUMNS} FROM events WHERE task_id = ?1 ORDER BY seq")
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE seq IN \
+         (SELECT value FROM json_each((SELECT event_seqs FROM tasks WHERE id = ?1))) ORDER BY seq"
+    )
 }
 
 pub fn events_of(conn: &Connection, id: &str) -> Result<Vec<TrajectoryEvent>, StoreError> {
@@ -213,7 +217,8 @@ pub fn undelivered_since(
 ) -> Result<Vec<Task>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {TASK_COLUMNS} FROM tasks WHERE kind = 'live' AND state = 'done' AND completed_at >= ?1 \
-         AND NOT EXISTS (SELECT 1 FROM events e WHERE e.task_id = tasks.id AND e.action = ?2) \
+         AND NOT EXISTS (SELECT 1 FROM json_each(tasks.event_seqs) AS listed \
+           JOIN events e ON e.seq = listed.value WHERE e.action = ?2) \
          ORDER BY completed_at, id"
     ))?;
     let rows = stmt.query_map(params![since_ms, action], task_from_row)?;

@@ -176,6 +176,21 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tasks ADD COLUMN not_before INTEGER;
     "#,
+    // 11: a task's trajectory is found through the sequence numbers its row lists (`event_seqs`, a
+    // JSON array in order), not through an index of events by task: each event's entry in
+    // `events_task` was a page of its own to rewrite for a decision or an expiry of an old task,
+    // and four index entries to insert for a synthetic submit, while the row is rewritten by the
+    // same write anyway (docs/BENCHMARKS.md, "A task's events listed in its row"). The writer
+    // numbers events itself (`Batch::take_seqs`) so that the row and its events are written in one
+    // pass. This migration lists what is already there, then drops the index. `OR FAIL`: an
+    // `UPDATE` of every row that may abort would first copy each page it touches into a statement
+    // journal, which is kept in memory (`temp_store`), hundreds of MiB on a large store.
+    r#"
+    ALTER TABLE tasks ADD COLUMN event_seqs TEXT NOT NULL DEFAULT '[]';
+    UPDATE OR FAIL tasks SET event_seqs = (SELECT json_group_array(seq ORDER BY seq) FROM events WHERE task_id = tasks.id)
+    WHERE EXISTS (SELECT 1 FROM events WHERE task_id = tasks.id);
+    DROP INDEX events_task;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -457,7 +457,7 @@ fn apply_from_is_still_a_compare_and_set_and_names_the_real_state() {
 
 mod sweeper_queries {
     use super::super::outbox::{AWAITING_EXPIRING, AWAITING_EXPIRING_OR_CREATED};
-    use super::super::queries::{PENDING_DISPATCH, SHADOW_ROWS};
+    use super::super::queries::{events_of_sql, PENDING_DISPATCH, SHADOW_ROWS};
     use super::super::writes::{
         DELETE_EVENTS, DELETE_TASKS, EXPIRE_DUE, EXPIRE_ROWS, LAPSED, RETIRED,
     };
@@ -499,6 +499,7 @@ mod sweeper_queries {
                 Integer(NOW),
                 Text("[1,2]".into()),
                 Text("awaiting_approval".into()),
+                Integer(7),
             ],
         );
         assert!(p.contains("INTEGER PRIMARY KEY (rowid=?)"), "{p}");
@@ -528,8 +529,33 @@ mod sweeper_queries {
         assert!(!p.contains("TEMP B-TREE"), "the index gives the order: {p}");
         let p = plan(DELETE_TASKS, vec![Text("[\"A\"]".into())]);
         assert!(p.contains("INDEX sqlite_autoindex_tasks_1 (id=?)"), "{p}");
-        let p = plan(DELETE_EVENTS, vec![Text("[\"A\"]".into())]);
-        assert!(p.contains("INDEX events_task (task_id=?)"), "{p}");
+        let p = plan(DELETE_EVENTS, vec![Text("[\"[1,2]\"]".into())]);
+        assert!(
+            p.contains("SEARCH events USING INTEGER PRIMARY KEY (rowid=?)"),
+            "{p}"
+        );
+        // A task's trajectory, and the approval policy's look at it, go through the numbers its
+        // row lists (migration 11): no index of events by task, and no scan of them.
+        let p = plan(&events_of_sql(), vec![Text("A".into())]);
+        assert!(p.contains("INDEX sqlite_autoindex_tasks_1 (id=?)"), "{p}");
+        assert!(
+            p.contains("SEARCH events USING INTEGER PRIMARY KEY (rowid=?)"),
+            "{p}"
+        );
+        for (sql, args) in [
+            (AWAITING_EXPIRING, vec![Integer(NOW)]),
+            (
+                AWAITING_EXPIRING_OR_CREATED,
+                vec![Integer(NOW), Integer(NOW)],
+            ),
+        ] {
+            let p = plan(sql, args);
+            assert!(
+                p.contains("SEARCH e USING INTEGER PRIMARY KEY (rowid=?)"),
+                "{p}"
+            );
+            assert!(!p.contains("SCAN e\n") && !p.ends_with("SCAN e"), "{p}");
+        }
         // The two partial indexes (migration 9) serve the dispatcher's start and the summary.
         let p = plan(
             &format!("SELECT id FROM tasks WHERE {PENDING_DISPATCH} ORDER BY created_at, id"),
@@ -1009,4 +1035,104 @@ fn a_bare_job_that_panics_after_writing_fails_its_commit_and_the_writer_goes_on(
         .write_blocking(|b| b.insert_task(new_task("T4"), "alice"))
         .unwrap();
     assert_eq!(stored_ids(&store), ["T3", "T4"]);
+}
+
+/// The numbers a task's row lists (`event_seqs`, migration 11) and the numbers of its events.
+fn listed_and_stored(store: &super::SqliteBackend, id: &'static str) -> (Vec<i64>, Vec<i64>) {
+    store
+        .read_blocking(move |c| {
+            let listed: String =
+                c.query_row("SELECT event_seqs FROM tasks WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })?;
+            let listed: Vec<i64> =
+                serde_json::from_str(&listed).map_err(|e| StoreError::Sql(e.to_string()))?;
+            let stored = queries::events_of(c, id)?
+                .into_iter()
+                .map(|e| e.seq as i64)
+                .collect();
+            Ok((listed, stored))
+        })
+        .unwrap()
+}
+
+/// A task's row lists exactly its events, in order, whatever wrote them (an insert, transitions,
+/// the sweeper's set-based expiry), and a refused transition or a job rolled back in its
+/// savepoint lists nothing. No number is given twice: not to a job after one rolled back in the
+/// same transaction, and not after the newest events were deleted with their task.
+#[test]
+fn a_tasks_row_lists_its_events_and_no_number_is_given_twice() {
+    let (_d, store) = open_backend();
+    let routed: TestJob = Box::new(|b| {
+        b.insert_task(new_task("T1"), "alice")?;
+        b.transition(TransitionOp::new("T1", Action::Route, "dispatcher", 2_000))
+            .map(|_| ())
+    });
+    let refused: TestJob = Box::new(|b| {
+        b.transition(TransitionOp::new("T1", Action::Approve, "bob", 2_000))
+            .map(|_| ())
+    });
+    let rolled_back: TestJob = Box::new(|b| {
+        b.insert_task(new_task("T2"), "alice")?;
+        Err(StoreError::Sql("rolled back after a write".into()))
+    });
+    let answers = one_group(
+        &store,
+        vec![
+            (Savepoint, routed),
+            (Savepoint, refused),
+            (Savepoint, rolled_back),
+            (Savepoint, insert("T3")),
+        ],
+    );
+    assert!(answers[0].is_ok() && answers[3].is_ok(), "{answers:?}");
+    assert!(
+        matches!(answers[1], Err(StoreError::Refused { .. })),
+        "{answers:?}"
+    );
+    assert!(answers[2].is_err(), "{answers:?}");
+    let (t1, stored) = listed_and_stored(&store, "T1");
+    assert_eq!(t1.len(), 2, "{t1:?}");
+    assert_eq!(t1, stored);
+    let (t3, stored) = listed_and_stored(&store, "T3");
+    assert_eq!(t3.len(), 1, "{t3:?}");
+    assert_eq!(t3, stored);
+    assert!(t3[0] > t1[1], "{t1:?} {t3:?}");
+
+    // The sweeper's expiry of both (one assigned, one queued) lists each one's own event.
+    let expired = store
+        .write_blocking(|b| b.expire_due(20_000, 10, "sweeper"))
+        .unwrap();
+    assert_eq!(expired.len(), 2, "{expired:?}");
+    let (t1_after, stored) = listed_and_stored(&store, "T1");
+    assert_eq!(t1_after.len(), 3, "{t1_after:?}");
+    assert_eq!(&t1_after[..2], &t1[..]);
+    assert_eq!(t1_after, stored);
+    let (t3_after, stored) = listed_and_stored(&store, "T3");
+    assert_eq!(t3_after.len(), 2, "{t3_after:?}");
+    assert_eq!(t3_after, stored);
+    let actions: Vec<String> = store
+        .read_blocking(|c| queries::events_of(c, "T3"))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, ["submit", "expire"]);
+    let newest = t1_after[2].max(t3_after[1]);
+
+    // Deleting both takes their events with them; the next event is still numbered past them.
+    let deleted = store
+        .write_blocking(|b| b.delete_tasks(&["T1".to_string(), "T3".to_string()]))
+        .unwrap();
+    assert_eq!(deleted.len(), 2, "{deleted:?}");
+    let left: i64 = store
+        .read_blocking(|c| Ok(c.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(left, 0);
+    store
+        .write_blocking(|b| b.insert_task(new_task("T4"), "alice"))
+        .unwrap();
+    let (t4, stored) = listed_and_stored(&store, "T4");
+    assert_eq!(t4, stored);
+    assert!(t4[0] > newest, "{t4:?} after {newest}");
 }

@@ -32,17 +32,19 @@ pub(super) const EXPIRE_DUE: &str = concat!(
 /// makes SQLite copy every page it touches into a statement journal first, to undo the statement
 /// alone; none of these columns can fail one, and the job runs bare, so any failure takes its
 /// whole transaction back anyway (docs/BENCHMARKS.md, "Jobs without a savepoint").
+/// Each row lists the number its `expire` event will have: `?4` plus the row's place in `?2`.
 pub(super) const EXPIRE_ROWS: &str =
     "UPDATE OR FAIL tasks SET state = 'expired', completed_at = ?1, \
-     lease_until = NULL, specialist_pid = NULL \
-     WHERE rowid IN (SELECT value FROM json_each(?2)) AND +state = ?3 AND +expires_at <= ?1 \
+     lease_until = NULL, specialist_pid = NULL, \
+     event_seqs = json_insert(event_seqs, '$[#]', ?4 + due.key) \
+     FROM json_each(?2) AS due \
+     WHERE tasks.rowid = due.value AND +state = ?3 AND +expires_at <= ?1 \
      RETURNING id";
-/// The trajectory events of a batch of expiries from one state, one per task id of the JSON array
-/// `?1`, in its order (so their sequence numbers follow it).
+/// The trajectory events of a batch of expiries from one state: one per `[seq, task id]` pair of
+/// the JSON array `?1`, numbered as the rows list them.
 pub(super) const EXPIRE_EVENTS: &str =
-    "INSERT INTO events (task_id, at, actor, action, from_state, to_state, details) \
-     SELECT value, ?2, ?3, 'expire', ?4, 'expired', NULL FROM json_each(?1) ORDER BY key \
-     RETURNING seq, task_id";
+    "INSERT INTO events (seq, task_id, at, actor, action, from_state, to_state, details) \
+     SELECT value ->> 0, value ->> 1, ?2, ?3, 'expire', ?4, 'expired', NULL FROM json_each(?1)";
 /// `in_progress` tasks whose lease lapsed: tasks_waiting_expires by its state prefix.
 pub(super) const LAPSED: &str = "SELECT id, agent, attempts FROM tasks \
      WHERE state = 'in_progress' AND (lease_until IS NULL OR lease_until < ?1) LIMIT ?2";
@@ -55,10 +57,11 @@ pub(super) const RETIRED: &str = "SELECT id, completed_at, rowid FROM tasks \
 /// primary key whatever indexes hold the state.
 pub(super) const DELETE_TASKS: &str =
     "DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?1)) \
-     AND +state IN ('done', 'failed', 'cancelled', 'expired') RETURNING id, kind, state";
-/// The trajectory of a batch of tasks: events_task(task_id, seq).
-pub(super) const DELETE_EVENTS: &str =
-    "DELETE FROM events WHERE task_id IN (SELECT value FROM json_each(?1))";
+     AND +state IN ('done', 'failed', 'cancelled', 'expired') RETURNING id, kind, state, event_seqs";
+/// The trajectories of a batch of deleted tasks: their events by number, `?1` a JSON array of the
+/// rows' `event_seqs` lists, each as its text.
+pub(super) const DELETE_EVENTS: &str = "DELETE FROM events WHERE seq IN \
+     (SELECT seqs.value FROM json_each(?1) AS lists, json_each(lists.value) AS seqs)";
 
 /// A due task as read: rowid, id, kind.
 type DueRow = (i64, String, TaskKind);
@@ -112,46 +115,43 @@ impl Batch<'_> {
                 continue;
             }
             let rowids: Vec<i64> = rows.iter().map(|(rowid, _, _)| *rowid).collect();
+            // The n-th row read gets event number `first + n`; one that moved on meanwhile leaves
+            // its number unused.
+            let first = self.take_seqs(rowids.len())?;
             let changed: HashSet<String> = {
                 let mut stmt = self.tx().prepare_cached(EXPIRE_ROWS)?;
-                let ids = stmt.query_map(params![now, encode(&rowids)?, from.as_str()], |r| {
-                    r.get::<_, String>(0)
-                })?;
+                let ids = stmt
+                    .query_map(params![now, encode(&rowids)?, from.as_str(), first], |r| {
+                        r.get::<_, String>(0)
+                    })?;
                 ids.collect::<Result<_, _>>()?
             };
             // In the order they were read; a task that moved on meanwhile is no longer ours.
-            let moved: Vec<(String, TaskKind)> = rows
-                .into_iter()
-                .filter(|(_, id, _)| changed.contains(id))
-                .map(|(_, id, kind)| (id, kind))
+            let moved: Vec<(i64, String, TaskKind)> = (first..)
+                .zip(rows)
+                .filter(|(_, (_, id, _))| changed.contains(id))
+                .map(|(seq, (_, id, kind))| (seq, id, kind))
                 .collect();
             if moved.is_empty() {
                 continue;
             }
-            let ids: Vec<&str> = moved.iter().map(|(id, _)| id.as_str()).collect();
-            let mut seqs: Vec<(i64, String)> = {
-                let mut stmt = self.tx().prepare_cached(EXPIRE_EVENTS)?;
-                let rows = stmt
-                    .query_map(params![encode(&ids)?, now, actor, from.as_str()], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })?;
-                rows.collect::<Result<_, _>>()?
-            };
-            // RETURNING answers in no promised order; the store numbers rows in the order they go in.
-            seqs.sort_unstable_by_key(|(seq, _)| *seq);
-            if seqs.len() != moved.len() {
+            let pairs: Vec<(i64, &str)> = moved
+                .iter()
+                .map(|(seq, id, _)| (*seq, id.as_str()))
+                .collect();
+            let written = self.tx().prepare_cached(EXPIRE_EVENTS)?.execute(params![
+                encode(&pairs)?,
+                now,
+                actor,
+                from.as_str()
+            ])?;
+            if written != moved.len() {
                 return Err(StoreError::Sql(format!(
-                    "expiry wrote {} events for {} tasks",
-                    seqs.len(),
+                    "expiry wrote {written} events for {} tasks",
                     moved.len()
                 )));
             }
-            for ((seq, event_task), (id, kind)) in seqs.into_iter().zip(moved) {
-                if event_task != id {
-                    return Err(StoreError::Sql(format!(
-                        "expiry event {seq} is for {event_task}, expected {id}"
-                    )));
-                }
+            for (seq, id, kind) in moved {
                 let ev = EventDraft {
                     task_id: &id,
                     kind,
@@ -198,14 +198,20 @@ impl Batch<'_> {
 
     pub fn delete_tasks(&mut self, ids: &[String]) -> Result<Vec<String>, StoreError> {
         let wanted = encode(&ids)?;
+        let mut lists = Vec::new();
         let deleted: Vec<(String, String, String)> = {
             let mut stmt = self.tx().prepare_cached(DELETE_TASKS)?;
-            let rows = stmt.query_map([&wanted], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            rows.collect::<Result<_, _>>()?
+            let mut rows = stmt.query([&wanted])?;
+            let mut deleted = Vec::new();
+            while let Some(r) = rows.next()? {
+                deleted.push((r.get(0)?, r.get(1)?, r.get(2)?));
+                lists.push(r.get::<_, String>(3)?);
+            }
+            deleted
         };
-        let gone: Vec<&str> = deleted.iter().map(|(id, _, _)| id.as_str()).collect();
-        let gone = encode(&gone)?;
-        self.tx().prepare_cached(DELETE_EVENTS)?.execute([&gone])?;
+        self.tx()
+            .prepare_cached(DELETE_EVENTS)?
+            .execute([&encode(&lists)?])?;
         let mut ids = Vec::with_capacity(deleted.len());
         for (id, kind, state) in deleted {
             if let (Ok(kind), Ok(state)) = (kind.parse::<TaskKind>(), state.parse::<TaskState>()) {
