@@ -217,7 +217,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
             to = SCHEMA_VERSION,
             "store: upgrading the schema"
         );
-        crate::lifecycle::notify(&[
+        notify(&[
             NotifyState::Status("upgrading the store's schema"),
             NotifyState::ExtendTimeoutUsec(EXTEND_START.as_micros() as u32),
         ]);
@@ -228,7 +228,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
                 elapsed_s = elapsed.as_secs(),
                 "store: still upgrading the schema"
             );
-            crate::lifecycle::notify(&[NotifyState::ExtendTimeoutUsec(
+            notify(&[NotifyState::ExtendTimeoutUsec(
                 EXTEND_START.as_micros() as u32
             )]);
         });
@@ -252,6 +252,12 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// Tell systemd something; outside systemd this does nothing. (The store does not depend on
+/// `lifecycle`, whose `notify` is the same call.)
+fn notify(states: &[NotifyState<'_>]) {
+    let _ = sd_notify::notify(states);
 }
 
 /// How often a long upgrade says it is still running.
