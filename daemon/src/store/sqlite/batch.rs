@@ -42,7 +42,7 @@ pub struct Batch<'a> {
     /// transaction itself is gone (SQLite rolls back a whole transaction on some I/O errors).
     pub(super) broken: Option<StoreError>,
     /// The sequence number the next event of this transaction gets (see [`Batch::take_seqs`]);
-    /// read from the store at the first event.
+    /// read from the store when the first is taken.
     next_seq: Option<i64>,
 }
 
@@ -235,7 +235,7 @@ impl<'a> Batch<'a> {
     pub fn insert_task(&mut self, t: NewTask, actor: &str) -> Result<Task, StoreError> {
         let caps = serde_json::to_string(&t.required_capabilities)
             .map_err(|e| StoreError::Sql(e.to_string()))?;
-        let seq = self.next_seq()?;
+        let seq = self.take_seqs(1)?;
         self.tx
             .prepare_cached(
                 "INSERT INTO tasks (id, kind, state, goal, workspace_dir, required_caps, submitted_by, harness, \
@@ -259,44 +259,33 @@ impl<'a> Batch<'a> {
         Ok(t.into_queued())
     }
 
-    /// The sequence number the next event of this transaction gets, not yet taken (see
-    /// [`Batch::take_seqs`]).
-    pub(super) fn next_seq(&mut self) -> Result<i64, StoreError> {
-        if let Some(next) = self.next_seq {
-            return Ok(next);
-        }
-        // AUTOINCREMENT keeps the highest number the store ever gave in `sqlite_sequence`, so a
-        // number is never given twice, even after the newest events were deleted.
-        let last: Option<i64> = self
-            .tx
-            .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'events'")?
-            .query_row([], |r| r.get(0))
-            .optional()?;
-        let next = last.unwrap_or(0) + 1;
-        self.next_seq = Some(next);
-        Ok(next)
-    }
-
-    /// Take `n` sequence numbers from [`Batch::next_seq`] on for events about to be written. The
-    /// writer is the store's only writer, so it numbers the events itself: a task's row lists its
-    /// events' numbers (`event_seqs`, migration 11 in `schema.rs`), and the change an event records
-    /// writes that list in the same statement. Numbers taken by a job that is then rolled back are
-    /// not given again: they leave a gap, never a repeat (readers only ever order by them).
+    /// Take `n` sequence numbers for events about to be written; answers the first. The writer is
+    /// the store's only writer, so it numbers the events itself: a task's row lists its events'
+    /// numbers (`event_seqs`, migration 11 in `schema.rs`), and the change an event records writes
+    /// that list in the same statement. Numbers are taken before that statement: one that then
+    /// changes nothing (a refused compare-and-set) or a job rolled back leaves them unused, a gap,
+    /// never a repeat (readers only ever order by them).
     pub(super) fn take_seqs(&mut self, n: usize) -> Result<i64, StoreError> {
-        let first = self.next_seq()?;
+        let first = match self.next_seq {
+            Some(next) => next,
+            // AUTOINCREMENT keeps the highest number the store ever gave in `sqlite_sequence`, so
+            // a number is never given twice, even after the newest events were deleted.
+            None => {
+                let last: Option<i64> = self
+                    .tx
+                    .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'events'")?
+                    .query_row([], |r| r.get(0))
+                    .optional()?;
+                last.unwrap_or(0) + 1
+            }
+        };
         self.next_seq = Some(first + n as i64);
         Ok(first)
     }
 
-    /// Insert the event `e` as number `seq` (taken here) and record it; the caller has listed
-    /// `seq` in the task's row.
+    /// Insert the event `e` as number `seq`, which the caller took and listed in the task's row,
+    /// and record it.
     fn write_event(&mut self, e: EventDraft, seq: i64) -> Result<(), StoreError> {
-        let taken = self.take_seqs(1)?;
-        if taken != seq {
-            return Err(StoreError::Sql(format!(
-                "event numbered {seq}, but the next number is {taken}"
-            )));
-        }
         let details_json = sql_json(&e.details)?;
         self.tx.prepare_cached(EVENT_INSERT)?.execute(params![
             seq,
@@ -315,7 +304,7 @@ impl<'a> Batch<'a> {
     /// An event about a task that changes nothing, written only while the task is in the state
     /// it names (see `Backend::append_event`).
     pub fn append_event_in_state(&mut self, e: EventDraft) -> Result<(), StoreError> {
-        let seq = self.next_seq()?;
+        let seq = self.take_seqs(1)?;
         let listed = self
             .tx
             .prepare_cached(
@@ -376,7 +365,7 @@ impl<'a> Batch<'a> {
         };
         let change = RowChange::of(&op, from)?;
         let to = change.to;
-        let seq = self.next_seq()?;
+        let seq = self.take_seqs(1)?;
         let changed = self
             .tx
             .prepare_cached(CAS_UPDATE)?
@@ -489,7 +478,7 @@ impl<'a> Batch<'a> {
             events,
             answer,
         } = *f;
-        let first = self.next_seq()?;
+        let first = self.take_seqs(events.len())?;
         let seqs = seq_list(first, events.len());
         self.tx
             .prepare_cached(
@@ -543,10 +532,10 @@ impl<'a> Batch<'a> {
         Ok(task)
     }
 
-    /// A task's events, in order, a statement each, numbered from `first` as its row lists them,
-    /// and published with that number. One statement of several rows would be a multi-row write, for which SQLite
-    /// copies every page it touches into a statement journal first (docs/BENCHMARKS.md, "Jobs
-    /// without a savepoint"); a single-row insert needs none.
+    /// A task's events, in order, a statement each, numbered from `first` (taken by the caller) as
+    /// its row lists them, and published with that number. One statement of several rows would be
+    /// a multi-row write, for which SQLite copies every page it touches into a statement journal
+    /// first (docs/BENCHMARKS.md, "Jobs without a savepoint"); a single-row insert needs none.
     fn insert_events(
         &mut self,
         task_id: &str,
@@ -555,13 +544,7 @@ impl<'a> Batch<'a> {
     ) -> Result<(), StoreError> {
         let tx = self.tx;
         let mut stmt = tx.prepare_cached(EVENT_INSERT)?;
-        for (listed, mut r) in (first..).zip(rows) {
-            let seq = self.take_seqs(1)?;
-            if seq != listed {
-                return Err(StoreError::Sql(format!(
-                    "event numbered {seq}, listed as {listed}"
-                )));
-            }
+        for (seq, mut r) in (first..).zip(rows) {
             stmt.execute(params![
                 seq,
                 task_id,
@@ -595,7 +578,7 @@ impl<'a> Batch<'a> {
     ) -> Result<TaskState, StoreError> {
         let change = RowChange::of(op, from)?;
         let to = change.to;
-        let seq = self.next_seq()?;
+        let seq = self.take_seqs(1)?;
         let changed = self
             .tx
             .prepare_cached(CAS_UPDATE)?
