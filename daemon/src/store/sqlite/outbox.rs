@@ -7,6 +7,7 @@
 
 use super::batch::{sized_sql, Batch};
 use super::rows::{event_from_row, EVENT_COLUMNS};
+use super::schema::listed_events;
 use crate::store::outbox::{
     log_entry, Cause, Notice, OutboxEntry, OutboxKey, OutboxRules, OutboxStats,
 };
@@ -510,12 +511,15 @@ pub fn outbox_stats(conn: &Connection) -> Result<Vec<OutboxStats>, StoreError> {
 /// they were warned; the two cuts of [`awaiting_approval`] follow.
 macro_rules! awaiting_sql {
     () => {
-        "SELECT t.id, t.kind, t.agent, t.expires_at, \
-           (SELECT max(e.at) FROM json_each(t.event_seqs) AS listed JOIN events e ON e.seq = listed.value \
-              WHERE e.to_state = 'awaiting_approval' AND e.from_state != 'awaiting_approval'), \
-           EXISTS (SELECT 1 FROM json_each(t.event_seqs) AS listed JOIN events e ON e.seq = listed.value \
-              WHERE e.action = 'approval_warning') \
-         FROM tasks t WHERE t.state = 'awaiting_approval'"
+        concat!(
+            "SELECT t.id, t.kind, t.agent, t.expires_at, (SELECT max(e.at) FROM ",
+            listed_events!("t"),
+            " WHERE e.to_state = 'awaiting_approval' AND e.from_state != 'awaiting_approval'), \
+             EXISTS (SELECT 1 FROM ",
+            listed_events!("t"),
+            " WHERE e.action = 'approval_warning') \
+             FROM tasks t WHERE t.state = 'awaiting_approval'"
+        )
     };
 }
 /// Those expiring by `?1`: a range of the state index.
@@ -571,16 +575,16 @@ pub fn awaiting_approval(conn: &Connection, cut: AwaitingCut) -> Result<Vec<Awai
 /// only), then the last entry of each through the event numbers its row lists. A task that never
 /// entered the state through an event has no answer.
 pub fn awaiting_since(conn: &Connection, limit: u32) -> Result<Vec<(String, i64)>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+    let mut stmt = conn.prepare_cached(concat!(
         "WITH newest AS MATERIALIZED ( \
            SELECT id, created_at, event_seqs FROM tasks INDEXED BY tasks_waiting_expires \
            WHERE state = 'awaiting_approval' AND harness = 0 \
            ORDER BY created_at DESC, id DESC LIMIT ?1) \
-         SELECT n.id, \
-           (SELECT max(e.at) FROM json_each(n.event_seqs) AS listed JOIN events e ON e.seq = listed.value \
-              WHERE e.to_state = 'awaiting_approval' AND e.from_state != 'awaiting_approval') \
-         FROM newest n ORDER BY n.created_at DESC, n.id DESC",
-    )?;
+         SELECT n.id, (SELECT max(e.at) FROM ",
+        listed_events!("n"),
+        " WHERE e.to_state = 'awaiting_approval' AND e.from_state != 'awaiting_approval') \
+         FROM newest n ORDER BY n.created_at DESC, n.id DESC"
+    ))?;
     let rows = stmt.query_map([limit], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
     })?;

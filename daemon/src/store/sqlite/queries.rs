@@ -2,7 +2,7 @@
 
 use super::goal_index;
 use super::rows::{event_from_row, task_from_row, EVENT_COLUMNS, TASK_COLUMNS};
-use super::schema::waiting_states;
+use super::schema::{listed_events, waiting_states};
 use super::writes::{limit_sql, RETIRED};
 use crate::clock::rfc3339;
 use crate::store::{
@@ -217,9 +217,9 @@ pub fn undelivered_since(
 ) -> Result<Vec<Task>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {TASK_COLUMNS} FROM tasks WHERE kind = 'live' AND state = 'done' AND completed_at >= ?1 \
-         AND NOT EXISTS (SELECT 1 FROM json_each(tasks.event_seqs) AS listed \
-           JOIN events e ON e.seq = listed.value WHERE e.action = ?2) \
-         ORDER BY completed_at, id"
+         AND NOT EXISTS (SELECT 1 FROM {listed} WHERE e.action = ?2) \
+         ORDER BY completed_at, id",
+        listed = listed_events!("tasks")
     ))?;
     let rows = stmt.query_map(params![since_ms, action], task_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)

@@ -17,6 +17,20 @@ macro_rules! waiting_states {
 }
 pub(super) use waiting_states;
 
+/// A task's events, found through the numbers its row lists (`event_seqs`, migration 11), for a
+/// subquery about the task aliased `$task`: `SELECT … FROM listed_events!("t") WHERE e.…`, the
+/// events being `e`. Each is reached by its number, the table's own key.
+macro_rules! listed_events {
+    ($task:literal) => {
+        concat!(
+            "json_each(",
+            $task,
+            ".event_seqs) AS listed JOIN events e ON e.seq = listed.value"
+        )
+    };
+}
+pub(super) use listed_events;
+
 /// Migrations in order; index `i` takes the schema from version `i` to `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
     // 1: tasks, their trajectory, gate runs, overrides and daemon metadata.
@@ -210,47 +224,44 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
     // An upgrade can rewrite every task (migration 11 takes about 8 s on 1,000,000 tasks): say so
     // before, while it runs and after, so that a start that takes longer once is explained, and
     // keep systemd from giving up on the start meanwhile. A new store is created quietly.
-    let upgrade = (current > 0 && current < SCHEMA_VERSION).then(Instant::now);
-    if upgrade.is_some() {
+    if current == 0 || current == SCHEMA_VERSION {
+        return run_migrations(conn, current);
+    }
+    let started = Instant::now();
+    tracing::info!(
+        from = current,
+        to = SCHEMA_VERSION,
+        "store: upgrading the schema"
+    );
+    notify(&[
+        NotifyState::Status("upgrading the store's schema"),
+        NotifyState::ExtendTimeoutUsec(EXTEND_START.as_micros() as u32),
+    ]);
+    let progress = while_running(conn, PROGRESS_EVERY, move |elapsed| {
         tracing::info!(
             from = current,
             to = SCHEMA_VERSION,
-            "store: upgrading the schema"
+            elapsed_s = elapsed.as_secs(),
+            "store: still upgrading the schema"
         );
-        notify(&[
-            NotifyState::Status("upgrading the store's schema"),
-            NotifyState::ExtendTimeoutUsec(EXTEND_START.as_micros() as u32),
-        ]);
-        let progress = while_running(conn, PROGRESS_EVERY, move |elapsed| {
-            tracing::info!(
-                from = current,
-                to = SCHEMA_VERSION,
-                elapsed_s = elapsed.as_secs(),
-                "store: still upgrading the schema"
-            );
-            notify(&[NotifyState::ExtendTimeoutUsec(
-                EXTEND_START.as_micros() as u32
-            )]);
-        });
-        if let Err(e) = progress {
-            tracing::warn!(error = %e, "store: the upgrade cannot report its progress");
-        }
+        notify(&[NotifyState::ExtendTimeoutUsec(
+            EXTEND_START.as_micros() as u32
+        )]);
+    });
+    if let Err(e) = progress {
+        tracing::warn!(error = %e, "store: the upgrade cannot report its progress");
     }
     let migrated = run_migrations(conn, current);
-    if upgrade.is_some() {
-        if let Err(e) = conn.progress_handler(0, None::<fn() -> bool>) {
-            tracing::warn!(error = %e, "store: cannot stop the upgrade's progress reports");
-        }
+    if let Err(e) = conn.progress_handler(0, None::<fn() -> bool>) {
+        tracing::warn!(error = %e, "store: cannot stop the upgrade's progress reports");
     }
     migrated?;
-    if let Some(started) = upgrade {
-        tracing::info!(
-            from = current,
-            to = SCHEMA_VERSION,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "store: schema upgraded"
-        );
-    }
+    tracing::info!(
+        from = current,
+        to = SCHEMA_VERSION,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "store: schema upgraded"
+    );
     Ok(())
 }
 
