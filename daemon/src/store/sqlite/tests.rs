@@ -870,6 +870,14 @@ fn insert(id: &'static str) -> TestJob {
     Box::new(move |b| b.insert_task(new_task(id), "alice").map(|_| ()))
 }
 
+/// A job that inserts `id`, then fails with `why`: its insert must be taken back.
+fn fails_after_inserting(id: &'static str, why: &'static str) -> TestJob {
+    Box::new(move |b| {
+        b.insert_task(new_task(id), "alice")?;
+        Err(StoreError::Sql(why.into()))
+    })
+}
+
 fn stored_ids(store: &super::SqliteBackend) -> Vec<String> {
     let filter = crate::store::TaskFilter {
         limit: 1000,
@@ -901,10 +909,7 @@ fn open_backend() -> (tempfile::TempDir, super::SqliteBackend) {
 #[test]
 fn a_bare_job_that_fails_after_writing_takes_its_commit_back_and_the_rest_go_on() {
     let (_d, store) = open_backend();
-    let fails_after_writing: TestJob = Box::new(|b| {
-        b.insert_task(new_task("T3"), "alice")?;
-        Err(StoreError::Sql("forced after a write".into()))
-    });
+    let fails_after_writing = fails_after_inserting("T3", "forced after a write");
     let answers = one_group(
         &store,
         vec![
@@ -1037,7 +1042,9 @@ fn a_bare_job_that_panics_after_writing_fails_its_commit_and_the_writer_goes_on(
     assert_eq!(stored_ids(&store), ["T3", "T4"]);
 }
 
-/// The numbers a task's row lists (`event_seqs`, migration 11) and the numbers of its events.
+/// The numbers a task's row lists (`event_seqs`, migration 11), and the numbers of the events
+/// stored for it, found by their task id (a scan, apart from the list); the trajectory as read
+/// through the list must be those events.
 fn listed_and_stored(store: &super::SqliteBackend, id: &'static str) -> (Vec<i64>, Vec<i64>) {
     store
         .read_blocking(move |c| {
@@ -1047,17 +1054,23 @@ fn listed_and_stored(store: &super::SqliteBackend, id: &'static str) -> (Vec<i64
                 })?;
             let listed: Vec<i64> =
                 serde_json::from_str(&listed).map_err(|e| StoreError::Sql(e.to_string()))?;
-            let stored = queries::events_of(c, id)?
+            let stored: Vec<i64> = c
+                .prepare("SELECT seq FROM events WHERE task_id = ?1 ORDER BY seq")?
+                .query_map([id], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let read: Vec<i64> = queries::events_of(c, id)?
                 .into_iter()
                 .map(|e| e.seq as i64)
                 .collect();
+            assert_eq!(read, stored, "{id}: the trajectory read through its list");
             Ok((listed, stored))
         })
         .unwrap()
 }
 
-/// A task's row lists exactly its events, in order, whatever wrote them (an insert, transitions,
-/// the sweeper's set-based expiry), and a refused transition or a job rolled back in its
+/// A task's row lists exactly its events, in order, whatever wrote them (an insert, a transition,
+/// a step from a known state, an event written only in a state, the sweeper's set-based expiry),
+/// and a refused transition, an event for a state the task has left, or a job rolled back in its
 /// savepoint lists nothing. No number is given twice: not to a job after one rolled back in the
 /// same transaction, and not after the newest events were deleted with their task.
 #[test]
@@ -1072,9 +1085,15 @@ fn a_tasks_row_lists_its_events_and_no_number_is_given_twice() {
         b.transition(TransitionOp::new("T1", Action::Approve, "bob", 2_000))
             .map(|_| ())
     });
-    let rolled_back: TestJob = Box::new(|b| {
-        b.insert_task(new_task("T2"), "alice")?;
-        Err(StoreError::Sql("rolled back after a write".into()))
+    let rolled_back = fails_after_inserting("T2", "rolled back after a write");
+    let stepped: TestJob = Box::new(|b| {
+        b.insert_task(new_task("T3"), "alice")?;
+        b.apply_from(
+            &TransitionOp::new("T3", Action::Route, "dispatcher", 2_000),
+            TaskKind::Synthetic,
+            TaskState::Queued,
+        )
+        .map(|_| ())
     });
     let answers = one_group(
         &store,
@@ -1082,7 +1101,7 @@ fn a_tasks_row_lists_its_events_and_no_number_is_given_twice() {
             (Savepoint, routed),
             (Savepoint, refused),
             (Savepoint, rolled_back),
-            (Savepoint, insert("T3")),
+            (Savepoint, stepped),
         ],
     );
     assert!(answers[0].is_ok() && answers[3].is_ok(), "{answers:?}");
@@ -1090,26 +1109,58 @@ fn a_tasks_row_lists_its_events_and_no_number_is_given_twice() {
         matches!(answers[1], Err(StoreError::Refused { .. })),
         "{answers:?}"
     );
-    assert!(answers[2].is_err(), "{answers:?}");
+    assert!(
+        matches!(&answers[2], Err(StoreError::Sql(m)) if m == "rolled back after a write"),
+        "{answers:?}"
+    );
+    assert_eq!(stored_ids(&store), ["T1", "T3"]);
+    assert_eq!(events_of(&store, "T2"), 0);
     let (t1, stored) = listed_and_stored(&store, "T1");
     assert_eq!(t1.len(), 2, "{t1:?}");
     assert_eq!(t1, stored);
     let (t3, stored) = listed_and_stored(&store, "T3");
-    assert_eq!(t3.len(), 1, "{t3:?}");
+    assert_eq!(t3.len(), 2, "{t3:?}");
     assert_eq!(t3, stored);
     assert!(t3[0] > t1[1], "{t1:?} {t3:?}");
 
-    // The sweeper's expiry of both (one assigned, one queued) lists each one's own event.
+    // An event written only while its task is in a state: listed for the task that is (T1,
+    // assigned), neither written nor listed for one asked about a state it has left (T3).
+    let note = |id: &'static str, state: TaskState| {
+        store
+            .write_blocking(move |b| {
+                b.append_event_in_state(crate::store::EventDraft {
+                    task_id: id,
+                    kind: TaskKind::Synthetic,
+                    at_ms: 2_500,
+                    actor: "sweeper",
+                    action: "note",
+                    from: Some(state),
+                    to: state,
+                    details: None,
+                })
+            })
+            .unwrap()
+    };
+    note("T1", TaskState::Assigned);
+    note("T3", TaskState::Queued);
+    let (t1_noted, stored) = listed_and_stored(&store, "T1");
+    assert_eq!(t1_noted.len(), 3, "{t1_noted:?}");
+    assert_eq!(&t1_noted[..2], &t1[..]);
+    assert_eq!(t1_noted, stored);
+    assert_eq!(listed_and_stored(&store, "T3"), (t3.clone(), t3.clone()));
+
+    // The sweeper's expiry of both lists each one's own event.
     let expired = store
         .write_blocking(|b| b.expire_due(20_000, 10, "sweeper"))
         .unwrap();
     assert_eq!(expired.len(), 2, "{expired:?}");
     let (t1_after, stored) = listed_and_stored(&store, "T1");
-    assert_eq!(t1_after.len(), 3, "{t1_after:?}");
-    assert_eq!(&t1_after[..2], &t1[..]);
+    assert_eq!(t1_after.len(), 4, "{t1_after:?}");
+    assert_eq!(&t1_after[..3], &t1_noted[..]);
     assert_eq!(t1_after, stored);
     let (t3_after, stored) = listed_and_stored(&store, "T3");
-    assert_eq!(t3_after.len(), 2, "{t3_after:?}");
+    assert_eq!(t3_after.len(), 3, "{t3_after:?}");
+    assert_eq!(&t3_after[..2], &t3[..]);
     assert_eq!(t3_after, stored);
     let actions: Vec<String> = store
         .read_blocking(|c| queries::events_of(c, "T3"))
@@ -1117,8 +1168,8 @@ fn a_tasks_row_lists_its_events_and_no_number_is_given_twice() {
         .into_iter()
         .map(|e| e.action)
         .collect();
-    assert_eq!(actions, ["submit", "expire"]);
-    let newest = t1_after[2].max(t3_after[1]);
+    assert_eq!(actions, ["submit", "route", "expire"]);
+    let newest = t1_after[3].max(t3_after[2]);
 
     // Deleting both takes their events with them; the next event is still numbered past them.
     let deleted = store
