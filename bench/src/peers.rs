@@ -70,7 +70,7 @@ enum Peer {
 }
 
 /// What our reply promises, for the rows' text.
-const OURS: &str = "SQLite WAL, `synchronous = FULL`: the reply leaves after the commit's fsync";
+const OURS: &str = "SQLite WAL: the reply leaves after the commit's log is flushed (`fdatasync`)";
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")

@@ -1,9 +1,11 @@
-//! The SQLite backend: WAL mode with `synchronous=FULL`.
+//! The SQLite backend: WAL mode, the log flushed before any reply.
 //!
 //! One writer thread owns the only writing connection. Callers hand it jobs; it takes every job
-//! waiting at that moment, runs them in one transaction, and commits them together — one fsync for
-//! many requests (group commit). A job's reply is released only after that commit returned, so an
-//! acknowledged write is on disk. A job that fails leaves the rest of the group untouched: most
+//! waiting at that moment, runs them in one transaction, and commits them together — one flush for
+//! many requests (group commit). The commit itself does not flush (`synchronous = NORMAL`): a
+//! thread of its own flushes the log (`fdatasync`) while the writer runs the next group, and a
+//! job's reply is released only after that flush returned, so an acknowledged write is on disk
+//! ([`flush`]). A job that fails leaves the rest of the group untouched: most
 //! jobs run in a savepoint of their own and roll back to it; the hot ones (a submit worked out
 //! beforehand, a transition, the sweep's expiries) run bare, because they can only fail before
 //! their first write or when the store itself fails ([`Batch::bare`]). Should a bare job fail after
@@ -26,6 +28,7 @@ pub(crate) mod agents;
 mod backend;
 mod batch;
 mod checkpoint;
+mod flush;
 pub mod goal_index;
 mod integrity;
 pub mod outbox;
@@ -166,6 +169,15 @@ fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreErr
 impl SqliteBackend {
     /// Open (creating and migrating if needed) the database at `path` and start the writer.
     pub fn open(path: &Path) -> Result<SqliteBackend, StoreError> {
+        SqliteBackend::open_with(path, None)
+    }
+
+    /// [`SqliteBackend::open`], with the log flushed by `flush_log` instead of `fdatasync` of the
+    /// log file (tests hold or fail the flush with it).
+    fn open_with(
+        path: &Path,
+        flush_log: Option<flush::FlushLog>,
+    ) -> Result<SqliteBackend, StoreError> {
         let mut conn = open_connection(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
@@ -189,9 +201,20 @@ impl SqliteBackend {
         // the log before and the file after, so the previous run's committed frames are as safe
         // as at FULL (docs/BENCHMARKS.md, "Ready on 1,000,000 tasks, a fifth look").
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let marked = mark_closed_cleanly(&conn, false);
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        marked?;
+        mark_closed_cleanly(&conn, false)?;
+        // From here on the writer's commits stay at NORMAL and a thread of their own flushes the
+        // log before anyone hears of them (see `flush`); the marker's commit created that log.
+        let flusher = match flush_log {
+            Some(sync) => flush::Flusher::start(sync),
+            None => flush::Flusher::for_log_of(&conn),
+        }
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "store: cannot flush the log beside the writer; every commit flushes itself");
+            flush::Flusher::inline()
+        });
+        if flusher.is_inline() {
+            conn.pragma_update(None, "synchronous", "FULL")?;
+        }
         let counts = Arc::new(Mutex::new(load_counts(&conn)?));
         let (events, _) = broadcast::channel(4096);
         let (tx, rx) = mpsc::channel::<Job>();
@@ -216,6 +239,7 @@ impl SqliteBackend {
                     writer_loop(
                         conn,
                         checkpointer,
+                        flusher,
                         rx,
                         writer_counts,
                         writer_events,
@@ -553,9 +577,11 @@ fn load_counts(conn: &Connection) -> Result<Counts, StoreError> {
     Ok(counts)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn writer_loop(
     mut conn: Connection,
     checkpointer: checkpoint::Checkpointer,
+    mut flusher: flush::Flusher,
     rx: mpsc::Receiver<Job>,
     counts: Arc<Mutex<Counts>>,
     events: broadcast::Sender<TrajectoryEvent>,
@@ -573,48 +599,54 @@ fn writer_loop(
     });
     // Goals wait for the text index until the writer idles (see `goal_index`).
     let mut goals_behind = true;
+    // A job taken while the last group was handed to the flusher: the next group's first.
+    let mut carried: Option<Job> = None;
     loop {
-        let first = match fault {
-            None if goals_behind => match rx.recv_timeout(goal_index::IDLE) {
-                Ok(job) => job,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    match index_goals_while_idle(&mut conn, &rx, &mut goals_behind) {
-                        Some(job) => job,
-                        None => continue,
-                    }
-                }
-            },
-            None => match rx.recv() {
-                Ok(job) => job,
-                Err(_) => break,
-            },
-            Some((how, at)) => {
-                let received = match at {
-                    Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
-                    None if crate::fault::armed() => Err(mpsc::RecvTimeoutError::Timeout),
-                    None => rx.recv_timeout(Duration::from_millis(20)),
-                };
-                match received {
+        let first = if let Some(job) = carried.take() {
+            job
+        } else {
+            match fault {
+                None if goals_behind => match rx.recv_timeout(goal_index::IDLE) {
                     Ok(job) => job,
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    Err(mpsc::RecvTimeoutError::Timeout)
-                        if at.is_none() && !crate::fault::armed() =>
-                    {
-                        continue
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => match how {
-                        How::Panic => panic!("test fault injected into {WRITER_TASK}"),
-                        How::Exit => return,
-                        How::Hang => {
-                            // Wedged: jobs are taken and never answered, until the store closes.
-                            let mut held = Vec::new();
-                            while let Ok(job) = rx.recv() {
-                                held.push(job);
-                            }
-                            return;
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        match index_goals_while_idle(&mut conn, &rx, &mut goals_behind) {
+                            Some(job) => job,
+                            None => continue,
                         }
-                    },
+                    }
+                },
+                None => match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+                Some((how, at)) => {
+                    let received = match at {
+                        Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+                        None if crate::fault::armed() => Err(mpsc::RecvTimeoutError::Timeout),
+                        None => rx.recv_timeout(Duration::from_millis(20)),
+                    };
+                    match received {
+                        Ok(job) => job,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        Err(mpsc::RecvTimeoutError::Timeout)
+                            if at.is_none() && !crate::fault::armed() =>
+                        {
+                            continue
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => match how {
+                            How::Panic => panic!("test fault injected into {WRITER_TASK}"),
+                            How::Exit => return,
+                            How::Hang => {
+                                // Wedged: jobs are taken and never answered, until the store closes.
+                                let mut held = Vec::new();
+                                while let Ok(job) = rx.recv() {
+                                    held.push(job);
+                                }
+                                return;
+                            }
+                        },
+                    }
                 }
             }
         };
@@ -628,12 +660,23 @@ fn writer_loop(
         outbox
             .groups
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let full = run_group(&mut conn, &checkpointer, group, &counts, &events, &outbox);
+        let single = group.len() == 1;
+        let (full, ends) = run_group(&mut conn, &checkpointer, group, &counts, &events, &outbox);
         note_disk(&health, full);
+        // A job already waiting makes the next group; the flusher settles this one meanwhile.
+        // A single job with none behind it is one caller at a time: the writer flushes and
+        // answers it itself, sparing it a hand-off. Under load the flusher does, even when no job
+        // is waiting yet: the callers' next requests come while it flushes, and the writer must be
+        // free to take them (docs/BENCHMARKS.md, "Flushing beside the writer").
+        carried = rx.try_recv().ok();
+        flusher.hand(ends, single && carried.is_none());
         goals_behind = true;
     }
-    // Every sender is gone: checkpoint so the next start opens a small WAL, then mark the store as
-    // closed in order (`--copy-store-to` copies only a store closed in order).
+    // Every sender is gone: settle what is left, checkpoint so the next start opens a small WAL,
+    // then mark the store as closed in order (`--copy-store-to` copies only a store closed in
+    // order), flushed at once.
+    flusher.stop();
+    let _ = conn.pragma_update(None, "synchronous", "FULL");
     checkpointer.stop(&mut conn);
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
     let marked = mark_closed_cleanly(&conn, true);
@@ -730,53 +773,65 @@ fn note_disk(health: &Mutex<Health>, full: Option<bool>) {
     }
 }
 
-/// Run one group; answers whether it met a full disk (`Some(false)`: it committed without).
+/// Run one group; answers whether it met a full disk (`Some(false)`: it committed without), and
+/// the ends of its transactions, in commit order, for the flusher to settle.
 fn run_group(
     conn: &mut Connection,
     checkpointer: &checkpoint::Checkpointer,
     group: Vec<Job>,
-    counts: &Mutex<Counts>,
+    counts: &Arc<Mutex<Counts>>,
     events: &broadcast::Sender<TrajectoryEvent>,
-    outbox: &Writer,
-) -> Option<bool> {
+    outbox: &Arc<Writer>,
+) -> (Option<bool>, Vec<flush::Pending>) {
     let mut jobs = group.into_iter().peekable();
     let mut full = None;
+    let mut ends = Vec::with_capacity(1);
     // One transaction, unless a job breaks it: then the jobs after it go on in the next.
     while jobs.peek().is_some() {
-        full = match (
-            full,
-            run_transaction(conn, checkpointer, &mut jobs, counts, events, outbox),
-        ) {
+        let (said, end) = run_transaction(conn, checkpointer, &mut jobs, counts, events, outbox);
+        ends.push(end);
+        full = match (full, said) {
             (Some(true), _) | (_, Some(true)) => Some(true),
             (Some(false), _) | (_, Some(false)) => Some(false),
             (None, None) => None,
         };
     }
-    full
+    (full, ends)
 }
 
-/// Run jobs from `jobs` in one transaction and commit them, answering each once the outcome is
-/// known. Stops early when a job breaks the transaction ([`Batch::broken`]): everything run in it
-/// is rolled back and every job that ran is answered with that failure; the rest stay in `jobs`.
-/// Says whether the disk was full (`None`: nothing to say either way).
+/// Answer every completion with `result`.
+fn answer(completions: Vec<Completion>, result: Result<(), StoreError>) -> flush::Pending {
+    flush::Pending {
+        wrote: false,
+        settle: Box::new(move |_| {
+            for done in completions {
+                done(result.clone());
+            }
+        }),
+    }
+}
+
+/// Run jobs from `jobs` in one transaction and commit them. Stops early when a job breaks the
+/// transaction ([`Batch::broken`]): everything run in it is rolled back and every job that ran is
+/// answered with that failure; the rest stay in `jobs`. Says whether the disk was full (`None`:
+/// nothing to say either way), and returns what the transaction does once flushed (see `flush`):
+/// answer each job with the outcome, and after a commit publish its events and move the counts.
 fn run_transaction(
     conn: &mut Connection,
     checkpointer: &checkpoint::Checkpointer,
     jobs: &mut std::iter::Peekable<std::vec::IntoIter<Job>>,
-    counts: &Mutex<Counts>,
+    counts: &Arc<Mutex<Counts>>,
     events: &broadcast::Sender<TrajectoryEvent>,
-    outbox: &Writer,
-) -> Option<bool> {
+    outbox: &Arc<Writer>,
+) -> (Option<bool>, flush::Pending) {
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
             // Nothing can run without a transaction: every job is answered with the error unexecuted.
             let err = group_error("cannot begin a transaction", e);
             let full = matches!(err, StoreError::Full(_));
-            for job in jobs {
-                job(None)(Err(err.clone()));
-            }
-            return full.then_some(true);
+            let completions = jobs.map(|job| job(None)).collect();
+            return (full.then_some(true), answer(completions, Err(err)));
         }
     };
     let rules = outbox.rules.read().ok().and_then(|r| r.clone());
@@ -800,10 +855,7 @@ fn run_transaction(
             )),
         };
         let full = saw_full || matches!(err, StoreError::Full(_));
-        for done in completions {
-            done(Err(err.clone()));
-        }
-        return full.then_some(true);
+        return (full.then_some(true), answer(completions, Err(err)));
     }
     let batch::Effects {
         events: new_events,
@@ -824,7 +876,13 @@ fn run_transaction(
         Ok(()) if saw_full => Some(true),
         Ok(()) => wrote.then_some(false),
     };
-    if committed.is_ok() {
+    if let Err(e) = committed {
+        return (full, answer(completions, Err(e)));
+    }
+    let (counts, events, outbox) = (Arc::clone(counts), events.clone(), Arc::clone(outbox));
+    let settle = move |flushed: Result<(), StoreError>| {
+        // The commit is in the store whether or not the flush returned: what others read of it
+        // follows it, and its callers hear whether it is on disk.
         if let Ok(mut c) = counts.lock() {
             for (kind, from, to) in &deltas {
                 c.apply(*kind, *from, *to);
@@ -841,11 +899,17 @@ fn run_transaction(
                 .bulk_groups
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-    }
-    for done in completions {
-        done(committed.clone());
-    }
-    full
+        for done in completions {
+            done(flushed.clone());
+        }
+    };
+    (
+        full,
+        flush::Pending {
+            wrote: true,
+            settle: Box::new(settle),
+        },
+    )
 }
 
 #[cfg(test)]

@@ -1,0 +1,405 @@
+//! Commits flushed beside the writer.
+//!
+//! The writer commits with `synchronous = NORMAL`: SQLite writes a commit's frames to the log and
+//! returns without flushing them. The flush (`fdatasync` of the log) is done here, and only once it
+//! has returned is a commit *settled*: its requests answered, its trajectory events published, its
+//! counts moved, the outbox woken. So an acknowledged write is on disk, as at `FULL`, but the
+//! writer runs the next group while the disk flushes the last one, instead of waiting for it. One
+//! flush covers every commit written before it began, however many queued up meanwhile
+//! (docs/ARCHITECTURE.md, "Durability").
+//!
+//! When the writer has nothing else to do (no job waiting, nothing being flushed here), it
+//! flushes and settles the commit itself: one connection waiting for its answer would otherwise
+//! pay a hand-off between threads for nothing.
+//!
+//! Everything a transaction ends with goes through here in commit order, failures included, so
+//! that no answer reveals a commit that is not yet flushed, and events are published in order.
+//!
+//! `NORMAL` keeps the file consistent on its own: SQLite still flushes the log before every
+//! checkpoint and the database file after it. A commit written but not yet flushed is what a
+//! machine crash can lose, and no one has been told of it. A crash of the daemon alone loses
+//! nothing written: the kernel holds it.
+
+use crate::store::StoreError;
+use std::fs::File;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+/// What a transaction does once the flush that covers it has returned; given the flush's outcome.
+pub(super) type Settle = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// Flushes the log; the log file itself, or a stand-in in tests.
+pub(super) type FlushLog = Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>;
+
+/// A transaction's end, waiting for a flush.
+pub(super) struct Pending {
+    /// It committed something; a transaction rolled back or that wrote nothing needs no flush,
+    /// but still waits for the commits before it.
+    pub wrote: bool,
+    pub settle: Settle,
+}
+
+#[derive(Default)]
+struct State {
+    queue: Vec<Pending>,
+    /// The thread is flushing or settling what it took from the queue.
+    busy: bool,
+    closed: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+/// The flush thread, or none: then the writer commits at `FULL` and settles each commit itself.
+pub(super) struct Flusher {
+    inner: Option<(Arc<Shared>, FlushLog, JoinHandle<()>)>,
+}
+
+impl Flusher {
+    /// No thread: commits flush themselves (`synchronous = FULL`).
+    pub(super) fn inline() -> Flusher {
+        Flusher { inner: None }
+    }
+
+    /// A thread flushing the log of the store `conn` writes (its `-wal` file, which a commit of
+    /// `conn` has created). The file's name comes from SQLite, which resolves links in the path.
+    pub(super) fn for_log_of(conn: &rusqlite::Connection) -> std::io::Result<Flusher> {
+        let db = conn.path().filter(|p| !p.is_empty()).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "the store has no file")
+        })?;
+        let log = format!("{db}-wal");
+        let file = File::open(log)?;
+        Flusher::start(Arc::new(move || file.sync_data()))
+    }
+
+    /// A thread flushing with `sync`.
+    pub(super) fn start(sync: FlushLog) -> std::io::Result<Flusher> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+        });
+        let thread = {
+            let (shared, sync) = (Arc::clone(&shared), Arc::clone(&sync));
+            std::thread::Builder::new()
+                .name("store-flush".into())
+                .spawn(move || run(&shared, &sync))?
+        };
+        Ok(Flusher {
+            inner: Some((shared, sync, thread)),
+        })
+    }
+
+    /// Whether commits need the writer connection at `synchronous = FULL` (no thread flushes them).
+    pub(super) fn is_inline(&self) -> bool {
+        self.inner.is_none()
+    }
+
+    /// Hand over the ends of a group's transactions, in commit order. `alone`: the writer has no
+    /// job waiting, so it may flush and settle them itself if nothing is queued or being flushed.
+    pub(super) fn hand(&self, pending: Vec<Pending>, alone: bool) {
+        let Some((shared, sync, _)) = &self.inner else {
+            for p in pending {
+                (p.settle)(Ok(()));
+            }
+            return;
+        };
+        if pending.is_empty() {
+            return;
+        }
+        {
+            let Ok(mut state) = shared.state.lock() else {
+                // The thread panicked while settling; no one can flush for the writer but itself.
+                settle(pending, sync);
+                return;
+            };
+            if !(alone && state.queue.is_empty() && !state.busy) {
+                state.queue.extend(pending);
+                shared.wake.notify_one();
+                return;
+            }
+        }
+        // Only the writer queues, so the thread stays idle while the writer settles these.
+        settle(pending, sync);
+    }
+
+    /// Settle everything handed over and end the thread.
+    pub(super) fn stop(&mut self) {
+        let Some((shared, _, thread)) = self.inner.take() else {
+            return;
+        };
+        if let Ok(mut state) = shared.state.lock() {
+            state.closed = true;
+            shared.wake.notify_one();
+        }
+        let _ = thread.join();
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Until closed and drained: take everything queued, flush once, settle it in order.
+fn run(shared: &Shared, sync: &FlushLog) {
+    loop {
+        let taken = {
+            let Ok(mut state) = shared.state.lock() else {
+                return;
+            };
+            while state.queue.is_empty() && !state.closed {
+                state = match shared.wake.wait(state) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            }
+            if state.queue.is_empty() {
+                return;
+            }
+            state.busy = true;
+            std::mem::take(&mut state.queue)
+        };
+        settle(taken, sync);
+        if let Ok(mut state) = shared.state.lock() {
+            state.busy = false;
+        }
+    }
+}
+
+/// Flush once if any of `pending` wrote, then settle each with the flush's outcome.
+fn settle(pending: Vec<Pending>, sync: &FlushLog) {
+    let flushed = if pending.iter().any(|p| p.wrote) {
+        sync().map_err(flush_error)
+    } else {
+        Ok(())
+    };
+    if let Err(e) = &flushed {
+        tracing::error!(error = %e, "store: cannot flush the log; the writes it held are answered with this error");
+    }
+    for p in pending {
+        (p.settle)(flushed.clone());
+    }
+}
+
+/// The answer of every write a failed flush held. Not [`StoreError::Full`] even when the disk is
+/// full: that one says nothing was written, and these writes are committed.
+fn flush_error(e: std::io::Error) -> StoreError {
+    StoreError::Sql(format!(
+        "the log could not be flushed to disk, so this write is committed but may not survive a machine crash: {e}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::batch::Isolation;
+    use crate::store::sqlite::tests::new_task;
+    use crate::store::sqlite::SqliteBackend;
+    use crate::store::Backend;
+    use orchestrator_proto::task::{TaskKind, TaskState};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// Long enough for anything in these tests to happen; only reached when something is broken.
+    const BOUND: Duration = Duration::from_secs(30);
+
+    /// A flush that says when it begins and returns what the test sends it, and counts its calls.
+    /// A flush begun while another runs returns at once and is counted in `overlapping`.
+    struct Held {
+        entered: mpsc::Receiver<()>,
+        release: mpsc::Sender<std::io::Result<()>>,
+        calls: Arc<AtomicUsize>,
+        overlapping: Arc<AtomicUsize>,
+    }
+
+    fn held() -> (Held, FlushLog) {
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let release_rx = Mutex::new(release_rx);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let overlapping = Arc::new(AtomicUsize::new(0));
+        let (counted, overlaps) = (Arc::clone(&calls), Arc::clone(&overlapping));
+        let sync: FlushLog = Arc::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let Ok(rx) = release_rx.try_lock() else {
+                overlaps.fetch_add(1, Ordering::SeqCst);
+                return Ok(());
+            };
+            let _ = entered_tx.send(());
+            // Bounded, so that a failing test does not hang in dropping a flusher it holds.
+            rx.recv_timeout(BOUND).unwrap_or(Ok(()))
+        });
+        (
+            Held {
+                entered,
+                release,
+                calls,
+                overlapping,
+            },
+            sync,
+        )
+    }
+
+    /// A commit's end that notes its number and the thread it was settled on.
+    fn noted(n: u32, wrote: bool, log: &Arc<Mutex<Vec<(u32, String)>>>) -> Pending {
+        let log = Arc::clone(log);
+        Pending {
+            wrote,
+            settle: Box::new(move |_| {
+                let thread = std::thread::current().name().unwrap_or("").to_string();
+                log.lock().unwrap().push((n, thread));
+            }),
+        }
+    }
+
+    #[test]
+    fn one_flush_covers_what_queued_while_the_last_ran_and_order_is_kept() {
+        let (held, sync) = held();
+        let mut flusher = Flusher::start(sync).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        flusher.hand(vec![noted(1, true, &log)], false);
+        held.entered.recv_timeout(BOUND).unwrap();
+        // While the first flush runs: the writer has nothing waiting, but must not answer ahead
+        // of the commit being flushed.
+        flusher.hand(vec![noted(2, true, &log)], true);
+        flusher.hand(vec![noted(3, false, &log), noted(4, true, &log)], false);
+        assert!(log.lock().unwrap().is_empty(), "settled before its flush");
+        held.release.send(Ok(())).unwrap();
+        held.entered.recv_timeout(BOUND).unwrap();
+        held.release.send(Ok(())).unwrap();
+        flusher.stop();
+        let log = log.lock().unwrap().clone();
+        let order: Vec<u32> = log.iter().map(|(n, _)| *n).collect();
+        assert_eq!(order, vec![1, 2, 3, 4]);
+        assert!(log.iter().all(|(_, t)| t == "store-flush"), "{log:?}");
+        assert_eq!(held.overlapping.load(Ordering::SeqCst), 0);
+        assert_eq!(held.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_writer_alone_flushes_and_settles_itself_and_nothing_written_needs_no_flush() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let flusher = Flusher::start(Arc::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }))
+        .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        flusher.hand(vec![noted(1, false, &log)], true);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            0,
+            "a flush for nothing written"
+        );
+        flusher.hand(vec![noted(2, true, &log)], true);
+        // Settled before `hand` returned, on this thread, after one flush.
+        let log = log.lock().unwrap().clone();
+        let here = std::thread::current().name().unwrap_or("").to_string();
+        assert_eq!(log, vec![(1, here.clone()), (2, here)]);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn stopping_settles_everything_handed_over() {
+        let (held, sync) = held();
+        let mut flusher = Flusher::start(sync).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        flusher.hand(vec![noted(1, true, &log)], false);
+        held.entered.recv_timeout(BOUND).unwrap();
+        flusher.hand(vec![noted(2, true, &log)], false);
+        // Both flushes may go ahead; `stop` returns once the thread has settled both.
+        held.release.send(Ok(())).unwrap();
+        held.release.send(Ok(())).unwrap();
+        flusher.stop();
+        let order: Vec<u32> = log.lock().unwrap().iter().map(|(n, _)| *n).collect();
+        assert_eq!(order, vec![1, 2]);
+    }
+
+    /// Queue an insert of `id` and return where its answer arrives.
+    fn queue_insert(
+        store: &SqliteBackend,
+        id: &'static str,
+    ) -> tokio::sync::oneshot::Receiver<Result<(), StoreError>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store
+            .submit_job(
+                move |b| b.insert_task(new_task(id), "alice").map(|_| ()),
+                tx,
+                Isolation::Savepoint,
+            )
+            .unwrap();
+        rx
+    }
+
+    fn stored(store: &SqliteBackend, id: &'static str) -> bool {
+        store
+            .read_blocking(move |c| crate::store::sqlite::queries::get_task(c, id))
+            .unwrap()
+            .is_some()
+    }
+
+    #[test]
+    fn a_write_is_answered_and_published_only_once_the_log_is_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (held, sync) = held();
+        let store = SqliteBackend::open_with(&dir.path().join("state.db"), Some(sync)).unwrap();
+        let mut events = store.subscribe();
+        let mut answer = queue_insert(&store, "T1");
+        held.entered.recv_timeout(BOUND).unwrap();
+        // Committed, so readers see it; but its caller and the watchers hear nothing yet.
+        assert!(stored(&store, "T1"));
+        assert!(matches!(
+            answer.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        ));
+        assert!(matches!(
+            events.try_recv(),
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+        ));
+        assert_eq!(
+            store.counts().get(TaskKind::Synthetic, TaskState::Queued),
+            0
+        );
+        held.release.send(Ok(())).unwrap();
+        assert_eq!(answer.blocking_recv().unwrap(), Ok(()));
+        assert_eq!(events.try_recv().unwrap().task_id, "T1");
+        assert_eq!(
+            store.counts().get(TaskKind::Synthetic, TaskState::Queued),
+            1
+        );
+    }
+
+    #[test]
+    fn a_failed_flush_is_its_writes_answer_and_the_next_flush_answers_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (held, sync) = held();
+        let store = SqliteBackend::open_with(&dir.path().join("state.db"), Some(sync)).unwrap();
+        let answer = queue_insert(&store, "T1");
+        held.entered.recv_timeout(BOUND).unwrap();
+        held.release
+            .send(Err(std::io::Error::other("the device went away")))
+            .unwrap();
+        match answer.blocking_recv().unwrap() {
+            Err(StoreError::Sql(why)) => {
+                assert!(why.contains("could not be flushed"), "{why}");
+                assert!(why.contains("the device went away"), "{why}");
+            }
+            other => panic!("expected the flush's failure, got {other:?}"),
+        }
+        // The commit stands: what others read follows it.
+        assert!(stored(&store, "T1"));
+        let answer = queue_insert(&store, "T2");
+        held.entered.recv_timeout(BOUND).unwrap();
+        held.release.send(Ok(())).unwrap();
+        assert_eq!(answer.blocking_recv().unwrap(), Ok(()));
+        assert_eq!(
+            store.counts().get(TaskKind::Synthetic, TaskState::Queued),
+            2
+        );
+    }
+}
