@@ -218,8 +218,6 @@ impl SqliteBackend {
         let counts = Arc::new(Mutex::new(load_counts(&conn)?));
         let (events, _) = broadcast::channel(4096);
         let (tx, rx) = mpsc::channel::<Job>();
-        let writer_counts = Arc::clone(&counts);
-        let writer_events = events.clone();
         let health = Arc::new(Mutex::new(Health::default()));
         let writer_health = Arc::clone(&health);
         let (end_tx, end_rx) = watch::channel(None);
@@ -231,21 +229,16 @@ impl SqliteBackend {
             bulk_groups: std::sync::atomic::AtomicU64::new(0),
             rules_installed: std::sync::atomic::AtomicU64::new(0),
         });
-        let writer_outbox = Arc::clone(&outbox);
+        let published = Published {
+            counts: Arc::clone(&counts),
+            events: events.clone(),
+            outbox: Arc::clone(&outbox),
+        };
         let handle = std::thread::Builder::new()
             .name(WRITER_TASK.into())
             .spawn(move || {
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    writer_loop(
-                        conn,
-                        checkpointer,
-                        flusher,
-                        rx,
-                        writer_counts,
-                        writer_events,
-                        writer_health,
-                        writer_outbox,
-                    )
+                    writer_loop(conn, checkpointer, flusher, rx, published, writer_health)
                 }));
                 let why = match ran {
                     Ok(()) => "the writer thread ended".to_string(),
@@ -577,16 +570,20 @@ fn load_counts(conn: &Connection) -> Result<Counts, StoreError> {
     Ok(counts)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a commit moves once it is flushed (see `flush`), besides its answers.
+struct Published {
+    counts: Arc<Mutex<Counts>>,
+    events: broadcast::Sender<TrajectoryEvent>,
+    outbox: Arc<Writer>,
+}
+
 fn writer_loop(
     mut conn: Connection,
     checkpointer: checkpoint::Checkpointer,
     mut flusher: flush::Flusher,
     rx: mpsc::Receiver<Job>,
-    counts: Arc<Mutex<Counts>>,
-    events: broadcast::Sender<TrajectoryEvent>,
+    published: Published,
     health: Arc<Mutex<Health>>,
-    outbox: Arc<Writer>,
 ) {
     // Test hook only (see `crate::fault`): make the writer fail after a while, or once released by
     // SIGUSR2 (the writer is a thread: it looks at the flag between jobs, at least every 20 ms).
@@ -657,11 +654,12 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        outbox
+        published
+            .outbox
             .groups
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let single = group.len() == 1;
-        let (full, ends) = run_group(&mut conn, &checkpointer, group, &counts, &events, &outbox);
+        let (full, ends) = run_group(&mut conn, &checkpointer, group, &published);
         note_disk(&health, full);
         // A job already waiting makes the next group; the flusher settles this one meanwhile.
         // A single job with none behind it is one caller at a time: the writer flushes and
@@ -779,16 +777,14 @@ fn run_group(
     conn: &mut Connection,
     checkpointer: &checkpoint::Checkpointer,
     group: Vec<Job>,
-    counts: &Arc<Mutex<Counts>>,
-    events: &broadcast::Sender<TrajectoryEvent>,
-    outbox: &Arc<Writer>,
+    published: &Published,
 ) -> (Option<bool>, Vec<flush::Pending>) {
     let mut jobs = group.into_iter().peekable();
     let mut full = None;
     let mut ends = Vec::with_capacity(1);
     // One transaction, unless a job breaks it: then the jobs after it go on in the next.
     while jobs.peek().is_some() {
-        let (said, end) = run_transaction(conn, checkpointer, &mut jobs, counts, events, outbox);
+        let (said, end) = run_transaction(conn, checkpointer, &mut jobs, published);
         ends.push(end);
         full = match (full, said) {
             (Some(true), _) | (_, Some(true)) => Some(true),
@@ -820,9 +816,7 @@ fn run_transaction(
     conn: &mut Connection,
     checkpointer: &checkpoint::Checkpointer,
     jobs: &mut std::iter::Peekable<std::vec::IntoIter<Job>>,
-    counts: &Arc<Mutex<Counts>>,
-    events: &broadcast::Sender<TrajectoryEvent>,
-    outbox: &Arc<Writer>,
+    published: &Published,
 ) -> (Option<bool>, flush::Pending) {
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
@@ -834,7 +828,7 @@ fn run_transaction(
             return (full.then_some(true), answer(completions, Err(err)));
         }
     };
-    let rules = outbox.rules.read().ok().and_then(|r| r.clone());
+    let rules = published.outbox.rules.read().ok().and_then(|r| r.clone());
     let mut batch = Batch::new(&tx, rules);
     let mut completions: Vec<Completion> = Vec::new();
     for job in jobs.by_ref() {
@@ -879,7 +873,11 @@ fn run_transaction(
     if let Err(e) = committed {
         return (full, answer(completions, Err(e)));
     }
-    let (counts, events, outbox) = (Arc::clone(counts), events.clone(), Arc::clone(outbox));
+    let (counts, events, outbox) = (
+        Arc::clone(&published.counts),
+        published.events.clone(),
+        Arc::clone(&published.outbox),
+    );
     let settle = move |flushed: Result<(), StoreError>| {
         // The commit is in the store whether or not the flush returned: what others read of it
         // follows it, and its callers hear whether it is on disk.
