@@ -33,8 +33,8 @@ pub struct Batch<'a> {
     /// Events some sink wants, and outbox rows written (or made pending again), to wake the
     /// delivery workers after the commit.
     outbox_rows: usize,
-    /// A job of this group is bulk work (the sweep's expiries and deletions): its commit copies the
-    /// log back itself (see `checkpoint`).
+    /// A job of this group is bulk work (the sweep's expiries and deletions): the integrity check
+    /// gives way to it (see `integrity`).
     bulk: bool,
     /// How the running job is kept apart from the rest of the group; [`Batch::nested`] follows it.
     isolation: Isolation,

@@ -8,10 +8,10 @@
 //! checkpoints on a connection of its own (`PASSIVE`: it never blocks the writer or a reader) while
 //! the writer goes on with the next group.
 //!
-//! Bulk work is the exception: a group with a sweep's expiries or deletions checkpoints in its own
-//! commit, as SQLite would. A sweep is the writer's work for seconds on end; with the thread
-//! copying beside it, the daemon would hold both cores of a small machine, and `orchctl status` or
-//! a submit waits for one of them (docs/BENCHMARKS.md, "The sweep and the checkpoint thread").
+//! A sweep's commits are no exception. They once checkpointed in their own commit, for fear of the
+//! thread taking the second core for seconds; once commits were flushed beside the writer, that
+//! checkpoint was what the sweep waited on (the database file's flush), while the thread copied
+//! with a tenth of a core (docs/BENCHMARKS.md, "The sweep's checkpoints beside the writer").
 //!
 //! Durability does not move: a commit is durable once its frames are flushed to the log, before
 //! any checkpoint. When the checkpoint thread falls far behind (a reader holds an old snapshot, or
@@ -25,7 +25,7 @@ use rusqlite::wal::CheckpointMode;
 use rusqlite::{Connection, OpenFlags};
 use std::ffi::c_int;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -47,8 +47,6 @@ pub(super) struct Checkpointer {
     wake: SyncSender<()>,
     /// The log's size in frames after the last commit, written by the hook, read by the thread.
     latest: Arc<AtomicI32>,
-    /// The next commit is bulk work's and checkpoints itself; set by the writer before it commits.
-    bulk: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
 
@@ -67,26 +65,14 @@ impl Checkpointer {
         Ok(Checkpointer {
             wake,
             latest,
-            bulk: Arc::new(AtomicBool::new(false)),
             thread,
         })
     }
 
     /// Make `writer`'s commits wake the thread instead of checkpointing themselves.
     pub(super) fn install(&self, writer: &mut Connection) -> Result<(), StoreError> {
-        let hook = hook(
-            self.wake.clone(),
-            Arc::clone(&self.latest),
-            Arc::clone(&self.bulk),
-        );
-        writer.wal_hook(Some(hook))?;
+        writer.wal_hook(Some(hook(self.wake.clone(), Arc::clone(&self.latest))))?;
         Ok(())
-    }
-
-    /// Say whether the writer's next commit is bulk work's: if so, it checkpoints itself past
-    /// [`WAKE_FRAMES`] instead of waking the thread.
-    pub(super) fn copy_in_commit(&self, bulk: bool) {
-        self.bulk.store(bulk, Ordering::Relaxed);
     }
 
     /// Take the hook off `writer` and end the thread once its checkpoint under way is done.
@@ -100,8 +86,8 @@ impl Checkpointer {
 }
 
 /// What the writer does after each commit, with the log's `frames`: note them in `latest`, wake the
-/// thread past [`WAKE_FRAMES`], checkpoint itself past [`WRITER_FRAMES`], after bulk work (`bulk`),
-/// or when the thread is gone.
+/// thread past [`WAKE_FRAMES`], checkpoint itself past [`WRITER_FRAMES`] or when the thread is
+/// gone.
 ///
 /// The wake-up carries nothing: a wake-up still queued from an earlier commit is as good as a new
 /// one, because the thread reads the log's size from `latest` once it runs. (Were the size in the
@@ -110,14 +96,13 @@ impl Checkpointer {
 fn hook(
     wake: SyncSender<()>,
     latest: Arc<AtomicI32>,
-    bulk: Arc<AtomicBool>,
 ) -> impl FnMut(&mut Wal, c_int) -> rusqlite::Result<()> + Send {
     let mut gone = false;
     move |wal: &mut Wal, frames: c_int| {
         latest.store(frames, Ordering::Release);
         let by_the_writer = if frames < WAKE_FRAMES {
             false
-        } else if frames >= WRITER_FRAMES || bulk.load(Ordering::Relaxed) {
+        } else if frames >= WRITER_FRAMES {
             true
         } else {
             // Already woken (the channel is full) is as good as woken now.
@@ -200,12 +185,10 @@ mod tests {
         size(&dir.join("t.db")) >= (ROWS as u64 - 2 * 100) * PAGE
     }
 
-    /// A [`writer`] whose commits run [`hook`] with `wake` and `latest`, all of them bulk work's
-    /// when `bulk`.
-    fn hooked(dir: &Path, wake: SyncSender<()>, latest: Arc<AtomicI32>, bulk: bool) -> Connection {
+    /// A [`writer`] whose commits run [`hook`] with `wake` and `latest`.
+    fn hooked(dir: &Path, wake: SyncSender<()>, latest: Arc<AtomicI32>) -> Connection {
         let mut conn = writer(dir);
-        let bulk = Arc::new(AtomicBool::new(bulk));
-        conn.wal_hook(Some(hook(wake, latest, bulk))).unwrap();
+        conn.wal_hook(Some(hook(wake, latest))).unwrap();
         conn
     }
 
@@ -258,7 +241,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (wake, woken) = mpsc::sync_channel(1);
         let latest = Arc::new(AtomicI32::new(0));
-        let mut conn = hooked(dir.path(), wake, Arc::clone(&latest), false);
+        let mut conn = hooked(dir.path(), wake, Arc::clone(&latest));
         fill(&conn);
         // The wake-up of the first commit past the threshold is still queued: the burst is over.
         let path = dir.path().join("t.db");
@@ -276,21 +259,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (wake, woken) = mpsc::sync_channel(1);
         drop(woken);
-        let conn = hooked(dir.path(), wake, Arc::default(), false);
+        let conn = hooked(dir.path(), wake, Arc::default());
         fill(&conn);
         // Nothing else copies the log: every commit past the threshold did, before it returned.
         assert!(copied(dir.path()));
-    }
-
-    /// Bulk work's commits copy the log before they return, and leave the thread asleep.
-    #[test]
-    fn bulk_commits_checkpoint_themselves() {
-        let dir = tempfile::tempdir().unwrap();
-        let (wake, woken) = mpsc::sync_channel(1);
-        let conn = hooked(dir.path(), wake, Arc::default(), true);
-        fill(&conn);
-        assert!(copied(dir.path()));
-        assert!(woken.try_recv().is_err(), "a bulk commit woke the thread");
     }
 
     #[test]
@@ -299,7 +271,7 @@ mod tests {
         // A thread that never takes its wake-up: the channel stays full.
         let (wake, _woken) = mpsc::sync_channel(1);
         wake.try_send(()).unwrap();
-        let conn = hooked(dir.path(), wake, Arc::default(), false);
+        let conn = hooked(dir.path(), wake, Arc::default());
         for _ in 0..3 {
             fill(&conn);
         }

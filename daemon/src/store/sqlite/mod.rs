@@ -659,7 +659,7 @@ fn writer_loop(
             .groups
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let single = group.len() == 1;
-        let (full, ends) = run_group(&mut conn, &checkpointer, group, &published);
+        let (full, ends) = run_group(&mut conn, group, &published);
         note_disk(&health, full);
         // A job already waiting makes the next group; the flusher settles this one meanwhile.
         // A single job with none behind it is one caller at a time: the writer flushes and
@@ -775,7 +775,6 @@ fn note_disk(health: &Mutex<Health>, full: Option<bool>) {
 /// the ends of its transactions, in commit order, for the flusher to settle.
 fn run_group(
     conn: &mut Connection,
-    checkpointer: &checkpoint::Checkpointer,
     group: Vec<Job>,
     published: &Published,
 ) -> (Option<bool>, Vec<flush::Pending>) {
@@ -784,7 +783,7 @@ fn run_group(
     let mut ends = Vec::with_capacity(1);
     // One transaction, unless a job breaks it: then the jobs after it go on in the next.
     while jobs.peek().is_some() {
-        let (said, end) = run_transaction(conn, checkpointer, &mut jobs, published);
+        let (said, end) = run_transaction(conn, &mut jobs, published);
         ends.push(end);
         full = match (full, said) {
             (Some(true), _) | (_, Some(true)) => Some(true),
@@ -814,7 +813,6 @@ fn answer(completions: Vec<Completion>, result: Result<(), StoreError>) -> flush
 /// answer each job with the outcome, and after a commit publish its events and move the counts.
 fn run_transaction(
     conn: &mut Connection,
-    checkpointer: &checkpoint::Checkpointer,
     jobs: &mut std::iter::Peekable<std::vec::IntoIter<Job>>,
     published: &Published,
 ) -> (Option<bool>, flush::Pending) {
@@ -858,7 +856,6 @@ fn run_transaction(
         outbox_rows,
         bulk,
     } = batch.into_effects();
-    checkpointer.copy_in_commit(bulk);
     // Only a commit that wrote something proves the disk takes writes again.
     let wrote = !new_events.is_empty() || !deltas.is_empty() || outbox_rows > 0;
     let committed = persist_counts(&tx, &deltas)

@@ -711,8 +711,8 @@ async fn closing_stops_the_integrity_check() {
     assert!(!backend.health_now().checking);
 }
 
-/// The sweep's expiries and deletions count as bulk work (their commits checkpoint themselves, and
-/// the integrity check gives way to them) when they change something; other writes, and a sweep
+/// The sweep's expiries and deletions count as bulk work (the integrity check gives way to them)
+/// when they change something; other writes, and a sweep
 /// with nothing due, do not.
 #[tokio::test]
 async fn expiries_and_deletions_are_bulk_work() {
