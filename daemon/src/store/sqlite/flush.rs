@@ -6,11 +6,13 @@
 //! counts moved, the outbox woken. So an acknowledged write is on disk, as at `FULL`, but the
 //! writer runs the next group while the disk flushes the last one, instead of waiting for it. One
 //! flush covers every commit written before it began, however many queued up meanwhile
-//! (docs/ARCHITECTURE.md, "Durability").
+//! (docs/ARCHITECTURE.md, "Invariants": reply after durable commit).
 //!
-//! When the writer has nothing else to do (no job waiting, nothing being flushed here), it
-//! flushes and settles the commit itself: one connection waiting for its answer would otherwise
-//! pay a hand-off between threads for nothing.
+//! When the writer's group was a single job, no other is waiting and nothing is being flushed
+//! here, the writer flushes and settles the commit itself: one caller at a time would otherwise pay
+//! a hand-off between threads for nothing. Under load it never does, even with no job waiting yet:
+//! the callers' next requests arrive while the flush runs, and the writer must be free to take them
+//! (docs/BENCHMARKS.md, "Flushing beside the writer").
 //!
 //! Everything a transaction ends with goes through here in commit order, failures included, so
 //! that no answer reveals a commit that is not yet flushed, and events are published in order.
@@ -110,7 +112,7 @@ impl Flusher {
         }
         {
             let Ok(mut state) = shared.state.lock() else {
-                // The thread panicked while settling; no one can flush for the writer but itself.
+                // Poisoned, which nothing here does while holding the lock: settle rather than wait.
                 settle(pending, sync);
                 return;
             };
@@ -180,7 +182,16 @@ fn settle(pending: Vec<Pending>, sync: &FlushLog) {
         tracing::error!(error = %e, "store: cannot flush the log; the writes it held are answered with this error");
     }
     for p in pending {
-        (p.settle)(flushed.clone());
+        // A settle that panics (none should) loses its own answers, whose callers then hear that
+        // the store closed, and not the thread: the commits after it must still be settled.
+        let ran =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (p.settle)(flushed.clone())));
+        if let Err(panic) = ran {
+            tracing::error!(
+                panic = %crate::supervisor::panic_message(panic),
+                "store: settling a commit panicked; its callers are told the store closed"
+            );
+        }
     }
 }
 
@@ -302,6 +313,27 @@ mod tests {
         let here = std::thread::current().name().unwrap_or("").to_string();
         assert_eq!(log, vec![(1, here.clone()), (2, here)]);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_settle_that_panics_leaves_the_commits_after_it_settled() {
+        let flusher = Flusher::start(Arc::new(|| Ok(()))).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, answer) = mpsc::channel::<()>();
+        let panics = Pending {
+            wrote: true,
+            settle: Box::new(move |_| {
+                let _kept_until_the_panic = tx;
+                panic!("a settle that panics");
+            }),
+        };
+        flusher.hand(vec![panics, noted(2, true, &log)], false);
+        flusher.hand(vec![noted(3, true, &log)], false);
+        drop(flusher);
+        // The panicking settle's caller hears the end of its channel, the others their answers.
+        assert!(answer.recv_timeout(BOUND).is_err());
+        let order: Vec<u32> = log.lock().unwrap().iter().map(|(n, _)| *n).collect();
+        assert_eq!(order, vec![2, 3]);
     }
 
     #[test]
