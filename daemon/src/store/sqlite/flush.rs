@@ -35,9 +35,9 @@ pub(super) type FlushLog = Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>;
 
 /// A transaction's end, waiting for a flush.
 pub(super) struct Pending {
-    /// It committed something; a transaction rolled back or that wrote nothing needs no flush,
-    /// but still waits for the commits before it.
-    pub wrote: bool,
+    /// It committed. A transaction rolled back needs no flush, but still waits for the commits
+    /// before it.
+    pub committed: bool,
     pub settle: Settle,
 }
 
@@ -102,9 +102,8 @@ impl Flusher {
     /// job waiting, so it may flush and settle them itself if nothing is queued or being flushed.
     pub(super) fn hand(&self, pending: Vec<Pending>, alone: bool) {
         let Some((shared, sync, _)) = &self.inner else {
-            for p in pending {
-                (p.settle)(Ok(()));
-            }
+            // Each commit flushed itself.
+            settle(pending, Ok(()));
             return;
         };
         if pending.is_empty() {
@@ -113,7 +112,7 @@ impl Flusher {
         {
             let Ok(mut state) = shared.state.lock() else {
                 // Poisoned, which nothing here does while holding the lock: settle rather than wait.
-                settle(pending, sync);
+                flush_and_settle(pending, sync);
                 return;
             };
             if !(alone && state.queue.is_empty() && !state.busy) {
@@ -123,7 +122,7 @@ impl Flusher {
             }
         }
         // Only the writer queues, so the thread stays idle while the writer settles these.
-        settle(pending, sync);
+        flush_and_settle(pending, sync);
     }
 
     /// Settle everything handed over and end the thread.
@@ -164,16 +163,16 @@ fn run(shared: &Shared, sync: &FlushLog) {
             state.busy = true;
             std::mem::take(&mut state.queue)
         };
-        settle(taken, sync);
+        flush_and_settle(taken, sync);
         if let Ok(mut state) = shared.state.lock() {
             state.busy = false;
         }
     }
 }
 
-/// Flush once if any of `pending` wrote, then settle each with the flush's outcome.
-fn settle(pending: Vec<Pending>, sync: &FlushLog) {
-    let flushed = if pending.iter().any(|p| p.wrote) {
+/// Flush once if any of `pending` committed, then settle each with the flush's outcome.
+fn flush_and_settle(pending: Vec<Pending>, sync: &FlushLog) {
+    let flushed = if pending.iter().any(|p| p.committed) {
         sync().map_err(flush_error)
     } else {
         Ok(())
@@ -181,6 +180,11 @@ fn settle(pending: Vec<Pending>, sync: &FlushLog) {
     if let Err(e) = &flushed {
         tracing::error!(error = %e, "store: cannot flush the log; the writes it held are answered with this error");
     }
+    settle(pending, flushed);
+}
+
+/// Settle each of `pending`, in order, with `flushed`.
+fn settle(pending: Vec<Pending>, flushed: Result<(), StoreError>) {
     for p in pending {
         // A settle that panics (none should) loses its own answers, whose callers then hear that
         // the store closed, and not the thread: the commits after it must still be settled.
@@ -208,7 +212,7 @@ mod tests {
     use super::*;
     use crate::store::sqlite::batch::Isolation;
     use crate::store::sqlite::tests::new_task;
-    use crate::store::sqlite::SqliteBackend;
+    use crate::store::sqlite::{SqliteBackend, WRITER_TASK};
     use crate::store::Backend;
     use orchestrator_proto::task::{TaskKind, TaskState};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -218,10 +222,11 @@ mod tests {
     /// Long enough for anything in these tests to happen; only reached when something is broken.
     const BOUND: Duration = Duration::from_secs(30);
 
-    /// A flush that says when it begins and returns what the test sends it, and counts its calls.
-    /// A flush begun while another runs returns at once and is counted in `overlapping`.
+    /// A flush that says when it begins, on which thread, and returns what the test sends it, and
+    /// counts its calls. A flush begun while another runs returns at once and is counted in
+    /// `overlapping`.
     struct Held {
-        entered: mpsc::Receiver<()>,
+        entered: mpsc::Receiver<String>,
         release: mpsc::Sender<std::io::Result<()>>,
         calls: Arc<AtomicUsize>,
         overlapping: Arc<AtomicUsize>,
@@ -240,7 +245,8 @@ mod tests {
                 overlaps.fetch_add(1, Ordering::SeqCst);
                 return Ok(());
             };
-            let _ = entered_tx.send(());
+            let thread = std::thread::current().name().unwrap_or("").to_string();
+            let _ = entered_tx.send(thread);
             // Bounded, so that a failing test does not hang in dropping a flusher it holds.
             rx.recv_timeout(BOUND).unwrap_or(Ok(()))
         });
@@ -255,11 +261,18 @@ mod tests {
         )
     }
 
-    /// A commit's end that notes its number and the thread it was settled on.
-    fn noted(n: u32, wrote: bool, log: &Arc<Mutex<Vec<(u32, String)>>>) -> Pending {
+    /// The commits settled: each one's number and the thread it was settled on.
+    type Log = Arc<Mutex<Vec<(u32, String)>>>;
+
+    fn order(log: &Log) -> Vec<u32> {
+        log.lock().unwrap().iter().map(|(n, _)| *n).collect()
+    }
+
+    /// A commit's end that notes its number and the thread it was settled on in `log`.
+    fn noted(n: u32, committed: bool, log: &Log) -> Pending {
         let log = Arc::clone(log);
         Pending {
-            wrote,
+            committed,
             settle: Box::new(move |_| {
                 let thread = std::thread::current().name().unwrap_or("").to_string();
                 log.lock().unwrap().push((n, thread));
@@ -271,7 +284,7 @@ mod tests {
     fn one_flush_covers_what_queued_while_the_last_ran_and_order_is_kept() {
         let (held, sync) = held();
         let mut flusher = Flusher::start(sync).unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log = Log::default();
         flusher.hand(vec![noted(1, true, &log)], false);
         held.entered.recv_timeout(BOUND).unwrap();
         // While the first flush runs: the writer has nothing waiting, but must not answer ahead
@@ -283,9 +296,8 @@ mod tests {
         held.entered.recv_timeout(BOUND).unwrap();
         held.release.send(Ok(())).unwrap();
         flusher.stop();
+        assert_eq!(order(&log), vec![1, 2, 3, 4]);
         let log = log.lock().unwrap().clone();
-        let order: Vec<u32> = log.iter().map(|(n, _)| *n).collect();
-        assert_eq!(order, vec![1, 2, 3, 4]);
         assert!(log.iter().all(|(_, t)| t == "store-flush"), "{log:?}");
         assert_eq!(held.overlapping.load(Ordering::SeqCst), 0);
         assert_eq!(held.calls.load(Ordering::SeqCst), 2);
@@ -300,7 +312,7 @@ mod tests {
             Ok(())
         }))
         .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log = Log::default();
         flusher.hand(vec![noted(1, false, &log)], true);
         assert_eq!(
             calls.load(Ordering::SeqCst),
@@ -318,10 +330,10 @@ mod tests {
     #[test]
     fn a_settle_that_panics_leaves_the_commits_after_it_settled() {
         let flusher = Flusher::start(Arc::new(|| Ok(()))).unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log = Log::default();
         let (tx, answer) = mpsc::channel::<()>();
         let panics = Pending {
-            wrote: true,
+            committed: true,
             settle: Box::new(move |_| {
                 let _kept_until_the_panic = tx;
                 panic!("a settle that panics");
@@ -332,15 +344,14 @@ mod tests {
         drop(flusher);
         // The panicking settle's caller hears the end of its channel, the others their answers.
         assert!(answer.recv_timeout(BOUND).is_err());
-        let order: Vec<u32> = log.lock().unwrap().iter().map(|(n, _)| *n).collect();
-        assert_eq!(order, vec![2, 3]);
+        assert_eq!(order(&log), vec![2, 3]);
     }
 
     #[test]
     fn stopping_settles_everything_handed_over() {
         let (held, sync) = held();
         let mut flusher = Flusher::start(sync).unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log = Log::default();
         flusher.hand(vec![noted(1, true, &log)], false);
         held.entered.recv_timeout(BOUND).unwrap();
         flusher.hand(vec![noted(2, true, &log)], false);
@@ -348,8 +359,7 @@ mod tests {
         held.release.send(Ok(())).unwrap();
         held.release.send(Ok(())).unwrap();
         flusher.stop();
-        let order: Vec<u32> = log.lock().unwrap().iter().map(|(n, _)| *n).collect();
-        assert_eq!(order, vec![1, 2]);
+        assert_eq!(order(&log), vec![1, 2]);
     }
 
     /// Queue an insert of `id` and return where its answer arrives.
@@ -382,13 +392,32 @@ mod tests {
         let store = SqliteBackend::open_with(&dir.path().join("state.db"), Some(sync)).unwrap();
         let mut events = store.subscribe();
         let mut answer = queue_insert(&store, "T1");
-        held.entered.recv_timeout(BOUND).unwrap();
+        // One caller at a time: the writer flushes its commit itself.
+        assert_eq!(held.entered.recv_timeout(BOUND).unwrap(), WRITER_TASK);
         // Committed, so readers see it; but its caller and the watchers hear nothing yet.
         assert!(stored(&store, "T1"));
-        assert!(matches!(
-            answer.try_recv(),
-            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
-        ));
+        assert_unheard(&store, &mut [&mut answer], &mut events);
+        held.release.send(Ok(())).unwrap();
+        assert_eq!(answer.blocking_recv().unwrap(), Ok(()));
+        assert_eq!(events.try_recv().unwrap().task_id, "T1");
+        assert_eq!(
+            store.counts().get(TaskKind::Synthetic, TaskState::Queued),
+            1
+        );
+    }
+
+    /// Nothing of a commit has been heard: no answer, no event, the counts as they were (none).
+    fn assert_unheard(
+        store: &SqliteBackend,
+        answers: &mut [&mut tokio::sync::oneshot::Receiver<Result<(), StoreError>>],
+        events: &mut tokio::sync::broadcast::Receiver<orchestrator_proto::task::TrajectoryEvent>,
+    ) {
+        for answer in answers.iter_mut() {
+            assert!(matches!(
+                answer.try_recv(),
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+            ));
+        }
         assert!(matches!(
             events.try_recv(),
             Err(tokio::sync::broadcast::error::TryRecvError::Empty)
@@ -397,13 +426,72 @@ mod tests {
             store.counts().get(TaskKind::Synthetic, TaskState::Queued),
             0
         );
+    }
+
+    #[test]
+    fn a_group_is_answered_and_published_only_once_the_flush_thread_has_flushed_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (held, sync) = held();
+        let store = SqliteBackend::open_with(&dir.path().join("state.db"), Some(sync)).unwrap();
+        let mut events = store.subscribe();
+        // Hold the writer inside a job of its own while two inserts queue behind it. The held job
+        // is a group of its own, and fails after writing, so that its transaction is rolled back
+        // and needs no flush; the two inserts make the next group, with nothing behind it.
+        let (inside_tx, inside_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (holder_tx, holder) = tokio::sync::oneshot::channel();
+        store
+            .submit_job(
+                move |b| {
+                    let _ = inside_tx.send(());
+                    let _ = release_rx.recv_timeout(BOUND);
+                    b.insert_task(new_task("H"), "alice")?;
+                    Err::<(), _>(StoreError::Sql("the held job fails".into()))
+                },
+                holder_tx,
+                Isolation::Bare,
+            )
+            .unwrap();
+        inside_rx.recv_timeout(BOUND).unwrap();
+        let (mut first, mut second) = (queue_insert(&store, "T1"), queue_insert(&store, "T2"));
+        release_tx.send(()).unwrap();
+        // A group of two is flushed by the flush thread, and that is the only flush.
+        assert_eq!(held.entered.recv_timeout(BOUND).unwrap(), "store-flush");
+        assert!(stored(&store, "T1") && stored(&store, "T2") && !stored(&store, "H"));
+        assert_unheard(&store, &mut [&mut first, &mut second], &mut events);
         held.release.send(Ok(())).unwrap();
-        assert_eq!(answer.blocking_recv().unwrap(), Ok(()));
-        assert_eq!(events.try_recv().unwrap().task_id, "T1");
+        assert!(matches!(
+            holder.blocking_recv().unwrap(),
+            Err(StoreError::Sql(_))
+        ));
+        assert_eq!(first.blocking_recv().unwrap(), Ok(()));
+        assert_eq!(second.blocking_recv().unwrap(), Ok(()));
+        let published: Vec<String> = (0..2).map(|_| events.try_recv().unwrap().task_id).collect();
+        assert_eq!(published, vec!["T1", "T2"]);
         assert_eq!(
             store.counts().get(TaskKind::Synthetic, TaskState::Queued),
-            1
+            2
         );
+        assert_eq!(held.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn the_log_a_store_flushes_is_the_one_sqlite_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::sqlite::open_connection(
+            &dir.path().join("state.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_CREATE,
+        )
+        .unwrap();
+        conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        assert!(dir.path().join("state.db-wal").exists());
+        let mut flusher = Flusher::for_log_of(&conn).unwrap();
+        assert!(!flusher.is_inline());
+        flusher.stop();
+        // A store without a file has no log to flush: its commits flush themselves.
+        let memory = rusqlite::Connection::open_in_memory().unwrap();
+        assert!(Flusher::for_log_of(&memory).is_err());
     }
 
     #[test]

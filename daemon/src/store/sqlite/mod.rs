@@ -194,10 +194,11 @@ impl SqliteBackend {
         // large archive) and runs after the daemon is ready ([`Backend::check_integrity`]). The
         // marker says whether the previous daemon closed the store in order.
         //
-        // It is committed without a flush of its own (`synchronous = NORMAL`, this statement only).
-        // The log is appended in order, and each later commit flushes it up to its own frames, so
-        // a machine crash can lose the marker only if it loses every write after it, and then the
-        // file is what the previous daemon closed in order. A checkpoint at NORMAL still flushes
+        // It is committed without a flush of its own (`synchronous = NORMAL`, as every commit after
+        // it, unless the log cannot be flushed beside the writer: below). The log is appended in
+        // order, and each later flush covers it with the frames after it, so a machine crash can
+        // lose the marker only if it loses every write after it, and then the file is what the
+        // previous daemon closed in order. A checkpoint at NORMAL still flushes
         // the log before and the file after, so the previous run's committed frames are as safe
         // as at FULL (docs/BENCHMARKS.md, "Ready on 1,000,000 tasks, a fifth look").
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -571,6 +572,7 @@ fn load_counts(conn: &Connection) -> Result<Counts, StoreError> {
 }
 
 /// What a commit moves once it is flushed (see `flush`), besides its answers.
+#[derive(Clone)]
 struct Published {
     counts: Arc<Mutex<Counts>>,
     events: broadcast::Sender<TrajectoryEvent>,
@@ -797,7 +799,7 @@ fn run_group(
 /// Answer every completion with `result`.
 fn answer(completions: Vec<Completion>, result: Result<(), StoreError>) -> flush::Pending {
     flush::Pending {
-        wrote: false,
+        committed: false,
         settle: Box::new(move |_| {
             for done in completions {
                 done(result.clone());
@@ -870,11 +872,11 @@ fn run_transaction(
     if let Err(e) = committed {
         return (full, answer(completions, Err(e)));
     }
-    let (counts, events, outbox) = (
-        Arc::clone(&published.counts),
-        published.events.clone(),
-        Arc::clone(&published.outbox),
-    );
+    let Published {
+        counts,
+        events,
+        outbox,
+    } = published.clone();
     let settle = move |flushed: Result<(), StoreError>| {
         // The commit is in the store whether or not the flush returned: what others read of it
         // follows it, and its callers hear whether it is on disk.
@@ -901,7 +903,7 @@ fn run_transaction(
     (
         full,
         flush::Pending {
-            wrote: true,
+            committed: true,
             settle: Box::new(settle),
         },
     )
