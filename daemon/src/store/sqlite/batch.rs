@@ -103,6 +103,12 @@ impl<'a> Batch<'a> {
         self.bulk = true;
     }
 
+    /// Whether a job of this transaction did bulk work (which ends the transaction: see
+    /// `run_transaction`).
+    pub(super) fn is_bulk(&self) -> bool {
+        self.bulk
+    }
+
     pub(super) fn outbox_rules(&self) -> Option<Arc<OutboxRules>> {
         self.outbox.clone()
     }

@@ -428,15 +428,16 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_group_is_answered_and_published_only_once_the_flush_thread_has_flushed_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let (held, sync) = held();
-        let store = SqliteBackend::open_with(&dir.path().join("state.db"), Some(sync)).unwrap();
-        let mut events = store.subscribe();
-        // Hold the writer inside a job of its own while two inserts queue behind it. The held job
-        // is a group of its own, and fails after writing, so that its transaction is rolled back
-        // and needs no flush; the two inserts make the next group, with nothing behind it.
+    /// Hold the writer inside a job of its own (which inserts `H`) until the returned sender
+    /// sends, so that the jobs queued meanwhile make its next group. The held job is a group of
+    /// its own and fails after writing: its transaction is rolled back and needs no flush. The
+    /// receiver hears its failure.
+    fn hold_writer(
+        store: &SqliteBackend,
+    ) -> (
+        mpsc::Sender<()>,
+        tokio::sync::oneshot::Receiver<Result<(), StoreError>>,
+    ) {
         let (inside_tx, inside_rx) = mpsc::channel();
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (holder_tx, holder) = tokio::sync::oneshot::channel();
@@ -453,6 +454,18 @@ mod tests {
             )
             .unwrap();
         inside_rx.recv_timeout(BOUND).unwrap();
+        (release_tx, holder)
+    }
+
+    #[test]
+    fn a_group_is_answered_and_published_only_once_the_flush_thread_has_flushed_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (held, sync) = held();
+        let store = SqliteBackend::open_with(&dir.path().join("state.db"), Some(sync)).unwrap();
+        let mut events = store.subscribe();
+        // Hold the writer while two inserts queue behind it: they make the next group, with
+        // nothing behind it.
+        let (release_tx, holder) = hold_writer(&store);
         let (mut first, mut second) = (queue_insert(&store, "T1"), queue_insert(&store, "T2"));
         release_tx.send(()).unwrap();
         // A group of two is flushed by the flush thread, and that is the only flush.
@@ -521,5 +534,94 @@ mod tests {
             store.counts().get(TaskKind::Synthetic, TaskState::Queued),
             2
         );
+    }
+
+    /// Queue a batch of the sweep's (one expiry, as the sweeper would: bare) that calls `first`
+    /// when the writer starts it; return where its expired ids arrive.
+    fn queue_expiry(
+        store: &SqliteBackend,
+        first: impl FnOnce() + Send + 'static,
+    ) -> tokio::sync::oneshot::Receiver<Result<Vec<String>, StoreError>> {
+        // Ten years on: whatever the task's expiry, it is due.
+        let due = crate::clock::now_ms() + 10 * 365 * 86_400_000;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store
+            .submit_job(
+                move |b| {
+                    first();
+                    b.expire_due(due, 1, "sweeper")
+                },
+                tx,
+                Isolation::Bare,
+            )
+            .unwrap();
+        rx
+    }
+
+    /// Two of the sweep's batches queued together commit one by one: the first is handed to the
+    /// flush thread as soon as it commits, and flushed while the writer runs the second; each is
+    /// answered after its own flush, in order.
+    #[test]
+    fn a_sweep_batch_is_flushed_while_the_writer_runs_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let (held, sync) = held();
+        let store = SqliteBackend::open_with(&dir.path().join("state.db"), Some(sync)).unwrap();
+        for id in ["T1", "T2"] {
+            let answer = queue_insert(&store, id);
+            held.entered.recv_timeout(BOUND).unwrap();
+            held.release.send(Ok(())).unwrap();
+            assert_eq!(answer.blocking_recv().unwrap(), Ok(()));
+        }
+        let flushes_before = held.calls.load(Ordering::SeqCst);
+
+        let (release_tx, holder) = hold_writer(&store);
+        let (second_started_tx, second_started) = mpsc::channel();
+        let (go_on_tx, go_on) = mpsc::channel::<()>();
+        let mut first = queue_expiry(&store, || {});
+        let mut second = queue_expiry(&store, move || {
+            let _ = second_started_tx.send(());
+            let _ = go_on.recv_timeout(BOUND);
+        });
+        release_tx.send(()).unwrap();
+        // The second batch has begun and waits, while the first one's commit is being flushed.
+        second_started.recv_timeout(BOUND).unwrap();
+        assert_eq!(held.entered.recv_timeout(BOUND).unwrap(), "store-flush");
+        let expired_first = store
+            .read_blocking(|c| {
+                crate::store::sqlite::queries::list_tasks(
+                    c,
+                    &crate::store::TaskFilter {
+                        state: Some(TaskState::Expired),
+                        limit: 10,
+                        ..Default::default()
+                    },
+                )
+            })
+            .unwrap();
+        assert_eq!(expired_first.len(), 1, "the first batch is committed");
+        assert!(matches!(
+            first.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        ));
+        go_on_tx.send(()).unwrap();
+        held.release.send(Ok(())).unwrap();
+        let first = first.blocking_recv().unwrap().unwrap();
+        assert_eq!(first, vec![expired_first[0].id.clone()]);
+        // The second batch's commit has a flush of its own.
+        assert_eq!(held.entered.recv_timeout(BOUND).unwrap(), "store-flush");
+        assert!(matches!(
+            second.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        ));
+        held.release.send(Ok(())).unwrap();
+        let second = second.blocking_recv().unwrap().unwrap();
+        assert_eq!(second.len(), 1);
+        assert_ne!(first, second);
+        assert!(matches!(
+            holder.blocking_recv().unwrap(),
+            Err(StoreError::Sql(_))
+        ));
+        assert_eq!(held.calls.load(Ordering::SeqCst), flushes_before + 2);
+        assert_eq!(held.overlapping.load(Ordering::SeqCst), 0);
     }
 }

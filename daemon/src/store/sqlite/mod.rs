@@ -661,7 +661,7 @@ fn writer_loop(
             .groups
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let single = group.len() == 1;
-        let (full, ends) = run_group(&mut conn, group, &published);
+        let (full, ends) = run_group(&mut conn, group, &published, &flusher);
         note_disk(&health, full);
         // A job already waiting makes the next group; the flusher settles this one meanwhile.
         // A single job with none behind it is one caller at a time: the writer flushes and
@@ -774,19 +774,27 @@ fn note_disk(health: &Mutex<Health>, full: Option<bool>) {
 }
 
 /// Run one group; answers whether it met a full disk (`Some(false)`: it committed without), and
-/// the ends of its transactions, in commit order, for the flusher to settle.
+/// the end of its last transaction, for the flusher to settle. The ends of the transactions before
+/// it are handed to `flusher` as soon as each is over, so that each is flushed while the writer
+/// runs the next.
 fn run_group(
     conn: &mut Connection,
     group: Vec<Job>,
     published: &Published,
+    flusher: &flush::Flusher,
 ) -> (Option<bool>, Vec<flush::Pending>) {
     let mut jobs = group.into_iter().peekable();
     let mut full = None;
     let mut ends = Vec::with_capacity(1);
-    // One transaction, unless a job breaks it: then the jobs after it go on in the next.
+    // One transaction, unless a job breaks it or does bulk work: then the jobs after it go on in
+    // the next.
     while jobs.peek().is_some() {
         let (said, end) = run_transaction(conn, &mut jobs, published);
-        ends.push(end);
+        if jobs.peek().is_some() {
+            flusher.hand(vec![end], false);
+        } else {
+            ends.push(end);
+        }
         full = match (full, said) {
             (Some(true), _) | (_, Some(true)) => Some(true),
             (Some(false), _) | (_, Some(false)) => Some(false),
@@ -810,7 +818,11 @@ fn answer(completions: Vec<Completion>, result: Result<(), StoreError>) -> flush
 
 /// Run jobs from `jobs` in one transaction and commit them. Stops early when a job breaks the
 /// transaction ([`Batch::broken`]): everything run in it is rolled back and every job that ran is
-/// answered with that failure; the rest stay in `jobs`. Says whether the disk was full (`None`:
+/// answered with that failure; the rest stay in `jobs`. Stops after a job that did bulk work (a
+/// batch of the sweep's): its commit is large enough to flush on its own, and the sweep keeps its
+/// next batch queued behind it, which the writer runs meanwhile (docs/BENCHMARKS.md, "The sweep's
+/// batches flushed one by one"). Merged, two batches made one commit whose log passed
+/// [`checkpoint::WRITER_FRAMES`], and the writer checkpointed. Says whether the disk was full (`None`:
 /// nothing to say either way), and returns what the transaction does once flushed (see `flush`):
 /// answer each job with the outcome, and after a commit publish its events and move the counts.
 fn run_transaction(
@@ -833,7 +845,7 @@ fn run_transaction(
     let mut completions: Vec<Completion> = Vec::new();
     for job in jobs.by_ref() {
         completions.push(job(Some(&mut batch)));
-        if batch.broken.is_some() {
+        if batch.broken.is_some() || batch.is_bulk() {
             break;
         }
     }

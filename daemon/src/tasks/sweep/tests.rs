@@ -2,6 +2,7 @@ use super::*;
 use crate::clock::ManualClock;
 use crate::store::{NewTask, Store, SubmitPlan, TaskFilter};
 use crate::tasks::testing::completed;
+use orchestrator_proto::task::TaskState;
 use std::collections::BTreeSet;
 
 const NOW: i64 = 1_000_000_000;
@@ -327,4 +328,60 @@ fn a_shutdown_stops_the_approval_step() {
     d.shutdown.cancel();
     sweep_once(&d);
     assert_eq!(warned(&rt, &store, &ids), 0);
+}
+
+/// The ids of the tasks in `state`.
+fn ids_in(rt: &tokio::runtime::Runtime, store: &Store, state: TaskState) -> BTreeSet<String> {
+    let filter = TaskFilter {
+        state: Some(state),
+        limit: u32::MAX,
+        ..TaskFilter::default()
+    };
+    rt.block_on(store.list_tasks(filter))
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect()
+}
+
+/// More tasks due than two of the expiry step's batches, which the sweep queues ahead of each
+/// other: one sweep expires every due task and no other, counts each once, and a second sweep
+/// finds none left.
+#[test]
+fn one_sweep_expires_every_due_task_across_its_batches() {
+    let (dir, store) = open();
+    let rt = runtime();
+    let (due, later) = (2 * EXPIRE_BATCH + 300, 50);
+    let at = NOW - 10_000;
+    let plans = (0..due + later)
+        .map(|i| {
+            let expires = if i < due { NOW - 1 } else { NOW + 7_200_000 };
+            completed(&id_of(i), at, at, true, at, expires)
+        })
+        .collect();
+    for state in submit_all(&rt, &store, plans) {
+        assert_eq!(state, TaskState::AwaitingApproval);
+    }
+    let d = daemon_on(store.clone(), dir.path());
+
+    let report = sweep_once(&d);
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(report.expired, due as u64, "{report:?}");
+    let expired: BTreeSet<String> = (0..due).map(id_of).collect();
+    let waiting: BTreeSet<String> = (due..due + later).map(id_of).collect();
+    assert_eq!(ids_in(&rt, &store, TaskState::Expired), expired);
+    assert_eq!(ids_in(&rt, &store, TaskState::AwaitingApproval), waiting);
+    assert_eq!(
+        store.counts().get(TaskKind::Synthetic, TaskState::Expired),
+        due as u64
+    );
+    // Each expired task got exactly one expiry event.
+    let events = rt.block_on(store.transitions_of(&id_of(due - 1))).unwrap();
+    assert_eq!(
+        events.iter().filter(|e| e.to == TaskState::Expired).count(),
+        1
+    );
+
+    let again = sweep_once(&d);
+    assert_eq!(again.expired, 0, "{again:?}");
 }
