@@ -1115,7 +1115,7 @@ pub async fn listing_filters_and_pages_each_task_once(store: Store) {
 
 // ---- the notification outbox --------------------------------------------------------------------
 
-fn sink(name: &str, events: &[&str]) -> NotifySink {
+pub(crate) fn sink(name: &str, events: &[&str]) -> NotifySink {
     NotifySink {
         name: name.into(),
         filter: SinkFilter {
@@ -1132,7 +1132,7 @@ fn sink(name: &str, events: &[&str]) -> NotifySink {
     }
 }
 
-fn rules(sinks: Vec<NotifySink>) -> OutboxRules {
+pub(crate) fn rules(sinks: Vec<NotifySink>) -> OutboxRules {
     OutboxRules {
         sinks,
         approval: Default::default(),

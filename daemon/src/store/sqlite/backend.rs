@@ -269,10 +269,14 @@ impl Backend for SqliteBackend {
             .lock()
             .ok()
             .and_then(|h| h.get(&sink).copied());
+        let flushed = writer
+            .flushed_events
+            .load(std::sync::atomic::Ordering::SeqCst);
         Box::pin(async move {
             let (name, read) = self
                 .read(move |c| {
-                    let read = outbox::outbox_pending(c, rules.as_deref(), hint, &sink, limit)?;
+                    let upto = (hint, flushed);
+                    let read = outbox::outbox_pending(c, rules.as_deref(), upto, &sink, limit)?;
                     Ok((sink, read))
                 })
                 .await?;

@@ -624,4 +624,68 @@ mod tests {
         assert_eq!(held.calls.load(Ordering::SeqCst), flushes_before + 2);
         assert_eq!(held.overlapping.load(Ordering::SeqCst), 0);
     }
+
+    /// Delivery reads the event log only up to the last flushed commit: a cancel that is
+    /// committed, and readable, but not yet flushed is not handed to a sink; once its flush
+    /// returns, it is.
+    #[test]
+    fn a_sink_is_sent_an_event_only_once_its_commit_is_flushed() {
+        use crate::store::contract::{rules, sink};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (held, sync) = held();
+        let store = SqliteBackend::open_with(&dir.path().join("state.db"), Some(sync)).unwrap();
+        store.set_outbox_rules(rules(vec![sink("phone", &["*"])]));
+        // The sink's place in the log, then a live task: each commit flushed and let go.
+        held.entered.recv_timeout(BOUND).unwrap();
+        held.release.send(Ok(())).unwrap();
+        let (tx, inserted) = tokio::sync::oneshot::channel();
+        let task = crate::store::NewTask {
+            kind: TaskKind::Live,
+            ..new_task("T1")
+        };
+        store
+            .submit_job(
+                move |b| b.insert_task(task, "alice").map(|_| ()),
+                tx,
+                Isolation::Savepoint,
+            )
+            .unwrap();
+        held.entered.recv_timeout(BOUND).unwrap();
+        held.release.send(Ok(())).unwrap();
+        assert_eq!(inserted.blocking_recv().unwrap(), Ok(()));
+        let pending = || rt.block_on(store.outbox_pending("phone", 10)).unwrap();
+        assert!(pending().is_empty(), "a queued task notifies no one");
+
+        let (tx, cancelled) = tokio::sync::oneshot::channel();
+        let cancel = crate::store::TransitionOp::new(
+            "T1",
+            crate::machine::Action::Cancel,
+            "alice",
+            crate::clock::now_ms(),
+        );
+        store
+            .submit_job(
+                move |b| b.transition(cancel).map(|_| ()),
+                tx,
+                Isolation::Bare,
+            )
+            .unwrap();
+        held.entered.recv_timeout(BOUND).unwrap();
+        let read = store
+            .read_blocking(|c| crate::store::sqlite::queries::get_task(c, "T1"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.state, TaskState::Cancelled, "committed and readable");
+        assert!(pending().is_empty(), "sent before its commit was flushed");
+        held.release.send(Ok(())).unwrap();
+        assert_eq!(cancelled.blocking_recv().unwrap(), Ok(()));
+        let sent = pending();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].task_id.as_deref(), Some("T1"));
+        assert_eq!(sent[0].event_type, "task.cancelled");
+    }
 }

@@ -130,6 +130,12 @@ pub(super) struct Writer {
     /// Of those, the committed groups with bulk work: the integrity check gives way while they
     /// come (see `integrity`).
     pub bulk_groups: std::sync::atomic::AtomicU64,
+    /// The highest event number whose commit has been flushed: delivery reads the log up to here
+    /// and no further, so that a sink is never sent an event that a machine crash could still
+    /// take back (readers see a commit before its flush returns; see `flush`). Moved by each
+    /// flushed commit's settle, in commit order, before delivery is woken. At open, every event
+    /// in the store counts: the last daemon left them to the kernel, which writes them out.
+    pub flushed_events: std::sync::atomic::AtomicI64,
 }
 
 /// Page cache of each pooled read connection, in KiB as `PRAGMA cache_size` takes it (negative).
@@ -217,6 +223,8 @@ impl SqliteBackend {
             conn.pragma_update(None, "synchronous", "FULL")?;
         }
         let counts = Arc::new(Mutex::new(load_counts(&conn)?));
+        let last_event: i64 =
+            conn.query_row("SELECT ifnull(max(seq), 0) FROM events", [], |r| r.get(0))?;
         let (events, _) = broadcast::channel(4096);
         let (tx, rx) = mpsc::channel::<Job>();
         let health = Arc::new(Mutex::new(Health::default()));
@@ -229,6 +237,7 @@ impl SqliteBackend {
             groups: std::sync::atomic::AtomicU64::new(0),
             bulk_groups: std::sync::atomic::AtomicU64::new(0),
             rules_installed: std::sync::atomic::AtomicU64::new(0),
+            flushed_events: std::sync::atomic::AtomicI64::new(last_event),
         });
         let published = Published {
             counts: Arc::clone(&counts),
@@ -889,9 +898,19 @@ fn run_transaction(
         events,
         outbox,
     } = published.clone();
+    let last_event = new_events
+        .iter()
+        .filter_map(|e| i64::try_from(e.seq).ok())
+        .max();
     let settle = move |flushed: Result<(), StoreError>| {
         // The commit is in the store whether or not the flush returned: what others read of it
-        // follows it, and its callers hear whether it is on disk.
+        // follows it, and its callers hear whether it is on disk. Sinks are sent its events only
+        // once a flush covered them (this one, or the next that succeeds).
+        if let (Ok(()), Some(seq)) = (&flushed, last_event) {
+            outbox
+                .flushed_events
+                .fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
+        }
         if let Ok(mut c) = counts.lock() {
             for (kind, from, to) in &deltas {
                 c.apply(*kind, *from, *to);

@@ -312,23 +312,26 @@ fn place(conn: &Connection, sink: &str) -> Result<Option<Place>, StoreError> {
     }))
 }
 
-/// Step through the events of the log past `after` that may notify ([`MAY_NOTIFY`]: SQLite
-/// steps over the others without reading them) and whose type `filter` wants, [`LOG_CHUNK`] per
-/// statement, handing each to `f` with when it happened and its notification type until `f`
-/// answers `false`. Answers the position reached: every such event up to there was handed over.
+/// Step through the events of the log past `after` and up to `upto` that may notify
+/// ([`MAY_NOTIFY`]: SQLite steps over the others without reading them) and whose type `filter`
+/// wants, [`LOG_CHUNK`] per statement, handing each to `f` with when it happened and its
+/// notification type until `f` answers `false`. Answers the position reached: every such event up
+/// to there was handed over.
 fn scan_log(
     conn: &Connection,
     after: i64,
+    upto: i64,
     filter: &SinkFilter,
     mut f: impl FnMut(TrajectoryEvent, i64, &'static str) -> Result<bool, StoreError>,
 ) -> Result<i64, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS}, at FROM events WHERE seq > ?1 AND {MAY_NOTIFY} ORDER BY seq LIMIT ?2"
+        "SELECT {EVENT_COLUMNS}, at FROM events WHERE seq > ?1 AND seq <= ?3 AND {MAY_NOTIFY} \
+         ORDER BY seq LIMIT ?2"
     ))?;
     let mut reached = after;
     loop {
         let mut read = 0;
-        let mut rows = stmt.query(params![reached, super::writes::limit_sql(LOG_CHUNK)])?;
+        let mut rows = stmt.query(params![reached, super::writes::limit_sql(LOG_CHUNK), upto])?;
         while let Some(row) = rows.next()? {
             read += 1;
             let ev = event_from_row(row)?;
@@ -349,20 +352,22 @@ fn scan_log(
     }
 }
 
-/// Up to `limit` events from the log for `sink`, after `place` or `after` (whichever is further),
-/// with the position the read reached: every event the sink wants up to there is in the answer.
+/// Up to `limit` events from the log for `sink`, after `place` or `after` (whichever is further)
+/// and up to `upto`, with the position the read reached: every event the sink wants up to there is
+/// in the answer.
 fn log_pending(
     conn: &Connection,
     rules: &OutboxRules,
     sink: &str,
     place: &Place,
-    after: i64,
+    (after, upto): (i64, i64),
     limit: usize,
 ) -> Result<(Vec<OutboxEntry>, i64), StoreError> {
     let mut out = Vec::new();
     let reached = scan_log(
         conn,
         place.cursor.max(after),
+        upto,
         &place.filter,
         |ev, at_ms, t| {
             // A task removed by retention takes its events with it: nothing is left to send.
@@ -391,11 +396,12 @@ pub struct PendingRead {
 
 /// A sink's pending events in order: its rows (outbox_sink(sink, state, seq)), then the events
 /// past its place in the log (and past `hint`, a position up to which an earlier read found
-/// nothing for it).
+/// nothing for it) up to `flushed`, the last event whose commit is flushed
+/// ([`super::Writer::flushed_events`]).
 pub fn outbox_pending(
     conn: &Connection,
     rules: Option<&OutboxRules>,
-    hint: Option<i64>,
+    (hint, flushed): (Option<i64>, i64),
     sink: &str,
     limit: usize,
 ) -> Result<PendingRead, StoreError> {
@@ -411,8 +417,14 @@ pub fn outbox_pending(
     if let (Some(rules), Some(place)) = (rules, place(conn, sink)?) {
         if entries.len() < limit {
             let after = hint.unwrap_or(0);
-            let (log, reached) =
-                log_pending(conn, rules, sink, &place, after, limit - entries.len())?;
+            let (log, reached) = log_pending(
+                conn,
+                rules,
+                sink,
+                &place,
+                (after, flushed),
+                limit - entries.len(),
+            )?;
             if log.is_empty() {
                 nothing_until = Some(reached);
             }
@@ -435,7 +447,8 @@ pub fn log_backlog(conn: &Connection, rules: &OutboxRules) -> Result<Vec<OutboxE
     let mut out = Vec::new();
     for sink in sinks {
         if let Some(place) = place(conn, &sink)? {
-            out.extend(log_pending(conn, rules, &sink, &place, place.cursor, usize::MAX)?.0);
+            let whole = (place.cursor, i64::MAX);
+            out.extend(log_pending(conn, rules, &sink, &place, whole, usize::MAX)?.0);
         }
     }
     Ok(out)
@@ -448,24 +461,30 @@ fn log_stats(conn: &Connection, place: &Place) -> Result<(u64, Option<i64>), Sto
     let any_task = place.filter.agents.is_empty()
         && TaskKind::ALL.iter().all(|k| place.filter.kinds.contains(k));
     let (mut n, mut oldest) = (0u64, None::<i64>);
-    scan_log(conn, place.cursor, &place.filter, |ev, at_ms, t| {
-        let wanted = any_task || {
-            let of = task
-                .query_row([&ev.task_id], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+    scan_log(
+        conn,
+        place.cursor,
+        i64::MAX,
+        &place.filter,
+        |ev, at_ms, t| {
+            let wanted = any_task || {
+                let of = task
+                    .query_row([&ev.task_id], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+                    })
+                    .optional()?;
+                of.is_some_and(|(kind, agent)| {
+                    kind.parse::<TaskKind>()
+                        .is_ok_and(|k| place.filter.wants(t, Some((k, agent.as_deref()))))
                 })
-                .optional()?;
-            of.is_some_and(|(kind, agent)| {
-                kind.parse::<TaskKind>()
-                    .is_ok_and(|k| place.filter.wants(t, Some((k, agent.as_deref()))))
-            })
-        };
-        if wanted {
-            n += 1;
-            oldest = Some(oldest.map_or(at_ms, |o| o.min(at_ms)));
-        }
-        Ok(true)
-    })?;
+            };
+            if wanted {
+                n += 1;
+                oldest = Some(oldest.map_or(at_ms, |o| o.min(at_ms)));
+            }
+            Ok(true)
+        },
+    )?;
     Ok((n, oldest))
 }
 
