@@ -515,13 +515,17 @@ impl Raw {
         self.stream.write_all(bytes)
     }
 
-    /// True when the daemon closed the connection (EOF), reading and discarding anything before it.
+    /// True when the daemon closed the connection (EOF, or a reset when it left some of what was
+    /// sent unread), reading and discarding anything before it.
     pub fn closed(&mut self) -> bool {
         let mut buf = [0u8; 4096];
         loop {
             match self.stream.read(&mut buf) {
                 Ok(0) => return true,
                 Ok(_) => continue,
+                // The daemon closed with some of what was sent still unread (a frame refused for
+                // its announced size): Linux then resets the peer instead of ending its stream.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
                 Err(_) => return false,
             }
         }
