@@ -95,7 +95,7 @@ impl Run {
 /// Expiry batches kept in the store's queue at once: the next is queued behind the one under way,
 /// so that the writer runs it while the last one's commit is flushed (docs/BENCHMARKS.md, "The
 /// sweep's batches flushed one by one"). Each still commits on its own; a submit or an approval
-/// queued meanwhile waits for at most the batch under way.
+/// queued meanwhile waits for at most the two batches ahead of it.
 const EXPIRE_AHEAD: usize = 2;
 
 /// Expire every task due at `now`, [`EXPIRE_BATCH`] at a time. A short batch means none was left
