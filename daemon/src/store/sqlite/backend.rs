@@ -275,8 +275,8 @@ impl Backend for SqliteBackend {
         Box::pin(async move {
             let (name, read) = self
                 .read(move |c| {
-                    let upto = (hint, flushed);
-                    let read = outbox::outbox_pending(c, rules.as_deref(), upto, &sink, limit)?;
+                    let rules = rules.as_deref();
+                    let read = outbox::outbox_pending(c, rules, hint, flushed, &sink, limit)?;
                     Ok((sink, read))
                 })
                 .await?;

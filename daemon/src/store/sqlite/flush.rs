@@ -98,31 +98,29 @@ impl Flusher {
         self.inner.is_none()
     }
 
-    /// Hand over the ends of a group's transactions, in commit order. `alone`: the writer has no
-    /// job waiting, so it may flush and settle them itself if nothing is queued or being flushed.
-    pub(super) fn hand(&self, pending: Vec<Pending>, alone: bool) {
+    /// Hand over the end of a transaction; ends are handed in commit order. `alone`: the writer
+    /// has no job waiting, so it may flush and settle it itself if nothing is queued or being
+    /// flushed.
+    pub(super) fn hand(&self, pending: Pending, alone: bool) {
         let Some((shared, sync, _)) = &self.inner else {
             // Each commit flushed itself.
-            settle(pending, Ok(()));
+            settle(vec![pending], Ok(()));
             return;
         };
-        if pending.is_empty() {
-            return;
-        }
         {
             let Ok(mut state) = shared.state.lock() else {
                 // Poisoned, which nothing here does while holding the lock: settle rather than wait.
-                flush_and_settle(pending, sync);
+                flush_and_settle(vec![pending], sync);
                 return;
             };
             if !(alone && state.queue.is_empty() && !state.busy) {
-                state.queue.extend(pending);
+                state.queue.push(pending);
                 shared.wake.notify_one();
                 return;
             }
         }
-        // Only the writer queues, so the thread stays idle while the writer settles these.
-        flush_and_settle(pending, sync);
+        // Only the writer queues, so the thread stays idle while the writer settles this one.
+        flush_and_settle(vec![pending], sync);
     }
 
     /// Settle everything handed over and end the thread.
@@ -285,12 +283,13 @@ mod tests {
         let (held, sync) = held();
         let mut flusher = Flusher::start(sync).unwrap();
         let log = Log::default();
-        flusher.hand(vec![noted(1, true, &log)], false);
+        flusher.hand(noted(1, true, &log), false);
         held.entered.recv_timeout(BOUND).unwrap();
         // While the first flush runs: the writer has nothing waiting, but must not answer ahead
         // of the commit being flushed.
-        flusher.hand(vec![noted(2, true, &log)], true);
-        flusher.hand(vec![noted(3, false, &log), noted(4, true, &log)], false);
+        flusher.hand(noted(2, true, &log), true);
+        flusher.hand(noted(3, false, &log), false);
+        flusher.hand(noted(4, true, &log), false);
         assert!(log.lock().unwrap().is_empty(), "settled before its flush");
         held.release.send(Ok(())).unwrap();
         held.entered.recv_timeout(BOUND).unwrap();
@@ -313,13 +312,13 @@ mod tests {
         }))
         .unwrap();
         let log = Log::default();
-        flusher.hand(vec![noted(1, false, &log)], true);
+        flusher.hand(noted(1, false, &log), true);
         assert_eq!(
             calls.load(Ordering::SeqCst),
             0,
             "a flush for nothing written"
         );
-        flusher.hand(vec![noted(2, true, &log)], true);
+        flusher.hand(noted(2, true, &log), true);
         // Settled before `hand` returned, on this thread, after one flush.
         let log = log.lock().unwrap().clone();
         let here = std::thread::current().name().unwrap_or("").to_string();
@@ -329,7 +328,8 @@ mod tests {
 
     #[test]
     fn a_settle_that_panics_leaves_the_commits_after_it_settled() {
-        let flusher = Flusher::start(Arc::new(|| Ok(()))).unwrap();
+        let (held, sync) = held();
+        let flusher = Flusher::start(sync).unwrap();
         let log = Log::default();
         let (tx, answer) = mpsc::channel::<()>();
         let panics = Pending {
@@ -339,12 +339,20 @@ mod tests {
                 panic!("a settle that panics");
             }),
         };
-        flusher.hand(vec![panics, noted(2, true, &log)], false);
-        flusher.hand(vec![noted(3, true, &log)], false);
+        // The three ends queue while a first flush is held, so that one flush settles them all.
+        flusher.hand(noted(1, true, &log), false);
+        held.entered.recv_timeout(BOUND).unwrap();
+        flusher.hand(panics, false);
+        flusher.hand(noted(2, true, &log), false);
+        flusher.hand(noted(3, true, &log), false);
+        held.release.send(Ok(())).unwrap();
+        held.entered.recv_timeout(BOUND).unwrap();
+        held.release.send(Ok(())).unwrap();
         drop(flusher);
         // The panicking settle's caller hears the end of its channel, the others their answers.
         assert!(answer.recv_timeout(BOUND).is_err());
-        assert_eq!(order(&log), vec![2, 3]);
+        assert_eq!(order(&log), vec![1, 2, 3]);
+        assert_eq!(held.calls.load(Ordering::SeqCst), 2);
     }
 
     #[test]
@@ -352,14 +360,22 @@ mod tests {
         let (held, sync) = held();
         let mut flusher = Flusher::start(sync).unwrap();
         let log = Log::default();
-        flusher.hand(vec![noted(1, true, &log)], false);
+        flusher.hand(noted(1, true, &log), false);
         held.entered.recv_timeout(BOUND).unwrap();
-        flusher.hand(vec![noted(2, true, &log)], false);
+        flusher.hand(noted(2, true, &log), false);
         // Both flushes may go ahead; `stop` returns once the thread has settled both.
         held.release.send(Ok(())).unwrap();
         held.release.send(Ok(())).unwrap();
         flusher.stop();
         assert_eq!(order(&log), vec![1, 2]);
+    }
+
+    /// A store in a directory of its own whose log is flushed by a [`held`] flush.
+    fn held_store() -> (tempfile::TempDir, Held, SqliteBackend) {
+        let dir = tempfile::tempdir().unwrap();
+        let (held, sync) = held();
+        let store = SqliteBackend::open_with(&dir.path().join("state.db"), Some(sync)).unwrap();
+        (dir, held, store)
     }
 
     /// Queue an insert of `id` and return where its answer arrives.
@@ -387,9 +403,7 @@ mod tests {
 
     #[test]
     fn a_write_is_answered_and_published_only_once_the_log_is_flushed() {
-        let dir = tempfile::tempdir().unwrap();
-        let (held, sync) = held();
-        let store = SqliteBackend::open_with(&dir.path().join("state.db"), Some(sync)).unwrap();
+        let (_dir, held, store) = held_store();
         let mut events = store.subscribe();
         let mut answer = queue_insert(&store, "T1");
         // One caller at a time: the writer flushes its commit itself.
@@ -459,9 +473,7 @@ mod tests {
 
     #[test]
     fn a_group_is_answered_and_published_only_once_the_flush_thread_has_flushed_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let (held, sync) = held();
-        let store = SqliteBackend::open_with(&dir.path().join("state.db"), Some(sync)).unwrap();
+        let (_dir, held, store) = held_store();
         let mut events = store.subscribe();
         // Hold the writer while two inserts queue behind it: they make the next group, with
         // nothing behind it.
@@ -509,9 +521,7 @@ mod tests {
 
     #[test]
     fn a_failed_flush_is_its_writes_answer_and_the_next_flush_answers_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let (held, sync) = held();
-        let store = SqliteBackend::open_with(&dir.path().join("state.db"), Some(sync)).unwrap();
+        let (_dir, held, store) = held_store();
         let answer = queue_insert(&store, "T1");
         held.entered.recv_timeout(BOUND).unwrap();
         held.release
@@ -563,9 +573,7 @@ mod tests {
     /// answered after its own flush, in order.
     #[test]
     fn a_sweep_batch_is_flushed_while_the_writer_runs_the_next() {
-        let dir = tempfile::tempdir().unwrap();
-        let (held, sync) = held();
-        let store = SqliteBackend::open_with(&dir.path().join("state.db"), Some(sync)).unwrap();
+        let (_dir, held, store) = held_store();
         for id in ["T1", "T2"] {
             let answer = queue_insert(&store, id);
             held.entered.recv_timeout(BOUND).unwrap();
@@ -635,9 +643,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let (held, sync) = held();
-        let store = SqliteBackend::open_with(&dir.path().join("state.db"), Some(sync)).unwrap();
+        let (_dir, held, store) = held_store();
         store.set_outbox_rules(rules(vec![sink("phone", &["*"])]));
         // The sink's place in the log, then a live task: each commit flushed and let go.
         held.entered.recv_timeout(BOUND).unwrap();

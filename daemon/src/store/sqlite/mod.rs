@@ -670,7 +670,7 @@ fn writer_loop(
             .groups
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let single = group.len() == 1;
-        let (full, ends) = run_group(&mut conn, group, &published, &flusher);
+        let (full, end) = run_group(&mut conn, group, &published, &flusher);
         note_disk(&health, full);
         // A job already waiting makes the next group; the flusher settles this one meanwhile.
         // A single job with none behind it is one caller at a time: the writer flushes and
@@ -678,7 +678,7 @@ fn writer_loop(
         // is waiting yet: the callers' next requests come while it flushes, and the writer must be
         // free to take them (docs/BENCHMARKS.md, "Flushing beside the writer").
         carried = rx.try_recv().ok();
-        flusher.hand(ends, single && carried.is_none());
+        flusher.hand(end, single && carried.is_none());
         goals_behind = true;
     }
     // Every sender is gone: settle what is left, checkpoint so the next start opens a small WAL,
@@ -782,35 +782,32 @@ fn note_disk(health: &Mutex<Health>, full: Option<bool>) {
     }
 }
 
-/// Run one group; answers whether it met a full disk (`Some(false)`: it committed without), and
-/// the end of its last transaction, for the flusher to settle. The ends of the transactions before
-/// it are handed to `flusher` as soon as each is over, so that each is flushed while the writer
-/// runs the next.
+/// Run one group (at least one job); answers whether it met a full disk (`Some(false)`: it
+/// committed without), and the end of its last transaction, for the flusher to settle. The ends of
+/// the transactions before it are handed to `flusher` as soon as each is over, so that each is
+/// flushed while the writer runs the next.
 fn run_group(
     conn: &mut Connection,
     group: Vec<Job>,
     published: &Published,
     flusher: &flush::Flusher,
-) -> (Option<bool>, Vec<flush::Pending>) {
+) -> (Option<bool>, flush::Pending) {
     let mut jobs = group.into_iter().peekable();
     let mut full = None;
-    let mut ends = Vec::with_capacity(1);
     // One transaction, unless a job breaks it or does bulk work: then the jobs after it go on in
     // the next.
-    while jobs.peek().is_some() {
+    loop {
         let (said, end) = run_transaction(conn, &mut jobs, published);
-        if jobs.peek().is_some() {
-            flusher.hand(vec![end], false);
-        } else {
-            ends.push(end);
-        }
         full = match (full, said) {
             (Some(true), _) | (_, Some(true)) => Some(true),
             (Some(false), _) | (_, Some(false)) => Some(false),
             (None, None) => None,
         };
+        if jobs.peek().is_none() {
+            return (full, end);
+        }
+        flusher.hand(end, false);
     }
-    (full, ends)
 }
 
 /// Answer every completion with `result`.

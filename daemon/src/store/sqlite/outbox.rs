@@ -360,7 +360,8 @@ fn log_pending(
     rules: &OutboxRules,
     sink: &str,
     place: &Place,
-    (after, upto): (i64, i64),
+    after: i64,
+    upto: i64,
     limit: usize,
 ) -> Result<(Vec<OutboxEntry>, i64), StoreError> {
     let mut out = Vec::new();
@@ -401,7 +402,8 @@ pub struct PendingRead {
 pub fn outbox_pending(
     conn: &Connection,
     rules: Option<&OutboxRules>,
-    (hint, flushed): (Option<i64>, i64),
+    hint: Option<i64>,
+    flushed: i64,
     sink: &str,
     limit: usize,
 ) -> Result<PendingRead, StoreError> {
@@ -422,7 +424,8 @@ pub fn outbox_pending(
                 rules,
                 sink,
                 &place,
-                (after, flushed),
+                after,
+                flushed,
                 limit - entries.len(),
             )?;
             if log.is_empty() {
@@ -447,8 +450,8 @@ pub fn log_backlog(conn: &Connection, rules: &OutboxRules) -> Result<Vec<OutboxE
     let mut out = Vec::new();
     for sink in sinks {
         if let Some(place) = place(conn, &sink)? {
-            let whole = (place.cursor, i64::MAX);
-            out.extend(log_pending(conn, rules, &sink, &place, whole, usize::MAX)?.0);
+            let (after, upto) = (place.cursor, i64::MAX);
+            out.extend(log_pending(conn, rules, &sink, &place, after, upto, usize::MAX)?.0);
         }
     }
     Ok(out)

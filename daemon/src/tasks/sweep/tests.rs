@@ -42,18 +42,26 @@ fn seed_done(rt: &tokio::runtime::Runtime, store: &Store, n: usize) {
     submit_all(rt, store, plans);
 }
 
-/// The ids of the tasks stored.
-fn stored_ids(rt: &tokio::runtime::Runtime, store: &Store) -> BTreeSet<String> {
+/// The ids of the tasks `filter` lists, however many.
+fn listed_ids(rt: &tokio::runtime::Runtime, store: &Store, filter: TaskFilter) -> BTreeSet<String> {
     let filter = TaskFilter {
-        include_harness: true,
         limit: u32::MAX,
-        ..TaskFilter::default()
+        ..filter
     };
     rt.block_on(store.list_tasks(filter))
         .unwrap()
         .into_iter()
         .map(|t| t.id)
         .collect()
+}
+
+/// The ids of the tasks stored.
+fn stored_ids(rt: &tokio::runtime::Runtime, store: &Store) -> BTreeSet<String> {
+    let every = TaskFilter {
+        include_harness: true,
+        ..TaskFilter::default()
+    };
+    listed_ids(rt, store, every)
 }
 
 /// Tasks among `ids` that are gone but left trajectory events behind.
@@ -332,16 +340,11 @@ fn a_shutdown_stops_the_approval_step() {
 
 /// The ids of the tasks in `state`.
 fn ids_in(rt: &tokio::runtime::Runtime, store: &Store, state: TaskState) -> BTreeSet<String> {
-    let filter = TaskFilter {
+    let in_state = TaskFilter {
         state: Some(state),
-        limit: u32::MAX,
         ..TaskFilter::default()
     };
-    rt.block_on(store.list_tasks(filter))
-        .unwrap()
-        .into_iter()
-        .map(|t| t.id)
-        .collect()
+    listed_ids(rt, store, in_state)
 }
 
 /// More tasks due than two of the expiry step's batches, which the sweep queues ahead of each
@@ -375,12 +378,12 @@ fn one_sweep_expires_every_due_task_across_its_batches() {
         store.counts().get(TaskKind::Synthetic, TaskState::Expired),
         due as u64
     );
-    // Each expired task got exactly one expiry event.
-    let events = rt.block_on(store.transitions_of(&id_of(due - 1))).unwrap();
-    assert_eq!(
-        events.iter().filter(|e| e.to == TaskState::Expired).count(),
-        1
-    );
+    // Each expired task got exactly one expiry event, and a waiting task none.
+    for (i, id) in (0..due + later).map(|i| (i, id_of(i))) {
+        let events = rt.block_on(store.transitions_of(&id)).unwrap();
+        let expiries = events.iter().filter(|e| e.to == TaskState::Expired).count();
+        assert_eq!(expiries, usize::from(i < due), "{id}: {events:?}");
+    }
 
     let again = sweep_once(&d);
     assert_eq!(again.expired, 0, "{again:?}");
