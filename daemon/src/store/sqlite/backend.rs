@@ -269,14 +269,22 @@ impl Backend for SqliteBackend {
             .lock()
             .ok()
             .and_then(|h| h.get(&sink).copied());
-        let flushed = writer
-            .flushed_events
-            .load(std::sync::atomic::Ordering::SeqCst);
+        let flushed = writer.marks.events();
+        let shared = Arc::clone(&self.inner.outbox);
         Box::pin(async move {
             let (name, read) = self
                 .read(move |c| {
                     let rules = rules.as_deref();
-                    let read = outbox::outbox_pending(c, rules, hint, flushed, &sink, limit)?;
+                    let rows_flushed = || shared.marks.rows_flushed();
+                    let read = outbox::outbox_pending(
+                        c,
+                        rules,
+                        hint,
+                        flushed,
+                        rows_flushed,
+                        &sink,
+                        limit,
+                    )?;
                     Ok((sink, read))
                 })
                 .await?;

@@ -33,6 +33,10 @@ pub struct Batch<'a> {
     /// Events some sink wants, and outbox rows written (or made pending again), to wake the
     /// delivery workers after the commit.
     outbox_rows: usize,
+    /// A job wrote rows of the `outbox` table or made rows pending again: delivery holds them
+    /// back until the commit is flushed (`flush::Marks`). Not undone with a job that fails: the
+    /// commit then only holds them back until its flush, for nothing.
+    table_rows: bool,
     /// A job of this group is bulk work (the sweep's expiries and deletions): the integrity check
     /// gives way to it (see `integrity`).
     bulk: bool,
@@ -60,6 +64,7 @@ pub(super) struct Effects {
     pub deltas: Vec<Delta>,
     pub saw_full: bool,
     pub outbox_rows: usize,
+    pub table_rows: bool,
     pub bulk: bool,
 }
 
@@ -82,6 +87,7 @@ impl<'a> Batch<'a> {
             saw_full: false,
             outbox: outbox.filter(|r| !r.sinks.is_empty()),
             outbox_rows: 0,
+            table_rows: false,
             bulk: false,
             isolation: Isolation::Savepoint,
             broken: None,
@@ -94,6 +100,7 @@ impl<'a> Batch<'a> {
             deltas: self.deltas,
             saw_full: self.saw_full,
             outbox_rows: self.outbox_rows,
+            table_rows: self.table_rows,
             bulk: self.bulk,
         }
     }
@@ -119,6 +126,12 @@ impl<'a> Batch<'a> {
 
     pub(super) fn note_outbox(&mut self, rows: usize) {
         self.outbox_rows += rows;
+    }
+
+    /// `rows` rows of the `outbox` table written or made pending again (see [`Batch::table_rows`]).
+    pub(super) fn note_table_rows(&mut self, rows: usize) {
+        self.note_outbox(rows);
+        self.table_rows |= rows > 0;
     }
 
     /// The transaction, for the statements of this backend's other modules.

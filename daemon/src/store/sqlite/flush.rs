@@ -24,6 +24,7 @@
 
 use crate::store::StoreError;
 use std::fs::File;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -52,6 +53,105 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
+}
+
+/// How far flushed commits reach into what delivery reads, so that a sink is sent nothing a
+/// machine crash could still take back: readers see a commit as soon as it is written, before its
+/// flush returns. Two things are read:
+///
+/// - the event log, read up to [`Marks::events`]: events carry their own numbers, so a mark of the
+///   highest flushed one is enough;
+/// - rows of the `outbox` table (notices, events sent again), which a commit may also make pending
+///   again: no number orders them by commit, so commits that write them are counted, the count
+///   raised *before* the commit, and delivery holds back the rows it read unless every counted
+///   commit has been flushed by then ([`Marks::rows_flushed`]).
+///
+/// Each commit's settle carries what had been written up to it ([`Covered`]), not only its own
+/// writes: a flush covers everything written before it, so the first flush that succeeds after a
+/// failed one releases what that one held, and wakes delivery for it.
+pub(super) struct Marks {
+    /// The highest event number committed. Only the writer moves it.
+    written_events: AtomicI64,
+    /// Commits that wrote `outbox` rows (or made rows pending again), counted before each commit.
+    /// Only the writer moves it.
+    written_rows: AtomicU64,
+    flushed_events: AtomicI64,
+    flushed_rows: AtomicU64,
+    /// A flush failed and no flush has succeeded since: what it held waits for the next success.
+    failed: AtomicBool,
+}
+
+/// What a commit's flush covers: everything written up to and including that commit.
+#[derive(Clone, Copy)]
+pub(super) struct Covered {
+    events: i64,
+    rows: u64,
+}
+
+impl Marks {
+    /// At open every event in the store counts as flushed: the last daemon left them to the
+    /// kernel, which writes them out.
+    pub(super) fn new(last_event: i64) -> Marks {
+        Marks {
+            written_events: AtomicI64::new(last_event),
+            written_rows: AtomicU64::new(0),
+            flushed_events: AtomicI64::new(last_event),
+            flushed_rows: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    /// Before a commit that wrote `outbox` rows: count it. Answers its number, for
+    /// [`Marks::rows_not_committed`].
+    pub(super) fn rows_commit(&self) -> u64 {
+        self.written_rows.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The commit counted as `n` failed: nothing of it can be read, and nothing is left to flush.
+    pub(super) fn rows_not_committed(&self, n: u64) {
+        let _ = self.written_rows.compare_exchange(
+            n,
+            n.saturating_sub(1),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// After a commit whose last event is `last_event`: what its flush will cover.
+    pub(super) fn committed(&self, last_event: Option<i64>) -> Covered {
+        if let Some(seq) = last_event {
+            self.written_events.fetch_max(seq, Ordering::SeqCst);
+        }
+        Covered {
+            events: self.written_events.load(Ordering::SeqCst),
+            rows: self.written_rows.load(Ordering::SeqCst),
+        }
+    }
+
+    /// The flush covering `covered` returned, `ok` or not. Answers whether it released what an
+    /// earlier failed flush held, so that delivery must be woken for it.
+    pub(super) fn settled(&self, covered: Covered, ok: bool) -> bool {
+        if !ok {
+            self.failed.store(true, Ordering::SeqCst);
+            return false;
+        }
+        self.flushed_events
+            .fetch_max(covered.events, Ordering::SeqCst);
+        self.flushed_rows.fetch_max(covered.rows, Ordering::SeqCst);
+        self.failed.swap(false, Ordering::SeqCst)
+    }
+
+    /// The highest event number whose commit has been flushed.
+    pub(super) fn events(&self) -> i64 {
+        self.flushed_events.load(Ordering::SeqCst)
+    }
+
+    /// Whether every commit that wrote `outbox` rows so far has been flushed. Asked after the rows
+    /// were read: each commit the read saw was counted before it, so before this call.
+    pub(super) fn rows_flushed(&self) -> bool {
+        let written = self.written_rows.load(Ordering::SeqCst);
+        self.flushed_rows.load(Ordering::SeqCst) >= written
+    }
 }
 
 /// The flush thread, or none: then the writer commits at `FULL` and settles each commit itself.
@@ -208,7 +308,7 @@ fn flush_error(e: std::io::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite::batch::Isolation;
+    use crate::store::sqlite::batch::{Batch, Isolation};
     use crate::store::sqlite::tests::new_task;
     use crate::store::sqlite::{SqliteBackend, WRITER_TASK};
     use crate::store::Backend;
@@ -692,6 +792,149 @@ mod tests {
         let sent = pending();
         assert_eq!(sent.len(), 1, "{sent:?}");
         assert_eq!(sent[0].task_id.as_deref(), Some("T1"));
+        assert_eq!(sent[0].event_type, "task.cancelled");
+    }
+
+    /// Rows of the `outbox` table are held back like the log's events: a notice committed, and
+    /// readable, is not handed to a sink before its flush returns. A dead row made pending again
+    /// is held back the same way.
+    #[test]
+    fn a_sink_is_sent_an_outbox_row_only_once_its_commit_is_flushed() {
+        use crate::store::contract::{rules, sink};
+        use crate::store::outbox::{Notice, OutboxKey};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (_dir, held, store) = held_store();
+        store.set_outbox_rules(rules(vec![sink("phone", &["*"])]));
+        held.entered.recv_timeout(BOUND).unwrap();
+        held.release.send(Ok(())).unwrap();
+        let pending = || rt.block_on(store.outbox_pending("phone", 10)).unwrap();
+        let rows = || {
+            store
+                .read_blocking(|c| {
+                    Ok(c.query_row(
+                        "SELECT count(*) FROM outbox WHERE state = 'pending'",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )?)
+                })
+                .unwrap()
+        };
+
+        let (tx, queued) = tokio::sync::oneshot::channel();
+        let notice = Notice::new("mode.changed", 1).field("to", "live");
+        store
+            .submit_job(
+                move |b| b.enqueue_notice(&notice).map(|_| ()),
+                tx,
+                Isolation::Savepoint,
+            )
+            .unwrap();
+        held.entered.recv_timeout(BOUND).unwrap();
+        assert_eq!(rows(), 1, "committed and readable");
+        assert!(pending().is_empty(), "sent before its commit was flushed");
+        held.release.send(Ok(())).unwrap();
+        assert_eq!(queued.blocking_recv().unwrap(), Ok(()));
+        let sent = pending();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].event_type, "mode.changed");
+
+        // Given up on, then made pending again while the flush is held.
+        let (tx, dead) = tokio::sync::oneshot::channel();
+        let entries = sent.clone();
+        store
+            .submit_job(
+                move |b| b.outbox_dead(&entries, 2, None),
+                tx,
+                Isolation::Savepoint,
+            )
+            .unwrap();
+        held.entered.recv_timeout(BOUND).unwrap();
+        held.release.send(Ok(())).unwrap();
+        assert_eq!(dead.blocking_recv().unwrap(), Ok(()));
+        assert!(pending().is_empty(), "a dead row is not pending");
+        let (tx, retried) = tokio::sync::oneshot::channel();
+        store
+            .submit_job(
+                move |b| b.outbox_retry_dead("phone", 3).map(|_| ()),
+                tx,
+                Isolation::Savepoint,
+            )
+            .unwrap();
+        held.entered.recv_timeout(BOUND).unwrap();
+        assert_eq!(rows(), 1, "made pending and readable");
+        assert!(
+            pending().is_empty(),
+            "sent again before its commit was flushed"
+        );
+        held.release.send(Ok(())).unwrap();
+        assert_eq!(retried.blocking_recv().unwrap(), Ok(()));
+        let again = pending();
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert_eq!(again[0].key, sent[0].key);
+        assert!(matches!(again[0].key, OutboxKey::Row(_)));
+    }
+
+    /// What a failed flush held is released by the next flush that succeeds, even one of a commit
+    /// that wrote no event and no row, and delivery is woken for it.
+    #[test]
+    fn what_a_failed_flush_held_is_sent_after_the_next_flush_that_succeeds() {
+        use crate::store::contract::{rules, sink};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (_dir, held, store) = held_store();
+        store.set_outbox_rules(rules(vec![sink("phone", &["*"])]));
+        held.entered.recv_timeout(BOUND).unwrap();
+        held.release.send(Ok(())).unwrap();
+        // One job, its flush answered with `flushed`; its own answer.
+        type Job = Box<dyn FnOnce(&mut Batch<'_>) -> Result<(), StoreError> + Send>;
+        let run = |job: Job, flushed: std::io::Result<()>| {
+            let (tx, done) = tokio::sync::oneshot::channel();
+            store.submit_job(job, tx, Isolation::Savepoint).unwrap();
+            held.entered.recv_timeout(BOUND).unwrap();
+            held.release.send(flushed).unwrap();
+            done.blocking_recv().unwrap()
+        };
+        let task = crate::store::NewTask {
+            kind: TaskKind::Live,
+            ..new_task("T1")
+        };
+        let inserted = run(
+            Box::new(move |b| b.insert_task(task, "alice").map(|_| ())),
+            Ok(()),
+        );
+        assert_eq!(inserted, Ok(()));
+        let pending = || rt.block_on(store.outbox_pending("phone", 10)).unwrap();
+        let mut signal = store.outbox_signal();
+        signal.borrow_and_update();
+
+        let cancel = crate::store::TransitionOp::new(
+            "T1",
+            crate::machine::Action::Cancel,
+            "alice",
+            crate::clock::now_ms(),
+        );
+        let cancelled = run(
+            Box::new(move |b| b.transition(cancel).map(|_| ())),
+            Err(std::io::Error::other("the disk went away")),
+        );
+        assert!(
+            matches!(cancelled, Err(StoreError::Sql(_))),
+            "{cancelled:?}"
+        );
+        assert!(pending().is_empty(), "sent what no flush covered");
+        signal.borrow_and_update();
+
+        // A commit with nothing for any sink, flushed.
+        let nothing = run(Box::new(|_| Ok(())), Ok(()));
+        assert_eq!(nothing, Ok(()));
+        assert!(signal.has_changed().unwrap(), "delivery was not woken");
+        let sent = pending();
+        assert_eq!(sent.len(), 1, "{sent:?}");
         assert_eq!(sent[0].event_type, "task.cancelled");
     }
 }

@@ -130,12 +130,10 @@ pub(super) struct Writer {
     /// Of those, the committed groups with bulk work: the integrity check gives way while they
     /// come (see `integrity`).
     pub bulk_groups: std::sync::atomic::AtomicU64,
-    /// The highest event number whose commit has been flushed: delivery reads the log up to here
-    /// and no further, so that a sink is never sent an event that a machine crash could still
-    /// take back (readers see a commit before its flush returns; see `flush`). Moved by each
-    /// flushed commit's settle, in commit order, before delivery is woken. At open, every event
-    /// in the store counts: the last daemon left them to the kernel, which writes them out.
-    pub flushed_events: std::sync::atomic::AtomicI64,
+    /// How far flushed commits reach into the event log and the `outbox` table: delivery reads no
+    /// further, so that a sink is never sent what a machine crash could still take back (readers
+    /// see a commit before its flush returns; see `flush`).
+    marks: flush::Marks,
 }
 
 /// Page cache of each pooled read connection, in KiB as `PRAGMA cache_size` takes it (negative).
@@ -237,7 +235,7 @@ impl SqliteBackend {
             groups: std::sync::atomic::AtomicU64::new(0),
             bulk_groups: std::sync::atomic::AtomicU64::new(0),
             rules_installed: std::sync::atomic::AtomicU64::new(0),
-            flushed_events: std::sync::atomic::AtomicI64::new(last_event),
+            marks: flush::Marks::new(last_event),
         });
         let published = Published {
             counts: Arc::clone(&counts),
@@ -874,10 +872,13 @@ fn run_transaction(
         deltas,
         saw_full,
         outbox_rows,
+        table_rows,
         bulk,
     } = batch.into_effects();
     // Only a commit that wrote something proves the disk takes writes again.
     let wrote = !new_events.is_empty() || !deltas.is_empty() || outbox_rows > 0;
+    // Counted before the commit, so that a read that sees its rows sees the count too.
+    let rows_commit = table_rows.then(|| published.outbox.marks.rows_commit());
     let committed = persist_counts(&tx, &deltas)
         .map_err(|e| group_error("cannot update the task counts", e))
         .and_then(|()| tx.commit().map_err(|e| group_error("commit failed", e)));
@@ -888,6 +889,14 @@ fn run_transaction(
         Ok(()) => wrote.then_some(false),
     };
     if let Err(e) = committed {
+        if let Some(n) = rows_commit {
+            published.outbox.marks.rows_not_committed(n);
+            // A read that held its rows back for this count waits for a wake.
+            published
+                .outbox
+                .written
+                .send_modify(|n| *n = n.wrapping_add(1));
+        }
         return (full, answer(completions, Err(e)));
     }
     let Published {
@@ -899,15 +908,13 @@ fn run_transaction(
         .iter()
         .filter_map(|e| i64::try_from(e.seq).ok())
         .max();
+    let covered = outbox.marks.committed(last_event);
     let settle = move |flushed: Result<(), StoreError>| {
         // The commit is in the store whether or not the flush returned: what others read of it
-        // follows it, and its callers hear whether it is on disk. Sinks are sent its events only
-        // once a flush covered them (this one, or the next that succeeds).
-        if let (Ok(()), Some(seq)) = (&flushed, last_event) {
-            outbox
-                .flushed_events
-                .fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
-        }
+        // follows it, and its callers hear whether it is on disk. Sinks are sent what it wrote
+        // only once a flush covered it (this one, or the next that succeeds), and the marks move
+        // before delivery is woken.
+        let released = outbox.marks.settled(covered, flushed.is_ok());
         if let Ok(mut c) = counts.lock() {
             for (kind, from, to) in &deltas {
                 c.apply(*kind, *from, *to);
@@ -916,7 +923,7 @@ fn run_transaction(
         for ev in new_events {
             let _ = events.send(ev);
         }
-        if outbox_rows > 0 {
+        if outbox_rows > 0 || released {
             outbox.written.send_modify(|n| *n = n.wrapping_add(1));
         }
         if bulk {

@@ -94,7 +94,7 @@ impl Batch<'_> {
                 .prepare_cached(&outbox_insert(chunk.len()))?
                 .execute(&*args)?;
         }
-        self.note_outbox(sinks.len());
+        self.note_table_rows(sinks.len());
         Ok(())
     }
 
@@ -270,7 +270,7 @@ impl Batch<'_> {
                  WHERE sink = ?1 AND state = 'dead'",
             )?
             .execute(params![sink, now_ms])?;
-        self.note_outbox(n);
+        self.note_table_rows(n);
         Ok(n as u64)
     }
 }
@@ -397,13 +397,15 @@ pub struct PendingRead {
 
 /// A sink's pending events in order: its rows (outbox_sink(sink, state, seq)), then the events
 /// past its place in the log (and past `hint`, a position up to which an earlier read found
-/// nothing for it) up to `flushed`, the last event whose commit is flushed
-/// ([`super::Writer::flushed_events`]).
+/// nothing for it) up to `flushed`, the last event whose commit is flushed. Rows are held back,
+/// and with them the events after them, unless `rows_flushed` says, once they are read, that every
+/// commit that wrote rows has been flushed (see `flush::Marks`); the read is then empty.
 pub fn outbox_pending(
     conn: &Connection,
     rules: Option<&OutboxRules>,
     hint: Option<i64>,
     flushed: i64,
+    rows_flushed: impl FnOnce() -> bool,
     sink: &str,
     limit: usize,
 ) -> Result<PendingRead, StoreError> {
@@ -415,6 +417,12 @@ pub fn outbox_pending(
         entry_from_row,
     )?;
     let mut entries: Vec<OutboxEntry> = rows.collect::<Result<_, _>>()?;
+    if !entries.is_empty() && !rows_flushed() {
+        return Ok(PendingRead {
+            entries: Vec::new(),
+            nothing_until: None,
+        });
+    }
     let mut nothing_until = None;
     if let (Some(rules), Some(place)) = (rules, place(conn, sink)?) {
         if entries.len() < limit {
