@@ -136,6 +136,9 @@ pub(super) struct Writer {
     marks: flush::Marks,
 }
 
+/// Bytes of log file kept once the log starts over (`journal_size_limit`; see `open_with`).
+const LOG_SIZE_LIMIT: i64 = 64 << 20;
+
 /// Page cache of each pooled read connection, in KiB as `PRAGMA cache_size` takes it (negative).
 /// A read either touches a few pages or scans more than any cache would keep (the shadow summary
 /// reads 5 MiB of index at 1,000,000 tasks), so a pooled connection keeps a quarter of SQLite's
@@ -191,6 +194,12 @@ impl SqliteBackend {
         // of the writer's time under load); in memory it costs a copy. Durability is untouched:
         // the statement journal only ever serves a rollback inside a transaction.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // The log file keeps the largest size it ever reached, until an orderly stop truncates
+        // it: a migration or a bulk write of one transaction would leave hundreds of MiB behind.
+        // SQLite cuts it back to this size whenever the log starts over (after a checkpoint that
+        // copied all of it). Four times what a log holds before the writer checkpoints
+        // ([`checkpoint::WRITER_FRAMES`]), so that the usual log is never cut and regrown.
+        conn.pragma_update(None, "journal_size_limit", LOG_SIZE_LIMIT)?;
         schema::migrate(&mut conn).map_err(StoreError::Sql)?;
         let checkpointer = checkpoint::Checkpointer::start(path)?;
         checkpointer.install(&mut conn)?;

@@ -1187,3 +1187,40 @@ fn a_tasks_row_lists_its_events_and_no_number_is_given_twice() {
     assert_eq!(t4, stored);
     assert!(t4[0] > newest, "{t4:?} after {newest}");
 }
+
+/// A transaction that grew the log far past its usual size leaves no such file behind: once the
+/// log has been copied into the store and starts over, the file is cut back to the limit.
+#[test]
+fn a_log_grown_by_one_large_commit_is_cut_back_when_it_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = super::SqliteBackend::open(&path).unwrap();
+    let log = dir.path().join("state.db-wal");
+    let size = || std::fs::metadata(&log).unwrap().len();
+    let run = |job: TestJob| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store.submit_job(job, tx, Savepoint).unwrap();
+        rx.blocking_recv().unwrap()
+    };
+    // 80 MiB in one commit: the log holds every page of it.
+    let big = run(Box::new(|b| {
+        b.tx().execute_batch(
+            "CREATE TABLE bulk (b BLOB); \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 80) \
+             INSERT INTO bulk SELECT zeroblob(1048576) FROM n;",
+        )?;
+        Ok(())
+    }));
+    assert_eq!(big, Ok(()));
+    let grown = size();
+    assert!(grown > 80 << 20, "the log holds {grown} bytes");
+    // That commit took the log past the writer's threshold, so it was copied into the store
+    // before this write began, and this write starts the log over.
+    assert_eq!(run(insert("T1")), Ok(()));
+    let cut = size();
+    assert!(
+        cut <= super::LOG_SIZE_LIMIT as u64,
+        "the log keeps {cut} bytes"
+    );
+    assert_eq!(stored_ids(&store), vec!["T1".to_string()]);
+}
