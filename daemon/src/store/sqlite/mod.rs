@@ -136,8 +136,12 @@ pub(super) struct Writer {
     marks: flush::Marks,
 }
 
-/// Bytes of log file kept once the log starts over (`journal_size_limit`; see `open_with`).
-const LOG_SIZE_LIMIT: i64 = 64 << 20;
+/// Bytes of log file the writer leaves alone when idle (see [`trim_log_while_idle`]): four times
+/// what the log holds before the writer checkpoints ([`checkpoint::WRITER_FRAMES`]).
+const LOG_SIZE_LIMIT: u64 = 64 << 20;
+
+/// How long a connection waits for a lock another holds before it answers busy.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Page cache of each pooled read connection, in KiB as `PRAGMA cache_size` takes it (negative).
 /// A read either touches a few pages or scans more than any cache would keep (the shadow summary
@@ -156,7 +160,7 @@ fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreErr
     // A connection is only ever used by one thread at a time (the writer, or a reader taken from the
     // pool), so SQLite's per-call locking is not needed.
     let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     // Room for every statement the writer and the readers prepare, so none is parsed twice.
     conn.set_prepared_statement_cache_capacity(64);
     // Plans that never depend on the values bound to them. Without this, SQLite marks a statement
@@ -194,12 +198,6 @@ impl SqliteBackend {
         // of the writer's time under load); in memory it costs a copy. Durability is untouched:
         // the statement journal only ever serves a rollback inside a transaction.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
-        // The log file keeps the largest size it ever reached, until an orderly stop truncates
-        // it: a migration or a bulk write of one transaction would leave hundreds of MiB behind.
-        // SQLite cuts it back to this size whenever the log starts over (after a checkpoint that
-        // copied all of it). Four times what a log holds before the writer checkpoints
-        // ([`checkpoint::WRITER_FRAMES`]), so that the usual log is never cut and regrown.
-        conn.pragma_update(None, "journal_size_limit", LOG_SIZE_LIMIT)?;
         schema::migrate(&mut conn).map_err(StoreError::Sql)?;
         let checkpointer = checkpoint::Checkpointer::start(path)?;
         checkpointer.install(&mut conn)?;
@@ -614,6 +612,8 @@ fn writer_loop(
     });
     // Goals wait for the text index until the writer idles (see `goal_index`).
     let mut goals_behind = true;
+    // The log file may have grown past its limit: looked at, and cut back, when the writer idles.
+    let mut log_to_trim = true;
     // A job taken while the last group was handed to the flusher: the next group's first.
     let mut carried: Option<Job> = None;
     loop {
@@ -621,13 +621,16 @@ fn writer_loop(
             job
         } else {
             match fault {
-                None if goals_behind => match rx.recv_timeout(goal_index::IDLE) {
+                None if goals_behind || log_to_trim => match rx.recv_timeout(goal_index::IDLE) {
                     Ok(job) => job,
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         match index_goals_while_idle(&mut conn, &rx, &mut goals_behind) {
                             Some(job) => job,
-                            None => continue,
+                            None => {
+                                log_to_trim = !trim_log_while_idle(&mut conn);
+                                continue;
+                            }
                         }
                     }
                 },
@@ -687,6 +690,7 @@ fn writer_loop(
         carried = rx.try_recv().ok();
         flusher.hand(end, single && carried.is_none());
         goals_behind = true;
+        log_to_trim = true;
     }
     // Every sender is gone: settle what is left, checkpoint so the next start opens a small WAL,
     // then mark the store as closed in order (`--copy-store-to` copies only a store closed in
@@ -731,6 +735,45 @@ fn index_goals_while_idle(
         }
     }
     None
+}
+
+/// Cut the log file back to nothing if it is larger than [`LOG_SIZE_LIMIT`], while the writer
+/// has no work. The file keeps the largest size the log ever reached until an orderly stop
+/// truncates it: a migration, or writes while a long read (the integrity check) kept the log from
+/// starting over, leave hundreds of MiB behind. SQLite's `journal_size_limit` would cut it when
+/// the log next starts over, which is inside a write, often under load: one `ftruncate` of 362 MiB
+/// took 75 ms here, and the scattered sweep 0.1–0.3 s longer (docs/BENCHMARKS.md, "The log
+/// file cut back when idle"). Here it costs a job only if one arrives meanwhile.
+///
+/// Only once every frame was copied into the store (by the checkpoint thread, or by this
+/// checkpoint when the thread was not woken for the last few), and without waiting for anyone: a
+/// reader on an older snapshot or a checkpoint under way makes it try again at the next idle
+/// moment. Answers whether nothing is left to do.
+fn trim_log_while_idle(conn: &mut Connection) -> bool {
+    let Some(log) = conn
+        .path()
+        .filter(|p| !p.is_empty())
+        .map(|p| format!("{p}-wal"))
+    else {
+        return true;
+    };
+    match std::fs::metadata(&log) {
+        Ok(meta) if meta.len() > LOG_SIZE_LIMIT => {}
+        _ => return true,
+    }
+    if conn.busy_timeout(Duration::ZERO).is_err() {
+        return false;
+    }
+    let copied = matches!(
+        conn.wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::PASSIVE),
+        Ok((frames, copied)) if copied >= frames
+    );
+    let cut = copied
+        && conn
+            .wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::TRUNCATE)
+            .is_ok();
+    let _ = conn.busy_timeout(BUSY_TIMEOUT);
+    cut
 }
 
 /// Move the stored counts by the group's changes, inside the group's transaction: one statement per
