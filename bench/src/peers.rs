@@ -9,6 +9,7 @@
 mod driver;
 mod graphile;
 mod install;
+mod interrupt;
 mod ours;
 mod procrastinate;
 mod pueue;
@@ -132,6 +133,7 @@ pub fn run(o: Options) -> Result<()> {
         }
     }
     let cache = install::cache_dir(o.cache_dir.as_deref())?;
+    interrupt::install();
     let base = tempfile::Builder::new()
         .prefix("orchbench-peers-")
         .tempdir_in(o.work_dir.as_deref().unwrap_or(Path::new("/var/tmp")))?;
@@ -199,6 +201,7 @@ pub fn run(o: Options) -> Result<()> {
         }
         drop(pueue);
         d.stop()?;
+        interrupt::check()?;
     }
 
     // --- PostgreSQL queues: throughput and burn-down ----------------------------------------------
@@ -221,6 +224,7 @@ pub fn run(o: Options) -> Result<()> {
         if !o.peers.contains(&peer) {
             continue;
         }
+        interrupt::check()?;
         let name = match peer {
             Peer::GraphileWorker => "graphile-worker",
             _ => "procrastinate",
@@ -258,6 +262,7 @@ pub fn run(o: Options) -> Result<()> {
         }
     }
 
+    interrupt::check()?;
     println!("Peers: {}.", versions.join("; "));
     println!("Us: {OURS}.");
     println!(

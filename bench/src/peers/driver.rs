@@ -249,6 +249,7 @@ impl Role {
     /// The next line that is not progress; progress goes to our stderr.
     fn line(&mut self) -> Result<String> {
         loop {
+            super::interrupt::check()?;
             let mut l = String::new();
             if self.stdout.read_line(&mut l)? == 0 {
                 let status = self.child.wait()?;

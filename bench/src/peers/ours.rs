@@ -125,6 +125,7 @@ impl Ours {
         })?;
         let mut shown = started;
         let counts = loop {
+            super::interrupt::check()?;
             let counts = shadow_counts(&mut conn)?;
             let left: u64 = counts
                 .iter()
