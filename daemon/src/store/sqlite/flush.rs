@@ -154,6 +154,14 @@ impl Marks {
     }
 }
 
+/// The write-ahead log file of the store `conn` is open on, named as SQLite names it (links in the
+/// path resolved); `None` for a store without a file.
+pub(super) fn log_file(conn: &rusqlite::Connection) -> Option<String> {
+    conn.path()
+        .filter(|p| !p.is_empty())
+        .map(|db| format!("{db}-wal"))
+}
+
 /// The flush thread, or none: then the writer commits at `FULL` and settles each commit itself.
 pub(super) struct Flusher {
     inner: Option<(Arc<Shared>, FlushLog, JoinHandle<()>)>,
@@ -168,10 +176,9 @@ impl Flusher {
     /// A thread flushing the log of the store `conn` writes (its `-wal` file, which a commit of
     /// `conn` has created). The file's name comes from SQLite, which resolves links in the path.
     pub(super) fn for_log_of(conn: &rusqlite::Connection) -> std::io::Result<Flusher> {
-        let db = conn.path().filter(|p| !p.is_empty()).ok_or_else(|| {
+        let log = log_file(conn).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::NotFound, "the store has no file")
         })?;
-        let log = format!("{db}-wal");
         let file = File::open(log)?;
         Flusher::start(Arc::new(move || file.sync_data()))
     }
@@ -308,6 +315,7 @@ fn flush_error(e: std::io::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::outbox::OutboxEntry;
     use crate::store::sqlite::batch::{Batch, Isolation};
     use crate::store::sqlite::tests::new_task;
     use crate::store::sqlite::{SqliteBackend, WRITER_TASK};
@@ -733,63 +741,107 @@ mod tests {
         assert_eq!(held.overlapping.load(Ordering::SeqCst), 0);
     }
 
-    /// Delivery reads the event log only up to the last flushed commit: a cancel that is
-    /// committed, and readable, but not yet flushed is not handed to a sink; once its flush
-    /// returns, it is.
-    #[test]
-    fn a_sink_is_sent_an_event_only_once_its_commit_is_flushed() {
+    /// One write of a test, run alone in a savepoint.
+    type Job = Box<dyn FnOnce(&mut Batch<'_>) -> Result<(), StoreError> + Send>;
+    type Answer = tokio::sync::oneshot::Receiver<Result<(), StoreError>>;
+
+    /// A store whose flushes are held, with one sink, `phone`, that wants every event (its place
+    /// in the log committed and flushed), and a runtime to read the sink's pending events with.
+    fn sink_store() -> (
+        tempfile::TempDir,
+        Held,
+        SqliteBackend,
+        tokio::runtime::Runtime,
+    ) {
         use crate::store::contract::{rules, sink};
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let (_dir, held, store) = held_store();
+        let (dir, held, store) = held_store();
         store.set_outbox_rules(rules(vec![sink("phone", &["*"])]));
-        // The sink's place in the log, then a live task: each commit flushed and let go.
         held.entered.recv_timeout(BOUND).unwrap();
         held.release.send(Ok(())).unwrap();
-        let (tx, inserted) = tokio::sync::oneshot::channel();
+        (dir, held, store, rt)
+    }
+
+    /// What the sink `phone` would be sent now.
+    fn pending(rt: &tokio::runtime::Runtime, store: &SqliteBackend) -> Vec<OutboxEntry> {
+        rt.block_on(store.outbox_pending("phone", 10)).unwrap()
+    }
+
+    /// Queue `job` and wait until the flush of its commit has begun, and is held.
+    fn queue_held(store: &SqliteBackend, held: &Held, job: Job) -> Answer {
+        let (tx, answer) = tokio::sync::oneshot::channel();
+        store.submit_job(job, tx, Isolation::Savepoint).unwrap();
+        held.entered.recv_timeout(BOUND).unwrap();
+        answer
+    }
+
+    /// Let the held flush return `flushed`; the job's answer.
+    fn release(
+        held: &Held,
+        answer: Answer,
+        flushed: std::io::Result<()>,
+    ) -> Result<(), StoreError> {
+        held.release.send(flushed).unwrap();
+        answer.blocking_recv().unwrap()
+    }
+
+    /// `job` queued and its flush answered with `flushed`; the job's answer.
+    fn run(
+        store: &SqliteBackend,
+        held: &Held,
+        job: Job,
+        flushed: std::io::Result<()>,
+    ) -> Result<(), StoreError> {
+        release(held, queue_held(store, held, job), flushed)
+    }
+
+    /// Insert the live task `id`, which sinks hear of once it waits or ends.
+    fn insert_live(id: &'static str) -> Job {
         let task = crate::store::NewTask {
             kind: TaskKind::Live,
-            ..new_task("T1")
+            ..new_task(id)
         };
-        store
-            .submit_job(
-                move |b| b.insert_task(task, "alice").map(|_| ()),
-                tx,
-                Isolation::Savepoint,
-            )
-            .unwrap();
-        held.entered.recv_timeout(BOUND).unwrap();
-        held.release.send(Ok(())).unwrap();
-        assert_eq!(inserted.blocking_recv().unwrap(), Ok(()));
-        let pending = || rt.block_on(store.outbox_pending("phone", 10)).unwrap();
-        assert!(pending().is_empty(), "a queued task notifies no one");
+        Box::new(move |b| b.insert_task(task, "alice").map(|_| ()))
+    }
 
-        let (tx, cancelled) = tokio::sync::oneshot::channel();
-        let cancel = crate::store::TransitionOp::new(
-            "T1",
+    /// Cancel the task `id`.
+    fn cancel(id: &'static str) -> Job {
+        let op = crate::store::TransitionOp::new(
+            id,
             crate::machine::Action::Cancel,
             "alice",
             crate::clock::now_ms(),
         );
-        store
-            .submit_job(
-                move |b| b.transition(cancel).map(|_| ()),
-                tx,
-                Isolation::Bare,
-            )
-            .unwrap();
-        held.entered.recv_timeout(BOUND).unwrap();
+        Box::new(move |b| b.transition(op).map(|_| ()))
+    }
+
+    /// Delivery reads the event log only up to the last flushed commit: a cancel that is
+    /// committed, and readable, but not yet flushed is not handed to a sink; once its flush
+    /// returns, it is.
+    #[test]
+    fn a_sink_is_sent_an_event_only_once_its_commit_is_flushed() {
+        let (_dir, held, store, rt) = sink_store();
+        assert_eq!(run(&store, &held, insert_live("T1"), Ok(())), Ok(()));
+        assert!(
+            pending(&rt, &store).is_empty(),
+            "a queued task notifies no one"
+        );
+
+        let cancelled = queue_held(&store, &held, cancel("T1"));
         let read = store
             .read_blocking(|c| crate::store::sqlite::queries::get_task(c, "T1"))
             .unwrap()
             .unwrap();
         assert_eq!(read.state, TaskState::Cancelled, "committed and readable");
-        assert!(pending().is_empty(), "sent before its commit was flushed");
-        held.release.send(Ok(())).unwrap();
-        assert_eq!(cancelled.blocking_recv().unwrap(), Ok(()));
-        let sent = pending();
+        assert!(
+            pending(&rt, &store).is_empty(),
+            "sent before its commit was flushed"
+        );
+        assert_eq!(release(&held, cancelled, Ok(())), Ok(()));
+        let sent = pending(&rt, &store);
         assert_eq!(sent.len(), 1, "{sent:?}");
         assert_eq!(sent[0].task_id.as_deref(), Some("T1"));
         assert_eq!(sent[0].event_type, "task.cancelled");
@@ -800,17 +852,8 @@ mod tests {
     /// is held back the same way.
     #[test]
     fn a_sink_is_sent_an_outbox_row_only_once_its_commit_is_flushed() {
-        use crate::store::contract::{rules, sink};
         use crate::store::outbox::{Notice, OutboxKey};
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (_dir, held, store) = held_store();
-        store.set_outbox_rules(rules(vec![sink("phone", &["*"])]));
-        held.entered.recv_timeout(BOUND).unwrap();
-        held.release.send(Ok(())).unwrap();
-        let pending = || rt.block_on(store.outbox_pending("phone", 10)).unwrap();
+        let (_dir, held, store, rt) = sink_store();
         let rows = || {
             store
                 .read_blocking(|c| {
@@ -823,55 +866,44 @@ mod tests {
                 .unwrap()
         };
 
-        let (tx, queued) = tokio::sync::oneshot::channel();
         let notice = Notice::new("mode.changed", 1).field("to", "live");
-        store
-            .submit_job(
-                move |b| b.enqueue_notice(&notice).map(|_| ()),
-                tx,
-                Isolation::Savepoint,
-            )
-            .unwrap();
-        held.entered.recv_timeout(BOUND).unwrap();
+        let queued = queue_held(
+            &store,
+            &held,
+            Box::new(move |b| b.enqueue_notice(&notice).map(|_| ())),
+        );
         assert_eq!(rows(), 1, "committed and readable");
-        assert!(pending().is_empty(), "sent before its commit was flushed");
-        held.release.send(Ok(())).unwrap();
-        assert_eq!(queued.blocking_recv().unwrap(), Ok(()));
-        let sent = pending();
+        assert!(
+            pending(&rt, &store).is_empty(),
+            "sent before its commit was flushed"
+        );
+        assert_eq!(release(&held, queued, Ok(())), Ok(()));
+        let sent = pending(&rt, &store);
         assert_eq!(sent.len(), 1, "{sent:?}");
         assert_eq!(sent[0].event_type, "mode.changed");
 
         // Given up on, then made pending again while the flush is held.
-        let (tx, dead) = tokio::sync::oneshot::channel();
         let entries = sent.clone();
-        store
-            .submit_job(
-                move |b| b.outbox_dead(&entries, 2, None),
-                tx,
-                Isolation::Savepoint,
-            )
-            .unwrap();
-        held.entered.recv_timeout(BOUND).unwrap();
-        held.release.send(Ok(())).unwrap();
-        assert_eq!(dead.blocking_recv().unwrap(), Ok(()));
-        assert!(pending().is_empty(), "a dead row is not pending");
-        let (tx, retried) = tokio::sync::oneshot::channel();
-        store
-            .submit_job(
-                move |b| b.outbox_retry_dead("phone", 3).map(|_| ()),
-                tx,
-                Isolation::Savepoint,
-            )
-            .unwrap();
-        held.entered.recv_timeout(BOUND).unwrap();
+        let dead = run(
+            &store,
+            &held,
+            Box::new(move |b| b.outbox_dead(&entries, 2, None)),
+            Ok(()),
+        );
+        assert_eq!(dead, Ok(()));
+        assert!(pending(&rt, &store).is_empty(), "a dead row is not pending");
+        let retried = queue_held(
+            &store,
+            &held,
+            Box::new(|b| b.outbox_retry_dead("phone", 3).map(|_| ())),
+        );
         assert_eq!(rows(), 1, "made pending and readable");
         assert!(
-            pending().is_empty(),
+            pending(&rt, &store).is_empty(),
             "sent again before its commit was flushed"
         );
-        held.release.send(Ok(())).unwrap();
-        assert_eq!(retried.blocking_recv().unwrap(), Ok(()));
-        let again = pending();
+        assert_eq!(release(&held, retried, Ok(())), Ok(()));
+        let again = pending(&rt, &store);
         assert_eq!(again.len(), 1, "{again:?}");
         assert_eq!(again[0].key, sent[0].key);
         assert!(matches!(again[0].key, OutboxKey::Row(_)));
@@ -881,59 +913,27 @@ mod tests {
     /// that wrote no event and no row, and delivery is woken for it.
     #[test]
     fn what_a_failed_flush_held_is_sent_after_the_next_flush_that_succeeds() {
-        use crate::store::contract::{rules, sink};
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (_dir, held, store) = held_store();
-        store.set_outbox_rules(rules(vec![sink("phone", &["*"])]));
-        held.entered.recv_timeout(BOUND).unwrap();
-        held.release.send(Ok(())).unwrap();
-        // One job, its flush answered with `flushed`; its own answer.
-        type Job = Box<dyn FnOnce(&mut Batch<'_>) -> Result<(), StoreError> + Send>;
-        let run = |job: Job, flushed: std::io::Result<()>| {
-            let (tx, done) = tokio::sync::oneshot::channel();
-            store.submit_job(job, tx, Isolation::Savepoint).unwrap();
-            held.entered.recv_timeout(BOUND).unwrap();
-            held.release.send(flushed).unwrap();
-            done.blocking_recv().unwrap()
-        };
-        let task = crate::store::NewTask {
-            kind: TaskKind::Live,
-            ..new_task("T1")
-        };
-        let inserted = run(
-            Box::new(move |b| b.insert_task(task, "alice").map(|_| ())),
-            Ok(()),
-        );
-        assert_eq!(inserted, Ok(()));
-        let pending = || rt.block_on(store.outbox_pending("phone", 10)).unwrap();
+        let (_dir, held, store, rt) = sink_store();
+        assert_eq!(run(&store, &held, insert_live("T1"), Ok(())), Ok(()));
         let mut signal = store.outbox_signal();
         signal.borrow_and_update();
 
-        let cancel = crate::store::TransitionOp::new(
-            "T1",
-            crate::machine::Action::Cancel,
-            "alice",
-            crate::clock::now_ms(),
-        );
-        let cancelled = run(
-            Box::new(move |b| b.transition(cancel).map(|_| ())),
-            Err(std::io::Error::other("the disk went away")),
-        );
+        let failed = Err(std::io::Error::other("the disk went away"));
+        let cancelled = run(&store, &held, cancel("T1"), failed);
         assert!(
             matches!(cancelled, Err(StoreError::Sql(_))),
             "{cancelled:?}"
         );
-        assert!(pending().is_empty(), "sent what no flush covered");
+        assert!(
+            pending(&rt, &store).is_empty(),
+            "sent what no flush covered"
+        );
         signal.borrow_and_update();
 
         // A commit with nothing for any sink, flushed.
-        let nothing = run(Box::new(|_| Ok(())), Ok(()));
-        assert_eq!(nothing, Ok(()));
+        assert_eq!(run(&store, &held, Box::new(|_| Ok(())), Ok(())), Ok(()));
         assert!(signal.has_changed().unwrap(), "delivery was not woken");
-        let sent = pending();
+        let sent = pending(&rt, &store);
         assert_eq!(sent.len(), 1, "{sent:?}");
         assert_eq!(sent[0].event_type, "task.cancelled");
     }

@@ -136,6 +136,13 @@ pub(super) struct Writer {
     marks: flush::Marks,
 }
 
+impl Writer {
+    /// Wake the delivery workers: there may be something new for them to read.
+    fn wake_delivery(&self) {
+        self.written.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
 /// Bytes of log file the writer leaves alone when idle (see [`trim_log_while_idle`]): four times
 /// what the log holds before the writer checkpoints ([`checkpoint::WRITER_FRAMES`]).
 const LOG_SIZE_LIMIT: u64 = 64 << 20;
@@ -750,11 +757,7 @@ fn index_goals_while_idle(
 /// reader on an older snapshot or a checkpoint under way makes it try again at the next idle
 /// moment. Answers whether nothing is left to do.
 fn trim_log_while_idle(conn: &mut Connection) -> bool {
-    let Some(log) = conn
-        .path()
-        .filter(|p| !p.is_empty())
-        .map(|p| format!("{p}-wal"))
-    else {
+    let Some(log) = flush::log_file(conn) else {
         return true;
     };
     match std::fs::metadata(&log) {
@@ -944,10 +947,7 @@ fn run_transaction(
         if let Some(n) = rows_commit {
             published.outbox.marks.rows_not_committed(n);
             // A read that held its rows back for this count waits for a wake.
-            published
-                .outbox
-                .written
-                .send_modify(|n| *n = n.wrapping_add(1));
+            published.outbox.wake_delivery();
         }
         return (full, answer(completions, Err(e)));
     }
@@ -976,7 +976,7 @@ fn run_transaction(
             let _ = events.send(ev);
         }
         if outbox_rows > 0 || released {
-            outbox.written.send_modify(|n| *n = n.wrapping_add(1));
+            outbox.wake_delivery();
         }
         if bulk {
             outbox

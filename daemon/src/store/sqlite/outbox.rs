@@ -458,8 +458,16 @@ pub fn log_backlog(conn: &Connection, rules: &OutboxRules) -> Result<Vec<OutboxE
     let mut out = Vec::new();
     for sink in sinks {
         if let Some(place) = place(conn, &sink)? {
-            let (after, upto) = (place.cursor, i64::MAX);
-            out.extend(log_pending(conn, rules, &sink, &place, after, upto, usize::MAX)?.0);
+            let (log, _) = log_pending(
+                conn,
+                rules,
+                &sink,
+                &place,
+                place.cursor,
+                i64::MAX,
+                usize::MAX,
+            )?;
+            out.extend(log);
         }
     }
     Ok(out)
