@@ -26,6 +26,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 pub enum Stop {
     /// After this many requests per connection.
     Count(u64),
+    /// The same, or before a connection's next request once `cut` answers true (a signal
+    /// noted, say): the caller tells a cut run from a whole one.
+    CountUnless(u64, fn() -> bool),
     /// When this much time has passed since all connections were open.
     After(Duration),
 }
@@ -67,7 +70,7 @@ where
         let start = Instant::now();
         let deadline = match stop {
             Stop::After(d) => Some(start + d),
-            Stop::Count(_) => None,
+            Stop::Count(_) | Stop::CountUnless(..) => None,
         };
         let (request, judge) = (&request, &judge);
         let runs = opened
@@ -81,6 +84,7 @@ where
                 loop {
                     match (stop, deadline) {
                         (Stop::Count(n), _) if i >= n => break,
+                        (Stop::CountUnless(n, cut), _) if i >= n || cut() => break,
                         (_, Some(end)) if Instant::now() >= end => break,
                         _ => {}
                     }
@@ -309,5 +313,35 @@ mod tests {
         assert!(t.elapsed >= Duration::from_millis(200), "{:?}", t.elapsed);
         assert!(t.ok > 0);
         assert_eq!(t.latency.len() as u64, t.ok);
+    }
+
+    /// A run that may be cut stops each connection before its next request once the cut answers
+    /// true, well short of its count.
+    #[test]
+    fn a_cut_run_stops_before_the_next_request() {
+        static CUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        fn cut() -> bool {
+            CUT.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        let (_dir, socket, seen) = listening();
+        let (t, _) = run(
+            &socket,
+            2,
+            Stop::CountUnless(1_000, cut),
+            |c, i| Request::ShowTask {
+                id: format!("{c}-{i}"),
+            },
+            |c, i, _| {
+                if (c, i) == (0, 4) {
+                    CUT.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                Ok(Outcome::Ok)
+            },
+        )
+        .unwrap();
+        let sent: Vec<usize> = (0..2).map(|_| seen.recv().unwrap().len()).collect();
+        assert!(sent.contains(&5), "{sent:?}");
+        assert!(t.ok < 20, "{} requests answered", t.ok);
+        assert_eq!(t.ok, sent.iter().sum::<usize>() as u64);
     }
 }

@@ -343,8 +343,10 @@ fn pg_rows(
             let (d, sock) = ours.fresh()?;
             eprintln!("  us: {} synthetic submits, {c} clients", o.jobs);
             let s = ours::with_progress(&sock, "done", || {
-                scenarios::submit(&sock, c, Stop::Count(o.jobs.div_ceil(c as u64)))
+                let per = o.jobs.div_ceil(c as u64);
+                scenarios::submit(&sock, c, Stop::CountUnless(per, interrupt::noted))
             })?;
+            interrupt::check()?;
             d.stop()?;
             e.insert(s);
         }

@@ -2,7 +2,8 @@
 //! would on an error, so that every process it started (daemons, `pueued`, PostgreSQL, the
 //! drivers) is ended by its guard and its directory removed. Without this the signal's default
 //! ended the command alone and left them running. The long phases check at least every 2 s (each
-//! progress line, each poll of our daemon); a short one runs to its end first.
+//! progress line, each poll of our daemon), our own submits before each request; a short one runs
+//! to its end first.
 
 use anyhow::{bail, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,9 +26,14 @@ pub fn install() {
     }
 }
 
+/// Whether a signal has been noted.
+pub fn noted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// An error once a signal has been noted.
 pub fn check() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if noted() {
         bail!("interrupted by a signal; every process the run started is being ended");
     }
     Ok(())

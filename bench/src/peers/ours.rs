@@ -1,7 +1,7 @@
 //! Our side of the rows: daemons started on a fresh store each, in synthetic mode (as `orchbench
 //! all`), or in shadow mode with a no-op specialist for the worker burn-down.
 
-use super::install;
+use super::{install, interrupt};
 use crate::client::Conn;
 use crate::load::Stop;
 use crate::proc::Daemon;
@@ -110,8 +110,9 @@ impl Ours {
         eprintln!("  us: submitting {jobs} shadow tasks, {clients} clients, agent {AGENT} paused");
         let per = jobs.div_ceil(clients as u64);
         let enqueue = with_progress(&socket, "submitted", || {
-            scenarios::submit(&socket, clients, Stop::Count(per))
+            scenarios::submit(&socket, clients, Stop::CountUnless(per, interrupt::noted))
         })?;
+        interrupt::check()?;
         eprintln!(
             "  us: {} submitted in {:.1} s; {} running them, at most {clients} at once",
             enqueue.ok,
@@ -125,7 +126,7 @@ impl Ours {
         })?;
         let mut shown = started;
         let counts = loop {
-            super::interrupt::check()?;
+            interrupt::check()?;
             let counts = shadow_counts(&mut conn)?;
             let left: u64 = counts
                 .iter()
