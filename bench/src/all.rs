@@ -203,6 +203,20 @@ pub fn run(o: Options) -> Result<()> {
         );
     }
 
+    // The same flush behind a socket: the floor of one connection waiting for each answer.
+    let mut served = 0f64;
+    for (name, server) in fsync::SERVERS {
+        let r = fsync::served(&state, server, secs.min(Duration::from_secs(3)))?;
+        served = served.max(r.per_sec());
+        t.add(
+            &format!("raw limit behind a round trip: {name}"),
+            rate(&r),
+            &format!("{:.2} × raw limit", r.per_sec() / limit),
+            None,
+            "orchbench fsync --dir STATE_DIR",
+        );
+    }
+
     let rt = scenarios::roundtrip(sock, 20_000)?;
     t.add(
         "status round trip on an open connection",
@@ -248,9 +262,10 @@ pub fn run(o: Options) -> Result<()> {
         let (target, met) = match conns {
             1 => (
                 format!(
-                    "≥ 0.7 × raw limit ({:.0}/s): {:.2}×",
+                    "≥ 0.7 × raw limit ({:.0}/s): {:.2}× (a server doing only the flush: {:.2}×)",
                     limit,
-                    s.per_sec() / limit
+                    s.per_sec() / limit,
+                    served / limit
                 ),
                 Some(s.per_sec() >= 0.7 * limit),
             ),

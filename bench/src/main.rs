@@ -113,7 +113,8 @@ enum Cmd {
         #[arg(long, default_value_t = 20_000)]
         requests: u64,
     },
-    /// The machine's limit: append a small record and flush it, in a loop, in DIR.
+    /// The machine's limit: append a small record and flush it, in a loop, in DIR; then the same
+    /// flush behind a Unix socket, answering one client that waits for each answer.
     Fsync {
         /// A directory on the filesystem of the daemon's state directory.
         #[arg(long)]
@@ -293,8 +294,13 @@ fn run(cli: Cli) -> Result<()> {
             println!("status round trip, open connection: {}", t.describe());
         }
         Cmd::Fsync { dir, seconds } => {
+            let seconds = Duration::from_secs_f64(seconds);
             for (name, place, flush) in fsync::VARIANTS {
-                let t = fsync::run(&dir, place, flush, Duration::from_secs_f64(seconds))?;
+                let t = fsync::run(&dir, place, flush, seconds)?;
+                println!("{name}: {}", t.describe());
+            }
+            for (name, server) in fsync::SERVERS {
+                let t = fsync::served(&dir, server, seconds)?;
                 println!("{name}: {}", t.describe());
             }
         }
