@@ -625,3 +625,120 @@ fn a_watch_sees_what_another_node_commits_while_its_listener_reconnects() {
         );
     }
 }
+
+/// The lines of a file, none if it does not exist yet.
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `orchctl agents` on `d`, by agent.
+fn agents_on(d: &TestDaemon) -> BTreeMap<String, Value> {
+    let (code, v) = d.ctl_json(&["agents"]);
+    assert_eq!(code, 0, "{v}");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["agent"].as_str().unwrap().to_string(), a.clone()))
+        .collect()
+}
+
+/// Budgets count every node's runs. n1 runs only the researcher and n2 only the coder, each run
+/// costing $0.45, under a global daily budget of $1: n1's two runs reach the warning, and n2's
+/// one run (which alone is under it) exhausts the budget. Each threshold reaches the sink once,
+/// the pause covers both nodes' agents, and each node shows every agent's spending as the store
+/// holds it.
+#[test]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+fn a_global_budget_counts_every_nodes_runs_and_pauses_every_nodes_agents() {
+    let c = Cluster::new();
+    let costly = script(
+        c.work.path(),
+        "costly.sh",
+        "echo \"$ORCH_AGENT_ID $ORCH_TASK_ID\" >> \"$DIR/runs.log\"\n\
+         cat >/dev/null\n\
+         printf '{\"usage\":{\"model\":\"m\",\"costUsd\":0.45}}' > \"$ORCH_META_FILE\"\n\
+         echo ok",
+    );
+    let events = c.work.path().join("events.log");
+    let sink = script(
+        c.work.path(),
+        "sink.sh",
+        &format!("{{ cat; echo; }} >> '{}'", events.display()),
+    );
+    let toml = |id: &str, runs: &str| {
+        format!(
+            "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 8\n\
+             [node]\nid = \"{id}\"\nheartbeat = \"200ms\"\nleader_lease = \"{lease}s\"\n\
+             [budget]\ndaily_usd = 1.0\n\
+             [[notify]]\nname = \"money\"\nevents = [\"budget.warning\", \"budget.exhausted\"]\n\
+             command = [\"{sink}\"]\n{agent}",
+            url = c.url,
+            lease = LEADER_LEASE.as_secs(),
+            sink = sink.display(),
+            agent = agent(runs, &costly, "max_concurrent = 2"),
+        )
+    };
+    let n1 = TestDaemon::in_mode(&toml("n1", "researcher"), "live");
+    let n2 = TestDaemon::with_config(&format!("mode = \"live\"\n{}", toml("n2", "coder")));
+    let sent = || -> Vec<Value> {
+        lines(&events)
+            .iter()
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+
+    // $0.90 on n1: past 80 % of the global budget.
+    for id in [n1.submit(RESEARCH), n1.submit(RESEARCH)] {
+        n1.wait_state(&id, "done", WAIT);
+    }
+    let warned = wait_for("the warning at the sink", WAIT, || {
+        let v = sent();
+        (!v.is_empty()).then_some(v)
+    });
+    assert_eq!(warned[0]["type"], "budget.warning", "{warned:?}");
+
+    // $0.45 more on n2, whose own runs are under the budget: $1.35 in all. (The coder's result
+    // waits for approval, its built-in policy.)
+    let code = n2.submit(CODE);
+    n2.wait_state(&code, "awaiting_approval", WAIT);
+    let all = wait_for("the exhaustion at the sink", WAIT, || {
+        let v = sent();
+        (v.len() >= 2).then_some(v)
+    });
+    let types: Vec<&str> = all.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["budget.warning", "budget.exhausted"], "{all:?}");
+    let exhausted = &all[1];
+    assert!(exhausted["agent"].is_null(), "{exhausted}");
+    assert_eq!(exhausted["period"], "daily");
+    assert!((exhausted["spentUsd"].as_f64().unwrap() - 1.35).abs() < 1e-9);
+
+    // Both nodes' agents pause, each node shows its agent's spending from every node's view.
+    for (node, runs, cost) in [(&n1, "researcher", 0.9), (&n2, "coder", 0.45)] {
+        let a = wait_for("the budget's pause on each node", WAIT, || {
+            let a = agents_on(node).remove(runs)?;
+            (a["paused"]["cause"] == "budget").then_some(a)
+        });
+        assert!(
+            (a["costTodayUsd"].as_f64().unwrap() - cost).abs() < 1e-9,
+            "{a}"
+        );
+    }
+    // Work submitted now waits.
+    let waiting = n2.submit(RESEARCH);
+    n1.wait_state(&waiting, "assigned", WAIT);
+    assert_eq!(lines(&c.work.path().join("runs.log")).len(), 3);
+    // Nothing is announced twice, by either node, over two more heartbeats of each.
+    for _ in 0..2 {
+        let before = heartbeats(&n1);
+        wait_for("a heartbeat of each node", WAIT, || {
+            let now = heartbeats(&n1);
+            (now.len() == 2 && now.iter().zip(&before).all(|(a, b)| a != b)).then_some(())
+        });
+    }
+    assert_eq!(sent().len(), 2, "{:?}", sent());
+}

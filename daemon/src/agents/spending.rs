@@ -6,8 +6,12 @@
 //! restart within the period does not pause the agent again.
 //!
 //! The sums live in memory, loaded from the store's usage at start and added to by every outcome.
+//! On a shared store every node's runs count: there the sums are taken from the store at each
+//! heartbeat instead ([`Spending::refresh`]), and the thresholds they cross are announced by the
+//! one node that claims each in the store (see the `cluster` module).
 
 use crate::config::{Budget, Config, Periods};
+use crate::store::cluster::Spent;
 use crate::store::{BudgetLift, UsageRow};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
@@ -71,6 +75,24 @@ pub struct Crossing {
     pub exhausted: bool,
     /// When the period ends, in milliseconds since the epoch.
     pub ends: i64,
+}
+
+impl Crossing {
+    /// The name of this threshold in its period, the same on every node: what a node claims
+    /// before it announces the crossing on a shared store.
+    pub fn key(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.agent.as_deref().unwrap_or(ALL),
+            self.period.as_str(),
+            self.ends,
+            if self.exhausted {
+                "exhausted"
+            } else {
+                "warning"
+            }
+        )
+    }
 }
 
 impl Inner {
@@ -242,6 +264,45 @@ impl Spending {
         out
     }
 
+    /// On a shared store: take the sums of every node's runs as the store holds them, and the
+    /// operators' lifts stored through any node. Answers the thresholds the sums cross that were
+    /// not crossed before, each once per period (so each node finds a crossing once; which node
+    /// announces it is settled in the store).
+    pub fn refresh(
+        &self,
+        cfg: &Config,
+        spent: &[Spent],
+        lifts: &[BudgetLift],
+        p: &Periods,
+    ) -> Vec<Crossing> {
+        let mut inner = self.inner();
+        inner.roll(p);
+        inner.day.clear();
+        inner.month.clear();
+        for s in spent {
+            for scope in [s.agent.as_str(), ALL] {
+                *inner.day.entry(scope.to_string()).or_default() += s.day_usd;
+                *inner.month.entry(scope.to_string()).or_default() += s.month_usd;
+            }
+        }
+        for l in lifts {
+            if l.day_start == p.day_start {
+                inner.lifted.insert((l.agent.clone(), p.day_start));
+            }
+            if l.month_start == p.month_start {
+                inner.lifted.insert((l.agent.clone(), p.month_start));
+            }
+        }
+        let mut out = Vec::new();
+        for s in spent {
+            if let Some(a) = cfg.agent(&s.agent) {
+                inner.check(&s.agent, &a.budget, p, &mut out);
+            }
+        }
+        inner.check(ALL, &cfg.budget, p, &mut out);
+        out
+    }
+
     /// (today, this month) for an agent.
     pub fn spent(&self, agent: &str, p: &Periods) -> (f64, f64) {
         let mut inner = self.inner();
@@ -408,5 +469,63 @@ mod tests {
         let crossed = later.charge(&c, "coder", 0.1, &periods(1));
         assert_eq!(crossed.len(), 1, "{crossed:?}");
         assert!(crossed[0].exhausted && crossed[0].period == Period::Day);
+    }
+
+    fn spent(agent: &str, day_usd: f64, month_usd: f64) -> Spent {
+        Spent {
+            agent: agent.into(),
+            day_usd,
+            month_usd,
+        }
+    }
+
+    /// On a shared store the sums are the store's, whatever this node ran: each refresh replaces
+    /// them, a threshold crossed is found once per period, and a lift stored through another node
+    /// counts here.
+    #[test]
+    fn a_refresh_takes_the_stores_sums_and_finds_each_crossing_once() {
+        let (c, s) = (cfg(), Spending::default());
+        assert!(s
+            .refresh(&c, &[spent("coder", 0.5, 0.5)], &[], &periods(0))
+            .is_empty());
+        assert_eq!(s.spent("coder", &periods(0)), (0.5, 0.5));
+        // Another node's runs bring the day to 0.85: a warning, found once.
+        let w = s.refresh(&c, &[spent("coder", 0.85, 0.85)], &[], &periods(0));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(!w[0].exhausted && w[0].agent.as_deref() == Some("coder"));
+        assert_eq!(w[0].key(), "coder:daily:100:warning");
+        assert!(s
+            .refresh(&c, &[spent("coder", 0.9, 0.9)], &[], &periods(0))
+            .is_empty());
+        // Replaced, not added to: the same sums read twice cross nothing more.
+        let x = s.refresh(&c, &[spent("coder", 1.2, 1.2)], &[], &periods(0));
+        assert_eq!(x.len(), 1, "{x:?}");
+        assert!(x[0].exhausted && (x[0].spent - 1.2).abs() < 1e-9);
+        assert_eq!(x[0].key(), "coder:daily:100:exhausted");
+        assert!(s
+            .refresh(&c, &[spent("coder", 1.2, 1.2)], &[], &periods(0))
+            .is_empty());
+        assert_eq!(s.spent("coder", &periods(0)), (1.2, 1.2));
+
+        // The global budget counts every agent's sums, also of agents this node does not run.
+        let g = s.refresh(
+            &c,
+            &[spent("coder", 0.0, 1.2), spent("elsewhere", 0.0, 7.0)],
+            &[],
+            &periods(1),
+        );
+        assert_eq!(g.len(), 1, "{g:?}");
+        assert!(g[0].agent.is_none() && !g[0].exhausted && g[0].period == Period::Month);
+        assert_eq!(g[0].key(), "*:monthly:10000:warning");
+
+        // A lift stored through another node holds here for its day.
+        let lift = BudgetLift {
+            agent: "coder".into(),
+            day_start: 100,
+            month_start: 0,
+        };
+        assert!(!s.lifted("coder", 100));
+        s.refresh(&c, &[], &[lift], &periods(1));
+        assert!(s.lifted("coder", 100));
     }
 }

@@ -10,6 +10,9 @@
 //!
 //! - And it follows the shared rollout state: a mode flip, gate run or override accepted through
 //!   another node is in force here from the next tick on (`status` shows it).
+//! - And the spending of every node's runs against the budgets: the sums are read from the store,
+//!   and a threshold they cross is announced (and its pause made) by the first node to claim it
+//!   (`dispatch::budget::follow`).
 //!
 //! Claims are exact: [`crate::store::cluster::Cluster::claim`] starts a task on one node only, and
 //! an agent's `max_concurrent` holds across nodes. On SQLite the daemon is a node of one: it is
@@ -129,6 +132,7 @@ async fn tick(d: &Daemon) {
         }
     }
     follow_rollout(d).await;
+    crate::dispatch::budget::follow(d, cluster).await;
     let before = now.saturating_sub(duration_ms(cfg.node.heartbeat));
     match cluster.unrouted(before, now, UNROUTED_BATCH).await {
         Ok(tasks) => {

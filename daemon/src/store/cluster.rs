@@ -95,6 +95,15 @@ impl Claim {
     }
 }
 
+/// What the runs of one agent cost, by every node, as the shared store holds it: in the day and
+/// in the month that a [`Cluster::spending`] read names (by the tasks' start).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spent {
+    pub agent: String,
+    pub day_usd: f64,
+    pub month_usd: f64,
+}
+
 /// The shared-store operations of a node.
 pub trait Cluster: Send + Sync {
     /// This node's id.
@@ -119,4 +128,11 @@ pub trait Cluster: Send + Sync {
     /// waiting out a retry's backoff at `now_ms`, oldest first: what no dispatcher has taken (its
     /// node died, or the store was down meanwhile).
     fn unrouted(&self, before_ms: i64, now_ms: i64, limit: usize) -> StoreFuture<'_, Vec<Task>>;
+    /// What each agent's runs cost since `day_start_ms` and since `month_start_ms`, summed over
+    /// every node's tasks (an agent with no reported cost is left out).
+    fn spending(&self, day_start_ms: i64, month_start_ms: i64) -> StoreFuture<'_, Vec<Spent>>;
+    /// Claim the announcement of a budget threshold, named by `key`, for this node: true for the
+    /// first node to claim it, false for every later claim. `ends_ms` is the end of its period;
+    /// claims of periods that ended before `now_ms` are forgotten on the way.
+    fn claim_crossing(&self, key: &str, ends_ms: i64, now_ms: i64) -> StoreFuture<'_, bool>;
 }

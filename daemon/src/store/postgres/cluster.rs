@@ -15,10 +15,14 @@ use super::queries::query;
 use super::rows::{task_from_row, TASK_COLUMNS};
 use super::PostgresBackend;
 use crate::clock::rfc3339;
-use crate::store::cluster::{Claim, ClaimLimit, Cluster, NodeBeat};
+use crate::store::cluster::{Claim, ClaimLimit, Cluster, NodeBeat, Spent};
 use crate::store::StoreFuture;
 use orchestrator_proto::message::NodeInfo;
 use orchestrator_proto::task::{Task, TaskKind, TaskState};
+
+/// The meta rows that record which budget thresholds a node has announced (their value: the end
+/// of the threshold's period, after which the row is deleted).
+const CROSSING_KEY_PREFIX: &str = "budget-crossed:";
 
 /// The first half of the per-agent claim lock's key (the agent's hash is the second).
 const CLAIM_LOCK: i32 = 0x6f72_6361; // "orca"
@@ -222,6 +226,48 @@ impl Cluster for PostgresBackend {
             )
             .await?;
             rows.iter().map(task_from_row).collect()
+        })
+    }
+
+    fn spending(&self, day_start_ms: i64, month_start_ms: i64) -> StoreFuture<'_, Vec<Spent>> {
+        read!(self, |c| {
+            // The partial index `tasks_usage_started` holds exactly the rows read here.
+            let rows = query(
+                &c,
+                "SELECT agent, COALESCE(sum(cost) FILTER (WHERE started_at >= $1), 0), sum(cost) \
+                 FROM (SELECT agent, started_at, (usage::jsonb ->> 'costUsd')::float8 AS cost \
+                       FROM tasks WHERE usage IS NOT NULL AND started_at >= $2 \
+                       AND agent IS NOT NULL) used \
+                 WHERE cost IS NOT NULL GROUP BY agent ORDER BY agent",
+                &[&day_start_ms, &month_start_ms],
+            )
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|r| Spent {
+                    agent: r.get(0),
+                    day_usd: r.get(1),
+                    month_usd: r.get(2),
+                })
+                .collect())
+        })
+    }
+
+    fn claim_crossing(&self, key: &str, ends_ms: i64, now_ms: i64) -> StoreFuture<'_, bool> {
+        let key = format!("{CROSSING_KEY_PREFIX}{key}");
+        write!(self, |tx| {
+            tx.exec(
+                "DELETE FROM meta WHERE key LIKE $1 AND value::bigint < $2",
+                &[&format!("{CROSSING_KEY_PREFIX}%"), &now_ms],
+            )
+            .await?;
+            let claimed = tx
+                .exec(
+                    "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                    &[&key, &ends_ms.to_string()],
+                )
+                .await?;
+            Ok(claimed == 1)
         })
     }
 }

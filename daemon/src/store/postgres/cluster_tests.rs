@@ -335,3 +335,115 @@ async fn a_retried_task_is_left_queued_on_every_node_until_its_time() {
     a.close();
     b.close();
 }
+
+/// Complete `task` through `node` with a run that cost `cost_usd`.
+async fn complete_costing(node: &PostgresBackend, task: &Task, cost_usd: Option<f64>) {
+    let op = TransitionOp::new(
+        &task.id,
+        Action::Complete {
+            approval_required: false,
+        },
+        "dispatcher",
+        T0 + 200,
+    )
+    .patch(Patch {
+        usage: Some(orchestrator_proto::task::Usage {
+            model: Some("m".into()),
+            cost_usd,
+            ..Default::default()
+        }),
+        ..Patch::default()
+    });
+    let done = node.transitions(vec![op]).await.unwrap();
+    assert_eq!(done[0].as_ref().unwrap().state, TaskState::Done);
+}
+
+/// Every node reads the same sums of what every node's runs cost, by agent, in the day and the
+/// month asked for (by the runs' start); a run that reported no cost adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+async fn spending_sums_every_nodes_runs_by_agent_and_period() {
+    let (a, b) = two_nodes().await;
+    assigned(&a, 2).await;
+    assigned_to(&b, "writer", 2).await;
+    let on_a = a.claim(claim(1, 1)).await.unwrap();
+    let on_b = b.claim(claim(2, 1)).await.unwrap();
+    complete_costing(&a, &on_a[0], Some(0.4)).await;
+    complete_costing(&b, &on_b[0], Some(0.5)).await;
+    // The writer's runs start later, in the day asked for; one of them reports no cost.
+    let later = Claim {
+        agent: "writer".into(),
+        at_ms: T0 + 100,
+        ..claim(2, 2)
+    };
+    let writers = b.claim(later).await.unwrap();
+    assert_eq!(writers.len(), 2);
+    complete_costing(&b, &writers[0], Some(0.25)).await;
+    complete_costing(&a, &writers[1], None).await;
+
+    let expected = vec![
+        crate::store::cluster::Spent {
+            agent: AGENT.into(),
+            day_usd: 0.0,
+            month_usd: 0.9,
+        },
+        crate::store::cluster::Spent {
+            agent: "writer".into(),
+            day_usd: 0.25,
+            month_usd: 0.25,
+        },
+    ];
+    for node in [&a, &b] {
+        let mut got = node.spending(T0 + 50, T0).await.unwrap();
+        for s in &mut got {
+            // Sums of floats: compared to the cent.
+            s.day_usd = (s.day_usd * 100.0).round() / 100.0;
+            s.month_usd = (s.month_usd * 100.0).round() / 100.0;
+        }
+        assert_eq!(got, expected);
+    }
+    // A month that starts after every run: nothing.
+    assert!(a.spending(T0 + 500, T0 + 500).await.unwrap().is_empty());
+    a.close();
+    b.close();
+}
+
+/// The first node to claim a threshold's announcement gets it, every later claim (by any node)
+/// does not; a claim of a period that has ended is forgotten by the next claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+async fn a_thresholds_announcement_is_claimed_by_one_node() {
+    let (a, b) = two_nodes().await;
+    let today = T0 + 86_400_000;
+    assert!(a
+        .claim_crossing("coder:daily:D:warning", today, T0)
+        .await
+        .unwrap());
+    assert!(!b
+        .claim_crossing("coder:daily:D:warning", today, T0)
+        .await
+        .unwrap());
+    assert!(!a
+        .claim_crossing("coder:daily:D:warning", today, T0)
+        .await
+        .unwrap());
+    assert!(b
+        .claim_crossing("coder:daily:D:exhausted", today, T0)
+        .await
+        .unwrap());
+    // Once its day has ended, a claim is dropped by the next one, whatever it names.
+    assert!(a
+        .claim_crossing("*:monthly:M:warning", today + 10, today + 5)
+        .await
+        .unwrap());
+    assert!(b
+        .claim_crossing("coder:daily:D:warning", today, today + 1)
+        .await
+        .unwrap());
+    assert!(!a
+        .claim_crossing("*:monthly:M:warning", today + 10, today + 1)
+        .await
+        .unwrap());
+    a.close();
+    b.close();
+}
