@@ -303,6 +303,26 @@ impl Spending {
         out
     }
 
+    /// Take back a crossing [`Spending::refresh`] answered, so that the next refresh finds it
+    /// again (its announcement could not be claimed).
+    pub fn forget(&self, c: &Crossing, p: &Periods) {
+        let start = match c.period {
+            Period::Day => p.day_start,
+            Period::Month => p.month_start,
+        };
+        let key = (
+            c.agent.as_deref().unwrap_or(ALL).to_string(),
+            c.period,
+            start,
+        );
+        let mut inner = self.inner();
+        if c.exhausted {
+            inner.exhausted.remove(&key);
+        } else {
+            inner.warned.remove(&key);
+        }
+    }
+
     /// (today, this month) for an agent.
     pub fn spent(&self, agent: &str, p: &Periods) -> (f64, f64) {
         let mut inner = self.inner();
@@ -517,6 +537,11 @@ mod tests {
         assert_eq!(g.len(), 1, "{g:?}");
         assert!(g[0].agent.is_none() && !g[0].exhausted && g[0].period == Period::Month);
         assert_eq!(g[0].key(), "*:monthly:10000:warning");
+
+        // A crossing taken back is found again by the next refresh.
+        s.forget(&x[0], &periods(0));
+        let again = s.refresh(&c, &[spent("coder", 1.2, 1.2)], &[], &periods(0));
+        assert_eq!(again, x);
 
         // A lift stored through another node holds here for its day.
         let lift = BudgetLift {

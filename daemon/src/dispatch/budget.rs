@@ -47,8 +47,9 @@ pub async fn follow(d: &Daemon, cluster: &dyn Cluster) {
             Ok(true) => ours.push(c),
             Ok(false) => {}
             Err(e) => {
-                // Not announced here; another node that finds the same crossing may claim it.
-                tracing::warn!(error = %e, key = %c.key(), "cannot claim the announcement of a budget threshold");
+                // Found again at the next heartbeat, and claimed then by this node or another.
+                tracing::warn!(error = %e, key = %c.key(), "cannot claim the announcement of a budget threshold; trying again at the next heartbeat");
+                d.spending.forget(&c, &p);
             }
         }
     }
