@@ -348,6 +348,7 @@ pub fn run(o: Options) -> Result<()> {
             due_at_ms: far,
             due_among: 1,
             events: true,
+            before_last_migration: false,
         },
     )?;
     eprintln!(

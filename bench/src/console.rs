@@ -57,6 +57,7 @@ pub fn run(daemon_bin: &Path, tasks: u64, runs: usize, changes: usize) -> Result
         due_at_ms: 0,
         due_among: 1,
         events: true,
+        before_last_migration: false,
     };
     let seeded = seed::seed(&state.join("orchestrator.db"), plan)?;
     eprintln!("seeded {} tasks in {:.1} s", seeded.tasks, seeded.seconds);

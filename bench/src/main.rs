@@ -156,6 +156,10 @@ enum Cmd {
         /// Leave out the trajectory events.
         #[arg(long)]
         no_events: bool,
+        /// Leave the store as the release before the last migration left it, so that the next
+        /// start upgrades it (a slow upgrade: every task with events is rewritten).
+        #[arg(long)]
+        before_last_migration: bool,
     },
     /// `shadow-summary --window 24` over the wire, N times.
     ShadowSummary {
@@ -333,6 +337,7 @@ fn run(cli: Cli) -> Result<()> {
             due_in,
             due_among,
             no_events,
+            before_last_migration,
         } => {
             let plan = seed::Plan {
                 tasks,
@@ -341,6 +346,7 @@ fn run(cli: Cli) -> Result<()> {
                 due_at_ms: orchestrator::clock::now_ms() + (due_in as i64) * 1000,
                 due_among,
                 events: !no_events,
+                before_last_migration,
             };
             let s = seed::seed(&db, plan)?;
             println!(

@@ -27,6 +27,9 @@ pub struct Plan {
     pub due_among: u64,
     /// Write each task's trajectory too (4 events per task).
     pub events: bool,
+    /// Leave the store as the release before the last migration left it (see [`undo_last_migration`]),
+    /// so that the next start upgrades it.
+    pub before_last_migration: bool,
 }
 
 impl Plan {
@@ -78,6 +81,29 @@ struct Row {
     expires: i64,
     agent: usize,
     error_code: Option<&'static str>,
+}
+
+/// The schema version [`undo_last_migration`] leaves.
+pub const BEFORE_LAST_MIGRATION: i64 = 10;
+
+/// Undo migration 11 of the daemon's SQLite store (a task's events listed in its row, the index of
+/// events by task dropped): the next start runs it, rewriting every task that has events, which is
+/// what a slow upgrade is (the real-systemd test's start timeout, the upgrade's time). A new
+/// migration must move this along; the test below fails until it does.
+fn undo_last_migration(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version != BEFORE_LAST_MIGRATION + 1 {
+        bail!(
+            "the store has schema version {version}; `--before-last-migration` undoes version {} only",
+            BEFORE_LAST_MIGRATION + 1
+        );
+    }
+    tx.execute_batch(
+        "ALTER TABLE tasks DROP COLUMN event_seqs; \
+         CREATE INDEX events_task ON events(task_id, seq);",
+    )?;
+    tx.pragma_update(None, "user_version", BEFORE_LAST_MIGRATION)?;
+    Ok(())
 }
 
 pub fn seed(db: &Path, plan: Plan) -> Result<Seeded> {
@@ -218,6 +244,9 @@ pub fn seed(db: &Path, plan: Plan) -> Result<Seeded> {
         "DELETE FROM task_counts; \
          INSERT INTO task_counts (kind, state, n) SELECT kind, state, count(*) FROM tasks GROUP BY kind, state;",
     )?;
+    if plan.before_last_migration {
+        undo_last_migration(&tx)?;
+    }
     tx.commit()?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.execute_batch("ANALYZE")?;
@@ -338,6 +367,7 @@ mod tests {
                 due_at_ms: now + 60_000,
                 due_among: among,
                 events: false,
+                before_last_migration: false,
             };
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
             let rows: Vec<Row> = (0..plan.tasks)
@@ -362,5 +392,55 @@ mod tests {
                 .count();
             assert_eq!(waiting, 10);
         }
+    }
+
+    /// A store seeded as before the last migration is upgraded by the daemon's next open: every
+    /// task's row lists its events again, in order, and the store is at the daemon's version.
+    #[test]
+    fn a_store_seeded_before_the_last_migration_is_upgraded_by_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("orchestrator.db");
+        let plan = Plan {
+            tasks: 300,
+            in_window: 20,
+            due: 10,
+            due_at_ms: now_ms() + 60_000,
+            due_among: 1,
+            events: true,
+            before_last_migration: true,
+        };
+        let seeded = seed(&db, plan).unwrap();
+        let conn = Connection::open(&db).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, BEFORE_LAST_MIGRATION);
+        drop(conn);
+
+        let store = Store::open(&db).unwrap();
+        store.close();
+        drop(store);
+        let conn = Connection::open(&db).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, BEFORE_LAST_MIGRATION + 1);
+        let listed: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM tasks, json_each(tasks.event_seqs)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(listed as u64, seeded.events);
+        let out_of_place: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM tasks, json_each(tasks.event_seqs) j \
+                 WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.seq = j.value AND e.task_id = tasks.id)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(out_of_place, 0);
     }
 }
