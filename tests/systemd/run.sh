@@ -15,6 +15,8 @@
 #   ORCH_SYSTEMD_TARGET_DIR  use the binaries in this directory (a cargo target's release/) and skip
 #                            `cargo build --release`; the package goes to its sibling debian/
 #   ORCH_SYSTEMD_DEB         install this package instead of building one (what .ci/run does, after lintian)
+#   ORCH_SYSTEMD_ORCHBENCH   the orchbench binary that seeds the store of the slow-upgrade check; without
+#                            it, `cargo build --release --bin orchbench` builds one
 #   ORCH_SYSTEMD_KEEP=1      keep the container's root after the run, for a post-mortem
 #   and those of container.sh (ORCH_SYSTEMD_ROOT_CACHE, ORCH_DEBIAN_MIRROR, …).
 set -uo pipefail
@@ -109,6 +111,24 @@ if [ -z "${ORCH_SYSTEMD_DEB:-}" ]; then
     export ORCH_SYSTEMD_DEB=$deb BUILD_PASSED
 fi
 ORCH_SYSTEMD_DEB=$(realpath "$ORCH_SYSTEMD_DEB" 2>/dev/null || echo "$ORCH_SYSTEMD_DEB")
+# orchbench seeds a large store of the schema before the last migration (the slow-upgrade check).
+if [ -z "${ORCH_SYSTEMD_ORCHBENCH:-}" ]; then
+    bench_dir="${CARGO_TARGET_DIR:-$repo/target}/release"
+    case $bench_dir in /*) ;; *) bench_dir="$repo/$bench_dir" ;; esac
+    bench_log=$(mktemp)
+    t0=$(date +%s)
+    if (cd "$repo" && cargo build --release --locked --bin orchbench) >"$bench_log" 2>&1; then
+        echo "CHECK orchbench-build: ok ($(( $(date +%s) - t0 )) s)"
+        BUILD_PASSED=$(( ${BUILD_PASSED:-0} + 1 ))
+        export BUILD_PASSED
+    else
+        tail -30 "$bench_log" | sed 's/^/INFO   /'
+        echo "CHECK orchbench-build: FAIL cargo build --release --bin orchbench failed"
+    fi
+    rm -f "$bench_log"
+    ORCH_SYSTEMD_ORCHBENCH="$bench_dir/orchbench"
+fi
+export ORCH_SYSTEMD_ORCHBENCH
 if [ "$(id -u)" != 0 ]; then
     if ! sudo -n true 2>/dev/null; then
         echo "CHECK root: FAIL systemd-nspawn needs root (or passwordless sudo)"
@@ -116,7 +136,7 @@ if [ "$(id -u)" != 0 ]; then
         exit 1
     fi
     export BUILD_PASSED=${BUILD_PASSED:-0}
-    exec sudo -n --preserve-env=BUILD_PASSED,ORCH_SYSTEMD_DEB,ORCH_SYSTEMD_KEEP,ORCH_SYSTEMD_ROOT_CACHE,ORCH_SYSTEMD_WORK_BASE,ORCH_DEBIAN_MIRROR,ORCH_NSPAWN_KEEP_UNIT \
+    exec sudo -n --preserve-env=BUILD_PASSED,ORCH_SYSTEMD_DEB,ORCH_SYSTEMD_ORCHBENCH,ORCH_SYSTEMD_KEEP,ORCH_SYSTEMD_ROOT_CACHE,ORCH_SYSTEMD_WORK_BASE,ORCH_DEBIAN_MIRROR,ORCH_NSPAWN_KEEP_UNIT \
         "$0" "$@"
 fi
 PASSED=${BUILD_PASSED:-0}
@@ -386,6 +406,48 @@ else
     fail stop "exit $rc, is-active=$active, Result=$result, ExecMainStatus=$status: $(echo "$out" | oneline)"
 fi
 if in_ct test -e "$SOCK"; then fail stop-removes-socket "$SOCK left behind"; else ok stop-removes-socket; fi
+
+# ------------------------------------------------------------------------------------------------------
+# A slow schema upgrade under a short start timeout: while it upgrades, the daemon extends systemd's
+# start timeout (EXTEND_TIMEOUT_USEC, every 5 s), so the start succeeds however long the upgrade takes.
+# The store: 400,000 tasks as the release before the last migration left them (about 2.5 s to upgrade
+# on a 2-core machine), under TimeoutStartSec=1s.
+
+store=/var/lib/orchestrator/orchestrator.db
+dropin=/run/systemd/system/orchestrator.service.d
+in_ct rm -f "$store" "$store-wal" "$store-shm"
+if [ ! -x "$ORCH_SYSTEMD_ORCHBENCH" ]; then
+    fail slow-upgrade-extends-start "no orchbench at $ORCH_SYSTEMD_ORCHBENCH to seed the store"
+elif ! out=$("$ORCH_SYSTEMD_ORCHBENCH" seed --db "$CT_ROOT$store" --tasks 400000 --in-window 1000 --due 0 \
+    --before-last-migration 2>&1); then
+    fail slow-upgrade-extends-start "orchbench seed: $(echo "$out" | tail -3 | oneline)"
+else
+    info "$(echo "$out" | head -1)"
+    # Seeded by root from outside: the store and its log files are the service user's.
+    in_ct sh -c "chown orchestrator:orchestrator $store*"
+    in_ct mkdir -p "$dropin"
+    printf '[Service]\nTimeoutStartSec=1s\n' | in_ct sh -c "cat > $dropin/start-timeout.conf"
+    in_ct systemctl daemon-reload
+    out=$(in_ct systemctl start orchestrator 2>&1)
+    rc=$?
+    active=$(in_ct systemctl is-active orchestrator)
+    # From leaving `inactive` to READY=1, in µs of the monotonic clock.
+    entered=$(prop orchestrator ActiveEnterTimestampMonotonic)
+    left=$(prop orchestrator InactiveExitTimestampMonotonic)
+    took_us=$(( ${entered:-0} - ${left:-0} ))
+    upgraded=$(in_ct journalctl -u orchestrator --no-pager -q -o cat -n 200 2>/dev/null | grep -c 'schema upgraded')
+    if [ $rc -eq 0 ] && [ "$active" = active ] && [ "$took_us" -gt 1000000 ] && [ "$upgraded" -ge 1 ]; then
+        ok slow-upgrade-extends-start "ready after $(( took_us / 1000 )) ms under TimeoutStartSec=1s"
+    elif [ $rc -eq 0 ] && [ "$took_us" -le 1000000 ]; then
+        fail slow-upgrade-extends-start "the start took $(( took_us / 1000 )) ms, within the 1 s timeout: the store is too small to show the extension"
+    else
+        fail slow-upgrade-extends-start "exit $rc, is-active=$active, Result=$(prop orchestrator Result), 'schema upgraded' logged $upgraded times: $(echo "$out" | oneline)"
+        in_ct journalctl -u orchestrator --no-pager -n 10 | sed 's/^/INFO   /'
+    fi
+    in_ct systemctl stop orchestrator >/dev/null 2>&1
+    in_ct rm -f "$dropin/start-timeout.conf"
+    in_ct systemctl daemon-reload
+fi
 
 # ------------------------------------------------------------------------------------------------------
 # Optional socket activation: the first connection (from a group member) starts the service.
