@@ -5,7 +5,7 @@
 //! answer, and a server that does nothing else overwrites 128 bytes, flushes them and answers. That
 //! is the floor of any daemon answering one connection after a flush of its own: what a durable
 //! submit adds on top of it is the daemon's work (see docs/BENCHMARKS.md, "One connection
-//! against the flush loop").
+//! against a server that only flushes").
 
 use crate::stats::{Samples, Throughput};
 use anyhow::{Context, Result};
