@@ -145,6 +145,38 @@ pub async fn submit_answers_what_a_read_returns(store: Store) {
     );
 }
 
+/// A submit's steps keep every field their patches set, as the same steps would one by one: a
+/// run's usage written by the step that completes it is read back with the task, and summed into
+/// what the budgets read.
+pub async fn a_submits_steps_keep_what_their_patches_set(store: Store) {
+    let usage = orchestrator_proto::task::Usage {
+        model: Some("m".into()),
+        cost_usd: Some(0.5),
+        ..Default::default()
+    };
+    let steps = vec![
+        routed("T3", T0 + 1),
+        started("T3", T0 + 2, T0 + 100),
+        complete("T3", T0 + 3, false).patch(Patch {
+            usage: Some(usage.clone()),
+            ..Patch::default()
+        }),
+    ];
+    let done = store
+        .submit(SubmitPlan {
+            task: task("T3", TaskKind::Live),
+            actor: "alice".into(),
+            steps,
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.usage.as_ref(), Some(&usage));
+    assert_eq!(Some(done), store.get_task("T3").await.unwrap());
+    let used = store.usage_since(T0).await.unwrap();
+    assert_eq!(used.len(), 1, "{used:?}");
+    assert_eq!(used[0].usage, usage);
+}
+
 /// Every transition writes one event, published after its commit in commit order.
 pub async fn one_event_per_transition_in_commit_order(store: Store) {
     let mut rx = store.subscribe();

@@ -34,6 +34,7 @@ macro_rules! contract_cases {
 
 contract_cases!(
     submit_answers_what_a_read_returns,
+    a_submits_steps_keep_what_their_patches_set,
     one_event_per_transition_in_commit_order,
     refused_transition_changes_nothing,
     concurrent_approve_and_reject_one_wins,

@@ -746,12 +746,16 @@ impl PreparedSubmit {
     /// inserted as it ends (one statement instead of an insert and a compare-and-set per step),
     /// then its events, a single-row insert each.
     pub fn new(plan: SubmitPlan) -> Result<PreparedSubmit, StoreError> {
-        // Expiry reads `expiresAt` from the row; a step for another task is not this task's.
+        // Expiry reads `expiresAt` from the row; a step for another task is not this task's; the
+        // folded row has no column for a run's usage or a retry's wait (no submit's steps set
+        // them today), so a plan that sets one goes step by step rather than lose it.
         if plan.steps.is_empty()
-            || plan
-                .steps
-                .iter()
-                .any(|op| op.action == Action::Expire || op.id != plan.task.id)
+            || plan.steps.iter().any(|op| {
+                op.action == Action::Expire
+                    || op.id != plan.task.id
+                    || op.patch.usage.is_some()
+                    || op.patch.not_before.is_some()
+            })
         {
             return Ok(PreparedSubmit::Stepwise(plan));
         }
