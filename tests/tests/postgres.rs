@@ -246,15 +246,9 @@ fn seed_sqlite(db: &std::path::Path, n: usize) {
                 let created = now - 1_000_000 + i as i64;
                 let steps = match i % 3 {
                     0 => Vec::new(),
-                    r => vec![
+                    _ => vec![
                         step(Action::Route, created + 1),
                         step(Action::Start, created + 2),
-                        step(
-                            Action::Complete {
-                                approval_required: r == 1,
-                            },
-                            created + 3,
-                        ),
                     ],
                 };
                 b.submit(SubmitPlan {
@@ -272,6 +266,22 @@ fn seed_sqlite(db: &std::path::Path, n: usize) {
                     actor: "seed".into(),
                     steps,
                 })?;
+                if i % 3 != 0 {
+                    // Each run cost a cent: copied with its cost (`cost_usd`) beside it.
+                    let usage = orchestrator_proto::task::Usage {
+                        cost_usd: Some(0.01),
+                        ..Default::default()
+                    };
+                    let complete = Action::Complete {
+                        approval_required: i % 3 == 1,
+                    };
+                    b.transition(TransitionOp::new(&id, complete, "seed", created + 3).patch(
+                        Patch {
+                            usage: Some(usage),
+                            ..Patch::default()
+                        },
+                    ))?;
+                }
             }
             Ok(())
         })
@@ -319,6 +329,16 @@ fn store_copy_moves_a_stopped_sqlite_store_that_is_then_served() {
             && printed.contains("3333 outbox,"),
         "{printed}"
     );
+
+    // Each run's cost is in its column, which every node's read of the spending sums.
+    let costs = pg
+        .psql(
+            "orch",
+            "SELECT count(*) || ' ' || round(sum(cost_usd)::numeric, 2) FROM tasks \
+             WHERE cost_usd IS NOT NULL",
+        )
+        .unwrap();
+    assert_eq!(costs.trim(), "6666 66.66");
 
     let d = TestDaemon::with_config(&config);
     let (_, status) = d.ctl_json(&["status"]);

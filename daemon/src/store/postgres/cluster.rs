@@ -231,14 +231,12 @@ impl Cluster for PostgresBackend {
 
     fn spending(&self, day_start_ms: i64, month_start_ms: i64) -> StoreFuture<'_, Vec<Spent>> {
         read!(self, |c| {
-            // The partial index `tasks_usage_started` holds exactly the rows read here.
+            // Read from the partial index `tasks_cost_started` alone (migration 8).
             let rows = query(
                 &c,
-                "SELECT agent, COALESCE(sum(cost) FILTER (WHERE started_at >= $1), 0), sum(cost) \
-                 FROM (SELECT agent, started_at, (usage::jsonb ->> 'costUsd')::float8 AS cost \
-                       FROM tasks WHERE usage IS NOT NULL AND started_at >= $2 \
-                       AND agent IS NOT NULL) used \
-                 WHERE cost IS NOT NULL GROUP BY agent ORDER BY agent",
+                "SELECT agent, COALESCE(sum(cost_usd) FILTER (WHERE started_at >= $1), 0), \
+                 sum(cost_usd) FROM tasks WHERE usage IS NOT NULL AND started_at >= $2 \
+                 AND agent IS NOT NULL AND cost_usd IS NOT NULL GROUP BY agent ORDER BY agent",
                 &[&day_start_ms, &month_start_ms],
             )
             .await?;

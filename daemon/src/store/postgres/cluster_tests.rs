@@ -447,3 +447,39 @@ async fn a_thresholds_announcement_is_claimed_by_one_node() {
     a.close();
     b.close();
 }
+
+/// A database from before the cost column (schema 7) gets each run's cost at the upgrade, and the
+/// spending read sums it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL 15 binaries; .ci/run runs them"]
+async fn the_upgrade_to_the_cost_column_fills_it_from_each_runs_usage() {
+    let url = super::throwaway::shared_database().expect("a throwaway PostgreSQL database");
+    let a = node(&url, "node-a").await;
+    assigned(&a, 2).await;
+    let on_a = a.claim(claim(2, 2)).await.unwrap();
+    complete_costing(&a, &on_a[0], Some(0.4)).await;
+    complete_costing(&a, &on_a[1], Some(0.5)).await;
+    a.close();
+    drop(a);
+    // Back to schema 7, as the release before the column left the database.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(connection);
+    client
+        .batch_execute(
+            "DROP INDEX tasks_cost_started; ALTER TABLE tasks DROP COLUMN cost_usd; \
+             DELETE FROM schema_version; INSERT INTO schema_version (version) VALUES (7);",
+        )
+        .await
+        .unwrap();
+    drop(client);
+    let _ = conn.await;
+
+    let upgraded = node(&url, "node-a").await;
+    let spent = upgraded.spending(T0, T0).await.unwrap();
+    assert_eq!(spent.len(), 1, "{spent:?}");
+    assert_eq!(spent[0].agent, AGENT);
+    assert!((spent[0].month_usd - 0.9).abs() < 1e-9, "{spent:?}");
+    upgraded.close();
+}
