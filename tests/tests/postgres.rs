@@ -267,7 +267,7 @@ fn seed_sqlite(db: &std::path::Path, n: usize) {
                     steps,
                 })?;
                 if i % 3 != 0 {
-                    // Each run cost a cent: copied with its cost (`cost_usd`) beside it.
+                    // Each run cost a cent, which PostgreSQL derives into `cost_usd` as the copy writes it.
                     let usage = orchestrator_proto::task::Usage {
                         cost_usd: Some(0.01),
                         ..Default::default()

@@ -286,9 +286,8 @@ async fn copy_tasks(src: &Connection, tx: &Transaction<'_>) -> Result<u64, Store
         "INSERT INTO tasks (pos, id, kind, state, goal, workspace_dir, required_caps, routing, \
          agent, result, rejection, error, error_code, submitted_by, harness, \
          would_require_approval, created_at, assigned_at, started_at, completed_at, expires_at, \
-         lease_until, attempts, specialist_pid, usage, cost_usd) VALUES ($1, $2, $3, $4, $5, $6, \
-         $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, \
-         $25, ($25::TEXT::JSONB ->> 'costUsd')::FLOAT8)",
+         lease_until, attempts, specialist_pid, usage) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+         $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
         10_000,
         |r| {
             Ok(row!(r; i64, String, String, String, String, Option<String>, String, Option<String>,

@@ -367,8 +367,6 @@ impl<'c> Tx<'c> {
                  lease_until = CASE WHEN $13 THEN $14 ELSE lease_until END, \
                  specialist_pid = CASE WHEN $15 THEN $16 ELSE specialist_pid END, \
                  attempts = attempts + $17, usage = COALESCE($19, usage), \
-                 cost_usd = CASE WHEN $19::TEXT IS NULL THEN cost_usd \
-                     ELSE ($19::TEXT::JSONB ->> 'costUsd')::FLOAT8 END, \
                  node = CASE WHEN $13 AND $14::BIGINT IS NOT NULL THEN $20 ELSE node END, \
                  not_before = CASE WHEN $22 THEN $23::BIGINT ELSE not_before END \
                  WHERE id = $1 AND state = $18 AND ($21::BIGINT IS NULL OR attempts = $21)",
