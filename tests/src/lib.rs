@@ -51,6 +51,15 @@ pub fn agent(id: &str, command: &Path, extra: &str) -> String {
     )
 }
 
+/// The lines of a file (a stub's log, a sink's), none while it does not exist.
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// Directory holding the built binaries (`target/<profile>`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -334,6 +343,22 @@ impl TestDaemon {
     /// Run `orchctl` against this daemon.
     pub fn ctl(&self, args: &[&str]) -> Output {
         ctl_at(&self.socket, args)
+    }
+
+    /// `orchctl agents` as JSON, by agent id.
+    pub fn agents(&self) -> std::collections::BTreeMap<String, Value> {
+        let (code, v) = self.ctl_json(&["agents"]);
+        assert_eq!(code, 0, "{v}");
+        v.as_array()
+            .expect("orchctl agents answers a list")
+            .iter()
+            .map(|a| {
+                (
+                    a["agent"].as_str().unwrap_or_default().to_string(),
+                    a.clone(),
+                )
+            })
+            .collect()
     }
 
     /// Run `orchctl --format json` and parse its stdout.

@@ -7,20 +7,11 @@
 use orchestrator_tests::prometheus;
 use orchestrator_tests::*;
 use serde_json::Value;
-use std::path::Path;
 use std::time::Duration;
 
 const RESEARCH: &str = "research the literature on prompt caching";
 const CODE: &str = "please debug this function and fix the off-by-one";
 const WAIT: Duration = Duration::from_secs(20);
-
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
 
 fn events<'a>(task: &'a Value, action: &str) -> Vec<&'a Value> {
     task["trajectory"]
@@ -34,17 +25,6 @@ fn events<'a>(task: &'a Value, action: &str) -> Vec<&'a Value> {
 fn ms(rfc3339: &Value) -> i64 {
     let t = humantime::parse_rfc3339(rfc3339.as_str().unwrap()).unwrap();
     t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
-}
-
-/// `orchctl agents` as JSON, by agent id.
-fn agents(d: &TestDaemon) -> std::collections::BTreeMap<String, Value> {
-    let (code, v) = d.ctl_json(&["agents"]);
-    assert_eq!(code, 0, "{v}");
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["agent"].as_str().unwrap().to_string(), a.clone()))
-        .collect()
 }
 
 #[test]
@@ -101,7 +81,7 @@ echo fine
     assert!(warning.contains("not a valid meta object"), "{warning}");
 
     // Summed per agent for today and this month.
-    let a = agents(&d);
+    let a = d.agents();
     assert_eq!(a["researcher"]["costTodayUsd"], 0.5, "{a:?}");
     assert_eq!(a["researcher"]["costMonthUsd"], 0.5);
     assert_eq!(a["coder"]["costTodayUsd"], 0.0);
@@ -157,7 +137,7 @@ echo done
     assert_eq!(deferred["usage"]["costUsd"], 0.1);
 
     // The agent is paused until then, and shows it; a second task waits behind the pause.
-    let paused = &agents(&d)["researcher"]["paused"];
+    let paused = &d.agents()["researcher"]["paused"];
     assert_eq!(paused["cause"], "provider_limit", "{paused}");
     assert_eq!(paused["reason"], "usage limit reached");
     assert_eq!(ms(&paused["until"]), until);
@@ -191,7 +171,7 @@ echo done
     }
     // The deferred task went back to the queue ahead of the one submitted after it.
     assert_eq!(lines(&runs), vec![a.clone(), a, b]);
-    assert!(agents(&d)["researcher"]["paused"].is_null());
+    assert!(d.agents()["researcher"]["paused"].is_null());
 }
 
 #[test]
@@ -223,7 +203,7 @@ echo ok
     assert_eq!(err["error"]["code"], "invalid_reason", "{err}");
 
     d.restart();
-    let paused = &agents(&d)["researcher"]["paused"];
+    let paused = &d.agents()["researcher"]["paused"];
     assert_eq!(paused["cause"], "operator", "{paused}");
     assert_eq!(paused["reason"], "provider incident");
     assert!(paused["until"].is_null());
@@ -391,7 +371,7 @@ echo ok
     for id in &ids {
         d.wait_state(id, "done", WAIT);
     }
-    let a = &agents(&d)["researcher"];
+    let a = &d.agents()["researcher"];
     assert_eq!(a["budgetDailyUsd"], 1.0, "{a}");
     assert!((a["costTodayUsd"].as_f64().unwrap() - 1.35).abs() < 1e-9);
     assert_eq!(a["paused"]["cause"], "budget", "{a}");
@@ -433,7 +413,7 @@ echo ok
     assert!(out.status.success(), "{}", stderr(&out));
     d.wait_state(&waiting, "done", WAIT);
     // Lifted for the rest of the day: spending on does not pause it again.
-    assert!(agents(&d)["researcher"]["paused"].is_null());
+    assert!(d.agents()["researcher"]["paused"].is_null());
     assert_eq!(lines(&runs).len(), 4);
     // The lift is stored: after a restart the next run's cost does not pause it either (the
     // charge, and any pause it makes, comes before the outcome is written).
@@ -441,6 +421,6 @@ echo ok
     let after = d.submit(RESEARCH);
     d.wait_state(&after, "done", WAIT);
     assert_eq!(lines(&runs).len(), 5);
-    let a = &agents(&d)["researcher"];
+    let a = &d.agents()["researcher"];
     assert!(a["paused"].is_null(), "{a}");
 }

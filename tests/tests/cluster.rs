@@ -105,11 +105,7 @@ impl Cluster {
     }
 
     fn starts(&self, id: &str) -> Vec<String> {
-        std::fs::read_to_string(self.work.path().join(format!("starts.{id}")))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
+        lines(&self.work.path().join(format!("starts.{id}")))
     }
 
     fn release(&self) {
@@ -504,11 +500,7 @@ fn a_shared_limit_holds_across_nodes() {
     }
 
     // Appends of short lines from every node land whole and in the order they were made.
-    let entries: Vec<String> = std::fs::read_to_string(c.work.path().join("runs.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let entries = lines(&c.work.path().join("runs.log"));
     let (mut alive, mut most) = (0i32, 0i32);
     let mut starts: BTreeMap<String, usize> = BTreeMap::new();
     let mut agents_seen = BTreeSet::new();
@@ -626,26 +618,6 @@ fn a_watch_sees_what_another_node_commits_while_its_listener_reconnects() {
     }
 }
 
-/// The lines of a file, none if it does not exist yet.
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-/// `orchctl agents` on `d`, by agent.
-fn agents_on(d: &TestDaemon) -> BTreeMap<String, Value> {
-    let (code, v) = d.ctl_json(&["agents"]);
-    assert_eq!(code, 0, "{v}");
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["agent"].as_str().unwrap().to_string(), a.clone()))
-        .collect()
-}
-
 /// Budgets count every node's runs. n1 runs only the researcher and n2 only the coder, each run
 /// costing $0.45, under a global daily budget of $1: n1's two runs reach the warning, and n2's
 /// one run (which alone is under it) exhausts the budget. Each threshold reaches the sink once,
@@ -721,7 +693,7 @@ fn a_global_budget_counts_every_nodes_runs_and_pauses_every_nodes_agents() {
     // (A node takes the pause and the sums at the same heartbeat, one read after the other.)
     for (node, runs, cost) in [(&n1, "researcher", 0.9), (&n2, "coder", 0.45)] {
         wait_for("the budget's pause and the sums on each node", WAIT, || {
-            let a = agents_on(node).remove(runs)?;
+            let a = node.agents().remove(runs)?;
             let spent = a["costTodayUsd"].as_f64()?;
             (a["paused"]["cause"] == "budget" && (spent - cost).abs() < 1e-9).then_some(())
         });

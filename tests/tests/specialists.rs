@@ -63,14 +63,6 @@ fn wait_file(path: &Path) -> String {
     })
 }
 
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 fn actions(task: &Value) -> Vec<String> {
     task["trajectory"]
         .as_array()

@@ -2,6 +2,7 @@
 //! agent CLI it wraps: a script of the same name first on `PATH` that records its arguments and
 //! prints that tool's documented output (`fixtures/agents/`).
 
+use orchestrator_tests::lines;
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -62,11 +63,7 @@ fn run(wrapper: &str, tool: &str, fixture: &str, exit: i32, env: &[(&str, &str)]
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        args: std::fs::read_to_string(dir.path().join("args"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect(),
+        args: lines(&dir.path().join("args")),
         meta: std::fs::read_to_string(&meta)
             .ok()
             .map(|t| serde_json::from_str(&t).unwrap()),
