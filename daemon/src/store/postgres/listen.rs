@@ -9,6 +9,11 @@
 //! transactions that took their numbers earlier and committed later) and publishes those of other
 //! nodes it has not published yet. Its connection is named `<application_name> (events)` in
 //! `pg_stat_activity`.
+//!
+//! A transaction that writes outbox rows (an event or a notice some sink wants) also sends
+//! `<node> outbox` ([`outbox_payload`]): a node that hears it from another wakes its delivery
+//! workers, so the leader sends what a follower committed without waiting for a commit of its own.
+//! Being connected again wakes them too, for what was written meanwhile.
 
 use super::rows::{event_from_row, EVENT_COLUMNS};
 use super::{pg_error, Inner};
@@ -80,6 +85,19 @@ impl Heard {
     }
 }
 
+/// The second word of the payload that says a transaction wrote outbox rows.
+const OUTBOX: &str = "outbox";
+
+/// `<node> outbox`: the payload of a transaction that wrote outbox rows.
+pub(super) fn outbox_payload(node: &str) -> String {
+    format!("{node} {OUTBOX}")
+}
+
+/// Wake this node's delivery workers: another node may have written outbox rows.
+fn wake_delivery(inner: &Inner) {
+    inner.outbox_written.send_modify(|n| *n = n.wrapping_add(1));
+}
+
 /// `<node> <seq>,<seq>,…` for each chunk of `events`.
 pub(super) fn payloads(node: &str, events: &[TrajectoryEvent]) -> Vec<String> {
     events
@@ -91,9 +109,10 @@ pub(super) fn payloads(node: &str, events: &[TrajectoryEvent]) -> Vec<String> {
         .collect()
 }
 
-/// The sequence numbers of a payload, and whether another node than `node` sent it.
+/// The sequence numbers of a payload, and whether another node than `node` sent it. The numbers
+/// follow the last space: a node's id (its state directory's path, by default) may hold spaces.
 fn payload_seqs(node: &str, payload: &str) -> Option<(bool, Vec<i64>)> {
-    let (from, seqs) = payload.split_once(' ')?;
+    let (from, seqs) = payload.rsplit_once(' ')?;
     Some((
         from != node,
         seqs.split(',').filter_map(|s| s.parse().ok()).collect(),
@@ -215,10 +234,19 @@ async fn listen_once(
         pump.abort();
         return Err(e);
     }
+    if let Some(inner) = inner.upgrade() {
+        wake_delivery(&inner);
+    }
     while let Some(payload) = rx.recv().await {
         let Some(inner) = inner.upgrade() else { break };
         if inner.closed.load(Ordering::Acquire) {
             break;
+        }
+        if let Some((from, OUTBOX)) = payload.rsplit_once(' ') {
+            if from != node {
+                wake_delivery(&inner);
+            }
+            continue;
         }
         let Some((foreign, seqs)) = payload_seqs(node, &payload) else {
             continue;
@@ -311,5 +339,15 @@ mod tests {
         let (foreign, _) = payload_seqs("host:/var/lib/orchestrator", &p[0]).unwrap();
         assert!(!foreign);
         assert!(payloads("n", &[]).is_empty());
+        // An id with a space in it (a state directory's path) is told apart whole.
+        let spaced = payloads("host:/srv/my state", &events[..2]);
+        assert_eq!(
+            payload_seqs("host:/srv/my state", &spaced[0]),
+            Some((false, vec![1, 2]))
+        );
+        assert_eq!(
+            outbox_payload("host:/srv/my state").rsplit_once(' '),
+            Some(("host:/srv/my state", OUTBOX))
+        );
     }
 }

@@ -111,8 +111,13 @@ impl<'c> Tx<'c> {
                 .await
                 .map_err(pg_error)?;
         }
-        // The other nodes learn of these events when this commits (see `listen`).
-        for payload in super::listen::payloads(self.node, &self.events) {
+        // The other nodes learn of these events, and of outbox rows for the sinks (which the
+        // leader's delivery sends, on whichever node it runs), when this commits (see `listen`).
+        let outbox = (self.outbox_rows > 0).then(|| super::listen::outbox_payload(self.node));
+        for payload in super::listen::payloads(self.node, &self.events)
+            .into_iter()
+            .chain(outbox)
+        {
             let stmt = self
                 .tx
                 .prepare_cached("SELECT pg_notify($1, $2)")
