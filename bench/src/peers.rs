@@ -342,11 +342,7 @@ fn pg_rows(
         if let std::collections::btree_map::Entry::Vacant(e) = mine.synthetic.entry(c) {
             let (d, sock) = ours.fresh()?;
             eprintln!("  us: {} synthetic submits, {c} clients", o.jobs);
-            let s = ours::with_progress(&sock, "done", || {
-                let per = o.jobs.div_ceil(c as u64);
-                scenarios::submit(&sock, c, Stop::CountUnless(per, interrupt::noted))
-            })?;
-            interrupt::check()?;
+            let s = ours::submit_all(&sock, "done", c, o.jobs)?;
             d.stop()?;
             e.insert(s);
         }

@@ -108,11 +108,7 @@ impl Ours {
             reason: "orchbench peers: burn-down enqueue".into(),
         })?;
         eprintln!("  us: submitting {jobs} shadow tasks, {clients} clients, agent {AGENT} paused");
-        let per = jobs.div_ceil(clients as u64);
-        let enqueue = with_progress(&socket, "submitted", || {
-            scenarios::submit(&socket, clients, Stop::CountUnless(per, interrupt::noted))
-        })?;
-        interrupt::check()?;
+        let enqueue = submit_all(&socket, "submitted", clients, jobs)?;
         eprintln!(
             "  us: {} submitted in {:.1} s; {} running them, at most {clients} at once",
             enqueue.ok,
@@ -185,8 +181,19 @@ fn shadow_counts(conn: &mut Conn) -> Result<Vec<(TaskState, u64)>> {
     }
 }
 
+/// `jobs` submits (rounded up to a multiple of `clients`) on `clients` connections, with progress
+/// lines of what `status` counts as `what`; cut short, as an error, by Ctrl-C or SIGTERM.
+pub fn submit_all(socket: &Path, what: &str, clients: usize, jobs: u64) -> Result<Throughput> {
+    let per = jobs.div_ceil(clients as u64);
+    let done = with_progress(socket, what, || {
+        scenarios::submit(socket, clients, Stop::CountUnless(per, interrupt::noted))
+    })?;
+    interrupt::check()?;
+    Ok(done)
+}
+
 /// Run `f` while a second connection prints every 2 s how many tasks the daemon holds.
-pub fn with_progress<T>(socket: &Path, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+fn with_progress<T>(socket: &Path, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| {

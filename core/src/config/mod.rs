@@ -199,6 +199,13 @@ impl Config {
     pub fn agent(&self, id: &str) -> Option<&AgentConfig> {
         self.agents.get(id)
     }
+
+    /// The configured agents this daemon runs specialists for (those with a command), in order.
+    pub fn agents_with_command(&self) -> impl Iterator<Item = &String> {
+        self.configured_agents
+            .iter()
+            .filter(|id| self.agent(id).is_some_and(|a| !a.command.is_empty()))
+    }
 }
 
 /// FNV-1a: tiny, stable across releases and platforms, which is all a fingerprint needs.

@@ -96,6 +96,26 @@ impl Crossing {
 }
 
 impl Inner {
+    /// Add to the sums of `agent` and of all agents.
+    fn add(&mut self, agent: &str, day: f64, month: f64) {
+        for scope in [agent, ALL] {
+            *self.day.entry(scope.to_string()).or_default() += day;
+            *self.month.entry(scope.to_string()).or_default() += month;
+        }
+    }
+
+    /// Note the operators' lifts that hold in the periods `p` names (earlier ones are left out).
+    fn note_lifts(&mut self, lifts: &[BudgetLift], p: &Periods) {
+        for l in lifts {
+            if l.day_start == p.day_start {
+                self.lifted.insert((l.agent.clone(), p.day_start));
+            }
+            if l.month_start == p.month_start {
+                self.lifted.insert((l.agent.clone(), p.month_start));
+            }
+        }
+    }
+
     fn roll(&mut self, p: &Periods) {
         if p.day_start != self.day_start {
             self.day.clear();
@@ -198,26 +218,13 @@ impl Spending {
         inner.day.clear();
         inner.month.clear();
         inner.lifted.clear();
-        for l in lifts {
-            if l.day_start == p.day_start {
-                inner.lifted.insert((l.agent.clone(), p.day_start));
-            }
-            if l.month_start == p.month_start {
-                inner.lifted.insert((l.agent.clone(), p.month_start));
-            }
-        }
+        inner.note_lifts(lifts, p);
         for r in rows {
             let (Some(agent), Some(cost)) = (r.agent.as_deref(), r.usage.cost_usd) else {
                 continue;
             };
-            for scope in [agent, ALL] {
-                if r.started_ms >= p.month_start {
-                    *inner.month.entry(scope.to_string()).or_default() += cost;
-                }
-                if r.started_ms >= p.day_start {
-                    *inner.day.entry(scope.to_string()).or_default() += cost;
-                }
-            }
+            let within = |start: i64| if r.started_ms >= start { cost } else { 0.0 };
+            inner.add(agent, within(p.day_start), within(p.month_start));
         }
         let scopes: Vec<String> = inner.month.keys().cloned().collect();
         for scope in scopes {
@@ -252,10 +259,7 @@ impl Spending {
     pub fn charge(&self, cfg: &Config, agent: &str, cost: f64, p: &Periods) -> Vec<Crossing> {
         let mut inner = self.inner();
         inner.roll(p);
-        for scope in [agent, ALL] {
-            *inner.day.entry(scope.to_string()).or_default() += cost;
-            *inner.month.entry(scope.to_string()).or_default() += cost;
-        }
+        inner.add(agent, cost, cost);
         let mut out = Vec::new();
         if let Some(a) = cfg.agent(agent) {
             inner.check(agent, &a.budget, p, &mut out);
@@ -280,19 +284,9 @@ impl Spending {
         inner.day.clear();
         inner.month.clear();
         for s in spent {
-            for scope in [s.agent.as_str(), ALL] {
-                *inner.day.entry(scope.to_string()).or_default() += s.day_usd;
-                *inner.month.entry(scope.to_string()).or_default() += s.month_usd;
-            }
+            inner.add(&s.agent, s.day_usd, s.month_usd);
         }
-        for l in lifts {
-            if l.day_start == p.day_start {
-                inner.lifted.insert((l.agent.clone(), p.day_start));
-            }
-            if l.month_start == p.month_start {
-                inner.lifted.insert((l.agent.clone(), p.month_start));
-            }
-        }
+        inner.note_lifts(lifts, p);
         let mut out = Vec::new();
         for s in spent {
             if let Some(a) = cfg.agent(&s.agent) {

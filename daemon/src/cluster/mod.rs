@@ -33,12 +33,7 @@ const UNROUTED_BATCH: usize = 512;
 
 fn beat(d: &Daemon) -> NodeBeat {
     let cfg = d.config();
-    let agents = cfg
-        .configured_agents
-        .iter()
-        .filter(|a| cfg.agent(a).is_some_and(|a| !a.command.is_empty()))
-        .cloned()
-        .collect();
+    let agents = cfg.agents_with_command().cloned().collect();
     NodeBeat {
         host: host_name(),
         pid: std::process::id(),

@@ -99,13 +99,8 @@ async fn raise(d: &Daemon, crossed: Vec<Crossing>, at: i64, others: &[String]) {
         let agents: Vec<String> = match &c.agent {
             Some(a) => vec![a.clone()],
             None => {
-                let mut all: Vec<String> = cfg
-                    .configured_agents
-                    .iter()
-                    .filter(|a| cfg.agent(a).is_some_and(|a| !a.command.is_empty()))
-                    .chain(others)
-                    .cloned()
-                    .collect();
+                let mut all: Vec<String> =
+                    cfg.agents_with_command().chain(others).cloned().collect();
                 all.sort();
                 all.dedup();
                 all

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::config::{NotifySink, SinkFilter, SinkTarget};
 use crate::machine::Action;
-use orchestrator_proto::task::{Mode, TaskKind, TaskState, TrajectoryEvent};
+use orchestrator_proto::task::{Mode, Task, TaskKind, TaskState, TrajectoryEvent};
 use orchestrator_proto::ErrorCode;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -59,13 +59,14 @@ async fn put(store: &Store, id: &str, kind: TaskKind, steps: Vec<TransitionOp>) 
     put_task(store, task(id, kind), steps).await;
 }
 
-async fn put_task(store: &Store, task: NewTask, steps: Vec<TransitionOp>) {
+/// Submit `task` with `steps` as alice; the task as the submit answers it.
+async fn put_task(store: &Store, task: NewTask, steps: Vec<TransitionOp>) -> Task {
     let plan = SubmitPlan {
         task,
         actor: "alice".into(),
         steps,
     };
-    store.submit(plan).await.expect("submit");
+    store.submit(plan).await.expect("submit")
 }
 
 /// The sweeper's reclaim of the leases lapsed by `now`: `coder`'s tasks may run `coder` times,
@@ -111,14 +112,7 @@ pub async fn submit_answers_what_a_read_returns(store: Store) {
         complete("T2", T0 + 3, false),
     ];
     let mut rx = store.subscribe();
-    let done = store
-        .submit(SubmitPlan {
-            task: task("T2", TaskKind::Synthetic),
-            actor: "alice".into(),
-            steps,
-        })
-        .await
-        .unwrap();
+    let done = put_task(&store, task("T2", TaskKind::Synthetic), steps).await;
     assert_eq!(done.state, TaskState::Done);
     assert_eq!(done.attempts, 1);
     assert_eq!(Some(done), store.get_task("T2").await.unwrap());
@@ -162,14 +156,7 @@ pub async fn a_submits_steps_keep_what_their_patches_set(store: Store) {
             ..Patch::default()
         }),
     ];
-    let done = store
-        .submit(SubmitPlan {
-            task: task("T3", TaskKind::Live),
-            actor: "alice".into(),
-            steps,
-        })
-        .await
-        .unwrap();
+    let done = put_task(&store, task("T3", TaskKind::Live), steps).await;
     assert_eq!(done.usage.as_ref(), Some(&usage));
     assert_eq!(Some(done), store.get_task("T3").await.unwrap());
     let used = store.usage_since(T0).await.unwrap();

@@ -19,9 +19,7 @@ pub fn in_memory(d: &Daemon) -> Vec<AgentStatus> {
     let cfg = d.config();
     let now = d.clock.now_ms();
     let periods = cfg.timezone.periods(now);
-    cfg.configured_agents
-        .iter()
-        .filter(|id| cfg.agent(id).is_some_and(|a| !a.command.is_empty()))
+    cfg.agents_with_command()
         .map(|id| {
             let (running, queued) = d.pauses.load_of(id);
             let (today, month) = d.spending.spent(id, &periods);
