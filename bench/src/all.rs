@@ -203,11 +203,16 @@ pub fn run(o: Options) -> Result<()> {
         );
     }
 
-    // The same flush behind a socket: the floor of one connection waiting for each answer.
-    let mut served = 0f64;
+    // The same flush behind a socket: the floor of one connection waiting for each answer, and
+    // that floor with a submit's log frames written before the flush.
+    let (mut served, mut commit_sized) = (0f64, 0f64);
     for (name, server) in fsync::SERVERS {
         let r = fsync::served(&state, server, secs.min(Duration::from_secs(3)))?;
-        served = served.max(r.per_sec());
+        if server == fsync::Server::Commit {
+            commit_sized = r.per_sec();
+        } else {
+            served = served.max(r.per_sec());
+        }
         t.add(
             &format!("raw limit behind a round trip: {name}"),
             rate(&r),
@@ -262,10 +267,12 @@ pub fn run(o: Options) -> Result<()> {
         let (target, met) = match conns {
             1 => (
                 format!(
-                    "≥ 0.7 × raw limit ({:.0}/s): {:.2}× (a server doing only the flush: {:.2}×)",
+                    "≥ 0.7 × raw limit ({:.0}/s): {:.2}× (a server doing only the flush: {:.2}×, \
+                     writing a submit's log frames before it: {:.2}×)",
                     limit,
                     s.per_sec() / limit,
-                    served / limit
+                    served / limit,
+                    commit_sized / limit
                 ),
                 Some(s.per_sec() >= 0.7 * limit),
             ),

@@ -3,9 +3,10 @@
 //!
 //! [`served`] puts the same flush behind a socket: one client sends a request and waits for its
 //! answer, and a server that does nothing else overwrites 128 bytes, flushes them and answers. That
-//! is the floor of any daemon answering one connection after a flush of its own: what a durable
-//! submit adds on top of it is the daemon's work (see docs/BENCHMARKS.md, "One connection
-//! against a server that only flushes").
+//! is the floor of any daemon answering one connection after a flush of its own. A third server
+//! writes, before its flush, as many log frames as one durable submit's commit does: the floor of
+//! a daemon whose commit is as large as ours. What a durable submit adds on top of it is the
+//! daemon's work (see docs/BENCHMARKS.md, "One connection against a server that only flushes").
 
 use crate::stats::{Samples, Throughput};
 use anyhow::{Context, Result};
@@ -57,10 +58,21 @@ pub enum Server {
     /// On a second thread, handed the request and handing back its answer, as a daemon's socket
     /// task hands a write to its store writer.
     HandOff,
+    /// As [`Server::HandOff`], but the second thread writes what one durable submit's commit writes
+    /// to the store's write-ahead log before the flush: [`COMMIT_FRAMES`] frames, each a header and
+    /// a page written apart, one after the other.
+    Commit,
 }
 
-/// The two ways of [`served`], named as the benchmark table shows them.
-pub const SERVERS: [(&str, Server); 2] = [
+/// The log frames one submit's commit writes at one connection: its task row, the row's index
+/// entries, its events and the counts (docs/BENCHMARKS.md, "What one submit's commit writes").
+pub const COMMIT_FRAMES: u64 = 11;
+/// A log frame's header, and the page that follows it (SQLite's default page size).
+const FRAME_HEADER: usize = 24;
+const PAGE: usize = 4096;
+
+/// The three ways of [`served`], named as the benchmark table shows them.
+pub const SERVERS: [(&str, Server); 3] = [
     (
         "one client, a server that only overwrites 128 B + fdatasync",
         Server::Alone,
@@ -68,6 +80,10 @@ pub const SERVERS: [(&str, Server); 2] = [
     (
         "one client, a server that hands each request to a flushing thread",
         Server::HandOff,
+    ),
+    (
+        "one client, a server that hands each request to a thread writing a submit's 11 log frames + fdatasync",
+        Server::Commit,
     ),
 ];
 
@@ -120,10 +136,10 @@ pub fn run(dir: &Path, place: Place, flush: Flush, duration: Duration) -> Result
 }
 
 /// One client over a Unix socket in `dir`, one request at a time for `duration`, each answered by
-/// a server thread after it has overwritten 128 bytes of a file in `dir` and flushed them
-/// (`fdatasync`). Threads of this process stand for the two processes: the same socket, the same
-/// wake-ups, no address space switched, so the figure is if anything a little better than two
-/// processes would get.
+/// a server thread after it has overwritten 128 bytes of a file in `dir` (or a commit's frames,
+/// for [`Server::Commit`]) and flushed them (`fdatasync`). Threads of this process stand for the
+/// two processes: the same socket, the same wake-ups, no address space switched, so the figure is
+/// if anything a little better than two processes would get.
 pub fn served(dir: &Path, server: Server, duration: Duration) -> Result<Throughput> {
     let run = tempfile::Builder::new()
         .prefix("orchbench-served-")
@@ -178,17 +194,31 @@ pub fn served(dir: &Path, server: Server, duration: Duration) -> Result<Throughp
     Ok(measured)
 }
 
-/// Answer each request on `conn` after overwriting 128 bytes of `file` and flushing them, until
-/// the client closes the connection.
+/// Answer each request on `conn` after overwriting 128 bytes of `file` (or, for
+/// [`Server::Commit`], a commit's frames) and flushing them, until the client closes the
+/// connection.
 fn serve(mut conn: UnixStream, file: std::fs::File, server: Server) -> Result<()> {
     let record = [0x5au8; 128];
+    let header = [0x6bu8; FRAME_HEADER];
+    let page = [0x7cu8; PAGE];
+    let frame = (FRAME_HEADER + PAGE) as u64;
     let flush = move |n: u64| -> std::io::Result<()> {
-        file.write_all_at(&record, (n * 4096) % REGION)?;
+        if server == Server::Commit {
+            // The frames follow each other through the region, as a log's do until it wraps.
+            let first = n * COMMIT_FRAMES;
+            for i in first..first + COMMIT_FRAMES {
+                let at = (i * frame) % (REGION - frame);
+                file.write_all_at(&header, at)?;
+                file.write_all_at(&page, at + FRAME_HEADER as u64)?;
+            }
+        } else {
+            file.write_all_at(&record, (n * 4096) % REGION)?;
+        }
         file.sync_data()
     };
     let mut flushing = match server {
         Server::Alone => Flushing::Here(Box::new(flush)),
-        Server::HandOff => {
+        Server::HandOff | Server::Commit => {
             let (to, requests) = mpsc::channel::<u64>();
             let (done, results) = mpsc::channel();
             let thread = std::thread::Builder::new()
@@ -258,6 +288,50 @@ mod tests {
             assert!(t.elapsed >= Duration::from_millis(200), "{name}");
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// The commit-sized server writes a submit's frames for each request, one after the other,
+    /// each a header and then a page, before it answers.
+    #[test]
+    fn the_commit_sized_server_writes_a_submits_frames_for_each_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let records = dir.path().join("records");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&records)
+            .unwrap();
+        let server = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            serve(conn, file, Server::Commit)
+        });
+        let mut conn = UnixStream::connect(&socket).unwrap();
+        let mut request = [0u8; 4 + REQUEST];
+        request[..4].copy_from_slice(&(REQUEST as u32).to_le_bytes());
+        for _ in 0..2 {
+            conn.write_all(&request).unwrap();
+            let mut answer = [0u8; ANSWER.len()];
+            conn.read_exact(&mut answer).unwrap();
+            assert_eq!(answer, ANSWER);
+        }
+        drop(conn);
+        server.join().unwrap().unwrap();
+        let written = std::fs::read(&records).unwrap();
+        let frame = FRAME_HEADER + PAGE;
+        assert_eq!(written.len(), 2 * COMMIT_FRAMES as usize * frame);
+        for (i, f) in written.chunks(frame).enumerate() {
+            assert!(
+                f[..FRAME_HEADER].iter().all(|&b| b == 0x6b),
+                "frame {i}'s header"
+            );
+            assert!(
+                f[FRAME_HEADER..].iter().all(|&b| b == 0x7c),
+                "frame {i}'s page"
+            );
+        }
     }
 
     /// A request of another size is refused by the server, and the client sees the connection end.
