@@ -207,7 +207,13 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
              run a newer orchestratord"
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
+    let Ok(done) = usize::try_from(current) else {
+        return Err(StoreError::Sql(format!(
+            "the database has schema version {current}, which no orchestratord writes: \
+             it is damaged or belongs to another program"
+        )));
+    };
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
         tx.batch_execute(sql)
             .await
             .map_err(|e| StoreError::Sql(format!("migration {} failed: {}", i + 1, pg_error(e))))?;

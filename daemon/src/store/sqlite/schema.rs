@@ -221,6 +221,12 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
              run a newer orchestratord"
         ));
     }
+    if current < 0 {
+        return Err(format!(
+            "the store has schema version {current}, which no orchestratord writes: \
+             the file is damaged or belongs to another program"
+        ));
+    }
     // An upgrade can rewrite every task (migration 11 takes about 8 s on 1,000,000 tasks): say so
     // before, while it runs and after, so that a start that takes longer once is explained, and
     // keep systemd from giving up on the start meanwhile. A new store is created quietly.
@@ -300,7 +306,8 @@ fn while_running(
 }
 
 fn run_migrations(conn: &mut Connection, current: i64) -> Result<(), String> {
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+    let done = usize::try_from(current).map_err(|_| format!("schema version {current}"))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
         let tx = conn.transaction().map_err(|e| e.to_string())?;
         tx.execute_batch(sql)
             .map_err(|e| format!("migration {} failed: {e}", i + 1))?;
@@ -314,7 +321,7 @@ fn run_migrations(conn: &mut Connection, current: i64) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::while_running;
+    use super::{migrate, while_running};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -327,6 +334,27 @@ mod tests {
             |r| r.get(0),
         )
         .unwrap()
+    }
+
+    /// A schema version below zero is no release's: the file is refused as it is, not taken for
+    /// an empty store (which skipped every migration and then failed on a missing table).
+    #[test]
+    fn a_negative_schema_version_is_refused_and_the_file_left_alone() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", -1i64).unwrap();
+        let err = migrate(&mut conn).unwrap_err();
+        assert!(
+            err.contains("schema version -1, which no orchestratord writes"),
+            "{err}"
+        );
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, -1);
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 0);
     }
 
     /// A long statement ticks at each interval, with the time since the start, and runs to its
