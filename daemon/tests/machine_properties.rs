@@ -1,7 +1,7 @@
 //! Property tests of the state machine: random action sequences, applied through the pure
 //! `machine::next_state` and through the real `Store`, never break the invariants — terminal states
-//! absorb every action, every transition writes exactly one trajectory event, and the counts the
-//! store keeps match its rows.
+//! absorb every action, every transition writes exactly one trajectory event, a deferral takes
+//! back the attempt its start counted, and the counts the store keeps match its rows.
 
 use orchestrator::machine::{next_state, Action};
 use orchestrator::store::{queries, NewTask, Store, StoreError, TransitionOp};
@@ -9,17 +9,21 @@ use orchestrator_proto::task::{TaskKind, TaskState};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
+/// Any action; those that move a task forward come more often, so that histories reach the later
+/// states (and deferrals and retries find a run to end) rather than mostly being refused early.
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
-        Just(Action::Route),
-        Just(Action::Start),
-        any::<bool>().prop_map(|approval_required| Action::Complete { approval_required }),
-        Just(Action::Approve),
-        Just(Action::Reject),
-        Just(Action::Fail),
-        Just(Action::Cancel),
-        Just(Action::Expire),
-        Just(Action::Requeue),
+        4 => Just(Action::Route),
+        4 => Just(Action::Start),
+        2 => any::<bool>().prop_map(|approval_required| Action::Complete { approval_required }),
+        1 => Just(Action::Approve),
+        1 => Just(Action::Reject),
+        1 => Just(Action::Fail),
+        1 => Just(Action::Cancel),
+        1 => Just(Action::Expire),
+        1 => Just(Action::Requeue),
+        2 => Just(Action::Defer),
+        2 => Just(Action::Retry),
     ]
 }
 
@@ -36,7 +40,10 @@ proptest! {
                     prop_assert_ne!(to, state, "a transition always changes the state");
                     // Only these actions lead back into the queue or into waiting states.
                     if to == TaskState::Queued {
-                        prop_assert_eq!(a, Action::Requeue);
+                        prop_assert!(
+                            matches!(a, Action::Requeue | Action::Defer | Action::Retry),
+                            "{} put a {} task back in the queue", a, state
+                        );
                     }
                     if to == TaskState::AwaitingApproval {
                         prop_assert_eq!(a, Action::Complete { approval_required: true });
@@ -104,8 +111,9 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let store = Store::open(&path).unwrap();
-        // The model: each task's state and how many events it must have.
-        let mut model: Vec<(TaskState, usize)> = Vec::new();
+        // The model: each task's state, how many events it must have and its attempts (a start
+        // counts one, a deferral takes it back).
+        let mut model: Vec<(TaskState, usize, u32)> = Vec::new();
         for (i, (expires, kind)) in tasks.iter().enumerate() {
             let t = NewTask {
                 id: id(i),
@@ -119,7 +127,7 @@ proptest! {
                 expires_ms: *expires,
             };
             store.write_blocking(move |b| b.insert_task(t, "prop")).unwrap();
-            model.push((TaskState::Queued, 1));
+            model.push((TaskState::Queued, 1, 0));
         }
         for group in groups {
             let ops: Vec<TransitionOp> = group
@@ -135,7 +143,7 @@ proptest! {
                 })
                 .unwrap();
             for (s, got) in group.iter().zip(outcomes) {
-                let (state, events) = &mut model[s.task];
+                let (state, events, attempts) = &mut model[s.task];
                 let expires = tasks[s.task].0;
                 let expected = next_state(*state, s.action).ok().filter(|_| {
                     // Expiry also needs expiresAt to have passed.
@@ -146,6 +154,11 @@ proptest! {
                         prop_assert_eq!(actual, to);
                         *state = to;
                         *events += 1;
+                        match s.action {
+                            Action::Start => *attempts += 1,
+                            Action::Defer => *attempts -= 1,
+                            _ => {}
+                        }
                     }
                     (None, Err(StoreError::Refused { from, .. })) => prop_assert_eq!(from, *state),
                     (None, Err(StoreError::Rejected(..))) => {
@@ -158,12 +171,13 @@ proptest! {
 
         // Rows, trajectories and counts agree with the model.
         let mut want_counts: BTreeMap<(TaskKind, TaskState), u64> = BTreeMap::new();
-        for (i, (state, events)) in model.iter().enumerate() {
+        for (i, (state, events, attempts)) in model.iter().enumerate() {
             let key = id(i);
             let (task, trajectory) = store
                 .read_blocking(|c| Ok((queries::get_task(c, &key)?.unwrap(), queries::events_of(c, &key)?)))
                 .unwrap();
             prop_assert_eq!(task.state, *state);
+            prop_assert_eq!(task.attempts, *attempts, "a start counts, a deferral does not");
             prop_assert_eq!(trajectory.len(), *events, "one event per transition");
             prop_assert_eq!(trajectory[0].from, None);
             prop_assert_eq!(trajectory[0].to, TaskState::Queued);
