@@ -254,7 +254,10 @@ exit 1
     assert_eq!(r["details"]["error"], "specialist_aborted");
     assert_eq!(r["to"], "queued");
     assert_eq!(t["attempts"], 1);
-    // The backoff (10 min ± 20 %) is on the daemon's clock: nothing runs again before it passes.
+    // The backoff (10 min ± 20 %) is on the daemon's clock, and the event says when it ends.
+    let first_wait = ms(&r["details"]["retryAt"]) - ms(&r["at"]);
+    assert!((480_000..=720_000).contains(&first_wait), "{r}");
+    let first_retry_at = ms(&r["details"]["retryAt"]);
     assert_eq!(d.state_of(&id), "queued");
     assert_eq!(lines(&runs).len(), 1);
     // The wait is stored with the task: a daemon started again (here after a kill -9) waits out
@@ -270,11 +273,16 @@ exit 1
 
     d.advance(Duration::from_secs(12 * 60));
     let t = retried(&d, 2);
-    assert_eq!(events(&t, "retry")[1]["details"]["attempt"], "2");
+    let r = events(&t, "retry")[1];
+    assert_eq!(r["details"]["attempt"], "2");
     assert_eq!(lines(&runs).len(), 2);
-    // The second wait doubles: 20 min ± 20 %, so 12 more minutes are not enough.
+    // The second wait doubles: 20 min ± 20 %.
+    let second_wait = ms(&r["details"]["retryAt"]) - ms(&r["at"]);
+    assert!((960_000..=1_440_000).contains(&second_wait), "{r}");
+    let second_retry_at = ms(&r["details"]["retryAt"]);
+    // The clock moves in two steps of 12 min: a run started before the end of the second wait
+    // would carry the time of the first step.
     d.advance(Duration::from_secs(12 * 60));
-    assert_eq!(d.state_of(&id), "queued");
     d.advance(Duration::from_secs(12 * 60));
 
     let t = d.wait_state(&id, "failed", WAIT);
@@ -282,6 +290,17 @@ exit 1
     assert_eq!(t["error"]["code"], "specialist_aborted");
     assert_eq!(events(&t, "retry").len(), 2);
     assert_eq!(lines(&runs).len(), 3);
+    // Each run after a retry started once its wait was over, not before.
+    let starts: Vec<i64> = events(&t, "start").iter().map(|e| ms(&e["at"])).collect();
+    assert_eq!(starts.len(), 3, "{t}");
+    assert!(
+        starts[1] >= first_retry_at,
+        "{starts:?}, first wait to {first_retry_at}"
+    );
+    assert!(
+        starts[2] >= second_retry_at,
+        "{starts:?}, second wait to {second_retry_at}"
+    );
 }
 
 #[test]

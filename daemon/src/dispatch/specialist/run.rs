@@ -146,6 +146,10 @@ impl Shared {
             at.saturating_add(crate::clock::duration_ms(delay))
         });
         op.patch.not_before = retry_at;
+        if let Some(at) = retry_at {
+            // Said in the retry's event too, so that whoever looks knows when it runs again.
+            op = op.detail("retryAt", crate::clock::rfc3339(at));
+        }
         if op.action != Action::Defer {
             d.pauses.ran(&agent_id);
         }
