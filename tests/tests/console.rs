@@ -459,6 +459,90 @@ fn a_post_without_the_csrf_token_is_refused_and_changes_nothing() {
     assert_eq!(d.state_of(&id), "done");
 }
 
+/// What the console cannot read (a form too large or of another type, an address part that is not
+/// UTF-8 or not a number, a cursor that is not a task id) is refused with the console's page, the
+/// API's status and its stable code, and changes nothing.
+#[test]
+fn what_the_console_cannot_read_is_refused_with_its_page_and_code() {
+    let d = TestDaemon::with_config(HTTP_CONFIG);
+    let s = Signed::sign_in(&d);
+    let id = awaiting_task(&d);
+    let before = d.task(&id);
+    let page = |r: &Reply, status: u16, code: &str| {
+        assert_eq!(r.status, status, "{}", r.body);
+        assert_eq!(r.headers["content-type"], "text/html; charset=utf-8");
+        assert!(
+            r.body
+                .contains(&format!("<code class=\"error-code\">{code}</code>")),
+            "{}",
+            r.body
+        );
+    };
+    let raw = |path: &str, content_type: &str, body: &str| {
+        reply(
+            s.agent
+                .post(format!("{}{path}", s.base))
+                .header("Cookie", &s.cookie)
+                .header("Content-Type", content_type)
+                .send(body)
+                .unwrap(),
+        )
+    };
+    let form = "application/x-www-form-urlencoded";
+    let large = format!("token={}&csrf=x", "a".repeat(20_000));
+    page(
+        &raw("/console/login", form, &large),
+        413,
+        "request_too_large",
+    );
+    page(
+        &raw("/console/login", "text/plain", "token=x"),
+        415,
+        "malformed_request",
+    );
+    let csrf = format!("csrf={}", s.csrf());
+    page(
+        &raw(&format!("/console/tasks/{id}/approve"), "text/plain", &csrf),
+        415,
+        "malformed_request",
+    );
+    let reason = format!("{csrf}&reason={}", "b".repeat(20_000));
+    page(
+        &raw(&format!("/console/tasks/{id}/reject"), form, &reason),
+        413,
+        "request_too_large",
+    );
+    assert_eq!(d.task(&id), before);
+
+    page(
+        &s.get(&format!("/console/tasks/{id}/artefacts/abc")),
+        400,
+        "malformed_request",
+    );
+    page(&s.get("/console/tasks/%ff"), 400, "malformed_request");
+    page(&s.get("/console/pipeline?before=%00"), 400, "invalid_id");
+    page(
+        &s.get("/console/pipeline?after=not-a-task"),
+        400,
+        "invalid_id",
+    );
+    // The script's row fragment answers with a status only: unreadable, or unknown.
+    assert_eq!(s.get("/console/pipeline/row/not-a-task").status, 400);
+    assert_eq!(
+        s.get("/console/pipeline/row/01J00000000000000000000000")
+            .status,
+        404
+    );
+
+    // With a form the console reads, the same session decides.
+    let r = s.post(
+        &format!("/console/tasks/{id}/approve"),
+        &[("csrf", &s.csrf())],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(d.state_of(&id), "done");
+}
+
 #[test]
 fn relative_times_follow_the_daemons_clock() {
     let d = TestDaemon::with_config(HTTP_CONFIG);

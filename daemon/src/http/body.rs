@@ -1,7 +1,8 @@
-//! Reading a request's JSON body: content type, size limit, and typed fields with the socket's
-//! error codes. Fields are checked by hand rather than by a derived deserialiser so that each wrong
-//! field gets its own code (a numeric `reason` is `invalid_reason`, not a generic parse error), and
-//! unknown fields — such as a client's `kind` — are ignored.
+//! Reading a request's JSON body (and a console form's): content type, size limit, and typed
+//! fields with the socket's error codes. Fields are checked by hand rather than by a derived
+//! deserialiser so that each wrong field gets its own code (a numeric `reason` is
+//! `invalid_reason`, not a generic parse error), and unknown fields — such as a client's `kind` —
+//! are ignored.
 
 use super::error::{code, ApiError};
 use super::MAX_BODY_BYTES;
@@ -10,6 +11,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 use orchestrator_proto::ErrorCode;
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 use std::time::Duration;
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -76,25 +78,7 @@ pub async fn object(headers: &HeaderMap, body: Body) -> Result<Map<String, Value
             "the body must be JSON (Content-Type: application/json)",
         ));
     }
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > DRAIN_BYTES) {
-        // Not worth reading: refuse at once and let the connection close.
-        return Err(too_large());
-    }
-    let bytes = tokio::time::timeout(BODY_TIMEOUT, read_limited(body))
-        .await
-        .map_err(|_| {
-            ApiError::wire(
-                ErrorCode::MalformedRequest,
-                format!(
-                    "the body did not arrive within {} s",
-                    BODY_TIMEOUT.as_secs()
-                ),
-            )
-        })??;
+    let bytes = bytes(headers, body).await?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::wire(
@@ -106,6 +90,53 @@ pub async fn object(headers: &HeaderMap, body: Body) -> Result<Map<String, Value
             format!("the body is not valid JSON: {e}"),
         )),
     }
+}
+
+/// A console form's fields (`application/x-www-form-urlencoded`), read with the same limits as a
+/// JSON body: 415 for another content type, 413 beyond the size limit. A field given twice keeps
+/// its last value; bytes that are not UTF-8 are replaced, as a browser's form never sends them.
+pub async fn form(headers: &HeaderMap, body: Body) -> Result<HashMap<String, String>, ApiError> {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            mime.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !is_form {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::MalformedRequest.as_str(),
+            "the body must be a form (Content-Type: application/x-www-form-urlencoded)",
+        ));
+    }
+    let bytes = bytes(headers, body).await?;
+    Ok(form_urlencoded::parse(&bytes).into_owned().collect())
+}
+
+/// The body's bytes: 413 beyond [`MAX_BODY_BYTES`] (at once when the declared length says so),
+/// 400 when it does not arrive within [`BODY_TIMEOUT`].
+async fn bytes(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > DRAIN_BYTES) {
+        // Not worth reading: refuse at once and let the connection close.
+        return Err(too_large());
+    }
+    tokio::time::timeout(BODY_TIMEOUT, read_limited(body))
+        .await
+        .map_err(|_| {
+            ApiError::wire(
+                ErrorCode::MalformedRequest,
+                format!(
+                    "the body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )
+        })?
 }
 
 /// A field that may be absent or null, and otherwise must be a string; `code` names what is wrong.

@@ -161,6 +161,9 @@ pub async fn browse(d: &Daemon, filter: TaskFilter) -> Result<Vec<Task>, WireErr
             format!("limit must be between 1 and {MAX_LIST}"),
         ));
     }
+    if let Some(Cursor::Before(id) | Cursor::After(id)) = &filter.cursor {
+        check_id(id)?;
+    }
     check_filters(filter.agent.as_deref(), filter.goal_contains.as_deref())?;
     Ok(d.store.list_tasks(filter).await?)
 }

@@ -5,11 +5,12 @@
 //! form was (with a notice), or a page that says plainly why nothing changed — for instance that
 //! someone else decided first, with the task's state now.
 
+use super::extract::{At, Fields};
 use super::layout::{self, html_response, state_badge};
 use super::session::{safe_next, Viewer};
 use crate::http::Api;
 use crate::tasks::{query, transition};
-use axum::extract::{Form, Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use maud::{html, Markup};
@@ -72,8 +73,8 @@ impl Action {
 pub async fn approve(
     State(api): State<Arc<Api>>,
     viewer: Viewer,
-    Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    At(id): At<String>,
+    Fields(form): Fields,
 ) -> Response {
     act(&api, &viewer, &id, &form, Action::Approve).await
 }
@@ -81,8 +82,8 @@ pub async fn approve(
 pub async fn reject(
     State(api): State<Arc<Api>>,
     viewer: Viewer,
-    Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    At(id): At<String>,
+    Fields(form): Fields,
 ) -> Response {
     act(&api, &viewer, &id, &form, Action::Reject).await
 }
@@ -90,8 +91,8 @@ pub async fn reject(
 pub async fn cancel(
     State(api): State<Arc<Api>>,
     viewer: Viewer,
-    Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    At(id): At<String>,
+    Fields(form): Fields,
 ) -> Response {
     act(&api, &viewer, &id, &form, Action::Cancel).await
 }

@@ -3,10 +3,12 @@
 
 use super::session::Viewer;
 use crate::daemon::Daemon;
+use crate::http::error::{status_of, ApiError};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use maud::{html, Markup, DOCTYPE};
 use orchestrator_proto::task::{TaskKind, TaskState};
+use orchestrator_proto::WireError;
 use std::time::UNIX_EPOCH;
 
 /// The navigation entries, by path and label.
@@ -101,10 +103,28 @@ pub fn html_response(status: StatusCode, markup: Markup) -> Response {
 
 /// A short page saying why something was refused or failed, with a way back.
 pub fn refusal(status: StatusCode, title: &str, message: &str) -> Response {
+    problem(status, title, message, None)
+}
+
+/// What the daemon refused or could not do, with the status and stable code the API would give
+/// for the same error.
+pub fn failed(title: &str, e: &WireError) -> Response {
+    problem(status_of(e.code), title, &e.message, Some(e.code.as_str()))
+}
+
+/// A request the console could not read (its address, its form), with the API's status and code.
+pub fn unreadable(title: &str, e: &ApiError) -> Response {
+    problem(e.status, title, &e.message, Some(e.code))
+}
+
+fn problem(status: StatusCode, title: &str, message: &str, code: Option<&str>) -> Response {
     let body = html! {
         section.panel.problem {
             h1 { (title) }
             p { (message) }
+            @if let Some(code) = code {
+                p.muted { "Error code: " code.error-code { (code) } }
+            }
             p { a href="/console/approvals" { "Back to the approvals" } }
         }
     };

@@ -2,12 +2,14 @@
 //! the same one `orchctl watch` follows), each with the counts the header and tabs show; and the
 //! table row the script fetches for a task that is new or changed.
 
+use super::extract::At;
 use super::pages::pipeline::{row, Filters};
 use super::session::Viewer;
+use crate::http::error::status_of;
 use crate::http::Api;
 use crate::metrics::Metrics;
 use crate::tasks::query;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -111,8 +113,10 @@ pub async fn events(
 /// `GET /console/pipeline/row/{id}?<filters>`: the task's row, or 204 when it does not belong in
 /// the view those filters make.
 pub async fn row_fragment(api: &Api, id: &str, q: &HashMap<String, String>) -> Response {
-    let Ok((task, _)) = query::show(&api.daemon, id).await else {
-        return StatusCode::NOT_FOUND.into_response();
+    // A status only: the script that asks shows nothing for a row it cannot have.
+    let task = match query::show(&api.daemon, id).await {
+        Ok((task, _)) => task,
+        Err(e) => return status_of(e.code).into_response(),
     };
     let filters = Filters::read(q, api.daemon.mode().effective);
     if !filters.admits(&task) {
@@ -128,7 +132,7 @@ pub async fn row_fragment(api: &Api, id: &str, q: &HashMap<String, String>) -> R
 pub async fn row_route(
     State(api): State<Arc<Api>>,
     _viewer: Viewer,
-    Path(id): Path<String>,
+    At(id): At<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     row_fragment(&api, &id, &q).await

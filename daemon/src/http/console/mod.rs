@@ -13,6 +13,7 @@
 //! Content-Security-Policy that allows nothing inline and nothing from another origin.
 
 mod actions;
+mod extract;
 mod layout;
 mod live;
 mod pages;

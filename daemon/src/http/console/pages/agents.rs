@@ -3,7 +3,6 @@
 
 use crate::http::console::layout::{self, html_response, when};
 use crate::http::console::session::Viewer;
-use crate::http::error::status_of;
 use crate::http::Api;
 use crate::store::TaskFilter;
 use crate::tasks::{query, route};
@@ -56,13 +55,7 @@ pub async fn show(State(api): State<Arc<Api>>, viewer: Viewer) -> Response {
         };
         let (running, queued, failed) = match read.await {
             Ok(read) => read,
-            Err(e) => {
-                return layout::refusal(
-                    status_of(e.code),
-                    "Cannot read the agents' tasks",
-                    &e.message,
-                )
-            }
+            Err(e) => return layout::failed("Cannot read the agents' tasks", &e),
         };
         let reasons = route::agent_approval_reasons(d, id);
         let paused = d.pauses.get(id).filter(|p| p.holds(d.clock.now_ms()));

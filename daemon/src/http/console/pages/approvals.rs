@@ -132,13 +132,7 @@ pub async fn show(
     };
     let tasks = match query::browse(d, filter).await {
         Ok(t) => t,
-        Err(e) => {
-            return layout::refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Cannot list approvals",
-                &e.message,
-            )
-        }
+        Err(e) => return layout::failed("Cannot list approvals", &e),
     };
     let waiting = layout::awaiting(d);
     let body = html! {

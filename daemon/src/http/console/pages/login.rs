@@ -1,6 +1,7 @@
 //! Signing in: with a login link from `orchctl console` (as that Unix user), or by pasting the
 //! bearer token (as `http:<token id>`); and signing out.
 
+use crate::http::console::extract::Fields;
 use crate::http::console::layout::{self, html_response};
 use crate::http::console::session::{
     cookie, safe_next, same_secret, set_cookie, url_encode, Viewer, LOGIN_COOKIE, NEXT_COOKIE,
@@ -8,7 +9,7 @@ use crate::http::console::session::{
 };
 use crate::http::{auth, Api, TokenFile};
 use crate::sessions::{secret, Identity};
-use axum::extract::{Form, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{AppendHeaders, IntoResponse, Response};
 use maud::html;
@@ -152,7 +153,7 @@ pub async fn show(
 pub async fn token(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
+    Fields(form): Fields,
 ) -> Response {
     let next = form.get("next").map(String::as_str).and_then(safe_next);
     let expected_form = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
@@ -187,11 +188,7 @@ pub async fn token(
 }
 
 /// `POST /console/logout`.
-pub async fn logout(
-    State(api): State<Arc<Api>>,
-    viewer: Viewer,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
+pub async fn logout(State(api): State<Arc<Api>>, viewer: Viewer, Fields(form): Fields) -> Response {
     if let Some(refused) = viewer.csrf_refusal(&form) {
         return refused;
     }

@@ -129,7 +129,7 @@ pub async fn show(
     let first_page = cursor.is_none();
     let tasks = match query::browse(d, filters.store_filter(cursor, PAGE_SIZE)).await {
         Ok(t) => t,
-        Err(e) => return layout::refusal(StatusCode::BAD_REQUEST, "Cannot list tasks", &e.message),
+        Err(e) => return layout::failed("Cannot list tasks", &e),
     };
     let counts = d.store.counts();
     let kind = filters.kind.unwrap_or(d.mode().effective);

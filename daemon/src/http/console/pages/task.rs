@@ -4,12 +4,13 @@
 
 use super::approvals::artefact_links;
 use crate::http::console::actions::decision_forms;
+use crate::http::console::extract::At;
 use crate::http::console::layout::{self, html_response, notice, state_badge, time_left, when};
 use crate::http::console::session::Viewer;
 use crate::http::Api;
 use crate::tasks::{query, route};
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use maud::{html, Markup};
@@ -42,11 +43,7 @@ async fn load(api: &Api, id: &str) -> Result<(Task, Vec<TrajectoryEvent>), Respo
         .await
         .map_err(|e| match e.code {
             ErrorCode::NotFound | ErrorCode::InvalidId => not_found(id),
-            _ => layout::refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Cannot read the task",
-                &e.message,
-            ),
+            _ => layout::failed("Cannot read the task", &e),
         })
 }
 
@@ -123,7 +120,7 @@ async fn result_section(api: &Api, task: &Task) -> Markup {
 pub async fn show(
     State(api): State<Arc<Api>>,
     viewer: Viewer,
-    Path(id): Path<String>,
+    At(id): At<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let (task, events) = match load(&api, &id).await {
@@ -244,7 +241,7 @@ async fn send_file(path: PathBuf, content_type: &str, disposition: String) -> Re
 pub async fn result_text(
     State(api): State<Arc<Api>>,
     _viewer: Viewer,
-    Path(id): Path<String>,
+    At(id): At<String>,
 ) -> Response {
     let (task, _) = match load(&api, &id).await {
         Ok(found) => found,
@@ -268,7 +265,7 @@ pub async fn result_text(
 pub async fn artefact(
     State(api): State<Arc<Api>>,
     _viewer: Viewer,
-    Path((id, n)): Path<(String, usize)>,
+    At((id, n)): At<(String, usize)>,
 ) -> Response {
     let (task, _) = match load(&api, &id).await {
         Ok(found) => found,
