@@ -327,6 +327,14 @@ pub async fn serve(p: Prepared, listener: Listener) -> Result<(), StartError> {
     d.look_up_access_groups();
     // After READY: the check reads the whole file and must not delay the start.
     tasks.push(sup.spawn("integrity-check", integrity::run(Arc::clone(&d))));
+    // Once, after READY: a task that ends, so not a supervised one.
+    let warming = Arc::clone(&d);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = warming.shutdown.cancelled() => {}
+            _ = crate::tasks::gate::keep_settled_time(&warming) => {}
+        }
+    });
 
     let failure = tokio::select! {
         _ = d.shutdown.cancelled() => None,

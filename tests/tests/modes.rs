@@ -321,3 +321,40 @@ fn status_reports_a_readable_token_file() {
         stdout(&out)
     );
 }
+
+/// After a start the daemon reads the gate's window once, in the background, and keeps its
+/// settled time for the summaries; the first summary asked for counts what was there before.
+#[test]
+fn after_a_start_the_windows_settled_time_is_read_before_any_summary() {
+    let mut d = TestDaemon::with_config(&agents("synthetic", "24h", 1));
+    assert!(d
+        .ctl(&["gate", "override", "shadow", "--reason", "test"])
+        .status
+        .success());
+    d.write_config(&agents("shadow", "24h", 1));
+    assert_eq!(reload(&d).0, 0);
+    for goal in ["xyzzy one", "xyzzy two", "xyzzy three"] {
+        assert_eq!(submit_wait(&d, goal)["state"], "done");
+    }
+    // Their ten minutes of creation time settle ten minutes after they end.
+    d.advance(Duration::from_secs(30 * 60));
+    d.restart();
+    let line = wait_for(
+        "the window read after the start",
+        Duration::from_secs(20),
+        || {
+            d.log_text()
+                .lines()
+                .find(|l| {
+                    l.contains("the window's settled time read after the start")
+                        && l.contains("tasks=3")
+                })
+                .map(str::to_string)
+        },
+    );
+    assert!(line.contains("window_hours=24"), "{line}");
+    assert!(!line.contains("kept_buckets=0"), "{line}");
+    let (code, s) = d.ctl_json(&["shadow-summary"]);
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(s["total"], 3, "{s}");
+}

@@ -21,6 +21,10 @@
 //! - this daemon is the store's only writer: on a shared store other nodes create and delete
 //!   tasks it does not hear of, so nothing is kept there.
 //!
+//! After a start the daemon reads the gate's window once in the background
+//! ([`crate::tasks::gate::keep_settled_time`]), so that the first summary asked for does not read
+//! it all either.
+//!
 //! The flip gate ([`crate::gate::flip::gather`]) never uses it: a flip reads its evidence afresh.
 
 use crate::store::{ShadowTally, Store, StoreError};
@@ -121,8 +125,8 @@ impl ShadowTallies {
         }
     }
 
-    #[cfg(test)]
-    fn kept_buckets(&self) -> usize {
+    /// How many buckets are kept.
+    pub fn kept_buckets(&self) -> usize {
         self.kept().buckets.len()
     }
 
