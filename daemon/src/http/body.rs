@@ -7,12 +7,15 @@
 use super::error::{code, ApiError};
 use super::MAX_BODY_BYTES;
 use axum::body::Body;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Form, FromRequest, Request};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
 use orchestrator_proto::ErrorCode;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::time::Duration;
+
+const FORM: &str = "application/x-www-form-urlencoded";
 
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers
@@ -100,10 +103,7 @@ pub async fn form(headers: &HeaderMap, body: Body) -> Result<HashMap<String, Str
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|mime| {
-            mime.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case(FORM));
     if !is_form {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -112,7 +112,19 @@ pub async fn form(headers: &HeaderMap, body: Body) -> Result<HashMap<String, Str
         ));
     }
     let bytes = bytes(headers, body).await?;
-    Ok(form_urlencoded::parse(&bytes).into_owned().collect())
+    // Decoded by the web framework's own form reader, now that the body is known to be small.
+    let read = Request::builder()
+        .method(Method::POST)
+        .header(header::CONTENT_TYPE, FORM)
+        .body(Body::from(bytes))
+        .map_err(|e| ApiError::wire(ErrorCode::MalformedRequest, e.to_string()))?;
+    match Form::<HashMap<String, String>>::from_request(read, &()).await {
+        Ok(Form(fields)) => Ok(fields),
+        Err(e) => Err(ApiError::wire(
+            ErrorCode::MalformedRequest,
+            format!("the form cannot be read: {}", e.body_text()),
+        )),
+    }
 }
 
 /// The body's bytes: 413 beyond [`MAX_BODY_BYTES`] (at once when the declared length says so),
