@@ -211,10 +211,12 @@ echo ok
     let id = d.submit(RESEARCH);
     let t = d.wait_state(&id, "assigned", WAIT);
     assert!(events(&t, "start").is_empty());
-    // A day later it still waits.
+    // A day later it still waits: the pause holds on the daemon's clock (an expiry would show
+    // here, read at the moment of the request), and the task has not started.
     d.advance(Duration::from_secs(86_400));
     let out = d.ctl(&["sweep"]);
     assert!(out.status.success());
+    assert_eq!(d.agents()["researcher"]["paused"]["cause"], "operator");
     assert_eq!(d.state_of(&id), "assigned");
     assert!(lines(&runs).is_empty());
 
