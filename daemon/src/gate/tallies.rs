@@ -21,9 +21,8 @@
 //! - this daemon is the store's only writer: on a shared store other nodes create and delete
 //!   tasks it does not hear of, so nothing is kept there.
 //!
-//! After a start the daemon reads the gate's window once in the background
-//! ([`crate::tasks::gate::keep_settled_time`]), so that the first summary asked for does not read
-//! it all either.
+//! After a start the daemon reads the gate's window once in the background (the application
+//! layer's `keep_settled_time`), so that the first summary asked for does not read it all either.
 //!
 //! The flip gate ([`crate::gate::flip::gather`]) never uses it: a flip reads its evidence afresh.
 
