@@ -147,10 +147,16 @@ pub async fn shadow_summary(d: &Daemon, window_hours: u32) -> Result<ShadowSumma
 /// After a start: read the gate's window once, so that its settled time is kept
 /// ([`crate::gate::tallies`]) and the first summary asked for reads only the rest, as every later
 /// one does, instead of the whole window (100,000 tasks: 20–40 ms against about 1 ms). Run in
-/// the background after READY; nothing is kept on a shared store, so nothing is read there. A
-/// failure only leaves the first summary to read it all.
+/// the background after READY; nothing is kept on a shared store, so nothing is read there, and
+/// a store without shadow tasks has nothing to read (the read would only map code and pages an
+/// idle daemon does not need: 1.7 MiB). A failure only leaves the first summary to read it all.
 pub async fn keep_settled_time(d: &Daemon) {
-    if d.store.cluster().is_some() {
+    let counts = d.store.counts();
+    let shadow: u64 = TaskState::ALL
+        .iter()
+        .map(|s| counts.get(TaskKind::Shadow, *s))
+        .sum();
+    if d.store.cluster().is_some() || shadow == 0 {
         return;
     }
     let started = std::time::Instant::now();
