@@ -6,7 +6,8 @@
 //! is the floor of any daemon answering one connection after a flush of its own. A third server
 //! writes, before its flush, as many log frames as one durable submit's commit does: the floor of
 //! a daemon whose commit is as large as ours. What a durable submit adds on top of it is the
-//! daemon's work (see docs/BENCHMARKS.md, "One connection against a server that only flushes").
+//! daemon's work (see docs/BENCHMARKS.md, "One connection against a server that only flushes" and
+//! "… that writes a commit").
 
 use crate::stats::{Samples, Throughput};
 use anyhow::{Context, Result};
