@@ -316,7 +316,8 @@ mod tests {
     }
 
     /// A run that may be cut stops each connection before its next request once the cut answers
-    /// true, well short of its count.
+    /// true, well short of its count. The first connection to have its fifth answer cuts: by
+    /// then the other has had at most five answers and one request in flight.
     #[test]
     fn a_cut_run_stops_before_the_next_request() {
         static CUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -331,8 +332,8 @@ mod tests {
             |c, i| Request::ShowTask {
                 id: format!("{c}-{i}"),
             },
-            |c, i, _| {
-                if (c, i) == (0, 4) {
+            |_, i, _| {
+                if i == 4 {
                     CUT.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
                 Ok(Outcome::Ok)
@@ -341,7 +342,7 @@ mod tests {
         .unwrap();
         let sent: Vec<usize> = (0..2).map(|_| seen.recv().unwrap().len()).collect();
         assert!(sent.contains(&5), "{sent:?}");
-        assert!(t.ok < 20, "{} requests answered", t.ok);
+        assert!(sent.iter().all(|n| *n <= 6), "{sent:?}");
         assert_eq!(t.ok, sent.iter().sum::<usize>() as u64);
     }
 }
