@@ -17,15 +17,16 @@ use std::time::Duration;
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
+/// The request's media type, without its parameters (`; charset=…`).
+fn mime(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(value.split(';').next().unwrap_or_default().trim())
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let mime = value.split(';').next().unwrap_or_default().trim();
-    mime.eq_ignore_ascii_case("application/json") || mime.to_ascii_lowercase().ends_with("+json")
+    mime(headers).is_some_and(|m| {
+        m.eq_ignore_ascii_case("application/json") || m.to_ascii_lowercase().ends_with("+json")
+    })
 }
 
 fn too_large() -> ApiError {
@@ -99,12 +100,7 @@ pub async fn object(headers: &HeaderMap, body: Body) -> Result<Map<String, Value
 /// JSON body: 415 for another content type, 413 beyond the size limit. A field given twice keeps
 /// its last value; bytes that are not UTF-8 are replaced, as a browser's form never sends them.
 pub async fn form(headers: &HeaderMap, body: Body) -> Result<HashMap<String, String>, ApiError> {
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case(FORM));
-    if !is_form {
+    if !mime(headers).is_some_and(|m| m.eq_ignore_ascii_case(FORM)) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::MalformedRequest.as_str(),

@@ -136,6 +136,15 @@ impl Counts {
         self.0.values().sum()
     }
 
+    /// Tasks of `kind`, in any state.
+    pub fn of_kind(&self, kind: TaskKind) -> u64 {
+        self.0
+            .iter()
+            .filter(|((k, _), _)| *k == kind)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     pub fn entries(&self) -> Vec<(TaskKind, TaskState, u64)> {
         let mut v: Vec<_> = self
             .0

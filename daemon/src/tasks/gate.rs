@@ -151,12 +151,7 @@ pub async fn shadow_summary(d: &Daemon, window_hours: u32) -> Result<ShadowSumma
 /// a store without shadow tasks has nothing to read (the read would only map code and pages an
 /// idle daemon does not need: 1.7 MiB). A failure only leaves the first summary to read it all.
 pub async fn keep_settled_time(d: &Daemon) {
-    let counts = d.store.counts();
-    let shadow: u64 = TaskState::ALL
-        .iter()
-        .map(|s| counts.get(TaskKind::Shadow, *s))
-        .sum();
-    if d.store.cluster().is_some() || shadow == 0 {
+    if d.store.cluster().is_some() || d.store.counts().of_kind(TaskKind::Shadow) == 0 {
         return;
     }
     let started = std::time::Instant::now();

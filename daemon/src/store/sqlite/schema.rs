@@ -221,17 +221,17 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
              run a newer orchestratord"
         ));
     }
-    if current < 0 {
+    let Ok(done) = usize::try_from(current) else {
         return Err(format!(
             "the store has schema version {current}, which no orchestratord writes: \
              the file is damaged or belongs to another program"
         ));
-    }
+    };
     // An upgrade can rewrite every task (migration 11 takes about 8 s on 1,000,000 tasks): say so
     // before, while it runs and after, so that a start that takes longer once is explained, and
     // keep systemd from giving up on the start meanwhile. A new store is created quietly.
     if current == 0 || current == SCHEMA_VERSION {
-        return run_migrations(conn, current);
+        return run_migrations(conn, done);
     }
     let started = Instant::now();
     tracing::info!(
@@ -257,7 +257,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
     if let Err(e) = progress {
         tracing::warn!(error = %e, "store: the upgrade cannot report its progress");
     }
-    let migrated = run_migrations(conn, current);
+    let migrated = run_migrations(conn, done);
     if let Err(e) = conn.progress_handler(0, None::<fn() -> bool>) {
         tracing::warn!(error = %e, "store: cannot stop the upgrade's progress reports");
     }
@@ -305,8 +305,8 @@ fn while_running(
     )
 }
 
-fn run_migrations(conn: &mut Connection, current: i64) -> Result<(), String> {
-    let done = usize::try_from(current).map_err(|_| format!("schema version {current}"))?;
+/// Run the migrations after the first `done`.
+fn run_migrations(conn: &mut Connection, done: usize) -> Result<(), String> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
         let tx = conn.transaction().map_err(|e| e.to_string())?;
         tx.execute_batch(sql)

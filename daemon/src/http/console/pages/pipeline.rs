@@ -133,7 +133,7 @@ pub async fn show(
     };
     let counts = d.store.counts();
     let kind = filters.kind.unwrap_or(d.mode().effective);
-    let total: u64 = TaskState::ALL.iter().map(|s| counts.get(kind, *s)).sum();
+    let total = counts.of_kind(kind);
     let base = filters.query(None);
     let body = html! {
         div.page-head {
