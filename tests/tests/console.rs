@@ -125,6 +125,14 @@ impl Signed {
         )
     }
 
+    /// Approve `id` as the console's button does, with this session's token.
+    fn approve(&self, id: &str) -> Reply {
+        self.post(
+            &format!("/console/tasks/{id}/approve"),
+            &[("csrf", &self.csrf())],
+        )
+    }
+
     /// The CSRF token the pages of this session carry.
     fn csrf(&self) -> String {
         let page = self.get("/console/approvals").body;
@@ -451,10 +459,7 @@ fn a_post_without_the_csrf_token_is_refused_and_changes_nothing() {
     }
     // The same session with its token is let through, so the refusals above were the token's.
     assert_eq!(d.task(&id), before);
-    let r = s.post(
-        &format!("/console/tasks/{id}/approve"),
-        &[("csrf", &s.csrf())],
-    );
+    let r = s.approve(&id);
     assert_eq!(r.status, 303, "{}", r.body);
     assert_eq!(d.state_of(&id), "done");
 }
@@ -535,10 +540,7 @@ fn what_the_console_cannot_read_is_refused_with_its_page_and_code() {
     );
 
     // With a form the console reads, the same session decides.
-    let r = s.post(
-        &format!("/console/tasks/{id}/approve"),
-        &[("csrf", &s.csrf())],
-    );
+    let r = s.approve(&id);
     assert_eq!(r.status, 303, "{}", r.body);
     assert_eq!(d.state_of(&id), "done");
 }

@@ -21,9 +21,13 @@ fn reload(d: &TestDaemon) -> (i32, String) {
 
 /// Agents that really run: `ok` succeeds, `boom` exits 3. Code tasks go to `coder` (needs approval).
 fn agents(mode: &str, window: &str, min: u32) -> String {
-    format!(
-        r#"mode = "{mode}"
+    format!("mode = \"{mode}\"\n{}", agents_in_any_mode(window, min))
+}
 
+/// [`agents`] without the mode, for [`TestDaemon::in_mode`].
+fn agents_in_any_mode(window: &str, min: u32) -> String {
+    format!(
+        r#"
 [gate]
 shadow_window = "{window}"
 min_shadow_tasks = {min}
@@ -326,13 +330,7 @@ fn status_reports_a_readable_token_file() {
 /// settled time for the summaries; the first summary asked for counts what was there before.
 #[test]
 fn after_a_start_the_windows_settled_time_is_read_before_any_summary() {
-    let mut d = TestDaemon::with_config(&agents("synthetic", "24h", 1));
-    assert!(d
-        .ctl(&["gate", "override", "shadow", "--reason", "test"])
-        .status
-        .success());
-    d.write_config(&agents("shadow", "24h", 1));
-    assert_eq!(reload(&d).0, 0);
+    let mut d = TestDaemon::in_mode(&agents_in_any_mode("24h", 1), "shadow");
     for goal in ["xyzzy one", "xyzzy two", "xyzzy three"] {
         assert_eq!(submit_wait(&d, goal)["state"], "done");
     }
